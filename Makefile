@@ -1,0 +1,32 @@
+# The two commands of README.md. Each does its own set-up (scripts/setup needs root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help setup test demo e2e bench doc
+
+help:
+	@echo "make demo   run the lab demo (the main job)"
+	@echo "make test   run formatting, lints and the whole test suite"
+	@echo "make e2e    run the slow end-to-end QEMU scenarios"
+	@echo "make bench  reproduce BENCHMARKS.md"
+
+setup:
+	scripts/setup
+
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) nextest run --workspace --locked --profile ci
+
+demo: setup
+	scripts/demo
+
+e2e: setup
+	$(CARGO) nextest run --workspace --locked --profile e2e --run-ignored only
+
+bench: setup
+	scripts/bench
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked

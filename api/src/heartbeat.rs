@@ -1,0 +1,122 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::OverlayDocument;
+
+/// `POST /v1/heartbeats` over mTLS: status up. The appliance is identified by its client
+/// certificate, not by a field in the body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The last desired-state generation the node has fully applied.
+    pub applied_generation: u64,
+    /// What the node reports about itself.
+    pub status: NodeStatus,
+}
+
+/// The hub's answer to a heartbeat: desired state down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// What the hub wants this appliance to be.
+    pub desired: DesiredState,
+}
+
+/// The state an appliance reports. A report, so unknown fields are tolerated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// cairn version running.
+    #[serde(default)]
+    pub agent_version: String,
+    /// OS image version booted.
+    #[serde(default)]
+    pub os_version: String,
+    /// Boot slot in use (`a` or `b`), when the appliance has an A/B disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_slot: Option<String>,
+    /// Seconds since boot.
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// One-minute load average.
+    #[serde(default)]
+    pub load1: f64,
+    /// Named conditions (`NetworkApplied`, `Registered`, `KubeletActive`, ...).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Monotonic counters (queued reports dropped, reconnects, ...).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// The underlay address this appliance terminates VXLAN on, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_address: Option<String>,
+    /// When the node took this snapshot.
+    #[serde(with = "time::serde::rfc3339")]
+    pub observed_at: OffsetDateTime,
+}
+
+/// One condition of an appliance, in the Kubernetes style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Condition name, e.g. `KubeletActive`.
+    pub kind: String,
+    /// Whether it holds.
+    pub status: ConditionStatus,
+    /// Short machine-readable reason, e.g. `UnitFailed`.
+    #[serde(default)]
+    pub reason: String,
+    /// Human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Whether a [`Condition`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum ConditionStatus {
+    /// It holds.
+    True,
+    /// It does not hold.
+    False,
+    /// Not known yet.
+    Unknown,
+}
+
+/// What the hub wants an appliance to be. A document, so unknown fields are tolerated: a
+/// newer hub may say more than an older node understands, and the node applies what it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases with every change; the node applies a generation once, idempotently.
+    pub generation: u64,
+    /// How often the node should heartbeat, in seconds.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_seconds: u32,
+    /// OS version the appliance should run, when an upgrade is wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// How to join a hosted control plane, when assigned to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinBundle>,
+    /// VPC overlays this appliance belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayDocument>,
+}
+
+fn default_heartbeat_interval() -> u32 {
+    30
+}
+
+/// Everything a kubelet needs to bootstrap into a hosted control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinBundle {
+    /// Control plane name on the hub.
+    pub control_plane: String,
+    /// API server URL, `https://...`.
+    pub api_server_url: String,
+    /// The API server's CA bundle, PEM.
+    pub ca_bundle_pem: String,
+    /// Bootstrap token `<id>.<secret>`.
+    pub bootstrap_token: String,
+    /// Increases whenever the kubelet configuration must be rewritten.
+    #[serde(default)]
+    pub revision: u64,
+}

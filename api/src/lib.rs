@@ -1,0 +1,45 @@
+//! Wire types of cairn's `/v1` API, shared by `cairn-hub`, `cairn-node` and the installer.
+//!
+//! This crate owns the shape of every message that crosses a process boundary between cairn
+//! components: appliance identity, hardware inventory, registration, heartbeats (status up,
+//! desired state down, both with generation numbers), VPC overlay documents and install
+//! progress events. It must not do I/O, hold state or depend on any other cairn crate: the hub,
+//! the node daemon and the installer meet here and nowhere else.
+//!
+//! # Unknown fields
+//! Two rules, chosen by what an ignored field would cost:
+//! - **Commands** (a request that asks the receiver to do something: [`RegistrationRequest`],
+//!   [`InstallProgress`]) reject unknown fields. If a newer sender adds a field an older
+//!   receiver does not know, silently dropping it would change what was asked for; the sender
+//!   must hear that it was not understood.
+//! - **Reports and documents** ([`NodeStatus`], [`DesiredState`], [`HardwareInventory`],
+//!   [`OverlayDocument`], responses) tolerate unknown fields. Either end of a hub–node link can
+//!   be the newer one during a rolling upgrade, and ignoring an extra report field is harmless.
+//!
+//! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
+//! binaries; the wire types never depend on it.
+
+mod heartbeat;
+mod identity;
+mod install;
+mod inventory;
+mod overlay;
+mod registration;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use heartbeat::{
+    Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, JoinBundle, NodeStatus,
+};
+pub use identity::{ApplianceId, InvalidApplianceId};
+pub use install::{InstallProgress, InstallStep};
+pub use inventory::{Cpu, Disk, HardwareInventory, Nic};
+pub use overlay::{OverlayDocument, VpcMembership};
+pub use registration::{RegistrationRequest, RegistrationResponse};
+
+/// The API version every path is served under (`/v1/...`).
+pub const API_VERSION: &str = "v1";
+
+#[cfg(test)]
+mod tests;

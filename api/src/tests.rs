@@ -1,0 +1,185 @@
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::macros::datetime;
+
+use super::*;
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) {
+    let json = serde_json::to_string(value).expect("serialize");
+    let back: T = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(&back, value, "round trip changed the value: {json}");
+}
+
+fn inventory() -> HardwareInventory {
+    HardwareInventory {
+        manufacturer: "Dell Inc.".into(),
+        model: "PowerEdge R650".into(),
+        serial: "7XJ2KL3".into(),
+        bios_version: Some("1.9.2".into()),
+        cpus: vec![Cpu {
+            model: "Xeon Gold 6338".into(),
+            cores: 32,
+            threads: 64,
+        }],
+        memory_bytes: 256 << 30,
+        nics: vec![
+            Nic {
+                name: "eno2".into(),
+                mac: "B0:7B:25:00:00:02".into(),
+                speed_mbps: Some(25000),
+                link_up: Some(true),
+            },
+            Nic {
+                name: "eno1".into(),
+                mac: "b0:7b:25:00:00:01".into(),
+                speed_mbps: None,
+                link_up: None,
+            },
+        ],
+        disks: vec![Disk {
+            name: "nvme0n1".into(),
+            size_bytes: 960 << 30,
+            model: None,
+            serial: Some("S5".into()),
+            rotational: Some(false),
+        }],
+    }
+}
+
+fn desired() -> DesiredState {
+    DesiredState {
+        generation: 7,
+        heartbeat_interval_seconds: 30,
+        os_version: Some("2026.11.1".into()),
+        join: Some(JoinBundle {
+            control_plane: "edge-east".into(),
+            api_server_url: "https://cp.example.test:6443".into(),
+            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            bootstrap_token: "abcdef.0123456789abcdef".into(),
+            revision: 2,
+        }),
+        overlay: Some(OverlayDocument {
+            local_vtep: "10.0.0.1".into(),
+            vpcs: vec![VpcMembership {
+                name: "blue".into(),
+                vni: 4096,
+                vrf_table: 1001,
+                subnet: "172.30.0.0/24".into(),
+                gateway: "172.30.0.1/24".into(),
+                peer_vteps: vec!["10.0.0.2".into()],
+            }],
+        }),
+    }
+}
+
+#[test]
+fn every_wire_type_survives_a_json_round_trip() {
+    round_trip(&inventory());
+    round_trip(&desired());
+    round_trip(&RegistrationRequest {
+        token: "tok".into(),
+        csr_pem: "csr".into(),
+        hostname: "edge-1".into(),
+        inventory: inventory(),
+        agent_version: "0.1.0".into(),
+    });
+    round_trip(&RegistrationResponse {
+        appliance_id: ApplianceId::new("a-1f3c").unwrap(),
+        site: "factory-7".into(),
+        certificate_pem: "cert".into(),
+        ca_bundle_pem: "ca".into(),
+        desired: desired(),
+    });
+    round_trip(&Heartbeat {
+        applied_generation: 6,
+        status: NodeStatus {
+            agent_version: "0.1.0".into(),
+            os_version: "2026.10.3".into(),
+            booted_slot: Some("a".into()),
+            uptime_seconds: 3600,
+            load1: 0.25,
+            conditions: vec![Condition {
+                kind: "KubeletActive".into(),
+                status: ConditionStatus::False,
+                reason: "UnitFailed".into(),
+                message: "kubelet.service exited 1".into(),
+            }],
+            counters: BTreeMap::from([("reports_dropped".into(), 3)]),
+            vtep_address: Some("10.0.0.1".into()),
+            observed_at: datetime!(2026-11-22 10:00:00 UTC),
+        },
+    });
+    round_trip(&InstallProgress {
+        mac: "52:54:00:12:34:56".into(),
+        step: InstallStep::Writing,
+        bytes_written: 1 << 20,
+        bytes_total: Some(1 << 30),
+        message: String::new(),
+    });
+}
+
+#[test]
+fn commands_reject_unknown_fields_and_name_them() {
+    let json =
+        r#"{"token":"t","csr_pem":"c","hostname":"h","inventory":{},"agent_version":"1","ttl":5}"#;
+    let err = serde_json::from_str::<RegistrationRequest>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `ttl`"), "{err}");
+
+    let json = r#"{"mac":"m","step":"writing","extra":1}"#;
+    let err = serde_json::from_str::<InstallProgress>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `extra`"), "{err}");
+}
+
+#[test]
+fn reports_and_documents_tolerate_fields_from_newer_senders() {
+    let json = r#"{"generation":3,"future_feature":{"x":1}}"#;
+    let state: DesiredState = serde_json::from_str(json).unwrap();
+    assert_eq!(state.generation, 3);
+    assert_eq!(
+        state.heartbeat_interval_seconds, 30,
+        "default interval applies"
+    );
+
+    let json =
+        r#"{"applied_generation":1,"status":{"observed_at":"2026-11-22T10:00:00Z","gpu_count":4}}"#;
+    let hb: Heartbeat = serde_json::from_str(json).unwrap();
+    assert_eq!(hb.applied_generation, 1);
+}
+
+#[test]
+fn install_steps_use_kebab_case_on_the_wire() {
+    let json = serde_json::to_string(&InstallStep::BootloaderInstalled).unwrap();
+    assert_eq!(json, r#""bootloader-installed""#);
+}
+
+#[test]
+fn appliance_ids_are_validated_on_the_wire() {
+    assert!(serde_json::from_str::<ApplianceId>(r#""edge-01""#).is_ok());
+    for bad in [r#""""#, r#""Edge""#, r#""a/b""#, r#""-a""#] {
+        let err = serde_json::from_str::<ApplianceId>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid appliance id"), "{bad}: {err}");
+    }
+    let long = format!("\"{}\"", "a".repeat(64));
+    assert!(serde_json::from_str::<ApplianceId>(&long).is_err());
+    assert_eq!(
+        ApplianceId::new("x1").unwrap().uri_san(),
+        "cairn://appliance/x1"
+    );
+}
+
+#[test]
+fn hardware_identity_ignores_mac_case_and_order() {
+    let mut a = inventory();
+    let macs = a.normalized_macs();
+    assert_eq!(macs, vec!["b0:7b:25:00:00:01", "b0:7b:25:00:00:02"]);
+    a.nics.reverse();
+    assert_eq!(a.normalized_macs(), macs);
+}

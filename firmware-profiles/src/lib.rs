@@ -1,0 +1,8 @@
+//! Declarative BIOS and firmware baselines per vendor and model.
+//!
+//! Owns: the profile format (YAML under `profiles/`), matching a profile to a server,
+//! planning (diff against the BMC's current settings), applying and verifying, and
+//! `cairn firmware ...`. Must not: speak a BMC protocol itself; it goes through
+//! `cairn-hardware`'s `Bmc` abstraction.
+
+pub mod cli;

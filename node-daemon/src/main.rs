@@ -1,0 +1,13 @@
+//! `cairn-node`: the appliance daemon. Parses arguments and hands over to `cairn_node_daemon::cli`.
+
+use std::process::ExitCode;
+
+use cairn_node_daemon::cli::NodeCli;
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = NodeCli::parse();
+    cairn_api::cli::init_tracing(&cli.log);
+    cairn_api::cli::finish(cli.run().await)
+}

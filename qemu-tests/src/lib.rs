@@ -1,0 +1,8 @@
+//! The emulated rack, `cairn-lab`.
+//!
+//! Owns: lab networks in network namespaces, QEMU servers under TCG, BMC emulators
+//! (OpenIPMI `ipmi_sim`, sushy-tools), the guest harness other crates' tests boot, the
+//! end-to-end scenarios and `cairn-lab`. Must not: be needed by any product binary, or send
+//! traffic outside the namespaces it creates.
+
+pub mod cli;

@@ -16,11 +16,17 @@ fn cairn_help_lists_every_subcommand_of_the_design() {
     let (code, stdout, _) = run(env!("CARGO_BIN_EXE_cairn"), &["--help"]);
     assert_eq!(code, 0);
     for sub in ["bmc", "firmware", "rack", "boot-server", "image", "hub"] {
-        assert!(stdout.contains(sub), "`cairn --help` lacks {sub}:\n{stdout}");
+        assert!(
+            stdout.contains(sub),
+            "`cairn --help` lacks {sub}:\n{stdout}"
+        );
     }
     let (code, stdout, _) = run(env!("CARGO_BIN_EXE_cairn"), &["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(stdout.trim(), format!("cairn {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout.trim(),
+        format!("cairn {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -5,4 +5,7 @@
 //! `cairn image ...`. Must not: write to a server's disk (the install agent does) or talk to
 //! BMCs.
 
+pub mod bundle;
 pub mod cli;
+pub mod keys;
+pub mod stream;

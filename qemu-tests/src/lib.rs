@@ -6,3 +6,6 @@
 //! traffic outside the namespaces it creates.
 
 pub mod cli;
+pub mod guest;
+pub mod initramfs;
+pub mod qemu;

@@ -4,5 +4,15 @@
 //! vendor-quirk table, BMC credentials and TLS trust, fleet-wide BMC operations and
 //! `cairn bmc ...`. Must not: decide what a server should become (that is the installer's
 //! and the firmware profiles' job), or write to local disks.
+//!
+//! Entry points: [`inventory::Rack`] reads `rack.yaml`, [`connect::connect`] opens a
+//! [`bmc::Bmc`] for an address, [`fleet::run`] runs one operation across many BMCs.
 
+pub mod address;
+pub mod bmc;
 pub mod cli;
+pub mod connect;
+pub mod inventory;
+pub mod quirks;
+pub mod redfish;
+pub mod tls;

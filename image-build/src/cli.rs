@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use cairn_api::cli::{Exit, OutputFormat, not_built};
+use cairn_api::cli::{Exit, OutputFormat};
 use clap::{Args, Subcommand};
 
+use crate::build::{self, BuildRequest};
 use crate::bundle::{self, BundleError};
+use crate::config::ImageConfig;
 use crate::keys::{PublicKey, SigningKey, TrustStore};
 
 /// Build appliance images and sign update bundles.
@@ -23,7 +25,27 @@ pub struct ImageArgs {
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
     /// Build the disk image, ISO, PXE set and bundle from a config.
-    Build,
+    ///
+    /// Writes disk.raw, disk.qcow2, root.img.zst, pxe/, installer.iso,
+    /// update-VERSION.bundle and manifest.json (size and SHA-256 of each) into --out.
+    /// Two builds with the same inputs and SOURCE_DATE_EPOCH are bit-identical (minimal).
+    Build {
+        /// The image config (see image-build/examples/minimal.yaml and debian.yaml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sign the update bundle with this key (from `cairn image keygen`).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Timestamp of every file in the images; defaults to now (not reproducible).
+        #[arg(long, env = "SOURCE_DATE_EPOCH")]
+        source_date_epoch: Option<u64>,
+        /// Print manifest.json to standard output as JSON instead of a table.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Create an Ed25519 signing key (KEY, mode 0600) and its public key (KEY.pub).
     Keygen {
         /// Where to write the private key; the public key goes to the same path plus `.pub`.
@@ -55,7 +77,13 @@ impl ImageArgs {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<Exit> {
         match self.command {
-            ImageCommand::Build => Ok(not_built("cairn image build", "issue 6")),
+            ImageCommand::Build {
+                config,
+                out,
+                signing_key,
+                source_date_epoch,
+                output,
+            } => build(config, out, signing_key, source_date_epoch, output).await,
             ImageCommand::Keygen { out } => {
                 let key = SigningKey::generate()?;
                 let public = out.with_file_name(format!(
@@ -127,6 +155,61 @@ impl ImageArgs {
             }
         }
     }
+}
+
+async fn build(
+    config: PathBuf,
+    out: PathBuf,
+    signing_key: Option<PathBuf>,
+    source_date_epoch: Option<u64>,
+    output: OutputFormat,
+) -> anyhow::Result<Exit> {
+    let config = match ImageConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => return invalid(e),
+    };
+    let signing_key = match signing_key.map(|k| SigningKey::read(&k)).transpose() {
+        Ok(k) => k,
+        Err(e) => return invalid(e),
+    };
+    let binaries = match &config.binaries {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .context("finding the running executable")?
+            .parent()
+            .context("the running executable has no directory")?
+            .to_owned(),
+    };
+    let source_date_epoch = match source_date_epoch {
+        Some(e) => e,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    };
+    let request = BuildRequest {
+        config,
+        out,
+        signing_key,
+        source_date_epoch,
+        binaries,
+    };
+    let started = std::time::Instant::now();
+    let manifest = tokio::task::spawn_blocking(move || {
+        build::build(&request, |step| {
+            tracing::info!(elapsed_s = started.elapsed().as_secs(), "{step}")
+        })
+    })
+    .await??;
+    tracing::info!(elapsed_s = started.elapsed().as_secs(), "build finished");
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
+        OutputFormat::Table => {
+            for (path, d) in &manifest.files {
+                println!("{:>12}  {}  {path}", d.size, d.sha256);
+            }
+        }
+    }
+    Ok(Exit::Success)
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Result<Exit> {

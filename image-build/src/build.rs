@@ -1,0 +1,836 @@
+//! `cairn image build`: from one config to every way of landing cairn on a server.
+//!
+//! Outputs in `--out`:
+//! - `root.img.zst`: the root filesystem of a slot (squashfs), zstd-compressed for transport;
+//! - `disk.raw`, `disk.qcow2`: GPT (esp, root-a, root-b, data), GRUB for UEFI and BIOS,
+//!   slot `a` filled, `b` empty, `data` blank (formatted on first boot);
+//! - `pxe/`: `vmlinuz`, `initrd.img` (install environment with `cairn-agent`), `ipxe.tera`,
+//!   and what the agent writes besides the root image (`install.json`, `esp.img.zst`,
+//!   `mbr.bin`, `core.img`);
+//! - `installer.iso`: hybrid BIOS/UEFI ISO with the same install environment and payload;
+//! - `update-<version>.bundle`: signed when `--signing-key` is given;
+//! - `manifest.json`: size and SHA-256 of each of the above.
+//!
+//! Why squashfs for the root: a slot is replaced whole and never modified in place, so a
+//! read-only filesystem fits; `mksquashfs -reproducible` with `SOURCE_DATE_EPOCH` is
+//! bit-for-bit reproducible (`mkfs.ext4 -d` 1.47.0 stamps inode change times with the
+//! current time); it is compressed, so a slot write moves fewer bytes; and GRUB reads it
+//! (`squash4`) to load the slot's own kernel. The codec is gzip because GRUB 2.06's
+//! `squash4` cannot read zstd squashfs. Writable state lives on `data`.
+
+use std::collections::BTreeMap;
+use std::io::{Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::args;
+use crate::config::{ImageConfig, Profile};
+use crate::cpio::CpioWriter;
+use crate::gpt::{self, Layout};
+use crate::grub;
+use crate::keys::SigningKey;
+use crate::rootfs::{self, TreeError};
+use crate::stream::Digest;
+use crate::tools::{ToolError, run};
+
+const INITRD_INIT: &str = include_str!("../dist/initrd-init.sh");
+const UDHCPC_SCRIPT: &str = include_str!("../dist/udhcpc.script");
+const MINIMAL_INIT: &str = include_str!("../dist/minimal-init.sh");
+/// The iPXE script template the boot server renders per server.
+pub const IPXE_TEMPLATE: &str = include_str!("../dist/ipxe.tera");
+const NODE_UNIT: &str = include_str!("../dist/cairn-node.service");
+
+/// Modules the initramfs loads: virtio and SATA/CD disks, virtio NIC, the root and data
+/// filesystems, and CRC32C for ext4 metadata checksums.
+const INITRD_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "e1000",
+    "ahci",
+    "ata_piix",
+    "sr_mod",
+    "isofs",
+    "squashfs",
+    "crc32c_generic",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+];
+
+/// cairn binaries put into images, when present in the binaries directory.
+const CAIRN_BINARIES: &[&str] = &["cairn", "cairn-agent", "cairn-node"];
+
+/// What the install agent needs besides the image itself; `pxe/install.json` and
+/// `cairn/install.json` on the ISO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallManifest {
+    /// OS version.
+    pub version: String,
+    /// ESP size in bytes.
+    pub esp_size: u64,
+    /// Root slot size in bytes.
+    pub slot_size: u64,
+    /// `root.img` (uncompressed squashfs).
+    pub root_image: Digest,
+    /// `root.img.zst`.
+    pub root_payload: Digest,
+    /// The ESP filesystem image (uncompressed).
+    pub esp_image: Digest,
+    /// `esp.img.zst`.
+    pub esp_payload: Digest,
+    /// `mbr.bin`: BIOS boot code for the first 440 bytes of the disk.
+    pub mbr: Digest,
+    /// `core.img`: GRUB's BIOS core, at sector [`gpt::BIOS_CORE_LBA`].
+    pub core: Digest,
+}
+
+/// `manifest.json` of a build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildManifest {
+    /// OS version.
+    pub version: String,
+    /// Profile built.
+    pub profile: String,
+    /// The `SOURCE_DATE_EPOCH` the build used.
+    pub source_date_epoch: u64,
+    /// Every output, by path relative to the output directory.
+    pub files: BTreeMap<String, Digest>,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Assembling a tree failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// A tool failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// A file operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something the config points at is missing or does not fit.
+    #[error("{0}")]
+    Input(String),
+    /// Writing the bundle failed.
+    #[error("writing the update bundle")]
+    Bundle(#[from] crate::bundle::BundleError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.to_owned();
+    move |source| BuildError::Io { what, path, source }
+}
+
+/// Inputs of one build.
+#[derive(Debug)]
+pub struct BuildRequest {
+    /// The config.
+    pub config: ImageConfig,
+    /// Output directory (created; existing outputs are replaced).
+    pub out: PathBuf,
+    /// Signs the bundle when given.
+    pub signing_key: Option<SigningKey>,
+    /// Timestamp for every file and filesystem.
+    pub source_date_epoch: u64,
+    /// Where cairn's binaries are.
+    pub binaries: PathBuf,
+}
+
+/// A kernel and the root of its modules.
+struct Kernel {
+    image: PathBuf,
+    version: String,
+    modules_root: PathBuf,
+}
+
+/// Runs a build; `step` is called with a short description before each stage.
+pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildManifest, BuildError> {
+    let epoch = req.source_date_epoch;
+    let cfg = &req.config;
+    let out = &req.out;
+    std::fs::create_dir_all(out.join("pxe")).map_err(io("creating", out))?;
+    let work = tempfile::Builder::new()
+        .prefix("cairn-image-")
+        .tempdir()
+        .map_err(io(
+            "creating a temporary directory in",
+            &std::env::temp_dir(),
+        ))?;
+    let work = work.path();
+
+    // The root tree.
+    let root = work.join("root");
+    let kernel = match cfg.profile {
+        Profile::Minimal => {
+            step("assembling the minimal root");
+            let kernel = host_kernel(cfg.kernel.as_deref())?;
+            minimal_root(&root, req, &kernel)?;
+            kernel
+        }
+        Profile::Debian => {
+            step("bootstrapping Debian with mmdebstrap (minutes)");
+            crate::debian::bootstrap(&root, cfg, epoch)?;
+            debian_root(&root, req)?
+        }
+    };
+    rootfs::write(
+        &root,
+        "etc/cairn-release",
+        format!("{}\n", cfg.version).as_bytes(),
+        0o644,
+    )?;
+
+    step("building the initramfs");
+    let boot_initrd = work.join("initrd-boot.img");
+    let install_initrd = out.join("pxe/initrd.img");
+    initramfs(
+        &work.join("initrd-boot"),
+        &boot_initrd,
+        &kernel,
+        None,
+        epoch,
+    )?;
+    initramfs(
+        &work.join("initrd-install"),
+        &install_initrd,
+        &kernel,
+        Some(&req.binaries),
+        epoch,
+    )?;
+    if cfg.profile == Profile::Minimal {
+        // Each slot boots its own kernel and initramfs.
+        copy(&kernel.image, &root.join("boot/vmlinuz"))?;
+        copy(&boot_initrd, &root.join("boot/initrd.img"))?;
+    }
+    copy(&kernel.image, &out.join("pxe/vmlinuz"))?;
+    std::fs::write(out.join("pxe/ipxe.tera"), IPXE_TEMPLATE).map_err(io("writing", out))?;
+
+    step("building the root image (squashfs)");
+    rootfs::clamp_times(&root, epoch)?;
+    let root_img = work.join("root.img");
+    run(
+        "mksquashfs",
+        args![
+            root,
+            root_img,
+            "-reproducible",
+            "-all-root",
+            "-comp",
+            "gzip",
+            "-noappend",
+            "-quiet",
+            "-no-progress"
+        ],
+        epoch,
+    )?;
+    let root_size = meta_len(&root_img)?;
+    let slot_size = cfg.disk.slot_mib << 20;
+    if root_size > slot_size {
+        return Err(BuildError::Input(format!(
+            "the root image is {} MiB, larger than disk.slot_mib ({})",
+            root_size.div_ceil(1 << 20),
+            cfg.disk.slot_mib
+        )));
+    }
+    let root_zst = out.join("root.img.zst");
+    compress(&root_img, &root_zst)?;
+
+    step("building the ESP and GRUB");
+    let esp_size = cfg.disk.esp_mib << 20;
+    let esp_img = work.join("esp.img");
+    let (mbr, core) = grub_images(work, &esp_img, esp_size, &cfg.kernel_args, epoch)?;
+    std::fs::write(out.join("pxe/mbr.bin"), &mbr).map_err(io("writing", out))?;
+    std::fs::write(out.join("pxe/core.img"), &core).map_err(io("writing", out))?;
+    compress(&esp_img, &out.join("pxe/esp.img.zst"))?;
+    let install = InstallManifest {
+        version: cfg.version.clone(),
+        esp_size,
+        slot_size,
+        root_image: Digest::of_file(&root_img).map_err(io("hashing", &root_img))?,
+        root_payload: Digest::of_file(&root_zst).map_err(io("hashing", &root_zst))?,
+        esp_image: Digest::of_file(&esp_img).map_err(io("hashing", &esp_img))?,
+        esp_payload: digest(&out.join("pxe/esp.img.zst"))?,
+        mbr: Digest::of_reader(&mbr[..]).map_err(io("hashing", out))?,
+        core: Digest::of_reader(&core[..]).map_err(io("hashing", out))?,
+    };
+    let install_json = serde_json::to_vec_pretty(&install).expect("serializable");
+    std::fs::write(out.join("pxe/install.json"), &install_json).map_err(io("writing", out))?;
+    copy(&root_zst, &out.join("pxe/root.img.zst"))?;
+
+    step("assembling disk.raw and disk.qcow2");
+    let layout = Layout::new(cfg.disk.size_mib << 20, esp_size, slot_size)
+        .map_err(|e| BuildError::Input(e.to_string()))?;
+    let disk = out.join("disk.raw");
+    let seed = format!("cairn-disk {} {epoch}", cfg.version);
+    write_disk(
+        &disk,
+        &layout,
+        &gpt::guid_from_seed(seed.as_bytes()),
+        &mbr,
+        &core,
+        &esp_img,
+        &root_img,
+    )?;
+    let qcow = out.join("disk.qcow2");
+    let _ = std::fs::remove_file(&qcow);
+    run(
+        "qemu-img",
+        args!["convert", "-f", "raw", "-O", "qcow2", disk, qcow],
+        epoch,
+    )?;
+
+    step("building installer.iso");
+    iso(work, out, cfg, &kernel, &install_json, epoch)?;
+
+    step("writing the update bundle");
+    let bundle = out.join(format!("update-{}.bundle", cfg.version));
+    crate::bundle::create(
+        &bundle,
+        &cfg.version,
+        std::env::consts::ARCH,
+        cfg.compatible_from.clone(),
+        &rfc3339(epoch),
+        &root_img,
+        &root_zst,
+    )?;
+    if let Some(key) = &req.signing_key {
+        crate::bundle::sign(&bundle, key)?;
+    }
+
+    step("writing manifest.json");
+    let mut files = BTreeMap::new();
+    for rel in [
+        "disk.raw".to_string(),
+        "disk.qcow2".into(),
+        "root.img.zst".into(),
+        "installer.iso".into(),
+        format!("update-{}.bundle", cfg.version),
+        "pxe/vmlinuz".into(),
+        "pxe/initrd.img".into(),
+        "pxe/ipxe.tera".into(),
+        "pxe/install.json".into(),
+        "pxe/root.img.zst".into(),
+        "pxe/esp.img.zst".into(),
+        "pxe/mbr.bin".into(),
+        "pxe/core.img".into(),
+    ] {
+        let d = digest(&out.join(&rel))?;
+        files.insert(rel, d);
+    }
+    let manifest = BuildManifest {
+        version: cfg.version.clone(),
+        profile: format!("{:?}", cfg.profile).to_lowercase(),
+        source_date_epoch: epoch,
+        files,
+    };
+    let path = out.join("manifest.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&manifest).expect("serializable"),
+    )
+    .map_err(io("writing", &path))?;
+    Ok(manifest)
+}
+
+fn digest(path: &Path) -> Result<Digest, BuildError> {
+    Digest::of_file(path).map_err(io("hashing", path))
+}
+
+fn meta_len(path: &Path) -> Result<u64, BuildError> {
+    Ok(std::fs::metadata(path).map_err(io("reading", path))?.len())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), BuildError> {
+    if let Some(p) = to.parent() {
+        std::fs::create_dir_all(p).map_err(io("creating", p))?;
+    }
+    std::fs::copy(from, to).map_err(io("copying", from))?;
+    Ok(())
+}
+
+/// zstd level 3 with a fixed setup: the same input gives the same bytes.
+fn compress(from: &Path, to: &Path) -> Result<(), BuildError> {
+    let input = std::fs::File::open(from).map_err(io("reading", from))?;
+    let output = std::fs::File::create(to).map_err(io("writing", to))?;
+    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(output), 3)
+        .map_err(io("compressing", from))?;
+    enc.include_checksum(true)
+        .map_err(io("compressing", from))?;
+    std::io::copy(&mut std::io::BufReader::new(input), &mut enc)
+        .map_err(io("compressing", from))?;
+    enc.finish()
+        .and_then(|mut w| w.flush())
+        .map_err(io("writing", to))
+}
+
+fn rfc3339(epoch: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| epoch.to_string())
+}
+
+/// The build machine's kernel: the configured one, or the newest `/boot/vmlinuz-*`.
+fn host_kernel(configured: Option<&Path>) -> Result<Kernel, BuildError> {
+    let image = match configured {
+        Some(p) => p.to_owned(),
+        None => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+                .map_err(io("listing", Path::new("/boot")))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+                .collect();
+            found.sort();
+            found.pop().ok_or_else(|| {
+                BuildError::Input(
+                    "no /boot/vmlinuz-* here: install linux-image-amd64 or set `kernel:`".into(),
+                )
+            })?
+        }
+    };
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version = name
+        .strip_prefix("vmlinuz-")
+        .ok_or_else(|| {
+            BuildError::Input(format!(
+                "kernel: {} is not named vmlinuz-<version>",
+                image.display()
+            ))
+        })?
+        .to_owned();
+    if !Path::new("/lib/modules").join(&version).is_dir() {
+        return Err(BuildError::Input(format!(
+            "kernel: no /lib/modules/{version} for {}",
+            image.display()
+        )));
+    }
+    Ok(Kernel {
+        image,
+        version,
+        modules_root: PathBuf::from("/"),
+    })
+}
+
+fn minimal_root(root: &Path, req: &BuildRequest, kernel: &Kernel) -> Result<(), BuildError> {
+    let epoch = req.source_date_epoch;
+    rootfs::dirs(
+        root,
+        &[
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "tmp",
+            "boot",
+            "etc/cairn",
+            "var/lib/cairn",
+            "mnt",
+        ],
+    )?;
+    rootfs::busybox(root, epoch)?;
+    rootfs::write(root, "sbin/init", MINIMAL_INIT.as_bytes(), 0o755)?;
+    rootfs::write(root, "etc/udhcpc.script", UDHCPC_SCRIPT.as_bytes(), 0o755)?;
+    let mut found = 0;
+    for name in CAIRN_BINARIES {
+        let host = req.binaries.join(name);
+        if host.is_file() {
+            rootfs::binary(root, &host, &format!("usr/bin/{name}"), epoch)?;
+            found += 1;
+        }
+    }
+    if found == 0 {
+        return Err(BuildError::Input(format!(
+            "no cairn binaries ({}) in {}: build them or set `binaries:`",
+            CAIRN_BINARIES.join(", "),
+            req.binaries.display()
+        )));
+    }
+    let _ = kernel;
+    Ok(())
+}
+
+/// Finishes a bootstrapped Debian root: cairn-node and its unit, fstab for a read-only root.
+fn debian_root(root: &Path, req: &BuildRequest) -> Result<Kernel, BuildError> {
+    let epoch = req.source_date_epoch;
+    let node = req.binaries.join("cairn-node");
+    if node.is_file() {
+        rootfs::binary(root, &node, "usr/bin/cairn-node", epoch)?;
+    } else {
+        return Err(BuildError::Input(format!(
+            "the debian profile needs cairn-node in {} (cargo build -p cairn-node-daemon)",
+            req.binaries.display()
+        )));
+    }
+    rootfs::write(
+        root,
+        "etc/systemd/system/cairn-node.service",
+        NODE_UNIT.as_bytes(),
+        0o644,
+    )?;
+    rootfs::dirs(
+        root,
+        &[
+            "etc/systemd/system/multi-user.target.wants",
+            "var/lib/cairn",
+            "etc/cairn",
+        ],
+    )?;
+    let wants = root.join("etc/systemd/system/multi-user.target.wants/cairn-node.service");
+    let _ = std::fs::remove_file(&wants);
+    std::os::unix::fs::symlink("/etc/systemd/system/cairn-node.service", &wants)
+        .map_err(io("linking", &wants))?;
+    rootfs::write(
+        root,
+        "etc/fstab",
+        b"# The root slot is a read-only squashfs; state lives on the data partition,\n\
+          # formatted on first boot if blank.\n\
+          PARTLABEL=data /var/lib/cairn ext4 defaults,nofail,x-systemd.makefs 0 2\n\
+          tmpfs /tmp tmpfs defaults 0 0\n\
+          tmpfs /var/tmp tmpfs defaults 0 0\n\
+          tmpfs /var/log tmpfs defaults 0 0\n",
+        0o644,
+    )?;
+    // Empty machine-id: systemd makes a transient one on the read-only root.
+    rootfs::write(root, "etc/machine-id", b"", 0o444)?;
+    rootfs::write(root, "etc/hostname", b"cairn\n", 0o644)?;
+    let boot = root.join("boot");
+    let find = |prefix: &str| -> Result<PathBuf, BuildError> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&boot)
+            .map_err(io("listing", &boot))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect();
+        v.sort();
+        v.pop()
+            .ok_or_else(|| BuildError::Input(format!("the Debian root has no /boot/{prefix}*")))
+    };
+    let image = find("vmlinuz-")?;
+    let initrd = find("initrd.img-")?;
+    let version = image.file_name().expect("file").to_string_lossy()["vmlinuz-".len()..].to_owned();
+    // GRUB loads /boot/vmlinuz and /boot/initrd.img from the slot.
+    copy(&image, &boot.join("vmlinuz"))?;
+    copy(&initrd, &boot.join("initrd.img"))?;
+    Ok(Kernel {
+        image,
+        version,
+        modules_root: root.to_owned(),
+    })
+}
+
+/// Builds an initramfs: busybox, modules, `/init`; with `agent_from`, also cairn-agent and
+/// mkfs.ext4 (the install environment).
+fn initramfs(
+    tree: &Path,
+    out: &Path,
+    kernel: &Kernel,
+    agent_from: Option<&Path>,
+    epoch: u64,
+) -> Result<(), BuildError> {
+    rootfs::dirs(
+        tree,
+        &[
+            "proc",
+            "sys",
+            "run",
+            "tmp",
+            "etc",
+            "newroot",
+            "media/cdrom",
+            "usr/bin",
+            "sbin",
+        ],
+    )?;
+    rootfs::busybox(tree, epoch)?;
+    rootfs::write(tree, "init", INITRD_INIT.as_bytes(), 0o755)?;
+    rootfs::write(tree, "etc/udhcpc.script", UDHCPC_SCRIPT.as_bytes(), 0o755)?;
+    rootfs::modules(
+        tree,
+        &kernel.modules_root,
+        &kernel.version,
+        INITRD_MODULES,
+        epoch,
+    )?;
+    if let Some(bin) = agent_from {
+        let agent = bin.join("cairn-agent");
+        if !agent.is_file() {
+            return Err(BuildError::Input(format!(
+                "no cairn-agent in {} (cargo build -p cairn-installer)",
+                bin.display()
+            )));
+        }
+        rootfs::binary(tree, &agent, "usr/bin/cairn-agent", epoch)?;
+        rootfs::binary(tree, Path::new("/sbin/mke2fs"), "sbin/mkfs.ext4", epoch)?;
+    }
+    rootfs::clamp_times(tree, epoch)?;
+    let file = std::fs::File::create(out).map_err(io("writing", out))?;
+    let enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), 3)
+        .map_err(io("compressing", out))?;
+    let mut cpio = CpioWriter::new(enc, u32::try_from(epoch).unwrap_or(u32::MAX));
+    let write = |r: std::io::Result<()>| r.map_err(io("writing", out));
+    write(cpio.dir("dev", 0o755))?;
+    write(cpio.char_device("dev/console", 0o600, 5, 1))?;
+    write(cpio.tree(tree, ""))?;
+    let enc = cpio.finish().map_err(io("writing", out))?;
+    enc.finish()
+        .and_then(|mut w| w.flush())
+        .map_err(io("writing", out))
+}
+
+/// Makes the ESP filesystem image (UEFI GRUB, grub.cfg, grubenv) and the BIOS boot code.
+fn grub_images(
+    work: &Path,
+    esp_img: &Path,
+    esp_size: u64,
+    kernel_args: &str,
+    epoch: u64,
+) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
+    let esp = work.join("esp");
+    let early = work.join("grub-early.cfg");
+    std::fs::write(&early, grub::embedded_config()).map_err(io("writing", &early))?;
+    rootfs::dirs(&esp, &["EFI/BOOT", "grub"])?;
+    let efi = esp.join("EFI/BOOT/BOOTX64.EFI");
+    let mut a: Vec<std::ffi::OsString> = ["-O", "x86_64-efi", "-p", "/grub", "-c"]
+        .map(Into::into)
+        .to_vec();
+    a.extend([
+        early.clone().into_os_string(),
+        "-o".into(),
+        efi.clone().into_os_string(),
+    ]);
+    a.extend(grub::MODULES.iter().map(Into::into));
+    run(
+        "grub-mkimage",
+        &a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>(),
+        epoch,
+    )?;
+    let core = work.join("core.img");
+    let mut a: Vec<std::ffi::OsString> = ["-O", "i386-pc", "-p", "/grub", "-c"]
+        .map(Into::into)
+        .to_vec();
+    a.extend([
+        early.into_os_string(),
+        "-o".into(),
+        core.clone().into_os_string(),
+    ]);
+    a.extend(
+        grub::MODULES
+            .iter()
+            .chain(grub::BIOS_MODULES)
+            .map(Into::into),
+    );
+    run(
+        "grub-mkimage",
+        &a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>(),
+        epoch,
+    )?;
+    rootfs::write(
+        &esp,
+        "grub/grub.cfg",
+        grub::grub_cfg(kernel_args).as_bytes(),
+        0o644,
+    )?;
+    rootfs::write(
+        &esp,
+        "grub/grubenv",
+        &grub::grubenv(&BTreeMap::from([("cairn_slot", "a")])),
+        0o644,
+    )?;
+    rootfs::clamp_times(&esp, epoch)?;
+    let _ = std::fs::remove_file(esp_img);
+    run(
+        "mkfs.fat",
+        args![
+            "-C",
+            "-i",
+            "ca1b0001",
+            "-n",
+            grub::ESP_LABEL,
+            "--invariant",
+            esp_img,
+            (esp_size >> 10).to_string()
+        ],
+        epoch,
+    )?;
+    run(
+        "mcopy",
+        args![
+            "-s",
+            "-m",
+            "-i",
+            esp_img,
+            esp.join("EFI"),
+            esp.join("grub"),
+            "::/"
+        ],
+        epoch,
+    )?;
+
+    let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
+    let boot = std::fs::read(boot_img).map_err(io("reading (install grub-pc-bin)", boot_img))?;
+    let core_bytes = std::fs::read(&core).map_err(io("reading", &core))?;
+    if core_bytes.len() as u64 > gpt::BIOS_CORE_MAX {
+        return Err(BuildError::Input(format!(
+            "GRUB core.img is {} bytes, more than the {} before the first partition",
+            core_bytes.len(),
+            gpt::BIOS_CORE_MAX
+        )));
+    }
+    grub::bios_boot_code(&boot, &core_bytes, gpt::BIOS_CORE_LBA).map_err(BuildError::Input)
+}
+
+/// Writes a sparse disk image: GPT, BIOS boot code, ESP, root-a.
+#[allow(clippy::too_many_arguments)]
+fn write_disk(
+    path: &Path,
+    layout: &Layout,
+    disk_guid: &[u8; 16],
+    mbr: &[u8],
+    core: &[u8],
+    esp_img: &Path,
+    root_img: &Path,
+) -> Result<(), BuildError> {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::File::create(path).map_err(io("creating", path))?;
+    let w = |r: std::io::Result<()>| r.map_err(io("writing", path));
+    w(f.set_len(layout.disk_size))?;
+    let table = gpt::build(layout, disk_guid);
+    let mut first = table.primary.clone();
+    first[..mbr.len()].copy_from_slice(mbr);
+    w(f.write_all(&first))?;
+    w(f.seek(SeekFrom::Start(gpt::BIOS_CORE_LBA * gpt::SECTOR))
+        .map(|_| ()))?;
+    w(f.write_all(core))?;
+    w(f.seek(SeekFrom::Start(table.backup_offset)).map(|_| ()))?;
+    w(f.write_all(&table.backup))?;
+    for (name, img) in [("esp", esp_img), ("root-a", root_img)] {
+        let part = layout.get(name).expect("layout has it");
+        w(f.seek(SeekFrom::Start(part.offset)).map(|_| ()))?;
+        let mut src = std::fs::File::open(img).map_err(io("reading", img))?;
+        w(std::io::copy(&mut src, &mut f).map(|_| ()))?;
+    }
+    w(f.sync_all())
+}
+
+/// The install ISO: GRUB for BIOS and UEFI (grub-mkrescue), the install environment, the
+/// payload the agent writes, and an optional seed.
+fn iso(
+    work: &Path,
+    out: &Path,
+    cfg: &ImageConfig,
+    kernel: &Kernel,
+    install_json: &[u8],
+    epoch: u64,
+) -> Result<(), BuildError> {
+    let tree = work.join("iso");
+    rootfs::dirs(&tree, &["boot/grub", "cairn"])?;
+    rootfs::write(
+        &tree,
+        "boot/grub/grub.cfg",
+        grub::iso_cfg(&cfg.version, &cfg.kernel_args).as_bytes(),
+        0o644,
+    )?;
+    copy(&kernel.image, &tree.join("boot/vmlinuz"))?;
+    copy(&out.join("pxe/initrd.img"), &tree.join("boot/initrd.img"))?;
+    rootfs::write(&tree, "cairn/install.json", install_json, 0o644)?;
+    for f in ["root.img.zst", "esp.img.zst", "mbr.bin", "core.img"] {
+        copy(&out.join("pxe").join(f), &tree.join("cairn").join(f))?;
+    }
+    if let Some(seed) = &cfg.iso_seed {
+        if !seed.is_dir() {
+            return Err(BuildError::Input(format!(
+                "iso_seed: {} is not a directory",
+                seed.display()
+            )));
+        }
+        run("cp", args!["-r", seed, tree.join("cairn/seed")], epoch)?;
+    }
+    rootfs::clamp_times(&tree, epoch)?;
+    let iso = out.join("installer.iso");
+    let _ = std::fs::remove_file(&iso);
+    // After `--`, xorriso commands: fixed volume dates, so SOURCE_DATE_EPOCH is all that counts.
+    let date = time::OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year][month][day][hour][minute][second]00"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| "1970010100000000".into());
+    run(
+        "grub-mkrescue",
+        args![
+            "-o",
+            iso,
+            tree,
+            "--",
+            "-volid",
+            "CAIRN-INSTALL",
+            "-volume_date",
+            "uuid",
+            date,
+            "-volume_date",
+            "all_file_dates",
+            format!("={epoch}")
+        ],
+        epoch,
+    )?;
+    fix_efi_serial(&iso, epoch)
+}
+
+/// grub-mkrescue formats its EFI boot image with `mformat`, which draws a random FAT volume
+/// serial and offers no flag to set it. Overwrite it in place (nothing checksums it) with a
+/// value derived from the epoch, so the ISO is reproducible.
+fn fix_efi_serial(iso: &Path, epoch: u64) -> Result<(), BuildError> {
+    use std::io::Read as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(iso)
+        .map_err(io("opening", iso))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(io("reading", iso))?;
+    let found = (2048..bytes.len().saturating_sub(512))
+        .step_by(2048)
+        .find(|&o| {
+            let s = &bytes[o..o + 512];
+            s[510..512] == [0x55, 0xaa] && s[0x36..0x3a] == *b"FAT1"
+        });
+    let Some(offset) = found else {
+        return Err(BuildError::Input(
+            "installer.iso: grub-mkrescue made no FAT EFI image".into(),
+        ));
+    };
+    f.seek(SeekFrom::Start(offset as u64 + 0x27))
+        .map_err(io("writing", iso))?;
+    f.write_all(&(epoch as u32).to_le_bytes())
+        .map_err(io("writing", iso))?;
+    f.sync_all().map_err(io("writing", iso))
+}

@@ -1,0 +1,186 @@
+//! GRUB for the A/B disk: one `grub.cfg` and `grubenv` on the ESP, read by both a UEFI
+//! GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS GRUB (boot.img in the MBR, core.img in the gap
+//! before the first partition).
+//!
+//! The slot is chosen by GRUB environment variables (see `docs/images.md`):
+//! - `cairn_slot` (`a`|`b`): the committed slot;
+//! - `cairn_try` (`a`|`b`|empty): a slot being tried after an upgrade;
+//! - `cairn_tries`: boots left for the tried slot. GRUB decrements it before each boot of the
+//!   tried slot; when it reaches 0 without the node committing (setting `cairn_slot` to the
+//!   tried slot and clearing `cairn_try`), GRUB clears `cairn_try`, sets
+//!   `cairn_rolled_back` to the failed slot and boots the committed one again.
+//!
+//! BIOS installation is done here rather than by `grub-install` because that tool needs a
+//! block device; writing the image into a file needs the two patches `grub-bios-setup`
+//! makes (GRUB's `util/setup.c`): the core.img sector in boot.img, and the blocklist of the
+//! rest of core.img in its first sector.
+
+use std::collections::BTreeMap;
+
+/// Label of the ESP's FAT filesystem; GRUB finds its config by it.
+pub const ESP_LABEL: &str = "CAIRN-ESP";
+
+/// Modules built into both GRUB images (no module loading from disk: one file to trust).
+pub const MODULES: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "squash4",
+    "ext2",
+    "iso9660",
+    "search",
+    "search_label",
+    "search_fs_file",
+    "normal",
+    "configfile",
+    "linux",
+    "loadenv",
+    "test",
+    "regexp",
+    "echo",
+    "serial",
+    "terminal",
+    "sleep",
+    "true",
+    "halt",
+    "reboot",
+];
+
+/// Extra modules of the BIOS image.
+pub const BIOS_MODULES: &[&str] = &["biosdisk"];
+
+/// The config embedded in both images: find the ESP, then `normal` reads its grub.cfg.
+pub fn embedded_config() -> String {
+    format!("search --no-floppy --label {ESP_LABEL} --set=root\nset prefix=($root)/grub\n")
+}
+
+/// The ESP's `grub/grub.cfg`: pick the slot from the environment, count tries, boot the
+/// kernel and initrd stored inside the slot.
+pub fn grub_cfg(kernel_args: &str) -> String {
+    format!(
+        r#"# cairn A/B boot. Variables live in grubenv next to this file; see docs/images.md.
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=1
+load_env -f ${{prefix}}/grubenv
+if [ -z "${{cairn_slot}}" ]; then set cairn_slot=a; fi
+set boot_slot="${{cairn_slot}}"
+if [ -n "${{cairn_try}}" ]; then
+  if [ "${{cairn_tries}}" -gt 0 ]; then
+    set boot_slot="${{cairn_try}}"
+    if [ "${{cairn_tries}}" -gt 2 ]; then set cairn_tries=2
+    elif [ "${{cairn_tries}}" -gt 1 ]; then set cairn_tries=1
+    else set cairn_tries=0; fi
+    save_env -f ${{prefix}}/grubenv cairn_tries
+  else
+    set cairn_rolled_back="${{cairn_try}}"
+    set cairn_try=
+    save_env -f ${{prefix}}/grubenv cairn_try cairn_rolled_back
+  fi
+fi
+regexp --set=1:disk '^([^,]+),' "${{root}}"
+if [ "${{boot_slot}}" = b ]; then set slot_part=gpt3; else set slot_part=gpt2; fi
+menuentry "cairn (slot ${{boot_slot}})" {{
+  linux (${{disk}},${{slot_part}})/boot/vmlinuz root=PARTLABEL=root-${{boot_slot}} cairn.slot=${{boot_slot}} ro {kernel_args}
+  initrd (${{disk}},${{slot_part}})/boot/initrd.img
+}}
+"#
+    )
+}
+
+/// The ISO's `boot/grub/grub.cfg`: boot the install environment from the CD.
+pub fn iso_cfg(version: &str, kernel_args: &str) -> String {
+    format!(
+        r#"serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=2
+menuentry "Install cairn {version}" {{
+  linux /boot/vmlinuz {kernel_args} cairn.install=cdrom
+  initrd /boot/initrd.img
+}}
+"#
+    )
+}
+
+/// A GRUB environment block (1024 bytes, `#`-padded) holding `vars`.
+pub fn grubenv(vars: &BTreeMap<&str, &str>) -> Vec<u8> {
+    let mut text = String::from("# GRUB Environment Block\n");
+    for (k, v) in vars {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let mut bytes = text.into_bytes();
+    assert!(bytes.len() <= 1024, "grubenv overflow");
+    bytes.resize(1024, b'#');
+    bytes
+}
+
+// Offsets in GRUB's boot.img and diskboot.img (include/grub/i386/pc/boot.h).
+const KERNEL_SECTOR: usize = 0x5c;
+const DRIVE_CHECK: usize = 0x66;
+/// boot.img code ends where the MBR's disk signature starts; the partition table follows.
+pub const MBR_CODE_LEN: usize = 0x1b8;
+
+/// Patches GRUB's boot.img (first 440 bytes used) and core.img for a core.img stored at
+/// `core_lba` in consecutive sectors. Returns (MBR boot code, patched core.img).
+pub fn bios_boot_code(
+    boot_img: &[u8],
+    core_img: &[u8],
+    core_lba: u64,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if boot_img.len() != 512 {
+        return Err(format!(
+            "boot.img is {} bytes, expected 512",
+            boot_img.len()
+        ));
+    }
+    if core_img.len() < 1024 {
+        return Err("core.img is too small".into());
+    }
+    let mut mbr = boot_img[..MBR_CODE_LEN].to_vec();
+    mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    // A hard disk: skip the check for buggy BIOSes passing a floppy drive number
+    // (grub-bios-setup does the same for non-floppy targets).
+    mbr[DRIVE_CHECK] = 0x90;
+    mbr[DRIVE_CHECK + 1] = 0x90;
+    let mut core = core_img.to_vec();
+    core.resize(core.len().next_multiple_of(512), 0);
+    let sectors = core.len() / 512;
+    // The blocklist sits at the end of core.img's first sector (diskboot.img): start (u64),
+    // length (u16), segment (u16); the entry below it, zeroed, terminates the list.
+    let bl = 512 - 12;
+    core[bl..bl + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
+    core[bl + 8..bl + 10].copy_from_slice(
+        &u16::try_from(sectors - 1)
+            .map_err(|_| "core.img too big")?
+            .to_le_bytes(),
+    );
+    core[bl + 10..bl + 12].copy_from_slice(&0x0820u16.to_le_bytes());
+    core[bl - 12..bl].fill(0);
+    Ok((mbr, core))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grubenv_is_a_padded_kilobyte() {
+        let env = grubenv(&BTreeMap::from([("cairn_slot", "a")]));
+        assert_eq!(env.len(), 1024);
+        assert!(env.starts_with(b"# GRUB Environment Block\ncairn_slot=a\n#"));
+    }
+
+    #[test]
+    fn bios_patches_point_at_the_core_image() {
+        let boot = vec![0u8; 512];
+        let core = vec![0u8; 3000];
+        let (mbr, core) = bios_boot_code(&boot, &core, 64).unwrap();
+        assert_eq!(mbr.len(), 440);
+        assert_eq!(u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()), 64);
+        assert_eq!(core.len(), 3072);
+        assert_eq!(u64::from_le_bytes(core[500..508].try_into().unwrap()), 65);
+        assert_eq!(u16::from_le_bytes(core[508..510].try_into().unwrap()), 5);
+    }
+}

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use crate::address::{BmcAddress, Credentials, Scheme};
 use crate::bmc::{Bmc, BmcResult};
+use crate::ipmi::session::Timing;
+use crate::ipmi::{IpmiBmc, IpmiOptions, SuiteChoice};
 use crate::redfish::{RedfishBmc, RedfishOptions};
 use crate::tls::Trust;
 
@@ -14,8 +16,10 @@ pub struct ConnectOptions {
     pub trust: Trust,
     /// Limit for one request (HTTP) or one exchange (IPMI, before retries).
     pub request_timeout: Duration,
-    /// Allow IPMI cipher suite 0 / IPMI 1.5 (no integrity, no encryption).
+    /// Allow IPMI cipher suite 0 (no authentication, integrity or encryption).
     pub allow_insecure_ipmi: bool,
+    /// IPMI cipher suites to try.
+    pub ipmi_suites: SuiteChoice,
 }
 
 impl Default for ConnectOptions {
@@ -24,12 +28,13 @@ impl Default for ConnectOptions {
             trust: Trust::System,
             request_timeout: Duration::from_secs(20),
             allow_insecure_ipmi: false,
+            ipmi_suites: SuiteChoice::Auto,
         }
     }
 }
 
-/// Opens a BMC. Redfish sends nothing until the first operation.
-pub async fn connect(
+/// Opens a BMC. Nothing is sent until the first operation.
+pub fn connect(
     address: &BmcAddress,
     credentials: Credentials,
     options: &ConnectOptions,
@@ -44,8 +49,20 @@ pub async fn connect(
                 ..Default::default()
             },
         )?)),
-        Scheme::Ipmi => Err(crate::bmc::BmcError::Invalid(
-            "IPMI is not built yet".into(),
-        )),
+        Scheme::Ipmi => {
+            let defaults = IpmiOptions::default();
+            Ok(Box::new(IpmiBmc::new(
+                address,
+                credentials,
+                IpmiOptions {
+                    suites: options.ipmi_suites,
+                    allow_insecure: options.allow_insecure_ipmi,
+                    timing: Timing {
+                        retry_after: defaults.timing.retry_after.min(options.request_timeout),
+                        limit: options.request_timeout,
+                    },
+                },
+            )?))
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod bmc;
 pub mod cli;
 pub mod connect;
 pub mod inventory;
+pub mod ipmi;
 pub mod quirks;
 pub mod redfish;
 pub mod tls;

@@ -215,3 +215,149 @@ pub fn password_file(dir: &Path, password: &str) -> PathBuf {
     std::fs::write(&p, format!("{password}\n")).unwrap();
     p
 }
+
+/// The SDR of the one sensor the ipmi_sim peer offers: "CPU Temp", full record, M=1, °C.
+const CPU_TEMP_SDR: &str = "0x00 0x00 0x51 0x01 0x33 0x20 0x00 0x01 0x03 0x01 0x7f 0x68 0x01 0x01 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x01 0x00 0x00 0x01 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0xff 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0x00 0xc8 0x43 0x50 0x55 0x20 0x54 0x65 0x6d 0x70";
+
+/// OpenIPMI's ipmi_sim as a LAN BMC on loopback, with a chassis-control script that keeps
+/// power and boot device in files (ipmi_sim refuses boot devices without one).
+pub struct IpmiSim {
+    pub peer: Peer,
+    pub port: u16,
+    pub password: String,
+}
+
+impl IpmiSim {
+    pub fn start() -> IpmiSim {
+        let sim = which("ipmi_sim");
+        which("ipmitool");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_udp_port();
+        let password = "s3cret-pw".to_owned();
+        let ctl = d.join("ctl.sh");
+        std::fs::write(
+            &ctl,
+            r#"#!/bin/sh
+# ipmi_sim chassis_control: `get power boot ...` prints key:value lines, `set key value ...`.
+d=$(dirname "$0")
+op=$1; shift
+case "$op" in
+  get) for k in "$@"; do case $k in
+         power) echo "power:$(cat "$d/power" 2>/dev/null || echo 0)";;
+         boot) echo "boot:$(cat "$d/boot" 2>/dev/null || echo default)";;
+       esac; done ;;
+  set) while [ $# -ge 2 ]; do echo "$2" > "$d/$1"; shift 2; done ;;
+esac
+"#,
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&ctl).status().unwrap();
+        let conf = d.join("lan.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"name "cairn-test"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "{ctl}"
+  user 1 true  ""        ""        user     10       none md2 md5 straight
+  user 2 true  "admin"   "{password}"  admin    10       none md2 md5 straight
+"#,
+                ctl = ctl.display()
+            ),
+        )
+        .unwrap();
+        let cmds = d.join("cmds");
+        std::fs::write(
+            &cmds,
+            format!(
+                "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmain_sdr_add 0x20 {CPU_TEMP_SDR}\nsensor_add 0x20 0 1 0x01 0x01\nsensor_set_value 0x20 0 1 45 0\nmc_enable 0x20\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("state")).unwrap();
+        let log = d.join("ipmi_sim.log");
+        let child = Command::new(sim)
+            .args(["-n", "-c"])
+            .arg(&conf)
+            .arg("-f")
+            .arg(&cmds)
+            .arg("-s")
+            .arg(d.join("state"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting ipmi_sim");
+        let sim = IpmiSim {
+            peer: Peer { child, log, dir },
+            port,
+            password,
+        };
+        poll(
+            Duration::from_secs(20),
+            "ipmi_sim to answer ipmitool",
+            || sim.ipmitool_ok(&["mc", "info"]).then_some(()),
+        );
+        sim
+    }
+
+    pub fn url(&self) -> String {
+        format!("ipmi://admin@127.0.0.1:{}", self.port)
+    }
+
+    fn ipmitool_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ipmitool");
+        // -E reads the password from IPMI_PASSWORD, keeping it out of argv.
+        c.args([
+            "-I",
+            "lanplus",
+            "-C",
+            "3",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "admin",
+            "-E",
+            "-N",
+            "1",
+            "-R",
+            "2",
+        ])
+        .args(args)
+        .env("IPMI_PASSWORD", &self.password)
+        .stdin(Stdio::null());
+        c
+    }
+
+    fn ipmitool_ok(&self, args: &[&str]) -> bool {
+        self.ipmitool_cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Runs ipmitool (the reference client) and returns its standard output.
+    pub fn ipmitool(&self, args: &[&str]) -> String {
+        let out = self.ipmitool_cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ipmitool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

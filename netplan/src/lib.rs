@@ -4,5 +4,17 @@
 //! state, applying it through rtnetlink with verification, safe apply with rollback
 //! (`net try`/`confirm`), the DHCPv4 client, VXLAN VPC overlays, and `cairn-node net ...`.
 //! Must not: talk to the hub or to systemd; it never uses networkd or NetworkManager.
+//!
+//! Modules, from pure to effectful: [`yaml`] (positioned YAML tree and file merge),
+//! [`schema`] (netplan model and validation), [`state`] and [`plan`] (wanted state and the
+//! change list), [`netlink`] (the only kernel access, behind the [`netlink::Netlink`] trait),
+//! [`apply`] (apply, verify, rollback, on-disk state), [`safe`] (`net try`), [`cli`].
 
+pub mod apply;
 pub mod cli;
+pub mod netlink;
+pub mod plan;
+pub mod safe;
+pub mod schema;
+pub mod state;
+pub mod yaml;

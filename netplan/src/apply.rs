@@ -1,0 +1,376 @@
+//! Apply with verification and rollback, and cairn's small on-disk state.
+//!
+//! Apply = read the kernel, plan, checkpoint what the plan touches, perform the changes,
+//! read again and re-plan: a non-empty second plan is a verification failure. Any failure
+//! restores the checkpoint by planning towards it (the same planner, so rollback touches only
+//! what the apply touched). Because verification requires an empty re-plan, a second apply of
+//! the same configuration performs zero writes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::plan::{Op, Wanted, observed, plan, wanted};
+use crate::schema::{Config, ConfigError};
+use crate::state::{NetState, RuleSpec};
+
+/// Errors of apply and rollback.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The configuration does not fit this machine (a NIC is missing).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Reading the kernel failed before anything changed.
+    #[error("reading kernel state")]
+    Read(#[source] NetlinkError),
+    /// A change failed; the prior state was restored (or restoring failed too).
+    #[error("{op} failed ({restored})")]
+    Write {
+        /// The failed change.
+        op: String,
+        /// Whether the rollback succeeded.
+        restored: Restored,
+        /// The kernel's answer.
+        #[source]
+        source: NetlinkError,
+    },
+    /// After applying, the kernel still differs from the configuration.
+    #[error("verification failed, still to do: {remaining} ({restored})")]
+    Verify {
+        /// Changes the re-plan still wants.
+        remaining: String,
+        /// Whether the rollback succeeded.
+        restored: Restored,
+    },
+    /// The state directory could not be read or written.
+    #[error("{what} {}", path.display())]
+    Store {
+        /// What was attempted.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Outcome of a rollback after a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The prior state is back.
+    Yes,
+    /// Rolling back failed as well.
+    No(String),
+}
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Restored::Yes => write!(f, "previous state restored"),
+            Restored::No(e) => write!(f, "ROLLBACK FAILED: {e}"),
+        }
+    }
+}
+
+/// What cairn remembers between runs: the links and rules it created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    /// Links created by cairn.
+    pub links: BTreeSet<String>,
+    /// Rules added by cairn.
+    pub rules: BTreeSet<RuleSpec>,
+}
+
+/// A pending `net try`: the state to go back to and the deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Last-known-good state of everything the try touches.
+    pub state: NetState,
+    /// Ownership before the try.
+    pub owned: Owned,
+    /// Unix time (seconds) after which the try is rolled back.
+    pub deadline_unix: u64,
+    /// The process waiting for confirmation; when it is gone, the try was interrupted.
+    pub pid: u32,
+}
+
+/// cairn's state directory (`/var/lib/cairn/net` on an appliance).
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// A store in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, ApplyError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ApplyError::Store {
+                    what: "parsing",
+                    path,
+                    source: std::io::Error::other(e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ApplyError::Store {
+                what: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes atomically (temp file, fsync, rename) so a crash leaves old or new, never half.
+    fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ApplyError> {
+        use std::io::Write;
+        let path = self.dir.join(name);
+        let err = |what, source| ApplyError::Store {
+            what,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| err("creating directory for", e))?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| err("serializing", std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err("writing", e))?;
+        f.write_all(&bytes).map_err(|e| err("writing", e))?;
+        f.sync_all().map_err(|e| err("syncing", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err("renaming into", e))?;
+        Ok(())
+    }
+
+    /// Links and rules cairn created.
+    pub fn owned(&self) -> Result<Owned, ApplyError> {
+        Ok(self.read("owned.json")?.unwrap_or_default())
+    }
+
+    /// Records ownership.
+    pub fn set_owned(&self, owned: &Owned) -> Result<(), ApplyError> {
+        self.write("owned.json", owned)
+    }
+
+    /// The pending try, if any.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, ApplyError> {
+        self.read("checkpoint.json")
+    }
+
+    /// Persists a pending try.
+    pub fn set_checkpoint(&self, c: &Checkpoint) -> Result<(), ApplyError> {
+        self.write("checkpoint.json", c)
+    }
+
+    /// Ends a pending try.
+    pub fn clear_checkpoint(&self) -> Result<(), ApplyError> {
+        let path = self.dir.join("checkpoint.json");
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ApplyError::Store {
+                what: "removing",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Changes made, in order.
+    pub changes: Vec<Op>,
+    /// Netlink writes performed (equals `changes.len()` on success).
+    pub writes: u64,
+}
+
+/// The plan for a configuration against the current kernel (for `net diff`).
+pub async fn diff<N: Netlink>(
+    nl: &mut N,
+    config: &Config,
+    store: &Store,
+) -> Result<Vec<Op>, ApplyError> {
+    let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let want = wanted(config, &kernel)?;
+    let owned = store.owned()?;
+    Ok(plan(&want, &kernel, &owned.links, &owned.rules))
+}
+
+/// The names and rules a plan may touch: what a checkpoint must capture.
+fn scope(want: &Wanted, owned: &Owned) -> (BTreeSet<String>, BTreeSet<RuleSpec>) {
+    let mut names: BTreeSet<String> = want.state.links.keys().cloned().collect();
+    names.extend(owned.links.iter().cloned());
+    names.extend(want.renames.keys().cloned());
+    let mut rules: BTreeSet<RuleSpec> = want.state.rules.clone();
+    rules.extend(owned.rules.iter().cloned());
+    (names, rules)
+}
+
+/// Reads the kernel state a configuration's apply would touch: a checkpoint to restore.
+pub async fn checkpoint<N: Netlink>(
+    nl: &mut N,
+    config: &Config,
+    store: &Store,
+) -> Result<NetState, ApplyError> {
+    let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let want = wanted(config, &kernel)?;
+    let (names, rules) = scope(&want, &store.owned()?);
+    Ok(observed(&kernel, &names, &rules))
+}
+
+/// Applies a configuration: plan, perform, verify; restore on failure. Updates ownership.
+pub async fn apply<N: Netlink>(
+    nl: &mut N,
+    config: &Config,
+    store: &Store,
+) -> Result<Report, ApplyError> {
+    let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let want = wanted(config, &kernel)?;
+    let owned = store.owned()?;
+    let (names, rules) = scope(&want, &owned);
+    let before = observed(&kernel, &names, &rules);
+    let ops = plan(&want, &kernel, &owned.links, &owned.rules);
+    let start = nl.writes();
+    let mut new_owned = owned.clone();
+    let result = perform(nl, &ops, &mut new_owned).await;
+    // Recorded even on failure: a half-created link must be deletable by the rollback.
+    store.set_owned(&new_owned)?;
+    if let Err((op, source)) = result {
+        let restored = restore(nl, &before, store).await;
+        return Err(ApplyError::Write {
+            op,
+            restored,
+            source,
+        });
+    }
+    let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let again = wanted(config, &kernel)?;
+    let remaining = plan(&again, &kernel, &new_owned.links, &new_owned.rules);
+    if !remaining.is_empty() {
+        let restored = restore(nl, &before, store).await;
+        return Err(ApplyError::Verify {
+            remaining: remaining
+                .iter()
+                .map(Op::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            restored,
+        });
+    }
+    Ok(Report {
+        changes: ops,
+        writes: nl.writes() - start,
+    })
+}
+
+async fn perform<N: Netlink>(
+    nl: &mut N,
+    ops: &[Op],
+    owned: &mut Owned,
+) -> Result<(), (String, NetlinkError)> {
+    for op in ops {
+        nl.write(op).await.map_err(|e| (op.to_string(), e))?;
+        match op {
+            Op::AddLink { name, .. } => {
+                owned.links.insert(name.clone());
+            }
+            Op::DelLink { name } => {
+                owned.links.remove(name);
+            }
+            Op::AddRule { rule } => {
+                owned.rules.insert(rule.clone());
+            }
+            Op::DelRule { rule } => {
+                owned.rules.remove(rule);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Brings the kernel back to `state` (a checkpoint) and fixes ownership accordingly.
+pub async fn restore<N: Netlink>(nl: &mut N, state: &NetState, store: &Store) -> Restored {
+    match restore_inner(nl, state, store).await {
+        Ok(()) => Restored::Yes,
+        Err(e) => {
+            tracing::error!(error = %e, "rollback failed");
+            Restored::No(error_chain(&e))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn restore_inner<N: Netlink>(
+    nl: &mut N,
+    state: &NetState,
+    store: &Store,
+) -> Result<(), ApplyError> {
+    let mut owned = store.owned()?;
+    // Several passes: a link recreated on the way back may need its members again.
+    for _ in 0..3 {
+        let kernel = nl.read().await.map_err(ApplyError::Read)?;
+        let want = Wanted {
+            state: state.clone(),
+            renames: Default::default(),
+        };
+        // Rollback may delete what the failed apply created (owned), and names the
+        // checkpoint says did not exist.
+        let ops = plan(&want, &kernel, &owned.links, &owned.rules);
+        if ops.is_empty() {
+            store.set_owned(&owned)?;
+            return Ok(());
+        }
+        tracing::warn!(changes = ops.len(), "restoring previous network state");
+        if let Err((op, source)) = perform(nl, &ops, &mut owned).await {
+            store.set_owned(&owned)?;
+            return Err(ApplyError::Write {
+                op,
+                restored: Restored::No("see cause".into()),
+                source,
+            });
+        }
+    }
+    store.set_owned(&owned)?;
+    let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let want = Wanted {
+        state: state.clone(),
+        renames: Default::default(),
+    };
+    let left = plan(&want, &kernel, &owned.links, &owned.rules);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Verify {
+            remaining: left
+                .iter()
+                .map(Op::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            restored: Restored::No("kernel does not converge".into()),
+        })
+    }
+}

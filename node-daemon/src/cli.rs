@@ -17,12 +17,12 @@ pub struct NodeCli {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
+    /// Host networking from netplan YAML.
+    Net(NetArgs),
     /// Run the daemon (as cairn-node.service).
     Run,
     /// Show the node's state.
     Status,
-    /// Host networking from netplan YAML.
-    Net(NetArgs),
 }
 
 impl NodeCli {

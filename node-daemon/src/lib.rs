@@ -7,3 +7,10 @@
 //! `cairn-api` types over HTTPS.
 
 pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod inventory;
+pub mod kubelet;
+pub mod pki;
+pub mod store;
+pub mod systemd;

@@ -101,6 +101,8 @@ pub async fn run_probe(probe: &Probe) -> Result<(), String> {
         Probe::Http(url) => {
             let client = reqwest::Client::builder()
                 .timeout(PROBE_TIMEOUT)
+                // The probe tests this host's own routes: never detour through a proxy.
+                .no_proxy()
                 .use_preconfigured_tls(tls_config())
                 .build()
                 .map_err(|e| format!("building HTTP client: {e}"))?;

@@ -1,11 +1,29 @@
 //! `cairn-hub ...`: the server's own command line.
 
-use cairn_api::cli::{Exit, LogArgs, not_built};
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The cairn hub: enrollment, fleet registry, hosted control planes, upgrades.
+use anyhow::Context;
+use cairn_api::cli::{Exit, LogArgs, OutputFormat};
+use clap::{Args, Parser, Subcommand};
+
+use crate::fleet::{Fleet, FleetSettings};
+use crate::metrics::{MeteredStore, Metrics};
+use crate::pki::{self, Ca};
+use crate::ratelimit::RateLimiter;
+use crate::server::{self, AppState};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// The cairn hub: enrollment, fleet registry, hosted control planes, VPCs, audit.
+///
+/// Start with `cairn-hub init --data /var/lib/cairn-hub`, keep the printed CA fingerprint
+/// (sites pin it) and admin token (operators log in with it), then run
+/// `cairn-hub serve --data /var/lib/cairn-hub --listen 0.0.0.0:8443`.
 #[derive(Debug, Parser)]
-#[command(name = "cairn-hub", version, about, long_about = None)]
+#[command(name = "cairn-hub", version, about, long_about)]
 pub struct HubCli {
     /// Logging options, shared by every cairn binary.
     #[command(flatten)]
@@ -16,15 +34,205 @@ pub struct HubCli {
 
 #[derive(Debug, Subcommand)]
 enum HubCommand {
-    /// Create the hub CA, server certificate and first admin token.
-    Init,
-    /// Serve the API and web console.
-    Serve,
+    /// Create the hub CA, server certificate and first admin token in the data directory.
+    ///
+    /// Prints the CA fingerprint that sites pin and the first admin token, once.
+    Init(InitArgs),
+    /// Serve the API over HTTPS.
+    Serve(ServeArgs),
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Args)]
+struct StoreArgs {
+    /// Data directory: CA, server certificate, and the embedded store `hub.redb`.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// DNS name or IP address the hub is reached at (repeat). Default: localhost, 127.0.0.1
+    /// and ::1; add every name appliances and operators use.
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+    /// Use this CA certificate (PEM) instead of creating one; needs --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The given CA's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Write the first admin token to this file (mode 0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Heartbeat interval handed to appliances, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    heartbeat_interval: u32,
+    /// An appliance is offline after this many missed heartbeat intervals.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    offline_after: u32,
+    /// Validity of appliance client certificates, in hours.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    cert_ttl_hours: u32,
+    /// Registration requests (and token checks) allowed per source address per minute.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    registration_rate: u32,
+    /// How often the offline detector runs, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    offline_check_every: u64,
+}
+
+impl StoreArgs {
+    fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        let path = self.data.join("hub.redb");
+        let store =
+            EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Arc::new(store))
+    }
+}
+
+fn write_secret(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{contents}").with_context(|| format!("writing {}", path.display()))
 }
 
 impl HubCli {
     /// Runs the command.
-    pub async fn run(self) -> Result<Exit, std::convert::Infallible> {
-        Ok(not_built("cairn-hub", "issue 5"))
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        match self.command {
+            HubCommand::Init(args) => init(args).await,
+            HubCommand::Serve(args) => serve(args).await,
+        }
     }
+}
+
+async fn init(args: InitArgs) -> anyhow::Result<Exit> {
+    let dir = &args.store.data;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if dir.join(pki::CA_CERT).exists() {
+        eprintln!(
+            "error: {} already holds a hub (ca.pem exists); nothing was changed",
+            dir.display()
+        );
+        return Ok(Exit::InvalidInput);
+    }
+    let names = if args.names.is_empty() {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        args.names.clone()
+    };
+    let given = args.ca_cert.as_deref().zip(args.ca_key.as_deref());
+    let ca = pki::init(dir, &names, given)
+        .with_context(|| format!("creating the CA in {}", dir.display()))?;
+    let fingerprint = ca.fingerprint();
+    let store = args.store.open()?;
+    let fleet = Fleet::new(store, Arc::new(ca), FleetSettings::default());
+    let token = fleet
+        .bootstrap_admin()
+        .await?
+        .context("an operator token already exists in this store")?;
+    if let Some(path) = &args.admin_token_file {
+        write_secret(path, &token)?;
+    }
+    let shown = if args.admin_token_file.is_some() {
+        None
+    } else {
+        Some(token.as_str())
+    };
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"data": dir, "ca_fingerprint": fingerprint, "admin_token": shown, "admin_token_file": args.admin_token_file})
+        ),
+        OutputFormat::Table => {
+            println!("hub initialised in {}", dir.display());
+            println!("CA fingerprint (sites pin this): {fingerprint}");
+            match shown {
+                Some(t) => println!(
+                    "first admin token (shown once; keep it in a file for `cairn hub login --token-file`):\n{t}"
+                ),
+                None => println!(
+                    "first admin token written to {}",
+                    args.admin_token_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+            }
+        }
+    }
+    Ok(Exit::Success)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
+    let dir = &args.store.data;
+    let ca = Ca::load(dir).with_context(|| {
+        format!(
+            "loading the CA from {} (run `cairn-hub init` first)",
+            dir.display()
+        )
+    })?;
+    let tls = server::tls::load(dir)
+        .with_context(|| format!("loading TLS material from {}", dir.display()))?;
+    let metrics = Arc::new(Metrics::default());
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(args.store.open()?, metrics.clone()));
+    let settings = FleetSettings {
+        cert_ttl: time::Duration::hours(i64::from(args.cert_ttl_hours.max(1))),
+        heartbeat_interval_seconds: args.heartbeat_interval.max(1),
+        offline_after_missed: args.offline_after.max(1),
+        hub_name: format!("{}:{}", args.listen, std::process::id()),
+    };
+    let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
+    let state = AppState {
+        fleet: fleet.clone(),
+        metrics,
+        limiter: Arc::new(RateLimiter::new(args.registration_rate.max(1))),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    // One line on standard output so scripts and tests learn the port when given `:0`.
+    println!("listening on https://{local}");
+    tracing::info!(listen = %local, store = store.backend(), fingerprint = %fleet.ca().fingerprint(), "cairn-hub serving");
+    let detector = tokio::spawn(server::offline_detector(
+        fleet,
+        Duration::from_secs(args.offline_check_every.max(1)),
+    ));
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; }, None => std::future::pending().await } } => {},
+        }
+        tracing::info!("shutting down");
+    };
+    server::serve(listener, tls, state, shutdown)
+        .await
+        .context("serving")?;
+    detector.abort();
+    Ok(Exit::Success)
 }

@@ -1,0 +1,572 @@
+//! Routes of the `/v1` API. Handlers only translate: extract, call [`crate::fleet`], answer.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use super::{AppState, ConnInfo, MAX_BODY};
+use crate::fleet::{ApplianceView, Caller, CreateEnrollmentToken, NewToken, Renewal, TokenCheck};
+use crate::model::{AuditEntry, EnrollmentToken, Event, OperatorToken, Role, Vpc};
+use crate::pki::PeerCert;
+
+/// JSON body whose rejections answer in the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(ApiJson(Json::<T>::from_request(req, state).await?.0))
+    }
+}
+
+/// An operator authenticated by bearer token.
+pub struct Operator(pub Caller);
+
+fn conn(parts: &Parts) -> ConnInfo {
+    parts
+        .extensions
+        .get::<ConnInfo>()
+        .cloned()
+        .unwrap_or(ConnInfo {
+            remote: ([0, 0, 0, 0], 0).into(),
+            cert: None,
+        })
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let source = conn(parts).remote.ip().to_string();
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "an Authorization: Bearer token is required",
+                )
+            })?;
+        Ok(Operator(
+            state.fleet.authenticate(header.trim(), &source).await?,
+        ))
+    }
+}
+
+/// An appliance connection: the caller and its verified certificate.
+pub struct Appliance {
+    caller: Caller,
+    cert: PeerCert,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Appliance {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let info = conn(parts);
+        let unauth =
+            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "client_certificate_required", m);
+        match info.cert {
+            None => Err(unauth(
+                "this endpoint needs the appliance's client certificate".into(),
+            )),
+            Some(Err(reason)) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "client_certificate_invalid",
+                format!("the client certificate was not accepted: {reason}"),
+            )),
+            Some(Ok(cert)) => {
+                let actor = match &cert.appliance {
+                    Some(id) => format!("appliance:{id}"),
+                    None => "appliance:?".into(),
+                };
+                Ok(Appliance {
+                    caller: Caller {
+                        actor,
+                        source: info.remote.ip().to_string(),
+                        operator: None,
+                    },
+                    cert,
+                })
+            }
+        }
+    }
+}
+
+/// Builds the router with every route, limits and the metrics middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/ca", get(ca))
+        .route("/v1/registrations/check", post(check_token))
+        .route("/v1/registrations", post(register))
+        .route("/v1/renewals", post(renew))
+        .route("/v1/heartbeats", post(heartbeat))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route(
+            "/v1/operator-tokens",
+            post(create_operator_token).get(list_operator_tokens),
+        )
+        .route("/v1/operator-tokens/{id}", delete(delete_operator_token))
+        .route("/v1/appliances", get(list_appliances))
+        .route(
+            "/v1/appliances/{id}",
+            get(show_appliance).delete(delete_appliance),
+        )
+        .route("/v1/appliances/{id}/labels", put(label_appliance))
+        .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
+        .route("/v1/vpcs/{name}/attach", post(attach))
+        .route("/v1/vpcs/{name}/detach", post(detach))
+        .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_route",
+                "no such route; see /v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by route.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let labels = vec![
+        ("route", route.clone()),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    state.metrics.requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&vec![("route", route)])
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    if let Ok(counts) = state.fleet.count_by_state().await {
+        for (s, n) in counts {
+            state
+                .metrics
+                .appliances
+                .get_or_create(&vec![("state", s)])
+                .set(n as i64);
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}
+
+/// `GET /v1/ca` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The hub CA, PEM.
+    pub ca_bundle_pem: String,
+    /// `sha256:<hex>` of its DER.
+    pub fingerprint: String,
+}
+
+async fn ca(State(state): State<AppState>) -> Json<CaInfo> {
+    Json(CaInfo {
+        ca_bundle_pem: state.fleet.ca().cert_pem.clone(),
+        fingerprint: state.fleet.ca().fingerprint(),
+    })
+}
+
+fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
+    if state.limiter.allow(parts.remote.ip()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many registration requests from this address; retry in a minute",
+        ))
+    }
+}
+
+/// `POST /v1/registrations/check` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// The enrollment token.
+    pub token: String,
+}
+
+async fn check_token(
+    State(state): State<AppState>,
+    axum::Extension(info): axum::Extension<ConnInfo>,
+    ApiJson(req): ApiJson<CheckRequest>,
+) -> Result<Json<TokenCheck>, ApiError> {
+    rate_limited(&state, &info)?;
+    Ok(Json(state.fleet.check_enrollment_token(&req.token).await?))
+}
+
+async fn register(
+    State(state): State<AppState>,
+    axum::Extension(info): axum::Extension<ConnInfo>,
+    ApiJson(req): ApiJson<RegistrationRequest>,
+) -> Result<(StatusCode, Json<RegistrationResponse>), ApiError> {
+    rate_limited(&state, &info)?;
+    let caller = Caller::anonymous(info.remote.ip().to_string());
+    let result = state.fleet.register(&caller, req).await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => ApiError::from_ref(e),
+    };
+    state
+        .metrics
+        .registrations
+        .get_or_create(&vec![("result", outcome)])
+        .inc();
+    Ok((StatusCode::CREATED, Json(result?)))
+}
+
+impl ApiError {
+    fn from_ref(e: &crate::fleet::FleetError) -> String {
+        use crate::fleet::FleetError as F;
+        match e {
+            F::TokenRefused(r) => format!("token_{r}"),
+            F::Csr(c) => c.code().into(),
+            F::Invalid(_) => "invalid".into(),
+            _ => "error".into(),
+        }
+    }
+}
+
+/// `POST /v1/renewals` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalRequest {
+    /// A CSR whose CN is the appliance ID.
+    pub csr_pem: String,
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    appliance: Appliance,
+    ApiJson(req): ApiJson<RenewalRequest>,
+) -> Result<Json<Renewal>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .renew(&appliance.caller, Some(&appliance.cert), &req.csr_pem)
+            .await?,
+    ))
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    appliance: Appliance,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    Ok(Json(
+        state.fleet.heartbeat(Some(&appliance.cert), hb).await?,
+    ))
+}
+
+/// `GET /v1/whoami` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// Token name.
+    pub name: String,
+    /// Token ID.
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// Site scope.
+    pub site: Option<String>,
+}
+
+async fn whoami(Operator(caller): Operator) -> Result<Json<WhoAmI>, ApiError> {
+    let op = caller.require(Role::Viewer)?;
+    Ok(Json(WhoAmI {
+        name: op.name.clone(),
+        id: op.id.clone(),
+        role: op.role,
+        site: op.site.clone(),
+    }))
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<NewToken<EnrollmentToken>>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.fleet.create_enrollment_token(&caller, req).await?),
+    ))
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<EnrollmentToken>>, ApiError> {
+    Ok(Json(state.fleet.list_enrollment_tokens(&caller).await?))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<EnrollmentToken>, ApiError> {
+    Ok(Json(
+        state.fleet.revoke_enrollment_token(&caller, &id).await?,
+    ))
+}
+
+/// `POST /v1/operator-tokens` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperatorToken {
+    /// Who it is for.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Site scope.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+async fn create_operator_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<CreateOperatorToken>,
+) -> Result<(StatusCode, Json<NewToken<OperatorToken>>), ApiError> {
+    let token = state
+        .fleet
+        .create_operator_token(&caller, &req.name, req.role, req.site)
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+async fn list_operator_tokens(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<OperatorToken>>, ApiError> {
+    Ok(Json(state.fleet.list_operator_tokens(&caller).await?))
+}
+
+async fn delete_operator_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.fleet.delete_operator_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/appliances` query.
+#[derive(Debug, Deserialize)]
+pub struct SiteQuery {
+    /// Only this site.
+    pub site: Option<String>,
+}
+
+async fn list_appliances(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    query: Result<Query<SiteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ApplianceView>>, ApiError> {
+    let Query(q) = query?;
+    Ok(Json(
+        state
+            .fleet
+            .list_appliances(&caller, q.site.as_deref())
+            .await?,
+    ))
+}
+
+async fn show_appliance(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<ApplianceView>, ApiError> {
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
+}
+
+async fn delete_appliance(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.fleet.delete_appliance(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/appliances/{id}/labels` body: `null` removes a label.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    /// Label changes.
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+async fn label_appliance(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<LabelRequest>,
+) -> Result<Json<crate::model::Appliance>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .label_appliance(&caller, &id, req.labels)
+            .await?,
+    ))
+}
+
+/// `POST /v1/vpcs` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVpc {
+    /// Unique name.
+    pub name: String,
+    /// IPv4 subnet, CIDR.
+    pub subnet: String,
+}
+
+async fn create_vpc(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<CreateVpc>,
+) -> Result<(StatusCode, Json<Vpc>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .fleet
+                .create_vpc(&caller, &req.name, &req.subnet)
+                .await?,
+        ),
+    ))
+}
+
+async fn list_vpcs(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<Vpc>>, ApiError> {
+    Ok(Json(state.fleet.list_vpcs(&caller).await?))
+}
+
+/// `POST /v1/vpcs/{name}/attach|detach` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipRequest {
+    /// The appliance.
+    pub appliance_id: String,
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<MembershipRequest>,
+) -> Result<Json<Vpc>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .attach(&caller, &name, &req.appliance_id)
+            .await?,
+    ))
+}
+
+async fn detach(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<MembershipRequest>,
+) -> Result<Json<Vpc>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .detach(&caller, &name, &req.appliance_id)
+            .await?,
+    ))
+}
+
+/// `GET /v1/audit|events` query.
+#[derive(Debug, Deserialize)]
+pub struct SinceQuery {
+    /// RFC 3339 time; entries at or after it. Default: the last 24 hours.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    /// At most this many (default 1000, at most 10000).
+    pub limit: Option<usize>,
+}
+
+impl SinceQuery {
+    fn bounds(&self) -> (OffsetDateTime, usize) {
+        (
+            self.since
+                .unwrap_or_else(|| OffsetDateTime::now_utc() - time::Duration::days(1)),
+            self.limit.unwrap_or(1000).clamp(1, 10_000),
+        )
+    }
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let Query(q) = query?;
+    let (since, limit) = q.bounds();
+    Ok(Json(state.fleet.audit_since(&caller, since, limit).await?))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let Query(q) = query?;
+    let (since, limit) = q.bounds();
+    Ok(Json(state.fleet.events_since(&caller, since, limit).await?))
+}

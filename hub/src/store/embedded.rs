@@ -1,0 +1,246 @@
+//! The embedded backend: one redb file under the data directory.
+//!
+//! Reads open a read transaction directly. Every write goes through one writer thread that
+//! drains all queued writes into a single redb transaction and commits it once (group
+//! commit): under a heartbeat burst, one fsync covers hundreds of writes, and a caller is
+//! answered only after the commit that holds its write is durable.
+
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
+
+/// Key -> (version u64 little-endian, value).
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// "version" -> last version handed out.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most writes folded into one commit; bounds the latency one commit adds.
+const MAX_BATCH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<bool, StoreError>>;
+
+struct Write {
+    checks: Vec<Check>,
+    ops: Vec<Op>,
+    reply: Reply,
+}
+
+/// The embedded store. Cloning shares the database and its writer thread.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: mpsc::Sender<Write>,
+}
+
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Embedded {
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn decode(raw: &[u8]) -> Versioned {
+    let (version, value) = raw.split_at(8.min(raw.len()));
+    let mut v = [0u8; 8];
+    v[..version.len()].copy_from_slice(version);
+    Versioned {
+        version: u64::from_le_bytes(v),
+        value: value.to_vec(),
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(err("opening the store file"))?;
+        {
+            let txn = db.begin_write().map_err(err("starting a write"))?;
+            txn.open_table(DATA).map_err(err("creating tables"))?;
+            txn.open_table(META).map_err(err("creating tables"))?;
+            txn.commit().map_err(err("committing"))?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Write>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("hub-store-writer".into())
+            .spawn(move || writer(&writer_db, &rx))
+            .map_err(err("starting the writer thread"))?;
+        Ok(Self { db, writes: tx })
+    }
+}
+
+/// The writer thread: one batch per commit until every sender is gone.
+fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(db, &batch) {
+            Ok(outcomes) => {
+                for (w, ok) in batch.into_iter().zip(outcomes) {
+                    let _ = w.reply.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "embedded store commit failed");
+                for w in batch {
+                    let _ = w.reply.send(Err(StoreError::Embedded {
+                        op: "committing",
+                        source: message.clone().into(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Applies each write whose checks hold, in order, in one transaction; returns which did.
+fn commit_batch(db: &Database, batch: &[Write]) -> Result<Vec<bool>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut data = txn.open_table(DATA)?;
+        let mut meta = txn.open_table(META)?;
+        let mut version = meta.get("version")?.map(|g| g.value()).unwrap_or(0);
+        for w in batch {
+            let mut holds = true;
+            for check in &w.checks {
+                let current = data
+                    .get(check.key.as_bytes())?
+                    .map(|g| decode(g.value()).version)
+                    .unwrap_or(0);
+                if current != check.version {
+                    holds = false;
+                    break;
+                }
+            }
+            if holds {
+                for op in &w.ops {
+                    version += 1;
+                    match op {
+                        Op::Put { key, value } => {
+                            let mut raw = Vec::with_capacity(8 + value.len());
+                            raw.extend_from_slice(&version.to_le_bytes());
+                            raw.extend_from_slice(value);
+                            data.insert(key.as_bytes(), raw.as_slice())?;
+                        }
+                        Op::Delete { key } => {
+                            data.remove(key.as_bytes())?;
+                        }
+                    }
+                }
+            }
+            outcomes.push(holds);
+        }
+        meta.insert("version", version)?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let txn = self.db.begin_read().map_err(err("starting a read"))?;
+        let table = txn.open_table(DATA).map_err(err("opening the table"))?;
+        let value = table
+            .get(key.as_bytes())
+            .map_err(err("reading a key"))?
+            .map(|g| decode(g.value()));
+        Ok(value)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err("starting a read"))?;
+        let table = txn.open_table(DATA).map_err(err("opening the table"))?;
+        let end = prefix_end(prefix);
+        let start: Vec<u8> = match start_after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+                let mut s = after.as_bytes().to_vec();
+                s.push(0);
+                s
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let range = table
+            .range::<&[u8]>(start.as_slice()..end.as_slice())
+            .map_err(err("listing keys"))?;
+        for entry in range.take(limit) {
+            let (k, v) = entry.map_err(err("listing keys"))?;
+            out.push((
+                String::from_utf8_lossy(k.value()).into_owned(),
+                decode(v.value()),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Write { checks, ops, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn lead(&self) -> Result<bool, StoreError> {
+        // redb locks its file: only this process can have it open, so it always leads.
+        Ok(true)
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_shared_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("hub.redb")).unwrap();
+        super::super::suite::run(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put("a", b"1".to_vec())])
+                    .await
+                    .unwrap()
+            );
+        }
+        // The writer thread holds the database until its channel closes; wait for the lock.
+        let store = crate::testutil::poll("store reopens", || EmbeddedStore::open(&path).ok());
+        assert_eq!(store.get("a").await.unwrap().unwrap().value, b"1");
+    }
+}

@@ -1,0 +1,188 @@
+//! The behaviour every [`Store`] backend must show; each backend's tests call [`run`].
+
+use std::sync::Arc;
+
+use super::{Check, Op, Store};
+
+/// Runs every check against a fresh, empty store.
+pub(crate) async fn run(shared: Arc<dyn Store>) {
+    let store = shared.as_ref();
+    absent_keys_read_as_none(store).await;
+    versions_grow_and_checks_guard_writes(store).await;
+    failed_check_writes_nothing(store).await;
+    list_is_ordered_paged_and_bounded_by_prefix(store).await;
+    deletes(store).await;
+    concurrent_increments_lose_nothing(shared.clone()).await;
+}
+
+async fn absent_keys_read_as_none(store: &dyn Store) {
+    assert_eq!(store.get("suite/absent").await.unwrap(), None);
+}
+
+async fn versions_grow_and_checks_guard_writes(store: &dyn Store) {
+    // Create only if absent.
+    assert!(
+        store
+            .txn(
+                vec![Check::version("suite/v", 0)],
+                vec![Op::put("suite/v", b"one".to_vec())]
+            )
+            .await
+            .unwrap()
+    );
+    let first = store.get("suite/v").await.unwrap().unwrap();
+    assert_eq!(first.value, b"one");
+    assert!(first.version > 0);
+    // A second create loses.
+    assert!(
+        !store
+            .txn(
+                vec![Check::version("suite/v", 0)],
+                vec![Op::put("suite/v", b"two".to_vec())]
+            )
+            .await
+            .unwrap()
+    );
+    // Compare-and-set on the version read.
+    assert!(
+        store
+            .txn(
+                vec![Check::version("suite/v", first.version)],
+                vec![Op::put("suite/v", b"two".to_vec())]
+            )
+            .await
+            .unwrap()
+    );
+    let second = store.get("suite/v").await.unwrap().unwrap();
+    assert!(second.version > first.version);
+    assert_eq!(second.value, b"two");
+    // A stale version loses.
+    assert!(
+        !store
+            .txn(
+                vec![Check::version("suite/v", first.version)],
+                vec![Op::put("suite/v", b"three".to_vec())]
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get("suite/v").await.unwrap().unwrap().value, b"two");
+}
+
+async fn failed_check_writes_nothing(store: &dyn Store) {
+    store
+        .txn(vec![], vec![Op::put("suite/held", b"x".to_vec())])
+        .await
+        .unwrap();
+    let ok = store
+        .txn(
+            vec![
+                Check::version("suite/fresh", 0),
+                Check::version("suite/held", 0),
+            ],
+            vec![
+                Op::put("suite/fresh", b"a".to_vec()),
+                Op::put("suite/other", b"b".to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!ok, "a transaction with one failing check must not apply");
+    assert_eq!(store.get("suite/fresh").await.unwrap(), None);
+    assert_eq!(store.get("suite/other").await.unwrap(), None);
+}
+
+async fn list_is_ordered_paged_and_bounded_by_prefix(store: &dyn Store) {
+    let ops = ["suite/l/c", "suite/l/a", "suite/l/b", "suite/lz", "suite/k"]
+        .iter()
+        .map(|k| Op::put(*k, k.as_bytes().to_vec()))
+        .collect();
+    store.txn(vec![], ops).await.unwrap();
+    let keys =
+        |v: Vec<(String, super::Versioned)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list("suite/l/", None, 100).await.unwrap()),
+        ["suite/l/a", "suite/l/b", "suite/l/c"]
+    );
+    assert_eq!(
+        keys(store.list("suite/l/", None, 2).await.unwrap()),
+        ["suite/l/a", "suite/l/b"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .list("suite/l/", Some("suite/l/a"), 100)
+                .await
+                .unwrap()
+        ),
+        ["suite/l/b", "suite/l/c"]
+    );
+    assert!(
+        store
+            .list("suite/nothing/", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn deletes(store: &dyn Store) {
+    store
+        .txn(vec![], vec![Op::put("suite/d", b"x".to_vec())])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .txn(vec![], vec![Op::delete("suite/d")])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get("suite/d").await.unwrap(), None);
+    // Deleting an absent key is not an error.
+    assert!(
+        store
+            .txn(vec![], vec![Op::delete("suite/d")])
+            .await
+            .unwrap()
+    );
+}
+
+/// Optimistic increments from many tasks at once: every acknowledged one counts.
+async fn concurrent_increments_lose_nothing(store: Arc<dyn Store>) {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 10;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for _ in 0..EACH {
+                loop {
+                    let (version, n) = match store.get("suite/counter").await.unwrap() {
+                        Some(v) => (v.version, parse(&v.value)),
+                        None => (0, 0),
+                    };
+                    let next = (n + 1).to_string().into_bytes();
+                    let won = store
+                        .txn(
+                            vec![Check::version("suite/counter", version)],
+                            vec![Op::put("suite/counter", next)],
+                        )
+                        .await
+                        .unwrap();
+                    if won {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let v = store.get("suite/counter").await.unwrap().unwrap();
+    assert_eq!(parse(&v.value), TASKS * EACH);
+}
+
+fn parse(raw: &[u8]) -> u64 {
+    std::str::from_utf8(raw).unwrap().parse().unwrap()
+}

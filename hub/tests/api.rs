@@ -1,0 +1,456 @@
+//! The hub's API end to end, against a real `cairn-hub` process over HTTPS/mTLS.
+
+mod common;
+
+use common::{Device, Hub, heartbeat, post};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn init_prints_the_fingerprint_the_hub_serves() {
+    let hub = Hub::start(&[]);
+    let (status, body) = hub.admin().get("/v1/ca").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["fingerprint"], hub.fingerprint.as_str());
+    assert!(hub.fingerprint.starts_with("sha256:") && hub.fingerprint.len() == 7 + 64);
+    // Keys are private to root.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(hub.data().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    // A second init refuses to overwrite the hub.
+    let out = std::process::Command::new(common::hub_bin())
+        .args(["init", "--data"])
+        .arg(hub.data())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a hub"));
+}
+
+#[tokio::test]
+async fn register_heartbeat_rekey_and_token_lifecycle() {
+    let hub = Hub::start(&[
+        "--heartbeat-interval",
+        "1",
+        "--offline-after",
+        "2",
+        "--offline-check-every",
+        "1",
+    ]);
+    let admin = hub.admin();
+    let token = admin.enrollment_token("lab", 2).await;
+
+    // The wizard's check does not use the token.
+    for _ in 0..3 {
+        let (s, check) = post(
+            &hub.anonymous(),
+            format!("{}/v1/registrations/check", hub.url),
+            &json!({"token": token}),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(check, json!({"valid": true, "site": "lab"}));
+    }
+
+    let device = Device::new(
+        "edge-1",
+        "SER123",
+        &["52:54:00:00:00:01", "52:54:00:00:00:02"],
+    );
+    let reg = device.register(&hub, &token).await;
+    assert_eq!(reg.site, "lab");
+    assert_eq!(reg.desired.generation, 1);
+    assert_eq!(reg.desired.heartbeat_interval_seconds, 1);
+    assert_eq!(reg.ca_bundle_pem, hub.ca_pem);
+    let id = reg.appliance_id.clone();
+
+    // Heartbeat over mTLS.
+    let http = device.client(&hub, &reg);
+    let (s, body) = post(
+        &http,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["desired"]["generation"], 1);
+    // Without a certificate: 401 with a message.
+    let (s, body) = post(
+        &hub.anonymous(),
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_eq!(body["error"], "client_certificate_required");
+
+    let (s, view) = admin.get(&format!("/v1/appliances/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(view["state"], "online");
+    assert_eq!(view["labels"]["rack"], "r1");
+    assert_eq!(view["status"]["status"]["os_version"], "cairn-1");
+
+    // Silence: offline after 2 missed 1 s intervals, an event; then online again.
+    common::poll("offline", || async {
+        let (_, v) = admin.get(&format!("/v1/appliances/{id}")).await;
+        (v["state"] == "offline").then_some(())
+    })
+    .await;
+    let (s, _) = post(
+        &http,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, events) = admin.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["appliance"] == id.as_str())
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["registered", "online", "offline", "online"]);
+
+    // Same hardware, new key, NICs listed in another order: same identity, re-keyed.
+    let reinstalled = Device::new(
+        "edge-1",
+        "SER123",
+        &["52:54:00:00:00:02", "52:54:00:00:00:01"],
+    );
+    let again = reinstalled.register(&hub, &token).await;
+    assert_eq!(again.appliance_id, id);
+    let (s, body) = post(
+        &http,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 401, "the old certificate must stop working");
+    assert_eq!(body["error"], "certificate_superseded");
+    let http2 = reinstalled.client(&hub, &again);
+    let (s, _) = post(
+        &http2,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, list) = admin.get("/v1/appliances").await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "no duplicate for known hardware"
+    );
+
+    // Used up: refused with the reason, audited.
+    let third = Device::new("edge-2", "SER999", &["52:54:00:00:00:09"]);
+    let (s, body) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations", hub.url),
+        &serde_json::to_value(third.request(&token)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("token_used_up")),
+        "{body}"
+    );
+    let (_, check) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations/check", hub.url),
+        &json!({"token": token}),
+    )
+    .await;
+    assert_eq!(check, json!({"valid": false, "reason": "used_up"}));
+
+    // Revoked.
+    let token2 = admin.enrollment_token("lab", 5).await;
+    let token2_id = token2.split('.').nth(1).unwrap();
+    let (s, _) = admin
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{token2_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations", hub.url),
+        &serde_json::to_value(third.request(&token2)).unwrap(),
+    )
+    .await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("token_revoked")));
+    // Unknown secret for a real ID reveals nothing.
+    let forged = format!("cairn-et.{token2_id}.{}", "ab".repeat(20));
+    let (_, check) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations/check", hub.url),
+        &json!({"token": forged}),
+    )
+    .await;
+    assert_eq!(check, json!({"valid": false, "reason": "unknown"}));
+
+    let (_, audit) = admin.get("/v1/audit?since=2000-01-01T00:00:00Z").await;
+    let results: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().into(),
+                e["result"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("appliance.register", "ok"),
+        ("appliance.rekey", "ok"),
+        ("appliance.register", "refused: token_used_up"),
+        ("token.revoke", "ok"),
+        ("appliance.register", "refused: token_revoked"),
+    ] {
+        assert!(
+            results.contains(&(expected.0.into(), expected.1.into())),
+            "audit lacks {expected:?}: {results:?}"
+        );
+    }
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["actor"] != "cairn-hub init")
+            .all(|e| e["source"] == "127.0.0.1"),
+        "{audit}"
+    );
+    // Secrets never reach the audit or token listings.
+    let (_, tokens) = admin.get("/v1/tokens").await;
+    let dump = format!("{audit}{tokens}");
+    assert!(!dump.contains(token.split('.').nth(2).unwrap()));
+}
+
+#[tokio::test]
+async fn renewal_over_mtls_replaces_the_certificate() {
+    let hub = Hub::start(&[]);
+    let token = hub.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-r", "SER-R", &["52:54:00:00:01:01"]);
+    let reg = device.register(&hub, &token).await;
+    let http = device.client(&hub, &reg);
+    let id = reg.appliance_id.to_string();
+
+    // The renewal CSR must name the appliance ID.
+    let new_key = rcgen::KeyPair::generate().unwrap();
+    let (s, body) = post(
+        &http,
+        format!("{}/v1/renewals", hub.url),
+        &json!({"csr_pem": common::csr("edge-r", &new_key)}),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("csr_subject_mismatch"))
+    );
+    let (s, body) = post(
+        &http,
+        format!("{}/v1/renewals", hub.url),
+        &json!({"csr_pem": common::csr(&id, &new_key)}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let renewed = hub.appliance(
+        body["certificate_pem"].as_str().unwrap(),
+        &new_key.serialize_pem(),
+    );
+    let (s, _) = post(
+        &renewed,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Without a certificate: refused.
+    let (s, _) = post(
+        &hub.anonymous(),
+        format!("{}/v1/renewals", hub.url),
+        &json!({"csr_pem": common::csr(&id, &new_key)}),
+    )
+    .await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_with_a_message() {
+    let hub = Hub::start(&["--registration-rate", "5"]);
+    let http = hub.anonymous();
+    let token = hub.admin().enrollment_token("lab", 10).await;
+    let device = Device::new("edge-x", "SER-X", &["52:54:00:00:02:01"]);
+
+    let send = |body: Vec<u8>, path: &'static str| {
+        let http = http.clone();
+        let url = format!("{}{path}", hub.url);
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    // Over the size limit.
+    let big = serde_json::to_vec(&json!({"token": "x".repeat(100_000)})).unwrap();
+    let (s, body) = send(big, "/v1/registrations/check").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
+    // Malformed JSON.
+    let (s, body) = send(b"{not json".to_vec(), "/v1/registrations").await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("malformed_json")));
+    assert!(!body["message"].as_str().unwrap().is_empty());
+    // Unknown fields in a command.
+    let mut req = serde_json::to_value(device.request(&token)).unwrap();
+    req["surprise"] = json!(1);
+    let (s, _) = send(serde_json::to_vec(&req).unwrap(), "/v1/registrations").await;
+    assert_eq!(s, 422);
+    // Malformed CSR.
+    let mut req = device.request(&token);
+    req.csr_pem =
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into();
+    let (s, body) = send(serde_json::to_vec(&req).unwrap(), "/v1/registrations").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("csr_invalid")),
+        "{body}"
+    );
+
+    // Unknown route and wrong method.
+    let r = http
+        .get(format!("{}/v1/nothing-here", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "no_such_route");
+    let r = http
+        .get(format!("{}/v1/heartbeats", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // No or wrong bearer token.
+    let r = http
+        .get(format!("{}/v1/appliances", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, _) = hub
+        .operator("cairn-op.0011.2233")
+        .get("/v1/appliances")
+        .await;
+    assert_eq!(s, 401);
+
+    // A client certificate from another CA: refused with a reason, not a bare TLS alert.
+    let other = Hub::start(&[]);
+    let other_token = other.admin().enrollment_token("lab", 1).await;
+    let stranger = Device::new("edge-s", "SER-S", &["52:54:00:00:03:01"]);
+    let foreign = stranger.register(&other, &other_token).await;
+    let wrong = hub.appliance(&foreign.certificate_pem, &stranger.key.serialize_pem());
+    let (s, body) = post(
+        &wrong,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("client_certificate_invalid")),
+        "{body}"
+    );
+
+    // A flood on the registration endpoints: 429 once the per-source budget is spent
+    // (5 per minute, 4 already used above by check + registrations).
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (s, _) = post(
+            &http,
+            format!("{}/v1/registrations/check", hub.url),
+            &json!({"token": token}),
+        )
+        .await;
+        statuses.push(s);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // The hub is still fine.
+    let (s, _) = hub.admin().get("/v1/whoami").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn scoped_operator_tokens_see_only_their_site() {
+    let hub = Hub::start(&[]);
+    let admin = hub.admin();
+    for (site, serial) in [("north", "N1"), ("south", "S1")] {
+        let t = admin.enrollment_token(site, 1).await;
+        Device::new(&format!("edge-{serial}").to_lowercase(), serial, &[])
+            .register(&hub, &t)
+            .await;
+    }
+    let (s, body) = admin
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "north-ops", "role": "operator", "site": "north"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let north = hub.operator(body["token"].as_str().unwrap());
+    let (_, list) = north.get("/v1/appliances").await;
+    let sites: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["site"].as_str().unwrap())
+        .collect();
+    assert_eq!(sites, ["north"]);
+    let (s, _) = north.post("/v1/tokens", json!({"site": "south"})).await;
+    assert_eq!(s, 403);
+    let (s, _) = north.post("/v1/tokens", json!({"site": "north"})).await;
+    assert_eq!(s, 201);
+    let (s, _) = north
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "x", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, 403, "operators cannot mint operator tokens");
+
+    let (s, body) = admin
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "watcher", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let viewer = hub.operator(body["token"].as_str().unwrap());
+    let (s, _) = viewer.get("/v1/appliances").await;
+    assert_eq!(s, 200);
+    let (s, body) = viewer.post("/v1/tokens", json!({"site": "north"})).await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("forbidden")));
+}

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{Kernel, Netlink, NetlinkError};
 use crate::plan::{Op, Wanted, observed, plan, wanted};
 use crate::schema::{Config, ConfigError};
-use crate::state::{NetState, RuleSpec};
+use crate::state::{NetState, Owned, RuleSpec};
 
 /// Errors of apply and rollback.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,9 @@ pub enum ApplyError {
     /// The configuration does not fit this machine (a NIC is missing).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The target cannot be realised on this machine (e.g. an overlay's underlay MTU).
+    #[error("{0}")]
+    Unrealisable(String),
     /// Reading the kernel failed before anything changed.
     #[error("reading kernel state")]
     Read(#[source] NetlinkError),
@@ -73,15 +76,6 @@ impl std::fmt::Display for Restored {
             Restored::No(e) => write!(f, "ROLLBACK FAILED: {e}"),
         }
     }
-}
-
-/// What cairn remembers between runs: the links and rules it created.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owned {
-    /// Links created by cairn.
-    pub links: BTreeSet<String>,
-    /// Rules added by cairn.
-    pub rules: BTreeSet<RuleSpec>,
 }
 
 /// A pending `net try`: the state to go back to and the deadline.
@@ -188,6 +182,19 @@ impl Store {
     }
 }
 
+/// Something that says what the kernel should look like: a netplan [`Config`], a VPC
+/// overlay ([`crate::overlay::Overlay`]).
+pub trait Target {
+    /// The wanted state, resolved against the current kernel.
+    fn wanted(&self, kernel: &Kernel) -> Result<Wanted, ApplyError>;
+}
+
+impl Target for Config {
+    fn wanted(&self, kernel: &Kernel) -> Result<Wanted, ApplyError> {
+        Ok(wanted(self, kernel)?)
+    }
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -198,15 +205,15 @@ pub struct Report {
 }
 
 /// The plan for a configuration against the current kernel (for `net diff`).
-pub async fn diff<N: Netlink>(
+pub async fn diff<N: Netlink, T: Target>(
     nl: &mut N,
-    config: &Config,
+    config: &T,
     store: &Store,
 ) -> Result<Vec<Op>, ApplyError> {
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
-    let want = wanted(config, &kernel)?;
+    let want = config.wanted(&kernel)?;
     let owned = store.owned()?;
-    Ok(plan(&want, &kernel, &owned.links, &owned.rules))
+    Ok(plan(&want, &kernel, &owned))
 }
 
 /// The names and rules a plan may touch: what a checkpoint must capture.
@@ -220,29 +227,29 @@ fn scope(want: &Wanted, owned: &Owned) -> (BTreeSet<String>, BTreeSet<RuleSpec>)
 }
 
 /// Reads the kernel state a configuration's apply would touch: a checkpoint to restore.
-pub async fn checkpoint<N: Netlink>(
+pub async fn checkpoint<N: Netlink, T: Target>(
     nl: &mut N,
-    config: &Config,
+    config: &T,
     store: &Store,
 ) -> Result<NetState, ApplyError> {
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
-    let want = wanted(config, &kernel)?;
+    let want = config.wanted(&kernel)?;
     let (names, rules) = scope(&want, &store.owned()?);
     Ok(observed(&kernel, &names, &rules))
 }
 
 /// Applies a configuration: plan, perform, verify; restore on failure. Updates ownership.
-pub async fn apply<N: Netlink>(
+pub async fn apply<N: Netlink, T: Target>(
     nl: &mut N,
-    config: &Config,
+    config: &T,
     store: &Store,
 ) -> Result<Report, ApplyError> {
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
-    let want = wanted(config, &kernel)?;
+    let want = config.wanted(&kernel)?;
     let owned = store.owned()?;
     let (names, rules) = scope(&want, &owned);
     let before = observed(&kernel, &names, &rules);
-    let ops = plan(&want, &kernel, &owned.links, &owned.rules);
+    let ops = plan(&want, &kernel, &owned);
     let start = nl.writes();
     let mut new_owned = owned.clone();
     let result = perform(nl, &ops, &mut new_owned).await;
@@ -257,8 +264,8 @@ pub async fn apply<N: Netlink>(
         });
     }
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
-    let again = wanted(config, &kernel)?;
-    let remaining = plan(&again, &kernel, &new_owned.links, &new_owned.rules);
+    let again = config.wanted(&kernel)?;
+    let remaining = plan(&again, &kernel, &new_owned);
     if !remaining.is_empty() {
         let restored = restore(nl, &before, store).await;
         return Err(ApplyError::Verify {
@@ -295,6 +302,12 @@ async fn perform<N: Netlink>(
             }
             Op::DelRule { rule } => {
                 owned.rules.remove(rule);
+            }
+            Op::AddRoute { route, .. } if route.kind != 1 => {
+                owned.routes.insert(route.clone());
+            }
+            Op::DelRoute { route, .. } if route.kind != 1 => {
+                owned.routes.remove(route);
             }
             _ => {}
         }
@@ -339,7 +352,7 @@ async fn restore_inner<N: Netlink>(
         };
         // Rollback may delete what the failed apply created (owned), and names the
         // checkpoint says did not exist.
-        let ops = plan(&want, &kernel, &owned.links, &owned.rules);
+        let ops = plan(&want, &kernel, &owned);
         if ops.is_empty() {
             store.set_owned(&owned)?;
             return Ok(());
@@ -360,7 +373,7 @@ async fn restore_inner<N: Netlink>(
         state: state.clone(),
         renames: Default::default(),
     };
-    let left = plan(&want, &kernel, &owned.links, &owned.rules);
+    let left = plan(&want, &kernel, &owned);
     if left.is_empty() {
         Ok(())
     } else {

@@ -6,8 +6,9 @@ use std::time::Duration;
 use cairn_api::cli::{Exit, OutputFormat};
 use clap::{Args, Subcommand};
 
-use crate::apply::{ApplyError, Store, apply, diff};
+use crate::apply::{ApplyError, Report, Store, apply, diff};
 use crate::netlink::{Netlink, RtNetlink};
+use crate::overlay::Overlay;
 use crate::plan::Op;
 use crate::safe::{Probe, TryError, TryOutcome, confirm, recover, try_apply};
 use crate::schema::{Config, LoadError, load_files, load_root};
@@ -64,6 +65,17 @@ enum NetCommand {
     Status,
     /// Only parse and validate the configuration.
     Validate,
+    /// Realise a VPC overlay document (JSON, as the hub sends it): per VPC a VRF, a bridge
+    /// with the gateway address and a VXLAN port with one FDB entry per peer. Links of VPCs
+    /// no longer listed are removed; nothing else is touched.
+    Overlay {
+        /// The overlay document.
+        #[arg(long, value_name = "FILE")]
+        document: PathBuf,
+        /// Only show the changes.
+        #[arg(long)]
+        diff: bool,
+    },
 }
 
 /// A failure of the `net` command, printed by the caller.
@@ -81,6 +93,15 @@ pub enum NetError {
     /// Netlink could not be opened.
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    /// The overlay document could not be read.
+    #[error("reading overlay document {path}")]
+    Document {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl NetArgs {
@@ -92,7 +113,9 @@ impl NetArgs {
             Err(e) => {
                 eprintln!("error: {}", chain(&e));
                 match e {
-                    NetError::Load(_) | NetError::Apply(ApplyError::Config(_)) => {
+                    NetError::Load(_)
+                    | NetError::Document { .. }
+                    | NetError::Apply(ApplyError::Config(_) | ApplyError::Unrealisable(_)) => {
                         Exit::InvalidInput
                     }
                     _ => Exit::Failed,
@@ -223,6 +246,30 @@ impl NetArgs {
                 self.print(&json, &text);
                 Ok(Exit::Success)
             }
+            NetCommand::Overlay {
+                document,
+                diff: only_diff,
+            } => {
+                let text = std::fs::read(document).map_err(|e| NetError::Document {
+                    path: document.clone(),
+                    source: Box::new(e),
+                })?;
+                let doc: cairn_api::OverlayDocument =
+                    serde_json::from_slice(&text).map_err(|e| NetError::Document {
+                        path: document.clone(),
+                        source: Box::new(e),
+                    })?;
+                let overlay = Overlay::new(&doc)?;
+                let store = Store::new(self.state_dir.join("overlay"));
+                if *only_diff {
+                    let ops = diff(&mut nl, &overlay, &store).await?;
+                    self.print_ops(&ops, "no changes");
+                } else {
+                    let report = apply(&mut nl, &overlay, &store).await?;
+                    self.print_report(&report);
+                }
+                Ok(Exit::Success)
+            }
             NetCommand::Confirm | NetCommand::Validate => Ok(Exit::Success),
         }
     }
@@ -231,6 +278,18 @@ impl NetArgs {
         match self.output {
             OutputFormat::Json => println!("{json}"),
             OutputFormat::Table => println!("{text}"),
+        }
+    }
+
+    fn print_report(&self, report: &Report) {
+        if self.output == OutputFormat::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(report).unwrap_or_default()
+            );
+        } else {
+            self.print_ops(&report.changes, "no changes");
+            println!("{} netlink writes", report.writes);
         }
     }
 

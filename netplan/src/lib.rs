@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod cli;
 pub mod netlink;
+pub mod overlay;
 pub mod plan;
 pub mod safe;
 pub mod schema;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::netlink::Kernel;
 use crate::schema::{Config, ConfigError, Kind, Route, Rule, glob};
-use crate::state::{LinkKind, LinkState, NetState, RouteSpec, RuleSpec};
+use crate::state::{LinkKind, LinkState, NetState, Owned, RouteSpec, RuleSpec};
 
 /// One netlink change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,14 +461,17 @@ pub fn observed(kernel: &Kernel, names: &BTreeSet<String>, rules: &BTreeSet<Rule
     state
 }
 
-/// Computes the ordered changes from `kernel` to `want`. `owned` are links cairn created
-/// earlier (it may delete those); `owned_rules` are rules it added earlier.
-pub fn plan(
-    want: &Wanted,
-    kernel: &Kernel,
-    owned: &BTreeSet<String>,
-    owned_rules: &BTreeSet<RuleSpec>,
-) -> Vec<Op> {
+/// Computes the ordered changes from `kernel` to `want`. `owned` says which links, rules
+/// and device-less routes cairn created earlier (it may delete those).
+pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
+    let owned = &owned_state.links;
+    let owned_rules = &owned_state.rules;
+    // Device-less routes cairn may see as its own: added earlier, or wanted now.
+    let deviceless: Vec<&RouteSpec> = kernel
+        .routes
+        .get(&0)
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
     let mut removes = Vec::new();
     let mut renames = Vec::new();
     let mut creates = Vec::new();
@@ -636,10 +639,20 @@ pub fn plan(
                 prefix: *prefix,
             });
         }
-        let have_routes: BTreeSet<RouteSpec> = have_idx
+        let mut have_routes: BTreeSet<RouteSpec> = have_idx
             .and_then(|i| kernel.routes.get(&i))
             .map(|a| a.iter().cloned().collect())
             .unwrap_or_default();
+        // The kernel attaches blackhole/unreachable/prohibit routes to no link: they belong to
+        // this one if it wants them or cairn added them for it earlier.
+        if have_idx.is_some() {
+            have_routes.extend(
+                deviceless
+                    .iter()
+                    .filter(|r| w.routes.contains(r) || owned_state.routes.contains(r))
+                    .map(|r| (*r).clone()),
+            );
+        }
         for r in have_routes.difference(&w.routes) {
             removes.insert(
                 0,
@@ -759,7 +772,7 @@ network:
     fn creates_bond_then_vlan_then_addresses_then_routes() {
         let cfg = parse_str("t.yaml", BOND).unwrap();
         let want = wanted(&cfg, &kernel()).unwrap();
-        let ops = plan(&want, &kernel(), &BTreeSet::new(), &BTreeSet::new());
+        let ops = plan(&want, &kernel(), &Owned::default());
         let text: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
         let pos = |s: &str| {
             text.iter()
@@ -819,7 +832,7 @@ network:
             .unwrap()
             .clone();
         k.routes.insert(10, vec![r]);
-        let ops = plan(&want, &k, &BTreeSet::new(), &BTreeSet::new());
+        let ops = plan(&want, &k, &Owned::default());
         assert!(ops.is_empty(), "{ops:#?}");
     }
 
@@ -829,8 +842,11 @@ network:
         let mut k = kernel();
         k.links.push(link(10, "old0", LinkKind::Dummy, true));
         let want = wanted(&cfg, &k).unwrap();
-        let owned: BTreeSet<String> = ["old0".to_string()].into();
-        let ops = plan(&want, &k, &owned, &BTreeSet::new());
+        let owned = Owned {
+            links: ["old0".to_string()].into(),
+            ..Default::default()
+        };
+        let ops = plan(&want, &k, &owned);
         assert_eq!(
             ops,
             vec![
@@ -855,7 +871,7 @@ network:
         let mut k = kernel();
         k.links[2].up = true;
         let want = wanted(&cfg, &k).unwrap();
-        let ops = plan(&want, &k, &BTreeSet::new(), &BTreeSet::new());
+        let ops = plan(&want, &k, &Owned::default());
         assert_eq!(
             ops,
             vec![
@@ -920,7 +936,7 @@ network:
                 fdb: ["10.0.0.2".parse().unwrap(), "10.0.0.4".parse().unwrap()].into(),
             }),
         );
-        let ops = plan(&want, &k, &BTreeSet::new(), &BTreeSet::new());
+        let ops = plan(&want, &k, &Owned::default());
         assert_eq!(
             ops,
             vec![

@@ -15,9 +15,8 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::apply::{ApplyError, Checkpoint, Restored, Store, apply, checkpoint, restore};
+use crate::apply::{ApplyError, Checkpoint, Restored, Store, Target, apply, checkpoint, restore};
 use crate::netlink::Netlink;
-use crate::schema::Config;
 
 /// How a try ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,9 +184,9 @@ pub enum TryError {
 }
 
 /// Runs a try: checkpoint, apply, probe, wait for confirmation until `timeout`.
-pub async fn try_apply<N: Netlink>(
+pub async fn try_apply<N: Netlink, T: Target>(
     nl: &mut N,
-    config: &Config,
+    config: &T,
     store: &Store,
     probes: &[Probe],
     timeout: Duration,

@@ -228,6 +228,19 @@ pub struct NetState {
     pub rules: BTreeSet<RuleSpec>,
 }
 
+/// What cairn remembers between runs: the links and rules it created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    /// Links created by cairn.
+    pub links: BTreeSet<String>,
+    /// Rules added by cairn.
+    pub rules: BTreeSet<RuleSpec>,
+    /// Device-less routes (blackhole, unreachable, prohibit) added by cairn: the kernel keeps
+    /// no link for them, so this is how they are found again.
+    #[serde(default)]
+    pub routes: BTreeSet<RouteSpec>,
+}
+
 /// Formats a MAC address.
 pub fn mac_string(bytes: &[u8]) -> String {
     bytes

@@ -1,11 +1,25 @@
-//! `cairn-lab ...`.
+//! `cairn-lab ...`: argument parsing and output; the lab itself is [`crate::lab`].
 
-use cairn_api::cli::{Exit, LogArgs, not_built};
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_api::cli::{Exit, LogArgs, OutputFormat};
+use clap::{Args, Parser, Subcommand};
+
+use crate::lab::control::{self, ChassisOp, Reply, Request, ServerState};
+use crate::lab::layout::{Layout, Manifest};
+use crate::lab::procs;
+use crate::lab::supervisor::{self, BmcChoice, Lab, UpOptions};
 
 /// Rehearse a site: an emulated rack of QEMU servers with real BMC emulators.
+///
+/// `cairn-lab up --servers 3` builds a lab (a network namespace with a bridge, QEMU servers
+/// with blank disks, an `ipmi_sim` BMC each, and a rack.yaml) and stays in the foreground as
+/// its supervisor. From another shell: `cairn-lab status`, `cairn-lab exec -- ipmitool ...`,
+/// `cairn rack provision` through `cairn-lab exec`, and finally `cairn-lab down`.
 #[derive(Debug, Parser)]
-#[command(name = "cairn-lab", version, about, long_about = None)]
+#[command(name = "cairn-lab", version, about, long_about)]
 pub struct LabCli {
     /// Logging options, shared by every cairn binary.
     #[command(flatten)]
@@ -14,21 +28,247 @@ pub struct LabCli {
     command: LabCommand,
 }
 
+/// Where the lab lives.
+#[derive(Debug, Clone, Args)]
+struct DirArg {
+    /// The lab directory: disks, BMC configs, rack.yaml, logs and the control socket.
+    #[arg(long, env = "CAIRN_LAB_DIR", default_value = "/var/tmp/cairn-lab")]
+    dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum LabCommand {
-    /// Start the lab.
-    Up,
-    /// Remove everything the lab made.
-    Down,
-    /// Show each server's state.
-    Status,
+    /// Build the lab and supervise it in the foreground until `down` or Ctrl-C.
+    ///
+    /// Servers start powered off; power them through their BMCs, e.g.
+    /// `cairn-lab exec -- ipmitool -I lanplus -C 3 -H 10.77.0.101 -U admin -P ... power on`
+    /// (passwords are in DIR/creds/), or provision them with `cairn rack provision`.
+    Up(UpArgs),
+    /// Stop every process of the lab, delete its namespace and directory.
+    Down(DirArg),
+    /// Show each server: BMC, MAC, power, QEMU PID, next boot device.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Run a command inside the lab's network namespace (where the BMCs and services are).
+    Exec {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
     /// Start, provision every server, and show the fleet.
     Demo,
+    /// Used by ipmi_sim's chassis_control: forwards `get`/`set` to the lab supervisor.
+    #[command(hide = true)]
+    Chassis {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Server name.
+        server: String,
+        /// `get PARAM...` or `set PARAM VALUE...`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Number of servers.
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// BMC emulators: ipmi (ipmi_sim), redfish (sushy-tools) or mixed.
+    #[arg(long, value_enum, default_value_t = BmcChoice::Ipmi)]
+    bmc: BmcChoice,
+    /// Guest memory per server, MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory_mb: u32,
+    /// Blank disk per server, GiB (sparse).
+    #[arg(long, default_value_t = 4)]
+    disk_gb: u64,
 }
 
 impl LabCli {
     /// Runs the command.
-    pub async fn run(self) -> Result<Exit, std::convert::Infallible> {
-        Ok(not_built("cairn-lab", "issue 8"))
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        match self.command {
+            LabCommand::Up(args) => up(args).await,
+            LabCommand::Down(dir) => down(&dir.dir),
+            LabCommand::Status { dir, output } => status(&dir.dir, output),
+            LabCommand::Exec { dir, command } => exec(&dir.dir, &command),
+            LabCommand::Demo => Ok(cairn_api::cli::not_built("cairn-lab demo", "issue 8")),
+            LabCommand::Chassis { dir, server, args } => Ok(chassis(&dir.dir, &server, &args)),
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<Exit> {
+    let opts = UpOptions {
+        dir: args.dir.dir,
+        servers: args.servers,
+        bmc: args.bmc,
+        memory_mb: args.memory_mb,
+        disk_gb: args.disk_gb,
+    };
+    let lab = tokio::task::spawn_blocking(move || Lab::build(&opts)).await??;
+    let m = lab.manifest();
+    let dir = lab.layout().dir().display().to_string();
+    println!("lab up in {dir} (network namespace {})", m.netns);
+    println!("{:<6} {:<34} BOOT MAC", "SERVER", "BMC");
+    for s in &m.servers {
+        println!("{:<6} {:<34} {:<18}", s.name, s.bmc_url, s.mac);
+    }
+    println!("inventory: {}", lab.layout().rack_yaml().display());
+    println!("supervising; stop with `cairn-lab down --dir {dir}` or Ctrl-C");
+    lab.serve().await?;
+    Ok(Exit::Success)
+}
+
+fn read(dir: &std::path::Path) -> anyhow::Result<(Layout, Manifest)> {
+    let layout = Layout::new(dir)?;
+    let manifest = layout.read_manifest().map_err(anyhow::Error::msg)?;
+    Ok((layout, manifest))
+}
+
+fn down(dir: &std::path::Path) -> anyhow::Result<Exit> {
+    let (layout, manifest) = read(dir)?;
+    match control::call(&layout.socket(), &Request::Down, Duration::from_secs(120)) {
+        Ok(_) => {
+            // The supervisor replies after tearing down, then exits; wait for that.
+            let start = Instant::now();
+            while procs::alive(manifest.supervisor_pid) && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("lab at {} is down", layout.dir().display());
+        }
+        Err(control::ControlError::Connect { .. }) if !procs::alive(manifest.supervisor_pid) => {
+            println!("the lab's supervisor is gone; cleaning up what it left:");
+            for line in supervisor::cleanup_orphans(&layout, &manifest) {
+                println!("  {line}");
+            }
+        }
+        Err(e) => return Err(e).context("stopping the lab"),
+    }
+    Ok(Exit::Success)
+}
+
+fn states(layout: &Layout) -> anyhow::Result<Vec<ServerState>> {
+    match control::call(&layout.socket(), &Request::Status, Duration::from_secs(30))? {
+        Reply::Servers { servers } => Ok(servers),
+        Reply::Error { message } => anyhow::bail!("lab supervisor: {message}"),
+        Reply::Ok => anyhow::bail!("lab supervisor: unexpected reply to status"),
+    }
+}
+
+fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
+    let (layout, manifest) = read(dir)?;
+    let states = states(&layout)?;
+    match output {
+        OutputFormat::Json => {
+            let servers: Vec<serde_json::Value> = manifest
+                .servers
+                .iter()
+                .map(|spec| {
+                    let state = states.iter().find(|s| s.name == spec.name);
+                    serde_json::json!({ "spec": spec, "state": state })
+                })
+                .collect();
+            let doc = serde_json::json!({
+                "dir": layout.dir(),
+                "netns": manifest.netns,
+                "supervisor_pid": manifest.supervisor_pid,
+                "rack_yaml": layout.rack_yaml(),
+                "servers": servers,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Table => {
+            println!(
+                "lab {} (namespace {})",
+                layout.dir().display(),
+                manifest.netns
+            );
+            println!(
+                "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} POWER-ONS",
+                "SERVER", "BMC", "BOOT MAC", "POWER", "PID", "NEXT BOOT"
+            );
+            for spec in &manifest.servers {
+                let st = states.iter().find(|s| s.name == spec.name);
+                println!(
+                    "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} {}",
+                    spec.name,
+                    spec.bmc_url,
+                    spec.mac,
+                    st.map(|s| if s.power_on { "on" } else { "off" })
+                        .unwrap_or("?"),
+                    st.and_then(|s| s.pid)
+                        .map(|p| p.to_string())
+                        .unwrap_or("-".into()),
+                    st.map(|s| s.next_boot.as_str()).unwrap_or("?"),
+                    st.map(|s| s.power_ons).unwrap_or(0),
+                );
+            }
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn exec(dir: &std::path::Path, command: &[String]) -> anyhow::Result<Exit> {
+    let (_, manifest) = read(dir)?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &manifest.netns])
+        .args(command)
+        .status()
+        .with_context(|| format!("running {command:?} in {}", manifest.netns))?;
+    Ok(if status.success() {
+        Exit::Success
+    } else {
+        Exit::Failed
+    })
+}
+
+/// ipmi_sim reads our standard output: `param:value` lines for `get`, nothing for a
+/// successful `set`, and an error text otherwise (with a failing exit status).
+fn chassis(dir: &std::path::Path, server: &str, args: &[String]) -> Exit {
+    let result = (|| -> anyhow::Result<String> {
+        let layout = Layout::new(dir)?;
+        match control::parse_chassis_args(args).map_err(anyhow::Error::msg)? {
+            ChassisOp::Get(params) => {
+                let states = states(&layout)?;
+                let state = states
+                    .iter()
+                    .find(|s| s.name == server)
+                    .with_context(|| format!("no server {server:?} in this lab"))?;
+                control::format_get(state, &params).map_err(anyhow::Error::msg)
+            }
+            ChassisOp::Set(set) => {
+                let request = Request::Chassis {
+                    server: server.to_string(),
+                    set,
+                };
+                match control::call(&layout.socket(), &request, Duration::from_secs(30))? {
+                    Reply::Error { message } => anyhow::bail!(message),
+                    _ => Ok(String::new()),
+                }
+            }
+        }
+    })();
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            Exit::Success
+        }
+        Err(e) => {
+            println!("{e:#}");
+            Exit::Failed
+        }
     }
 }

@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod guest;
 pub mod initramfs;
+pub mod lab;
 pub mod qemu;

@@ -1,0 +1,304 @@
+//! `cairn-lab up/status/exec/down` against the real peers: QEMU (TCG), OpenIPMI `ipmi_sim`,
+//! `ipmitool` and a network namespace. Needs root, qemu-system-x86, openipmi, ipmitool and
+//! iproute2 (scripts/setup); fails with that message when they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
+
+fn require_environment() {
+    for tool in ["qemu-system-x86_64", "ipmi_sim", "ipmitool", "ip"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is missing: run scripts/setup (as root)");
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        .unwrap();
+    assert_eq!(
+        uid, "0",
+        "the lab tests need root (network namespaces, taps)"
+    );
+}
+
+/// A lab run by the test: `cairn-lab up` as our child, torn down on drop.
+struct TestLab {
+    dir: PathBuf,
+    up: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestLab {
+    fn up(servers: usize) -> TestLab {
+        require_environment();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let up = Command::new(LAB)
+            .args([
+                "up",
+                "--servers",
+                &servers.to_string(),
+                "--memory-mb",
+                "256",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lab = TestLab { dir, up, _tmp: tmp };
+        let start = Instant::now();
+        while !lab.dir.join("lab.json").exists() {
+            if let Some(status) = lab.up.try_wait().unwrap() {
+                panic!("cairn-lab up exited with {status}: {}", lab.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "lab not up: {}",
+                lab.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn lab(&self, args: &[&str]) -> Output {
+        Command::new(LAB)
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.lab(&["status", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn netns(&self) -> String {
+        self.status()["netns"].as_str().unwrap().to_string()
+    }
+
+    /// ipmitool against server `name`'s BMC, inside the lab namespace; the password goes
+    /// through a file (`-f`), as it would for an operator.
+    fn ipmitool(&self, name: &str, password_override: Option<&str>, args: &[&str]) -> Output {
+        let creds = std::fs::read_to_string(self.dir.join(format!("creds/{name}.yaml"))).unwrap();
+        let password = creds
+            .lines()
+            .find_map(|l| l.strip_prefix("password: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let pwfile = self._tmp.path().join(format!("{name}.pw"));
+        std::fs::write(&pwfile, password_override.unwrap_or(&password)).unwrap();
+        let index: u8 = name.trim_start_matches("srv").parse().unwrap();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns(),
+                "ipmitool",
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+            ])
+            .args([
+                "-H",
+                &format!("10.77.0.{}", 100 + index),
+                "-U",
+                "admin",
+                "-f",
+            ])
+            .arg(&pwfile)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn server(&self, name: &str) -> serde_json::Value {
+        let status = self.status();
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["spec"]["name"] == name)
+            .unwrap()["state"]
+            .clone()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if self.up.try_wait().ok().flatten().is_none() {
+            let _ = self.lab(&["down"]);
+            let _ = self.up.kill();
+        }
+        let _ = self.up.wait();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cmdline(pid: u64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
+    let mut lab = TestLab::up(2);
+    let dir = lab.dir.clone();
+    let netns = lab.netns();
+    assert!(Path::new("/run/netns").join(&netns).exists());
+    let rack = std::fs::read_to_string(dir.join("rack.yaml")).unwrap();
+    assert!(
+        rack.contains("ipmi://admin@10.77.0.101:623") && rack.contains("srv2"),
+        "{rack}"
+    );
+
+    // Both servers start off.
+    let out = lab.ipmitool("srv1", None, &["power", "status"]);
+    assert!(
+        text(&out).contains("Chassis Power is off"),
+        "{}",
+        text(&out)
+    );
+
+    // A one-time boot device, then power on: QEMU appears, booting the network once.
+    let out = lab.ipmitool("srv1", None, &["chassis", "bootdev", "pxe"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.server("srv1")["next_boot"], "pxe");
+    let out = lab.ipmitool("srv1", None, &["power", "on"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let state = lab.server("srv1");
+    assert_eq!(state["power_on"], true);
+    assert_eq!(
+        state["next_boot"], "default",
+        "the override is consumed by the power-on"
+    );
+    let pid = state["pid"].as_u64().expect("QEMU pid");
+    let cmd = cmdline(pid);
+    assert!(
+        cmd.contains("qemu-system-x86_64") && cmd.contains("tcg"),
+        "{cmd}"
+    );
+    assert!(
+        cmd.contains("once=n") && cmd.contains("52:54:00:c4:00:01"),
+        "{cmd}"
+    );
+    assert!(
+        cmd.contains(&dir.join("servers/srv1/disk.raw").display().to_string()),
+        "{cmd}"
+    );
+    let out = lab.ipmitool("srv1", None, &["power", "status"]);
+    assert!(text(&out).contains("Chassis Power is on"), "{}", text(&out));
+    assert_eq!(
+        lab.server("srv2")["power_on"],
+        false,
+        "only srv1 was powered"
+    );
+
+    // A wrong password is refused by the BMC and changes nothing.
+    let out = lab.ipmitool("srv2", Some("wrong-password"), &["power", "on"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(lab.server("srv2")["power_on"], false);
+
+    // Power off through the BMC: QEMU is gone (killed and reaped, not a zombie).
+    let out = lab.ipmitool("srv1", None, &["power", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+    poll("QEMU to go", || cmdline(pid).is_empty());
+    assert_eq!(lab.server("srv1")["power_on"], false);
+
+    // Power on again and leave it running: `down` must stop it.
+    assert!(
+        lab.ipmitool("srv2", None, &["power", "on"])
+            .status
+            .success()
+    );
+    let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
+    let out = lab.lab(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = lab.up.wait().unwrap();
+    assert!(
+        status.success(),
+        "cairn-lab up exited {status}: {}",
+        lab.log()
+    );
+    assert!(cmdline(pid2).is_empty(), "QEMU still runs after down");
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "namespace left behind"
+    );
+    assert!(!dir.exists(), "lab directory left behind");
+    let needle = dir.display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .map(cmdline)
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "processes still name the lab: {leftovers:?}"
+    );
+}
+
+#[test]
+fn a_second_up_on_a_running_lab_is_refused_and_status_needs_a_lab() {
+    let lab = TestLab::up(1);
+    let out = Command::new(LAB)
+        .args(["up", "--servers", "1", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("already up"), "{}", text(&out));
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(LAB)
+        .args(["status", "--dir"])
+        .arg(empty.path().join("nothing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no lab at"), "{}", text(&out));
+}

@@ -16,6 +16,7 @@ use crate::ratelimit::RateLimiter;
 use crate::server::{self, AppState};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
 
 /// The cairn hub: enrollment, fleet registry, hosted control planes, VPCs, audit.
 ///
@@ -48,6 +49,23 @@ struct StoreArgs {
     /// Data directory: CA, server certificate, and the embedded store `hub.redb`.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
+    /// Keep state in etcd instead of the embedded store (comma-separated client URLs,
+    /// `http://host:2379`). Several hubs given the same endpoints and a copy of the same
+    /// data directory serve one fleet.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        env = "CAIRN_HUB_ETCD_ENDPOINTS"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, value_name = "PREFIX", default_value = "/cairn/hub/")]
+    etcd_prefix: String,
+    /// Seconds a dead hub keeps the singleton jobs (offline detection) before another takes
+    /// them over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    etcd_lease_ttl: u64,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +115,18 @@ struct ServeArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+    async fn open(&self, holder: &str) -> anyhow::Result<Arc<dyn Store>> {
+        if !self.etcd_endpoints.is_empty() {
+            let store = EtcdStore::connect(
+                &self.etcd_endpoints,
+                &self.etcd_prefix,
+                holder,
+                Duration::from_secs(self.etcd_lease_ttl),
+            )
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.etcd_endpoints.join(",")))?;
+            return Ok(Arc::new(store));
+        }
         let path = self.data.join("hub.redb");
         let store =
             EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -147,7 +176,7 @@ async fn init(args: InitArgs) -> anyhow::Result<Exit> {
     let ca = pki::init(dir, &names, given)
         .with_context(|| format!("creating the CA in {}", dir.display()))?;
     let fingerprint = ca.fingerprint();
-    let store = args.store.open()?;
+    let store = args.store.open("cairn-hub init").await?;
     let fleet = Fleet::new(store, Arc::new(ca), FleetSettings::default());
     let token = fleet
         .bootstrap_admin()
@@ -196,13 +225,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     })?;
     let tls = server::tls::load(dir)
         .with_context(|| format!("loading TLS material from {}", dir.display()))?;
+    let hub_name = format!("{}/{}", hostname(), std::process::id());
     let metrics = Arc::new(Metrics::default());
-    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(args.store.open()?, metrics.clone()));
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
+        args.store.open(&hub_name).await?,
+        metrics.clone(),
+    ));
     let settings = FleetSettings {
         cert_ttl: time::Duration::hours(i64::from(args.cert_ttl_hours.max(1))),
         heartbeat_interval_seconds: args.heartbeat_interval.max(1),
         offline_after_missed: args.offline_after.max(1),
-        hub_name: format!("{}:{}", args.listen, std::process::id()),
+        hub_name,
     };
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {
@@ -235,4 +268,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         .context("serving")?;
     detector.abort();
     Ok(Exit::Success)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "hub".into())
 }

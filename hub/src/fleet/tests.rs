@@ -1,1 +1,420 @@
-//! Fleet behaviour tests.
+//! Fleet behaviour, run against both backends: the embedded store and a real etcd.
+
+use std::sync::Arc;
+
+use cairn_api::{HardwareInventory, Heartbeat, Nic, NodeStatus, RegistrationRequest};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use time::OffsetDateTime;
+
+use super::*;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
+use crate::testutil::{Etcd, poll_async};
+
+struct World {
+    fleet: Fleet,
+    admin: Caller,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(store: Arc<dyn Store>) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::init(dir.path(), &["localhost".into()], None).unwrap();
+    let settings = FleetSettings {
+        heartbeat_interval_seconds: 1,
+        offline_after_missed: 1,
+        ..Default::default()
+    };
+    let fleet = Fleet::new(store, Arc::new(ca), settings);
+    let token = fleet.bootstrap_admin().await.unwrap().unwrap();
+    let admin = fleet.authenticate(&token, "127.0.0.1").await.unwrap();
+    World {
+        fleet,
+        admin,
+        _dir: dir,
+    }
+}
+
+fn csr(cn: &str) -> String {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params
+        .serialize_request(&KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+fn request(token: &str, host: &str, serial: &str) -> RegistrationRequest {
+    RegistrationRequest {
+        token: token.into(),
+        csr_pem: csr(host),
+        hostname: host.into(),
+        inventory: HardwareInventory {
+            serial: serial.into(),
+            nics: vec![Nic {
+                mac: format!("52:54:00:{:02x}:00:01", serial.len()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        agent_version: "0.1.0".into(),
+    }
+}
+
+fn peer(reg: &RegistrationResponse) -> PeerCert {
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_slice(reg.certificate_pem.as_bytes()).unwrap();
+    PeerCert::from_der(&der)
+}
+
+use rustls::pki_types::pem::PemObject;
+
+fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
+    Heartbeat {
+        applied_generation: 1,
+        status: NodeStatus {
+            agent_version: "0.1.0".into(),
+            os_version: "cairn-1".into(),
+            booted_slot: None,
+            uptime_seconds: seq,
+            load1: 0.0,
+            conditions: vec![],
+            counters: [("seq".to_string(), seq)].into(),
+            vtep_address: vtep.map(str::to_owned),
+            observed_at: OffsetDateTime::now_utc(),
+        },
+    }
+}
+
+/// Every behaviour below, on one backend.
+async fn suite(store: Arc<dyn Store>) {
+    let w = world(store).await;
+    registration_keeps_hardware_identity(&w).await;
+    offline_and_online_are_events(&w).await;
+    vpc_overlays_follow_membership_and_addresses(&w).await;
+}
+
+async fn registration_keeps_hardware_identity(w: &World) {
+    let anon = Caller::anonymous("127.0.0.1");
+    let t = w
+        .fleet
+        .create_enrollment_token(
+            &w.admin,
+            CreateEnrollmentToken {
+                site: "s1".into(),
+                ttl_seconds: 60,
+                max_uses: 2,
+                labels: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let a = w
+        .fleet
+        .register(&anon, request(&t.token, "h1", "SERIAL-A"))
+        .await
+        .unwrap();
+    let b = w
+        .fleet
+        .register(&anon, request(&t.token, "h1", "SERIAL-A"))
+        .await
+        .unwrap();
+    assert_eq!(a.appliance_id, b.appliance_id);
+    let err = w
+        .fleet
+        .register(&anon, request(&t.token, "h2", "SERIAL-B"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FleetError::TokenRefused(TokenRefusal::UsedUp)),
+        "{err}"
+    );
+    // The first certificate was replaced.
+    let err = w
+        .fleet
+        .heartbeat(Some(&peer(&a)), beat(None, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::CertificateSuperseded));
+    w.fleet
+        .heartbeat(Some(&peer(&b)), beat(None, 0))
+        .await
+        .unwrap();
+    let list = w.fleet.list_appliances(&w.admin, Some("s1")).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].appliance.rekeys, 1);
+}
+
+async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResponse, PeerCert)> {
+    let t = w
+        .fleet
+        .create_enrollment_token(
+            &w.admin,
+            CreateEnrollmentToken {
+                site: site.into(),
+                ttl_seconds: 60,
+                max_uses: n as u32,
+                labels: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let reg = w
+            .fleet
+            .register(
+                &Caller::anonymous("127.0.0.1"),
+                request(&t.token, &format!("{site}-{i}"), &format!("{site}-SER-{i}")),
+            )
+            .await
+            .unwrap();
+        let p = peer(&reg);
+        out.push((reg, p));
+    }
+    out
+}
+
+async fn offline_and_online_are_events(w: &World) {
+    let since = OffsetDateTime::now_utc();
+    let apps = register_many(w, "s2", 1).await;
+    let (reg, p) = &apps[0];
+    w.fleet.heartbeat(Some(p), beat(None, 1)).await.unwrap();
+    assert_eq!(w.fleet.sweep_offline().await.unwrap(), 0, "fresh heartbeat");
+    poll_async("offline", || async {
+        w.fleet.sweep_offline().await.unwrap();
+        let state = w
+            .fleet
+            .show_appliance(&w.admin, reg.appliance_id.as_str())
+            .await
+            .unwrap()
+            .state;
+        (state == "offline").then_some(())
+    })
+    .await;
+    assert_eq!(
+        w.fleet.sweep_offline().await.unwrap(),
+        0,
+        "one transition, one event"
+    );
+    w.fleet.heartbeat(Some(p), beat(None, 2)).await.unwrap();
+    let events = w.fleet.events_since(&w.admin, since, 100).await.unwrap();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e.appliance == reg.appliance_id)
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["registered", "online", "offline", "online"]);
+}
+
+async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
+    let blue = w
+        .fleet
+        .create_vpc(&w.admin, "blue", "10.10.0.0/24")
+        .await
+        .unwrap();
+    let red = w
+        .fleet
+        .create_vpc(&w.admin, "red", "10.20.0.0/24")
+        .await
+        .unwrap();
+    assert_ne!(blue.vni, red.vni, "VNIs are unique");
+    assert!(matches!(
+        w.fleet.create_vpc(&w.admin, "blue", "10.30.0.0/24").await,
+        Err(FleetError::Conflict(_))
+    ));
+    assert!(matches!(
+        w.fleet.create_vpc(&w.admin, "bad", "10.30.0.1/24").await,
+        Err(FleetError::Invalid(_))
+    ));
+
+    let apps = register_many(w, "s3", 3).await;
+    for (i, (_, p)) in apps.iter().enumerate() {
+        w.fleet
+            .heartbeat(Some(p), beat(Some(&format!("192.0.2.{}", i + 1)), 0))
+            .await
+            .unwrap();
+    }
+    for (reg, _) in &apps[..2] {
+        w.fleet
+            .attach(&w.admin, "blue", reg.appliance_id.as_str())
+            .await
+            .unwrap();
+    }
+    let (_, p0) = &apps[0];
+    let d0 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    let overlay = d0.overlay.clone().unwrap();
+    assert_eq!(overlay.local_vtep, "192.0.2.1");
+    assert_eq!(overlay.vpcs.len(), 1);
+    assert_eq!(overlay.vpcs[0].vni, blue.vni);
+    assert_eq!(overlay.vpcs[0].gateway, "10.10.0.1/24");
+    assert_eq!(overlay.vpcs[0].peer_vteps, ["192.0.2.2"]);
+
+    // A third member appears in the others' peer lists, with a new generation.
+    w.fleet
+        .attach(&w.admin, "blue", apps[2].0.appliance_id.as_str())
+        .await
+        .unwrap();
+    let d1 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert!(d1.generation > d0.generation);
+    assert_eq!(
+        d1.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["192.0.2.2", "192.0.2.3"]
+    );
+    // A peer reports a new address: everyone's overlay follows.
+    w.fleet
+        .heartbeat(Some(&apps[1].1), beat(Some("192.0.2.22"), 0))
+        .await
+        .unwrap();
+    let d2 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert!(d2.generation > d1.generation);
+    assert_eq!(
+        d2.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["192.0.2.22", "192.0.2.3"]
+    );
+    // Unchanged inputs keep the generation.
+    let d3 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert_eq!(d3.generation, d2.generation);
+    // Detach: gone from the peers, and the detached one has no overlay.
+    w.fleet
+        .detach(&w.admin, "blue", apps[2].0.appliance_id.as_str())
+        .await
+        .unwrap();
+    let d4 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert_eq!(
+        d4.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["192.0.2.22"]
+    );
+    let d5 = w
+        .fleet
+        .heartbeat(Some(&apps[2].1), beat(Some("192.0.2.3"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert_eq!(d5.overlay, None);
+}
+
+#[tokio::test]
+async fn embedded_backend_passes_the_fleet_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(Arc::new(
+        EmbeddedStore::open(&dir.path().join("hub.redb")).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn etcd_backend_passes_the_fleet_suite() {
+    let etcd = Etcd::start(1).await;
+    let store = EtcdStore::connect(
+        &etcd.endpoints(),
+        "/fleet/",
+        "t",
+        std::time::Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    suite(Arc::new(store)).await;
+}
+
+/// A 3-member etcd cluster loses a member in the middle of a heartbeat load: every
+/// heartbeat the hub acknowledged is in the store afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
+    let mut etcd = Etcd::start(3).await;
+    let store = EtcdStore::connect(
+        &etcd.endpoints(),
+        "/kill/",
+        "t",
+        std::time::Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let w = Arc::new(world(Arc::new(store)).await);
+    let apps = register_many(&w, "k", 8).await;
+    let acked: Arc<std::sync::Mutex<Vec<u64>>> =
+        Arc::new(std::sync::Mutex::new(vec![0; apps.len()]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (_, p)) in apps.iter().enumerate() {
+        let (w, p, acked, stop) = (w.clone(), p.clone(), acked.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut seq = 0;
+            let mut failures = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                match w.fleet.heartbeat(Some(&p), beat(None, seq)).await {
+                    Ok(_) => acked.lock().unwrap()[i] = seq,
+                    // Refused while the cluster re-forms: not acknowledged, so no promise made.
+                    Err(_) => failures += 1,
+                }
+            }
+            failures
+        });
+    }
+    let total = || acked.lock().unwrap().iter().sum::<u64>();
+    poll_async("load running", || async { (total() > 200).then_some(()) }).await;
+    // Kill the member the client most likely talks to, mid-load.
+    etcd.kill(0);
+    let after_kill = total();
+    poll_async("load continues on the survivors", || async {
+        (total() > after_kill + 200).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Read back through a fresh client on the survivors only.
+    let survivors = EtcdStore::connect(
+        &etcd.endpoints(),
+        "/kill/",
+        "r",
+        std::time::Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let acked = acked.lock().unwrap().clone();
+    for ((reg, _), want) in apps.iter().zip(acked) {
+        let raw = survivors
+            .get(&format!("{}{}", keys::STATUS, reg.appliance_id))
+            .await
+            .unwrap()
+            .unwrap();
+        let status: Status = serde_json::from_slice(&raw.value).unwrap();
+        let stored = status.status.counters["seq"];
+        assert!(
+            stored >= want,
+            "{}: acknowledged seq {want}, store has {stored}",
+            reg.appliance_id
+        );
+    }
+}

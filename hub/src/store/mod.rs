@@ -15,6 +15,7 @@
 //!   in the process holding an etcd lease ([`Store::lead`]).
 
 pub mod embedded;
+pub mod etcd;
 
 #[cfg(test)]
 pub(crate) mod suite;

@@ -36,6 +36,11 @@ pub fn hub_bin() -> &'static str {
 
 /// Runs `cairn-hub init` in a fresh directory.
 pub fn init() -> (tempfile::TempDir, String, String) {
+    init_with(&[])
+}
+
+/// `cairn-hub init` with extra arguments (e.g. `--etcd-endpoints`).
+pub fn init_with(extra: &[&str]) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     let out = Command::new(hub_bin())
@@ -43,6 +48,7 @@ pub fn init() -> (tempfile::TempDir, String, String) {
         .arg(dir.path().join("data"))
         .arg("--admin-token-file")
         .arg(&token_file)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -98,6 +104,33 @@ impl Hub {
             ca_pem,
             child,
         }
+    }
+
+    /// A second hub process on a copy of this one's data directory (same CA).
+    pub fn replica(&self, extra: &[&str]) -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+            std::fs::copy(self.data().join(f), data.join(f)).unwrap();
+        }
+        Self::serve(
+            dir,
+            self.fingerprint.clone(),
+            self.admin_token.clone(),
+            extra,
+        )
+    }
+
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn data(&self) -> PathBuf {

@@ -1,0 +1,106 @@
+//! Two `cairn-hub` processes on one real etcd serve one fleet; the offline detector runs in
+//! exactly one of them, and moves when that one dies.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../src/testutil.rs"]
+mod testutil;
+
+use common::{Device, Hub, heartbeat, post};
+use serde_json::Value;
+
+async fn offline_events(op: &common::Operator, id: &str) -> Vec<Value> {
+    let (_, events) = op.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["appliance"] == id && e["kind"] == "offline")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn two_hubs_on_one_etcd_serve_one_fleet() {
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let serve: Vec<&str> = vec![
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-lease-ttl",
+        "2",
+        "--heartbeat-interval",
+        "1",
+        "--offline-after",
+        "1",
+        "--offline-check-every",
+        "1",
+    ];
+    let (dir, fingerprint, admin) = common::init_with(&["--etcd-endpoints", &endpoints]);
+    let mut a = Hub::serve(dir, fingerprint, admin, &serve);
+    let mut b = a.replica(&serve);
+
+    // A token made on A registers on B; A lists what B accepted.
+    let token = a.admin().enrollment_token("lab", 5).await;
+    let device = Device::new("edge-e1", "ETCD-1", &["52:54:00:10:00:01"]);
+    let reg = device.register(&b, &token).await;
+    let id = reg.appliance_id.to_string();
+    let (s, view) = a.admin().get(&format!("/v1/appliances/{id}")).await;
+    assert_eq!(s, 200, "{view}");
+    // Heartbeats to either hub.
+    for hub in [&a, &b] {
+        let (s, body) = post(
+            &device.client(hub, &reg),
+            format!("{}/v1/heartbeats", hub.url),
+            &heartbeat(1, None),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+
+    // Silence: offline exactly once, though both hubs run the detector loop.
+    let first = common::poll("offline event", || async {
+        let ev = offline_events(&a.admin(), &id).await;
+        (!ev.is_empty()).then_some(ev)
+    })
+    .await;
+    // Several more detector passes on both hubs.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let events = offline_events(&b.admin(), &id).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let leader = first[0]["hub"].as_str().unwrap().to_owned();
+
+    // Kill the leader; the survivor takes over the detector once the lease lapses.
+    let (dead, survivor) = if leader.ends_with(&format!("/{}", a.pid())) {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    assert!(
+        leader.ends_with(&format!("/{}", dead.pid())),
+        "leader {leader} is one of the two hubs"
+    );
+    dead.kill();
+    let second = Device::new("edge-e2", "ETCD-2", &["52:54:00:10:00:02"]);
+    let reg2 = second.register(survivor, &token).await;
+    let (s, _) = post(
+        &second.client(survivor, &reg2),
+        format!("{}/v1/heartbeats", survivor.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ev = common::poll("offline event from the survivor", || async {
+        let ev = offline_events(&survivor.admin(), reg2.appliance_id.as_str()).await;
+        (!ev.is_empty()).then_some(ev)
+    })
+    .await;
+    assert!(
+        ev[0]["hub"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/{}", survivor.pid())),
+        "{ev:?}"
+    );
+}

@@ -224,11 +224,13 @@ impl RtNetlink {
                 if let Some(v) = min_links {
                     info.push(InfoBond::MinLinks(*v));
                 }
-                if let Some(v) = lacp_rate {
-                    info.push(InfoBond::AdLacpRate((*v).into()));
+                // The kernel refuses options that do not apply to the mode ("mode dependency
+                // failed"); a checkpoint read back from the kernel carries them all.
+                if let Some(v) = lacp_rate.filter(|_| *mode == 4) {
+                    info.push(InfoBond::AdLacpRate(v.into()));
                 }
-                if let Some(v) = xmit_hash_policy {
-                    info.push(InfoBond::XmitHashPolicy((*v).into()));
+                if let Some(v) = xmit_hash_policy.filter(|_| matches!(mode, 2 | 4 | 5)) {
+                    info.push(InfoBond::XmitHashPolicy(v.into()));
                 }
                 LinkBond::new(name)
                     .set_info_data(InfoData::Bond(info))
@@ -625,6 +627,14 @@ impl Netlink for RtNetlink {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
                         dst = Some(IpAddr::V6(*v))
                     }
+                    // In AF_BRIDGE messages the destination is not decoded by family.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = match b.len() {
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -639,6 +649,14 @@ impl Netlink for RtNetlink {
 
     async fn write(&mut self, op: &Op) -> Result<(), NetlinkError> {
         self.writes += 1;
+        // Creating, deleting (which takes VLANs on the link along) and renaming change
+        // name-to-index mappings: resolve afresh afterwards.
+        if matches!(
+            op,
+            Op::AddLink { .. } | Op::DelLink { .. } | Op::Rename { .. }
+        ) {
+            self.index.clear();
+        }
         tracing::debug!(%op, "netlink write");
         let what = op.to_string();
         match op {

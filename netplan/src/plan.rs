@@ -162,7 +162,13 @@ impl fmt::Display for Op {
 }
 
 fn route_text(r: &RouteSpec) -> String {
-    let mut s = format!("{}/{}", r.dst, r.prefix);
+    let kind = match r.kind {
+        6 => "blackhole ",
+        7 => "unreachable ",
+        8 => "prohibit ",
+        _ => "",
+    };
+    let mut s = format!("{kind}{}/{}", r.dst, r.prefix);
     if let Some(v) = r.via {
         s.push_str(&format!(" via {v}"));
     }
@@ -532,6 +538,44 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
         }
     }
 
+    // Deleting a link deletes the VLANs on it: recreate those too.
+    loop {
+        let more: Vec<String> = want
+            .state
+            .links
+            .iter()
+            .filter_map(|(n, w)| match w {
+                Some(LinkState {
+                    kind: LinkKind::Vlan { parent, .. },
+                    ..
+                }) if recreate.contains(parent) && !recreate.contains(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        recreate.extend(more);
+    }
+    // Owned device-less routes that no link wants any more.
+    for r in &owned_state.routes {
+        let wanted_somewhere = want
+            .state
+            .links
+            .values()
+            .flatten()
+            .any(|l| l.routes.contains(r));
+        if !wanted_somewhere && deviceless.contains(&r) {
+            removes.insert(
+                0,
+                Op::DelRoute {
+                    name: String::new(),
+                    route: r.clone(),
+                },
+            );
+        }
+    }
+
     // Creation order: links without parents, then VLANs on them.
     let mut order: Vec<(&String, &LinkState)> = want
         .state
@@ -576,6 +620,8 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
         let have_ctrl = have
             .and_then(|h| h.controller)
             .and_then(|c| kernel.name_of(c))
+            // A controller being recreated releases its members.
+            .filter(|c| !recreate.contains(*c))
             .map(|c| {
                 want.renames
                     .get(c)
@@ -643,13 +689,13 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
             .and_then(|i| kernel.routes.get(&i))
             .map(|a| a.iter().cloned().collect())
             .unwrap_or_default();
-        // The kernel attaches blackhole/unreachable/prohibit routes to no link: they belong to
-        // this one if it wants them or cairn added them for it earlier.
+        // The kernel attaches blackhole/unreachable/prohibit routes to no link: they count
+        // for this one if it wants them (unwanted owned ones are removed above).
         if have_idx.is_some() {
             have_routes.extend(
                 deviceless
                     .iter()
-                    .filter(|r| w.routes.contains(r) || owned_state.routes.contains(r))
+                    .filter(|r| w.routes.contains(r))
                     .map(|r| (*r).clone()),
             );
         }

@@ -529,8 +529,8 @@ fn mac(at: &At<'_>) -> Result<String, ConfigError> {
     Ok(s)
 }
 
-fn common(at: &At<'_>, entries: &[(String, At<'_>)]) -> Result<Common, ConfigError> {
-    let _ = at;
+/// Shared keys; `vrf_table` is the default table of rules on a VRF (as netplan does).
+fn common(entries: &[(String, At<'_>)], vrf_table: Option<u32>) -> Result<Common, ConfigError> {
     let mut c = Common::default();
     for (key, v) in entries {
         match key.as_str() {
@@ -547,7 +547,7 @@ fn common(at: &At<'_>, entries: &[(String, At<'_>)]) -> Result<Common, ConfigErr
             }
             "routing-policy" => {
                 for r in v.seq()? {
-                    c.routing_policy.push(rule(&r)?);
+                    c.routing_policy.push(rule(&r, vrf_table)?);
                 }
             }
             "mtu" => {
@@ -676,7 +676,19 @@ fn check_route(at: &At<'_>, r: Route) -> Result<Route, ConfigError> {
     Ok(r)
 }
 
-fn rule(at: &At<'_>) -> Result<Rule, ConfigError> {
+/// `10.0.0.0/8`, or a bare address meaning a host prefix.
+fn prefix_or_host(at: &At<'_>) -> Result<IpNet, ConfigError> {
+    if at.str()?.contains('/') {
+        return Ok(at.parse::<IpNet>()?.network());
+    }
+    let addr = at.ip()?;
+    Ok(IpNet {
+        addr,
+        prefix: if addr.is_ipv4() { 32 } else { 128 },
+    })
+}
+
+fn rule(at: &At<'_>, default_table: Option<u32>) -> Result<Rule, ConfigError> {
     let mut r = Rule {
         from: None,
         to: None,
@@ -687,8 +699,8 @@ fn rule(at: &At<'_>) -> Result<Rule, ConfigError> {
     let mut has_table = false;
     for (k, v) in at.map(&["from", "to", "table", "priority", "mark"])? {
         match k.as_str() {
-            "from" => r.from = Some(v.parse::<IpNet>()?.network()),
-            "to" => r.to = Some(v.parse::<IpNet>()?.network()),
+            "from" => r.from = Some(prefix_or_host(&v)?),
+            "to" => r.to = Some(prefix_or_host(&v)?),
             "table" => {
                 r.table = v.num("a table number")?;
                 has_table = true;
@@ -698,7 +710,7 @@ fn rule(at: &At<'_>) -> Result<Rule, ConfigError> {
         }
     }
     if !has_table {
-        return Err(at.err("a routing-policy rule needs `table`"));
+        r.table = default_table.ok_or_else(|| at.err("a routing-policy rule needs `table`"))?;
     }
     if r.from.is_none() && r.to.is_none() {
         return Err(at.err("a routing-policy rule needs `from` or `to`"));
@@ -862,9 +874,9 @@ fn from_tree(root: &Node) -> Result<Config, ConfigError> {
             }
         }
     }
-    if version.is_none() {
-        return Err(network.err("missing `version: 2`"));
-    }
+    // netplan itself accepts documents without `version` (its own vrf.yaml example is one),
+    // so an absent version means 2; any other value is refused above.
+    let _ = version;
     validate(&config)?;
     Ok(config)
 }
@@ -1013,10 +1025,15 @@ fn device(section: &str, id: &str, at: &At<'_>) -> Result<Device, ConfigError> {
             }
         }
     }
+    let vrf_table = match &kind {
+        Kind::Vrf { table, .. } => Some(*table),
+        _ => None,
+    };
+    let common = common(&entries, vrf_table)?;
     Ok(Device {
         id: id.to_string(),
         kind,
-        common: common(at, &entries)?,
+        common,
         mark: at.node.mark.clone(),
     })
 }

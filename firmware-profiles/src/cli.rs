@@ -1,11 +1,41 @@
-//! `cairn firmware ...`.
+//! `cairn firmware plan|apply|check`.
 
-use cairn_api::cli::{Exit, not_built};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::cli::{Exit, OutputFormat};
+use cairn_hardware::bmc::{Bmc, BmcError};
+use cairn_hardware::cli::{ConnectArgs, report};
+use cairn_hardware::fleet::{Operation, OutcomeResult};
 use clap::{Args, Subcommand};
 
+use crate::apply::{ApplyOptions, apply, read_plan};
+use crate::plan::Plan;
+use crate::profile::{Profile, by_name, load_all};
+
 /// Plan, apply and check BIOS and firmware baselines.
+///
+/// A profile (YAML, see firmware-profiles/profiles/) lists BIOS attributes with the vendor's
+/// names, boot mode, secure boot and minimum firmware versions. Each server gets the
+/// profile named by --profile, else its inventory's `firmware_profile`, else the one whose
+/// manufacturer and model match. Values are checked against the BMC's AttributeRegistry
+/// before anything is staged.
+///
+/// Examples:
+///   cairn firmware plan --inventory rack.yaml
+///   cairn firmware apply --bmc redfish://admin@10.0.0.11 --password-file bmc.pw --profile dell-poweredge-r650
+///   cairn firmware check --inventory rack.yaml --output json
 #[derive(Debug, Args)]
 pub struct FirmwareArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Profile to use for every server (default: by inventory or by model).
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// Extra profile directory; its files replace shipped profiles of the same name.
+    #[arg(long, global = true, value_name = "DIR")]
+    profiles: Option<PathBuf>,
     #[command(subcommand)]
     command: FirmwareCommand,
 }
@@ -14,15 +44,217 @@ pub struct FirmwareArgs {
 enum FirmwareCommand {
     /// Show what would change; changes nothing.
     Plan,
-    /// Stage settings, reset when needed, verify.
-    Apply,
-    /// Report drift across a rack.
+    /// Stage BIOS settings, reset when needed, wait and verify; run firmware updates.
+    Apply {
+        /// Never reset a running server; staged settings then apply at its next boot.
+        #[arg(long)]
+        no_reset: bool,
+        /// Seconds to wait for staged settings to take effect after a reset.
+        #[arg(long, default_value_t = 900.0)]
+        settle_timeout: f64,
+    },
+    /// Report drift from the baseline across a rack (exit 1 when any server drifts).
     Check,
+}
+
+fn choose(
+    profiles: &[Profile],
+    fixed: Option<&Profile>,
+    inv: &cairn_hardware::bmc::Inventory,
+) -> Result<Profile, BmcError> {
+    if let Some(p) = fixed {
+        return Ok(p.clone());
+    }
+    let found: Vec<&Profile> = profiles.iter().filter(|p| p.matches(inv)).collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(BmcError::Invalid(format!(
+            "no firmware profile matches {} {} (use --profile)",
+            inv.manufacturer.as_deref().unwrap_or("?"),
+            inv.model.as_deref().unwrap_or("?")
+        ))),
+        many => Err(BmcError::Invalid(format!(
+            "several profiles match: {} (use --profile)",
+            many.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn plan_line(p: &Plan) -> String {
+    if p.is_empty() {
+        return format!("{}: in baseline", p.profile);
+    }
+    let mut s = format!(
+        "{}: {} BIOS change(s), {} firmware update(s){}",
+        p.profile,
+        p.changes.len(),
+        p.updates.len(),
+        if p.registry_checked {
+            ""
+        } else {
+            " (no AttributeRegistry: checked against reported attributes)"
+        }
+    );
+    for c in &p.changes {
+        s.push_str(&format!(
+            "\n    {} {} -> {}{}",
+            c.attribute,
+            c.current
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "(unset)".into()),
+            c.desired,
+            if c.pending { " (already staged)" } else { "" }
+        ));
+    }
+    for u in &p.updates {
+        s.push_str(&format!(
+            "\n    {:?} firmware {} -> >= {} from {}",
+            u.component,
+            u.current.as_deref().unwrap_or("?"),
+            u.minimum,
+            u.image_url
+        ));
+    }
+    for i in &p.invalid {
+        s.push_str(&format!("\n    INVALID {i}"));
+    }
+    s
 }
 
 impl FirmwareArgs {
     /// Runs the command.
-    pub async fn run(self) -> Result<Exit, std::convert::Infallible> {
-        Ok(not_built("cairn firmware", "issue 3"))
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        let profiles = match load_all(self.profiles.as_deref()) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("error: {}", cairn_hardware::fleet::error_chain(&e));
+                return Ok(Exit::InvalidInput);
+            }
+        };
+        let fixed = match &self.profile {
+            Some(name) => match by_name(&profiles, name) {
+                Ok(p) => Some(p.clone()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(Exit::InvalidInput);
+                }
+            },
+            None => None,
+        };
+        // Per-server profile names from the inventory.
+        let mut per_server = std::collections::BTreeMap::new();
+        if let Some(path) = &self.connect.inventory
+            && let Ok(rack) = cairn_hardware::inventory::Rack::load(path)
+        {
+            for s in &rack.servers {
+                if let Some(name) = &s.firmware_profile {
+                    match by_name(&profiles, name) {
+                        Ok(p) => {
+                            per_server.insert(s.name.clone(), p.clone());
+                        }
+                        Err(e) => {
+                            eprintln!("error: server {}: {e}", s.name);
+                            return Ok(Exit::InvalidInput);
+                        }
+                    }
+                }
+            }
+        }
+        let output = self.connect.output;
+        // --profile, else the server's inventory entry, else by manufacturer and model.
+        let pick = Arc::new(move |server: &str, inv: &cairn_hardware::bmc::Inventory| {
+            choose(&profiles, fixed.as_ref().or(per_server.get(server)), inv)
+        });
+        match self.command {
+            FirmwareCommand::Plan | FirmwareCommand::Check => {
+                let check = matches!(self.command, FirmwareCommand::Check);
+                let op: Operation<Plan> = {
+                    let pick = pick.clone();
+                    Arc::new(move |b: Arc<dyn Bmc>, server: String| {
+                        let pick = pick.clone();
+                        Box::pin(async move {
+                            let inv = b.inventory().await?;
+                            let profile = pick(&server, &inv)?;
+                            read_plan(b.as_ref(), &profile).await
+                        })
+                    })
+                };
+                let outcomes = match self.connect.run(op).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(Exit::InvalidInput);
+                    }
+                };
+                let exit = report(output, &outcomes, plan_line);
+                let drift = outcomes.iter().any(|o| match &o.result {
+                    OutcomeResult::Ok { result } => !result.is_empty(),
+                    OutcomeResult::Err { .. } => true,
+                });
+                if output == OutputFormat::Table && check {
+                    eprintln!(
+                        "{}",
+                        if drift {
+                            "drift found"
+                        } else {
+                            "every server is in its baseline"
+                        }
+                    );
+                }
+                Ok(if check && drift { Exit::Failed } else { exit })
+            }
+            FirmwareCommand::Apply {
+                no_reset,
+                settle_timeout,
+            } => {
+                let options = ApplyOptions {
+                    reset: !no_reset,
+                    settle_timeout: Duration::from_secs_f64(settle_timeout.max(1.0)),
+                };
+                let op: Operation<crate::apply::Applied> = {
+                    let pick = pick.clone();
+                    Arc::new(move |b: Arc<dyn Bmc>, server: String| {
+                        let (pick, options) = (pick.clone(), options.clone());
+                        Box::pin(async move {
+                            let inv = b.inventory().await?;
+                            let profile = pick(&server, &inv)?;
+                            apply(b.as_ref(), &profile, &options).await
+                        })
+                    })
+                };
+                let outcomes = match self.connect.run(op).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(Exit::InvalidInput);
+                    }
+                };
+                Ok(report(output, &outcomes, |a| {
+                    if a.plan.is_empty() {
+                        return format!("{}: already in baseline, nothing changed", a.plan.profile);
+                    }
+                    format!(
+                        "{}: staged {} attribute(s){}{}{}",
+                        a.plan.profile,
+                        a.staged,
+                        if a.reset { ", reset" } else { "" },
+                        if a.verified {
+                            ", verified"
+                        } else {
+                            ", pending until next boot"
+                        },
+                        if a.updated.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", updated {}", a.updated.join(", "))
+                        }
+                    )
+                }))
+            }
+        }
     }
 }

@@ -5,4 +5,7 @@
 //! `cairn firmware ...`. Must not: speak a BMC protocol itself; it goes through
 //! `cairn-hardware`'s `Bmc` abstraction.
 
+pub mod apply;
 pub mod cli;
+pub mod plan;
+pub mod profile;

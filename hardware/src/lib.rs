@@ -12,6 +12,7 @@ pub mod address;
 pub mod bmc;
 pub mod cli;
 pub mod connect;
+pub mod fleet;
 pub mod inventory;
 pub mod ipmi;
 pub mod quirks;

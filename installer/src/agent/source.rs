@@ -1,0 +1,200 @@
+//! Where the agent gets its plan and payload, and where it reports: the boot server over
+//! HTTP (PXE installs), or a directory on the install ISO (no server, reports only logged).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use cairn_api::{InstallProgress, InstallStep};
+use cairn_image_build::build::InstallManifest;
+
+use super::plan::InstallPlan;
+
+/// Why the plan or a payload could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// An HTTP request failed.
+    #[error("GET {url}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A file could not be read.
+    #[error("reading {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document did not parse.
+    #[error("{what} is invalid: {reason}")]
+    Invalid {
+        /// Which document.
+        what: String,
+        /// The parser's message.
+        reason: String,
+    },
+}
+
+/// A source of the install plan and payload files (`install.json`, `root.img.zst`, ...).
+pub trait Source: Send {
+    /// The plan for this machine.
+    fn plan(&self) -> Result<InstallPlan, SourceError>;
+    /// The install manifest (digests of every payload file).
+    fn manifest(&self) -> Result<InstallManifest, SourceError> {
+        let mut text = String::new();
+        self.open("install.json")?
+            .read_to_string(&mut text)
+            .map_err(|source| SourceError::File {
+                path: "install.json".into(),
+                source,
+            })?;
+        serde_json::from_str(&text).map_err(|e| SourceError::Invalid {
+            what: "install.json".into(),
+            reason: e.to_string(),
+        })
+    }
+    /// Opens a payload file as a stream.
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError>;
+    /// Reports progress (best effort: a lost report never fails the install).
+    fn report(&self, progress: &InstallProgress);
+}
+
+/// The boot server: `GET {base}/pxe/{file}`, `GET {base}/v1/install/plan`,
+/// `POST {base}/v1/install/progress`, with the per-install token as bearer.
+pub struct HttpSource {
+    base: String,
+    token: String,
+    client: reqwest::blocking::Client,
+}
+
+impl HttpSource {
+    /// A source on the boot server at `base` (e.g. `http://192.168.77.1:8080`).
+    pub fn new(base: &str, token: String) -> Result<Self, SourceError> {
+        let client = reqwest::blocking::Client::builder()
+            // Payloads are large and streamed: no overall timeout, only for connecting.
+            .timeout(None)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|source| SourceError::Http {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            client,
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<reqwest::blocking::Response, SourceError> {
+        let url = format!("{}{path}", self.base);
+        self.client
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .map_err(|source| SourceError::Http { url, source })
+    }
+}
+
+impl Source for HttpSource {
+    fn plan(&self) -> Result<InstallPlan, SourceError> {
+        let url = format!("{}/v1/install/plan", self.base);
+        self.get("/v1/install/plan")?
+            .json()
+            .map_err(|source| SourceError::Http { url, source })
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError> {
+        Ok(Box::new(self.get(&format!("/pxe/{name}"))?))
+    }
+
+    fn report(&self, progress: &InstallProgress) {
+        let url = format!("{}/v1/install/progress", self.base);
+        let sent = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(progress)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .and_then(|r| r.error_for_status());
+        if let Err(error) = sent {
+            tracing::warn!(%error, step = ?progress.step, "progress report lost");
+        }
+    }
+}
+
+/// A directory holding the payload (`cairn/` on the install ISO), with an optional
+/// `seed/` (node.yaml, netplan/*.yaml, hub-ca.pem, install.yaml with the disk hint).
+pub struct DirSource {
+    dir: PathBuf,
+}
+
+impl DirSource {
+    /// A source reading `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+}
+
+impl Source for DirSource {
+    fn plan(&self) -> Result<InstallPlan, SourceError> {
+        let seed = self.dir.join("seed");
+        let read = |name: &str| -> Result<Option<String>, SourceError> {
+            let path = seed.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(SourceError::File { path, source }),
+            }
+        };
+        let mut plan: InstallPlan = match read("install.yaml")? {
+            Some(text) => serde_yaml_ng::from_str(&text).map_err(|e| SourceError::Invalid {
+                what: seed.join("install.yaml").display().to_string(),
+                reason: e.to_string(),
+            })?,
+            None => InstallPlan::default(),
+        };
+        if plan.node_yaml.is_none() {
+            plan.node_yaml = read("node.yaml")?;
+        }
+        if plan.hub_ca.is_none() {
+            plan.hub_ca = read("hub-ca.pem")?;
+        }
+        if let Ok(entries) = std::fs::read_dir(seed.join("netplan")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(text) = read(&format!("netplan/{name}"))? {
+                    plan.netplan.entry(name).or_insert(text);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError> {
+        let path = self.dir.join(name);
+        let file =
+            std::fs::File::open(&path).map_err(|source| SourceError::File { path, source })?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
+    }
+
+    fn report(&self, progress: &InstallProgress) {
+        log_progress(progress);
+    }
+}
+
+/// The log line every report also produces.
+pub fn log_progress(p: &InstallProgress) {
+    if p.step == InstallStep::Failed {
+        tracing::error!(step = ?p.step, message = %p.message, "install failed");
+    } else {
+        tracing::info!(step = ?p.step, bytes = p.bytes_written, total = ?p.bytes_total, message = %p.message, "install progress");
+    }
+}

@@ -1,0 +1,209 @@
+//! cairn-agent writing the real minimal image onto disk image files (the same code path as a
+//! block device): a good install, a corrupted payload, a disk that holds data.
+//! The boot of what it wrote is tested in QEMU (tests/qemu_install.rs).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_cairn-agent");
+
+fn agent(source: &Path, target: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "--source",
+        source.to_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    run(AGENT, &args, &[])
+}
+
+fn sgdisk_print(disk: &Path) -> String {
+    let out = std::process::Command::new("sgdisk")
+        .arg("--print")
+        .arg(disk)
+        .output()
+        .expect("sgdisk is needed: apt-get install gdisk");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Offset and size of a partition, from `sgdisk --info` (the reference reader).
+fn partition(disk: &Path, number: u32) -> (u64, u64) {
+    let out = std::process::Command::new("sgdisk")
+        .arg(format!("--info={number}"))
+        .arg(disk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let first = field("First sector: ");
+    let last = field("Last sector: ");
+    (first * 512, (last - first + 1) * 512)
+}
+
+#[test]
+fn installs_the_image_with_its_seed_and_only_then_boot_code() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    std::fs::create_dir_all(source.join("seed/netplan")).unwrap();
+    std::fs::write(
+        source.join("seed/node.yaml"),
+        "hub_url: https://hub.example:8443\n",
+    )
+    .unwrap();
+    std::fs::write(
+        source.join("seed/netplan/10-lan.yaml"),
+        "network: {version: 2}\n",
+    )
+    .unwrap();
+    std::fs::write(source.join("seed/install.yaml"), "name: edge-1\n").unwrap();
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+
+    let (code, out, err) = agent(&source, &disk, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("\"installed\""), "{out}");
+    for step in ["partitioned", "verified", "bootloader", "seed"] {
+        assert!(
+            err.to_lowercase().contains(step),
+            "no {step} step logged:\n{err}"
+        );
+    }
+
+    let table = sgdisk_print(&disk);
+    for name in ["esp", "root-a", "root-b", "data"] {
+        assert!(table.contains(name), "{table}");
+    }
+    // root-a holds exactly the image the build made.
+    let root =
+        zstd::stream::decode_all(std::fs::File::open(image.join("root.img.zst")).unwrap()).unwrap();
+    let (off, size) = partition(&disk, 2);
+    assert!(size >= root.len() as u64);
+    assert!(
+        read_at(&disk, off, root.len()) == root,
+        "root-a differs from root.img"
+    );
+    // BIOS boot code is in the MBR (GRUB's boot.img starts with a jump).
+    let mbr = read_at(&disk, 0, 512);
+    assert_eq!(mbr[0], 0xeb, "no boot code in the MBR");
+    // The seed is on the data filesystem (debugfs reads it without mounting).
+    let (off, size) = partition(&disk, 4);
+    let data = dir.path().join("data.img");
+    std::fs::write(&data, read_at(&disk, off, (size.min(64 << 20)) as usize)).unwrap();
+    let cat = |p: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat {p}")])
+            .arg(&data)
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(
+        cat("/seed/node.yaml"),
+        "hub_url: https://hub.example:8443\n"
+    );
+    assert_eq!(cat("/seed/netplan/10-lan.yaml"), "network: {version: 2}\n");
+    assert_eq!(cat("/seed/hostname"), "edge-1\n");
+}
+
+#[test]
+fn a_corrupted_image_is_refused_and_the_disk_left_unbootable() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let payload = source.join("root.img.zst");
+    let mut bytes = std::fs::read(&payload).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&payload, bytes).unwrap();
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+
+    let (code, out, err) = agent(&source, &disk, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("\"failed\"") && out.contains("root image"),
+        "{out}"
+    );
+    // No partition table, no boot code: firmware finds nothing to boot.
+    assert!(
+        read_at(&disk, 0, 1 << 20).iter().all(|b| *b == 0),
+        "the first MiB was not wiped"
+    );
+    assert!(
+        sgdisk_print(&disk).contains("GPT: not present") || !sgdisk_print(&disk).contains("root-a")
+    );
+
+    // With --keep-on-error the partial write stays for inspection, still without boot code.
+    let (code, _, _) = agent(&source, &disk, &["--keep-on-error"]);
+    assert_eq!(code, 1);
+    assert!(sgdisk_print(&disk).contains("root-a"));
+    assert!(
+        read_at(&disk, 0, 440).iter().all(|b| *b == 0),
+        "boot code written before verification"
+    );
+}
+
+#[test]
+fn a_disk_holding_a_filesystem_is_refused_without_the_wipe_flag() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+    let status = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success());
+    let before = read_at(&disk, 0, 2 << 20);
+
+    let (code, out, err) = agent(&source, &disk, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("ext2/3/4 filesystem") && out.contains("refusing"),
+        "{out}"
+    );
+    assert!(
+        read_at(&disk, 0, 2 << 20) == before,
+        "a refused disk was modified"
+    );
+
+    let (code, out, err) = agent(&source, &disk, &["--wipe"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(sgdisk_print(&disk).contains("root-a"));
+}
+
+#[test]
+fn a_bad_disk_hint_is_reported() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let (code, out, _) = run(
+        AGENT,
+        &[
+            "--source",
+            source.to_str().unwrap(),
+            "--disk-hint",
+            "biggest",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown criterion \\\"biggest\\\""), "{out}");
+}

@@ -1,36 +1,210 @@
 //! `cairn-node ...`.
 
-use cairn_api::cli::{Exit, LogArgs, not_built};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_api::cli::{Exit, LogArgs, OutputFormat};
 use cairn_netplan::cli::NetArgs;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config;
+use crate::daemon::{Daemon, StartError};
+use crate::inventory::Roots;
+use crate::local_api;
+use crate::network::Netplan;
+use crate::seed::{self, Origin};
+use crate::store::Store;
 
 /// The cairn appliance daemon: registration, heartbeats, kubelet bootstrap, networking.
+///
+/// Configuration: /etc/cairn/node.yaml plus drop-ins /etc/cairn/node.d/*.yaml (see
+/// docs/node-daemon.md). Run `cairn-node run` as cairn-node.service; ask it how it is doing
+/// with `cairn-node status`.
 #[derive(Debug, Parser)]
-#[command(name = "cairn-node", version, about, long_about = None)]
+#[command(name = "cairn-node", version, about, long_about)]
 pub struct NodeCli {
     /// Logging options, shared by every cairn binary.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Treat this directory as `/`: configuration, state, kubelet files and the socket are
+    /// found below it (for tests and image builds).
+    #[arg(long, global = true, default_value = "/", env = "CAIRN_NODE_ROOT")]
+    pub root: PathBuf,
     #[command(subcommand)]
     command: NodeCommand,
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
+    /// Run the daemon (as cairn-node.service).
+    ///
+    /// Applies the host network and brings back the kubelet from local state, registers with
+    /// the hub when the node has no identity yet, then heartbeats and applies the hub's
+    /// desired state. Keeps running on its last state when the hub is unreachable.
+    Run(RunArgs),
+    /// Show the running daemon's state (asks it over the local socket).
+    Status(StatusArgs),
+    /// Operate on the node's state store.
+    State(StateArgs),
     /// Host networking from netplan YAML.
     Net(NetArgs),
-    /// Run the daemon (as cairn-node.service).
-    Run,
-    /// Show the node's state.
-    Status,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A directory holding a seed (`node.yaml` and its files), checked before the
+    /// CAIRN-SEED labelled filesystem.
+    #[arg(long)]
+    seed_dir: Vec<PathBuf>,
+    /// sysfs to read the hardware inventory from.
+    #[arg(long, default_value = "/sys")]
+    sys_root: PathBuf,
+    /// procfs to read CPUs, memory, uptime and load from.
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// `table` for people, `json` for scripts.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// The daemon's socket (default: api.socket from the configuration, else
+    /// /run/cairn/node.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    #[command(subcommand)]
+    command: StateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Move the state store aside (kept as node.redb.corrupt-<time>) so the node starts
+    /// fresh. The node then needs a new enrollment token; the hub recognises the hardware
+    /// and keeps its appliance ID. Stop cairn-node first.
+    Reset,
 }
 
 impl NodeCli {
     /// Runs the command.
-    pub async fn run(self) -> Result<Exit, std::convert::Infallible> {
+    pub async fn run(self) -> anyhow::Result<Exit> {
         match self.command {
-            NodeCommand::Net(net) => net.run().await,
-            NodeCommand::Run | NodeCommand::Status => Ok(not_built("cairn-node", "issue 7")),
+            NodeCommand::Net(net) => Ok(net.run().await.unwrap_or(Exit::Failed)),
+            NodeCommand::Run(args) => run(&self.root, args).await,
+            NodeCommand::Status(args) => status(&self.root, args).await,
+            NodeCommand::State(StateArgs {
+                command: StateCommand::Reset,
+            }) => reset(&self.root),
+        }
+    }
+}
+
+fn load_settings(root: &std::path::Path) -> Result<config::Settings, Exit> {
+    config::load(root).map_err(|e| {
+        eprintln!("error: invalid configuration: {e}");
+        Exit::InvalidInput
+    })
+}
+
+async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
+    match seed::ensure_config(root, &args.seed_dir)? {
+        Origin::Installed => {}
+        Origin::Seed(from) => tracing::info!(from = %from.display(), "configuration seeded"),
+        Origin::Nothing => {
+            eprintln!(
+                "error: nothing configures this node: {} is missing and no {} seed was found; \
+                 write the configuration (docs/node-daemon.md) or attach a seed",
+                root.join(config::MAIN_FILE).display(),
+                seed::SEED_LABEL
+            );
+            return Ok(Exit::InvalidInput);
+        }
+    }
+    let settings = match load_settings(root) {
+        Ok(s) => s,
+        Err(exit) => return Ok(exit),
+    };
+    let network = Netplan {
+        state_dir: settings.state_dir.join("netplan"),
+    };
+    let roots = Roots {
+        sys: args.sys_root,
+        proc: args.proc_root,
+    };
+    let socket = settings.api_socket.clone();
+    let daemon = match Daemon::new(settings, network, roots) {
+        Ok(d) => d,
+        Err(StartError::Store(e)) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::Failed);
+        }
+    };
+    let api = local_api::serve(&socket, daemon.status_handle())?;
+    let api = tokio::spawn(api);
+    tracing::info!(socket = %socket.display(), "cairn-node running");
+    daemon.run(shutdown_signal()).await;
+    api.abort();
+    let _ = std::fs::remove_file(&socket);
+    Ok(Exit::Success)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn status(root: &std::path::Path, args: StatusArgs) -> anyhow::Result<Exit> {
+    let socket = match args.socket {
+        Some(s) => s,
+        None => config::load(root)
+            .map(|s| s.api_socket)
+            .unwrap_or_else(|_| config::rooted(root, std::path::Path::new("/run/cairn/node.sock"))),
+    };
+    let status = local_api::fetch_status(&socket).await?;
+    match args.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("encoding the status")?
+        ),
+        OutputFormat::Table => print!("{}", status.render_text()),
+    }
+    Ok(Exit::Success)
+}
+
+fn reset(root: &std::path::Path) -> anyhow::Result<Exit> {
+    let dir = match config::load(root) {
+        Ok(s) => s.state_dir,
+        Err(_) => config::rooted(root, std::path::Path::new("/var/lib/cairn")),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match Store::quarantine(&dir, now)
+        .with_context(|| format!("moving the store in {} aside", dir.display()))?
+    {
+        Some(aside) => {
+            println!(
+                "state store moved to {}; write a new enrollment token to the token file and start cairn-node",
+                aside.display()
+            );
+            Ok(Exit::Success)
+        }
+        None => {
+            println!("no state store in {}: nothing to reset", dir.display());
+            Ok(Exit::Success)
         }
     }
 }

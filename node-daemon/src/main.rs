@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use cairn_node_daemon::cli::NodeCli;
 use clap::Parser;
 
-#[tokio::main]
+// One thread: the daemon waits on the hub and systemd most of the time, and a single-threaded
+// runtime keeps its memory footprint small (BENCHMARKS.md).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = NodeCli::parse();
     cairn_api::cli::init_tracing(&cli.log);

@@ -1,0 +1,702 @@
+//! `cairn-node run`: the daemon's loop.
+//!
+//! At start the node restores what it can from local state alone (network from the netplan
+//! files, kubelet files and unit from the last desired state), so a restart with the hub down
+//! changes nothing on the box. Then one loop does, in turn: registration (only while no
+//! identity exists), certificate renewal, heartbeats (each report is queued on disk first and
+//! the queue is delivered oldest first), desired-state application by generation, and kubelet
+//! supervision. One request to the hub is in flight at a time.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use cairn_api::{
+    Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, NodeStatus,
+    RegistrationRequest,
+};
+
+use crate::config::Settings;
+use crate::hub::{ClientIdentity, HttpsHub, HubApi, HubError, Trust};
+use crate::inventory::{self, Roots};
+use crate::kubelet::{self, Action, Layout, Supervisor};
+use crate::network::Network;
+use crate::pki;
+use crate::status::LocalStatus;
+use crate::store::{self, Identity, Store, StoreError};
+use crate::systemd::{DbusSystemd, UnitManager};
+
+/// Longest wait between attempts to reach the hub.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How often the kubelet unit is looked at.
+pub const KUBELET_POLL: Duration = Duration::from_secs(10);
+
+/// The next heartbeat: the interval ±10 %, so a site's appliances do not heartbeat in step.
+pub fn jittered(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
+/// Wait before retry `attempt` (1-based) after failures: 1 s doubling per attempt, capped at
+/// five minutes, then scaled into [50 %, 100 %] ("equal jitter") so that appliances that lost
+/// the hub together do not come back together.
+pub fn backoff(attempt: u32, unit: f64) -> Duration {
+    let full = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state store cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registration attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error("reading the enrollment token from {path}: {source}")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("reading the hub CA bundle {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Hub(e) if e.is_transient())
+    }
+}
+
+/// The daemon.
+pub struct Daemon<N: Network> {
+    settings: Settings,
+    store: Store,
+    network: N,
+    roots: Roots,
+    status: Arc<RwLock<LocalStatus>>,
+    supervisor: Supervisor,
+    units: Option<DbusSystemd>,
+    hub: Option<HttpsHub>,
+    failures: u32,
+    files_changed: bool,
+    interval: Duration,
+    network_condition: Condition,
+    kubelet_condition: Option<Condition>,
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        kind: kind.into(),
+        status: if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> Option<String> {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+impl<N: Network> Daemon<N> {
+    /// Opens the state store; nothing else happens until [`Daemon::run`].
+    pub fn new(settings: Settings, network: N, roots: Roots) -> Result<Self, StartError> {
+        let store = Store::open(&settings.state_dir)?;
+        let status = LocalStatus {
+            hostname: settings.hostname.clone(),
+            hub_url: settings.hub_url.clone(),
+            phase: "starting".into(),
+            ..Default::default()
+        };
+        Ok(Self {
+            store,
+            network,
+            roots,
+            status: Arc::new(RwLock::new(status)),
+            supervisor: Supervisor::new(),
+            units: None,
+            hub: None,
+            failures: 0,
+            files_changed: false,
+            interval: Duration::from_secs(30),
+            network_condition: condition("NetworkApplied", false, "NotYet", ""),
+            kubelet_condition: None,
+            settings,
+        })
+    }
+
+    /// The status the local API serves.
+    pub fn status_handle(&self) -> Arc<RwLock<LocalStatus>> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        self.restore_local().await;
+        let mut next_hub = Instant::now();
+        let mut next_kubelet = Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            let now = Instant::now();
+            if now >= next_hub {
+                next_hub = Instant::now() + self.hub_round().await;
+            }
+            if now >= next_kubelet {
+                self.supervise().await;
+                next_kubelet = Instant::now() + KUBELET_POLL;
+            }
+            self.publish();
+            let wake = next_hub.min(next_kubelet);
+            tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("stopping");
+    }
+
+    /// Brings back network and kubelet from local state, before the hub is asked anything.
+    async fn restore_local(&mut self) {
+        if self.settings.manage_network {
+            match self.network.apply_host(&self.settings.netplan_dir).await {
+                Ok(changes) => {
+                    tracing::info!(changes, dir = %self.settings.netplan_dir.display(), "host network applied");
+                    self.network_condition = condition("NetworkApplied", true, "Applied", "");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying the host network failed; the previous state was kept");
+                    self.network_condition =
+                        condition("NetworkApplied", false, "ApplyFailed", e.to_string());
+                }
+            }
+        } else {
+            self.network_condition = condition(
+                "NetworkApplied",
+                true,
+                "NotManaged",
+                "network.manage is false",
+            );
+        }
+        match self.store.desired() {
+            Ok(Some(desired)) => {
+                tracing::info!(
+                    generation = desired.generation,
+                    "restoring the last desired state"
+                );
+                self.apply_desired(&desired, true).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "the stored desired state is unreadable"),
+        }
+    }
+
+    fn set_error(&self, message: Option<String>) {
+        if let Ok(mut s) = self.status.write() {
+            s.last_error = message;
+        }
+    }
+
+    fn set_phase(&self, phase: &str) {
+        if let Ok(mut s) = self.status.write() {
+            s.phase = phase.into();
+        }
+    }
+
+    /// One exchange with the hub; returns how long to wait before the next.
+    async fn hub_round(&mut self) -> Duration {
+        let identity = match self.store.identity() {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the identity failed");
+                self.set_error(Some(e.to_string()));
+                return BACKOFF_CAP;
+            }
+        };
+        let Some(identity) = identity else {
+            self.set_phase("registering");
+            return match self.register().await {
+                Ok(identity) => {
+                    tracing::info!(appliance = %identity.appliance_id, site = %identity.site, "registered");
+                    self.failures = 0;
+                    self.set_error(None);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    self.set_error(Some(e.to_string()));
+                    if e.is_transient() {
+                        self.failures += 1;
+                        let wait = backoff(self.failures, fastrand::f64());
+                        tracing::warn!(error = %e, retry_in = ?wait, "registration failed");
+                        wait
+                    } else {
+                        tracing::error!(error = %e, "registration refused; fix the cause, the node retries every 5 minutes");
+                        BACKOFF_CAP
+                    }
+                }
+            };
+        };
+        self.maybe_renew(&identity).await;
+        match self.heartbeat(&identity).await {
+            Ok(()) => {
+                if self.failures > 0 {
+                    let _ = self.store.increment(store::RECONNECTS);
+                }
+                self.failures = 0;
+                self.set_error(None);
+                self.set_phase("running");
+                jittered(self.interval, fastrand::f64())
+            }
+            Err(e) => {
+                if let Ok(mut s) = self.status.write() {
+                    s.hub_reachable = false;
+                    s.last_error = Some(e.to_string());
+                    if matches!(e, HubError::IdentityRevoked { .. }) {
+                        s.phase = "identity-rejected".into();
+                    }
+                }
+                if e.is_transient() {
+                    self.failures += 1;
+                    let wait = backoff(self.failures, fastrand::f64());
+                    tracing::warn!(error = %e, retry_in = ?wait, "hub unreachable; running on the last desired state");
+                    wait
+                } else {
+                    tracing::error!(error = %e, "hub refused the heartbeat");
+                    BACKOFF_CAP
+                }
+            }
+        }
+    }
+
+    async fn trust(&self) -> Result<String, RegisterError> {
+        if let Some(path) = &self.settings.hub_ca_file {
+            let pem = std::fs::read_to_string(path).map_err(|source| RegisterError::CaFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if let Some(fp) = &self.settings.hub_ca_fingerprint {
+                let ders = pki::pem_certificates(&pem, "hub CA file")?;
+                if !ders.iter().any(|d| &pki::fingerprint(d) == fp) {
+                    return Err(HubError::FingerprintMismatch {
+                        expected: fp.clone(),
+                        presented: format!(
+                            "{} (in {})",
+                            ders.iter()
+                                .map(|d| format!("sha256:{}", pki::fingerprint(d)))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            path.display()
+                        ),
+                    }
+                    .into());
+                }
+            }
+            return Ok(pem);
+        }
+        let fp = self.settings.hub_ca_fingerprint.clone().unwrap_or_default();
+        Ok(HttpsHub::fetch_pinned_ca(&self.settings.hub_url, &fp).await?)
+    }
+
+    async fn register(&mut self) -> Result<Identity, RegisterError> {
+        let token_path = &self.settings.token_file;
+        let token = std::fs::read_to_string(token_path)
+            .map_err(|source| RegisterError::Token {
+                path: token_path.display().to_string(),
+                source,
+            })?
+            .trim()
+            .to_owned();
+        let ca = self.trust().await?;
+        let key_pem = pki::generate_key()?;
+        let request = RegistrationRequest {
+            token,
+            csr_pem: pki::csr(&key_pem, &self.settings.hostname)?,
+            hostname: self.settings.hostname.clone(),
+            inventory: inventory::collect(&self.roots),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let hub = HttpsHub::new(&self.settings.hub_url, &Trust::CaBundle(ca), None)?;
+        let answer = hub.register(&request).await?;
+        let identity = Identity {
+            appliance_id: answer.appliance_id,
+            site: answer.site,
+            hub_url: self.settings.hub_url.clone(),
+            key_pem,
+            certificate_pem: answer.certificate_pem,
+            ca_bundle_pem: answer.ca_bundle_pem,
+        };
+        self.store.save_identity(&identity)?;
+        // The token is spent; a secret that is no longer needed should not stay on disk.
+        if let Err(e) = std::fs::remove_file(token_path) {
+            tracing::warn!(error = %e, path = %token_path.display(), "could not remove the used enrollment token");
+        }
+        self.apply_desired(&answer.desired, false).await;
+        Ok(identity)
+    }
+
+    fn hub_for(&mut self, identity: &Identity) -> Result<HttpsHub, HubError> {
+        if let Some(hub) = &self.hub {
+            return Ok(hub.clone());
+        }
+        let hub = HttpsHub::new(
+            &identity.hub_url,
+            &Trust::CaBundle(identity.ca_bundle_pem.clone()),
+            Some(&ClientIdentity {
+                certificate_pem: identity.certificate_pem.clone(),
+                key_pem: identity.key_pem.clone(),
+            }),
+        )?;
+        self.hub = Some(hub.clone());
+        Ok(hub)
+    }
+
+    /// Renews the client certificate once a third of its validity is left, with a fresh key.
+    async fn maybe_renew(&mut self, identity: &Identity) {
+        let Ok((from, until)) = pki::validity(&identity.certificate_pem, "client certificate")
+        else {
+            return;
+        };
+        if let Ok(mut s) = self.status.write() {
+            s.certificate_not_after = rfc3339(until);
+        }
+        if SystemTime::now() < pki::renew_at(from, until) {
+            return;
+        }
+        let result = async {
+            let hub = self.hub_for(identity).map_err(RegisterError::from)?;
+            let key_pem = pki::generate_key()?;
+            let csr = pki::csr(&key_pem, identity.appliance_id.as_str())?;
+            let renewal = hub.renew(&csr).await?;
+            let renewed = Identity {
+                key_pem,
+                certificate_pem: renewal.certificate_pem,
+                ca_bundle_pem: renewal.ca_bundle_pem,
+                ..identity.clone()
+            };
+            self.store.save_identity(&renewed)?;
+            Ok::<_, RegisterError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!("client certificate renewed");
+                self.hub = None;
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+        }
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let read = |p: &str| std::fs::read_to_string(self.roots.proc.join(p)).unwrap_or_default();
+        let first = |text: String| -> f64 {
+            text.split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let mut conditions = vec![self.network_condition.clone()];
+        conditions.push(condition("Registered", true, "Registered", ""));
+        if let Some(k) = &self.kubelet_condition {
+            conditions.push(k.clone());
+        }
+        let desired = self.store.desired().ok().flatten();
+        NodeStatus {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            os_version: os_version(&self.settings.root),
+            booted_slot: None,
+            uptime_seconds: first(read("uptime")) as u64,
+            load1: first(read("loadavg")),
+            conditions,
+            counters: self.store.counters().unwrap_or_default(),
+            vtep_address: desired.and_then(|d| d.overlay.map(|o| o.local_vtep)),
+            observed_at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Queues this round's report, then delivers the queue oldest first; applies the desired
+    /// state of the last answer.
+    async fn heartbeat(&mut self, identity: &Identity) -> Result<(), HubError> {
+        let report = Heartbeat {
+            applied_generation: self.store.applied_generation().unwrap_or(0),
+            status: self.node_status(),
+        };
+        match self.store.enqueue(&report, self.settings.queue_limit) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::warn!(dropped, "report queue full: oldest reports dropped"),
+            Err(e) => tracing::error!(error = %e, "queueing the report failed"),
+        }
+        let hub = self.hub_for(identity)?;
+        let mut last: Option<HeartbeatResponse> = None;
+        let outcome = loop {
+            let queued = match self.store.oldest_report() {
+                Ok(Some(q)) => q,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the report queue failed");
+                    break Ok(());
+                }
+            };
+            match hub.heartbeat(&queued.report).await {
+                Ok(answer) => {
+                    if let Err(e) = self.store.remove_report(queued.seq) {
+                        tracing::error!(error = %e, "removing a delivered report failed");
+                        break Ok(());
+                    }
+                    last = Some(answer);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(answer) = last {
+            if let Ok(mut s) = self.status.write() {
+                s.hub_reachable = true;
+                s.last_hub_contact = rfc3339(SystemTime::now());
+            }
+            self.apply_desired(&answer.desired, false).await;
+        }
+        outcome
+    }
+
+    /// Applies a desired state once per generation (`force` re-applies the stored one at
+    /// start). Files are rewritten only when they change.
+    async fn apply_desired(&mut self, desired: &DesiredState, force: bool) {
+        self.interval = Duration::from_secs(u64::from(desired.heartbeat_interval_seconds.max(1)));
+        let applied = self.store.applied_generation().unwrap_or(0);
+        if !force && desired.generation <= applied && applied != 0 {
+            return;
+        }
+        if let Err(e) = self.store.set_desired(desired) {
+            tracing::error!(error = %e, "keeping the desired state failed");
+        }
+        let mut complete = true;
+        if let Some(join) = &desired.join {
+            complete &= self.write_kubelet_files(join).await;
+        }
+        if let Some(overlay) = &desired.overlay
+            && self.settings.manage_network
+        {
+            match self.network.apply_overlay(overlay).await {
+                Ok(changes) => {
+                    tracing::info!(changes, vpcs = overlay.vpcs.len(), "overlay applied")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying the VPC overlay failed");
+                    complete = false;
+                }
+            }
+        }
+        if complete && desired.generation != applied {
+            tracing::info!(generation = desired.generation, "desired state applied");
+            if let Err(e) = self.store.set_applied_generation(desired.generation) {
+                tracing::error!(error = %e, "recording the applied generation failed");
+            }
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        let dir_in_host = self
+            .settings
+            .kubelet_dir
+            .strip_prefix(&self.settings.root)
+            .map(|p| Path::new("/").join(p))
+            .unwrap_or_else(|_| self.settings.kubelet_dir.clone());
+        Layout {
+            dir: self.settings.kubelet_dir.clone(),
+            dir_in_host,
+            dropin_dir: self.settings.kubelet_dropin_dir.clone(),
+            exec_start: self.settings.kubelet_exec_start.clone(),
+        }
+    }
+
+    async fn write_kubelet_files(&mut self, join: &cairn_api::JoinBundle) -> bool {
+        let id = match self.store.identity() {
+            Ok(Some(i)) => i.appliance_id.to_string(),
+            _ => self.settings.hostname.clone(),
+        };
+        let written = kubelet::render(join, &self.layout(), &id)
+            .and_then(|files| kubelet::write_changed(&files));
+        match written {
+            Ok(w) => {
+                if w.any {
+                    tracing::info!(revision = join.revision, "kubelet files written");
+                }
+                self.files_changed |= w.any;
+                if w.unit_files {
+                    match self.units().await {
+                        Some(units) => {
+                            if let Err(e) = units.daemon_reload().await {
+                                tracing::error!(error = %e, "daemon-reload failed");
+                                return false;
+                            }
+                        }
+                        None => return false,
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing kubelet files failed");
+                false
+            }
+        }
+    }
+
+    async fn units(&mut self) -> Option<DbusSystemd> {
+        if self.units.is_none() {
+            match DbusSystemd::connect(&self.settings.system_bus).await {
+                Ok(u) => self.units = Some(u),
+                Err(e) => {
+                    tracing::warn!(error = %e, "systemd unreachable");
+                    self.kubelet_condition = Some(condition(
+                        "KubeletActive",
+                        false,
+                        "SystemdUnreachable",
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        self.units.clone()
+    }
+
+    /// Looks at the kubelet unit and starts or restarts it as the supervisor decides.
+    async fn supervise(&mut self) {
+        let has_join = matches!(
+            self.store.desired(),
+            Ok(Some(DesiredState { join: Some(_), .. }))
+        );
+        if !has_join {
+            return;
+        }
+        let Some(units) = self.units().await else {
+            return;
+        };
+        let unit = self.settings.kubelet_unit.clone();
+        let state = match units.state(&unit).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the kubelet unit failed");
+                self.units = None;
+                return;
+            }
+        };
+        let changed = std::mem::take(&mut self.files_changed);
+        let action = self.supervisor.decide(&state, changed, Instant::now());
+        let result = match action {
+            Action::None => Ok(()),
+            Action::Start => {
+                tracing::info!(%unit, "starting");
+                units.start(&unit).await
+            }
+            Action::Restart => {
+                tracing::info!(%unit, state = %state.active, "restarting");
+                if state.active == "failed" {
+                    let _ = self.store.increment(store::KUBELET_RESTARTS);
+                }
+                units.restart(&unit).await
+            }
+        };
+        let shown = format!("{}/{}", state.active, state.sub);
+        self.kubelet_condition = Some(match &result {
+            Err(e) => condition("KubeletActive", false, "StartFailed", e.to_string()),
+            Ok(()) if state.active == "active" => {
+                condition("KubeletActive", true, "Running", shown.clone())
+            }
+            Ok(()) => condition("KubeletActive", false, "NotRunning", shown.clone()),
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "kubelet unit action failed");
+            // Try the files' change again next time.
+            self.files_changed |= changed;
+        }
+        if let Ok(mut s) = self.status.write() {
+            s.kubelet_unit = Some(shown);
+        }
+    }
+
+    /// Copies the store's view into the status the local API serves.
+    fn publish(&self) {
+        let identity = self.store.identity().ok().flatten();
+        let desired = self.store.desired().ok().flatten();
+        let mut conditions = vec![self.network_condition.clone()];
+        conditions.push(condition(
+            "Registered",
+            identity.is_some(),
+            if identity.is_some() {
+                "Registered"
+            } else {
+                "NotRegistered"
+            },
+            "",
+        ));
+        if let Some(k) = &self.kubelet_condition {
+            conditions.push(k.clone());
+        }
+        if let Ok(mut s) = self.status.write() {
+            s.appliance_id = identity.as_ref().map(|i| i.appliance_id.to_string());
+            s.site = identity.map(|i| i.site);
+            s.desired_generation = desired.map(|d| d.generation);
+            s.applied_generation = self.store.applied_generation().unwrap_or(0);
+            s.heartbeat_interval_seconds = self.interval.as_secs() as u32;
+            s.queued_reports = self.store.queue_len().unwrap_or(0);
+            s.counters = self.store.counters().unwrap_or_default();
+            s.conditions = conditions;
+        }
+    }
+}
+
+/// `VERSION_ID` (or `PRETTY_NAME`) from os-release under the root.
+fn os_version(root: &Path) -> String {
+    let text = std::fs::read_to_string(root.join("etc/os-release")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix('='))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+    };
+    field("CAIRN_VERSION")
+        .or_else(|| field("PRETTY_NAME"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(30);
+        assert_eq!(jittered(base, 0.0), Duration::from_secs(27));
+        assert_eq!(jittered(base, 1.0), Duration::from_secs(33));
+        assert_eq!(jittered(base, 0.5), base);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps_at_five_minutes() {
+        assert_eq!(backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(4, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff(30, 1.0), BACKOFF_CAP);
+        assert_eq!(backoff(30, 0.0), BACKOFF_CAP / 2);
+        assert!(backoff(u32::MAX, 0.7) <= BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,72 @@
+//! Host network and VPC overlays, through the `cairn-netplan` library (never networkd).
+//!
+//! [`Network`] is the seam the daemon is written against; [`Netplan`] applies through
+//! netlink with the library's last-known-good protection: an interrupted `net try` is rolled
+//! back first, and an apply that fails verification restores the previous state.
+
+use std::path::{Path, PathBuf};
+
+use cairn_api::OverlayDocument;
+use cairn_netplan::apply::{Store, apply};
+use cairn_netplan::netlink::RtNetlink;
+use cairn_netplan::overlay::Overlay;
+use cairn_netplan::safe::recover;
+use cairn_netplan::schema::load_root;
+
+/// Applying the network failed; the message says what netplan reported.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NetworkError(pub String);
+
+/// What the daemon needs from host networking.
+pub trait Network: Send + Sync {
+    /// Applies the netplan files in `dir`; returns how many changes were made.
+    fn apply_host(&self, dir: &Path) -> impl Future<Output = Result<usize, NetworkError>> + Send;
+    /// Realises a VPC overlay document.
+    fn apply_overlay(
+        &self,
+        doc: &OverlayDocument,
+    ) -> impl Future<Output = Result<usize, NetworkError>> + Send;
+}
+
+/// [`Network`] through `cairn-netplan` and rtnetlink.
+#[derive(Debug, Clone)]
+pub struct Netplan {
+    /// netplan's own state directory (ownership records, checkpoints, last known good).
+    pub state_dir: PathBuf,
+}
+
+impl Netplan {
+    /// Host network and overlays keep separate ownership records, so applying one never
+    /// removes links the other made.
+    async fn run<T: cairn_netplan::apply::Target>(
+        &self,
+        part: &str,
+        target: &T,
+    ) -> Result<usize, NetworkError> {
+        let store = Store::new(self.state_dir.join(part));
+        let mut nl = RtNetlink::connect().map_err(|e| NetworkError(format!("netlink: {e}")))?;
+        if let Some(restored) = recover(&mut nl, &store)
+            .await
+            .map_err(|e| NetworkError(e.to_string()))?
+        {
+            tracing::warn!(%restored, "an unconfirmed net try was interrupted and rolled back");
+        }
+        let report = apply(&mut nl, target, &store)
+            .await
+            .map_err(|e| NetworkError(e.to_string()))?;
+        Ok(report.changes.len())
+    }
+}
+
+impl Network for Netplan {
+    async fn apply_host(&self, dir: &Path) -> Result<usize, NetworkError> {
+        let config = load_root(dir).map_err(|e| NetworkError(e.to_string()))?;
+        self.run("host", &config).await
+    }
+
+    async fn apply_overlay(&self, doc: &OverlayDocument) -> Result<usize, NetworkError> {
+        let overlay = Overlay::new(doc).map_err(|e| NetworkError(e.to_string()))?;
+        self.run("overlay", &overlay).await
+    }
+}

@@ -1,0 +1,313 @@
+//! The node daemon against a real `cairn-hub`: registration, heartbeats, autonomy while the
+//! hub is down, in-order delivery when it is back, and the bad-input cases.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const NO_NET: &str = "network:\n  manage: false\n";
+
+fn registered(node: &Node) -> serde_json::Value {
+    poll("the node to register and heartbeat", LIMIT, || {
+        node.status().filter(|s| {
+            s["appliance_id"].is_string() && s["hub_reachable"] == true && s["phase"] == "running"
+        })
+    })
+}
+
+#[test]
+fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("factory-7");
+    write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
+
+    let node = Node::start(&root);
+    let status = registered(&node);
+    let id = status["appliance_id"].as_str().unwrap().to_owned();
+    assert_eq!(status["site"], "factory-7");
+    assert!(
+        !root.join("etc/cairn/token").exists(),
+        "the spent token is removed from disk"
+    );
+
+    // The hub knows the appliance with the inventory read from the fixture.
+    let (code, appliance) = hub.call(reqwest::Method::GET, &format!("/v1/appliances/{id}"), None);
+    assert_eq!(code, 200, "{appliance}");
+    let text = appliance.to_string();
+    assert!(text.contains("cairn-fixture-0001"), "{text}");
+    assert!(text.contains("02:fc:00:00:00:01"), "{text}");
+
+    // A restart keeps the identity (no token any more, no new registration).
+    node.stop();
+    let node = Node::start(&root);
+    let again = registered(&node);
+    assert_eq!(again["appliance_id"], id.as_str());
+    let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    node.stop();
+}
+
+#[test]
+fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_data = dir.path().join("hub");
+    let hub = Hub::start(&hub_data, "127.0.0.1:0");
+    let addr = hub.addr();
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("s");
+    write_config(
+        &root,
+        &hub.url,
+        &hub.fingerprint,
+        &token,
+        &format!("{NO_NET}state:\n  queue_limit: 3\n"),
+    );
+    let node = Node::start(&root);
+    registered(&node);
+
+    hub.stop();
+    // Reports pile up to the bound; the oldest are dropped and counted.
+    let status = poll("reports to be dropped from the full queue", LIMIT, || {
+        node.status()
+            .filter(|s| s["counters"]["reports_dropped"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert_eq!(status["hub_reachable"], false);
+    assert_eq!(status["queued_reports"], 3);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{status}"
+    );
+
+    // Same address, same data: the queue drains, oldest first (order is the store's, see
+    // store::tests), and the reconnect is counted.
+    let hub = Hub::start(&hub_data, &addr);
+    let status = poll("the queue to drain", Duration::from_secs(400), || {
+        node.status()
+            .filter(|s| s["queued_reports"] == 0 && s["hub_reachable"] == true)
+    });
+    assert!(
+        status["counters"]["reconnects"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
+    drop(hub);
+    node.stop();
+}
+
+#[test]
+fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("s");
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    write_config(&root, &hub.url, &wrong, &token, NO_NET);
+    let node = Node::start(&root);
+    let status = poll("the fingerprint error", LIMIT, || {
+        node.status().filter(|s| s["last_error"].is_string())
+    });
+    let err = status["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("does not match the pinned CA fingerprint"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&hub.fingerprint),
+        "names what the hub presented: {err}"
+    );
+    assert_eq!(status["phase"], "registering");
+    // The token was not used: the hub still accepts it.
+    let (code, check) = hub.call(
+        reqwest::Method::POST,
+        "/v1/registrations/check",
+        Some(serde_json::json!({"token": token})),
+    );
+    assert_eq!(
+        (code, check["valid"].as_bool()),
+        (200, Some(true)),
+        "{check}"
+    );
+    node.stop();
+}
+
+#[test]
+fn a_rejected_token_is_reported_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let root = dir.path().join("node");
+    write_config(
+        &root,
+        &hub.url,
+        &hub.fingerprint,
+        "cairn-et.000000000000.00000000000000000000000000000000",
+        NO_NET,
+    );
+    let node = Node::start(&root);
+    let status = poll("the token error", LIMIT, || {
+        node.status().filter(|s| s["last_error"].is_string())
+    });
+    let err = status["last_error"].as_str().unwrap();
+    assert!(err.contains("rejected the enrollment token"), "{err}");
+    assert!(err.contains("cairn hub token create"), "{err}");
+    node.stop();
+}
+
+#[test]
+fn a_hub_answering_garbage_is_named_as_such() {
+    // openssl's s_server -www answers every request with an HTML page: TLS is fine (the
+    // fingerprint is pinned to its certificate), the content is not the cairn API.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let cert = dir.path().join("c.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed for this test: apt-get install openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let der = {
+        let out = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    let fp = hex::encode(ring::digest::digest(&ring::digest::SHA256, &der));
+    let root = dir.path().join("node");
+    write_config(
+        &root,
+        &format!("https://127.0.0.1:{port}"),
+        &fp,
+        "cairn-et.a.b",
+        NO_NET,
+    );
+    let node = Node::start(&root);
+    let status = poll("the garbage error", LIMIT, || {
+        node.status().filter(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not the cairn API"))
+        })
+    });
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("GET /v1/ca"),
+        "{status}"
+    );
+    node.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn a_corrupt_state_store_stops_the_start_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    write_config(&root, "https://127.0.0.1:9", &"ab".repeat(32), "t", NO_NET);
+    let state = root.join("var/lib/cairn");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("node.redb"), vec![0x42; 8192]).unwrap();
+    let node_bin = workspace_bin("cairn-node", "cairn-node-daemon");
+    let out = Command::new(&node_bin)
+        .arg("--root")
+        .arg(&root)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is corrupt"), "{err}");
+    assert!(err.contains("cairn-node state reset"), "{err}");
+    // The way out works and keeps the old file for inspection.
+    let out = Command::new(&node_bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["state", "reset"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!state.join("node.redb").exists());
+    assert!(std::fs::read_dir(&state).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("node.redb.corrupt-")
+    }));
+}
+
+#[test]
+fn invalid_configuration_exits_3_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_config(root, "https://h.test", &"ab".repeat(32), "t", NO_NET);
+    std::fs::create_dir_all(root.join("etc/cairn/node.d")).unwrap();
+    std::fs::write(
+        root.join("etc/cairn/node.d/50-k.yaml"),
+        "kubelet:\n  unit: kubelet\n",
+    )
+    .unwrap();
+    let out = Command::new(workspace_bin("cairn-node", "cairn-node-daemon"))
+        .arg("--root")
+        .arg(root)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node.d/50-k.yaml:2: key `kubelet.unit`"),
+        "{err}"
+    );
+}

@@ -111,6 +111,18 @@ fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> 
     }
 }
 
+/// An error with its causes, "outer: inner: root", for logs and the status.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn rfc3339(t: SystemTime) -> Option<String> {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
@@ -241,11 +253,11 @@ impl<N: Network> Daemon<N> {
                     Duration::ZERO
                 }
                 Err(e) => {
-                    self.set_error(Some(e.to_string()));
+                    self.set_error(Some(chain(&e)));
                     if e.is_transient() {
                         self.failures += 1;
                         let wait = backoff(self.failures, fastrand::f64());
-                        tracing::warn!(error = %e, retry_in = ?wait, "registration failed");
+                        tracing::warn!(error = %chain(&e), retry_in = ?wait, "registration failed");
                         wait
                     } else {
                         tracing::error!(error = %e, "registration refused; fix the cause, the node retries every 5 minutes");
@@ -268,7 +280,7 @@ impl<N: Network> Daemon<N> {
             Err(e) => {
                 if let Ok(mut s) = self.status.write() {
                     s.hub_reachable = false;
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(chain(&e));
                     if matches!(e, HubError::IdentityRevoked { .. }) {
                         s.phase = "identity-rejected".into();
                     }
@@ -276,7 +288,7 @@ impl<N: Network> Daemon<N> {
                 if e.is_transient() {
                     self.failures += 1;
                     let wait = backoff(self.failures, fastrand::f64());
-                    tracing::warn!(error = %e, retry_in = ?wait, "hub unreachable; running on the last desired state");
+                    tracing::warn!(error = %chain(&e), retry_in = ?wait, "hub unreachable; running on the last desired state");
                     wait
                 } else {
                     tracing::error!(error = %e, "hub refused the heartbeat");

@@ -10,12 +10,15 @@ use cairn_api::{
     RegistrationResponse,
 };
 use rand::Rng;
+use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
+use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
-    Appliance, AuditEntry, EnrollmentToken, Event, OperatorToken, Role, Status, Vpc, keys,
+    Appliance, AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Role, Status, Vpc,
+    keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
@@ -311,6 +314,13 @@ fn decode<T: DeserializeOwned>(key: &str, v: &Versioned) -> Result<T, FleetError
     })
 }
 
+/// Whether a control plane's assignment selects an appliance.
+fn matches(cp: &ControlPlane, a: &Appliance) -> bool {
+    (cp.site.is_some() || !cp.labels.is_empty())
+        && cp.site.as_ref().is_none_or(|s| s == &a.site)
+        && cp.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+}
+
 /// The hardware identity key: serial plus the sorted MACs.
 fn hardware_key(inventory: &cairn_api::HardwareInventory) -> Option<String> {
     let macs = inventory.normalized_macs();
@@ -336,11 +346,24 @@ fn validate_name(what: &str, name: &str) -> Result<(), FleetError> {
     }
 }
 
+/// `POST /v1/control-planes/{name}/assign` answer: per-appliance results.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct AssignResult {
+    /// Appliances that got a join bundle.
+    pub assigned: Vec<ApplianceId>,
+    /// Appliances that could not be joined, with the reason.
+    pub failed: Vec<(ApplianceId, String)>,
+}
+
+/// Lifetime of kubelet bootstrap tokens minted for appliances.
+const BOOTSTRAP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The hub's state machine over a store.
 pub struct Fleet {
     store: Arc<dyn Store>,
     ca: Arc<Ca>,
     settings: FleetSettings,
+    kube: Arc<dyn BootstrapTokens>,
 }
 
 impl Fleet {
@@ -350,7 +373,14 @@ impl Fleet {
             store,
             ca,
             settings,
+            kube: Arc::new(KubeBootstrapTokens),
         }
+    }
+
+    /// Uses another way to reach control planes (tests script the API server's side).
+    pub fn with_bootstrap_tokens(mut self, kube: Arc<dyn BootstrapTokens>) -> Self {
+        self.kube = kube;
+        self
     }
 
     /// The store, for metrics and jobs.
@@ -867,12 +897,21 @@ impl Fleet {
             }
             if self.store.txn(checks, ops).await? {
                 tracing::info!(appliance = %id, site = %appliance.site, action, "appliance registered");
+                let desired = match self.join_matching_control_plane(caller, &appliance).await {
+                    Ok(Some(joined)) => joined.desired,
+                    Ok(None) => appliance.desired,
+                    Err(e) => {
+                        // Registration stands; the operator sees the failure and can re-assign.
+                        tracing::warn!(appliance = %id, error = %e, "joining a control plane failed");
+                        appliance.desired
+                    }
+                };
                 return Ok(RegistrationResponse {
                     appliance_id: id,
                     site: appliance.site,
                     certificate_pem: issued.pem,
                     ca_bundle_pem: self.ca.cert_pem.clone(),
-                    desired: appliance.desired,
+                    desired,
                 });
             }
         }
@@ -1436,6 +1475,217 @@ impl Fleet {
             }
         }
         Err(FleetError::Contended(vpc_key))
+    }
+
+    // ---- control planes -------------------------------------------------------------------
+
+    /// Registers a control plane (admin, fleet-wide).
+    pub async fn add_control_plane(
+        &self,
+        caller: &Caller,
+        mut cp: ControlPlane,
+    ) -> Result<ControlPlane, FleetError> {
+        let op = caller.require(Role::Admin)?;
+        if op.site.is_some() {
+            return Err(FleetError::Forbidden(
+                "control planes are fleet-wide: a fleet-wide admin token is needed".into(),
+            ));
+        }
+        validate_name("control plane name", &cp.name)?;
+        if !cp.api_server_url.starts_with("https://") {
+            return Err(FleetError::Invalid(
+                "api_server_url: must be https://".into(),
+            ));
+        }
+        let certs =
+            rustls::pki_types::CertificateDer::pem_slice_iter(cp.ca_bundle_pem.as_bytes()).count();
+        if certs == 0 {
+            return Err(FleetError::Invalid(
+                "ca_bundle_pem: no PEM certificate found".into(),
+            ));
+        }
+        if cp.credentials_ref.trim().is_empty() {
+            return Err(FleetError::Invalid(
+                "credentials_ref: path of a bearer token file on the hub".into(),
+            ));
+        }
+        cp.site = None;
+        cp.labels.clear();
+        let key = format!("{}{}", keys::CONTROL_PLANES, cp.name);
+        let audit = Self::audit_op(caller, "control-plane.add", &cp.name, "ok", None);
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&key, 0)],
+                vec![Op::put(&key, encode(&cp)), audit],
+            )
+            .await?
+        {
+            return Err(FleetError::Conflict(format!(
+                "control plane {:?} exists",
+                cp.name
+            )));
+        }
+        Ok(cp)
+    }
+
+    /// Control planes (viewer).
+    pub async fn list_control_planes(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<ControlPlane>, FleetError> {
+        caller.require(Role::Viewer)?;
+        Ok(self
+            .list::<ControlPlane>(keys::CONTROL_PLANES)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Assigns appliances of `site` and/or with `labels` to a control plane (operator), and
+    /// joins every matching appliance in scope now; later registrations that match join at
+    /// registration.
+    pub async fn assign(
+        &self,
+        caller: &Caller,
+        name: &str,
+        site: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<AssignResult, FleetError> {
+        caller.require(Role::Operator)?;
+        if site.is_none() && labels.is_empty() {
+            return Err(FleetError::Invalid("give a site, labels, or both".into()));
+        }
+        if let Some(s) = &site {
+            caller.check_site(s)?;
+        } else if caller
+            .operator
+            .as_ref()
+            .and_then(|o| o.site.as_ref())
+            .is_some()
+        {
+            return Err(FleetError::Forbidden(
+                "a site-scoped token must name its site".into(),
+            ));
+        }
+        let key = format!("{}{name}", keys::CONTROL_PLANES);
+        let (version, mut cp): (_, ControlPlane) =
+            self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
+                code: "control_plane_unknown",
+                message: format!("no control plane {name:?}"),
+            })?;
+        cp.site = site;
+        cp.labels = labels;
+        let audit = Self::audit_op(
+            caller,
+            "control-plane.assign",
+            name,
+            "ok",
+            cp.site.as_deref(),
+        );
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&key, version)],
+                vec![Op::put(&key, encode(&cp)), audit],
+            )
+            .await?
+        {
+            return Err(FleetError::Contended(key));
+        }
+        let mut result = AssignResult::default();
+        for (_, a) in self.list::<Appliance>(keys::APPLIANCES).await? {
+            if !caller.sees(&a.site)
+                || !matches(&cp, &a)
+                || a.control_plane.as_deref() == Some(name)
+            {
+                continue;
+            }
+            match self.join(caller, &cp, &a.id).await {
+                Ok(_) => result.assigned.push(a.id),
+                Err(e) => result.failed.push((a.id, e.to_string())),
+            }
+        }
+        Ok(result)
+    }
+
+    async fn join_matching_control_plane(
+        &self,
+        caller: &Caller,
+        a: &Appliance,
+    ) -> Result<Option<Appliance>, FleetError> {
+        if a.control_plane.is_some() {
+            return Ok(None);
+        }
+        for (_, cp) in self.list::<ControlPlane>(keys::CONTROL_PLANES).await? {
+            if matches(&cp, a) {
+                return self.join(caller, &cp, &a.id).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Mints a bootstrap token in `cp` for the appliance and puts the join bundle in its
+    /// desired state.
+    async fn join(
+        &self,
+        caller: &Caller,
+        cp: &ControlPlane,
+        id: &ApplianceId,
+    ) -> Result<Appliance, FleetError> {
+        let token = BootstrapToken::generate(BOOTSTRAP_TOKEN_TTL);
+        if let Err(e) = self.kube.create(cp, id, &token).await {
+            let message = format!("{e}");
+            self.audit(
+                caller,
+                "control-plane.join",
+                &format!("{}/{id}", cp.name),
+                &format!("failed: {message}"),
+                None,
+            )
+            .await?;
+            return Err(FleetError::ControlPlane {
+                name: cp.name.clone(),
+                message,
+            });
+        }
+        let key = format!("{}{id}", keys::APPLIANCES);
+        for _ in 0..MAX_RETRIES {
+            let Some((version, mut a)) = self.get::<Appliance>(&key).await? else {
+                return Err(FleetError::NotFound {
+                    code: "appliance_unknown",
+                    message: format!("appliance {id} vanished"),
+                });
+            };
+            let revision = a.join.as_ref().map_or(0, |j| j.revision) + 1;
+            a.control_plane = Some(cp.name.clone());
+            a.join = Some(cairn_api::JoinBundle {
+                control_plane: cp.name.clone(),
+                api_server_url: cp.api_server_url.clone(),
+                ca_bundle_pem: cp.ca_bundle_pem.clone(),
+                bootstrap_token: token.token(),
+                revision,
+            });
+            let audit = Self::audit_op(
+                caller,
+                "control-plane.join",
+                &format!("{}/{id}", cp.name),
+                "ok",
+                Some(&a.site),
+            );
+            if self
+                .store
+                .txn(
+                    vec![Check::version(&key, version)],
+                    vec![Op::put(&key, encode(&a)), audit],
+                )
+                .await?
+            {
+                return Ok(self.refresh_desired(id).await?.unwrap_or(a));
+            }
+        }
+        Err(FleetError::Contended(key))
     }
 
     // ---- audit and events ---------------------------------------------------------------

@@ -18,6 +18,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
+pub mod controlplane;
+#[cfg(feature = "server")]
 pub mod fleet;
 #[cfg(feature = "server")]
 pub mod metrics;

@@ -18,8 +18,10 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::{AppState, ConnInfo, MAX_BODY};
-use crate::fleet::{ApplianceView, Caller, CreateEnrollmentToken, NewToken, Renewal, TokenCheck};
-use crate::model::{AuditEntry, EnrollmentToken, Event, OperatorToken, Role, Vpc};
+use crate::fleet::{
+    ApplianceView, AssignResult, Caller, CreateEnrollmentToken, NewToken, Renewal, TokenCheck,
+};
+use crate::model::{AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Role, Vpc};
 use crate::pki::PeerCert;
 
 /// JSON body whose rejections answer in the API's error shape.
@@ -131,6 +133,14 @@ pub fn router(state: AppState) -> Router {
             get(show_appliance).delete(delete_appliance),
         )
         .route("/v1/appliances/{id}/labels", put(label_appliance))
+        .route(
+            "/v1/control-planes",
+            post(add_control_plane).get(list_control_planes),
+        )
+        .route(
+            "/v1/control-planes/{name}/assign",
+            post(assign_control_plane),
+        )
         .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
         .route("/v1/vpcs/{name}/attach", post(attach))
         .route("/v1/vpcs/{name}/detach", post(detach))
@@ -458,6 +468,73 @@ async fn label_appliance(
         state
             .fleet
             .label_appliance(&caller, &id, req.labels)
+            .await?,
+    ))
+}
+
+/// `POST /v1/control-planes` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddControlPlane {
+    /// Unique name.
+    pub name: String,
+    /// `https://...` of its API server.
+    pub api_server_url: String,
+    /// The API server's CA bundle, PEM.
+    pub ca_bundle_pem: String,
+    /// Path, on the hub's machine, of a file holding a bearer token allowed to create
+    /// Secrets in `kube-system`.
+    pub credentials_ref: String,
+}
+
+async fn add_control_plane(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<AddControlPlane>,
+) -> Result<(StatusCode, Json<ControlPlane>), ApiError> {
+    let cp = ControlPlane {
+        name: req.name,
+        api_server_url: req.api_server_url,
+        ca_bundle_pem: req.ca_bundle_pem,
+        credentials_ref: req.credentials_ref,
+        site: None,
+        labels: BTreeMap::new(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(state.fleet.add_control_plane(&caller, cp).await?),
+    ))
+}
+
+async fn list_control_planes(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<ControlPlane>>, ApiError> {
+    Ok(Json(state.fleet.list_control_planes(&caller).await?))
+}
+
+/// `POST /v1/control-planes/{name}/assign` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRequest {
+    /// Appliances of this site.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Appliances with all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+async fn assign_control_plane(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AssignRequest>,
+) -> Result<Json<AssignResult>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .assign(&caller, &name, req.site, req.labels)
             .await?,
     ))
 }

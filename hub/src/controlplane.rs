@@ -1,0 +1,488 @@
+//! Hosted Kubernetes control planes: minting kubelet bootstrap tokens in them.
+//!
+//! For each appliance assigned to a control plane the hub creates the standard
+//! `bootstrap-token-<id>` Secret in `kube-system` (type `bootstrap.kubernetes.io/token`,
+//! authentication and signing usages, the kubeadm node group, an expiry) through the `kube`
+//! crate, and hands the appliance a join bundle. The API server call sits behind
+//! [`BootstrapTokens`] so the fleet logic does not know about HTTP.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_api::ApplianceId;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use rand::Rng;
+use time::OffsetDateTime;
+
+use crate::model::ControlPlane;
+
+/// Group kubeadm's RBAC lets bootstrap tokens create CSRs and auto-approve node certs.
+pub const NODE_BOOTSTRAP_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+
+/// A bootstrap token minted in a control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    /// `[a-z0-9]{6}`.
+    pub id: String,
+    /// `[a-z0-9]{16}`.
+    pub secret: String,
+    /// When the API server deletes it.
+    pub expires_at: OffsetDateTime,
+}
+
+impl BootstrapToken {
+    /// A fresh random token valid for `ttl`.
+    pub fn generate(ttl: Duration) -> Self {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        let mut pick = |n: usize| -> String {
+            (0..n)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+                .collect()
+        };
+        let id = pick(6);
+        let secret = pick(16);
+        let expires_at = (OffsetDateTime::now_utc() + ttl)
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        Self {
+            id,
+            secret,
+            expires_at,
+        }
+    }
+
+    /// `<id>.<secret>`, what the kubelet is given.
+    pub fn token(&self) -> String {
+        format!("{}.{}", self.id, self.secret)
+    }
+
+    /// The Secret the API server expects for this token.
+    pub fn secret_object(&self, appliance: &ApplianceId) -> Secret {
+        let expiration = self
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let data = [
+            ("token-id", self.id.clone()),
+            ("token-secret", self.secret.clone()),
+            ("expiration", expiration),
+            ("usage-bootstrap-authentication", "true".into()),
+            ("usage-bootstrap-signing", "true".into()),
+            ("auth-extra-groups", NODE_BOOTSTRAP_GROUP.into()),
+            (
+                "description",
+                format!("cairn: kubelet bootstrap for appliance {appliance}"),
+            ),
+        ];
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("bootstrap-token-{}", self.id)),
+                namespace: Some("kube-system".into()),
+                labels: Some([("cairn.io/appliance".to_string(), appliance.to_string())].into()),
+                ..Default::default()
+            },
+            type_: Some("bootstrap.kubernetes.io/token".into()),
+            string_data: Some(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Failures talking to a control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The credentials file named by `credentials_ref` could not be read.
+    #[error("reading credentials {path}")]
+    Credentials {
+        /// File.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid URL or CA bundle.
+    #[error("client configuration: {0}")]
+    Config(String),
+    /// The API server refused or could not be reached.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Creates bootstrap tokens in a control plane.
+#[async_trait]
+pub trait BootstrapTokens: Send + Sync {
+    /// Creates `token`'s Secret for `appliance` in `cp`.
+    async fn create(
+        &self,
+        cp: &ControlPlane,
+        appliance: &ApplianceId,
+        token: &BootstrapToken,
+    ) -> Result<(), ControlPlaneError>;
+}
+
+/// The real adapter: `kube` over HTTPS, trusting only the control plane's CA bundle and
+/// authenticating with the bearer token in the `credentials_ref` file.
+pub struct KubeBootstrapTokens;
+
+impl KubeBootstrapTokens {
+    fn client(cp: &ControlPlane) -> Result<kube::Client, ControlPlaneError> {
+        let token = std::fs::read_to_string(&cp.credentials_ref).map_err(|source| {
+            ControlPlaneError::Credentials {
+                path: cp.credentials_ref.clone(),
+                source,
+            }
+        })?;
+        let url: axum::http::Uri = cp
+            .api_server_url
+            .parse()
+            .map_err(|e| ControlPlaneError::Config(format!("api_server_url: {e}")))?;
+        let roots = rustls::pki_types::CertificateDer::pem_slice_iter(cp.ca_bundle_pem.as_bytes())
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ControlPlaneError::Config(format!("ca_bundle_pem: {e}")))?;
+        let mut config = kube::Config::new(url);
+        config.root_cert = Some(roots);
+        config.default_namespace = "kube-system".into();
+        config.auth_info.token = Some(token.trim().to_owned().into());
+        config.read_timeout = Some(Duration::from_secs(15));
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[async_trait]
+impl BootstrapTokens for KubeBootstrapTokens {
+    async fn create(
+        &self,
+        cp: &ControlPlane,
+        appliance: &ApplianceId,
+        token: &BootstrapToken,
+    ) -> Result<(), ControlPlaneError> {
+        let secrets: Api<Secret> = Api::namespaced(Self::client(cp)?, "kube-system");
+        secrets
+            .create(&PostParams::default(), &token.secret_object(appliance))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The adapter against a scripted API server: no kube-apiserver can run here (README
+    //! limits), so an HTTPS server with its own CA answers a fixed script and records every
+    //! request; the tests assert method, path, headers and body in order. The real `kube`
+    //! client, TLS and bearer authentication are exercised unchanged.
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::fleet::{Caller, CreateEnrollmentToken, Fleet, FleetSettings};
+    use crate::store::embedded::EmbeddedStore;
+
+    #[derive(Debug, Clone)]
+    struct Recorded {
+        method: String,
+        path: String,
+        authorization: String,
+        body: Value,
+    }
+
+    /// Answers: `Echo` returns the request body as the created object.
+    enum Answer {
+        Echo,
+        Status(u16, Value),
+    }
+
+    struct ScriptedApiServer {
+        url: String,
+        ca_pem: String,
+        recorded: Arc<Mutex<Vec<Recorded>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for ScriptedApiServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn scripted(script: Vec<Answer>) -> ScriptedApiServer {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let rec = recorded.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let (rec, script) = (rec.clone(), script.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (rec, script) = (rec.clone(), script.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let method = req.method().to_string();
+                                let path = req.uri().to_string();
+                                let authorization = req
+                                    .headers()
+                                    .get("authorization")
+                                    .and_then(|h| h.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned();
+                                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                                let body: Value =
+                                    serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                                rec.lock().unwrap().push(Recorded {
+                                    method,
+                                    path,
+                                    authorization,
+                                    body: body.clone(),
+                                });
+                                let (status, answer) = match script.lock().unwrap().pop_front() {
+                                    Some(Answer::Echo) => (201, body),
+                                    Some(Answer::Status(code, v)) => (code, v),
+                                    None => (
+                                        500,
+                                        json!({"kind": "Status", "message": "script exhausted", "code": 500}),
+                                    ),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                                            answer.to_string(),
+                                        )))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        ScriptedApiServer {
+            url,
+            ca_pem: ca_cert.pem(),
+            recorded,
+            task,
+        }
+    }
+
+    struct World {
+        fleet: Fleet,
+        admin: Caller,
+        dir: tempfile::TempDir,
+    }
+
+    async fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::init(dir.path(), &["localhost".into()], None).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("hub.redb")).unwrap();
+        let fleet = Fleet::new(Arc::new(store), Arc::new(ca), FleetSettings::default());
+        let token = fleet.bootstrap_admin().await.unwrap().unwrap();
+        let admin = fleet.authenticate(&token, "127.0.0.1").await.unwrap();
+        World { fleet, admin, dir }
+    }
+
+    async fn register(w: &World, site: &str, serial: &str) -> cairn_api::RegistrationResponse {
+        let t = w
+            .fleet
+            .create_enrollment_token(
+                &w.admin,
+                CreateEnrollmentToken {
+                    site: site.into(),
+                    ttl_seconds: 60,
+                    max_uses: 1,
+                    labels: Default::default(),
+                },
+            )
+            .await
+            .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edge");
+        let req = cairn_api::RegistrationRequest {
+            token: t.token,
+            csr_pem: params.serialize_request(&key).unwrap().pem().unwrap(),
+            hostname: "edge".into(),
+            inventory: cairn_api::HardwareInventory {
+                serial: serial.into(),
+                ..Default::default()
+            },
+            agent_version: "0.1.0".into(),
+        };
+        w.fleet
+            .register(&Caller::anonymous("127.0.0.1"), req)
+            .await
+            .unwrap()
+    }
+
+    async fn add_cp(w: &World, api: &ScriptedApiServer) {
+        let cred = w.dir.path().join("cp.token");
+        std::fs::write(&cred, "s3cr3t-bearer\n").unwrap();
+        w.fleet
+            .add_control_plane(
+                &w.admin,
+                ControlPlane {
+                    name: "cp1".into(),
+                    api_server_url: api.url.clone(),
+                    ca_bundle_pem: api.ca_pem.clone(),
+                    credentials_ref: cred.display().to_string(),
+                    site: None,
+                    labels: Default::default(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    fn assert_bootstrap_secret(r: &Recorded, appliance: &str, bundle_token: &str) {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/api/v1/namespaces/kube-system/secrets?");
+        assert_eq!(r.authorization, "Bearer s3cr3t-bearer");
+        let (id, secret) = bundle_token.split_once('.').unwrap();
+        let data = &r.body["stringData"];
+        assert_eq!(r.body["apiVersion"], "v1");
+        assert_eq!(r.body["kind"], "Secret");
+        assert_eq!(r.body["type"], "bootstrap.kubernetes.io/token");
+        assert_eq!(r.body["metadata"]["name"], format!("bootstrap-token-{id}"));
+        assert_eq!(r.body["metadata"]["namespace"], "kube-system");
+        assert_eq!(
+            r.body["metadata"]["labels"]["cairn.io/appliance"],
+            appliance
+        );
+        assert_eq!(data["token-id"], id);
+        assert_eq!(data["token-secret"], secret);
+        assert_eq!(data["usage-bootstrap-authentication"], "true");
+        assert_eq!(data["usage-bootstrap-signing"], "true");
+        assert_eq!(data["auth-extra-groups"], NODE_BOOTSTRAP_GROUP);
+        let expiry = OffsetDateTime::parse(
+            data["expiration"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let left = expiry - OffsetDateTime::now_utc();
+        assert!(
+            left > time::Duration::hours(23) && left <= time::Duration::hours(24),
+            "{left}"
+        );
+        assert!(id.len() == 6 && secret.len() == 16);
+    }
+
+    #[tokio::test]
+    async fn assigning_a_site_mints_a_bootstrap_token_per_appliance_and_a_join_bundle() {
+        let api = scripted(vec![Answer::Echo, Answer::Echo]).await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        let _other_site = register(&w, "south", "S-1").await;
+        add_cp(&w, &api).await;
+        let result = w
+            .fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(result.assigned, std::slice::from_ref(&a.appliance_id));
+        assert!(result.failed.is_empty());
+
+        let view = w
+            .fleet
+            .show_appliance(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        let join = view.appliance.desired.join.clone().unwrap();
+        assert_eq!(join.api_server_url, api.url);
+        assert_eq!(join.ca_bundle_pem, api.ca_pem);
+        assert_eq!(join.revision, 1);
+        assert!(view.appliance.desired.generation > a.desired.generation);
+
+        // A later registration in the site joins at registration, in its first desired state.
+        let b = register(&w, "north", "N-2").await;
+        let join_b = b.desired.join.clone().expect("joined at registration");
+
+        let recorded = api.recorded.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        assert_bootstrap_secret(&recorded[0], a.appliance_id.as_str(), &join.bootstrap_token);
+        assert_bootstrap_secret(
+            &recorded[1],
+            b.appliance_id.as_str(),
+            &join_b.bootstrap_token,
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_server_refusal_is_reported_per_appliance_and_audited() {
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "secrets is forbidden: User \"cairn\" cannot create resource \"secrets\"", "reason": "Forbidden", "code": 403});
+        let api = scripted(vec![Answer::Status(403, forbidden)]).await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        add_cp(&w, &api).await;
+        let result = w
+            .fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        assert!(result.assigned.is_empty());
+        assert_eq!(result.failed.len(), 1);
+        assert!(
+            result.failed[0].1.contains("forbidden"),
+            "{:?}",
+            result.failed
+        );
+        let view = w
+            .fleet
+            .show_appliance(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(view.appliance.desired.join, None);
+        let audit = w
+            .fleet
+            .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "control-plane.join" && e.result.starts_with("failed"))
+        );
+        assert_eq!(api.recorded.lock().unwrap().len(), 1);
+    }
+}

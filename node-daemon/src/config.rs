@@ -598,6 +598,13 @@ hub:
     }
 
     #[test]
+    fn the_shipped_example_configuration_is_valid() {
+        let text = include_str!("../dist/node.yaml");
+        let s = load_sources(Path::new("/"), &[src("dist/node.yaml", text)]).unwrap();
+        assert_eq!(s.api_socket, PathBuf::from("/run/cairn/node.sock"));
+    }
+
+    #[test]
     fn config_files_lists_yaml_drop_ins_sorted() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join(DROP_IN_DIR);

@@ -93,6 +93,7 @@ pub struct Daemon<N: Network> {
     hub: Option<HttpsHub>,
     failures: u32,
     files_changed: bool,
+    reload_pending: bool,
     interval: Duration,
     network_condition: Condition,
     kubelet_condition: Option<Condition>,
@@ -149,6 +150,7 @@ impl<N: Network> Daemon<N> {
             hub: None,
             failures: 0,
             files_changed: false,
+            reload_pending: false,
             interval: Duration::from_secs(30),
             network_condition: condition("NetworkApplied", false, "NotYet", ""),
             kubelet_condition: None,
@@ -551,22 +553,30 @@ impl<N: Network> Daemon<N> {
                     tracing::info!(revision = join.revision, "kubelet files written");
                 }
                 self.files_changed |= w.any;
-                if w.unit_files {
-                    match self.units().await {
-                        Some(units) => {
-                            if let Err(e) = units.daemon_reload().await {
-                                tracing::error!(error = %e, "daemon-reload failed");
-                                return false;
-                            }
-                        }
-                        None => return false,
-                    }
-                }
+                self.reload_pending |= w.unit_files;
+                // systemd may not be up yet this early in boot: supervise() retries.
+                self.reload_if_pending().await;
                 true
             }
             Err(e) => {
                 tracing::error!(error = %e, "writing kubelet files failed");
                 false
+            }
+        }
+    }
+
+    async fn reload_if_pending(&mut self) {
+        if !self.reload_pending {
+            return;
+        }
+        let Some(units) = self.units().await else {
+            return;
+        };
+        match units.daemon_reload().await {
+            Ok(()) => self.reload_pending = false,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "daemon-reload failed");
+                self.units = None;
             }
         }
     }
@@ -596,6 +606,10 @@ impl<N: Network> Daemon<N> {
             Ok(Some(DesiredState { join: Some(_), .. }))
         );
         if !has_join {
+            return;
+        }
+        self.reload_if_pending().await;
+        if self.reload_pending {
             return;
         }
         let Some(units) = self.units().await else {

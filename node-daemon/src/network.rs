@@ -11,7 +11,7 @@ use cairn_netplan::apply::{Store, apply};
 use cairn_netplan::netlink::RtNetlink;
 use cairn_netplan::overlay::Overlay;
 use cairn_netplan::safe::recover;
-use cairn_netplan::schema::load_root;
+use cairn_netplan::schema::load_files;
 
 /// Applying the network failed; the message says what netplan reported.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,20 @@ impl Netplan {
 
 impl Network for Netplan {
     async fn apply_host(&self, dir: &Path) -> Result<usize, NetworkError> {
-        let config = load_root(dir).map_err(|e| NetworkError(e.to_string()))?;
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(NetworkError(format!("reading {}: {e}", dir.display()))),
+        };
+        if files.is_empty() {
+            tracing::info!(dir = %dir.display(), "no netplan files: host network left as it is");
+            return Ok(0);
+        }
+        files.sort();
+        let config = load_files(&files).map_err(|e| NetworkError(e.to_string()))?;
         self.run("host", &config).await
     }
 

@@ -65,6 +65,13 @@ enum NetCommand {
     Status,
     /// Only parse and validate the configuration.
     Validate,
+    /// Run the DHCPv4 client on an interface until stopped (SIGTERM/SIGINT), then release
+    /// the lease. The lease is kept in the state directory across restarts.
+    Dhcp {
+        /// The interface (a `dhcp4: true` device).
+        #[arg(long)]
+        interface: String,
+    },
     /// Realise a VPC overlay document (JSON, as the hub sends it): per VPC a VRF, a bridge
     /// with the gateway address and a VXLAN port with one FDB entry per peer. Links of VPCs
     /// no longer listed are removed; nothing else is touched.
@@ -93,6 +100,9 @@ pub enum NetError {
     /// Netlink could not be opened.
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    /// The DHCP client failed.
+    #[error(transparent)]
+    Dhcp(#[from] crate::dhcp::DhcpError),
     /// The overlay document could not be read.
     #[error("reading overlay document {path}")]
     Document {
@@ -268,6 +278,26 @@ impl NetArgs {
                     let report = apply(&mut nl, &overlay, &store).await?;
                     self.print_report(&report);
                 }
+                Ok(Exit::Success)
+            }
+            NetCommand::Dhcp { interface } => {
+                let client = crate::dhcp::Client::new(interface, nl, &self.state_dir).await?;
+                let stop = async {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    match (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) {
+                        (Ok(mut term), Ok(mut int)) => {
+                            tokio::select! {
+                                _ = term.recv() => {}
+                                _ = int.recv() => {}
+                            }
+                        }
+                        _ => std::future::pending::<()>().await,
+                    }
+                };
+                client.run(stop).await?;
                 Ok(Exit::Success)
             }
             NetCommand::Confirm | NetCommand::Validate => Ok(Exit::Success),

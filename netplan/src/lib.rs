@@ -8,10 +8,12 @@
 //! Modules, from pure to effectful: [`yaml`] (positioned YAML tree and file merge),
 //! [`schema`] (netplan model and validation), [`state`] and [`plan`] (wanted state and the
 //! change list), [`netlink`] (the only kernel access, behind the [`netlink::Netlink`] trait),
-//! [`apply`] (apply, verify, rollback, on-disk state), [`safe`] (`net try`), [`cli`].
+//! [`apply`] (apply, verify, rollback, on-disk state), [`safe`] (`net try`), [`overlay`]
+//! (VPC overlays), [`dhcp`] (the DHCPv4 client), [`cli`].
 
 pub mod apply;
 pub mod cli;
+pub mod dhcp;
 pub mod netlink;
 pub mod overlay;
 pub mod plan;

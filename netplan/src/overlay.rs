@@ -147,6 +147,7 @@ impl Target for Overlay {
                 addresses: BTreeSet::new(),
                 routes: BTreeSet::new(),
                 fdb: BTreeSet::new(),
+                dhcp4: false,
             };
             want.state.links.insert(
                 vrf.clone(),

@@ -417,6 +417,7 @@ pub fn wanted(config: &Config, kernel: &Kernel) -> Result<Wanted, ConfigError> {
                 .map(|r| route_spec(r, vrf_table))
                 .collect(),
             fdb: BTreeSet::new(),
+            dhcp4: dev.common.dhcp4,
         };
         out.state
             .rules
@@ -455,16 +456,29 @@ pub fn observed(kernel: &Kernel, names: &BTreeSet<String>, rules: &BTreeSet<Rule
                 .get(&l.index)
                 .map(|r| r.iter().copied().collect())
                 .unwrap_or_default(),
+            dhcp4: false,
         });
         state.links.insert(name.clone(), link);
     }
     state.rules = kernel
         .rules
         .iter()
-        .filter(|r| rules.contains(r))
+        .filter(|h| rules.iter().any(|r| rule_matches(r, h)))
         .cloned()
         .collect();
     state
+}
+
+/// Whether kernel rule `have` is the wanted rule `want`. A rule configured without a priority
+/// gets one from the kernel, so then everything else must match.
+pub fn rule_matches(want: &RuleSpec, have: &RuleSpec) -> bool {
+    *have == *want
+        || (want.priority.is_none()
+            && *have
+                == RuleSpec {
+                    priority: have.priority,
+                    ..want.clone()
+                })
 }
 
 /// Computes the ordered changes from `kernel` to `want`. `owned` says which links, rules
@@ -668,7 +682,7 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
             .and_then(|i| kernel.addresses.get(&i))
             .map(|a| a.iter().copied().collect())
             .unwrap_or_default();
-        for (addr, prefix) in have_addrs.difference(&w.addresses) {
+        for (addr, prefix) in have_addrs.difference(&w.addresses).filter(|_| !w.dhcp4) {
             removes.insert(
                 0,
                 Op::DelAddress {
@@ -699,7 +713,7 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
                     .map(|r| (*r).clone()),
             );
         }
-        for r in have_routes.difference(&w.routes) {
+        for r in have_routes.difference(&w.routes).filter(|_| !w.dhcp4) {
             removes.insert(
                 0,
                 Op::DelRoute {
@@ -734,15 +748,18 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
             });
         }
     }
-    let have_rules: BTreeSet<&RuleSpec> = kernel.rules.iter().collect();
+    let same = rule_matches;
     for r in &want.state.rules {
-        if !have_rules.contains(r) {
+        if !kernel.rules.iter().any(|h| same(r, h)) {
             extra.insert(0, Op::AddRule { rule: r.clone() });
         }
     }
     for r in owned_rules {
-        if !want.state.rules.contains(r) && have_rules.contains(r) {
-            removes.insert(0, Op::DelRule { rule: r.clone() });
+        if want.state.rules.contains(r) {
+            continue;
+        }
+        if let Some(h) = kernel.rules.iter().find(|h| same(r, h)) {
+            removes.insert(0, Op::DelRule { rule: h.clone() });
         }
     }
     // Routes whose link is being deleted go with it.
@@ -980,6 +997,7 @@ network:
                 addresses: BTreeSet::new(),
                 routes: BTreeSet::new(),
                 fdb: ["10.0.0.2".parse().unwrap(), "10.0.0.4".parse().unwrap()].into(),
+                dhcp4: false,
             }),
         );
         let ops = plan(&want, &k, &Owned::default());

@@ -217,6 +217,10 @@ pub struct LinkState {
     pub routes: BTreeSet<RouteSpec>,
     /// All-zero FDB entries (VXLAN head-end replication): remote VTEPs.
     pub fdb: BTreeSet<IpAddr>,
+    /// Served by the DHCP client: addresses and routes beyond the configured ones are the
+    /// lease's and are left alone.
+    #[serde(default)]
+    pub dhcp4: bool,
 }
 
 /// The whole managed state: `None` means "this name must not exist".

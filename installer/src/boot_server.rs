@@ -1,15 +1,339 @@
-//! `cairn boot-server`: proxy DHCP, TFTP and HTTP/iPXE for servers being installed.
+//! `cairn boot-server`: proxy DHCP and HTTP/iPXE for the servers of an inventory.
+//!
+//! - DHCP ([`dhcp`]): answers PXE clients whose MAC is in the inventory, nothing else.
+//! - HTTP (axum): `/boot/{mac}.ipxe` (per-server iPXE script rendered with tera from the
+//!   build's `pxe/ipxe.tera`, carrying this server's URL and a per-install token),
+//!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `/v1/install/plan`
+//!   and `/v1/install/progress` (bearer token), `/v1/install/status` (what every server
+//!   reported last).
+//!
+//! Tokens are random per server and per run; only their SHA-256 is kept in memory.
+//! The inventory is read with `cairn_hardware::inventory` (the format's owner).
 
-use cairn_api::cli::{Exit, not_built};
+pub mod dhcp;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use cairn_api::InstallProgress;
+use cairn_api::cli::Exit;
 use clap::Args;
 
+use crate::agent::plan::InstallPlan;
+
 /// Serve PXE to the servers of an inventory.
+///
+/// Example: `cairn boot-server --artifacts out/ --interface br-lab --inventory rack.yaml
+/// --hub-url https://hub:8443 --hub-ca hub-ca.pem`. Only servers with a `boot_mac` are
+/// answered. Without `--dhcp-range` another DHCP server must hand out addresses.
 #[derive(Debug, Args)]
-pub struct BootServerArgs {}
+pub struct BootServerArgs {
+    /// The output directory of `cairn image build` (holds pxe/).
+    #[arg(long)]
+    artifacts: PathBuf,
+    /// The network interface facing the servers.
+    #[arg(long)]
+    interface: String,
+    /// The rack inventory (rack.yaml).
+    #[arg(long)]
+    inventory: PathBuf,
+    /// Our address on the interface; default: its first IPv4 address.
+    #[arg(long)]
+    address: Option<Ipv4Addr>,
+    /// HTTP port (0 picks a free one; the chosen URL is logged).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Also lease addresses to inventory MACs, from this range: `192.168.77.100-192.168.77.200`.
+    #[arg(long)]
+    dhcp_range: Option<String>,
+    /// Hub URL written into each server's node.yaml.
+    #[arg(long)]
+    hub_url: Option<String>,
+    /// Hub CA bundle (PEM) written next to node.yaml.
+    #[arg(long)]
+    hub_ca: Option<PathBuf>,
+    /// File holding the hub enrollment token for the installed servers.
+    #[arg(long)]
+    enrollment_token_file: Option<PathBuf>,
+    /// Let the agent overwrite disks that hold partitions or filesystems.
+    #[arg(long)]
+    allow_wipe: bool,
+    /// Listen for other DHCP/PXE servers on the segment first and refuse to start if one
+    /// offers PXE.
+    #[arg(long)]
+    preflight: bool,
+    /// Extra kernel arguments for the install environment.
+    #[arg(long, default_value = "console=ttyS0,115200")]
+    kernel_args: String,
+    /// What the install environment does when the install fails: stay (default, shows the
+    /// error on the console), poweroff or reboot.
+    #[arg(long)]
+    on_fail: Option<String>,
+}
+
+struct Server {
+    name: String,
+    mac: String,
+    plan: InstallPlan,
+    token_hash: String,
+    script: String,
+}
+
+struct AppState {
+    servers: Vec<Server>,
+    progress: Mutex<BTreeMap<String, InstallProgress>>,
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+}
+
+impl AppState {
+    fn by_token(&self, headers: &HeaderMap) -> Option<&Server> {
+        let token = headers
+            .get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        let hash = sha256_hex(token);
+        self.servers.iter().find(|s| s.token_hash == hash)
+    }
+}
 
 impl BootServerArgs {
     /// Runs the boot server.
-    pub async fn run(self) -> Result<Exit, std::convert::Infallible> {
-        Ok(not_built("cairn boot-server", "issue 6"))
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        let rack = match cairn_hardware::inventory::Rack::load(&self.inventory) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(Exit::InvalidInput);
+            }
+        };
+        let (server_ip, prefix) = interface_address(&self.interface, self.address)?;
+        if self.preflight {
+            let others = dhcp::preflight(&self.interface, std::time::Duration::from_secs(3))
+                .await
+                .context("preflight DHCP probe")?;
+            for (ip, pxe) in &others {
+                tracing::warn!(server = %ip, pxe, "another DHCP server answers on this segment");
+            }
+            if others.iter().any(|(_, pxe)| *pxe) {
+                eprintln!(
+                    "error: another PXE server answers on {}; stop it first",
+                    self.interface
+                );
+                return Ok(Exit::Failed);
+            }
+        }
+        let listener = tokio::net::TcpListener::bind((server_ip, self.http_port))
+            .await
+            .with_context(|| format!("binding HTTP on {server_ip}:{}", self.http_port))?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let template_path = self.artifacts.join("pxe/ipxe.tera");
+        let template = std::fs::read_to_string(&template_path).with_context(|| {
+            format!(
+                "reading {} (is --artifacts a build output?)",
+                template_path.display()
+            )
+        })?;
+        let mut tera = tera::Tera::default();
+        tera.add_raw_template("ipxe", &template)
+            .context("parsing ipxe.tera")?;
+
+        let read_opt = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+            p.as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()
+        };
+        let hub_ca = read_opt(&self.hub_ca)?;
+        let enrollment = read_opt(&self.enrollment_token_file)?.map(|t| t.trim().to_owned());
+        let pool = self.dhcp_range.as_deref().map(parse_range).transpose()?;
+        let mut servers = Vec::new();
+        let mut leases = BTreeMap::new();
+        let mut boot_urls = BTreeMap::new();
+        for s in &rack.servers {
+            let Some(mac) = s.boot_mac.as_ref().map(|m| m.to_ascii_lowercase()) else {
+                tracing::warn!(server = %s.name, "no boot_mac: not served");
+                continue;
+            };
+            let mut token_bytes = [0u8; 24];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token_bytes)
+                .map_err(|_| anyhow::anyhow!("no randomness for install tokens"))?;
+            let token = hex::encode(token_bytes);
+            let mut netplan = BTreeMap::new();
+            if let Some(p) = &s.netplan {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: netplan {}", s.name, p.display()))?;
+                netplan.insert("50-cairn.yaml".to_owned(), text);
+            }
+            let node_yaml = self.hub_url.as_ref().map(|hub| {
+                format!(
+                    "# Written by cairn-agent from the boot server's plan.\nhostname: {}\nhub_url: {hub}\nhub_ca_file: /var/lib/cairn/seed/hub-ca.pem\nenrollment_token_file: /var/lib/cairn/seed/enrollment-token\n",
+                    s.name
+                )
+            });
+            let plan = InstallPlan {
+                name: s.name.clone(),
+                disk_hint: s.disk_hint.clone(),
+                wipe: self.allow_wipe,
+                node_yaml,
+                netplan,
+                hub_ca: hub_ca.clone(),
+                enrollment_token: enrollment.clone(),
+            };
+            let mut ctx = tera::Context::new();
+            ctx.insert("base_url", &base_url);
+            ctx.insert("mac", &mac);
+            ctx.insert("name", &s.name);
+            ctx.insert("token", &token);
+            ctx.insert("kernel_args", &self.kernel_args);
+            ctx.insert("on_fail", &self.on_fail);
+            let script = tera.render("ipxe", &ctx).context("rendering ipxe.tera")?;
+            if let Some((start, end)) = pool {
+                let ip = u32::from(start) + servers.len() as u32;
+                anyhow::ensure!(
+                    ip <= u32::from(end),
+                    "--dhcp-range is smaller than the inventory"
+                );
+                leases.insert(mac.clone(), Ipv4Addr::from(ip));
+            }
+            boot_urls.insert(mac.clone(), format!("{base_url}/boot/{mac}.ipxe"));
+            servers.push(Server {
+                name: s.name.clone(),
+                mac,
+                plan,
+                token_hash: sha256_hex(&token),
+                script,
+            });
+        }
+        let dhcp_cfg = Arc::new(dhcp::DhcpConfig {
+            server_ip,
+            prefix,
+            boot_urls,
+            leases,
+            tftp_bootfile: ("ipxe.efi".into(), "undionly.kpxe".into()),
+        });
+        let state = Arc::new(AppState {
+            servers,
+            progress: Mutex::new(BTreeMap::new()),
+        });
+        let app = axum::Router::new()
+            .route("/boot/{file}", get(boot_script))
+            .route("/v1/install/plan", get(plan))
+            .route("/v1/install/progress", post(progress))
+            .route("/v1/install/status", get(status))
+            .nest_service(
+                "/pxe",
+                tower_http::services::ServeDir::new(self.artifacts.join("pxe")),
+            )
+            .with_state(state.clone());
+        tracing::info!(url = %base_url, interface = %self.interface, servers = state.servers.len(), "boot server up");
+        let http = axum::serve(listener, app);
+        let iface = self.interface.clone();
+        let dhcp67 = dhcp::serve(&iface, dhcp_cfg.clone(), 67);
+        let dhcp4011 = dhcp::serve(&iface, dhcp_cfg, 4011);
+        tokio::select! {
+            r = http => r.context("HTTP server")?,
+            r = dhcp67 => r.context("DHCP on port 67 (needs root or CAP_NET_BIND_SERVICE)")?,
+            r = dhcp4011 => r.context("proxy DHCP on port 4011")?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+        }
+        Ok(Exit::Success)
     }
+}
+
+fn parse_range(text: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+    let (a, b) = text
+        .split_once('-')
+        .with_context(|| format!("--dhcp-range {text:?}: expected FIRST-LAST"))?;
+    let (a, b): (Ipv4Addr, Ipv4Addr) = (a.trim().parse()?, b.trim().parse()?);
+    anyhow::ensure!(
+        u32::from(a) <= u32::from(b),
+        "--dhcp-range {text:?}: FIRST > LAST"
+    );
+    Ok((a, b))
+}
+
+/// Our IPv4 address and prefix on `interface` (from `ip -4 -o addr`, the one call to a tool).
+fn interface_address(interface: &str, given: Option<Ipv4Addr>) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", interface])
+        .output()
+        .context("running ip (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<(Ipv4Addr, u8)> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "inet")
+        .filter_map(|w| {
+            let (ip, prefix) = w[1].split_once('/')?;
+            Some((ip.parse().ok()?, prefix.parse().ok()?))
+        })
+        .collect();
+    match given {
+        Some(ip) => Ok((
+            ip,
+            found.iter().find(|(a, _)| *a == ip).map_or(24, |(_, p)| *p),
+        )),
+        None => found.first().copied().with_context(|| {
+            format!("interface {interface} has no IPv4 address (or does not exist)")
+        }),
+    }
+}
+
+async fn boot_script(
+    State(state): State<Arc<AppState>>,
+    UrlPath(file): UrlPath<String>,
+) -> impl IntoResponse {
+    let mac = file.trim_end_matches(".ipxe").to_ascii_lowercase();
+    match state.servers.iter().find(|s| s.mac == mac) {
+        Some(s) => {
+            tracing::info!(server = %s.name, %mac, "serving iPXE script");
+            (StatusCode::OK, s.script.clone())
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("#!ipxe\necho cairn: {mac} is not in the inventory\nexit 1\n"),
+        ),
+    }
+}
+
+async fn plan(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
+    match state.by_token(&headers) {
+        Some(s) => Json(s.plan.clone()).into_response(),
+        None => (StatusCode::UNAUTHORIZED, "unknown install token").into_response(),
+    }
+}
+
+async fn progress(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(p): Json<InstallProgress>,
+) -> StatusCode {
+    let Some(s) = state.by_token(&headers) else {
+        return StatusCode::UNAUTHORIZED;
+    };
+    tracing::info!(server = %s.name, step = ?p.step, bytes = p.bytes_written, message = %p.message, "install progress");
+    state
+        .progress
+        .lock()
+        .expect("not poisoned")
+        .insert(s.name.clone(), p);
+    StatusCode::NO_CONTENT
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<BTreeMap<String, InstallProgress>> {
+    Json(state.progress.lock().expect("not poisoned").clone())
 }

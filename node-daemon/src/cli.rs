@@ -14,6 +14,7 @@ use crate::local_api;
 use crate::network::Netplan;
 use crate::seed::{self, Origin};
 use crate::store::Store;
+use crate::wizard;
 
 /// The cairn appliance daemon: registration, heartbeats, kubelet bootstrap, networking.
 ///
@@ -62,6 +63,12 @@ struct RunArgs {
     /// procfs to read CPUs, memory, uptime and load from.
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
+    /// Where the first-boot wizard listens when nothing configures the node.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    wizard_listen: String,
+    /// Devices the wizard writes its certificate fingerprint and PIN to (repeat).
+    #[arg(long, default_values = ["/dev/console", "/dev/ttyS0"])]
+    console: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -115,13 +122,22 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
         Origin::Installed => {}
         Origin::Seed(from) => tracing::info!(from = %from.display(), "configuration seeded"),
         Origin::Nothing => {
-            eprintln!(
-                "error: nothing configures this node: {} is missing and no {} seed was found; \
-                 write the configuration (docs/node-daemon.md) or attach a seed",
+            tracing::info!(
+                "nothing configures this node ({} missing, no {} seed): starting the first-boot wizard",
                 root.join(config::MAIN_FILE).display(),
                 seed::SEED_LABEL
             );
-            return Ok(Exit::InvalidInput);
+            let network = Netplan {
+                state_dir: config::rooted(root, std::path::Path::new("/var/lib/cairn/netplan")),
+            };
+            wizard::run(
+                &args.wizard_listen,
+                root.to_path_buf(),
+                &args.sys_root,
+                network,
+                args.console.clone(),
+            )
+            .await?;
         }
     }
     let settings = match load_settings(root) {

@@ -25,3 +25,4 @@ pub mod seed;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod wizard;

@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use cairn_api::OverlayDocument;
-use cairn_netplan::apply::{Store, apply};
+use cairn_netplan::apply::{Store, apply, checkpoint, restore};
 use cairn_netplan::netlink::RtNetlink;
 use cairn_netplan::overlay::Overlay;
 use cairn_netplan::safe::recover;
-use cairn_netplan::schema::load_files;
+use cairn_netplan::schema::{load_files, parse_str};
+use cairn_netplan::state::NetState;
 
 /// Applying the network failed; the message says what netplan reported.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +23,21 @@ pub struct NetworkError(pub String);
 pub trait Network: Send + Sync {
     /// Applies the netplan files in `dir`; returns how many changes were made.
     fn apply_host(&self, dir: &Path) -> impl Future<Output = Result<usize, NetworkError>> + Send;
+    /// Applies netplan YAML for a trial (the wizard's "Test and apply"), returning the state
+    /// to go back to.
+    fn try_host(&self, yaml: &str) -> impl Future<Output = Result<Trial, NetworkError>> + Send;
+    /// Goes back to the state before a trial.
+    fn rollback(&self, trial: Trial) -> impl Future<Output = Result<(), NetworkError>> + Send;
     /// Realises a VPC overlay document.
     fn apply_overlay(
         &self,
         doc: &OverlayDocument,
     ) -> impl Future<Output = Result<usize, NetworkError>> + Send;
 }
+
+/// The network state before a trial apply.
+#[derive(Debug, Clone)]
+pub struct Trial(NetState);
 
 /// [`Network`] through `cairn-netplan` and rtnetlink.
 #[derive(Debug, Clone)]
@@ -76,6 +86,29 @@ impl Network for Netplan {
         files.sort();
         let config = load_files(&files).map_err(|e| NetworkError(e.to_string()))?;
         self.run("host", &config).await
+    }
+
+    async fn try_host(&self, yaml: &str) -> Result<Trial, NetworkError> {
+        let config = parse_str("wizard.yaml", yaml).map_err(|e| NetworkError(e.to_string()))?;
+        let store = Store::new(self.state_dir.join("host"));
+        let mut nl = RtNetlink::connect().map_err(|e| NetworkError(format!("netlink: {e}")))?;
+        let before = checkpoint(&mut nl, &config, &store)
+            .await
+            .map_err(|e| NetworkError(e.to_string()))?;
+        // A failed apply is rolled back by netplan itself.
+        apply(&mut nl, &config, &store)
+            .await
+            .map_err(|e| NetworkError(e.to_string()))?;
+        Ok(Trial(before))
+    }
+
+    async fn rollback(&self, trial: Trial) -> Result<(), NetworkError> {
+        let store = Store::new(self.state_dir.join("host"));
+        let mut nl = RtNetlink::connect().map_err(|e| NetworkError(format!("netlink: {e}")))?;
+        match restore(&mut nl, &trial.0, &store).await {
+            cairn_netplan::apply::Restored::Yes => Ok(()),
+            other => Err(NetworkError(format!("rollback: {other}"))),
+        }
     }
 
     async fn apply_overlay(&self, doc: &OverlayDocument) -> Result<usize, NetworkError> {

@@ -94,3 +94,14 @@ impl LocalStatus {
         out
     }
 }
+
+/// A NIC as the wizard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicView {
+    /// Interface name.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Whether the link is up.
+    pub link_up: bool,
+}

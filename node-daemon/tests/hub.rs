@@ -31,6 +31,9 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
     let status = registered(&node);
     let id = status["appliance_id"].as_str().unwrap().to_owned();
     assert_eq!(status["site"], "factory-7");
+    // The hub's interval (1 s in these tests) replaces the default 30 s.
+    assert_eq!(status["heartbeat_interval_seconds"], 1, "{status}");
+    assert!(status["certificate_not_after"].is_string(), "{status}");
     assert!(
         !root.join("etc/cairn/token").exists(),
         "the spent token is removed from disk"

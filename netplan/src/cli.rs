@@ -28,11 +28,13 @@ pub struct NetArgs {
     /// Use these files (in this order) instead of searching the config root.
     #[arg(long = "file", global = true, value_name = "F")]
     files: Vec<PathBuf>,
-    /// Where cairn keeps what it created and a pending try's checkpoint.
+    /// Where cairn keeps what it created and a pending try's checkpoint: `host/` for the
+    /// netplan configuration, `overlay/` for VPC overlays (the same layout `cairn-node run`
+    /// uses under its state directory), DHCP leases at the top.
     #[arg(
         long,
         global = true,
-        default_value = "/var/lib/cairn/net",
+        default_value = "/var/lib/cairn/netplan",
         value_name = "DIR"
     )]
     state_dir: PathBuf,
@@ -143,7 +145,7 @@ impl NetArgs {
     }
 
     async fn run_inner(&self) -> Result<Exit, NetError> {
-        let store = Store::new(&self.state_dir);
+        let store = Store::new(self.state_dir.join("host"));
         if let NetCommand::Validate = self.command {
             let config = self.config()?;
             self.print(

@@ -102,7 +102,7 @@ pub async fn run_probe(probe: &Probe) -> Result<(), String> {
                 .timeout(PROBE_TIMEOUT)
                 // The probe tests this host's own routes: never detour through a proxy.
                 .no_proxy()
-                .use_preconfigured_tls(tls_config())
+                .use_preconfigured_tls(tls_config()?)
                 .build()
                 .map_err(|e| format!("building HTTP client: {e}"))?;
             let resp = client
@@ -130,27 +130,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// rustls with ring and the system's CA bundle (`/etc/ssl/certs`), verification on.
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for path in ["/etc/ssl/certs/ca-certificates.crt"] {
-        if let Ok(pem) = std::fs::read(path) {
-            for cert in rustls_pemfile_certs(&pem) {
-                let _ = roots.add(cert);
-            }
+    if let Ok(pem) = std::fs::read("/etc/ssl/certs/ca-certificates.crt") {
+        for cert in rustls_pemfile_certs(&pem) {
+            let _ = roots.add(cert);
         }
     }
-    rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            rustls::ClientConfig::builder_with_provider(
-                rustls::crypto::ring::default_provider().into(),
-            )
-            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-            .expect("ring supports the default TLS versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        })
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {

@@ -140,7 +140,7 @@ fn config_that_cuts_the_probe_target_reverts_itself() {
         );
         assert!(l.has_hub_route(), "route restored:\n{}", l.node.routes());
         assert_eq!(l.node.addrs("n0"), vec!["10.1.0.1/24"]);
-        assert!(!l.state.path().join("checkpoint.json").exists());
+        assert!(!l.state.path().join("host/checkpoint.json").exists());
     }
     // With the route kept, the same probes pass and confirm keeps the change.
     let ok = l.yaml.write(
@@ -209,7 +209,7 @@ fn pending_try_is_restored_after_the_process_dies() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(30), "the try to apply", || {
-        !l.has_hub_route() && l.state.path().join("checkpoint.json").exists()
+        !l.has_hub_route() && l.state.path().join("host/checkpoint.json").exists()
     });
     // Standing in for a crash or reboot: the trying process vanishes without cleanup.
     // `ip netns exec` execs the binary, so the child's pid is cairn-net's.
@@ -231,5 +231,5 @@ fn pending_try_is_restored_after_the_process_dies() {
         l.node.routes()
     );
     assert_eq!(l.node.addrs("n0"), vec!["10.1.0.1/24"]);
-    assert!(!l.state.path().join("checkpoint.json").exists());
+    assert!(!l.state.path().join("host/checkpoint.json").exists());
 }

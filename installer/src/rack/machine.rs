@@ -1,0 +1,632 @@
+//! The per-server provisioning state machine of DESIGN.md:
+//!
+//! ```text
+//! registered -> inspecting -> configuring-firmware -> booting-installer -> installing
+//!            -> rebooting -> first-boot -> provisioned          (or failed(reason))
+//! ```
+//!
+//! One method per transition ([`Machine::inspect`], [`Machine::configure_firmware`],
+//! [`Machine::boot_installer`], [`Machine::install`], [`Machine::reboot_to_disk`],
+//! [`Machine::first_boot`]); attempt counters live inside the state variants; every change is
+//! handed to the caller to persist and report. The side effects are behind traits: the BMC
+//! (`cairn_hardware::bmc::Bmc`), the boot server's install reports
+//! ([`InstallProgressSource`]) and the hub ([`FleetView`]); this module is pure logic over
+//! them and is unit-tested with doubles of all three.
+//!
+//! Retries: a step that fails with a retryable error is tried again after an exponential
+//! backoff, up to `Policy::max_attempts`; a refused password is never retried (accounts lock
+//! out). An install that fails or stalls is retried from `booting-installer`: the disk is
+//! rewritten from the start, since a half-written image must never be booted.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use async_trait::async_trait;
+use cairn_api::{InstallProgress, InstallStep};
+use cairn_hardware::bmc::{Bmc, BmcError, BootDevice, BootOverride, PowerAction, PowerState};
+use serde::{Deserialize, Serialize};
+
+/// The phases that do work (every state but the start and the two ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Reading the BMC.
+    Inspecting,
+    /// Applying the firmware baseline.
+    ConfiguringFirmware,
+    /// One-time boot to PXE or virtual media, power on.
+    BootingInstaller,
+    /// The install agent writes the disk.
+    Installing,
+    /// Boot device back to disk, media ejected.
+    Rebooting,
+    /// Waiting for the appliance to register with the hub.
+    FirstBoot,
+}
+
+impl Phase {
+    /// All phases in order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Inspecting,
+        Phase::ConfiguringFirmware,
+        Phase::BootingInstaller,
+        Phase::Installing,
+        Phase::Rebooting,
+        Phase::FirstBoot,
+    ];
+
+    /// Kebab-case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Inspecting => "inspecting",
+            Phase::ConfiguringFirmware => "configuring-firmware",
+            Phase::BootingInstaller => "booting-installer",
+            Phase::Installing => "installing",
+            Phase::Rebooting => "rebooting",
+            Phase::FirstBoot => "first-boot",
+        }
+    }
+}
+
+/// Where one server is. Persisted as JSON beside the inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum State {
+    /// Listed in the inventory, nothing done yet.
+    Registered,
+    /// Reading power, model, serial, NICs, disks.
+    Inspecting {
+        /// 1-based attempt.
+        attempt: u32,
+    },
+    /// Diffing and applying the firmware profile.
+    ConfiguringFirmware {
+        /// 1-based attempt.
+        attempt: u32,
+    },
+    /// Setting the one-time boot device and powering on.
+    BootingInstaller {
+        /// 1-based attempt; counts installs too, as a failed install comes back here.
+        attempt: u32,
+    },
+    /// The agent is writing the disk.
+    Installing {
+        /// The booting-installer attempt this install belongs to.
+        attempt: u32,
+        /// The agent's latest step.
+        step: Option<InstallStep>,
+        /// Bytes written so far.
+        bytes_written: u64,
+        /// Bytes to write, when known.
+        bytes_total: Option<u64>,
+    },
+    /// Boot device set back to disk, media ejected.
+    Rebooting {
+        /// 1-based attempt.
+        attempt: u32,
+    },
+    /// Waiting for the appliance's registration.
+    FirstBoot {
+        /// 1-based attempt.
+        attempt: u32,
+    },
+    /// Done: the hub knows the appliance.
+    Provisioned {
+        /// The hub's appliance ID.
+        appliance_id: String,
+    },
+    /// Gave up.
+    Failed {
+        /// The phase that failed.
+        phase: Phase,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+impl State {
+    /// The working phase, or `None` for registered/provisioned/failed.
+    pub fn phase(&self) -> Option<Phase> {
+        Some(match self {
+            State::Inspecting { .. } => Phase::Inspecting,
+            State::ConfiguringFirmware { .. } => Phase::ConfiguringFirmware,
+            State::BootingInstaller { .. } => Phase::BootingInstaller,
+            State::Installing { .. } => Phase::Installing,
+            State::Rebooting { .. } => Phase::Rebooting,
+            State::FirstBoot { .. } => Phase::FirstBoot,
+            _ => return None,
+        })
+    }
+
+    /// The attempt counter of a working state.
+    pub fn attempt(&self) -> u32 {
+        match self {
+            State::Inspecting { attempt }
+            | State::ConfiguringFirmware { attempt }
+            | State::BootingInstaller { attempt }
+            | State::Installing { attempt, .. }
+            | State::Rebooting { attempt }
+            | State::FirstBoot { attempt } => *attempt,
+            _ => 0,
+        }
+    }
+
+    /// Short name, as in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Registered => "registered",
+            State::Provisioned { .. } => "provisioned",
+            State::Failed { .. } => "failed",
+            other => other.phase().map(Phase::as_str).unwrap_or("?"),
+        }
+    }
+
+    /// Whether nothing more will happen in this run.
+    pub fn is_final(&self) -> bool {
+        matches!(self, State::Provisioned { .. } | State::Failed { .. })
+    }
+
+    /// The first state of `phase`, at `attempt`.
+    pub fn start_of(phase: Phase, attempt: u32) -> State {
+        match phase {
+            Phase::Inspecting => State::Inspecting { attempt },
+            Phase::ConfiguringFirmware => State::ConfiguringFirmware { attempt },
+            // An install cannot continue where it stopped: the installer boots again and
+            // rewrites the disk from the start.
+            Phase::BootingInstaller | Phase::Installing => State::BootingInstaller { attempt },
+            Phase::Rebooting => State::Rebooting { attempt },
+            Phase::FirstBoot => State::FirstBoot { attempt },
+        }
+    }
+
+    /// Where a re-run starts from a persisted state: provisioned stays; a failure is tried
+    /// again from the phase that failed, with fresh attempts; an install that was cut off
+    /// starts over from booting the installer; anything else continues.
+    pub fn resume(self) -> State {
+        match self {
+            State::Failed { phase, .. } => State::start_of(phase, 1),
+            State::Installing { attempt, .. } => State::BootingInstaller { attempt },
+            other => other,
+        }
+    }
+}
+
+/// How a server boots the installer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "method")]
+pub enum BootMethod {
+    /// One-time PXE boot from the boot MAC; the boot server answers it.
+    Pxe,
+    /// The installer ISO in the BMC's virtual CD.
+    VirtualMedia {
+        /// Where the BMC downloads it from.
+        iso_url: String,
+    },
+}
+
+/// What to do with one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPlan {
+    /// Inventory name.
+    pub name: String,
+    /// The MAC it boots from (and reports install progress under).
+    pub boot_mac: String,
+    /// PXE or virtual media.
+    pub boot: BootMethod,
+    /// Firmware profile to apply, if the inventory names one.
+    pub firmware_profile: Option<String>,
+}
+
+/// Limits and pacing.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Attempts per phase before giving up.
+    pub max_attempts: u32,
+    /// First backoff; doubled per attempt.
+    pub backoff: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+    /// How often the boot server and hub are polled.
+    pub poll: Duration,
+    /// Longest wait for the installer to start reporting after power-on.
+    pub install_start_timeout: Duration,
+    /// Longest time between two install reports.
+    pub install_stall_timeout: Duration,
+    /// Longest wait for registration after the install.
+    pub register_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+            install_start_timeout: Duration::from_secs(300),
+            install_stall_timeout: Duration::from_secs(300),
+            register_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Policy {
+    /// Wait before attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        (self.backoff * factor).min(self.backoff_max)
+    }
+}
+
+/// A failure of a peer other than the BMC (boot server, hub).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+/// The boot server's record of install reports. `seq` increases with every report the boot
+/// server receives, so reports from an earlier attempt can be told apart from new ones.
+#[async_trait]
+pub trait InstallProgressSource: Send + Sync {
+    /// The latest report for `mac` with its sequence number, if any.
+    async fn latest(&self, mac: &str) -> Result<Option<(u64, InstallProgress)>, PeerError>;
+}
+
+/// The hub's fleet.
+#[async_trait]
+pub trait FleetView: Send + Sync {
+    /// The ID of the appliance that is this server (matched by boot MAC, else hostname).
+    async fn find(&self, name: &str, mac: &str) -> Result<Option<String>, PeerError>;
+}
+
+/// Why a step did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    /// What went wrong, for people.
+    pub reason: String,
+    /// Whether trying again may help.
+    pub retryable: bool,
+}
+
+impl StepError {
+    fn retry(reason: impl Into<String>) -> Self {
+        StepError {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+
+    fn fatal(reason: impl Into<String>) -> Self {
+        StepError {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+
+    fn bmc(doing: &str, e: BmcError) -> Self {
+        let reason = format!("BMC {doing}: {e}");
+        // Credentials and missing capabilities do not get better by asking again.
+        if e.is_auth() || matches!(e, BmcError::Unsupported { .. } | BmcError::Invalid(_)) {
+            StepError::fatal(reason)
+        } else {
+            StepError::retry(reason)
+        }
+    }
+}
+
+/// Something that wants to hear about every change (progress bars, JSON lines).
+pub trait Observer: Send + Sync {
+    /// `server` entered `state` (also called for install progress within `installing`).
+    fn changed(&self, server: &str, state: &State);
+    /// A note that is not a state change (a retry, a skipped step).
+    fn note(&self, server: &str, message: &str);
+}
+
+/// One server's persisted record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Current state.
+    pub state: State,
+    /// Seconds spent per phase, summed over attempts and runs.
+    #[serde(default)]
+    pub seconds: std::collections::BTreeMap<Phase, f64>,
+    /// Model and serial from inspection, when the BMC told.
+    #[serde(default)]
+    pub hardware: Option<String>,
+    /// Notes (skipped steps, retries), latest last.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            state: State::Registered,
+            seconds: Default::default(),
+            hardware: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Drives one server through its states.
+pub struct Machine<'a> {
+    /// The server.
+    pub plan: &'a ServerPlan,
+    /// Its BMC.
+    pub bmc: &'a dyn Bmc,
+    /// The boot server's install reports.
+    pub install: &'a dyn InstallProgressSource,
+    /// The hub.
+    pub fleet: &'a dyn FleetView,
+    /// Limits.
+    pub policy: &'a Policy,
+    /// Reporting.
+    pub observer: &'a dyn Observer,
+}
+
+impl Machine<'_> {
+    /// Runs from `record.state` until provisioned or failed, calling `persist` after every
+    /// change. Never panics on a peer's behaviour; every failure ends in `Failed`.
+    pub async fn run(&self, record: &mut Record, persist: &(dyn Fn(&Record) + Sync)) {
+        let name = self.plan.name.as_str();
+        if record.state == State::Registered {
+            self.set(record, State::Inspecting { attempt: 1 }, persist);
+        }
+        while let Some(phase) = record.state.phase() {
+            let attempt = record.state.attempt();
+            let started = Instant::now();
+            let result = match phase {
+                Phase::Inspecting => self.inspect(record).await,
+                Phase::ConfiguringFirmware => self.configure_firmware(record).await,
+                Phase::BootingInstaller => self.boot_installer().await,
+                Phase::Installing => self.install(record, persist).await,
+                Phase::Rebooting => self.reboot_to_disk().await,
+                Phase::FirstBoot => self.first_boot().await,
+            };
+            *record.seconds.entry(phase).or_default() += started.elapsed().as_secs_f64();
+            let next = match result {
+                Ok(next) => next,
+                Err(e) if e.retryable && attempt < self.policy.max_attempts => {
+                    let wait = self.policy.backoff(attempt);
+                    let note = format!(
+                        "{} attempt {attempt} failed: {}; retrying in {:.0?}",
+                        phase.as_str(),
+                        e.reason,
+                        wait
+                    );
+                    self.observer.note(name, &note);
+                    record.notes.push(note);
+                    tokio::time::sleep(wait).await;
+                    State::start_of(phase, attempt + 1)
+                }
+                Err(e) => State::Failed {
+                    phase,
+                    reason: if e.retryable {
+                        format!("{} (after {attempt} attempts)", e.reason)
+                    } else {
+                        e.reason
+                    },
+                },
+            };
+            self.set(record, next, persist);
+        }
+    }
+
+    fn set(&self, record: &mut Record, state: State, persist: &(dyn Fn(&Record) + Sync)) {
+        record.state = state;
+        persist(record);
+        self.observer.changed(&self.plan.name, &record.state);
+    }
+
+    /// `inspecting`: the BMC answers and says what the machine is.
+    pub async fn inspect(&self, record: &mut Record) -> Result<State, StepError> {
+        let power = self
+            .bmc
+            .power_state()
+            .await
+            .map_err(|e| StepError::bmc("reading power state", e))?;
+        match self.bmc.inventory().await {
+            Ok(inv) => {
+                record.hardware = Some(format!(
+                    "{} {} serial {} ({} NICs, {} disks), power {power}",
+                    inv.manufacturer.as_deref().unwrap_or("?"),
+                    inv.model.as_deref().unwrap_or("?"),
+                    inv.serial.as_deref().unwrap_or("?"),
+                    inv.nics.len(),
+                    inv.disks.len()
+                ));
+            }
+            // IPMI has little inventory; power state alone proves the BMC answers.
+            Err(BmcError::Unsupported { .. }) => {
+                record.hardware = Some(format!(
+                    "power {power} (no inventory over {})",
+                    self.bmc.protocol()
+                ));
+            }
+            Err(e) => return Err(StepError::bmc("reading inventory", e)),
+        }
+        Ok(State::ConfiguringFirmware { attempt: 1 })
+    }
+
+    /// `configuring-firmware`: nothing to do without a profile.
+    pub async fn configure_firmware(&self, record: &mut Record) -> Result<State, StepError> {
+        if let Some(profile) = &self.plan.firmware_profile {
+            // Firmware baselines (`cairn firmware apply`) are not built yet; proceeding
+            // without them is recorded so the operator sees it.
+            let note = format!(
+                "firmware profile {profile:?} not applied: `cairn firmware` is not built yet"
+            );
+            self.observer.note(&self.plan.name, &note);
+            record.notes.push(note);
+        }
+        Ok(State::BootingInstaller { attempt: 1 })
+    }
+
+    /// `booting-installer`: one-time boot to PXE or the inserted ISO, then power on (or
+    /// cycle, when it was on, so the override takes effect now).
+    pub async fn boot_installer(&self) -> Result<State, StepError> {
+        let device = match &self.plan.boot {
+            BootMethod::Pxe => BootDevice::Pxe,
+            BootMethod::VirtualMedia { iso_url } => {
+                self.bmc
+                    .media_insert(iso_url)
+                    .await
+                    .map_err(|e| StepError::bmc("inserting the installer ISO", e))?;
+                BootDevice::Cd
+            }
+        };
+        self.bmc
+            .set_boot_override(BootOverride {
+                device,
+                persistent: false,
+                mode: None,
+            })
+            .await
+            .map_err(|e| StepError::bmc(&format!("setting one-time boot to {device}"), e))?;
+        let power = self
+            .bmc
+            .power_state()
+            .await
+            .map_err(|e| StepError::bmc("reading power state", e))?;
+        let action = if power == PowerState::Off {
+            PowerAction::On
+        } else {
+            PowerAction::Cycle
+        };
+        self.bmc
+            .power(action)
+            .await
+            .map_err(|e| StepError::bmc(&format!("power {action:?}"), e))?;
+        Ok(State::Installing {
+            attempt: 1,
+            step: None,
+            bytes_written: 0,
+            bytes_total: None,
+        })
+    }
+
+    /// `installing`: follows the agent's reports until it completes, fails or stalls.
+    pub async fn install(
+        &self,
+        record: &mut Record,
+        persist: &(dyn Fn(&Record) + Sync),
+    ) -> Result<State, StepError> {
+        let mac = &self.plan.boot_mac;
+        let attempt = record.state.attempt();
+        // Reports already there belong to an earlier install.
+        let baseline = self
+            .install
+            .latest(mac)
+            .await
+            .map_err(|e| StepError::retry(format!("boot server: {e}")))?
+            .map(|(seq, _)| seq);
+        let mut last_seq = baseline;
+        let mut last_change = Instant::now();
+        let mut started = false;
+        loop {
+            let limit = if started {
+                self.policy.install_stall_timeout
+            } else {
+                self.policy.install_start_timeout
+            };
+            if last_change.elapsed() > limit {
+                let what = if started {
+                    "the install agent stopped reporting"
+                } else {
+                    "the installer never started reporting (did the server boot it?)"
+                };
+                return Err(StepError::retry(format!("{what} within {limit:.0?}")));
+            }
+            tokio::time::sleep(self.policy.poll).await;
+            let latest = match self.install.latest(mac).await {
+                Ok(l) => l,
+                // The boot server being briefly away is not the server's fault.
+                Err(e) => {
+                    tracing::debug!(server = %self.plan.name, error = %e, "boot server poll");
+                    continue;
+                }
+            };
+            let Some((seq, progress)) = latest else {
+                continue;
+            };
+            if Some(seq) == last_seq {
+                continue;
+            }
+            last_seq = Some(seq);
+            last_change = Instant::now();
+            started = true;
+            if progress.step == InstallStep::Failed {
+                return Err(StepError::retry(format!(
+                    "install agent failed: {}",
+                    progress.message
+                )));
+            }
+            if progress.step == InstallStep::Completed {
+                return Ok(State::Rebooting { attempt: 1 });
+            }
+            self.set(
+                record,
+                State::Installing {
+                    attempt,
+                    step: Some(progress.step),
+                    bytes_written: progress.bytes_written,
+                    bytes_total: progress.bytes_total,
+                },
+                persist,
+            );
+        }
+    }
+
+    /// `rebooting`: the boot device goes back to disk and the media is ejected, so the
+    /// server never boots the installer again; the agent reboots the machine itself.
+    pub async fn reboot_to_disk(&self) -> Result<State, StepError> {
+        self.bmc
+            .set_boot_override(BootOverride {
+                device: BootDevice::Disk,
+                persistent: true,
+                mode: None,
+            })
+            .await
+            .map_err(|e| StepError::bmc("setting boot to disk", e))?;
+        if let BootMethod::VirtualMedia { .. } = self.plan.boot {
+            self.bmc
+                .media_eject()
+                .await
+                .map_err(|e| StepError::bmc("ejecting the installer ISO", e))?;
+        }
+        Ok(State::FirstBoot { attempt: 1 })
+    }
+
+    /// `first-boot`: waits for the appliance to register with the hub. A server found off
+    /// (a power cut after the install) is powered on; it boots its disk.
+    pub async fn first_boot(&self) -> Result<State, StepError> {
+        let start = Instant::now();
+        let mut powered = false;
+        loop {
+            match self.fleet.find(&self.plan.name, &self.plan.boot_mac).await {
+                Ok(Some(appliance_id)) => return Ok(State::Provisioned { appliance_id }),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(server = %self.plan.name, error = %e, "hub poll"),
+            }
+            if start.elapsed() > self.policy.register_timeout {
+                return Err(StepError::retry(format!(
+                    "the appliance did not register with the hub within {:.0?}",
+                    self.policy.register_timeout
+                )));
+            }
+            if !powered && let Ok(PowerState::Off) = self.bmc.power_state().await {
+                self.bmc
+                    .power(PowerAction::On)
+                    .await
+                    .map_err(|e| StepError::bmc("powering on into the installed disk", e))?;
+                powered = true;
+            }
+            tokio::time::sleep(self.policy.poll).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

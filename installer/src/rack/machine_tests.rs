@@ -1,0 +1,533 @@
+//! Logic tests of the state machine with doubles of the BMC, boot server and hub. The real
+//! peers (ipmi_sim, QEMU, the boot server, the hub) are exercised by qemu-tests' scenarios.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use cairn_hardware::bmc::{Capability, Inventory};
+
+use super::*;
+
+#[derive(Default)]
+struct FakeBmc {
+    power: Mutex<Option<PowerState>>,
+    calls: Mutex<Vec<String>>,
+    /// Errors returned by the next `power_state` calls.
+    power_state_errors: Mutex<VecDeque<BmcError>>,
+}
+
+impl FakeBmc {
+    fn off() -> Self {
+        let b = FakeBmc::default();
+        *b.power.lock().unwrap() = Some(PowerState::Off);
+        b
+    }
+    fn log(&self, s: String) {
+        self.calls.lock().unwrap().push(s);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Bmc for FakeBmc {
+    fn protocol(&self) -> &'static str {
+        "ipmi"
+    }
+    fn capabilities(&self) -> &'static [Capability] {
+        &[Capability::Power, Capability::Boot]
+    }
+    async fn power_state(&self) -> cairn_hardware::bmc::BmcResult<PowerState> {
+        if let Some(e) = self.power_state_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        Ok(self.power.lock().unwrap().unwrap_or(PowerState::Off))
+    }
+    async fn power(&self, action: PowerAction) -> cairn_hardware::bmc::BmcResult<()> {
+        self.log(format!("power {action:?}"));
+        let state = match action {
+            PowerAction::Off | PowerAction::SoftOff => PowerState::Off,
+            _ => PowerState::On,
+        };
+        *self.power.lock().unwrap() = Some(state);
+        Ok(())
+    }
+    async fn boot_override(&self) -> cairn_hardware::bmc::BmcResult<BootOverride> {
+        Err(self.unsupported(Capability::Boot))
+    }
+    async fn set_boot_override(&self, boot: BootOverride) -> cairn_hardware::bmc::BmcResult<()> {
+        self.log(format!(
+            "boot {} {}",
+            boot.device,
+            if boot.persistent {
+                "persistent"
+            } else {
+                "once"
+            }
+        ));
+        Ok(())
+    }
+    async fn inventory(&self) -> cairn_hardware::bmc::BmcResult<Inventory> {
+        Err(self.unsupported(Capability::Inventory))
+    }
+    async fn media_insert(&self, url: &str) -> cairn_hardware::bmc::BmcResult<()> {
+        self.log(format!("media insert {url}"));
+        Ok(())
+    }
+    async fn media_eject(&self) -> cairn_hardware::bmc::BmcResult<()> {
+        self.log("media eject".into());
+        Ok(())
+    }
+}
+
+/// Reports: `current` is what the boot server holds; each poll reveals the next queued one.
+struct FakeInstall {
+    current: Mutex<Option<(u64, InstallProgress)>>,
+    queue: Mutex<VecDeque<InstallStep>>,
+}
+
+impl FakeInstall {
+    fn new(stale: Option<InstallStep>, steps: &[InstallStep]) -> Self {
+        FakeInstall {
+            current: Mutex::new(stale.map(|s| (7, report(s)))),
+            queue: Mutex::new(steps.iter().copied().collect()),
+        }
+    }
+}
+
+fn report(step: InstallStep) -> InstallProgress {
+    InstallProgress {
+        mac: "52:54:00:00:00:01".into(),
+        step,
+        bytes_written: 10,
+        bytes_total: Some(100),
+        message: if step == InstallStep::Failed {
+            "no disk matches /dev/vda".into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+#[async_trait]
+impl InstallProgressSource for FakeInstall {
+    async fn latest(&self, _mac: &str) -> Result<Option<(u64, InstallProgress)>, PeerError> {
+        let mut current = self.current.lock().unwrap();
+        let out = current.clone();
+        if let Some(step) = self.queue.lock().unwrap().pop_front() {
+            let seq = current.as_ref().map(|(s, _)| s + 1).unwrap_or(1);
+            *current = Some((seq, report(step)));
+        }
+        Ok(out)
+    }
+}
+
+struct FakeFleet {
+    /// Polls before the appliance shows up (`None`: never).
+    after: Option<u32>,
+    polls: Mutex<u32>,
+}
+
+#[async_trait]
+impl FleetView for FakeFleet {
+    async fn find(&self, name: &str, _mac: &str) -> Result<Option<String>, PeerError> {
+        let mut polls = self.polls.lock().unwrap();
+        *polls += 1;
+        Ok(match self.after {
+            Some(n) if *polls > n => Some(format!("app-{name}")),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    states: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Observer for Seen {
+    fn changed(&self, _server: &str, state: &State) {
+        self.states.lock().unwrap().push(state.name().to_string());
+    }
+    fn note(&self, _server: &str, message: &str) {
+        self.notes.lock().unwrap().push(message.to_string());
+    }
+}
+
+fn plan(boot: BootMethod) -> ServerPlan {
+    ServerPlan {
+        name: "srv1".into(),
+        boot_mac: "52:54:00:00:00:01".into(),
+        boot,
+        firmware_profile: None,
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        max_attempts: 3,
+        backoff: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(8),
+        poll: Duration::from_secs(1),
+        install_start_timeout: Duration::from_secs(60),
+        install_stall_timeout: Duration::from_secs(60),
+        register_timeout: Duration::from_secs(120),
+    }
+}
+
+const FULL: &[InstallStep] = &[
+    InstallStep::Started,
+    InstallStep::DiskSelected,
+    InstallStep::Partitioned,
+    InstallStep::Writing,
+    InstallStep::Verified,
+    InstallStep::BootloaderInstalled,
+    InstallStep::SeedWritten,
+    InstallStep::Completed,
+];
+
+struct Run {
+    record: Record,
+    persisted: Vec<String>,
+    seen: Seen,
+}
+
+async fn run(
+    plan: &ServerPlan,
+    bmc: &FakeBmc,
+    install: &FakeInstall,
+    fleet: &FakeFleet,
+    start: State,
+) -> Run {
+    let seen = Seen::default();
+    let persisted = Mutex::new(Vec::new());
+    let policy = policy();
+    let m = Machine {
+        plan,
+        bmc,
+        install,
+        fleet,
+        policy: &policy,
+        observer: &seen,
+    };
+    let mut record = Record {
+        state: start,
+        ..Record::default()
+    };
+    let persist = |r: &Record| {
+        persisted
+            .lock()
+            .unwrap()
+            .push(serde_json::to_string(&r.state).unwrap())
+    };
+    m.run(&mut record, &persist).await;
+    Run {
+        record,
+        persisted: persisted.into_inner().unwrap(),
+        seen,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pxe_server_goes_through_every_phase_and_ends_booting_its_disk() {
+    let bmc = FakeBmc::off();
+    let install = FakeInstall::new(None, FULL);
+    let fleet = FakeFleet {
+        after: Some(3),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::Registered,
+    )
+    .await;
+    assert_eq!(
+        r.record.state,
+        State::Provisioned {
+            appliance_id: "app-srv1".into()
+        }
+    );
+    let mut phases: Vec<String> = r.seen.states.lock().unwrap().clone();
+    phases.dedup();
+    assert_eq!(
+        phases,
+        [
+            "inspecting",
+            "configuring-firmware",
+            "booting-installer",
+            "installing",
+            "rebooting",
+            "first-boot",
+            "provisioned"
+        ]
+    );
+    // One-time PXE, power on from off, then disk for good.
+    assert_eq!(
+        bmc.calls(),
+        ["boot pxe once", "power On", "boot disk persistent"]
+    );
+    // Every change was persisted, including install steps.
+    assert!(
+        r.persisted.iter().any(|s| s.contains("\"writing\"")),
+        "{:?}",
+        r.persisted
+    );
+    assert!(r.record.seconds.contains_key(&Phase::Installing));
+    assert!(
+        r.record
+            .hardware
+            .as_deref()
+            .unwrap()
+            .contains("no inventory over ipmi")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_password_fails_at_once_without_retrying() {
+    let bmc = FakeBmc::off();
+    bmc.power_state_errors
+        .lock()
+        .unwrap()
+        .push_back(BmcError::Auth {
+            user: "admin".into(),
+            detail: "RAKP 2: unauthorized name".into(),
+        });
+    let install = FakeInstall::new(None, FULL);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::Registered,
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::Inspecting);
+            assert!(reason.contains("authentication failed"), "{reason}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(
+        bmc.calls().is_empty(),
+        "nothing was attempted: {:?}",
+        bmc.calls()
+    );
+    assert!(r.seen.notes.lock().unwrap().is_empty(), "no retries");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bmc_timeout_is_retried_with_backoff() {
+    let bmc = FakeBmc::off();
+    for _ in 0..2 {
+        bmc.power_state_errors
+            .lock()
+            .unwrap()
+            .push_back(BmcError::Timeout {
+                doing: "chassis status".into(),
+                seconds: 5.0,
+            });
+    }
+    let install = FakeInstall::new(None, FULL);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::Registered,
+    )
+    .await;
+    assert!(
+        matches!(r.record.state, State::Provisioned { .. }),
+        "{:?}",
+        r.record.state
+    );
+    let notes = r.seen.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].contains("inspecting attempt 1 failed") && notes[0].contains("retrying in 1s")
+    );
+    assert!(
+        notes[1].contains("attempt 2") && notes[1].contains("retrying in 2s"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_install_boots_the_installer_again_and_gives_up_after_the_limit() {
+    let bmc = FakeBmc::off();
+    let steps = [
+        InstallStep::Started,
+        InstallStep::Failed,
+        InstallStep::Started,
+        InstallStep::Failed,
+        InstallStep::Started,
+        InstallStep::Failed,
+    ];
+    let install = FakeInstall::new(None, &steps);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::Registered,
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::Installing);
+            assert!(
+                reason.contains("no disk matches /dev/vda") && reason.contains("after 3 attempts"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    // First boot powers on; the retries cycle the running machine into the installer again.
+    assert_eq!(
+        bmc.calls(),
+        [
+            "boot pxe once",
+            "power On",
+            "boot pxe once",
+            "power Cycle",
+            "boot pxe once",
+            "power Cycle"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
+    let bmc = FakeBmc::off();
+    // The boot server still holds "completed" from a previous run, and no new install
+    // ever reports: the step must time out rather than succeed.
+    let install = FakeInstall::new(Some(InstallStep::Completed), &[]);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::BootingInstaller { attempt: 3 },
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::Installing);
+            assert!(reason.contains("never started reporting"), "{reason}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn virtual_media_is_inserted_for_the_install_and_ejected_after() {
+    let bmc = FakeBmc::off();
+    let install = FakeInstall::new(None, FULL);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let iso = "http://10.77.0.1:8080/installer.iso".to_string();
+    let r = run(
+        &plan(BootMethod::VirtualMedia {
+            iso_url: iso.clone(),
+        }),
+        &bmc,
+        &install,
+        &fleet,
+        State::Registered,
+    )
+    .await;
+    assert!(matches!(r.record.state, State::Provisioned { .. }));
+    assert_eq!(
+        bmc.calls(),
+        [
+            format!("media insert {iso}"),
+            "boot cd once".into(),
+            "power On".into(),
+            "boot disk persistent".into(),
+            "media eject".into()
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_boot_powers_on_a_server_found_off_and_fails_when_it_never_registers() {
+    let bmc = FakeBmc::off();
+    let install = FakeInstall::new(None, &[]);
+    let fleet = FakeFleet {
+        after: None,
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::FirstBoot { attempt: 1 },
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::FirstBoot);
+            assert!(reason.contains("did not register"), "{reason}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(bmc.calls()[0], "power On");
+}
+
+#[test]
+fn a_rerun_resumes_at_the_right_state() {
+    let installing = State::Installing {
+        attempt: 2,
+        step: Some(InstallStep::Writing),
+        bytes_written: 5,
+        bytes_total: None,
+    };
+    // Cut off mid-write: the installer boots again, the half-written disk is rewritten.
+    assert_eq!(installing.resume(), State::BootingInstaller { attempt: 2 });
+    let failed = State::Failed {
+        phase: Phase::FirstBoot,
+        reason: "x".into(),
+    };
+    assert_eq!(failed.resume(), State::FirstBoot { attempt: 1 });
+    let done = State::Provisioned {
+        appliance_id: "a".into(),
+    };
+    assert_eq!(done.clone().resume(), done);
+    // The persisted form is stable, kebab-case JSON.
+    let text = serde_json::to_string(&State::BootingInstaller { attempt: 1 }).unwrap();
+    assert_eq!(text, r#"{"state":"booting-installer","attempt":1}"#);
+}
+
+#[test]
+fn backoff_doubles_up_to_the_ceiling() {
+    let p = policy();
+    assert_eq!(p.backoff(1), Duration::from_secs(1));
+    assert_eq!(p.backoff(2), Duration::from_secs(2));
+    assert_eq!(p.backoff(3), Duration::from_secs(4));
+    assert_eq!(p.backoff(10), Duration::from_secs(8));
+}

@@ -114,38 +114,6 @@ impl Drop for Container {
     }
 }
 
-/// A network namespace for the node, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!("cairn-node-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(
-            ok.success(),
-            "ip netns add {name} failed (needs root and iproute2)"
-        );
-        Self(name)
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn unit_state(rt: &tokio::runtime::Runtime, bus: &str) -> Option<(String, String)> {
     rt.block_on(async {
         let systemd = DbusSystemd::connect(bus).await.ok()?;
@@ -162,7 +130,7 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
         .unwrap();
     let container = Container::boot(&debian_root(), &format!("cairn-t{}", std::process::id()));
     let root = container.root();
-    let netns = Netns::new();
+    let netns = Netns::new("cairn-node");
 
     // What the image and the last run left behind: the config, a netplan file, the kubelet
     // base unit, and a stored desired state with a join bundle. No hub is listening.

@@ -57,6 +57,11 @@ pub struct Hub {
 impl Hub {
     /// `cairn-hub init` in `data` (when not yet initialised) and `serve` on `listen`.
     pub fn start(data: &Path, listen: &str) -> Self {
+        Self::start_in(data, listen, &[])
+    }
+
+    /// Same, running it under `prefix` (e.g. `ip netns exec NS`).
+    pub fn start_in(data: &Path, listen: &str, prefix: &[&str]) -> Self {
         let bin = workspace_bin("cairn-hub", "cairn-hub");
         let meta = data.join("test-init.json");
         if !meta.exists() {
@@ -75,7 +80,15 @@ impl Hub {
         let init: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
         let log = data.join("hub.log");
-        let mut child = Command::new(&bin)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args([
                 "serve",
                 "--heartbeat-interval",
@@ -203,6 +216,11 @@ impl Node {
     /// Starts it with extra `run` arguments; `prefix` runs it under another command
     /// (e.g. `ip netns exec NS`).
     pub fn start_with(root: &Path, prefix: &[&str]) -> Self {
+        Self::start_full(root, prefix, &[])
+    }
+
+    /// With a prefix command and extra `run` arguments.
+    pub fn start_full(root: &Path, prefix: &[&str], extra: &[&str]) -> Self {
         let bin = workspace_bin("cairn-node", "cairn-node-daemon");
         let log = root.join(format!(
             "node-{}.log",
@@ -226,6 +244,7 @@ impl Node {
             .arg(fixture().join("sys"))
             .arg("--proc-root")
             .arg(fixture().join("proc"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -308,4 +327,45 @@ pub fn write_config(root: &Path, hub_url: &str, fingerprint: &str, token: &str, 
         ),
     )
     .unwrap();
+}
+
+/// A network namespace named `<prefix>-<pid>`, with loopback up, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "ip netns add {name} failed (needs root and iproute2)"
+        );
+        let ns = Self(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ARGS`, its standard output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip netns exec NS` as a command prefix.
+    pub fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", self.0.as_str()]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

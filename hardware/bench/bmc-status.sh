@@ -2,15 +2,19 @@
 # Benchmark: `cairn bmc status` across N emulated IPMI BMCs (one OpenIPMI ipmi_sim process
 # each, on loopback) against a shell loop of `ipmitool -I lanplus -C 3 chassis power status`
 # over the same BMCs, in the same run, with hyperfine.
-#   hardware/bench/bmc-status.sh [N]        (default N=200; needs target/release/cairn)
+#   hardware/bench/bmc-status.sh [N]        (default N=200)
+# Runs `cairn bmc` from PATH (scripts/bench builds it), else the standalone example
+# (cargo build --release -p cairn-hardware --example bmc); BMC_CMD overrides both.
 set -euo pipefail
 N=${1:-${BMC_BENCH_N:-200}}
-CAIRN=${CAIRN:-$(command -v cairn || echo target/release/cairn)}
+if [ -n "${BMC_CMD:-}" ]; then :
+elif command -v cairn >/dev/null; then BMC_CMD="cairn bmc"
+else BMC_CMD="${CARGO_TARGET_DIR:-target}/release/examples/bmc"; fi
 PARALLEL=${BMC_BENCH_PARALLEL:-128}
 for tool in ipmi_sim ipmitool hyperfine python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool missing (run scripts/setup)" >&2; exit 2; }
 done
-[ -x "$CAIRN" ] || { echo "bench: $CAIRN not built (cargo build --release -p cairn-installer)" >&2; exit 2; }
+[ -x "${BMC_CMD%% *}" ] || command -v "${BMC_CMD%% *}" >/dev/null || { echo "bench: $BMC_CMD not built (cargo build --release -p cairn-hardware --example bmc)" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/cairn-bmc-bench.XXXXXX)
 pids=()
@@ -68,14 +72,14 @@ done
   done
 } > "$work/ipmitool-loop.sh"
 
-"$CAIRN" bmc status --inventory "$work/rack.yaml" --ipmi-cipher-suite 3 --parallel "$PARALLEL" --output json > "$work/check.json"
+$BMC_CMD status --inventory "$work/rack.yaml" --ipmi-cipher-suite 3 --parallel "$PARALLEL" --output json > "$work/check.json"
 ok=$(grep -c '"result": "off"' "$work/check.json" || true)
 echo "bench: cairn reached $ok of $N BMCs"
 [ "$ok" = "$N" ] || { echo "bench: not every BMC answered; see $work/check.json" >&2; exit 1; }
 
 hyperfine --warmup 1 --runs "${BMC_BENCH_RUNS:-5}" --export-markdown "$work/result.md" \
   -n "cairn bmc status ($N BMCs, --parallel $PARALLEL)" \
-  "$CAIRN --log-level error bmc status --inventory $work/rack.yaml --ipmi-cipher-suite 3 --parallel $PARALLEL --output json > /dev/null" \
+  "$BMC_CMD --log-level error status --inventory $work/rack.yaml --ipmi-cipher-suite 3 --parallel $PARALLEL --output json > /dev/null" \
   -n "ipmitool loop ($N BMCs)" \
   "bash $work/ipmitool-loop.sh > /dev/null"
 cat "$work/result.md"

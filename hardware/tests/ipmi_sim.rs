@@ -126,10 +126,18 @@ async fn sel_and_sdr_match_ipmitool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_suites_and_insecure_refusal() {
     let sim = IpmiSim::start();
-    let bad = bmc(&sim.url(), "wrong", SuiteChoice::Only(3), false).unwrap();
+    let bad = bmc(&sim.url(), "Tr0ub4dor", SuiteChoice::Only(3), false).unwrap();
     let e = bad.power_state().await.unwrap_err();
-    assert!(e.is_auth() && e.to_string().contains("\"admin\""), "{e}");
-    assert!(!e.to_string().contains("wrong"));
+    assert!(
+        e.is_auth()
+            && e.to_string().contains("\"admin\"")
+            && e.to_string().contains("wrong password"),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("Tr0ub4dor"),
+        "the password must not appear: {e}"
+    );
     // Remembered: the refused password is not sent again.
     assert!(bad.inventory().await.unwrap_err().is_auth());
 

@@ -196,7 +196,11 @@ impl Session {
         let kuid = crypto::user_key(credentials.password());
         if rakp.rakp2_code(&suite, &kuid) != r2[40..40 + code_len] {
             // The BMC proved knowledge of a different password: ours is wrong.
-            return Err(auth_error(0x0f));
+            return Err(BmcError::Auth {
+                user: credentials.username.clone(),
+                detail: "wrong password (the BMC's RAKP 2 key exchange code does not match it)"
+                    .into(),
+            });
         }
 
         // RAKP 3 / 4.

@@ -18,6 +18,8 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("report_queue");
 
+const CACHE_BYTES: usize = 4 << 20;
+
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "node.redb";
 
@@ -128,7 +130,13 @@ impl Store {
         let path = dir.join(STORE_FILE);
         // redb turns a few impossible states into debug assertions; a corrupt file on disk is
         // input, not a bug, so a panic while opening is reported as corruption too.
-        let opened = std::panic::catch_unwind(|| Database::create(&path));
+        // The store is small (identity, one document, a bounded queue): a 4 MiB page cache
+        // instead of redb's default keeps the daemon's memory footprint small.
+        let opened = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {

@@ -48,9 +48,6 @@ pub fn answer(cfg: &DhcpConfig, req: &v4::Message, proxy_port: bool) -> Option<v
     let opts = req.opts();
     let is_pxe = matches!(opts.get(OptionCode::ClassIdentifier),
         Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
-    if !is_pxe {
-        return None;
-    }
     let is_ipxe = matches!(opts.get(OptionCode::UserClass), Some(DhcpOption::UserClass(c)) if c.windows(4).any(|w| w == b"iPXE"))
         || opts.get(OptionCode::from(175)).is_some();
     let reply_type = match opts.msg_type()? {
@@ -71,6 +68,10 @@ pub fn answer(cfg: &DhcpConfig, req: &v4::Message, proxy_port: bool) -> Option<v
     } else {
         cfg.leases.get(&mac).copied()
     };
+    // Non-PXE clients (the install environment's udhcpc) only get a lease, when leasing.
+    if !is_pxe && lease.is_none() {
+        return None;
+    }
     let mut r = v4::Message::default();
     r.set_opcode(Opcode::BootReply)
         .set_xid(req.xid())
@@ -90,11 +91,15 @@ pub fn answer(cfg: &DhcpConfig, req: &v4::Message, proxy_port: bool) -> Option<v
             cfg.tftp_bootfile.1.clone()
         }
     };
-    r.set_fname_str(&bootfile);
+    if is_pxe {
+        r.set_fname_str(&bootfile);
+    }
     let o = r.opts_mut();
     o.insert(DhcpOption::MessageType(reply_type));
     o.insert(DhcpOption::ServerIdentifier(cfg.server_ip));
-    o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    if is_pxe {
+        o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    }
     if lease.is_some() {
         let mask = u32::MAX
             .checked_shl(32 - u32::from(cfg.prefix))

@@ -6,9 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${1:-512}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p cairn-installer --bin cairn --bin cairn-agent
-BIN=$CARGO_TARGET_DIR/release
+# CAIRN_BIN=DIR uses already built binaries (e.g. a debug build) instead of building.
+if [ -n "${CAIRN_BIN:-}" ]; then
+  BIN=$CAIRN_BIN
+else
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+  cargo build --release -q -p cairn-installer --bin cairn --bin cairn-agent
+  BIN=$CARGO_TARGET_DIR/release
+fi
 WORK=$(mktemp -d /var/tmp/cairn-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 

@@ -75,7 +75,14 @@ pub struct HttpSource {
 impl HttpSource {
     /// A source on the boot server at `base` (e.g. `http://192.168.77.1:8080`).
     pub fn new(base: &str, token: String) -> Result<Self, SourceError> {
+        // The install environment has no system CA store, and the boot server speaks plain
+        // HTTP (payloads are verified by digest): an empty root store, so nothing is trusted
+        // by accident and the client builds without system certificates.
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
         let client = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
             // Payloads are large and streamed: no overall timeout, only for connecting.
             .timeout(None)
             .connect_timeout(std::time::Duration::from_secs(10))

@@ -11,4 +11,6 @@ if [ ! -x "$NM_ROOT/bin/nmstatectl" ]; then
   cargo install --locked nmstatectl --root "$NM_ROOT" || echo "bench: nmstatectl did not build; comparing with ip -batch only" >&2
 fi
 [ -x "$NM_ROOT/bin/nmstatectl" ] && export NMSTATECTL="$NM_ROOT/bin/nmstatectl"
-cargo test --release -p cairn-netplan --test bench -- --ignored --nocapture
+cargo build --release -p cairn-netplan --bin cairn-net
+CAIRN_NET="${CARGO_TARGET_DIR:-$PWD/target}/release/cairn-net" \
+  cargo test -p cairn-netplan --test bench -- --ignored --nocapture

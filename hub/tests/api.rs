@@ -454,3 +454,214 @@ async fn scoped_operator_tokens_see_only_their_site() {
     let (s, body) = viewer.post("/v1/tokens", json!({"site": "north"})).await;
     assert_eq!((s, body["error"].as_str()), (403, Some("forbidden")));
 }
+
+#[tokio::test]
+async fn openapi_and_metrics_are_served() {
+    let hub = Hub::start(&[]);
+    let r = hub
+        .anonymous()
+        .get(format!("{}/v1/openapi.json", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let served: Value = r.json().await.unwrap();
+    let checked_in: Value = serde_json::from_str(include_str!("../openapi.json")).unwrap();
+    assert_eq!(served, checked_in);
+    assert!(
+        served["paths"]["/v1/heartbeats"]["post"]["security"][0]["applianceCertificate"].is_array()
+    );
+
+    let token = hub.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-m", "SER-M", &["52:54:00:00:05:01"]);
+    let reg = device.register(&hub, &token).await;
+    let (s, _) = post(
+        &device.client(&hub, &reg),
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let r = hub
+        .anonymous()
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "metrics need a viewer token");
+    let r = hub
+        .anonymous()
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for needle in [
+        r#"cairn_hub_http_requests_total{route="/v1/heartbeats",method="POST",status="200"} 1"#,
+        r#"cairn_hub_http_request_duration_seconds_count{route="/v1/registrations"} 1"#,
+        r#"cairn_hub_appliances{state="online"} 1"#,
+        r#"cairn_hub_registrations_total{result="ok"} 1"#,
+        r#"cairn_hub_store_operation_duration_seconds_count{op="txn",backend="embedded"}"#,
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+}
+
+/// The operator CLI (`cairn hub ...`) against a real hub.
+#[tokio::test]
+async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
+    use cairn_api::cli::Exit;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: cairn_hub::client::HubArgs,
+    }
+    let hub = Hub::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.json");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &hub.admin_token).unwrap();
+    let run = |args: Vec<String>| {
+        let mut full = vec![
+            "cairn-hub-test".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        full.extend(args);
+        Cli::parse_from(full).hub.run()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // A wrong fingerprint: refused before the token is sent, nothing saved.
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let err = run(s(&[
+        "login",
+        "--url",
+        &hub.url,
+        "--ca-fingerprint",
+        &wrong,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("not logging in"), "{err:#}");
+    assert!(!config.exists());
+    let exit = run(s(&[
+        "login",
+        "--url",
+        &hub.url,
+        "--ca-fingerprint",
+        &hub.fingerprint,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(exit, Exit::Success);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    assert_eq!(
+        run(s(&[
+            "token",
+            "create",
+            "--site",
+            "lab",
+            "--max-uses",
+            "2",
+            "--label",
+            "rack=r9"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    let (_, tokens) = hub.admin().get("/v1/tokens").await;
+    assert_eq!(tokens[0]["labels"]["rack"], "r9");
+    let id = tokens[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        run(s(&["--output", "json", "token", "list"]))
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["token", "revoke", &id])).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["token", "revoke", "ffffff"])).await.unwrap(),
+        Exit::Failed,
+        "unknown token: reported, exit 1"
+    );
+
+    let t = hub.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-c", "SER-C", &["52:54:00:00:06:01"]);
+    let reg = device.register(&hub, &t).await;
+    let app = reg.appliance_id.to_string();
+    assert_eq!(
+        run(s(&["appliances", "list"])).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["appliances", "label", &app, "role=edge", "rack-"]))
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    let (_, view) = hub.admin().get(&format!("/v1/appliances/{app}")).await;
+    assert_eq!(view["labels"], json!({"role": "edge"}));
+    assert_eq!(
+        run(s(&["vpcs", "create", "blue", "--subnet", "10.9.0.0/24"]))
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["vpcs", "attach", "blue", &app])).await.unwrap(),
+        Exit::Success
+    );
+    let (_, vpcs) = hub.admin().get("/v1/vpcs").await;
+    assert_eq!(vpcs[0]["members"], json!([app]));
+    assert_eq!(
+        run(s(&["vpcs", "detach", "blue", &app])).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["audit", "--since", "2000-01-01T00:00:00Z"]))
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert!(run(s(&["audit", "--since", "yesterday"])).await.is_err());
+    assert_eq!(
+        run(s(&["control-planes", "list"])).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["appliances", "delete", &app])).await.unwrap(),
+        Exit::Success
+    );
+    let (s404, _) = hub.admin().get(&format!("/v1/appliances/{app}")).await;
+    assert_eq!(s404, 404);
+    let (sc, body) = post(
+        &device.client(&hub, &reg),
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(
+        (sc, body["error"].as_str()),
+        (404, Some("appliance_unknown")),
+        "a deleted appliance's certificate stops working"
+    );
+}

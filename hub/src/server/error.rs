@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::FleetError;
 
 /// The JSON body of every error.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code.
     pub error: String,

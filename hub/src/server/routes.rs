@@ -6,14 +6,16 @@ use std::time::Instant;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
 };
+use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
@@ -109,43 +111,377 @@ impl<S: Send + Sync> FromRequestParts<S> for Appliance {
     }
 }
 
+/// Who may call a route; also what the OpenAPI document says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Anyone.
+    None,
+    /// Anyone, rate-limited per source address.
+    RateLimited,
+    /// An appliance's client certificate.
+    Mtls,
+    /// An operator bearer token with at least this role.
+    Bearer(Role),
+}
+
+/// One route: what serves it and what the API document says about it. The router and
+/// `/v1/openapi.json` are both built from [`routes`], so they cannot drift apart.
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path, axum syntax (`{id}`), which is also OpenAPI's.
+    pub path: &'static str,
+    /// Who may call it.
+    pub auth: Auth,
+    /// One line for people.
+    pub summary: &'static str,
+    /// Request body type, when there is one.
+    pub request: Option<&'static str>,
+    /// Success status and body type.
+    pub response: (u16, &'static str),
+    handler: MethodRouter<AppState>,
+}
+
+fn r(
+    method: Method,
+    path: &'static str,
+    auth: Auth,
+    summary: &'static str,
+    request: Option<&'static str>,
+    response: (u16, &'static str),
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        auth,
+        summary,
+        request,
+        response,
+        handler,
+    }
+}
+
+/// Every route of the hub.
+pub fn routes() -> Vec<Route> {
+    use Auth::{Bearer, Mtls, None as Open, RateLimited};
+    use Method as M;
+    use Role::{Admin, Operator as Op, Viewer};
+    vec![
+        r(
+            M::GET,
+            "/healthz",
+            Open,
+            "Liveness",
+            None,
+            (200, "text"),
+            get(|| async { "ok" }),
+        ),
+        r(
+            M::GET,
+            "/metrics",
+            Bearer(Viewer),
+            "Prometheus metrics",
+            None,
+            (200, "OpenMetrics text"),
+            get(metrics),
+        ),
+        r(
+            M::GET,
+            "/v1/openapi.json",
+            Open,
+            "This document",
+            None,
+            (200, "OpenAPI 3.1"),
+            get(openapi),
+        ),
+        r(
+            M::GET,
+            "/v1/ca",
+            Open,
+            "The hub CA and its fingerprint",
+            None,
+            (200, "CaInfo"),
+            get(ca),
+        ),
+        r(
+            M::POST,
+            "/v1/registrations/check",
+            RateLimited,
+            "Would this enrollment token be accepted? Does not use it",
+            Some("CheckRequest"),
+            (200, "TokenCheck"),
+            post(check_token),
+        ),
+        r(
+            M::POST,
+            "/v1/registrations",
+            RateLimited,
+            "Register an appliance: token + CSR + inventory -> certificate",
+            Some("cairn_api::RegistrationRequest"),
+            (201, "cairn_api::RegistrationResponse"),
+            post(register),
+        ),
+        r(
+            M::POST,
+            "/v1/renewals",
+            Mtls,
+            "Renew the client certificate",
+            Some("RenewalRequest"),
+            (200, "Renewal"),
+            post(renew),
+        ),
+        r(
+            M::POST,
+            "/v1/heartbeats",
+            Mtls,
+            "Status up, desired state down",
+            Some("cairn_api::Heartbeat"),
+            (200, "cairn_api::HeartbeatResponse"),
+            post(heartbeat),
+        ),
+        r(
+            M::GET,
+            "/v1/whoami",
+            Bearer(Viewer),
+            "The calling operator token",
+            None,
+            (200, "WhoAmI"),
+            get(whoami),
+        ),
+        r(
+            M::POST,
+            "/v1/tokens",
+            Bearer(Op),
+            "Create an enrollment token (shown once)",
+            Some("CreateEnrollmentToken"),
+            (201, "NewToken<EnrollmentToken>"),
+            post(create_token),
+        ),
+        r(
+            M::GET,
+            "/v1/tokens",
+            Bearer(Viewer),
+            "List enrollment tokens",
+            None,
+            (200, "[EnrollmentToken]"),
+            get(list_tokens),
+        ),
+        r(
+            M::DELETE,
+            "/v1/tokens/{id}",
+            Bearer(Op),
+            "Revoke an enrollment token",
+            None,
+            (200, "EnrollmentToken"),
+            delete(revoke_token),
+        ),
+        r(
+            M::POST,
+            "/v1/operator-tokens",
+            Bearer(Admin),
+            "Create an operator token (shown once)",
+            Some("CreateOperatorToken"),
+            (201, "NewToken<OperatorToken>"),
+            post(create_operator_token),
+        ),
+        r(
+            M::GET,
+            "/v1/operator-tokens",
+            Bearer(Admin),
+            "List operator tokens",
+            None,
+            (200, "[OperatorToken]"),
+            get(list_operator_tokens),
+        ),
+        r(
+            M::DELETE,
+            "/v1/operator-tokens/{id}",
+            Bearer(Admin),
+            "Delete an operator token",
+            None,
+            (204, "empty"),
+            delete(delete_operator_token),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances",
+            Bearer(Viewer),
+            "List appliances (?site=)",
+            None,
+            (200, "[ApplianceView]"),
+            get(list_appliances),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}",
+            Bearer(Viewer),
+            "One appliance with its status",
+            None,
+            (200, "ApplianceView"),
+            get(show_appliance),
+        ),
+        r(
+            M::DELETE,
+            "/v1/appliances/{id}",
+            Bearer(Op),
+            "Delete an appliance",
+            None,
+            (204, "empty"),
+            delete(delete_appliance),
+        ),
+        r(
+            M::PUT,
+            "/v1/appliances/{id}/labels",
+            Bearer(Op),
+            "Set or remove labels",
+            Some("LabelRequest"),
+            (200, "Appliance"),
+            put(label_appliance),
+        ),
+        r(
+            M::POST,
+            "/v1/control-planes",
+            Bearer(Admin),
+            "Register a control plane",
+            Some("AddControlPlane"),
+            (201, "ControlPlane"),
+            post(add_control_plane),
+        ),
+        r(
+            M::GET,
+            "/v1/control-planes",
+            Bearer(Viewer),
+            "List control planes",
+            None,
+            (200, "[ControlPlane]"),
+            get(list_control_planes),
+        ),
+        r(
+            M::POST,
+            "/v1/control-planes/{name}/assign",
+            Bearer(Op),
+            "Assign appliances by site/labels and join them",
+            Some("AssignRequest"),
+            (200, "AssignResult"),
+            post(assign_control_plane),
+        ),
+        r(
+            M::POST,
+            "/v1/vpcs",
+            Bearer(Op),
+            "Create a VPC (unique VNI)",
+            Some("CreateVpc"),
+            (201, "Vpc"),
+            post(create_vpc),
+        ),
+        r(
+            M::GET,
+            "/v1/vpcs",
+            Bearer(Viewer),
+            "List VPCs",
+            None,
+            (200, "[Vpc]"),
+            get(list_vpcs),
+        ),
+        r(
+            M::POST,
+            "/v1/vpcs/{name}/attach",
+            Bearer(Op),
+            "Attach an appliance",
+            Some("MembershipRequest"),
+            (200, "Vpc"),
+            post(attach),
+        ),
+        r(
+            M::POST,
+            "/v1/vpcs/{name}/detach",
+            Bearer(Op),
+            "Detach an appliance",
+            Some("MembershipRequest"),
+            (200, "Vpc"),
+            post(detach),
+        ),
+        r(
+            M::GET,
+            "/v1/audit",
+            Bearer(Viewer),
+            "Audit log (?since=RFC3339&limit=)",
+            None,
+            (200, "[AuditEntry]"),
+            get(audit),
+        ),
+        r(
+            M::GET,
+            "/v1/events",
+            Bearer(Viewer),
+            "Appliance events (?since=RFC3339&limit=)",
+            None,
+            (200, "[Event]"),
+            get(events),
+        ),
+    ]
+}
+
+/// The OpenAPI 3.1 document of [`routes`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for route in routes() {
+        let mut op = json!({
+            "summary": route.summary,
+            "responses": {
+                route.response.0.to_string(): {"description": route.response.1},
+                "4XX": {"description": "ErrorBody: {\"error\": code, \"message\": text}"},
+            },
+        });
+        match route.auth {
+            Auth::None => {}
+            Auth::RateLimited => op["x-rate-limited"] = json!(true),
+            Auth::Mtls => op["security"] = json!([{"applianceCertificate": []}]),
+            Auth::Bearer(role) => {
+                op["security"] = json!([{"operatorToken": []}]);
+                op["x-least-role"] = json!(role.to_string());
+            }
+        }
+        if let Some(body) = route.request {
+            op["requestBody"] = json!({"required": true, "description": body,
+                "content": {"application/json": {"schema": {"type": "object", "x-rust-type": body}}}});
+        }
+        let params: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        let item = paths.entry(route.path).or_insert_with(|| json!({}));
+        item[route.method.as_str().to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "cairn hub", "version": cairn_api::API_VERSION,
+            "description": "See hub/API.md for the rules behind each route."},
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "operatorToken": {"type": "http", "scheme": "bearer", "description": "cairn-op.<id>.<secret>"},
+            "applianceCertificate": {"type": "mutualTLS", "description": "client certificate issued by the hub CA, CN = appliance ID"},
+        }},
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
 /// Builds the router with every route, limits and the metrics middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/v1/ca", get(ca))
-        .route("/v1/registrations/check", post(check_token))
-        .route("/v1/registrations", post(register))
-        .route("/v1/renewals", post(renew))
-        .route("/v1/heartbeats", post(heartbeat))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route(
-            "/v1/operator-tokens",
-            post(create_operator_token).get(list_operator_tokens),
-        )
-        .route("/v1/operator-tokens/{id}", delete(delete_operator_token))
-        .route("/v1/appliances", get(list_appliances))
-        .route(
-            "/v1/appliances/{id}",
-            get(show_appliance).delete(delete_appliance),
-        )
-        .route("/v1/appliances/{id}/labels", put(label_appliance))
-        .route(
-            "/v1/control-planes",
-            post(add_control_plane).get(list_control_planes),
-        )
-        .route(
-            "/v1/control-planes/{name}/assign",
-            post(assign_control_plane),
-        )
-        .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
-        .route("/v1/vpcs/{name}/attach", post(attach))
-        .route("/v1/vpcs/{name}/detach", post(detach))
-        .route("/v1/audit", get(audit))
-        .route("/v1/events", get(events))
+    let mut router = Router::new();
+    for route in routes() {
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -646,4 +982,23 @@ async fn events(
     let Query(q) = query?;
     let (since, limit) = q.bounds();
     Ok(Json(state.fleet.events_since(&caller, since, limit).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in `hub/openapi.json` is what the code serves. On purpose change:
+    /// `CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-hub openapi` rewrites it.
+    #[test]
+    fn openapi_document_matches_the_checked_in_copy() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let generated = serde_json::to_string_pretty(&super::openapi_document()).unwrap() + "\n";
+        if std::env::var_os("CAIRN_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "hub/openapi.json is out of date with the routes; regenerate with CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-hub openapi"
+        );
+    }
 }

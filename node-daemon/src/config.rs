@@ -19,7 +19,7 @@ pub const MAIN_FILE: &str = "etc/cairn/node.yaml";
 pub const DROP_IN_DIR: &str = "etc/cairn/node.d";
 
 /// The on-disk schema. Every key is optional here so that a drop-in may set just one; what is
-/// required is checked after merging, in [`Settings::from_merged`].
+/// required is checked after merging, when the [`Settings`] are built.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {

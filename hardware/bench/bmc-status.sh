@@ -77,7 +77,7 @@ ok=$(grep -c '"result": "off"' "$work/check.json" || true)
 echo "bench: cairn reached $ok of $N BMCs"
 [ "$ok" = "$N" ] || { echo "bench: not every BMC answered; see $work/check.json" >&2; exit 1; }
 
-hyperfine --warmup 1 --runs "${BMC_BENCH_RUNS:-5}" --export-markdown "$work/result.md" \
+hyperfine --warmup "${BMC_BENCH_WARMUP:-1}" --runs "${BMC_BENCH_RUNS:-5}" --export-markdown "$work/result.md" \
   -n "cairn bmc status ($N BMCs, --parallel $PARALLEL)" \
   "$BMC_CMD --log-level error status --inventory $work/rack.yaml --ipmi-cipher-suite 3 --parallel $PARALLEL --output json > /dev/null" \
   -n "ipmitool loop ($N BMCs)" \

@@ -379,7 +379,7 @@ impl Machine<'_> {
             let result = match phase {
                 Phase::Inspecting => self.inspect(record).await,
                 Phase::ConfiguringFirmware => self.configure_firmware(record).await,
-                Phase::BootingInstaller => self.boot_installer().await,
+                Phase::BootingInstaller => self.boot_installer(attempt).await,
                 Phase::Installing => self.install(record, persist).await,
                 Phase::Rebooting => self.reboot_to_disk().await,
                 Phase::FirstBoot => self.first_boot().await,
@@ -464,8 +464,9 @@ impl Machine<'_> {
     }
 
     /// `booting-installer`: one-time boot to PXE or the inserted ISO, then power on (or
-    /// cycle, when it was on, so the override takes effect now).
-    pub async fn boot_installer(&self) -> Result<State, StepError> {
+    /// cycle, when it was on, so the override takes effect now). The install that follows
+    /// counts as part of this attempt.
+    pub async fn boot_installer(&self, attempt: u32) -> Result<State, StepError> {
         let device = match &self.plan.boot {
             BootMethod::Pxe => BootDevice::Pxe,
             BootMethod::VirtualMedia { iso_url } => {
@@ -499,7 +500,7 @@ impl Machine<'_> {
             .await
             .map_err(|e| StepError::bmc(&format!("power {action:?}"), e))?;
         Ok(State::Installing {
-            attempt: 1,
+            attempt,
             step: None,
             bytes_written: 0,
             bytes_total: None,

@@ -183,16 +183,20 @@ mod tests {
 
     #[test]
     fn table_shows_times_per_phase_and_the_error() {
-        let mut ok = Record::default();
-        ok.state = State::Provisioned {
-            appliance_id: "a".into(),
+        let mut ok = Record {
+            state: State::Provisioned {
+                appliance_id: "a".into(),
+            },
+            ..Record::default()
         };
         ok.seconds.insert(Phase::Installing, 30.0);
         ok.seconds.insert(Phase::FirstBoot, 12.5);
-        let mut bad = Record::default();
-        bad.state = State::Failed {
-            phase: Phase::Inspecting,
-            reason: "BMC reading power state: authentication failed".into(),
+        let bad = Record {
+            state: State::Failed {
+                phase: Phase::Inspecting,
+                reason: "BMC reading power state: authentication failed".into(),
+            },
+            ..Record::default()
         };
         let t = table(&[("srv1".into(), ok), ("srv2".into(), bad)]);
         let lines: Vec<&str> = t.lines().collect();

@@ -12,10 +12,12 @@ N=${HUB_BENCH_APPLIANCES:-5000}
 INTERVAL_MS=${HUB_BENCH_INTERVAL_MS:-1500}
 DURATION=${HUB_BENCH_DURATION_S:-30}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --locked -p cairn-hub --bin cairn-hub --example loadgen >&2
-HUB="$TARGET/release/cairn-hub"
-LOADGEN="$TARGET/release/examples/loadgen"
-ulimit -n 65536
+PROFILE=${HUB_BENCH_PROFILE:-release}   # `debug` only for a quick look; figures come from release
+if [ "$PROFILE" = release ]; then flags=(--release); else flags=(); fi
+cargo build "${flags[@]}" --locked -p cairn-hub --bin cairn-hub --example loadgen >&2
+HUB="$TARGET/$PROFILE/cairn-hub"
+LOADGEN="$TARGET/$PROFILE/examples/loadgen"
+ulimit -n "$(ulimit -Hn)"   # one connection per simulated appliance, on both ends
 
 work=$(mktemp -d)
 pids=()

@@ -118,7 +118,16 @@ async fn main() -> anyhow::Result<()> {
                 "inventory": {"serial": format!("BENCH-{i}"), "nics": [{"mac": format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255)}]},
                 "agent_version": "bench",
             });
-            let resp = anon.post(format!("{url}/v1/registrations")).json(&body).send().await?;
+            // Many registrations on one token contend on its use counter; the hub answers
+            // 503 "contended" and asks for a retry, as a real appliance would do.
+            let mut resp = anon.post(format!("{url}/v1/registrations")).json(&body).send().await?;
+            for attempt in 1..50u64 {
+                if resp.status() != 503 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(attempt * 7 + (i as u64 % 13))).await;
+                resp = anon.post(format!("{url}/v1/registrations")).json(&body).send().await?;
+            }
             if resp.status() != 201 {
                 bail!("registration {i}: {} {}", resp.status(), resp.text().await?);
             }

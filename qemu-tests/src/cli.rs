@@ -62,8 +62,13 @@ enum LabCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Start, provision every server, and show the fleet.
-    Demo,
+    /// Start, provision every server, and show the fleet (not built yet: needs the boot
+    /// server of issue 6; scripts/demo shows what runs today).
+    Demo {
+        /// Number of servers.
+        #[arg(long, default_value_t = 3)]
+        servers: usize,
+    },
     /// Used by ipmi_sim's chassis_control: forwards `get`/`set` to the lab supervisor.
     #[command(hide = true)]
     Chassis {
@@ -103,7 +108,10 @@ impl LabCli {
             LabCommand::Down(dir) => down(&dir.dir),
             LabCommand::Status { dir, output } => status(&dir.dir, output),
             LabCommand::Exec { dir, command } => exec(&dir.dir, &command),
-            LabCommand::Demo => Ok(cairn_api::cli::not_built("cairn-lab demo", "issue 8")),
+            LabCommand::Demo { .. } => Ok(cairn_api::cli::not_built(
+                "cairn-lab demo",
+                "issue 8; it needs `cairn boot-server` from issue 6",
+            )),
             LabCommand::Chassis { dir, server, args } => Ok(chassis(&dir.dir, &server, &args)),
         }
     }

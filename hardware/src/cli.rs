@@ -22,8 +22,8 @@ use crate::tls::{Trust, normalize_fingerprint};
 /// Which BMCs to reach and how: shared by `cairn bmc` and `cairn firmware`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// One BMC: redfish://[user@]host[:port][/redfish/v1/Systems/ID], redfish+http://...
-    /// (emulators) or ipmi://[user@]host[:port]. Needs --password-file.
+    /// One BMC: `redfish://[user@]host[:port][/redfish/v1/Systems/ID]`, `redfish+http://...`
+    /// (emulators) or `ipmi://[user@]host[:port]`. Needs --password-file.
     #[arg(long, global = true, conflicts_with = "inventory", value_name = "URL")]
     pub bmc: Option<String>,
     /// File holding the BMC password (or YAML `username:`/`password:`); never pass passwords

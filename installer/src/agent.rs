@@ -2,7 +2,7 @@
 //!
 //! Started by the initramfs (`image-build/dist/initrd-init.sh`): `--server URL --mac MAC`
 //! after a PXE boot (token in `CAIRN_INSTALL_TOKEN`), or `--source DIR` after booting the
-//! install ISO. See [`write`] for the order of writes that keeps a half-written disk
+//! install ISO. See [`write`](mod@write) for the order of writes that keeps a half-written disk
 //! unbootable.
 
 pub mod disks;

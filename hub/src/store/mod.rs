@@ -3,7 +3,7 @@
 //! The trait is a versioned key-value store with multi-key compare-and-set transactions, the
 //! common ground of etcd and an embedded B-tree: every hub feature (tokens, appliances, VPCs,
 //! audit) is written once on top of it in [`crate::fleet`], and both backends pass the same
-//! suite ([`suite`], run by each backend's tests).
+//! suite (the `suite` module, run by each backend's tests).
 //!
 //! - [`embedded::EmbeddedStore`] (default): one redb file. redb was chosen over fjall and sled
 //!   (measured in the project's CRATES.md): it is durable at every commit, ACID, and stable;

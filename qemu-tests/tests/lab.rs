@@ -2,98 +2,14 @@
 //! `ipmitool` and a network namespace. Needs root, qemu-system-x86, openipmi, ipmitool and
 //! iproute2 (scripts/setup); fails with that message when they are missing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{LAB, TestLab};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
-
-fn require_environment() {
-    for tool in ["qemu-system-x86_64", "ipmi_sim", "ipmitool", "ip"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(found, "{tool} is missing: run scripts/setup (as root)");
-    }
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-        .unwrap();
-    assert_eq!(
-        uid, "0",
-        "the lab tests need root (network namespaces, taps)"
-    );
-}
-
-/// A lab run by the test: `cairn-lab up` as our child, torn down on drop.
-struct TestLab {
-    dir: PathBuf,
-    up: Child,
-    _tmp: tempfile::TempDir,
-}
-
 impl TestLab {
-    fn up(servers: usize) -> TestLab {
-        require_environment();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("lab");
-        let up = Command::new(LAB)
-            .args([
-                "up",
-                "--servers",
-                &servers.to_string(),
-                "--memory-mb",
-                "256",
-                "--dir",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lab = TestLab { dir, up, _tmp: tmp };
-        let start = Instant::now();
-        while !lab.dir.join("lab.json").exists() {
-            if let Some(status) = lab.up.try_wait().unwrap() {
-                panic!("cairn-lab up exited with {status}: {}", lab.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "lab not up: {}",
-                lab.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lab
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._tmp.path().join("up.log")).unwrap_or_default()
-    }
-
-    fn lab(&self, args: &[&str]) -> Output {
-        Command::new(LAB)
-            .args(args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .output()
-            .unwrap()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.lab(&["status", "--output", "json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
     fn netns(&self) -> String {
         self.status()["netns"].as_str().unwrap().to_string()
     }
@@ -108,7 +24,7 @@ impl TestLab {
             .unwrap()
             .trim_matches('"')
             .to_string();
-        let pwfile = self._tmp.path().join(format!("{name}.pw"));
+        let pwfile = self.tmp.path().join(format!("{name}.pw"));
         std::fs::write(&pwfile, password_override.unwrap_or(&password)).unwrap();
         let index: u8 = name.trim_start_matches("srv").parse().unwrap();
         Command::new("ip")
@@ -133,27 +49,6 @@ impl TestLab {
             .args(args)
             .output()
             .unwrap()
-    }
-
-    fn server(&self, name: &str) -> serde_json::Value {
-        let status = self.status();
-        status["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["spec"]["name"] == name)
-            .unwrap()["state"]
-            .clone()
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if self.up.try_wait().ok().flatten().is_none() {
-            let _ = self.lab(&["down"]);
-            let _ = self.up.kill();
-        }
-        let _ = self.up.wait();
     }
 }
 

@@ -8,11 +8,12 @@
 //! failure isolation (scenario c's wrong password fails at once, clearly, while the other
 //! servers proceed), bounded install waiting, and the persisted state a re-run resumes from.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
+use common::{LAB, TestLab};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn cairn() -> PathBuf {
     let path = Path::new(LAB).with_file_name("cairn");
@@ -24,77 +25,7 @@ fn cairn() -> PathBuf {
     path
 }
 
-struct Lab {
-    dir: PathBuf,
-    up: Child,
-    tmp: tempfile::TempDir,
-}
-
-impl Lab {
-    fn up(servers: usize) -> Lab {
-        for tool in ["qemu-system-x86_64", "ipmi_sim", "ip"] {
-            let ok = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "{tool} is missing: run scripts/setup (as root)");
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("lab");
-        let up = Command::new(LAB)
-            .args([
-                "up",
-                "--servers",
-                &servers.to_string(),
-                "--memory-mb",
-                "256",
-                "--dir",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lab = Lab { dir, up, tmp };
-        let start = Instant::now();
-        while !lab.dir.join("lab.json").exists() {
-            if let Some(s) = lab.up.try_wait().unwrap() {
-                panic!(
-                    "cairn-lab up exited {s}: {}",
-                    std::fs::read_to_string(lab.tmp.path().join("up.log")).unwrap_or_default()
-                );
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "lab not up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lab
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = Command::new(LAB)
-            .args(["status", "--output", "json", "--dir"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn state(&self, name: &str) -> serde_json::Value {
-        self.status()["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["spec"]["name"] == name)
-            .unwrap()["state"]
-            .clone()
-    }
-
+impl TestLab {
     /// `cairn rack provision` inside the lab namespace, where the BMCs are.
     fn provision(&self, extra: &[&str]) -> Output {
         let t = self.tmp.path();
@@ -139,17 +70,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(LAB)
-            .args(["down", "--dir"])
-            .arg(&self.dir)
-            .output();
-        let _ = self.up.kill();
-        let _ = self.up.wait();
-    }
-}
-
 fn events(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -172,7 +92,7 @@ fn final_record<'a>(events: &'a [serde_json::Value], name: &str) -> &'a serde_js
 
 #[test]
 fn provision_drives_real_bmcs_and_a_wrong_password_fails_only_its_server() {
-    let lab = Lab::up(3);
+    let lab = TestLab::up(3);
     // Scenario c: srv3's credentials file holds a wrong password.
     std::fs::write(
         lab.dir.join("creds/srv3.yaml"),
@@ -200,7 +120,7 @@ fn provision_drives_real_bmcs_and_a_wrong_password_fails_only_its_server() {
         "a refused password is not retried"
     );
     assert_eq!(
-        lab.state("srv3")["power_on"],
+        lab.server("srv3")["power_on"],
         false,
         "srv3 was never touched"
     );
@@ -221,7 +141,7 @@ fn provision_drives_real_bmcs_and_a_wrong_password_fails_only_its_server() {
             ]),
             "{name}: {seen:?}"
         );
-        let state = lab.state(name);
+        let state = lab.server(name);
         assert_eq!(
             state["power_on"], true,
             "{name} powered on through ipmi_sim: {state}"
@@ -286,5 +206,5 @@ fn provision_drives_real_bmcs_and_a_wrong_password_fails_only_its_server() {
         seen.starts_with(&["configuring-firmware", "booting-installer", "installing"]),
         "resumed after inspecting: {seen:?}"
     );
-    assert_eq!(lab.state("srv3")["power_on"], true);
+    assert_eq!(lab.server("srv3")["power_on"], true);
 }

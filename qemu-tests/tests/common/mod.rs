@@ -1,0 +1,120 @@
+//! The lab fixture shared by the `cairn-lab` test binaries: `cairn-lab up` run as our child,
+//! with the environment checked first and the lab torn down on drop.
+
+// Each test binary compiles this module and uses a subset of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
+
+pub fn require_environment() {
+    for tool in ["qemu-system-x86_64", "ipmi_sim", "ipmitool", "ip"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is missing: run scripts/setup (as root)");
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        .unwrap();
+    assert_eq!(
+        uid, "0",
+        "the lab tests need root (network namespaces, taps)"
+    );
+}
+
+/// A lab run by the test: `cairn-lab up` as our child, torn down on drop.
+pub struct TestLab {
+    pub dir: PathBuf,
+    pub up: Child,
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestLab {
+    pub fn up(servers: usize) -> TestLab {
+        require_environment();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let up = Command::new(LAB)
+            .args([
+                "up",
+                "--servers",
+                &servers.to_string(),
+                "--memory-mb",
+                "256",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lab = TestLab { dir, up, tmp };
+        let start = Instant::now();
+        while !lab.dir.join("lab.json").exists() {
+            if let Some(status) = lab.up.try_wait().unwrap() {
+                panic!("cairn-lab up exited with {status}: {}", lab.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "lab not up: {}",
+                lab.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("up.log")).unwrap_or_default()
+    }
+
+    pub fn lab(&self, args: &[&str]) -> Output {
+        Command::new(LAB)
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.lab(&["status", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Server `name`'s lab state as `cairn-lab status` reports it.
+    pub fn server(&self, name: &str) -> serde_json::Value {
+        let status = self.status();
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["spec"]["name"] == name)
+            .unwrap()["state"]
+            .clone()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if self.up.try_wait().ok().flatten().is_none() {
+            let _ = self.lab(&["down"]);
+            let _ = self.up.kill();
+        }
+        let _ = self.up.wait();
+    }
+}

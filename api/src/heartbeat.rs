@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::OverlayDocument;
+use crate::{OverlayDocument, UpgradeOrder, UpgradeReport};
 
 /// `POST /v1/heartbeats` over mTLS: status up. The appliance is identified by its client
 /// certificate, not by a field in the body.
@@ -49,6 +49,9 @@ pub struct NodeStatus {
     /// The underlay address this appliance terminates VXLAN on, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_address: Option<String>,
+    /// The state of the last upgrade order, once the node has received one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeReport>,
     /// When the node took this snapshot.
     #[serde(with = "time::serde::rfc3339")]
     pub observed_at: OffsetDateTime,
@@ -90,9 +93,9 @@ pub struct DesiredState {
     /// How often the node should heartbeat, in seconds.
     #[serde(default = "default_heartbeat_interval")]
     pub heartbeat_interval_seconds: u32,
-    /// OS version the appliance should run, when an upgrade is wanted.
+    /// The OS upgrade the appliance should carry out, when a campaign includes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub os_version: Option<String>,
+    pub upgrade: Option<UpgradeOrder>,
     /// How to join a hosted control plane, when assigned to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinBundle>,

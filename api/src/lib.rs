@@ -2,9 +2,9 @@
 //!
 //! This crate owns the shape of every message that crosses a process boundary between cairn
 //! components: appliance identity, hardware inventory, registration, heartbeats (status up,
-//! desired state down, both with generation numbers), VPC overlay documents and install
-//! progress events. It must not do I/O, hold state or depend on any other cairn crate: the hub,
-//! the node daemon and the installer meet here and nowhere else.
+//! desired state down, both with generation numbers), VPC overlay documents, install progress
+//! events, and OS upgrade orders and reports. It must not do I/O, hold state or depend on any
+//! other cairn crate: the hub, the node daemon and the installer meet here and nowhere else.
 //!
 //! # Unknown fields
 //! Two rules, chosen by what an ignored field would cost:
@@ -13,7 +13,7 @@
 //!   receiver does not know, silently dropping it would change what was asked for; the sender
 //!   must hear that it was not understood.
 //! - **Reports and documents** ([`NodeStatus`], [`DesiredState`], [`HardwareInventory`],
-//!   [`OverlayDocument`], responses) tolerate unknown fields. Either end of a hub–node link can
+//!   [`OverlayDocument`], [`UpgradeOrder`], [`UpgradeReport`], responses) tolerate unknown fields. Either end of a hub–node link can
 //!   be the newer one during a rolling upgrade, and ignoring an extra report field is harmless.
 //!
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
@@ -25,6 +25,7 @@ mod install;
 mod inventory;
 mod overlay;
 mod registration;
+mod upgrade;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -37,6 +38,7 @@ pub use install::{InstallProgress, InstallStep};
 pub use inventory::{Cpu, Disk, HardwareInventory, Nic};
 pub use overlay::{OverlayDocument, VpcMembership};
 pub use registration::{RegistrationRequest, RegistrationResponse};
+pub use upgrade::{MaintenanceWindow, UpgradeOrder, UpgradePhase, UpgradeReport};
 
 /// The API version every path is served under (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -52,7 +52,21 @@ fn desired() -> DesiredState {
     DesiredState {
         generation: 7,
         heartbeat_interval_seconds: 30,
-        os_version: Some("2026.11.1".into()),
+        upgrade: Some(UpgradeOrder {
+            campaign: "nov-rollout".into(),
+            version: "2026.11.1".into(),
+            bundle_url: "https://hub.example.test/v1/releases/2026.11.1/bundle".into(),
+            sha256: "ab".repeat(32),
+            size_bytes: 40 << 20,
+            compatible_from: vec!["2026.10.3".into()],
+            allow_downgrade: false,
+            window: Some(MaintenanceWindow {
+                start: "22:00".into(),
+                end: "04:00".into(),
+            }),
+            prestage: true,
+            max_bytes_per_second: Some(10 << 20),
+        }),
         join: Some(JoinBundle {
             control_plane: "edge-east".into(),
             api_server_url: "https://cp.example.test:6443".into(),
@@ -108,6 +122,16 @@ fn every_wire_type_survives_a_json_round_trip() {
             }],
             counters: BTreeMap::from([("reports_dropped".into(), 3)]),
             vtep_address: Some("10.0.0.1".into()),
+            upgrade: Some(UpgradeReport {
+                campaign: "nov-rollout".into(),
+                version: "2026.11.1".into(),
+                phase: UpgradePhase::RolledBack,
+                reason: "health check kubelet failed".into(),
+                bytes_done: 0,
+                bytes_total: 0,
+                logs: vec!["kubelet.service: failed".into()],
+                at: datetime!(2026-11-22 10:00:00 UTC),
+            }),
             observed_at: datetime!(2026-11-22 10:00:00 UTC),
         },
     });
@@ -156,6 +180,16 @@ fn reports_and_documents_tolerate_fields_from_newer_senders() {
 fn install_steps_use_kebab_case_on_the_wire() {
     let json = serde_json::to_string(&InstallStep::BootloaderInstalled).unwrap();
     assert_eq!(json, r#""bootloader-installed""#);
+}
+
+#[test]
+fn upgrade_phases_use_kebab_case_and_know_which_end_an_upgrade() {
+    let json = serde_json::to_string(&UpgradePhase::RolledBack).unwrap();
+    assert_eq!(json, r#""rolled-back""#);
+    assert!(UpgradePhase::RolledBack.is_final());
+    assert!(UpgradePhase::Committed.is_final());
+    assert!(!UpgradePhase::Verifying.is_final());
+    assert!(!UpgradePhase::Staged.is_final());
 }
 
 #[test]

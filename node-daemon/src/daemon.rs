@@ -441,6 +441,7 @@ impl<N: Network> Daemon<N> {
             conditions,
             counters: self.store.counters().unwrap_or_default(),
             vtep_address: desired.and_then(|d| d.overlay.map(|o| o.local_vtep)),
+            upgrade: None,
             observed_at: time::OffsetDateTime::now_utc(),
         }
     }

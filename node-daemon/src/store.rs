@@ -428,6 +428,7 @@ mod tests {
                 conditions: vec![],
                 counters: Default::default(),
                 vtep_address: None,
+                upgrade: None,
                 observed_at: time::OffsetDateTime::UNIX_EPOCH,
             },
         }

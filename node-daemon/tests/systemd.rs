@@ -163,7 +163,7 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
             .set_desired(&DesiredState {
                 generation: 5,
                 heartbeat_interval_seconds: 30,
-                os_version: None,
+                upgrade: None,
                 join: Some(JoinBundle {
                     control_plane: "edge-east".into(),
                     api_server_url: "https://10.213.0.10:6443".into(),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::cli::{Exit, OutputFormat};
+use cairn_api::cli::{Exit, OutputFormat, Progress};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -149,15 +149,14 @@ impl ConnectArgs {
         }
     }
 
-    /// Runs `op` across the targets with a progress line per finished server.
+    /// Runs `op` across the targets, with a progress bar over the servers on a terminal.
     pub async fn run<T: Send + 'static>(
         &self,
         op: fleet::Operation<T>,
     ) -> Result<Vec<Outcome<T>>, InputError> {
         let targets = self.targets()?;
         let options = self.options()?;
-        let total = targets.len();
-        let done = std::sync::atomic::AtomicUsize::new(0);
+        let progress = Progress::items("BMCs", targets.len() as u64);
         Ok(fleet::run(
             targets,
             self.parallel,
@@ -165,8 +164,8 @@ impl ConnectArgs {
             options,
             op,
             |server, ok| {
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                tracing::debug!(server, ok, "{n}/{total} done");
+                progress.inc(1);
+                tracing::debug!(server, ok, "done");
             },
         )
         .await)

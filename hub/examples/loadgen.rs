@@ -4,9 +4,14 @@
 //! each heartbeat every T over its own mTLS connection (kept alive and reused), for D
 //! seconds. Prints one JSON object: registrations/min, heartbeats/s, p50/p99 latency, errors,
 //! and the CPU and RSS of the processes given by `--pid` (the hubs, etcd).
+//!
+//! The heartbeat phase speaks HTTP/1.1 by hand over tokio-rustls with request bytes built
+//! once per appliance: on a 2-core machine the load generator shares the CPU with the hub it
+//! measures, and a full HTTP client (reqwest: a pool, JSON encoding and a multi-threaded
+//! runtime per request) cost more than the hub itself. It understands exactly what the hub
+//! answers to a heartbeat (a status line, headers with `content-length`, a JSON body).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -37,6 +42,10 @@ struct Args {
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 16)]
     register_concurrency: usize,
+    /// Heartbeat threads, each a single-threaded runtime driving its share of the appliances.
+    /// One leaves the other core to the hub on a 2-core machine.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Processes whose CPU and RSS to report, `name=pid` (repeat).
     #[arg(long = "pid", value_name = "NAME=PID")]
     pids: Vec<String>,
@@ -83,25 +92,33 @@ async fn main() -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let anon = client(&ca, None)?;
-    let resp: Value = anon
-        .post(format!("{}/v1/tokens", args.url[0]))
-        .bearer_auth(&admin)
-        .json(&json!({"site": "bench", "ttl_seconds": 3600, "max_uses": args.appliances}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = resp["token"]
-        .as_str()
-        .context("no token in answer")?
-        .to_owned();
-
+    // One enrollment token per registration slot: every registration bumps its token's use
+    // counter, and one shared token would serialize them all on that record.
+    let mut tokens = Vec::new();
+    let per_token = args.appliances.div_ceil(args.register_concurrency.max(1));
+    for _ in 0..args.register_concurrency.max(1) {
+        let resp: Value = anon
+            .post(format!("{}/v1/tokens", args.url[0]))
+            .bearer_auth(&admin)
+            .json(&json!({"site": "bench", "ttl_seconds": 3600, "max_uses": per_token}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        tokens.push(
+            resp["token"]
+                .as_str()
+                .context("no token in answer")?
+                .to_owned(),
+        );
+    }
     // Registration phase.
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.register_concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.appliances {
-        let (sem, anon, token) = (sem.clone(), anon.clone(), token.clone());
+        let (sem, anon) = (sem.clone(), anon.clone());
+        let token = tokens[i % tokens.len()].clone();
         let url = args.url[i % args.url.len()].clone();
         tasks.spawn(async move {
             let _permit = sem.acquire().await?;
@@ -141,7 +158,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let reg_secs = started.elapsed().as_secs_f64();
 
-    // Heartbeat phase: one client (one kept-alive mTLS connection) per appliance.
+    // Heartbeat phase: every appliance its own kept-alive mTLS connection, all connected
+    // before the clock starts (the handshakes are registration-time cost, not steady state).
     let pids: Vec<(String, u32)> = args
         .pids
         .iter()
@@ -150,49 +168,43 @@ async fn main() -> anyhow::Result<()> {
                 .and_then(|(n, pid)| Some((n.to_owned(), pid.parse().ok()?)))
         })
         .collect();
-    let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| proc_sample(*p)).collect();
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
-    let interval = Duration::from_millis(args.interval_ms);
-    let mut hb = tokio::task::JoinSet::new();
+    let mut shards: Vec<Vec<(usize, String, String, String)>> =
+        vec![Vec::new(); args.threads.max(1)];
     for (n, (url, cert, key)) in identities.into_iter().enumerate() {
-        let http = client(&ca, Some((&cert, &key)))?;
-        let (ok, errors) = (ok.clone(), errors.clone());
-        // Spread the first beats over one interval so the load is even.
-        let offset = interval.mul_f64(n as f64 / args.appliances.max(1) as f64);
-        hb.spawn(async move {
-            let mut lat = Vec::new();
-            tokio::time::sleep(offset).await;
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            while Instant::now() < deadline {
-                tick.tick().await;
-                seq += 1;
-                let body = json!({"applied_generation": 1, "status": {"agent_version": "bench", "os_version": "bench",
-                    "uptime_seconds": seq, "counters": {"seq": seq}, "observed_at": "2026-01-01T00:00:00Z"}});
-                let t = Instant::now();
-                match http.post(format!("{url}/v1/heartbeats")).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            lat
-        });
+        shards[n % args.threads.max(1)].push((n, url, cert, key));
     }
+    let connected = Arc::new(std::sync::Barrier::new(shards.len() + 1));
+    let go = Arc::new(std::sync::Barrier::new(shards.len() + 1));
+    let mut threads = Vec::new();
+    for shard in shards {
+        let (ca, connected, go) = (ca.clone(), connected.clone(), go.clone());
+        let (interval, duration, total) = (
+            Duration::from_millis(args.interval_ms),
+            Duration::from_secs(args.duration_s),
+            args.appliances,
+        );
+        threads.push(std::thread::spawn(move || {
+            beat_shard(shard, &ca, total, interval, duration, &connected, &go)
+        }));
+    }
+    connected.wait();
+    let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| proc_sample(*p)).collect();
+    let self_before = proc_sample(std::process::id());
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let phase = Instant::now();
-    let mut latencies = Vec::new();
-    while let Some(r) = hb.join_next().await {
-        latencies.extend(r?);
+    go.wait();
+    let (mut latencies, mut ok, mut errors) = (Vec::new(), 0u64, 0u64);
+    for t in threads {
+        let (lat, e) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("heartbeat thread panicked"))??;
+        ok += lat.len() as u64;
+        errors += e;
+        latencies.extend(lat);
     }
     let secs = phase.elapsed().as_secs_f64();
+    let self_after = proc_sample(std::process::id());
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     latencies.sort_unstable();
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let procs: Vec<Value> = pids
@@ -210,13 +222,143 @@ async fn main() -> anyhow::Result<()> {
             "interval_ms": args.interval_ms,
             "hubs": args.url.len(),
             "registrations_per_min": (args.appliances as f64 / reg_secs * 60.0).round(),
-            "heartbeats_per_s": (ok.load(Ordering::Relaxed) as f64 / secs).round(),
+            "heartbeats_per_s": (ok as f64 / secs).round(),
             "target_heartbeats_per_s": (args.appliances as f64 * 1000.0 / args.interval_ms as f64).round(),
-            "errors": errors.load(Ordering::Relaxed),
+            "errors": errors,
             "p50_ms": percentile(&latencies, 0.50),
             "p99_ms": percentile(&latencies, 0.99),
             "processes": procs,
+            "loadgen_cpu_percent": ((self_after.0 - self_before.0) as f64 / ticks_per_s / secs * 100.0).round(),
+            "loadavg_before": load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            "loadavg_after": load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         })
     );
     Ok(())
+}
+
+type Identity = (usize, String, String, String);
+
+/// Runs one thread's appliances: connects them all, waits at `connected`, then at `go`,
+/// then heartbeats for `duration`. Returns the latencies (µs) and the error count.
+fn beat_shard(
+    shard: Vec<Identity>,
+    ca: &str,
+    total: usize,
+    interval: Duration,
+    duration: Duration,
+    connected: &std::sync::Barrier,
+    go: &std::sync::Barrier,
+) -> anyhow::Result<(Vec<u32>, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let conns = rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut set = tokio::task::JoinSet::new();
+        for (n, url, cert, key) in shard {
+            let config = Arc::new(cairn_hub::client::tls_config(ca, Some((&cert, &key)))?);
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire().await?;
+                let authority = url
+                    .strip_prefix("https://")
+                    .context("--url must be https://HOST:PORT")?
+                    .trim_end_matches('/')
+                    .to_owned();
+                let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+                let tcp = tokio::net::TcpStream::connect(&authority).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                let body = br#"{"applied_generation":1,"status":{"agent_version":"bench","os_version":"bench","uptime_seconds":1,"counters":{"seq":1},"observed_at":"2026-01-01T00:00:00Z"}}"#;
+                let mut request = format!(
+                    "POST /v1/heartbeats HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                request.extend_from_slice(body);
+                Ok::<_, anyhow::Error>((n, tls, request))
+            });
+        }
+        let mut conns = Vec::new();
+        while let Some(r) = set.join_next().await {
+            conns.push(r??);
+        }
+        Ok::<_, anyhow::Error>(conns)
+    });
+    // Reach the barriers even on failure, or the other threads wait forever.
+    connected.wait();
+    go.wait();
+    let conns = conns?;
+    rt.block_on(async {
+        let start = tokio::time::Instant::now();
+        let deadline = start + duration;
+        let mut set = tokio::task::JoinSet::new();
+        for (n, mut tls, request) in conns {
+            // Spread the first beats over one interval so the load is even.
+            let first = start + interval.mul_f64(n as f64 / total.max(1) as f64);
+            set.spawn(async move {
+                let mut lat = Vec::new();
+                let mut buf = Vec::with_capacity(2048);
+                let mut tick = tokio::time::interval_at(first, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if tokio::time::Instant::now() >= deadline {
+                        return (lat, 0u64);
+                    }
+                    let t = Instant::now();
+                    match exchange(&mut tls, &request, &mut buf).await {
+                        Ok(200) => {
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32)
+                        }
+                        // An error answer or a broken connection ends this appliance.
+                        Ok(_) | Err(_) => return (lat, 1),
+                    }
+                }
+            });
+        }
+        let (mut lat, mut errors) = (Vec::new(), 0);
+        while let Some(r) = set.join_next().await {
+            let (l, e) = r?;
+            lat.extend(l);
+            errors += e;
+        }
+        Ok((lat, errors))
+    })
+}
+
+/// Writes one request and reads one response; returns its status code.
+async fn exchange(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(request).await?;
+    tls.flush().await?;
+    buf.clear();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?;
+            let status: u16 = head.split(' ').nth(1).context("no status line")?.parse()?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .context("no content-length")?;
+            while buf.len() < end + 4 + length {
+                if tls.read_buf(buf).await? == 0 {
+                    bail!("connection closed in the body");
+                }
+            }
+            return Ok(status);
+        }
+        if tls.read_buf(buf).await? == 0 {
+            bail!("connection closed");
+        }
+    }
 }

@@ -82,6 +82,10 @@ struct InitArgs {
     /// The given CA's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// Trust this Ed25519 public key (PEM, from `cairn image keygen`) for release bundles
+    /// (repeat). Copied into DIR/release-keys/, which `serve` reads.
+    #[arg(long = "trusted-release-key", value_name = "FILE")]
+    trusted_release_keys: Vec<PathBuf>,
     /// Write the first admin token to this file (mode 0600) instead of printing it.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
@@ -112,7 +116,50 @@ struct ServeArgs {
     /// How often the offline detector runs, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     offline_check_every: u64,
+    /// Also trust this Ed25519 public key (PEM) for release bundles (repeat); the keys in
+    /// DIR/release-keys/*.pem are always trusted. A release signed by no trusted key is
+    /// refused.
+    #[arg(long = "trusted-release-key", value_name = "FILE")]
+    trusted_release_keys: Vec<PathBuf>,
+    /// How often the campaign driver looks at heartbeat reports and orders the next
+    /// appliances, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    campaign_check_every_ms: u64,
 }
+
+/// The release keys of the data directory plus the ones given.
+fn release_keys(
+    dir: &std::path::Path,
+    extra: &[PathBuf],
+) -> anyhow::Result<cairn_image_build::keys::TrustStore> {
+    use cairn_image_build::keys::PublicKey;
+    let mut paths: Vec<PathBuf> = extra.to_vec();
+    let keys_dir = dir.join(RELEASE_KEYS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&keys_dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "pem") {
+                paths.push(e.path());
+            }
+        }
+    }
+    paths.sort();
+    let mut keys = Vec::new();
+    for p in &paths {
+        let key = PublicKey::read(p)
+            .with_context(|| format!("reading the release key {}", p.display()))?;
+        tracing::info!(key = %key.fingerprint(), path = %p.display(), "trusting release key");
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            "no trusted release keys: every release will be refused (see --trusted-release-key)"
+        );
+    }
+    Ok(cairn_image_build::keys::TrustStore::new(keys))
+}
+
+/// Trusted release keys inside the data directory.
+const RELEASE_KEYS_DIR: &str = "release-keys";
 
 impl StoreArgs {
     async fn open(&self, holder: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -172,10 +219,27 @@ async fn init(args: InitArgs) -> anyhow::Result<Exit> {
     } else {
         args.names.clone()
     };
+    // Check the release keys before creating anything.
+    let mut release_key_files = Vec::new();
+    for p in &args.trusted_release_keys {
+        let key = cairn_image_build::keys::PublicKey::read(p)
+            .with_context(|| format!("reading the release key {}", p.display()))?;
+        release_key_files.push(key);
+    }
     let given = args.ca_cert.as_deref().zip(args.ca_key.as_deref());
     let ca = pki::init(dir, &names, given)
         .with_context(|| format!("creating the CA in {}", dir.display()))?;
     let fingerprint = ca.fingerprint();
+    if !release_key_files.is_empty() {
+        let keys_dir = dir.join(RELEASE_KEYS_DIR);
+        std::fs::create_dir_all(&keys_dir)
+            .with_context(|| format!("creating {}", keys_dir.display()))?;
+        for key in &release_key_files {
+            let path = keys_dir.join(format!("{}.pem", key.fingerprint()));
+            key.write(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     let store = args.store.open("cairn-hub init").await?;
     let fleet = Fleet::new(store, Arc::new(ca), FleetSettings::default());
     let token = fleet
@@ -236,6 +300,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         heartbeat_interval_seconds: args.heartbeat_interval.max(1),
         offline_after_missed: args.offline_after.max(1),
         hub_name,
+        releases_dir: Some(dir.join("releases")),
+        release_keys: release_keys(dir, &args.trusted_release_keys)?,
     };
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {
@@ -251,8 +317,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     println!("listening on https://{local}");
     tracing::info!(listen = %local, store = store.backend(), fingerprint = %fleet.ca().fingerprint(), "cairn-hub serving");
     let detector = tokio::spawn(server::offline_detector(
-        fleet,
+        fleet.clone(),
         Duration::from_secs(args.offline_check_every.max(1)),
+    ));
+    let driver = tokio::spawn(server::campaign_driver(
+        fleet,
+        Duration::from_millis(args.campaign_check_every_ms.max(50)),
     ));
     let shutdown = async {
         let mut term =
@@ -267,6 +337,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         .await
         .context("serving")?;
     detector.abort();
+    driver.abort();
     Ok(Exit::Success)
 }
 

@@ -108,6 +108,12 @@ enum HubClientCommand {
     /// VPC overlays.
     #[command(subcommand)]
     Vpcs(VpcCommand),
+    /// Signed OS releases the hub can roll out.
+    #[command(subcommand)]
+    Releases(ReleaseCommand),
+    /// Upgrade campaigns: canaries, batches, automatic pause on failures.
+    #[command(subcommand)]
+    Campaigns(CampaignCommand),
     /// The audit log: who did what, when, from where.
     Audit {
         /// Entries at or after this RFC 3339 time (default: the last 24 hours).
@@ -168,6 +174,120 @@ enum ApplianceCommand {
         /// Appliance ID.
         id: String,
     },
+    /// Allow campaigns to order a version this appliance rolled back from (or refused, or
+    /// was interrupted installing) again.
+    Unquarantine {
+        /// Appliance ID.
+        id: String,
+        /// The quarantined version.
+        version: String,
+    },
+    /// Clear the flag set when the appliance came back on a version nobody ordered.
+    ClearFlag {
+        /// Appliance ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Add a release from a signed bundle (`cairn image sign`). The hub verifies the
+    /// Ed25519 signature inside the bundle against its trusted release keys
+    /// (`cairn-hub init/serve --trusted-release-key`) and every payload byte against the
+    /// signed manifest, and refuses the release otherwise. It then serves the bundle to
+    /// appliances itself.
+    Add {
+        /// A local bundle file (uploaded) or an `https://` URL the hub downloads once.
+        #[arg(long, value_name = "FILE|URL")]
+        bundle: String,
+        /// SHA-256 of the bundle file (`sha256sum`), checked by the hub.
+        #[arg(long, value_name = "HEX")]
+        sha256: String,
+    },
+    /// List releases: version, size, compatible-from, signing key.
+    List,
+    /// Show one release.
+    Show {
+        /// Version.
+        version: String,
+    },
+    /// Delete a release (refused while a campaign that is not over uses it).
+    Delete {
+        /// Version.
+        version: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Create a campaign (not started): picks the appliances now, lays out canaries and
+    /// batches. Quarantined and flagged appliances are listed as skipped.
+    ///
+    /// Example: `cairn hub campaigns create nov --release 2026.11.2 --selector site=dc1,role=edge
+    /// --canaries 1 --batch-size 10 --max-failures 1 --window 22:00-04:00 --prestage`
+    Create {
+        /// Campaign name (a-z, 0-9, '-'); default: `rollout-<version>-<time>`.
+        name: Option<String>,
+        /// Release version to roll out.
+        #[arg(long)]
+        release: String,
+        /// `site=X,key=value,...`: the site and labels appliances must have (default: every
+        /// appliance in your scope).
+        #[arg(long, value_name = "SELECTOR", default_value = "")]
+        selector: String,
+        /// Appliances upgraded first, alone; nothing else starts until they finished.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        canaries: u32,
+        /// Fixed batches of N: the next starts when the current one finished.
+        #[arg(long, value_name = "N", conflicts_with = "max_concurrency")]
+        batch_size: Option<u32>,
+        /// A rolling window: at most N appliances upgrading at any time.
+        #[arg(long, value_name = "N")]
+        max_concurrency: Option<u32>,
+        /// Pause the campaign when more than N appliances failed.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_failures: u32,
+        /// Install only between these times each day, in each appliance's local time.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        window: Option<String>,
+        /// Let appliances download and verify the bundle ahead of the window.
+        #[arg(long)]
+        prestage: bool,
+        /// Allow installing a version older than the one running.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Count an appliance as failed when it has not finished this long after its order
+        /// (default: an offline appliance keeps its order pending until it returns).
+        #[arg(long, value_name = "SECONDS")]
+        deadline_seconds: Option<u64>,
+    },
+    /// Start ordering: canaries first.
+    Start {
+        /// Campaign name.
+        name: String,
+    },
+    /// Order no new appliance; those upgrading finish.
+    Pause {
+        /// Campaign name.
+        name: String,
+    },
+    /// Continue a paused campaign.
+    Resume {
+        /// Campaign name.
+        name: String,
+    },
+    /// Stop for good: withdraw orders nodes have not acted on.
+    Abort {
+        /// Campaign name.
+        name: String,
+    },
+    /// Progress per batch and per appliance.
+    Show {
+        /// Campaign name.
+        name: String,
+    },
+    /// List campaigns.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,6 +516,10 @@ impl Session {
             .send()
             .await
             .with_context(|| format!("calling {}{path}", self.url))?;
+        Self::answer(resp).await
+    }
+
+    async fn answer(resp: reqwest::Response) -> anyhow::Result<Result<Value, String>> {
         let status = resp.status();
         let text = resp.text().await.context("reading the hub's answer")?;
         let value: Value = if text.is_empty() {
@@ -412,6 +536,115 @@ impl Session {
                 .unwrap_or_else(|| value.to_string());
             Ok(Err(format!("hub answered {status}: {message}")))
         }
+    }
+}
+
+/// `cairn hub campaigns show` as text: the campaign, its batches, its appliances.
+fn show_campaign(v: &Value) {
+    println!(
+        "campaign {}: release {}, {}{}",
+        s(&v["name"]),
+        s(&v["release"]),
+        s(&v["state"]),
+        v["state_reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "failures {} (max {}), window {}, prestage {}",
+        s(&v["failures"]),
+        s(&v["max_failures"]),
+        v["window"]
+            .as_object()
+            .map(|w| format!("{}-{}", s(&w["start"]), s(&w["end"])))
+            .unwrap_or_else(|| "any time".into()),
+        s(&v["prestage"])
+    );
+    println!();
+    table(
+        &["batch", "kind", "progress"],
+        rows(&v["batches"], &["/index", "/kind", "/counts"]),
+    );
+    println!();
+    table(
+        &["appliance", "batch", "state", "phase", "from", "reason"],
+        rows(
+            &v["members"],
+            &[
+                "/appliance",
+                "/batch",
+                "/state",
+                "/phase",
+                "/from_version",
+                "/reason",
+            ],
+        ),
+    );
+}
+
+/// Parses `site=X,key=value,...`: `site` picks the site, every other key a label.
+pub fn parse_selector(s: &str) -> Result<(Option<String>, BTreeMap<String, String>), String> {
+    let (mut site, mut labels) = (None, BTreeMap::new());
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("selector part {part:?}: expected key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || v.is_empty() {
+            return Err(format!("selector part {part:?}: empty key or value"));
+        }
+        if k == "site" {
+            site = Some(v.to_owned());
+        } else {
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    Ok((site, labels))
+}
+
+/// Parses a daily maintenance window `HH:MM-HH:MM` (may span midnight).
+pub fn parse_window(s: &str) -> Result<cairn_api::MaintenanceWindow, String> {
+    let (start, end) = s
+        .split_once('-')
+        .ok_or_else(|| format!("window {s:?}: expected HH:MM-HH:MM"))?;
+    for t in [start, end] {
+        let ok = t.len() == 5
+            && t.as_bytes()[2] == b':'
+            && t[..2]
+                .bytes()
+                .chain(t[3..].bytes())
+                .all(|b| b.is_ascii_digit())
+            && t[..2].parse::<u8>().is_ok_and(|h| h < 24)
+            && t[3..].parse::<u8>().is_ok_and(|m| m < 60);
+        if !ok {
+            return Err(format!(
+                "window {s:?}: {t:?} is not a time HH:MM (00:00 to 23:59)"
+            ));
+        }
+    }
+    Ok(cairn_api::MaintenanceWindow {
+        start: start.into(),
+        end: end.into(),
+    })
+}
+
+impl Session {
+    /// Uploads a file as the request body, streamed.
+    async fn upload(&self, path_q: &str, file: &Path) -> anyhow::Result<Result<Value, String>> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let resp = self
+            .http
+            .post(format!("{}{path_q}", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::from(f))
+            .send()
+            .await
+            .with_context(|| format!("uploading {} to {}", file.display(), self.url))?;
+        Self::answer(resp).await
     }
 }
 
@@ -551,6 +784,10 @@ impl HubArgs {
                             "state",
                             "last seen",
                             "generation",
+                            "os",
+                            "slot",
+                            "last upgrade",
+                            "flag",
                             "labels",
                         ],
                         rows(
@@ -562,6 +799,10 @@ impl HubArgs {
                                 "/state",
                                 "/status/last_seen",
                                 "/desired/generation",
+                                "/status/status/os_version",
+                                "/status/status/booted_slot",
+                                "/status/status/upgrade/phase",
+                                "/upgrade_flag",
                                 "/labels",
                             ],
                         ),
@@ -682,6 +923,186 @@ impl HubArgs {
                     .await?,
                 |v| println!("{} members: {}", s(&v["name"]), s(&v["members"])),
             ),
+            HubClientCommand::Appliances(ApplianceCommand::Unquarantine { id, version }) => (
+                session
+                    .call(
+                        M::DELETE,
+                        &format!("/v1/appliances/{id}/quarantine/{version}"),
+                        None,
+                    )
+                    .await?,
+                |v| println!("{} quarantined: {}", s(&v["id"]), s(&v["quarantined"])),
+            ),
+            HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => (
+                session
+                    .call(
+                        M::DELETE,
+                        &format!("/v1/appliances/{id}/upgrade-flag"),
+                        None,
+                    )
+                    .await?,
+                |v| println!("{} flag cleared", s(&v["id"])),
+            ),
+            HubClientCommand::Releases(ReleaseCommand::Add { bundle, sha256 }) => {
+                let result = if bundle.starts_with("https://") || bundle.starts_with("http://") {
+                    session
+                        .call(
+                            M::POST,
+                            "/v1/releases",
+                            Some(json!({"url": bundle, "sha256": sha256})),
+                        )
+                        .await?
+                } else {
+                    session
+                        .upload(
+                            &format!("/v1/releases/upload?sha256={sha256}"),
+                            Path::new(&bundle),
+                        )
+                        .await?
+                };
+                (result, |v| {
+                    println!(
+                        "release {} added ({} bytes, signed by key {})",
+                        s(&v["version"]),
+                        s(&v["size_bytes"]),
+                        s(&v["signing_key"])
+                    )
+                })
+            }
+            HubClientCommand::Releases(ReleaseCommand::List) => {
+                (session.call(M::GET, "/v1/releases", None).await?, |v| {
+                    table(
+                        &[
+                            "version",
+                            "size",
+                            "compatible from",
+                            "signing key",
+                            "arch",
+                            "added",
+                        ],
+                        rows(
+                            v,
+                            &[
+                                "/version",
+                                "/size_bytes",
+                                "/compatible_from",
+                                "/signing_key",
+                                "/architecture",
+                                "/added_at",
+                            ],
+                        ),
+                    )
+                })
+            }
+            HubClientCommand::Releases(ReleaseCommand::Show { version }) => (
+                session
+                    .call(M::GET, &format!("/v1/releases/{version}"), None)
+                    .await?,
+                |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            ),
+            HubClientCommand::Releases(ReleaseCommand::Delete { version }) => (
+                session
+                    .call(M::DELETE, &format!("/v1/releases/{version}"), None)
+                    .await?,
+                |_| println!("deleted"),
+            ),
+            HubClientCommand::Campaigns(CampaignCommand::Create {
+                name,
+                release,
+                selector,
+                canaries,
+                batch_size,
+                max_concurrency,
+                max_failures,
+                window,
+                prestage,
+                allow_downgrade,
+                deadline_seconds,
+            }) => {
+                let (site, labels) = parse_selector(&selector).map_err(anyhow::Error::msg)?;
+                let window = window
+                    .map(|w| parse_window(&w))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let name = name.unwrap_or_else(|| {
+                    let version: String = release
+                        .to_ascii_lowercase()
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                        .collect();
+                    let at = time::OffsetDateTime::now_utc();
+                    format!(
+                        "rollout-{version}-{:04}{:02}{:02}{:02}{:02}{:02}",
+                        at.year(),
+                        u8::from(at.month()),
+                        at.day(),
+                        at.hour(),
+                        at.minute(),
+                        at.second()
+                    )
+                });
+                let body = json!({
+                    "name": name, "release": release,
+                    "selector": {"site": site, "labels": labels},
+                    "canaries": canaries, "batch_size": batch_size,
+                    "max_concurrency": max_concurrency, "max_failures": max_failures,
+                    "window": window, "prestage": prestage, "allow_downgrade": allow_downgrade,
+                    "deadline_seconds": deadline_seconds,
+                });
+                (
+                    session.call(M::POST, "/v1/campaigns", Some(body)).await?,
+                    show_campaign,
+                )
+            }
+            HubClientCommand::Campaigns(
+                action @ (CampaignCommand::Start { .. }
+                | CampaignCommand::Pause { .. }
+                | CampaignCommand::Resume { .. }
+                | CampaignCommand::Abort { .. }),
+            ) => {
+                let (verb, name) = match action {
+                    CampaignCommand::Start { name } => ("start", name),
+                    CampaignCommand::Pause { name } => ("pause", name),
+                    CampaignCommand::Resume { name } => ("resume", name),
+                    CampaignCommand::Abort { name } => ("abort", name),
+                    _ => unreachable!("matched above"),
+                };
+                (
+                    session
+                        .call(M::POST, &format!("/v1/campaigns/{name}/{verb}"), None)
+                        .await?,
+                    show_campaign,
+                )
+            }
+            HubClientCommand::Campaigns(CampaignCommand::Show { name }) => (
+                session
+                    .call(M::GET, &format!("/v1/campaigns/{name}"), None)
+                    .await?,
+                show_campaign,
+            ),
+            HubClientCommand::Campaigns(CampaignCommand::List) => {
+                (session.call(M::GET, "/v1/campaigns", None).await?, |v| {
+                    table(
+                        &["name", "release", "state", "members", "failures", "reason"],
+                        v.as_array()
+                            .map(|cs| {
+                                cs.iter()
+                                    .map(|c| {
+                                        vec![
+                                            s(&c["name"]),
+                                            s(&c["release"]),
+                                            s(&c["state"]),
+                                            c["members"].as_array().map_or(0, Vec::len).to_string(),
+                                            s(&c["failures"]),
+                                            s(&c["state_reason"]),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+            }
             HubClientCommand::Audit { since } => {
                 let path = match since {
                     Some(t) => {

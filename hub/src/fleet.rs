@@ -23,6 +23,9 @@ use crate::model::{
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
 
+mod upgrade;
+pub use upgrade::{BatchProgress, CampaignView, CreateCampaign};
+
 /// Everything that can go wrong in a hub operation, each mapped to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -66,6 +69,10 @@ pub enum FleetError {
         /// What failed.
         message: String,
     },
+    /// A release bundle was refused: bad signature, unknown key, damaged payload, wrong
+    /// SHA-256 (400, `bundle_refused`).
+    #[error("bundle refused: {0}")]
+    BundleRefused(String),
     /// Too much contention on one record (503); the client should retry.
     #[error("too many concurrent changes to {0}; retry")]
     Contended(String),
@@ -110,6 +117,10 @@ pub struct FleetSettings {
     pub offline_after_missed: u32,
     /// Name of this hub process in events (host:pid).
     pub hub_name: String,
+    /// Where release bundles are kept (`<data>/releases`); `None`: releases cannot be added.
+    pub releases_dir: Option<std::path::PathBuf>,
+    /// The keys release bundles must be signed with.
+    pub release_keys: cairn_image_build::keys::TrustStore,
 }
 
 impl Default for FleetSettings {
@@ -119,6 +130,8 @@ impl Default for FleetSettings {
             heartbeat_interval_seconds: 30,
             offline_after_missed: 3,
             hub_name: format!("hub-{}", std::process::id()),
+            releases_dir: None,
+            release_keys: Default::default(),
         }
     }
 }
@@ -864,6 +877,8 @@ impl Fleet {
                             heartbeat_interval_seconds: self.settings.heartbeat_interval_seconds,
                             ..Default::default()
                         },
+                        quarantined: BTreeMap::new(),
+                        upgrade_flag: None,
                     },
                     "appliance.register",
                 ),
@@ -942,6 +957,11 @@ impl Fleet {
             return Err(FleetError::CertificateSuperseded);
         }
         Ok((version, appliance))
+    }
+
+    /// The appliance a verified client certificate belongs to, if it is still current.
+    pub async fn appliance_for_cert(&self, cert: &PeerCert) -> Result<Appliance, FleetError> {
+        Ok(self.appliance_for(Some(cert)).await?.1)
     }
 
     /// `POST /v1/renewals`: a new certificate for the same identity, over mTLS.

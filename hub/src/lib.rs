@@ -30,6 +30,8 @@ pub mod pki;
 #[cfg(feature = "server")]
 pub mod ratelimit;
 #[cfg(feature = "server")]
+pub mod releases;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub registrations: Family<Labels, Counter>,
     /// Store operation latency by operation.
     pub store_seconds: HistogramFamily,
+    /// Campaigns by state (set at scrape time).
+    pub campaigns: Family<Labels, Gauge>,
+    /// Members of running and paused campaigns by state (set at scrape time).
+    pub campaign_members: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -43,6 +47,14 @@ impl Default for Metrics {
         let appliances = Family::<Labels, Gauge>::default();
         let registrations = Family::<Labels, Counter>::default();
         let store_seconds = HistogramFamily::new_with_constructor(latency_histogram);
+        let campaigns = Family::<Labels, Gauge>::default();
+        let campaign_members = Family::<Labels, Gauge>::default();
+        registry.register("campaigns", "Upgrade campaigns by state", campaigns.clone());
+        registry.register(
+            "campaign_members",
+            "Appliances of running and paused campaigns by state",
+            campaign_members.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -71,6 +83,8 @@ impl Default for Metrics {
             appliances,
             registrations,
             store_seconds,
+            campaigns,
+            campaign_members,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_api::{ApplianceId, DesiredState, HardwareInventory, JoinBundle, NodeStatus};
+use cairn_api::{
+    ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus,
+    UpgradePhase,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -30,6 +33,11 @@ pub mod keys {
     pub const VNIS: &str = "vnis/";
     /// `control-planes/<name>` -> [`super::ControlPlane`].
     pub const CONTROL_PLANES: &str = "control-planes/";
+    /// `releases/<version>` -> [`super::Release`]; the bundle file itself lives in the
+    /// hub's data directory, never in the store.
+    pub const RELEASES: &str = "releases/";
+    /// `campaigns/<name>` -> [`super::Campaign`].
+    pub const CAMPAIGNS: &str = "campaigns/";
 }
 
 /// An operator's role; each includes the ones before it.
@@ -141,6 +149,14 @@ pub struct Appliance {
     pub join: Option<JoinBundle>,
     /// Desired state, with its generation.
     pub desired: DesiredState,
+    /// Versions this appliance must never be ordered to again automatically, with why
+    /// (it rolled back, was interrupted or refused the bundle). An operator clears them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<String, String>,
+    /// Set when the appliance came back on a version nobody ordered: campaigns leave it
+    /// alone until an operator looks and clears the flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_flag: Option<String>,
 }
 
 /// What the latest heartbeat said; written on every heartbeat.
@@ -226,4 +242,214 @@ pub struct ControlPlane {
     pub site: Option<String>,
     /// Appliances with all these labels are assigned (when non-empty).
     pub labels: BTreeMap<String, String>,
+}
+
+/// A signed OS release the hub can roll out. The bundle (format of `cairn-image-build`) was
+/// verified against the hub's trusted release keys when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Version the bundle installs (from its signed manifest).
+    pub version: String,
+    /// CPU architecture.
+    pub architecture: String,
+    /// Versions it may be installed over; empty means any.
+    pub compatible_from: Vec<String>,
+    /// Size of the bundle file, bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the bundle file, hex.
+    pub sha256: String,
+    /// Fingerprint of the trusted key that signed it.
+    pub signing_key: String,
+    /// Build time from the manifest.
+    pub build_time: String,
+    /// Where the hub fetched it from, when added by URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    /// When it was added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub added_at: OffsetDateTime,
+    /// Who added it.
+    pub added_by: String,
+}
+
+/// Which appliances a campaign covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    /// Only this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Only appliances carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// Whether the appliance is covered.
+    pub fn matches(&self, a: &Appliance) -> bool {
+        self.site.as_ref().is_none_or(|s| s == &a.site)
+            && self.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+    }
+}
+
+/// Where a campaign is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CampaignState {
+    /// Made, not started: members listed, nothing ordered.
+    Created,
+    /// Ordering batch after batch.
+    Running,
+    /// Orders no new appliance (by an operator, or by itself on too many failures); those
+    /// already ordered carry on and are recorded.
+    Paused,
+    /// Every member finished.
+    Completed,
+    /// Stopped for good; orders not yet acted on were withdrawn.
+    Aborted,
+}
+
+impl CampaignState {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// Where one appliance is within a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberState {
+    /// Its batch has not started.
+    Pending,
+    /// Its desired state carries the order; `phase` says what the node last reported.
+    Ordered,
+    /// The node reported `committed` on the release version.
+    Committed,
+    /// It failed (rolled back, interrupted, refused, failed, deadline, unexpected version).
+    Failed,
+    /// Never ordered: quarantined, flagged, already on the version, or the campaign was
+    /// aborted first.
+    Skipped,
+}
+
+impl MemberState {
+    /// Whether nothing more will happen to this member.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Committed | Self::Failed | Self::Skipped)
+    }
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ordered => "ordered",
+            Self::Committed => "committed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// One appliance of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignMember {
+    /// The appliance.
+    pub appliance: ApplianceId,
+    /// Batch index; batch 0 holds the canaries when there are any.
+    pub batch: u32,
+    /// Where it is.
+    pub state: MemberState,
+    /// The node's last reported phase for this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<UpgradePhase>,
+    /// Why it failed or was skipped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The OS version it ran when ordered: coming back on it after a failure is expected,
+    /// on anything else but the release is not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_version: String,
+    /// When it was ordered.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ordered_at: Option<OffsetDateTime>,
+    /// When it finished.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// How a campaign paces itself after the canaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "n")]
+pub enum Pacing {
+    /// Fixed batches of N: the next starts when every member of the current one finished.
+    BatchSize(u32),
+    /// A rolling window: at most N appliances in progress at any time.
+    MaxConcurrency(u32),
+}
+
+/// A rollout of one release to the appliances a selector picked when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    /// Unique name.
+    pub name: String,
+    /// The release version.
+    pub release: String,
+    /// Which appliances (evaluated at creation).
+    pub selector: Selector,
+    /// Canaries: batch 0, which must finish before anything else starts.
+    pub canaries: u32,
+    /// Batches or rolling window.
+    pub pacing: Pacing,
+    /// The campaign pauses itself when more members than this failed.
+    pub max_failures: u32,
+    /// Maintenance window handed to nodes (applied in their local time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<MaintenanceWindow>,
+    /// Let nodes download and verify ahead of the window.
+    pub prestage: bool,
+    /// Let nodes install an older version than they run.
+    pub allow_downgrade: bool,
+    /// A member with no final report this long after its order counts as failed; `None`:
+    /// an appliance that stays offline keeps its order pending forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<u64>,
+    /// Where it is.
+    pub state: CampaignState,
+    /// Why it is paused or aborted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state_reason: String,
+    /// The appliances, in batch order.
+    pub members: Vec<CampaignMember>,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Who made it.
+    pub created_by: String,
+    /// The site its members are in, when they all share one (scoped tokens see only
+    /// campaigns of their site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+impl Campaign {
+    /// Members that failed.
+    pub fn failures(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.state == MemberState::Failed)
+            .count()
+    }
 }

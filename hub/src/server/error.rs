@@ -69,6 +69,7 @@ impl From<FleetError> for ApiError {
             F::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
             F::Conflict(_) => (StatusCode::CONFLICT, "conflict".into()),
             F::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid".into()),
+            F::BundleRefused(_) => (StatusCode::BAD_REQUEST, "bundle_refused".into()),
             F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, "control_plane_failed".into()),
             F::Contended(_) => (StatusCode::SERVICE_UNAVAILABLE, "contended".into()),
         };

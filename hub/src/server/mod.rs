@@ -124,3 +124,21 @@ pub async fn offline_detector(fleet: Arc<Fleet>, every: Duration) {
         }
     }
 }
+
+/// Runs the upgrade campaign driver every `every` while this process leads.
+pub async fn campaign_driver(fleet: Arc<Fleet>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match fleet.store().lead().await {
+            Ok(true) => {
+                if let Err(e) = fleet.drive_campaigns().await {
+                    tracing::warn!(error = %e, "campaign driver pass failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leadership check failed"),
+        }
+    }
+}

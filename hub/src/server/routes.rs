@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use tower::ServiceExt;
+
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
 };
@@ -21,9 +23,12 @@ use time::OffsetDateTime;
 use super::error::ApiError;
 use super::{AppState, ConnInfo, MAX_BODY};
 use crate::fleet::{
-    ApplianceView, AssignResult, Caller, CreateEnrollmentToken, NewToken, Renewal, TokenCheck,
+    ApplianceView, AssignResult, Caller, CampaignView, CreateCampaign, CreateEnrollmentToken,
+    NewToken, Renewal, TokenCheck,
 };
-use crate::model::{AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Role, Vpc};
+use crate::model::{
+    AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Role, Vpc,
+};
 use crate::pki::PeerCert;
 
 /// JSON body whose rejections answer in the API's error shape.
@@ -122,6 +127,8 @@ pub enum Auth {
     Mtls,
     /// An operator bearer token with at least this role.
     Bearer(Role),
+    /// An appliance's client certificate, or an operator bearer token with this role.
+    MtlsOrBearer(Role),
 }
 
 /// One route: what serves it and what the API document says about it. The router and
@@ -164,7 +171,7 @@ fn r(
 
 /// Every route of the hub.
 pub fn routes() -> Vec<Route> {
-    use Auth::{Bearer, Mtls, None as Open, RateLimited};
+    use Auth::{Bearer, Mtls, MtlsOrBearer, None as Open, RateLimited};
     use Method as M;
     use Role::{Admin, Operator as Op, Viewer};
     vec![
@@ -403,6 +410,114 @@ pub fn routes() -> Vec<Route> {
             post(detach),
         ),
         r(
+            M::POST,
+            "/v1/releases",
+            Bearer(Admin),
+            "Add a release the hub fetches from a URL (verified against the trusted release keys)",
+            Some("AddReleaseFromUrl"),
+            (201, "Release"),
+            post(add_release_from_url),
+        ),
+        r(
+            M::POST,
+            "/v1/releases/upload",
+            Bearer(Admin),
+            "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
+            Some("bundle"),
+            (201, "Release"),
+            post(upload_release).layer(DefaultBodyLimit::disable()),
+        ),
+        r(
+            M::GET,
+            "/v1/releases",
+            Bearer(Viewer),
+            "List releases",
+            None,
+            (200, "[Release]"),
+            get(list_releases),
+        ),
+        r(
+            M::GET,
+            "/v1/releases/{version}",
+            Bearer(Viewer),
+            "One release",
+            None,
+            (200, "Release"),
+            get(show_release),
+        ),
+        r(
+            M::DELETE,
+            "/v1/releases/{version}",
+            Bearer(Admin),
+            "Delete a release (refused while a campaign uses it)",
+            None,
+            (204, "empty"),
+            delete(delete_release),
+        ),
+        r(
+            M::GET,
+            "/v1/releases/{version}/bundle",
+            MtlsOrBearer(Viewer),
+            "Download the bundle (HTTP Range supported, for resumable downloads)",
+            None,
+            (200, "application/octet-stream (206 for a range)"),
+            get(release_bundle),
+        ),
+        r(
+            M::POST,
+            "/v1/campaigns",
+            Bearer(Op),
+            "Create an upgrade campaign (selector evaluated now; not started)",
+            Some("CreateCampaign"),
+            (201, "CampaignView"),
+            post(create_campaign),
+        ),
+        r(
+            M::GET,
+            "/v1/campaigns",
+            Bearer(Viewer),
+            "List campaigns with progress",
+            None,
+            (200, "[CampaignView]"),
+            get(list_campaigns),
+        ),
+        r(
+            M::GET,
+            "/v1/campaigns/{name}",
+            Bearer(Viewer),
+            "One campaign: progress per batch and per appliance",
+            None,
+            (200, "CampaignView"),
+            get(show_campaign),
+        ),
+        r(
+            M::POST,
+            "/v1/campaigns/{name}/{action}",
+            Bearer(Op),
+            "start | pause | resume | abort",
+            None,
+            (200, "CampaignView"),
+            post(campaign_action),
+        ),
+        r(
+            M::DELETE,
+            "/v1/appliances/{id}/quarantine/{version}",
+            Bearer(Op),
+            "Clear a quarantined version so campaigns may order it again",
+            None,
+            (200, "Appliance"),
+            delete(clear_quarantine),
+        ),
+        r(
+            M::DELETE,
+            "/v1/appliances/{id}/upgrade-flag",
+            Bearer(Op),
+            "Clear the unexpected-version flag",
+            None,
+            (200, "Appliance"),
+            delete(clear_upgrade_flag),
+        ),
+        r(
             M::GET,
             "/v1/audit",
             Bearer(Viewer),
@@ -442,10 +557,19 @@ pub fn openapi_document() -> Value {
                 op["security"] = json!([{"operatorToken": []}]);
                 op["x-least-role"] = json!(role.to_string());
             }
+            Auth::MtlsOrBearer(role) => {
+                op["security"] = json!([{"applianceCertificate": []}, {"operatorToken": []}]);
+                op["x-least-role"] = json!(role.to_string());
+            }
         }
         if let Some(body) = route.request {
-            op["requestBody"] = json!({"required": true, "description": body,
-                "content": {"application/json": {"schema": {"type": "object", "x-rust-type": body}}}});
+            op["requestBody"] = if body == "bundle" {
+                json!({"required": true, "description": "the signed update bundle file",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})
+            } else {
+                json!({"required": true, "description": body,
+                    "content": {"application/json": {"schema": {"type": "object", "x-rust-type": body}}}})
+            };
         }
         let params: Vec<Value> = route
             .path
@@ -529,6 +653,17 @@ async fn metrics(
     Operator(caller): Operator,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
+    if let Ok((campaigns, members)) = state.fleet.campaign_counts().await {
+        for (family, counts) in [
+            (&state.metrics.campaigns, campaigns),
+            (&state.metrics.campaign_members, members),
+        ] {
+            family.clear();
+            for (s, n) in counts {
+                family.get_or_create(&vec![("state", s)]).set(n as i64);
+            }
+        }
+    }
     if let Ok(counts) = state.fleet.count_by_state().await {
         for (s, n) in counts {
             state
@@ -982,6 +1117,212 @@ async fn events(
     let Query(q) = query?;
     let (since, limit) = q.bounds();
     Ok(Json(state.fleet.events_since(&caller, since, limit).await?))
+}
+
+// ---- releases and campaigns -----------------------------------------------------------
+
+/// `POST /v1/releases` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddReleaseFromUrl {
+    /// `https://...` (or `http://`: the signature, not the transport, is the trust anchor)
+    /// the hub downloads the bundle from once.
+    pub url: String,
+    /// SHA-256 of the bundle file, hex.
+    pub sha256: String,
+}
+
+/// `POST /v1/releases/upload` query.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// SHA-256 of the bundle file, hex.
+    pub sha256: String,
+}
+
+/// Largest bundle accepted (a root image of a few GiB, compressed).
+const MAX_BUNDLE: u64 = 32 << 30;
+
+async fn add_release_from_url(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<AddReleaseFromUrl>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    caller.require(Role::Admin)?;
+    let incoming = state.fleet.incoming_bundle_path()?;
+    if let Err(e) = crate::releases::fetch(&req.url, &incoming, MAX_BUNDLE).await {
+        let _ = std::fs::remove_file(&incoming);
+        let message = format!("fetching {}: {e}", req.url);
+        state
+            .fleet
+            .audit(
+                &caller,
+                "release.add",
+                &req.url,
+                &format!("refused: {message}"),
+                None,
+            )
+            .await?;
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "fetch_failed",
+            message,
+        ));
+    }
+    let release = state
+        .fleet
+        .add_release(&caller, incoming, &req.sha256, Some(req.url))
+        .await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+async fn upload_release(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    caller.require(Role::Admin)?;
+    let Query(q) = query?;
+    let incoming = state.fleet.incoming_bundle_path()?;
+    if let Err(e) = crate::releases::receive(body, &incoming, MAX_BUNDLE).await {
+        let _ = std::fs::remove_file(&incoming);
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "upload_failed",
+            format!("receiving the bundle: {e}"),
+        ));
+    }
+    let release = state
+        .fleet
+        .add_release(&caller, incoming, &q.sha256, None)
+        .await?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+async fn list_releases(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<Release>>, ApiError> {
+    Ok(Json(state.fleet.list_releases(&caller).await?))
+}
+
+async fn show_release(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(version): Path<String>,
+) -> Result<Json<Release>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.fleet.release(&version).await?))
+}
+
+async fn delete_release(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(version): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.fleet.delete_release(&caller, &version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Appliances (by client certificate) and viewers download bundles; ranges are served by
+/// tower-http's `ServeFile`, so an interrupted download resumes where it stopped.
+async fn release_bundle(
+    State(state): State<AppState>,
+    Path(version): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    match Appliance::from_request_parts(&mut parts, &state).await {
+        Ok(appliance) => {
+            // Only a current certificate of a registered appliance.
+            state.fleet.appliance_for_cert(&appliance.cert).await?;
+        }
+        Err(_) if parts.headers.contains_key(header::AUTHORIZATION) => {
+            let Operator(caller) = Operator::from_request_parts(&mut parts, &state).await?;
+            caller.require(Role::Viewer)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let (_, path) = state.fleet.release_bundle(&version).await?;
+    let req = Request::from_parts(parts, body);
+    let response = tower_http::services::ServeFile::new_with_mime(
+        path,
+        &"application/octet-stream"
+            .parse()
+            .expect("a valid mime type"),
+    )
+    .oneshot(req)
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bundle_read_failed",
+            format!("reading the bundle: {e}"),
+        )
+    })?;
+    Ok(response.map(axum::body::Body::new))
+}
+
+async fn create_campaign(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiJson(req): ApiJson<CreateCampaign>,
+) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.fleet.create_campaign(&caller, req).await?),
+    ))
+}
+
+async fn list_campaigns(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Result<Json<Vec<CampaignView>>, ApiError> {
+    Ok(Json(state.fleet.list_campaigns(&caller).await?))
+}
+
+async fn show_campaign(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(name): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
+    Ok(Json(state.fleet.show_campaign(&caller, &name).await?))
+}
+
+async fn campaign_action(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<CampaignView>, ApiError> {
+    Ok(Json(
+        state.fleet.campaign_action(&caller, &name, &action).await?,
+    ))
+}
+
+async fn clear_quarantine(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Json<crate::model::Appliance>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .clear_upgrade_protection(&caller, &id, Some(&version))
+            .await?,
+    ))
+}
+
+async fn clear_upgrade_flag(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<crate::model::Appliance>, ApiError> {
+    Ok(Json(
+        state
+            .fleet
+            .clear_upgrade_protection(&caller, &id, None)
+            .await?,
+    ))
 }
 
 #[cfg(test)]

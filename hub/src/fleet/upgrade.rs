@@ -1,0 +1,1167 @@
+//! Releases and upgrade campaigns (issue 9, hub side).
+//!
+//! A release is a signed update bundle (the `cairn-image-build` format, verified here with
+//! that crate against the hub's trusted release keys) kept in the hub's data directory and
+//! served to appliances with HTTP Range. A campaign orders the appliances a selector picked
+//! onto a release, canaries first, then batch after batch (or a rolling window), through the
+//! `upgrade` field of their desired state; the nodes' heartbeat reports move it forward.
+//!
+//! The campaign driver ([`Fleet::drive_campaigns`]) is a singleton job: it runs in the hub
+//! that holds the store's lease, so two hubs on one etcd never order twice. Every change it
+//! makes is a compare-and-set on the campaign or appliance record, so an operator's pause or
+//! a label change racing it simply makes it retry on its next pass.
+//!
+//! Fleet protection: a version an appliance rolled back from (or was interrupted writing,
+//! or refused) is quarantined for that appliance and never ordered again automatically; an
+//! appliance found on a version neither its order nor its previous version is flagged and
+//! left alone. Both need an operator to clear them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cairn_api::{ApplianceId, MaintenanceWindow, UpgradeOrder, UpgradePhase};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Caller, Fleet, FleetError, MAX_RETRIES, encode, now, validate_name};
+use crate::model::{
+    Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Role,
+    Selector, Status, keys,
+};
+use crate::store::{Check, Op};
+
+/// Actor name of the campaign driver in the audit log and events.
+const DRIVER: &str = "hub:campaign-driver";
+
+/// `POST /v1/campaigns` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCampaign {
+    /// Unique name (1-63 of a-z, 0-9, '-').
+    pub name: String,
+    /// Release version to roll out.
+    pub release: String,
+    /// Which appliances.
+    #[serde(default)]
+    pub selector: Selector,
+    /// Canaries first (batch 0).
+    #[serde(default)]
+    pub canaries: u32,
+    /// Fixed batches of this size (default 1 when neither is given).
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// Or a rolling window of at most this many in progress.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Pause when more than this many members failed (default 0).
+    #[serde(default)]
+    pub max_failures: u32,
+    /// Daily window `HH:MM`-`HH:MM` in the appliance's local time.
+    #[serde(default)]
+    pub window: Option<MaintenanceWindow>,
+    /// Download and verify ahead of the window.
+    #[serde(default)]
+    pub prestage: bool,
+    /// Allow installing an older version.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Fail a member with no final report this many seconds after its order (default: never).
+    #[serde(default)]
+    pub deadline_seconds: Option<u64>,
+}
+
+/// One batch of a campaign, for `show`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchProgress {
+    /// Index (0 is the canaries when there are any).
+    pub index: u32,
+    /// `canary`, `batch` or `rolling`.
+    pub kind: String,
+    /// Members by state.
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// A campaign with its per-batch progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignView {
+    /// The record, members included.
+    #[serde(flatten)]
+    pub campaign: Campaign,
+    /// Progress per batch.
+    pub batches: Vec<BatchProgress>,
+    /// Failed members.
+    pub failures: usize,
+}
+
+impl CampaignView {
+    fn new(campaign: Campaign) -> Self {
+        let mut batches: Vec<BatchProgress> = Vec::new();
+        for m in &campaign.members {
+            if batches.last().is_none_or(|b| b.index != m.batch) {
+                let kind = if m.batch == 0 && campaign.canaries > 0 {
+                    "canary"
+                } else if matches!(campaign.pacing, Pacing::MaxConcurrency(_)) {
+                    "rolling"
+                } else {
+                    "batch"
+                };
+                batches.push(BatchProgress {
+                    index: m.batch,
+                    kind: kind.into(),
+                    counts: BTreeMap::new(),
+                });
+            }
+            if let Some(b) = batches.last_mut() {
+                *b.counts.entry(m.state.as_str().into()).or_default() += 1;
+            }
+        }
+        let failures = campaign.failures();
+        Self {
+            campaign,
+            batches,
+            failures,
+        }
+    }
+}
+
+/// Lays out members: the first `canaries` in batch 0, the rest by pacing.
+fn batches(ids: Vec<ApplianceId>, canaries: u32, pacing: Pacing) -> Vec<CampaignMember> {
+    let canaries = canaries as usize;
+    let first = u32::from(canaries > 0);
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, appliance)| {
+            let batch = if i < canaries {
+                0
+            } else {
+                match pacing {
+                    Pacing::BatchSize(n) => first + ((i - canaries) / n.max(1) as usize) as u32,
+                    Pacing::MaxConcurrency(_) => first,
+                }
+            };
+            CampaignMember {
+                appliance,
+                batch,
+                state: MemberState::Pending,
+                phase: None,
+                reason: String::new(),
+                from_version: String::new(),
+                ordered_at: None,
+                finished_at: None,
+            }
+        })
+        .collect()
+}
+
+/// What the driver should do with one ordered member, given the appliance's latest report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Still going (maybe with a newer phase).
+    Progress(Option<UpgradePhase>),
+    /// Committed on the release.
+    Committed,
+    /// Failed; quarantine the version when `quarantine`.
+    Failed { reason: String, quarantine: bool },
+    /// Running a version nobody ordered: flag the appliance.
+    Unexpected(String),
+}
+
+/// Judges an ordered member from the appliance's status (pure, unit-tested).
+fn judge(campaign: &Campaign, member: &CampaignMember, status: Option<&Status>) -> Verdict {
+    let Some(status) = status else {
+        return Verdict::Progress(member.phase);
+    };
+    // Reports from before the order say nothing about it.
+    if member
+        .ordered_at
+        .is_some_and(|t| status.status.observed_at < t && status.last_seen < t)
+    {
+        return Verdict::Progress(member.phase);
+    }
+    let running = status.status.os_version.as_str();
+    let ours = status
+        .status
+        .upgrade
+        .as_ref()
+        .filter(|r| r.version == campaign.release && r.campaign == campaign.name);
+    // Unknown (no heartbeat before the order): the first version seen is taken as the
+    // previous one by the driver, never judged.
+    let unexpected = |running: &str| {
+        !running.is_empty()
+            && !member.from_version.is_empty()
+            && running != campaign.release
+            && running != member.from_version
+    };
+    match ours {
+        Some(r) if r.phase == UpgradePhase::Committed => {
+            if running == campaign.release || running.is_empty() {
+                Verdict::Committed
+            } else {
+                Verdict::Unexpected(format!(
+                    "reported committed {} but runs {running}",
+                    campaign.release
+                ))
+            }
+        }
+        Some(r) if r.phase.is_final() => {
+            if unexpected(running) {
+                return Verdict::Unexpected(format!(
+                    "reported {} of {} but runs {running} (was {})",
+                    phase_name(r.phase),
+                    campaign.release,
+                    member.from_version
+                ));
+            }
+            let reason = if r.reason.is_empty() {
+                phase_name(r.phase).to_owned()
+            } else {
+                format!("{}: {}", phase_name(r.phase), r.reason)
+            };
+            Verdict::Failed {
+                reason,
+                quarantine: matches!(
+                    r.phase,
+                    UpgradePhase::RolledBack | UpgradePhase::Interrupted | UpgradePhase::Refused
+                ),
+            }
+        }
+        Some(r) => {
+            if unexpected(running) {
+                Verdict::Unexpected(format!(
+                    "runs {running} while upgrading from {} to {}",
+                    member.from_version, campaign.release
+                ))
+            } else {
+                Verdict::Progress(Some(r.phase))
+            }
+        }
+        None if unexpected(running) => Verdict::Unexpected(format!(
+            "runs {running}; was ordered from {} to {}",
+            member.from_version, campaign.release
+        )),
+        None if running == campaign.release && !running.is_empty() => Verdict::Committed,
+        None => Verdict::Progress(member.phase),
+    }
+}
+
+fn phase_name(p: UpgradePhase) -> &'static str {
+    match p {
+        UpgradePhase::Waiting => "waiting",
+        UpgradePhase::Downloading => "downloading",
+        UpgradePhase::Staged => "staged",
+        UpgradePhase::Writing => "writing",
+        UpgradePhase::Rebooting => "rebooting",
+        UpgradePhase::Verifying => "verifying",
+        UpgradePhase::Committed => "committed",
+        UpgradePhase::RolledBack => "rolled-back",
+        UpgradePhase::Interrupted => "interrupted",
+        UpgradePhase::Refused => "refused",
+        UpgradePhase::Failed => "failed",
+    }
+}
+
+/// Which pending members to order now (indices), given the campaign (pure, unit-tested).
+fn to_order(c: &Campaign) -> Vec<usize> {
+    let unfinished = |batch: u32| {
+        c.members
+            .iter()
+            .any(|m| m.batch == batch && !m.state.is_final())
+    };
+    // The lowest batch with an unfinished member is the active one; canaries (batch 0)
+    // gate everything after them.
+    let Some(active) = c
+        .members
+        .iter()
+        .filter(|m| !m.state.is_final())
+        .map(|m| m.batch)
+        .min()
+    else {
+        return Vec::new();
+    };
+    if c.canaries > 0 && active > 0 && unfinished(0) {
+        return Vec::new();
+    }
+    let pending = c
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.batch == active && m.state == MemberState::Pending)
+        .map(|(i, _)| i);
+    match c.pacing {
+        Pacing::MaxConcurrency(n) if !(active == 0 && c.canaries > 0) => {
+            let in_flight = c
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Ordered)
+                .count();
+            pending
+                .take((n.max(1) as usize).saturating_sub(in_flight))
+                .collect()
+        }
+        _ => pending.collect(),
+    }
+}
+
+fn bundle_path(dir: &Path, version: &str) -> PathBuf {
+    dir.join(format!("{version}.bundle"))
+}
+
+/// Release versions become file names and URL segments: keep them plain.
+fn validate_version(v: &str) -> Result<(), FleetError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FleetError::Invalid(format!(
+            "release version {v:?}: 1-64 characters of a-z, A-Z, 0-9 and . - _ +, not starting with ."
+        )))
+    }
+}
+
+impl Fleet {
+    // ---- releases ------------------------------------------------------------------
+
+    /// The directory bundles live in.
+    fn releases_dir(&self) -> Result<&Path, FleetError> {
+        self.settings.releases_dir.as_deref().ok_or_else(|| {
+            FleetError::Invalid("this hub has no releases directory configured".into())
+        })
+    }
+
+    /// A fresh temporary path in the releases directory for an incoming bundle (same file
+    /// system, so adding it is a rename).
+    pub fn incoming_bundle_path(&self) -> Result<PathBuf, FleetError> {
+        let dir = self.releases_dir()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| FleetError::Invalid(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir.join(format!(".incoming-{}", super::random_hex(8))))
+    }
+
+    /// Adds a release from a bundle file already on the hub's disk (uploaded or fetched to
+    /// `incoming`, which this consumes): checks the SHA-256 the operator gave, verifies the
+    /// signature against the trusted release keys and every payload byte against the signed
+    /// manifest, then records it. Refusals are audited with the reason.
+    pub async fn add_release(
+        &self,
+        caller: &Caller,
+        incoming: PathBuf,
+        sha256: &str,
+        source_url: Option<String>,
+    ) -> Result<Release, FleetError> {
+        let result = self
+            .add_release_inner(caller, &incoming, sha256, source_url.clone())
+            .await;
+        let _ = std::fs::remove_file(&incoming);
+        if let Err(e) = &result {
+            let target = source_url.as_deref().unwrap_or("upload");
+            self.audit(
+                caller,
+                "release.add",
+                target,
+                &format!("refused: {e}"),
+                None,
+            )
+            .await?;
+        }
+        result
+    }
+
+    async fn add_release_inner(
+        &self,
+        caller: &Caller,
+        incoming: &Path,
+        sha256: &str,
+        source_url: Option<String>,
+    ) -> Result<Release, FleetError> {
+        caller.require(Role::Admin)?;
+        let want = sha256.trim().to_ascii_lowercase();
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(FleetError::Invalid(format!(
+                "sha256 {sha256:?}: expected 64 hex digits"
+            )));
+        }
+        let trust = self.settings.release_keys.clone();
+        let path = incoming.to_owned();
+        let (digest, size, verified) = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let size = file.metadata().map_err(|e| e.to_string())?.len();
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+            let digest = hex::encode(hasher.finalize());
+            let verified =
+                cairn_image_build::bundle::verify(&path, &trust).map_err(|e| error_chain(&e))?;
+            Ok::<_, String>((digest, size, verified))
+        })
+        .await
+        .map_err(|e| FleetError::Invalid(format!("verifying the bundle: {e}")))?
+        .map_err(FleetError::BundleRefused)?;
+        if digest != want {
+            return Err(FleetError::BundleRefused(format!(
+                "its SHA-256 is {digest}, not the {want} given"
+            )));
+        }
+        let manifest = verified.manifest;
+        validate_version(&manifest.version)?;
+        let release = Release {
+            version: manifest.version.clone(),
+            architecture: manifest.architecture,
+            compatible_from: manifest.compatible_from,
+            size_bytes: size,
+            sha256: digest,
+            signing_key: verified.signer.fingerprint(),
+            build_time: manifest.build_time,
+            source_url,
+            added_at: now(),
+            added_by: caller.actor.clone(),
+        };
+        let key = format!("{}{}", keys::RELEASES, release.version);
+        let dest = bundle_path(self.releases_dir()?, &release.version);
+        if self.store.get(&key).await?.is_some() {
+            return Err(FleetError::Conflict(format!(
+                "release {} already exists; delete it first",
+                release.version
+            )));
+        }
+        std::fs::rename(incoming, &dest)
+            .map_err(|e| FleetError::Invalid(format!("storing the bundle: {e}")))?;
+        let audit = Self::audit_op(caller, "release.add", &release.version, "ok", None);
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&key, 0)],
+                vec![Op::put(&key, encode(&release)), audit],
+            )
+            .await?
+        {
+            return Err(FleetError::Conflict(format!(
+                "release {} already exists",
+                release.version
+            )));
+        }
+        tracing::info!(version = %release.version, key = %release.signing_key, "release added");
+        Ok(release)
+    }
+
+    /// Every release (viewer).
+    pub async fn list_releases(&self, caller: &Caller) -> Result<Vec<Release>, FleetError> {
+        caller.require(Role::Viewer)?;
+        Ok(self
+            .list::<Release>(keys::RELEASES)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// One release (viewer, or an appliance fetching its bundle).
+    pub async fn release(&self, version: &str) -> Result<Release, FleetError> {
+        self.get::<Release>(&format!("{}{version}", keys::RELEASES))
+            .await?
+            .map(|(_, r)| r)
+            .ok_or_else(|| FleetError::NotFound {
+                code: "release_unknown",
+                message: format!("no release {version:?}"),
+            })
+    }
+
+    /// The bundle file of a release on this hub's disk.
+    pub async fn release_bundle(&self, version: &str) -> Result<(Release, PathBuf), FleetError> {
+        let release = self.release(version).await?;
+        let path = bundle_path(self.releases_dir()?, version);
+        if !path.exists() {
+            return Err(FleetError::NotFound {
+                code: "bundle_not_on_this_hub",
+                message: format!(
+                    "the bundle of {version} is not on this hub's disk (added through another hub?)"
+                ),
+            });
+        }
+        Ok((release, path))
+    }
+
+    /// Deletes a release (admin); refused while a campaign that is not over uses it.
+    pub async fn delete_release(&self, caller: &Caller, version: &str) -> Result<(), FleetError> {
+        caller.require(Role::Admin)?;
+        let key = format!("{}{version}", keys::RELEASES);
+        let Some(v) = self.store.get(&key).await? else {
+            return Err(FleetError::NotFound {
+                code: "release_unknown",
+                message: format!("no release {version:?}"),
+            });
+        };
+        for (_, c) in self.list::<Campaign>(keys::CAMPAIGNS).await? {
+            if c.release == version
+                && !matches!(c.state, CampaignState::Completed | CampaignState::Aborted)
+            {
+                return Err(FleetError::Conflict(format!(
+                    "campaign {} ({}) uses release {version}; abort it first",
+                    c.name,
+                    c.state.as_str()
+                )));
+            }
+        }
+        let audit = Self::audit_op(caller, "release.delete", version, "ok", None);
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&key, v.version)],
+                vec![Op::delete(&key), audit],
+            )
+            .await?
+        {
+            return Err(FleetError::Contended(key));
+        }
+        if let Ok(dir) = self.releases_dir() {
+            let _ = std::fs::remove_file(bundle_path(dir, version));
+        }
+        Ok(())
+    }
+
+    // ---- campaigns -----------------------------------------------------------------
+
+    /// Creates a campaign (operator): the selector is evaluated now; quarantined and flagged
+    /// appliances are listed as skipped with the reason.
+    pub async fn create_campaign(
+        &self,
+        caller: &Caller,
+        req: CreateCampaign,
+    ) -> Result<CampaignView, FleetError> {
+        caller.require(Role::Operator)?;
+        validate_name("campaign", &req.name)?;
+        if let Some(w) = &req.window {
+            crate::client::parse_window(&format!("{}-{}", w.start, w.end))
+                .map_err(FleetError::Invalid)?;
+        }
+        let pacing = match (req.batch_size, req.max_concurrency) {
+            (Some(_), Some(_)) => {
+                return Err(FleetError::Invalid(
+                    "batch_size and max_concurrency exclude each other".into(),
+                ));
+            }
+            (Some(0), _) | (_, Some(0)) => {
+                return Err(FleetError::Invalid(
+                    "batch_size / max_concurrency must be at least 1".into(),
+                ));
+            }
+            (Some(n), None) => Pacing::BatchSize(n),
+            (None, Some(n)) => Pacing::MaxConcurrency(n),
+            (None, None) => Pacing::BatchSize(1),
+        };
+        // A scoped operator may only roll out to its own site.
+        let mut selector = req.selector.clone();
+        if let Some(scope) = caller.operator.as_ref().and_then(|o| o.site.clone()) {
+            match &selector.site {
+                Some(s) if s != &scope => {
+                    return Err(FleetError::Forbidden(format!(
+                        "this token is scoped to site {scope}"
+                    )));
+                }
+                _ => selector.site = Some(scope),
+            }
+        }
+        let release = self.release(&req.release).await.map_err(|_| {
+            FleetError::Invalid(format!("release {:?} does not exist", req.release))
+        })?;
+        let mut ids: Vec<Appliance> = self
+            .list::<Appliance>(keys::APPLIANCES)
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| selector.matches(a) && caller.sees(&a.site))
+            .collect();
+        if ids.is_empty() {
+            return Err(FleetError::Invalid(
+                "the selector matches no appliance".into(),
+            ));
+        }
+        ids.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let sites: std::collections::BTreeSet<&str> = ids.iter().map(|a| a.site.as_str()).collect();
+        let site =
+            (sites.len() == 1).then(|| sites.into_iter().next().unwrap_or_default().to_owned());
+        let mut members = batches(
+            ids.iter().map(|a| a.id.clone()).collect(),
+            req.canaries,
+            pacing,
+        );
+        for (m, a) in members.iter_mut().zip(&ids) {
+            if let Some(why) = a.quarantined.get(&release.version) {
+                m.state = MemberState::Skipped;
+                m.reason = format!(
+                    "{} is quarantined on this appliance: {why}",
+                    release.version
+                );
+            } else if let Some(flag) = &a.upgrade_flag {
+                m.state = MemberState::Skipped;
+                m.reason = format!("flagged: {flag}");
+            }
+        }
+        let campaign = Campaign {
+            name: req.name.clone(),
+            release: release.version,
+            selector,
+            canaries: req.canaries,
+            pacing,
+            max_failures: req.max_failures,
+            window: req.window,
+            prestage: req.prestage,
+            allow_downgrade: req.allow_downgrade,
+            deadline_seconds: req.deadline_seconds,
+            state: CampaignState::Created,
+            state_reason: String::new(),
+            members,
+            created_at: now(),
+            created_by: caller.actor.clone(),
+            site,
+        };
+        let key = format!("{}{}", keys::CAMPAIGNS, campaign.name);
+        let audit = Self::audit_op(
+            caller,
+            "campaign.create",
+            &campaign.name,
+            "ok",
+            campaign.site.as_deref(),
+        );
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&key, 0)],
+                vec![Op::put(&key, encode(&campaign)), audit],
+            )
+            .await?
+        {
+            return Err(FleetError::Conflict(format!(
+                "campaign {} already exists",
+                campaign.name
+            )));
+        }
+        Ok(CampaignView::new(campaign))
+    }
+
+    fn campaign_visible(caller: &Caller, c: &Campaign) -> bool {
+        match caller.operator.as_ref().and_then(|o| o.site.as_deref()) {
+            None => true,
+            Some(scope) => c.site.as_deref() == Some(scope),
+        }
+    }
+
+    /// Every campaign in scope (viewer).
+    pub async fn list_campaigns(&self, caller: &Caller) -> Result<Vec<CampaignView>, FleetError> {
+        caller.require(Role::Viewer)?;
+        Ok(self
+            .list::<Campaign>(keys::CAMPAIGNS)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| Self::campaign_visible(caller, c))
+            .map(CampaignView::new)
+            .collect())
+    }
+
+    async fn campaign_in_scope(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(u64, Campaign), FleetError> {
+        let not_found = || FleetError::NotFound {
+            code: "campaign_unknown",
+            message: format!("no campaign {name:?}"),
+        };
+        let (v, c): (_, Campaign) = self
+            .get(&format!("{}{name}", keys::CAMPAIGNS))
+            .await?
+            .ok_or_else(not_found)?;
+        if !Self::campaign_visible(caller, &c) {
+            return Err(not_found());
+        }
+        Ok((v, c))
+    }
+
+    /// One campaign with progress (viewer).
+    pub async fn show_campaign(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<CampaignView, FleetError> {
+        caller.require(Role::Viewer)?;
+        Ok(CampaignView::new(
+            self.campaign_in_scope(caller, name).await?.1,
+        ))
+    }
+
+    /// `start`, `pause`, `resume` or `abort` (operator).
+    pub async fn campaign_action(
+        &self,
+        caller: &Caller,
+        name: &str,
+        action: &str,
+    ) -> Result<CampaignView, FleetError> {
+        caller.require(Role::Operator)?;
+        for _ in 0..MAX_RETRIES {
+            let (version, mut c) = self.campaign_in_scope(caller, name).await?;
+            use CampaignState as S;
+            let next = match (action, c.state) {
+                ("start", S::Created) => S::Running,
+                ("pause", S::Running) => S::Paused,
+                ("resume", S::Paused) => S::Running,
+                ("abort", S::Created | S::Running | S::Paused) => S::Aborted,
+                ("start" | "pause" | "resume" | "abort", state) => {
+                    return Err(FleetError::Conflict(format!(
+                        "campaign {name} is {}; cannot {action} it",
+                        state.as_str()
+                    )));
+                }
+                _ => {
+                    return Err(FleetError::Invalid(format!(
+                        "unknown action {action:?} (start, pause, resume, abort)"
+                    )));
+                }
+            };
+            c.state = next;
+            c.state_reason = match action {
+                "pause" | "abort" => format!(
+                    "{} by {}",
+                    if action == "pause" {
+                        "paused"
+                    } else {
+                        "aborted"
+                    },
+                    caller.actor
+                ),
+                _ => String::new(),
+            };
+            let mut ops = vec![];
+            let mut checks = vec![];
+            if next == S::Aborted {
+                // Withdraw orders not yet acted on; a node already writing or verifying
+                // finishes (stopping it half-way helps nobody) and is still recorded.
+                for m in c.members.iter_mut() {
+                    let untouched = m.phase.is_none_or(|p| {
+                        matches!(
+                            p,
+                            UpgradePhase::Waiting
+                                | UpgradePhase::Downloading
+                                | UpgradePhase::Staged
+                        )
+                    });
+                    match m.state {
+                        MemberState::Pending => {
+                            m.state = MemberState::Skipped;
+                            m.reason = "campaign aborted".into();
+                        }
+                        MemberState::Ordered if untouched => {
+                            let (ak, av, a) = self.withdraw_order(&m.appliance, &c.name).await?;
+                            if let Some(a) = a {
+                                checks.push(Check::version(&ak, av));
+                                ops.push(Op::put(&ak, encode(&a)));
+                            }
+                            m.state = MemberState::Skipped;
+                            m.reason = "campaign aborted before the node started writing".into();
+                            m.finished_at = Some(now());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let key = format!("{}{name}", keys::CAMPAIGNS);
+            checks.push(Check::version(&key, version));
+            ops.push(Op::put(&key, encode(&c)));
+            ops.push(Self::audit_op(
+                caller,
+                &format!("campaign.{action}"),
+                name,
+                "ok",
+                c.site.as_deref(),
+            ));
+            if self.store.txn(checks, ops).await? {
+                return Ok(CampaignView::new(c));
+            }
+        }
+        Err(FleetError::Contended(name.into()))
+    }
+
+    /// The appliance record with this campaign's order removed (and a new generation), or
+    /// `None` when it carries no order of this campaign.
+    async fn withdraw_order(
+        &self,
+        id: &ApplianceId,
+        campaign: &str,
+    ) -> Result<(String, u64, Option<Appliance>), FleetError> {
+        let key = format!("{}{id}", keys::APPLIANCES);
+        let Some((v, mut a)) = self.get::<Appliance>(&key).await? else {
+            return Ok((key, 0, None));
+        };
+        if a.desired
+            .upgrade
+            .as_ref()
+            .is_none_or(|o| o.campaign != campaign)
+        {
+            return Ok((key, v, None));
+        }
+        a.desired.upgrade = None;
+        a.desired.generation += 1;
+        Ok((key, v, Some(a)))
+    }
+
+    /// Clears a quarantined version (`Some`) or the unexpected-version flag (`None`) of an
+    /// appliance (operator, in scope).
+    pub async fn clear_upgrade_protection(
+        &self,
+        caller: &Caller,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Appliance, FleetError> {
+        caller.require(Role::Operator)?;
+        for _ in 0..MAX_RETRIES {
+            let (v, mut a) = self.appliance_in_scope(caller, id).await?;
+            let (action, target) = match version {
+                Some(ver) => {
+                    if a.quarantined.remove(ver).is_none() {
+                        return Err(FleetError::NotFound {
+                            code: "not_quarantined",
+                            message: format!("{ver} is not quarantined on {id}"),
+                        });
+                    }
+                    ("appliance.quarantine.clear", format!("{id}/{ver}"))
+                }
+                None => {
+                    if a.upgrade_flag.take().is_none() {
+                        return Err(FleetError::NotFound {
+                            code: "not_flagged",
+                            message: format!("{id} carries no upgrade flag"),
+                        });
+                    }
+                    ("appliance.upgrade-flag.clear", id.to_owned())
+                }
+            };
+            let key = format!("{}{id}", keys::APPLIANCES);
+            let audit = Self::audit_op(caller, action, &target, "ok", Some(&a.site));
+            if self
+                .store
+                .txn(
+                    vec![Check::version(&key, v)],
+                    vec![Op::put(&key, encode(&a)), audit],
+                )
+                .await?
+            {
+                return Ok(a);
+            }
+        }
+        Err(FleetError::Contended(id.into()))
+    }
+
+    // ---- the driver ----------------------------------------------------------------
+
+    /// One pass of the campaign driver (leader only): records what ordered members
+    /// reported, quarantines and flags, pauses on too many failures, orders the next
+    /// members, completes. Returns how many campaigns changed.
+    pub async fn drive_campaigns(&self) -> Result<usize, FleetError> {
+        let mut changed = 0;
+        for (version, c) in self.list::<Campaign>(keys::CAMPAIGNS).await? {
+            if matches!(c.state, CampaignState::Created | CampaignState::Completed) {
+                continue;
+            }
+            if c.state == CampaignState::Aborted
+                && !c.members.iter().any(|m| m.state == MemberState::Ordered)
+            {
+                continue;
+            }
+            match self.drive_one(version, c).await {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "campaign pass failed"),
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn drive_one(&self, version: u64, mut c: Campaign) -> Result<bool, FleetError> {
+        let driver = Caller {
+            actor: DRIVER.into(),
+            source: self.settings.hub_name.clone(),
+            operator: None,
+        };
+        let before = c.clone();
+        let at = now();
+        // Appliance records to write with the campaign, keyed by appliance key.
+        let mut writes: BTreeMap<String, (u64, Appliance)> = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let release = self.release(&c.release).await.ok();
+
+        // 1. Record what ordered members reported.
+        for i in 0..c.members.len() {
+            if c.members[i].state != MemberState::Ordered {
+                continue;
+            }
+            let id = c.members[i].appliance.clone();
+            let akey = format!("{}{id}", keys::APPLIANCES);
+            let Some((av, a)) = self.get::<Appliance>(&akey).await? else {
+                let m = &mut c.members[i];
+                m.state = MemberState::Failed;
+                m.reason = "appliance deleted".into();
+                m.finished_at = Some(at);
+                continue;
+            };
+            let status = self
+                .get::<Status>(&format!("{}{id}", keys::STATUS))
+                .await?
+                .map(|(_, s)| s);
+            let verdict = judge(&c, &c.members[i], status.as_ref());
+            let entry = writes.entry(akey).or_insert((av, a));
+            let a = &mut entry.1;
+            let m = &mut c.members[i];
+            let finish = |m: &mut CampaignMember, a: &mut Appliance, state, reason: String| {
+                m.state = state;
+                m.reason = reason;
+                m.finished_at = Some(at);
+                if a.desired
+                    .upgrade
+                    .as_ref()
+                    .is_some_and(|o| o.campaign == c.name)
+                {
+                    a.desired.upgrade = None;
+                    a.desired.generation += 1;
+                }
+            };
+            match verdict {
+                Verdict::Progress(phase) => {
+                    m.phase = phase;
+                    if let Some(s) = &status
+                        && m.from_version.is_empty()
+                        && s.status.os_version != c.release
+                    {
+                        m.from_version = s.status.os_version.clone();
+                    }
+                    if let (Some(limit), Some(ordered)) = (c.deadline_seconds, m.ordered_at)
+                        && at - ordered > time::Duration::seconds(limit.min(i64::MAX as u64) as i64)
+                        && !phase.is_some_and(|p| {
+                            matches!(
+                                p,
+                                UpgradePhase::Writing
+                                    | UpgradePhase::Rebooting
+                                    | UpgradePhase::Verifying
+                            )
+                        })
+                    {
+                        finish(
+                            m,
+                            a,
+                            MemberState::Failed,
+                            format!("no result within the {limit}s deadline"),
+                        );
+                        ops.push(self.event_op(
+                            a,
+                            "upgrade-failed",
+                            format!("{}: {}", c.name, m.reason),
+                        ));
+                    }
+                }
+                Verdict::Committed => {
+                    m.phase = Some(UpgradePhase::Committed);
+                    finish(m, a, MemberState::Committed, String::new());
+                    ops.push(self.event_op(
+                        a,
+                        "upgrade-committed",
+                        format!("{} committed {}", c.name, c.release),
+                    ));
+                }
+                Verdict::Failed { reason, quarantine } => {
+                    m.phase = status
+                        .as_ref()
+                        .and_then(|s| s.status.upgrade.as_ref())
+                        .map(|r| r.phase);
+                    finish(m, a, MemberState::Failed, reason.clone());
+                    ops.push(self.event_op(a, "upgrade-failed", format!("{}: {reason}", c.name)));
+                    if quarantine {
+                        a.quarantined.insert(
+                            c.release.clone(),
+                            format!("{} (campaign {})", reason, c.name),
+                        );
+                        ops.push(Self::audit_op(
+                            &driver,
+                            "appliance.quarantine",
+                            &format!("{}/{}", a.id, c.release),
+                            &reason,
+                            Some(&a.site),
+                        ));
+                        tracing::warn!(appliance = %a.id, version = %c.release, %reason, "version quarantined");
+                    }
+                }
+                Verdict::Unexpected(why) => {
+                    finish(
+                        m,
+                        a,
+                        MemberState::Failed,
+                        format!("unexpected version: {why}"),
+                    );
+                    a.upgrade_flag = Some(why.clone());
+                    ops.push(self.event_op(a, "unexpected-version", why.clone()));
+                    ops.push(Self::audit_op(
+                        &driver,
+                        "appliance.upgrade-flag",
+                        a.id.as_str(),
+                        &why,
+                        Some(&a.site),
+                    ));
+                    tracing::warn!(appliance = %a.id, %why, "appliance on an unexpected version");
+                }
+            }
+        }
+
+        // 2. Pause on too many failures.
+        let failures = c.failures();
+        if c.state == CampaignState::Running && failures > c.max_failures as usize {
+            c.state = CampaignState::Paused;
+            c.state_reason = format!(
+                "paused by the hub: {failures} failed, more than the {} allowed",
+                c.max_failures
+            );
+            ops.push(Self::audit_op(
+                &driver,
+                "campaign.pause",
+                &c.name,
+                &c.state_reason,
+                c.site.as_deref(),
+            ));
+            tracing::warn!(campaign = %c.name, failures, "campaign paused itself");
+        }
+
+        // 3. Order the next members.
+        if c.state == CampaignState::Running {
+            for i in to_order(&c) {
+                let id = c.members[i].appliance.clone();
+                let akey = format!("{}{id}", keys::APPLIANCES);
+                if !writes.contains_key(&akey) {
+                    match self.get::<Appliance>(&akey).await? {
+                        Some(found) => {
+                            writes.insert(akey.clone(), found);
+                        }
+                        None => {
+                            let m = &mut c.members[i];
+                            m.state = MemberState::Skipped;
+                            m.reason = "appliance deleted".into();
+                            continue;
+                        }
+                    }
+                }
+                let status = self
+                    .get::<Status>(&format!("{}{id}", keys::STATUS))
+                    .await?
+                    .map(|(_, s)| s);
+                let Some((_, a)) = writes.get_mut(&akey) else {
+                    continue;
+                };
+                let m = &mut c.members[i];
+                let running = status
+                    .as_ref()
+                    .map(|s| s.status.os_version.clone())
+                    .unwrap_or_default();
+                if let Some(why) = a.quarantined.get(&c.release) {
+                    m.state = MemberState::Skipped;
+                    m.reason = format!("{} is quarantined on this appliance: {why}", c.release);
+                } else if let Some(flag) = &a.upgrade_flag {
+                    m.state = MemberState::Skipped;
+                    m.reason = format!("flagged: {flag}");
+                } else if running == c.release {
+                    m.state = MemberState::Skipped;
+                    m.reason = format!("already runs {running}");
+                } else if let Some(other) =
+                    a.desired.upgrade.as_ref().filter(|o| o.campaign != c.name)
+                {
+                    m.state = MemberState::Skipped;
+                    m.reason = format!("busy with campaign {}", other.campaign);
+                } else if let Some(release) = &release {
+                    a.desired.upgrade = Some(UpgradeOrder {
+                        campaign: c.name.clone(),
+                        version: release.version.clone(),
+                        bundle_url: format!("/v1/releases/{}/bundle", release.version),
+                        sha256: release.sha256.clone(),
+                        size_bytes: release.size_bytes,
+                        compatible_from: release.compatible_from.clone(),
+                        allow_downgrade: c.allow_downgrade,
+                        window: c.window.clone(),
+                        prestage: c.prestage,
+                        max_bytes_per_second: None,
+                    });
+                    a.desired.generation += 1;
+                    m.state = MemberState::Ordered;
+                    m.phase = None;
+                    m.from_version = running;
+                    m.ordered_at = Some(at);
+                } else {
+                    m.state = MemberState::Skipped;
+                    m.reason = format!("release {} was deleted", c.release);
+                }
+            }
+        }
+
+        // 4. Complete.
+        if matches!(c.state, CampaignState::Running | CampaignState::Paused)
+            && c.members.iter().all(|m| m.state.is_final())
+            && c.failures() <= c.max_failures as usize
+        {
+            c.state = CampaignState::Completed;
+            c.state_reason = String::new();
+            ops.push(Self::audit_op(
+                &driver,
+                "campaign.complete",
+                &c.name,
+                "ok",
+                c.site.as_deref(),
+            ));
+        }
+
+        if c == before && ops.is_empty() {
+            return Ok(false);
+        }
+        let key = format!("{}{}", keys::CAMPAIGNS, c.name);
+        let mut checks = vec![Check::version(&key, version)];
+        ops.push(Op::put(&key, encode(&c)));
+        for (akey, (av, a)) in writes {
+            let original: Option<Appliance> = self.get::<Appliance>(&akey).await?.map(|(_, a)| a);
+            if original.as_ref() == Some(&a) {
+                continue;
+            }
+            checks.push(Check::version(&akey, av));
+            ops.push(Op::put(&akey, encode(&a)));
+        }
+        // A failed check (an operator paused, a heartbeat changed a VTEP) writes nothing;
+        // the next pass starts again from the stored records.
+        Ok(self.store.txn(checks, ops).await?)
+    }
+
+    /// Campaigns by state and campaign members by state, for metrics.
+    pub async fn campaign_counts(
+        &self,
+    ) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>), FleetError> {
+        let mut campaigns = BTreeMap::new();
+        let mut members = BTreeMap::new();
+        for (_, c) in self.list::<Campaign>(keys::CAMPAIGNS).await? {
+            *campaigns.entry(c.state.as_str().to_owned()).or_insert(0) += 1;
+            if matches!(c.state, CampaignState::Running | CampaignState::Paused) {
+                for m in &c.members {
+                    *members.entry(m.state.as_str().to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok((campaigns, members))
+    }
+}
+
+/// An error with its sources, for messages that must say why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

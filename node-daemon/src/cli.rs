@@ -49,6 +49,38 @@ enum NodeCommand {
     State(StateArgs),
     /// Host networking from netplan YAML.
     Net(NetArgs),
+    /// A/B upgrades by hand (the daemon does the same from the hub's desired state).
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpgradeArgs {
+    #[command(subcommand)]
+    command: UpgradeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpgradeCommand {
+    /// Carry out an upgrade order (JSON, as the hub sends it in the desired state) as far as
+    /// it goes now: download, verify, write the inactive slot, arm GRUB, drain and reboot.
+    /// Do not run it while `cairn-node run` works on an order. Prints the report; exit 1
+    /// when the order was refused or failed.
+    Apply {
+        /// The order, a JSON `UpgradeOrder` file.
+        #[arg(long)]
+        order: PathBuf,
+        /// Trust this CA (PEM) for the bundle URL instead of the hub CA of the node's
+        /// identity (no client certificate is presented then).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Show the recorded report of the last order (from the data directory; works without
+    /// the daemon).
+    Status {
+        /// `table` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +134,7 @@ impl NodeCli {
         match self.command {
             NodeCommand::Net(net) => Ok(net.run().await.unwrap_or(Exit::Failed)),
             NodeCommand::Run(args) => run(&self.root, args).await,
+            NodeCommand::Upgrade(args) => upgrade(&self.root, args.command).await,
             NodeCommand::Status(args) => status(&self.root, args).await,
             NodeCommand::State(StateArgs {
                 command: StateCommand::Reset,
@@ -200,6 +233,85 @@ async fn status(root: &std::path::Path, args: StatusArgs) -> anyhow::Result<Exit
         OutputFormat::Table => print!("{}", status.render_text()),
     }
     Ok(Exit::Success)
+}
+
+async fn upgrade(root: &std::path::Path, command: UpgradeCommand) -> anyhow::Result<Exit> {
+    use crate::upgrade::{StepError, Upgrader};
+    let settings = match load_settings(root) {
+        Ok(s) => s,
+        Err(exit) => return Ok(exit),
+    };
+    let mut upgrader = Upgrader::new(
+        settings.upgrade.clone(),
+        crate::daemon::os_version(&settings.root),
+    );
+    let print = |report: Option<cairn_api::UpgradeReport>, output: OutputFormat| match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+        OutputFormat::Table => match report {
+            Some(r) => println!(
+                "{} {:?} {} ({}/{} bytes)",
+                r.version, r.phase, r.reason, r.bytes_done, r.bytes_total
+            ),
+            None => println!("no upgrade order recorded"),
+        },
+    };
+    match command {
+        UpgradeCommand::Status { output } => {
+            print(upgrader.report(), output);
+            Ok(Exit::Success)
+        }
+        UpgradeCommand::Apply { order, ca_file } => {
+            let text =
+                std::fs::read(&order).with_context(|| format!("reading {}", order.display()))?;
+            let order: cairn_api::UpgradeOrder = match serde_json::from_slice(&text) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {}: not an upgrade order: {e}", order.display());
+                    return Ok(Exit::InvalidInput);
+                }
+            };
+            let (trust, identity) = match ca_file {
+                Some(path) => (
+                    crate::hub::Trust::CaBundle(
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    ),
+                    None,
+                ),
+                None => {
+                    let identity = Store::open(&settings.state_dir)?
+                        .identity()?
+                        .context("the node is not registered: pass --ca-file")?;
+                    (
+                        crate::hub::Trust::CaBundle(identity.ca_bundle_pem.clone()),
+                        Some(crate::hub::ClientIdentity {
+                            certificate_pem: identity.certificate_pem,
+                            key_pem: identity.key_pem,
+                        }),
+                    )
+                }
+            };
+            let (tls, _) = crate::hub::tls_config(&trust, identity.as_ref(), &Default::default())?;
+            upgrader.set_tls(tls);
+            upgrader.at_start();
+            let result = upgrader.drive(Some(&order)).await;
+            print(upgrader.report(), OutputFormat::Json);
+            Ok(match result {
+                Ok(()) => Exit::Success,
+                Err(StepError::Retry(m)) => {
+                    eprintln!("error: {m} (run again to resume)");
+                    Exit::Failed
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Exit::Failed
+                }
+            })
+        }
+    }
 }
 
 fn reset(root: &std::path::Path) -> anyhow::Result<Exit> {

@@ -37,6 +37,8 @@ pub struct ConfigFile {
     pub api: Option<ApiSection>,
     /// The first-boot wizard.
     pub wizard: Option<WizardSection>,
+    /// A/B upgrades.
+    pub upgrade: Option<UpgradeSection>,
 }
 
 /// `hub:`.
@@ -105,6 +107,104 @@ pub struct WizardSection {
     pub listen: Option<String>,
 }
 
+/// `upgrade:` (docs/node-daemon.md "Upgrades").
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSection {
+    /// Release public keys (PEM, from `cairn image keygen`) bundles must be signed by. The
+    /// node's own trust store: never taken from the hub.
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// Where bundles are downloaded and the upgrade's state is kept.
+    pub data_dir: Option<PathBuf>,
+    /// Directory holding the slot block devices by partition label (`root-a`, `root-b`).
+    pub slot_dir: Option<PathBuf>,
+    /// Instead of `slot_dir`: the whole disk (device or image file) whose GPT names the slots.
+    pub disk: Option<PathBuf>,
+    /// The GRUB environment block on the mounted ESP.
+    pub grubenv: Option<PathBuf>,
+    /// The kernel command line, where `cairn.slot=` names the booted slot.
+    pub cmdline: Option<PathBuf>,
+    /// Boots the new slot gets before GRUB falls back (1 or 2).
+    pub tries: Option<u8>,
+    /// Run before the reboot (e.g. to drain the node); a failure stops the upgrade.
+    pub drain_command: Option<Vec<String>>,
+    /// How to reboot.
+    pub reboot_command: Option<Vec<String>>,
+    /// Health checks after booting the new slot must pass within this many seconds.
+    pub health_deadline_seconds: Option<u64>,
+    /// Operator checks run after booting the new slot, besides the built-in ones.
+    pub health_checks: Option<Vec<HealthCheckSection>>,
+    /// The appliance's UTC offset for maintenance windows, `+HH:MM`; default: the local time
+    /// zone (`/etc/localtime`, daylight saving included).
+    pub utc_offset: Option<String>,
+}
+
+/// One operator health check: a command (exit 0 passes) or an HTTP probe (2xx passes).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// Shown in reports.
+    pub name: Option<String>,
+    /// argv of a command.
+    pub command: Option<Vec<String>>,
+    /// `http://` URL to GET.
+    pub http: Option<String>,
+}
+
+/// What an operator health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// Run this argv; exit 0 passes.
+    Command(Vec<String>),
+    /// GET this URL; 2xx passes.
+    Http(String),
+}
+
+/// A validated operator health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Name for reports.
+    pub name: String,
+    /// What to do.
+    pub probe: HealthProbe,
+}
+
+/// Where the slots are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotSource {
+    /// `<dir>/root-a`, `<dir>/root-b` (e.g. `/dev/disk/by-partlabel`).
+    Dir(PathBuf),
+    /// Partitions named `root-a`/`root-b` in this disk's GPT.
+    Disk(PathBuf),
+}
+
+/// Validated upgrade settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpgradeSettings {
+    /// Release public key files (already rooted).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Downloads and upgrade state (already rooted).
+    pub data_dir: PathBuf,
+    /// The slots.
+    pub slots: SlotSource,
+    /// GRUB environment block (already rooted).
+    pub grubenv: PathBuf,
+    /// Kernel command line file (already rooted).
+    pub cmdline: PathBuf,
+    /// Boots the new slot gets.
+    pub tries: u8,
+    /// Drain hook.
+    pub drain_command: Option<Vec<String>>,
+    /// Reboot command.
+    pub reboot_command: Vec<String>,
+    /// Health-check deadline.
+    pub health_deadline: std::time::Duration,
+    /// Operator checks.
+    pub health_checks: Vec<HealthCheck>,
+    /// Fixed UTC offset for windows, or `None` for the local time zone.
+    pub utc_offset: Option<time::UtcOffset>,
+}
+
 /// Validated configuration, built once at start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -142,6 +242,8 @@ pub struct Settings {
     pub api_socket: PathBuf,
     /// Wizard listen address.
     pub wizard_listen: String,
+    /// A/B upgrades.
+    pub upgrade: UpgradeSettings,
 }
 
 /// A configuration problem, located.
@@ -440,6 +542,8 @@ impl Settings {
         }
         let path =
             |p: Option<PathBuf>, default: &str| rooted(root, &p.unwrap_or_else(|| default.into()));
+        let state_dir = path(state.dir, "/var/lib/cairn");
+        let upgrade = upgrade_settings(root, &state_dir, file.upgrade.unwrap_or_default())?;
         Ok(Self {
             root: root.to_path_buf(),
             hostname,
@@ -461,7 +565,8 @@ impl Settings {
             system_bus: kubelet
                 .system_bus
                 .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".into()),
-            state_dir: path(state.dir, "/var/lib/cairn"),
+            state_dir,
+            upgrade,
             queue_limit,
             api_socket: path(file.api.unwrap_or_default().socket, "/run/cairn/node.sock"),
             wizard_listen: file
@@ -471,6 +576,106 @@ impl Settings {
                 .unwrap_or_else(|| "0.0.0.0:8443".into()),
         })
     }
+}
+
+fn upgrade_settings(
+    root: &Path,
+    state_dir: &Path,
+    section: UpgradeSection,
+) -> Result<UpgradeSettings, Invalid> {
+    let argv = |v: Option<Vec<String>>, key: &str| -> Result<Option<Vec<String>>, Invalid> {
+        match v {
+            Some(v) if v.is_empty() || v[0].is_empty() => {
+                Err((key.to_owned(), "must be a non-empty argv list".to_owned()))
+            }
+            other => Ok(other),
+        }
+    };
+    let tries = section.tries.unwrap_or(1);
+    if !(1..=2).contains(&tries) {
+        return Err(("upgrade.tries".into(), "must be 1 or 2".into()));
+    }
+    let slots = match (section.slot_dir, section.disk) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "upgrade.disk".into(),
+                "set upgrade.slot_dir or upgrade.disk, not both".into(),
+            ));
+        }
+        (_, Some(disk)) => SlotSource::Disk(rooted(root, &disk)),
+        (dir, None) => SlotSource::Dir(rooted(
+            root,
+            &dir.unwrap_or_else(|| "/dev/disk/by-partlabel".into()),
+        )),
+    };
+    let mut health_checks = Vec::new();
+    for (i, check) in section
+        .health_checks
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("upgrade.health_checks.{i}");
+        let probe = match (argv(check.command, &key)?, check.http) {
+            (Some(argv), None) => HealthProbe::Command(argv),
+            (None, Some(url)) if url.starts_with("http://") => HealthProbe::Http(url),
+            (None, Some(url)) => {
+                return Err((key, format!("{url:?}: probes are plain http:// URLs")));
+            }
+            _ => return Err((key, "set exactly one of command or http".into())),
+        };
+        health_checks.push(HealthCheck {
+            name: check.name.unwrap_or_else(|| format!("check {}", i + 1)),
+            probe,
+        });
+    }
+    let utc_offset = match section.utc_offset {
+        Some(text) => Some(
+            time::UtcOffset::parse(
+                &text,
+                time::macros::format_description!("[offset_hour]:[offset_minute]"),
+            )
+            .map_err(|_| {
+                (
+                    "upgrade.utc_offset".to_owned(),
+                    format!("{text:?} is not +HH:MM"),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    Ok(UpgradeSettings {
+        trusted_keys: section
+            .trusted_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|p| rooted(root, p))
+            .collect(),
+        data_dir: section
+            .data_dir
+            .map(|p| rooted(root, &p))
+            .unwrap_or_else(|| state_dir.join("upgrade")),
+        slots,
+        grubenv: rooted(
+            root,
+            &section
+                .grubenv
+                .unwrap_or_else(|| "/boot/efi/grub/grubenv".into()),
+        ),
+        cmdline: rooted(
+            root,
+            &section.cmdline.unwrap_or_else(|| "/proc/cmdline".into()),
+        ),
+        tries,
+        drain_command: argv(section.drain_command, "upgrade.drain_command")?,
+        reboot_command: argv(section.reboot_command, "upgrade.reboot_command")?
+            .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
+        health_deadline: std::time::Duration::from_secs(
+            section.health_deadline_seconds.unwrap_or(300),
+        ),
+        health_checks,
+        utc_offset,
+    })
 }
 
 #[cfg(test)]

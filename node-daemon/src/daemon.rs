@@ -25,6 +25,7 @@ use crate::pki;
 use crate::status::LocalStatus;
 use crate::store::{self, Identity, Store, StoreError};
 use crate::systemd::{DbusSystemd, UnitManager};
+use crate::upgrade::{self, HealthInputs, SharedReport, UpgradeInput, Upgrader};
 
 /// Longest wait between attempts to reach the hub.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
@@ -97,6 +98,12 @@ pub struct Daemon<N: Network> {
     interval: Duration,
     network_condition: Condition,
     kubelet_condition: Option<Condition>,
+    /// Feeds the upgrade task (started by `run`).
+    upgrade_input: tokio::sync::watch::Sender<UpgradeInput>,
+    upgrade_task: Option<(Upgrader, tokio::sync::watch::Receiver<UpgradeInput>)>,
+    upgrade_report: SharedReport,
+    booted_slot: Option<String>,
+    hub_reached: bool,
 }
 
 fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -140,7 +147,16 @@ impl<N: Network> Daemon<N> {
             phase: "starting".into(),
             ..Default::default()
         };
+        let upgrader = Upgrader::new(settings.upgrade.clone(), os_version(&settings.root));
+        let upgrade_report = upgrader.shared_report();
+        let booted_slot = upgrader.booted().map(|s| s.letter().to_owned());
+        let (upgrade_input, input_rx) = tokio::sync::watch::channel(UpgradeInput::default());
         Ok(Self {
+            upgrade_input,
+            upgrade_task: Some((upgrader, input_rx)),
+            upgrade_report,
+            booted_slot,
+            hub_reached: false,
             store,
             network,
             roots,
@@ -165,6 +181,11 @@ impl<N: Network> Daemon<N> {
 
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        // First, so that the boot is classified (interrupted write, rollback) before any
+        // order is looked at.
+        if let Some((upgrader, input)) = self.upgrade_task.take() {
+            tokio::spawn(upgrade::run_task(upgrader, input));
+        }
         self.restore_local().await;
         let mut next_hub = Instant::now();
         let mut next_kubelet = Instant::now();
@@ -179,6 +200,7 @@ impl<N: Network> Daemon<N> {
                 next_kubelet = Instant::now() + KUBELET_POLL;
             }
             self.publish();
+            self.feed_upgrade();
             let wake = next_hub.min(next_kubelet);
             tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {}
@@ -275,6 +297,7 @@ impl<N: Network> Daemon<N> {
                     let _ = self.store.increment(store::RECONNECTS);
                 }
                 self.failures = 0;
+                self.hub_reached = true;
                 self.set_error(None);
                 self.set_phase("running");
                 jittered(self.interval, fastrand::f64())
@@ -379,7 +402,38 @@ impl<N: Network> Daemon<N> {
             }),
         )?;
         self.hub = Some(hub.clone());
+        let tls = crate::hub::tls_config(
+            &Trust::CaBundle(identity.ca_bundle_pem.clone()),
+            Some(&ClientIdentity {
+                certificate_pem: identity.certificate_pem.clone(),
+                key_pem: identity.key_pem.clone(),
+            }),
+            &Default::default(),
+        )?
+        .0;
+        self.upgrade_input.send_modify(|i| i.tls = Some(tls));
         Ok(hub)
+    }
+
+    /// Hands the upgrade task what it needs for health checks.
+    fn feed_upgrade(&self) {
+        let ok = |c: &Condition| c.status == ConditionStatus::True;
+        let has_join = matches!(
+            self.store.desired(),
+            Ok(Some(DesiredState { join: Some(_), .. }))
+        );
+        let health = HealthInputs {
+            network_applied: ok(&self.network_condition),
+            hub_reached: self.hub_reached,
+            kubelet_active: has_join.then(|| self.kubelet_condition.as_ref().is_some_and(ok)),
+        };
+        self.upgrade_input.send_if_modified(|i| {
+            let changed = i.health.network_applied != health.network_applied
+                || i.health.hub_reached != health.hub_reached
+                || i.health.kubelet_active != health.kubelet_active;
+            i.health = health;
+            changed
+        });
     }
 
     /// Renews the client certificate once a third of its validity is left, with a fresh key.
@@ -435,13 +489,13 @@ impl<N: Network> Daemon<N> {
         NodeStatus {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             os_version: os_version(&self.settings.root),
-            booted_slot: None,
+            booted_slot: self.booted_slot.clone(),
             uptime_seconds: first(read("uptime")) as u64,
             load1: first(read("loadavg")),
             conditions,
             counters: self.store.counters().unwrap_or_default(),
             vtep_address: desired.and_then(|d| d.overlay.map(|o| o.local_vtep)),
-            upgrade: None,
+            upgrade: self.upgrade_report.get(),
             observed_at: time::OffsetDateTime::now_utc(),
         }
     }
@@ -494,6 +548,11 @@ impl<N: Network> Daemon<N> {
     /// start). Files are rewritten only when they change.
     async fn apply_desired(&mut self, desired: &DesiredState, force: bool) {
         self.interval = Duration::from_secs(u64::from(desired.heartbeat_interval_seconds.max(1)));
+        self.upgrade_input.send_if_modified(|i| {
+            let changed = i.order != desired.upgrade;
+            i.order = desired.upgrade.clone();
+            changed
+        });
         let applied = self.store.applied_generation().unwrap_or(0);
         if !force && desired.generation <= applied && applied != 0 {
             return;
@@ -686,12 +745,14 @@ impl<N: Network> Daemon<N> {
             s.queued_reports = self.store.queue_len().unwrap_or(0);
             s.counters = self.store.counters().unwrap_or_default();
             s.conditions = conditions;
+            s.booted_slot = self.booted_slot.clone();
+            s.upgrade = self.upgrade_report.get();
         }
     }
 }
 
-/// `VERSION_ID` (or `PRETTY_NAME`) from os-release under the root.
-fn os_version(root: &Path) -> String {
+/// `CAIRN_VERSION` (or `PRETTY_NAME`) from os-release under the root: the running OS version.
+pub fn os_version(root: &Path) -> String {
     let text = std::fs::read_to_string(root.join("etc/os-release")).unwrap_or_default();
     let field = |name: &str| {
         text.lines().find_map(|l| {

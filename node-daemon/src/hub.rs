@@ -277,50 +277,8 @@ impl HttpsHub {
         trust: &Trust,
         identity: Option<&ClientIdentity>,
     ) -> Result<Self, HubError> {
-        let provider = provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HubError::Tls(e.to_string()))?;
         let mismatch = Arc::new(Mutex::new(None));
-        let (builder, pinned) = match trust {
-            Trust::Fingerprint(fp) => (
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
-                        fingerprint: fp.clone(),
-                        mismatch: mismatch.clone(),
-                        provider: provider.clone(),
-                    })),
-                Some(fp.clone()),
-            ),
-            Trust::CaBundle(pem) => {
-                let mut roots = RootCertStore::empty();
-                for der in pki::pem_certificates(pem, "hub CA bundle")
-                    .map_err(|e| HubError::Tls(e.to_string()))?
-                {
-                    roots
-                        .add(CertificateDer::from(der))
-                        .map_err(|e| HubError::Tls(format!("hub CA bundle: {e}")))?;
-                }
-                (builder.with_root_certificates(roots), None)
-            }
-        };
-        let config = match identity {
-            Some(id) => {
-                let chain: Vec<CertificateDer<'static>> =
-                    pki::pem_certificates(&id.certificate_pem, "client certificate")
-                        .map_err(|e| HubError::Tls(e.to_string()))?
-                        .into_iter()
-                        .map(CertificateDer::from)
-                        .collect();
-                let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
-                    .map_err(|e| HubError::Tls(format!("client key: {e}")))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| HubError::Tls(e.to_string()))?
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let (config, pinned) = tls_config(trust, identity, &mismatch)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .connect_timeout(Duration::from_secs(10))
@@ -413,6 +371,61 @@ impl HttpsHub {
         };
         Err(classify(endpoint, status.as_u16(), err))
     }
+}
+
+/// The TLS client configuration for talking to the hub (or a mirror trusted the same way):
+/// `trust` as the only roots, `identity` presented for mTLS. Also returns the pinned
+/// fingerprint, when trusting by fingerprint; `mismatch` receives what a mismatching server
+/// presented.
+pub fn tls_config(
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    mismatch: &Arc<Mutex<Option<String>>>,
+) -> Result<(rustls::ClientConfig, Option<String>), HubError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HubError::Tls(e.to_string()))?;
+    let (builder, pinned) = match trust {
+        Trust::Fingerprint(fp) => (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+                    fingerprint: fp.clone(),
+                    mismatch: mismatch.clone(),
+                    provider: provider.clone(),
+                })),
+            Some(fp.clone()),
+        ),
+        Trust::CaBundle(pem) => {
+            let mut roots = RootCertStore::empty();
+            for der in pki::pem_certificates(pem, "hub CA bundle")
+                .map_err(|e| HubError::Tls(e.to_string()))?
+            {
+                roots
+                    .add(CertificateDer::from(der))
+                    .map_err(|e| HubError::Tls(format!("hub CA bundle: {e}")))?;
+            }
+            (builder.with_root_certificates(roots), None)
+        }
+    };
+    let config = match identity {
+        Some(id) => {
+            let chain: Vec<CertificateDer<'static>> =
+                pki::pem_certificates(&id.certificate_pem, "client certificate")
+                    .map_err(|e| HubError::Tls(e.to_string()))?
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+                .map_err(|e| HubError::Tls(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| HubError::Tls(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok((config, pinned))
 }
 
 fn classify(endpoint: String, status: u16, err: ErrorBody) -> HubError {

@@ -25,4 +25,5 @@ pub mod seed;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod upgrade;
 pub mod wizard;

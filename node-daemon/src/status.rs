@@ -40,6 +40,12 @@ pub struct LocalStatus {
     pub conditions: Vec<Condition>,
     /// kubelet unit state, `active/running` style, when the node manages it.
     pub kubelet_unit: Option<String>,
+    /// The A/B slot the system booted from (`a`/`b`).
+    #[serde(default)]
+    pub booted_slot: Option<String>,
+    /// Where the last upgrade order is.
+    #[serde(default)]
+    pub upgrade: Option<cairn_api::UpgradeReport>,
 }
 
 impl LocalStatus {
@@ -77,6 +83,15 @@ impl LocalStatus {
         );
         line("queued reports", self.queued_reports.to_string());
         line("kubelet", or_dash(&self.kubelet_unit));
+        line("booted slot", or_dash(&self.booted_slot));
+        if let Some(u) = &self.upgrade {
+            line(
+                "upgrade",
+                format!("{} {:?} {}", u.version, u.phase, u.reason)
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
         for c in &self.conditions {
             line(
                 &format!("  {}", c.kind),

@@ -114,6 +114,32 @@ async fn upload(op: &Operator, path: &Path, sha256: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Serves `body` to the first HTTP request on a loopback port, then stops listening;
+/// returns the URL.
+async fn serve_once(body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/release.bundle", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request cut short");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(answer.as_bytes()).await.unwrap();
+        conn.write_all(&body).await.unwrap();
+        conn.shutdown().await.unwrap();
+    });
+    url
+}
+
 /// What a simulated node does with an order.
 #[derive(Clone, PartialEq)]
 enum Behaviour {
@@ -321,6 +347,30 @@ async fn releases_are_verified_against_trusted_keys_and_served_with_ranges() {
     assert_eq!(resp.bytes().await.unwrap(), all[..]);
     let resp = hub.anonymous().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401);
+
+    // Added by URL: the hub downloads it once (from a loopback server here) and refuses a
+    // URL that does not answer.
+    let (v3, sha3) = releases.bundle("3.0", Some(&releases.key));
+    let url3 = serve_once(std::fs::read(&v3).unwrap()).await;
+    let (s, v) = admin
+        .post("/v1/releases", json!({"url": url3, "sha256": sha3}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["source_url"], url3);
+    let got = node
+        .http
+        .get(format!("{}/v1/releases/3.0/bundle", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&got)), sha3);
+    let (s, v) = admin
+        .post("/v1/releases", json!({"url": url3, "sha256": sha3}))
+        .await;
+    assert_eq!((s, v["error"].as_str()), (502, Some("fetch_failed")), "{v}");
 
     // Deleting it removes it.
     let (s, _) = admin
@@ -662,4 +712,119 @@ async fn two_hubs_on_etcd_run_one_campaign_driver() {
         assert_eq!(view["desired"]["generation"], 3, "{view}");
         assert_eq!(view["status"]["status"]["os_version"], "2.0");
     }
+}
+
+/// `cairn hub releases ...` and `cairn hub campaigns ...` against a real hub.
+#[tokio::test]
+async fn operator_cli_adds_releases_and_drives_campaigns() {
+    use cairn_api::cli::Exit;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: cairn_hub::client::HubArgs,
+    }
+    let releases = Releases::new();
+    let hub = hub_trusting(&releases);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.json");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &hub.admin_token).unwrap();
+    let run = |args: &[&str]| {
+        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
+        full.extend(args);
+        Cli::parse_from(full).hub.run()
+    };
+    let login = [
+        "login",
+        "--url",
+        &hub.url,
+        "--ca-fingerprint",
+        &hub.fingerprint,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    assert_eq!(run(&login).await.unwrap(), Exit::Success);
+
+    let (bundle, sha) = releases.bundle("2.0", Some(&releases.key));
+    let add = [
+        "releases",
+        "add",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--sha256",
+        &sha,
+    ];
+    assert_eq!(run(&add).await.unwrap(), Exit::Success);
+    assert_eq!(
+        run(&add).await.unwrap(),
+        Exit::Failed,
+        "the same version twice"
+    );
+    assert_eq!(run(&["releases", "list"]).await.unwrap(), Exit::Success);
+
+    let token = hub.admin().enrollment_token("lab", 2).await;
+    let mut node = Node::register(&hub, &token, 7, Behaviour::Commit).await;
+    node.beat(&hub.url).await;
+    // A malformed window is refused before anything is sent.
+    let err = run(&[
+        "campaigns",
+        "create",
+        "c1",
+        "--release",
+        "2.0",
+        "--window",
+        "25:00-01:00",
+    ])
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("25:00"), "{err:#}");
+    let create = [
+        "campaigns",
+        "create",
+        "c1",
+        "--release",
+        "2.0",
+        "--selector",
+        "site=lab",
+        "--canaries",
+        "1",
+        "--batch-size",
+        "1",
+        "--window",
+        "22:00-04:00",
+        "--prestage",
+    ];
+    assert_eq!(run(&create).await.unwrap(), Exit::Success);
+    let (_, c) = hub.admin().get("/v1/campaigns/c1").await;
+    assert_eq!(c["window"], json!({"start": "22:00", "end": "04:00"}));
+    assert_eq!(c["prestage"], true);
+    assert_eq!(c["selector"]["site"], "lab");
+    assert_eq!(
+        run(&["campaigns", "start", "c1"]).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(&["campaigns", "start", "c1"]).await.unwrap(),
+        Exit::Failed
+    );
+    until!("the CLI-made campaign to complete", {
+        node.beat(&hub.url).await;
+        let (_, c) = hub.admin().get("/v1/campaigns/c1").await;
+        (c["state"] == "completed").then_some(())
+    });
+    for show in [
+        &["campaigns", "show", "c1"][..],
+        &["--output", "json", "campaigns", "show", "c1"],
+        &["campaigns", "list"],
+        &["appliances", "list"],
+    ] {
+        assert_eq!(run(show).await.unwrap(), Exit::Success, "{show:?}");
+    }
+    assert_eq!(
+        run(&["appliances", "clear-flag", &node.id]).await.unwrap(),
+        Exit::Failed,
+        "nothing to clear"
+    );
 }

@@ -121,6 +121,10 @@ struct ServeArgs {
     /// refused.
     #[arg(long = "trusted-release-key", value_name = "FILE")]
     trusted_release_keys: Vec<PathBuf>,
+    /// The URL appliances download release bundles from, `https://host:port` (a name in
+    /// the hub's certificate). Default: the address each appliance reached the hub at.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// How often the campaign driver looks at heartbeat reports and orders the next
     /// appliances, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
@@ -302,6 +306,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         hub_name,
         releases_dir: Some(dir.join("releases")),
         release_keys: release_keys(dir, &args.trusted_release_keys)?,
+        public_url: args.public_url.clone(),
     };
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {

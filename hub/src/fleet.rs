@@ -121,6 +121,9 @@ pub struct FleetSettings {
     pub releases_dir: Option<std::path::PathBuf>,
     /// The keys release bundles must be signed with.
     pub release_keys: cairn_image_build::keys::TrustStore,
+    /// `https://host:port` appliances download bundles from; `None`: the address each
+    /// appliance reached the hub at.
+    pub public_url: Option<String>,
 }
 
 impl Default for FleetSettings {
@@ -132,6 +135,7 @@ impl Default for FleetSettings {
             hub_name: format!("hub-{}", std::process::id()),
             releases_dir: None,
             release_keys: Default::default(),
+            public_url: None,
         }
     }
 }

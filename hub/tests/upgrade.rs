@@ -214,9 +214,9 @@ impl Node {
         };
         match self.behaviour.clone() {
             Behaviour::Commit if !same => {
-                // The bundle URL is relative to the hub; fetch it as a node would.
-                let bundle_url = format!("{url}{}", order["bundle_url"].as_str().unwrap());
-                let bytes = self.http.get(&bundle_url).send().await.unwrap();
+                let bundle_url = order["bundle_url"].as_str().unwrap();
+                assert!(bundle_url.starts_with(url), "{bundle_url}");
+                let bytes = self.http.get(bundle_url).send().await.unwrap();
                 assert_eq!(bytes.status(), 200);
                 let bytes = bytes.bytes().await.unwrap();
                 assert_eq!(hex::encode(Sha256::digest(&bytes)), order["sha256"]);
@@ -430,7 +430,11 @@ async fn canary_then_batches_pause_on_a_rollback_that_is_quarantined() {
     let order = &desired["upgrade"];
     assert_eq!(order["version"], "2.0");
     assert_eq!(order["campaign"], "nov");
-    assert_eq!(order["bundle_url"], "/v1/releases/2.0/bundle");
+    assert_eq!(
+        order["bundle_url"],
+        format!("{}/v1/releases/2.0/bundle", hub.url),
+        "an https URL on the address the node reached the hub at"
+    );
     assert_eq!(order["sha256"], sha);
     assert_eq!(order["window"], json!({"start": "22:00", "end": "04:00"}));
     assert_eq!(order["prestage"], true);

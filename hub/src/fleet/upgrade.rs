@@ -521,6 +521,21 @@ impl Fleet {
         Ok(())
     }
 
+    /// Turns an order's hub-relative bundle path into the URL the node downloads from:
+    /// under `--public-url` when set, else under `https://<authority>` (the address the
+    /// node reached this hub at).
+    pub fn absolute_bundle_url(&self, order: &mut UpgradeOrder, authority: Option<&str>) {
+        if !order.bundle_url.starts_with('/') {
+            return;
+        }
+        let base = match (&self.settings.public_url, authority) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(a)) => format!("https://{a}"),
+            (None, None) => return,
+        };
+        order.bundle_url = format!("{base}{}", order.bundle_url);
+    }
+
     // ---- campaigns -----------------------------------------------------------------
 
     /// Creates a campaign (operator): the selector is evaluated now; quarantined and flagged

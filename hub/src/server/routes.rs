@@ -784,11 +784,24 @@ async fn renew(
 async fn heartbeat(
     State(state): State<AppState>,
     appliance: Appliance,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    Ok(Json(
-        state.fleet.heartbeat(Some(&appliance.cert), hb).await?,
-    ))
+    let mut resp = state.fleet.heartbeat(Some(&appliance.cert), hb).await?;
+    if let Some(order) = &mut resp.desired.upgrade {
+        // Orders name the hub's own bundles by path; the node gets them as a URL on the
+        // address it reached this hub at (HTTP/2 authority or HTTP/1.1 Host), unless the
+        // hub was given a public URL.
+        let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+        state.fleet.absolute_bundle_url(order, authority.as_deref());
+    }
+    Ok(Json(resp))
 }
 
 /// `GET /v1/whoami` answer.

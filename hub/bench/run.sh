@@ -4,13 +4,17 @@
 #   B) two hubs on a 3-member etcd cluster (Debian's etcd-server),
 # from a load generator simulating N appliances, each with its own client certificate over
 # its own kept-alive mTLS connection. Everything on loopback; every process is reaped.
-# Knobs: HUB_BENCH_APPLIANCES (default 5000), HUB_BENCH_INTERVAL_MS (1500: 3,333 beats/s,
-# the rate of 100,000 appliances at 30 s), HUB_BENCH_DURATION_S (30).
+# Knobs: HUB_BENCH_APPLIANCES (default 18000: the per-process file descriptor limit here is
+# 20,000, and every appliance holds one connection on each side), HUB_BENCH_INTERVAL_MS
+# (5400: 3,333 beats/s, the rate of 100,000 appliances at 30 s), HUB_BENCH_DURATION_S (60),
+# HUB_BENCH_ETCD_APPLIANCES (default: the same N), HUB_BENCH_ETCD_INTERVAL_MS (same).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-N=${HUB_BENCH_APPLIANCES:-5000}
-INTERVAL_MS=${HUB_BENCH_INTERVAL_MS:-1500}
-DURATION=${HUB_BENCH_DURATION_S:-30}
+N=${HUB_BENCH_APPLIANCES:-18000}
+INTERVAL_MS=${HUB_BENCH_INTERVAL_MS:-5400}
+DURATION=${HUB_BENCH_DURATION_S:-60}
+ETCD_N=${HUB_BENCH_ETCD_APPLIANCES:-$N}
+ETCD_INTERVAL_MS=${HUB_BENCH_ETCD_INTERVAL_MS:-$INTERVAL_MS}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 PROFILE=${HUB_BENCH_PROFILE:-release}   # `debug` only for a quick look; figures come from release
 if [ "$PROFILE" = release ]; then flags=(--release); else flags=(); fi
@@ -43,16 +47,18 @@ start_hub() {
   sed -n 's/^listening on //p' "$out"
 }
 
-run_load() { "$LOADGEN" --ca "$1/ca.pem" --token-file "$work/$2.token" --appliances "$N" \
-  --interval-ms "$INTERVAL_MS" --duration-s "$DURATION" "${@:3}"; }
+# run_load DATA TOKEN N INTERVAL_MS [args...]
+run_load() { "$LOADGEN" --ca "$1/ca.pem" --token-file "$work/$2.token" --appliances "$3" \
+  --interval-ms "$4" --duration-s "$DURATION" "${@:5}"; }
 
 echo "== hub: embedded store, one hub, $N appliances every ${INTERVAL_MS} ms for ${DURATION}s" >&2
 "$HUB" init --data "$work/emb" --admin-token-file "$work/emb.token" >/dev/null
 url=$(start_hub "$work/emb" "$work/emb.out")
-embedded=$(run_load "$work/emb" emb --url "$url" --pid "hub=$(cat "$work/emb.out.pid")")
+embedded=$(run_load "$work/emb" emb "$N" "$INTERVAL_MS" --url "$url" --pid "hub=$(cat "$work/emb.out.pid")")
 echo "$embedded"
 
-echo "== hub: 3-member etcd, two hubs, same load" >&2
+kill "$(cat "$work/emb.out.pid")"; wait "$(cat "$work/emb.out.pid")" 2>/dev/null || true
+echo "== hub: 3-member etcd, two hubs, $ETCD_N appliances every ${ETCD_INTERVAL_MS} ms" >&2
 cluster=""; clients=()
 for i in 0 1 2; do
   c=$(free_port); p=$(free_port)
@@ -76,7 +82,7 @@ done
 mkdir -p "$work/etc2"; cp "$work/etc"/*.pem "$work/etc"/*.key "$work/etc2/"
 url_a=$(start_hub "$work/etc" "$work/a.out" --etcd-endpoints "$endpoints")
 url_b=$(start_hub "$work/etc2" "$work/b.out" --etcd-endpoints "$endpoints")
-etcd_run=$(run_load "$work/etc" etc --url "$url_a" --url "$url_b" \
+etcd_run=$(run_load "$work/etc" etc "$ETCD_N" "$ETCD_INTERVAL_MS" --url "$url_a" --url "$url_b" \
   --pid "hub-a=$(cat "$work/a.out.pid")" --pid "hub-b=$(cat "$work/b.out.pid")" \
   $(printf -- '--pid %s ' "${etcd_pids[@]}"))
 echo "$etcd_run"

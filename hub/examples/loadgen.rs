@@ -51,10 +51,10 @@ struct Args {
     pids: Vec<String>,
 }
 
-fn client(ca: &str, identity: Option<(&str, &str)>) -> anyhow::Result<reqwest::Client> {
+fn client(ca: &str, pool: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(cairn_hub::client::tls_config(ca, identity)?)
-        .pool_max_idle_per_host(1)
+        .tls_backend_preconfigured(cairn_hub::client::tls_config(ca, None)?)
+        .pool_max_idle_per_host(pool)
         .timeout(Duration::from_secs(30))
         .build()?)
 }
@@ -91,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
         .context("reading --token-file")?
         .trim()
         .to_owned();
-    let anon = client(&ca, None)?;
+    // Registrations reuse kept-alive connections: their cost is the hub's, not handshakes'.
+    let anon = client(&ca, args.register_concurrency.max(1))?;
     // One enrollment token per registration slot: every registration bumps its token's use
     // counter, and one shared token would serialize them all on that record.
     let mut tokens = Vec::new();

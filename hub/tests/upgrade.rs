@@ -494,6 +494,28 @@ async fn canary_then_batches_pause_on_a_rollback_that_is_quarantined() {
     assert_eq!(committed["status"]["status"]["os_version"], "2.0");
     assert_eq!(committed["status"]["status"]["booted_slot"], "b");
 
+    // Each step is an event of its appliance.
+    let (_, events) = admin.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+    let kinds_of = |id: &str| -> Vec<String> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["appliance"] == id)
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(kinds_of(&nodes[0].id).contains(&"upgrade-committed".to_owned()));
+    let failed_kinds = kinds_of(&nodes[2].id);
+    assert!(
+        failed_kinds.contains(&"upgrade-ordered".to_owned()),
+        "{failed_kinds:?}"
+    );
+    assert!(
+        failed_kinds.contains(&"upgrade-failed".to_owned()),
+        "{failed_kinds:?}"
+    );
+
     // Metrics count campaigns and members.
     let metrics = admin
         .http

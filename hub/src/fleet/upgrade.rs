@@ -1102,6 +1102,11 @@ impl Fleet {
                         max_bytes_per_second: None,
                     });
                     a.desired.generation += 1;
+                    ops.push(self.event_op(
+                        a,
+                        "upgrade-ordered",
+                        format!("{}: {running} -> {}", c.name, release.version),
+                    ));
                     m.state = MemberState::Ordered;
                     m.phase = None;
                     m.from_version = running;

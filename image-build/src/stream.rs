@@ -100,9 +100,21 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Bytes per write: large, so a disk sees long sequential requests, and few enough
+/// round trips between the two threads that handing buffers over costs nothing measurable.
+const CHUNK: usize = 4 << 20;
+/// Buffers in flight: one being filled, one being hashed, one spare.
+const BUFFERS: usize = 3;
+
 /// Decompresses `compressed` into `dest`, checking the compressed bytes against
 /// `expect_compressed` (when given) and the image against `expect_image`. Writes at most
 /// `limit` bytes. `progress` sees the running count of image bytes written.
+///
+/// Two threads share the work so the write keeps pace with a plain copy (`dd`): this thread
+/// reads, hashes the compressed bytes, decompresses and writes; a helper hashes the image
+/// bytes of the chunk just written while the next one is decompressed. Buffers are handed
+/// over, never copied. The caller's reader and writer stay on this thread, so they need not
+/// be `Send`.
 pub fn write_verified(
     compressed: impl Read,
     dest: &mut impl Write,
@@ -111,40 +123,84 @@ pub fn write_verified(
     limit: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Digest, StreamError> {
+    use std::sync::Arc;
+    use std::sync::mpsc::sync_channel;
+
     if expect_image.size > limit {
         return Err(StreamError::TooLarge { limit });
     }
     let mut outer = HashingReader::new(compressed);
-    let decoder = zstd::stream::read::Decoder::new(&mut outer).map_err(StreamError::Io)?;
-    let mut inner = HashingReader::new(decoder);
-    // 1 MiB writes: large enough that the destination sees sequential full-size requests.
-    let mut buf = vec![0u8; 1 << 20];
-    let mut written = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = inner.read(&mut buf[filled..]).map_err(StreamError::Io)?;
-            if n == 0 {
-                break;
+    let (to_hash, hash_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
+    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
+    let (written, image) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut ctx = Context::new(&SHA256);
+            let mut count = 0u64;
+            for buf in hash_rx {
+                ctx.update(&buf);
+                count += buf.len() as u64;
+                // The writer may have stopped early; then nobody wants the buffer back.
+                let _ = hashed_tx.send(buf);
             }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        if written + filled as u64 > limit {
-            return Err(StreamError::TooLarge { limit });
-        }
-        dest.write_all(&buf[..filled]).map_err(StreamError::Io)?;
-        written += filled as u64;
-        progress(written);
-    }
+            Digest {
+                size: count,
+                sha256: hex::encode(ctx.finish().as_ref()),
+            }
+        });
+        let copied = (|| -> Result<u64, StreamError> {
+            let mut decoder =
+                zstd::stream::read::Decoder::new(&mut outer).map_err(StreamError::Io)?;
+            let mut pool: Vec<Vec<u8>> = Vec::new();
+            let mut allocated = 0;
+            let mut written = 0u64;
+            loop {
+                let mut buf = match pool.pop() {
+                    Some(buf) => buf,
+                    None if allocated < BUFFERS => {
+                        allocated += 1;
+                        Vec::with_capacity(CHUNK)
+                    }
+                    None => {
+                        let back = hashed.recv().expect("the hasher runs until we hang up");
+                        Arc::try_unwrap(back).expect("the writer released the buffer")
+                    }
+                };
+                buf.resize(CHUNK, 0);
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = decoder.read(&mut buf[filled..]).map_err(StreamError::Io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok(written);
+                }
+                buf.truncate(filled);
+                if written + filled as u64 > limit {
+                    return Err(StreamError::TooLarge { limit });
+                }
+                let buf = Arc::new(buf);
+                to_hash
+                    .send(Arc::clone(&buf))
+                    .expect("the hasher runs until we hang up");
+                dest.write_all(&buf).map_err(StreamError::Io)?;
+                written += filled as u64;
+                progress(written);
+                drop(buf);
+                // Take back what the hasher finished without waiting for it.
+                while let Ok(back) = hashed.try_recv() {
+                    pool.push(Arc::try_unwrap(back).expect("the writer released the buffer"));
+                }
+            }
+        })();
+        drop(to_hash);
+        let image = hasher.join().expect("the hasher does not panic");
+        copied.map(|written| (written, image))
+    })?;
     dest.flush().map_err(StreamError::Io)?;
-    drop(inner.inner);
-    let image = Digest {
-        size: inner.count,
-        sha256: hex::encode(inner.ctx.finish().as_ref()),
-    };
+    debug_assert_eq!(written, image.size);
     // Drain what the decoder did not need (trailing bytes count against the payload digest).
     std::io::copy(&mut outer, &mut std::io::sink()).map_err(StreamError::Io)?;
     let payload = outer.finish();
@@ -174,7 +230,10 @@ mod tests {
     use super::*;
 
     fn sample() -> (Vec<u8>, Vec<u8>) {
-        let image: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        // More chunks than buffers, and a partial last chunk: buffers are reused.
+        let image: Vec<u8> = (0..(4 * CHUNK as u32 + 12345))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let compressed = zstd::stream::encode_all(&image[..], 3).unwrap();
         (image, compressed)
     }

@@ -1,16 +1,20 @@
-//! `cairn boot-server`: proxy DHCP and HTTP/iPXE for the servers of an inventory.
+//! `cairn boot-server`: proxy DHCP, TFTP and HTTP/iPXE for the servers of an inventory.
 //!
 //! - DHCP ([`dhcp`]): answers PXE clients whose MAC is in the inventory, nothing else.
+//! - TFTP ([`tftp`]): iPXE itself, for NIC ROMs that are plain PXE.
 //! - HTTP (axum): `/boot/{mac}.ipxe` (per-server iPXE script rendered with tera from the
 //!   build's `pxe/ipxe.tera`, carrying this server's URL and a per-install token),
 //!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `/v1/install/plan`
-//!   and `/v1/install/progress` (bearer token), `/v1/install/status` (what every server
-//!   reported last).
+//!   and `/v1/install/progress` (bearer token); for the rack provisioner, unauthenticated
+//!   reads of what the agents reported: `/v1/install/progress/{mac}` (the latest report of
+//!   one server) and `/v1/install/status` (every inventory server). Both shapes are a
+//!   contract documented in docs/images.md.
 //!
 //! Tokens are random per server and per run; only their SHA-256 is kept in memory.
 //! The inventory is read with `cairn_hardware::inventory` (the format's owner).
 
 pub mod dhcp;
+pub mod tftp;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -51,6 +55,12 @@ pub struct BootServerArgs {
     /// HTTP port (0 picks a free one; the chosen URL is logged).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// TFTP port for the PXE ROMs that load iPXE first (69 is what every ROM asks).
+    #[arg(long, default_value_t = 69)]
+    tftp_port: u16,
+    /// Where ipxe.efi and undionly.kpxe are (Debian's ipxe package).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    ipxe_dir: PathBuf,
     /// Also lease addresses to inventory MACs, from this range: `192.168.77.100-192.168.77.200`.
     #[arg(long)]
     dhcp_range: Option<String>,
@@ -89,7 +99,43 @@ struct Server {
 
 struct AppState {
     servers: Vec<Server>,
-    progress: Mutex<BTreeMap<String, InstallProgress>>,
+    /// The latest report per boot MAC, numbered by `next_seq`.
+    progress: Mutex<Reports>,
+}
+
+#[derive(Default)]
+struct Reports {
+    next_seq: u64,
+    latest: BTreeMap<String, Report>,
+}
+
+/// One server's latest report, as `GET /v1/install/progress/{mac}` answers it. `seq` grows
+/// with every report the boot server accepts (from any server), so a poller sees whether a
+/// report is new even when it repeats the previous step.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Report {
+    /// Order of arrival at this boot server (starts at 1).
+    pub seq: u64,
+    /// What the agent sent; `mac` is the inventory's boot MAC of the token's server.
+    pub progress: InstallProgress,
+}
+
+/// One inventory server in `GET /v1/install/status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ServerStatus {
+    /// The inventory name.
+    pub name: String,
+    /// The boot MAC (lowercase).
+    pub mac: String,
+    /// The latest report, or `null` before the agent reported anything.
+    pub report: Option<Report>,
+}
+
+/// `GET /v1/install/status`: every inventory server with a boot MAC, in inventory order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct StatusAnswer {
+    /// The servers.
+    pub servers: Vec<ServerStatus>,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -222,23 +268,15 @@ impl BootServerArgs {
             prefix,
             boot_urls,
             leases,
-            tftp_bootfile: ("ipxe.efi".into(), "undionly.kpxe".into()),
+            tftp_bootfile: (tftp::BOOT_FILES.0.into(), tftp::BOOT_FILES.1.into()),
         });
         let state = Arc::new(AppState {
             servers,
-            progress: Mutex::new(BTreeMap::new()),
+            progress: Mutex::default(),
         });
-        let app = axum::Router::new()
-            .route("/boot/{file}", get(boot_script))
-            .route("/v1/install/plan", get(plan))
-            .route("/v1/install/progress", post(progress))
-            .route("/v1/install/status", get(status))
-            .nest_service(
-                "/pxe",
-                tower_http::services::ServeDir::new(self.artifacts.join("pxe")),
-            )
-            .with_state(state.clone());
-        tracing::info!(url = %base_url, interface = %self.interface, servers = state.servers.len(), "boot server up");
+        let app = router(state.clone(), self.artifacts.join("pxe"));
+        let tftp = tftp::Tftp::bind(&self.ipxe_dir, (server_ip, self.tftp_port).into()).await?;
+        tracing::info!(url = %base_url, tftp = %tftp.addr(), interface = %self.interface, servers = state.servers.len(), "boot server up");
         let http = axum::serve(listener, app);
         let iface = self.interface.clone();
         let dhcp67 = dhcp::serve(&iface, dhcp_cfg.clone(), 67);
@@ -247,10 +285,22 @@ impl BootServerArgs {
             r = http => r.context("HTTP server")?,
             r = dhcp67 => r.context("DHCP on port 67 (needs root or CAP_NET_BIND_SERVICE)")?,
             r = dhcp4011 => r.context("proxy DHCP on port 4011")?,
+            r = tftp.serve() => r.context("TFTP")?,
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         }
         Ok(Exit::Success)
     }
+}
+
+fn router(state: Arc<AppState>, pxe: PathBuf) -> axum::Router {
+    axum::Router::new()
+        .route("/boot/{file}", get(boot_script))
+        .route("/v1/install/plan", get(plan))
+        .route("/v1/install/progress", post(progress))
+        .route("/v1/install/progress/{mac}", get(progress_of))
+        .route("/v1/install/status", get(status))
+        .nest_service("/pxe", tower_http::services::ServeDir::new(pxe))
+        .with_state(state)
 }
 
 fn parse_range(text: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
@@ -326,14 +376,140 @@ async fn progress(
         return StatusCode::UNAUTHORIZED;
     };
     tracing::info!(server = %s.name, step = ?p.step, bytes = p.bytes_written, message = %p.message, "install progress");
-    state
-        .progress
-        .lock()
-        .expect("not poisoned")
-        .insert(s.name.clone(), p);
+    // The token says which server this is; the MAC the agent claims is only informational.
+    let progress = InstallProgress {
+        mac: s.mac.clone(),
+        ..p
+    };
+    let mut reports = state.progress.lock().expect("not poisoned");
+    reports.next_seq += 1;
+    let seq = reports.next_seq;
+    reports
+        .latest
+        .insert(s.mac.clone(), Report { seq, progress });
     StatusCode::NO_CONTENT
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Json<BTreeMap<String, InstallProgress>> {
-    Json(state.progress.lock().expect("not poisoned").clone())
+async fn progress_of(
+    State(state): State<Arc<AppState>>,
+    UrlPath(mac): UrlPath<String>,
+) -> axum::response::Response {
+    let mac = mac.to_ascii_lowercase();
+    match state
+        .progress
+        .lock()
+        .expect("not poisoned")
+        .latest
+        .get(&mac)
+    {
+        Some(r) => Json(r.clone()).into_response(),
+        None if state.servers.iter().any(|s| s.mac == mac) => {
+            (StatusCode::NOT_FOUND, "no report from this server yet").into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not in the inventory").into_response(),
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<StatusAnswer> {
+    let reports = state.progress.lock().expect("not poisoned");
+    Json(StatusAnswer {
+        servers: state
+            .servers
+            .iter()
+            .map(|s| ServerStatus {
+                name: s.name.clone(),
+                mac: s.mac.clone(),
+                report: reports.latest.get(&s.mac).cloned(),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> Arc<AppState> {
+        let server = |name: &str, mac: &str, token: &str| Server {
+            name: name.into(),
+            mac: mac.into(),
+            plan: InstallPlan::default(),
+            token_hash: sha256_hex(token),
+            script: String::new(),
+        };
+        Arc::new(AppState {
+            servers: vec![
+                server("edge-1", "52:54:00:ab:00:01", "t1"),
+                server("edge-2", "52:54:00:00:00:02", "t2"),
+            ],
+            progress: Mutex::default(),
+        })
+    }
+
+    /// The provisioner's view over real HTTP: per-MAC progress with a growing `seq`, and the
+    /// status of every inventory server; reports need the server's own token.
+    #[tokio::test]
+    async fn reports_are_readable_per_mac_and_for_the_whole_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state(), dir.path().to_owned());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+        let r = get("/v1/install/progress/52:54:00:ab:00:01").await.unwrap();
+        assert_eq!(r.status(), 404);
+        let report = |token: &str, step: cairn_api::InstallStep| {
+            http.post(format!("{base}/v1/install/progress"))
+                .bearer_auth(token)
+                .json(&InstallProgress {
+                    mac: "spoofed".into(),
+                    step,
+                    bytes_written: 5,
+                    bytes_total: Some(10),
+                    message: "m".into(),
+                })
+                .send()
+        };
+        let r = report("wrong", cairn_api::InstallStep::Started)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        for step in [
+            cairn_api::InstallStep::Started,
+            cairn_api::InstallStep::Writing,
+        ] {
+            assert_eq!(report("t1", step).await.unwrap().status(), 204);
+        }
+
+        // Upper-case MACs are the same server.
+        let r: Report = get("/v1/install/progress/52:54:00:AB:00:01")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r.seq, 2);
+        assert_eq!(r.progress.step, cairn_api::InstallStep::Writing);
+        assert_eq!(
+            r.progress.mac, "52:54:00:ab:00:01",
+            "the token decides the MAC"
+        );
+
+        let text = get("/v1/install/status")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["servers"][0]["name"], "edge-1");
+        assert_eq!(json["servers"][0]["report"]["seq"], 2);
+        assert_eq!(json["servers"][0]["report"]["progress"]["step"], "writing");
+        assert_eq!(json["servers"][0]["report"]["progress"]["bytes_written"], 5);
+        assert_eq!(json["servers"][1]["mac"], "52:54:00:00:00:02");
+        assert!(json["servers"][1]["report"].is_null(), "{text}");
+    }
 }

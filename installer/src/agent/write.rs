@@ -267,10 +267,10 @@ fn write_all(
     let total = m.root_image.size;
     {
         let payload = source.open("root.img.zst")?;
-        let dest = target
+        // write_verified writes 4 MiB chunks: no buffering needed (nor wanted: a copy).
+        let mut dest = target
             .writer_at(slot.offset)
             .map_err(io("seeking to root-a"))?;
-        let mut dest = std::io::BufWriter::with_capacity(1 << 20, dest);
         write_verified(
             payload,
             &mut dest,

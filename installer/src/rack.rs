@@ -126,7 +126,7 @@ fn read_secret(path: &Path, what: &str) -> anyhow::Result<String> {
 fn check_artifacts(dir: &Path, need_pxe: bool, need_iso: bool) -> Result<(), String> {
     let mut missing = Vec::new();
     if need_pxe {
-        for f in ["pxe/vmlinuz", "pxe/initrd"] {
+        for f in ["pxe/vmlinuz", "pxe/initrd.img"] {
             if !dir.join(f).is_file() {
                 missing.push(f);
             }

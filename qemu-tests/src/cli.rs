@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::lab::control::{self, ChassisOp, Reply, Request, ServerState};
 use crate::lab::layout::{Layout, Manifest};
 use crate::lab::procs;
+use crate::lab::services;
 use crate::lab::supervisor::{self, BmcChoice, Lab, UpOptions};
 
 /// Rehearse a site: an emulated rack of QEMU servers with real BMC emulators.
@@ -62,13 +63,16 @@ enum LabCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Start, provision every server, and show the fleet (not built yet: needs the boot
-    /// server of issue 6; scripts/demo shows what runs today).
-    Demo {
-        /// Number of servers.
-        #[arg(long, default_value_t = 3)]
-        servers: usize,
+    /// Stop or start the lab's hub (to rehearse a site that loses its hub).
+    Hub {
+        #[command(flatten)]
+        dir: DirArg,
+        /// `stop` or `start`.
+        action: HubAction,
     },
+    /// Up, build the image, provision every server, show the fleet from the hub, print a
+    /// summary with timings; then keep the lab running for exploration until `down`.
+    Demo(DemoArgs),
     /// Used by ipmi_sim's chassis_control: forwards `get`/`set` to the lab supervisor.
     #[command(hide = true)]
     Chassis {
@@ -82,6 +86,24 @@ enum LabCommand {
     },
 }
 
+/// What `cairn-lab hub` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HubAction {
+    /// Kill the hub process (appliances keep retrying).
+    Stop,
+    /// Start it again, with the same data and CA.
+    Start,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    up: UpArgs,
+    /// Tear the lab down after the summary instead of leaving it running (scripts, CI).
+    #[arg(long)]
+    down_after: bool,
+}
+
 #[derive(Debug, Args)]
 struct UpArgs {
     #[command(flatten)]
@@ -93,11 +115,31 @@ struct UpArgs {
     #[arg(long, value_enum, default_value_t = BmcChoice::Ipmi)]
     bmc: BmcChoice,
     /// Guest memory per server, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 512)]
     memory_mb: u32,
     /// Blank disk per server, GiB (sparse).
     #[arg(long, default_value_t = 4)]
     disk_gb: u64,
+    /// Serve this `cairn image build` output instead of building the minimal image.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// Only servers and BMCs: no hub, no boot server, no image build.
+    #[arg(long, conflicts_with = "artifacts")]
+    no_services: bool,
+}
+
+impl UpArgs {
+    fn options(&self) -> UpOptions {
+        UpOptions {
+            dir: self.dir.dir.clone(),
+            servers: self.servers,
+            bmc: self.bmc,
+            memory_mb: self.memory_mb,
+            disk_gb: self.disk_gb,
+            services: !self.no_services,
+            artifacts: self.artifacts.clone(),
+        }
+    }
 }
 
 impl LabCli {
@@ -108,24 +150,23 @@ impl LabCli {
             LabCommand::Down(dir) => down(&dir.dir),
             LabCommand::Status { dir, output } => status(&dir.dir, output),
             LabCommand::Exec { dir, command } => exec(&dir.dir, &command),
-            LabCommand::Demo { .. } => Ok(cairn_api::cli::not_built(
-                "cairn-lab demo",
-                "issue 8; it needs `cairn boot-server` from issue 6",
-            )),
+            LabCommand::Hub { dir, action } => hub(&dir.dir, action),
+            LabCommand::Demo(args) => crate::demo::run(args.up.options(), args.down_after).await,
             LabCommand::Chassis { dir, server, args } => Ok(chassis(&dir.dir, &server, &args)),
         }
     }
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<Exit> {
-    let opts = UpOptions {
-        dir: args.dir.dir,
-        servers: args.servers,
-        bmc: args.bmc,
-        memory_mb: args.memory_mb,
-        disk_gb: args.disk_gb,
-    };
+    let opts = args.options();
     let lab = tokio::task::spawn_blocking(move || Lab::build(&opts)).await??;
+    print_up(&lab);
+    lab.serve().await?;
+    Ok(Exit::Success)
+}
+
+/// What `up` and `demo` say once the lab is built.
+pub(crate) fn print_up(lab: &Lab) {
     let m = lab.manifest();
     let dir = lab.layout().dir().display().to_string();
     println!("lab up in {dir} (network namespace {})", m.netns);
@@ -134,9 +175,19 @@ async fn up(args: UpArgs) -> anyhow::Result<Exit> {
         println!("{:<6} {:<34} {:<18}", s.name, s.bmc_url, s.mac);
     }
     println!("inventory: {}", lab.layout().rack_yaml().display());
+    if let Some(s) = &m.services {
+        println!("hub: {} (CA {})", s.hub_url, s.hub_ca_fingerprint);
+        println!(
+            "  operator: cairn-lab exec --dir {dir} -- cairn hub --config {} appliances list",
+            s.hub_login.display()
+        );
+        println!(
+            "boot server: {} serving {}",
+            s.boot_server_url,
+            s.artifacts.display()
+        );
+    }
     println!("supervising; stop with `cairn-lab down --dir {dir}` or Ctrl-C");
-    lab.serve().await?;
-    Ok(Exit::Success)
 }
 
 fn read(dir: &std::path::Path) -> anyhow::Result<(Layout, Manifest)> {
@@ -176,9 +227,35 @@ fn states(layout: &Layout) -> anyhow::Result<Vec<ServerState>> {
     }
 }
 
+fn hub(dir: &std::path::Path, action: HubAction) -> anyhow::Result<Exit> {
+    let (layout, _) = read(dir)?;
+    let run = matches!(action, HubAction::Start);
+    match control::call(
+        &layout.socket(),
+        &Request::Hub { run },
+        Duration::from_secs(60),
+    )? {
+        Reply::Error { message } => {
+            eprintln!("error: {message}");
+            Ok(Exit::Failed)
+        }
+        _ => {
+            println!("hub {}", if run { "started" } else { "stopped" });
+            Ok(Exit::Success)
+        }
+    }
+}
+
 fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
     let (layout, manifest) = read(dir)?;
     let states = states(&layout)?;
+    // The hub's view: appliances by hostname (= server name), or why it cannot be had.
+    let hub_view = manifest
+        .services
+        .as_ref()
+        .map(|info| services::hub_view(&manifest.netns, info));
+    let appliance =
+        |name: &str| -> Option<&serde_json::Value> { hub_view.as_ref()?.as_ref().ok()?.get(name) };
     match output {
         OutputFormat::Json => {
             let servers: Vec<serde_json::Value> = manifest
@@ -186,7 +263,7 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
                 .iter()
                 .map(|spec| {
                     let state = states.iter().find(|s| s.name == spec.name);
-                    serde_json::json!({ "spec": spec, "state": state })
+                    serde_json::json!({ "spec": spec, "state": state, "hub": appliance(&spec.name) })
                 })
                 .collect();
             let doc = serde_json::json!({
@@ -194,6 +271,8 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
                 "netns": manifest.netns,
                 "supervisor_pid": manifest.supervisor_pid,
                 "rack_yaml": layout.rack_yaml(),
+                "services": manifest.services,
+                "hub_error": hub_view.as_ref().and_then(|v| v.as_ref().err()),
                 "servers": servers,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -204,14 +283,31 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
                 layout.dir().display(),
                 manifest.netns
             );
+            match (&manifest.services, &hub_view) {
+                (Some(s), Some(Ok(_))) => {
+                    println!("hub {} (up); boot server {}", s.hub_url, s.boot_server_url)
+                }
+                (Some(s), Some(Err(e))) => {
+                    println!("hub {}: {e}; boot server {}", s.hub_url, s.boot_server_url)
+                }
+                _ => println!("no hub or boot server (started with --no-services)"),
+            }
             println!(
-                "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} POWER-ONS",
-                "SERVER", "BMC", "BOOT MAC", "POWER", "PID", "NEXT BOOT"
+                "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} {:<9} HUB",
+                "SERVER", "BMC", "BOOT MAC", "POWER", "PID", "NEXT BOOT", "POWER-ONS"
             );
             for spec in &manifest.servers {
                 let st = states.iter().find(|s| s.name == spec.name);
+                let hub = match appliance(&spec.name) {
+                    Some(a) => format!(
+                        "{} {}",
+                        a["state"].as_str().unwrap_or("?"),
+                        a["id"].as_str().unwrap_or("?")
+                    ),
+                    None => "-".into(),
+                };
                 println!(
-                    "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} {}",
+                    "{:<6} {:<30} {:<18} {:<6} {:<8} {:<9} {:<9} {}",
                     spec.name,
                     spec.bmc_url,
                     spec.mac,
@@ -222,6 +318,7 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
                         .unwrap_or("-".into()),
                     st.map(|s| s.next_boot.as_str()).unwrap_or("?"),
                     st.map(|s| s.power_ons).unwrap_or(0),
+                    hub,
                 );
             }
         }

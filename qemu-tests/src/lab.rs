@@ -15,7 +15,7 @@
 //!
 //! Modules: [`layout`] (paths and the manifest), [`net`] (namespace, bridge, taps),
 //! [`ipmi`] (`ipmi_sim` configuration), [`server`] (one server's power and boot device),
-//! [`supervisor`] (the process), [`control`] (the socket protocol), [`rackfile`] (rack.yaml).
+//! [`supervisor`] (the process), [`control`] (the socket protocol), [`rackfile`] (rack.yaml), [`services`] (the lab's hub and boot server).
 
 pub mod control;
 pub mod ipmi;
@@ -24,4 +24,5 @@ pub mod net;
 pub mod procs;
 pub mod rackfile;
 pub mod server;
+pub mod services;
 pub mod supervisor;

@@ -6,6 +6,7 @@
 //! traffic outside the namespaces it creates.
 
 pub mod cli;
+pub mod demo;
 pub mod guest;
 pub mod initramfs;
 pub mod lab;

@@ -34,7 +34,7 @@ impl TestLab {
         // Placeholders for the artifacts check only: nothing serves them until the boot
         // server exists, and the servers' PXE requests go unanswered.
         std::fs::write(artifacts.join("pxe/vmlinuz"), b"").unwrap();
-        std::fs::write(artifacts.join("pxe/initrd"), b"").unwrap();
+        std::fs::write(artifacts.join("pxe/initrd.img"), b"").unwrap();
         std::fs::write(t.join("token"), "cairn-op.test.unused\n").unwrap();
         std::fs::write(t.join("hub-ca.pem"), "").unwrap();
         Command::new(LAB)

@@ -25,6 +25,11 @@ pub enum Request {
     },
     /// Every server's state.
     Status,
+    /// Stop (`run: false`) or start the lab's hub.
+    Hub {
+        /// Whether it should run.
+        run: bool,
+    },
     /// Tear the lab down and exit.
     Down,
 }

@@ -54,7 +54,7 @@ pub struct ServerSpec {
 }
 
 /// `lab.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Network namespace holding the lab segment.
     pub netns: String,
@@ -68,6 +68,9 @@ pub struct Manifest {
     pub memory_mb: u32,
     /// Disk size per server.
     pub disk_gb: u64,
+    /// The lab's hub and boot server, when it runs them.
+    #[serde(default)]
+    pub services: Option<crate::lab::services::ServicesInfo>,
 }
 
 /// Paths of one lab.

@@ -18,6 +18,7 @@ use crate::lab::control::{Reply, Request, ServerState};
 use crate::lab::ipmi::{self, IpmiSimConfig};
 use crate::lab::layout::{self, BmcKind, Layout, Manifest, ServerSpec};
 use crate::lab::server::{LabServer, NextBoot};
+use crate::lab::services::Services;
 use crate::lab::{net, procs, rackfile};
 
 /// Which BMC emulators `up` gives the servers.
@@ -44,6 +45,10 @@ pub struct UpOptions {
     pub memory_mb: u32,
     /// Blank disk size per server.
     pub disk_gb: u64,
+    /// Run the lab's hub and boot server (off: BMCs and servers only).
+    pub services: bool,
+    /// An existing `cairn image build` output for the boot server; `None` builds one.
+    pub artifacts: Option<PathBuf>,
 }
 
 /// The BMC user the lab creates.
@@ -55,6 +60,7 @@ pub struct Lab {
     manifest: Manifest,
     servers: Arc<Mutex<Vec<LabServer>>>,
     helpers: Vec<(String, Child)>,
+    services: Option<Arc<Mutex<Services>>>,
     torn_down: bool,
 }
 
@@ -155,16 +161,28 @@ impl Lab {
             servers: plan(opts.servers, opts.bmc),
             memory_mb: opts.memory_mb,
             disk_gb: opts.disk_gb,
+            services: None,
         };
         let mut lab = Lab {
             layout,
             servers: Arc::new(Mutex::new(Vec::new())),
             helpers: Vec::new(),
+            services: None,
             manifest,
             torn_down: false,
         };
         // Any error from here on drops `lab`, which removes what was made so far.
         lab.populate()?;
+        if opts.services {
+            let services = Services::start(
+                &lab.layout,
+                &lab.manifest.netns,
+                &lab.manifest.bridge,
+                opts.artifacts.as_deref(),
+            )?;
+            lab.manifest.services = Some(services.info.clone());
+            lab.services = Some(Arc::new(Mutex::new(services)));
+        }
         Ok(lab)
     }
 
@@ -307,6 +325,11 @@ impl Lab {
                 s.power_off();
             }
         }
+        if let Some(services) = self.services.take()
+            && let Ok(mut services) = services.lock()
+        {
+            services.stop();
+        }
         for (name, child) in &mut self.helpers {
             let _ = child.kill();
             let _ = child.wait();
@@ -336,7 +359,7 @@ impl Lab {
             tokio::select! {
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        tokio::spawn(handle(stream, self.servers.clone(), down_tx.clone()));
+                        tokio::spawn(handle(stream, self.servers.clone(), self.services.clone(), down_tx.clone()));
                     }
                 }
                 _ = tick.tick() => {
@@ -374,6 +397,7 @@ impl Drop for Lab {
 async fn handle(
     stream: UnixStream,
     servers: Arc<Mutex<Vec<LabServer>>>,
+    services: Option<Arc<Mutex<Services>>>,
     down: mpsc::Sender<OwnedWriteHalf>,
 ) {
     let (read, mut write) = stream.into_split();
@@ -400,6 +424,11 @@ async fn handle(
                 message: e.to_string(),
             })
         }
+        Ok(Request::Hub { run }) => tokio::task::spawn_blocking(move || hub(services, run))
+            .await
+            .unwrap_or_else(|e| Reply::Error {
+                message: e.to_string(),
+            }),
         Ok(Request::Chassis { server, set }) => {
             tokio::task::spawn_blocking(move || chassis(&servers, &server, &set))
                 .await
@@ -411,6 +440,26 @@ async fn handle(
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Stops or starts the lab's hub.
+fn hub(services: Option<Arc<Mutex<Services>>>, run: bool) -> Reply {
+    let Some(services) = services else {
+        return Reply::Error {
+            message: "this lab runs no hub (it was started with --no-services)".into(),
+        };
+    };
+    let mut services = services.lock().expect("lab services lock");
+    if run {
+        if let Err(e) = services.start_hub() {
+            return Reply::Error {
+                message: format!("{e:#}"),
+            };
+        }
+    } else {
+        services.stop_hub();
+    }
+    Reply::Ok
 }
 
 /// Applies chassis_control `set` pairs to one server: boot device first, then power.

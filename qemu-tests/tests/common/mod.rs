@@ -50,6 +50,7 @@ impl TestLab {
                 &servers.to_string(),
                 "--memory-mb",
                 "256",
+                "--no-services",
                 "--dir",
             ])
             .arg(&dir)

@@ -1,0 +1,453 @@
+//! The lab's own site services, run inside its namespace as children of the supervisor:
+//! a real `cairn-hub` (initialised with a CA that names the lab address, an operator login
+//! and a multi-use enrollment token) and a real `cairn boot-server` (proxy DHCP plus leases
+//! for the lab's MACs, iPXE and HTTP from the artifacts of `cairn image build`).
+//!
+//! Everything is driven through the same commands an operator types (`cairn-hub init`,
+//! `cairn hub login`, `cairn hub token create`, `cairn image build`, `cairn boot-server`), so
+//! the lab rehearses the real procedure. The binaries are taken from beside `cairn-lab`
+//! (one build), else from `PATH`.
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::lab::layout::{self, Layout};
+
+/// Port of the lab hub (HTTPS) on the lab gateway address.
+pub const HUB_PORT: u16 = 8443;
+/// Port of the boot server (HTTP) on the lab gateway address.
+pub const BOOT_PORT: u16 = 8080;
+
+/// What the services of a lab are, as recorded in `lab.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicesInfo {
+    /// `https://10.77.0.1:8443`.
+    pub hub_url: String,
+    /// The hub CA's SHA-256 fingerprint (sites pin it).
+    pub hub_ca_fingerprint: String,
+    /// The hub CA bundle (PEM).
+    pub hub_ca: PathBuf,
+    /// The operator (admin) token file, mode 0600.
+    pub admin_token: PathBuf,
+    /// The enrollment token file the boot server hands to installs, mode 0600.
+    pub enrollment_token: PathBuf,
+    /// `cairn hub --config FILE ...` login saved for the operator.
+    pub hub_login: PathBuf,
+    /// `http://10.77.0.1:8080`.
+    pub boot_server_url: String,
+    /// The image build the boot server serves.
+    pub artifacts: PathBuf,
+    /// Seconds the lab spent building that image (`None`: given with --artifacts).
+    #[serde(default)]
+    pub image_build_seconds: Option<f64>,
+    /// Seconds from `cairn-hub init` to the boot server answering.
+    #[serde(default)]
+    pub services_seconds: f64,
+}
+
+/// A cairn binary: beside the running `cairn-lab` when it is there, else from `PATH`.
+pub fn binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The image config the lab builds: the `minimal` profile (busybox and cairn's binaries).
+const IMAGE_CONFIG: &str = "# Written by cairn-lab: the minimal appliance profile.\n\
+profile: minimal\nversion: 0.1.0\ncompatible_from: []\n\
+disk:\n  size_mib: 384\n  esp_mib: 32\n  slot_mib: 96\n\
+kernel_args: console=ttyS0,115200\n";
+
+/// Runs a command to completion; its output is kept in `log` and shown on failure.
+fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: starting {:?}", cmd.get_program()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = std::fs::write(log, format!("{stdout}{stderr}"));
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            tail(&format!("{stdout}{stderr}"), 15)
+        );
+    }
+    Ok(stdout)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Builds the minimal image into `out` with `cairn image build` (about a minute here).
+pub fn build_image(out: &Path, log: &Path) -> anyhow::Result<()> {
+    let config = out.with_extension("yaml");
+    std::fs::write(&config, IMAGE_CONFIG)
+        .with_context(|| format!("writing {}", config.display()))?;
+    run_logged(
+        Command::new(binary("cairn"))
+            .args(["image", "build", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(out),
+        "cairn image build (minimal profile)",
+        log,
+    )?;
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A long-running service of the lab (a direct child: `ip netns exec` execs the program).
+#[derive(Debug)]
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn start(
+        name: &'static str,
+        netns: &str,
+        argv: &mut Command,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(argv.get_program())
+            .args(argv.get_args())
+            .envs(argv.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            // Plain log lines (no colour codes): the lab and its tests read them.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().context("log file")?)
+            .stderr(file);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Service { name, child, log })
+    }
+
+    /// Waits until the log shows `marker`; fails with the log when the process exits first.
+    fn wait_for(&mut self, marker: &str, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(marker) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status}: {}", self.name, tail(&text, 15));
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "{} did not report {marker:?} within {limit:?}: {}",
+                    self.name,
+                    tail(&text, 15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tracing::debug!(name = self.name, "stopped");
+    }
+}
+
+/// The running hub and boot server. Dropping it stops both.
+#[derive(Debug)]
+pub struct Services {
+    /// What they are.
+    pub info: ServicesInfo,
+    netns: String,
+    hub_dir: PathBuf,
+    hub: Option<Service>,
+    boot: Option<Service>,
+}
+
+impl Services {
+    /// Initialises the hub, starts it and the boot server. `artifacts` is an existing image
+    /// build; `None` builds one into the lab directory first.
+    pub fn start(
+        layout: &Layout,
+        netns: &str,
+        bridge: &str,
+        artifacts: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let gw = layout::gateway();
+        let dir = layout.dir();
+        let mut image_build_seconds = None;
+        let artifacts = match artifacts {
+            Some(a) => {
+                anyhow::ensure!(
+                    a.join("pxe/ipxe.tera").is_file(),
+                    "--artifacts {}: not an output of `cairn image build` (no pxe/ipxe.tera)",
+                    a.display()
+                );
+                std::fs::canonicalize(a).with_context(|| format!("resolving {}", a.display()))?
+            }
+            None => {
+                let out = dir.join("artifacts");
+                tracing::info!(out = %out.display(), "building the minimal image");
+                let started = Instant::now();
+                build_image(&out, &dir.join("image-build.log"))?;
+                image_build_seconds = Some(started.elapsed().as_secs_f64());
+                out
+            }
+        };
+        let hub_dir = dir.join("hub");
+        std::fs::create_dir_all(&hub_dir)
+            .with_context(|| format!("creating {}", hub_dir.display()))?;
+        let hub_url = format!("https://{gw}:{HUB_PORT}");
+        let info = ServicesInfo {
+            hub_ca_fingerprint: String::new(),
+            hub_ca: hub_dir.join("ca.pem"),
+            admin_token: hub_dir.join("admin.token"),
+            enrollment_token: hub_dir.join("enrollment.token"),
+            hub_login: hub_dir.join("login.json"),
+            boot_server_url: format!("http://{gw}:{BOOT_PORT}"),
+            artifacts,
+            hub_url,
+            image_build_seconds,
+            services_seconds: 0.0,
+        };
+        let started = Instant::now();
+        let mut services = Services {
+            info,
+            netns: netns.to_string(),
+            hub_dir,
+            hub: None,
+            boot: None,
+        };
+        services.init_hub(gw)?;
+        services.start_hub()?;
+        services.enroll()?;
+        services.start_boot_server(layout, bridge, gw)?;
+        services.info.services_seconds = started.elapsed().as_secs_f64();
+        Ok(services)
+    }
+
+    fn init_hub(&mut self, gw: Ipv4Addr) -> anyhow::Result<()> {
+        let out = run_logged(
+            Command::new(binary("cairn-hub"))
+                .args(["init", "--data"])
+                .arg(&self.hub_dir)
+                .args([
+                    "--name",
+                    &gw.to_string(),
+                    "--name",
+                    "localhost",
+                    "--admin-token-file",
+                ])
+                .arg(&self.info.admin_token)
+                .args(["--output", "json"]),
+            "cairn-hub init",
+            &self.hub_dir.join("init.log"),
+        )?;
+        let answer: serde_json::Value =
+            serde_json::from_str(out.trim()).context("reading cairn-hub init's JSON")?;
+        self.info.hub_ca_fingerprint = answer["ca_fingerprint"]
+            .as_str()
+            .context("cairn-hub init printed no ca_fingerprint")?
+            .to_string();
+        Ok(())
+    }
+
+    /// Starts `cairn-hub serve` (again, after [`Services::stop_hub`]): same data, same CA.
+    pub fn start_hub(&mut self) -> anyhow::Result<()> {
+        if self.hub.is_some() {
+            return Ok(());
+        }
+        let listen = format!("{}:{HUB_PORT}", layout::gateway());
+        let mut hub = Service::start(
+            "cairn-hub",
+            &self.netns,
+            Command::new(binary("cairn-hub"))
+                .args(["serve", "--data"])
+                .arg(&self.hub_dir)
+                .args(["--listen", &listen, "--heartbeat-interval", "5"]),
+            self.hub_dir.join("hub.log"),
+        )?;
+        // Appended, so a restart keeps the earlier log: the marker must be the new one.
+        hub.wait_for("listening on https://", Duration::from_secs(30))?;
+        self.hub = Some(hub);
+        Ok(())
+    }
+
+    /// Stops the hub (a site losing its hub); appliances keep retrying.
+    pub fn stop_hub(&mut self) {
+        if let Some(mut hub) = self.hub.take() {
+            hub.stop();
+            let old = self.hub_dir.join("hub.log");
+            let _ = std::fs::rename(&old, self.hub_dir.join("hub.log.stopped"));
+        }
+    }
+
+    /// Whether the hub process runs.
+    pub fn hub_running(&mut self) -> bool {
+        self.hub
+            .as_mut()
+            .is_some_and(|h| h.child.try_wait().ok().flatten().is_none())
+    }
+
+    /// `cairn hub ...` as the lab's operator, inside the namespace.
+    pub fn hub_cli(netns: &str, info: &ServicesInfo) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(binary("cairn"))
+            .args(["hub", "--config"])
+            .arg(&info.hub_login);
+        cmd
+    }
+
+    fn enroll(&mut self) -> anyhow::Result<()> {
+        let log = self.hub_dir.join("enroll.log");
+        run_logged(
+            Self::hub_cli(&self.netns, &self.info)
+                .args(["login", "--url", &self.info.hub_url, "--ca-fingerprint"])
+                .arg(&self.info.hub_ca_fingerprint)
+                .arg("--token-file")
+                .arg(&self.info.admin_token),
+            "cairn hub login",
+            &log,
+        )?;
+        // One token for the whole rack, for a week: re-provisioning a server uses it again.
+        let out = run_logged(
+            Self::hub_cli(&self.netns, &self.info).args([
+                "--output",
+                "json",
+                "token",
+                "create",
+                "--site",
+                "lab",
+                "--max-uses",
+                "1000",
+                "--ttl-seconds",
+                "604800",
+            ]),
+            "cairn hub token create",
+            &log,
+        )?;
+        let answer: serde_json::Value =
+            serde_json::from_str(out.trim()).context("reading the token JSON")?;
+        let token = answer["token"]
+            .as_str()
+            .context("cairn hub token create printed no token")?;
+        write_secret(&self.info.enrollment_token, token)
+    }
+
+    fn start_boot_server(
+        &mut self,
+        layout: &Layout,
+        bridge: &str,
+        gw: Ipv4Addr,
+    ) -> anyhow::Result<()> {
+        let [a, b, c] = layout::SUBNET_PREFIX;
+        let range = format!(
+            "{}-{}",
+            Ipv4Addr::new(a, b, c, 20),
+            Ipv4Addr::new(a, b, c, 99)
+        );
+        let mut boot = Service::start(
+            "cairn boot-server",
+            &self.netns,
+            Command::new(binary("cairn"))
+                .args(["boot-server", "--artifacts"])
+                .arg(&self.info.artifacts)
+                .args(["--interface", bridge, "--address", &gw.to_string()])
+                .args(["--http-port", &BOOT_PORT.to_string(), "--inventory"])
+                .arg(layout.rack_yaml())
+                .args(["--dhcp-range", &range, "--hub-url", &self.info.hub_url])
+                .arg("--hub-ca")
+                .arg(&self.info.hub_ca)
+                .arg("--enrollment-token-file")
+                .arg(&self.info.enrollment_token)
+                // The lab's disks are the lab's: a re-run may overwrite a half-written one.
+                .arg("--allow-wipe"),
+            layout.dir().join("boot-server.log"),
+        )?;
+        boot.wait_for("boot server up", Duration::from_secs(30))?;
+        self.boot = Some(boot);
+        Ok(())
+    }
+
+    /// Stops both services.
+    pub fn stop(&mut self) {
+        if let Some(mut b) = self.boot.take() {
+            b.stop();
+        }
+        if let Some(mut h) = self.hub.take() {
+            h.stop();
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The hub's view of the lab's servers: appliance JSON by hostname (the server name the
+/// install seed gives each appliance). Asked with `cairn hub appliances list`.
+pub fn hub_view(
+    netns: &str,
+    info: &ServicesInfo,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    let mut child = Services::hub_cli(netns, info)
+        .args(["--output", "json", "appliances", "list"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running cairn hub: {e}"))?;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("hub unreachable: {}", tail(&err, 3).trim()));
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("hub answer: {e}"))?;
+    let items = list
+        .as_array()
+        .or_else(|| list.get("appliances").and_then(|a| a.as_array()))
+        .cloned()
+        .unwrap_or_default();
+    Ok(items
+        .into_iter()
+        .filter_map(|a| Some((a.get("hostname")?.as_str()?.to_string(), a)))
+        .collect())
+}

@@ -25,6 +25,34 @@ impl Drop for Reaped {
     }
 }
 
+/// SHA-256 fingerprint (lowercase hex) of the certificate served on a loopback port, read
+/// with `openssl s_client` (an independent TLS client).
+fn served_fingerprint(port: u16) -> String {
+    let pem = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl is needed (scripts/setup)")
+        .stdout;
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(x509.stdin.as_mut().unwrap(), &pem).unwrap();
+    let out = x509.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "no certificate on port {port}: {text}");
+    text.split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .replace(':', "")
+        .to_ascii_lowercase()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -224,6 +252,16 @@ fn the_wizard_tests_everything_rolls_back_on_a_wrong_fingerprint_then_configures
             .expect("socat is needed (scripts/setup)"),
     );
     let url = format!("https://127.0.0.1:{relay_port}/");
+    // The browser accepts the self-signed certificate; what makes that safe is that the
+    // certificate served at this URL is the one whose fingerprint the console shows.
+    let shown = text
+        .split("certificate sha256 fingerprint: ")
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(served_fingerprint(relay_port), shown, "console vs served");
     let browser = Browser::start();
     poll("the wizard page through the relay", LIMIT, || {
         browser.go(&url);

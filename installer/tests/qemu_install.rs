@@ -352,3 +352,64 @@ fn a_corrupted_image_is_refused_over_pxe_and_the_disk_stays_unbootable() {
         "partition table or boot code left behind"
     );
 }
+
+/// A UEFI machine whose NIC has no iPXE ROM (`romfile=`) PXE-boots like real hardware:
+/// OVMF's PXE client gets `ipxe.efi` from the boot server over TFTP, iPXE then fetches its
+/// script over HTTP. The agent finds an ext4 filesystem on the disk and, without the wipe
+/// flag, refuses it and leaves every byte as it was.
+#[test]
+fn uefi_pxe_chains_through_tftp_and_a_disk_holding_a_filesystem_is_refused() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::new("fs");
+    let mac = "52:54:00:ca:1b:03";
+    let server = BootServer::start(&lab, &image, dir.path(), mac);
+    let disk = dir.path().join("target.raw");
+    blank_disk(&disk, 1024);
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "precious"])
+        .arg(&disk)
+        .status()
+        .expect("mkfs.ext4 is needed: apt-get install e2fsprogs");
+    assert!(mkfs.success());
+    let before = read_at(&disk, 0, 4 << 20);
+    let vars = ovmf_vars(dir.path());
+    let started = Instant::now();
+    let mut vm = uefi(VmBuilder::new(), &vars)
+        .memory_mb(768)
+        .netns(&lab.ns)
+        .nic(
+            Nic::Tap {
+                ifname: "tap0".into(),
+            },
+            &format!("virtio-net-pci,mac={mac},romfile="),
+        )
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-boot")
+        .arg("order=n")
+        .spawn()
+        .unwrap();
+    vm.wait_exit(LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("UEFI PXE via TFTP to refusal: {:?}", started.elapsed());
+    let serial = vm.serial();
+    assert!(
+        serial.contains("NBP filename is ipxe.efi") && serial.contains("iPXE initialising devices"),
+        "OVMF did not load iPXE over TFTP:\n{}",
+        vm.tail(40)
+    );
+    assert!(
+        serial.contains("holds ext2/3/4 filesystem; refusing to overwrite it"),
+        "{}",
+        vm.tail(40)
+    );
+    let log = server.log();
+    assert!(
+        log.contains("step=Failed") && log.contains("refusing to overwrite"),
+        "{log}"
+    );
+    assert!(
+        read_at(&disk, 0, 4 << 20) == before,
+        "the refused disk was modified"
+    );
+}

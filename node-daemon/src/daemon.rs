@@ -29,6 +29,8 @@ use crate::upgrade::{self, HealthInputs, SharedReport, UpgradeInput, Upgrader};
 
 /// Longest wait between attempts to reach the hub.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// Least time between two certificate renewals.
+pub const RENEW_SPACING: Duration = Duration::from_secs(3600);
 /// How often the kubelet unit is looked at.
 pub const KUBELET_POLL: Duration = Duration::from_secs(10);
 
@@ -104,6 +106,7 @@ pub struct Daemon<N: Network> {
     upgrade_report: SharedReport,
     booted_slot: Option<String>,
     hub_reached: bool,
+    renewed_at: Option<Instant>,
 }
 
 fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -157,6 +160,7 @@ impl<N: Network> Daemon<N> {
             upgrade_report,
             booted_slot,
             hub_reached: false,
+            renewed_at: None,
             store,
             network,
             roots,
@@ -290,7 +294,16 @@ impl<N: Network> Daemon<N> {
                 }
             };
         };
-        self.maybe_renew(&identity).await;
+        let identity = if self.maybe_renew(&identity).await {
+            // Heartbeat with the new certificate: the hub accepts the old one only as the
+            // previous, and the next renewal would supersede it.
+            match self.store.identity() {
+                Ok(Some(renewed)) => renewed,
+                _ => identity,
+            }
+        } else {
+            identity
+        };
         match self.heartbeat(&identity).await {
             Ok(()) => {
                 if self.failures > 0 {
@@ -436,17 +449,22 @@ impl<N: Network> Daemon<N> {
         });
     }
 
-    /// Renews the client certificate once a third of its validity is left, with a fresh key.
-    async fn maybe_renew(&mut self, identity: &Identity) {
+    /// Renews the client certificate once a third of its validity is left, with a fresh key;
+    /// returns whether it did. At most once per [`RENEW_SPACING`]: with the node's clock far
+    /// ahead of the hub's, a fresh certificate still looks due, and renewing on every
+    /// heartbeat would churn the hub's certificates.
+    async fn maybe_renew(&mut self, identity: &Identity) -> bool {
         let Ok((from, until)) = pki::validity(&identity.certificate_pem, "client certificate")
         else {
-            return;
+            return false;
         };
         if let Ok(mut s) = self.status.write() {
             s.certificate_not_after = rfc3339(until);
         }
-        if SystemTime::now() < pki::renew_at(from, until) {
-            return;
+        if SystemTime::now() < pki::renew_at(from, until)
+            || self.renewed_at.is_some_and(|t| t.elapsed() < RENEW_SPACING)
+        {
+            return false;
         }
         let result = async {
             let hub = self.hub_for(identity).map_err(RegisterError::from)?;
@@ -467,8 +485,13 @@ impl<N: Network> Daemon<N> {
             Ok(()) => {
                 tracing::info!("client certificate renewed");
                 self.hub = None;
+                self.renewed_at = Some(Instant::now());
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                false
+            }
         }
     }
 

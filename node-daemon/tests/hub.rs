@@ -57,6 +57,75 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
 }
 
 #[test]
+fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("renew");
+    write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
+    let node = Node::start(&root);
+    let id = registered(&node)["appliance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.stop();
+
+    // 20 hours later (libfaketime; the hub signs for 24 h): under a third of the validity
+    // is left, so the node renews with the real hub and heartbeats with the new certificate.
+    let node = Node::start_with(
+        &root,
+        &[
+            "env",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+            "faketime",
+            "-f",
+            "+20h",
+        ],
+    );
+    poll("the renewal", LIMIT, || {
+        node.log()
+            .contains("client certificate renewed")
+            .then_some(())
+    });
+    let after = node.status().unwrap()["last_hub_contact"].clone();
+    // Heartbeats go on with the new certificate (the hub takes the old one only until the
+    // next renewal).
+    let renewed = poll("a heartbeat after the renewal", LIMIT, || {
+        node.status().filter(|s| {
+            s["last_hub_contact"] != after
+                && s["hub_reachable"] == true
+                && s["last_error"].is_null()
+        })
+    });
+    assert_eq!(renewed["appliance_id"], id.as_str(), "same identity");
+    assert_eq!(
+        node.log().matches("client certificate renewed").count(),
+        1,
+        "renewed once, not on every heartbeat although the clocks disagree"
+    );
+    node.stop();
+
+    // The operator deletes the appliance: the node stops with the way out, and does not
+    // register itself again as a new appliance.
+    let node = Node::start(&root);
+    registered(&node);
+    let (code, body) = hub.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/appliances/{id}"),
+        None,
+    );
+    assert_eq!(code, 204, "{body}");
+    let status = poll("the node to see its identity rejected", LIMIT, || {
+        node.status().filter(|s| s["phase"] == "identity-rejected")
+    });
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("register again"), "{status}");
+    let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    node.stop();
+}
+
+#[test]
 fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let hub_data = dir.path().join("hub");

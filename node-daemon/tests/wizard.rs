@@ -44,7 +44,10 @@ fn served_fingerprint(port: u16) -> String {
     std::io::Write::write_all(x509.stdin.as_mut().unwrap(), &pem).unwrap();
     let out = x509.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "no certificate on port {port}: {text}");
+    assert!(
+        out.status.success(),
+        "no certificate on port {port}: {text}"
+    );
     text.split('=')
         .nth(1)
         .unwrap()

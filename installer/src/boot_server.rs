@@ -76,8 +76,9 @@ pub struct BootServerArgs {
     /// Let the agent overwrite disks that hold partitions or filesystems.
     #[arg(long)]
     allow_wipe: bool,
-    /// Listen for other DHCP/PXE servers on the segment first and refuse to start if one
-    /// offers PXE.
+    /// Probe the segment for other DHCP servers first (6 s): refuse to start if one offers
+    /// PXE, or if any answers while --dhcp-range would make this one lease too; otherwise
+    /// warn and start as proxy DHCP beside it.
     #[arg(long)]
     preflight: bool,
     /// Extra kernel arguments for the install environment.
@@ -166,15 +167,24 @@ impl BootServerArgs {
         };
         let (server_ip, prefix) = interface_address(&self.interface, self.address)?;
         if self.preflight {
-            let others = dhcp::preflight(&self.interface, std::time::Duration::from_secs(3))
+            let others = dhcp::preflight(&self.interface, std::time::Duration::from_secs(6))
                 .await
                 .context("preflight DHCP probe")?;
             for (ip, pxe) in &others {
                 tracing::warn!(server = %ip, pxe, "another DHCP server answers on this segment");
             }
-            if others.iter().any(|(_, pxe)| *pxe) {
+            if let Some((ip, _)) = others.iter().find(|(_, pxe)| *pxe) {
                 eprintln!(
-                    "error: another PXE server answers on {}; stop it first",
+                    "error: another PXE server ({ip}) answers on {}; stop it first",
+                    self.interface
+                );
+                return Ok(Exit::Failed);
+            }
+            // Proxy mode relies on the other DHCP server for addresses; leasing beside it
+            // would hand out conflicting ones.
+            if let (Some((ip, _)), Some(_)) = (others.first(), &self.dhcp_range) {
+                eprintln!(
+                    "error: another DHCP server ({ip}) answers on {}; drop --dhcp-range to run as proxy DHCP beside it",
                     self.interface
                 );
                 return Ok(Exit::Failed);

@@ -149,7 +149,7 @@ pub fn bind(interface: &str, port: u16) -> std::io::Result<tokio::net::UdpSocket
     tokio::net::UdpSocket::from_std(s.into())
 }
 
-/// `--preflight`: broadcasts a PXE DHCPDISCOVER on `interface` and lists the servers that
+/// `--preflight`: broadcasts PXE DHCPDISCOVERs on `interface` and lists the servers that
 /// answer within `wait` (address, whether the offer carries PXE boot information).
 pub async fn preflight(
     interface: &str,
@@ -174,11 +174,23 @@ pub async fn preflight(
     let mut out = Vec::new();
     d.encode(&mut Encoder::new(&mut out))
         .map_err(std::io::Error::other)?;
-    socket.send_to(&out, (Ipv4Addr::BROADCAST, 67)).await?;
     let mut found = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     let mut buf = vec![0u8; 1500];
-    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+    // Resent every 2 s like a client would: servers that ping an address before offering
+    // it (dnsmasq, ISC dhcpd) answer the first DISCOVER only after about 3 s.
+    let mut resend = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let n = tokio::select! {
+            _ = resend.tick() => {
+                socket.send_to(&out, (Ipv4Addr::BROADCAST, 67)).await?;
+                continue;
+            }
+            r = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)) => match r {
+                Ok(r) => r?.0,
+                Err(_) => break,
+            },
+        };
         let Ok(m) = v4::Message::decode(&mut Decoder::new(&buf[..n])) else {
             continue;
         };

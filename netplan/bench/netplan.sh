@@ -5,12 +5,19 @@
 # re-apply time and its netlink write count.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-NM_ROOT="${NM_ROOT:-$PWD/target/nmstatectl}"
-if [ ! -x "$NM_ROOT/bin/nmstatectl" ]; then
-  # The crates.io nmstatectl (nispor-based, `--kernel` mode needs no NetworkManager).
-  cargo install --locked nmstatectl --root "$NM_ROOT" || echo "bench: nmstatectl did not build; comparing with ip -batch only" >&2
+# The reference: crates.io nmstatectl (nispor-based; `--kernel` mode talks netlink itself and
+# needs no NetworkManager), installed once under /opt/cairn/ref like the other reference tools.
+# NMSTATECTL=path uses another build; NMSTATECTL= (empty) compares with ip -batch only.
+NM_ROOT="${NM_ROOT:-/opt/cairn/ref}"
+if [ -z "${NMSTATECTL+set}" ]; then
+  if [ ! -x "$NM_ROOT/bin/nmstatectl" ]; then
+    cargo install --locked --root "$NM_ROOT" nmstatectl ||
+      echo "bench: nmstatectl did not build; comparing with ip -batch only" >&2
+  fi
+  NMSTATECTL="$NM_ROOT/bin/nmstatectl"
+  [ -x "$NMSTATECTL" ] || NMSTATECTL=
 fi
-[ -x "$NM_ROOT/bin/nmstatectl" ] && export NMSTATECTL="$NM_ROOT/bin/nmstatectl"
+export NMSTATECTL
 cargo build --release -p cairn-netplan --bin cairn-net
 CAIRN_NET="${CARGO_TARGET_DIR:-$PWD/target}/release/cairn-net" \
   cargo test -p cairn-netplan --test bench -- --ignored --nocapture

@@ -1,13 +1,15 @@
 //! Apply with verification and rollback, and cairn's small on-disk state.
 //!
 //! Apply = read the kernel, plan, checkpoint what the plan touches, perform the changes,
-//! read again and re-plan: a non-empty second plan is a verification failure. Any failure
+//! read again and re-plan: a non-empty second plan is a verification failure (an empty first
+//! plan needs no second read). Any failure
 //! restores the checkpoint by planning towards it (the same planner, so rollback touches only
 //! what the apply touched). Because verification requires an empty re-plan, a second apply of
 //! the same configuration performs zero writes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -244,15 +246,26 @@ pub async fn apply<N: Netlink, T: Target>(
     config: &T,
     store: &Store,
 ) -> Result<Report, ApplyError> {
+    let started = Instant::now();
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
+    let read = started.elapsed();
     let want = config.wanted(&kernel)?;
     let owned = store.owned()?;
     let (names, rules) = scope(&want, &owned);
     let before = observed(&kernel, &names, &rules);
     let ops = plan(&want, &kernel, &owned);
+    tracing::debug!(?read, planned = ?started.elapsed(), changes = ops.len(), "planned");
     let start = nl.writes();
+    if ops.is_empty() {
+        // The kernel already matches: the read just done is the verification.
+        return Ok(Report {
+            changes: ops,
+            writes: 0,
+        });
+    }
     let mut new_owned = owned.clone();
     let result = perform(nl, &ops, &mut new_owned).await;
+    tracing::debug!(performed = ?started.elapsed(), "changes made");
     // Recorded even on failure: a half-created link must be deletable by the rollback.
     store.set_owned(&new_owned)?;
     if let Err((op, source)) = result {
@@ -266,6 +279,7 @@ pub async fn apply<N: Netlink, T: Target>(
     let kernel = nl.read().await.map_err(ApplyError::Read)?;
     let again = config.wanted(&kernel)?;
     let remaining = plan(&again, &kernel, &new_owned);
+    tracing::debug!(verified = ?started.elapsed(), "verified");
     if !remaining.is_empty() {
         let restored = restore(nl, &before, store).await;
         return Err(ApplyError::Verify {
@@ -283,13 +297,19 @@ pub async fn apply<N: Netlink, T: Target>(
     })
 }
 
+/// Performs `ops` and records in `owned` what the successful ones created or deleted (also
+/// when a later one failed: a rollback must be able to delete a link created before it).
 async fn perform<N: Netlink>(
     nl: &mut N,
     ops: &[Op],
     owned: &mut Owned,
 ) -> Result<(), (String, NetlinkError)> {
-    for op in ops {
-        nl.write(op).await.map_err(|e| (op.to_string(), e))?;
+    let mut first_error = None;
+    for (op, result) in ops.iter().zip(nl.write_all(ops).await) {
+        if let Err(e) = result {
+            first_error.get_or_insert((op.to_string(), e));
+            continue;
+        }
         match op {
             Op::AddLink { name, .. } => {
                 owned.links.insert(name.clone());
@@ -312,7 +332,7 @@ async fn perform<N: Netlink>(
             _ => {}
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Brings the kernel back to `state` (a checkpoint) and fixes ownership accordingly.

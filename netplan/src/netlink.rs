@@ -2,22 +2,25 @@
 //! through rtnetlink, counting every write (the idempotence guarantee is "a second apply
 //! makes zero writes", and this counter is how it is checked).
 //!
-//! Caveats of rtnetlink 0.24 worked around here (CRATES.md): FDB entries are appended with a
-//! raw `RTM_NEWNEIGH` carrying `NLM_F_APPEND` (the builder sets `NLM_F_EXCL`, which allows only
-//! one all-zero entry per VXLAN device); bridge/bond/VRF membership goes through `link().set()`
-//! with `IFLA_MASTER`.
+//! Writes are raw requests built with rtnetlink's message builders and sent on its connection
+//! (its request builders each wait for their answer, which would forbid pipelining). Caveats
+//! of rtnetlink 0.24 worked around here (CRATES.md): FDB entries are appended with
+//! `NLM_F_APPEND` (the builder sets `NLM_F_EXCL`, which allows only one all-zero entry per
+//! VXLAN device); bridge/bond/VRF membership is `RTM_SETLINK` with `IFLA_MASTER`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
+use futures::stream::FuturesOrdered;
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     BondMode, InfoBond, InfoBridge, InfoData, InfoVlan, InfoVrf, InfoVxlan, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -28,8 +31,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
-    Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan, LinkVrf, LinkVxlan,
-    RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan, LinkVrf,
+    LinkVxlan, RouteMessageBuilder,
 };
 
 use crate::plan::Op;
@@ -115,17 +118,53 @@ impl Kernel {
 pub trait Netlink {
     /// Reads the current state.
     async fn read(&mut self) -> Result<Kernel, NetlinkError>;
+    /// Performs changes in order and says how each went, in order. Sending stops at the
+    /// first failure seen, so the answer may be shorter than `ops`; changes already sent by
+    /// then are answered too (an implementation may send several before reading answers).
+    async fn write_all(&mut self, ops: &[Op]) -> Vec<Result<(), NetlinkError>>;
     /// Performs one change.
-    async fn write(&mut self, op: &Op) -> Result<(), NetlinkError>;
+    async fn write(&mut self, op: &Op) -> Result<(), NetlinkError> {
+        let mut done = self.write_all(std::slice::from_ref(op)).await;
+        done.pop().unwrap_or(Ok(()))
+    }
     /// Writes performed so far.
     fn writes(&self) -> u64;
 }
 
 /// rtnetlink in the current network namespace.
+///
+/// Writes are pipelined like `ip -batch` streams its lines, but without waiting for each
+/// answer: up to [`WINDOW`] requests are in flight on the one socket. The kernel handles one
+/// socket's requests in the order sent, so a request may name a link an earlier one creates.
 pub struct RtNetlink {
     handle: Handle,
     writes: u64,
+    /// Name to ifindex, from the last listing and the changes sent since.
     index: BTreeMap<String, u32>,
+    /// Links were created since the last listing (an unknown name may be one of them).
+    stale: bool,
+}
+
+/// Requests in flight before the oldest answer is awaited: enough to keep the kernel busy,
+/// few enough that the answers fit the socket's receive buffer (the kernel drops answers that
+/// do not fit, and a lost acknowledgement would leave its request waiting forever).
+const WINDOW: usize = 64;
+
+/// Waits for the kernel's answer to one request.
+async fn answer(
+    what: String,
+    sent: Result<impl futures::Stream<Item = NetlinkMessage<RouteNetlinkMessage>>, NetlinkError>,
+) -> Result<(), NetlinkError> {
+    let mut resp = std::pin::pin!(sent?);
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload {
+            return Err(NetlinkError::Request {
+                what,
+                source: Box::new(rtnetlink::Error::NetlinkError(e)),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -145,41 +184,182 @@ impl RtNetlink {
             handle,
             writes: 0,
             index: BTreeMap::new(),
+            stale: true,
         })
     }
 
+    /// The ifindex of `name`. Links created since the index was last read are resolved by
+    /// one fresh listing (sent after, so answered after, every request already in flight),
+    /// which is cheaper than one lookup per new name.
     async fn index_of(&mut self, name: &str) -> Result<u32, NetlinkError> {
         if let Some(i) = self.index.get(name) {
             return Ok(*i);
         }
-        let mut links = self.handle.link().get().match_name(name).execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => {
-                self.index.insert(name.to_string(), msg.header.index);
-                Ok(msg.header.index)
+        if self.stale {
+            let mut links = self.list_links();
+            let mut index = BTreeMap::new();
+            while let Some(msg) = links.try_next().await.map_err(req("listing links"))? {
+                if let Some(n) = msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }) {
+                    index.insert(n, msg.header.index);
+                }
             }
-            _ => Err(NetlinkError::NoLink(name.to_string())),
+            self.index = index;
+            self.stale = false;
+        }
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| NetlinkError::NoLink(name.to_string()))
+    }
+
+    /// A dump of all links without their statistics (the kernel skips computing them).
+    fn list_links(
+        &self,
+    ) -> impl futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>> + use<> {
+        self.handle
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+            .execute()
+    }
+
+    /// Keeps the name index right after `op` is sent.
+    fn note(&mut self, op: &Op) {
+        match op {
+            Op::AddLink { name, .. } => {
+                self.index.remove(name);
+                self.stale = true;
+            }
+            // Deleting a link also deletes the VLANs on it; the plan recreates those with
+            // `AddLink`, which drops their stale entries.
+            Op::DelLink { name } => {
+                self.index.remove(name);
+            }
+            Op::Rename { from, to } => {
+                if let Some(i) = self.index.remove(from) {
+                    self.index.insert(to.clone(), i);
+                }
+            }
+            _ => {}
         }
     }
 
-    async fn raw(
+    /// The request that performs `op`, with the flags `ip` uses for it.
+    async fn request(
         &mut self,
-        what: String,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<(), NetlinkError> {
-        let mut req_msg = NetlinkMessage::from(msg);
-        req_msg.header.flags = flags;
-        let mut resp = self.handle.request(req_msg).map_err(req(what.clone()))?;
-        while let Some(m) = futures::StreamExt::next(&mut resp).await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                return Err(NetlinkError::Request {
-                    what,
-                    source: Box::new(rtnetlink::Error::NetlinkError(e)),
-                });
+        op: &Op,
+    ) -> Result<NetlinkMessage<RouteNetlinkMessage>, NetlinkError> {
+        const SET: u16 = NLM_F_REQUEST | NLM_F_ACK;
+        const NEW: u16 = SET | NLM_F_CREATE | NLM_F_EXCL;
+        let (msg, flags) = match op {
+            Op::AddLink { name, kind } => {
+                let parent = match kind {
+                    LinkKind::Vlan { parent, .. } => Some(self.index_of(parent).await?),
+                    _ => None,
+                };
+                (
+                    RouteNetlinkMessage::NewLink(self.link_message(name, kind, parent)),
+                    NEW,
+                )
             }
+            Op::DelLink { name } => {
+                let mut msg = LinkMessage::default();
+                msg.header.index = self.index_of(name).await?;
+                (RouteNetlinkMessage::DelLink(msg), SET)
+            }
+            Op::Rename { from, to } => {
+                let i = self.index_of(from).await?;
+                let msg = LinkUnspec::new_with_index(i).name(to.clone()).build();
+                (RouteNetlinkMessage::SetLink(msg), SET)
+            }
+            Op::SetMtu { name, mtu } => {
+                let i = self.index_of(name).await?;
+                let msg = LinkUnspec::new_with_index(i).mtu(*mtu).build();
+                (RouteNetlinkMessage::SetLink(msg), SET)
+            }
+            Op::SetMac { name, mac } => {
+                let i = self.index_of(name).await?;
+                let msg = LinkUnspec::new_with_index(i)
+                    .address(mac_bytes(mac))
+                    .build();
+                (RouteNetlinkMessage::SetLink(msg), SET)
+            }
+            Op::SetUp { name, up } => {
+                let b = LinkUnspec::new_with_index(self.index_of(name).await?);
+                let msg = if *up { b.up() } else { b.down() }.build();
+                (RouteNetlinkMessage::SetLink(msg), SET)
+            }
+            Op::SetController { name, controller } => {
+                let b = LinkUnspec::new_with_index(self.index_of(name).await?);
+                let msg = match controller {
+                    Some(c) => b.controller(self.index_of(c).await?),
+                    None => b.nocontroller(),
+                }
+                .build();
+                (RouteNetlinkMessage::SetLink(msg), SET)
+            }
+            Op::AddAddress { name, addr, prefix } => {
+                let msg = Self::address_message(self.index_of(name).await?, *addr, *prefix);
+                (RouteNetlinkMessage::NewAddress(msg), NEW)
+            }
+            Op::DelAddress { name, addr, prefix } => {
+                let msg = Self::address_message(self.index_of(name).await?, *addr, *prefix);
+                (RouteNetlinkMessage::DelAddress(msg), SET)
+            }
+            Op::AddRoute { name, route } => {
+                let i = self.index_of(name).await?;
+                (
+                    RouteNetlinkMessage::NewRoute(Self::route_message(i, route)),
+                    NEW,
+                )
+            }
+            Op::DelRoute { name, route } => {
+                // Device-less routes (blackhole, ...) have no link.
+                let i = self.index_of(name).await.unwrap_or(0);
+                (
+                    RouteNetlinkMessage::DelRoute(Self::route_message(i, route)),
+                    SET,
+                )
+            }
+            Op::AddRule { rule } => (
+                RouteNetlinkMessage::NewRule(Self::rule_message(rule)),
+                SET | NLM_F_CREATE,
+            ),
+            Op::DelRule { rule } => (RouteNetlinkMessage::DelRule(Self::rule_message(rule)), SET),
+            Op::AddFdb { name, dst } => {
+                let i = self.index_of(name).await?;
+                (
+                    RouteNetlinkMessage::NewNeighbour(Self::fdb_message(i, *dst)),
+                    SET | NLM_F_CREATE | NLM_F_APPEND,
+                )
+            }
+            Op::DelFdb { name, dst } => {
+                let i = self.index_of(name).await?;
+                (
+                    RouteNetlinkMessage::DelNeighbour(Self::fdb_message(i, *dst)),
+                    SET,
+                )
+            }
+        };
+        let mut msg = NetlinkMessage::from(msg);
+        msg.header.flags = flags;
+        Ok(msg)
+    }
+
+    fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
+        match addr {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(index)
+                .address(a, prefix)
+                .build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(a, prefix)
+                .build(),
         }
-        Ok(())
     }
 
     fn link_message(&self, name: &str, kind: &LinkKind, parent: Option<u32>) -> LinkMessage {
@@ -459,9 +639,12 @@ fn parse_link(msg: &LinkMessage) -> KernelLink {
         }
         _ => LinkKind::Existing,
     };
-    link.driver = std::fs::read_link(format!("/sys/class/net/{}/device/driver", link.name))
-        .ok()
-        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    // Only devices without a kind (NICs) have a driver; virtual links are not looked up.
+    if link.kind_name.is_empty() {
+        link.driver = std::fs::read_link(format!("/sys/class/net/{}/device/driver", link.name))
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    }
     link
 }
 
@@ -476,7 +659,7 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
 impl Netlink for RtNetlink {
     async fn read(&mut self) -> Result<Kernel, NetlinkError> {
         let mut kernel = Kernel::default();
-        let mut links = self.handle.link().get().execute();
+        let mut links = self.list_links();
         while let Some(msg) = links.try_next().await.map_err(req("listing links"))? {
             kernel.links.push(parse_link(&msg));
         }
@@ -493,6 +676,7 @@ impl Netlink for RtNetlink {
             }
         }
         self.index = names.into_iter().map(|(i, n)| (n, i)).collect();
+        self.stale = false;
 
         let mut addrs = self.handle.address().get().execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
@@ -647,188 +831,37 @@ impl Netlink for RtNetlink {
         Ok(kernel)
     }
 
-    async fn write(&mut self, op: &Op) -> Result<(), NetlinkError> {
-        self.writes += 1;
-        // Creating, deleting (which takes VLANs on the link along) and renaming change
-        // name-to-index mappings: resolve afresh afterwards.
-        if matches!(
-            op,
-            Op::AddLink { .. } | Op::DelLink { .. } | Op::Rename { .. }
-        ) {
-            self.index.clear();
-        }
-        tracing::debug!(%op, "netlink write");
-        let what = op.to_string();
-        match op {
-            Op::AddLink { name, kind } => {
-                let parent = match kind {
-                    LinkKind::Vlan { parent, .. } => Some(self.index_of(parent).await?),
-                    _ => None,
-                };
-                let msg = self.link_message(name, kind, parent);
-                self.handle
-                    .link()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::DelLink { name } => {
-                let i = self.index_of(name).await?;
-                self.handle
-                    .link()
-                    .del(i)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-                self.index.remove(name);
-            }
-            Op::Rename { from, to } => {
-                let i = self.index_of(from).await?;
-                let msg = LinkUnspec::new_with_index(i).name(to.clone()).build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-                self.index.remove(from);
-                self.index.insert(to.clone(), i);
-            }
-            Op::SetMtu { name, mtu } => {
-                let i = self.index_of(name).await?;
-                let msg = LinkUnspec::new_with_index(i).mtu(*mtu).build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::SetMac { name, mac } => {
-                let i = self.index_of(name).await?;
-                let msg = LinkUnspec::new_with_index(i)
-                    .address(mac_bytes(mac))
-                    .build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::SetUp { name, up } => {
-                let i = self.index_of(name).await?;
-                let b = LinkUnspec::new_with_index(i);
-                let msg = if *up { b.up() } else { b.down() }.build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::SetController { name, controller } => {
-                let i = self.index_of(name).await?;
-                let b = LinkUnspec::new_with_index(i);
-                let msg = match controller {
-                    Some(c) => b.controller(self.index_of(c).await?),
-                    None => b.nocontroller(),
-                }
-                .build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::AddAddress { name, addr, prefix } => {
-                let i = self.index_of(name).await?;
-                self.handle
-                    .address()
-                    .add(i, *addr, *prefix)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::DelAddress { name, addr, prefix } => {
-                let i = self.index_of(name).await?;
-                let mut addrs = self
-                    .handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(i)
-                    .set_address_filter(*addr)
-                    .set_prefix_length_filter(*prefix)
-                    .execute();
-                while let Some(msg) = addrs.try_next().await.map_err(req(what.clone()))? {
-                    self.handle
-                        .address()
-                        .del(msg)
-                        .execute()
-                        .await
-                        .map_err(req(what.clone()))?;
+    async fn write_all(&mut self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+        let mut done = Vec::with_capacity(ops.len());
+        let mut in_flight = FuturesOrdered::new();
+        let mut failed = false;
+        for op in ops {
+            while in_flight.len() >= WINDOW && !failed {
+                if let Some(r) = in_flight.next().await {
+                    let r: Result<(), NetlinkError> = r;
+                    failed = r.is_err();
+                    done.push(r);
                 }
             }
-            Op::AddRoute { name, route } => {
-                let i = self.index_of(name).await?;
-                let msg = Self::route_message(i, route);
-                self.handle
-                    .route()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
+            if failed {
+                break;
             }
-            Op::DelRoute { name, route } => {
-                let i = self.index_of(name).await.unwrap_or(0);
-                let msg = Self::route_message(i, route);
-                self.handle
-                    .route()
-                    .del(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::AddRule { rule } => {
-                let msg = Self::rule_message(rule);
-                self.raw(
-                    what,
-                    RouteNetlinkMessage::NewRule(msg),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                )
-                .await?;
-            }
-            Op::DelRule { rule } => {
-                let msg = Self::rule_message(rule);
-                self.handle
-                    .rule()
-                    .del(msg)
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
-            Op::AddFdb { name, dst } => {
-                let i = self.index_of(name).await?;
-                self.raw(
-                    what,
-                    RouteNetlinkMessage::NewNeighbour(Self::fdb_message(i, *dst)),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-                )
-                .await?;
-            }
-            Op::DelFdb { name, dst } => {
-                let i = self.index_of(name).await?;
-                self.handle
-                    .neighbours()
-                    .del(Self::fdb_message(i, *dst))
-                    .execute()
-                    .await
-                    .map_err(req(what))?;
-            }
+            tracing::debug!(%op, "netlink write");
+            let what = op.to_string();
+            let sent = match self.request(op).await {
+                Ok(msg) => {
+                    self.writes += 1;
+                    self.note(op);
+                    self.handle.request(msg).map_err(req(what.clone()))
+                }
+                Err(e) => Err(e),
+            };
+            in_flight.push_back(answer(what, sent));
         }
-        Ok(())
+        while let Some(r) = in_flight.next().await {
+            done.push(r);
+        }
+        done
     }
 
     fn writes(&self) -> u64 {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use cairn_qemu_tests::guest::GuestRun;
 
 const VLANS: u32 = 500;
+/// Fresh-apply rounds (one run of each tool per round).
+const ROUNDS: u32 = 5;
 
 fn addr(i: u32) -> (u32, u32) {
     (100 + i / 250, i % 250)
@@ -93,14 +95,20 @@ NET=/usr/local/bin/cairn-net
     };
     script.push_str(&format!(
         r#"
-/usr/local/bin/hyperfine -N --style basic --runs 3 --prepare 'sh /cairn/reset.sh' --export-json /tmp/fresh.json -n cairn "$NET --state-dir /tmp/bs --file /cairn/bench.yaml apply" -n ip-batch "$IP -batch /cairn/bench.batch" {nm} >/dev/null 2>&1
-echo "CAIRN-JSON fresh $(tr -d '\n' < /tmp/fresh.json)"
+# Rounds of one run per tool, so that the host's changing load (TCG) hits all tools alike.
+for round in $(seq {ROUNDS}); do
+  /usr/local/bin/hyperfine -N --style basic --runs 1 --prepare 'sh /cairn/reset.sh' --export-json /tmp/fresh.json -n cairn "$NET --state-dir /tmp/bs --file /cairn/bench.yaml apply" -n ip-batch "$IP -batch /cairn/bench.batch" {nm} >/dev/null 2>&1
+  echo "CAIRN-JSON fresh $(tr -d '\n' < /tmp/fresh.json)"
+done
 sh /cairn/reset.sh
 $NET --state-dir /tmp/bs --file /cairn/bench.yaml apply >/dev/null
 check applied sh -c "$IP link show | grep -c 'bond0\.' | grep -qx {VLANS}"
 emit noop-writes "$($NET --state-dir /tmp/bs --file /cairn/bench.yaml --output json apply | grep '"writes"' | tr -dc 0-9)"
 /usr/local/bin/hyperfine -N --style basic --runs 5 --export-json /tmp/noop.json -n cairn-noop "$NET --state-dir /tmp/bs --file /cairn/bench.yaml apply" >/dev/null 2>&1
 echo "CAIRN-JSON noop $(tr -d '\n' < /tmp/noop.json)"
+# Where a fresh apply spends its time (read, plan, changes, verification), for profiling.
+sh /cairn/reset.sh
+$NET --state-dir /tmp/bs --file /cairn/bench.yaml --log-level cairn_netplan=debug apply 2>&1 | grep -E 'planned|changes made|verified' | sed 's/^/CAIRN-PHASE /'
 "#
     ));
     let mut run = GuestRun::new()
@@ -125,6 +133,34 @@ echo "CAIRN-JSON noop $(tr -d '\n' < /tmp/noop.json)"
     }
     let report = run.run().expect("guest run");
     report.assert_all_passed();
+    // Per tool, the fresh-apply times of all rounds.
+    let mut fresh: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in report.serial.lines() {
+        let Some((_, j)) = line.split_once("CAIRN-JSON fresh ") else {
+            continue;
+        };
+        let round: serde_json::Value = serde_json::from_str(j).unwrap();
+        for r in round["results"].as_array().unwrap() {
+            let name = r["command"].as_str().unwrap().to_string();
+            let t = r["mean"].as_f64().unwrap();
+            match fresh.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, times)) => times.push(t),
+                None => fresh.push((name, vec![t])),
+            }
+        }
+    }
+    let mean = |name: &str| {
+        fresh
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.iter().sum::<f64>() / t.len() as f64)
+    };
+    let range = |name: &str| {
+        let t = &fresh.iter().find(|(n, _)| n == name).unwrap().1;
+        let min = t.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = t.iter().copied().fold(0.0, f64::max);
+        format!("{min:.3}–{max:.3}")
+    };
     let json = |tag: &str| -> serde_json::Value {
         let line = report
             .serial
@@ -133,26 +169,29 @@ echo "CAIRN-JSON noop $(tr -d '\n' < /tmp/noop.json)"
             .unwrap_or_else(|| panic!("no {tag} results:\n{}", report.serial));
         serde_json::from_str(line).unwrap()
     };
-    let fresh = json("fresh");
-    let mean = |name: &str| {
-        fresh["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["command"] == name)
-            .map(|r| r["mean"].as_f64().unwrap())
-    };
     let cairn = mean("cairn").unwrap();
     let ip = mean("ip-batch").unwrap();
-    println!("| tool | mean s (3 runs) | cairn / tool |\n| --- | --- | --- |");
-    println!("| cairn-net apply | {cairn:.3} | 1.00 |");
-    println!("| ip -batch | {ip:.3} | {:.2} |", cairn / ip);
+    println!("| fresh apply, {ROUNDS} rounds | mean s | min–max s | cairn / tool |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| cairn-net apply | {cairn:.3} | {} | 1.00 |",
+        range("cairn")
+    );
+    println!(
+        "| ip -batch | {ip:.3} | {} | {:.2} |",
+        range("ip-batch"),
+        cairn / ip
+    );
     match mean("nmstatectl") {
         Some(nm) => println!(
-            "| nmstatectl apply --kernel | {nm:.3} | {:.2} |",
+            "| nmstatectl apply --kernel | {nm:.3} | {} | {:.2} |",
+            range("nmstatectl"),
             cairn / nm
         ),
-        None => println!("| nmstatectl apply --kernel | not built (set NMSTATECTL) | - |"),
+        None => println!("| nmstatectl apply --kernel | not built (set NMSTATECTL) | - | - |"),
+    }
+    for line in report.serial.lines().filter(|l| l.contains("CAIRN-PHASE")) {
+        println!("{line}");
     }
     let noop = json("noop")["results"][0]["mean"].as_f64().unwrap();
     println!(

@@ -119,7 +119,9 @@ fn failure_midway_restores_previous_state() {
     let state = tempfile::tempdir().unwrap();
     let y = Yaml::new();
     // The route's gateway is not on any connected subnet: the kernel refuses it after the
-    // bridge was created and the address was changed.
+    // bridge was created and the address was changed. Changes are pipelined, so `bry` and its
+    // route, planned after the bad route, were sent before the refusal was read: the rollback
+    // must remove them too.
     let f = y.write(
         "bad.yaml",
         r#"
@@ -131,6 +133,9 @@ network:
     brx:
       addresses: [192.168.99.1/24]
       routes: [{to: 10.80.0.0/16, via: 10.99.99.99}]
+    bry:
+      addresses: [192.168.98.1/24]
+      routes: [{to: 10.81.0.0/16, via: 192.168.98.254}]
 "#,
     );
     let out = ns.net(state.path(), &["--file", f.to_str().unwrap(), "apply"]);
@@ -143,6 +148,11 @@ network:
         "{stderr}"
     );
     assert!(!ns.has_link("brx"), "created bridge removed again");
+    assert!(
+        !ns.has_link("bry"),
+        "bridge created after the failure removed too"
+    );
+    assert!(!ns.routes().contains("10.81.0.0/16"), "its route is gone");
     assert_eq!(ns.addrs("up0"), vec!["10.70.0.1/24"], "old address back");
     let up0 = ns.ip_json(&["link", "show", "up0"]);
     assert_eq!(up0[0]["mtu"], 1500, "old MTU back");

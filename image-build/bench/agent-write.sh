@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md "Install path": cairn-agent writing a root image (zstd stream, SHA-256,
-# GPT, ESP, boot code, seed filesystem, fsync) against `dd` of the same uncompressed image
-# onto the same target file (conv=fsync), side by side with hyperfine.
+# BENCHMARKS.md "Install path": cairn-agent writing a root image (zstd stream + SHA-256 on two
+# threads, GPT, ESP, boot code, seed filesystem, fsync) against `dd` of the same uncompressed
+# image (conv=fsync) and `coreos-installer install` of the same zstd image, all onto the same
+# loop device, side by side with hyperfine.
 # Usage: image-build/bench/agent-write.sh [IMAGE_MIB]   (default 512)
+# Env: RUNS (default 5), CAIRN_BIN=DIR (use already built binaries), COREOS_INSTALLER=PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${1:-512}
-# CAIRN_BIN=DIR uses already built binaries (e.g. a debug build) instead of building.
 if [ -n "${CAIRN_BIN:-}" ]; then
   BIN=$CAIRN_BIN
 else
@@ -14,8 +15,16 @@ else
   cargo build --release -q -p cairn-installer --bin cairn --bin cairn-agent
   BIN=$CARGO_TARGET_DIR/release
 fi
+# The reference installer, built like the other reference tools (scripts/setup).
+COREOS=${COREOS_INSTALLER:-/opt/cairn/ref/bin/coreos-installer}
+if [ ! -x "$COREOS" ]; then
+  echo "coreos-installer missing: cargo install --locked --root /opt/cairn/ref coreos-installer" >&2
+  cargo install -q --locked --root /opt/cairn/ref coreos-installer
+fi
 WORK=$(mktemp -d /var/tmp/cairn-bench.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+LOOP=
+cleanup() { [ -z "$LOOP" ] || losetup -d "$LOOP"; rm -rf "$WORK"; }
+trap cleanup EXIT
 
 # The minimal build gives the ESP, GRUB and install.json; the root image is replaced by
 # MIB MiB of real binaries (the shared libraries of this machine), so compression and
@@ -40,15 +49,30 @@ m["root_image"], m["root_payload"] = digest(img), digest(zst)
 m["slot_size"] = (os.path.getsize(img) // (1 << 20) + 1) << 20
 json.dump(m, open(manifest, "w"))
 PY
-TARGET="$WORK/target.raw"
+truncate -s $(( MIB * 2 + 512 ))M "$WORK/target.raw"
+LOOP=$(losetup --find --show "$WORK/target.raw")
 # root-a starts after 1 MiB + the ESP (32 MiB): dd writes to the same offset.
 OFFSET=$(( (1 + 32) << 20 ))
-fresh="rm -f $TARGET && truncate -s $(( MIB * 2 + 512 ))M $TARGET && sync"
-hyperfine --warmup 1 --runs ${RUNS:-5} --export-markdown "$WORK/result.md" \
-  --prepare "$fresh" \
-  -n "dd (uncompressed image, fsync)" \
-  "dd if=$WORK/root.img of=$TARGET bs=1M seek=$OFFSET oflag=seek_bytes conv=notrunc,fsync status=none" \
-  -n "cairn-agent (zstd + SHA-256 + GPT/ESP/seed, fsync)" \
-  "$BIN/cairn-agent --source $SRC --target $TARGET --log-level warn >/dev/null"
+# Each run starts from a blank-looking disk (the agent refuses one with a partition table).
+fresh="dd if=/dev/zero of=$LOOP bs=1M count=1 conv=fsync status=none && sync"
+echo "load before: $(uptime)"
+hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$WORK/result.md" \
+  --export-json "$WORK/result.json" --prepare "$fresh" \
+  -n "dd" \
+  "dd if=$WORK/root.img of=$LOOP bs=1M seek=$OFFSET oflag=seek_bytes conv=notrunc,fsync status=none" \
+  -n "cairn-agent" \
+  "$BIN/cairn-agent --source $SRC --target $LOOP --log-level warn >/dev/null" \
+  -n "coreos-installer" \
+  "$COREOS install $LOOP --image-file $SRC/root.img.zst --insecure >/dev/null 2>&1"
+echo "load after: $(uptime)"
 cat "$WORK/result.md"
-echo "image: $MIB MiB uncompressed, $(( $(stat -c %s "$SRC/root.img.zst") >> 20 )) MiB zstd"
+python3 - "$WORK/result.json" "$MIB" <<'PY'
+import json, sys
+r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+mib = int(sys.argv[2])
+for name, mean in r.items():
+    print(f"{name}: {mib / mean:.0f} MiB/s")
+print(f"cairn-agent / dd throughput ratio: {r['dd'] / r['cairn-agent']:.2f}x")
+print(f"cairn-agent / coreos-installer throughput ratio: {r['coreos-installer'] / r['cairn-agent']:.2f}x")
+PY
+echo "image: $MIB MiB uncompressed, $(( $(stat -c %s "$SRC/root.img.zst") >> 20 )) MiB zstd; $(nproc) cores"

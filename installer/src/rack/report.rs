@@ -56,6 +56,14 @@ impl Reporter {
     }
 }
 
+/// Seconds since the Unix epoch, in JSON lines, so scripts can time each step.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
 /// A one-line description of a state (the bar's message, the log line).
 pub fn describe(state: &State) -> String {
     match state {
@@ -112,7 +120,7 @@ impl Observer for Reporter {
     fn changed(&self, server: &str, state: &State) {
         match self {
             Reporter::JsonLines => {
-                let line = serde_json::json!({"server": server, "event": "state", "detail": state});
+                let line = serde_json::json!({"server": server, "event": "state", "detail": state, "time": now()});
                 println!("{line}");
             }
             Reporter::Bars { bars, .. } => {
@@ -134,8 +142,7 @@ impl Observer for Reporter {
     fn note(&self, server: &str, message: &str) {
         match self {
             Reporter::JsonLines => {
-                let line =
-                    serde_json::json!({"server": server, "event": "note", "message": message});
+                let line = serde_json::json!({"server": server, "event": "note", "message": message, "time": now()});
                 println!("{line}");
             }
             Reporter::Bars { multi, .. } => {

@@ -91,13 +91,14 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Builds the minimal image into `out` with `cairn image build` (about a minute here).
-pub fn build_image(out: &Path, log: &Path) -> anyhow::Result<()> {
+/// Builds the minimal image into `out` with `cairn` (`cairn image build`, about a minute
+/// here); the image carries the cairn binaries found beside that `cairn`.
+pub fn build_image(cairn: &Path, out: &Path, log: &Path) -> anyhow::Result<()> {
     let config = out.with_extension("yaml");
     std::fs::write(&config, IMAGE_CONFIG)
         .with_context(|| format!("writing {}", config.display()))?;
     run_logged(
-        Command::new(binary("cairn"))
+        Command::new(cairn)
             .args(["image", "build", "--config"])
             .arg(&config)
             .arg("--out")
@@ -216,7 +217,7 @@ impl Services {
                 let out = dir.join("artifacts");
                 tracing::info!(out = %out.display(), "building the minimal image");
                 let started = Instant::now();
-                build_image(&out, &dir.join("image-build.log"))?;
+                build_image(&binary("cairn"), &out, &dir.join("image-build.log"))?;
                 image_build_seconds = Some(started.elapsed().as_secs_f64());
                 out
             }

@@ -10,6 +10,44 @@ use std::time::{Duration, Instant};
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
 
+/// The minimal image, built once per set of binaries with the lab's own build step and
+/// shared by every lab of the test run (a file lock keeps parallel tests to one build).
+pub fn lab_image() -> PathBuf {
+    let cairn = std::path::Path::new(LAB).with_file_name("cairn");
+    let meta = std::fs::metadata(&cairn).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): build the workspace first (cargo build --workspace)",
+            cairn.display()
+        )
+    });
+    let stamp = format!(
+        "{}-{}",
+        meta.len(),
+        meta.modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-images");
+    std::fs::create_dir_all(&base).unwrap();
+    let lock = std::fs::File::create(base.join("lock")).unwrap();
+    lock.lock().unwrap();
+    let out = base.join(format!("minimal-{stamp}"));
+    if !out.join("manifest.json").exists() {
+        // Older builds are of older binaries: only the current one is kept.
+        for e in std::fs::read_dir(&base).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("minimal-") {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        cairn_qemu_tests::lab::services::build_image(&cairn, &out, &base.join("build.log"))
+            .unwrap_or_else(|e| panic!("building the lab image: {e:#}"));
+    }
+    out
+}
+
 pub fn require_environment() {
     for tool in ["qemu-system-x86_64", "ipmi_sim", "ipmitool", "ip"] {
         let found = Command::new("sh")
@@ -39,7 +77,18 @@ pub struct TestLab {
 }
 
 impl TestLab {
+    /// A lab of BMCs and servers only (no hub, boot server or image).
     pub fn up(servers: usize) -> TestLab {
+        Self::up_with(servers, &["--no-services"])
+    }
+
+    /// A lab with its hub and boot server, serving the image shared by the test run.
+    pub fn up_with_services(servers: usize) -> TestLab {
+        let image = lab_image();
+        Self::up_with(servers, &["--artifacts", image.to_str().unwrap()])
+    }
+
+    pub fn up_with(servers: usize, extra: &[&str]) -> TestLab {
         require_environment();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
@@ -49,11 +98,11 @@ impl TestLab {
                 "--servers",
                 &servers.to_string(),
                 "--memory-mb",
-                "256",
-                "--no-services",
+                "384",
                 "--dir",
             ])
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
             .spawn()
@@ -65,7 +114,7 @@ impl TestLab {
                 panic!("cairn-lab up exited with {status}: {}", lab.log());
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < Duration::from_secs(120),
                 "lab not up: {}",
                 lab.log()
             );

@@ -45,9 +45,12 @@ impl TestLab {
         ] {
             cmd.arg(flag).arg(s[key].as_str().unwrap());
         }
-        cmd.args(["--output", "json", "--install-timeout", "240"])
-            .args(["--register-timeout", "400"])
-            .args(extra);
+        cmd.args(["--output", "json", "--register-timeout", "400"]);
+        // Generous for TCG under load, unless the scenario sets its own.
+        if !extra.contains(&"--install-timeout") {
+            cmd.args(["--install-timeout", "240"]);
+        }
+        cmd.args(extra);
         cmd
     }
 

@@ -280,7 +280,8 @@ fn d_hub_down_during_first_boot_then_the_node_registers_when_it_is_back() {
 fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
     let lab = TestLab::up_with_services(1);
     let mut run = lab.provision_background(
-        &["--max-attempts", "1", "--install-timeout", "30"],
+        // Long enough for the PXE boot under load; after the cut, the stall ends the run.
+        &["--max-attempts", "1", "--install-timeout", "150"],
         "first.log",
     );
     lab.wait_record("srv1", Duration::from_secs(600), "writing", |r| {
@@ -293,6 +294,13 @@ fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
     let rec = lab.record("srv1");
     assert_eq!(rec["state"]["state"], "failed", "{rec}");
     assert_eq!(rec["state"]["phase"], "installing", "{rec}");
+    assert!(
+        rec["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped reporting"),
+        "{rec}"
+    );
 
     // The half-written disk cannot boot: no MBR boot signature, no boot code.
     let mut mbr = [0u8; 512];

@@ -643,3 +643,74 @@ fn on_the_new_slot_a_failing_health_check_rolls_back_with_its_output() {
     daemon.stop();
     hub.stop();
 }
+
+#[test]
+fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let release = make_release(dir.path(), &key, "2026.11.2", noise(256 * 1024, 8));
+    // The hub trusts the release key from its data directory (read at serve).
+    let hub_dir = dir.path().join("hub");
+    Hub::start(&hub_dir, "127.0.0.1:0").stop();
+    std::fs::create_dir_all(hub_dir.join("release-keys")).unwrap();
+    key.public_key()
+        .write(&hub_dir.join("release-keys/release.pem"))
+        .unwrap();
+    let hub = Hub::start(&hub_dir, "127.0.0.1:0");
+    let upload = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls(&std::fs::read(hub_dir.join("ca.pem")).unwrap()))
+        .build()
+        .unwrap()
+        .post(format!(
+            "{}/v1/releases/upload?sha256={}",
+            hub.url,
+            sha256(&release.bundle)
+        ))
+        .bearer_auth(&hub.admin_token)
+        .body(std::fs::read(&release.bundle).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 201, "{:?}", upload.text());
+
+    let node = Appliance::new(&dir.path().join("node"), &key, "");
+    let token = hub.enrollment_token("site-c");
+    node.configure(&hub.url, &hub.fingerprint, &token, "");
+    let daemon = Node::start(&node.root);
+    poll("registration", LIMIT, || {
+        daemon.status().filter(|s| s["hub_reachable"] == true)
+    });
+    let (code, body) = hub.call(
+        reqwest::Method::POST,
+        "/v1/campaigns",
+        Some(json!({"name": "c1", "release": "2026.11.2"})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = hub.call(reqwest::Method::POST, "/v1/campaigns/c1/start", None);
+    assert!(code < 300, "{body}");
+
+    // The order arrives with the desired state; the bundle comes from the hub over mTLS.
+    poll("the reboot into the new slot", LIMIT, || {
+        node.root.join("reboots").exists().then_some(())
+    });
+    assert_eq!(node.slot("root-b", release.image.len()), release.image);
+    assert_eq!(node.grub_vars()["cairn_try"], "b");
+    daemon.stop();
+
+    node.boot("b");
+    std::fs::write(
+        node.root.join("etc/os-release"),
+        "CAIRN_VERSION=2026.11.2\n",
+    )
+    .unwrap();
+    let daemon = Node::start(&node.root);
+    upgrade_phase(&daemon, "committed");
+    assert_eq!(node.grub_vars()["cairn_slot"], "b");
+    // The hub sees the committed report.
+    let shown = poll("the hub to record the commit", LIMIT, || {
+        let (_, c) = hub.call(reqwest::Method::GET, "/v1/campaigns/c1", None);
+        c.to_string().contains("committed").then_some(c)
+    });
+    assert!(shown.to_string().contains("2026.11.2"), "{shown}");
+    daemon.stop();
+    hub.stop();
+}

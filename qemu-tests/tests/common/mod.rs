@@ -35,9 +35,15 @@ pub fn lab_image() -> PathBuf {
     lock.lock().unwrap();
     let out = base.join(format!("minimal-{stamp}"));
     if !out.join("manifest.json").exists() {
-        // Older builds are of older binaries: only the current one is kept.
+        // Builds of older binaries go once they are a day old (a lab started a moment ago
+        // may still be serving one).
+        let day = Duration::from_secs(86_400);
         for e in std::fs::read_dir(&base).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with("minimal-") {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > day);
+            if old && e.file_name().to_string_lossy().starts_with("minimal-") {
                 let _ = std::fs::remove_dir_all(e.path());
                 let _ = std::fs::remove_file(e.path());
             }

@@ -49,8 +49,15 @@ m["root_image"], m["root_payload"] = digest(img), digest(zst)
 m["slot_size"] = (os.path.getsize(img) // (1 << 20) + 1) << 20
 json.dump(m, open(manifest, "w"))
 PY
+# coreos-installer writes whole disk images: the same root image in a GPT partition at
+# root-a's offset (33 MiB), compressed the same way.
+truncate -s $(( MIB + 34 ))M "$WORK/cos.img"
+sgdisk -q -n 1:$(( 33 << 11 )):0 -t 1:8300 "$WORK/cos.img"
+dd if="$WORK/root.img" of="$WORK/cos.img" bs=1M seek=33 conv=notrunc status=none
+zstd -q -3 -f --rm "$WORK/cos.img" -o "$WORK/cos.img.zst"
 truncate -s $(( MIB * 2 + 512 ))M "$WORK/target.raw"
-LOOP=$(losetup --find --show "$WORK/target.raw")
+# -P: coreos-installer re-reads the partition table it wrote.
+LOOP=$(losetup --find --show -P "$WORK/target.raw")
 # root-a starts after 1 MiB + the ESP (32 MiB): dd writes to the same offset.
 OFFSET=$(( (1 + 32) << 20 ))
 # Each run starts from a blank-looking disk (the agent refuses one with a partition table).
@@ -63,7 +70,7 @@ hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$WORK/result.md" \
   -n "cairn-agent" \
   "$BIN/cairn-agent --source $SRC --target $LOOP --log-level warn >/dev/null" \
   -n "coreos-installer" \
-  "$COREOS install $LOOP --image-file $SRC/root.img.zst --insecure >/dev/null 2>&1"
+  "$COREOS install $LOOP --image-file $WORK/cos.img.zst --insecure >/dev/null"
 echo "load after: $(uptime)"
 cat "$WORK/result.md"
 python3 - "$WORK/result.json" "$MIB" <<'PY'

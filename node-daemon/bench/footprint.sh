@@ -3,18 +3,20 @@
 # footprint"): RSS and CPU over DURATION seconds (default 600) against a real cairn-hub on
 # loopback, heartbeating every 30 s. Reference in the same run: `sleep`, the smallest idle
 # process there is, sampled the same way, so the ratio shows what the daemon adds.
-# Usage: node-daemon/bench/footprint.sh [DURATION]   (binaries from $BIN, default target/release)
+# Usage: node-daemon/bench/footprint.sh [DURATION]   (binaries from $BIN, default target/release;
+# HUB_BIN overrides where cairn-hub comes from: the hub's build does not change the node's figures)
 set -euo pipefail
 DURATION=${1:-600}
 BIN=${BIN:-$PWD/target/release}
+HUB_BIN=${HUB_BIN:-$BIN}
 work=$(mktemp -d)
 cleanup() { kill "${hub:-}" "${node:-}" "${ref:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$BIN/cairn-hub" init --data "$work/hub" --output json > "$work/init.json"
+"$HUB_BIN/cairn-hub" init --data "$work/hub" --output json > "$work/init.json"
 fp=$(sed -n 's/.*"ca_fingerprint":"\([^"]*\)".*/\1/p' "$work/init.json")
 admin=$(sed -n 's/.*"admin_token":"\([^"]*\)".*/\1/p' "$work/init.json")
-"$BIN/cairn-hub" serve --data "$work/hub" --listen 127.0.0.1:0 --heartbeat-interval 30 > "$work/hub.out" 2> "$work/hub.log" &
+"$HUB_BIN/cairn-hub" serve --data "$work/hub" --listen 127.0.0.1:0 --heartbeat-interval 30 > "$work/hub.out" 2> "$work/hub.log" &
 hub=$!
 until grep -q 'listening on' "$work/hub.out"; do sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/hub.out")

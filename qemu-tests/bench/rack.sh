@@ -32,8 +32,9 @@ provision() {
     --token-file "$(svc admin_token)" --hub-ca "$(svc hub_ca)" "$@"
 }
 report() {  # JSON lines on stdin -> one row per server, then the wall time
-  jq -rs --arg label "$1" '
+  jq -rs --arg run "$1" '
     def t(f): (map(select(f)) | first | .time);
+    map(select(.time != null)) |
     (map(.time) | min) as $t0 | (map(.time) | max) as $t1 |
     (group_by(.server)[] | map(select(.event == "state")) | select(length > 0) |
       . as $e | $e[0].server as $s |
@@ -43,17 +44,17 @@ report() {  # JSON lines on stdin -> one row per server, then the wall time
       t(.detail.step == "verified") as $w1 |
       t(.detail.state == "rebooting") as $done |
       t(.detail.state == "first-boot") as $fb |
-      t(.detail.state == "provisioned") as $end |
-      [$label, $s, ($agent - $on), ($w1 - $w0), ($done - $w1), ($fb - $done), ($end - $fb),
-       ($end - $t0), (($agent - $on) + ($w1 - $w0) + ($end - $fb))]
-      | @tsv "\(.[0])\t\(.[1])\t\(.[2]*10|round/10)\t\(.[3]*10|round/10)\t\(.[4]*10|round/10)\t\(.[5]*10|round/10)\t\(.[6]*10|round/10)\t\(.[7]*10|round/10)\t\(.[8]*10|round/10)"),
-    "\($label)\twall\t\(($t1 - $t0)*10|round/10)"'
+      t(.detail.state == "provisioned") as $fin |
+      [$run, $s, ($agent - $on), ($w1 - $w0), ($done - $w1), ($fb - $done), ($fin - $fb),
+       ($fin - $t0), (($agent - $on) + ($w1 - $w0) + ($fin - $fb))]
+      | map(if type == "number" then (. * 10 | round / 10 | tostring) else . end) | join("\t")),
+    "\($run)\twall\t\(($t1 - $t0)*10|round/10)"'
 }
 printf 'run\tserver\tpxe-boot\twrite\tfinish\treboot\tfirst-boot\ttotal\ttwo-boots+write\n'
 provision --only srv1 > "$work/one.jsonl"
 report one < "$work/one.jsonl"
 provision --only srv2 --only srv3 --only srv4 --only srv5 --parallel 4 > "$work/four.jsonl"
 report four < "$work/four.jsonl"
-one=$(jq -s '(map(.time) | max) - (map(.time) | min)' "$work/one.jsonl")
-four=$(jq -s '(map(.time) | max) - (map(.time) | min)' "$work/four.jsonl")
+one=$(jq -s 'map(select(.time != null)) | (map(.time) | max) - (map(.time) | min)' "$work/one.jsonl")
+four=$(jq -s 'map(select(.time != null)) | (map(.time) | max) - (map(.time) | min)' "$work/four.jsonl")
 awk -v a="$one" -v b="$four" 'BEGIN { printf "four in parallel / one: %.2fx (goal <= 1.3x)\n", b / a }'

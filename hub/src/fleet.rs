@@ -1049,7 +1049,13 @@ impl Fleet {
             )),
             Some(_) => {}
         }
-        self.store.txn(vec![], ops).await?;
+        // A status alone is rewritten by the next heartbeat: it need not wait for an fsync.
+        // A transition event must be durable.
+        if ops.len() == 1 {
+            self.store.txn_relaxed(vec![], ops).await?;
+        } else {
+            self.store.txn(vec![], ops).await?;
+        }
         Ok(HeartbeatResponse {
             desired: appliance.desired,
         })

@@ -147,6 +147,12 @@ impl Store for MeteredStore {
         self.observe("txn", start);
         r
     }
+    async fn txn_relaxed(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        let start = Instant::now();
+        let r = self.inner.txn_relaxed(checks, ops).await;
+        self.observe("txn_relaxed", start);
+        r
+    }
     async fn lead(&self) -> Result<bool, StoreError> {
         self.inner.lead().await
     }

@@ -128,6 +128,14 @@ pub trait Store: Send + Sync + 'static {
     /// and returns `false` when a check fails. Returns once the write is durable.
     async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError>;
 
+    /// Like [`Store::txn`], but may answer before the write is durable; it becomes durable
+    /// within about a second (embedded store) or at once (etcd). Only for records the next
+    /// heartbeat rewrites anyway (an appliance's latest status): after a crash the store
+    /// holds an earlier but consistent state.
+    async fn txn_relaxed(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        self.txn(checks, ops).await
+    }
+
     /// Whether this process should run singleton jobs (offline detection) now. Called
     /// periodically; the answer holds until the next call (at most the lease TTL).
     async fn lead(&self) -> Result<bool, StoreError>;

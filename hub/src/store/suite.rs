@@ -12,6 +12,7 @@ pub(crate) async fn run(shared: Arc<dyn Store>) {
     failed_check_writes_nothing(store).await;
     list_is_ordered_paged_and_bounded_by_prefix(store).await;
     deletes(store).await;
+    relaxed_writes_read_back_and_honour_checks(store).await;
     concurrent_increments_lose_nothing(shared.clone()).await;
 }
 
@@ -185,4 +186,26 @@ async fn concurrent_increments_lose_nothing(store: Arc<dyn Store>) {
 
 fn parse(raw: &[u8]) -> u64 {
     std::str::from_utf8(raw).unwrap().parse().unwrap()
+}
+
+async fn relaxed_writes_read_back_and_honour_checks(store: &dyn Store) {
+    assert!(
+        store
+            .txn_relaxed(vec![], vec![Op::put("suite/r", b"one".to_vec())])
+            .await
+            .unwrap()
+    );
+    let v = store.get("suite/r").await.unwrap().unwrap();
+    assert_eq!(v.value, b"one");
+    assert!(
+        !store
+            .txn_relaxed(
+                vec![Check::version("suite/r", v.version + 1000)],
+                vec![Op::put("suite/r", b"two".to_vec())]
+            )
+            .await
+            .unwrap(),
+        "a stale check fails a relaxed write too"
+    );
+    assert_eq!(store.get("suite/r").await.unwrap().unwrap().value, b"one");
 }

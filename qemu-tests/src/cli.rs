@@ -47,7 +47,7 @@ enum LabCommand {
     Up(UpArgs),
     /// Stop every process of the lab, delete its namespace and directory.
     Down(DirArg),
-    /// Show each server: BMC, MAC, power, QEMU PID, next boot device.
+    /// Show each server: BMC, MAC, power, QEMU PID, next boot device, and the hub's view of it.
     Status {
         #[command(flatten)]
         dir: DirArg,

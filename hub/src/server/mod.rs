@@ -109,36 +109,39 @@ pub async fn serve(
 
 /// Runs the offline detector every `every` while this process leads.
 pub async fn offline_detector(fleet: Arc<Fleet>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match fleet.store().lead().await {
-            Ok(true) => {
-                if let Err(e) = fleet.sweep_offline().await {
-                    tracing::warn!(error = %e, "offline detection pass failed");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leadership check failed"),
-        }
-    }
+    while_leading(fleet, every, "offline detection", |f| async move {
+        f.sweep_offline().await
+    })
+    .await
 }
 
 /// Runs the upgrade campaign driver every `every` while this process leads.
 pub async fn campaign_driver(fleet: Arc<Fleet>, every: Duration) {
+    while_leading(fleet, every, "campaign driver", |f| async move {
+        f.drive_campaigns().await
+    })
+    .await
+}
+
+/// A singleton job: runs `pass` every `every`, but only while this process holds the
+/// store's leadership (always, on the embedded store; through a lease on etcd).
+async fn while_leading<F, Fut>(fleet: Arc<Fleet>, every: Duration, job: &str, pass: F)
+where
+    F: Fn(Arc<Fleet>) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, crate::fleet::FleetError>>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match fleet.store().lead().await {
             Ok(true) => {
-                if let Err(e) = fleet.drive_campaigns().await {
-                    tracing::warn!(error = %e, "campaign driver pass failed");
+                if let Err(e) = pass(fleet.clone()).await {
+                    tracing::warn!(error = %e, job, "singleton job pass failed");
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leadership check failed"),
+            Err(e) => tracing::warn!(error = %e, job, "leadership check failed"),
         }
     }
 }

@@ -26,6 +26,8 @@ ulimit -n "$(ulimit -Hn)"   # one connection per simulated appliance, on both en
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  # Hubs are started inside $(...) (a subshell), so their pids come from the .pid files.
+  for f in "$work"/*.pid; do [ -f "$f" ] && pids+=("$(cat "$f")"); done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }

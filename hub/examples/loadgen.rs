@@ -304,8 +304,13 @@ fn beat_shard(
                 let mut tick = tokio::time::interval_at(first, interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
-                    if tokio::time::Instant::now() >= deadline {
+                    // Stop at the deadline, not at the first tick after it: waiting up to
+                    // one more interval would stretch the measured window and understate
+                    // the rate.
+                    if tokio::time::timeout_at(deadline, tick.tick())
+                        .await
+                        .is_err()
+                    {
                         return (lat, 0u64);
                     }
                     let t = Instant::now();

@@ -134,7 +134,7 @@ pub trait Netlink {
 /// rtnetlink in the current network namespace.
 ///
 /// Writes are pipelined like `ip -batch` streams its lines, but without waiting for each
-/// answer: up to [`WINDOW`] requests are in flight on the one socket. The kernel handles one
+/// answer: up to `WINDOW` (64) requests are in flight on the one socket. The kernel handles one
 /// socket's requests in the order sent, so a request may name a link an earlier one creates.
 pub struct RtNetlink {
     handle: Handle,

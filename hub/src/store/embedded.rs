@@ -6,7 +6,7 @@
 //! answered only after the commit that holds its write is durable. The exception is
 //! [`Store::txn_relaxed`] (heartbeat status): a batch of only such writes commits without
 //! fsync (`Durability::None`) and the writer makes it durable with the next durable commit,
-//! or after [`FLUSH_AFTER`] of quiet, so a crash loses at most about a second of statuses that
+//! or after `FLUSH_AFTER` of quiet, so a crash loses at most about a second of statuses that
 //! the appliances' next heartbeats rewrite. Measured: on a disk shared with builds the fsync
 //! was ~96 ms of a 99 ms heartbeat (BENCHMARKS.md).
 

@@ -26,8 +26,6 @@ ulimit -n "$(ulimit -Hn)"   # one connection per simulated appliance, on both en
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  # Hubs are started inside $(...) (a subshell), so their pids come from the .pid files.
-  for f in "$work"/*.pid; do [ -f "$f" ] && pids+=("$(cat "$f")"); done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -35,7 +33,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_hub DATA OUT [args...]: serve on a free port; prints the URL once listening.
+# start_hub DATA OUT [args...]: serve on a free port; the URL goes to OUT.url once listening.
+# Called in this shell, never inside $(...), so the hub's pid reaches `pids` for cleanup.
 start_hub() {
   local data=$1 out=$2; shift 2
   "$HUB" serve --data "$data" --listen 127.0.0.1:0 --registration-rate 100000000 \
@@ -46,7 +45,7 @@ start_hub() {
     grep -q '^listening on ' "$out" 2>/dev/null && break
     sleep 0.1
   done
-  sed -n 's/^listening on //p' "$out"
+  sed -n 's/^listening on //p' "$out" >"$out.url"
 }
 
 # run_load DATA TOKEN N INTERVAL_MS [args...]
@@ -55,7 +54,7 @@ run_load() { "$LOADGEN" --ca "$1/ca.pem" --token-file "$work/$2.token" --applian
 
 echo "== hub: embedded store, one hub, $N appliances every ${INTERVAL_MS} ms for ${DURATION}s" >&2
 "$HUB" init --data "$work/emb" --admin-token-file "$work/emb.token" >/dev/null
-url=$(start_hub "$work/emb" "$work/emb.out")
+start_hub "$work/emb" "$work/emb.out"; url=$(cat "$work/emb.out.url")
 embedded=$(run_load "$work/emb" emb "$N" "$INTERVAL_MS" --url "$url" --pid "hub=$(cat "$work/emb.out.pid")")
 echo "$embedded"
 
@@ -82,8 +81,8 @@ for _ in $(seq 1 100); do
 done
 "$HUB" init --data "$work/etc" --admin-token-file "$work/etc.token" --etcd-endpoints "$endpoints" >/dev/null
 mkdir -p "$work/etc2"; cp "$work/etc"/*.pem "$work/etc"/*.key "$work/etc2/"
-url_a=$(start_hub "$work/etc" "$work/a.out" --etcd-endpoints "$endpoints")
-url_b=$(start_hub "$work/etc2" "$work/b.out" --etcd-endpoints "$endpoints")
+start_hub "$work/etc" "$work/a.out" --etcd-endpoints "$endpoints"; url_a=$(cat "$work/a.out.url")
+start_hub "$work/etc2" "$work/b.out" --etcd-endpoints "$endpoints"; url_b=$(cat "$work/b.out.url")
 etcd_run=$(run_load "$work/etc" etc "$ETCD_N" "$ETCD_INTERVAL_MS" --url "$url_a" --url "$url_b" \
   --pid "hub-a=$(cat "$work/a.out.pid")" --pid "hub-b=$(cat "$work/b.out.pid")" \
   $(printf -- '--pid %s ' "${etcd_pids[@]}"))

@@ -73,3 +73,60 @@ impl fmt::Display for ApplianceId {
         f.write_str(&self.0)
     }
 }
+
+/// A SHA-256 certificate fingerprint as operators paste it — `sha256:ab12…`, `AB:12:…` from
+/// `openssl x509 -fingerprint`, or bare hex — held as 64 lower-case hex digits. Pins of BMC
+/// certificates, of the hub's CA and of the wizard's certificate all go through it, so every
+/// tool accepts the same spellings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFingerprint(String);
+
+/// Text that is not a SHA-256 fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a SHA-256 fingerprint (64 hex digits, colons and a sha256: prefix allowed)")]
+pub struct InvalidFingerprint(String);
+
+impl CertFingerprint {
+    /// Parses any of the accepted spellings.
+    pub fn parse(text: &str) -> Result<Self, InvalidFingerprint> {
+        let trimmed = text.trim();
+        let body = [
+            "sha256:",
+            "SHA256:",
+            "sha256 Fingerprint=",
+            "SHA256 Fingerprint=",
+        ]
+        .iter()
+        .find_map(|prefix| trimmed.strip_prefix(prefix))
+        .unwrap_or(trimmed);
+        let hex: String = body
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(hex))
+        } else {
+            Err(InvalidFingerprint(text.to_owned()))
+        }
+    }
+
+    /// The 64 lower-case hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for CertFingerprint {
+    type Err = InvalidFingerprint;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+/// `sha256:` and the hex digits, the form cairn prints and stores.
+impl fmt::Display for CertFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}

@@ -33,7 +33,7 @@ pub mod cli;
 pub use heartbeat::{
     Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, JoinBundle, NodeStatus,
 };
-pub use identity::{ApplianceId, InvalidApplianceId};
+pub use identity::{ApplianceId, CertFingerprint, InvalidApplianceId, InvalidFingerprint};
 pub use install::{InstallProgress, InstallStep};
 pub use inventory::{Cpu, Disk, HardwareInventory, Nic};
 pub use overlay::{OverlayDocument, VpcMembership};

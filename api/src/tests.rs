@@ -217,3 +217,29 @@ fn hardware_identity_ignores_mac_case_and_order() {
     a.nics.reverse();
     assert_eq!(a.normalized_macs(), macs);
 }
+
+#[test]
+fn fingerprints_accept_the_spellings_operators_paste() {
+    let hex = "ab".repeat(32);
+    let colons = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).unwrap().to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    for text in [
+        hex.clone(),
+        format!("sha256:{hex}"),
+        format!("  SHA256:{colons}\n"),
+        format!("sha256 Fingerprint={colons}"),
+        colons.clone(),
+    ] {
+        let fp = crate::CertFingerprint::parse(&text).unwrap();
+        assert_eq!(fp.hex(), hex, "{text:?}");
+        assert_eq!(fp.to_string(), format!("sha256:{hex}"));
+    }
+    for bad in ["", "sha256:1234", &"zz".repeat(32), &format!("{hex}00")] {
+        let err = crate::CertFingerprint::parse(bad).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+}

@@ -53,19 +53,9 @@ pub enum TlsError {
 
 /// Normalises `AB:CD:...` / `sha256:abcd...` to 64 lower-case hex digits.
 pub fn normalize_fingerprint(text: &str) -> Result<String, TlsError> {
-    let hexs: String = text
-        .trim()
-        .trim_start_matches("sha256:")
-        .trim_start_matches("SHA256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hexs.len() == 64 && hexs.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(hexs)
-    } else {
-        Err(TlsError::Fingerprint(text.to_owned()))
-    }
+    cairn_api::CertFingerprint::parse(text)
+        .map(|fp| fp.hex().to_owned())
+        .map_err(|_| TlsError::Fingerprint(text.to_owned()))
 }
 
 /// SHA-256 of a DER certificate, lower-case hex.

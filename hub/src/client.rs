@@ -455,17 +455,6 @@ fn http_client(config: rustls::ClientConfig) -> anyhow::Result<reqwest::Client> 
         .context("building the HTTP client")
 }
 
-fn normalize_fingerprint(fp: &str) -> String {
-    let hex: String = fp
-        .trim()
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    format!("sha256:{hex}")
-}
-
 /// The fingerprint of the first certificate in a PEM bundle.
 fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
     let der = CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -1160,7 +1149,13 @@ async fn login(
         .with_context(|| format!("reading {}", token_file.display()))?
         .trim()
         .to_owned();
-    let want = normalize_fingerprint(fingerprint);
+    let want = match cairn_api::CertFingerprint::parse(fingerprint) {
+        Ok(fp) => fp.to_string(),
+        Err(e) => {
+            eprintln!("error: --ca-fingerprint: {e}; the hub prints it at `cairn-hub init`");
+            return Ok(Exit::InvalidInput);
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let fetch = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?

@@ -537,6 +537,20 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
     };
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
+    // A malformed fingerprint is invalid input, nothing is sent or saved.
+    let exit = run(s(&[
+        "login",
+        "--url",
+        &hub.url,
+        "--ca-fingerprint",
+        "sha256:12:34",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(exit, Exit::InvalidInput);
+    assert!(!config.exists());
     // A wrong fingerprint: refused before the token is sent, nothing saved.
     let wrong = format!("sha256:{}", "00".repeat(32));
     let err = run(s(&[

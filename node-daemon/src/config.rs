@@ -63,6 +63,9 @@ pub struct NetworkSection {
     pub netplan_dir: Option<PathBuf>,
     /// Whether the node applies the network at all (off when something else owns it).
     pub manage: Option<bool>,
+    /// The underlay address VXLAN tunnels of VPC overlays end on (configured on a link by
+    /// the host network). Reported to the hub, which hands it to the VPC's peers.
+    pub vtep_address: Option<String>,
 }
 
 /// `kubelet:`.
@@ -224,6 +227,8 @@ pub struct Settings {
     pub netplan_dir: PathBuf,
     /// Whether to apply the network.
     pub manage_network: bool,
+    /// This appliance's VTEP address, when it takes part in VPC overlays.
+    pub vtep_address: Option<std::net::IpAddr>,
     /// kubelet unit name.
     pub kubelet_unit: String,
     /// kubelet `ExecStart=`.
@@ -470,14 +475,9 @@ pub fn rooted(root: &Path, path: &Path) -> PathBuf {
 
 /// Normalises a SHA-256 fingerprint to lowercase hex without separators.
 pub fn normalize_fingerprint(text: &str) -> Option<String> {
-    let hex: String = text
-        .trim()
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+    cairn_api::CertFingerprint::parse(text)
+        .ok()
+        .map(|fp| fp.hex().to_owned())
 }
 
 /// Checks a hostname as a DNS name (RFC 1123 labels).
@@ -540,6 +540,22 @@ impl Settings {
                 format!("{unit:?} must name a .service unit"),
             ));
         }
+        let vtep_address = match network.vtep_address {
+            Some(text) => match text.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() && !ip.is_loopback() && !ip.is_multicast() => {
+                    Some(ip)
+                }
+                _ => {
+                    return Err((
+                        "network.vtep_address".into(),
+                        format!(
+                            "{text:?} is not a unicast IP address (the underlay address VXLAN ends on)"
+                        ),
+                    ));
+                }
+            },
+            None => None,
+        };
         let path =
             |p: Option<PathBuf>, default: &str| rooted(root, &p.unwrap_or_else(|| default.into()));
         let state_dir = path(state.dir, "/var/lib/cairn");
@@ -553,6 +569,7 @@ impl Settings {
             token_file: rooted(root, &token_file),
             netplan_dir: path(network.netplan_dir, "/etc/cairn/netplan"),
             manage_network: network.manage.unwrap_or(true),
+            vtep_address,
             kubelet_dropin_dir: path(
                 kubelet.dropin_dir,
                 &format!("/etc/systemd/system/{unit}.d"),
@@ -783,6 +800,35 @@ hub:
             (err.line, err.key.as_deref()),
             (Some(4), Some("hub.ca_fingerprint"))
         );
+    }
+
+    #[test]
+    fn the_vtep_address_is_checked_and_located() {
+        let s = load_sources(
+            Path::new("/"),
+            &[src(
+                "node.yaml",
+                &format!("{MAIN}network:\n  vtep_address: 192.168.50.1\n"),
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.vtep_address, Some("192.168.50.1".parse().unwrap()));
+        for bad in ["192.168.50", "0.0.0.0", "127.0.0.1"] {
+            let err = load_sources(
+                Path::new("/"),
+                &[src(
+                    "node.yaml",
+                    &format!("{MAIN}network:\n  vtep_address: {bad}\n"),
+                )],
+            )
+            .unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(7), Some("network.vtep_address")),
+                "{err}"
+            );
+            assert!(err.message.contains("not a unicast IP address"), "{err}");
+        }
     }
 
     #[test]

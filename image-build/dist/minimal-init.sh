@@ -1,7 +1,7 @@
 #!/bin/sh
 # /sbin/init of the `minimal` appliance root (a read-only squashfs slot).
 # Mounts the data partition (formatting it on first boot if it is blank), turns the install
-# seed into /etc/cairn/node.yaml, brings up the network, announces itself on the beacon
+# seed to cairn-node, brings up the network, announces itself on the beacon
 # ("cairn-beacon version=V slot=S hub=URL") and runs `cairn-node run`, restarting it if it
 # ever exits (this init is the appliance's whole service manager).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -21,36 +21,29 @@ if [ -n "$data" ]; then
   }
 fi
 
-# The seed the install agent wrote (seed/node.yaml with flat keys: hostname, hub_url,
-# hub_ca_file, hub_ca_fingerprint, enrollment_token_file) becomes cairn-node's schema
-# (hub: url, ca_file, ca_fingerprint, token_file). A seed already in that schema (it has a
-# `hub:` section) is used as it is. The network is this init's (udhcpc), not cairn-node's.
+# A/B upgrades: cairn-node writes the other slot by partition label (no udev here, so the
+# links are made now), edits GRUB's environment on the ESP, and reads the image's own
+# settings and release keys (/usr/lib/cairn/node.d, copied since /etc/cairn is a tmpfs).
+mkdir -p /dev/disk/by-partlabel /etc/cairn/node.d
+for u in /sys/class/block/*/uevent; do
+  p=$(sed -n 's/^PARTNAME=//p' "$u"); [ -n "$p" ] || continue
+  ln -sf "/dev/$(sed -n 's/^DEVNAME=//p' "$u")" "/dev/disk/by-partlabel/$p"
+done
+[ -e /dev/disk/by-partlabel/esp ] && mount -t vfat -o noexec,nosuid,nodev /dev/disk/by-partlabel/esp /boot/efi
+cp /usr/lib/cairn/node.d/*.yaml /etc/cairn/node.d/ 2>/dev/null
+
+# The seed the install agent wrote is a cairn-node seed (node.yaml in cairn-node's schema
+# and the files it names): `cairn-node run --seed-dir` below copies it into /etc/cairn, a
+# tmpfs here, so every boot starts from the seed. The network is this init's (udhcpc), not
+# cairn-node's: a drop-in says so. The hub URL and hostname are read only for the beacon.
 seed=/var/lib/cairn/seed
-key() { sed -n "s/^$1: *//p" "$seed/node.yaml" | tr -d '"' | head -n 1; }
 if [ -f "$seed/node.yaml" ]; then
-  if grep -q '^hub:' "$seed/node.yaml"; then
-    cp "$seed/node.yaml" /etc/cairn/node.yaml
-  else
-    name=$(key hostname); [ -n "$name" ] || name=$(cat "$seed/hostname" 2>/dev/null)
-    ca=$(key hub_ca_file); [ -z "$ca" ] && [ -f "$seed/hub-ca.pem" ] && ca=$seed/hub-ca.pem
-    fp=$(key hub_ca_fingerprint)
-    token=$(key enrollment_token_file)
-    [ -z "$token" ] && [ -f "$seed/enrollment-token" ] && token=$seed/enrollment-token
-    {
-      echo "# Made by /sbin/init from $seed/node.yaml."
-      [ -n "$name" ] && echo "hostname: $name"
-      echo "hub:"
-      echo "  url: $(key hub_url)"
-      [ -n "$ca" ] && echo "  ca_file: $ca"
-      [ -n "$fp" ] && echo "  ca_fingerprint: \"$fp\""
-      [ -n "$token" ] && echo "  token_file: $token"
-      echo "network:"
-      echo "  manage: false"
-    } > /etc/cairn/node.yaml
-  fi
+  mkdir -p /etc/cairn/node.d
+  printf 'network:\n  manage: false\n' > /etc/cairn/node.d/10-minimal-image.yaml
 fi
-hub=$(sed -n 's/^ *url: *//p; s/^hub_url: *//p' /etc/cairn/node.yaml 2>/dev/null | tr -d '"' | head -n 1)
-name=$(sed -n 's/^hostname: *//p' /etc/cairn/node.yaml 2>/dev/null | tr -d '"')
+value() { sed -n "s/^$1: *//p" "$seed/node.yaml" 2>/dev/null | tr -d "\"'" | head -n 1; }
+hub=$(value ' *url')
+name=$(value hostname); [ -n "$name" ] || name=$(cat "$seed/hostname" 2>/dev/null)
 [ -n "$name" ] && hostname "$name"
 
 for n in /sys/class/net/*; do
@@ -68,7 +61,7 @@ echo "$line" > /dev/console
 mkdir -p /run/cairn
 while true; do
   echo "cairn-init: starting cairn-node" > /dev/console
-  cairn-node run > /dev/console 2>&1
+  cairn-node run --seed-dir "$seed" > /dev/console 2>&1
   echo "cairn-init: cairn-node exited ($?); restarting in 10 s" > /dev/console
   sleep 10
 done

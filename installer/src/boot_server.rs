@@ -64,14 +64,16 @@ pub struct BootServerArgs {
     /// Also lease addresses to inventory MACs, from this range: `192.168.77.100-192.168.77.200`.
     #[arg(long)]
     dhcp_range: Option<String>,
-    /// Hub URL written into each server's node.yaml.
-    #[arg(long)]
+    /// Hub URL written into each server's node.yaml (cairn-node's schema, docs/images.md).
+    /// Needs --hub-ca and --enrollment-token-file: cairn-node trusts no hub it cannot
+    /// verify and registers only with a token.
+    #[arg(long, requires_all = ["hub_ca", "enrollment_token_file"])]
     hub_url: Option<String>,
     /// Hub CA bundle (PEM) written next to node.yaml.
-    #[arg(long)]
+    #[arg(long, requires = "hub_url")]
     hub_ca: Option<PathBuf>,
     /// File holding the hub enrollment token for the installed servers.
-    #[arg(long)]
+    #[arg(long, requires = "hub_url")]
     enrollment_token_file: Option<PathBuf>,
     /// Let the agent overwrite disks that hold partitions or filesystems.
     #[arg(long)]
@@ -233,12 +235,10 @@ impl BootServerArgs {
                     .with_context(|| format!("{}: netplan {}", s.name, p.display()))?;
                 netplan.insert("50-cairn.yaml".to_owned(), text);
             }
-            let node_yaml = self.hub_url.as_ref().map(|hub| {
-                format!(
-                    "# Written by cairn-agent from the boot server's plan.\nhostname: {}\nhub_url: {hub}\nhub_ca_file: /var/lib/cairn/seed/hub-ca.pem\nenrollment_token_file: /var/lib/cairn/seed/enrollment-token\n",
-                    s.name
-                )
-            });
+            let node_yaml = self
+                .hub_url
+                .as_ref()
+                .map(|hub| crate::agent::plan::node_yaml(&s.name, hub));
             let plan = InstallPlan {
                 name: s.name.clone(),
                 disk_hint: s.disk_hint.clone(),
@@ -454,6 +454,41 @@ mod tests {
             ],
             progress: Mutex::default(),
         })
+    }
+
+    /// A hub URL alone would give installs a node.yaml cairn-node refuses (no CA, no
+    /// token): the command line says so before anything starts.
+    #[test]
+    fn a_hub_url_needs_the_hub_ca_and_an_enrollment_token() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: BootServerArgs,
+        }
+        let base = [
+            "x",
+            "--artifacts",
+            "a",
+            "--interface",
+            "br0",
+            "--inventory",
+            "r.yaml",
+        ];
+        let parse = |extra: &[&str]| Cmd::try_parse_from(base.iter().chain(extra));
+        let err = parse(&["--hub-url", "https://hub:8443", "--hub-ca", "ca.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--enrollment-token-file"), "{err}");
+        assert!(parse(&["--hub-ca", "ca.pem"]).is_err());
+        let ok = parse(&[
+            "--hub-url",
+            "https://hub:8443",
+            "--hub-ca",
+            "ca.pem",
+            "--enrollment-token-file",
+            "token",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(parse(&[]).is_ok());
     }
 
     /// The provisioner's view over real HTTP: per-MAC progress with a growing `seq`, and the

@@ -52,17 +52,17 @@ fn partition(disk: &Path, number: u32) -> (u64, u64) {
     (first * 512, (last - first + 1) * 512)
 }
 
+/// An ISO seed's node.yaml, in cairn-node's schema; the agent copies it as it is.
+const NODE_YAML: &str = "hostname: edge-1\nhub:\n  url: https://hub.example:8443\n  ca_file: /etc/cairn/hub-ca.pem\n  token_file: /etc/cairn/enrollment-token\n";
+
 #[test]
 fn installs_the_image_with_its_seed_and_only_then_boot_code() {
     let image = minimal_image();
     let dir = tempfile::tempdir().unwrap();
     let source = source_copy(&image, dir.path());
     std::fs::create_dir_all(source.join("seed/netplan")).unwrap();
-    std::fs::write(
-        source.join("seed/node.yaml"),
-        "hub_url: https://hub.example:8443\n",
-    )
-    .unwrap();
+    std::fs::write(source.join("seed/node.yaml"), NODE_YAML).unwrap();
+    std::fs::write(source.join("seed/enrollment-token"), "t0ken\n").unwrap();
     std::fs::write(
         source.join("seed/netplan/10-lan.yaml"),
         "network: {version: 2}\n",
@@ -110,10 +110,8 @@ fn installs_the_image_with_its_seed_and_only_then_boot_code() {
             .expect("debugfs (e2fsprogs)");
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    assert_eq!(
-        cat("/seed/node.yaml"),
-        "hub_url: https://hub.example:8443\n"
-    );
+    assert_eq!(cat("/seed/node.yaml"), NODE_YAML);
+    assert_eq!(cat("/seed/enrollment-token"), "t0ken");
     assert_eq!(cat("/seed/netplan/10-lan.yaml"), "network: {version: 2}\n");
     assert_eq!(cat("/seed/hostname"), "edge-1\n");
 }

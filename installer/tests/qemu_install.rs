@@ -27,11 +27,14 @@ fn seeded_image() -> PathBuf {
     if !seeded.join("manifest.json").exists() {
         let seed = seeded.with_extension("seed");
         std::fs::create_dir_all(&seed).unwrap();
+        // A cairn-node seed (node-daemon's schema), as an operator writes it for ISO installs.
         std::fs::write(
             seed.join("node.yaml"),
-            "hub_url: https://hub.iso.test:8443\n",
+            "hostname: edge-iso\nhub:\n  url: https://hub.iso.test:8443\n  ca_file: /etc/cairn/hub-ca.pem\n  token_file: /etc/cairn/enrollment-token\n",
         )
         .unwrap();
+        std::fs::write(seed.join("hub-ca.pem"), "not a real CA\n").unwrap();
+        std::fs::write(seed.join("enrollment-token"), "iso-token\n").unwrap();
         let config = seeded.with_extension("yaml");
         let mut text = std::fs::read_to_string(example("minimal")).unwrap();
         text.push_str(&format!("iso_seed: {}\n", seed.display()));
@@ -199,6 +202,8 @@ impl BootServer {
             format!("servers:\n  - name: edge-1\n    bmc: redfish+http://127.0.0.1:1\n    credentials: creds.yaml\n    boot_mac: {mac}\n    disk_hint: /dev/vda\n"),
         )
         .unwrap();
+        std::fs::write(dir.join("hub-ca.pem"), "not a real CA\n").unwrap();
+        std::fs::write(dir.join("enrollment-token"), "pxe-token\n").unwrap();
         let log = dir.join("boot-server.log");
         let child = Command::new("ip")
             .args([
@@ -217,9 +222,12 @@ impl BootServer {
                 "192.168.77.100-192.168.77.110",
                 "--hub-url",
                 "https://hub.pxe.test:8443",
-                "--on-fail",
-                "poweroff",
+                "--hub-ca",
             ])
+            .arg(dir.join("hub-ca.pem"))
+            .arg("--enrollment-token-file")
+            .arg(dir.join("enrollment-token"))
+            .args(["--on-fail", "poweroff"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

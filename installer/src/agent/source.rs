@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cairn_api::{InstallProgress, InstallStep};
 use cairn_image_build::build::InstallManifest;
 
-use super::plan::InstallPlan;
+use super::plan::{InstallPlan, SEED_HUB_CA, SEED_TOKEN};
 
 /// Why the plan or a payload could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,8 @@ impl Source for HttpSource {
 }
 
 /// A directory holding the payload (`cairn/` on the install ISO), with an optional
-/// `seed/` (node.yaml, netplan/*.yaml, hub-ca.pem, install.yaml with the disk hint).
+/// `seed/` (a cairn-node seed: node.yaml, netplan/*.yaml, hub-ca.pem, enrollment-token; plus
+/// install.yaml with the disk hint).
 pub struct DirSource {
     dir: PathBuf,
 }
@@ -172,7 +173,10 @@ impl Source for DirSource {
             plan.node_yaml = read("node.yaml")?;
         }
         if plan.hub_ca.is_none() {
-            plan.hub_ca = read("hub-ca.pem")?;
+            plan.hub_ca = read(SEED_HUB_CA)?;
+        }
+        if plan.enrollment_token.is_none() {
+            plan.enrollment_token = read(SEED_TOKEN)?.map(|t| t.trim().to_owned());
         }
         if let Ok(entries) = std::fs::read_dir(seed.join("netplan")) {
             for e in entries.flatten() {

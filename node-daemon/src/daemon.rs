@@ -13,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_api::{
     Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, NodeStatus,
-    RegistrationRequest,
+    OverlayDocument, RegistrationRequest,
 };
 
 use crate::config::Settings;
 use crate::hub::{ClientIdentity, HttpsHub, HubApi, HubError, Trust};
 use crate::inventory::{self, Roots};
 use crate::kubelet::{self, Action, Layout, Supervisor};
-use crate::network::Network;
+use crate::network::{Network, NetworkError};
 use crate::pki;
 use crate::status::LocalStatus;
 use crate::store::{self, Identity, Store, StoreError};
@@ -508,7 +508,6 @@ impl<N: Network> Daemon<N> {
         if let Some(k) = &self.kubelet_condition {
             conditions.push(k.clone());
         }
-        let desired = self.store.desired().ok().flatten();
         NodeStatus {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             os_version: os_version(&self.settings.root),
@@ -517,7 +516,8 @@ impl<N: Network> Daemon<N> {
             load1: first(read("loadavg")),
             conditions,
             counters: self.store.counters().unwrap_or_default(),
-            vtep_address: desired.and_then(|d| d.overlay.map(|o| o.local_vtep)),
+            // The node's own setting: the hub learns it from here and names it to the peers.
+            vtep_address: self.settings.vtep_address.map(|ip| ip.to_string()),
             upgrade: self.upgrade_report.get(),
             observed_at: time::OffsetDateTime::now_utc(),
         }
@@ -587,13 +587,17 @@ impl<N: Network> Daemon<N> {
         if let Some(join) = &desired.join {
             complete &= self.write_kubelet_files(join).await;
         }
-        if let Some(overlay) = &desired.overlay
-            && self.settings.manage_network
-        {
-            match self.network.apply_overlay(overlay).await {
-                Ok(changes) => {
-                    tracing::info!(changes, vpcs = overlay.vpcs.len(), "overlay applied")
-                }
+        if self.settings.manage_network {
+            // Also without a document: the hub sends none once the appliance has left its
+            // last VPC, and the overlay links must go then.
+            let result = match desired.overlay.as_ref().map(|doc| self.own_vtep(doc)) {
+                Some(Err(e)) => Err(e),
+                Some(Ok(doc)) => self.network.apply_overlay(Some(&doc)).await,
+                None => self.network.apply_overlay(None).await,
+            };
+            let vpcs = desired.overlay.as_ref().map_or(0, |o| o.vpcs.len());
+            match result {
+                Ok(changes) => tracing::info!(changes, vpcs, "overlay applied"),
                 Err(e) => {
                     tracing::error!(error = %e, "applying the VPC overlay failed");
                     complete = false;
@@ -605,6 +609,22 @@ impl<N: Network> Daemon<N> {
             if let Err(e) = self.store.set_applied_generation(desired.generation) {
                 tracing::error!(error = %e, "recording the applied generation failed");
             }
+        }
+    }
+
+    /// The overlay with this node's configured VTEP address: the node owns its underlay, and
+    /// the hub's copy lags a heartbeat behind a change of `network.vtep_address`.
+    fn own_vtep(&self, doc: &OverlayDocument) -> Result<OverlayDocument, NetworkError> {
+        match self.settings.vtep_address {
+            Some(ip) => Ok(OverlayDocument {
+                local_vtep: ip.to_string(),
+                ..doc.clone()
+            }),
+            None if doc.vpcs.is_empty() || !doc.local_vtep.is_empty() => Ok(doc.clone()),
+            None => Err(NetworkError(format!(
+                "the hub put this appliance in VPC {:?}, but it has no VTEP address: set network.vtep_address in node.yaml to an underlay address of this appliance",
+                doc.vpcs[0].name
+            ))),
         }
     }
 

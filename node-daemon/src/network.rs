@@ -28,10 +28,11 @@ pub trait Network: Send + Sync {
     fn try_host(&self, yaml: &str) -> impl Future<Output = Result<Trial, NetworkError>> + Send;
     /// Goes back to the state before a trial.
     fn rollback(&self, trial: Trial) -> impl Future<Output = Result<(), NetworkError>> + Send;
-    /// Realises a VPC overlay document.
+    /// Realises a VPC overlay document; `None` (the appliance is in no VPC) removes the
+    /// overlay links this node made.
     fn apply_overlay(
         &self,
-        doc: &OverlayDocument,
+        doc: Option<&OverlayDocument>,
     ) -> impl Future<Output = Result<usize, NetworkError>> + Send;
 }
 
@@ -111,8 +112,15 @@ impl Network for Netplan {
         }
     }
 
-    async fn apply_overlay(&self, doc: &OverlayDocument) -> Result<usize, NetworkError> {
-        let overlay = Overlay::new(doc).map_err(|e| NetworkError(e.to_string()))?;
+    async fn apply_overlay(&self, doc: Option<&OverlayDocument>) -> Result<usize, NetworkError> {
+        // Without VPCs no link needs the VTEP address, so the unspecified one stands in;
+        // applying an empty overlay deletes the links the overlay's ownership record lists.
+        let none = OverlayDocument {
+            local_vtep: "0.0.0.0".into(),
+            vpcs: Vec::new(),
+        };
+        let overlay =
+            Overlay::new(doc.unwrap_or(&none)).map_err(|e| NetworkError(e.to_string()))?;
         self.run("overlay", &overlay).await
     }
 }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::initramfs::{Initramfs, InitramfsError, Kernel, debian_kernel};
-use crate::qemu::{Nic, QemuError, VmBuilder};
+use crate::qemu::{Nic, QemuError, Vm, VmBuilder};
 
 /// Errors of a guest run.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,12 @@ impl GuestRun {
 
     /// Boots the guest, runs the script, powers off and parses the console.
     pub fn run(&self) -> Result<GuestReport, GuestError> {
+        self.spawn()?.finish()
+    }
+
+    /// Boots the guest and returns while the script runs, so the host can act on what the
+    /// guest prints (see [`RunningGuest`]); [`RunningGuest::finish`] collects the report.
+    pub fn spawn(&self) -> Result<RunningGuest, GuestError> {
         let dir = tempfile::Builder::new().prefix("cairn-guest-").tempdir()?;
         let (initrd, kernel) = self.build(dir.path())?;
         let mut builder = VmBuilder::new()
@@ -227,13 +233,46 @@ impl GuestRun {
         for nic in &self.nics {
             builder = builder.nic(nic.clone(), "e1000");
         }
-        let mut vm = builder.spawn()?;
-        let limit = self.timeout.unwrap_or(Duration::from_secs(180));
-        vm.wait_for_serial("CAIRN-DONE", limit)?;
+        let vm = builder.spawn()?;
+        Ok(RunningGuest {
+            vm,
+            limit: self.timeout.unwrap_or(Duration::from_secs(180)),
+            started: std::time::Instant::now(),
+            _dir: dir,
+        })
+    }
+}
+
+/// A guest whose script is running. The script and the host can take turns: the script
+/// prints a marker (`echo CAIRN-MARK name`) and waits for something it can observe (a link
+/// appearing), the host waits for the marker with [`RunningGuest::wait_for`] and acts.
+/// Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct RunningGuest {
+    vm: Vm,
+    limit: Duration,
+    started: std::time::Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningGuest {
+    /// Waits until the console contains `needle`, within what is left of the run's timeout.
+    pub fn wait_for(&mut self, needle: &str) -> Result<String, GuestError> {
+        let left = self.limit.saturating_sub(self.started.elapsed());
+        Ok(self.vm.wait_for_serial(needle, left)?)
+    }
+
+    /// The console so far.
+    pub fn serial(&self) -> String {
+        self.vm.serial()
+    }
+
+    /// Waits for the script to finish, powers off and parses the console.
+    pub fn finish(mut self) -> Result<GuestReport, GuestError> {
+        self.wait_for("CAIRN-DONE")?;
         // Power-off follows the marker within a second or two; kill if it hangs.
-        let _ = vm.wait_exit(Duration::from_secs(20));
-        let serial = vm.serial();
-        Ok(parse_report(&serial))
+        let _ = self.vm.wait_exit(Duration::from_secs(20));
+        Ok(parse_report(&self.vm.serial()))
     }
 }
 

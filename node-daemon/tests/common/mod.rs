@@ -62,12 +62,18 @@ impl Hub {
 
     /// Same, running it under `prefix` (e.g. `ip netns exec NS`).
     pub fn start_in(data: &Path, listen: &str, prefix: &[&str]) -> Self {
+        Self::start_full(data, listen, prefix, &[])
+    }
+
+    /// Same, with the names its certificate carries (`init --name`, default: loopback).
+    pub fn start_full(data: &Path, listen: &str, prefix: &[&str], names: &[&str]) -> Self {
         let bin = workspace_bin("cairn-hub", "cairn-hub");
         let meta = data.join("test-init.json");
         if !meta.exists() {
             let out = Command::new(&bin)
                 .args(["init", "--output", "json", "--data"])
                 .arg(data)
+                .args(names.iter().flat_map(|n| ["--name", n]))
                 .output()
                 .expect("cairn-hub init");
             assert!(

@@ -188,12 +188,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
             debian_root(&root, req)?
         }
     };
-    rootfs::write(
-        &root,
-        "etc/cairn-release",
-        format!("{}\n", cfg.version).as_bytes(),
-        0o644,
-    )?;
+    write_version(&root, &cfg.version)?;
 
     step("building the initramfs");
     let boot_initrd = work.join("initrd-boot.img");
@@ -221,23 +216,8 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
     std::fs::write(out.join("pxe/ipxe.tera"), IPXE_TEMPLATE).map_err(io("writing", out))?;
 
     step("building the root image (squashfs)");
-    rootfs::clamp_times(&root, epoch)?;
     let root_img = work.join("root.img");
-    run(
-        "mksquashfs",
-        args![
-            root,
-            root_img,
-            "-reproducible",
-            "-all-root",
-            "-comp",
-            "gzip",
-            "-noappend",
-            "-quiet",
-            "-no-progress"
-        ],
-        epoch,
-    )?;
+    squash(&root, &root_img, epoch)?;
     let root_size = meta_len(&root_img)?;
     let slot_size = cfg.disk.slot_mib << 20;
     if root_size > slot_size {
@@ -347,6 +327,112 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
     Ok(manifest)
 }
 
+/// The root tree as a slot image: squashfs, reproducible (see the module comment).
+fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), BuildError> {
+    rootfs::clamp_times(root, epoch)?;
+    run(
+        "mksquashfs",
+        args![
+            root,
+            out,
+            "-reproducible",
+            "-all-root",
+            "-comp",
+            "gzip",
+            "-noappend",
+            "-quiet",
+            "-no-progress"
+        ],
+        epoch,
+    )?;
+    Ok(())
+}
+
+/// Inputs of `cairn image derive`: another release made from a build's root image.
+#[derive(Debug)]
+pub struct DeriveRequest {
+    /// An output directory of `cairn image build` (its `root.img.zst` is the base).
+    pub from: PathBuf,
+    /// The new version (`/etc/cairn-release`, `CAIRN_VERSION`, the bundle's manifest).
+    pub version: String,
+    /// Versions the bundle installs over; empty: any.
+    pub compatible_from: Vec<String>,
+    /// Files put into the root: (file on this machine, absolute path in the image).
+    pub add: Vec<(PathBuf, String)>,
+    /// The bundle to write.
+    pub out: PathBuf,
+    /// Signs the bundle when given.
+    pub signing_key: Option<SigningKey>,
+    /// Timestamp of every file in the image.
+    pub source_date_epoch: u64,
+}
+
+/// Makes an update bundle from a build's root image with a new version and extra files (a
+/// patched binary, a config drop-in), without rebuilding the rest of the image: unpacks the
+/// squashfs, changes the tree, packs it with the same options. Reproducible like `build`.
+pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError> {
+    let epoch = req.source_date_epoch;
+    let work = tempfile::Builder::new()
+        .prefix("cairn-derive-")
+        .tempdir()
+        .map_err(io(
+            "creating a temporary directory in",
+            &std::env::temp_dir(),
+        ))?;
+    let work = work.path();
+    let base = req.from.join("root.img.zst");
+    let base_img = work.join("base.img");
+    {
+        let input = std::fs::File::open(&base)
+            .map_err(io("reading (not an output of `cairn image build`?)", &base))?;
+        let mut output = std::fs::File::create(&base_img).map_err(io("writing", &base_img))?;
+        zstd::stream::copy_decode(std::io::BufReader::new(input), &mut output)
+            .map_err(io("decompressing", &base))?;
+    }
+    let root = work.join("root");
+    run(
+        "unsquashfs",
+        args!["-no-progress", "-quiet", "-d", root, base_img],
+        epoch,
+    )?;
+    std::fs::remove_file(&base_img).map_err(io("removing", &base_img))?;
+    for (from, to) in &req.add {
+        let rel = to.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return Err(BuildError::Input(format!(
+                "--add {}:{to}: the destination must be a path inside the image",
+                from.display()
+            )));
+        }
+        let dst = root.join(rel);
+        if dst.is_dir() {
+            return Err(BuildError::Input(format!(
+                "--add {}:{to}: {to} is a directory in the image",
+                from.display()
+            )));
+        }
+        copy(from, &dst)?;
+    }
+    write_version(&root, &req.version)?;
+    let root_img = work.join("root.img");
+    squash(&root, &root_img, epoch)?;
+    let root_zst = work.join("root.img.zst");
+    compress(&root_img, &root_zst)?;
+    let manifest = crate::bundle::create(
+        &req.out,
+        &req.version,
+        std::env::consts::ARCH,
+        req.compatible_from.clone(),
+        &rfc3339(epoch),
+        &root_img,
+        &root_zst,
+    )?;
+    if let Some(key) = &req.signing_key {
+        crate::bundle::sign(&req.out, key)?;
+    }
+    Ok(manifest)
+}
+
 fn digest(path: &Path) -> Result<Digest, BuildError> {
     Digest::of_file(path).map_err(io("hashing", path))
 }
@@ -449,6 +535,8 @@ fn minimal_root(root: &Path, req: &BuildRequest, kernel: &Kernel) -> Result<(), 
             "etc/cairn",
             "var/lib/cairn",
             "mnt",
+            // The ESP is mounted here: cairn-node edits GRUB's environment for upgrades.
+            "boot/efi",
         ],
     )?;
     rootfs::busybox(root, epoch)?;
@@ -470,6 +558,82 @@ fn minimal_root(root: &Path, req: &BuildRequest, kernel: &Kernel) -> Result<(), 
         )));
     }
     let _ = kernel;
+    image_node_config(root, &req.config)
+}
+
+/// Where the `minimal` image keeps its own cairn-node drop-ins; its `/sbin/init` copies them
+/// into `/etc/cairn/node.d` (a tmpfs there) at boot, after the seed's configuration.
+const IMAGE_NODE_D: &str = "usr/lib/cairn/node.d";
+/// The release keys the image's cairn-node trusts.
+const IMAGE_RELEASE_KEYS: &str = "usr/lib/cairn/release-keys";
+
+/// The image's upgrade settings (slots by partition label, GRUB's environment on the ESP,
+/// busybox's `reboot -f`: the init is a shell, not a service manager), its trusted release
+/// keys, and the operator's drop-in from `node_config`.
+fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
+    let mut yaml = String::from(
+        "# Made by `cairn image build` (minimal profile): A/B upgrades of this appliance.\n\
+         upgrade:\n  slot_dir: /dev/disk/by-partlabel\n  grubenv: /boot/efi/grub/grubenv\n  \
+         reboot_command: [reboot, -f]\n  trusted_keys:",
+    );
+    let mut keys = Vec::new();
+    for path in &cfg.release_keys {
+        let key = crate::keys::PublicKey::read(path)
+            .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
+        let rel = format!("{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
+        std::fs::create_dir_all(root.join(IMAGE_RELEASE_KEYS))
+            .map_err(io("creating", &root.join(IMAGE_RELEASE_KEYS)))?;
+        key.write(&root.join(&rel))
+            .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
+        keys.push(format!("\n    - /{rel}"));
+    }
+    if keys.is_empty() {
+        yaml.push_str(" []");
+    }
+    yaml.push_str(&keys.concat());
+    yaml.push('\n');
+    rootfs::write(
+        root,
+        &format!("{IMAGE_NODE_D}/10-image-upgrade.yaml"),
+        yaml.as_bytes(),
+        0o644,
+    )?;
+    if let Some(extra) = &cfg.node_config {
+        let text = std::fs::read(extra).map_err(io("reading node_config", extra))?;
+        rootfs::write(
+            root,
+            &format!("{IMAGE_NODE_D}/50-image-config.yaml"),
+            &text,
+            0o644,
+        )?;
+    }
+    Ok(())
+}
+
+/// `/etc/cairn-release` and, in the `minimal` root, `/etc/os-release` with `CAIRN_VERSION`
+/// (what cairn-node reports as the running version). A Debian root keeps Debian's os-release.
+fn write_version(root: &Path, version: &str) -> Result<(), BuildError> {
+    rootfs::write(
+        root,
+        "etc/cairn-release",
+        format!("{version}\n").as_bytes(),
+        0o644,
+    )?;
+    let os_release = root.join("etc/os-release");
+    let debian = std::fs::symlink_metadata(&os_release).is_ok_and(|m| m.is_symlink())
+        || root.join("usr/lib/os-release").exists();
+    if !debian {
+        rootfs::write(
+            root,
+            "etc/os-release",
+            format!(
+                "NAME=cairn\nID=cairn\nVERSION_ID={version}\n\
+                 PRETTY_NAME=\"cairn {version}\"\nCAIRN_VERSION={version}\n"
+            )
+            .as_bytes(),
+            0o644,
+        )?;
+    }
     Ok(())
 }
 
@@ -833,4 +997,87 @@ fn fix_efi_serial(iso: &Path, epoch: u64) -> Result<(), BuildError> {
     f.write_all(&(epoch as u32).to_le_bytes())
         .map_err(io("writing", iso))?;
     f.sync_all().map_err(io("writing", iso))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::TrustStore;
+
+    fn unpack_payload(bundle: &Path, trust: &TrustStore, into: &Path) {
+        let mut reader = std::io::BufReader::new(std::fs::File::open(bundle).unwrap());
+        let header = crate::bundle::Header::read(&mut reader).unwrap();
+        let verified = header.verify(trust).unwrap();
+        let img = into.with_extension("img");
+        let mut out = std::fs::File::create(&img).unwrap();
+        let limit = verified.manifest.root_image.size;
+        verified
+            .write_root_image(&mut reader, &mut out, limit, |_| {})
+            .unwrap();
+        run(
+            "unsquashfs",
+            args!["-quiet", "-no-progress", "-d", into, img],
+            0,
+        )
+        .unwrap();
+    }
+
+    /// A derived release carries the new version and the added file, is signed, and is
+    /// bit-identical when made twice from the same inputs.
+    #[test]
+    fn a_derived_bundle_has_the_new_version_and_files_and_is_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let tree = d.join("tree");
+        rootfs::write(&tree, "etc/cairn-release", b"1.0\n", 0o644).unwrap();
+        rootfs::write(&tree, "boot/vmlinuz", b"kernel 1.0", 0o644).unwrap();
+        let from = d.join("build");
+        std::fs::create_dir_all(&from).unwrap();
+        squash(&tree, &d.join("root.img"), 1_700_000_000).unwrap();
+        compress(&d.join("root.img"), &from.join("root.img.zst")).unwrap();
+        std::fs::write(d.join("check.yaml"), "upgrade: {}\n").unwrap();
+        let key = SigningKey::generate().unwrap();
+        key.write(&d.join("release.key")).unwrap();
+        let trust = TrustStore::new(vec![key.public_key()]);
+        let derive_to = |out: &Path| {
+            derive(&DeriveRequest {
+                from: from.clone(),
+                version: "1.1".into(),
+                compatible_from: vec!["1.0".into()],
+                add: vec![(d.join("check.yaml"), "/usr/lib/cairn/node.d/60.yaml".into())],
+                out: out.to_owned(),
+                signing_key: Some(SigningKey::read(&d.join("release.key")).unwrap()),
+                source_date_epoch: 1_700_000_100,
+            })
+            .unwrap()
+        };
+        let m = derive_to(&d.join("one.bundle"));
+        assert_eq!(m.version, "1.1");
+        assert_eq!(m.compatible_from, ["1.0"]);
+        derive_to(&d.join("two.bundle"));
+        assert_eq!(
+            std::fs::read(d.join("one.bundle")).unwrap(),
+            std::fs::read(d.join("two.bundle")).unwrap(),
+            "not reproducible"
+        );
+        let root = d.join("unpacked");
+        unpack_payload(&d.join("one.bundle"), &trust, &root);
+        let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap();
+        assert_eq!(read("etc/cairn-release"), "1.1\n");
+        assert!(read("etc/os-release").contains("CAIRN_VERSION=1.1\n"));
+        assert_eq!(read("usr/lib/cairn/node.d/60.yaml"), "upgrade: {}\n");
+        assert_eq!(read("boot/vmlinuz"), "kernel 1.0", "the rest is kept");
+
+        let err = derive(&DeriveRequest {
+            from: from.clone(),
+            version: "1.2".into(),
+            compatible_from: vec![],
+            add: vec![(d.join("check.yaml"), "/../etc/x".into())],
+            out: d.join("bad.bundle"),
+            signing_key: None,
+            source_date_epoch: 0,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("inside the image"), "{err}");
+    }
 }

@@ -46,6 +46,36 @@ enum ImageCommand {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Make another release's update bundle from a build's root image: a new version, and
+    /// files added or replaced (a fixed binary, a config drop-in), without rebuilding the
+    /// rest of the image. Reproducible with the same inputs and SOURCE_DATE_EPOCH.
+    ///
+    /// Example: `cairn image derive --from out/ --version 1.2.1
+    /// --add ./cairn-node:/usr/bin/cairn-node --signing-key release.key --out update-1.2.1.bundle`
+    Derive {
+        /// An output directory of `cairn image build` (its root.img.zst is the base).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new version (written to /etc/cairn-release, os-release and the manifest).
+        #[arg(long)]
+        version: String,
+        /// A version the bundle may be installed over (repeat); none: any.
+        #[arg(long = "compatible-from", value_name = "VERSION")]
+        compatible_from: Vec<String>,
+        /// Put a local file into the image, `LOCAL:/PATH/IN/IMAGE` (repeat); it replaces
+        /// what was there and keeps the local file's mode.
+        #[arg(long = "add", value_name = "LOCAL:/PATH", value_parser = parse_add)]
+        add: Vec<(PathBuf, String)>,
+        /// The bundle to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sign the bundle with this key (from `cairn image keygen`).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Timestamp of every file in the image; defaults to now (not reproducible).
+        #[arg(long, env = "SOURCE_DATE_EPOCH")]
+        source_date_epoch: Option<u64>,
+    },
     /// Create an Ed25519 signing key (KEY, mode 0600) and its public key (KEY.pub).
     Keygen {
         /// Where to write the private key; the public key goes to the same path plus `.pub`.
@@ -84,6 +114,40 @@ impl ImageArgs {
                 source_date_epoch,
                 output,
             } => build(config, out, signing_key, source_date_epoch, output).await,
+            ImageCommand::Derive {
+                from,
+                version,
+                compatible_from,
+                add,
+                out,
+                signing_key,
+                source_date_epoch,
+            } => {
+                if let Err(message) = crate::config::check_version(&version) {
+                    eprintln!("error: --version: {message}");
+                    return Ok(Exit::InvalidInput);
+                }
+                let signing_key = match signing_key.map(|k| SigningKey::read(&k)).transpose() {
+                    Ok(k) => k,
+                    Err(e) => return invalid(e),
+                };
+                let request = build::DeriveRequest {
+                    from,
+                    version,
+                    compatible_from,
+                    add,
+                    out,
+                    signing_key,
+                    source_date_epoch: epoch_or_now(source_date_epoch)?,
+                };
+                let manifest =
+                    tokio::task::spawn_blocking(move || build::derive(&request)).await??;
+                eprintln!(
+                    "wrote the bundle for version {} (root image {} bytes)",
+                    manifest.version, manifest.root_image.size
+                );
+                Ok(Exit::Success)
+            }
             ImageCommand::Keygen { out } => {
                 let key = SigningKey::generate()?;
                 let public = out.with_file_name(format!(
@@ -180,17 +244,11 @@ async fn build(
             .context("the running executable has no directory")?
             .to_owned(),
     };
-    let source_date_epoch = match source_date_epoch {
-        Some(e) => e,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-    };
     let request = BuildRequest {
         config,
         out,
         signing_key,
-        source_date_epoch,
+        source_date_epoch: epoch_or_now(source_date_epoch)?,
         binaries,
     };
     let started = std::time::Instant::now();
@@ -210,6 +268,24 @@ async fn build(
         }
     }
     Ok(Exit::Success)
+}
+
+fn epoch_or_now(given: Option<u64>) -> anyhow::Result<u64> {
+    Ok(match given {
+        Some(e) => e,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    })
+}
+
+fn parse_add(text: &str) -> Result<(PathBuf, String), String> {
+    match text.split_once(':') {
+        Some((local, path)) if !local.is_empty() && path.starts_with('/') => {
+            Ok((PathBuf::from(local), path.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not LOCAL:/PATH/IN/IMAGE")),
+    }
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Result<Exit> {

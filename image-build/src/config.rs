@@ -36,6 +36,14 @@ pub struct ImageConfig {
     /// Settings of the `debian` profile.
     #[serde(default)]
     pub debian: DebianConfig,
+    /// Release public keys (PEM, from `cairn image keygen`) the image's cairn-node trusts
+    /// for update bundles (`minimal` profile; its upgrade settings name them).
+    #[serde(default)]
+    pub release_keys: Vec<PathBuf>,
+    /// A cairn-node configuration drop-in baked into the image (`minimal` profile), e.g. the
+    /// operator's upgrade health checks and deadline; the node merges it after the seed.
+    #[serde(default)]
+    pub node_config: Option<PathBuf>,
 }
 
 /// The root filesystem profiles.
@@ -142,6 +150,20 @@ pub enum ConfigError {
     },
 }
 
+/// A version is letters, digits and `. - + _` (it names files and URL paths).
+pub fn check_version(version: &str) -> Result<(), String> {
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
+    {
+        return Err(format!(
+            "{version:?} is not a version (letters, digits, . - + _)"
+        ));
+    }
+    Ok(())
+}
+
 impl ImageConfig {
     /// Reads and validates a config file. Relative paths in it are resolved against the
     /// file's directory.
@@ -160,9 +182,11 @@ impl ImageConfig {
             &mut config.kernel,
             &mut config.binaries,
             &mut config.iso_seed,
+            &mut config.node_config,
         ]
         .into_iter()
         .flatten()
+        .chain(config.release_keys.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -173,20 +197,7 @@ impl ImageConfig {
             key,
             message,
         };
-        if config.version.is_empty()
-            || !config
-                .version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
-        {
-            return Err(invalid(
-                "version",
-                format!(
-                    "{:?} is not a version (letters, digits, . - + _)",
-                    config.version
-                ),
-            ));
-        }
+        check_version(&config.version).map_err(|m| invalid("version", m))?;
         let d = &config.disk;
         let needed = 2 + d.esp_mib + 2 * d.slot_mib + (crate::gpt::MIN_DATA >> 20);
         if d.size_mib < needed {

@@ -81,9 +81,16 @@ if [ -n "${{cairn_try}}" ]; then
 fi
 regexp --set=1:disk '^([^,]+),' "${{root}}"
 if [ "${{boot_slot}}" = b ]; then set slot_part=gpt3; else set slot_part=gpt2; fi
+# A slot whose kernel GRUB cannot load restarts the machine, so the boot counter above runs
+# out and the committed slot boots; a kernel that panics does the same through panic=.
 menuentry "cairn (slot ${{boot_slot}})" {{
-  linux (${{disk}},${{slot_part}})/boot/vmlinuz root=PARTLABEL=root-${{boot_slot}} cairn.slot=${{boot_slot}} ro {kernel_args}
-  initrd (${{disk}},${{slot_part}})/boot/initrd.img
+  if linux (${{disk}},${{slot_part}})/boot/vmlinuz root=PARTLABEL=root-${{boot_slot}} cairn.slot=${{boot_slot}} ro panic=10 {kernel_args}; then
+    initrd (${{disk}},${{slot_part}})/boot/initrd.img
+  else
+    echo "cairn: slot ${{boot_slot}} has no loadable kernel; restarting"
+    sleep 2
+    reboot
+  fi
 }}
 "#
     )

@@ -710,6 +710,16 @@ impl Upgrader {
             }
             out.flush()
                 .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                bytes = have - first,
+                seconds = format!("{seconds:.1}"),
+                mib_per_s = format!(
+                    "{:.1}",
+                    (have - first) as f64 / seconds.max(1e-3) / 1048576.0
+                ),
+                "bundle downloaded"
+            );
         }
         file.sync_all()
             .map_err(|e| StepError::Failed(e.to_string()))?;
@@ -762,25 +772,9 @@ impl Upgrader {
         }
         self.enter(UpgradePhase::Writing, format!("slot {}", target.letter()));
         let path = bundle.to_owned();
-        let written = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            let mut reader =
-                BufReader::with_capacity(1 << 20, File::open(&path).map_err(|e| e.to_string())?);
-            let header = Header::read(&mut reader).map_err(|e| e.to_string())?;
-            let verified = header.verify(&trust).map_err(|e| e.to_string())?;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&slot_path)
-                .map_err(|e| format!("{}: {e}", slot_path.display()))?;
-            let mut dest = SlotWriter {
-                file: &file,
-                offset,
-                pos: 0,
-            };
-            let digest = verified
-                .write_root_image(&mut reader, &mut dest, limit, |_| {})
-                .map_err(|e| crate::daemon::chain(&e))?;
-            file.sync_all().map_err(|e| e.to_string())?;
-            Ok(digest.size)
+        let started = Instant::now();
+        let written = tokio::task::spawn_blocking(move || {
+            write_slot(&path, &trust, &slot_path, offset, limit)
         })
         .await
         .map_err(|e| StepError::Failed(e.to_string()))?;
@@ -793,6 +787,14 @@ impl Upgrader {
                 )));
             }
         };
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            slot = target.letter(),
+            bytes = size,
+            seconds = format!("{seconds:.1}"),
+            mib_per_s = format!("{:.1}", size as f64 / seconds.max(1e-3) / 1048576.0),
+            "slot written and verified"
+        );
         self.progress(size, size);
         if let Some(drain) = self.settings.drain_command.clone() {
             let version = self
@@ -957,6 +959,36 @@ fn gpt_partition(disk: &Path, name: &str) -> Result<(u64, u64), String> {
         }
     }
     Err(format!("{}: no partition named {name}", disk.display()))
+}
+
+/// Streams the root image of `bundle` (signature checked against `trust` first) into
+/// `slot_path` at `offset`, at most `limit` bytes, checking its SHA-256 on the way, and syncs
+/// it. Returns the image size. Blocking; also what `examples/slot_write.rs` measures.
+pub fn write_slot(
+    bundle: &Path,
+    trust: &TrustStore,
+    slot_path: &Path,
+    offset: u64,
+    limit: u64,
+) -> Result<u64, String> {
+    let mut reader =
+        BufReader::with_capacity(1 << 20, File::open(bundle).map_err(|e| e.to_string())?);
+    let header = Header::read(&mut reader).map_err(|e| e.to_string())?;
+    let verified = header.verify(trust).map_err(|e| e.to_string())?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(slot_path)
+        .map_err(|e| format!("{}: {e}", slot_path.display()))?;
+    let mut dest = SlotWriter {
+        file: &file,
+        offset,
+        pos: 0,
+    };
+    let digest = verified
+        .write_root_image(&mut reader, &mut dest, limit, |_| {})
+        .map_err(|e| crate::daemon::chain(&e))?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    Ok(digest.size)
 }
 
 /// Writes at `offset` onward with positional writes (the disk image or the partition device).

@@ -62,7 +62,9 @@ const INITRD_MODULES: &[&str] = &[
 ];
 
 /// cairn binaries put into images, when present in the binaries directory.
-const CAIRN_BINARIES: &[&str] = &["cairn", "cairn-agent", "cairn-node"];
+/// (cairn-agent is not among them: it installs, from the install environment's initramfs.)
+/// Every byte here is also in each update bundle an appliance downloads.
+const CAIRN_BINARIES: &[&str] = &["cairn", "cairn-node"];
 
 /// What the install agent needs besides the image itself; `pxe/install.json` and
 /// `cairn/install.json` on the ISO.

@@ -239,17 +239,10 @@ fn a_hub_answering_garbage_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(d)
-            .args(args)
-            .output()
-            .expect("openssl is needed for this test: apt-get install openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        output_ok(
+            Command::new("openssl").current_dir(d).args(args),
+            "openssl is needed for this test: apt-get install openssl",
+        )
     };
     let ec = [
         "-newkey",

@@ -48,8 +48,16 @@ BR=/usr/local/bin/bridge
 NODE=/usr/local/bin/cairn-node
 # Plain log lines to grep (the text format colours even when writing to a file).
 export NO_COLOR=1
-# Polls a command every 0.2 s for up to $1 seconds.
-wait_until() { t=$1; shift; i=0; while ! "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -gt $((t*5)) ] && return 1; sleep 0.2; done; }
+# Polls a command every 0.2 s for up to $1 seconds (of uptime: a loaded host slows each try).
+wait_until() {
+  end=$(( $(cut -d. -f1 /proc/uptime) + $1 )); shift
+  while ! "$@" >/dev/null 2>&1; do
+    [ "$(cut -d. -f1 /proc/uptime)" -ge $end ] && return 1
+    sleep 0.2
+  done
+}
+# Guest uptime at a milestone, for the test's timing report.
+stamp() { echo "CAIRN-VALUE t-$1 $(cut -d' ' -f1 /proc/uptime)"; }
 # IPv6 autoconfiguration would add addresses in the middle of the no-writes window.
 echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
@@ -70,6 +78,7 @@ $NODE --root /n1 run > /n1.log 2>&1 &
 P1=$!
 $IP netns exec n2 $NODE --root /n2 run > /n2.log 2>&1 &
 P2=$!
+stamp started
 echo CAIRN-MARK started
 
 # ---- attach: the overlay appears on both, each naming the other as VTEP peer ----
@@ -77,12 +86,14 @@ vxname() { $IP -o link show type vxlan | sed -n 's/^[0-9]*: \(vx[0-9]*\)[:@].*/\
 if wait_until 400 sh -c "$IP -o link show type vxlan | grep -q vx"; then
   VX=$(vxname); VNI=${VX#vx}; TABLE=$((100000 + VNI))
   emit vni $VNI
+  stamp overlay-appeared
   result overlay-appeared PASS
 else
   result overlay-appeared FAIL "no VXLAN link in 400 s"; tail -n 40 /n1.log; exit 1
 fi
 wait_until 120 sh -c "$BR fdb show dev vx$VNI | grep -q 'dst 192.168.50.2'" && result peer-a PASS || result peer-a FAIL "$($BR fdb show dev vx$VNI)"
 wait_until 120 sh -c "$BR -n n2 fdb show dev vx$VNI | grep -q 'dst 192.168.50.1'" && result peer-b PASS || result peer-b FAIL "$($BR -n n2 fdb show dev vx$VNI)"
+stamp peers
 for n in a:192.168.50.1 b:192.168.50.2; do
   node=${n%%:*}; vtep=${n#*:}
   if [ $node = a ]; then X="$IP"; B="$BR"; else X="$IP -n n2"; B="$BR -n n2"; fi
@@ -97,6 +108,7 @@ for n in a:192.168.50.1 b:192.168.50.2; do
 done
 echo "CAIRN-VALUE vxlan-a $($IP -d -o link show vx$VNI | tr -s ' \\' ' ')"
 echo "CAIRN-VALUE vrf-a $($IP vrf show | tr '\n' ';')"
+stamp checked
 # A workload on each side: traffic crosses the tunnel inside the VPC.
 $IP netns add w1
 $IP netns add w2
@@ -109,9 +121,10 @@ for w in 1 2; do
 done
 check vpc-ping $IP netns exec w1 ping -c 2 -W 5 10.77.0.12
 check vpc-gateway-ping $IP netns exec w2 ping -c 1 -W 5 10.77.0.1
+stamp pinged
 # The kernel notifies every bridge port once its forward-delay timer runs out (15 s after it
 # joined, STP or not): a link event nobody wrote. Start the no-writes window after that.
-wait_until 40 sh -c "! { $IP -d link show; $IP -n n2 -d link show; } | grep -o 'forward_delay_timer [0-9.]*' | grep -vq ' 0.00'"
+wait_until 40 sh -c "! { $IP -d link show; $IP -n n2 -d link show; } | grep -o 'forward_delay_timer *[0-9.]*' | grep -vq ' 0.00\$'"
 
 # ---- idempotence: heartbeats with the same desired state, then a restart ----
 $IP monitor link address route > /tmp/mon-a 2>&1 &
@@ -119,6 +132,7 @@ M1=$!
 $IP -n n2 monitor link address route > /tmp/mon-b 2>&1 &
 M2=$!
 IDX=$(cat /sys/class/net/vx$VNI/ifindex)
+stamp window
 echo CAIRN-MARK overlay-up
 sleep 6
 # A restart re-applies the stored desired state ("force"): it must find nothing to do.
@@ -134,6 +148,7 @@ check same-link-a sh -c "[ $(cat /sys/class/net/vx$VNI/ifindex) = $IDX ]"
 check restart-zero-changes sh -c "grep 'overlay applied' /n1-restart.log | grep -q 'changes=0'"
 check applied-once-a sh -c "[ \$(grep -c 'overlay applied' /n1.log) -le 3 ] || grep 'overlay applied' /n1.log"
 emit overlay-applies-a "$(grep -c 'overlay applied' /n1.log)"
+stamp idempotent
 echo CAIRN-MARK idempotent
 
 # ---- detach A: its overlay goes, B loses the peer ----
@@ -142,11 +157,13 @@ check vrf-bridge-removed-a sh -c "! $IP link show vrf$VNI && ! $IP link show br$
 wait_until 120 sh -c "! $BR -n n2 fdb show dev vx$VNI | grep -q 'dst 192.168.50.1'" && result peer-removed-b PASS || result peer-removed-b FAIL "$($BR -n n2 fdb show dev vx$VNI)"
 check kept-b $IP -n n2 link show vx$VNI
 check underlay-kept-a sh -c "$IP addr show u1 | grep -q 'inet 192.168.50.1/24'"
+stamp detached-a
 echo CAIRN-MARK detached-a
 
 # ---- detach B, the last member ----
 wait_until 120 sh -c "! $IP -n n2 link show vx$VNI" && result removed-b PASS || result removed-b FAIL "$($IP -n n2 link)"
 check vrf-removed-b sh -c "! $IP -n n2 link show vrf$VNI"
+stamp detached-b
 kill $P1 $P2; wait $P1; wait $P2
 echo '--- node a'; tail -n 30 /n1.log; tail -n 10 /n1-restart.log
 echo '--- node b'; tail -n 30 /n2.log
@@ -334,5 +351,11 @@ fn vpc_overlay_from_hub_to_the_kernel_of_two_appliances() {
     println!("{}", report.serial);
     report.assert_all_passed();
     assert_eq!(report.value("vni"), Some(vni.to_string().as_str()));
+    let stamps: Vec<_> = report
+        .values
+        .iter()
+        .filter(|(k, _)| k.starts_with("t-"))
+        .collect();
+    println!("guest uptime at milestones: {stamps:?}");
     println!("whole run {:?}", started.elapsed());
 }

@@ -27,22 +27,18 @@ fn debian_root() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let tmp = dir.join("root.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("mmdebstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "bookworm",
-        ])
-        .arg(&tmp)
-        .output()
-        .expect("mmdebstrap is needed: scripts/setup installs it");
-    assert!(
-        out.status.success(),
-        "mmdebstrap: {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new("mmdebstrap")
+            .args([
+                "--variant=minbase",
+                "--include=systemd,systemd-sysv,dbus",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "bookworm",
+            ])
+            .arg(&tmp),
+        "mmdebstrap is needed: scripts/setup installs it",
     );
     // An empty fstab avoids a degraded boot (LAB.md).
     std::fs::write(tmp.join("etc/fstab"), "").unwrap();

@@ -29,6 +29,18 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     path
 }
 
+/// Runs `cmd` to completion and returns its standard output; fails the test with `missing`
+/// (what to install) when it cannot start, and with its standard error when it fails.
+pub fn output_ok(cmd: &mut Command, missing: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{missing}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
 pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -70,18 +82,14 @@ impl Hub {
         let bin = workspace_bin("cairn-hub", "cairn-hub");
         let meta = data.join("test-init.json");
         if !meta.exists() {
-            let out = Command::new(&bin)
-                .args(["init", "--output", "json", "--data"])
-                .arg(data)
-                .args(names.iter().flat_map(|n| ["--name", n]))
-                .output()
-                .expect("cairn-hub init");
-            assert!(
-                out.status.success(),
-                "cairn-hub init: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = output_ok(
+                Command::new(&bin)
+                    .args(["init", "--output", "json", "--data"])
+                    .arg(data)
+                    .args(names.iter().flat_map(|n| ["--name", n])),
+                "cairn-hub init",
             );
-            std::fs::write(&meta, &out.stdout).unwrap();
+            std::fs::write(&meta, out).unwrap();
         }
         let init: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();

@@ -84,8 +84,10 @@ struct ProvisionArgs {
     #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
     boot: BootChoice,
     /// The installer ISO's URL for virtual media [default: BOOT_SERVER/installer.iso].
+    /// `{server}` in it stands for the server's inventory name, for one seeded ISO per
+    /// server (hostname, addresses), e.g. http://media.example/{server}.iso.
     #[arg(long)]
-    iso_url: Option<url::Url>,
+    iso_url: Option<String>,
     /// Only these servers (repeatable).
     #[arg(long)]
     only: Vec<String>,
@@ -167,9 +169,12 @@ fn plan_for(server: &Server, boot: BootChoice, iso_url: &str) -> Result<ServerPl
                 server.name, server.bmc
             ));
         }
-        BootChoice::Auto | BootChoice::VirtualMedia => BootMethod::VirtualMedia {
-            iso_url: iso_url.to_string(),
-        },
+        BootChoice::Auto | BootChoice::VirtualMedia => {
+            let iso_url = iso_url.replace("{server}", &server.name);
+            url::Url::parse(&iso_url)
+                .map_err(|e| format!("{}: --iso-url {iso_url:?} is not a URL: {e}", server.name))?;
+            BootMethod::VirtualMedia { iso_url }
+        }
     };
     Ok(ServerPlan {
         name: server.name.clone(),
@@ -194,13 +199,15 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
-    let iso_url = args
-        .iso_url
-        .clone()
-        .unwrap_or_else(|| args.boot_server.join("installer.iso").expect("valid URL"));
+    let iso_url = args.iso_url.clone().unwrap_or_else(|| {
+        args.boot_server
+            .join("installer.iso")
+            .expect("valid URL")
+            .to_string()
+    });
     let plans: Vec<Result<ServerPlan, String>> = servers
         .iter()
-        .map(|s| plan_for(s, args.boot, iso_url.as_str()))
+        .map(|s| plan_for(s, args.boot, &iso_url))
         .collect();
     let need_pxe = plans.iter().flatten().any(|p| p.boot == BootMethod::Pxe);
     let need_iso = plans.iter().flatten().any(|p| p.boot != BootMethod::Pxe);
@@ -294,9 +301,8 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         }
     });
     let results = futures::future::join_all(jobs).await;
-    if let Reporter::Bars { multi, .. } = &reporter {
-        let _ = multi.clear();
-    }
+    // The bars go before the table is printed.
+    drop(reporter);
     match args.output {
         OutputFormat::Json => {
             let summary: Vec<serde_json::Value> = results

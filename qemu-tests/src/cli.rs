@@ -44,6 +44,11 @@ enum LabCommand {
     /// Servers start powered off; power them through their BMCs, e.g.
     /// `cairn-lab exec -- ipmitool -I lanplus -C 3 -H 10.77.0.101 -U admin -P ... power on`
     /// (passwords are in DIR/creds/), or provision them with `cairn rack provision`.
+    ///
+    /// Redfish servers (`--bmc redfish|mixed`) are libvirt domains behind one sushy-tools
+    /// emulator each (`curl -u admin:... http://10.77.0.102:8000/redfish/v1/Systems`); the
+    /// lab runs its own libvirtd inside its namespace with its files in DIR/libvirt, and
+    /// serves one seeded installer ISO per Redfish server for virtual media.
     Up(UpArgs),
     /// Stop every process of the lab, delete its namespace and directory.
     Down(DirArg),
@@ -186,6 +191,9 @@ pub(crate) fn print_up(lab: &Lab) {
             s.boot_server_url,
             s.artifacts.display()
         );
+        if let Some(iso) = &s.iso_url {
+            println!("virtual media (Redfish servers): {iso}  (cairn rack provision --iso-url)");
+        }
     }
     println!("supervising; stop with `cairn-lab down --dir {dir}` or Ctrl-C");
 }

@@ -15,7 +15,8 @@
 //!
 //! Modules: [`layout`] (paths and the manifest), [`net`] (namespace, bridge, taps),
 //! [`ipmi`] (`ipmi_sim` configuration), [`server`] (one server's power and boot device),
-//! [`supervisor`] (the process), [`control`] (the socket protocol), [`rackfile`] (rack.yaml), [`services`] (the lab's hub and boot server).
+//! [`supervisor`] (the process), [`control`] (the socket protocol), [`rackfile`] (rack.yaml), [`services`] (the lab's hub and boot server),
+//! [`redfish`] (sushy-tools BMCs over a private libvirtd, for `--bmc redfish|mixed`).
 
 pub mod control;
 pub mod ipmi;
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod net;
 pub mod procs;
 pub mod rackfile;
+pub mod redfish;
 pub mod server;
 pub mod services;
 pub mod supervisor;

@@ -170,6 +170,14 @@ fn record_of<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::
 /// `name` is provisioned, the hub knows it under the same appliance ID and it is online, and
 /// its BMC now boots the disk.
 fn assert_provisioned(lab: &TestLab, summary: &serde_json::Value, name: &str) {
+    assert_registered(lab, summary, name);
+    let server = lab.server(name);
+    assert_eq!(server["next_boot"], "default", "{name}: {server}");
+}
+
+/// `name` is provisioned, the hub knows it under the same appliance ID, and its console shows
+/// the installed disk booting.
+fn assert_registered(lab: &TestLab, summary: &serde_json::Value, name: &str) {
     let rec = record_of(summary, name);
     assert_eq!(
         rec["state"]["state"],
@@ -180,8 +188,6 @@ fn assert_provisioned(lab: &TestLab, summary: &serde_json::Value, name: &str) {
     let hub = lab.hub_view(name);
     assert_eq!(hub["id"], rec["state"]["appliance_id"], "{name}: {hub}");
     assert_eq!(hub["hostname"], name);
-    let server = lab.server(name);
-    assert_eq!(server["next_boot"], "default", "{name}: {server}");
     let console = lab.console(name);
     assert!(
         console.contains("cairn-beacon version=0.1.0 slot=a hub=https://10.77.0.1:8443"),
@@ -330,5 +336,63 @@ fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
         states.first(),
         Some(&"installing"),
         "the re-run resumed at the install, not from inspection: {states:?}"
+    );
+}
+
+/// b: one server over Redfish virtual media. sushy-tools (over the lab's libvirtd) inserts the
+/// lab's seeded ISO, the server boots it once, installs, reboots into its disk and registers;
+/// afterwards Redfish itself reports the boot device back on the disk and the media ejected.
+#[test]
+fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
+    common::require_redfish();
+    let image = common::lab_image();
+    let lab = TestLab::up_with(
+        1,
+        &["--artifacts", image.to_str().unwrap(), "--bmc", "redfish"],
+    );
+    let iso = lab.services()["iso_url"]
+        .as_str()
+        .expect("a lab with Redfish servers serves seeded ISOs")
+        .to_string();
+    assert!(iso.contains("{server}"), "{iso}");
+    let out = lab.provision(&["--iso-url", &iso]);
+    let summary = summary(&out);
+    assert!(
+        out.status.success(),
+        "{summary}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_registered(&lab, &summary, "srv1");
+    let rec = record_of(&summary, "srv1");
+    assert!(
+        rec["seconds"]["installing"].as_f64().unwrap_or(0.0) > 0.0,
+        "{rec}"
+    );
+
+    // What the BMC says, asked with curl as an operator would.
+    let redfish = |path: &str| -> serde_json::Value {
+        let out = Command::new(LAB)
+            .args(["exec", "--dir"])
+            .arg(&lab.dir)
+            .args(["--", "curl", "-sf", "-u"])
+            .arg(format!("admin:{}", lab.password("srv1")))
+            .arg(format!("http://10.77.0.101:8000{path}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let systems = redfish("/redfish/v1/Systems");
+    let system = systems["Members"][0]["@odata.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let boot = redfish(&system)["Boot"].clone();
+    assert_eq!(boot["BootSourceOverrideTarget"], "Hdd", "{boot}");
+    let cd = redfish(&format!("{system}/VirtualMedia/Cd"));
+    assert_eq!(cd["Inserted"], false, "{cd}");
+    assert!(
+        cd["Image"].is_null() || cd["Image"] == "",
+        "media still named after the eject: {cd}"
     );
 }

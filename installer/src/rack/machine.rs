@@ -513,6 +513,9 @@ impl Machine<'_> {
         record: &mut Record,
         persist: &(dyn Fn(&Record) + Sync),
     ) -> Result<State, StepError> {
+        if let BootMethod::VirtualMedia { .. } = self.plan.boot {
+            return self.install_from_media().await;
+        }
         let mac = &self.plan.boot_mac;
         let attempt = record.state.attempt();
         // Reports already there belong to an earlier install.
@@ -576,6 +579,29 @@ impl Machine<'_> {
                 },
                 persist,
             );
+        }
+    }
+
+    /// `installing` from virtual media: the ISO's installer reports to nobody (its seed
+    /// stands in for the boot server), so the install is seen to have finished when the
+    /// appliance it wrote has booted from the disk and registered with the hub. The BMC
+    /// consumes the one-time CD override at the installer's reboot. Bounded by the install
+    /// and registration timeouts together; a failed install shows as that timeout.
+    async fn install_from_media(&self) -> Result<State, StepError> {
+        let limit = self.policy.install_start_timeout + self.policy.register_timeout;
+        let start = Instant::now();
+        loop {
+            match self.fleet.find(&self.plan.name, &self.plan.boot_mac).await {
+                Ok(Some(_)) => return Ok(State::Rebooting { attempt: 1 }),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(server = %self.plan.name, error = %e, "hub poll"),
+            }
+            if start.elapsed() > limit {
+                return Err(StepError::retry(format!(
+                    "the virtual-media install did not end in a registered appliance within {limit:.0?} (the ISO's installer reports only on the server's console)"
+                )));
+            }
+            tokio::time::sleep(self.policy.poll).await;
         }
     }
 

@@ -474,6 +474,56 @@ async fn virtual_media_is_inserted_for_the_install_and_ejected_after() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_virtual_media_install_ends_when_the_appliance_registers_without_boot_server_reports() {
+    let bmc = FakeBmc::off();
+    // The ISO's installer reports to no boot server.
+    let install = FakeInstall::new(None, &[]);
+    let fleet = FakeFleet {
+        after: Some(30),
+        polls: Mutex::new(0),
+    };
+    let media = plan(BootMethod::VirtualMedia {
+        iso_url: "http://media/srv1.iso".into(),
+    });
+    let r = run(&media, &bmc, &install, &fleet, State::Registered).await;
+    assert!(
+        matches!(r.record.state, State::Provisioned { .. }),
+        "{:?}",
+        r.record.state
+    );
+    assert_eq!(
+        bmc.calls()[3..],
+        ["boot disk persistent".to_string(), "media eject".into()]
+    );
+    // Never registering: the install phase fails after its limits, and is retried.
+    let bmc = FakeBmc::off();
+    let never = FakeFleet {
+        after: None,
+        polls: Mutex::new(0),
+    };
+    let r = run(&media, &bmc, &install, &never, State::Registered).await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::Installing);
+            assert!(
+                reason.contains("did not end in a registered appliance"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(
+        bmc.calls()
+            .iter()
+            .filter(|c| c.starts_with("media insert"))
+            .count(),
+        3,
+        "one insert per attempt: {:?}",
+        bmc.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn first_boot_powers_on_a_server_found_off_and_fails_when_it_never_registers() {
     let bmc = FakeBmc::off();
     let install = FakeInstall::new(None, &[]);

@@ -1,11 +1,12 @@
-//! How `cairn rack provision` shows what happens: one progress bar per server on a terminal,
-//! JSON lines with `--output json`, log lines otherwise; and the final table.
+//! How `cairn rack provision` shows what happens: with `--output json`, one JSON object per
+//! change on standard output; otherwise a log line per change and one progress bar per server,
+//! drawn through the shared [`cairn_api::cli::Progress`] (tracing-indicatif), so log lines are
+//! printed above the bars instead of tearing them (bars appear only where `init_tracing` set
+//! up a terminal); and the final table.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
-use cairn_api::cli::OutputFormat;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use cairn_api::cli::{OutputFormat, Progress};
 
 use crate::rack::machine::{Observer, Phase, Record, State};
 
@@ -13,48 +14,40 @@ use crate::rack::machine::{Observer, Phase, Record, State};
 pub enum Reporter {
     /// `--output json`: one JSON object per change on standard output.
     JsonLines,
-    /// Progress bars on standard error (a terminal).
-    Bars {
-        /// The bars' container.
-        multi: MultiProgress,
-        /// One bar per server.
-        bars: Mutex<BTreeMap<String, ProgressBar>>,
+    /// For people: log lines, and a bar per server on a terminal.
+    Text {
+        /// One bar per server, dropped (cleared) with the reporter.
+        bars: BTreeMap<String, Progress>,
     },
-    /// Not a terminal: log lines.
-    Log,
 }
 
 impl Reporter {
-    /// Picks the reporter for the output format and whether standard error is a terminal.
+    /// The reporter for the output format and these servers.
     pub fn new(output: OutputFormat, servers: &[String]) -> Reporter {
-        use std::io::IsTerminal;
         match output {
             OutputFormat::Json => Reporter::JsonLines,
-            OutputFormat::Table if std::io::stderr().is_terminal() => {
-                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-                let style = ProgressStyle::with_template(
-                    "{prefix:>8} {spinner} [{elapsed_precise}] {bar:30} {msg}",
-                )
-                .expect("valid template");
+            OutputFormat::Table => {
+                let width = servers.iter().map(String::len).max().unwrap_or(0);
                 let bars = servers
                     .iter()
                     .map(|name| {
-                        let bar = multi.add(ProgressBar::new(100));
-                        bar.set_style(style.clone());
-                        bar.set_prefix(name.clone());
-                        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                        let bar = Progress::items(&format!("{name:<width$} registered"), STEPS);
                         (name.clone(), bar)
                     })
                     .collect();
-                Reporter::Bars {
-                    multi,
-                    bars: Mutex::new(bars),
-                }
+                Reporter::Text { bars }
             }
-            OutputFormat::Table => Reporter::Log,
         }
     }
+
+    fn label(bars: &BTreeMap<String, Progress>, server: &str) -> String {
+        let width = bars.keys().map(String::len).max().unwrap_or(0);
+        format!("{server:<width$}")
+    }
 }
+
+/// Steps along the way, the bars' length: the six working phases and the end.
+const STEPS: u64 = 7;
 
 /// Seconds since the Unix epoch, in JSON lines, so scripts can time each step.
 fn now() -> f64 {
@@ -97,22 +90,15 @@ pub fn describe(state: &State) -> String {
     }
 }
 
-/// Where along the way a state is, in percent (the bar's position).
-fn percent(state: &State) -> u64 {
+/// Steps done at a state (the bar's position, out of [`STEPS`]).
+fn step(state: &State) -> u64 {
     match state {
         State::Registered => 0,
-        State::Inspecting { .. } => 5,
-        State::ConfiguringFirmware { .. } => 10,
-        State::BootingInstaller { .. } => 15,
-        State::Installing {
-            bytes_written,
-            bytes_total: Some(total),
-            ..
-        } if *total > 0 => 20 + 60 * bytes_written.min(total) / total,
-        State::Installing { .. } => 20,
-        State::Rebooting { .. } => 80,
-        State::FirstBoot { .. } => 85,
-        State::Provisioned { .. } | State::Failed { .. } => 100,
+        State::Provisioned { .. } | State::Failed { .. } => STEPS,
+        other => other
+            .phase()
+            .and_then(|p| Phase::ALL.iter().position(|q| *q == p))
+            .map_or(0, |i| i as u64),
     }
 }
 
@@ -123,19 +109,25 @@ impl Observer for Reporter {
                 let line = serde_json::json!({"server": server, "event": "state", "detail": state, "time": now()});
                 println!("{line}");
             }
-            Reporter::Bars { bars, .. } => {
-                if let Some(bar) = bars.lock().expect("bars lock").get(server) {
-                    bar.set_position(percent(state));
-                    bar.set_message(describe(state));
-                    if state.is_final() {
-                        bar.finish();
-                    }
+            Reporter::Text { bars } => {
+                if let Some(bar) = bars.get(server) {
+                    bar.set_position(step(state));
+                    bar.set_message(&format!(
+                        "{} {}",
+                        Self::label(bars, server),
+                        describe(state)
+                    ));
+                }
+                match state {
+                    State::Failed { .. } => tracing::error!(%server, "{}", describe(state)),
+                    // Byte counts change every second: the bar shows them, the log does not.
+                    State::Installing {
+                        step: Some(cairn_api::InstallStep::Writing),
+                        ..
+                    } => {}
+                    _ => tracing::info!(%server, "{}", describe(state)),
                 }
             }
-            Reporter::Log => match state {
-                State::Failed { .. } => tracing::error!(%server, "{}", describe(state)),
-                _ => tracing::info!(%server, "{}", describe(state)),
-            },
         }
     }
 
@@ -145,10 +137,7 @@ impl Observer for Reporter {
                 let line = serde_json::json!({"server": server, "event": "note", "message": message, "time": now()});
                 println!("{line}");
             }
-            Reporter::Bars { multi, .. } => {
-                let _ = multi.println(format!("{server}: {message}"));
-            }
-            Reporter::Log => tracing::warn!(%server, "{message}"),
+            Reporter::Text { .. } => tracing::warn!(%server, "{message}"),
         }
     }
 }
@@ -229,6 +218,14 @@ mod tests {
             bytes_total: Some(256 << 20),
         };
         assert_eq!(describe(&s), "installing: writing 64 / 256 MiB");
-        assert_eq!(percent(&s), 35);
+        assert_eq!(step(&s), 3);
+        assert_eq!(step(&State::Registered), 0);
+        assert_eq!(
+            step(&State::Failed {
+                phase: Phase::Installing,
+                reason: "x".into()
+            }),
+            STEPS
+        );
     }
 }

@@ -18,12 +18,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::layout::{self, Layout};
+use cairn_installer::agent::plan::{InstallPlan, node_yaml};
+
+use crate::lab::layout::{self, Layout, ServerSpec};
+use crate::lab::redfish;
 
 /// Port of the lab hub (HTTPS) on the lab gateway address.
 pub const HUB_PORT: u16 = 8443;
 /// Port of the boot server (HTTP) on the lab gateway address.
 pub const BOOT_PORT: u16 = 8080;
+/// The lab segment's IPv6 prefix (a ULA, inside the namespace only), advertised so that
+/// iPXE does not wait for a router.
+const LAB_ULA_GATEWAY: &str = "fd77:cafe::1/64";
 
 /// What the services of a lab are, as recorded in `lab.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +56,10 @@ pub struct ServicesInfo {
     /// Seconds from `cairn-hub init` to the boot server answering.
     #[serde(default)]
     pub services_seconds: f64,
+    /// For Redfish servers: the seeded installer ISOs' URL, `{server}` standing for the
+    /// server's name (`cairn rack provision --iso-url`); `None` without Redfish servers.
+    #[serde(default)]
+    pub iso_url: Option<String>,
 }
 
 /// A cairn binary: beside the running `cairn-lab` when it is there, else from `PATH`.
@@ -190,16 +200,20 @@ pub struct Services {
     hub_dir: PathBuf,
     hub: Option<Service>,
     boot: Option<Service>,
+    media: Option<Service>,
+    router: Option<Service>,
 }
 
 impl Services {
-    /// Initialises the hub, starts it and the boot server. `artifacts` is an existing image
-    /// build; `None` builds one into the lab directory first.
+    /// Initialises the hub, starts it and the boot server, and for the servers named in
+    /// `media_for` (the Redfish ones) the media server with their seeded ISOs. `artifacts` is
+    /// an existing image build; `None` builds one into the lab directory first.
     pub fn start(
         layout: &Layout,
         netns: &str,
         bridge: &str,
         artifacts: Option<&Path>,
+        media_for: &[ServerSpec],
     ) -> anyhow::Result<Self> {
         let gw = layout::gateway();
         let dir = layout.dir();
@@ -237,6 +251,7 @@ impl Services {
             hub_url,
             image_build_seconds,
             services_seconds: 0.0,
+            iso_url: None,
         };
         let started = Instant::now();
         let mut services = Services {
@@ -245,11 +260,17 @@ impl Services {
             hub_dir,
             hub: None,
             boot: None,
+            media: None,
+            router: None,
         };
+        services.start_router_advertisements(layout, bridge)?;
         services.init_hub(gw)?;
         services.start_hub()?;
         services.enroll()?;
         services.start_boot_server(layout, bridge, gw)?;
+        if !media_for.is_empty() {
+            services.start_media(layout, media_for, gw)?;
+        }
         services.info.services_seconds = started.elapsed().as_secs_f64();
         Ok(services)
     }
@@ -398,8 +419,117 @@ impl Services {
         Ok(())
     }
 
-    /// Stops both services.
+    /// One seeded installer ISO per server in `DIR/media/NAME.iso` (the plan a PXE install
+    /// would get from the boot server: hostname, disk hint, wipe, node.yaml, hub CA,
+    /// enrollment token), served over HTTP on the gateway for the BMCs to fetch.
+    fn start_media(
+        &mut self,
+        layout: &Layout,
+        servers: &[ServerSpec],
+        gw: Ipv4Addr,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let media = layout.dir().join("media");
+        std::fs::create_dir_all(&media).with_context(|| format!("creating {}", media.display()))?;
+        let hub_ca = std::fs::read_to_string(&self.info.hub_ca).context("reading the hub CA")?;
+        let token = std::fs::read_to_string(&self.info.enrollment_token)
+            .context("reading the enrollment token")?;
+        for s in servers {
+            let plan = InstallPlan {
+                name: s.name.clone(),
+                disk_hint: Some("/dev/vda".into()),
+                // The lab's disks are the lab's: a re-run may overwrite a half-written one.
+                wipe: true,
+                node_yaml: Some(node_yaml(&s.name, &self.info.hub_url)),
+                netplan: Default::default(),
+                hub_ca: Some(hub_ca.clone()),
+                enrollment_token: Some(token.trim().to_string()),
+            };
+            let yaml = serde_yaml_ng::to_string(&plan).context("writing the install plan")?;
+            let iso = media.join(format!("{}.iso", s.name));
+            redfish::seeded_iso(&self.info.artifacts, &yaml, &iso)
+                .with_context(|| format!("building {}", iso.display()))?;
+            // It carries the enrollment token.
+            std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", iso.display()))?;
+        }
+        let mut server = Service::start(
+            "media server",
+            &self.netns,
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    &gw.to_string(),
+                    "--directory",
+                ])
+                .arg(&media)
+                .arg(redfish::MEDIA_PORT.to_string())
+                // Unbuffered, so the readiness line reaches the log at once.
+                .env("PYTHONUNBUFFERED", "1"),
+            layout.dir().join("media-server.log"),
+        )?;
+        server.wait_for("Serving HTTP", Duration::from_secs(30))?;
+        self.media = Some(server);
+        self.info.iso_url = Some(format!(
+            "http://{gw}:{}/{{server}}.iso",
+            redfish::MEDIA_PORT
+        ));
+        Ok(())
+    }
+
+    /// IPv6 router advertisements on the lab segment (dnsmasq, RA only: no DNS, no DHCP, so
+    /// it binds no UDP port beside the boot server). iPXE waits 13–20 s for a router on a
+    /// segment without one before it even asks DHCPv4 (LAB.md); with an RA it goes on at once.
+    fn start_router_advertisements(&mut self, layout: &Layout, bridge: &str) -> anyhow::Result<()> {
+        // `nodad`: usable at once, or dnsmasq finds no address to advertise from.
+        run_logged(
+            Command::new("ip").args([
+                "-n",
+                &self.netns,
+                "addr",
+                "add",
+                LAB_ULA_GATEWAY,
+                "dev",
+                bridge,
+                "nodad",
+            ]),
+            "adding the lab's IPv6 address",
+            &layout.dir().join("router.log"),
+        )?;
+        let mut ra = Service::start(
+            "router advertisements (dnsmasq)",
+            &self.netns,
+            Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--pid-file=",
+                    "--log-facility=-",
+                    "--bind-interfaces",
+                    "--enable-ra",
+                ])
+                .arg(format!("--interface={bridge}"))
+                .arg(format!("--dhcp-range=::,constructor:{bridge},ra-only")),
+            layout.dir().join("router.log"),
+        )?;
+        ra.wait_for("router advertisement enabled", Duration::from_secs(30))?;
+        self.router = Some(ra);
+        Ok(())
+    }
+
+    /// Stops every service.
     pub fn stop(&mut self) {
+        if let Some(mut r) = self.router.take() {
+            r.stop();
+        }
+        if let Some(mut m) = self.media.take() {
+            m.stop();
+        }
         if let Some(mut b) = self.boot.take() {
             b.stop();
         }

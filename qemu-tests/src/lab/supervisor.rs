@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::lab::control::{Reply, Request, ServerState};
 use crate::lab::ipmi::{self, IpmiSimConfig};
 use crate::lab::layout::{self, BmcKind, Layout, Manifest, ServerSpec};
+use crate::lab::redfish::{self, Libvirt};
 use crate::lab::server::{LabServer, NextBoot};
 use crate::lab::services::Services;
 use crate::lab::{net, procs, rackfile};
@@ -61,6 +62,7 @@ pub struct Lab {
     servers: Arc<Mutex<Vec<LabServer>>>,
     helpers: Vec<(String, Child)>,
     services: Option<Arc<Mutex<Services>>>,
+    libvirt: Option<Libvirt>,
     torn_down: bool,
 }
 
@@ -145,12 +147,6 @@ impl Lab {
                 layout.dir().display()
             );
         }
-        if opts.bmc != BmcChoice::Ipmi {
-            bail!(
-                "--bmc {:?}: Redfish servers (sushy-tools with libvirt) are not built yet in cairn-lab; use --bmc ipmi",
-                opts.bmc
-            );
-        }
         std::fs::create_dir_all(layout.dir())
             .with_context(|| format!("creating {}", layout.dir().display()))?;
         let pid = std::process::id();
@@ -168,17 +164,26 @@ impl Lab {
             servers: Arc::new(Mutex::new(Vec::new())),
             helpers: Vec::new(),
             services: None,
+            libvirt: None,
             manifest,
             torn_down: false,
         };
         // Any error from here on drops `lab`, which removes what was made so far.
         lab.populate()?;
         if opts.services {
+            let redfish: Vec<ServerSpec> = lab
+                .manifest
+                .servers
+                .iter()
+                .filter(|s| s.bmc == BmcKind::Redfish)
+                .cloned()
+                .collect();
             let services = Services::start(
                 &lab.layout,
                 &lab.manifest.netns,
                 &lab.manifest.bridge,
                 opts.artifacts.as_deref(),
+                &redfish,
             )?;
             lab.manifest.services = Some(services.info.clone());
             lab.services = Some(Arc::new(Mutex::new(services)));
@@ -192,7 +197,11 @@ impl Lab {
         let exe = std::env::current_exe().context("finding the cairn-lab binary")?;
         let mut passwords = Vec::new();
         let mut servers = Vec::new();
-        for spec in &m.servers {
+        if m.servers.iter().any(|s| s.bmc == BmcKind::Redfish) {
+            tracing::info!("starting the lab's libvirtd for the Redfish servers");
+            self.libvirt = Some(Libvirt::start(self.layout.dir(), &m.netns)?);
+        }
+        for (index, spec) in m.servers.iter().enumerate() {
             net::add_tap(&m.netns, &m.bridge, &spec.tap)?;
             net::add_address(&m.netns, &m.bridge, spec.bmc_ip)?;
             let dir = self.layout.server(&spec.name);
@@ -202,6 +211,18 @@ impl Lab {
                 .and_then(|f| f.set_len(m.disk_gb << 30))
                 .with_context(|| format!("creating blank disk {}", disk.display()))?;
             let password = random_password()?;
+            if let (BmcKind::Redfish, Some(libvirt)) = (spec.bmc, &self.libvirt) {
+                let uuid = redfish::domain_uuid(index + 1);
+                libvirt.define(spec, &uuid, &dir, m.memory_mb)?;
+                redfish::write_sushy_files(&dir, self.layout.dir(), &uuid, BMC_USER, &password)
+                    .with_context(|| format!("writing sushy-tools files for {}", spec.name))?;
+                let child = redfish::start_sushy(spec, &dir, &m.netns)?;
+                self.helpers
+                    .push((format!("sushy-emulator {}", spec.name), child));
+                passwords.push(password);
+                servers.push(LabServer::new(spec.clone(), dir, &m.netns, m.memory_mb));
+                continue;
+            }
             let control = format!(
                 "{} chassis --dir {} {}",
                 exe.display(),
@@ -224,6 +245,9 @@ impl Lab {
             self.start_ipmi_sim(spec, &dir)?;
             passwords.push(password);
             servers.push(LabServer::new(spec.clone(), dir, &m.netns, m.memory_mb));
+        }
+        if let Some(libvirt) = self.libvirt.as_mut() {
+            libvirt.watch_reboots()?;
         }
         *self.servers.lock().expect("lab state lock") = servers;
         rackfile::write(&self.layout, &m.servers, BMC_USER, &passwords)?;
@@ -334,6 +358,9 @@ impl Lab {
             let _ = child.kill();
             let _ = child.wait();
             tracing::debug!(%name, "stopped");
+        }
+        if let Some(mut libvirt) = self.libvirt.take() {
+            libvirt.stop();
         }
         if net::exists(&self.manifest.netns)
             && let Err(e) = net::delete(&self.manifest.netns)

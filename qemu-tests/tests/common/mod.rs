@@ -55,7 +55,13 @@ pub fn lab_image() -> PathBuf {
 }
 
 pub fn require_environment() {
-    for tool in ["qemu-system-x86_64", "ipmi_sim", "ipmitool", "ip"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "ipmi_sim",
+        "ipmitool",
+        "ip",
+        "dnsmasq",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -73,6 +79,23 @@ pub fn require_environment() {
         uid, "0",
         "the lab tests need root (network namespaces, taps)"
     );
+}
+
+/// Redfish servers also need libvirt, tini and sushy-tools (scripts/setup).
+pub fn require_redfish() {
+    for tool in [
+        "libvirtd",
+        "virsh",
+        "tini",
+        "/opt/cairn/venv/bin/sushy-emulator",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is missing: run scripts/setup (as root)");
+    }
 }
 
 /// A lab run by the test: `cairn-lab up` as our child, torn down on drop.

@@ -99,6 +99,8 @@ pub struct Daemon<N: Network> {
     reload_pending: bool,
     interval: Duration,
     network_condition: Condition,
+    /// How the last VPC overlay apply went (none before the first).
+    overlay_condition: Option<Condition>,
     kubelet_condition: Option<Condition>,
     /// Feeds the upgrade task (started by `run`).
     upgrade_input: tokio::sync::watch::Sender<UpgradeInput>,
@@ -173,6 +175,7 @@ impl<N: Network> Daemon<N> {
             reload_pending: false,
             interval: Duration::from_secs(30),
             network_condition: condition("NetworkApplied", false, "NotYet", ""),
+            overlay_condition: None,
             kubelet_condition: None,
             settings,
         })
@@ -503,11 +506,7 @@ impl<N: Network> Daemon<N> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0)
         };
-        let mut conditions = vec![self.network_condition.clone()];
-        conditions.push(condition("Registered", true, "Registered", ""));
-        if let Some(k) = &self.kubelet_condition {
-            conditions.push(k.clone());
-        }
+        let conditions = self.conditions(true);
         NodeStatus {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             os_version: os_version(&self.settings.root),
@@ -590,41 +589,35 @@ impl<N: Network> Daemon<N> {
         if self.settings.manage_network {
             // Also without a document: the hub sends none once the appliance has left its
             // last VPC, and the overlay links must go then.
-            let result = match desired.overlay.as_ref().map(|doc| self.own_vtep(doc)) {
+            let vtep = self.settings.vtep_address;
+            let result = match desired.overlay.as_ref().map(|doc| with_own_vtep(doc, vtep)) {
                 Some(Err(e)) => Err(e),
                 Some(Ok(doc)) => self.network.apply_overlay(Some(&doc)).await,
                 None => self.network.apply_overlay(None).await,
             };
             let vpcs = desired.overlay.as_ref().map_or(0, |o| o.vpcs.len());
-            match result {
-                Ok(changes) => tracing::info!(changes, vpcs, "overlay applied"),
+            self.overlay_condition = Some(match result {
+                Ok(changes) => {
+                    tracing::info!(changes, vpcs, "overlay applied");
+                    condition(
+                        "OverlayApplied",
+                        true,
+                        "Applied",
+                        format!("generation {}: {vpcs} VPCs", desired.generation),
+                    )
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "applying the VPC overlay failed");
                     complete = false;
+                    condition("OverlayApplied", false, "ApplyFailed", e.to_string())
                 }
-            }
+            });
         }
         if complete && desired.generation != applied {
             tracing::info!(generation = desired.generation, "desired state applied");
             if let Err(e) = self.store.set_applied_generation(desired.generation) {
                 tracing::error!(error = %e, "recording the applied generation failed");
             }
-        }
-    }
-
-    /// The overlay with this node's configured VTEP address: the node owns its underlay, and
-    /// the hub's copy lags a heartbeat behind a change of `network.vtep_address`.
-    fn own_vtep(&self, doc: &OverlayDocument) -> Result<OverlayDocument, NetworkError> {
-        match self.settings.vtep_address {
-            Some(ip) => Ok(OverlayDocument {
-                local_vtep: ip.to_string(),
-                ..doc.clone()
-            }),
-            None if doc.vpcs.is_empty() || !doc.local_vtep.is_empty() => Ok(doc.clone()),
-            None => Err(NetworkError(format!(
-                "the hub put this appliance in VPC {:?}, but it has no VTEP address: set network.vtep_address in node.yaml to an underlay address of this appliance",
-                doc.vpcs[0].name
-            ))),
         }
     }
 
@@ -761,24 +754,27 @@ impl<N: Network> Daemon<N> {
         }
     }
 
+    /// The conditions reported to the hub and shown locally.
+    fn conditions(&self, registered: bool) -> Vec<Condition> {
+        let reason = if registered {
+            "Registered"
+        } else {
+            "NotRegistered"
+        };
+        let mut conditions = vec![
+            self.network_condition.clone(),
+            condition("Registered", registered, reason, ""),
+        ];
+        conditions.extend(self.overlay_condition.clone());
+        conditions.extend(self.kubelet_condition.clone());
+        conditions
+    }
+
     /// Copies the store's view into the status the local API serves.
     fn publish(&self) {
         let identity = self.store.identity().ok().flatten();
         let desired = self.store.desired().ok().flatten();
-        let mut conditions = vec![self.network_condition.clone()];
-        conditions.push(condition(
-            "Registered",
-            identity.is_some(),
-            if identity.is_some() {
-                "Registered"
-            } else {
-                "NotRegistered"
-            },
-            "",
-        ));
-        if let Some(k) = &self.kubelet_condition {
-            conditions.push(k.clone());
-        }
+        let conditions = self.conditions(identity.is_some());
         if let Ok(mut s) = self.status.write() {
             s.appliance_id = identity.as_ref().map(|i| i.appliance_id.to_string());
             s.site = identity.map(|i| i.site);
@@ -791,6 +787,25 @@ impl<N: Network> Daemon<N> {
             s.booted_slot = self.booted_slot.clone();
             s.upgrade = self.upgrade_report.get();
         }
+    }
+}
+
+/// The overlay with this node's configured VTEP address: the node owns its underlay, and the
+/// hub's copy lags a heartbeat behind a change of `network.vtep_address`.
+pub fn with_own_vtep(
+    doc: &OverlayDocument,
+    vtep: Option<std::net::IpAddr>,
+) -> Result<OverlayDocument, NetworkError> {
+    match vtep {
+        Some(ip) => Ok(OverlayDocument {
+            local_vtep: ip.to_string(),
+            ..doc.clone()
+        }),
+        None if doc.vpcs.is_empty() || !doc.local_vtep.is_empty() => Ok(doc.clone()),
+        None => Err(NetworkError(format!(
+            "the hub put this appliance in VPC {:?}, but it has no VTEP address: set network.vtep_address in node.yaml to an underlay address of this appliance",
+            doc.vpcs[0].name
+        ))),
     }
 }
 
@@ -819,6 +834,40 @@ mod tests {
         assert_eq!(jittered(base, 0.0), Duration::from_secs(27));
         assert_eq!(jittered(base, 1.0), Duration::from_secs(33));
         assert_eq!(jittered(base, 0.5), base);
+    }
+
+    #[test]
+    fn the_configured_vtep_wins_and_a_missing_one_is_named() {
+        let doc = OverlayDocument {
+            local_vtep: "192.0.2.9".into(),
+            vpcs: vec![cairn_api::VpcMembership {
+                name: "blue".into(),
+                vni: 4096,
+                vrf_table: 104_096,
+                subnet: "10.1.0.0/24".into(),
+                gateway: "10.1.0.1/24".into(),
+                peer_vteps: vec!["192.0.2.2".into()],
+            }],
+        };
+        let own = with_own_vtep(&doc, Some("192.0.2.1".parse().unwrap())).unwrap();
+        assert_eq!(own.local_vtep, "192.0.2.1");
+        assert_eq!(own.vpcs, doc.vpcs);
+        // Without a setting the hub's copy stands; without either, the error says what to set.
+        assert_eq!(with_own_vtep(&doc, None).unwrap(), doc);
+        let unknown = OverlayDocument {
+            local_vtep: String::new(),
+            ..doc.clone()
+        };
+        let e = with_own_vtep(&unknown, None).unwrap_err().to_string();
+        assert!(
+            e.contains("VPC \"blue\"") && e.contains("network.vtep_address"),
+            "{e}"
+        );
+        let empty = OverlayDocument {
+            local_vtep: String::new(),
+            vpcs: vec![],
+        };
+        assert_eq!(with_own_vtep(&empty, None).unwrap(), empty);
     }
 
     #[test]

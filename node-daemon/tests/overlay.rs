@@ -312,6 +312,19 @@ fn vpc_overlay_from_hub_to_the_kernel_of_two_appliances() {
         "applied its overlay",
         peer_of("192.168.50.1"),
     );
+    for node in [&a, &b] {
+        let generation = &node["desired"]["generation"];
+        assert!(
+            node["status"]["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["kind"] == "OverlayApplied"
+                    && c["status"] == "True"
+                    && c["message"] == format!("generation {generation}: 1 VPCs")),
+            "{node:#}"
+        );
+    }
     let overlay = &a["desired"]["overlay"];
     assert_eq!(overlay["local_vtep"], "192.168.50.1", "{a:#}");
     assert_eq!(overlay["vpcs"][0]["vni"], vni, "{a:#}");

@@ -10,6 +10,10 @@
 //! address). A workload namespace hangs off each VPC bridge, so the test also sends traffic
 //! through the tunnel.
 //!
+//! Besides attach and detach it checks that re-applying writes nothing (`ip monitor` stays
+//! silent through heartbeats and a restart) and that a node restarted with its overlay links
+//! gone and the hub out of reach rebuilds them from its stored desired state.
+//!
 //! The guest script and the test take turns through the console: the script waits for what
 //! it can see (a VXLAN link appearing or going), prints a `CAIRN-MARK`, and the test acts on
 //! the hub when it reads the mark.
@@ -148,6 +152,19 @@ check same-link-a sh -c "[ $(cat /sys/class/net/vx$VNI/ifindex) = $IDX ]"
 check restart-zero-changes sh -c "grep 'overlay applied' /n1-restart.log | grep -q 'changes=0'"
 check applied-once-a sh -c "[ \$(grep -c 'overlay applied' /n1.log) -le 3 ] || grep 'overlay applied' /n1.log"
 emit overlay-applies-a "$(grep -c 'overlay applied' /n1.log)"
+
+# ---- edge autonomy: A restarts with its links gone (a reboot) and the hub out of reach ----
+kill $P1; wait $P1
+$IP link del vx$VNI; $IP link del br$VNI; $IP link del vrf$VNI
+$IP link set eth0 down
+$NODE --root /n1 run > /n1-offline.log 2>&1 &
+P1=$!
+wait_until 120 sh -c "$BR fdb show dev vx$VNI | grep -q 'dst 192.168.50.2'" && result restored-offline PASS || result restored-offline FAIL "$(tail -n 5 /n1-offline.log)"
+check restored-in-vrf sh -c "$IP link show br$VNI | grep -q 'master vrf$VNI' && $IP addr show br$VNI | grep -q 'inet 10.77.0.1/24'"
+wait_until 60 grep -q 'hub unreachable' /n1-offline.log && result hub-was-unreachable PASS || result hub-was-unreachable FAIL "$(tail -n 5 /n1-offline.log)"
+$IP link set wl1 master br$VNI
+check vpc-ping-offline $IP netns exec w1 ping -c 2 -W 5 10.77.0.12
+$IP link set eth0 up
 stamp idempotent
 echo CAIRN-MARK idempotent
 
@@ -165,7 +182,7 @@ wait_until 120 sh -c "! $IP -n n2 link show vx$VNI" && result removed-b PASS || 
 check vrf-removed-b sh -c "! $IP -n n2 link show vrf$VNI"
 stamp detached-b
 kill $P1 $P2; wait $P1; wait $P2
-echo '--- node a'; tail -n 30 /n1.log; tail -n 10 /n1-restart.log
+echo '--- node a'; tail -n 30 /n1.log; tail -n 10 /n1-restart.log; tail -n 10 /n1-offline.log
 echo '--- node b'; tail -n 30 /n2.log
 "#;
 

@@ -1,4 +1,5 @@
 //! `cairn-lab up/status/exec/down` against the real peers: QEMU (TCG), OpenIPMI `ipmi_sim`,
+//! sushy-tools over the lab's own libvirtd (Redfish servers),
 //! `ipmitool` and a network namespace. Needs root, qemu-system-x86, openipmi, ipmitool and
 //! iproute2 (scripts/setup); fails with that message when they are missing.
 
@@ -196,4 +197,171 @@ fn a_second_up_on_a_running_lab_is_refused_and_status_needs_a_lab() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("no lab at"), "{}", text(&out));
+}
+
+/// A Redfish request to server `name`'s sushy-tools BMC with curl (the reference client),
+/// inside the lab namespace; the credentials go through a curl config file, not argv.
+fn redfish(
+    lab: &TestLab,
+    name: &str,
+    password: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let creds = std::fs::read_to_string(lab.dir.join(format!("creds/{name}.yaml"))).unwrap();
+    let real = creds
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let config = lab.tmp.path().join(format!("{name}.curl"));
+    std::fs::write(
+        &config,
+        format!("user = \"admin:{}\"\n", password.unwrap_or(&real)),
+    )
+    .unwrap();
+    let index: u8 = name.trim_start_matches("srv").parse().unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.netns(), "curl", "-s", "-K"])
+        .arg(&config)
+        .args(["-X", method, "-w", "\n%{http_code}"])
+        .arg(format!("http://10.77.0.{}:8000{path}", 100 + index));
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `--bmc mixed`: srv1 gets `ipmi_sim`, srv2 sushy-tools over the lab's own libvirtd. Redfish
+/// powers srv2's domain on and off; `status` sees its QEMU; `down` removes the domain, the
+/// daemon, the namespace and the directory, and leaves no process behind.
+#[test]
+fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
+    common::require_redfish();
+    let mut lab = TestLab::up_with(2, &["--no-services", "--bmc", "mixed"]);
+    let dir = lab.dir.clone();
+    let netns = lab.netns();
+    let rack = std::fs::read_to_string(dir.join("rack.yaml")).unwrap();
+    assert!(
+        rack.contains("ipmi://admin@10.77.0.101:623")
+            && rack.contains("redfish+http://admin@10.77.0.102:8000"),
+        "{rack}"
+    );
+    let (code, _) = redfish(
+        &lab,
+        "srv2",
+        Some("wrong-password"),
+        "GET",
+        "/redfish/v1/Systems",
+        None,
+    );
+    assert_eq!(code, 401, "a wrong password is refused");
+    let (code, systems) = redfish(&lab, "srv2", None, "GET", "/redfish/v1/Systems", None);
+    assert_eq!(code, 200, "{systems}");
+    assert_eq!(
+        systems["Members"].as_array().map(Vec::len),
+        Some(1),
+        "only its own domain: {systems}"
+    );
+    let system = systems["Members"][0]["@odata.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        redfish(&lab, "srv2", None, "GET", &system, None).1["PowerState"],
+        "Off"
+    );
+    assert_eq!(lab.server("srv2")["power_on"], false);
+
+    let reset = format!("{system}/Actions/ComputerSystem.Reset");
+    let (code, answer) = redfish(
+        &lab,
+        "srv2",
+        None,
+        "POST",
+        &reset,
+        Some(r#"{"ResetType":"On"}"#),
+    );
+    assert!(code < 300, "{code} {answer}");
+    poll("srv2's QEMU", || lab.server("srv2")["pid"].is_u64());
+    let pid = lab.server("srv2")["pid"].as_u64().unwrap();
+    let cmd = cmdline(pid);
+    assert!(
+        cmd.contains("qemu-system-x86_64") && cmd.contains("tcg"),
+        "{cmd}"
+    );
+    assert!(cmd.contains("52:54:00:c4:00:02"), "{cmd}");
+    assert!(
+        cmd.contains(&dir.join("servers/srv2/disk.raw").display().to_string()),
+        "{cmd}"
+    );
+    assert_eq!(
+        redfish(&lab, "srv2", None, "GET", &system, None).1["PowerState"],
+        "On"
+    );
+    assert_eq!(
+        lab.server("srv1")["power_on"],
+        false,
+        "only srv2 was powered"
+    );
+
+    // Off through Redfish: QEMU goes (reaped by the daemon's subreaper, not a zombie).
+    let (code, _) = redfish(
+        &lab,
+        "srv2",
+        None,
+        "POST",
+        &reset,
+        Some(r#"{"ResetType":"ForceOff"}"#),
+    );
+    assert!(code < 300);
+    poll("srv2's QEMU to go", || cmdline(pid).is_empty());
+    assert_eq!(lab.server("srv2")["power_on"], false);
+
+    // On again and left running: `down` must remove it with everything else.
+    let (code, _) = redfish(
+        &lab,
+        "srv2",
+        None,
+        "POST",
+        &reset,
+        Some(r#"{"ResetType":"On"}"#),
+    );
+    assert!(code < 300);
+    poll("srv2's QEMU", || lab.server("srv2")["pid"].is_u64());
+    let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
+    let out = lab.lab(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = lab.up.wait().unwrap();
+    assert!(
+        status.success(),
+        "cairn-lab up exited {status}: {}",
+        lab.log()
+    );
+    assert!(cmdline(pid2).is_empty(), "QEMU still runs after down");
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "namespace left behind"
+    );
+    assert!(!dir.exists(), "lab directory left behind");
+    let needle = dir.display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .map(cmdline)
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "processes still name the lab (libvirtd, sushy, QEMU): {leftovers:?}"
+    );
 }

@@ -321,3 +321,36 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         .all(|(_, r)| matches!(r.state, State::Provisioned { .. }));
     Ok(if all_ok { Exit::Success } else { Exit::Failed })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rack() -> Rack {
+        Rack::parse(
+            "servers:\n  - name: srv1\n    bmc: redfish+http://admin@10.77.0.101:8000\n    credentials: c.yaml\n    boot_mac: \"52:54:00:C4:00:01\"\n  - name: srv2\n    bmc: ipmi://admin@10.77.0.102:623\n    credentials: c.yaml\n    boot_mac: \"52:54:00:c4:00:02\"\n",
+            Path::new("/lab"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn redfish_servers_get_their_own_iso_and_ipmi_ones_pxe() {
+        let rack = rack();
+        let iso = "http://10.77.0.1:8081/{server}.iso";
+        let p = plan_for(&rack.servers[0], BootChoice::Auto, iso).unwrap();
+        assert_eq!(
+            p.boot,
+            BootMethod::VirtualMedia {
+                iso_url: "http://10.77.0.1:8081/srv1.iso".into()
+            }
+        );
+        assert_eq!(p.boot_mac, "52:54:00:c4:00:01");
+        let p = plan_for(&rack.servers[1], BootChoice::Auto, iso).unwrap();
+        assert_eq!(p.boot, BootMethod::Pxe);
+        let e = plan_for(&rack.servers[1], BootChoice::VirtualMedia, iso).unwrap_err();
+        assert!(e.contains("needs a Redfish BMC"), "{e}");
+        let e = plan_for(&rack.servers[0], BootChoice::Auto, "not a url/{server}").unwrap_err();
+        assert!(e.contains("--iso-url") && e.contains("srv1"), "{e}");
+    }
+}

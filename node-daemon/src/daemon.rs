@@ -285,15 +285,13 @@ impl<N: Network> Daemon<N> {
                 }
                 Err(e) => {
                     self.set_error(Some(chain(&e)));
+                    let wait = self.retry_after(e.is_transient());
                     if e.is_transient() {
-                        self.failures += 1;
-                        let wait = backoff(self.failures, fastrand::f64());
                         tracing::warn!(error = %chain(&e), retry_in = ?wait, "registration failed");
-                        wait
                     } else {
                         tracing::error!(error = %e, "registration refused; fix the cause, the node retries every 5 minutes");
-                        BACKOFF_CAP
                     }
+                    wait
                 }
             };
         };
@@ -326,16 +324,25 @@ impl<N: Network> Daemon<N> {
                         s.phase = "identity-rejected".into();
                     }
                 }
+                let wait = self.retry_after(e.is_transient());
                 if e.is_transient() {
-                    self.failures += 1;
-                    let wait = backoff(self.failures, fastrand::f64());
                     tracing::warn!(error = %chain(&e), retry_in = ?wait, "hub unreachable; running on the last desired state");
-                    wait
                 } else {
                     tracing::error!(error = %e, "hub refused the heartbeat");
-                    BACKOFF_CAP
                 }
+                wait
             }
+        }
+    }
+
+    /// The wait after a failed exchange with the hub: a growing backoff while the cause may
+    /// pass by itself (the hub unreachable), the cap while it needs an operator.
+    fn retry_after(&mut self, transient: bool) -> Duration {
+        if transient {
+            self.failures += 1;
+            backoff(self.failures, fastrand::f64())
+        } else {
+            BACKOFF_CAP
         }
     }
 

@@ -105,6 +105,9 @@ pub enum State {
     Rebooting {
         /// 1-based attempt.
         attempt: u32,
+        /// The boot device was already set back to disk while the installer ran.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        boot_on_disk: bool,
     },
     /// Waiting for the appliance's registration.
     FirstBoot {
@@ -146,7 +149,7 @@ impl State {
             | State::ConfiguringFirmware { attempt }
             | State::BootingInstaller { attempt }
             | State::Installing { attempt, .. }
-            | State::Rebooting { attempt }
+            | State::Rebooting { attempt, .. }
             | State::FirstBoot { attempt } => *attempt,
             _ => 0,
         }
@@ -175,7 +178,10 @@ impl State {
             // An install cannot continue where it stopped: the installer boots again and
             // rewrites the disk from the start.
             Phase::BootingInstaller | Phase::Installing => State::BootingInstaller { attempt },
-            Phase::Rebooting => State::Rebooting { attempt },
+            Phase::Rebooting => State::Rebooting {
+                attempt,
+                boot_on_disk: false,
+            },
             Phase::FirstBoot => State::FirstBoot { attempt },
         }
     }
@@ -381,7 +387,16 @@ impl Machine<'_> {
                 Phase::ConfiguringFirmware => self.configure_firmware(record).await,
                 Phase::BootingInstaller => self.boot_installer(attempt).await,
                 Phase::Installing => self.install(record, persist).await,
-                Phase::Rebooting => self.reboot_to_disk().await,
+                Phase::Rebooting => {
+                    let done = matches!(
+                        record.state,
+                        State::Rebooting {
+                            boot_on_disk: true,
+                            ..
+                        }
+                    );
+                    self.reboot_to_disk(done).await
+                }
                 Phase::FirstBoot => self.first_boot().await,
             };
             *record.seconds.entry(phase).or_default() += started.elapsed().as_secs_f64();
@@ -528,6 +543,7 @@ impl Machine<'_> {
         let mut last_seq = baseline;
         let mut last_change = Instant::now();
         let mut started = false;
+        let mut boot_on_disk = false;
         loop {
             let limit = if started {
                 self.policy.install_stall_timeout
@@ -559,6 +575,13 @@ impl Machine<'_> {
             }
             last_seq = Some(seq);
             last_change = Instant::now();
+            if !started {
+                // The installer runs, so the one-time PXE boot is spent: the boot device goes
+                // back to disk now, while the BMC is idle. At the agent's reboot some BMCs
+                // (ipmi_sim) drop requests while the machine resets, which cost a ~20 s
+                // timeout and a retry. If this fails, `rebooting` does it.
+                boot_on_disk = self.boot_disk().await.is_ok();
+            }
             started = true;
             if progress.step == InstallStep::Failed {
                 return Err(StepError::retry(format!(
@@ -567,7 +590,10 @@ impl Machine<'_> {
                 )));
             }
             if progress.step == InstallStep::Completed {
-                return Ok(State::Rebooting { attempt: 1 });
+                return Ok(State::Rebooting {
+                    attempt: 1,
+                    boot_on_disk,
+                });
             }
             self.set(
                 record,
@@ -592,7 +618,12 @@ impl Machine<'_> {
         let start = Instant::now();
         loop {
             match self.fleet.find(&self.plan.name, &self.plan.boot_mac).await {
-                Ok(Some(_)) => return Ok(State::Rebooting { attempt: 1 }),
+                Ok(Some(_)) => {
+                    return Ok(State::Rebooting {
+                        attempt: 1,
+                        boot_on_disk: false,
+                    });
+                }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(server = %self.plan.name, error = %e, "hub poll"),
             }
@@ -607,15 +638,11 @@ impl Machine<'_> {
 
     /// `rebooting`: the boot device goes back to disk and the media is ejected, so the
     /// server never boots the installer again; the agent reboots the machine itself.
-    pub async fn reboot_to_disk(&self) -> Result<State, StepError> {
-        self.bmc
-            .set_boot_override(BootOverride {
-                device: BootDevice::Disk,
-                persistent: true,
-                mode: None,
-            })
-            .await
-            .map_err(|e| StepError::bmc("setting boot to disk", e))?;
+    /// `done`: the boot device was already set while the installer ran.
+    pub async fn reboot_to_disk(&self, done: bool) -> Result<State, StepError> {
+        if !done {
+            self.boot_disk().await?;
+        }
         if let BootMethod::VirtualMedia { .. } = self.plan.boot {
             self.bmc
                 .media_eject()
@@ -623,6 +650,18 @@ impl Machine<'_> {
                 .map_err(|e| StepError::bmc("ejecting the installer ISO", e))?;
         }
         Ok(State::FirstBoot { attempt: 1 })
+    }
+
+    /// The boot device back to disk, for good.
+    async fn boot_disk(&self) -> Result<(), StepError> {
+        self.bmc
+            .set_boot_override(BootOverride {
+                device: BootDevice::Disk,
+                persistent: true,
+                mode: None,
+            })
+            .await
+            .map_err(|e| StepError::bmc("setting boot to disk", e))
     }
 
     /// `first-boot`: waits for the appliance to register with the hub. A server found off

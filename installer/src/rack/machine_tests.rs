@@ -401,15 +401,20 @@ async fn a_failed_install_boots_the_installer_again_and_gives_up_after_the_limit
         other => panic!("expected failed, got {other:?}"),
     }
     // First boot powers on; the retries cycle the running machine into the installer again.
+    // Once an installer reports, its PXE boot is spent and the boot device goes back to disk
+    // (while the BMC is idle rather than at the agent's reboot).
     assert_eq!(
         bmc.calls(),
         [
             "boot pxe once",
             "power On",
+            "boot disk persistent",
             "boot pxe once",
             "power Cycle",
+            "boot disk persistent",
             "boot pxe once",
-            "power Cycle"
+            "power Cycle",
+            "boot disk persistent"
         ]
     );
 }

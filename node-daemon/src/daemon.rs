@@ -619,6 +619,21 @@ impl<N: Network> Daemon<N> {
                     condition("OverlayApplied", false, "ApplyFailed", e.to_string())
                 }
             });
+        } else {
+            // Said, so that the hub does not take the applied generation for a working VPC.
+            self.overlay_condition =
+                desired
+                    .overlay
+                    .as_ref()
+                    .filter(|o| !o.vpcs.is_empty())
+                    .map(|_| {
+                        condition(
+                            "OverlayApplied",
+                            false,
+                            "NotManaged",
+                            "network.manage is false: this node does not realise VPC overlays",
+                        )
+                    });
         }
         if complete && desired.generation != applied {
             tracing::info!(generation = desired.generation, "desired state applied");

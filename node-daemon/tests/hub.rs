@@ -57,6 +57,55 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
 }
 
 #[test]
+fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises_no_vpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("vpc");
+    // A documentation address: only reported, nothing is sent to it.
+    let config = "network:\n  manage: false\n  vtep_address: 192.0.2.7\n";
+    write_config(&root, &hub.url, &hub.fingerprint, &token, config);
+    let node = Node::start(&root);
+    let id = registered(&node)["appliance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let appliance = || {
+        hub.call(reqwest::Method::GET, &format!("/v1/appliances/{id}"), None)
+            .1
+    };
+    poll("the hub to learn the VTEP", LIMIT, || {
+        (appliance()["vtep_address"] == "192.0.2.7").then_some(())
+    });
+
+    let (code, vpc) = hub.call(
+        reqwest::Method::POST,
+        "/v1/vpcs",
+        Some(serde_json::json!({"name": "red", "subnet": "10.9.0.0/24"})),
+    );
+    assert_eq!(code, 201, "{vpc}");
+    let (code, body) = hub.call(
+        reqwest::Method::POST,
+        "/v1/vpcs/red/attach",
+        Some(serde_json::json!({"appliance_id": id})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let seen = poll("the node to report the overlay condition", LIMIT, || {
+        let a = appliance();
+        let conditions = a["status"]["status"]["conditions"].as_array()?.clone();
+        conditions
+            .into_iter()
+            .find(|c| c["kind"] == "OverlayApplied")
+            .map(|c| (c, a))
+    });
+    let (condition, a) = seen;
+    assert_eq!(condition["status"], "False", "{a:#}");
+    assert_eq!(condition["reason"], "NotManaged", "{a:#}");
+    assert_eq!(a["desired"]["overlay"]["local_vtep"], "192.0.2.7", "{a:#}");
+    node.stop();
+}
+
+#[test]
 fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");

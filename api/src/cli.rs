@@ -81,9 +81,11 @@ pub fn init_tracing(args: &LogArgs) {
                 .try_init()
                 .map_err(|e| e.to_string())
         }
+        // Files and the journal get plain text: colour codes there are noise to grep through.
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter())
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .with_target(false)
             .try_init()
             .map_err(|e| e.to_string()),

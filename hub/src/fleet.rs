@@ -1024,7 +1024,9 @@ impl Fleet {
         let (_, mut appliance) = self.appliance_for(peer).await?;
         let status_key = format!("{}{}", keys::STATUS, appliance.id);
         let previous: Option<(u64, Status)> = self.get(&status_key).await?;
-        if hb.status.vtep_address != appliance.vtep_address && hb.status.vtep_address.is_some() {
+        // A node that stops reporting a VTEP (its setting removed) leaves the overlays too:
+        // peers must not keep tunnelling to the old address.
+        if hb.status.vtep_address != appliance.vtep_address {
             appliance = self
                 .update_vtep(&appliance.id, hb.status.vtep_address.clone())
                 .await?;

@@ -321,6 +321,22 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
         .unwrap()
         .desired;
     assert_eq!(d5.overlay, None);
+    // A peer whose VTEP setting was removed drops out of the others' peer lists.
+    w.fleet
+        .heartbeat(Some(&apps[1].1), beat(None, 0))
+        .await
+        .unwrap();
+    let d6 = w
+        .fleet
+        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
+        .await
+        .unwrap()
+        .desired;
+    assert!(d6.generation > d4.generation);
+    assert!(
+        d6.overlay.as_ref().unwrap().vpcs[0].peer_vteps.is_empty(),
+        "{d6:?}"
+    );
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ art=${1:-}
 if [ -z "$art" ]; then
   art="$work/artifacts"
   t0=$(date +%s.%N)
-  printf 'profile: minimal\nversion: 0.1.0\ncompatible_from: []\ndisk:\n  size_mib: 384\n  esp_mib: 32\n  slot_mib: 96\nkernel_args: console=ttyS0,115200\n' > "$work/image.yaml"
+  printf 'profile: minimal\nversion: 0.1.0\ncompatible_from: []\ndisk:\n  size_mib: 384\n  esp_mib: 32\n  slot_mib: 96\nkernel_args: console=ttyS0,115200 no_timer_check\n' > "$work/image.yaml"
   cairn image build --config "$work/image.yaml" --out "$art" > "$work/build.log" 2>&1
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "image build: %.1f s\n", b - a }'
 fi

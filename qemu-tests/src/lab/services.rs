@@ -72,10 +72,12 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// The image config the lab builds: the `minimal` profile (busybox and cairn's binaries).
+/// `no_timer_check`: a TCG guest starved of CPU (several guests on a loaded host) otherwise
+/// fails the kernel's IO-APIC timer check and panics at boot ("IO-APIC + timer doesn't work").
 const IMAGE_CONFIG: &str = "# Written by cairn-lab: the minimal appliance profile.\n\
 profile: minimal\nversion: 0.1.0\ncompatible_from: []\n\
 disk:\n  size_mib: 384\n  esp_mib: 32\n  slot_mib: 96\n\
-kernel_args: console=ttyS0,115200\n";
+kernel_args: console=ttyS0,115200 no_timer_check\n";
 
 /// Runs a command to completion; its output is kept in `log` and shown on failure.
 fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> anyhow::Result<String> {

@@ -4,14 +4,19 @@
 # fsync) against `dd conv=fsync` of the same uncompressed root image onto the same file, and
 # `zstd -dc | dd` (the decode without any checking) for reference, side by side with hyperfine.
 # Usage: node-daemon/bench/upgrade-write.sh [IMAGE_MIB]   (default 256)
-# Env: RUNS (default 5), CARGO_TARGET_DIR.
+# Env: RUNS (default 5), CAIRN_BIN=DIR (already built `cairn` and `examples/slot_write`, e.g.
+# a debug target dir: say so next to the figures), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${1:-256}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p cairn-node-daemon --example slot_write
-cargo build --release -q -p cairn-installer --bin cairn
-BIN=$CARGO_TARGET_DIR/release
+if [ -n "${CAIRN_BIN:-}" ]; then
+  BIN=$CAIRN_BIN
+else
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+  cargo build --release -q -p cairn-node-daemon --example slot_write
+  cargo build --release -q -p cairn-installer --bin cairn
+  BIN=$CARGO_TARGET_DIR/release
+fi
 WORK=$(mktemp -d /var/tmp/cairn-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 

@@ -320,6 +320,23 @@ impl TestLab {
         self.hub_json(&["campaigns", "show", name])
     }
 
+    /// Waits until campaign `name` paused itself on `server`'s failure reported as `phase`.
+    fn wait_campaign_paused(&self, name: &str, server: &str, phase: &str) {
+        let id = self.id(server);
+        let c = wait_for(
+            Duration::from_secs(90),
+            &format!("campaign {name} paused"),
+            || self.campaign(name).to_string(),
+            || {
+                let c = self.campaign(name);
+                (c["state"] == "paused").then_some(c)
+            },
+        );
+        let m = member(&c, &id);
+        assert_eq!(m["state"], "failed", "{c}");
+        assert_eq!(m["phase"], phase, "{c}");
+    }
+
     /// Every boot's console of `name`, oldest first.
     fn console(&self, name: &str) -> String {
         let dir = self.dir.join("servers").join(name);
@@ -657,7 +674,6 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
         );
     }
     // d: cut srv3's power as soon as it starts writing the slot; b: time the rollback.
-    let slot_a_before_cut = lab.slot_head("srv3", "root-a");
     let mut cut = false;
     let mut rolled_back_at = None;
     wait_for(
@@ -684,10 +700,6 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
             (cut && rolled_back_at.is_some()).then_some(())
         },
     );
-    assert!(
-        lab.slot_head("srv3", "root-a") != slot_a_before_cut,
-        "the power was cut before the slot write started"
-    );
     let on = lab.ipmitool("srv3", &["power", "on"]);
     assert!(on.status.success(), "{on:?}");
 
@@ -713,17 +725,9 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
             .contains("database schema mismatch"),
         "the failed version's logs are reported: {report}"
     );
+    lab.wait_campaign_paused("bad-health", "srv1", "rolled-back");
+    let b = lab.appliance("srv1");
     assert!(b["quarantined"]["0.3.0"].is_string(), "{b}");
-    let c = wait_for(
-        Duration::from_secs(60),
-        "campaign bad-health paused",
-        || lab.campaign("bad-health").to_string(),
-        || {
-            let c = lab.campaign("bad-health");
-            (c["state"] == "paused").then_some(c)
-        },
-    );
-    assert_eq!(member(&c, &lab.id("srv1"))["state"], "failed", "{c}");
 
     let cc = lab.wait_appliance(
         "srv2",
@@ -742,23 +746,22 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
         "GRUB tried the new slot: {}",
         lab.console_tail("srv2")
     );
+    lab.wait_campaign_paused("no-boot", "srv2", "rolled-back");
+    let cc = lab.appliance("srv2");
     assert!(cc["quarantined"]["0.3.1"].is_string(), "{cc}");
 
-    let d = lab.wait_appliance(
+    lab.wait_appliance(
         "srv3",
         Duration::from_secs(600),
         "0.2.0",
         "b",
         "interrupted",
     );
+    lab.wait_campaign_paused("cut", "srv3", "interrupted");
+    let d = lab.appliance("srv3");
     assert!(d["quarantined"]["0.4.0"].is_string(), "{d}");
-    assert!(
-        lab.campaign("cut")["state"] == "paused",
-        "{}",
-        lab.campaign("cut")
-    );
 
-    // f: srv1 is ordered 0.4.0 for a window opening in a minute or two; the hub is down
+    // f: srv1 is ordered 0.4.0 for a window opening in two to three minutes; the hub is down
     // when it opens.
     lab.label("srv1", "wave=f");
     lab.start_campaign(
@@ -769,7 +772,7 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
             "--selector",
             "site=lab,wave=f",
             "--window",
-            &format!("{}-{}", utc_hhmm(2), utc_hhmm(60)),
+            &format!("{}-{}", utc_hhmm(3), utc_hhmm(60)),
         ],
     );
     wait_for(
@@ -808,4 +811,33 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
     );
     assert!(lab.lab(&["hub", "start"]).status.success());
     lab.wait_appliance("srv1", Duration::from_secs(600), "0.4.0", "a", "committed");
+
+    // The nodes log their download and slot-write rates (debug build, TCG guest).
+    for name in names {
+        for line in lab
+            .console(name)
+            .lines()
+            .filter(|l| l.contains("bundle downloaded") || l.contains("slot written and verified"))
+        {
+            eprintln!("FIGURE {name}: {}", strip_ansi(line));
+        }
+    }
+}
+
+/// `text` without terminal colour codes (cairn-node logs to a console).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

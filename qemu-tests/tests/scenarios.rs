@@ -14,49 +14,10 @@
 mod common;
 
 use common::{LAB, TestLab};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-fn cairn() -> PathBuf {
-    Path::new(LAB).with_file_name("cairn")
-}
-
 impl TestLab {
-    fn services(&self) -> serde_json::Value {
-        let s = self.status()["services"].clone();
-        assert!(s.is_object(), "the lab runs no services: {s}");
-        s
-    }
-
-    /// `cairn rack provision` for this lab, inside its namespace, JSON lines out.
-    fn provision_cmd(&self, extra: &[&str]) -> Command {
-        let s = self.services();
-        let mut cmd = Command::new(LAB);
-        cmd.args(["exec", "--dir"])
-            .arg(&self.dir)
-            .arg("--")
-            .arg(cairn())
-            .args(["rack", "provision"])
-            .arg(self.dir.join("rack.yaml"));
-        for (flag, key) in [
-            ("--artifacts", "artifacts"),
-            ("--hub", "hub_url"),
-            ("--boot-server", "boot_server_url"),
-            ("--token-file", "admin_token"),
-            ("--hub-ca", "hub_ca"),
-        ] {
-            cmd.arg(flag).arg(s[key].as_str().unwrap());
-        }
-        cmd.args(["--output", "json", "--register-timeout", "400"]);
-        // Generous for TCG under load, unless the scenario sets its own.
-        if !extra.contains(&"--install-timeout") {
-            cmd.args(["--install-timeout", "240"]);
-        }
-        cmd.args(extra);
-        cmd
-    }
-
     fn provision(&self, extra: &[&str]) -> Output {
         self.provision_cmd(extra).output().unwrap()
     }

@@ -17,15 +17,11 @@
 
 mod common;
 
-use common::{LAB, TestLab};
+use common::{LAB, TestLab, cairn};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn cairn() -> PathBuf {
-    Path::new(LAB).with_file_name("cairn")
-}
 
 /// Health checks get this long after the new slot booted (the image's node config).
 const HEALTH_DEADLINE_S: u64 = 45;
@@ -222,12 +218,6 @@ fn wait_for<T>(
 }
 
 impl TestLab {
-    fn services(&self) -> Value {
-        let s = self.status()["services"].clone();
-        assert!(s.is_object(), "the lab runs no services: {s}");
-        s
-    }
-
     /// `cairn hub --output json ARGS` as the lab's operator, inside the namespace.
     fn hub(&self, args: &[&str]) -> Output {
         let login = self.services()["hub_login"].as_str().unwrap().to_owned();
@@ -265,30 +255,7 @@ impl TestLab {
 
     /// Provisions every server with `cairn rack provision`; asserts they all registered.
     fn provision_all(&self, servers: usize) {
-        let s = self.services();
-        let mut cmd = Command::new(LAB);
-        cmd.args(["exec", "--dir"])
-            .arg(&self.dir)
-            .arg("--")
-            .arg(cairn())
-            .args(["rack", "provision"])
-            .arg(self.dir.join("rack.yaml"));
-        for (flag, key) in [
-            ("--artifacts", "artifacts"),
-            ("--hub", "hub_url"),
-            ("--boot-server", "boot_server_url"),
-            ("--token-file", "admin_token"),
-            ("--hub-ca", "hub_ca"),
-        ] {
-            cmd.arg(flag).arg(s[key].as_str().unwrap());
-        }
-        cmd.args(["--output", "json", "--register-timeout", "400"])
-            .args([
-                "--install-timeout",
-                "240",
-                "--parallel",
-                &servers.to_string(),
-            ]);
+        let mut cmd = self.provision_cmd(&["--parallel", &servers.to_string()]);
         let out = cmd.output().unwrap();
         assert!(
             out.status.success(),

@@ -10,25 +10,32 @@ use std::time::{Duration, Instant};
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
 
+/// The `cairn` binary built beside `cairn-lab`.
+pub fn cairn() -> PathBuf {
+    std::path::Path::new(LAB).with_file_name("cairn")
+}
+
 /// The minimal image, built once per set of binaries with the lab's own build step and
 /// shared by every lab of the test run (a file lock keeps parallel tests to one build).
 pub fn lab_image() -> PathBuf {
     let cairn = std::path::Path::new(LAB).with_file_name("cairn");
-    let meta = std::fs::metadata(&cairn).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): build the workspace first (cargo build --workspace)",
-            cairn.display()
-        )
-    });
-    let stamp = format!(
-        "{}-{}",
-        meta.len(),
-        meta.modified()
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    );
+    // The image carries all three: a new build of any of them makes a new image.
+    let stamp = ["cairn", "cairn-agent", "cairn-node"]
+        .iter()
+        .map(|name| {
+            let bin = cairn.with_file_name(name);
+            let meta = std::fs::metadata(&bin).unwrap_or_else(|e| {
+                panic!(
+                    "{} is missing ({e}): build the workspace first (cargo build --workspace)",
+                    bin.display()
+                )
+            });
+            let modified = meta.modified().unwrap();
+            let secs = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
+            format!("{}-{}", meta.len(), secs.as_secs())
+        })
+        .collect::<Vec<_>>()
+        .join("-");
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-images");
     std::fs::create_dir_all(&base).unwrap();
     let lock = std::fs::File::create(base.join("lock")).unwrap();
@@ -173,6 +180,42 @@ impl TestLab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The lab's services as `cairn-lab status` reports them (hub, boot server, media).
+    pub fn services(&self) -> serde_json::Value {
+        let s = self.status()["services"].clone();
+        assert!(s.is_object(), "the lab runs no services: {s}");
+        s
+    }
+
+    /// `cairn rack provision` for this lab, inside its namespace, JSON lines out; `extra`
+    /// adds flags (a scenario's own `--install-timeout` replaces the generous default).
+    pub fn provision_cmd(&self, extra: &[&str]) -> Command {
+        let s = self.services();
+        let mut cmd = Command::new(LAB);
+        cmd.args(["exec", "--dir"])
+            .arg(&self.dir)
+            .arg("--")
+            .arg(cairn())
+            .args(["rack", "provision"])
+            .arg(self.dir.join("rack.yaml"));
+        for (flag, key) in [
+            ("--artifacts", "artifacts"),
+            ("--hub", "hub_url"),
+            ("--boot-server", "boot_server_url"),
+            ("--token-file", "admin_token"),
+            ("--hub-ca", "hub_ca"),
+        ] {
+            cmd.arg(flag).arg(s[key].as_str().unwrap());
+        }
+        cmd.args(["--output", "json", "--register-timeout", "400"]);
+        // Generous for TCG under load, unless the scenario sets its own.
+        if !extra.contains(&"--install-timeout") {
+            cmd.args(["--install-timeout", "240"]);
+        }
+        cmd.args(extra);
+        cmd
     }
 
     /// Server `name`'s lab state as `cairn-lab status` reports it.

@@ -189,7 +189,15 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
     );
     // The kubelet files are written, the unit is started, fails once, and is restarted by
     // the node (Restart=no in the drop-in: systemd does not do it on its own).
+    // A simple unit reads "active" from the fork on, so the first, failing start can look
+    // active for a moment: wait for the node to have restarted it.
     let kubeconfig = root.join("var/lib/kubelet/bootstrap-kubeconfig");
+    let status = poll("the node to restart the failed kubelet", LIMIT, || {
+        node.status().filter(|s| {
+            s["kubelet_unit"] == "active/running" && s["counters"]["kubelet_restarts"] != 0
+        })
+    });
+    assert_eq!(status["counters"]["kubelet_restarts"], 1, "{status}");
     let (active, sub) = poll("kubelet.service active after one restart", LIMIT, || {
         unit_state(&rt, &container.bus()).filter(|(a, _)| a == "active")
     });
@@ -202,11 +210,6 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
         &std::fs::metadata(&kubeconfig).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let status = poll("the status to show the kubelet running", LIMIT, || {
-        node.status()
-            .filter(|s| s["kubelet_unit"] == "active/running")
-    });
-    assert_eq!(status["counters"]["kubelet_restarts"], 1, "{status}");
     assert_eq!(status["applied_generation"], 5);
     assert_eq!(status["hub_reachable"], false);
 

@@ -68,6 +68,25 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
         .context("running cairn rack provision")?;
     let provision_seconds = provision_started.elapsed().as_secs_f64();
 
+    // Registration comes before the first heartbeat: give each appliance a moment to report
+    // its version and slot so the fleet view shows them.
+    let netns = manifest.netns.clone();
+    let info2 = info.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let reported = services::hub_view(&netns, &info2).is_ok_and(|view| {
+                view.values()
+                    .all(|a| !a.pointer("/status/last_seen").is_none_or(|v| v.is_null()))
+            });
+            if reported {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    })
+    .await?;
+
     say("the fleet, as the hub sees it (cairn hub appliances list)");
     let netns = manifest.netns.clone();
     let info2 = info.clone();

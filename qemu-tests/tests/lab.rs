@@ -17,14 +17,8 @@ impl TestLab {
 
     /// ipmitool against server `name`'s BMC, inside the lab namespace; the password goes
     /// through a file (`-f`), as it would for an operator.
-    fn ipmitool(&self, name: &str, password_override: Option<&str>, args: &[&str]) -> Output {
-        let creds = std::fs::read_to_string(self.dir.join(format!("creds/{name}.yaml"))).unwrap();
-        let password = creds
-            .lines()
-            .find_map(|l| l.strip_prefix("password: "))
-            .unwrap()
-            .trim_matches('"')
-            .to_string();
+    fn ipmitool_as(&self, name: &str, password_override: Option<&str>, args: &[&str]) -> Output {
+        let password = self.bmc_password(name);
         let pwfile = self.tmp.path().join(format!("{name}.pw"));
         std::fs::write(&pwfile, password_override.unwrap_or(&password)).unwrap();
         let index: u8 = name.trim_start_matches("srv").parse().unwrap();
@@ -80,7 +74,7 @@ fn cmdline(pid: u64) -> String {
 
 #[test]
 fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
-    let mut lab = TestLab::up(2);
+    let lab = TestLab::up(2);
     let dir = lab.dir.clone();
     let netns = lab.netns();
     assert!(Path::new("/run/netns").join(&netns).exists());
@@ -91,7 +85,7 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
     );
 
     // Both servers start off.
-    let out = lab.ipmitool("srv1", None, &["power", "status"]);
+    let out = lab.ipmitool_as("srv1", None, &["power", "status"]);
     assert!(
         text(&out).contains("Chassis Power is off"),
         "{}",
@@ -99,10 +93,10 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
     );
 
     // A one-time boot device, then power on: QEMU appears, booting the network once.
-    let out = lab.ipmitool("srv1", None, &["chassis", "bootdev", "pxe"]);
+    let out = lab.ipmitool_as("srv1", None, &["chassis", "bootdev", "pxe"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(lab.server("srv1")["next_boot"], "pxe");
-    let out = lab.ipmitool("srv1", None, &["power", "on"]);
+    let out = lab.ipmitool_as("srv1", None, &["power", "on"]);
     assert!(out.status.success(), "{}", text(&out));
     let state = lab.server("srv1");
     assert_eq!(state["power_on"], true);
@@ -124,7 +118,7 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
         cmd.contains(&dir.join("servers/srv1/disk.raw").display().to_string()),
         "{cmd}"
     );
-    let out = lab.ipmitool("srv1", None, &["power", "status"]);
+    let out = lab.ipmitool_as("srv1", None, &["power", "status"]);
     assert!(text(&out).contains("Chassis Power is on"), "{}", text(&out));
     assert_eq!(
         lab.server("srv2")["power_on"],
@@ -133,49 +127,24 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
     );
 
     // A wrong password is refused by the BMC and changes nothing.
-    let out = lab.ipmitool("srv2", Some("wrong-password"), &["power", "on"]);
+    let out = lab.ipmitool_as("srv2", Some("wrong-password"), &["power", "on"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert_eq!(lab.server("srv2")["power_on"], false);
 
     // Power off through the BMC: QEMU is gone (killed and reaped, not a zombie).
-    let out = lab.ipmitool("srv1", None, &["power", "off"]);
+    let out = lab.ipmitool_as("srv1", None, &["power", "off"]);
     assert!(out.status.success(), "{}", text(&out));
     poll("QEMU to go", || cmdline(pid).is_empty());
     assert_eq!(lab.server("srv1")["power_on"], false);
 
     // Power on again and leave it running: `down` must stop it.
     assert!(
-        lab.ipmitool("srv2", None, &["power", "on"])
+        lab.ipmitool_as("srv2", None, &["power", "on"])
             .status
             .success()
     );
     let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
-    let out = lab.lab(&["down"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let status = lab.up.wait().unwrap();
-    assert!(
-        status.success(),
-        "cairn-lab up exited {status}: {}",
-        lab.log()
-    );
-    assert!(cmdline(pid2).is_empty(), "QEMU still runs after down");
-    assert!(
-        !Path::new("/run/netns").join(&netns).exists(),
-        "namespace left behind"
-    );
-    assert!(!dir.exists(), "lab directory left behind");
-    let needle = dir.display().to_string();
-    let leftovers: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .map(cmdline)
-        .filter(|c| c.contains(&needle))
-        .collect();
-    assert!(
-        leftovers.is_empty(),
-        "processes still name the lab: {leftovers:?}"
-    );
+    down_leaves_nothing(lab, pid2, &netns, &dir);
 }
 
 #[test]
@@ -246,7 +215,7 @@ fn redfish(
 #[test]
 fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
     common::require_redfish();
-    let mut lab = TestLab::up_with(2, &["--no-services", "--bmc", "mixed"]);
+    let lab = TestLab::up_with(2, &["--no-services", "--bmc", "mixed"]);
     let dir = lab.dir.clone();
     let netns = lab.netns();
     let rack = std::fs::read_to_string(dir.join("rack.yaml")).unwrap();
@@ -338,6 +307,12 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
     assert!(code < 300);
     poll("srv2's QEMU", || lab.server("srv2")["pid"].is_u64());
     let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
+    down_leaves_nothing(lab, pid2, &netns, &dir);
+}
+
+/// `cairn-lab down` stops the running server `qemu_pid` and removes the namespace, the lab
+/// directory and every process naming it (QEMU, BMCs, libvirtd, sushy).
+fn down_leaves_nothing(mut lab: TestLab, qemu_pid: u64, netns: &str, dir: &Path) {
     let out = lab.lab(&["down"]);
     assert!(out.status.success(), "{}", text(&out));
     let status = lab.up.wait().unwrap();
@@ -346,9 +321,9 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         "cairn-lab up exited {status}: {}",
         lab.log()
     );
-    assert!(cmdline(pid2).is_empty(), "QEMU still runs after down");
+    assert!(cmdline(qemu_pid).is_empty(), "QEMU still runs after down");
     assert!(
-        !Path::new("/run/netns").join(&netns).exists(),
+        !Path::new("/run/netns").join(netns).exists(),
         "namespace left behind"
     );
     assert!(!dir.exists(), "lab directory left behind");
@@ -362,6 +337,6 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         .collect();
     assert!(
         leftovers.is_empty(),
-        "processes still name the lab (libvirtd, sushy, QEMU): {leftovers:?}"
+        "processes still name the lab (QEMU, BMCs, libvirtd, sushy): {leftovers:?}"
     );
 }

@@ -82,31 +82,6 @@ impl TestLab {
             .unwrap()["hub"]
             .clone()
     }
-
-    fn password(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("creds/{name}.yaml"))).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("password: "))
-            .unwrap()
-            .trim_matches('"')
-            .to_string()
-    }
-
-    /// `ipmitool` against `name`'s BMC, as an operator would.
-    fn ipmitool(&self, name: &str, args: &[&str]) -> Output {
-        let pw = self.tmp.path().join(format!("{name}.pw"));
-        std::fs::write(&pw, self.password(name)).unwrap();
-        let n: u8 = name.trim_start_matches("srv").parse().unwrap();
-        Command::new(LAB)
-            .args(["exec", "--dir"])
-            .arg(&self.dir)
-            .args(["--", "ipmitool", "-I", "lanplus", "-C", "3", "-U", "admin"])
-            .args(["-H", &format!("10.77.0.{}", 100 + n), "-f"])
-            .arg(&pw)
-            .args(args)
-            .output()
-            .unwrap()
-    }
 }
 
 fn summary(out: &Output) -> serde_json::Value {
@@ -340,7 +315,7 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
             .args(["exec", "--dir"])
             .arg(&lab.dir)
             .args(["--", "curl", "-sf", "-u"])
-            .arg(format!("admin:{}", lab.password("srv1")))
+            .arg(format!("admin:{}", lab.bmc_password("srv1")))
             .arg(format!("http://10.77.0.101:8000{path}"))
             .output()
             .unwrap();

@@ -318,28 +318,6 @@ impl TestLab {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// `ipmitool` against `name`'s BMC, as an operator would.
-    fn ipmitool(&self, name: &str, args: &[&str]) -> Output {
-        let creds = std::fs::read_to_string(self.dir.join(format!("creds/{name}.yaml"))).unwrap();
-        let password = creds
-            .lines()
-            .find_map(|l| l.strip_prefix("password: "))
-            .unwrap()
-            .trim_matches('"');
-        let pw = self.tmp.path().join(format!("{name}.pw"));
-        std::fs::write(&pw, password).unwrap();
-        let n: u8 = name.trim_start_matches("srv").parse().unwrap();
-        Command::new(LAB)
-            .args(["exec", "--dir"])
-            .arg(&self.dir)
-            .args(["--", "ipmitool", "-I", "lanplus", "-C", "3", "-U", "admin"])
-            .args(["-H", &format!("10.77.0.{}", 100 + n), "-f"])
-            .arg(&pw)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
     /// The first MiB of slot `slot` (`root-a`/`root-b`) on `name`'s disk, read from the host.
     fn slot_head(&self, name: &str, slot: &str) -> Vec<u8> {
         let disk = self.dir.join("servers").join(name).join("disk.raw");

@@ -62,20 +62,13 @@ pub fn lab_image() -> PathBuf {
 }
 
 pub fn require_environment() {
-    for tool in [
+    require_tools(&[
         "qemu-system-x86_64",
         "ipmi_sim",
         "ipmitool",
         "ip",
         "dnsmasq",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(found, "{tool} is missing: run scripts/setup (as root)");
-    }
+    ]);
     let uid = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -90,12 +83,16 @@ pub fn require_environment() {
 
 /// Redfish servers also need libvirt, tini and sushy-tools (scripts/setup).
 pub fn require_redfish() {
-    for tool in [
+    require_tools(&[
         "libvirtd",
         "virsh",
         "tini",
         "/opt/cairn/venv/bin/sushy-emulator",
-    ] {
+    ]);
+}
+
+fn require_tools(tools: &[&str]) {
+    for tool in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -180,6 +177,32 @@ impl TestLab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The password the lab generated for `name`'s BMC.
+    pub fn bmc_password(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(format!("creds/{name}.yaml"))).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("password: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// `ipmitool` against `name`'s BMC, as an operator would.
+    pub fn ipmitool(&self, name: &str, args: &[&str]) -> Output {
+        let pw = self.tmp.path().join(format!("{name}.pw"));
+        std::fs::write(&pw, self.bmc_password(name)).unwrap();
+        let n: u8 = name.trim_start_matches("srv").parse().unwrap();
+        Command::new(LAB)
+            .args(["exec", "--dir"])
+            .arg(&self.dir)
+            .args(["--", "ipmitool", "-I", "lanplus", "-C", "3", "-U", "admin"])
+            .args(["-H", &format!("10.77.0.{}", 100 + n), "-f"])
+            .arg(&pw)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// The lab's services as `cairn-lab status` reports them (hub, boot server, media).

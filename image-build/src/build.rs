@@ -160,19 +160,24 @@ struct Kernel {
     modules_root: PathBuf,
 }
 
+/// A scratch directory in the system's temporary directory, removed when dropped.
+fn work_dir(prefix: &str) -> Result<tempfile::TempDir, BuildError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(io(
+            "creating a temporary directory in",
+            &std::env::temp_dir(),
+        ))
+}
+
 /// Runs a build; `step` is called with a short description before each stage.
 pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildManifest, BuildError> {
     let epoch = req.source_date_epoch;
     let cfg = &req.config;
     let out = &req.out;
     std::fs::create_dir_all(out.join("pxe")).map_err(io("creating", out))?;
-    let work = tempfile::Builder::new()
-        .prefix("cairn-image-")
-        .tempdir()
-        .map_err(io(
-            "creating a temporary directory in",
-            &std::env::temp_dir(),
-        ))?;
+    let work = work_dir("cairn-image-")?;
     let work = work.path();
 
     // The root tree.
@@ -374,13 +379,7 @@ pub struct DeriveRequest {
 /// squashfs, changes the tree, packs it with the same options. Reproducible like `build`.
 pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError> {
     let epoch = req.source_date_epoch;
-    let work = tempfile::Builder::new()
-        .prefix("cairn-derive-")
-        .tempdir()
-        .map_err(io(
-            "creating a temporary directory in",
-            &std::env::temp_dir(),
-        ))?;
+    let work = work_dir("cairn-derive-")?;
     let work = work.path();
     let base = req.from.join("root.img.zst");
     let base_img = work.join("base.img");

@@ -1,7 +1,8 @@
 //! `cairn image build`: from one config to every way of landing cairn on a server.
 //!
 //! Outputs in `--out`:
-//! - `root.img.zst`: the root filesystem of a slot (squashfs), zstd-compressed for transport;
+//! - `root.img.zst`: the root filesystem of a slot (squashfs), zstd-compressed for transport
+//!   in independent frames ([`crate::stream::compress_frames`]);
 //! - `disk.raw`, `disk.qcow2`: GPT (esp, root-a, root-b, data), GRUB for UEFI and BIOS,
 //!   slot `a` filled, `b` empty, `data` blank (formatted on first boot);
 //! - `pxe/`: `vmlinuz`, `initrd.img` (install environment with `cairn-agent`), `ipxe.tera`,
@@ -450,19 +451,13 @@ fn copy(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// zstd level 3 with a fixed setup: the same input gives the same bytes.
+/// Compresses a slot or ESP image as cairn ships it (see [`crate::stream::compress_frames`]).
 fn compress(from: &Path, to: &Path) -> Result<(), BuildError> {
     let input = std::fs::File::open(from).map_err(io("reading", from))?;
-    let output = std::fs::File::create(to).map_err(io("writing", to))?;
-    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(output), 3)
+    let mut output = std::io::BufWriter::new(std::fs::File::create(to).map_err(io("writing", to))?);
+    crate::stream::compress_frames(std::io::BufReader::new(input), &mut output)
         .map_err(io("compressing", from))?;
-    enc.include_checksum(true)
-        .map_err(io("compressing", from))?;
-    std::io::copy(&mut std::io::BufReader::new(input), &mut enc)
-        .map_err(io("compressing", from))?;
-    enc.finish()
-        .and_then(|mut w| w.flush())
-        .map_err(io("writing", to))
+    output.flush().map_err(io("writing", to))
 }
 
 fn rfc3339(epoch: u64) -> String {

@@ -3,7 +3,10 @@
 //! Used by the install agent (HTTP -> `root-a`) and by update bundles (bundle -> inactive
 //! slot). The caller must treat the destination as garbage unless this returns `Ok`.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -100,21 +103,67 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Bytes per write: large, so a disk sees long sequential requests, and few enough
-/// round trips between the two threads that handing buffers over costs nothing measurable.
-const CHUNK: usize = 4 << 20;
-/// Buffers in flight: one being filled, one being hashed, one spare.
-const BUFFERS: usize = 3;
+/// Image bytes per zstd frame in the payloads cairn builds ([`compress_frames`]). Frames are
+/// independent, so [`write_verified`] decodes them on every core; 4 MiB keeps a frame per
+/// core in flight cheap and costs almost no ratio (zstd -3 looks back 2 MiB at most).
+pub const FRAME_SIZE: usize = 4 << 20;
+/// The largest frame decoded in parallel; a payload whose first frame is larger (or of
+/// unknown size, as `zstd` writes from a pipe) is decoded as one stream on one core.
+const MAX_PARALLEL_FRAME: u64 = 4 * FRAME_SIZE as u64;
+/// Bytes read from the payload at a time while looking for a frame's end.
+const READ_SIZE: usize = 1 << 20;
+/// Buffers the hasher holds: one being hashed, the rest queued.
+const HASHER_BUFFERS: usize = 3;
+
+/// Compresses `input` the way cairn ships images: zstd level 3 with checksums, as a sequence
+/// of independent frames of [`FRAME_SIZE`] image bytes, each stating its size. Any zstd
+/// decoder reads the result (concatenated frames); the same input gives the same bytes.
+/// Returns the compressed size.
+pub fn compress_frames(mut input: impl Read, mut output: impl Write) -> std::io::Result<u64> {
+    let mut compressor = zstd::bulk::Compressor::new(3)?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    let mut image = vec![0u8; FRAME_SIZE];
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME_SIZE));
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut input, &mut image)?;
+        // An empty image is still one (empty) frame: a valid zstd stream.
+        if n == 0 && total > 0 {
+            return Ok(total);
+        }
+        compressor.compress_to_buffer(&image[..n], &mut frame)?;
+        output.write_all(&frame)?;
+        total += frame.len() as u64;
+        if n < FRAME_SIZE {
+            return Ok(total);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
 
 /// Decompresses `compressed` into `dest`, checking the compressed bytes against
 /// `expect_compressed` (when given) and the image against `expect_image`. Writes at most
 /// `limit` bytes. `progress` sees the running count of image bytes written.
 ///
-/// Two threads share the work so the write keeps pace with a plain copy (`dd`): this thread
-/// reads, hashes the compressed bytes, decompresses and writes; a helper hashes the image
-/// bytes of the chunk just written while the next one is decompressed. Buffers are handed
-/// over, never copied. The caller's reader and writer stay on this thread, so they need not
-/// be `Send`.
+/// The work is spread so the write keeps pace with a plain copy (`dd`): this thread reads,
+/// hashes the compressed bytes, cuts them into frames and writes the image in order; one
+/// decoder thread per core decodes frames ([`compress_frames`] payloads; a single-frame
+/// payload is decoded here instead); a helper hashes the image bytes already written.
+/// Buffers are handed over and reused, never copied. The caller's reader and writer stay on
+/// this thread, so they need not be `Send`.
 pub fn write_verified(
     compressed: impl Read,
     dest: &mut impl Write,
@@ -123,16 +172,21 @@ pub fn write_verified(
     limit: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Digest, StreamError> {
-    use std::sync::Arc;
-    use std::sync::mpsc::sync_channel;
-
     if expect_image.size > limit {
         return Err(StreamError::TooLarge { limit });
     }
-    let mut outer = HashingReader::new(compressed);
-    let (to_hash, hash_rx) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
-    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(BUFFERS);
-    let (written, image) = std::thread::scope(|scope| {
+    let mut frames = Frames::new(HashingReader::new(compressed));
+    let parallel = frames.first_fits().map_err(StreamError::Io)?;
+    let decoders = if parallel {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        0
+    };
+    let (to_hash, hash_rx) = sync_channel::<Arc<Vec<u8>>>(HASHER_BUFFERS);
+    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(HASHER_BUFFERS);
+    let (jobs_tx, jobs_rx) = sync_channel::<Job>(2 * decoders);
+    let jobs_rx = Mutex::new(jobs_rx);
+    let (written, image, outer) = std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
             let mut ctx = Context::new(&SHA256);
             let mut count = 0u64;
@@ -147,60 +201,48 @@ pub fn write_verified(
                 sha256: hex::encode(ctx.finish().as_ref()),
             }
         });
-        let copied = (|| -> Result<u64, StreamError> {
-            let mut decoder =
-                zstd::stream::read::Decoder::new(&mut outer).map_err(StreamError::Io)?;
-            let mut pool: Vec<Vec<u8>> = Vec::new();
-            let mut allocated = 0;
-            let mut written = 0u64;
-            loop {
-                let mut buf = match pool.pop() {
-                    Some(buf) => buf,
-                    None if allocated < BUFFERS => {
-                        allocated += 1;
-                        Vec::with_capacity(CHUNK)
-                    }
-                    None => {
-                        let back = hashed.recv().expect("the hasher runs until we hang up");
-                        Arc::try_unwrap(back).expect("the writer released the buffer")
-                    }
-                };
-                buf.resize(CHUNK, 0);
-                let mut filled = 0;
-                while filled < CHUNK {
-                    let n = decoder.read(&mut buf[filled..]).map_err(StreamError::Io)?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                if filled == 0 {
-                    return Ok(written);
-                }
-                buf.truncate(filled);
-                if written + filled as u64 > limit {
-                    return Err(StreamError::TooLarge { limit });
-                }
-                let buf = Arc::new(buf);
-                to_hash
-                    .send(Arc::clone(&buf))
-                    .expect("the hasher runs until we hang up");
-                dest.write_all(&buf).map_err(StreamError::Io)?;
-                written += filled as u64;
-                progress(written);
-                drop(buf);
-                // Take back what the hasher finished without waiting for it.
-                while let Ok(back) = hashed.try_recv() {
-                    pool.push(Arc::try_unwrap(back).expect("the writer released the buffer"));
-                }
+        for _ in 0..decoders {
+            scope.spawn(|| decode_frames(&jobs_rx));
+        }
+        let mut pool = Pool {
+            free: Vec::new(),
+            allocated: 0,
+            // In flight at the decoders, queued at the hasher, and the one being written.
+            limit: 2 * decoders + HASHER_BUFFERS + 1,
+            hashed,
+        };
+        let mut sink = |buf: Vec<u8>, written: &mut u64, pool: &mut Pool| {
+            if buf.is_empty() {
+                pool.free.push(buf);
+                return Ok(());
             }
-        })();
+            if *written + buf.len() as u64 > limit {
+                return Err(StreamError::TooLarge { limit });
+            }
+            let buf = Arc::new(buf);
+            to_hash
+                .send(Arc::clone(&buf))
+                .expect("the hasher runs until we hang up");
+            dest.write_all(&buf).map_err(StreamError::Io)?;
+            *written += buf.len() as u64;
+            progress(*written);
+            drop(buf);
+            pool.reclaim();
+            Ok(())
+        };
+        let copied = if parallel {
+            copy_parallel(&mut frames, &jobs_tx, 2 * decoders, &mut pool, &mut sink)
+        } else {
+            copy_sequential(&mut frames, &mut pool, &mut sink)
+        };
+        drop(jobs_tx);
         drop(to_hash);
         let image = hasher.join().expect("the hasher does not panic");
-        copied.map(|written| (written, image))
+        copied.map(|written| (written, image, frames.into_inner()))
     })?;
     dest.flush().map_err(StreamError::Io)?;
     debug_assert_eq!(written, image.size);
+    let mut outer = outer;
     // Drain what the decoder did not need (trailing bytes count against the payload digest).
     std::io::copy(&mut outer, &mut std::io::sink()).map_err(StreamError::Io)?;
     let payload = outer.finish();
@@ -209,6 +251,216 @@ pub fn write_verified(
     }
     check("image", expect_image, &image)?;
     Ok(image)
+}
+
+/// A frame to decode, the buffer to decode it into, and where the result goes.
+type Job = (Vec<u8>, Vec<u8>, SyncSender<std::io::Result<Vec<u8>>>);
+
+/// A decoder thread: decodes frames until the jobs channel closes.
+fn decode_frames(jobs: &Mutex<Receiver<Job>>) {
+    let mut decoder = zstd::bulk::Decompressor::new();
+    loop {
+        let job = jobs.lock().expect("no decoder panics").recv();
+        let Ok((frame, mut out, reply)) = job else {
+            return;
+        };
+        let decoded = match &mut decoder {
+            Ok(decoder) => {
+                // `Frames` checked the stated size; zstd checks the frame holds exactly that.
+                let size = zstd::zstd_safe::get_frame_content_size(&frame)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0) as usize;
+                out.clear();
+                out.reserve(size);
+                decoder
+                    .decompress_to_buffer(&frame[..], &mut out)
+                    .map(|_| out)
+            }
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        // The writer may have stopped early; then nobody waits for this frame.
+        let _ = reply.send(decoded);
+    }
+}
+
+/// Keeps up to `depth` frames at the decoders and writes their images in order.
+fn copy_parallel<R: Read>(
+    frames: &mut Frames<R>,
+    jobs: &SyncSender<Job>,
+    depth: usize,
+    pool: &mut Pool,
+    sink: &mut impl FnMut(Vec<u8>, &mut u64, &mut Pool) -> Result<(), StreamError>,
+) -> Result<u64, StreamError> {
+    let mut in_flight = VecDeque::new();
+    let mut written = 0u64;
+    let mut more = true;
+    loop {
+        while more && in_flight.len() < depth {
+            // Wait for a buffer only when no frame is in flight; otherwise write one first.
+            let Some(out) = pool.take(in_flight.is_empty()) else {
+                break;
+            };
+            match frames.next_frame().map_err(StreamError::Io)? {
+                Some(frame) => {
+                    let (reply, result) = sync_channel(1);
+                    jobs.send((frame, out, reply))
+                        .expect("decoders run until we hang up");
+                    in_flight.push_back(result);
+                }
+                None => {
+                    pool.free.push(out);
+                    more = false;
+                }
+            }
+        }
+        let Some(result) = in_flight.pop_front() else {
+            return Ok(written);
+        };
+        let image = result
+            .recv()
+            .expect("a decoder answers every job")
+            .map_err(StreamError::Io)?;
+        sink(image, &mut written, pool)?;
+    }
+}
+
+/// Decodes a payload that is one large frame (or of unknown frame sizes) as a stream.
+fn copy_sequential<R: Read>(
+    frames: &mut Frames<R>,
+    pool: &mut Pool,
+    sink: &mut impl FnMut(Vec<u8>, &mut u64, &mut Pool) -> Result<(), StreamError>,
+) -> Result<u64, StreamError> {
+    let mut decoder =
+        zstd::stream::read::Decoder::new(frames.as_reader()).map_err(StreamError::Io)?;
+    let mut written = 0u64;
+    loop {
+        let mut buf = pool.take(true).expect("waits for a buffer");
+        buf.resize(FRAME_SIZE, 0);
+        let filled = read_full(&mut decoder, &mut buf).map_err(StreamError::Io)?;
+        if filled == 0 {
+            return Ok(written);
+        }
+        buf.truncate(filled);
+        sink(buf, &mut written, pool)?;
+    }
+}
+
+/// Image buffers: reused once the hasher is done with them, at most `limit` allocated.
+struct Pool {
+    free: Vec<Vec<u8>>,
+    allocated: usize,
+    limit: usize,
+    hashed: Receiver<Arc<Vec<u8>>>,
+}
+
+impl Pool {
+    /// A free buffer; when none is free and `limit` are allocated, waits for the hasher to
+    /// return one if `wait`, else `None`.
+    fn take(&mut self, wait: bool) -> Option<Vec<u8>> {
+        self.reclaim();
+        if let Some(buf) = self.free.pop() {
+            return Some(buf);
+        }
+        if self.allocated < self.limit {
+            self.allocated += 1;
+            return Some(Vec::with_capacity(FRAME_SIZE));
+        }
+        wait.then(|| {
+            let back = self
+                .hashed
+                .recv()
+                .expect("the hasher runs until we hang up");
+            Arc::try_unwrap(back).expect("the writer released the buffer")
+        })
+    }
+
+    /// Takes back what the hasher finished, without waiting.
+    fn reclaim(&mut self) {
+        while let Ok(back) = self.hashed.try_recv() {
+            self.free
+                .push(Arc::try_unwrap(back).expect("the writer released the buffer"));
+        }
+    }
+}
+
+/// Cuts a zstd payload into its frames, reading ahead as little as a frame needs.
+struct Frames<R> {
+    reader: HashingReader<R>,
+    buffered: Vec<u8>,
+    ended: bool,
+}
+
+impl<R: Read> Frames<R> {
+    fn new(reader: HashingReader<R>) -> Self {
+        Self {
+            reader,
+            buffered: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// Reads more; `false` at the end of the payload.
+    fn fill(&mut self) -> std::io::Result<bool> {
+        if self.ended {
+            return Ok(false);
+        }
+        let len = self.buffered.len();
+        self.buffered.resize(len + READ_SIZE, 0);
+        let n = read_full(&mut self.reader, &mut self.buffered[len..])?;
+        self.buffered.truncate(len + n);
+        self.ended = n < READ_SIZE;
+        Ok(n > 0)
+    }
+
+    /// Whether the first frame states a size small enough to decode frames in parallel.
+    fn first_fits(&mut self) -> std::io::Result<bool> {
+        self.fill()?;
+        Ok(matches!(
+            zstd::zstd_safe::get_frame_content_size(&self.buffered),
+            Ok(Some(size)) if size <= MAX_PARALLEL_FRAME
+        ))
+    }
+
+    /// The next whole frame, `None` at the end of the payload.
+    fn next_frame(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if self.buffered.is_empty() && !self.fill()? {
+                return Ok(None);
+            }
+            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(&self.buffered) {
+                // Frames decoded in parallel must state a size the decoder can allocate.
+                match zstd::zstd_safe::get_frame_content_size(&self.buffered) {
+                    Ok(Some(size)) if size <= MAX_PARALLEL_FRAME => {}
+                    _ => return Err(invalid("a frame of unknown or too large size")),
+                }
+                let rest = self.buffered.split_off(len);
+                return Ok(Some(std::mem::replace(&mut self.buffered, rest)));
+            }
+            // A frame larger than any frame of ours holds is not coming to an end.
+            let too_long = self.buffered.len() as u64
+                > zstd::zstd_safe::compress_bound(MAX_PARALLEL_FRAME as usize) as u64 + 1024;
+            if too_long || !self.fill()? {
+                return Err(invalid("a truncated or corrupt frame"));
+            }
+        }
+    }
+
+    /// The rest of the payload (what is buffered, then the reader) as one stream.
+    fn as_reader(&mut self) -> impl Read + '_ {
+        std::io::Cursor::new(std::mem::take(&mut self.buffered)).chain(&mut self.reader)
+    }
+
+    fn into_inner(self) -> HashingReader<R> {
+        self.reader
+    }
+}
+
+fn invalid(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("the zstd payload has {what}"),
+    )
 }
 
 fn check(what: &'static str, expected: &Digest, actual: &Digest) -> Result<(), StreamError> {
@@ -229,9 +481,11 @@ fn check(what: &'static str, expected: &Digest, actual: &Digest) -> Result<(), S
 mod tests {
     use super::*;
 
+    /// One frame larger than [`MAX_PARALLEL_FRAME`] (as `zstd` writes a file): decoded as a
+    /// stream on one core.
     fn sample() -> (Vec<u8>, Vec<u8>) {
-        // More chunks than buffers, and a partial last chunk: buffers are reused.
-        let image: Vec<u8> = (0..(4 * CHUNK as u32 + 12345))
+        // More buffers' worth than buffers, and a partial last one: buffers are reused.
+        let image: Vec<u8> = (0..(4 * FRAME_SIZE as u32 + 12345))
             .map(|i| (i % 251) as u8)
             .collect();
         let compressed = zstd::stream::encode_all(&image[..], 3).unwrap();
@@ -288,5 +542,107 @@ mod tests {
         let err = write_verified(&compressed[..], &mut Vec::new(), None, &want, 1000, |_| {})
             .unwrap_err();
         assert!(matches!(err, StreamError::TooLarge { .. }));
+    }
+
+    /// As cairn builds payloads: independent frames, decoded on every core.
+    fn framed() -> (Vec<u8>, Vec<u8>) {
+        // More frames than buffers and decoders, the last one partial; some compress well,
+        // some not at all.
+        let mut image: Vec<u8> = (0..(9 * FRAME_SIZE as u32 + 4321))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut image[FRAME_SIZE..3 * FRAME_SIZE] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        let mut compressed = Vec::new();
+        compress_frames(&image[..], &mut compressed).unwrap();
+        (image, compressed)
+    }
+
+    #[test]
+    fn a_framed_image_is_readable_by_any_zstd_decoder_and_reproducible() {
+        let (image, compressed) = framed();
+        assert_eq!(zstd::stream::decode_all(&compressed[..]).unwrap(), image);
+        let mut again = Vec::new();
+        compress_frames(&image[..], &mut again).unwrap();
+        assert_eq!(again, compressed);
+        // One frame per FRAME_SIZE of image, each stating its size.
+        let mut rest = &compressed[..];
+        let mut frames = 0;
+        while !rest.is_empty() {
+            let len = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            let size = zstd::zstd_safe::get_frame_content_size(rest)
+                .unwrap()
+                .unwrap();
+            assert!(size <= FRAME_SIZE as u64);
+            rest = &rest[len..];
+            frames += 1;
+        }
+        assert_eq!(frames, 10);
+        // An empty image is one empty frame.
+        let mut empty = Vec::new();
+        compress_frames(&[][..], &mut empty).unwrap();
+        assert!(zstd::stream::decode_all(&empty[..]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_framed_image_streams_in_parallel_and_verifies() {
+        let (image, compressed) = framed();
+        let want = Digest::of_reader(&image[..]).unwrap();
+        let want_c = Digest::of_reader(&compressed[..]).unwrap();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        // A reader that hands out odd-sized pieces, as a network stream does.
+        let reader = std::io::BufReader::with_capacity(65_537, &compressed[..]);
+        let got = write_verified(reader, &mut out, Some(&want_c), &want, u64::MAX, |n| {
+            seen.push(n)
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        assert!(out == image, "the image came out in order");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(seen.last(), Some(&(image.len() as u64)));
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_framed_image_is_refused() {
+        let (image, compressed) = framed();
+        let want = Digest::of_reader(&image[..]).unwrap();
+        let want_c = Digest::of_reader(&compressed[..]).unwrap();
+        let run = |payload: &[u8]| {
+            write_verified(
+                payload,
+                &mut Vec::new(),
+                Some(&want_c),
+                &want,
+                u64::MAX,
+                |_| {},
+            )
+        };
+        // One flipped byte in a frame in the middle: zstd's checksum or the digests catch it.
+        let mut flipped = compressed.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        assert!(run(&flipped).is_err());
+        // Cut inside the last frame, or after a whole frame.
+        assert!(run(&compressed[..compressed.len() - 100]).is_err());
+        let first = zstd::zstd_safe::find_frame_compressed_size(&compressed).unwrap();
+        let err = run(&compressed[..first]).unwrap_err();
+        assert!(matches!(err, StreamError::Mismatch { .. }), "{err}");
+        // An image larger than its manifest says (and than its destination) is stopped
+        // before it overflows the destination.
+        let small = Digest {
+            size: FRAME_SIZE as u64,
+            sha256: want.sha256.clone(),
+        };
+        let mut out = Vec::new();
+        let err = write_verified(&compressed[..], &mut out, None, &small, small.size, |_| {})
+            .unwrap_err();
+        assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
+        assert!(out.len() <= FRAME_SIZE);
     }
 }

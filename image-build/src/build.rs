@@ -82,7 +82,8 @@ pub struct InstallManifest {
     pub root_image: Digest,
     /// `root.img.zst`.
     pub root_payload: Digest,
-    /// The ESP filesystem image (uncompressed).
+    /// The ESP filesystem image (uncompressed), cut after its last non-zero block: shorter
+    /// than `esp_size`, whose rest FAT does not read.
     pub esp_image: Digest,
     /// `esp.img.zst`.
     pub esp_payload: Digest,
@@ -851,6 +852,7 @@ fn grub_images(
         ],
         epoch,
     )?;
+    trim_trailing_zeros(esp_img)?;
 
     let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
     let boot = std::fs::read(boot_img).map_err(io("reading (install grub-pc-bin)", boot_img))?;
@@ -863,6 +865,34 @@ fn grub_images(
         )));
     }
     grub::bios_boot_code(&boot, &core_bytes, gpt::BIOS_CORE_LBA).map_err(BuildError::Input)
+}
+
+/// Cuts an image after its last non-zero 4 KiB block. For the ESP: FAT ignores what its
+/// free clusters hold, so the mostly empty rest of the partition need not be shipped,
+/// decoded, hashed or written (64 MiB become about 1 MiB).
+fn trim_trailing_zeros(path: &Path) -> Result<(), BuildError> {
+    use std::io::Read as _;
+    const BLOCK: u64 = 4096;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("reading", path))?;
+    let mut end = file.metadata().map_err(io("reading", path))?.len();
+    let mut block = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let start = (end - 1) / BLOCK * BLOCK;
+        let len = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut block[..len]))
+            .map_err(io("reading", path))?;
+        if block[..len].iter().any(|&b| b != 0) {
+            break;
+        }
+        end = start;
+    }
+    file.set_len(end.next_multiple_of(BLOCK))
+        .map_err(io("writing", path))
 }
 
 /// Writes a sparse disk image: GPT, BIOS boot code, ESP, root-a.

@@ -24,7 +24,7 @@ pub struct Digest {
 impl Digest {
     /// Hashes a whole reader.
     pub fn of_reader(mut reader: impl Read) -> std::io::Result<Self> {
-        let mut hashing = HashingReader::new(&mut reader);
+        let mut hashing = HashingReader::new(&mut reader, true);
         std::io::copy(&mut hashing, &mut std::io::sink())?;
         Ok(hashing.finish())
     }
@@ -68,28 +68,31 @@ pub enum StreamError {
     },
 }
 
-/// A reader that hashes and counts what passes through it.
-pub struct HashingReader<R> {
+/// A reader that hashes (when asked to) and counts what passes through it.
+struct HashingReader<R> {
     inner: R,
-    ctx: Context,
+    ctx: Option<Context>,
     count: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    /// Wraps a reader.
-    pub fn new(inner: R) -> Self {
+    /// Wraps a reader; `hash: false` only counts.
+    fn new(inner: R, hash: bool) -> Self {
         Self {
             inner,
-            ctx: Context::new(&SHA256),
+            ctx: hash.then(|| Context::new(&SHA256)),
             count: 0,
         }
     }
 
-    /// The digest of everything read so far.
-    pub fn finish(self) -> Digest {
+    /// The digest of everything read so far (an empty hash when not hashing).
+    fn finish(self) -> Digest {
         Digest {
             size: self.count,
-            sha256: hex::encode(self.ctx.finish().as_ref()),
+            sha256: self
+                .ctx
+                .map(|ctx| hex::encode(ctx.finish().as_ref()))
+                .unwrap_or_default(),
         }
     }
 }
@@ -97,7 +100,9 @@ impl<R: Read> HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.ctx.update(&buf[..n]);
+        if let Some(ctx) = &mut self.ctx {
+            ctx.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -155,7 +160,9 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Decompresses `compressed` into `dest`, checking the compressed bytes against
-/// `expect_compressed` (when given) and the image against `expect_image`. Writes at most
+/// `expect_compressed` (when given) and the image against `expect_image`. The image digest
+/// alone proves what was written: `None` saves hashing the payload a second time where
+/// only the written image matters (installs). Writes at most
 /// `limit` bytes. `progress` sees the running count of image bytes written.
 ///
 /// The work is spread so the write keeps pace with a plain copy (`dd`): this thread reads,
@@ -175,15 +182,18 @@ pub fn write_verified(
     if expect_image.size > limit {
         return Err(StreamError::TooLarge { limit });
     }
-    let mut frames = Frames::new(HashingReader::new(compressed));
+    let mut frames = Frames::new(HashingReader::new(compressed, expect_compressed.is_some()));
     let parallel = frames.first_fits().map_err(StreamError::Io)?;
     let decoders = if parallel {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     } else {
         0
     };
+    // In flight at the decoders, queued at the hasher, and the one being written.
+    let buffers = 2 * decoders + HASHER_BUFFERS + 1;
     let (to_hash, hash_rx) = sync_channel::<Arc<Vec<u8>>>(HASHER_BUFFERS);
-    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(HASHER_BUFFERS);
+    // Room for every buffer: the hasher never waits to hand one back.
+    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(buffers);
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(2 * decoders);
     let jobs_rx = Mutex::new(jobs_rx);
     let (written, image, outer) = std::thread::scope(|scope| {
@@ -207,8 +217,7 @@ pub fn write_verified(
         let mut pool = Pool {
             free: Vec::new(),
             allocated: 0,
-            // In flight at the decoders, queued at the hasher, and the one being written.
-            limit: 2 * decoders + HASHER_BUFFERS + 1,
+            limit: buffers,
             hashed,
         };
         let mut sink = |buf: Vec<u8>, written: &mut u64, pool: &mut Pool| {
@@ -237,6 +246,7 @@ pub fn write_verified(
         };
         drop(jobs_tx);
         drop(to_hash);
+        drop(pool);
         let image = hasher.join().expect("the hasher does not panic");
         copied.map(|written| (written, image, frames.into_inner()))
     })?;
@@ -406,9 +416,10 @@ impl<R: Read> Frames<R> {
             return Ok(false);
         }
         let len = self.buffered.len();
-        self.buffered.resize(len + READ_SIZE, 0);
-        let n = read_full(&mut self.reader, &mut self.buffered[len..])?;
-        self.buffered.truncate(len + n);
+        (&mut self.reader)
+            .take(READ_SIZE as u64)
+            .read_to_end(&mut self.buffered)?;
+        let n = self.buffered.len() - len;
         self.ended = n < READ_SIZE;
         Ok(n > 0)
     }

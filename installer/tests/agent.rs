@@ -71,6 +71,12 @@ fn installs_the_image_with_its_seed_and_only_then_boot_code() {
     std::fs::write(source.join("seed/install.yaml"), "name: edge-1\n").unwrap();
     let disk = dir.path().join("disk.img");
     blank_disk(&disk, 1024);
+    // Old data where the ESP's free clusters will be (a disk is rarely all zeros).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&vec![0xa5; 24 << 20], 4 << 20).unwrap();
+    }
 
     let (code, out, err) = agent(&source, &disk, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -95,6 +101,27 @@ fn installs_the_image_with_its_seed_and_only_then_boot_code() {
         read_at(&disk, off, root.len()) == root,
         "root-a differs from root.img"
     );
+    // The ESP is a sound FAT filesystem holding UEFI GRUB and its environment, though its
+    // image stops after the last used block.
+    let (off, size) = partition(&disk, 1);
+    let esp = dir.path().join("esp.img");
+    std::fs::write(&esp, read_at(&disk, off, size as usize)).unwrap();
+    let fsck = std::process::Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&esp)
+        .output()
+        .expect("fsck.fat (dosfstools)");
+    assert!(fsck.status.success(), "{fsck:?}");
+    let dir_list = std::process::Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&esp)
+        .args(["::/EFI/BOOT", "::/grub"])
+        .output()
+        .expect("mdir (mtools)");
+    let listed = String::from_utf8_lossy(&dir_list.stdout);
+    for file in ["BOOTX64.EFI", "grubenv", "grub.cfg"] {
+        assert!(listed.contains(file), "{file} not on the ESP: {listed}");
+    }
     // BIOS boot code is in the MBR (GRUB's boot.img starts with a jump).
     let mbr = read_at(&disk, 0, 512);
     assert_eq!(mbr[0], 0xeb, "no boot code in the MBR");

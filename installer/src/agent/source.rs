@@ -60,7 +60,7 @@ pub trait Source: Send {
     }
     /// Opens a payload file as a stream.
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError>;
-    /// Reports progress (best effort: a lost report never fails the install).
+    /// Reports progress and logs it (best effort: a lost report never fails the install).
     fn report(&self, progress: &InstallProgress);
 }
 
@@ -122,6 +122,7 @@ impl Source for HttpSource {
     }
 
     fn report(&self, progress: &InstallProgress) {
+        log_progress(progress);
         let url = format!("{}/v1/install/progress", self.base);
         let sent = self
             .client
@@ -202,7 +203,7 @@ impl Source for DirSource {
 }
 
 /// The log line every report also produces.
-pub fn log_progress(p: &InstallProgress) {
+fn log_progress(p: &InstallProgress) {
     if p.step == InstallStep::Failed {
         tracing::error!(step = ?p.step, message = %p.message, "install failed");
     } else {

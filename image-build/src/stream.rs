@@ -162,11 +162,12 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Decompresses `compressed` into `dest`, checking the compressed bytes against
 /// `expect_compressed` (when given) and the image against `expect_image`. The image digest
 /// alone proves what was written: `None` saves hashing the payload a second time where
-/// only the written image matters (installs). Writes at most
-/// `limit` bytes. `progress` sees the running count of image bytes written.
+/// only the written image matters (installs). Writes at most `limit` bytes. `progress` sees
+/// the running count of image bytes written.
 ///
 /// The work is spread so the write keeps pace with a plain copy (`dd`): this thread reads,
-/// hashes the compressed bytes, cuts them into frames and writes the image in order; one
+/// hashes the compressed bytes (when asked), cuts them into frames and writes the image in
+/// order; one
 /// decoder thread per core decodes frames ([`compress_frames`] payloads; a single-frame
 /// payload is decoded here instead); a helper hashes the image bytes already written.
 /// Buffers are handed over and reused, never copied. The caller's reader and writer stay on

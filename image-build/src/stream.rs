@@ -504,11 +504,18 @@ mod tests {
         (image, compressed)
     }
 
+    /// The image's and the payload's digests.
+    fn digests(image: &[u8], compressed: &[u8]) -> (Digest, Digest) {
+        (
+            Digest::of_reader(image).unwrap(),
+            Digest::of_reader(compressed).unwrap(),
+        )
+    }
+
     #[test]
     fn an_intact_image_streams_and_verifies() {
         let (image, compressed) = sample();
-        let want = Digest::of_reader(&image[..]).unwrap();
-        let want_c = Digest::of_reader(&compressed[..]).unwrap();
+        let (want, want_c) = digests(&image, &compressed);
         let mut out = Vec::new();
         let mut last = 0;
         let got = write_verified(
@@ -604,8 +611,7 @@ mod tests {
     #[test]
     fn a_framed_image_streams_in_parallel_and_verifies() {
         let (image, compressed) = framed();
-        let want = Digest::of_reader(&image[..]).unwrap();
-        let want_c = Digest::of_reader(&compressed[..]).unwrap();
+        let (want, want_c) = digests(&image, &compressed);
         let mut out = Vec::new();
         let mut seen = Vec::new();
         // A reader that hands out odd-sized pieces, as a network stream does.
@@ -623,8 +629,7 @@ mod tests {
     #[test]
     fn a_damaged_or_truncated_framed_image_is_refused() {
         let (image, compressed) = framed();
-        let want = Digest::of_reader(&image[..]).unwrap();
-        let want_c = Digest::of_reader(&compressed[..]).unwrap();
+        let (want, want_c) = digests(&image, &compressed);
         let run = |payload: &[u8]| {
             write_verified(
                 payload,

@@ -161,8 +161,10 @@ impl Header {
 
 impl VerifiedHeader {
     /// Streams the payload (the rest of `reader`, positioned after the header) into `dest`,
-    /// decompressing and checking both digests of the signed manifest. `dest` holds an
-    /// untrusted image unless this returns `Ok`: the caller must not activate it otherwise.
+    /// decompressing and checking the image against the signed manifest's image digest:
+    /// that proves what `dest` holds, so the payload is not hashed a second time on the way
+    /// ([`verify`] checks both digests of a whole file). `dest` holds an untrusted image
+    /// unless this returns `Ok`: the caller must not activate it otherwise.
     pub fn write_root_image(
         &self,
         payload: impl Read,
@@ -173,7 +175,7 @@ impl VerifiedHeader {
         write_verified(
             payload,
             dest,
-            Some(&self.manifest.payload),
+            None,
             &self.manifest.root_image,
             limit,
             progress,

@@ -38,8 +38,8 @@ pub trait Target: Send {
     /// A sequential writer starting at `offset`.
     fn writer_at(&mut self, offset: u64) -> std::io::Result<&mut dyn Write>;
     /// A sequential writer for a whole image starting at `offset`. It makes long runs of
-    /// zeros read as zeros without writing them where the disk can, and starts writing back
-    /// to the disk as it goes (see [`ImageWriter`]).
+    /// zeros read as zeros without writing them where the disk can (a discard, or a hole in
+    /// a file), and starts writing back to the disk as it goes.
     fn image_writer_at(&mut self, offset: u64) -> Box<dyn Write + '_>;
     /// Flushes everything to stable storage.
     fn sync(&mut self) -> std::io::Result<()>;

@@ -170,8 +170,10 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// order; one
 /// decoder thread per core decodes frames ([`compress_frames`] payloads; a single-frame
 /// payload is decoded here instead); a helper hashes the image bytes already written.
-/// Buffers are handed over and reused, never copied. The caller's reader and writer stay on
-/// this thread, so they need not be `Send`.
+/// Buffers are handed over and reused, never copied; each `write` to `dest` gets one
+/// frame's image starting at an [`IMAGE_ALIGN`] boundary in memory, so `dest` may write it
+/// with direct I/O. The caller's reader and writer stay on this thread, so they need not be
+/// `Send`.
 pub fn write_verified(
     compressed: impl Read,
     dest: &mut impl Write,
@@ -192,9 +194,9 @@ pub fn write_verified(
     };
     // In flight at the decoders, queued at the hasher, and the one being written.
     let buffers = 2 * decoders + HASHER_BUFFERS + 1;
-    let (to_hash, hash_rx) = sync_channel::<Arc<Vec<u8>>>(HASHER_BUFFERS);
+    let (to_hash, hash_rx) = sync_channel::<Arc<ImageBuf>>(HASHER_BUFFERS);
     // Room for every buffer: the hasher never waits to hand one back.
-    let (hashed_tx, hashed) = sync_channel::<Arc<Vec<u8>>>(buffers);
+    let (hashed_tx, hashed) = sync_channel::<Arc<ImageBuf>>(buffers);
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(2 * decoders);
     let jobs_rx = Mutex::new(jobs_rx);
     let (written, image, outer) = std::thread::scope(|scope| {
@@ -202,8 +204,8 @@ pub fn write_verified(
             let mut ctx = Context::new(&SHA256);
             let mut count = 0u64;
             for buf in hash_rx {
-                ctx.update(&buf);
-                count += buf.len() as u64;
+                ctx.update(buf.bytes());
+                count += buf.bytes().len() as u64;
                 // The writer may have stopped early; then nobody wants the buffer back.
                 let _ = hashed_tx.send(buf);
             }
@@ -221,20 +223,21 @@ pub fn write_verified(
             limit: buffers,
             hashed,
         };
-        let mut sink = |buf: Vec<u8>, written: &mut u64, pool: &mut Pool| {
-            if buf.is_empty() {
+        let mut sink = |buf: ImageBuf, written: &mut u64, pool: &mut Pool| {
+            let len = buf.bytes().len() as u64;
+            if len == 0 {
                 pool.free.push(buf);
                 return Ok(());
             }
-            if *written + buf.len() as u64 > limit {
+            if *written + len > limit {
                 return Err(StreamError::TooLarge { limit });
             }
             let buf = Arc::new(buf);
             to_hash
                 .send(Arc::clone(&buf))
                 .expect("the hasher runs until we hang up");
-            dest.write_all(&buf).map_err(StreamError::Io)?;
-            *written += buf.len() as u64;
+            dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
+            *written += len;
             progress(*written);
             drop(buf);
             pool.reclaim();
@@ -265,7 +268,7 @@ pub fn write_verified(
 }
 
 /// A frame to decode, the buffer to decode it into, and where the result goes.
-type Job = (Vec<u8>, Vec<u8>, SyncSender<std::io::Result<Vec<u8>>>);
+type Job = (Vec<u8>, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
 
 /// A decoder thread: decodes frames until the jobs channel closes.
 fn decode_frames(jobs: &Mutex<Receiver<Job>>) {
@@ -282,11 +285,12 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>) {
                     .ok()
                     .flatten()
                     .unwrap_or(0) as usize;
-                out.clear();
-                out.reserve(size);
                 decoder
-                    .decompress_to_buffer(&frame[..], &mut out)
-                    .map(|_| out)
+                    .decompress_to_buffer(&frame[..], out.room(size))
+                    .map(|n| {
+                        out.set_len(n);
+                        out
+                    })
             }
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         };
@@ -301,7 +305,7 @@ fn copy_parallel<R: Read>(
     jobs: &SyncSender<Job>,
     depth: usize,
     pool: &mut Pool,
-    sink: &mut impl FnMut(Vec<u8>, &mut u64, &mut Pool) -> Result<(), StreamError>,
+    sink: &mut impl FnMut(ImageBuf, &mut u64, &mut Pool) -> Result<(), StreamError>,
 ) -> Result<u64, StreamError> {
     let mut in_flight = VecDeque::new();
     let mut written = 0u64;
@@ -340,57 +344,101 @@ fn copy_parallel<R: Read>(
 fn copy_sequential<R: Read>(
     frames: &mut Frames<R>,
     pool: &mut Pool,
-    sink: &mut impl FnMut(Vec<u8>, &mut u64, &mut Pool) -> Result<(), StreamError>,
+    sink: &mut impl FnMut(ImageBuf, &mut u64, &mut Pool) -> Result<(), StreamError>,
 ) -> Result<u64, StreamError> {
     let mut decoder =
         zstd::stream::read::Decoder::new(frames.as_reader()).map_err(StreamError::Io)?;
     let mut written = 0u64;
     loop {
         let mut buf = pool.take(true).expect("waits for a buffer");
-        buf.resize(FRAME_SIZE, 0);
-        let filled = read_full(&mut decoder, &mut buf).map_err(StreamError::Io)?;
+        let filled = read_full(&mut decoder, buf.room(FRAME_SIZE)).map_err(StreamError::Io)?;
         if filled == 0 {
             return Ok(written);
         }
-        buf.truncate(filled);
+        buf.set_len(filled);
         sink(buf, &mut written, pool)?;
+    }
+}
+
+/// Image bytes handed from decoding to writing and hashing. They start at a page boundary,
+/// so a writer can give them to the disk as they are (O_DIRECT) instead of copying them
+/// into the page cache first.
+struct ImageBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+/// Where the image bytes given to a writer start: a multiple of this. Direct I/O needs the
+/// page size, a multiple of every logical block size.
+pub const IMAGE_ALIGN: usize = 4096;
+
+impl ImageBuf {
+    fn with_room(room: usize) -> Self {
+        let storage = vec![0u8; room + IMAGE_ALIGN];
+        let start = storage.as_ptr().align_offset(IMAGE_ALIGN);
+        Self {
+            storage,
+            start,
+            len: 0,
+        }
+    }
+
+    /// `n` writable bytes at the aligned start; makes room when there is too little (only
+    /// frames larger than cairn's own need it).
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        if self.storage.len() - self.start < n {
+            *self = Self::with_room(n);
+        }
+        &mut self.storage[self.start..self.start + n]
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// The image bytes.
+    fn bytes(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
     }
 }
 
 /// Image buffers: reused once the hasher is done with them, at most `limit` allocated.
 struct Pool {
-    free: Vec<Vec<u8>>,
+    free: Vec<ImageBuf>,
     allocated: usize,
     limit: usize,
-    hashed: Receiver<Arc<Vec<u8>>>,
+    hashed: Receiver<Arc<ImageBuf>>,
 }
 
 impl Pool {
     /// A free buffer; when none is free and `limit` are allocated, waits for the hasher to
     /// return one if `wait`, else `None`.
-    fn take(&mut self, wait: bool) -> Option<Vec<u8>> {
+    fn take(&mut self, wait: bool) -> Option<ImageBuf> {
         self.reclaim();
         if let Some(buf) = self.free.pop() {
             return Some(buf);
         }
         if self.allocated < self.limit {
             self.allocated += 1;
-            return Some(Vec::with_capacity(FRAME_SIZE));
+            return Some(ImageBuf::with_room(FRAME_SIZE));
         }
         wait.then(|| {
             let back = self
                 .hashed
                 .recv()
                 .expect("the hasher runs until we hang up");
-            Arc::try_unwrap(back).expect("the writer released the buffer")
+            Arc::try_unwrap(back).unwrap_or_else(|_| unreachable!("the writer released the buffer"))
         })
     }
 
     /// Takes back what the hasher finished, without waiting.
     fn reclaim(&mut self) {
         while let Ok(back) = self.hashed.try_recv() {
-            self.free
-                .push(Arc::try_unwrap(back).expect("the writer released the buffer"));
+            self.free.push(
+                Arc::try_unwrap(back)
+                    .unwrap_or_else(|_| unreachable!("the writer released the buffer")),
+            );
         }
     }
 }

@@ -147,7 +147,7 @@ impl ImageWriter<'_> {
         if let Some(direct) = self.direct
             && whole > 0
             && bytes.as_ptr().align_offset(IMAGE_ALIGN) == 0
-            && offset % IMAGE_ALIGN as u64 == 0
+            && offset.is_multiple_of(IMAGE_ALIGN as u64)
         {
             match direct.write_all_at(&bytes[..whole], offset) {
                 Ok(()) => {

@@ -245,23 +245,9 @@ impl BootServer {
         server
     }
 
-    /// The log without terminal colour codes (tracing colours its fields even into a file).
+    /// The log (plain text: cairn logs without colour codes when stderr is not a terminal).
     fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cairn_api::{HardwareInventory, Heartbeat, Nic, NodeStatus, RegistrationRequest};
+use cairn_api::{DesiredState, HardwareInventory, Heartbeat, Nic, NodeStatus, RegistrationRequest};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use time::OffsetDateTime;
 
@@ -211,6 +211,15 @@ async fn offline_and_online_are_events(w: &World) {
     assert_eq!(kinds, ["registered", "online", "offline", "online"]);
 }
 
+/// What the hub wants of the appliance holding `peer` once it has beaten with `vtep`.
+async fn desired_after_beat(w: &World, peer: &PeerCert, vtep: Option<&str>) -> DesiredState {
+    w.fleet
+        .heartbeat(Some(peer), beat(vtep, 0))
+        .await
+        .unwrap()
+        .desired
+}
+
 async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
     let blue = w
         .fleet
@@ -246,12 +255,7 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
             .unwrap();
     }
     let (_, p0) = &apps[0];
-    let d0 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    let d0 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     let overlay = d0.overlay.clone().unwrap();
     assert_eq!(overlay.local_vtep, "192.0.2.1");
     assert_eq!(overlay.vpcs.len(), 1);
@@ -264,74 +268,38 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
         .attach(&w.admin, "blue", apps[2].0.appliance_id.as_str())
         .await
         .unwrap();
-    let d1 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    let d1 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     assert!(d1.generation > d0.generation);
     assert_eq!(
         d1.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
         ["192.0.2.2", "192.0.2.3"]
     );
     // A peer reports a new address: everyone's overlay follows.
-    w.fleet
-        .heartbeat(Some(&apps[1].1), beat(Some("192.0.2.22"), 0))
-        .await
-        .unwrap();
-    let d2 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    desired_after_beat(w, &apps[1].1, Some("192.0.2.22")).await;
+    let d2 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     assert!(d2.generation > d1.generation);
     assert_eq!(
         d2.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
         ["192.0.2.22", "192.0.2.3"]
     );
     // Unchanged inputs keep the generation.
-    let d3 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    let d3 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     assert_eq!(d3.generation, d2.generation);
     // Detach: gone from the peers, and the detached one has no overlay.
     w.fleet
         .detach(&w.admin, "blue", apps[2].0.appliance_id.as_str())
         .await
         .unwrap();
-    let d4 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    let d4 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     assert_eq!(
         d4.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
         ["192.0.2.22"]
     );
-    let d5 = w
-        .fleet
-        .heartbeat(Some(&apps[2].1), beat(Some("192.0.2.3"), 0))
-        .await
-        .unwrap()
-        .desired;
+    let d5 = desired_after_beat(w, &apps[2].1, Some("192.0.2.3")).await;
     assert_eq!(d5.overlay, None);
     // A peer whose VTEP setting was removed drops out of the others' peer lists.
-    w.fleet
-        .heartbeat(Some(&apps[1].1), beat(None, 0))
-        .await
-        .unwrap();
-    let d6 = w
-        .fleet
-        .heartbeat(Some(p0), beat(Some("192.0.2.1"), 0))
-        .await
-        .unwrap()
-        .desired;
+    desired_after_beat(w, &apps[1].1, None).await;
+    let d6 = desired_after_beat(w, p0, Some("192.0.2.1")).await;
     assert!(d6.generation > d4.generation);
     assert!(
         d6.overlay.as_ref().unwrap().vpcs[0].peer_vteps.is_empty(),

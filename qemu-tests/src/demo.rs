@@ -69,13 +69,13 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
     let provision_seconds = provision_started.elapsed().as_secs_f64();
 
     // Registration comes before the first heartbeat: give each appliance a moment to report
-    // its version and slot so the fleet view shows them.
+    // its version and slot so the fleet view shows them; then show the fleet.
     let netns = manifest.netns.clone();
-    let info2 = info.clone();
-    tokio::task::spawn_blocking(move || {
+    let hub = info.clone();
+    let view = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
-            let reported = services::hub_view(&netns, &info2).is_ok_and(|view| {
+            let reported = services::hub_view(&netns, &hub).is_ok_and(|view| {
                 view.values()
                     .all(|a| !a.pointer("/status/last_seen").is_none_or(|v| v.is_null()))
             });
@@ -84,21 +84,13 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
             }
             std::thread::sleep(Duration::from_secs(2));
         }
-    })
-    .await?;
-
-    say("the fleet, as the hub sees it (cairn hub appliances list)");
-    let netns = manifest.netns.clone();
-    let info2 = info.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        Services::hub_cli(&netns, &info2)
+        say("the fleet, as the hub sees it (cairn hub appliances list)");
+        let _ = Services::hub_cli(&netns, &hub)
             .args(["appliances", "list"])
-            .status()
+            .status();
+        services::hub_view(&netns, &hub)
     })
     .await?;
-    let netns = manifest.netns.clone();
-    let info2 = info.clone();
-    let view = tokio::task::spawn_blocking(move || services::hub_view(&netns, &info2)).await?;
     let registered = manifest
         .servers
         .iter()

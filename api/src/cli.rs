@@ -1,5 +1,5 @@
-//! The conventions every cairn binary shares: logging flags, one tracing setup, and one
-//! mapping from outcomes to exit codes.
+//! The conventions every cairn binary shares: logging flags, one tracing setup, one table
+//! printer, one error-chain printer and one mapping from outcomes to exit codes.
 //!
 //! Exit codes (also in README):
 //! - 0: everything asked for succeeded;
@@ -190,4 +190,24 @@ pub fn finish<E: Display>(result: Result<Exit, E>) -> ExitCode {
             Exit::Failed.into()
         }
     }
+}
+
+/// Rows as aligned columns under upper-case headers, no borders, never wrapped (scripts may
+/// cut columns); each line ends with a newline and no trailing blanks.
+pub fn table<R, C>(headers: &[&str], rows: R) -> String
+where
+    R: IntoIterator<Item = Vec<C>>,
+    C: Into<comfy_table::Cell>,
+{
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.iter().map(|h| h.to_uppercase()));
+    for row in rows {
+        t.add_row(row);
+    }
+    // The preset pads every cell by one blank on each side: drop the first and the trailing.
+    t.lines()
+        .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(&l).trim_end()))
+        .collect()
 }

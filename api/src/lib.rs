@@ -19,6 +19,7 @@
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
 //! binaries; the wire types never depend on it.
 
+pub mod hub;
 mod heartbeat;
 mod identity;
 mod install;
@@ -39,6 +40,22 @@ pub use inventory::{Cpu, Disk, HardwareInventory, Nic};
 pub use overlay::{OverlayDocument, VpcMembership};
 pub use registration::{RegistrationRequest, RegistrationResponse};
 pub use upgrade::{MaintenanceWindow, UpgradeOrder, UpgradePhase, UpgradeReport};
+
+/// An error with its causes, "outer: inner: root", for messages and logs that must say why.
+/// A cause whose text the message already holds (a `transparent` wrapper) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// The API version every path is served under (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -243,3 +243,20 @@ fn fingerprints_accept_the_spellings_operators_paste() {
         assert!(err.to_string().contains("64 hex digits"), "{err}");
     }
 }
+
+#[test]
+fn maintenance_windows_parse_or_say_what_is_wrong() {
+    let w = MaintenanceWindow::parse("22:00-04:30").unwrap();
+    assert_eq!((w.start.as_str(), w.end.as_str()), ("22:00", "04:30"));
+    assert!(
+        MaintenanceWindow::parse("22:00")
+            .unwrap_err()
+            .contains("HH:MM-HH:MM")
+    );
+    assert!(
+        MaintenanceWindow::parse("24:00-01:00")
+            .unwrap_err()
+            .contains("\"24:00\"")
+    );
+    assert!(MaintenanceWindow::parse("2:00-01:00").is_err());
+}

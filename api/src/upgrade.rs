@@ -49,6 +49,34 @@ pub struct MaintenanceWindow {
     pub end: String,
 }
 
+impl MaintenanceWindow {
+    /// Parses `HH:MM-HH:MM` (00:00 to 23:59 each; may span midnight).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (start, end) = s
+            .split_once('-')
+            .ok_or_else(|| format!("window {s:?}: expected HH:MM-HH:MM"))?;
+        for t in [start, end] {
+            let ok = t.len() == 5
+                && t.as_bytes()[2] == b':'
+                && t[..2]
+                    .bytes()
+                    .chain(t[3..].bytes())
+                    .all(|b| b.is_ascii_digit())
+                && t[..2].parse::<u8>().is_ok_and(|h| h < 24)
+                && t[3..].parse::<u8>().is_ok_and(|m| m < 60);
+            if !ok {
+                return Err(format!(
+                    "window {s:?}: {t:?} is not a time HH:MM (00:00 to 23:59)"
+                ));
+            }
+        }
+        Ok(Self {
+            start: start.into(),
+            end: end.into(),
+        })
+    }
+}
+
 /// Where an appliance is with its last upgrade order, reported in [`crate::NodeStatus`]. A
 /// report, so unknown fields are tolerated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -131,7 +131,7 @@ impl FirmwareArgs {
         let profiles = match load_all(self.profiles.as_deref()) {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                eprintln!("error: {}", cairn_hardware::fleet::error_chain(&e));
+                eprintln!("error: {}", cairn_api::error_chain(&e));
                 return Ok(Exit::InvalidInput);
             }
         };

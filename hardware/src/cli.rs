@@ -120,7 +120,7 @@ impl ConnectArgs {
                     InputError("--bmc needs --password-file (passwords are never taken from the command line)".into())
                 })?;
                 let credentials = Credentials::from_file(file, address.user.as_deref())
-                    .map_err(|e| InputError(fleet::error_chain(&e)))?;
+                    .map_err(|e| InputError(cairn_api::error_chain(&e)))?;
                 Ok(vec![Target {
                     name: address.host.clone(),
                     address,
@@ -129,7 +129,7 @@ impl ConnectArgs {
                 }])
             }
             (None, Some(path)) => {
-                let rack = Rack::load(path).map_err(|e| InputError(fleet::error_chain(&e)))?;
+                let rack = Rack::load(path).map_err(|e| InputError(cairn_api::error_chain(&e)))?;
                 let servers = rack
                     .select(&self.only)
                     .map_err(|e| InputError(e.to_string()))?;
@@ -138,7 +138,7 @@ impl ConnectArgs {
                     .map(|s| Target {
                         name: s.name.clone(),
                         address: s.bmc.clone(),
-                        credentials: rack.credentials(s).map_err(|e| fleet::error_chain(&e)),
+                        credentials: rack.credentials(s).map_err(|e| cairn_api::error_chain(&e)),
                         fingerprint: s.tls_fingerprint.clone(),
                     })
                     .collect())
@@ -523,7 +523,7 @@ fn check(name: &str, r: Result<String, BmcError>) -> Check {
         Err(e) => Check {
             check: name.into(),
             result: "fail",
-            detail: fleet::error_chain(&e),
+            detail: cairn_api::error_chain(&e),
         },
     }
 }
@@ -617,5 +617,5 @@ pub async fn conformance(b: &dyn Bmc, destructive: bool, media_url: Option<&str>
 }
 
 fn clone_err(e: &BmcError) -> BmcError {
-    BmcError::Invalid(fleet::error_chain(e))
+    BmcError::Invalid(cairn_api::error_chain(e))
 }

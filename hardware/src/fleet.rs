@@ -65,21 +65,6 @@ impl<T> Outcome<T> {
     }
 }
 
-/// The error with its causes, "outer: inner: root".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// A boxed operation on one BMC; the second argument is the server's name.
 pub type Operation<T> = Arc<
     dyn Fn(Arc<dyn Bmc>, String) -> Pin<Box<dyn Future<Output = Result<T, BmcError>> + Send>>
@@ -112,12 +97,12 @@ pub async fn run<T: Send + 'static>(
             let result: Result<T, String> = async {
                 let credentials = target.credentials.clone()?;
                 let bmc: Arc<dyn Bmc> = Arc::from(
-                    connect(&target.address, credentials, &options).map_err(|e| error_chain(&e))?,
+                    connect(&target.address, credentials, &options).map_err(|e| cairn_api::error_chain(&e))?,
                 );
                 let result =
                     match tokio::time::timeout(timeout, op(bmc.clone(), target.name.clone())).await
                     {
-                        Ok(r) => r.map_err(|e| error_chain(&e)),
+                        Ok(r) => r.map_err(|e| cairn_api::error_chain(&e)),
                         Err(_) => Err(format!(
                             "no result within {:.1} s (per-BMC timeout)",
                             timeout.as_secs_f64()

@@ -14,17 +14,6 @@ use cairn_hardware::redfish::{RedfishBmc, RedfishOptions};
 use cairn_hardware::tls::{self, Trust};
 use common::{Peer, Sushy, SushyDriver, free_tcp_port, poll};
 
-/// The error with its causes, as `cairn` prints it.
-fn chain(e: &BmcError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
-}
-
 fn bmc(url: &str, password: &str) -> RedfishBmc {
     bmc_with(url, password, RedfishOptions::default())
 }
@@ -348,7 +337,7 @@ async fn tls_pinning_trust_on_first_use_and_refusal() {
     let e = with(Trust::System).power_state().await.unwrap_err();
     assert!(matches!(e, BmcError::Transport { .. }), "{e}");
     if let Err(e) = with(Trust::Fingerprint(fp.clone())).power_state().await {
-        panic!("pinned fingerprint refused: {}", chain(&e));
+        panic!("pinned fingerprint refused: {}", cairn_api::error_chain(&e));
     }
     let wrong = "00".repeat(32);
     let e = with(Trust::Fingerprint(wrong))
@@ -356,12 +345,12 @@ async fn tls_pinning_trust_on_first_use_and_refusal() {
         .await
         .unwrap_err();
     assert!(
-        chain(&e).contains("does not match the pinned"),
+        cairn_api::error_chain(&e).contains("does not match the pinned"),
         "{}",
-        chain(&e)
+        cairn_api::error_chain(&e)
     );
     if let Err(e) = with(Trust::CaBundle(ca)).power_state().await {
-        panic!("site CA refused: {}", chain(&e));
+        panic!("site CA refused: {}", cairn_api::error_chain(&e));
     }
     assert!(with(Trust::Insecure).power_state().await.is_ok());
 
@@ -380,5 +369,5 @@ async fn tls_pinning_trust_on_first_use_and_refusal() {
         .power_state()
         .await
         .unwrap_err();
-    assert!(chain(&e).contains("does not match"), "{}", chain(&e));
+    assert!(cairn_api::error_chain(&e).contains("does not match"), "{}", cairn_api::error_chain(&e));
 }

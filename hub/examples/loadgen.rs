@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use cairn_hub_client::tls::{self, Trust, client_config};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde_json::{Value, json};
 
@@ -53,7 +54,7 @@ struct Args {
 
 fn client(ca: &str, pool: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(cairn_hub::client::tls_config(ca, None)?)
+        .tls_backend_preconfigured(client_config(&Trust::CaBundle(ca.into()), None)?.0)
         .pool_max_idle_per_host(pool)
         .timeout(Duration::from_secs(30))
         .build()?)
@@ -257,7 +258,11 @@ fn beat_shard(
         let sem = Arc::new(tokio::sync::Semaphore::new(32));
         let mut set = tokio::task::JoinSet::new();
         for (n, url, cert, key) in shard {
-            let config = Arc::new(cairn_hub::client::tls_config(ca, Some((&cert, &key)))?);
+            let identity = tls::Identity {
+                certificate_pem: cert,
+                key_pem: key,
+            };
+            let config = Arc::new(client_config(&Trust::CaBundle(ca.into()), Some(&identity))?.0);
             let sem = sem.clone();
             set.spawn(async move {
                 let _permit = sem.acquire().await?;

@@ -184,7 +184,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::fleet::{Caller, CreateEnrollmentToken, Fleet, FleetSettings};
+    use crate::fleet::{Caller, Fleet, FleetSettings};
+    use cairn_api::hub::CreateEnrollmentToken;
     use crate::store::embedded::EmbeddedStore;
 
     #[derive(Debug, Clone)]
@@ -427,11 +428,22 @@ mod tests {
             .show_appliance(&w.admin, a.appliance_id.as_str())
             .await
             .unwrap();
-        let join = view.appliance.desired.join.clone().unwrap();
+        let shown = view.desired.join.clone().unwrap();
+        assert_eq!(shown.api_server_url, api.url);
+        assert_eq!(shown.revision, 1);
+        assert!(view.desired.generation > a.desired.generation);
+        // The bootstrap token is the appliance's alone: in its record, not in the view.
+        let record = w.fleet.record(&a.appliance_id).await.unwrap();
+        let join = record.desired.join.clone().unwrap();
         assert_eq!(join.api_server_url, api.url);
         assert_eq!(join.ca_bundle_pem, api.ca_pem);
         assert_eq!(join.revision, 1);
-        assert!(view.appliance.desired.generation > a.desired.generation);
+        assert!(
+            !serde_json::to_string(&view)
+                .unwrap()
+                .contains(&join.bootstrap_token),
+            "the operator view holds the bootstrap token"
+        );
 
         // A later registration in the site joins at registration, in its first desired state.
         let b = register(&w, "north", "N-2").await;
@@ -472,7 +484,7 @@ mod tests {
             .show_appliance(&w.admin, a.appliance_id.as_str())
             .await
             .unwrap();
-        assert_eq!(view.appliance.desired.join, None);
+        assert_eq!(view.desired.join, None);
         let audit = w
             .fleet
             .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100)

@@ -5,6 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use cairn_api::hub::TokenRefusal;
+use cairn_api::hub::{
+    ApplianceView, AssignResult, CreateEnrollmentToken, EnrollmentTokenView, NewToken,
+    OperatorTokenView, Renewal, TokenCheck,
+};
 use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
     RegistrationResponse,
@@ -24,7 +29,6 @@ use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
 
 mod upgrade;
-pub use upgrade::{BatchProgress, CampaignView, CreateCampaign};
 
 /// Everything that can go wrong in a hub operation, each mapped to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +55,7 @@ pub enum FleetError {
     #[error("{message}")]
     NotFound {
         /// Error code.
-        code: &'static str,
+        code: cairn_api::hub::ErrorCode,
         /// Human text.
         message: String,
     },
@@ -76,34 +80,6 @@ pub enum FleetError {
     /// Too much contention on one record (503); the client should retry.
     #[error("too many concurrent changes to {0}; retry")]
     Contended(String),
-}
-
-/// Why an enrollment token was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenRefusal {
-    /// Not `cairn-et.<id>.<secret>`.
-    Malformed,
-    /// No such token, or the secret does not match.
-    Unknown,
-    /// Past its TTL.
-    Expired,
-    /// Revoked by an operator.
-    Revoked,
-    /// All uses taken.
-    UsedUp,
-}
-
-impl std::fmt::Display for TokenRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenRefusal::Malformed => "malformed",
-            TokenRefusal::Unknown => "unknown",
-            TokenRefusal::Expired => "expired",
-            TokenRefusal::Revoked => "revoked",
-            TokenRefusal::UsedUp => "used_up",
-        })
-    }
 }
 
 /// Tunables of the fleet logic.
@@ -193,77 +169,6 @@ impl Caller {
             )))
         }
     }
-}
-
-/// A token as shown once at creation: `prefix.id.secret`.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewToken<T> {
-    /// The full token; shown only now.
-    pub token: String,
-    /// What was stored.
-    #[serde(flatten)]
-    pub record: T,
-}
-
-/// `POST /v1/tokens` body.
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnrollmentToken {
-    /// Site appliances join.
-    pub site: String,
-    /// Validity in seconds.
-    #[serde(default = "default_ttl")]
-    pub ttl_seconds: u64,
-    /// Registrations allowed.
-    #[serde(default = "default_max_uses")]
-    pub max_uses: u32,
-    /// Labels given to enrolled appliances.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-fn default_ttl() -> u64 {
-    24 * 3600
-}
-fn default_max_uses() -> u32 {
-    1
-}
-
-/// The answer to a token check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct TokenCheck {
-    /// Whether a registration with it would be accepted now.
-    pub valid: bool,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<TokenRefusal>,
-    /// Site it enrolls into, when valid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-}
-
-/// `POST /v1/renewals` answer.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Renewal {
-    /// New client certificate, PEM.
-    pub certificate_pem: String,
-    /// Hub CA, PEM.
-    pub ca_bundle_pem: String,
-    /// End of validity.
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-}
-
-/// An appliance with its latest status, as operators see it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ApplianceView {
-    /// The record.
-    #[serde(flatten)]
-    pub appliance: Appliance,
-    /// `online`, `offline` or `registered` (no heartbeat yet).
-    pub state: String,
-    /// Latest heartbeat.
-    pub status: Option<Status>,
 }
 
 const MAX_RETRIES: usize = 16;
@@ -361,15 +266,6 @@ fn validate_name(what: &str, name: &str) -> Result<(), FleetError> {
             "{what} {name:?}: 1-63 characters of a-z, 0-9 and '-'"
         )))
     }
-}
-
-/// `POST /v1/control-planes/{name}/assign` answer: per-appliance results.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct AssignResult {
-    /// Appliances that got a join bundle.
-    pub assigned: Vec<ApplianceId>,
-    /// Appliances that could not be joined, with the reason.
-    pub failed: Vec<(ApplianceId, String)>,
 }
 
 /// Lifetime of kubelet bootstrap tokens minted for appliances.
@@ -510,6 +406,16 @@ impl Fleet {
         Ok(Some(token.token))
     }
 
+    /// The stored record of an appliance, secrets included: for tests that check what only
+    /// the appliance itself is sent.
+    #[cfg(test)]
+    pub(crate) async fn record(&self, id: &ApplianceId) -> Option<Appliance> {
+        self.get(&format!("{}{id}", keys::APPLIANCES))
+            .await
+            .unwrap()
+            .map(|(_, a)| a)
+    }
+
     /// Authenticates a bearer token.
     pub async fn authenticate(&self, bearer: &str, source: &str) -> Result<Caller, FleetError> {
         let refuse = || FleetError::Unauthenticated("the bearer token is not valid".into());
@@ -534,7 +440,7 @@ impl Fleet {
         name: &str,
         role: Role,
         site: Option<String>,
-    ) -> Result<NewToken<OperatorToken>, FleetError> {
+    ) -> Result<NewToken<OperatorTokenView>, FleetError> {
         let id = random_hex(6);
         let secret = random_hex(20);
         let record = OperatorToken {
@@ -562,7 +468,7 @@ impl Fleet {
             .await?;
         Ok(NewToken {
             token: format!("cairn-op.{id}.{secret}"),
-            record,
+            view: (&record).into(),
         })
     }
 
@@ -573,7 +479,7 @@ impl Fleet {
         name: &str,
         role: Role,
         site: Option<String>,
-    ) -> Result<NewToken<OperatorToken>, FleetError> {
+    ) -> Result<NewToken<OperatorTokenView>, FleetError> {
         let me = caller.require(Role::Admin)?;
         if let Some(mine) = &me.site
             && site.as_ref() != Some(mine)
@@ -609,7 +515,7 @@ impl Fleet {
         let key = format!("{}{id}", keys::OPERATOR_TOKENS);
         let (version, token): (_, OperatorToken) =
             self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                code: "operator_token_unknown",
+                code: cairn_api::hub::ErrorCode::OperatorTokenUnknown,
                 message: format!("no operator token {id:?}"),
             })?;
         if let Some(site) = &token.site {
@@ -647,7 +553,7 @@ impl Fleet {
         &self,
         caller: &Caller,
         req: CreateEnrollmentToken,
-    ) -> Result<NewToken<EnrollmentToken>, FleetError> {
+    ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
         caller.require(Role::Operator)?;
         validate_name("site", &req.site)?;
         caller.check_site(&req.site)?;
@@ -684,7 +590,7 @@ impl Fleet {
             .await?;
         Ok(NewToken {
             token: format!("cairn-et.{id}.{secret}"),
-            record,
+            view: (&record).into(),
         })
     }
 
@@ -713,7 +619,7 @@ impl Fleet {
         for _ in 0..MAX_RETRIES {
             let (version, mut token): (_, EnrollmentToken) =
                 self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                    code: "token_unknown",
+                    code: cairn_api::hub::ErrorCode::Token(cairn_api::hub::TokenRefusal::Unknown),
                     message: format!("no enrollment token {id:?}"),
                 })?;
             caller.check_site(&token.site)?;
@@ -949,7 +855,7 @@ impl Fleet {
             .get(&format!("{}{id}", keys::APPLIANCES))
             .await?
             .ok_or_else(|| FleetError::NotFound {
-                code: "appliance_unknown",
+                code: cairn_api::hub::ErrorCode::ApplianceUnknown,
                 message: format!("appliance {id} is not registered (deleted?); register again"),
             })?;
         let current = same_digest(&appliance.cert_sha256, &peer.sha256)
@@ -1072,7 +978,7 @@ impl Fleet {
         for _ in 0..MAX_RETRIES {
             let (version, mut a): (_, Appliance) =
                 self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                    code: "appliance_unknown",
+                    code: cairn_api::hub::ErrorCode::ApplianceUnknown,
                     message: format!("appliance {id} is not registered"),
                 })?;
             a.vtep_address = vtep.clone();
@@ -1226,19 +1132,6 @@ impl Fleet {
 
     // ---- appliances -------------------------------------------------------------------
 
-    fn view(appliance: Appliance, status: Option<Status>) -> ApplianceView {
-        let state = match &status {
-            None => "registered",
-            Some(s) if s.online => "online",
-            Some(_) => "offline",
-        };
-        ApplianceView {
-            appliance,
-            state: state.into(),
-            status,
-        }
-    }
-
     /// Appliances in scope, optionally of one site (viewer).
     pub async fn list_appliances(
         &self,
@@ -1260,7 +1153,7 @@ impl Fleet {
             .filter(|a| caller.sees(&a.site) && site.is_none_or(|s| s == a.site))
             .map(|a| {
                 let status = statuses.remove(a.id.as_str());
-                Self::view(a, status)
+                crate::views::appliance(&a, status.as_ref())
             })
             .collect())
     }
@@ -1285,7 +1178,7 @@ impl Fleet {
         id: &str,
     ) -> Result<(u64, Appliance), FleetError> {
         let not_found = || FleetError::NotFound {
-            code: "appliance_unknown",
+            code: cairn_api::hub::ErrorCode::ApplianceUnknown,
             message: format!("no appliance {id:?}"),
         };
         let (version, a): (_, Appliance) = self
@@ -1311,7 +1204,7 @@ impl Fleet {
             .get::<Status>(&format!("{}{id}", keys::STATUS))
             .await?
             .map(|(_, s)| s);
-        Ok(Self::view(a, status))
+        Ok(crate::views::appliance(&a, status.as_ref()))
     }
 
     /// Sets labels (operator, in scope): `Some(v)` sets, `None` removes.
@@ -1465,7 +1358,7 @@ impl Fleet {
                 self.get(&vpc_key)
                     .await?
                     .ok_or_else(|| FleetError::NotFound {
-                        code: "vpc_unknown",
+                        code: cairn_api::hub::ErrorCode::VpcUnknown,
                         message: format!("no VPC {vpc_name:?}"),
                     })?;
             let (app_version, mut a) = self.appliance_in_scope(caller, id).await?;
@@ -1604,7 +1497,7 @@ impl Fleet {
         let key = format!("{}{name}", keys::CONTROL_PLANES);
         let (version, mut cp): (_, ControlPlane) =
             self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                code: "control_plane_unknown",
+                code: cairn_api::hub::ErrorCode::ControlPlaneUnknown,
                 message: format!("no control plane {name:?}"),
             })?;
         cp.site = site;
@@ -1686,7 +1579,7 @@ impl Fleet {
         for _ in 0..MAX_RETRIES {
             let Some((version, mut a)) = self.get::<Appliance>(&key).await? else {
                 return Err(FleetError::NotFound {
-                    code: "appliance_unknown",
+                    code: cairn_api::hub::ErrorCode::ApplianceUnknown,
                     message: format!("appliance {id} vanished"),
                 });
             };

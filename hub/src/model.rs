@@ -1,12 +1,14 @@
 //! Records the hub keeps in its store, and the keys they live under. JSON-encoded, so an
 //! operator can read them with `etcdctl get` and a newer hub can add fields.
+//!
+//! Records never leave the hub as they are: answers are `cairn_api::hub` views, made in
+//! [`crate::views`]. Value types that hold nothing secret (roles, selectors, campaign
+//! members and states) are `cairn_api`'s own and shared by both.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_api::{
-    ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus,
-    UpgradePhase,
-};
+pub use cairn_api::hub::{CampaignMember, CampaignState, MemberState, Pacing, Role, Selector};
+use cairn_api::{ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -38,30 +40,6 @@ pub mod keys {
     pub const RELEASES: &str = "releases/";
     /// `campaigns/<name>` -> [`super::Campaign`].
     pub const CAMPAIGNS: &str = "campaigns/";
-}
-
-/// An operator's role; each includes the ones before it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads everything in scope.
-    Viewer,
-    /// Also changes appliances, enrollment tokens, VPCs, assignments.
-    Operator,
-    /// Also manages operator tokens and control planes.
-    Admin,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        })
-    }
 }
 
 /// An operator bearer token, stored by ID with only the hash of its secret.
@@ -272,134 +250,6 @@ pub struct Release {
     pub added_by: String,
 }
 
-/// Which appliances a campaign covers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Selector {
-    /// Only this site.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-    /// Only appliances carrying all these labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Selector {
-    /// Whether the appliance is covered.
-    pub fn matches(&self, a: &Appliance) -> bool {
-        self.site.as_ref().is_none_or(|s| s == &a.site)
-            && self.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
-    }
-}
-
-/// Where a campaign is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CampaignState {
-    /// Made, not started: members listed, nothing ordered.
-    Created,
-    /// Ordering batch after batch.
-    Running,
-    /// Orders no new appliance (by an operator, or by itself on too many failures); those
-    /// already ordered carry on and are recorded.
-    Paused,
-    /// Every member finished.
-    Completed,
-    /// Stopped for good; orders not yet acted on were withdrawn.
-    Aborted,
-}
-
-impl CampaignState {
-    /// The kebab-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Completed => "completed",
-            Self::Aborted => "aborted",
-        }
-    }
-}
-
-/// Where one appliance is within a campaign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MemberState {
-    /// Its batch has not started.
-    Pending,
-    /// Its desired state carries the order; `phase` says what the node last reported.
-    Ordered,
-    /// The node reported `committed` on the release version.
-    Committed,
-    /// It failed (rolled back, interrupted, refused, failed, deadline, unexpected version).
-    Failed,
-    /// Never ordered: quarantined, flagged, already on the version, or the campaign was
-    /// aborted first.
-    Skipped,
-}
-
-impl MemberState {
-    /// Whether nothing more will happen to this member.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Committed | Self::Failed | Self::Skipped)
-    }
-    /// The kebab-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Ordered => "ordered",
-            Self::Committed => "committed",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
-/// One appliance of a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CampaignMember {
-    /// The appliance.
-    pub appliance: ApplianceId,
-    /// Batch index; batch 0 holds the canaries when there are any.
-    pub batch: u32,
-    /// Where it is.
-    pub state: MemberState,
-    /// The node's last reported phase for this order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<UpgradePhase>,
-    /// Why it failed or was skipped.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    /// The OS version it ran when ordered: coming back on it after a failure is expected,
-    /// on anything else but the release is not.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from_version: String,
-    /// When it was ordered.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ordered_at: Option<OffsetDateTime>,
-    /// When it finished.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub finished_at: Option<OffsetDateTime>,
-}
-
-/// How a campaign paces itself after the canaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind", content = "n")]
-pub enum Pacing {
-    /// Fixed batches of N: the next starts when every member of the current one finished.
-    BatchSize(u32),
-    /// A rolling window: at most N appliances in progress at any time.
-    MaxConcurrency(u32),
-}
-
 /// A rollout of one release to the appliances a selector picked when it was created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Campaign {
@@ -452,4 +302,13 @@ impl Campaign {
             .filter(|m| m.state == MemberState::Failed)
             .count()
     }
+}
+
+/// Whether a campaign's selector covers the appliance.
+pub fn selects(selector: &Selector, a: &Appliance) -> bool {
+    selector.site.as_ref().is_none_or(|s| s == &a.site)
+        && selector
+            .labels
+            .iter()
+            .all(|(k, v)| a.labels.get(k) == Some(v))
 }

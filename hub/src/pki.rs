@@ -42,11 +42,12 @@ pub enum CsrError {
 
 impl CsrError {
     /// The API error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> cairn_api::hub::ErrorCode {
+        use cairn_api::hub::ErrorCode;
         match self {
-            CsrError::Invalid(_) => "csr_invalid",
-            CsrError::WeakKey(_) => "csr_weak_key",
-            CsrError::SubjectMismatch { .. } => "csr_subject_mismatch",
+            CsrError::Invalid(_) => ErrorCode::CsrInvalid,
+            CsrError::WeakKey(_) => ErrorCode::CsrWeakKey,
+            CsrError::SubjectMismatch { .. } => ErrorCode::CsrSubjectMismatch,
         }
     }
 }
@@ -402,7 +403,7 @@ mod tests {
     fn refuses_a_mismatched_subject() {
         let key = KeyPair::generate().unwrap();
         let err = check_csr(&csr("someone-else", &key), "edge-1").unwrap_err();
-        assert_eq!(err.code(), "csr_subject_mismatch");
+        assert_eq!(err.code().as_str(), "csr_subject_mismatch");
     }
 
     #[test]
@@ -417,18 +418,18 @@ mod tests {
         let last = der.len() - 3;
         der[last] ^= 0x01;
         let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
-        assert_eq!(check_csr(&pem, "edge-1").unwrap_err().code(), "csr_invalid");
+        assert_eq!(check_csr(&pem, "edge-1").unwrap_err().code().as_str(), "csr_invalid");
     }
 
     #[test]
     fn refuses_a_weak_rsa_key() {
         // A 1024-bit RSA CSR made with `openssl req -new -newkey rsa:1024 -nodes -subj /CN=edge-1`.
         let pem = include_str!("../tests/fixtures/csr-rsa1024.pem");
-        assert_eq!(check_csr(pem, "edge-1").unwrap_err().code(), "csr_weak_key");
+        assert_eq!(check_csr(pem, "edge-1").unwrap_err().code().as_str(), "csr_weak_key");
     }
 
     #[test]
     fn refuses_garbage() {
-        assert_eq!(check_csr("hello", "x").unwrap_err().code(), "csr_invalid");
+        assert_eq!(check_csr("hello", "x").unwrap_err().code().as_str(), "csr_invalid");
     }
 }

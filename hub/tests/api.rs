@@ -519,7 +519,7 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        hub: cairn_hub::client::HubArgs,
+        hub: cairn_hub_client::cli::HubArgs,
     }
     let hub = Hub::start(&[]);
     let dir = tempfile::tempdir().unwrap();

@@ -749,7 +749,7 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        hub: cairn_hub::client::HubArgs,
+        hub: cairn_hub_client::cli::HubArgs,
     }
     let releases = Releases::new();
     let hub = hub_trusting(&releases);

@@ -32,7 +32,7 @@ enum Command {
     /// Build appliance images and sign update bundles.
     Image(cairn_image_build::cli::ImageArgs),
     /// Talk to a cairn hub.
-    Hub(cairn_hub::client::HubArgs),
+    Hub(cairn_hub_client::cli::HubArgs),
 }
 
 impl Cli {

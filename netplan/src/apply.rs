@@ -341,20 +341,9 @@ pub async fn restore<N: Netlink>(nl: &mut N, state: &NetState, store: &Store) ->
         Ok(()) => Restored::Yes,
         Err(e) => {
             tracing::error!(error = %e, "rollback failed");
-            Restored::No(error_chain(&e))
+            Restored::No(cairn_api::error_chain(&e))
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn restore_inner<N: Netlink>(

@@ -123,7 +123,7 @@ impl NetArgs {
         Ok(match self.run_inner().await {
             Ok(exit) => exit,
             Err(e) => {
-                eprintln!("error: {}", chain(&e));
+                eprintln!("error: {}", cairn_api::error_chain(&e));
                 match e {
                     NetError::Load(_)
                     | NetError::Document { .. }
@@ -342,13 +342,3 @@ impl NetArgs {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

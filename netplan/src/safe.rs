@@ -109,24 +109,13 @@ pub async fn run_probe(probe: &Probe) -> Result<(), String> {
                 .get(url)
                 .send()
                 .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+                .map_err(|e| format!("GET {url}: {}", cairn_api::error_chain(&e)))?;
             if resp.status().as_u16() >= 400 {
                 return Err(format!("GET {url}: HTTP {}", resp.status()));
             }
             Ok(())
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// rustls with ring and the system's CA bundle (`/etc/ssl/certs`), verification on.

@@ -294,7 +294,7 @@ async fn upgrade(root: &std::path::Path, command: UpgradeCommand) -> anyhow::Res
                     )
                 }
             };
-            let (tls, _) = crate::hub::tls_config(&trust, identity.as_ref(), &Default::default())?;
+            let (tls, _) = cairn_hub_client::tls::client_config(&trust, identity.as_ref())?;
             upgrader.set_tls(tls);
             upgrader.at_start();
             let result = upgrader.drive(Some(&order)).await;

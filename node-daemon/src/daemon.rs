@@ -425,14 +425,14 @@ impl<N: Network> Daemon<N> {
             }),
         )?;
         self.hub = Some(hub.clone());
-        let tls = crate::hub::tls_config(
+        let tls = cairn_hub_client::tls::client_config(
             &Trust::CaBundle(identity.ca_bundle_pem.clone()),
             Some(&ClientIdentity {
                 certificate_pem: identity.certificate_pem.clone(),
                 key_pem: identity.key_pem.clone(),
             }),
-            &Default::default(),
-        )?
+        )
+        .map_err(|e| HubError::Tls(cairn_api::error_chain(&e)))?
         .0;
         self.upgrade_input.send_modify(|i| i.tls = Some(tls));
         Ok(hub)

@@ -371,7 +371,9 @@ async fn check_hub(form: &SetupForm) -> Result<(), StepError> {
             step: "Checking the token",
             message: format!(
                 "the hub does not accept this token ({})",
-                check.reason.unwrap_or_else(|| "no reason given".into())
+                check
+                    .reason
+                    .map_or_else(|| "no reason given".into(), |r| r.to_string())
             ),
             hint: "ask the fleet operator for a new enrollment token",
         });

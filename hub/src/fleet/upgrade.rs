@@ -19,110 +19,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use cairn_api::hub::{CampaignView, CreateCampaign};
 use cairn_api::{ApplianceId, MaintenanceWindow, UpgradeOrder, UpgradePhase};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Fleet, FleetError, MAX_RETRIES, encode, now, validate_name};
 use crate::model::{
     Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Role,
-    Selector, Status, keys,
+    Status, keys,
 };
 use crate::store::{Check, Op};
 
 /// Actor name of the campaign driver in the audit log and events.
 const DRIVER: &str = "hub:campaign-driver";
-
-/// `POST /v1/campaigns` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCampaign {
-    /// Unique name (1-63 of a-z, 0-9, '-').
-    pub name: String,
-    /// Release version to roll out.
-    pub release: String,
-    /// Which appliances.
-    #[serde(default)]
-    pub selector: Selector,
-    /// Canaries first (batch 0).
-    #[serde(default)]
-    pub canaries: u32,
-    /// Fixed batches of this size (default 1 when neither is given).
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    /// Or a rolling window of at most this many in progress.
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// Pause when more than this many members failed (default 0).
-    #[serde(default)]
-    pub max_failures: u32,
-    /// Daily window `HH:MM`-`HH:MM` in the appliance's local time.
-    #[serde(default)]
-    pub window: Option<MaintenanceWindow>,
-    /// Download and verify ahead of the window.
-    #[serde(default)]
-    pub prestage: bool,
-    /// Allow installing an older version.
-    #[serde(default)]
-    pub allow_downgrade: bool,
-    /// Fail a member with no final report this many seconds after its order (default: never).
-    #[serde(default)]
-    pub deadline_seconds: Option<u64>,
-}
-
-/// One batch of a campaign, for `show`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BatchProgress {
-    /// Index (0 is the canaries when there are any).
-    pub index: u32,
-    /// `canary`, `batch` or `rolling`.
-    pub kind: String,
-    /// Members by state.
-    pub counts: BTreeMap<String, usize>,
-}
-
-/// A campaign with its per-batch progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CampaignView {
-    /// The record, members included.
-    #[serde(flatten)]
-    pub campaign: Campaign,
-    /// Progress per batch.
-    pub batches: Vec<BatchProgress>,
-    /// Failed members.
-    pub failures: usize,
-}
-
-impl CampaignView {
-    fn new(campaign: Campaign) -> Self {
-        let mut batches: Vec<BatchProgress> = Vec::new();
-        for m in &campaign.members {
-            if batches.last().is_none_or(|b| b.index != m.batch) {
-                let kind = if m.batch == 0 && campaign.canaries > 0 {
-                    "canary"
-                } else if matches!(campaign.pacing, Pacing::MaxConcurrency(_)) {
-                    "rolling"
-                } else {
-                    "batch"
-                };
-                batches.push(BatchProgress {
-                    index: m.batch,
-                    kind: kind.into(),
-                    counts: BTreeMap::new(),
-                });
-            }
-            if let Some(b) = batches.last_mut() {
-                *b.counts.entry(m.state.as_str().into()).or_default() += 1;
-            }
-        }
-        let failures = campaign.failures();
-        Self {
-            campaign,
-            batches,
-            failures,
-        }
-    }
-}
 
 /// Lays out members: the first `canaries` in batch 0, the rest by pacing.
 fn batches(ids: Vec<ApplianceId>, canaries: u32, pacing: Pacing) -> Vec<CampaignMember> {
@@ -463,7 +372,7 @@ impl Fleet {
             .await?
             .map(|(_, r)| r)
             .ok_or_else(|| FleetError::NotFound {
-                code: "release_unknown",
+                code: cairn_api::hub::ErrorCode::ReleaseUnknown,
                 message: format!("no release {version:?}"),
             })
     }
@@ -474,7 +383,7 @@ impl Fleet {
         let path = bundle_path(self.releases_dir()?, version);
         if !path.exists() {
             return Err(FleetError::NotFound {
-                code: "bundle_not_on_this_hub",
+                code: cairn_api::hub::ErrorCode::BundleNotOnThisHub,
                 message: format!(
                     "the bundle of {version} is not on this hub's disk (added through another hub?)"
                 ),
@@ -489,7 +398,7 @@ impl Fleet {
         let key = format!("{}{version}", keys::RELEASES);
         let Some(v) = self.store.get(&key).await? else {
             return Err(FleetError::NotFound {
-                code: "release_unknown",
+                code: cairn_api::hub::ErrorCode::ReleaseUnknown,
                 message: format!("no release {version:?}"),
             });
         };
@@ -548,7 +457,7 @@ impl Fleet {
         caller.require(Role::Operator)?;
         validate_name("campaign", &req.name)?;
         if let Some(w) = &req.window {
-            crate::client::parse_window(&format!("{}-{}", w.start, w.end))
+            MaintenanceWindow::parse(&format!("{}-{}", w.start, w.end))
                 .map_err(FleetError::Invalid)?;
         }
         let pacing = match (req.batch_size, req.max_concurrency) {
@@ -586,7 +495,7 @@ impl Fleet {
             .await?
             .into_iter()
             .map(|(_, a)| a)
-            .filter(|a| selector.matches(a) && caller.sees(&a.site))
+            .filter(|a| crate::model::selects(&selector, a) && caller.sees(&a.site))
             .collect();
         if ids.is_empty() {
             return Err(FleetError::Invalid(
@@ -653,7 +562,7 @@ impl Fleet {
                 campaign.name
             )));
         }
-        Ok(CampaignView::new(campaign))
+        Ok(crate::views::campaign(&campaign))
     }
 
     fn campaign_visible(caller: &Caller, c: &Campaign) -> bool {
@@ -672,7 +581,7 @@ impl Fleet {
             .into_iter()
             .map(|(_, c)| c)
             .filter(|c| Self::campaign_visible(caller, c))
-            .map(CampaignView::new)
+            .map(|c| crate::views::campaign(&c))
             .collect())
     }
 
@@ -682,7 +591,7 @@ impl Fleet {
         name: &str,
     ) -> Result<(u64, Campaign), FleetError> {
         let not_found = || FleetError::NotFound {
-            code: "campaign_unknown",
+            code: cairn_api::hub::ErrorCode::CampaignUnknown,
             message: format!("no campaign {name:?}"),
         };
         let (v, c): (_, Campaign) = self
@@ -702,7 +611,7 @@ impl Fleet {
         name: &str,
     ) -> Result<CampaignView, FleetError> {
         caller.require(Role::Viewer)?;
-        Ok(CampaignView::new(
+        Ok(crate::views::campaign(&
             self.campaign_in_scope(caller, name).await?.1,
         ))
     }
@@ -792,7 +701,7 @@ impl Fleet {
                 c.site.as_deref(),
             ));
             if self.store.txn(checks, ops).await? {
-                return Ok(CampaignView::new(c));
+                return Ok(crate::views::campaign(&c));
             }
         }
         Err(FleetError::Contended(name.into()))
@@ -836,7 +745,7 @@ impl Fleet {
                 Some(ver) => {
                     if a.quarantined.remove(ver).is_none() {
                         return Err(FleetError::NotFound {
-                            code: "not_quarantined",
+                            code: cairn_api::hub::ErrorCode::NotQuarantined,
                             message: format!("{ver} is not quarantined on {id}"),
                         });
                     }
@@ -845,7 +754,7 @@ impl Fleet {
                 None => {
                     if a.upgrade_flag.take().is_none() {
                         return Err(FleetError::NotFound {
-                            code: "not_flagged",
+                            code: cairn_api::hub::ErrorCode::NotFlagged,
                             message: format!("{id} carries no upgrade flag"),
                         });
                     }

@@ -4,18 +4,9 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use cairn_api::hub::{ErrorBody, ErrorCode};
 
 use crate::fleet::FleetError;
-
-/// The JSON body of every error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Stable machine-readable code.
-    pub error: String,
-    /// What happened, for people.
-    pub message: String,
-}
 
 /// An error answer.
 #[derive(Debug)]
@@ -23,17 +14,17 @@ pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Code.
-    pub code: String,
+    pub code: ErrorCode,
     /// Message.
     pub message: String,
 }
 
 impl ApiError {
     /// Builds one.
-    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -56,22 +47,24 @@ impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         use FleetError as F;
         let message = e.to_string();
-        let (status, code): (StatusCode, String) = match &e {
+        let (status, code) = match &e {
             F::Store(err) => {
                 tracing::error!(error = %err, "store failure");
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable".into())
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
-            F::TokenRefused(reason) => (StatusCode::FORBIDDEN, format!("token_{reason}")),
-            F::Csr(c) => (StatusCode::BAD_REQUEST, c.code().into()),
-            F::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated".into()),
-            F::CertificateSuperseded => (StatusCode::UNAUTHORIZED, "certificate_superseded".into()),
-            F::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden".into()),
-            F::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
-            F::Conflict(_) => (StatusCode::CONFLICT, "conflict".into()),
-            F::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid".into()),
-            F::BundleRefused(_) => (StatusCode::BAD_REQUEST, "bundle_refused".into()),
-            F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, "control_plane_failed".into()),
-            F::Contended(_) => (StatusCode::SERVICE_UNAVAILABLE, "contended".into()),
+            F::TokenRefused(reason) => (StatusCode::FORBIDDEN, ErrorCode::Token(*reason)),
+            F::Csr(c) => (StatusCode::BAD_REQUEST, c.code()),
+            F::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated),
+            F::CertificateSuperseded => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::CertificateSuperseded)
+            }
+            F::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            F::NotFound { code, .. } => (StatusCode::NOT_FOUND, code.clone()),
+            F::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            F::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+            F::BundleRefused(_) => (StatusCode::BAD_REQUEST, ErrorCode::BundleRefused),
+            F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::ControlPlaneFailed),
+            F::Contended(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Contended),
         };
         Self::new(status, code, message)
     }
@@ -87,9 +80,9 @@ impl From<JsonRejection> for ApiError {
             _ => StatusCode::BAD_REQUEST,
         };
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
+            ErrorCode::BodyTooLarge
         } else {
-            "malformed_json"
+            ErrorCode::MalformedJson
         };
         Self::new(status, code, r.body_text())
     }
@@ -97,6 +90,6 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed_query", r.body_text())
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::MalformedQuery, r.body_text())
     }
 }

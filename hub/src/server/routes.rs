@@ -15,20 +15,24 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
+use cairn_api::hub::{
+    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult,
+    AuditEntryView, CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
+    CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode,
+    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView,
+    Renewal, RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView,
+    WhoAmI,
+};
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::{AppState, ConnInfo, MAX_BODY};
-use crate::fleet::{
-    ApplianceView, AssignResult, Caller, CampaignView, CreateCampaign, CreateEnrollmentToken,
-    NewToken, Renewal, TokenCheck,
-};
-use crate::model::{
-    AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Role, Vpc,
-};
+use crate::fleet::Caller;
+use crate::model::ControlPlane;
+use crate::views;
 use crate::pki::PeerCert;
 
 /// JSON body whose rejections answer in the API's error shape.
@@ -67,7 +71,7 @@ impl FromRequestParts<AppState> for Operator {
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     "an Authorization: Bearer token is required",
                 )
             })?;
@@ -88,14 +92,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Appliance {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let info = conn(parts);
         let unauth =
-            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "client_certificate_required", m);
+            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::ClientCertificateRequired, m);
         match info.cert {
             None => Err(unauth(
                 "this endpoint needs the appliance's client certificate".into(),
             )),
             Some(Err(reason)) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "client_certificate_invalid",
+                ErrorCode::ClientCertificateInvalid,
                 format!("the client certificate was not accepted: {reason}"),
             )),
             Some(Ok(cert)) => {
@@ -225,8 +229,8 @@ pub fn routes() -> Vec<Route> {
             "/v1/registrations",
             RateLimited,
             "Register an appliance: token + CSR + inventory -> certificate",
-            Some("cairn_api::RegistrationRequest"),
-            (201, "cairn_api::RegistrationResponse"),
+            Some("RegistrationRequest"),
+            (201, "RegistrationResponse"),
             post(register),
         ),
         r(
@@ -243,8 +247,8 @@ pub fn routes() -> Vec<Route> {
             "/v1/heartbeats",
             Mtls,
             "Status up, desired state down",
-            Some("cairn_api::Heartbeat"),
-            (200, "cairn_api::HeartbeatResponse"),
+            Some("Heartbeat"),
+            (200, "HeartbeatResponse"),
             post(heartbeat),
         ),
         r(
@@ -262,7 +266,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Create an enrollment token (shown once)",
             Some("CreateEnrollmentToken"),
-            (201, "NewToken<EnrollmentToken>"),
+            (201, "NewToken<EnrollmentTokenView>"),
             post(create_token),
         ),
         r(
@@ -271,7 +275,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List enrollment tokens",
             None,
-            (200, "[EnrollmentToken]"),
+            (200, "[EnrollmentTokenView]"),
             get(list_tokens),
         ),
         r(
@@ -280,7 +284,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Revoke an enrollment token",
             None,
-            (200, "EnrollmentToken"),
+            (200, "EnrollmentTokenView"),
             delete(revoke_token),
         ),
         r(
@@ -289,7 +293,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Create an operator token (shown once)",
             Some("CreateOperatorToken"),
-            (201, "NewToken<OperatorToken>"),
+            (201, "NewToken<OperatorTokenView>"),
             post(create_operator_token),
         ),
         r(
@@ -298,7 +302,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Admin),
             "List operator tokens",
             None,
-            (200, "[OperatorToken]"),
+            (200, "[OperatorTokenView]"),
             get(list_operator_tokens),
         ),
         r(
@@ -343,7 +347,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Set or remove labels",
             Some("LabelRequest"),
-            (200, "Appliance"),
+            (200, "ApplianceView"),
             put(label_appliance),
         ),
         r(
@@ -352,7 +356,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Register a control plane",
             Some("AddControlPlane"),
-            (201, "ControlPlane"),
+            (201, "ControlPlaneView"),
             post(add_control_plane),
         ),
         r(
@@ -361,7 +365,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List control planes",
             None,
-            (200, "[ControlPlane]"),
+            (200, "[ControlPlaneView]"),
             get(list_control_planes),
         ),
         r(
@@ -379,7 +383,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Create a VPC (unique VNI)",
             Some("CreateVpc"),
-            (201, "Vpc"),
+            (201, "VpcView"),
             post(create_vpc),
         ),
         r(
@@ -388,7 +392,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List VPCs",
             None,
-            (200, "[Vpc]"),
+            (200, "[VpcView]"),
             get(list_vpcs),
         ),
         r(
@@ -397,7 +401,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Attach an appliance",
             Some("MembershipRequest"),
-            (200, "Vpc"),
+            (200, "VpcView"),
             post(attach),
         ),
         r(
@@ -406,7 +410,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Detach an appliance",
             Some("MembershipRequest"),
-            (200, "Vpc"),
+            (200, "VpcView"),
             post(detach),
         ),
         r(
@@ -415,7 +419,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Add a release the hub fetches from a URL (verified against the trusted release keys)",
             Some("AddReleaseFromUrl"),
-            (201, "Release"),
+            (201, "ReleaseView"),
             post(add_release_from_url),
         ),
         r(
@@ -424,7 +428,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
             Some("bundle"),
-            (201, "Release"),
+            (201, "ReleaseView"),
             post(upload_release).layer(DefaultBodyLimit::disable()),
         ),
         r(
@@ -433,7 +437,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List releases",
             None,
-            (200, "[Release]"),
+            (200, "[ReleaseView]"),
             get(list_releases),
         ),
         r(
@@ -442,7 +446,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "One release",
             None,
-            (200, "Release"),
+            (200, "ReleaseView"),
             get(show_release),
         ),
         r(
@@ -505,7 +509,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Clear a quarantined version so campaigns may order it again",
             None,
-            (200, "Appliance"),
+            (200, "ApplianceView"),
             delete(clear_quarantine),
         ),
         r(
@@ -514,7 +518,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Op),
             "Clear the unexpected-version flag",
             None,
-            (200, "Appliance"),
+            (200, "ApplianceView"),
             delete(clear_upgrade_flag),
         ),
         r(
@@ -523,7 +527,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "Audit log (?since=RFC3339&limit=)",
             None,
-            (200, "[AuditEntry]"),
+            (200, "[AuditEntryView]"),
             get(audit),
         ),
         r(
@@ -532,7 +536,7 @@ pub fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "Appliance events (?since=RFC3339&limit=)",
             None,
-            (200, "[Event]"),
+            (200, "[EventView]"),
             get(events),
         ),
     ]
@@ -546,7 +550,7 @@ pub fn openapi_document() -> Value {
             "summary": route.summary,
             "responses": {
                 route.response.0.to_string(): {"description": route.response.1},
-                "4XX": {"description": "ErrorBody: {\"error\": code, \"message\": text}"},
+                "4XX": {"description": "ErrorBody: {\"error\": ErrorCode, \"message\": text}"},
             },
         });
         match route.auth {
@@ -609,14 +613,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no_such_route",
+                ErrorCode::NoSuchRoute,
                 "no such route; see /v1/openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not take that method",
             )
         })
@@ -683,15 +687,6 @@ async fn metrics(
         .into_response())
 }
 
-/// `GET /v1/ca` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CaInfo {
-    /// The hub CA, PEM.
-    pub ca_bundle_pem: String,
-    /// `sha256:<hex>` of its DER.
-    pub fingerprint: String,
-}
-
 async fn ca(State(state): State<AppState>) -> Json<CaInfo> {
     Json(CaInfo {
         ca_bundle_pem: state.fleet.ca().cert_pem.clone(),
@@ -705,18 +700,10 @@ fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many registration requests from this address; retry in a minute",
         ))
     }
-}
-
-/// `POST /v1/registrations/check` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    /// The enrollment token.
-    pub token: String,
 }
 
 async fn check_token(
@@ -738,7 +725,7 @@ async fn register(
     let result = state.fleet.register(&caller, req).await;
     let outcome = match &result {
         Ok(_) => "ok".to_owned(),
-        Err(e) => ApiError::from_ref(e),
+        Err(e) => registration_outcome(e),
     };
     state
         .metrics
@@ -748,24 +735,15 @@ async fn register(
     Ok((StatusCode::CREATED, Json(result?)))
 }
 
-impl ApiError {
-    fn from_ref(e: &crate::fleet::FleetError) -> String {
-        use crate::fleet::FleetError as F;
-        match e {
-            F::TokenRefused(r) => format!("token_{r}"),
-            F::Csr(c) => c.code().into(),
-            F::Invalid(_) => "invalid".into(),
-            _ => "error".into(),
-        }
+/// The `result` label of the registrations counter: a fixed, small set of values.
+fn registration_outcome(e: &crate::fleet::FleetError) -> String {
+    use crate::fleet::FleetError as F;
+    match e {
+        F::TokenRefused(r) => r.code().into(),
+        F::Csr(c) => c.code().to_string(),
+        F::Invalid(_) => ErrorCode::Invalid.to_string(),
+        _ => "error".into(),
     }
-}
-
-/// `POST /v1/renewals` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewalRequest {
-    /// A CSR whose CN is the appliance ID.
-    pub csr_pem: String,
 }
 
 async fn renew(
@@ -804,19 +782,6 @@ async fn heartbeat(
     Ok(Json(resp))
 }
 
-/// `GET /v1/whoami` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WhoAmI {
-    /// Token name.
-    pub name: String,
-    /// Token ID.
-    pub id: String,
-    /// Role.
-    pub role: Role,
-    /// Site scope.
-    pub site: Option<String>,
-}
-
 async fn whoami(Operator(caller): Operator) -> Result<Json<WhoAmI>, ApiError> {
     let op = caller.require(Role::Viewer)?;
     Ok(Json(WhoAmI {
@@ -831,7 +796,7 @@ async fn create_token(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiJson(req): ApiJson<CreateEnrollmentToken>,
-) -> Result<(StatusCode, Json<NewToken<EnrollmentToken>>), ApiError> {
+) -> Result<(StatusCode, Json<NewToken<EnrollmentTokenView>>), ApiError> {
     Ok((
         StatusCode::CREATED,
         Json(state.fleet.create_enrollment_token(&caller, req).await?),
@@ -841,38 +806,25 @@ async fn create_token(
 async fn list_tokens(
     State(state): State<AppState>,
     Operator(caller): Operator,
-) -> Result<Json<Vec<EnrollmentToken>>, ApiError> {
-    Ok(Json(state.fleet.list_enrollment_tokens(&caller).await?))
+) -> Result<Json<Vec<EnrollmentTokenView>>, ApiError> {
+    let tokens = state.fleet.list_enrollment_tokens(&caller).await?;
+    Ok(Json(views::all(&tokens)))
 }
 
 async fn revoke_token(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-) -> Result<Json<EnrollmentToken>, ApiError> {
-    Ok(Json(
-        state.fleet.revoke_enrollment_token(&caller, &id).await?,
-    ))
-}
-
-/// `POST /v1/operator-tokens` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOperatorToken {
-    /// Who it is for.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// Site scope.
-    #[serde(default)]
-    pub site: Option<String>,
+) -> Result<Json<EnrollmentTokenView>, ApiError> {
+    let token = state.fleet.revoke_enrollment_token(&caller, &id).await?;
+    Ok(Json((&token).into()))
 }
 
 async fn create_operator_token(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiJson(req): ApiJson<CreateOperatorToken>,
-) -> Result<(StatusCode, Json<NewToken<OperatorToken>>), ApiError> {
+) -> Result<(StatusCode, Json<NewToken<OperatorTokenView>>), ApiError> {
     let token = state
         .fleet
         .create_operator_token(&caller, &req.name, req.role, req.site)
@@ -883,8 +835,9 @@ async fn create_operator_token(
 async fn list_operator_tokens(
     State(state): State<AppState>,
     Operator(caller): Operator,
-) -> Result<Json<Vec<OperatorToken>>, ApiError> {
-    Ok(Json(state.fleet.list_operator_tokens(&caller).await?))
+) -> Result<Json<Vec<OperatorTokenView>>, ApiError> {
+    let tokens = state.fleet.list_operator_tokens(&caller).await?;
+    Ok(Json(views::all(&tokens)))
 }
 
 async fn delete_operator_token(
@@ -894,13 +847,6 @@ async fn delete_operator_token(
 ) -> Result<StatusCode, ApiError> {
     state.fleet.delete_operator_token(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `GET /v1/appliances` query.
-#[derive(Debug, Deserialize)]
-pub struct SiteQuery {
-    /// Only this site.
-    pub site: Option<String>,
 }
 
 async fn list_appliances(
@@ -934,48 +880,24 @@ async fn delete_appliance(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /v1/appliances/{id}/labels` body: `null` removes a label.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabelRequest {
-    /// Label changes.
-    pub labels: BTreeMap<String, Option<String>>,
-}
-
 async fn label_appliance(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<LabelRequest>,
-) -> Result<Json<crate::model::Appliance>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .label_appliance(&caller, &id, req.labels)
-            .await?,
-    ))
-}
-
-/// `POST /v1/control-planes` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddControlPlane {
-    /// Unique name.
-    pub name: String,
-    /// `https://...` of its API server.
-    pub api_server_url: String,
-    /// The API server's CA bundle, PEM.
-    pub ca_bundle_pem: String,
-    /// Path, on the hub's machine, of a file holding a bearer token allowed to create
-    /// Secrets in `kube-system`.
-    pub credentials_ref: String,
+) -> Result<Json<ApplianceView>, ApiError> {
+    state
+        .fleet
+        .label_appliance(&caller, &id, req.labels)
+        .await?;
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
 
 async fn add_control_plane(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiJson(req): ApiJson<AddControlPlane>,
-) -> Result<(StatusCode, Json<ControlPlane>), ApiError> {
+) -> Result<(StatusCode, Json<ControlPlaneView>), ApiError> {
     let cp = ControlPlane {
         name: req.name,
         api_server_url: req.api_server_url,
@@ -984,29 +906,16 @@ async fn add_control_plane(
         site: None,
         labels: BTreeMap::new(),
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(state.fleet.add_control_plane(&caller, cp).await?),
-    ))
+    let cp = state.fleet.add_control_plane(&caller, cp).await?;
+    Ok((StatusCode::CREATED, Json((&cp).into())))
 }
 
 async fn list_control_planes(
     State(state): State<AppState>,
     Operator(caller): Operator,
-) -> Result<Json<Vec<ControlPlane>>, ApiError> {
-    Ok(Json(state.fleet.list_control_planes(&caller).await?))
-}
-
-/// `POST /v1/control-planes/{name}/assign` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssignRequest {
-    /// Appliances of this site.
-    #[serde(default)]
-    pub site: Option<String>,
-    /// Appliances with all these labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+) -> Result<Json<Vec<ControlPlaneView>>, ApiError> {
+    let cps = state.fleet.list_control_planes(&caller).await?;
+    Ok(Json(views::all(&cps)))
 }
 
 async fn assign_control_plane(
@@ -1023,45 +932,24 @@ async fn assign_control_plane(
     ))
 }
 
-/// `POST /v1/vpcs` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVpc {
-    /// Unique name.
-    pub name: String,
-    /// IPv4 subnet, CIDR.
-    pub subnet: String,
-}
-
 async fn create_vpc(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiJson(req): ApiJson<CreateVpc>,
-) -> Result<(StatusCode, Json<Vpc>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            state
-                .fleet
-                .create_vpc(&caller, &req.name, &req.subnet)
-                .await?,
-        ),
-    ))
+) -> Result<(StatusCode, Json<VpcView>), ApiError> {
+    let vpc = state
+        .fleet
+        .create_vpc(&caller, &req.name, &req.subnet)
+        .await?;
+    Ok((StatusCode::CREATED, Json((&vpc).into())))
 }
 
 async fn list_vpcs(
     State(state): State<AppState>,
     Operator(caller): Operator,
-) -> Result<Json<Vec<Vpc>>, ApiError> {
-    Ok(Json(state.fleet.list_vpcs(&caller).await?))
-}
-
-/// `POST /v1/vpcs/{name}/attach|detach` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MembershipRequest {
-    /// The appliance.
-    pub appliance_id: String,
+) -> Result<Json<Vec<VpcView>>, ApiError> {
+    let vpcs = state.fleet.list_vpcs(&caller).await?;
+    Ok(Json(views::all(&vpcs)))
 }
 
 async fn attach(
@@ -1069,13 +957,12 @@ async fn attach(
     Operator(caller): Operator,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<MembershipRequest>,
-) -> Result<Json<Vpc>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .attach(&caller, &name, &req.appliance_id)
-            .await?,
-    ))
+) -> Result<Json<VpcView>, ApiError> {
+    let vpc = state
+        .fleet
+        .attach(&caller, &name, &req.appliance_id)
+        .await?;
+    Ok(Json((&vpc).into()))
 }
 
 async fn detach(
@@ -1083,74 +970,47 @@ async fn detach(
     Operator(caller): Operator,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<MembershipRequest>,
-) -> Result<Json<Vpc>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .detach(&caller, &name, &req.appliance_id)
-            .await?,
-    ))
+) -> Result<Json<VpcView>, ApiError> {
+    let vpc = state
+        .fleet
+        .detach(&caller, &name, &req.appliance_id)
+        .await?;
+    Ok(Json((&vpc).into()))
 }
 
-/// `GET /v1/audit|events` query.
-#[derive(Debug, Deserialize)]
-pub struct SinceQuery {
-    /// RFC 3339 time; entries at or after it. Default: the last 24 hours.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub since: Option<OffsetDateTime>,
-    /// At most this many (default 1000, at most 10000).
-    pub limit: Option<usize>,
-}
-
-impl SinceQuery {
-    fn bounds(&self) -> (OffsetDateTime, usize) {
-        (
-            self.since
-                .unwrap_or_else(|| OffsetDateTime::now_utc() - time::Duration::days(1)),
-            self.limit.unwrap_or(1000).clamp(1, 10_000),
-        )
-    }
+/// The window and count an audit or event query asks for: by default the last 24 hours,
+/// at most 1000 (never more than 10000).
+fn bounds(q: &SinceQuery) -> (OffsetDateTime, usize) {
+    (
+        q.since
+            .unwrap_or_else(|| OffsetDateTime::now_utc() - time::Duration::days(1)),
+        q.limit.unwrap_or(1000).clamp(1, 10_000),
+    )
 }
 
 async fn audit(
     State(state): State<AppState>,
     Operator(caller): Operator,
     query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+) -> Result<Json<Vec<AuditEntryView>>, ApiError> {
     let Query(q) = query?;
-    let (since, limit) = q.bounds();
-    Ok(Json(state.fleet.audit_since(&caller, since, limit).await?))
+    let (since, limit) = bounds(&q);
+    let entries = state.fleet.audit_since(&caller, since, limit).await?;
+    Ok(Json(views::all(&entries)))
 }
 
 async fn events(
     State(state): State<AppState>,
     Operator(caller): Operator,
     query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Event>>, ApiError> {
+) -> Result<Json<Vec<EventView>>, ApiError> {
     let Query(q) = query?;
-    let (since, limit) = q.bounds();
-    Ok(Json(state.fleet.events_since(&caller, since, limit).await?))
+    let (since, limit) = bounds(&q);
+    let events = state.fleet.events_since(&caller, since, limit).await?;
+    Ok(Json(views::all(&events)))
 }
 
 // ---- releases and campaigns -----------------------------------------------------------
-
-/// `POST /v1/releases` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddReleaseFromUrl {
-    /// `https://...` (or `http://`: the signature, not the transport, is the trust anchor)
-    /// the hub downloads the bundle from once.
-    pub url: String,
-    /// SHA-256 of the bundle file, hex.
-    pub sha256: String,
-}
-
-/// `POST /v1/releases/upload` query.
-#[derive(Debug, Deserialize)]
-pub struct UploadQuery {
-    /// SHA-256 of the bundle file, hex.
-    pub sha256: String,
-}
 
 /// Largest bundle accepted (a root image of a few GiB, compressed).
 const MAX_BUNDLE: u64 = 32 << 30;
@@ -1159,7 +1019,7 @@ async fn add_release_from_url(
     State(state): State<AppState>,
     Operator(caller): Operator,
     ApiJson(req): ApiJson<AddReleaseFromUrl>,
-) -> Result<(StatusCode, Json<Release>), ApiError> {
+) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
     caller.require(Role::Admin)?;
     let incoming = state.fleet.incoming_bundle_path()?;
     if let Err(e) = crate::releases::fetch(&req.url, &incoming, MAX_BUNDLE).await {
@@ -1177,7 +1037,7 @@ async fn add_release_from_url(
             .await?;
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "fetch_failed",
+            ErrorCode::FetchFailed,
             message,
         ));
     }
@@ -1185,7 +1045,7 @@ async fn add_release_from_url(
         .fleet
         .add_release(&caller, incoming, &req.sha256, Some(req.url))
         .await?;
-    Ok((StatusCode::CREATED, Json(release)))
+    Ok((StatusCode::CREATED, Json((&release).into())))
 }
 
 async fn upload_release(
@@ -1193,7 +1053,7 @@ async fn upload_release(
     Operator(caller): Operator,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Release>), ApiError> {
+) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
     caller.require(Role::Admin)?;
     let Query(q) = query?;
     let incoming = state.fleet.incoming_bundle_path()?;
@@ -1201,7 +1061,7 @@ async fn upload_release(
         let _ = std::fs::remove_file(&incoming);
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "upload_failed",
+            ErrorCode::UploadFailed,
             format!("receiving the bundle: {e}"),
         ));
     }
@@ -1209,23 +1069,24 @@ async fn upload_release(
         .fleet
         .add_release(&caller, incoming, &q.sha256, None)
         .await?;
-    Ok((StatusCode::CREATED, Json(release)))
+    Ok((StatusCode::CREATED, Json((&release).into())))
 }
 
 async fn list_releases(
     State(state): State<AppState>,
     Operator(caller): Operator,
-) -> Result<Json<Vec<Release>>, ApiError> {
-    Ok(Json(state.fleet.list_releases(&caller).await?))
+) -> Result<Json<Vec<ReleaseView>>, ApiError> {
+    let releases = state.fleet.list_releases(&caller).await?;
+    Ok(Json(views::all(&releases)))
 }
 
 async fn show_release(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(version): Path<String>,
-) -> Result<Json<Release>, ApiError> {
+) -> Result<Json<ReleaseView>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.fleet.release(&version).await?))
+    Ok(Json((&state.fleet.release(&version).await?).into()))
 }
 
 async fn delete_release(
@@ -1269,7 +1130,7 @@ async fn release_bundle(
     .map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "bundle_read_failed",
+            ErrorCode::BundleReadFailed,
             format!("reading the bundle: {e}"),
         )
     })?;
@@ -1316,26 +1177,24 @@ async fn clear_quarantine(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path((id, version)): Path<(String, String)>,
-) -> Result<Json<crate::model::Appliance>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .clear_upgrade_protection(&caller, &id, Some(&version))
-            .await?,
-    ))
+) -> Result<Json<ApplianceView>, ApiError> {
+    state
+        .fleet
+        .clear_upgrade_protection(&caller, &id, Some(&version))
+        .await?;
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
 
 async fn clear_upgrade_flag(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-) -> Result<Json<crate::model::Appliance>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .clear_upgrade_protection(&caller, &id, None)
-            .await?,
-    ))
+) -> Result<Json<ApplianceView>, ApiError> {
+    state
+        .fleet
+        .clear_upgrade_protection(&caller, &id, None)
+        .await?;
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
 
 #[cfg(test)]

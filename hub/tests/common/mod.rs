@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_api::{HardwareInventory, Nic, RegistrationRequest, RegistrationResponse};
-use cairn_hub::client::tls_config;
+use cairn_hub_client::tls::{Identity, Trust, client_config};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde_json::{Value, json};
 
@@ -163,7 +163,19 @@ impl Hub {
 
 pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config(ca_pem, identity).unwrap())
+        .tls_backend_preconfigured(
+            client_config(
+                &Trust::CaBundle(ca_pem.into()),
+                identity
+                    .map(|(cert, key)| Identity {
+                        certificate_pem: cert.into(),
+                        key_pem: key.into(),
+                    })
+                    .as_ref(),
+            )
+            .unwrap()
+            .0,
+        )
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

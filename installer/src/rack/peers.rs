@@ -1,35 +1,18 @@
 //! The HTTP peers of `cairn rack provision`: the boot server's install reports and the hub's
 //! appliance list. Thin: one request each, parsed into the machine's terms.
 //!
-//! Boot server contract used here: `GET /v1/install/progress/{mac}` answers
-//! `{"seq": N, "progress": cairn_api::install::InstallProgress}` for the latest report from
-//! that MAC (`seq` increasing with every report), or 404 when none arrived yet.
+//! Boot server contract used here: `GET /v1/install/progress/{mac}` answers a
+//! [`crate::boot_server::Report`] for the latest report from that MAC (`seq` increasing with
+//! every report), or 404 when none arrived yet.
 
 use async_trait::async_trait;
 use cairn_api::InstallProgress;
-use serde::Deserialize;
+use cairn_api::hub::{ApplianceView, SiteQuery};
+use cairn_hub_client::HubClient;
+use cairn_hub_client::tls::{self, Trust};
 
+use crate::boot_server::Report;
 use crate::rack::machine::{FleetView, InstallProgressSource, PeerError};
-
-/// A client with the workspace's one crypto provider (ring). Without a CA it trusts nothing,
-/// which suits the plain-HTTP boot server and refuses any HTTPS it is pointed at.
-fn client(tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, PeerError> {
-    let config = match tls {
-        Some(config) => config,
-        None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PeerError(e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .tls_backend_preconfigured(config)
-        .build()
-        .map_err(|e| PeerError(format!("building the HTTP client: {e}")))
-}
 
 /// The boot server's install reports over HTTP.
 #[derive(Debug, Clone)]
@@ -39,19 +22,18 @@ pub struct BootServerProgress {
 }
 
 impl BootServerProgress {
-    /// A client for the boot server at `base` (plain HTTP on the provisioning network).
+    /// A client for the boot server at `base` (plain HTTP on the provisioning network; with
+    /// no root trusted, an HTTPS address it is pointed at is refused).
     pub fn new(base: url::Url) -> Result<Self, PeerError> {
-        Ok(Self {
-            base,
-            http: client(None)?,
-        })
+        let (config, _) = tls::client_config(&Trust::Nothing, None)
+            .map_err(|e| PeerError(cairn_api::error_chain(&e)))?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .tls_backend_preconfigured(config)
+            .build()
+            .map_err(|e| PeerError(format!("building the HTTP client: {e}")))?;
+        Ok(Self { base, http })
     }
-}
-
-#[derive(Deserialize)]
-struct ProgressAnswer {
-    seq: u64,
-    progress: InstallProgress,
 }
 
 #[async_trait]
@@ -73,7 +55,7 @@ impl InstallProgressSource for BootServerProgress {
         if !answer.status().is_success() {
             return Err(PeerError(format!("GET {url}: {}", answer.status())));
         }
-        let body: ProgressAnswer = answer
+        let body: Report = answer
             .json()
             .await
             .map_err(|e| PeerError(format!("GET {url}: {e}")))?;
@@ -84,77 +66,45 @@ impl InstallProgressSource for BootServerProgress {
 /// The hub's appliance list, read with an operator token.
 #[derive(Debug, Clone)]
 pub struct HubFleet {
-    base: url::Url,
-    token: String,
-    http: reqwest::Client,
+    hub: HubClient,
 }
 
 impl HubFleet {
     /// A client for the hub at `base`, trusting only `ca_pem` (the hub's CA); `token` is an
     /// operator bearer token (viewer suffices).
     pub fn new(base: url::Url, token: String, ca_pem: &str) -> Result<Self, PeerError> {
-        let tls = Some(
-            cairn_hub::client::tls_config(ca_pem, None)
-                .map_err(|e| PeerError(format!("hub CA: {e}")))?,
-        );
-        Ok(Self {
-            base,
-            token,
-            http: client(tls)?,
-        })
+        let hub = HubClient::new(base.as_str(), &Trust::CaBundle(ca_pem.into()), None)
+            .map_err(|e| PeerError(format!("hub: {}", cairn_api::error_chain(&e))))?
+            .with_bearer(token);
+        Ok(Self { hub })
     }
 }
 
-/// Finds the appliance that is server `name` with boot MAC `mac` in a `GET /v1/appliances`
-/// answer (a list, or an object with an `appliances` list): by NIC MAC, else by hostname.
-pub fn match_appliance(answer: &serde_json::Value, name: &str, mac: &str) -> Option<String> {
-    let list = answer
-        .as_array()
-        .or_else(|| answer.get("appliances").and_then(|a| a.as_array()))?;
-    let mac = mac.to_ascii_lowercase();
-    let has_mac = |a: &serde_json::Value| {
-        a.pointer("/inventory/nics")
-            .and_then(|n| n.as_array())
-            .is_some_and(|nics| {
-                nics.iter().any(|n| {
-                    n.get("mac")
-                        .and_then(|m| m.as_str())
-                        .is_some_and(|m| m.to_ascii_lowercase() == mac)
-                })
-            })
+/// Finds the appliance that is server `name` with boot MAC `mac`: by NIC MAC, else by
+/// hostname.
+pub fn match_appliance(appliances: &[ApplianceView], name: &str, mac: &str) -> Option<String> {
+    let has_mac = |a: &&ApplianceView| {
+        a.inventory
+            .nics
+            .iter()
+            .any(|n| n.mac.eq_ignore_ascii_case(mac))
     };
-    let id = |a: &serde_json::Value| a.get("id").and_then(|i| i.as_str()).map(str::to_owned);
-    list.iter()
-        .find(|a| has_mac(a))
-        .or_else(|| {
-            list.iter()
-                .find(|a| a.get("hostname").and_then(|h| h.as_str()) == Some(name))
-        })
-        .and_then(id)
+    appliances
+        .iter()
+        .find(has_mac)
+        .or_else(|| appliances.iter().find(|a| a.hostname == name))
+        .map(|a| a.id.to_string())
 }
 
 #[async_trait]
 impl FleetView for HubFleet {
     async fn find(&self, name: &str, mac: &str) -> Result<Option<String>, PeerError> {
-        let url = self
-            .base
-            .join("v1/appliances")
-            .map_err(|e| PeerError(e.to_string()))?;
-        let answer = self
-            .http
-            .get(url.clone())
-            .bearer_auth(&self.token)
-            .send()
+        let appliances = self
+            .hub
+            .list_appliances(&SiteQuery::default())
             .await
-            .map_err(|e| PeerError(format!("GET {url}: {e}")))?;
-        if !answer.status().is_success() {
-            return Err(PeerError(format!("GET {url}: {}", answer.status())));
-        }
-        let body: serde_json::Value = answer
-            .json()
-            .await
-            .map_err(|e| PeerError(format!("GET {url}: {e}")))?;
-        Ok(match_appliance(&body, name, mac))
+            .map_err(|e| PeerError(cairn_api::error_chain(&e)))?;
+        Ok(match_appliance(&appliances, name, mac))
     }
 }
 
@@ -162,25 +112,32 @@ impl FleetView for HubFleet {
 mod tests {
     use super::*;
 
+    fn appliance(id: &str, hostname: &str, macs: &[&str]) -> ApplianceView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "site": "s", "hostname": hostname, "labels": {},
+            "inventory": {"nics": macs.iter().map(|m| serde_json::json!({"name": "eth0", "mac": m})).collect::<Vec<_>>()},
+            "agent_version": "0", "cert_sha256": "", "cert_not_after": "2030-01-01T00:00:00Z",
+            "registered_at": "2026-01-01T00:00:00Z", "rekeys": 0, "vpcs": [],
+            "desired": {"generation": 1, "heartbeat_interval_seconds": 30},
+            "state": "registered", "status": null,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn appliances_match_by_mac_then_hostname() {
-        let answer = serde_json::json!([
-            {"id": "a1", "hostname": "other", "inventory": {"nics": [{"mac": "52:54:00:C4:00:01"}]}},
-            {"id": "a2", "hostname": "srv2", "inventory": {"nics": []}},
-        ]);
+        let list = [
+            appliance("a1", "other", &["52:54:00:C4:00:01"]),
+            appliance("a2", "srv2", &[]),
+        ];
         assert_eq!(
-            match_appliance(&answer, "srv1", "52:54:00:c4:00:01").as_deref(),
+            match_appliance(&list, "srv1", "52:54:00:c4:00:01").as_deref(),
             Some("a1")
         );
         assert_eq!(
-            match_appliance(&answer, "srv2", "52:54:00:c4:00:02").as_deref(),
+            match_appliance(&list, "srv2", "52:54:00:c4:00:02").as_deref(),
             Some("a2")
         );
-        assert_eq!(match_appliance(&answer, "srv3", "52:54:00:c4:00:03"), None);
-        let wrapped = serde_json::json!({"appliances": answer});
-        assert_eq!(
-            match_appliance(&wrapped, "srv2", "x").as_deref(),
-            Some("a2")
-        );
+        assert_eq!(match_appliance(&list, "srv3", "52:54:00:c4:00:03"), None);
     }
 }

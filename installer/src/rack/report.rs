@@ -144,33 +144,32 @@ impl Observer for Reporter {
 
 /// The final table: server, state, seconds per phase, total, error.
 pub fn table(records: &[(String, Record)]) -> String {
-    let mut out = format!("{:<10} {:<12}", "SERVER", "STATE");
-    let short = [
-        "INSPECT", "FIRMWARE", "BOOT", "INSTALL", "REBOOT", "1ST-BOOT",
-    ];
-    for s in short {
-        out.push_str(&format!(" {s:>8}"));
-    }
-    out.push_str(&format!(" {:>8}  ERROR\n", "TOTAL"));
-    for (name, r) in records {
-        out.push_str(&format!("{:<10} {:<12}", name, r.state.name()));
-        let mut total = 0.0;
-        for phase in Phase::ALL {
-            match r.seconds.get(&phase) {
-                Some(s) => {
-                    total += s;
-                    out.push_str(&format!(" {:>7.1}s", s));
-                }
-                None => out.push_str(&format!(" {:>8}", "-")),
+    let seconds = |s: f64| format!("{s:.1}s");
+    cairn_api::cli::table(
+        &[
+            "server", "state", "inspect", "firmware", "boot", "install", "reboot", "1st-boot",
+            "total", "error",
+        ],
+        records.iter().map(|(name, r)| {
+            let mut row = vec![name.clone(), r.state.name().to_owned()];
+            let mut total = 0.0;
+            for phase in Phase::ALL {
+                row.push(match r.seconds.get(&phase) {
+                    Some(s) => {
+                        total += s;
+                        seconds(*s)
+                    }
+                    None => "-".into(),
+                });
             }
-        }
-        out.push_str(&format!(" {:>7.1}s", total));
-        if let State::Failed { reason, .. } = &r.state {
-            out.push_str(&format!("  {reason}"));
-        }
-        out.push('\n');
-    }
-    out
+            row.push(seconds(total));
+            row.push(match &r.state {
+                State::Failed { reason, .. } => reason.clone(),
+                _ => String::new(),
+            });
+            row
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ fn campaign(n: usize, canaries: u32, pacing: Pacing) -> Campaign {
     Campaign {
         name: "c".into(),
         release: "2.0".into(),
-        selector: Selector::default(),
+        selector: cairn_api::hub::Selector::default(),
         canaries,
         pacing,
         max_failures: 0,
@@ -208,22 +208,4 @@ fn an_appliance_on_neither_version_is_unexpected() {
         judge(&c, &m, Some(&status("1.0", None))),
         Verdict::Progress(None)
     );
-}
-
-#[test]
-fn windows_and_selectors_parse_or_say_what_is_wrong() {
-    use crate::client::{parse_selector, parse_window};
-    let w = parse_window("22:00-04:30").unwrap();
-    assert_eq!((w.start.as_str(), w.end.as_str()), ("22:00", "04:30"));
-    assert!(parse_window("22:00").unwrap_err().contains("HH:MM-HH:MM"));
-    assert!(
-        parse_window("24:00-01:00")
-            .unwrap_err()
-            .contains("\"24:00\"")
-    );
-    assert!(parse_window("2:00-01:00").is_err());
-    let (site, labels) = parse_selector("site=dc1,role=edge").unwrap();
-    assert_eq!(site.as_deref(), Some("dc1"));
-    assert_eq!(labels.get("role").map(String::as_str), Some("edge"));
-    assert!(parse_selector("site").unwrap_err().contains("key=value"));
 }

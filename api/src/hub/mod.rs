@@ -1,0 +1,40 @@
+//! The operator and appliance API of `cairn-hub` under `/v1`: every request body, query,
+//! response view and error body, in one place. The hub serves these types, `cairn-hub-client`
+//! sends and reads them; nothing else declares them again.
+//!
+//! Responses are **views**, never the hub's stored records: a view names each field it
+//! shows, so a secret added to a record later (a bootstrap token, a token hash) does not
+//! reach an operator by accident. Secrets an appliance needs reach it only in its own
+//! desired state, over mTLS ([`crate::DesiredState`]).
+//!
+//! Requests are commands and reject unknown fields; views are reports and tolerate them
+//! (see the crate docs).
+
+mod appliances;
+mod auth;
+mod campaigns;
+mod control_planes;
+mod error;
+mod log;
+mod releases;
+mod tokens;
+mod vpcs;
+
+pub use appliances::{
+    ApplianceState, ApplianceView, DesiredView, JoinView, LabelRequest, Renewal, RenewalRequest, SiteQuery,
+    StatusView,
+};
+pub use auth::{CaInfo, Role, WhoAmI};
+pub use campaigns::{
+    BatchProgress, CampaignAction, CampaignState, CampaignView, CreateCampaign, MemberState,
+    CampaignMember, Pacing, Selector,
+};
+pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
+pub use error::{ErrorBody, ErrorCode};
+pub use log::{AuditEntryView, EventView, SinceQuery};
+pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
+pub use tokens::{
+    CheckRequest, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView, NewToken,
+    OperatorTokenView, TokenCheck, TokenRefusal,
+};
+pub use vpcs::{CreateVpc, MembershipRequest, VpcView};

@@ -1,0 +1,36 @@
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ApplianceId;
+
+/// `POST /v1/vpcs` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVpc {
+    /// Unique name.
+    pub name: String,
+    /// IPv4 subnet, CIDR.
+    pub subnet: String,
+}
+
+/// `POST /v1/vpcs/{name}/attach|detach` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipRequest {
+    /// The appliance.
+    pub appliance_id: String,
+}
+
+/// A VPC as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcView {
+    /// Unique name.
+    pub name: String,
+    /// IPv4 subnet, CIDR.
+    pub subnet: String,
+    /// VXLAN network identifier, unique in the fleet.
+    pub vni: u32,
+    /// Attached appliances.
+    pub members: BTreeSet<ApplianceId>,
+}

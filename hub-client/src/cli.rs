@@ -1,0 +1,1015 @@
+//! `cairn hub ...`: the operator's command for the hub API, on [`HubClient`].
+//!
+//! `login` pins the hub's CA by the fingerprint `cairn-hub init` printed and saves the URL,
+//! CA and token (0600); every other command reads that login. `--output json` prints the
+//! API's views as they came; the default prints tables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cairn_api::cli::{Exit, OutputFormat, table};
+use cairn_api::hub::{
+    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
+    CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
+    EnrollmentTokenView, LabelRequest, ReleaseView, Selector, SinceQuery, SiteQuery, VpcView,
+};
+use cairn_api::{CertFingerprint, MaintenanceWindow};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::tls::Trust;
+use crate::{Error, HubClient};
+
+/// Talk to a cairn hub: enrollment tokens, appliances, control planes, VPCs, audit.
+///
+/// First `cairn hub login --url https://hub:8443 --ca-fingerprint sha256:... --token-file
+/// admin.token` (the fingerprint and token come from `cairn-hub init`); every other command
+/// then uses the saved login.
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Where the login is saved.
+    #[arg(long, global = true, value_name = "FILE", env = "CAIRN_HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: HubClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum HubClientCommand {
+    /// Check the hub against its CA fingerprint and save its URL, CA and your token.
+    Login {
+        /// Hub URL, `https://host:port`.
+        #[arg(long)]
+        url: String,
+        /// The CA fingerprint `cairn-hub init` printed (`sha256:<hex>`).
+        #[arg(long, value_name = "FP")]
+        ca_fingerprint: String,
+        /// File holding your operator token (never pass tokens on the command line).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+    },
+    /// Enrollment tokens appliances register with.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Appliances in the fleet.
+    #[command(subcommand)]
+    Appliances(ApplianceCommand),
+    /// Hosted Kubernetes control planes appliances join.
+    #[command(subcommand, name = "control-planes")]
+    ControlPlanes(ControlPlaneCommand),
+    /// VPC overlays.
+    #[command(subcommand)]
+    Vpcs(VpcCommand),
+    /// Signed OS releases the hub can roll out.
+    #[command(subcommand)]
+    Releases(ReleaseCommand),
+    /// Upgrade campaigns: canaries, batches, automatic pause on failures.
+    #[command(subcommand)]
+    Campaigns(CampaignCommand),
+    /// The audit log: who did what, when, from where.
+    Audit {
+        /// Entries at or after this RFC 3339 time (default: the last 24 hours).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is shown once.
+    Create {
+        /// Site the appliances join.
+        #[arg(long)]
+        site: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86400)]
+        ttl_seconds: u64,
+        /// How many appliances may register with it.
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// Label given to enrolled appliances, `key=value` (repeat).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List tokens (secrets are never shown again).
+    List,
+    /// Revoke a token by ID.
+    Revoke {
+        /// Token ID (the middle part of `cairn-et.<id>.<secret>`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApplianceCommand {
+    /// List appliances with their state.
+    List {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+    },
+    /// Show one appliance in full.
+    Show {
+        /// Appliance ID.
+        id: String,
+    },
+    /// Set (`key=value`) or remove (`key-`) labels.
+    Label {
+        /// Appliance ID.
+        id: String,
+        /// `key=value` or `key-`.
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Delete an appliance; its certificate stops working at once.
+    Delete {
+        /// Appliance ID.
+        id: String,
+    },
+    /// Allow campaigns to order a version this appliance rolled back from (or refused, or
+    /// was interrupted installing) again.
+    Unquarantine {
+        /// Appliance ID.
+        id: String,
+        /// The quarantined version.
+        version: String,
+    },
+    /// Clear the flag set when the appliance came back on a version nobody ordered.
+    ClearFlag {
+        /// Appliance ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Add a release from a signed bundle (`cairn image sign`). The hub verifies the
+    /// Ed25519 signature inside the bundle against its trusted release keys
+    /// (`cairn-hub init/serve --trusted-release-key`) and every payload byte against the
+    /// signed manifest, and refuses the release otherwise. It then serves the bundle to
+    /// appliances itself.
+    Add {
+        /// A local bundle file (uploaded) or an `https://` URL the hub downloads once.
+        #[arg(long, value_name = "FILE|URL")]
+        bundle: String,
+        /// SHA-256 of the bundle file (`sha256sum`), checked by the hub.
+        #[arg(long, value_name = "HEX")]
+        sha256: String,
+    },
+    /// List releases: version, size, compatible-from, signing key.
+    List,
+    /// Show one release.
+    Show {
+        /// Version.
+        version: String,
+    },
+    /// Delete a release (refused while a campaign that is not over uses it).
+    Delete {
+        /// Version.
+        version: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Create a campaign (not started): picks the appliances now, lays out canaries and
+    /// batches. Quarantined and flagged appliances are listed as skipped.
+    ///
+    /// Example: `cairn hub campaigns create nov --release 2026.11.2 --selector site=dc1,role=edge
+    /// --canaries 1 --batch-size 10 --max-failures 1 --window 22:00-04:00 --prestage`
+    Create {
+        /// Campaign name (a-z, 0-9, '-'); default: `rollout-<version>-<time>`.
+        name: Option<String>,
+        /// Release version to roll out.
+        #[arg(long)]
+        release: String,
+        /// `site=X,key=value,...`: the site and labels appliances must have (default: every
+        /// appliance in your scope).
+        #[arg(long, value_name = "SELECTOR", default_value = "")]
+        selector: String,
+        /// Appliances upgraded first, alone; nothing else starts until they finished.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        canaries: u32,
+        /// Fixed batches of N: the next starts when the current one finished.
+        #[arg(long, value_name = "N", conflicts_with = "max_concurrency")]
+        batch_size: Option<u32>,
+        /// A rolling window: at most N appliances upgrading at any time.
+        #[arg(long, value_name = "N")]
+        max_concurrency: Option<u32>,
+        /// Pause the campaign when more than N appliances failed.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_failures: u32,
+        /// Install only between these times each day, in each appliance's local time.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        window: Option<String>,
+        /// Let appliances download and verify the bundle ahead of the window.
+        #[arg(long)]
+        prestage: bool,
+        /// Allow installing a version older than the one running.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Count an appliance as failed when it has not finished this long after its order
+        /// (default: an offline appliance keeps its order pending until it returns).
+        #[arg(long, value_name = "SECONDS")]
+        deadline_seconds: Option<u64>,
+    },
+    /// Start ordering: canaries first.
+    Start {
+        /// Campaign name.
+        name: String,
+    },
+    /// Order no new appliance; those upgrading finish.
+    Pause {
+        /// Campaign name.
+        name: String,
+    },
+    /// Continue a paused campaign.
+    Resume {
+        /// Campaign name.
+        name: String,
+    },
+    /// Stop for good: withdraw orders nodes have not acted on.
+    Abort {
+        /// Campaign name.
+        name: String,
+    },
+    /// Progress per batch and per appliance.
+    Show {
+        /// Campaign name.
+        name: String,
+    },
+    /// List campaigns.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ControlPlaneCommand {
+    /// Register a control plane.
+    Add {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// API server URL, `https://...`.
+        #[arg(long)]
+        api_server: String,
+        /// The API server's CA bundle (PEM file).
+        #[arg(long, value_name = "FILE")]
+        ca_file: PathBuf,
+        /// Path, on the hub's machine, of a bearer token file allowed to create Secrets in
+        /// kube-system.
+        #[arg(long, value_name = "PATH")]
+        credentials_ref: String,
+    },
+    /// List control planes.
+    List,
+    /// Assign appliances by site and/or labels; matching appliances join now.
+    Assign {
+        /// Control plane name.
+        name: String,
+        /// Appliances of this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Appliances with this label, `key=value` (repeat).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VpcCommand {
+    /// Create a VPC; the hub picks a unique VNI.
+    Create {
+        /// Unique name.
+        name: String,
+        /// IPv4 subnet, CIDR.
+        #[arg(long)]
+        subnet: String,
+    },
+    /// List VPCs.
+    List,
+    /// Attach an appliance.
+    Attach {
+        /// VPC name.
+        name: String,
+        /// Appliance ID.
+        appliance: String,
+    },
+    /// Detach an appliance.
+    Detach {
+        /// VPC name.
+        name: String,
+        /// Appliance ID.
+        appliance: String,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty key"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// The saved login.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    url: String,
+    ca_fingerprint: String,
+    ca_pem: String,
+    token: String,
+}
+
+fn config_path(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("neither XDG_CONFIG_HOME nor HOME is set; pass --config")?;
+    Ok(base.join("cairn").join("hub.json"))
+}
+
+fn save_login(path: &Path, login: &Login) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(login)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn open_session(config: &Option<PathBuf>) -> anyhow::Result<HubClient> {
+    let path = config_path(config)?;
+    let raw = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `cairn hub login` first)", path.display()))?;
+    let login: Login =
+        serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(HubClient::new(&login.url, &Trust::CaBundle(login.ca_pem), None)?.with_bearer(login.token))
+}
+
+/// Parses `site=X,key=value,...`: `site` picks the site, every other key a label.
+pub fn parse_selector(s: &str) -> Result<Selector, String> {
+    let mut selector = Selector::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("selector part {part:?}: expected key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || v.is_empty() {
+            return Err(format!("selector part {part:?}: empty key or value"));
+        }
+        if k == "site" {
+            selector.site = Some(v.to_owned());
+        } else {
+            selector.labels.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    Ok(selector)
+}
+
+/// `-` for nothing, for table cells.
+fn opt(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn labels(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn list(items: impl IntoIterator<Item = impl ToString>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn tokens_table(tokens: &[EnrollmentTokenView]) -> String {
+    table(
+        &["id", "site", "uses", "max", "expires", "revoked", "labels"],
+        tokens.iter().map(|t| {
+            vec![
+                t.id.clone(),
+                t.site.clone(),
+                t.uses.to_string(),
+                t.max_uses.to_string(),
+                rfc3339(t.expires_at),
+                t.revoked.to_string(),
+                labels(&t.labels),
+            ]
+        }),
+    )
+}
+
+fn appliances_table(appliances: &[ApplianceView]) -> String {
+    table(
+        &[
+            "id",
+            "hostname",
+            "site",
+            "state",
+            "last seen",
+            "generation",
+            "os",
+            "slot",
+            "last upgrade",
+            "flag",
+            "labels",
+        ],
+        appliances.iter().map(|a| {
+            let status = a.status.as_ref();
+            let node = status.map(|s| &s.status);
+            vec![
+                a.id.to_string(),
+                a.hostname.clone(),
+                a.site.clone(),
+                a.state.to_string(),
+                opt(status.map(|s| rfc3339(s.last_seen))),
+                a.desired.generation.to_string(),
+                opt(node.map(|n| n.os_version.clone())),
+                opt(node.and_then(|n| n.booted_slot.clone())),
+                opt(node.and_then(|n| n.upgrade.as_ref()).map(|u| phase(u.phase))),
+                opt(a.upgrade_flag.clone()),
+                labels(&a.labels),
+            ]
+        }),
+    )
+}
+
+/// A phase as it reads on the wire (`rolled-back`).
+fn phase(p: cairn_api::UpgradePhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn control_planes_table(cps: &[ControlPlaneView]) -> String {
+    table(
+        &["name", "api server", "site", "labels"],
+        cps.iter().map(|c| {
+            vec![
+                c.name.clone(),
+                c.api_server_url.clone(),
+                opt(c.site.clone()),
+                labels(&c.labels),
+            ]
+        }),
+    )
+}
+
+fn vpcs_table(vpcs: &[VpcView]) -> String {
+    table(
+        &["name", "subnet", "vni", "members"],
+        vpcs.iter().map(|v| {
+            vec![
+                v.name.clone(),
+                v.subnet.clone(),
+                v.vni.to_string(),
+                list(&v.members),
+            ]
+        }),
+    )
+}
+
+fn releases_table(releases: &[ReleaseView]) -> String {
+    table(
+        &[
+            "version",
+            "size",
+            "compatible from",
+            "signing key",
+            "arch",
+            "added",
+        ],
+        releases.iter().map(|r| {
+            vec![
+                r.version.clone(),
+                r.size_bytes.to_string(),
+                list(&r.compatible_from),
+                r.signing_key.clone(),
+                r.architecture.clone(),
+                rfc3339(r.added_at),
+            ]
+        }),
+    )
+}
+
+fn campaigns_table(campaigns: &[CampaignView]) -> String {
+    table(
+        &["name", "release", "state", "members", "failures", "reason"],
+        campaigns.iter().map(|c| {
+            vec![
+                c.name.clone(),
+                c.release.clone(),
+                c.state.to_string(),
+                c.members.len().to_string(),
+                c.failures.to_string(),
+                if c.state_reason.is_empty() {
+                    "-".into()
+                } else {
+                    c.state_reason.clone()
+                },
+            ]
+        }),
+    )
+}
+
+fn audit_table(entries: &[AuditEntryView]) -> String {
+    table(
+        &["at", "actor", "action", "target", "source", "result"],
+        entries.iter().map(|e| {
+            vec![
+                rfc3339(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.source.clone(),
+                e.result.clone(),
+            ]
+        }),
+    )
+}
+
+/// `cairn hub campaigns show` as text: the campaign, its batches, its appliances.
+fn campaign_text(c: &CampaignView) -> String {
+    let mut out = format!(
+        "campaign {}: release {}, {}{}\n",
+        c.name,
+        c.release,
+        c.state,
+        if c.state_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.state_reason)
+        }
+    );
+    out.push_str(&format!(
+        "failures {} (max {}), window {}, prestage {}\n\n",
+        c.failures,
+        c.max_failures,
+        c.window
+            .as_ref()
+            .map_or_else(|| "any time".into(), |w| format!("{}-{}", w.start, w.end)),
+        c.prestage
+    ));
+    out.push_str(&table(
+        &["batch", "kind", "progress"],
+        c.batches.iter().map(|b| {
+            vec![
+                b.index.to_string(),
+                b.kind.clone(),
+                b.counts
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        }),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["appliance", "batch", "state", "phase", "from", "reason"],
+        c.members.iter().map(|m| {
+            vec![
+                m.appliance.to_string(),
+                m.batch.to_string(),
+                m.state.to_string(),
+                opt(m.phase.map(phase)),
+                if m.from_version.is_empty() {
+                    "-".into()
+                } else {
+                    m.from_version.clone()
+                },
+                if m.reason.is_empty() {
+                    "-".into()
+                } else {
+                    m.reason.clone()
+                },
+            ]
+        }),
+    ));
+    out
+}
+
+/// One command's answer: the view for `--output json`, the text for people.
+struct Answer {
+    json: serde_json::Value,
+    text: String,
+}
+
+impl Answer {
+    fn of<T: Serialize>(view: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<Self> {
+        Ok(Self {
+            json: serde_json::to_value(view)?,
+            text: text(view),
+        })
+    }
+
+    fn done(text: &str) -> Self {
+        Self {
+            json: serde_json::Value::Null,
+            text: format!("{text}\n"),
+        }
+    }
+}
+
+fn campaign_name(release: &str) -> String {
+    let version: String = release
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let at = time::OffsetDateTime::now_utc();
+    format!(
+        "rollout-{version}-{:04}{:02}{:02}{:02}{:02}{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+fn label_changes(changes: Vec<String>) -> anyhow::Result<LabelRequest> {
+    let mut labels = BTreeMap::new();
+    for c in changes {
+        if let Some(k) = c.strip_suffix('-').filter(|_| !c.contains('=')) {
+            labels.insert(k.to_owned(), None);
+        } else {
+            let (k, v) = parse_label(&c).map_err(anyhow::Error::msg)?;
+            labels.insert(k, Some(v));
+        }
+    }
+    Ok(LabelRequest { labels })
+}
+
+impl HubArgs {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        let command = match self.command {
+            HubClientCommand::Login {
+                url,
+                ca_fingerprint,
+                token_file,
+            } => {
+                return login(
+                    &self.config,
+                    &url,
+                    &ca_fingerprint,
+                    &token_file,
+                    self.output,
+                )
+                .await;
+            }
+            other => other,
+        };
+        let hub = open_session(&self.config)?;
+        match execute(&hub, command).await {
+            Ok(answer) => {
+                match self.output {
+                    OutputFormat::Json => {
+                        println!("{}", serde_json::to_string_pretty(&answer.json)?)
+                    }
+                    OutputFormat::Table => print!("{}", answer.text),
+                }
+                Ok(Exit::Success)
+            }
+            Err(e) => match e.downcast::<Error>() {
+                Ok(Error::Refused { status, body, .. }) => {
+                    eprintln!("error: hub answered {status}: {}", body.message);
+                    Ok(Exit::Failed)
+                }
+                Ok(other) => Err(other.into()),
+                Err(other) => Err(other),
+            },
+        }
+    }
+}
+
+async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<Answer> {
+    Ok(match command {
+        HubClientCommand::Login { .. } => unreachable!("handled by run"),
+        HubClientCommand::Token(TokenCommand::Create {
+            site,
+            ttl_seconds,
+            max_uses,
+            labels,
+        }) => {
+            let request = CreateEnrollmentToken {
+                site,
+                ttl_seconds,
+                max_uses,
+                labels: labels.into_iter().collect(),
+            };
+            Answer::of(&hub.create_token(&request).await?, |t| {
+                format!(
+                    "token (shown once): {}\nsite {}, {} uses, expires {}\n",
+                    t.token,
+                    t.view.site,
+                    t.view.max_uses,
+                    rfc3339(t.view.expires_at)
+                )
+            })?
+        }
+        HubClientCommand::Token(TokenCommand::List) => {
+            Answer::of(&hub.list_tokens().await?, |t| tokens_table(t))?
+        }
+        HubClientCommand::Token(TokenCommand::Revoke { id }) => {
+            Answer::of(&hub.revoke_token(&id).await?, |t| format!("revoked {}\n", t.id))?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::List { site }) => Answer::of(
+            &hub.list_appliances(&SiteQuery { site }).await?,
+            |a| appliances_table(a),
+        )?,
+        HubClientCommand::Appliances(ApplianceCommand::Show { id }) => {
+            Answer::of(&hub.appliance(&id).await?, |a| {
+                serde_json::to_string_pretty(a).unwrap_or_default() + "\n"
+            })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Label { id, changes }) => Answer::of(
+            &hub.label_appliance(&id, &label_changes(changes)?).await?,
+            |a| format!("{} labels: {}\n", a.id, labels(&a.labels)),
+        )?,
+        HubClientCommand::Appliances(ApplianceCommand::Delete { id }) => {
+            hub.delete_appliance(&id).await?;
+            Answer::done("deleted")
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Unquarantine { id, version }) => {
+            Answer::of(&hub.clear_quarantine(&id, &version).await?, |a| {
+                format!("{} quarantined: {}\n", a.id, list(a.quarantined.keys()))
+            })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => Answer::of(
+            &hub.clear_upgrade_flag(&id).await?,
+            |a| format!("{} flag cleared\n", a.id),
+        )?,
+        HubClientCommand::ControlPlanes(ControlPlaneCommand::Add {
+            name,
+            api_server,
+            ca_file,
+            credentials_ref,
+        }) => {
+            let ca_bundle_pem = std::fs::read_to_string(&ca_file)
+                .with_context(|| format!("reading {}", ca_file.display()))?;
+            let request = AddControlPlane {
+                name,
+                api_server_url: api_server,
+                ca_bundle_pem,
+                credentials_ref,
+            };
+            Answer::of(&hub.add_control_plane(&request).await?, |c| {
+                format!("added control plane {}\n", c.name)
+            })?
+        }
+        HubClientCommand::ControlPlanes(ControlPlaneCommand::List) => Answer::of(
+            &hub.list_control_planes().await?,
+            |c| control_planes_table(c),
+        )?,
+        HubClientCommand::ControlPlanes(ControlPlaneCommand::Assign { name, site, labels }) => {
+            let request = AssignRequest {
+                site,
+                labels: labels.into_iter().collect(),
+            };
+            Answer::of(&hub.assign_control_plane(&name, &request).await?, |r| {
+                let mut text = format!("joined: {}\n", list(&r.assigned));
+                for (id, why) in &r.failed {
+                    text.push_str(&format!("failed: {id}: {why}\n"));
+                }
+                text
+            })?
+        }
+        HubClientCommand::Vpcs(VpcCommand::Create { name, subnet }) => {
+            let request = cairn_api::hub::CreateVpc { name, subnet };
+            Answer::of(&hub.create_vpc(&request).await?, |v| {
+                format!("created VPC {} (VNI {})\n", v.name, v.vni)
+            })?
+        }
+        HubClientCommand::Vpcs(VpcCommand::List) => {
+            Answer::of(&hub.list_vpcs().await?, |v| vpcs_table(v))?
+        }
+        HubClientCommand::Vpcs(VpcCommand::Attach { name, appliance }) => {
+            Answer::of(&hub.attach(&name, &appliance).await?, |v| {
+                format!("{} members: {}\n", v.name, list(&v.members))
+            })?
+        }
+        HubClientCommand::Vpcs(VpcCommand::Detach { name, appliance }) => {
+            Answer::of(&hub.detach(&name, &appliance).await?, |v| {
+                format!("{} members: {}\n", v.name, list(&v.members))
+            })?
+        }
+        HubClientCommand::Releases(ReleaseCommand::Add { bundle, sha256 }) => {
+            let release = if bundle.starts_with("https://") || bundle.starts_with("http://") {
+                hub.add_release_from_url(&AddReleaseFromUrl {
+                    url: bundle,
+                    sha256,
+                })
+                .await?
+            } else {
+                hub.upload_release(Path::new(&bundle), &sha256).await?
+            };
+            Answer::of(&release, |r| {
+                format!(
+                    "release {} added ({} bytes, signed by key {})\n",
+                    r.version, r.size_bytes, r.signing_key
+                )
+            })?
+        }
+        HubClientCommand::Releases(ReleaseCommand::List) => {
+            Answer::of(&hub.list_releases().await?, |r| releases_table(r))?
+        }
+        HubClientCommand::Releases(ReleaseCommand::Show { version }) => {
+            Answer::of(&hub.release(&version).await?, |r| {
+                serde_json::to_string_pretty(r).unwrap_or_default() + "\n"
+            })?
+        }
+        HubClientCommand::Releases(ReleaseCommand::Delete { version }) => {
+            hub.delete_release(&version).await?;
+            Answer::done("deleted")
+        }
+        HubClientCommand::Campaigns(CampaignCommand::Create {
+            name,
+            release,
+            selector,
+            canaries,
+            batch_size,
+            max_concurrency,
+            max_failures,
+            window,
+            prestage,
+            allow_downgrade,
+            deadline_seconds,
+        }) => {
+            let request = CreateCampaign {
+                name: name.unwrap_or_else(|| campaign_name(&release)),
+                release,
+                selector: parse_selector(&selector).map_err(anyhow::Error::msg)?,
+                canaries,
+                batch_size,
+                max_concurrency,
+                max_failures,
+                window: window
+                    .map(|w| MaintenanceWindow::parse(&w))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                prestage,
+                allow_downgrade,
+                deadline_seconds,
+            };
+            Answer::of(&hub.create_campaign(&request).await?, campaign_text)?
+        }
+        HubClientCommand::Campaigns(action @ (CampaignCommand::Start { .. }
+        | CampaignCommand::Pause { .. }
+        | CampaignCommand::Resume { .. }
+        | CampaignCommand::Abort { .. })) => {
+            let (verb, name) = match action {
+                CampaignCommand::Start { name } => (CampaignAction::Start, name),
+                CampaignCommand::Pause { name } => (CampaignAction::Pause, name),
+                CampaignCommand::Resume { name } => (CampaignAction::Resume, name),
+                CampaignCommand::Abort { name } => (CampaignAction::Abort, name),
+                _ => unreachable!("matched above"),
+            };
+            Answer::of(&hub.campaign_action(&name, verb).await?, campaign_text)?
+        }
+        HubClientCommand::Campaigns(CampaignCommand::Show { name }) => {
+            Answer::of(&hub.campaign(&name).await?, campaign_text)?
+        }
+        HubClientCommand::Campaigns(CampaignCommand::List) => {
+            Answer::of(&hub.list_campaigns().await?, |c| campaigns_table(c))?
+        }
+        HubClientCommand::Audit { since } => {
+            let since = since
+                .map(|t| {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| {
+                            format!("--since {t:?}: expected RFC 3339, e.g. 2026-01-31T12:00:00Z")
+                        })
+                })
+                .transpose()?;
+            let query = SinceQuery { since, limit: None };
+            Answer::of(&hub.audit(&query).await?, |e| audit_table(e))?
+        }
+    })
+}
+
+async fn login(
+    config: &Option<PathBuf>,
+    url: &str,
+    fingerprint: &str,
+    token_file: &Path,
+    output: OutputFormat,
+) -> anyhow::Result<Exit> {
+    let url = url.trim_end_matches('/').to_owned();
+    if !url.starts_with("https://") {
+        eprintln!("error: --url must start with https://");
+        return Ok(Exit::Usage);
+    }
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?
+        .trim()
+        .to_owned();
+    let want = match CertFingerprint::parse(fingerprint) {
+        Ok(fp) => fp,
+        Err(e) => {
+            eprintln!("error: --ca-fingerprint: {e}; the hub prints it at `cairn-hub init`");
+            return Ok(Exit::InvalidInput);
+        }
+    };
+    // The CA comes over a connection pinned to the fingerprint; the token is not sent on it.
+    let ca = match HubClient::fetch_pinned_ca(&url, &want).await {
+        Ok(ca) => ca,
+        Err(Error::FingerprintMismatch { presented, .. }) => anyhow::bail!(
+            "the hub at {url} has CA fingerprint {presented}, not {want}: not logging in (wrong hub, or someone in between)"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("fetching the CA from {url}"))),
+    };
+    // Now verified with the pinned CA: the token only ever travels on this connection.
+    let hub = HubClient::new(&url, &Trust::CaBundle(ca.ca_bundle_pem.clone()), None)?
+        .with_bearer(token.clone());
+    let me = match hub.whoami().await {
+        Ok(me) => me,
+        Err(Error::Refused { status, body, .. }) => {
+            eprintln!("error: hub answered {status}: {}", body.message);
+            return Ok(Exit::Failed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let path = config_path(config)?;
+    save_login(
+        &path,
+        &Login {
+            url,
+            ca_fingerprint: want.to_string(),
+            ca_pem: ca.ca_bundle_pem,
+            token,
+        },
+    )?;
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"config": path, "whoami": me})
+        ),
+        OutputFormat::Table => println!(
+            "logged in as {} ({}{}); saved to {}",
+            me.name,
+            me.role,
+            me.site
+                .as_deref()
+                .map(|x| format!(", site {x}"))
+                .unwrap_or_default(),
+            path.display()
+        ),
+    }
+    Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse_or_say_why() {
+        let s = parse_selector("site=dc1,role=edge").unwrap();
+        assert_eq!(s.site.as_deref(), Some("dc1"));
+        assert_eq!(s.labels.get("role").map(String::as_str), Some("edge"));
+        assert!(parse_selector("site").unwrap_err().contains("key=value"));
+    }
+
+    #[test]
+    fn label_changes_set_and_remove() {
+        let r = label_changes(vec!["role=edge".into(), "rack-".into()]).unwrap();
+        assert_eq!(r.labels.get("role"), Some(&Some("edge".to_owned())));
+        assert_eq!(r.labels.get("rack"), Some(&None));
+        assert!(label_changes(vec!["=x".into()]).is_err());
+    }
+}

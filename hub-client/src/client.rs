@@ -1,0 +1,623 @@
+//! [`HubClient`]: one method per `/v1` route, typed with `cairn_api`'s requests and views.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_api::hub::{
+    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult,
+    AuditEntryView, CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView,
+    CreateCampaign, CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView,
+    ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView,
+    WhoAmI,
+};
+use cairn_api::{
+    CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
+};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::tls::{self, Identity, PinMismatch, TlsError, Trust};
+
+/// What went wrong calling the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No answer: network down, hub down, timeout. Worth retrying later.
+    #[error("hub {url} unreachable")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The hub's chain does not contain the pinned CA.
+    #[error("the hub's certificate chain does not hold the pinned CA {expected} (it presented {presented})")]
+    FingerprintMismatch {
+        /// The pinned fingerprint.
+        expected: CertFingerprint,
+        /// What the chain held.
+        presented: String,
+    },
+    /// The hub answered with an error body.
+    #[error("hub refused {endpoint}: HTTP {status} {}: {}", body.error, body.message)]
+    Refused {
+        /// Which call, `POST /v1/...`.
+        endpoint: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's error body.
+        body: ErrorBody,
+    },
+    /// The hub answered, but not with what the API promises.
+    #[error("hub answered {endpoint} with something that is not the cairn API ({detail})")]
+    Garbage {
+        /// Which call.
+        endpoint: String,
+        /// HTTP status and what failed to parse.
+        detail: String,
+    },
+    /// The TLS settings could not be built.
+    #[error("setting up TLS to the hub")]
+    Tls(#[from] TlsError),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// The hub URL is not one.
+    #[error("hub URL {url:?}: {reason}")]
+    Url {
+        /// As given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local file to upload could not be opened.
+    #[error("opening {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying later may help (as opposed to needing an operator).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Garbage { .. } => true,
+            Self::Refused { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The hub's error body, when it refused.
+    pub fn refusal(&self) -> Option<&ErrorBody> {
+        match self {
+            Self::Refused { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one hub.
+#[derive(Debug, Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    base: url::Url,
+    bearer: Option<String>,
+    pinned: Option<CertFingerprint>,
+    mismatch: PinMismatch,
+}
+
+/// Every call gives up after this long; a heartbeat or a list is small, and a bundle upload
+/// is bounded by [`UPLOAD_TIMEOUT`].
+const TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Uploading a release bundle of a few GiB.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl HubClient {
+    /// A client for the hub at `base_url` (`https://host:port`), trusting it as `trust`
+    /// says and presenting `identity` when given.
+    pub fn new(base_url: &str, trust: &Trust, identity: Option<&Identity>) -> Result<Self, Error> {
+        let mut base = url::Url::parse(base_url.trim_end_matches('/')).map_err(|e| Error::Url {
+            url: base_url.into(),
+            reason: e.to_string(),
+        })?;
+        if base.cannot_be_a_base() {
+            return Err(Error::Url {
+                url: base_url.into(),
+                reason: "not an http(s) URL".into(),
+            });
+        }
+        // Paths are joined segment by segment below; a trailing empty one would double '/'.
+        if base.path() == "/" {
+            base.set_path("");
+        }
+        let (config, mismatch) = tls::client_config(trust, identity)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(Error::Client)?;
+        let pinned = match trust {
+            Trust::Fingerprint(fp) => Some(fp.clone()),
+            _ => None,
+        };
+        Ok(Self {
+            http,
+            base,
+            bearer: None,
+            pinned,
+            mismatch,
+        })
+    }
+
+    /// The same client, sending `token` as the operator bearer token.
+    pub fn with_bearer(mut self, token: impl Into<String>) -> Self {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// The hub's URL.
+    pub fn base_url(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    /// With only a fingerprint: fetches `GET /v1/ca` over a pinned connection and checks the
+    /// fingerprint of what it returns. The answer's bundle is the CA to trust from now on.
+    pub async fn fetch_pinned_ca(
+        base_url: &str,
+        fingerprint: &CertFingerprint,
+    ) -> Result<CaInfo, Error> {
+        let hub = Self::new(base_url, &Trust::Fingerprint(fingerprint.clone()), None)?;
+        let answer = hub.ca().await?;
+        let ders = tls::pem_certificates(&answer.ca_bundle_pem, "hub CA").map_err(|e| {
+            Error::Garbage {
+                endpoint: "GET /v1/ca".into(),
+                detail: e.to_string(),
+            }
+        })?;
+        if !ders.iter().any(|d| &tls::fingerprint(d) == fingerprint) {
+            return Err(Error::FingerprintMismatch {
+                expected: fingerprint.clone(),
+                presented: ders
+                    .iter()
+                    .map(|d| tls::fingerprint(d).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(answer)
+    }
+
+    fn url(&self, segments: &[&str]) -> url::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in new: the base can be a base")
+            .extend(segments);
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> (String, url::Url, reqwest::RequestBuilder) {
+        let url = self.url(segments);
+        let endpoint = format!("{method} {}", url.path());
+        let mut req = self.http.request(method, url.clone());
+        if let Some(token) = &self.bearer {
+            req = req.bearer_auth(token);
+        }
+        (endpoint, url, req)
+    }
+
+    async fn send(
+        &self,
+        endpoint: String,
+        url: url::Url,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Answer, Error> {
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                if let (Some(expected), Some(presented)) = (&self.pinned, self.mismatch.take()) {
+                    return Err(Error::FingerprintMismatch {
+                        expected: expected.clone(),
+                        presented,
+                    });
+                }
+                return Err(Error::Unreachable {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| Error::Unreachable {
+                url: url.to_string(),
+                source,
+            })?;
+        if (200..300).contains(&status) {
+            return Ok(Answer {
+                endpoint,
+                status,
+                bytes: bytes.to_vec(),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Error::Refused {
+                endpoint,
+                status,
+                body,
+            }),
+            Err(_) => Err(Error::Garbage {
+                endpoint,
+                detail: format!("HTTP {status}, body starts {:?}", preview(&bytes)),
+            }),
+        }
+    }
+
+    async fn call<B: Serialize + ?Sized, Q: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: Option<&Q>,
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        let (endpoint, url, mut req) = self.request(method, segments);
+        if let Some(q) = query {
+            req = req.query(q);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, Error> {
+        self.call::<(), (), T>(Method::GET, segments, None, None).await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T, Error> {
+        self.call::<B, (), T>(Method::POST, segments, None, Some(body))
+            .await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, Error> {
+        self.call::<(), (), T>(Method::DELETE, segments, None, None)
+            .await
+    }
+
+    async fn delete_empty(&self, segments: &[&str]) -> Result<(), Error> {
+        let (endpoint, url, req) = self.request(Method::DELETE, segments);
+        self.send(endpoint, url, req).await.map(drop)
+    }
+
+    // ---- appliance endpoints (token or mTLS) --------------------------------------------
+
+    /// `GET /v1/ca`: the hub CA (no authentication).
+    pub async fn ca(&self) -> Result<CaInfo, Error> {
+        self.get(&["v1", "ca"]).await
+    }
+
+    /// `POST /v1/registrations/check`: would this enrollment token be accepted? Does not
+    /// use it up.
+    pub async fn check_token(&self, token: &str) -> Result<TokenCheck, Error> {
+        let body = CheckRequest {
+            token: token.into(),
+        };
+        self.post(&["v1", "registrations", "check"], &body).await
+    }
+
+    /// `POST /v1/registrations`: token + CSR + inventory -> certificate.
+    pub async fn register(
+        &self,
+        request: &RegistrationRequest,
+    ) -> Result<RegistrationResponse, Error> {
+        self.post(&["v1", "registrations"], request).await
+    }
+
+    /// `POST /v1/renewals` (mTLS): a new client certificate.
+    pub async fn renew(&self, csr_pem: &str) -> Result<Renewal, Error> {
+        let body = RenewalRequest {
+            csr_pem: csr_pem.into(),
+        };
+        self.post(&["v1", "renewals"], &body).await
+    }
+
+    /// `POST /v1/heartbeats` (mTLS): status up, desired state down.
+    pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, Error> {
+        self.post(&["v1", "heartbeats"], heartbeat).await
+    }
+
+    // ---- operator endpoints (bearer token) -----------------------------------------------
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, Error> {
+        self.get(&["v1", "whoami"]).await
+    }
+
+    /// `POST /v1/tokens`: an enrollment token, shown once.
+    pub async fn create_token(
+        &self,
+        request: &CreateEnrollmentToken,
+    ) -> Result<NewToken<EnrollmentTokenView>, Error> {
+        self.post(&["v1", "tokens"], request).await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<EnrollmentTokenView>, Error> {
+        self.get(&["v1", "tokens"]).await
+    }
+
+    /// `DELETE /v1/tokens/{id}`: revoke.
+    pub async fn revoke_token(&self, id: &str) -> Result<EnrollmentTokenView, Error> {
+        self.delete(&["v1", "tokens", id]).await
+    }
+
+    /// `POST /v1/operator-tokens`: an operator token, shown once.
+    pub async fn create_operator_token(
+        &self,
+        request: &CreateOperatorToken,
+    ) -> Result<NewToken<OperatorTokenView>, Error> {
+        self.post(&["v1", "operator-tokens"], request).await
+    }
+
+    /// `GET /v1/operator-tokens`.
+    pub async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenView>, Error> {
+        self.get(&["v1", "operator-tokens"]).await
+    }
+
+    /// `DELETE /v1/operator-tokens/{id}`.
+    pub async fn delete_operator_token(&self, id: &str) -> Result<(), Error> {
+        self.delete_empty(&["v1", "operator-tokens", id]).await
+    }
+
+    /// `GET /v1/appliances`.
+    pub async fn list_appliances(&self, query: &SiteQuery) -> Result<Vec<ApplianceView>, Error> {
+        self.call::<(), _, _>(Method::GET, &["v1", "appliances"], Some(query), None)
+            .await
+    }
+
+    /// `GET /v1/appliances/{id}`.
+    pub async fn appliance(&self, id: &str) -> Result<ApplianceView, Error> {
+        self.get(&["v1", "appliances", id]).await
+    }
+
+    /// `DELETE /v1/appliances/{id}`: its certificate stops working at once.
+    pub async fn delete_appliance(&self, id: &str) -> Result<(), Error> {
+        self.delete_empty(&["v1", "appliances", id]).await
+    }
+
+    /// `PUT /v1/appliances/{id}/labels`.
+    pub async fn label_appliance(
+        &self,
+        id: &str,
+        request: &LabelRequest,
+    ) -> Result<ApplianceView, Error> {
+        self.call::<_, (), _>(
+            Method::PUT,
+            &["v1", "appliances", id, "labels"],
+            None,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/appliances/{id}/quarantine/{version}`.
+    pub async fn clear_quarantine(&self, id: &str, version: &str) -> Result<ApplianceView, Error> {
+        self.delete(&["v1", "appliances", id, "quarantine", version])
+            .await
+    }
+
+    /// `DELETE /v1/appliances/{id}/upgrade-flag`.
+    pub async fn clear_upgrade_flag(&self, id: &str) -> Result<ApplianceView, Error> {
+        self.delete(&["v1", "appliances", id, "upgrade-flag"]).await
+    }
+
+    /// `POST /v1/control-planes`.
+    pub async fn add_control_plane(
+        &self,
+        request: &AddControlPlane,
+    ) -> Result<ControlPlaneView, Error> {
+        self.post(&["v1", "control-planes"], request).await
+    }
+
+    /// `GET /v1/control-planes`.
+    pub async fn list_control_planes(&self) -> Result<Vec<ControlPlaneView>, Error> {
+        self.get(&["v1", "control-planes"]).await
+    }
+
+    /// `POST /v1/control-planes/{name}/assign`.
+    pub async fn assign_control_plane(
+        &self,
+        name: &str,
+        request: &AssignRequest,
+    ) -> Result<AssignResult, Error> {
+        self.post(&["v1", "control-planes", name, "assign"], request)
+            .await
+    }
+
+    /// `POST /v1/vpcs`.
+    pub async fn create_vpc(&self, request: &CreateVpc) -> Result<VpcView, Error> {
+        self.post(&["v1", "vpcs"], request).await
+    }
+
+    /// `GET /v1/vpcs`.
+    pub async fn list_vpcs(&self) -> Result<Vec<VpcView>, Error> {
+        self.get(&["v1", "vpcs"]).await
+    }
+
+    /// `POST /v1/vpcs/{name}/attach`.
+    pub async fn attach(&self, vpc: &str, appliance: &str) -> Result<VpcView, Error> {
+        let body = MembershipRequest {
+            appliance_id: appliance.into(),
+        };
+        self.post(&["v1", "vpcs", vpc, "attach"], &body).await
+    }
+
+    /// `POST /v1/vpcs/{name}/detach`.
+    pub async fn detach(&self, vpc: &str, appliance: &str) -> Result<VpcView, Error> {
+        let body = MembershipRequest {
+            appliance_id: appliance.into(),
+        };
+        self.post(&["v1", "vpcs", vpc, "detach"], &body).await
+    }
+
+    /// `POST /v1/releases`: the hub downloads the bundle from a URL once.
+    pub async fn add_release_from_url(
+        &self,
+        request: &AddReleaseFromUrl,
+    ) -> Result<ReleaseView, Error> {
+        self.post(&["v1", "releases"], request).await
+    }
+
+    /// `POST /v1/releases/upload`: streams a local bundle file to the hub.
+    pub async fn upload_release(&self, bundle: &Path, sha256: &str) -> Result<ReleaseView, Error> {
+        let file = tokio::fs::File::open(bundle)
+            .await
+            .map_err(|source| Error::Io {
+                path: bundle.display().to_string(),
+                source,
+            })?;
+        let (endpoint, url, req) = self.request(Method::POST, &["v1", "releases", "upload"]);
+        let req = req
+            .query(&UploadQuery {
+                sha256: sha256.into(),
+            })
+            .timeout(UPLOAD_TIMEOUT)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::from(file));
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    /// `GET /v1/releases`.
+    pub async fn list_releases(&self) -> Result<Vec<ReleaseView>, Error> {
+        self.get(&["v1", "releases"]).await
+    }
+
+    /// `GET /v1/releases/{version}`.
+    pub async fn release(&self, version: &str) -> Result<ReleaseView, Error> {
+        self.get(&["v1", "releases", version]).await
+    }
+
+    /// `DELETE /v1/releases/{version}`.
+    pub async fn delete_release(&self, version: &str) -> Result<(), Error> {
+        self.delete_empty(&["v1", "releases", version]).await
+    }
+
+    /// `POST /v1/campaigns`: created, not started.
+    pub async fn create_campaign(&self, request: &CreateCampaign) -> Result<CampaignView, Error> {
+        self.post(&["v1", "campaigns"], request).await
+    }
+
+    /// `GET /v1/campaigns`.
+    pub async fn list_campaigns(&self) -> Result<Vec<CampaignView>, Error> {
+        self.get(&["v1", "campaigns"]).await
+    }
+
+    /// `GET /v1/campaigns/{name}`.
+    pub async fn campaign(&self, name: &str) -> Result<CampaignView, Error> {
+        self.get(&["v1", "campaigns", name]).await
+    }
+
+    /// `POST /v1/campaigns/{name}/{action}`.
+    pub async fn campaign_action(
+        &self,
+        name: &str,
+        action: CampaignAction,
+    ) -> Result<CampaignView, Error> {
+        self.call::<(), (), _>(
+            Method::POST,
+            &["v1", "campaigns", name, action.as_str()],
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/audit`.
+    pub async fn audit(&self, query: &SinceQuery) -> Result<Vec<AuditEntryView>, Error> {
+        self.call::<(), _, _>(Method::GET, &["v1", "audit"], Some(query), None)
+            .await
+    }
+
+    /// `GET /v1/events`.
+    pub async fn events(&self, query: &SinceQuery) -> Result<Vec<EventView>, Error> {
+        self.call::<(), _, _>(Method::GET, &["v1", "events"], Some(query), None)
+            .await
+    }
+}
+
+/// A successful answer, not yet decoded.
+struct Answer {
+    endpoint: String,
+    status: u16,
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    /// Decodes the body; an empty body (204) reads as JSON `null`, which `()` accepts.
+    fn decode<T: DeserializeOwned>(self) -> Result<T, Error> {
+        let bytes: &[u8] = if self.bytes.is_empty() {
+            b"null"
+        } else {
+            &self.bytes
+        };
+        serde_json::from_slice(bytes).map_err(|e| Error::Garbage {
+            endpoint: self.endpoint,
+            detail: format!(
+                "HTTP {}, {e}; body starts {:?}",
+                self.status,
+                preview(&self.bytes)
+            ),
+        })
+    }
+}
+
+/// The first bytes of an unexpected body, printable, for error messages.
+fn preview(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_keeps_garbage_printable_and_short() {
+        assert_eq!(preview(b"<html>\n\x00hi"), "<html>..hi");
+        assert_eq!(preview(&[b'a'; 200]).len(), 80);
+    }
+
+    #[test]
+    fn path_segments_are_escaped_and_joined_to_the_base() {
+        let hub = HubClient::new("https://hub.example:8443/", &Trust::Nothing, None).unwrap();
+        assert_eq!(
+            hub.url(&["v1", "appliances", "a/b?c"]).as_str(),
+            "https://hub.example:8443/v1/appliances/a%2Fb%3Fc"
+        );
+        assert_eq!(hub.base_url(), "https://hub.example:8443");
+        let prefixed = HubClient::new("https://hub.example/cairn", &Trust::Nothing, None).unwrap();
+        assert_eq!(
+            prefixed.url(&["v1", "ca"]).as_str(),
+            "https://hub.example/cairn/v1/ca"
+        );
+        assert!(matches!(
+            HubClient::new("not a url", &Trust::Nothing, None),
+            Err(Error::Url { .. })
+        ));
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Outputs in `--out`:
 //! - `root.img.zst`: the root filesystem of a slot (squashfs), zstd-compressed for transport
-//!   in independent frames ([`crate::stream::compress_frames`]);
+//!   in independent frames ([`cairn_formats::stream::compress_frames`]);
 //! - `disk.raw`, `disk.qcow2`: GPT (esp, root-a, root-b, data), GRUB for UEFI and BIOS,
 //!   slot `a` filled, `b` empty, `data` blank (formatted on first boot);
 //! - `pxe/`: `vmlinuz`, `initrd.img` (install environment with `cairn-agent`), `ipxe.tera`,
@@ -28,11 +28,13 @@ use serde::{Deserialize, Serialize};
 use crate::args;
 use crate::config::{ImageConfig, Profile};
 use crate::cpio::CpioWriter;
-use crate::gpt::{self, Layout};
+use cairn_formats::gpt::{self, Layout};
+use cairn_formats::install::InstallManifest;
+use cairn_formats::keys::SigningKey;
+use cairn_formats::stream::Digest;
+
 use crate::grub;
-use crate::keys::SigningKey;
 use crate::rootfs::{self, TreeError};
-use crate::stream::Digest;
 use crate::tools::{ToolError, run};
 
 const INITRD_INIT: &str = include_str!("../dist/initrd-init.sh");
@@ -66,32 +68,6 @@ const INITRD_MODULES: &[&str] = &[
 /// (cairn-agent is not among them: it installs, from the install environment's initramfs.)
 /// Every byte here is also in each update bundle an appliance downloads.
 const CAIRN_BINARIES: &[&str] = &["cairn", "cairn-node"];
-
-/// What the install agent needs besides the image itself; `pxe/install.json` and
-/// `cairn/install.json` on the ISO.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstallManifest {
-    /// OS version.
-    pub version: String,
-    /// ESP size in bytes.
-    pub esp_size: u64,
-    /// Root slot size in bytes.
-    pub slot_size: u64,
-    /// `root.img` (uncompressed squashfs).
-    pub root_image: Digest,
-    /// `root.img.zst`.
-    pub root_payload: Digest,
-    /// The ESP filesystem image (uncompressed), cut after its last non-zero block: shorter
-    /// than `esp_size`, whose rest FAT does not read.
-    pub esp_image: Digest,
-    /// `esp.img.zst`.
-    pub esp_payload: Digest,
-    /// `mbr.bin`: BIOS boot code for the first 440 bytes of the disk.
-    pub mbr: Digest,
-    /// `core.img`: GRUB's BIOS core, at sector [`gpt::BIOS_CORE_LBA`].
-    pub core: Digest,
-}
 
 /// `manifest.json` of a build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +108,7 @@ pub enum BuildError {
     Input(String),
     /// Writing the bundle failed.
     #[error("writing the update bundle")]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(#[from] cairn_formats::bundle::BundleError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -288,7 +264,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
 
     step("writing the update bundle");
     let bundle = out.join(format!("update-{}.bundle", cfg.version));
-    crate::bundle::create(
+    cairn_formats::bundle::create(
         &bundle,
         &cfg.version,
         std::env::consts::ARCH,
@@ -298,7 +274,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         &root_zst,
     )?;
     if let Some(key) = &req.signing_key {
-        crate::bundle::sign(&bundle, key)?;
+        cairn_formats::bundle::sign(&bundle, key)?;
     }
 
     step("writing manifest.json");
@@ -379,7 +355,7 @@ pub struct DeriveRequest {
 /// Makes an update bundle from a build's root image with a new version and extra files (a
 /// patched binary, a config drop-in), without rebuilding the rest of the image: unpacks the
 /// squashfs, changes the tree, packs it with the same options. Reproducible like `build`.
-pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError> {
+pub fn derive(req: &DeriveRequest) -> Result<cairn_formats::bundle::Manifest, BuildError> {
     let epoch = req.source_date_epoch;
     let work = work_dir("cairn-derive-")?;
     let work = work.path();
@@ -421,7 +397,7 @@ pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError
     squash(&root, &root_img, epoch)?;
     let root_zst = work.join("root.img.zst");
     compress(&root_img, &root_zst)?;
-    let manifest = crate::bundle::create(
+    let manifest = cairn_formats::bundle::create(
         &req.out,
         &req.version,
         std::env::consts::ARCH,
@@ -431,7 +407,7 @@ pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError
         &root_zst,
     )?;
     if let Some(key) = &req.signing_key {
-        crate::bundle::sign(&req.out, key)?;
+        cairn_formats::bundle::sign(&req.out, key)?;
     }
     Ok(manifest)
 }
@@ -452,11 +428,11 @@ fn copy(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Compresses a slot or ESP image as cairn ships it (see [`crate::stream::compress_frames`]).
+/// Compresses a slot or ESP image as cairn ships it (see [`cairn_formats::stream::compress_frames`]).
 fn compress(from: &Path, to: &Path) -> Result<(), BuildError> {
     let input = std::fs::File::open(from).map_err(io("reading", from))?;
     let mut output = std::io::BufWriter::new(std::fs::File::create(to).map_err(io("writing", to))?);
-    crate::stream::compress_frames(std::io::BufReader::new(input), &mut output)
+    cairn_formats::stream::compress_frames(std::io::BufReader::new(input), &mut output)
         .map_err(io("compressing", from))?;
     output.flush().map_err(io("writing", to))
 }
@@ -575,7 +551,7 @@ fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
     );
     let mut keys = Vec::new();
     for path in &cfg.release_keys {
-        let key = crate::keys::PublicKey::read(path)
+        let key = cairn_formats::keys::PublicKey::read(path)
             .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
         let rel = format!("{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
         std::fs::create_dir_all(root.join(IMAGE_RELEASE_KEYS))
@@ -820,7 +796,8 @@ fn grub_images(
     rootfs::write(
         &esp,
         "grub/grubenv",
-        &grub::grubenv(&BTreeMap::from([("cairn_slot", "a")])),
+        &cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
+            .expect("one variable fits"),
         0o644,
     )?;
     rootfs::clamp_times(&esp, epoch)?;
@@ -1028,11 +1005,11 @@ fn fix_efi_serial(iso: &Path, epoch: u64) -> Result<(), BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::TrustStore;
+    use cairn_formats::keys::TrustStore;
 
     fn unpack_payload(bundle: &Path, trust: &TrustStore, into: &Path) {
         let mut reader = std::io::BufReader::new(std::fs::File::open(bundle).unwrap());
-        let header = crate::bundle::Header::read(&mut reader).unwrap();
+        let header = cairn_formats::bundle::Header::read(&mut reader).unwrap();
         let verified = header.verify(trust).unwrap();
         let img = into.with_extension("img");
         let mut out = std::fs::File::create(&img).unwrap();

@@ -186,16 +186,8 @@ impl StoreArgs {
 }
 
 fn write_secret(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{contents}").with_context(|| format!("writing {}", path.display()))
+    cairn_formats::fsio::atomic_write_mode(path, format!("{contents}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl HubCli {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::{MaintenanceWindow, UpgradeOrder, UpgradePhase, UpgradeReport};
 use cairn_formats::bundle::{self, Header};
+use cairn_formats::fsio::atomic_write;
 use cairn_formats::keys::{PublicKey, TrustStore};
 use cairn_formats::{gpt, grubenv};
 use serde::{Deserialize, Serialize};
@@ -334,15 +335,9 @@ impl Upgrader {
         self.publish();
         let Some(record) = &self.record else { return };
         let dir = &self.settings.data_dir;
-        let result = (|| {
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join("state.json.tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join("state.json"))?;
-            File::open(dir)?.sync_all()
-        })();
+        let result = serde_json::to_vec_pretty(record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_write(&dir.join("state.json"), &bytes));
         if let Err(e) = result {
             tracing::error!(error = %e, dir = %dir.display(), "persisting the upgrade record failed");
         }

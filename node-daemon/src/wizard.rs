@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use tera::{Context, Tera};
 use tokio::sync::{Mutex, watch};
 
+use cairn_formats::fsio::atomic_write_mode;
+
 use crate::config::{self, normalize_fingerprint, valid_hostname};
 use crate::hub::{HttpsHub, HubApi, Trust};
-use crate::kubelet::write_atomic;
 use crate::network::Network;
 
 /// Wrong PINs tolerated before a new PIN is made (and shown on the console again).
@@ -381,18 +382,18 @@ async fn check_hub(form: &SetupForm) -> Result<(), StepError> {
 
 fn save(root: &std::path::Path, form: &SetupForm, netplan: &str) -> std::io::Result<()> {
     let etc = root.join("etc/cairn");
-    write_atomic(
+    atomic_write_mode(
         &etc.join("netplan/50-wizard.yaml"),
         netplan.as_bytes(),
         0o600,
     )?;
-    write_atomic(
+    atomic_write_mode(
         &etc.join("enrollment-token"),
         format!("{}\n", form.token.trim()).as_bytes(),
         0o600,
     )?;
     // node.yaml last: its presence means "configured".
-    write_atomic(
+    atomic_write_mode(
         &root.join(config::MAIN_FILE),
         node_yaml(form).as_bytes(),
         0o644,

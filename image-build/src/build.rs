@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::args;
 use crate::config::{ImageConfig, Profile};
 use crate::cpio::CpioWriter;
+use cairn_api::node_config::{NodeConfig, UpgradeSection};
 use cairn_formats::gpt::{self, Layout};
 use cairn_formats::install::InstallManifest;
 use cairn_formats::keys::SigningKey;
@@ -544,11 +545,6 @@ const IMAGE_RELEASE_KEYS: &str = "usr/lib/cairn/release-keys";
 /// busybox's `reboot -f`: the init is a shell, not a service manager), its trusted release
 /// keys, and the operator's drop-in from `node_config`.
 fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
-    let mut yaml = String::from(
-        "# Made by `cairn image build` (minimal profile): A/B upgrades of this appliance.\n\
-         upgrade:\n  slot_dir: /dev/disk/by-partlabel\n  grubenv: /boot/efi/grub/grubenv\n  \
-         reboot_command: [reboot, -f]\n  trusted_keys:",
-    );
     let mut keys = Vec::new();
     for path in &cfg.release_keys {
         let key = cairn_formats::keys::PublicKey::read(path)
@@ -558,13 +554,22 @@ fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
             .map_err(io("creating", &root.join(IMAGE_RELEASE_KEYS)))?;
         key.write(&root.join(&rel))
             .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
-        keys.push(format!("\n    - /{rel}"));
+        keys.push(PathBuf::from(format!("/{rel}")));
     }
-    if keys.is_empty() {
-        yaml.push_str(" []");
-    }
-    yaml.push_str(&keys.concat());
-    yaml.push('\n');
+    let upgrade = NodeConfig {
+        upgrade: Some(UpgradeSection {
+            slot_dir: Some("/dev/disk/by-partlabel".into()),
+            grubenv: Some("/boot/efi/grub/grubenv".into()),
+            reboot_command: Some(vec!["reboot".into(), "-f".into()]),
+            trusted_keys: Some(keys),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let yaml = format!(
+        "# Made by `cairn image build` (minimal profile): A/B upgrades of this appliance.\n{}",
+        serde_yaml_ng::to_string(&upgrade).expect("plain strings serialise")
+    );
     rootfs::write(
         root,
         &format!("{IMAGE_NODE_D}/10-image-upgrade.yaml"),

@@ -21,9 +21,10 @@ use tokio::sync::{Mutex, watch};
 
 use cairn_formats::fsio::atomic_write_mode;
 
-use crate::config::{self, normalize_fingerprint, valid_hostname};
+use crate::config;
 use crate::hub::{HttpsHub, HubApi, Trust};
 use crate::network::Network;
+use cairn_api::node_config::{HubSection, NodeConfig, normalize_fingerprint, valid_hostname};
 
 /// Wrong PINs tolerated before a new PIN is made (and shown on the console again).
 const MAX_PIN_FAILURES: u32 = 5;
@@ -190,14 +191,16 @@ pub fn validate(form: &SetupForm, nics: &[String]) -> Result<String, StepError> 
 
 /// The node configuration the wizard writes.
 pub fn node_yaml(form: &SetupForm) -> String {
-    let cfg = serde_json::json!({
-        "hostname": form.hostname,
-        "hub": {
-            "url": form.hub_url.trim_end_matches('/'),
-            "ca_fingerprint": normalize_fingerprint(&form.fingerprint).map(|f| format!("sha256:{f}")),
-            "token_file": "/etc/cairn/enrollment-token",
-        },
-    });
+    let cfg = NodeConfig {
+        hostname: Some(form.hostname.clone()),
+        hub: Some(HubSection {
+            url: Some(form.hub_url.trim_end_matches('/').to_owned()),
+            ca_fingerprint: normalize_fingerprint(&form.fingerprint).map(|f| format!("sha256:{f}")),
+            token_file: Some("/etc/cairn/enrollment-token".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     format!(
         "# Written by the cairn-node first-boot wizard.\n{}",
         serde_yaml_ng::to_string(&cfg).unwrap_or_default()

@@ -226,7 +226,11 @@ mod tests {
         assert_eq!(json, r#"{"upgrade":{"tries":2}}"#);
         assert_eq!(serde_json::from_str::<NodeConfig>(&json).unwrap(), config);
         let typo = serde_json::from_str::<NodeConfig>(r#"{"hub":{"urll":"https://x"}}"#);
-        assert!(typo.unwrap_err().to_string().contains("unknown field `urll`"));
+        assert!(
+            typo.unwrap_err()
+                .to_string()
+                .contains("unknown field `urll`")
+        );
     }
 
     #[test]

@@ -664,59 +664,37 @@ mod tests {
     #[test]
     fn header_fields_that_overflow_or_leave_the_disk_are_refused() {
         let (_, disk) = small_disk();
-        let out = |field| move |e: HeaderError| matches!(e, HeaderError::OutOfRange { field: f, .. } if f == field);
-        type Case = (&'static str, Box<dyn Fn(&mut [u8])>, Field);
-        let cases: Vec<Case> = vec![
-            (
-                "header size",
-                Box::new(|h| h[12..16].copy_from_slice(&u32::MAX.to_le_bytes())),
-                Field::HeaderSize,
-            ),
-            (
-                "entry count",
-                Box::new(|h| h[80..84].copy_from_slice(&u32::MAX.to_le_bytes())),
-                Field::EntryCount,
-            ),
-            (
-                "entry size",
-                Box::new(|h| h[84..88].copy_from_slice(&0x8000_0000u32.to_le_bytes())),
-                Field::EntrySize,
-            ),
-            (
-                "entries LBA",
-                Box::new(|h| h[72..80].copy_from_slice(&(u64::MAX - 1).to_le_bytes())),
-                Field::EntriesLba,
-            ),
-            (
-                "entries over the usable range",
-                Box::new(|h| h[72..80].copy_from_slice(&40u64.to_le_bytes())),
-                Field::EntriesLba,
-            ),
-            (
-                "last usable LBA",
-                Box::new(|h| h[48..56].copy_from_slice(&u64::MAX.to_le_bytes())),
-                Field::UsableRange,
-            ),
-            (
-                "alternate LBA",
-                Box::new(|h| h[32..40].copy_from_slice(&u64::MAX.to_le_bytes())),
-                Field::AlternateLba,
-            ),
-            (
-                "my LBA",
-                Box::new(|h| h[24..32].copy_from_slice(&7u64.to_le_bytes())),
-                Field::MyLba,
-            ),
+        let (u32_max, u64_max) = (u64::from(u32::MAX), u64::MAX);
+        // (header offset, field width, value written, the field refused)
+        let cases = [
+            (12, 4, u32_max, Field::HeaderSize),
+            (80, 4, u32_max, Field::EntryCount),
+            (84, 4, 0x8000_0000, Field::EntrySize),
+            (72, 8, u64_max - 1, Field::EntriesLba),
+            // Entries overlapping the usable range.
+            (72, 8, 40, Field::EntriesLba),
+            (48, 8, u64_max, Field::UsableRange),
+            (32, 8, u64_max, Field::AlternateLba),
+            (24, 8, 7, Field::MyLba),
         ];
-        for (what, edit, field) in cases {
+        for (offset, width, value, field) in cases {
             let mut bad = disk.clone();
-            patch_primary(&mut bad, edit);
+            patch_primary(&mut bad, |h| {
+                h[offset..offset + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            });
             // The backup still holds: the reader falls back to it.
-            assert_eq!(read_bytes(&bad).unwrap().copy, HeaderCopy::Backup, "{what}");
+            assert_eq!(
+                read_bytes(&bad).unwrap().copy,
+                HeaderCopy::Backup,
+                "{field:?}"
+            );
             let backup = backup_header(&bad);
             bad[backup..].fill(0);
             let err = primary_error(&bad);
-            assert!(out(field)(err.clone()), "{what}: {err}");
+            assert!(
+                matches!(err, HeaderError::OutOfRange { field: f, .. } if f == field),
+                "{field:?}: {err}"
+            );
         }
     }
 

@@ -1030,6 +1030,34 @@ mod tests {
         .unwrap();
     }
 
+    /// The baked upgrade drop-in is in cairn-node's schema and names the keys it installed.
+    #[test]
+    fn the_image_node_config_is_in_the_node_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate().unwrap().public_key();
+        key.write(&dir.path().join("release.pub")).unwrap();
+        let config = dir.path().join("image.yaml");
+        std::fs::write(
+            &config,
+            "profile: minimal\nversion: '1.0'\nrelease_keys: [release.pub]\n",
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        image_node_config(&root, &ImageConfig::load(&config).unwrap()).unwrap();
+        let text =
+            std::fs::read_to_string(root.join(IMAGE_NODE_D).join("10-image-upgrade.yaml")).unwrap();
+        let parsed: NodeConfig = serde_yaml_ng::from_str(&text).unwrap();
+        let upgrade = parsed.upgrade.expect("an upgrade section");
+        let installed = format!("/{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
+        assert_eq!(upgrade.trusted_keys, Some(vec![PathBuf::from(&installed)]));
+        assert_eq!(
+            upgrade.reboot_command,
+            Some(vec!["reboot".into(), "-f".into()])
+        );
+        assert!(root.join(&installed[1..]).is_file());
+        assert!(parsed.hub.is_none() && parsed.hostname.is_none(), "{text}");
+    }
+
     /// A derived release carries the new version and the added file, is signed, and is
     /// bit-identical when made twice from the same inputs.
     #[test]

@@ -16,6 +16,10 @@
 //!   [`OverlayDocument`], [`UpgradeOrder`], [`UpgradeReport`], responses) tolerate unknown fields. Either end of a hub–node link can
 //!   be the newer one during a rolling upgrade, and ignoring an extra report field is harmless.
 //!
+//! [`node_config`] is the schema of the node's configuration files, shared by cairn-node and
+//! every program that writes them; unknown keys there are refused (a typo must not be
+//! ignored in a file an operator wrote).
+//!
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
 //! binaries; the wire types never depend on it.
 
@@ -27,6 +31,8 @@ mod inventory;
 mod overlay;
 mod registration;
 mod upgrade;
+
+pub mod node_config;
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -339,20 +339,13 @@ fn config_path(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn save_login(path: &Path, login: &Login) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(serde_json::to_string_pretty(login)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    // The login holds a bearer token: 0600 even over an older, looser file.
+    cairn_formats::fsio::atomic_write_mode(
+        path,
+        serde_json::to_string_pretty(login)?.as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 fn open_session(config: &Option<PathBuf>) -> anyhow::Result<HubClient> {

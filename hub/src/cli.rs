@@ -135,8 +135,8 @@ struct ServeArgs {
 fn release_keys(
     dir: &std::path::Path,
     extra: &[PathBuf],
-) -> anyhow::Result<cairn_image_build::keys::TrustStore> {
-    use cairn_image_build::keys::PublicKey;
+) -> anyhow::Result<cairn_formats::keys::TrustStore> {
+    use cairn_formats::keys::PublicKey;
     let mut paths: Vec<PathBuf> = extra.to_vec();
     let keys_dir = dir.join(RELEASE_KEYS_DIR);
     if let Ok(entries) = std::fs::read_dir(&keys_dir) {
@@ -159,7 +159,7 @@ fn release_keys(
             "no trusted release keys: every release will be refused (see --trusted-release-key)"
         );
     }
-    Ok(cairn_image_build::keys::TrustStore::new(keys))
+    Ok(cairn_formats::keys::TrustStore::new(keys))
 }
 
 /// Trusted release keys inside the data directory.
@@ -186,16 +186,8 @@ impl StoreArgs {
 }
 
 fn write_secret(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{contents}").with_context(|| format!("writing {}", path.display()))
+    cairn_formats::fsio::atomic_write_mode(path, format!("{contents}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl HubCli {
@@ -226,7 +218,7 @@ async fn init(args: InitArgs) -> anyhow::Result<Exit> {
     // Check the release keys before creating anything.
     let mut release_key_files = Vec::new();
     for p in &args.trusted_release_keys {
-        let key = cairn_image_build::keys::PublicKey::read(p)
+        let key = cairn_formats::keys::PublicKey::read(p)
             .with_context(|| format!("reading the release key {}", p.display()))?;
         release_key_files.push(key);
     }

@@ -96,7 +96,7 @@ pub struct FleetSettings {
     /// Where release bundles are kept (`<data>/releases`); `None`: releases cannot be added.
     pub releases_dir: Option<std::path::PathBuf>,
     /// The keys release bundles must be signed with.
-    pub release_keys: cairn_image_build::keys::TrustStore,
+    pub release_keys: cairn_formats::keys::TrustStore,
     /// `https://host:port` appliances download bundles from; `None`: the address each
     /// appliance reached the hub at.
     pub public_url: Option<String>,

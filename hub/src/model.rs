@@ -222,7 +222,7 @@ pub struct ControlPlane {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A signed OS release the hub can roll out. The bundle (format of `cairn-image-build`) was
+/// A signed OS release the hub can roll out. The bundle (format of `cairn-formats`) was
 /// verified against the hub's trusted release keys when it was added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {

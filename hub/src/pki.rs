@@ -90,19 +90,13 @@ pub struct Ca {
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)
+    let mode = if secret { 0o600 } else { 0o644 };
+    cairn_formats::fsio::atomic_create(path, contents.as_bytes(), mode).map_err(|source| {
+        PkiError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 fn read_file(path: &Path) -> Result<String, PkiError> {

@@ -1,5 +1,5 @@
 //! Releases and campaigns through a real `cairn-hub` over real mTLS: signed bundles made
-//! with `cairn-image-build` (unsigned and unknown-key bundles refused), bundles served with
+//! with `cairn-formats` (unsigned and unknown-key bundles refused), bundles served with
 //! HTTP Range, and simulated appliances whose heartbeats carry the reports a node sends
 //! (the real node side lives in node-daemon/): canary then batches, a rollback that
 //! quarantines and pauses, an appliance back on an unexpected version, an offline one.
@@ -12,8 +12,8 @@ mod testutil;
 
 use std::path::{Path, PathBuf};
 
-use cairn_image_build::bundle;
-use cairn_image_build::keys::SigningKey;
+use cairn_formats::bundle;
+use cairn_formats::keys::SigningKey;
 use common::{Device, Hub, Operator};
 
 /// Runs `$body` (an `Option`-valued block that may borrow mutably) every 50 ms for up to

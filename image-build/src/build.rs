@@ -2,7 +2,7 @@
 //!
 //! Outputs in `--out`:
 //! - `root.img.zst`: the root filesystem of a slot (squashfs), zstd-compressed for transport
-//!   in independent frames ([`crate::stream::compress_frames`]);
+//!   in independent frames ([`cairn_formats::stream::compress_frames`]);
 //! - `disk.raw`, `disk.qcow2`: GPT (esp, root-a, root-b, data), GRUB for UEFI and BIOS,
 //!   slot `a` filled, `b` empty, `data` blank (formatted on first boot);
 //! - `pxe/`: `vmlinuz`, `initrd.img` (install environment with `cairn-agent`), `ipxe.tera`,
@@ -28,11 +28,14 @@ use serde::{Deserialize, Serialize};
 use crate::args;
 use crate::config::{ImageConfig, Profile};
 use crate::cpio::CpioWriter;
-use crate::gpt::{self, Layout};
+use cairn_api::node_config::{NodeConfig, UpgradeSection};
+use cairn_formats::gpt::{self, Layout};
+use cairn_formats::install::InstallManifest;
+use cairn_formats::keys::SigningKey;
+use cairn_formats::stream::Digest;
+
 use crate::grub;
-use crate::keys::SigningKey;
 use crate::rootfs::{self, TreeError};
-use crate::stream::Digest;
 use crate::tools::{ToolError, run};
 
 const INITRD_INIT: &str = include_str!("../dist/initrd-init.sh");
@@ -66,32 +69,6 @@ const INITRD_MODULES: &[&str] = &[
 /// (cairn-agent is not among them: it installs, from the install environment's initramfs.)
 /// Every byte here is also in each update bundle an appliance downloads.
 const CAIRN_BINARIES: &[&str] = &["cairn", "cairn-node"];
-
-/// What the install agent needs besides the image itself; `pxe/install.json` and
-/// `cairn/install.json` on the ISO.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstallManifest {
-    /// OS version.
-    pub version: String,
-    /// ESP size in bytes.
-    pub esp_size: u64,
-    /// Root slot size in bytes.
-    pub slot_size: u64,
-    /// `root.img` (uncompressed squashfs).
-    pub root_image: Digest,
-    /// `root.img.zst`.
-    pub root_payload: Digest,
-    /// The ESP filesystem image (uncompressed), cut after its last non-zero block: shorter
-    /// than `esp_size`, whose rest FAT does not read.
-    pub esp_image: Digest,
-    /// `esp.img.zst`.
-    pub esp_payload: Digest,
-    /// `mbr.bin`: BIOS boot code for the first 440 bytes of the disk.
-    pub mbr: Digest,
-    /// `core.img`: GRUB's BIOS core, at sector [`gpt::BIOS_CORE_LBA`].
-    pub core: Digest,
-}
 
 /// `manifest.json` of a build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +109,7 @@ pub enum BuildError {
     Input(String),
     /// Writing the bundle failed.
     #[error("writing the update bundle")]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(#[from] cairn_formats::bundle::BundleError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -288,7 +265,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
 
     step("writing the update bundle");
     let bundle = out.join(format!("update-{}.bundle", cfg.version));
-    crate::bundle::create(
+    cairn_formats::bundle::create(
         &bundle,
         &cfg.version,
         std::env::consts::ARCH,
@@ -298,7 +275,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         &root_zst,
     )?;
     if let Some(key) = &req.signing_key {
-        crate::bundle::sign(&bundle, key)?;
+        cairn_formats::bundle::sign(&bundle, key)?;
     }
 
     step("writing manifest.json");
@@ -379,7 +356,7 @@ pub struct DeriveRequest {
 /// Makes an update bundle from a build's root image with a new version and extra files (a
 /// patched binary, a config drop-in), without rebuilding the rest of the image: unpacks the
 /// squashfs, changes the tree, packs it with the same options. Reproducible like `build`.
-pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError> {
+pub fn derive(req: &DeriveRequest) -> Result<cairn_formats::bundle::Manifest, BuildError> {
     let epoch = req.source_date_epoch;
     let work = work_dir("cairn-derive-")?;
     let work = work.path();
@@ -421,7 +398,7 @@ pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError
     squash(&root, &root_img, epoch)?;
     let root_zst = work.join("root.img.zst");
     compress(&root_img, &root_zst)?;
-    let manifest = crate::bundle::create(
+    let manifest = cairn_formats::bundle::create(
         &req.out,
         &req.version,
         std::env::consts::ARCH,
@@ -431,7 +408,7 @@ pub fn derive(req: &DeriveRequest) -> Result<crate::bundle::Manifest, BuildError
         &root_zst,
     )?;
     if let Some(key) = &req.signing_key {
-        crate::bundle::sign(&req.out, key)?;
+        cairn_formats::bundle::sign(&req.out, key)?;
     }
     Ok(manifest)
 }
@@ -452,11 +429,11 @@ fn copy(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Compresses a slot or ESP image as cairn ships it (see [`crate::stream::compress_frames`]).
+/// Compresses a slot or ESP image as cairn ships it (see [`cairn_formats::stream::compress_frames`]).
 fn compress(from: &Path, to: &Path) -> Result<(), BuildError> {
     let input = std::fs::File::open(from).map_err(io("reading", from))?;
     let mut output = std::io::BufWriter::new(std::fs::File::create(to).map_err(io("writing", to))?);
-    crate::stream::compress_frames(std::io::BufReader::new(input), &mut output)
+    cairn_formats::stream::compress_frames(std::io::BufReader::new(input), &mut output)
         .map_err(io("compressing", from))?;
     output.flush().map_err(io("writing", to))
 }
@@ -568,27 +545,31 @@ const IMAGE_RELEASE_KEYS: &str = "usr/lib/cairn/release-keys";
 /// busybox's `reboot -f`: the init is a shell, not a service manager), its trusted release
 /// keys, and the operator's drop-in from `node_config`.
 fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
-    let mut yaml = String::from(
-        "# Made by `cairn image build` (minimal profile): A/B upgrades of this appliance.\n\
-         upgrade:\n  slot_dir: /dev/disk/by-partlabel\n  grubenv: /boot/efi/grub/grubenv\n  \
-         reboot_command: [reboot, -f]\n  trusted_keys:",
-    );
     let mut keys = Vec::new();
     for path in &cfg.release_keys {
-        let key = crate::keys::PublicKey::read(path)
+        let key = cairn_formats::keys::PublicKey::read(path)
             .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
         let rel = format!("{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
         std::fs::create_dir_all(root.join(IMAGE_RELEASE_KEYS))
             .map_err(io("creating", &root.join(IMAGE_RELEASE_KEYS)))?;
         key.write(&root.join(&rel))
             .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
-        keys.push(format!("\n    - /{rel}"));
+        keys.push(PathBuf::from(format!("/{rel}")));
     }
-    if keys.is_empty() {
-        yaml.push_str(" []");
-    }
-    yaml.push_str(&keys.concat());
-    yaml.push('\n');
+    let upgrade = NodeConfig {
+        upgrade: Some(UpgradeSection {
+            slot_dir: Some("/dev/disk/by-partlabel".into()),
+            grubenv: Some("/boot/efi/grub/grubenv".into()),
+            reboot_command: Some(vec!["reboot".into(), "-f".into()]),
+            trusted_keys: Some(keys),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let yaml = format!(
+        "# Made by `cairn image build` (minimal profile): A/B upgrades of this appliance.\n{}",
+        serde_yaml_ng::to_string(&upgrade).expect("plain strings serialise")
+    );
     rootfs::write(
         root,
         &format!("{IMAGE_NODE_D}/10-image-upgrade.yaml"),
@@ -820,7 +801,8 @@ fn grub_images(
     rootfs::write(
         &esp,
         "grub/grubenv",
-        &grub::grubenv(&BTreeMap::from([("cairn_slot", "a")])),
+        &cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
+            .expect("one variable fits"),
         0o644,
     )?;
     rootfs::clamp_times(&esp, epoch)?;
@@ -1028,11 +1010,11 @@ fn fix_efi_serial(iso: &Path, epoch: u64) -> Result<(), BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::TrustStore;
+    use cairn_formats::keys::TrustStore;
 
     fn unpack_payload(bundle: &Path, trust: &TrustStore, into: &Path) {
         let mut reader = std::io::BufReader::new(std::fs::File::open(bundle).unwrap());
-        let header = crate::bundle::Header::read(&mut reader).unwrap();
+        let header = cairn_formats::bundle::Header::read(&mut reader).unwrap();
         let verified = header.verify(trust).unwrap();
         let img = into.with_extension("img");
         let mut out = std::fs::File::create(&img).unwrap();
@@ -1046,6 +1028,34 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    /// The baked upgrade drop-in is in cairn-node's schema and names the keys it installed.
+    #[test]
+    fn the_image_node_config_is_in_the_node_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate().unwrap().public_key();
+        key.write(&dir.path().join("release.pub")).unwrap();
+        let config = dir.path().join("image.yaml");
+        std::fs::write(
+            &config,
+            "profile: minimal\nversion: '1.0'\nrelease_keys: [release.pub]\n",
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        image_node_config(&root, &ImageConfig::load(&config).unwrap()).unwrap();
+        let text =
+            std::fs::read_to_string(root.join(IMAGE_NODE_D).join("10-image-upgrade.yaml")).unwrap();
+        let parsed: NodeConfig = serde_yaml_ng::from_str(&text).unwrap();
+        let upgrade = parsed.upgrade.expect("an upgrade section");
+        let installed = format!("/{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
+        assert_eq!(upgrade.trusted_keys, Some(vec![PathBuf::from(&installed)]));
+        assert_eq!(
+            upgrade.reboot_command,
+            Some(vec!["reboot".into(), "-f".into()])
+        );
+        assert!(root.join(&installed[1..]).is_file());
+        assert!(parsed.hub.is_none() && parsed.hostname.is_none(), "{text}");
     }
 
     /// A derived release carries the new version and the added file, is signed, and is

@@ -7,9 +7,9 @@ use cairn_api::cli::{Exit, OutputFormat};
 use clap::{Args, Subcommand};
 
 use crate::build::{self, BuildRequest};
-use crate::bundle::{self, BundleError};
 use crate::config::ImageConfig;
-use crate::keys::{PublicKey, SigningKey, TrustStore};
+use cairn_formats::bundle::{self, BundleError};
+use cairn_formats::keys::{PublicKey, SigningKey, TrustStore};
 
 /// Build appliance images and sign update bundles.
 ///

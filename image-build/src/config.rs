@@ -199,7 +199,7 @@ impl ImageConfig {
         };
         check_version(&config.version).map_err(|m| invalid("version", m))?;
         let d = &config.disk;
-        let needed = 2 + d.esp_mib + 2 * d.slot_mib + (crate::gpt::MIN_DATA >> 20);
+        let needed = 2 + d.esp_mib + 2 * d.slot_mib + (cairn_formats::gpt::MIN_DATA >> 20);
         if d.size_mib < needed {
             return Err(invalid(
                 "disk.size_mib",

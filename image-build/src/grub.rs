@@ -15,7 +15,7 @@
 //! makes (GRUB's `util/setup.c`): the core.img sector in boot.img, and the blocklist of the
 //! rest of core.img in its first sector.
 
-use std::collections::BTreeMap;
+use cairn_formats::gpt::MBR_CODE_LEN;
 
 /// Label of the ESP's FAT filesystem; GRUB finds its config by it.
 pub const ESP_LABEL: &str = "CAIRN-ESP";
@@ -111,70 +111,9 @@ menuentry "Install cairn {version}" {{
     )
 }
 
-/// A GRUB environment block (1024 bytes, `#`-padded) holding `vars`.
-pub fn grubenv(vars: &BTreeMap<&str, &str>) -> Vec<u8> {
-    let mut text = String::from("# GRUB Environment Block\n");
-    for (k, v) in vars {
-        text.push_str(&format!("{k}={v}\n"));
-    }
-    let mut bytes = text.into_bytes();
-    assert!(bytes.len() <= 1024, "grubenv overflow");
-    bytes.resize(1024, b'#');
-    bytes
-}
-
-/// Why a GRUB environment block cannot be read or edited.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GrubenvError {
-    /// The block lacks GRUB's header line or has the wrong size.
-    #[error("not a GRUB environment block ({0})")]
-    Format(String),
-    /// The edited variables do not fit in the block's size.
-    #[error("the GRUB environment does not fit in {0} bytes")]
-    Full(usize),
-}
-
-const GRUBENV_HEADER: &str = "# GRUB Environment Block\n";
-
-/// The variables of a GRUB environment block (as `grub-editenv list` shows them).
-pub fn parse_grubenv(block: &[u8]) -> Result<BTreeMap<String, String>, GrubenvError> {
-    let text = std::str::from_utf8(block).map_err(|_| GrubenvError::Format("not UTF-8".into()))?;
-    let body = text
-        .strip_prefix(GRUBENV_HEADER)
-        .ok_or_else(|| GrubenvError::Format("missing header line".into()))?;
-    Ok(body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
-}
-
-/// `block` with `set` applied (an empty value keeps the variable, empty, as GRUB's
-/// `set x=` + `save_env` does), at exactly the same size: GRUB's `save_env` writes into the
-/// file's existing blocks, so the file must never grow, shrink or move.
-pub fn edit_grubenv(block: &[u8], set: &[(&str, &str)]) -> Result<Vec<u8>, GrubenvError> {
-    let mut vars = parse_grubenv(block)?;
-    for (k, v) in set {
-        vars.insert((*k).to_owned(), (*v).to_owned());
-    }
-    let mut text = String::from(GRUBENV_HEADER);
-    for (k, v) in &vars {
-        text.push_str(&format!("{k}={v}\n"));
-    }
-    let mut bytes = text.into_bytes();
-    if bytes.len() > block.len() {
-        return Err(GrubenvError::Full(block.len()));
-    }
-    bytes.resize(block.len(), b'#');
-    Ok(bytes)
-}
-
 // Offsets in GRUB's boot.img and diskboot.img (include/grub/i386/pc/boot.h).
 const KERNEL_SECTOR: usize = 0x5c;
 const DRIVE_CHECK: usize = 0x66;
-/// boot.img code ends where the MBR's disk signature starts; the partition table follows.
-pub const MBR_CODE_LEN: usize = 0x1b8;
 
 /// Patches GRUB's boot.img (first 440 bytes used) and core.img for a core.img stored at
 /// `core_lba` in consecutive sectors. Returns (MBR boot code, patched core.img).
@@ -218,30 +157,6 @@ pub fn bios_boot_code(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grubenv_edits_keep_the_size_and_round_trip() {
-        let block = grubenv(&BTreeMap::from([("cairn_slot", "a")]));
-        let edited = edit_grubenv(&block, &[("cairn_try", "b"), ("cairn_tries", "1")]).unwrap();
-        assert_eq!(edited.len(), 1024);
-        let vars = parse_grubenv(&edited).unwrap();
-        assert_eq!(vars["cairn_slot"], "a");
-        assert_eq!(vars["cairn_try"], "b");
-        assert_eq!(vars["cairn_tries"], "1");
-        assert!(parse_grubenv(b"garbage").is_err());
-        let big = "x".repeat(1100);
-        assert_eq!(
-            edit_grubenv(&block, &[("v", &big)]),
-            Err(GrubenvError::Full(1024))
-        );
-    }
-
-    #[test]
-    fn grubenv_is_a_padded_kilobyte() {
-        let env = grubenv(&BTreeMap::from([("cairn_slot", "a")]));
-        assert_eq!(env.len(), 1024);
-        assert!(env.starts_with(b"# GRUB Environment Block\ncairn_slot=a\n#"));
-    }
 
     #[test]
     fn bios_patches_point_at_the_core_image() {

@@ -124,24 +124,17 @@ impl Store {
         }
     }
 
-    /// Writes atomically (temp file, fsync, rename) so a crash leaves old or new, never half.
+    /// Writes atomically (temp file, fsync, rename, fsync the directory) so a crash leaves old or new, never half.
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ApplyError> {
-        use std::io::Write;
         let path = self.dir.join(name);
         let err = |what, source| ApplyError::Store {
             what,
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(|e| err("creating directory for", e))?;
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(value)
             .map_err(|e| err("serializing", std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err("writing", e))?;
-        f.write_all(&bytes).map_err(|e| err("writing", e))?;
-        f.sync_all().map_err(|e| err("syncing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err("renaming into", e))?;
-        Ok(())
+        cairn_formats::fsio::atomic_write(&path, &bytes).map_err(|e| err("writing", e))
     }
 
     /// Links and rules cairn created.

@@ -113,16 +113,9 @@ pub fn lease_path(state_dir: &Path, iface: &str) -> PathBuf {
 }
 
 fn save(path: &Path, lease: &Lease) -> Result<(), DhcpError> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-    f.write_all(&serde_json::to_vec_pretty(lease).unwrap_or_default())
-        .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+    let bytes = serde_json::to_vec_pretty(lease).unwrap_or_default();
+    cairn_formats::fsio::atomic_write(path, &bytes)
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 /// One interface's client.

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cairn_image_build::keys::{PublicKey, TrustStore};
+use cairn_formats::keys::{PublicKey, TrustStore};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

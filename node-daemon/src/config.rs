@@ -1,5 +1,6 @@
 //! Node configuration: `/etc/cairn/node.yaml` plus drop-ins `/etc/cairn/node.d/*.yaml`.
 //!
+//! The schema, shared with every writer of these files, is [`cairn_api::node_config`].
 //! Each file is parsed on its own first, against the same schema with every key optional, so
 //! a typo or a wrong type is reported with the file, line and key where it was written. The
 //! files are then deep-merged (drop-ins in lexical order override the main file, key by key)
@@ -10,149 +11,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use cairn_api::node_config::{NodeConfig, UpgradeSection, normalize_fingerprint, valid_hostname};
 use serde_yaml_ng::{Mapping, Value};
 
 /// Where the configuration sits below the root (`/` on an appliance, a temp dir in tests).
 pub const MAIN_FILE: &str = "etc/cairn/node.yaml";
 /// Drop-in directory below the root.
 pub const DROP_IN_DIR: &str = "etc/cairn/node.d";
-
-/// The on-disk schema. Every key is optional here so that a drop-in may set just one; what is
-/// required is checked after merging, when the [`Settings`] are built.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// The appliance's hostname.
-    pub hostname: Option<String>,
-    /// How to reach the hub.
-    pub hub: Option<HubSection>,
-    /// Host network.
-    pub network: Option<NetworkSection>,
-    /// kubelet unit and files.
-    pub kubelet: Option<KubeletSection>,
-    /// Where state lives, how big the report queue may grow.
-    pub state: Option<StateSection>,
-    /// The local API.
-    pub api: Option<ApiSection>,
-    /// The first-boot wizard.
-    pub wizard: Option<WizardSection>,
-    /// A/B upgrades.
-    pub upgrade: Option<UpgradeSection>,
-}
-
-/// `hub:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HubSection {
-    /// `https://host:port`.
-    pub url: Option<String>,
-    /// SHA-256 of the hub CA certificate (DER), hex with or without colons.
-    pub ca_fingerprint: Option<String>,
-    /// PEM bundle of the hub CA, instead of (or as well as) the fingerprint.
-    pub ca_file: Option<PathBuf>,
-    /// File holding the one-time enrollment token.
-    pub token_file: Option<PathBuf>,
-}
-
-/// `network:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkSection {
-    /// Directory of netplan YAML files applied at start.
-    pub netplan_dir: Option<PathBuf>,
-    /// Whether the node applies the network at all (off when something else owns it).
-    pub manage: Option<bool>,
-    /// The underlay address VXLAN tunnels of VPC overlays end on (configured on a link by
-    /// the host network). Reported to the hub, which hands it to the VPC's peers.
-    pub vtep_address: Option<String>,
-}
-
-/// `kubelet:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KubeletSection {
-    /// systemd unit to manage.
-    pub unit: Option<String>,
-    /// `ExecStart=` of the drop-in (the kubelet binary and its flags).
-    pub exec_start: Option<String>,
-    /// Directory for bootstrap-kubeconfig and config.yaml.
-    pub dir: Option<PathBuf>,
-    /// Directory for the unit drop-in.
-    pub dropin_dir: Option<PathBuf>,
-    /// D-Bus address of the system bus.
-    pub system_bus: Option<String>,
-}
-
-/// `state:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateSection {
-    /// Directory of the state store.
-    pub dir: Option<PathBuf>,
-    /// Most reports kept while the hub is unreachable.
-    pub queue_limit: Option<u64>,
-}
-
-/// `api:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSection {
-    /// Unix socket of the local API.
-    pub socket: Option<PathBuf>,
-}
-
-/// `wizard:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WizardSection {
-    /// `address:port` the wizard listens on.
-    pub listen: Option<String>,
-}
-
-/// `upgrade:` (docs/node-daemon.md "Upgrades").
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpgradeSection {
-    /// Release public keys (PEM, from `cairn image keygen`) bundles must be signed by. The
-    /// node's own trust store: never taken from the hub.
-    pub trusted_keys: Option<Vec<PathBuf>>,
-    /// Where bundles are downloaded and the upgrade's state is kept.
-    pub data_dir: Option<PathBuf>,
-    /// Directory holding the slot block devices by partition label (`root-a`, `root-b`).
-    pub slot_dir: Option<PathBuf>,
-    /// Instead of `slot_dir`: the whole disk (device or image file) whose GPT names the slots.
-    pub disk: Option<PathBuf>,
-    /// The GRUB environment block on the mounted ESP.
-    pub grubenv: Option<PathBuf>,
-    /// The kernel command line, where `cairn.slot=` names the booted slot.
-    pub cmdline: Option<PathBuf>,
-    /// Boots the new slot gets before GRUB falls back (1 or 2).
-    pub tries: Option<u8>,
-    /// Run before the reboot (e.g. to drain the node); a failure stops the upgrade.
-    pub drain_command: Option<Vec<String>>,
-    /// How to reboot.
-    pub reboot_command: Option<Vec<String>>,
-    /// Health checks after booting the new slot must pass within this many seconds.
-    pub health_deadline_seconds: Option<u64>,
-    /// Operator checks run after booting the new slot, besides the built-in ones.
-    pub health_checks: Option<Vec<HealthCheckSection>>,
-    /// The appliance's UTC offset for maintenance windows, `+HH:MM`; default: the local time
-    /// zone (`/etc/localtime`, daylight saving included).
-    pub utc_offset: Option<String>,
-}
-
-/// One operator health check: a command (exit 0 passes) or an HTTP probe (2xx passes).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheckSection {
-    /// Shown in reports.
-    pub name: Option<String>,
-    /// argv of a command.
-    pub command: Option<Vec<String>>,
-    /// `http://` URL to GET.
-    pub http: Option<String>,
-}
 
 /// What an operator health check does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +196,7 @@ fn load_sources(root: &Path, sources: &[Source]) -> Result<Settings, ConfigError
         let value = parse_one(&source.path, &source.text)?;
         merge(&mut merged, value, "", index, &mut origin);
     }
-    let file: ConfigFile = serde_yaml_ng::from_value(merged).map_err(|e| ConfigError {
+    let file: NodeConfig = serde_yaml_ng::from_value(merged).map_err(|e| ConfigError {
         file: sources[0].path.clone(),
         line: None,
         key: None,
@@ -369,7 +234,7 @@ fn parse_one(path: &Path, text: &str) -> Result<Value, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Value::Mapping(Mapping::new()));
     }
-    let _: ConfigFile = serde_yaml_ng::from_str(text).map_err(located)?;
+    let _: NodeConfig = serde_yaml_ng::from_str(text).map_err(located)?;
     serde_yaml_ng::from_str(text).map_err(located)
 }
 
@@ -473,29 +338,9 @@ pub fn rooted(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-/// Normalises a SHA-256 fingerprint to lowercase hex without separators.
-pub fn normalize_fingerprint(text: &str) -> Option<String> {
-    cairn_api::CertFingerprint::parse(text)
-        .ok()
-        .map(|fp| fp.hex().to_owned())
-}
-
-/// Checks a hostname as a DNS name (RFC 1123 labels).
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 impl Settings {
     /// Validates a merged configuration. Errors carry the dotted key.
-    fn from_merged(root: &Path, file: ConfigFile) -> Result<Self, Invalid> {
+    fn from_merged(root: &Path, file: NodeConfig) -> Result<Self, Invalid> {
         let hostname = required(file.hostname, "hostname")?;
         if !valid_hostname(&hostname) {
             return Err((

@@ -5,12 +5,12 @@
 //! Files are rewritten only when their content changes, and the unit is restarted only when a
 //! file it reads changed, so re-applying the same desired state does nothing.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cairn_api::JoinBundle;
+use cairn_formats::fsio::atomic_write_mode;
 use tera::{Context, Tera};
 
 /// Name of the drop-in inside `kubelet.service.d/`.
@@ -171,7 +171,7 @@ pub fn write_changed(files: &[RenderedFile]) -> Result<Written, KubeletError> {
         if same {
             continue;
         }
-        write_atomic(&file.path, file.content.as_bytes(), file.mode).map_err(|source| {
+        atomic_write_mode(&file.path, file.content.as_bytes(), file.mode).map_err(|source| {
             KubeletError::Write {
                 path: file.path.clone(),
                 source,
@@ -181,26 +181,6 @@ pub fn write_changed(files: &[RenderedFile]) -> Result<Written, KubeletError> {
         written.unit_files |= file.unit_file;
     }
     Ok(written)
-}
-
-/// Writes `content` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.cairn-tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The unit's state as systemd reports it.
@@ -297,6 +277,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn bundle() -> JoinBundle {
         JoinBundle {

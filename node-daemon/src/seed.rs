@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cairn_formats::fsio::atomic_write_mode;
+
 use crate::config::MAIN_FILE;
 
 /// The filesystem label a seed medium carries.
@@ -113,13 +115,10 @@ fn copy_seed(from: &Path, to: &Path) -> Result<(), SeedError> {
         if kind.is_dir() {
             copy_seed(&entry.path(), &target)?;
         } else if kind.is_file() && !target.exists() {
-            std::fs::copy(entry.path(), &target).map_err(err)?;
-            // Seeds carry secrets (the enrollment token): keep copies private.
-            std::fs::set_permissions(
-                &target,
-                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-            )
-            .map_err(err)?;
+            // Seeds carry secrets (the enrollment token): keep copies private from the first
+            // byte; and node.yaml present means "configured", so it is never half written.
+            let bytes = std::fs::read(entry.path()).map_err(err)?;
+            atomic_write_mode(&target, &bytes, 0o600).map_err(err)?;
         }
     }
     Ok(())

@@ -28,9 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_api::{MaintenanceWindow, UpgradeOrder, UpgradePhase, UpgradeReport};
-use cairn_image_build::bundle::{self, Header};
-use cairn_image_build::keys::{PublicKey, TrustStore};
-use cairn_image_build::{gpt, grub};
+use cairn_formats::bundle::{self, Header};
+use cairn_formats::fsio::atomic_write;
+use cairn_formats::keys::{PublicKey, TrustStore};
+use cairn_formats::{gpt, grubenv};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -334,15 +335,9 @@ impl Upgrader {
         self.publish();
         let Some(record) = &self.record else { return };
         let dir = &self.settings.data_dir;
-        let result = (|| {
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join("state.json.tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join("state.json"))?;
-            File::open(dir)?.sync_all()
-        })();
+        let result = serde_json::to_vec_pretty(record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_write(&dir.join("state.json"), &bytes));
         if let Err(e) = result {
             tracing::error!(error = %e, dir = %dir.display(), "persisting the upgrade record failed");
         }
@@ -364,7 +359,7 @@ impl Upgrader {
     fn grubenv_read(&self) -> Result<(Vec<u8>, BTreeMap<String, String>), String> {
         let path = &self.settings.grubenv;
         let block = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let vars = grub::parse_grubenv(&block).map_err(|e| format!("{}: {e}", path.display()))?;
+        let vars = grubenv::parse(&block).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok((block, vars))
     }
 
@@ -373,7 +368,7 @@ impl Upgrader {
     fn grubenv_set(&self, set: &[(&str, &str)]) -> Result<(), String> {
         let path = &self.settings.grubenv;
         let (block, _) = self.grubenv_read()?;
-        let edited = grub::edit_grubenv(&block, set).map_err(|e| e.to_string())?;
+        let edited = grubenv::edit(&block, set).map_err(|e| e.to_string())?;
         let file = OpenOptions::new()
             .write(true)
             .open(path)
@@ -732,7 +727,7 @@ impl Upgrader {
         }
         let digest = {
             let p = partial.clone();
-            tokio::task::spawn_blocking(move || cairn_image_build::stream::Digest::of_file(&p))
+            tokio::task::spawn_blocking(move || cairn_formats::stream::Digest::of_file(&p))
                 .await
                 .map_err(|e| StepError::Failed(e.to_string()))?
                 .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?
@@ -917,48 +912,17 @@ fn open_slot(source: &SlotSource, slot: Slot) -> Result<(PathBuf, u64, u64), Str
             Ok((path, 0, size))
         }
         SlotSource::Disk(disk) => {
-            let (first, last) = gpt_partition(disk, &name)?;
-            Ok((
-                disk.clone(),
-                first * gpt::SECTOR,
-                (last + 1 - first) * gpt::SECTOR,
-            ))
+            let located = |e: &dyn std::error::Error| {
+                format!("{}: {}", disk.display(), crate::daemon::chain(e))
+            };
+            let mut f = File::open(disk).map_err(|e| located(&e))?;
+            let table = gpt::read(&mut f).map_err(|e| located(&e))?;
+            let part = table
+                .get(&name)
+                .ok_or_else(|| format!("{}: no partition named {name}", disk.display()))?;
+            Ok((disk.clone(), part.offset(), part.size()))
         }
     }
-}
-
-/// First and last LBA of the GPT partition named `name` on `disk` (512-byte sectors, as
-/// image-build lays them out).
-fn gpt_partition(disk: &Path, name: &str) -> Result<(u64, u64), String> {
-    let io = |e: std::io::Error| format!("{}: {e}", disk.display());
-    let f = File::open(disk).map_err(io)?;
-    let mut header = [0u8; 92];
-    f.read_exact_at(&mut header, gpt::SECTOR).map_err(io)?;
-    if &header[..8] != b"EFI PART" {
-        return Err(format!("{}: no GPT", disk.display()));
-    }
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-    let entries_lba = u64_at(&header, 72);
-    let count = u32_at(&header, 80).min(1024) as usize;
-    let size = u32_at(&header, 84) as usize;
-    if size < 128 {
-        return Err(format!("{}: GPT entry size {size}", disk.display()));
-    }
-    let mut table = vec![0u8; count * size];
-    f.read_exact_at(&mut table, entries_lba * gpt::SECTOR)
-        .map_err(io)?;
-    for entry in table.chunks(size) {
-        let units: Vec<u16> = entry[56..128]
-            .chunks(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|u| *u != 0)
-            .collect();
-        if String::from_utf16_lossy(&units) == name {
-            return Ok((u64_at(entry, 32), u64_at(entry, 40)));
-        }
-    }
-    Err(format!("{}: no partition named {name}", disk.display()))
 }
 
 /// Streams the root image of `bundle` (signature checked against `trust` first) into

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use tera::{Context, Tera};
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{self, normalize_fingerprint, valid_hostname};
+use cairn_formats::fsio::atomic_write_mode;
+
+use crate::config;
 use crate::hub::{HttpsHub, HubApi, Trust};
-use crate::kubelet::write_atomic;
 use crate::network::Network;
+use cairn_api::node_config::{HubSection, NodeConfig, normalize_fingerprint, valid_hostname};
 
 /// Wrong PINs tolerated before a new PIN is made (and shown on the console again).
 const MAX_PIN_FAILURES: u32 = 5;
@@ -189,14 +191,16 @@ pub fn validate(form: &SetupForm, nics: &[String]) -> Result<String, StepError> 
 
 /// The node configuration the wizard writes.
 pub fn node_yaml(form: &SetupForm) -> String {
-    let cfg = serde_json::json!({
-        "hostname": form.hostname,
-        "hub": {
-            "url": form.hub_url.trim_end_matches('/'),
-            "ca_fingerprint": normalize_fingerprint(&form.fingerprint).map(|f| format!("sha256:{f}")),
-            "token_file": "/etc/cairn/enrollment-token",
-        },
-    });
+    let cfg = NodeConfig {
+        hostname: Some(form.hostname.clone()),
+        hub: Some(HubSection {
+            url: Some(form.hub_url.trim_end_matches('/').to_owned()),
+            ca_fingerprint: normalize_fingerprint(&form.fingerprint).map(|f| format!("sha256:{f}")),
+            token_file: Some("/etc/cairn/enrollment-token".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     format!(
         "# Written by the cairn-node first-boot wizard.\n{}",
         serde_yaml_ng::to_string(&cfg).unwrap_or_default()
@@ -383,18 +387,18 @@ async fn check_hub(form: &SetupForm) -> Result<(), StepError> {
 
 fn save(root: &std::path::Path, form: &SetupForm, netplan: &str) -> std::io::Result<()> {
     let etc = root.join("etc/cairn");
-    write_atomic(
+    atomic_write_mode(
         &etc.join("netplan/50-wizard.yaml"),
         netplan.as_bytes(),
         0o600,
     )?;
-    write_atomic(
+    atomic_write_mode(
         &etc.join("enrollment-token"),
         format!("{}\n", form.token.trim()).as_bytes(),
         0o600,
     )?;
     // node.yaml last: its presence means "configured".
-    write_atomic(
+    atomic_write_mode(
         &root.join(config::MAIN_FILE),
         node_yaml(form).as_bytes(),
         0o644,

@@ -1,7 +1,7 @@
 //! A/B upgrades on the node, process level: `cairn-node upgrade apply` and `cairn-node run`
-//! against bundles built and signed with the real image-build code, served over HTTPS with
+//! against bundles built and signed with the real cairn-formats code, served over HTTPS with
 //! Range by a small server in this file (the hub's release serving is built separately),
-//! written into a file-backed GPT disk laid out by image-build's gpt module, with the GRUB
+//! written into a file-backed GPT disk laid out by cairn-formats' gpt module, with the GRUB
 //! environment checked by GRUB's own `grub-editenv`. The post-boot part runs the daemon
 //! against a real `cairn-hub`.
 
@@ -16,8 +16,8 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_image_build::keys::SigningKey;
-use cairn_image_build::{bundle, gpt, grub};
+use cairn_formats::keys::SigningKey;
+use cairn_formats::{bundle, gpt, grubenv};
 use common::*;
 use serde_json::{Value, json};
 
@@ -61,9 +61,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn sha256(path: &Path) -> String {
-    cairn_image_build::stream::Digest::of_file(path)
-        .unwrap()
-        .sha256
+    cairn_formats::stream::Digest::of_file(path).unwrap().sha256
 }
 
 /// HTTPS file server with Range; records each request's Range header.
@@ -204,7 +202,7 @@ impl Appliance {
         let grubenv = root.join("boot/efi/grub/grubenv");
         std::fs::write(
             &grubenv,
-            grub::grubenv(&BTreeMap::from([("cairn_slot", "a")])),
+            grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")])).unwrap(),
         )
         .unwrap();
         std::fs::write(

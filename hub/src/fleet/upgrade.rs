@@ -1,6 +1,6 @@
 //! Releases and upgrade campaigns (issue 9, hub side).
 //!
-//! A release is a signed update bundle (the `cairn-image-build` format, verified here with
+//! A release is a signed update bundle (the `cairn-formats` format, verified here with
 //! that crate against the hub's trusted release keys) kept in the hub's data directory and
 //! served to appliances with HTTP Range. A campaign orders the appliances a selector picked
 //! onto a release, canaries first, then batch after batch (or a rolling window), through the
@@ -302,7 +302,7 @@ impl Fleet {
             std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
             let digest = hex::encode(hasher.finalize());
             let verified =
-                cairn_image_build::bundle::verify(&path, &trust).map_err(|e| error_chain(&e))?;
+                cairn_formats::bundle::verify(&path, &trust).map_err(|e| error_chain(&e))?;
             Ok::<_, String>((digest, size, verified))
         })
         .await

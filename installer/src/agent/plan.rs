@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use cairn_api::node_config::{HubSection, NodeConfig};
 use serde::{Deserialize, Serialize};
 
 /// The install plan for one server.
@@ -49,29 +50,20 @@ pub const SEED_HUB_CA: &str = "hub-ca.pem";
 /// The seed file holding the enrollment token.
 pub const SEED_TOKEN: &str = "enrollment-token";
 
-/// `node.yaml` in cairn-node's schema (node-daemon `config::ConfigFile`: `hostname`,
-/// `hub.url`, `hub.ca_file`, `hub.token_file`) for a server whose seed carries the hub CA
-/// and an enrollment token. Serialised rather than formatted, so any name or URL is quoted
-/// as YAML needs.
+/// `node.yaml` in cairn-node's schema ([`NodeConfig`]: `hostname`, `hub.url`,
+/// `hub.ca_file`, `hub.token_file`) for a server whose seed carries the hub CA and an
+/// enrollment token. Serialised rather than formatted, so any name or URL is quoted as YAML
+/// needs.
 pub fn node_yaml(hostname: &str, hub_url: &str) -> String {
-    #[derive(Serialize)]
-    struct NodeYaml<'a> {
-        hostname: &'a str,
-        hub: Hub<'a>,
-    }
-    #[derive(Serialize)]
-    struct Hub<'a> {
-        url: &'a str,
-        ca_file: String,
-        token_file: String,
-    }
-    let doc = NodeYaml {
-        hostname,
-        hub: Hub {
-            url: hub_url,
-            ca_file: format!("{NODE_DIR}/{SEED_HUB_CA}"),
-            token_file: format!("{NODE_DIR}/{SEED_TOKEN}"),
-        },
+    let doc = NodeConfig {
+        hostname: Some(hostname.to_owned()),
+        hub: Some(HubSection {
+            url: Some(hub_url.to_owned()),
+            ca_file: Some(format!("{NODE_DIR}/{SEED_HUB_CA}").into()),
+            token_file: Some(format!("{NODE_DIR}/{SEED_TOKEN}").into()),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
     let body = serde_yaml_ng::to_string(&doc).expect("plain strings serialise");
     format!(

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use cairn_api::{InstallProgress, InstallStep};
-use cairn_image_build::build::InstallManifest;
+use cairn_formats::install::InstallManifest;
 
 use super::plan::{InstallPlan, SEED_HUB_CA, SEED_TOKEN};
 

@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_api::{InstallProgress, InstallStep};
-use cairn_image_build::build::InstallManifest;
-use cairn_image_build::gpt::{self, Layout};
-use cairn_image_build::grub::MBR_CODE_LEN;
-use cairn_image_build::stream::{Digest, IMAGE_ALIGN, StreamError, write_verified};
+use cairn_formats::gpt::{self, Layout, MBR_CODE_LEN};
+use cairn_formats::install::InstallManifest;
+use cairn_formats::stream::{Digest, IMAGE_ALIGN, StreamError, write_verified};
 
 use super::disks::{SIGNATURE_BYTES, signatures};
 use super::plan::InstallPlan;

@@ -73,10 +73,8 @@ impl StateFile {
             path: path.to_owned(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        cairn_formats::fsio::atomic_write(path, text.as_bytes()).map_err(io)
     }
 }
 

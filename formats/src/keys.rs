@@ -208,26 +208,16 @@ fn read_pem(path: &Path, label: &'static str) -> Result<Vec<u8>, KeyError> {
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), KeyError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.to_owned())
-            } else {
-                io(e)
+    crate::fsio::atomic_create(path, contents.as_bytes(), mode).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_owned())
+        } else {
+            KeyError::Io {
+                path: path.to_owned(),
+                source,
             }
-        })?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
+        }
+    })
 }
 
 #[cfg(test)]

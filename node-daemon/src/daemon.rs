@@ -124,18 +124,6 @@ fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> 
     }
 }
 
-/// An error with its causes, "outer: inner: root", for logs and the status.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn rfc3339(t: SystemTime) -> Option<String> {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
@@ -284,10 +272,10 @@ impl<N: Network> Daemon<N> {
                     Duration::ZERO
                 }
                 Err(e) => {
-                    self.set_error(Some(chain(&e)));
+                    self.set_error(Some(cairn_api::error_chain(&e)));
                     let wait = self.retry_after(e.is_transient());
                     if e.is_transient() {
-                        tracing::warn!(error = %chain(&e), retry_in = ?wait, "registration failed");
+                        tracing::warn!(error = %cairn_api::error_chain(&e), retry_in = ?wait, "registration failed");
                     } else {
                         tracing::error!(error = %e, "registration refused; fix the cause, the node retries every 5 minutes");
                     }
@@ -319,14 +307,14 @@ impl<N: Network> Daemon<N> {
             Err(e) => {
                 if let Ok(mut s) = self.status.write() {
                     s.hub_reachable = false;
-                    s.last_error = Some(chain(&e));
+                    s.last_error = Some(cairn_api::error_chain(&e));
                     if matches!(e, HubError::IdentityRevoked { .. }) {
                         s.phase = "identity-rejected".into();
                     }
                 }
                 let wait = self.retry_after(e.is_transient());
                 if e.is_transient() {
-                    tracing::warn!(error = %chain(&e), retry_in = ?wait, "hub unreachable; running on the last desired state");
+                    tracing::warn!(error = %cairn_api::error_chain(&e), retry_in = ?wait, "hub unreachable; running on the last desired state");
                 } else {
                     tracing::error!(error = %e, "hub refused the heartbeat");
                 }
@@ -693,7 +681,7 @@ impl<N: Network> Daemon<N> {
         match units.daemon_reload().await {
             Ok(()) => self.reload_pending = false,
             Err(e) => {
-                tracing::error!(error = %chain(&e), "daemon-reload failed");
+                tracing::error!(error = %cairn_api::error_chain(&e), "daemon-reload failed");
                 self.units = None;
             }
         }

@@ -523,7 +523,7 @@ impl Upgrader {
                 .await
                 .map_err(|e| StepError::Failed(e.to_string()))?
         };
-        let verified = checked.map_err(|e| StepError::Refused(crate::daemon::chain(&e)))?;
+        let verified = checked.map_err(|e| StepError::Refused(cairn_api::error_chain(&e)))?;
         let manifest = &verified.manifest;
         if manifest.version != order.version {
             return Err(StepError::Refused(format!(
@@ -580,7 +580,7 @@ impl Upgrader {
             .settings
             .trusted_keys
             .iter()
-            .map(|p| PublicKey::read(p).map_err(|e| StepError::Failed(crate::daemon::chain(&e))))
+            .map(|p| PublicKey::read(p).map_err(|e| StepError::Failed(cairn_api::error_chain(&e))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TrustStore::new(keys))
     }
@@ -655,7 +655,7 @@ impl Upgrader {
             StepError::Retry(format!(
                 "downloading {}: {}",
                 order.bundle_url,
-                crate::daemon::chain(e)
+                cairn_api::error_chain(e)
             ))
         };
         let mut file = OpenOptions::new()
@@ -913,7 +913,7 @@ fn open_slot(source: &SlotSource, slot: Slot) -> Result<(PathBuf, u64, u64), Str
         }
         SlotSource::Disk(disk) => {
             let located = |e: &dyn std::error::Error| {
-                format!("{}: {}", disk.display(), crate::daemon::chain(e))
+                format!("{}: {}", disk.display(), cairn_api::error_chain(e))
             };
             let mut f = File::open(disk).map_err(|e| located(&e))?;
             let table = gpt::read(&mut f).map_err(|e| located(&e))?;
@@ -950,7 +950,7 @@ pub fn write_slot(
     };
     let digest = verified
         .write_root_image(&mut reader, &mut dest, limit, |_| {})
-        .map_err(|e| crate::daemon::chain(&e))?;
+        .map_err(|e| cairn_api::error_chain(&e))?;
     file.sync_all().map_err(|e| e.to_string())?;
     Ok(digest.size)
 }
@@ -1016,7 +1016,7 @@ async fn http_probe(url: &str) -> (bool, Vec<String>) {
     match client.get(url).send().await {
         Err(e) => (
             false,
-            vec![format!("GET {url}: {}", crate::daemon::chain(&e))],
+            vec![format!("GET {url}: {}", cairn_api::error_chain(&e))],
         ),
         Ok(r) => {
             let status = r.status();

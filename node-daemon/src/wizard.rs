@@ -349,7 +349,7 @@ async fn check_hub(form: &SetupForm) -> Result<(), StepError> {
         .await
         .map_err(|e| StepError {
             step: "Reaching the hub",
-            message: crate::daemon::chain(&e),
+            message: cairn_api::error_chain(&e),
             hint: "check the hub URL, gateway and DNS, and compare the fingerprint with the one `cairn-hub init` printed",
         })?;
     let hub = HttpsHub::new(
@@ -367,7 +367,7 @@ async fn check_hub(form: &SetupForm) -> Result<(), StepError> {
         .await
         .map_err(|e| StepError {
             step: "Checking the token",
-            message: crate::daemon::chain(&e),
+            message: cairn_api::error_chain(&e),
             hint: "try again; if it persists, check the hub",
         })?;
     if !check.valid {

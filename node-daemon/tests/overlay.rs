@@ -234,7 +234,7 @@ fn mark(guest: &mut RunningGuest, name: &str) {
     if let Err(e) = guest.wait_for(&format!("CAIRN-MARK {name}")) {
         panic!(
             "guest: {}\n--- serial ---\n{}",
-            cairn_node_daemon::daemon::chain(&e),
+            cairn_api::error_chain(&e),
             guest.serial()
         );
     }

@@ -302,7 +302,7 @@ impl Fleet {
             std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
             let digest = hex::encode(hasher.finalize());
             let verified =
-                cairn_formats::bundle::verify(&path, &trust).map_err(|e| error_chain(&e))?;
+                cairn_formats::bundle::verify(&path, &trust).map_err(|e| cairn_api::error_chain(&e))?;
             Ok::<_, String>((digest, size, verified))
         })
         .await
@@ -1078,18 +1078,6 @@ impl Fleet {
         }
         Ok((campaigns, members))
     }
-}
-
-/// An error with its sources, for messages that must say why.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

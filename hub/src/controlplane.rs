@@ -185,8 +185,8 @@ mod tests {
 
     use super::*;
     use crate::fleet::{Caller, Fleet, FleetSettings};
-    use cairn_api::hub::CreateEnrollmentToken;
     use crate::store::embedded::EmbeddedStore;
+    use cairn_api::hub::CreateEnrollmentToken;
 
     #[derive(Debug, Clone)]
     struct Recorded {

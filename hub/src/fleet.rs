@@ -137,6 +137,13 @@ impl Caller {
         }
     }
 
+    /// The operator's token; refuses callers that are not operators.
+    pub fn operator(&self) -> Result<&OperatorToken, FleetError> {
+        self.operator
+            .as_ref()
+            .ok_or_else(|| FleetError::Unauthenticated("an operator token is required".into()))
+    }
+
     /// Refuses callers below `role`.
     pub fn require(&self, role: Role) -> Result<&OperatorToken, FleetError> {
         let op = self
@@ -172,6 +179,18 @@ impl Caller {
 }
 
 const MAX_RETRIES: usize = 16;
+
+/// One attempt of a compare-and-set change, decided on what was just read.
+enum Attempt<T> {
+    /// Commit `ops` if every check still holds, then answer `then`.
+    Write {
+        checks: Vec<Check>,
+        ops: Vec<Op>,
+        then: T,
+    },
+    /// Nothing to write: answer now.
+    Done(T),
+}
 const PAGE: usize = 1000;
 
 fn now() -> OffsetDateTime {
@@ -406,6 +425,31 @@ impl Fleet {
         Ok(Some(token.token))
     }
 
+    /// Runs `attempt` (read, decide, say what to write) until its write commits. A check that
+    /// no longer holds means another writer got there first: read again and decide again,
+    /// up to [`MAX_RETRIES`] times, then answer `Contended(what)`.
+    ///
+    /// `attempt` is a closure making a future rather than an async closure: the futures of
+    /// async closures cannot yet be proven `Send` for axum's handlers. It captures only
+    /// references, so each attempt reads afresh.
+    async fn cas<T, F, A>(&self, what: &str, mut attempt: F) -> Result<T, FleetError>
+    where
+        F: FnMut() -> A,
+        A: std::future::Future<Output = Result<Attempt<T>, FleetError>>,
+    {
+        for _ in 0..MAX_RETRIES {
+            match attempt().await? {
+                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Write { checks, ops, then } => {
+                    if self.store.txn(checks, ops).await? {
+                        return Ok(then);
+                    }
+                }
+            }
+        }
+        Err(FleetError::Contended(what.into()))
+    }
+
     /// The stored record of an appliance, secrets included: for tests that check what only
     /// the appliance itself is sent.
     #[cfg(test)]
@@ -480,7 +524,7 @@ impl Fleet {
         role: Role,
         site: Option<String>,
     ) -> Result<NewToken<OperatorTokenView>, FleetError> {
-        let me = caller.require(Role::Admin)?;
+        let me = caller.operator()?;
         if let Some(mine) = &me.site
             && site.as_ref() != Some(mine)
         {
@@ -500,7 +544,6 @@ impl Fleet {
         &self,
         caller: &Caller,
     ) -> Result<Vec<OperatorToken>, FleetError> {
-        caller.require(Role::Admin)?;
         let all: Vec<(u64, OperatorToken)> = self.list(keys::OPERATOR_TOKENS).await?;
         Ok(all
             .into_iter()
@@ -511,7 +554,6 @@ impl Fleet {
 
     /// Deletes an operator token (admin).
     pub async fn delete_operator_token(&self, caller: &Caller, id: &str) -> Result<(), FleetError> {
-        caller.require(Role::Admin)?;
         let key = format!("{}{id}", keys::OPERATOR_TOKENS);
         let (version, token): (_, OperatorToken) =
             self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
@@ -554,7 +596,6 @@ impl Fleet {
         caller: &Caller,
         req: CreateEnrollmentToken,
     ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
-        caller.require(Role::Operator)?;
         validate_name("site", &req.site)?;
         caller.check_site(&req.site)?;
         if req.max_uses == 0 {
@@ -599,7 +640,6 @@ impl Fleet {
         &self,
         caller: &Caller,
     ) -> Result<Vec<EnrollmentToken>, FleetError> {
-        caller.require(Role::Viewer)?;
         let all: Vec<(u64, EnrollmentToken)> = self.list(keys::ENROLLMENT_TOKENS).await?;
         Ok(all
             .into_iter()
@@ -614,29 +654,24 @@ impl Fleet {
         caller: &Caller,
         id: &str,
     ) -> Result<EnrollmentToken, FleetError> {
-        caller.require(Role::Operator)?;
         let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
-        for _ in 0..MAX_RETRIES {
+        let key = key.as_str();
+        self.cas(key, move || async move {
             let (version, mut token): (_, EnrollmentToken) =
-                self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
+                self.get(key).await?.ok_or_else(|| FleetError::NotFound {
                     code: cairn_api::hub::ErrorCode::Token(cairn_api::hub::TokenRefusal::Unknown),
                     message: format!("no enrollment token {id:?}"),
                 })?;
             caller.check_site(&token.site)?;
             token.revoked = true;
             let audit = Self::audit_op(caller, "token.revoke", id, "ok", Some(&token.site));
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&token)), audit],
-                )
-                .await?
-            {
-                return Ok(token);
-            }
-        }
-        Err(FleetError::Contended(key))
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, version)],
+                ops: vec![Op::put(key, encode(&token)), audit],
+                then: token,
+            })
+        })
+        .await
     }
 
     /// Finds the token and says whether it would be accepted now, without using it.
@@ -699,148 +734,158 @@ impl Fleet {
         if req.hostname.trim().is_empty() || req.hostname.len() > 253 {
             return Err(FleetError::Invalid("hostname: 1-253 characters".into()));
         }
-        for _ in 0..MAX_RETRIES {
-            let (token_version, mut token) = match self.lookup_enrollment_token(&req.token).await? {
-                Ok(found) => found,
-                Err((reason, record)) => {
-                    let target = record.as_ref().map(|t| t.id.clone()).unwrap_or_default();
-                    self.audit(
-                        caller,
-                        "appliance.register",
-                        &target,
-                        &format!("refused: token_{reason}"),
-                        record.as_ref().map(|t| t.site.as_str()),
-                    )
-                    .await?;
-                    tracing::info!(source = %caller.source, %reason, "registration refused");
-                    return Err(FleetError::TokenRefused(reason));
-                }
-            };
-            let hw_key = hardware_key(&req.inventory);
-            let known: Option<(u64, ApplianceId)> = match &hw_key {
-                Some(k) => self.get(k).await?,
-                None => None,
-            };
-            let existing: Option<(u64, Appliance)> = match &known {
-                Some((_, id)) => self.get(&format!("{}{id}", keys::APPLIANCES)).await?,
-                None => None,
-            };
-            let id = match &existing {
-                Some((_, a)) => a.id.clone(),
-                None => ApplianceId::new(format!("ap-{}", random_hex(6)))
-                    .expect("generated IDs are valid"),
-            };
-            let issued = match self.ca.sign_client(
-                &req.csr_pem,
-                req.hostname.trim(),
-                &id,
-                self.settings.cert_ttl,
-            ) {
-                Ok(issued) => issued,
-                Err(e) => {
-                    self.audit(
-                        caller,
-                        "appliance.register",
-                        id.as_str(),
-                        &format!("refused: {}", e.code()),
-                        Some(&token.site),
-                    )
-                    .await?;
-                    return Err(e.into());
-                }
-            };
-            let at = now();
-            let (appliance, action) = match &existing {
-                Some((_, old)) => {
-                    let mut a = old.clone();
-                    a.hostname = req.hostname.trim().into();
-                    a.site = token.site.clone();
-                    a.labels.extend(token.labels.clone());
-                    a.inventory = req.inventory.clone();
-                    a.agent_version = req.agent_version.clone();
-                    // A re-install has a new key: the old certificate must stop working.
-                    a.previous_cert_sha256 = None;
-                    a.cert_sha256 = issued.sha256.clone();
-                    a.cert_not_after = issued.not_after;
-                    a.rekeys += 1;
-                    (a, "appliance.rekey")
-                }
-                None => (
-                    Appliance {
-                        id: id.clone(),
-                        site: token.site.clone(),
-                        hostname: req.hostname.trim().into(),
-                        labels: token.labels.clone(),
-                        inventory: req.inventory.clone(),
-                        agent_version: req.agent_version.clone(),
-                        cert_sha256: issued.sha256.clone(),
-                        previous_cert_sha256: None,
-                        cert_not_after: issued.not_after,
-                        registered_at: at,
-                        rekeys: 0,
-                        vtep_address: None,
-                        vpcs: Default::default(),
-                        control_plane: None,
-                        join: None,
-                        desired: DesiredState {
-                            generation: 1,
-                            heartbeat_interval_seconds: self.settings.heartbeat_interval_seconds,
-                            ..Default::default()
-                        },
-                        quarantined: BTreeMap::new(),
-                        upgrade_flag: None,
-                    },
-                    "appliance.register",
-                ),
-            };
-            token.uses += 1;
-            let token_key = format!("{}{}", keys::ENROLLMENT_TOKENS, token.id);
-            let app_key = format!("{}{id}", keys::APPLIANCES);
-            let mut checks = vec![
-                Check::version(&token_key, token_version),
-                Check::version(&app_key, existing.as_ref().map_or(0, |(v, _)| *v)),
-            ];
-            let mut ops = vec![
-                Op::put(&token_key, encode(&token)),
-                Op::put(&app_key, encode(&appliance)),
-                Self::audit_op(caller, action, id.as_str(), "ok", Some(&appliance.site)),
-                self.event_op(
-                    &appliance,
-                    if existing.is_some() {
-                        "rekeyed"
-                    } else {
-                        "registered"
-                    },
-                    format!("{} registered with token {}", appliance.hostname, token.id),
-                ),
-            ];
-            if let Some(k) = &hw_key {
-                checks.push(Check::version(k, known.as_ref().map_or(0, |(v, _)| *v)));
-                if known.as_ref().map(|(_, known_id)| known_id) != Some(&id) {
-                    ops.push(Op::put(k, encode(&id)));
-                }
-            }
-            if self.store.txn(checks, ops).await? {
-                tracing::info!(appliance = %id, site = %appliance.site, action, "appliance registered");
-                let desired = match self.join_matching_control_plane(caller, &appliance).await {
-                    Ok(Some(joined)) => joined.desired,
-                    Ok(None) => appliance.desired,
-                    Err(e) => {
-                        // Registration stands; the operator sees the failure and can re-assign.
-                        tracing::warn!(appliance = %id, error = %e, "joining a control plane failed");
-                        appliance.desired
+        let req = &req;
+        let (id, appliance, issued, action) = self
+            .cas("registration", move || async move {
+                let (token_version, mut token) = match self
+                    .lookup_enrollment_token(&req.token)
+                    .await?
+                {
+                    Ok(found) => found,
+                    Err((reason, record)) => {
+                        let target = record.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+                        self.audit(
+                            caller,
+                            "appliance.register",
+                            &target,
+                            &format!("refused: token_{reason}"),
+                            record.as_ref().map(|t| t.site.as_str()),
+                        )
+                        .await?;
+                        tracing::info!(source = %caller.source, %reason, "registration refused");
+                        return Err(FleetError::TokenRefused(reason));
                     }
                 };
-                return Ok(RegistrationResponse {
-                    appliance_id: id,
-                    site: appliance.site,
-                    certificate_pem: issued.pem,
-                    ca_bundle_pem: self.ca.cert_pem.clone(),
-                    desired,
-                });
+                let hw_key = hardware_key(&req.inventory);
+                let known: Option<(u64, ApplianceId)> = match &hw_key {
+                    Some(k) => self.get(k).await?,
+                    None => None,
+                };
+                let existing: Option<(u64, Appliance)> = match &known {
+                    Some((_, id)) => self.get(&format!("{}{id}", keys::APPLIANCES)).await?,
+                    None => None,
+                };
+                let id = match &existing {
+                    Some((_, a)) => a.id.clone(),
+                    None => ApplianceId::new(format!("ap-{}", random_hex(6)))
+                        .expect("generated IDs are valid"),
+                };
+                let issued = match self.ca.sign_client(
+                    &req.csr_pem,
+                    req.hostname.trim(),
+                    &id,
+                    self.settings.cert_ttl,
+                ) {
+                    Ok(issued) => issued,
+                    Err(e) => {
+                        self.audit(
+                            caller,
+                            "appliance.register",
+                            id.as_str(),
+                            &format!("refused: {}", e.code()),
+                            Some(&token.site),
+                        )
+                        .await?;
+                        return Err(e.into());
+                    }
+                };
+                let at = now();
+                let (appliance, action) = match &existing {
+                    Some((_, old)) => {
+                        let mut a = old.clone();
+                        a.hostname = req.hostname.trim().into();
+                        a.site = token.site.clone();
+                        a.labels.extend(token.labels.clone());
+                        a.inventory = req.inventory.clone();
+                        a.agent_version = req.agent_version.clone();
+                        // A re-install has a new key: the old certificate must stop working.
+                        a.previous_cert_sha256 = None;
+                        a.cert_sha256 = issued.sha256.clone();
+                        a.cert_not_after = issued.not_after;
+                        a.rekeys += 1;
+                        (a, "appliance.rekey")
+                    }
+                    None => (
+                        Appliance {
+                            id: id.clone(),
+                            site: token.site.clone(),
+                            hostname: req.hostname.trim().into(),
+                            labels: token.labels.clone(),
+                            inventory: req.inventory.clone(),
+                            agent_version: req.agent_version.clone(),
+                            cert_sha256: issued.sha256.clone(),
+                            previous_cert_sha256: None,
+                            cert_not_after: issued.not_after,
+                            registered_at: at,
+                            rekeys: 0,
+                            vtep_address: None,
+                            vpcs: Default::default(),
+                            control_plane: None,
+                            join: None,
+                            desired: DesiredState {
+                                generation: 1,
+                                heartbeat_interval_seconds: self
+                                    .settings
+                                    .heartbeat_interval_seconds,
+                                ..Default::default()
+                            },
+                            quarantined: BTreeMap::new(),
+                            upgrade_flag: None,
+                        },
+                        "appliance.register",
+                    ),
+                };
+                token.uses += 1;
+                let token_key = format!("{}{}", keys::ENROLLMENT_TOKENS, token.id);
+                let app_key = format!("{}{id}", keys::APPLIANCES);
+                let mut checks = vec![
+                    Check::version(&token_key, token_version),
+                    Check::version(&app_key, existing.as_ref().map_or(0, |(v, _)| *v)),
+                ];
+                let mut ops = vec![
+                    Op::put(&token_key, encode(&token)),
+                    Op::put(&app_key, encode(&appliance)),
+                    Self::audit_op(caller, action, id.as_str(), "ok", Some(&appliance.site)),
+                    self.event_op(
+                        &appliance,
+                        if existing.is_some() {
+                            "rekeyed"
+                        } else {
+                            "registered"
+                        },
+                        format!("{} registered with token {}", appliance.hostname, token.id),
+                    ),
+                ];
+                if let Some(k) = &hw_key {
+                    checks.push(Check::version(k, known.as_ref().map_or(0, |(v, _)| *v)));
+                    if known.as_ref().map(|(_, known_id)| known_id) != Some(&id) {
+                        ops.push(Op::put(k, encode(&id)));
+                    }
+                }
+                Ok(Attempt::Write {
+                    checks,
+                    ops,
+                    then: (id, appliance, issued, action),
+                })
+            })
+            .await?;
+        tracing::info!(appliance = %id, site = %appliance.site, action, "appliance registered");
+        let desired = match self.join_matching_control_plane(caller, &appliance).await {
+            Ok(Some(joined)) => joined.desired,
+            Ok(None) => appliance.desired,
+            Err(e) => {
+                // Registration stands; the operator sees the failure and can re-assign.
+                tracing::warn!(appliance = %id, error = %e, "joining a control plane failed");
+                appliance.desired
             }
-        }
-        Err(FleetError::Contended("registration".into()))
+        };
+        Ok(RegistrationResponse {
+            appliance_id: id,
+            site: appliance.site,
+            certificate_pem: issued.pem,
+            ca_bundle_pem: self.ca.cert_pem.clone(),
+            desired,
+        })
     }
 
     /// The appliance a verified client certificate belongs to, if it is still current.
@@ -881,7 +926,7 @@ impl Fleet {
         peer: Option<&PeerCert>,
         csr_pem: &str,
     ) -> Result<Renewal, FleetError> {
-        for _ in 0..MAX_RETRIES {
+        self.cas("renewal", move || async move {
             let (version, mut appliance) = self.appliance_for(peer).await?;
             let issued: Issued = self.ca.sign_client(
                 csr_pem,
@@ -901,22 +946,17 @@ impl Fleet {
                 "ok",
                 Some(&appliance.site),
             );
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&appliance)), audit],
-                )
-                .await?
-            {
-                return Ok(Renewal {
+            Ok(Attempt::Write {
+                checks: vec![Check::version(&key, version)],
+                ops: vec![Op::put(&key, encode(&appliance)), audit],
+                then: Renewal {
                     certificate_pem: issued.pem,
                     ca_bundle_pem: self.ca.cert_pem.clone(),
                     not_after: issued.not_after,
-                });
-            }
-        }
-        Err(FleetError::Contended("renewal".into()))
+                },
+            })
+        })
+        .await
     }
 
     // ---- heartbeats --------------------------------------------------------------------
@@ -975,71 +1015,66 @@ impl Fleet {
         vtep: Option<String>,
     ) -> Result<Appliance, FleetError> {
         let key = format!("{}{id}", keys::APPLIANCES);
-        for _ in 0..MAX_RETRIES {
-            let (version, mut a): (_, Appliance) =
-                self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                    code: cairn_api::hub::ErrorCode::ApplianceUnknown,
-                    message: format!("appliance {id} is not registered"),
-                })?;
-            a.vtep_address = vtep.clone();
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&a))],
-                )
-                .await?
-            {
-                // Its own overlay and every peer's name this address.
-                let mut affected = vec![id.clone()];
-                for vpc in &a.vpcs {
-                    if let Some((_, v)) = self.get::<Vpc>(&format!("{}{vpc}", keys::VPCS)).await? {
-                        affected.extend(v.members.into_iter().filter(|m| m != id));
-                    }
-                }
-                let mut me = a;
-                for member in affected {
-                    if let Some(updated) = self.refresh_desired(&member).await?
-                        && &updated.id == id
-                    {
-                        me = updated;
-                    }
-                }
-                return Ok(me);
+        let key = key.as_str();
+        let vtep = &vtep;
+        let a = self
+            .cas(key, move || async move {
+                let (version, mut a): (_, Appliance) =
+                    self.get(key).await?.ok_or_else(|| FleetError::NotFound {
+                        code: cairn_api::hub::ErrorCode::ApplianceUnknown,
+                        message: format!("appliance {id} is not registered"),
+                    })?;
+                a.vtep_address = vtep.clone();
+                Ok(Attempt::Write {
+                    checks: vec![Check::version(key, version)],
+                    ops: vec![Op::put(key, encode(&a))],
+                    then: a,
+                })
+            })
+            .await?;
+        // Its own overlay and every peer's name this address.
+        let mut affected = vec![id.clone()];
+        for vpc in &a.vpcs {
+            if let Some((_, v)) = self.get::<Vpc>(&format!("{}{vpc}", keys::VPCS)).await? {
+                affected.extend(v.members.into_iter().filter(|m| m != id));
             }
         }
-        Err(FleetError::Contended(key))
+        let mut me = a;
+        for member in affected {
+            if let Some(updated) = self.refresh_desired(&member).await?
+                && &updated.id == id
+            {
+                me = updated;
+            }
+        }
+        Ok(me)
     }
 
     /// Recomputes an appliance's desired state from the records it depends on and stores it
     /// with the next generation when it changed. Returns the appliance as stored.
     pub async fn refresh_desired(&self, id: &ApplianceId) -> Result<Option<Appliance>, FleetError> {
         let key = format!("{}{id}", keys::APPLIANCES);
-        for _ in 0..MAX_RETRIES {
-            let Some((version, mut a)) = self.get::<Appliance>(&key).await? else {
-                return Ok(None);
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            let Some((version, mut a)) = self.get::<Appliance>(key).await? else {
+                return Ok(Attempt::Done(None));
             };
             let overlay = self.overlay_for(&a).await?;
             let mut next = a.desired.clone();
             next.overlay = overlay;
             next.join = a.join.clone();
             if next == a.desired {
-                return Ok(Some(a));
+                return Ok(Attempt::Done(Some(a)));
             }
             next.generation = a.desired.generation + 1;
             a.desired = next;
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&a))],
-                )
-                .await?
-            {
-                return Ok(Some(a));
-            }
-        }
-        Err(FleetError::Contended(key))
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, version)],
+                ops: vec![Op::put(key, encode(&a))],
+                then: Some(a),
+            })
+        })
+        .await
     }
 
     async fn overlay_for(&self, a: &Appliance) -> Result<Option<OverlayDocument>, FleetError> {
@@ -1138,7 +1173,6 @@ impl Fleet {
         caller: &Caller,
         site: Option<&str>,
     ) -> Result<Vec<ApplianceView>, FleetError> {
-        caller.require(Role::Viewer)?;
         let appliances: Vec<(u64, Appliance)> = self.list(keys::APPLIANCES).await?;
         let mut statuses: BTreeMap<String, Status> = BTreeMap::new();
         for (k, v) in self.list_raw(keys::STATUS).await? {
@@ -1198,7 +1232,6 @@ impl Fleet {
         caller: &Caller,
         id: &str,
     ) -> Result<ApplianceView, FleetError> {
-        caller.require(Role::Viewer)?;
         let (_, a) = self.appliance_in_scope(caller, id).await?;
         let status = self
             .get::<Status>(&format!("{}{id}", keys::STATUS))
@@ -1214,10 +1247,10 @@ impl Fleet {
         id: &str,
         changes: BTreeMap<String, Option<String>>,
     ) -> Result<Appliance, FleetError> {
-        caller.require(Role::Operator)?;
-        for _ in 0..MAX_RETRIES {
+        let changes = &changes;
+        self.cas(id, move || async move {
             let (version, mut a) = self.appliance_in_scope(caller, id).await?;
-            for (k, v) in &changes {
+            for (k, v) in changes {
                 match v {
                     Some(v) => a.labels.insert(k.clone(), v.clone()),
                     None => a.labels.remove(k),
@@ -1225,23 +1258,17 @@ impl Fleet {
             }
             let key = format!("{}{id}", keys::APPLIANCES);
             let audit = Self::audit_op(caller, "appliance.label", id, "ok", Some(&a.site));
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&a)), audit],
-                )
-                .await?
-            {
-                return Ok(a);
-            }
-        }
-        Err(FleetError::Contended(id.into()))
+            Ok(Attempt::Write {
+                checks: vec![Check::version(&key, version)],
+                ops: vec![Op::put(&key, encode(&a)), audit],
+                then: a,
+            })
+        })
+        .await
     }
 
     /// Deletes an appliance (operator, in scope): its certificate stops working at once.
     pub async fn delete_appliance(&self, caller: &Caller, id: &str) -> Result<(), FleetError> {
-        caller.require(Role::Operator)?;
         let (_, a) = self.appliance_in_scope(caller, id).await?;
         for vpc in &a.vpcs {
             self.detach(caller, vpc, id).await?;
@@ -1275,7 +1302,7 @@ impl Fleet {
         name: &str,
         subnet: &str,
     ) -> Result<Vpc, FleetError> {
-        let op = caller.require(Role::Operator)?;
+        let op = caller.operator()?;
         if op.site.is_some() {
             return Err(FleetError::Forbidden(
                 "VPCs span sites: a fleet-wide token is needed".into(),
@@ -1284,8 +1311,9 @@ impl Fleet {
         validate_name("VPC name", name)?;
         crate::vpc::parse_subnet(subnet).map_err(FleetError::Invalid)?;
         let key = format!("{}{name}", keys::VPCS);
-        for _ in 0..MAX_RETRIES {
-            if self.store.get(&key).await?.is_some() {
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            if self.store.get(key).await?.is_some() {
                 return Err(FleetError::Conflict(format!("VPC {name:?} exists")));
             }
             let taken: Vec<u32> = self
@@ -1304,27 +1332,21 @@ impl Fleet {
             };
             let vni_key = format!("{}{vni:08}", keys::VNIS);
             let audit = Self::audit_op(caller, "vpc.create", name, "ok", None);
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, 0), Check::version(&vni_key, 0)],
-                    vec![
-                        Op::put(&key, encode(&vpc)),
-                        Op::put(&vni_key, name.as_bytes().to_vec()),
-                        audit,
-                    ],
-                )
-                .await?
-            {
-                return Ok(vpc);
-            }
-        }
-        Err(FleetError::Contended(key))
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, 0), Check::version(&vni_key, 0)],
+                ops: vec![
+                    Op::put(key, encode(&vpc)),
+                    Op::put(&vni_key, name.as_bytes().to_vec()),
+                    audit,
+                ],
+                then: vpc,
+            })
+        })
+        .await
     }
 
     /// VPCs (viewer).
-    pub async fn list_vpcs(&self, caller: &Caller) -> Result<Vec<Vpc>, FleetError> {
-        caller.require(Role::Viewer)?;
+    pub async fn list_vpcs(&self) -> Result<Vec<Vpc>, FleetError> {
         Ok(self
             .list::<Vpc>(keys::VPCS)
             .await?
@@ -1350,56 +1372,53 @@ impl Fleet {
         id: &str,
         attach: bool,
     ) -> Result<Vpc, FleetError> {
-        caller.require(Role::Operator)?;
         let vpc_key = format!("{}{vpc_name}", keys::VPCS);
         let app_key = format!("{}{id}", keys::APPLIANCES);
-        for _ in 0..MAX_RETRIES {
-            let (vpc_version, mut vpc): (_, Vpc) =
-                self.get(&vpc_key)
-                    .await?
-                    .ok_or_else(|| FleetError::NotFound {
-                        code: cairn_api::hub::ErrorCode::VpcUnknown,
-                        message: format!("no VPC {vpc_name:?}"),
-                    })?;
-            let (app_version, mut a) = self.appliance_in_scope(caller, id).await?;
-            if attach {
-                vpc.members.insert(a.id.clone());
-                a.vpcs.insert(vpc_name.into());
-            } else {
-                vpc.members.remove(&a.id);
-                a.vpcs.remove(vpc_name);
-            }
-            let action = if attach { "vpc.attach" } else { "vpc.detach" };
-            let audit = Self::audit_op(
-                caller,
-                action,
-                &format!("{vpc_name}/{id}"),
-                "ok",
-                Some(&a.site),
-            );
-            if self
-                .store
-                .txn(
-                    vec![
-                        Check::version(&vpc_key, vpc_version),
-                        Check::version(&app_key, app_version),
+        let (vpc_key, app_key) = (vpc_key.as_str(), app_key.as_str());
+        let (vpc, a) = self
+            .cas(vpc_key, move || async move {
+                let (vpc_version, mut vpc): (_, Vpc) =
+                    self.get(vpc_key)
+                        .await?
+                        .ok_or_else(|| FleetError::NotFound {
+                            code: cairn_api::hub::ErrorCode::VpcUnknown,
+                            message: format!("no VPC {vpc_name:?}"),
+                        })?;
+                let (app_version, mut a) = self.appliance_in_scope(caller, id).await?;
+                if attach {
+                    vpc.members.insert(a.id.clone());
+                    a.vpcs.insert(vpc_name.into());
+                } else {
+                    vpc.members.remove(&a.id);
+                    a.vpcs.remove(vpc_name);
+                }
+                let action = if attach { "vpc.attach" } else { "vpc.detach" };
+                let audit = Self::audit_op(
+                    caller,
+                    action,
+                    &format!("{vpc_name}/{id}"),
+                    "ok",
+                    Some(&a.site),
+                );
+                Ok(Attempt::Write {
+                    checks: vec![
+                        Check::version(vpc_key, vpc_version),
+                        Check::version(app_key, app_version),
                     ],
-                    vec![
-                        Op::put(&vpc_key, encode(&vpc)),
-                        Op::put(&app_key, encode(&a)),
+                    ops: vec![
+                        Op::put(vpc_key, encode(&vpc)),
+                        Op::put(app_key, encode(&a)),
                         audit,
                     ],
-                )
-                .await?
-            {
-                self.refresh_desired(&a.id).await?;
-                for m in &vpc.members {
-                    self.refresh_desired(m).await?;
-                }
-                return Ok(vpc);
-            }
+                    then: (vpc, a),
+                })
+            })
+            .await?;
+        self.refresh_desired(&a.id).await?;
+        for m in &vpc.members {
+            self.refresh_desired(m).await?;
         }
-        Err(FleetError::Contended(vpc_key))
+        Ok(vpc)
     }
 
     // ---- control planes -------------------------------------------------------------------
@@ -1410,7 +1429,7 @@ impl Fleet {
         caller: &Caller,
         mut cp: ControlPlane,
     ) -> Result<ControlPlane, FleetError> {
-        let op = caller.require(Role::Admin)?;
+        let op = caller.operator()?;
         if op.site.is_some() {
             return Err(FleetError::Forbidden(
                 "control planes are fleet-wide: a fleet-wide admin token is needed".into(),
@@ -1455,11 +1474,7 @@ impl Fleet {
     }
 
     /// Control planes (viewer).
-    pub async fn list_control_planes(
-        &self,
-        caller: &Caller,
-    ) -> Result<Vec<ControlPlane>, FleetError> {
-        caller.require(Role::Viewer)?;
+    pub async fn list_control_planes(&self) -> Result<Vec<ControlPlane>, FleetError> {
         Ok(self
             .list::<ControlPlane>(keys::CONTROL_PLANES)
             .await?
@@ -1478,7 +1493,6 @@ impl Fleet {
         site: Option<String>,
         labels: BTreeMap<String, String>,
     ) -> Result<AssignResult, FleetError> {
-        caller.require(Role::Operator)?;
         if site.is_none() && labels.is_empty() {
             return Err(FleetError::Invalid("give a site, labels, or both".into()));
         }
@@ -1576,41 +1590,40 @@ impl Fleet {
             });
         }
         let key = format!("{}{id}", keys::APPLIANCES);
-        for _ in 0..MAX_RETRIES {
-            let Some((version, mut a)) = self.get::<Appliance>(&key).await? else {
-                return Err(FleetError::NotFound {
-                    code: cairn_api::hub::ErrorCode::ApplianceUnknown,
-                    message: format!("appliance {id} vanished"),
+        let key = key.as_str();
+        let token = &token;
+        let joined = self
+            .cas(key, move || async move {
+                let Some((version, mut a)) = self.get::<Appliance>(key).await? else {
+                    return Err(FleetError::NotFound {
+                        code: cairn_api::hub::ErrorCode::ApplianceUnknown,
+                        message: format!("appliance {id} vanished"),
+                    });
+                };
+                let revision = a.join.as_ref().map_or(0, |j| j.revision) + 1;
+                a.control_plane = Some(cp.name.clone());
+                a.join = Some(cairn_api::JoinBundle {
+                    control_plane: cp.name.clone(),
+                    api_server_url: cp.api_server_url.clone(),
+                    ca_bundle_pem: cp.ca_bundle_pem.clone(),
+                    bootstrap_token: token.token(),
+                    revision,
                 });
-            };
-            let revision = a.join.as_ref().map_or(0, |j| j.revision) + 1;
-            a.control_plane = Some(cp.name.clone());
-            a.join = Some(cairn_api::JoinBundle {
-                control_plane: cp.name.clone(),
-                api_server_url: cp.api_server_url.clone(),
-                ca_bundle_pem: cp.ca_bundle_pem.clone(),
-                bootstrap_token: token.token(),
-                revision,
-            });
-            let audit = Self::audit_op(
-                caller,
-                "control-plane.join",
-                &format!("{}/{id}", cp.name),
-                "ok",
-                Some(&a.site),
-            );
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, version)],
-                    vec![Op::put(&key, encode(&a)), audit],
-                )
-                .await?
-            {
-                return Ok(self.refresh_desired(id).await?.unwrap_or(a));
-            }
-        }
-        Err(FleetError::Contended(key))
+                let audit = Self::audit_op(
+                    caller,
+                    "control-plane.join",
+                    &format!("{}/{id}", cp.name),
+                    "ok",
+                    Some(&a.site),
+                );
+                Ok(Attempt::Write {
+                    checks: vec![Check::version(key, version)],
+                    ops: vec![Op::put(key, encode(&a)), audit],
+                    then: a,
+                })
+            })
+            .await?;
+        Ok(self.refresh_desired(id).await?.unwrap_or(joined))
     }
 
     // ---- audit and events ---------------------------------------------------------------
@@ -1622,7 +1635,6 @@ impl Fleet {
         since: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, FleetError> {
-        caller.require(Role::Viewer)?;
         self.log_since(keys::AUDIT, since, limit, |e: &AuditEntry| match &e.site {
             Some(s) => caller.sees(s),
             None => caller.operator.as_ref().is_some_and(|o| o.site.is_none()),
@@ -1637,7 +1649,6 @@ impl Fleet {
         since: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Event>, FleetError> {
-        caller.require(Role::Viewer)?;
         self.log_since(keys::EVENTS, since, limit, |e: &Event| caller.sees(&e.site))
             .await
     }

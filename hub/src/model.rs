@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use cairn_api::hub::{CampaignMember, CampaignState, MemberState, Pacing, Role, Selector};
-use cairn_api::{ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus};
+use cairn_api::{
+    ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

@@ -412,18 +412,27 @@ mod tests {
         let last = der.len() - 3;
         der[last] ^= 0x01;
         let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
-        assert_eq!(check_csr(&pem, "edge-1").unwrap_err().code().as_str(), "csr_invalid");
+        assert_eq!(
+            check_csr(&pem, "edge-1").unwrap_err().code().as_str(),
+            "csr_invalid"
+        );
     }
 
     #[test]
     fn refuses_a_weak_rsa_key() {
         // A 1024-bit RSA CSR made with `openssl req -new -newkey rsa:1024 -nodes -subj /CN=edge-1`.
         let pem = include_str!("../tests/fixtures/csr-rsa1024.pem");
-        assert_eq!(check_csr(pem, "edge-1").unwrap_err().code().as_str(), "csr_weak_key");
+        assert_eq!(
+            check_csr(pem, "edge-1").unwrap_err().code().as_str(),
+            "csr_weak_key"
+        );
     }
 
     #[test]
     fn refuses_garbage() {
-        assert_eq!(check_csr("hello", "x").unwrap_err().code().as_str(), "csr_invalid");
+        assert_eq!(
+            check_csr("hello", "x").unwrap_err().code().as_str(),
+            "csr_invalid"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use cairn_api::hub::{
     ApplianceState, ApplianceView, AuditEntryView, BatchProgress, CampaignView, ControlPlaneView,
-    DesiredView,
-    EnrollmentTokenView, EventView, JoinView, OperatorTokenView, ReleaseView, StatusView, VpcView,
+    DesiredView, EnrollmentTokenView, EventView, JoinView, OperatorTokenView, ReleaseView,
+    StatusView, VpcView,
 };
 
 use crate::model::{

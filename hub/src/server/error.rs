@@ -90,6 +90,10 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::MalformedQuery, r.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedQuery,
+            r.body_text(),
+        )
     }
 }

@@ -16,12 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult,
-    AuditEntryView, CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
-    CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode,
-    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView,
-    Renewal, RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView,
-    WhoAmI,
+    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
+    CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
+    CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode, EventView, LabelRequest,
+    MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role,
+    SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -32,8 +31,8 @@ use super::error::ApiError;
 use super::{AppState, ConnInfo, MAX_BODY};
 use crate::fleet::Caller;
 use crate::model::ControlPlane;
-use crate::views;
 use crate::pki::PeerCert;
+use crate::views;
 
 /// JSON body whose rejections answer in the API's error shape.
 pub struct ApiJson<T>(pub T);
@@ -59,26 +58,66 @@ fn conn(parts: &Parts) -> ConnInfo {
         })
 }
 
-impl FromRequestParts<AppState> for Operator {
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let source = conn(parts).remote.ip().to_string();
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthenticated,
-                    "an Authorization: Bearer token is required",
-                )
-            })?;
-        Ok(Operator(
-            state.fleet.authenticate(header.trim(), &source).await?,
-        ))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Set by `authorize` for every route the table declares with a bearer token; a
+        // handler that asks for an operator on any other route refuses everyone.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Operator)
+            .ok_or_else(bearer_required)
     }
+}
+
+fn bearer_required() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthenticated,
+        "an Authorization: Bearer token is required",
+    )
+}
+
+/// Authenticates a bearer token and checks the role the route table asks for.
+async fn operator(state: &AppState, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
+    let source = conn(parts).remote.ip().to_string();
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(bearer_required)?;
+    let caller = state.fleet.authenticate(bearer.trim(), &source).await?;
+    caller.require(role)?;
+    Ok(caller)
+}
+
+/// The route table's [`Auth`] of one route, enforced before its handler runs: this is the
+/// only place a route's role and rate limit are decided.
+async fn authorize(
+    State((state, auth)): State<(AppState, Auth)>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    match auth {
+        Auth::None | Auth::Mtls => {}
+        Auth::RateLimited => rate_limited(&state, &conn(&parts))?,
+        Auth::Bearer(role) => {
+            let caller = operator(&state, &parts, role).await?;
+            parts.extensions.insert(caller);
+        }
+        Auth::MtlsOrBearer(role) => {
+            let has_cert = matches!(conn(&parts).cert, Some(Ok(_)));
+            if !has_cert && parts.headers.contains_key(header::AUTHORIZATION) {
+                let caller = operator(&state, &parts, role).await?;
+                parts.extensions.insert(caller);
+            }
+        }
+    }
+    Ok(next.run(Request::from_parts(parts, body)).await)
 }
 
 /// An appliance connection: the caller and its verified certificate.
@@ -91,8 +130,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Appliance {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let info = conn(parts);
-        let unauth =
-            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::ClientCertificateRequired, m);
+        let unauth = |m: String| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::ClientCertificateRequired,
+                m,
+            )
+        };
         match info.cert {
             None => Err(unauth(
                 "this endpoint needs the appliance's client certificate".into(),
@@ -607,7 +651,8 @@ async fn openapi() -> Json<Value> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
-        router = router.route(route.path, route.handler);
+        let layer = middleware::from_fn_with_state((state.clone(), route.auth), authorize);
+        router = router.route(route.path, route.handler.route_layer(layer));
     }
     router
         .fallback(|| async {
@@ -652,11 +697,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-async fn metrics(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Response, ApiError> {
-    caller.require(Role::Viewer)?;
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     if let Ok((campaigns, members)) = state.fleet.campaign_counts().await {
         for (family, counts) in [
             (&state.metrics.campaigns, campaigns),
@@ -708,10 +749,8 @@ fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
 
 async fn check_token(
     State(state): State<AppState>,
-    axum::Extension(info): axum::Extension<ConnInfo>,
     ApiJson(req): ApiJson<CheckRequest>,
 ) -> Result<Json<TokenCheck>, ApiError> {
-    rate_limited(&state, &info)?;
     Ok(Json(state.fleet.check_enrollment_token(&req.token).await?))
 }
 
@@ -720,7 +759,6 @@ async fn register(
     axum::Extension(info): axum::Extension<ConnInfo>,
     ApiJson(req): ApiJson<RegistrationRequest>,
 ) -> Result<(StatusCode, Json<RegistrationResponse>), ApiError> {
-    rate_limited(&state, &info)?;
     let caller = Caller::anonymous(info.remote.ip().to_string());
     let result = state.fleet.register(&caller, req).await;
     let outcome = match &result {
@@ -783,7 +821,7 @@ async fn heartbeat(
 }
 
 async fn whoami(Operator(caller): Operator) -> Result<Json<WhoAmI>, ApiError> {
-    let op = caller.require(Role::Viewer)?;
+    let op = caller.operator()?;
     Ok(Json(WhoAmI {
         name: op.name.clone(),
         id: op.id.clone(),
@@ -912,9 +950,8 @@ async fn add_control_plane(
 
 async fn list_control_planes(
     State(state): State<AppState>,
-    Operator(caller): Operator,
 ) -> Result<Json<Vec<ControlPlaneView>>, ApiError> {
-    let cps = state.fleet.list_control_planes(&caller).await?;
+    let cps = state.fleet.list_control_planes().await?;
     Ok(Json(views::all(&cps)))
 }
 
@@ -944,11 +981,8 @@ async fn create_vpc(
     Ok((StatusCode::CREATED, Json((&vpc).into())))
 }
 
-async fn list_vpcs(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Json<Vec<VpcView>>, ApiError> {
-    let vpcs = state.fleet.list_vpcs(&caller).await?;
+async fn list_vpcs(State(state): State<AppState>) -> Result<Json<Vec<VpcView>>, ApiError> {
+    let vpcs = state.fleet.list_vpcs().await?;
     Ok(Json(views::all(&vpcs)))
 }
 
@@ -1020,7 +1054,6 @@ async fn add_release_from_url(
     Operator(caller): Operator,
     ApiJson(req): ApiJson<AddReleaseFromUrl>,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    caller.require(Role::Admin)?;
     let incoming = state.fleet.incoming_bundle_path()?;
     if let Err(e) = crate::releases::fetch(&req.url, &incoming, MAX_BUNDLE).await {
         let _ = std::fs::remove_file(&incoming);
@@ -1054,7 +1087,6 @@ async fn upload_release(
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    caller.require(Role::Admin)?;
     let Query(q) = query?;
     let incoming = state.fleet.incoming_bundle_path()?;
     if let Err(e) = crate::releases::receive(body, &incoming, MAX_BUNDLE).await {
@@ -1082,10 +1114,8 @@ async fn list_releases(
 
 async fn show_release(
     State(state): State<AppState>,
-    Operator(caller): Operator,
     Path(version): Path<String>,
 ) -> Result<Json<ReleaseView>, ApiError> {
-    caller.require(Role::Viewer)?;
     Ok(Json((&state.fleet.release(&version).await?).into()))
 }
 
@@ -1106,16 +1136,11 @@ async fn release_bundle(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
-    match Appliance::from_request_parts(&mut parts, &state).await {
-        Ok(appliance) => {
-            // Only a current certificate of a registered appliance.
-            state.fleet.appliance_for_cert(&appliance.cert).await?;
-        }
-        Err(_) if parts.headers.contains_key(header::AUTHORIZATION) => {
-            let Operator(caller) = Operator::from_request_parts(&mut parts, &state).await?;
-            caller.require(Role::Viewer)?;
-        }
-        Err(e) => return Err(e),
+    // An operator was authenticated by the table's `MtlsOrBearer`; anyone else needs a
+    // current certificate of a registered appliance.
+    if parts.extensions.get::<Caller>().is_none() {
+        let appliance = Appliance::from_request_parts(&mut parts, &state).await?;
+        state.fleet.appliance_for_cert(&appliance.cert).await?;
     }
     let (_, path) = state.fleet.release_bundle(&version).await?;
     let req = Request::from_parts(parts, body);

@@ -23,8 +23,8 @@
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
 //! binaries; the wire types never depend on it.
 
-pub mod hub;
 mod heartbeat;
+pub mod hub;
 mod identity;
 mod install;
 mod inventory;

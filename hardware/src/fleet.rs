@@ -97,7 +97,8 @@ pub async fn run<T: Send + 'static>(
             let result: Result<T, String> = async {
                 let credentials = target.credentials.clone()?;
                 let bmc: Arc<dyn Bmc> = Arc::from(
-                    connect(&target.address, credentials, &options).map_err(|e| cairn_api::error_chain(&e))?,
+                    connect(&target.address, credentials, &options)
+                        .map_err(|e| cairn_api::error_chain(&e))?,
                 );
                 let result =
                     match tokio::time::timeout(timeout, op(bmc.clone(), target.name.clone())).await

@@ -369,5 +369,9 @@ async fn tls_pinning_trust_on_first_use_and_refusal() {
         .power_state()
         .await
         .unwrap_err();
-    assert!(cairn_api::error_chain(&e).contains("does not match"), "{}", cairn_api::error_chain(&e));
+    assert!(
+        cairn_api::error_chain(&e).contains("does not match"),
+        "{}",
+        cairn_api::error_chain(&e)
+    );
 }

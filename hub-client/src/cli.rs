@@ -450,7 +450,9 @@ fn appliances_table(appliances: &[ApplianceView]) -> String {
                 a.desired.generation.to_string(),
                 opt(node.map(|n| n.os_version.clone())),
                 opt(node.and_then(|n| n.booted_slot.clone())),
-                opt(node.and_then(|n| n.upgrade.as_ref()).map(|u| phase(u.phase))),
+                opt(node
+                    .and_then(|n| n.upgrade.as_ref())
+                    .map(|u| phase(u.phase))),
                 opt(a.upgrade_flag.clone()),
                 labels(&a.labels),
             ]
@@ -739,12 +741,15 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&hub.list_tokens().await?, |t| tokens_table(t))?
         }
         HubClientCommand::Token(TokenCommand::Revoke { id }) => {
-            Answer::of(&hub.revoke_token(&id).await?, |t| format!("revoked {}\n", t.id))?
+            Answer::of(&hub.revoke_token(&id).await?, |t| {
+                format!("revoked {}\n", t.id)
+            })?
         }
-        HubClientCommand::Appliances(ApplianceCommand::List { site }) => Answer::of(
-            &hub.list_appliances(&SiteQuery { site }).await?,
-            |a| appliances_table(a),
-        )?,
+        HubClientCommand::Appliances(ApplianceCommand::List { site }) => {
+            Answer::of(&hub.list_appliances(&SiteQuery { site }).await?, |a| {
+                appliances_table(a)
+            })?
+        }
         HubClientCommand::Appliances(ApplianceCommand::Show { id }) => {
             Answer::of(&hub.appliance(&id).await?, |a| {
                 serde_json::to_string_pretty(a).unwrap_or_default() + "\n"
@@ -763,10 +768,11 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 format!("{} quarantined: {}\n", a.id, list(a.quarantined.keys()))
             })?
         }
-        HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => Answer::of(
-            &hub.clear_upgrade_flag(&id).await?,
-            |a| format!("{} flag cleared\n", a.id),
-        )?,
+        HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => {
+            Answer::of(&hub.clear_upgrade_flag(&id).await?, |a| {
+                format!("{} flag cleared\n", a.id)
+            })?
+        }
         HubClientCommand::ControlPlanes(ControlPlaneCommand::Add {
             name,
             api_server,
@@ -785,10 +791,11 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 format!("added control plane {}\n", c.name)
             })?
         }
-        HubClientCommand::ControlPlanes(ControlPlaneCommand::List) => Answer::of(
-            &hub.list_control_planes().await?,
-            |c| control_planes_table(c),
-        )?,
+        HubClientCommand::ControlPlanes(ControlPlaneCommand::List) => {
+            Answer::of(&hub.list_control_planes().await?, |c| {
+                control_planes_table(c)
+            })?
+        }
         HubClientCommand::ControlPlanes(ControlPlaneCommand::Assign { name, site, labels }) => {
             let request = AssignRequest {
                 site,
@@ -881,10 +888,12 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             };
             Answer::of(&hub.create_campaign(&request).await?, campaign_text)?
         }
-        HubClientCommand::Campaigns(action @ (CampaignCommand::Start { .. }
-        | CampaignCommand::Pause { .. }
-        | CampaignCommand::Resume { .. }
-        | CampaignCommand::Abort { .. })) => {
+        HubClientCommand::Campaigns(
+            action @ (CampaignCommand::Start { .. }
+            | CampaignCommand::Pause { .. }
+            | CampaignCommand::Resume { .. }
+            | CampaignCommand::Abort { .. }),
+        ) => {
             let (verb, name) = match action {
                 CampaignCommand::Start { name } => (CampaignAction::Start, name),
                 CampaignCommand::Pause { name } => (CampaignAction::Pause, name),
@@ -968,10 +977,7 @@ async fn login(
         },
     )?;
     match output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::json!({"config": path, "whoami": me})
-        ),
+        OutputFormat::Json => println!("{}", serde_json::json!({"config": path, "whoami": me})),
         OutputFormat::Table => println!(
             "logged in as {} ({}{}); saved to {}",
             me.name,

@@ -4,12 +4,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult,
-    AuditEntryView, CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView,
-    CreateCampaign, CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView,
-    ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView,
-    WhoAmI,
+    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
+    CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
+    CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorBody,
+    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -33,7 +32,9 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// The hub's chain does not contain the pinned CA.
-    #[error("the hub's certificate chain does not hold the pinned CA {expected} (it presented {presented})")]
+    #[error(
+        "the hub's certificate chain does not hold the pinned CA {expected} (it presented {presented})"
+    )]
     FingerprintMismatch {
         /// The pinned fingerprint.
         expected: CertFingerprint,
@@ -176,12 +177,11 @@ impl HubClient {
     ) -> Result<CaInfo, Error> {
         let hub = Self::new(base_url, &Trust::Fingerprint(fingerprint.clone()), None)?;
         let answer = hub.ca().await?;
-        let ders = tls::pem_certificates(&answer.ca_bundle_pem, "hub CA").map_err(|e| {
-            Error::Garbage {
+        let ders =
+            tls::pem_certificates(&answer.ca_bundle_pem, "hub CA").map_err(|e| Error::Garbage {
                 endpoint: "GET /v1/ca".into(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         if !ders.iter().any(|d| &tls::fingerprint(d) == fingerprint) {
             return Err(Error::FingerprintMismatch {
                 expected: fingerprint.clone(),
@@ -203,7 +203,11 @@ impl HubClient {
         url
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> (String, url::Url, reqwest::RequestBuilder) {
+    fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+    ) -> (String, url::Url, reqwest::RequestBuilder) {
         let url = self.url(segments);
         let endpoint = format!("{method} {}", url.path());
         let mut req = self.http.request(method, url.clone());
@@ -280,7 +284,8 @@ impl HubClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, Error> {
-        self.call::<(), (), T>(Method::GET, segments, None, None).await
+        self.call::<(), (), T>(Method::GET, segments, None, None)
+            .await
     }
 
     async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(

@@ -21,13 +21,13 @@ mod tokens;
 mod vpcs;
 
 pub use appliances::{
-    ApplianceState, ApplianceView, DesiredView, JoinView, LabelRequest, Renewal, RenewalRequest, SiteQuery,
-    StatusView,
+    ApplianceState, ApplianceView, DesiredView, JoinView, LabelRequest, Renewal, RenewalRequest,
+    SiteQuery, StatusView,
 };
 pub use auth::{CaInfo, Role, WhoAmI};
 pub use campaigns::{
-    BatchProgress, CampaignAction, CampaignState, CampaignView, CreateCampaign, MemberState,
-    CampaignMember, Pacing, Selector,
+    BatchProgress, CampaignAction, CampaignMember, CampaignState, CampaignView, CreateCampaign,
+    MemberState, Pacing, Selector,
 };
 pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
 pub use error::{ErrorBody, ErrorCode};

@@ -27,6 +27,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+mod appliances;
+mod audit;
+mod campaigns;
+mod control_planes;
+mod registration;
+mod releases;
+mod tokens;
+mod vpcs;
+
 use super::error::ApiError;
 use super::{AppState, ConnInfo, MAX_BODY};
 use crate::fleet::Caller;
@@ -92,6 +101,18 @@ async fn operator(state: &AppState, parts: &Parts, role: Role) -> Result<Caller,
     let caller = state.fleet.authenticate(bearer.trim(), &source).await?;
     caller.require(role)?;
     Ok(caller)
+}
+
+fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
+    if state.limiter.allow(parts.remote.ip()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many registration requests from this address; retry in a minute",
+        ))
+    }
 }
 
 /// The route table's [`Auth`] of one route, enforced before its handler runs: this is the
@@ -257,7 +278,7 @@ pub fn routes() -> Vec<Route> {
             "The hub CA and its fingerprint",
             None,
             (200, "CaInfo"),
-            get(ca),
+            get(registration::ca),
         ),
         r(
             M::POST,
@@ -266,7 +287,7 @@ pub fn routes() -> Vec<Route> {
             "Would this enrollment token be accepted? Does not use it",
             Some("CheckRequest"),
             (200, "TokenCheck"),
-            post(check_token),
+            post(registration::check_token),
         ),
         r(
             M::POST,
@@ -275,7 +296,7 @@ pub fn routes() -> Vec<Route> {
             "Register an appliance: token + CSR + inventory -> certificate",
             Some("RegistrationRequest"),
             (201, "RegistrationResponse"),
-            post(register),
+            post(registration::register),
         ),
         r(
             M::POST,
@@ -284,7 +305,7 @@ pub fn routes() -> Vec<Route> {
             "Renew the client certificate",
             Some("RenewalRequest"),
             (200, "Renewal"),
-            post(renew),
+            post(registration::renew),
         ),
         r(
             M::POST,
@@ -293,7 +314,7 @@ pub fn routes() -> Vec<Route> {
             "Status up, desired state down",
             Some("Heartbeat"),
             (200, "HeartbeatResponse"),
-            post(heartbeat),
+            post(registration::heartbeat),
         ),
         r(
             M::GET,
@@ -302,7 +323,7 @@ pub fn routes() -> Vec<Route> {
             "The calling operator token",
             None,
             (200, "WhoAmI"),
-            get(whoami),
+            get(tokens::whoami),
         ),
         r(
             M::POST,
@@ -311,7 +332,7 @@ pub fn routes() -> Vec<Route> {
             "Create an enrollment token (shown once)",
             Some("CreateEnrollmentToken"),
             (201, "NewToken<EnrollmentTokenView>"),
-            post(create_token),
+            post(tokens::create_token),
         ),
         r(
             M::GET,
@@ -320,7 +341,7 @@ pub fn routes() -> Vec<Route> {
             "List enrollment tokens",
             None,
             (200, "[EnrollmentTokenView]"),
-            get(list_tokens),
+            get(tokens::list_tokens),
         ),
         r(
             M::DELETE,
@@ -329,7 +350,7 @@ pub fn routes() -> Vec<Route> {
             "Revoke an enrollment token",
             None,
             (200, "EnrollmentTokenView"),
-            delete(revoke_token),
+            delete(tokens::revoke_token),
         ),
         r(
             M::POST,
@@ -338,7 +359,7 @@ pub fn routes() -> Vec<Route> {
             "Create an operator token (shown once)",
             Some("CreateOperatorToken"),
             (201, "NewToken<OperatorTokenView>"),
-            post(create_operator_token),
+            post(tokens::create_operator_token),
         ),
         r(
             M::GET,
@@ -347,7 +368,7 @@ pub fn routes() -> Vec<Route> {
             "List operator tokens",
             None,
             (200, "[OperatorTokenView]"),
-            get(list_operator_tokens),
+            get(tokens::list_operator_tokens),
         ),
         r(
             M::DELETE,
@@ -356,7 +377,7 @@ pub fn routes() -> Vec<Route> {
             "Delete an operator token",
             None,
             (204, "empty"),
-            delete(delete_operator_token),
+            delete(tokens::delete_operator_token),
         ),
         r(
             M::GET,
@@ -365,7 +386,7 @@ pub fn routes() -> Vec<Route> {
             "List appliances (?site=)",
             None,
             (200, "[ApplianceView]"),
-            get(list_appliances),
+            get(appliances::list_appliances),
         ),
         r(
             M::GET,
@@ -374,7 +395,7 @@ pub fn routes() -> Vec<Route> {
             "One appliance with its status",
             None,
             (200, "ApplianceView"),
-            get(show_appliance),
+            get(appliances::show_appliance),
         ),
         r(
             M::DELETE,
@@ -383,7 +404,7 @@ pub fn routes() -> Vec<Route> {
             "Delete an appliance",
             None,
             (204, "empty"),
-            delete(delete_appliance),
+            delete(appliances::delete_appliance),
         ),
         r(
             M::PUT,
@@ -392,7 +413,7 @@ pub fn routes() -> Vec<Route> {
             "Set or remove labels",
             Some("LabelRequest"),
             (200, "ApplianceView"),
-            put(label_appliance),
+            put(appliances::label_appliance),
         ),
         r(
             M::POST,
@@ -401,7 +422,7 @@ pub fn routes() -> Vec<Route> {
             "Register a control plane",
             Some("AddControlPlane"),
             (201, "ControlPlaneView"),
-            post(add_control_plane),
+            post(control_planes::add_control_plane),
         ),
         r(
             M::GET,
@@ -410,7 +431,7 @@ pub fn routes() -> Vec<Route> {
             "List control planes",
             None,
             (200, "[ControlPlaneView]"),
-            get(list_control_planes),
+            get(control_planes::list_control_planes),
         ),
         r(
             M::POST,
@@ -419,7 +440,7 @@ pub fn routes() -> Vec<Route> {
             "Assign appliances by site/labels and join them",
             Some("AssignRequest"),
             (200, "AssignResult"),
-            post(assign_control_plane),
+            post(control_planes::assign_control_plane),
         ),
         r(
             M::POST,
@@ -428,7 +449,7 @@ pub fn routes() -> Vec<Route> {
             "Create a VPC (unique VNI)",
             Some("CreateVpc"),
             (201, "VpcView"),
-            post(create_vpc),
+            post(vpcs::create_vpc),
         ),
         r(
             M::GET,
@@ -437,7 +458,7 @@ pub fn routes() -> Vec<Route> {
             "List VPCs",
             None,
             (200, "[VpcView]"),
-            get(list_vpcs),
+            get(vpcs::list_vpcs),
         ),
         r(
             M::POST,
@@ -446,7 +467,7 @@ pub fn routes() -> Vec<Route> {
             "Attach an appliance",
             Some("MembershipRequest"),
             (200, "VpcView"),
-            post(attach),
+            post(vpcs::attach),
         ),
         r(
             M::POST,
@@ -455,7 +476,7 @@ pub fn routes() -> Vec<Route> {
             "Detach an appliance",
             Some("MembershipRequest"),
             (200, "VpcView"),
-            post(detach),
+            post(vpcs::detach),
         ),
         r(
             M::POST,
@@ -464,7 +485,7 @@ pub fn routes() -> Vec<Route> {
             "Add a release the hub fetches from a URL (verified against the trusted release keys)",
             Some("AddReleaseFromUrl"),
             (201, "ReleaseView"),
-            post(add_release_from_url),
+            post(releases::add_release_from_url),
         ),
         r(
             M::POST,
@@ -473,7 +494,7 @@ pub fn routes() -> Vec<Route> {
             "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
             Some("bundle"),
             (201, "ReleaseView"),
-            post(upload_release).layer(DefaultBodyLimit::disable()),
+            post(releases::upload_release).layer(DefaultBodyLimit::disable()),
         ),
         r(
             M::GET,
@@ -482,7 +503,7 @@ pub fn routes() -> Vec<Route> {
             "List releases",
             None,
             (200, "[ReleaseView]"),
-            get(list_releases),
+            get(releases::list_releases),
         ),
         r(
             M::GET,
@@ -491,7 +512,7 @@ pub fn routes() -> Vec<Route> {
             "One release",
             None,
             (200, "ReleaseView"),
-            get(show_release),
+            get(releases::show_release),
         ),
         r(
             M::DELETE,
@@ -500,7 +521,7 @@ pub fn routes() -> Vec<Route> {
             "Delete a release (refused while a campaign uses it)",
             None,
             (204, "empty"),
-            delete(delete_release),
+            delete(releases::delete_release),
         ),
         r(
             M::GET,
@@ -509,7 +530,7 @@ pub fn routes() -> Vec<Route> {
             "Download the bundle (HTTP Range supported, for resumable downloads)",
             None,
             (200, "application/octet-stream (206 for a range)"),
-            get(release_bundle),
+            get(releases::release_bundle),
         ),
         r(
             M::POST,
@@ -518,7 +539,7 @@ pub fn routes() -> Vec<Route> {
             "Create an upgrade campaign (selector evaluated now; not started)",
             Some("CreateCampaign"),
             (201, "CampaignView"),
-            post(create_campaign),
+            post(campaigns::create_campaign),
         ),
         r(
             M::GET,
@@ -527,7 +548,7 @@ pub fn routes() -> Vec<Route> {
             "List campaigns with progress",
             None,
             (200, "[CampaignView]"),
-            get(list_campaigns),
+            get(campaigns::list_campaigns),
         ),
         r(
             M::GET,
@@ -536,7 +557,7 @@ pub fn routes() -> Vec<Route> {
             "One campaign: progress per batch and per appliance",
             None,
             (200, "CampaignView"),
-            get(show_campaign),
+            get(campaigns::show_campaign),
         ),
         r(
             M::POST,
@@ -545,7 +566,7 @@ pub fn routes() -> Vec<Route> {
             "start | pause | resume | abort",
             None,
             (200, "CampaignView"),
-            post(campaign_action),
+            post(campaigns::campaign_action),
         ),
         r(
             M::DELETE,
@@ -554,7 +575,7 @@ pub fn routes() -> Vec<Route> {
             "Clear a quarantined version so campaigns may order it again",
             None,
             (200, "ApplianceView"),
-            delete(clear_quarantine),
+            delete(appliances::clear_quarantine),
         ),
         r(
             M::DELETE,
@@ -563,7 +584,7 @@ pub fn routes() -> Vec<Route> {
             "Clear the unexpected-version flag",
             None,
             (200, "ApplianceView"),
-            delete(clear_upgrade_flag),
+            delete(appliances::clear_upgrade_flag),
         ),
         r(
             M::GET,
@@ -572,7 +593,7 @@ pub fn routes() -> Vec<Route> {
             "Audit log (?since=RFC3339&limit=)",
             None,
             (200, "[AuditEntryView]"),
-            get(audit),
+            get(audit::audit),
         ),
         r(
             M::GET,
@@ -581,7 +602,7 @@ pub fn routes() -> Vec<Route> {
             "Appliance events (?since=RFC3339&limit=)",
             None,
             (200, "[EventView]"),
-            get(events),
+            get(audit::events),
         ),
     ]
 }
@@ -726,500 +747,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         state.metrics.encode(),
     )
         .into_response())
-}
-
-async fn ca(State(state): State<AppState>) -> Json<CaInfo> {
-    Json(CaInfo {
-        ca_bundle_pem: state.fleet.ca().cert_pem.clone(),
-        fingerprint: state.fleet.ca().fingerprint(),
-    })
-}
-
-fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
-    if state.limiter.allow(parts.remote.ip()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many registration requests from this address; retry in a minute",
-        ))
-    }
-}
-
-async fn check_token(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<CheckRequest>,
-) -> Result<Json<TokenCheck>, ApiError> {
-    Ok(Json(state.fleet.check_enrollment_token(&req.token).await?))
-}
-
-async fn register(
-    State(state): State<AppState>,
-    axum::Extension(info): axum::Extension<ConnInfo>,
-    ApiJson(req): ApiJson<RegistrationRequest>,
-) -> Result<(StatusCode, Json<RegistrationResponse>), ApiError> {
-    let caller = Caller::anonymous(info.remote.ip().to_string());
-    let result = state.fleet.register(&caller, req).await;
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => registration_outcome(e),
-    };
-    state
-        .metrics
-        .registrations
-        .get_or_create(&vec![("result", outcome)])
-        .inc();
-    Ok((StatusCode::CREATED, Json(result?)))
-}
-
-/// The `result` label of the registrations counter: a fixed, small set of values.
-fn registration_outcome(e: &crate::fleet::FleetError) -> String {
-    use crate::fleet::FleetError as F;
-    match e {
-        F::TokenRefused(r) => r.code().into(),
-        F::Csr(c) => c.code().to_string(),
-        F::Invalid(_) => ErrorCode::Invalid.to_string(),
-        _ => "error".into(),
-    }
-}
-
-async fn renew(
-    State(state): State<AppState>,
-    appliance: Appliance,
-    ApiJson(req): ApiJson<RenewalRequest>,
-) -> Result<Json<Renewal>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .renew(&appliance.caller, Some(&appliance.cert), &req.csr_pem)
-            .await?,
-    ))
-}
-
-async fn heartbeat(
-    State(state): State<AppState>,
-    appliance: Appliance,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-    ApiJson(hb): ApiJson<Heartbeat>,
-) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let mut resp = state.fleet.heartbeat(Some(&appliance.cert), hb).await?;
-    if let Some(order) = &mut resp.desired.upgrade {
-        // Orders name the hub's own bundles by path; the node gets them as a URL on the
-        // address it reached this hub at (HTTP/2 authority or HTTP/1.1 Host), unless the
-        // hub was given a public URL.
-        let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-        state.fleet.absolute_bundle_url(order, authority.as_deref());
-    }
-    Ok(Json(resp))
-}
-
-async fn whoami(Operator(caller): Operator) -> Result<Json<WhoAmI>, ApiError> {
-    let op = caller.operator()?;
-    Ok(Json(WhoAmI {
-        name: op.name.clone(),
-        id: op.id.clone(),
-        role: op.role,
-        site: op.site.clone(),
-    }))
-}
-
-async fn create_token(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<CreateEnrollmentToken>,
-) -> Result<(StatusCode, Json<NewToken<EnrollmentTokenView>>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.fleet.create_enrollment_token(&caller, req).await?),
-    ))
-}
-
-async fn list_tokens(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Json<Vec<EnrollmentTokenView>>, ApiError> {
-    let tokens = state.fleet.list_enrollment_tokens(&caller).await?;
-    Ok(Json(views::all(&tokens)))
-}
-
-async fn revoke_token(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-) -> Result<Json<EnrollmentTokenView>, ApiError> {
-    let token = state.fleet.revoke_enrollment_token(&caller, &id).await?;
-    Ok(Json((&token).into()))
-}
-
-async fn create_operator_token(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<CreateOperatorToken>,
-) -> Result<(StatusCode, Json<NewToken<OperatorTokenView>>), ApiError> {
-    let token = state
-        .fleet
-        .create_operator_token(&caller, &req.name, req.role, req.site)
-        .await?;
-    Ok((StatusCode::CREATED, Json(token)))
-}
-
-async fn list_operator_tokens(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Json<Vec<OperatorTokenView>>, ApiError> {
-    let tokens = state.fleet.list_operator_tokens(&caller).await?;
-    Ok(Json(views::all(&tokens)))
-}
-
-async fn delete_operator_token(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.fleet.delete_operator_token(&caller, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_appliances(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    query: Result<Query<SiteQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<ApplianceView>>, ApiError> {
-    let Query(q) = query?;
-    Ok(Json(
-        state
-            .fleet
-            .list_appliances(&caller, q.site.as_deref())
-            .await?,
-    ))
-}
-
-async fn show_appliance(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-) -> Result<Json<ApplianceView>, ApiError> {
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
-}
-
-async fn delete_appliance(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.fleet.delete_appliance(&caller, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn label_appliance(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-    ApiJson(req): ApiJson<LabelRequest>,
-) -> Result<Json<ApplianceView>, ApiError> {
-    state
-        .fleet
-        .label_appliance(&caller, &id, req.labels)
-        .await?;
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
-}
-
-async fn add_control_plane(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<AddControlPlane>,
-) -> Result<(StatusCode, Json<ControlPlaneView>), ApiError> {
-    let cp = ControlPlane {
-        name: req.name,
-        api_server_url: req.api_server_url,
-        ca_bundle_pem: req.ca_bundle_pem,
-        credentials_ref: req.credentials_ref,
-        site: None,
-        labels: BTreeMap::new(),
-    };
-    let cp = state.fleet.add_control_plane(&caller, cp).await?;
-    Ok((StatusCode::CREATED, Json((&cp).into())))
-}
-
-async fn list_control_planes(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<ControlPlaneView>>, ApiError> {
-    let cps = state.fleet.list_control_planes().await?;
-    Ok(Json(views::all(&cps)))
-}
-
-async fn assign_control_plane(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(name): Path<String>,
-    ApiJson(req): ApiJson<AssignRequest>,
-) -> Result<Json<AssignResult>, ApiError> {
-    Ok(Json(
-        state
-            .fleet
-            .assign(&caller, &name, req.site, req.labels)
-            .await?,
-    ))
-}
-
-async fn create_vpc(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<CreateVpc>,
-) -> Result<(StatusCode, Json<VpcView>), ApiError> {
-    let vpc = state
-        .fleet
-        .create_vpc(&caller, &req.name, &req.subnet)
-        .await?;
-    Ok((StatusCode::CREATED, Json((&vpc).into())))
-}
-
-async fn list_vpcs(State(state): State<AppState>) -> Result<Json<Vec<VpcView>>, ApiError> {
-    let vpcs = state.fleet.list_vpcs().await?;
-    Ok(Json(views::all(&vpcs)))
-}
-
-async fn attach(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(name): Path<String>,
-    ApiJson(req): ApiJson<MembershipRequest>,
-) -> Result<Json<VpcView>, ApiError> {
-    let vpc = state
-        .fleet
-        .attach(&caller, &name, &req.appliance_id)
-        .await?;
-    Ok(Json((&vpc).into()))
-}
-
-async fn detach(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(name): Path<String>,
-    ApiJson(req): ApiJson<MembershipRequest>,
-) -> Result<Json<VpcView>, ApiError> {
-    let vpc = state
-        .fleet
-        .detach(&caller, &name, &req.appliance_id)
-        .await?;
-    Ok(Json((&vpc).into()))
-}
-
-/// The window and count an audit or event query asks for: by default the last 24 hours,
-/// at most 1000 (never more than 10000).
-fn bounds(q: &SinceQuery) -> (OffsetDateTime, usize) {
-    (
-        q.since
-            .unwrap_or_else(|| OffsetDateTime::now_utc() - time::Duration::days(1)),
-        q.limit.unwrap_or(1000).clamp(1, 10_000),
-    )
-}
-
-async fn audit(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<AuditEntryView>>, ApiError> {
-    let Query(q) = query?;
-    let (since, limit) = bounds(&q);
-    let entries = state.fleet.audit_since(&caller, since, limit).await?;
-    Ok(Json(views::all(&entries)))
-}
-
-async fn events(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
-    let Query(q) = query?;
-    let (since, limit) = bounds(&q);
-    let events = state.fleet.events_since(&caller, since, limit).await?;
-    Ok(Json(views::all(&events)))
-}
-
-// ---- releases and campaigns -----------------------------------------------------------
-
-/// Largest bundle accepted (a root image of a few GiB, compressed).
-const MAX_BUNDLE: u64 = 32 << 30;
-
-async fn add_release_from_url(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<AddReleaseFromUrl>,
-) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    let incoming = state.fleet.incoming_bundle_path()?;
-    if let Err(e) = crate::releases::fetch(&req.url, &incoming, MAX_BUNDLE).await {
-        let _ = std::fs::remove_file(&incoming);
-        let message = format!("fetching {}: {e}", req.url);
-        state
-            .fleet
-            .audit(
-                &caller,
-                "release.add",
-                &req.url,
-                &format!("refused: {message}"),
-                None,
-            )
-            .await?;
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::FetchFailed,
-            message,
-        ));
-    }
-    let release = state
-        .fleet
-        .add_release(&caller, incoming, &req.sha256, Some(req.url))
-        .await?;
-    Ok((StatusCode::CREATED, Json((&release).into())))
-}
-
-async fn upload_release(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
-    body: axum::body::Body,
-) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
-    let Query(q) = query?;
-    let incoming = state.fleet.incoming_bundle_path()?;
-    if let Err(e) = crate::releases::receive(body, &incoming, MAX_BUNDLE).await {
-        let _ = std::fs::remove_file(&incoming);
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::UploadFailed,
-            format!("receiving the bundle: {e}"),
-        ));
-    }
-    let release = state
-        .fleet
-        .add_release(&caller, incoming, &q.sha256, None)
-        .await?;
-    Ok((StatusCode::CREATED, Json((&release).into())))
-}
-
-async fn list_releases(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Json<Vec<ReleaseView>>, ApiError> {
-    let releases = state.fleet.list_releases(&caller).await?;
-    Ok(Json(views::all(&releases)))
-}
-
-async fn show_release(
-    State(state): State<AppState>,
-    Path(version): Path<String>,
-) -> Result<Json<ReleaseView>, ApiError> {
-    Ok(Json((&state.fleet.release(&version).await?).into()))
-}
-
-async fn delete_release(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(version): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.fleet.delete_release(&caller, &version).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Appliances (by client certificate) and viewers download bundles; ranges are served by
-/// tower-http's `ServeFile`, so an interrupted download resumes where it stopped.
-async fn release_bundle(
-    State(state): State<AppState>,
-    Path(version): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (mut parts, body) = req.into_parts();
-    // An operator was authenticated by the table's `MtlsOrBearer`; anyone else needs a
-    // current certificate of a registered appliance.
-    if parts.extensions.get::<Caller>().is_none() {
-        let appliance = Appliance::from_request_parts(&mut parts, &state).await?;
-        state.fleet.appliance_for_cert(&appliance.cert).await?;
-    }
-    let (_, path) = state.fleet.release_bundle(&version).await?;
-    let req = Request::from_parts(parts, body);
-    let response = tower_http::services::ServeFile::new_with_mime(
-        path,
-        &"application/octet-stream"
-            .parse()
-            .expect("a valid mime type"),
-    )
-    .oneshot(req)
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::BundleReadFailed,
-            format!("reading the bundle: {e}"),
-        )
-    })?;
-    Ok(response.map(axum::body::Body::new))
-}
-
-async fn create_campaign(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    ApiJson(req): ApiJson<CreateCampaign>,
-) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.fleet.create_campaign(&caller, req).await?),
-    ))
-}
-
-async fn list_campaigns(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-) -> Result<Json<Vec<CampaignView>>, ApiError> {
-    Ok(Json(state.fleet.list_campaigns(&caller).await?))
-}
-
-async fn show_campaign(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(name): Path<String>,
-) -> Result<Json<CampaignView>, ApiError> {
-    Ok(Json(state.fleet.show_campaign(&caller, &name).await?))
-}
-
-async fn campaign_action(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path((name, action)): Path<(String, String)>,
-) -> Result<Json<CampaignView>, ApiError> {
-    Ok(Json(
-        state.fleet.campaign_action(&caller, &name, &action).await?,
-    ))
-}
-
-async fn clear_quarantine(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path((id, version)): Path<(String, String)>,
-) -> Result<Json<ApplianceView>, ApiError> {
-    state
-        .fleet
-        .clear_upgrade_protection(&caller, &id, Some(&version))
-        .await?;
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
-}
-
-async fn clear_upgrade_flag(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    Path(id): Path<String>,
-) -> Result<Json<ApplianceView>, ApiError> {
-    state
-        .fleet
-        .clear_upgrade_protection(&caller, &id, None)
-        .await?;
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
 
 #[cfg(test)]

@@ -1,0 +1,213 @@
+//! Heartbeats (status up, desired state down), the desired state each appliance is
+//! owed (overlays, joins), and offline detection.
+
+use super::*;
+
+impl Fleet {
+    /// `POST /v1/heartbeats`: records the status and answers with the desired state.
+    pub async fn heartbeat(
+        &self,
+        peer: Option<&PeerCert>,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatResponse, FleetError> {
+        let (_, mut appliance) = self.appliance_for(peer).await?;
+        let status_key = format!("{}{}", keys::STATUS, appliance.id);
+        let previous: Option<(u64, Status)> = self.get(&status_key).await?;
+        // A node that stops reporting a VTEP (its setting removed) leaves the overlays too:
+        // peers must not keep tunnelling to the old address.
+        if hb.status.vtep_address != appliance.vtep_address {
+            appliance = self
+                .update_vtep(&appliance.id, hb.status.vtep_address.clone())
+                .await?;
+        }
+        let status = Status {
+            last_seen: now(),
+            interval_seconds: appliance.desired.heartbeat_interval_seconds,
+            applied_generation: hb.applied_generation,
+            online: true,
+            status: hb.status,
+        };
+        let mut ops = vec![Op::put(&status_key, encode(&status))];
+        match &previous {
+            None => ops.push(self.event_op(&appliance, "online", "first heartbeat".into())),
+            Some((_, p)) if !p.online => ops.push(self.event_op(
+                &appliance,
+                "online",
+                format!(
+                    "heartbeat after {}s of silence",
+                    (status.last_seen - p.last_seen).whole_seconds()
+                ),
+            )),
+            Some(_) => {}
+        }
+        // A status alone is rewritten by the next heartbeat: it need not wait for an fsync.
+        // A transition event must be durable.
+        if ops.len() == 1 {
+            self.store.txn_relaxed(vec![], ops).await?;
+        } else {
+            self.store.txn(vec![], ops).await?;
+        }
+        Ok(HeartbeatResponse {
+            desired: appliance.desired,
+        })
+    }
+
+    pub(super) async fn update_vtep(
+        &self,
+        id: &ApplianceId,
+        vtep: Option<String>,
+    ) -> Result<Appliance, FleetError> {
+        let key = format!("{}{id}", keys::APPLIANCES);
+        let key = key.as_str();
+        let vtep = &vtep;
+        let a = self
+            .cas(key, move || async move {
+                let (version, mut a): (_, Appliance) =
+                    self.get(key).await?.ok_or_else(|| FleetError::NotFound {
+                        code: cairn_api::hub::ErrorCode::ApplianceUnknown,
+                        message: format!("appliance {id} is not registered"),
+                    })?;
+                a.vtep_address = vtep.clone();
+                Ok(Attempt::Write {
+                    checks: vec![Check::version(key, version)],
+                    ops: vec![Op::put(key, encode(&a))],
+                    then: a,
+                })
+            })
+            .await?;
+        // Its own overlay and every peer's name this address.
+        let mut affected = vec![id.clone()];
+        for vpc in &a.vpcs {
+            if let Some((_, v)) = self.get::<Vpc>(&format!("{}{vpc}", keys::VPCS)).await? {
+                affected.extend(v.members.into_iter().filter(|m| m != id));
+            }
+        }
+        let mut me = a;
+        for member in affected {
+            if let Some(updated) = self.refresh_desired(&member).await?
+                && &updated.id == id
+            {
+                me = updated;
+            }
+        }
+        Ok(me)
+    }
+
+    /// Recomputes an appliance's desired state from the records it depends on and stores it
+    /// with the next generation when it changed. Returns the appliance as stored.
+    pub async fn refresh_desired(&self, id: &ApplianceId) -> Result<Option<Appliance>, FleetError> {
+        let key = format!("{}{id}", keys::APPLIANCES);
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            let Some((version, mut a)) = self.get::<Appliance>(key).await? else {
+                return Ok(Attempt::Done(None));
+            };
+            let overlay = self.overlay_for(&a).await?;
+            let mut next = a.desired.clone();
+            next.overlay = overlay;
+            next.join = a.join.clone();
+            if next == a.desired {
+                return Ok(Attempt::Done(Some(a)));
+            }
+            next.generation = a.desired.generation + 1;
+            a.desired = next;
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, version)],
+                ops: vec![Op::put(key, encode(&a))],
+                then: Some(a),
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn overlay_for(
+        &self,
+        a: &Appliance,
+    ) -> Result<Option<OverlayDocument>, FleetError> {
+        if a.vpcs.is_empty() {
+            return Ok(None);
+        }
+        let mut vpcs = Vec::new();
+        for name in &a.vpcs {
+            let Some((_, vpc)) = self.get::<Vpc>(&format!("{}{name}", keys::VPCS)).await? else {
+                continue;
+            };
+            let mut peers = Vec::new();
+            for m in vpc.members.iter().filter(|m| *m != &a.id) {
+                if let Some((_, p)) = self
+                    .get::<Appliance>(&format!("{}{m}", keys::APPLIANCES))
+                    .await?
+                    && let Some(vtep) = p.vtep_address
+                {
+                    peers.push(vtep);
+                }
+            }
+            peers.sort();
+            peers.dedup();
+            vpcs.push(crate::vpc::membership(&vpc, peers));
+        }
+        Ok(Some(OverlayDocument {
+            local_vtep: a.vtep_address.clone().unwrap_or_default(),
+            vpcs,
+        }))
+    }
+
+    // ---- offline detection -----------------------------------------------------------
+
+    /// One pass of the offline detector: marks appliances that missed too many heartbeats.
+    /// Run by the leader only; each transition is a compare-and-set, so a heartbeat that
+    /// lands meanwhile wins. Returns how many went offline.
+    pub async fn sweep_offline(&self) -> Result<usize, FleetError> {
+        let at = now();
+        let mut marked = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(keys::STATUS, after.as_deref(), PAGE)
+                .await?;
+            let n = page.len();
+            for (key, v) in &page {
+                let mut status: Status = decode(key, v)?;
+                let allowed = Duration::seconds(
+                    i64::from(status.interval_seconds)
+                        * i64::from(self.settings.offline_after_missed),
+                );
+                if !status.online || at - status.last_seen <= allowed {
+                    continue;
+                }
+                let id = key.trim_start_matches(keys::STATUS);
+                let Some((_, appliance)) = self
+                    .get::<Appliance>(&format!("{}{id}", keys::APPLIANCES))
+                    .await?
+                else {
+                    continue;
+                };
+                status.online = false;
+                let event = self.event_op(
+                    &appliance,
+                    "offline",
+                    format!(
+                        "no heartbeat for {}s",
+                        (at - status.last_seen).whole_seconds()
+                    ),
+                );
+                if self
+                    .store
+                    .txn(
+                        vec![Check::version(key, v.version)],
+                        vec![Op::put(key, encode(&status)), event],
+                    )
+                    .await?
+                {
+                    tracing::warn!(appliance = %id, "appliance offline");
+                    marked += 1;
+                }
+            }
+            match page.into_iter().last() {
+                Some((k, _)) if n == PAGE => after = Some(k),
+                _ => return Ok(marked),
+            }
+        }
+    }
+}

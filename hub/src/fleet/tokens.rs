@@ -1,0 +1,297 @@
+//! Operator and enrollment tokens: creation (shown once), listing without secrets,
+//! revocation, bearer authentication and the token check registrations start with.
+
+use super::*;
+
+/// Splits `prefix.id.secret`.
+fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = token.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (id, secret) = rest.split_once('.')?;
+    let ok = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (ok(id) && ok(secret)).then_some((id, secret))
+}
+
+impl Fleet {
+    /// Creates the first admin token if there is no operator token yet (`cairn-hub init`).
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>, FleetError> {
+        if !self
+            .store
+            .list(keys::OPERATOR_TOKENS, None, 1)
+            .await?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let caller = Caller {
+            actor: "cairn-hub init".into(),
+            source: "local".into(),
+            operator: None,
+        };
+        let token = self
+            .create_operator_token_unchecked(&caller, "admin", Role::Admin, None)
+            .await?;
+        Ok(Some(token.token))
+    }
+
+    /// Authenticates a bearer token.
+    pub async fn authenticate(&self, bearer: &str, source: &str) -> Result<Caller, FleetError> {
+        let refuse = || FleetError::Unauthenticated("the bearer token is not valid".into());
+        let (id, secret) = split_token(bearer, "cairn-op").ok_or_else(refuse)?;
+        let (_, token): (_, OperatorToken) = self
+            .get(&format!("{}{id}", keys::OPERATOR_TOKENS))
+            .await?
+            .ok_or_else(refuse)?;
+        if !same_digest(&token.secret_sha256, &sha256_hex(secret)) {
+            return Err(refuse());
+        }
+        Ok(Caller {
+            actor: format!("operator:{}", token.name),
+            source: source.into(),
+            operator: Some(token),
+        })
+    }
+
+    pub(super) async fn create_operator_token_unchecked(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        site: Option<String>,
+    ) -> Result<NewToken<OperatorTokenView>, FleetError> {
+        let id = random_hex(6);
+        let secret = random_hex(20);
+        let record = OperatorToken {
+            id: id.clone(),
+            name: name.into(),
+            role,
+            site,
+            secret_sha256: sha256_hex(&secret),
+            created_at: now(),
+            created_by: caller.actor.clone(),
+        };
+        let key = format!("{}{id}", keys::OPERATOR_TOKENS);
+        let audit = Self::audit_op(
+            caller,
+            "operator-token.create",
+            &id,
+            "ok",
+            record.site.as_deref(),
+        );
+        self.store
+            .txn(
+                vec![Check::version(&key, 0)],
+                vec![Op::put(&key, encode(&record)), audit],
+            )
+            .await?;
+        Ok(NewToken {
+            token: format!("cairn-op.{id}.{secret}"),
+            view: (&record).into(),
+        })
+    }
+
+    /// Creates an operator token (admin; a site-scoped admin only for its site).
+    pub async fn create_operator_token(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        site: Option<String>,
+    ) -> Result<NewToken<OperatorTokenView>, FleetError> {
+        let me = caller.operator()?;
+        if let Some(mine) = &me.site
+            && site.as_ref() != Some(mine)
+        {
+            return Err(FleetError::Forbidden(format!(
+                "a token scoped to site {mine:?} can only create tokens for that site"
+            )));
+        }
+        if name.trim().is_empty() {
+            return Err(FleetError::Invalid("name: must not be empty".into()));
+        }
+        self.create_operator_token_unchecked(caller, name, role, site)
+            .await
+    }
+
+    /// Lists operator tokens (admin; without secrets).
+    pub async fn list_operator_tokens(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<OperatorToken>, FleetError> {
+        let all: Vec<(u64, OperatorToken)> = self.list(keys::OPERATOR_TOKENS).await?;
+        Ok(all
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.site.as_deref().is_none_or(|s| caller.sees(s)))
+            .collect())
+    }
+
+    /// Deletes an operator token (admin).
+    pub async fn delete_operator_token(&self, caller: &Caller, id: &str) -> Result<(), FleetError> {
+        let key = format!("{}{id}", keys::OPERATOR_TOKENS);
+        let (version, token): (_, OperatorToken) =
+            self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
+                code: cairn_api::hub::ErrorCode::OperatorTokenUnknown,
+                message: format!("no operator token {id:?}"),
+            })?;
+        if let Some(site) = &token.site {
+            caller.check_site(site)?;
+        } else if caller
+            .operator
+            .as_ref()
+            .and_then(|o| o.site.as_ref())
+            .is_some()
+        {
+            return Err(FleetError::Forbidden(
+                "a site-scoped token cannot delete a fleet-wide one".into(),
+            ));
+        }
+        let audit = Self::audit_op(
+            caller,
+            "operator-token.delete",
+            id,
+            "ok",
+            token.site.as_deref(),
+        );
+        self.store
+            .txn(
+                vec![Check::version(&key, version)],
+                vec![Op::delete(&key), audit],
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ---- enrollment tokens -------------------------------------------------------------
+
+    /// Creates an enrollment token (operator, in scope).
+    pub async fn create_enrollment_token(
+        &self,
+        caller: &Caller,
+        req: CreateEnrollmentToken,
+    ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
+        validate_name("site", &req.site)?;
+        caller.check_site(&req.site)?;
+        if req.max_uses == 0 {
+            return Err(FleetError::Invalid("max_uses: must be at least 1".into()));
+        }
+        if req.ttl_seconds == 0 || req.ttl_seconds > 365 * 24 * 3600 {
+            return Err(FleetError::Invalid(
+                "ttl_seconds: between 1 and one year".into(),
+            ));
+        }
+        let id = random_hex(6);
+        let secret = random_hex(20);
+        let at = now();
+        let record = EnrollmentToken {
+            id: id.clone(),
+            site: req.site,
+            labels: req.labels,
+            max_uses: req.max_uses,
+            uses: 0,
+            expires_at: at + Duration::seconds(req.ttl_seconds as i64),
+            revoked: false,
+            secret_sha256: sha256_hex(&secret),
+            created_at: at,
+            created_by: caller.actor.clone(),
+        };
+        let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
+        let audit = Self::audit_op(caller, "token.create", &id, "ok", Some(&record.site));
+        self.store
+            .txn(
+                vec![Check::version(&key, 0)],
+                vec![Op::put(&key, encode(&record)), audit],
+            )
+            .await?;
+        Ok(NewToken {
+            token: format!("cairn-et.{id}.{secret}"),
+            view: (&record).into(),
+        })
+    }
+
+    /// Lists enrollment tokens in scope (viewer).
+    pub async fn list_enrollment_tokens(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<EnrollmentToken>, FleetError> {
+        let all: Vec<(u64, EnrollmentToken)> = self.list(keys::ENROLLMENT_TOKENS).await?;
+        Ok(all
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| caller.sees(&t.site))
+            .collect())
+    }
+
+    /// Revokes an enrollment token (operator, in scope).
+    pub async fn revoke_enrollment_token(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<EnrollmentToken, FleetError> {
+        let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            let (version, mut token): (_, EnrollmentToken) =
+                self.get(key).await?.ok_or_else(|| FleetError::NotFound {
+                    code: cairn_api::hub::ErrorCode::Token(cairn_api::hub::TokenRefusal::Unknown),
+                    message: format!("no enrollment token {id:?}"),
+                })?;
+            caller.check_site(&token.site)?;
+            token.revoked = true;
+            let audit = Self::audit_op(caller, "token.revoke", id, "ok", Some(&token.site));
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, version)],
+                ops: vec![Op::put(key, encode(&token)), audit],
+                then: token,
+            })
+        })
+        .await
+    }
+
+    /// Finds the token and says whether it would be accepted now, without using it.
+    pub(super) async fn lookup_enrollment_token(
+        &self,
+        token: &str,
+    ) -> Result<Result<(u64, EnrollmentToken), (TokenRefusal, Option<EnrollmentToken>)>, FleetError>
+    {
+        let Some((id, secret)) = split_token(token.trim(), "cairn-et") else {
+            return Ok(Err((TokenRefusal::Malformed, None)));
+        };
+        let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
+        let Some((version, record)) = self.get::<EnrollmentToken>(&key).await? else {
+            return Ok(Err((TokenRefusal::Unknown, None)));
+        };
+        let refusal = if !same_digest(&record.secret_sha256, &sha256_hex(secret)) {
+            Some(TokenRefusal::Unknown)
+        } else if record.revoked {
+            Some(TokenRefusal::Revoked)
+        } else if record.expires_at <= now() {
+            Some(TokenRefusal::Expired)
+        } else if record.uses >= record.max_uses {
+            Some(TokenRefusal::UsedUp)
+        } else {
+            None
+        };
+        Ok(match refusal {
+            None => Ok((version, record)),
+            // An unknown secret must not reveal anything about the token it names.
+            Some(TokenRefusal::Unknown) => Err((TokenRefusal::Unknown, None)),
+            Some(r) => Err((r, Some(record))),
+        })
+    }
+
+    /// `POST /v1/registrations/check`: would this token be accepted? Does not use it.
+    pub async fn check_enrollment_token(&self, token: &str) -> Result<TokenCheck, FleetError> {
+        Ok(match self.lookup_enrollment_token(token).await? {
+            Ok((_, t)) => TokenCheck {
+                valid: true,
+                reason: None,
+                site: Some(t.site),
+            },
+            Err((reason, _)) => TokenCheck {
+                valid: false,
+                reason: Some(reason),
+                site: None,
+            },
+        })
+    }
+}

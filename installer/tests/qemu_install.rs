@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::qemu::{Beacon, Nic, VmBuilder};
+use cairn_vm_harness::qemu::{Beacon, Nic, VmBuilder};
 use common::*;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");

@@ -22,8 +22,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::guest::{GuestRun, RunningGuest};
-use cairn_qemu_tests::qemu::Nic;
+use cairn_vm_harness::guest::{GuestRun, RunningGuest};
+use cairn_vm_harness::qemu::Nic;
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -15,21 +15,24 @@ pub mod poll;
 pub mod ports;
 pub mod process;
 
-pub use poll::{Poll, poll, poll_async};
+pub use poll::{Poll, Polling, poll, poll_async};
 pub use process::ChildGuard;
 
 use std::path::{Path, PathBuf};
 
-/// A binary of the workspace in this test run's target directory (`target/<profile>/`, the
-/// test executable living in its `deps/`). For binaries of another package, which Cargo does
-/// not pass as `CARGO_BIN_EXE_<name>`; fails the test with how to build it when missing.
-pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+/// `target/<profile>/` of this test run: the test executable lives in its `deps/`.
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let path = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .expect("the target directory")
-        .join(name);
+        .to_path_buf()
+}
+
+/// A binary of the workspace in [`profile_dir`], for binaries of another package, which Cargo
+/// does not pass as `CARGO_BIN_EXE_<name>`; fails the test with how to build it when missing.
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    let path = profile_dir().join(name);
     assert!(
         path.is_file(),
         "{} is missing: build it first with `cargo build -p {package}` (same target dir); \

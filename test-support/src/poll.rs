@@ -57,13 +57,12 @@ impl<'a> Poll<'a> {
 
     /// Polls `f` until it returns `Some`.
     pub fn until<T>(self, mut f: impl FnMut() -> Option<T>) -> T {
-        let start = Instant::now();
+        let mut polling = self.start();
         loop {
             if let Some(v) = f() {
                 return v;
             }
-            self.check(start);
-            std::thread::sleep(self.interval);
+            polling.wait();
         }
     }
 
@@ -72,24 +71,56 @@ impl<'a> Poll<'a> {
         self,
         mut f: impl FnMut() -> F,
     ) -> T {
-        let start = Instant::now();
+        let mut polling = self.start();
         loop {
             if let Some(v) = f().await {
                 return v;
             }
-            self.check(start);
-            tokio::time::sleep(self.interval).await;
+            polling.wait_async().await;
         }
     }
 
-    fn check(&self, start: Instant) {
-        if start.elapsed() < self.limit {
+    /// Starts the clock, for a loop of the caller's own: a condition that must borrow mutably
+    /// what a closure could not lend to its future.
+    pub fn start(self) -> Polling<'a> {
+        Polling {
+            poll: self,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// A [`Poll`] under way: the caller checks its condition, then waits for the next try.
+pub struct Polling<'a> {
+    poll: Poll<'a>,
+    start: Instant,
+}
+
+impl Polling<'_> {
+    /// Sleeps one interval; panics once the limit has passed.
+    pub fn wait(&mut self) {
+        self.check();
+        std::thread::sleep(self.poll.interval);
+    }
+
+    /// Sleeps one interval on the runtime's timer; panics once the limit has passed.
+    pub async fn wait_async(&mut self) {
+        self.check();
+        tokio::time::sleep(self.poll.interval).await;
+    }
+
+    fn check(&self) {
+        let poll = &self.poll;
+        if self.start.elapsed() < poll.limit {
             return;
         }
-        let context = self.context.map(|c| format!("\n{}", c())).unwrap_or_default();
+        let context = poll
+            .context
+            .map(|c| format!("\n{}", c()))
+            .unwrap_or_default();
         panic!(
             "timed out after {:?} waiting for {}{context}",
-            self.limit, self.what
+            poll.limit, poll.what
         );
     }
 }

@@ -141,10 +141,17 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut parent = pid;
     loop {
         // A process's children are listed per thread that forked them.
-        let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).into_iter().flatten();
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"))
+            .into_iter()
+            .flatten();
         for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            found.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            found.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
         let Some(&p) = found.get(next) else {
             return found;
@@ -210,7 +217,10 @@ mod tests {
             descendants(shell).first().copied()
         });
         drop(guard);
-        assert!(!exists(program), "sleep {program} is left (a zombie at best)");
+        assert!(
+            !exists(program),
+            "sleep {program} is left (a zombie at best)"
+        );
         assert!(!running(shell));
     }
 }

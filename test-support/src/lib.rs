@@ -1,4 +1,4 @@
-//! What every cairn test needs, once: polling with a limit instead of sleeping ([`poll`]),
+//! What every cairn test needs, once: polling with a limit instead of sleeping ([`poll`](mod@poll)),
 //! free loopback ports for peers that cannot listen on port 0 themselves ([`ports`]), child
 //! processes that end with their test even when it panics ([`process`]), and a real
 //! `cairn-hub` on port 0 with its own data directory ([`hub`]).

@@ -209,14 +209,22 @@ mod tests {
         assert!(guard.try_wait().is_some());
     }
 
+    /// A test that panics unwinds through the guard, which kills the tree.
     #[test]
-    fn dropping_kills_the_tree() {
-        let guard = ChildGuard::spawn(Command::new("sh").args(["-c", "sleep 300 & wait"])).unwrap();
-        let shell = guard.id();
-        let program = crate::poll("the wrapped sleep", Duration::from_secs(10), || {
-            descendants(shell).first().copied()
+    fn a_panicking_test_leaves_no_process_behind() {
+        let seen = std::sync::Mutex::new(None);
+        let failed = std::panic::catch_unwind(|| {
+            let guard =
+                ChildGuard::spawn(Command::new("sh").args(["-c", "sleep 300 & wait"])).unwrap();
+            let shell = guard.id();
+            let program = crate::poll("the wrapped sleep", Duration::from_secs(10), || {
+                descendants(shell).first().copied()
+            });
+            *seen.lock().unwrap() = Some((shell, program));
+            panic!("the test fails while its peer runs");
         });
-        drop(guard);
+        assert!(failed.is_err());
+        let (shell, program) = seen.lock().unwrap().unwrap();
         assert!(
             !exists(program),
             "sleep {program} is left (a zombie at best)"

@@ -34,11 +34,11 @@ fn image_server() -> (Peer, u16) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    common::poll(Duration::from_secs(10), "http.server", || {
+    common::poll("http.server", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let log = dir.path().join("none");
-    (Peer { child, log, dir }, port)
+    (Peer::new(child, log, dir), port)
 }
 
 /// The shipped emulator profile with the image URL pointed at this test's server.

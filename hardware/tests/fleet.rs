@@ -170,10 +170,10 @@ async fn conformance_on_sushy_and_ipmi_sim() {
             .spawn()
             .unwrap();
         let log = dir.path().join("none");
-        common::poll(std::time::Duration::from_secs(10), "http.server", || {
+        common::poll("http.server", std::time::Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        (common::Peer { child, log, dir }, port)
+        (common::Peer::new(child, log, dir), port)
     };
     let dir = tempfile::tempdir().unwrap();
     let pw = common::password_file(dir.path(), "x");

@@ -47,8 +47,8 @@ fn file_server(files: &[(&str, &[u8])]) -> (Peer, u16) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let peer = Peer { child, log, dir };
-    poll(Duration::from_secs(10), "python http.server", || {
+    let peer = Peer::new(child, log, dir);
+    poll("python http.server", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     (peer, port)
@@ -63,7 +63,7 @@ async fn power_boot_inventory_media_on_fake_driver() {
     assert_eq!(b.power_state().await.unwrap(), PowerState::Off);
     b.power(PowerAction::On).await.unwrap();
     let path = "/redfish/v1/Systems/00000000-0000-0000-0000-000000000000";
-    poll(Duration::from_secs(30), "power on seen by curl", || {
+    poll("power on seen by curl", Duration::from_secs(30), || {
         (sushy.curl(path, None)["PowerState"] == "On").then_some(())
     });
     assert_eq!(b.power_state().await.unwrap(), PowerState::On);

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{Device, Hub, heartbeat, post};
+use common::{Device, HubClients, LIMIT, heartbeat, post, start_hub};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn init_prints_the_fingerprint_the_hub_serves() {
-    let hub = Hub::start(&[]);
+    let hub = start_hub(&[]);
     let (status, body) = hub.admin().get("/v1/ca").await;
     assert_eq!(status, 200);
     assert_eq!(body["fingerprint"], hub.fingerprint.as_str());
@@ -15,7 +15,7 @@ async fn init_prints_the_fingerprint_the_hub_serves() {
     // Keys are private to root.
     use std::os::unix::fs::PermissionsExt;
     for key in ["ca.key", "server.key"] {
-        let mode = std::fs::metadata(hub.data().join(key))
+        let mode = std::fs::metadata(hub.data.join(key))
             .unwrap()
             .permissions()
             .mode();
@@ -24,7 +24,7 @@ async fn init_prints_the_fingerprint_the_hub_serves() {
     // A second init refuses to overwrite the hub.
     let out = std::process::Command::new(common::hub_bin())
         .args(["init", "--data"])
-        .arg(hub.data())
+        .arg(hub.data)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -33,7 +33,7 @@ async fn init_prints_the_fingerprint_the_hub_serves() {
 
 #[tokio::test]
 async fn register_heartbeat_rekey_and_token_lifecycle() {
-    let hub = Hub::start(&[
+    let hub = start_hub(&[
         "--heartbeat-interval",
         "1",
         "--offline-after",
@@ -95,7 +95,7 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
     assert_eq!(view["status"]["status"]["os_version"], "cairn-1");
 
     // Silence: offline after 2 missed 1 s intervals, an event; then online again.
-    common::poll("offline", || async {
+    cairn_test_support::poll_async("offline", LIMIT, || async {
         let (_, v) = admin.get(&format!("/v1/appliances/{id}")).await;
         (v["state"] == "offline").then_some(())
     })
@@ -238,7 +238,7 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
 
 #[tokio::test]
 async fn renewal_over_mtls_replaces_the_certificate() {
-    let hub = Hub::start(&[]);
+    let hub = start_hub(&[]);
     let token = hub.admin().enrollment_token("lab", 1).await;
     let device = Device::new("edge-r", "SER-R", &["52:54:00:00:01:01"]);
     let reg = device.register(&hub, &token).await;
@@ -287,7 +287,7 @@ async fn renewal_over_mtls_replaces_the_certificate() {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_with_a_message() {
-    let hub = Hub::start(&["--registration-rate", "5"]);
+    let hub = start_hub(&["--registration-rate", "5"]);
     let http = hub.anonymous();
     let token = hub.admin().enrollment_token("lab", 10).await;
     let device = Device::new("edge-x", "SER-X", &["52:54:00:00:02:01"]);
@@ -364,7 +364,7 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     assert_eq!(s, 401);
 
     // A client certificate from another CA: refused with a reason, not a bare TLS alert.
-    let other = Hub::start(&[]);
+    let other = start_hub(&[]);
     let other_token = other.admin().enrollment_token("lab", 1).await;
     let stranger = Device::new("edge-s", "SER-S", &["52:54:00:00:03:01"]);
     let foreign = stranger.register(&other, &other_token).await;
@@ -405,7 +405,7 @@ async fn bad_input_gets_a_4xx_with_a_message() {
 
 #[tokio::test]
 async fn scoped_operator_tokens_see_only_their_site() {
-    let hub = Hub::start(&[]);
+    let hub = start_hub(&[]);
     let admin = hub.admin();
     for (site, serial) in [("north", "N1"), ("south", "S1")] {
         let t = admin.enrollment_token(site, 1).await;
@@ -457,7 +457,7 @@ async fn scoped_operator_tokens_see_only_their_site() {
 
 #[tokio::test]
 async fn openapi_and_metrics_are_served() {
-    let hub = Hub::start(&[]);
+    let hub = start_hub(&[]);
     let r = hub
         .anonymous()
         .get(format!("{}/v1/openapi.json", hub.url))
@@ -521,7 +521,7 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
         #[command(flatten)]
         hub: cairn_hub_client::cli::HubArgs,
     }
-    let hub = Hub::start(&[]);
+    let hub = start_hub(&[]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hub.json");
     let token_file = dir.path().join("admin.token");

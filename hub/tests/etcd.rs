@@ -7,7 +7,8 @@ mod common;
 #[path = "../src/testutil.rs"]
 mod testutil;
 
-use common::{Device, Hub, heartbeat, post};
+use cairn_test_support::poll_async;
+use common::{Device, Hub, HubClients, LIMIT, heartbeat, post};
 use serde_json::Value;
 
 async fn offline_events(op: &common::Operator, id: &str) -> Vec<Value> {
@@ -37,8 +38,10 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
         "--offline-check-every",
         "1",
     ];
-    let (dir, fingerprint, admin) = common::init_with(&["--etcd-endpoints", &endpoints]);
-    let mut a = Hub::serve(dir, fingerprint, admin, &serve);
+    let mut a = Hub::builder(common::hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve)
+        .start();
     let mut b = a.replica(&serve);
 
     // A token made on A registers on B; A lists what B accepted.
@@ -60,7 +63,7 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
     }
 
     // Silence: offline exactly once, though both hubs run the detector loop.
-    let first = common::poll("offline event", || async {
+    let first = poll_async("offline event", LIMIT, || async {
         let ev = offline_events(&a.admin(), &id).await;
         (!ev.is_empty()).then_some(ev)
     })
@@ -91,7 +94,7 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
     )
     .await;
     assert_eq!(s, 200);
-    let ev = common::poll("offline event from the survivor", || async {
+    let ev = poll_async("offline event from the survivor", LIMIT, || async {
         let ev = offline_events(&survivor.admin(), reg2.appliance_id.as_str()).await;
         (!ev.is_empty()).then_some(ev)
     })

@@ -14,23 +14,18 @@ use std::path::{Path, PathBuf};
 
 use cairn_formats::bundle;
 use cairn_formats::keys::SigningKey;
-use common::{Device, Hub, Operator};
+use common::{Device, Hub, HubClients, LIMIT, Operator};
 
-/// Runs `$body` (an `Option`-valued block that may borrow mutably) every 50 ms for up to
-/// 30 s until it is `Some`; a closure-based poll cannot lend `&mut` nodes to its future.
+/// Polls `$body` (an `Option`-valued block that may borrow mutably) until it is `Some`; a
+/// closure-based poll cannot lend `&mut` nodes to its future.
 macro_rules! until {
     ($what:expr, $body:block) => {{
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut polling = cairn_test_support::Poll::new($what, LIMIT).start();
         loop {
             if let Some(v) = $body {
                 break v;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {}",
-                $what
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            polling.wait_async().await;
         }
     }};
 }
@@ -96,9 +91,10 @@ fn serve_args() -> Vec<&'static str> {
 }
 
 fn hub_trusting(releases: &Releases) -> Hub {
-    let (dir, fp, token) =
-        common::init_with(&["--trusted-release-key", releases.public.to_str().unwrap()]);
-    Hub::serve(dir, fp, token, &serve_args())
+    Hub::builder(common::hub_bin())
+        .init_args(&["--trusted-release-key", releases.public.to_str().unwrap()])
+        .serve_args(&serve_args())
+        .start()
 }
 
 async fn upload(op: &Operator, path: &Path, sha256: &str) -> (u16, Value) {
@@ -694,8 +690,10 @@ async fn two_hubs_on_etcd_run_one_campaign_driver() {
     let mut serve = serve_args();
     serve.extend(["--etcd-endpoints", &endpoints, "--etcd-lease-ttl", "2"]);
     serve.extend(["--trusted-release-key", &key]);
-    let (dir, fp, token) = common::init_with(&["--etcd-endpoints", &endpoints]);
-    let a = Hub::serve(dir, fp, token, &serve);
+    let a = Hub::builder(common::hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve)
+        .start();
     let b = a.replica(&serve);
     let (signed, sha) = releases.bundle("2.0", Some(&releases.key));
     assert_eq!(upload(&a.admin(), &signed, &sha).await.0, 201);

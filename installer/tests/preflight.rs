@@ -2,8 +2,10 @@
 //! network namespace, joined to the boot server's segment by a veth pair.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cairn_test_support::{ChildGuard, poll};
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -57,7 +59,9 @@ impl Drop for Segment {
 }
 
 /// dnsmasq in the `other` namespace, serving leases (and PXE when `boot_file` is given).
-struct Dnsmasq(Child);
+struct Dnsmasq {
+    _child: ChildGuard,
+}
 
 impl Dnsmasq {
     fn start(seg: &Segment, dir: &Path, boot_file: Option<&str>) -> Self {
@@ -86,14 +90,9 @@ impl Dnsmasq {
             child.try_wait().unwrap().is_none(),
             "dnsmasq exited at start"
         );
-        Self(child)
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Self {
+            _child: ChildGuard::new(child),
+        }
     }
 }
 
@@ -110,7 +109,7 @@ fn boot_server(seg: &Segment, dir: &Path, extra: &[&str]) -> (Option<i32>, Strin
     )
     .unwrap();
     let log = dir.join("boot-server.log");
-    let mut child = Command::new("ip")
+    let child = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -130,25 +129,23 @@ fn boot_server(seg: &Segment, dir: &Path, extra: &[&str]) -> (Option<i32>, Strin
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("boot server up")
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "boot server neither started nor exited"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut child = ChildGuard::new(child);
+    let code = poll(
+        "the boot server to start or exit",
+        Duration::from_secs(30),
+        || {
+            if let Some(status) = child.try_wait() {
+                return Some(status.code());
+            }
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("boot server up")
+                .then(|| {
+                    child.kill();
+                    None
+                })
+        },
+    );
     (code, std::fs::read_to_string(&log).unwrap())
 }
 

@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::qemu::{BEACON_GUEST_ADDR, Nic, VmBuilder};
+use cairn_vm_harness::qemu::{BEACON_GUEST_ADDR, Nic, VmBuilder};
 use common::*;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");

@@ -6,10 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::qemu::{Beacon, Nic, VmBuilder};
+use cairn_test_support::{ChildGuard, Poll};
+use cairn_vm_harness::qemu::{Beacon, Nic, VmBuilder};
 use common::*;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
@@ -186,7 +187,7 @@ impl Drop for Lab {
 
 /// `cairn boot-server` inside the lab namespace; killed and reaped on drop.
 struct BootServer {
-    child: Child,
+    _child: ChildGuard,
     log: PathBuf,
 }
 
@@ -232,29 +233,19 @@ impl BootServer {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let server = Self { child, log };
-        let start = Instant::now();
-        while !server.log().contains("boot server up") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "boot server did not start:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let server = Self {
+            _child: ChildGuard::new(child),
+            log,
+        };
+        Poll::new("the boot server to start", Duration::from_secs(30))
+            .context(&|| server.log())
+            .until(|| server.log().contains("boot server up").then_some(()));
         server
     }
 
     /// The log (plain text: cairn logs without colour codes when stderr is not a terminal).
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for BootServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

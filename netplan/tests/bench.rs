@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use cairn_qemu_tests::guest::GuestRun;
+use cairn_vm_harness::guest::GuestRun;
 
 const VLANS: u32 = 500;
 /// Fresh-apply rounds (one run of each tool per round).

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use cairn_netplan::schema::{Kind, load_files};
-use cairn_qemu_tests::guest::GuestRun;
+use cairn_vm_harness::guest::GuestRun;
 
 /// The netplan examples that parse, applied in the guest (item 8): each ethernet becomes a
 /// veth with the same name (or MAC, for `match: macaddress`), the example is applied, applied

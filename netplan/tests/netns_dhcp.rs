@@ -7,9 +7,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Guard, Netns, veth, wait_until};
+use cairn_test_support::{ChildGuard, poll};
+use common::{Netns, veth};
 
-fn dnsmasq(server: &Netns, leases: &std::path::Path) -> Guard {
+fn dnsmasq(server: &Netns, leases: &std::path::Path) -> ChildGuard {
     let child = server
         .command("dnsmasq")
         .args([
@@ -32,7 +33,7 @@ fn dnsmasq(server: &Netns, leases: &std::path::Path) -> Guard {
         .stderr(Stdio::null())
         .spawn()
         .expect("dnsmasq not found: install dnsmasq-base (scripts/setup)");
-    Guard(child)
+    ChildGuard::new(child)
 }
 
 fn lease(state: &std::path::Path) -> Option<serde_json::Value> {
@@ -53,7 +54,7 @@ fn lease_renew_rebind_release_against_dnsmasq() {
     let state = dir.path().join("state");
     let mut srv = Some(dnsmasq(&server, &leases));
 
-    let mut dhcp = Guard(
+    let mut dhcp = ChildGuard::new(
         client
             .command(env!("CARGO_BIN_EXE_cairn-net"))
             .arg("--state-dir")
@@ -64,16 +65,19 @@ fn lease_renew_rebind_release_against_dnsmasq() {
             .spawn()
             .unwrap(),
     );
-    wait_until(Duration::from_secs(30), "a lease", || {
-        lease(&state).is_some()
+    poll("a lease", Duration::from_secs(30), || {
+        lease(&state).is_some().then_some(())
     });
     let l = lease(&state).unwrap();
     let addr = l["address"].as_str().unwrap().to_string();
     assert!(addr.starts_with("10.9.0.1"), "{l}");
     assert_eq!(l["prefix"], 24);
     assert_eq!(l["router"], "10.9.0.1");
-    wait_until(Duration::from_secs(10), "the address", || {
-        client.addrs("c0").contains(&format!("{addr}/24"))
+    poll("the address", Duration::from_secs(10), || {
+        client
+            .addrs("c0")
+            .contains(&format!("{addr}/24"))
+            .then_some(())
     });
     assert!(
         client.routes().contains("default via 10.9.0.1 dev c0"),
@@ -83,20 +87,25 @@ fn lease_renew_rebind_release_against_dnsmasq() {
     assert!(std::fs::read_to_string(&leases).unwrap().contains(&addr));
 
     // Renewal at T1, unicast to the server.
-    wait_until(Duration::from_secs(30), "a renewal", || {
-        lease(&state).is_some_and(|l| l["renewals"].as_u64().unwrap_or(0) >= 1)
+    poll("a renewal", Duration::from_secs(30), || {
+        lease(&state)
+            .is_some_and(|l| l["renewals"].as_u64().unwrap_or(0) >= 1)
+            .then_some(())
     });
 
     // The server goes away: renewing fails until T2, then the client rebinds by broadcast
     // to whichever server answers (the same dnsmasq, restarted on its lease file).
     drop(srv.take());
-    wait_until(Duration::from_secs(30), "the rebinding phase", || {
-        lease(&state).is_some_and(|l| l["phase"] == "rebinding")
+    poll("the rebinding phase", Duration::from_secs(30), || {
+        lease(&state)
+            .is_some_and(|l| l["phase"] == "rebinding")
+            .then_some(())
     });
     srv = Some(dnsmasq(&server, &leases));
-    wait_until(Duration::from_secs(30), "a rebind", || {
+    poll("a rebind", Duration::from_secs(30), || {
         lease(&state)
             .is_some_and(|l| l["rebinds"].as_u64().unwrap_or(0) >= 1 && l["phase"] == "bound")
+            .then_some(())
     });
     assert_eq!(
         lease(&state).unwrap()["address"],
@@ -107,20 +116,21 @@ fn lease_renew_rebind_release_against_dnsmasq() {
 
     // Stop = removal from the config: DHCPRELEASE, address and lease file gone.
     Command::new("kill")
-        .args(["-TERM", &dhcp.0.id().to_string()])
+        .args(["-TERM", &dhcp.id().to_string()])
         .status()
         .unwrap();
-    let status = dhcp.0.wait().unwrap();
+    let status = dhcp.child_mut().wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(client.addrs("c0").is_empty(), "{:?}", client.addrs("c0"));
     assert!(lease(&state).is_none());
-    wait_until(
-        Duration::from_secs(10),
+    poll(
         "dnsmasq to drop the released lease",
+        Duration::from_secs(10),
         || {
-            !std::fs::read_to_string(&leases)
+            (!std::fs::read_to_string(&leases)
                 .unwrap_or_default()
-                .contains(&addr)
+                .contains(&addr))
+            .then_some(())
         },
     );
     drop(srv);

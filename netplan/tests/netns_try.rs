@@ -7,7 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Guard, Netns, Yaml, veth, wait_until};
+use cairn_test_support::{ChildGuard, poll};
+use common::{Netns, Yaml, veth};
 
 const GOOD: &str = r#"
 network:
@@ -30,7 +31,7 @@ network:
 struct Lab {
     node: Netns,
     _hub: Netns,
-    _servers: Vec<Guard>,
+    _servers: Vec<ChildGuard>,
     _web_root: tempfile::TempDir,
     state: tempfile::TempDir,
     yaml: Yaml,
@@ -75,7 +76,7 @@ fn lab(tag: &str) -> Lab {
     let l = Lab {
         node,
         _hub: hub,
-        _servers: vec![Guard(tcp), Guard(http)],
+        _servers: vec![ChildGuard::new(tcp), ChildGuard::new(http)],
         _web_root: web_root,
         state,
         yaml,
@@ -84,7 +85,7 @@ fn lab(tag: &str) -> Lab {
     l.node
         .net_ok(l.state.path(), &["--file", good.to_str().unwrap(), "apply"]);
     // Both servers answer through the route before the test starts.
-    wait_until(Duration::from_secs(20), "hub servers", || {
+    poll("hub servers", Duration::from_secs(20), || {
         let ok = |target: &str| {
             l.node
                 .command("socat")
@@ -98,7 +99,7 @@ fn lab(tag: &str) -> Lab {
                 .map(|s| s.success())
                 .unwrap_or(false)
         };
-        ok("10.2.0.1:7000") && ok("10.2.0.1:8080")
+        (ok("10.2.0.1:7000") && ok("10.2.0.1:8080")).then_some(())
     });
     l
 }
@@ -147,26 +148,27 @@ fn config_that_cuts_the_probe_target_reverts_itself() {
         "ok.yaml",
         &GOOD.replace("[10.1.0.1/24]", "[10.1.0.1/24, 10.1.0.60/24]"),
     );
-    let mut child = l
-        .node
-        .command(env!("CARGO_BIN_EXE_cairn-net"))
-        .arg("--state-dir")
-        .arg(l.state.path())
-        .args(["--file", ok.to_str().unwrap(), "try", "--timeout", "60"])
-        .args([
-            "--probe",
-            "10.2.0.1:7000",
-            "--probe",
-            "http://10.2.0.1:8080/",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(30), "the try to apply", || {
-        l.node.addrs("n0").len() == 2
+    let mut child = ChildGuard::new(
+        l.node
+            .command(env!("CARGO_BIN_EXE_cairn-net"))
+            .arg("--state-dir")
+            .arg(l.state.path())
+            .args(["--file", ok.to_str().unwrap(), "try", "--timeout", "60"])
+            .args([
+                "--probe",
+                "10.2.0.1:7000",
+                "--probe",
+                "http://10.2.0.1:8080/",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    poll("the try to apply", Duration::from_secs(30), || {
+        (l.node.addrs("n0").len() == 2).then_some(())
     });
     l.node.net_ok(l.state.path(), &["confirm"]);
-    let status = child.wait().unwrap();
+    let status = child.child_mut().wait().unwrap();
     assert!(status.success());
     assert_eq!(l.node.addrs("n0"), vec!["10.1.0.1/24", "10.1.0.60/24"]);
 }
@@ -198,18 +200,19 @@ fn unconfirmed_try_rolls_back_at_the_deadline() {
 fn pending_try_is_restored_after_the_process_dies() {
     let l = lab("tryr");
     let bad = l.yaml.write("bad.yaml", LOSES_HUB);
-    let mut child = l
-        .node
-        .command(env!("CARGO_BIN_EXE_cairn-net"))
-        .arg("--state-dir")
-        .arg(l.state.path())
-        .args(["--file", bad.to_str().unwrap(), "try", "--timeout", "300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(30), "the try to apply", || {
-        !l.has_hub_route() && l.state.path().join("host/checkpoint.json").exists()
+    let mut child = ChildGuard::new(
+        l.node
+            .command(env!("CARGO_BIN_EXE_cairn-net"))
+            .arg("--state-dir")
+            .arg(l.state.path())
+            .args(["--file", bad.to_str().unwrap(), "try", "--timeout", "300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    poll("the try to apply", Duration::from_secs(30), || {
+        (!l.has_hub_route() && l.state.path().join("host/checkpoint.json").exists()).then_some(())
     });
     // Standing in for a crash or reboot: the trying process vanishes without cleanup.
     // `ip netns exec` execs the binary, so the child's pid is cairn-net's.
@@ -217,7 +220,7 @@ fn pending_try_is_restored_after_the_process_dies() {
         .args(["-9", &child.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap();
+    child.child_mut().wait().unwrap();
     assert!(!l.has_hub_route(), "still on the unconfirmed config");
     let out = l.node.net(l.state.path(), &["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

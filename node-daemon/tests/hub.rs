@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_test_support::ports::free_tcp_port;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -22,7 +23,7 @@ fn registered(node: &Node) -> serde_json::Value {
 #[test]
 fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("factory-7");
     write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
@@ -59,7 +60,7 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
 #[test]
 fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises_no_vpc() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("vpc");
     // A documentation address: only reported, nothing is sent to it.
@@ -108,7 +109,7 @@ fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises
 #[test]
 fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("renew");
     write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
@@ -178,8 +179,8 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
 fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let hub_data = dir.path().join("hub");
-    let hub = Hub::start(&hub_data, "127.0.0.1:0");
-    let addr = hub.addr();
+    let hub = hub_at(&hub_data).start();
+    let addr = hub.addr().to_owned();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("s");
     write_config(
@@ -192,7 +193,7 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
     let node = Node::start(&root);
     registered(&node);
 
-    hub.stop();
+    drop(hub);
     // Reports pile up to the bound; the oldest are dropped and counted.
     let status = poll("reports to be dropped from the full queue", LIMIT, || {
         node.status()
@@ -210,7 +211,7 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
 
     // Same address, same data: the queue drains, oldest first (order is the store's, see
     // store::tests), and the reconnect is counted.
-    let hub = Hub::start(&hub_data, &addr);
+    let hub = hub_at(&hub_data).listen(&addr).start();
     let status = poll("the queue to drain", Duration::from_secs(400), || {
         node.status()
             .filter(|s| s["queued_reports"] == 0 && s["hub_reachable"] == true)
@@ -226,7 +227,7 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
 #[test]
 fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("s");
     let wrong = format!("sha256:{}", "ab".repeat(32));
@@ -262,7 +263,7 @@ fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent()
 #[test]
 fn a_rejected_token_is_reported_with_the_way_out() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&dir.path().join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("node");
     write_config(
         &root,
@@ -337,30 +338,28 @@ fn a_hub_answering_garbage_is_named_as_such() {
         "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "1",
         "-extfile", "ext", "-out", "c.pem",
     ]);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = Command::new("openssl")
-        .current_dir(d)
-        .args([
-            "s_server",
-            "-quiet",
-            "-www",
-            "-cert",
-            "c.pem",
-            "-key",
-            "k.pem",
-            "-cert_chain",
-            "ca.pem",
-            "-accept",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_tcp_port();
+    let _server = ChildGuard::spawn(
+        Command::new("openssl")
+            .current_dir(d)
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-cert",
+                "c.pem",
+                "-key",
+                "k.pem",
+                "-cert_chain",
+                "ca.pem",
+                "-accept",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .unwrap();
     let der = openssl(&["x509", "-outform", "DER", "-in", "ca.pem"]);
     let fp = hex::encode(ring::digest::digest(&ring::digest::SHA256, &der));
     let root = dir.path().join("node");
@@ -387,8 +386,6 @@ fn a_hub_answering_garbage_is_named_as_such() {
         "{status}"
     );
     node.stop();
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]

@@ -22,8 +22,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::guest::{GuestRun, RunningGuest};
-use cairn_qemu_tests::qemu::Nic;
+use cairn_vm_harness::guest::{GuestRun, RunningGuest};
+use cairn_vm_harness::qemu::Nic;
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -244,12 +244,9 @@ fn mark(guest: &mut RunningGuest, name: &str) {
 fn vpc_overlay_from_hub_to_the_kernel_of_two_appliances() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_full(
-        &dir.path().join("hub"),
-        "127.0.0.1:0",
-        &[],
-        &["127.0.0.1", "10.0.2.2"],
-    );
+    let hub = hub_at(&dir.path().join("hub"))
+        .names(&["127.0.0.1", "10.0.2.2"])
+        .start();
     let port = hub.addr().rsplit(':').next().unwrap().to_owned();
     let guest_url = format!("https://10.0.2.2:{port}");
     let mut run = GuestRun::new()

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cairn_api::{DesiredState, JoinBundle};
@@ -19,7 +19,10 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// A Debian bookworm root with systemd and dbus, built once with mmdebstrap and cached in
 /// the target directory.
 fn debian_root() -> PathBuf {
-    let dir = bin_dir().parent().unwrap().join("nspawn-debian");
+    let dir = cairn_test_support::profile_dir()
+        .parent()
+        .unwrap()
+        .join("nspawn-debian");
     let root = dir.join("root");
     if root.join("usr/lib/systemd/systemd").exists() {
         return root;
@@ -46,9 +49,11 @@ fn debian_root() -> PathBuf {
     root
 }
 
-/// A booted container; its changes go to a tmpfs overlay and vanish with it.
+/// A booted container; its changes go to a tmpfs overlay and vanish with it. Dropping it
+/// kills the container's processes (its init among them: the kernel then ends the whole PID
+/// namespace) and systemd-nspawn, which is their parent (ChildGuard).
 struct Container {
-    child: Child,
+    _nspawn: ChildGuard,
     leader: u32,
 }
 
@@ -58,30 +63,34 @@ impl Container {
             Path::new("/usr/bin/systemd-nspawn").exists(),
             "systemd-nspawn is missing: apt-get install systemd-container (scripts/setup)"
         );
-        let child = Command::new("systemd-nspawn")
-            .args([
-                "--register=no",
-                "--keep-unit",
-                "--console=pipe",
-                "--volatile=overlay",
-                "-q",
-            ])
-            .arg("-D")
-            .arg(root)
-            .args(["-M", name, "-b"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-nspawn");
-        let nspawn = child.id();
+        let nspawn = ChildGuard::spawn(
+            Command::new("systemd-nspawn")
+                .args([
+                    "--register=no",
+                    "--keep-unit",
+                    "--console=pipe",
+                    "--volatile=overlay",
+                    "-q",
+                ])
+                .arg("-D")
+                .arg(root)
+                .args(["-M", name, "-b"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("systemd-nspawn");
+        let pid = nspawn.id();
         // The container's PID 1 is nspawn's child.
         let leader = poll("the container's init", LIMIT, || {
             let children =
-                std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).ok()?;
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
             children.split_whitespace().next()?.parse().ok()
         });
-        let c = Self { child, leader };
+        let c = Self {
+            _nspawn: nspawn,
+            leader,
+        };
         poll("the container's system bus", LIMIT, || {
             c.root()
                 .join("run/dbus/system_bus_socket")
@@ -100,13 +109,6 @@ impl Container {
             "unix:path={}/run/dbus/system_bus_socket",
             self.root().display()
         )
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

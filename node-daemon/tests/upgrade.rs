@@ -444,7 +444,7 @@ fn a_killed_download_resumes_with_range_and_a_prestaged_bundle_waits_for_the_win
         "2026.11.2",
         json!({"max_bytes_per_second": 256 * 1024, "prestage": true, "window": window}),
     ));
-    let mut child = node.apply_cmd(&slow, &server.ca_file).spawn().unwrap();
+    let mut child = ChildGuard::spawn(&mut node.apply_cmd(&slow, &server.ca_file)).unwrap();
     let partial = node.root.join(format!(
         "var/lib/cairn/upgrade/{}.partial",
         sha256(&release.bundle)
@@ -455,8 +455,7 @@ fn a_killed_download_resumes_with_range_and_a_prestaged_bundle_waits_for_the_win
             .filter(|m| m.len() >= 256 * 1024)
     });
     // Killed like a power cut, well before the end (about 8 s at this rate).
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let kept = std::fs::metadata(&partial).unwrap().len();
     let total = std::fs::metadata(&release.bundle).unwrap().len();
     assert!(kept > 0 && kept < total, "{kept} of {total}");
@@ -510,12 +509,11 @@ fn a_restart_mid_write_reports_interrupted_and_never_arms_grub() {
     let grubenv = std::fs::read(&node.grubenv).unwrap();
 
     let order = node.write_order(&order(&server, &release, "2026.11.2", json!({})));
-    let mut child = node.apply_cmd(&order, &server.ca_file).spawn().unwrap();
+    let mut child = ChildGuard::spawn(&mut node.apply_cmd(&order, &server.ca_file)).unwrap();
     poll("the write to start", LIMIT, || {
         node.state().contains("\"writing\"").then_some(())
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert!(!node.root.join("reboots").exists(), "killed before the end");
 
     let (_, report) = node.apply(&order, &server.ca_file);
@@ -566,7 +564,7 @@ fn boot_new_slot(dir: &Path, checks: &str) -> (Hub, Appliance, Node) {
     assert_eq!(report["phase"], "rebooting", "{report}");
     std::fs::remove_file(node.root.join("reboots")).unwrap();
 
-    let hub = Hub::start(&dir.join("hub"), "127.0.0.1:0");
+    let hub = hub_at(&dir.join("hub")).start();
     let token = hub.enrollment_token("site-u");
     node.configure(&hub.url, &hub.fingerprint, &token, checks);
     node.boot("b");
@@ -602,7 +600,7 @@ fn on_the_new_slot_passing_health_checks_commit_it() {
         "no reboot after a commit"
     );
     daemon.stop();
-    hub.stop();
+    drop(hub);
 }
 
 #[test]
@@ -639,7 +637,7 @@ fn on_the_new_slot_a_failing_health_check_rolls_back_with_its_output() {
     let status = upgrade_phase(&daemon, "rolled-back");
     assert_eq!(status["booted_slot"], "a");
     daemon.stop();
-    hub.stop();
+    drop(hub);
 }
 
 #[test]
@@ -649,12 +647,12 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     let release = make_release(dir.path(), &key, "2026.11.2", noise(256 * 1024, 8));
     // The hub trusts the release key from its data directory (read at serve).
     let hub_dir = dir.path().join("hub");
-    Hub::start(&hub_dir, "127.0.0.1:0").stop();
+    drop(hub_at(&hub_dir).start());
     std::fs::create_dir_all(hub_dir.join("release-keys")).unwrap();
     key.public_key()
         .write(&hub_dir.join("release-keys/release.pem"))
         .unwrap();
-    let hub = Hub::start(&hub_dir, "127.0.0.1:0");
+    let hub = hub_at(&hub_dir).start();
     let upload = reqwest::blocking::Client::builder()
         .tls_backend_preconfigured(tls(&std::fs::read(hub_dir.join("ca.pem")).unwrap()))
         .build()
@@ -710,5 +708,5 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     });
     assert!(shown.to_string().contains("2026.11.2"), "{shown}");
     daemon.stop();
-    hub.stop();
+    drop(hub);
 }

@@ -7,23 +7,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cairn_test_support::ports::free_tcp_port;
 use common::*;
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// SHA-256 fingerprint (lowercase hex) of the certificate served on a loopback port, read
 /// with `openssl s_client` (an independent TLS client).
@@ -56,20 +48,12 @@ fn served_fingerprint(port: u16) -> String {
         .to_ascii_lowercase()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A WebDriver session over chromedriver's HTTP API.
 struct Browser {
     http: reqwest::blocking::Client,
     base: String,
     session: String,
-    _driver: Reaped,
+    _driver: ChildGuard,
     _profile: tempfile::TempDir,
 }
 
@@ -81,15 +65,15 @@ impl Browser {
                 "{bin} is missing: apt-get install chromium chromium-driver (scripts/setup)"
             );
         }
-        let port = free_port();
-        let driver = Reaped(
+        let port = free_tcp_port();
+        // Chromium runs as chromedriver's child: the guard stops it too.
+        let driver = ChildGuard::spawn(
             Command::new("/usr/bin/chromedriver")
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -214,14 +198,14 @@ fn the_wizard_tests_everything_rolls_back_on_a_wrong_fingerprint_then_configures
     ]);
     netns.ip(&["link", "set", "uplink0", "up"]);
     let prefix = netns.prefix();
-    let hub = Hub::start_in(&dir.path().join("hub"), "127.0.0.1:0", &prefix);
+    let hub = hub_at(&dir.path().join("hub")).prefix(&prefix).start();
     let token = hub_token(&hub, &netns);
 
     let root = dir.path().join("node");
     std::fs::create_dir_all(&root).unwrap();
     let console = dir.path().join("console");
     std::fs::write(&console, "").unwrap();
-    let wizard_port = free_port();
+    let wizard_port = free_tcp_port();
     let node = Node::start_full(
         &root,
         &prefix,
@@ -241,8 +225,9 @@ fn the_wizard_tests_everything_rolls_back_on_a_wrong_fingerprint_then_configures
     assert!(text.contains("certificate sha256 fingerprint: "), "{text}");
 
     // Relay host loopback -> namespace loopback for the browser.
-    let relay_port = free_port();
-    let _relay = Reaped(
+    let relay_port = free_tcp_port();
+    // socat forks a relay per connection: the guard stops those too.
+    let _relay = ChildGuard::spawn(
         Command::new("socat")
             .arg(format!(
                 "TCP-LISTEN:{relay_port},bind=127.0.0.1,reuseaddr,fork"
@@ -250,10 +235,9 @@ fn the_wizard_tests_everything_rolls_back_on_a_wrong_fingerprint_then_configures
             .arg(format!(
                 "EXEC:ip netns exec {} socat STDIO TCP\\:127.0.0.1\\:{wizard_port}",
                 netns.0
-            ))
-            .spawn()
-            .expect("socat is needed (scripts/setup)"),
-    );
+            )),
+    )
+    .expect("socat is needed (scripts/setup)");
     let url = format!("https://127.0.0.1:{relay_port}/");
     // The browser accepts the self-signed certificate; what makes that safe is that the
     // certificate served at this URL is the one whose fingerprint the console shows.

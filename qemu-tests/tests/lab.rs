@@ -5,10 +5,11 @@
 
 mod common;
 
+use cairn_test_support::poll;
 use common::{LAB, TestLab};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 impl TestLab {
     fn netns(&self) -> String {
@@ -55,16 +56,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn poll(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How long a lab step may take.
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn cmdline(pid: u64) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -134,7 +127,9 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
     // Power off through the BMC: QEMU is gone (killed and reaped, not a zombie).
     let out = lab.ipmitool_as("srv1", None, &["power", "off"]);
     assert!(out.status.success(), "{}", text(&out));
-    poll("QEMU to go", || cmdline(pid).is_empty());
+    poll("QEMU to go", LIMIT, || {
+        cmdline(pid).is_empty().then_some(())
+    });
     assert_eq!(lab.server("srv1")["power_on"], false);
 
     // Power on again and leave it running: `down` must stop it.
@@ -260,7 +255,9 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         Some(r#"{"ResetType":"On"}"#),
     );
     assert!(code < 300, "{code} {answer}");
-    poll("srv2's QEMU", || lab.server("srv2")["pid"].is_u64());
+    poll("srv2's QEMU", LIMIT, || {
+        lab.server("srv2")["pid"].is_u64().then_some(())
+    });
     let pid = lab.server("srv2")["pid"].as_u64().unwrap();
     let cmd = cmdline(pid);
     assert!(
@@ -292,7 +289,9 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         Some(r#"{"ResetType":"ForceOff"}"#),
     );
     assert!(code < 300);
-    poll("srv2's QEMU to go", || cmdline(pid).is_empty());
+    poll("srv2's QEMU to go", LIMIT, || {
+        cmdline(pid).is_empty().then_some(())
+    });
     assert_eq!(lab.server("srv2")["power_on"], false);
 
     // On again and left running: `down` must remove it with everything else.
@@ -305,7 +304,9 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         Some(r#"{"ResetType":"On"}"#),
     );
     assert!(code < 300);
-    poll("srv2's QEMU", || lab.server("srv2")["pid"].is_u64());
+    poll("srv2's QEMU", LIMIT, || {
+        lab.server("srv2")["pid"].is_u64().then_some(())
+    });
     let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
     down_leaves_nothing(lab, pid2, &netns, &dir);
 }

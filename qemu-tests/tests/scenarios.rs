@@ -13,23 +13,25 @@
 
 mod common;
 
+use cairn_test_support::{ChildGuard, Poll};
 use common::{LAB, TestLab};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 impl TestLab {
     fn provision(&self, extra: &[&str]) -> Output {
         self.provision_cmd(extra).output().unwrap()
     }
 
-    /// Provisioning in the background, its output in a file.
-    fn provision_background(&self, extra: &[&str], log: &str) -> Child {
+    /// Provisioning in the background, its output in a file; stopped if the test fails first.
+    fn provision_background(&self, extra: &[&str], log: &str) -> ChildGuard {
         let out = std::fs::File::create(self.tmp.path().join(log)).unwrap();
-        self.provision_cmd(extra)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap()
+        ChildGuard::spawn(
+            self.provision_cmd(extra)
+                .stdout(out.try_clone().unwrap())
+                .stderr(out),
+        )
+        .unwrap()
     }
 
     /// The persisted record of `name` (rack.state.json beside the inventory).
@@ -48,19 +50,18 @@ impl TestLab {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) {
-        let start = Instant::now();
-        loop {
-            let r = self.record(name);
-            if pred(&r) {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{name}: {what} not reached within {limit:?}; record: {r}\nconsole:\n{}",
+        let what = format!("{name}: {what}");
+        let context = || {
+            format!(
+                "record: {}\nconsole:\n{}",
+                self.record(name),
                 self.console(name)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            )
+        };
+        Poll::new(&what, limit)
+            .every(Duration::from_millis(500))
+            .context(&context)
+            .until(|| pred(&self.record(name)).then_some(()));
     }
 
     /// The last lines of a server's console (all boots).
@@ -195,21 +196,20 @@ fn d_hub_down_during_first_boot_then_the_node_registers_when_it_is_back() {
     });
     assert!(lab.lab(&["hub", "stop"]).status.success());
     // The node tries, fails, and says it will retry.
-    let start = Instant::now();
-    while !lab.console("srv1").contains("registration failed") {
-        assert!(
-            start.elapsed() < Duration::from_secs(400),
-            "the node never tried the hub:\n{}",
+    Poll::new("the node to try the hub", Duration::from_secs(400))
+        .every(Duration::from_secs(1))
+        .context(&|| lab.console("srv1"))
+        .until(|| {
             lab.console("srv1")
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+                .contains("registration failed")
+                .then_some(())
+        });
     assert!(
         lab.status()["hub_error"].is_string(),
         "status reports the hub down"
     );
     assert!(lab.lab(&["hub", "start"]).status.success());
-    let status = run.wait().unwrap();
+    let status = run.child_mut().wait().unwrap();
     let log = std::fs::read_to_string(lab.tmp.path().join("provision.log")).unwrap();
     assert!(status.success(), "{log}\n{}", lab.console("srv1"));
     let rec = lab.record("srv1");
@@ -234,7 +234,7 @@ fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
     });
     let off = lab.ipmitool("srv1", &["power", "off"]);
     assert!(off.status.success(), "{off:?}");
-    let status = run.wait().unwrap();
+    let status = run.child_mut().wait().unwrap();
     assert!(!status.success(), "the cut install cannot succeed");
     let rec = lab.record("srv1");
     assert_eq!(rec["state"]["state"], "failed", "{rec}");

@@ -17,6 +17,7 @@
 
 mod common;
 
+use cairn_test_support::Poll;
 use common::{LAB, TestLab, cairn};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -196,25 +197,18 @@ fn sha256(path: &Path) -> String {
     out.split_whitespace().next().unwrap().to_owned()
 }
 
-/// Polls `f` until it returns `Some` or `limit` passes (then panics with `what` and `ctx()`).
+/// Polls `f` every second (a try runs `cairn hub` in the lab) until it returns `Some` or
+/// `limit` passes (then panics with `what` and `ctx()`).
 fn wait_for<T>(
     limit: Duration,
     what: &str,
     ctx: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            ctx()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    Poll::new(what, limit)
+        .every(Duration::from_secs(1))
+        .context(&ctx)
+        .until(f)
 }
 
 impl TestLab {

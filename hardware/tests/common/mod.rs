@@ -3,10 +3,13 @@
 //! state, killed and reaped on drop. A missing peer fails the test with what to install.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use cairn_test_support::ChildGuard;
+pub use cairn_test_support::poll;
+pub use cairn_test_support::ports::{free_tcp_port, free_udp_port};
 
 pub const SUSHY: &str = "/opt/cairn/venv/bin/sushy-emulator";
 pub const VENV_PYTHON: &str = "/opt/cairn/venv/bin/python";
@@ -28,53 +31,20 @@ pub fn which(cmd: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{cmd}` is not installed (run `sudo scripts/setup`)"))
 }
 
-/// A free TCP port on loopback (sushy cannot listen on port 0 itself).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free UDP port on loopback.
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` every 50 ms until it returns `Some` or `limit` passes.
-pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed and reaped on drop; its log is printed if the test failed.
+/// A child process killed and reaped on drop (with whatever it started); its log is printed
+/// if the test failed. Fields drop in order: the process goes before its directory.
 pub struct Peer {
-    pub child: Child,
+    pub child: ChildGuard,
     pub log: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- peer log {} ---\n{}", self.log.display(), log);
+impl Peer {
+    pub fn new(child: Child, log: PathBuf, dir: tempfile::TempDir) -> Peer {
+        Peer {
+            child: ChildGuard::new(child).with_log(&log),
+            log,
+            dir,
         }
     }
 }
@@ -174,9 +144,9 @@ impl Sushy {
                 .arg(key);
         }
         let child = cmd.spawn().expect("starting sushy-emulator");
-        let peer = Peer { child, log, dir };
+        let peer = Peer::new(child, log, dir);
         let scheme = if tls.is_some() { "https" } else { "http" };
-        poll(Duration::from_secs(30), "sushy-emulator to answer", || {
+        poll("sushy-emulator to answer", Duration::from_secs(30), || {
             let ok = Command::new("curl")
                 .args([
                     "-skf",
@@ -299,13 +269,13 @@ set_working_mc 0x20
             .spawn()
             .expect("starting ipmi_sim");
         let sim = IpmiSim {
-            peer: Peer { child, log, dir },
+            peer: Peer::new(child, log, dir),
             port,
             password,
         };
         poll(
-            Duration::from_secs(20),
             "ipmi_sim to answer ipmitool",
+            Duration::from_secs(20),
             || sim.ipmitool_ok(&["mc", "info"]).then_some(()),
         );
         sim

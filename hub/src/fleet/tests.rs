@@ -11,7 +11,8 @@ use cairn_api::hub::CreateEnrollmentToken;
 use super::*;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
-use crate::testutil::{Etcd, poll_async};
+use crate::testutil::{Etcd, LIMIT};
+use cairn_test_support::poll_async;
 
 struct World {
     fleet: Fleet,
@@ -187,7 +188,7 @@ async fn offline_and_online_are_events(w: &World) {
     let (reg, p) = &apps[0];
     w.fleet.heartbeat(Some(p), beat(None, 1)).await.unwrap();
     assert_eq!(w.fleet.sweep_offline().await.unwrap(), 0, "fresh heartbeat");
-    poll_async("offline", || async {
+    poll_async("offline", LIMIT, || async {
         w.fleet.sweep_offline().await.unwrap();
         let state = w
             .fleet
@@ -368,11 +369,14 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
         });
     }
     let total = || acked.lock().unwrap().iter().sum::<u64>();
-    poll_async("load running", || async { (total() > 200).then_some(()) }).await;
+    poll_async("load running", LIMIT, || async {
+        (total() > 200).then_some(())
+    })
+    .await;
     // Kill the member the client most likely talks to, mid-load.
     etcd.kill(0);
     let after_kill = total();
-    poll_async("load continues on the survivors", || async {
+    poll_async("load continues on the survivors", LIMIT, || async {
         (total() > after_kill + 200).then_some(())
     })
     .await;

@@ -297,7 +297,9 @@ mod tests {
             );
         }
         // The writer thread holds the database until its channel closes; wait for the lock.
-        let store = crate::testutil::poll("store reopens", || EmbeddedStore::open(&path).ok());
+        let store = cairn_test_support::poll("store reopens", crate::testutil::LIMIT, || {
+            EmbeddedStore::open(&path).ok()
+        });
         assert_eq!(store.get("a").await.unwrap().unwrap().value, b"1");
         assert_eq!(store.get("b").await.unwrap().unwrap().value, b"2");
     }

@@ -233,7 +233,7 @@ mod tests {
         assert!(a.lead().await.unwrap(), "the leader keeps its lease alive");
         // `a` stops renewing (as if it died): `b` takes over once the lease expires.
         drop(a);
-        crate::testutil::poll_async("b takes over", || async {
+        cairn_test_support::poll_async("b takes over", crate::testutil::LIMIT, || async {
             b.lead().await.unwrap().then_some(())
         })
         .await;

@@ -1,149 +1,47 @@
-//! A real `cairn-hub` process for tests: `init` in a temp dir, `serve` on port 0, killed and
-//! reaped on drop; plus clients (operator by bearer token, appliance by client certificate).
+//! Clients of a real `cairn-hub` (started by `cairn-test-support`'s launcher): operator by
+//! bearer token, appliance by client certificate.
 
 #![allow(dead_code)] // each test binary uses a different part of this harness
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use cairn_api::{HardwareInventory, Nic, RegistrationRequest, RegistrationResponse};
 use cairn_hub_client::tls::{Identity, Trust, client_config};
+pub use cairn_test_support::hub::Hub;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde_json::{Value, json};
 
-/// A running hub.
-pub struct Hub {
-    pub dir: tempfile::TempDir,
-    pub url: String,
-    pub admin_token: String,
-    pub fingerprint: String,
-    pub ca_pem: String,
-    child: Child,
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a hub test waits for a condition.
+pub const LIMIT: Duration = Duration::from_secs(30);
 
 pub fn hub_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn-hub")
 }
 
-/// Runs `cairn-hub init` in a fresh directory.
-pub fn init() -> (tempfile::TempDir, String, String) {
-    init_with(&[])
+/// A hub in a fresh directory, served with the given extra `serve` arguments.
+pub fn start_hub(serve_args: &[&str]) -> Hub {
+    Hub::builder(hub_bin()).serve_args(serve_args).start()
 }
 
-/// `cairn-hub init` with extra arguments (e.g. `--etcd-endpoints`).
-pub fn init_with(extra: &[&str]) -> (tempfile::TempDir, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("admin.token");
-    let out = Command::new(hub_bin())
-        .args(["init", "--output", "json", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--admin-token-file")
-        .arg(&token_file)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    (dir, v["ca_fingerprint"].as_str().unwrap().to_owned(), token)
-}
-
-impl Hub {
-    /// `init` then `serve` with fast heartbeat settings and the given extra arguments.
-    pub fn start(extra: &[&str]) -> Hub {
-        let (dir, fingerprint, admin_token) = init();
-        Self::serve(dir, fingerprint, admin_token, extra)
-    }
-
-    pub fn serve(
-        dir: tempfile::TempDir,
-        fingerprint: String,
-        admin_token: String,
-        extra: &[&str],
-    ) -> Hub {
-        let data = dir.path().join("data");
-        let mut child = Command::new(hub_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_owned();
-        let ca_pem = std::fs::read_to_string(data.join("ca.pem")).unwrap();
-        Hub {
-            dir,
-            url,
-            admin_token,
-            fingerprint,
-            ca_pem,
-            child,
-        }
-    }
-
-    /// A second hub process on a copy of this one's data directory (same CA).
-    pub fn replica(&self, extra: &[&str]) -> Hub {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
-            std::fs::copy(self.data().join(f), data.join(f)).unwrap();
-        }
-        Self::serve(
-            dir,
-            self.fingerprint.clone(),
-            self.admin_token.clone(),
-            extra,
-        )
-    }
-
-    /// The server's process ID.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills the server (SIGKILL) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
+/// The hub's clients.
+pub trait HubClients {
     /// A client without identity.
-    pub fn anonymous(&self) -> reqwest::Client {
+    fn anonymous(&self) -> reqwest::Client;
+    /// An operator client with `token`.
+    fn operator(&self, token: &str) -> Operator;
+    /// An operator client with the first admin token.
+    fn admin(&self) -> Operator;
+    /// An appliance client presenting `cert_pem`/`key_pem`.
+    fn appliance(&self, cert_pem: &str, key_pem: &str) -> reqwest::Client;
+}
+
+impl HubClients for Hub {
+    fn anonymous(&self) -> reqwest::Client {
         client(&self.ca_pem, None)
     }
 
-    /// An operator client with `token`.
-    pub fn operator(&self, token: &str) -> Operator {
+    fn operator(&self, token: &str) -> Operator {
         Operator {
             http: self.anonymous(),
             url: self.url.clone(),
@@ -151,12 +49,11 @@ impl Hub {
         }
     }
 
-    pub fn admin(&self) -> Operator {
+    fn admin(&self) -> Operator {
         self.operator(&self.admin_token)
     }
 
-    /// An appliance client presenting `cert_pem`/`key_pem`.
-    pub fn appliance(&self, cert_pem: &str, key_pem: &str) -> reqwest::Client {
+    fn appliance(&self, cert_pem: &str, key_pem: &str) -> reqwest::Client {
         client(&self.ca_pem, Some((cert_pem, key_pem)))
     }
 }
@@ -325,21 +222,6 @@ pub async fn post(http: &reqwest::Client, url: String, body: &Value) -> (u16, Va
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-/// Polls every 50 ms for up to 30 s.
-pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub fn exists(p: &Path) -> bool {

@@ -1,11 +1,11 @@
 //! Test helpers: throw-away network namespaces and the `cairn-net` binary run inside them.
+//! Polling and child guards come from `cairn-test-support`.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -146,24 +146,5 @@ impl Yaml {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
-    }
-}
-
-/// A child process killed and reaped on drop.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `f` every 50 ms until it is true or `limit` passes.
-pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

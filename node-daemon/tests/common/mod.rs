@@ -1,33 +1,15 @@
-//! Test peers for the node daemon: the real `cairn-hub` binary and the real `cairn-node`
-//! binary, each a direct child process, killed and reaped on drop; polling helpers.
+//! Test peers for the node daemon: the real `cairn-hub` binary (started by
+//! `cairn-test-support`'s launcher) and the real `cairn-node` binary, each a direct child
+//! process, stopped with whatever it started and reaped on drop.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// `target/<profile>/` of this test run (the test binary lives in its `deps/`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
-/// A binary of the workspace; fails the test with how to build it when missing.
-pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build -p {package}` (same target dir); \
-         `make test` builds every workspace binary",
-        path.display()
-    );
-    path
-}
+pub use cairn_test_support::hub::{Hub, HubBuilder};
+pub use cairn_test_support::{ChildGuard, poll, workspace_bin};
 
 /// Runs `cmd` to completion and returns its standard output; fails the test with `missing`
 /// (what to install) when it cannot start, and with its standard error when it fails.
@@ -41,122 +23,40 @@ pub fn output_ok(cmd: &mut Command, missing: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
-pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// A hub keeping its state in `data` (a second start there restarts the same hub), with
+/// one-second heartbeats; start it with [`HubBuilder::start`].
+pub fn hub_at(data: &Path) -> HubBuilder {
+    Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
+        .data(data)
+        .serve_args(&["--heartbeat-interval", "1"])
 }
 
-/// A running `cairn-hub serve`.
-pub struct Hub {
-    child: Child,
-    pub data: PathBuf,
-    pub url: String,
-    pub fingerprint: String,
-    pub admin_token: String,
-    pub log: PathBuf,
-}
-
-impl Hub {
-    /// `cairn-hub init` in `data` (when not yet initialised) and `serve` on `listen`.
-    pub fn start(data: &Path, listen: &str) -> Self {
-        Self::start_in(data, listen, &[])
-    }
-
-    /// Same, running it under `prefix` (e.g. `ip netns exec NS`).
-    pub fn start_in(data: &Path, listen: &str, prefix: &[&str]) -> Self {
-        Self::start_full(data, listen, prefix, &[])
-    }
-
-    /// Same, with the names its certificate carries (`init --name`, default: loopback).
-    pub fn start_full(data: &Path, listen: &str, prefix: &[&str], names: &[&str]) -> Self {
-        let bin = workspace_bin("cairn-hub", "cairn-hub");
-        let meta = data.join("test-init.json");
-        if !meta.exists() {
-            let out = output_ok(
-                Command::new(&bin)
-                    .args(["init", "--output", "json", "--data"])
-                    .arg(data)
-                    .args(names.iter().flat_map(|n| ["--name", n])),
-                "cairn-hub init",
-            );
-            std::fs::write(&meta, out).unwrap();
-        }
-        let init: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-        let log = data.join("hub.log");
-        let mut cmd = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        let mut child = cmd
-            .args([
-                "serve",
-                "--heartbeat-interval",
-                "1",
-                "--listen",
-                listen,
-                "--data",
-            ])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cairn-hub serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from cairn-hub: {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            data: data.to_path_buf(),
-            url,
-            fingerprint: init["ca_fingerprint"].as_str().unwrap().to_owned(),
-            admin_token: init["admin_token"].as_str().unwrap().to_owned(),
-            log,
-        }
-    }
-
-    /// `host:port` the hub listens on.
-    pub fn addr(&self) -> String {
-        self.url.trim_start_matches("https://").to_owned()
-    }
-
-    fn client(&self) -> reqwest::blocking::Client {
-        let ca = std::fs::read(self.data.join("ca.pem")).unwrap();
-        reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls(&ca))
-            .build()
-            .unwrap()
-    }
-
+/// Operator calls with the hub's admin token.
+pub trait HubCalls {
     /// An operator call; returns status and JSON body.
-    pub fn call(
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value);
+
+    /// A fresh enrollment token for `site`.
+    fn enrollment_token(&self, site: &str) -> String;
+}
+
+impl HubCalls for Hub {
+    fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut req = self
-            .client()
+        let client = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls(self.ca_pem.as_bytes()))
+            .build()
+            .unwrap();
+        let mut req = client
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.admin_token);
         if let Some(b) = body {
@@ -167,8 +67,7 @@ impl Hub {
         (status, resp.json().unwrap_or(serde_json::Value::Null))
     }
 
-    /// A fresh enrollment token for `site`.
-    pub fn enrollment_token(&self, site: &str) -> String {
+    fn enrollment_token(&self, site: &str) -> String {
         let (status, body) = self.call(
             reqwest::Method::POST,
             "/v1/tokens",
@@ -176,19 +75,6 @@ impl Hub {
         );
         assert_eq!(status, 201, "creating a token: {body}");
         body["token"].as_str().unwrap().to_owned()
-    }
-
-    /// Stops the hub and waits for it.
-    pub fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -209,12 +95,16 @@ pub fn tls(ca_pem: &[u8]) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
-/// A running `cairn-node run` under a test root.
+/// A running `cairn-node run` under a test root, stopped with SIGTERM (and whatever it runs
+/// under, such as `faketime`) when dropped.
 pub struct Node {
-    child: Child,
+    child: ChildGuard,
     pub root: PathBuf,
     pub log: PathBuf,
 }
+
+/// How long the daemon may take to stop on SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The captured dev-VM fixture (sysfs and procfs).
 pub fn fixture() -> PathBuf {
@@ -251,8 +141,7 @@ impl Node {
             }
             None => Command::new(&bin),
         };
-        let child = cmd
-            .args(["--log-level", "debug", "--root"])
+        cmd.args(["--log-level", "debug", "--root"])
             .arg(root)
             .args(["run", "--sys-root"])
             .arg(fixture().join("sys"))
@@ -260,9 +149,10 @@ impl Node {
             .arg(fixture().join("proc"))
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cairn-node run");
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = ChildGuard::spawn(&mut cmd)
+            .expect("cairn-node run")
+            .with_grace(STOP_GRACE);
         Self {
             child,
             root: root.to_path_buf(),
@@ -282,36 +172,12 @@ impl Node {
 
     /// Stops the daemon with SIGTERM (as systemd would) and reaps it.
     pub fn stop(mut self) {
-        terminate(&mut self.child);
+        self.child.terminate(STOP_GRACE);
     }
 
     /// Whether the process has exited, and how.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            terminate(&mut self.child);
-        }
+        self.child.try_wait()
     }
 }
 

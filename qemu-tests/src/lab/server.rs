@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::lab::layout::{BmcKind, ServerSpec};
-use crate::qemu::{Nic, QemuError, Vm, VmBuilder};
+use cairn_vm_harness::qemu::{Nic, QemuError, Vm, VmBuilder};
 
 /// Where the next power-on boots from, as `ipmi_sim`'s chassis_control names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use cairn_test_support::Poll;
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_cairn-lab");
 
@@ -141,17 +143,16 @@ impl TestLab {
             .spawn()
             .unwrap();
         let mut lab = TestLab { dir, up, tmp };
-        let start = Instant::now();
+        let log = lab.tmp.path().join("up.log");
+        let log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let mut polling = Poll::new("the lab to be up", Duration::from_secs(120))
+            .context(&log)
+            .start();
         while !lab.dir.join("lab.json").exists() {
             if let Some(status) = lab.up.try_wait().unwrap() {
                 panic!("cairn-lab up exited with {status}: {}", lab.log());
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "lab not up: {}",
-                lab.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            polling.wait();
         }
         lab
     }

@@ -2,7 +2,7 @@
 //!
 //! # API
 //! ```no_run
-//! use cairn_qemu_tests::guest::GuestRun;
+//! use cairn_vm_harness::guest::GuestRun;
 //! let report = GuestRun::new()
 //!     .module("dummy", "")
 //!     .binary("/usr/bin/ip", "/usr/local/bin/ip")

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netlink::{Kernel, Netlink, NetlinkError};
+use crate::netlink::{Netlink, NetlinkError};
 use crate::plan::{Op, Wanted, observed, plan, wanted};
 use crate::schema::{Config, ConfigError};
+use crate::state::Kernel;
 use crate::state::{NetState, Owned, RuleSpec};
 
 /// Errors of apply and rollback.

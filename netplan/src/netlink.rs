@@ -36,7 +36,7 @@ use rtnetlink::{
 };
 
 use crate::plan::Op;
-use crate::state::{LinkKind, RouteSpec, RuleSpec, mac_bytes, mac_string};
+use crate::state::{Kernel, KernelLink, LinkKind, RouteSpec, RuleSpec, mac_bytes, mac_string};
 
 /// A netlink failure, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -56,60 +56,6 @@ pub enum NetlinkError {
     /// A name did not resolve to a link.
     #[error("no link named {0}")]
     NoLink(String),
-}
-
-/// One link as the kernel reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelLink {
-    /// ifindex.
-    pub index: u32,
-    /// Name.
-    pub name: String,
-    /// Kind with the settings cairn reads back (`Existing` for kinds cairn does not create).
-    pub kind: LinkKind,
-    /// The kernel's kind string (`veth`, `e1000` devices have none).
-    pub kind_name: String,
-    /// MTU.
-    pub mtu: u32,
-    /// MAC.
-    pub mac: String,
-    /// Administratively up.
-    pub up: bool,
-    /// Controller ifindex.
-    pub controller: Option<u32>,
-    /// Driver (from sysfs), for `match: driver`.
-    pub driver: Option<String>,
-}
-
-/// A kernel snapshot: what the plan compares against.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kernel {
-    /// Links.
-    pub links: Vec<KernelLink>,
-    /// Addresses per ifindex (IPv6 link-local excluded).
-    pub addresses: BTreeMap<u32, Vec<(IpAddr, u8)>>,
-    /// Routes per output ifindex, excluding kernel-generated (`proto kernel`) and local-table
-    /// routes.
-    pub routes: BTreeMap<u32, Vec<RouteSpec>>,
-    /// Policy rules, excluding the kernel's defaults.
-    pub rules: Vec<RuleSpec>,
-    /// All-zero FDB entries per ifindex (remote VTEPs).
-    pub fdb: BTreeMap<u32, Vec<IpAddr>>,
-}
-
-impl Kernel {
-    /// The link named `name`.
-    pub fn link(&self, name: &str) -> Option<&KernelLink> {
-        self.links.iter().find(|l| l.name == name)
-    }
-
-    /// The name of link `index`.
-    pub fn name_of(&self, index: u32) -> Option<&str> {
-        self.links
-            .iter()
-            .find(|l| l.index == index)
-            .map(|l| l.name.as_str())
-    }
 }
 
 /// Reading and writing kernel network state. The real implementation is [`RtNetlink`];

@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use cairn_api::OverlayDocument;
 
 use crate::apply::{ApplyError, Target};
-use crate::netlink::Kernel;
 use crate::plan::Wanted;
 use crate::schema::IpNet;
+use crate::state::Kernel;
 use crate::state::{LinkKind, LinkState};
 
 /// MTU inside the overlay.
@@ -190,8 +190,8 @@ pub fn names(vni: u32) -> (String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::KernelLink;
     use crate::plan::{Op, plan};
+    use crate::state::KernelLink;
     use cairn_api::VpcMembership;
 
     fn doc(peers: &[&str]) -> OverlayDocument {

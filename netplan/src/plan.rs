@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netlink::Kernel;
 use crate::schema::{Config, ConfigError, Kind, Route, Rule, glob};
+use crate::state::Kernel;
 use crate::state::{LinkKind, LinkState, NetState, Owned, RouteSpec, RuleSpec};
 
 /// One netlink change.
@@ -785,8 +785,8 @@ pub fn plan(want: &Wanted, kernel: &Kernel, owned_state: &Owned) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::KernelLink;
     use crate::schema::parse_str;
+    use crate::state::KernelLink;
 
     fn link(index: u32, name: &str, kind: LinkKind, up: bool) -> KernelLink {
         KernelLink {

@@ -165,39 +165,12 @@ impl LabCli {
 async fn up(args: UpArgs) -> anyhow::Result<Exit> {
     let opts = args.options();
     let lab = tokio::task::spawn_blocking(move || Lab::build(&opts)).await??;
-    print_up(&lab);
+    print!("{}", lab.describe());
     lab.serve().await?;
     Ok(Exit::Success)
 }
 
 /// What `up` and `demo` say once the lab is built.
-pub(crate) fn print_up(lab: &Lab) {
-    let m = lab.manifest();
-    let dir = lab.layout().dir().display().to_string();
-    println!("lab up in {dir} (network namespace {})", m.netns);
-    println!("{:<6} {:<34} BOOT MAC", "SERVER", "BMC");
-    for s in &m.servers {
-        println!("{:<6} {:<34} {:<18}", s.name, s.bmc_url, s.mac);
-    }
-    println!("inventory: {}", lab.layout().rack_yaml().display());
-    if let Some(s) = &m.services {
-        println!("hub: {} (CA {})", s.hub_url, s.hub_ca_fingerprint);
-        println!(
-            "  operator: cairn-lab exec --dir {dir} -- cairn hub --config {} appliances list",
-            s.hub_login.display()
-        );
-        println!(
-            "boot server: {} serving {}",
-            s.boot_server_url,
-            s.artifacts.display()
-        );
-        if let Some(iso) = &s.iso_url {
-            println!("virtual media (Redfish servers): {iso}  (cairn rack provision --iso-url)");
-        }
-    }
-    println!("supervising; stop with `cairn-lab down --dir {dir}` or Ctrl-C");
-}
-
 fn read(dir: &std::path::Path) -> anyhow::Result<(Layout, Manifest)> {
     let layout = Layout::new(dir)?;
     let manifest = layout.read_manifest().map_err(anyhow::Error::msg)?;
@@ -262,8 +235,9 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
         .services
         .as_ref()
         .map(|info| services::hub_view(&manifest.netns, info));
-    let appliance =
-        |name: &str| -> Option<&serde_json::Value> { hub_view.as_ref()?.as_ref().ok()?.get(name) };
+    let appliance = |name: &str| -> Option<&cairn_api::hub::ApplianceView> {
+        hub_view.as_ref()?.as_ref().ok()?.get(name)
+    };
     match output {
         OutputFormat::Json => {
             let servers: Vec<serde_json::Value> = manifest
@@ -307,11 +281,7 @@ fn status(dir: &std::path::Path, output: OutputFormat) -> anyhow::Result<Exit> {
             for spec in &manifest.servers {
                 let st = states.iter().find(|s| s.name == spec.name);
                 let hub = match appliance(&spec.name) {
-                    Some(a) => format!(
-                        "{} {}",
-                        a["state"].as_str().unwrap_or("?"),
-                        a["id"].as_str().unwrap_or("?")
-                    ),
+                    Some(a) => format!("{} {}", a.state, a.id),
                     None => "-".into(),
                 };
                 println!(

@@ -22,7 +22,7 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
     ));
     let lab = tokio::task::spawn_blocking(move || Lab::build(&opts)).await??;
     let up_seconds = started.elapsed().as_secs_f64();
-    crate::cli::print_up(&lab);
+    print!("{}", lab.describe());
     let layout = lab.layout().clone();
     let manifest = lab.manifest().clone();
     let info = manifest
@@ -75,10 +75,8 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
     let view = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
-            let reported = services::hub_view(&netns, &hub).is_ok_and(|view| {
-                view.values()
-                    .all(|a| !a.pointer("/status/last_seen").is_none_or(|v| v.is_null()))
-            });
+            let reported = services::hub_view(&netns, &hub)
+                .is_ok_and(|view| view.values().all(|a| a.status.is_some()));
             if reported {
                 break;
             }

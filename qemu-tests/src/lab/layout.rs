@@ -70,7 +70,7 @@ pub struct Manifest {
     pub disk_gb: u64,
     /// The lab's hub and boot server, when it runs them.
     #[serde(default)]
-    pub services: Option<crate::lab::services::ServicesInfo>,
+    pub services: Option<ServicesInfo>,
 }
 
 /// Paths of one lab.
@@ -153,4 +153,35 @@ mod tests {
         assert_eq!(mac_for(300), "52:54:00:c4:01:2c");
         assert_ne!(mac_for(1), mac_for(257));
     }
+}
+
+/// What the services of a lab are, as recorded in `lab.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicesInfo {
+    /// `https://10.77.0.1:8443`.
+    pub hub_url: String,
+    /// The hub CA's SHA-256 fingerprint (sites pin it).
+    pub hub_ca_fingerprint: String,
+    /// The hub CA bundle (PEM).
+    pub hub_ca: PathBuf,
+    /// The operator (admin) token file, mode 0600.
+    pub admin_token: PathBuf,
+    /// The enrollment token file the boot server hands to installs, mode 0600.
+    pub enrollment_token: PathBuf,
+    /// `cairn hub --config FILE ...` login saved for the operator.
+    pub hub_login: PathBuf,
+    /// `http://10.77.0.1:8080`.
+    pub boot_server_url: String,
+    /// The image build the boot server serves.
+    pub artifacts: PathBuf,
+    /// Seconds the lab spent building that image (`None`: given with --artifacts).
+    #[serde(default)]
+    pub image_build_seconds: Option<f64>,
+    /// Seconds from `cairn-hub init` to the boot server answering.
+    #[serde(default)]
+    pub services_seconds: f64,
+    /// For Redfish servers: the seeded installer ISOs' URL, `{server}` standing for the
+    /// server's name (`cairn rack provision --iso-url`); `None` without Redfish servers.
+    #[serde(default)]
+    pub iso_url: Option<String>,
 }

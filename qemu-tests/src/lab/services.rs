@@ -16,11 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 
 use cairn_installer::agent::plan::{InstallPlan, node_yaml};
 
-use crate::lab::layout::{self, Layout, ServerSpec};
+use crate::lab::layout::{self, Layout, ServerSpec, ServicesInfo};
 use crate::lab::redfish;
 
 /// Port of the lab hub (HTTPS) on the lab gateway address.
@@ -30,37 +29,6 @@ pub const BOOT_PORT: u16 = 8080;
 /// The lab segment's IPv6 prefix (a ULA, inside the namespace only), advertised so that
 /// iPXE does not wait for a router.
 const LAB_ULA_GATEWAY: &str = "fd77:cafe::1/64";
-
-/// What the services of a lab are, as recorded in `lab.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServicesInfo {
-    /// `https://10.77.0.1:8443`.
-    pub hub_url: String,
-    /// The hub CA's SHA-256 fingerprint (sites pin it).
-    pub hub_ca_fingerprint: String,
-    /// The hub CA bundle (PEM).
-    pub hub_ca: PathBuf,
-    /// The operator (admin) token file, mode 0600.
-    pub admin_token: PathBuf,
-    /// The enrollment token file the boot server hands to installs, mode 0600.
-    pub enrollment_token: PathBuf,
-    /// `cairn hub --config FILE ...` login saved for the operator.
-    pub hub_login: PathBuf,
-    /// `http://10.77.0.1:8080`.
-    pub boot_server_url: String,
-    /// The image build the boot server serves.
-    pub artifacts: PathBuf,
-    /// Seconds the lab spent building that image (`None`: given with --artifacts).
-    #[serde(default)]
-    pub image_build_seconds: Option<f64>,
-    /// Seconds from `cairn-hub init` to the boot server answering.
-    #[serde(default)]
-    pub services_seconds: f64,
-    /// For Redfish servers: the seeded installer ISOs' URL, `{server}` standing for the
-    /// server's name (`cairn rack provision --iso-url`); `None` without Redfish servers.
-    #[serde(default)]
-    pub iso_url: Option<String>,
-}
 
 /// A cairn binary: beside the running `cairn-lab` when it is there, else from `PATH`.
 pub fn binary(name: &str) -> PathBuf {
@@ -378,12 +346,9 @@ impl Services {
             "cairn hub token create",
             &log,
         )?;
-        let answer: serde_json::Value =
+        let answer: cairn_api::hub::NewToken<cairn_api::hub::EnrollmentTokenView> =
             serde_json::from_str(out.trim()).context("reading the token JSON")?;
-        let token = answer["token"]
-            .as_str()
-            .context("cairn hub token create printed no token")?;
-        write_secret(&self.info.enrollment_token, token)
+        write_secret(&self.info.enrollment_token, &answer.token)
     }
 
     fn start_boot_server(
@@ -547,12 +512,12 @@ impl Drop for Services {
     }
 }
 
-/// The hub's view of the lab's servers: appliance JSON by hostname (the server name the
-/// install seed gives each appliance). Asked with `cairn hub appliances list`.
+/// The hub's view of the lab's servers: appliances by hostname (the server name the install
+/// seed gives each appliance). Asked with `cairn hub appliances list`, as an operator would.
 pub fn hub_view(
     netns: &str,
     info: &ServicesInfo,
-) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+) -> Result<std::collections::BTreeMap<String, cairn_api::hub::ApplianceView>, String> {
     let mut child = Services::hub_cli(netns, info)
         .args(["--output", "json", "appliances", "list"])
         .stdin(Stdio::null())
@@ -572,15 +537,7 @@ pub fn hub_view(
     if !status.success() {
         return Err(format!("hub unreachable: {}", tail(&err, 3).trim()));
     }
-    let list: serde_json::Value =
+    let list: Vec<cairn_api::hub::ApplianceView> =
         serde_json::from_str(&out).map_err(|e| format!("hub answer: {e}"))?;
-    let items = list
-        .as_array()
-        .or_else(|| list.get("appliances").and_then(|a| a.as_array()))
-        .cloned()
-        .unwrap_or_default();
-    Ok(items
-        .into_iter()
-        .filter_map(|a| Some((a.get("hostname")?.as_str()?.to_string(), a)))
-        .collect())
+    Ok(list.into_iter().map(|a| (a.hostname.clone(), a)).collect())
 }

@@ -116,6 +116,45 @@ pub fn plan(servers: usize, bmc: BmcChoice) -> Vec<ServerSpec> {
 }
 
 impl Lab {
+    /// What is up, for people: servers, inventory, hub, boot server and how to stop it.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let m = self.manifest();
+        let dir = self.layout().dir().display().to_string();
+        let _ = writeln!(out, "lab up in {dir} (network namespace {})", m.netns);
+        let _ = writeln!(out, "{:<6} {:<34} BOOT MAC", "SERVER", "BMC");
+        for s in &m.servers {
+            let _ = writeln!(out, "{:<6} {:<34} {:<18}", s.name, s.bmc_url, s.mac);
+        }
+        let _ = writeln!(out, "inventory: {}", self.layout().rack_yaml().display());
+        if let Some(s) = &m.services {
+            let _ = writeln!(out, "hub: {} (CA {})", s.hub_url, s.hub_ca_fingerprint);
+            let _ = writeln!(
+                out,
+                "  operator: cairn-lab exec --dir {dir} -- cairn hub --config {} appliances list",
+                s.hub_login.display()
+            );
+            let _ = writeln!(
+                out,
+                "boot server: {} serving {}",
+                s.boot_server_url,
+                s.artifacts.display()
+            );
+            if let Some(iso) = &s.iso_url {
+                let _ = writeln!(
+                    out,
+                    "virtual media (Redfish servers): {iso}  (cairn rack provision --iso-url)"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "supervising; stop with `cairn-lab down --dir {dir}` or Ctrl-C"
+        );
+        out
+    }
+
     /// Builds the lab: directory, namespace, disks, BMC emulators, rack.yaml.
     pub fn build(opts: &UpOptions) -> anyhow::Result<Lab> {
         if opts.servers == 0 || opts.servers > 100 {

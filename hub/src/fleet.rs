@@ -174,6 +174,23 @@ impl Caller {
         }
     }
 
+    /// [`Self::check_site`] for a thing of a site; for a fleet-wide thing (`None`), refuses a
+    /// site-scoped caller with `why`.
+    fn check_scope(&self, site: Option<&str>, why: &str) -> Result<(), FleetError> {
+        match site {
+            Some(s) => self.check_site(s),
+            None if self
+                .operator
+                .as_ref()
+                .and_then(|o| o.site.as_ref())
+                .is_some() =>
+            {
+                Err(FleetError::Forbidden(why.into()))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn check_site(&self, site: &str) -> Result<(), FleetError> {
         if self.sees(site) {
             Ok(())

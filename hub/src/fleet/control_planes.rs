@@ -87,18 +87,7 @@ impl Fleet {
         if site.is_none() && labels.is_empty() {
             return Err(FleetError::Invalid("give a site, labels, or both".into()));
         }
-        if let Some(s) = &site {
-            caller.check_site(s)?;
-        } else if caller
-            .operator
-            .as_ref()
-            .and_then(|o| o.site.as_ref())
-            .is_some()
-        {
-            return Err(FleetError::Forbidden(
-                "a site-scoped token must name its site".into(),
-            ));
-        }
+        caller.check_scope(site.as_deref(), "a site-scoped token must name its site")?;
         let key = format!("{}{name}", keys::CONTROL_PLANES);
         let (version, mut cp): (_, ControlPlane) =
             self.get(&key).await?.ok_or_else(|| FleetError::NotFound {

@@ -12,6 +12,30 @@ fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
 }
 
 impl Fleet {
+    /// Stores a token record under a key that must not exist yet (the ID is random: a clash
+    /// is refused, never overwritten), with its audit entry.
+    async fn store_new_token<T: Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+        audit: Op,
+    ) -> Result<(), FleetError> {
+        if self
+            .store
+            .txn(
+                vec![Check::version(key, 0)],
+                vec![Op::put(key, encode(record)), audit],
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(FleetError::Conflict(
+                "a token with this ID exists; retry".into(),
+            ))
+        }
+    }
+
     /// Creates the first admin token if there is no operator token yet (`cairn-hub init`).
     pub async fn bootstrap_admin(&self) -> Result<Option<String>, FleetError> {
         if !self
@@ -77,12 +101,7 @@ impl Fleet {
             "ok",
             record.site.as_deref(),
         );
-        self.store
-            .txn(
-                vec![Check::version(&key, 0)],
-                vec![Op::put(&key, encode(&record)), audit],
-            )
-            .await?;
+        self.store_new_token(&key, &record, audit).await?;
         Ok(NewToken {
             token: format!("cairn-op.{id}.{secret}"),
             view: (&record).into(),
@@ -133,18 +152,10 @@ impl Fleet {
                 code: cairn_api::hub::ErrorCode::OperatorTokenUnknown,
                 message: format!("no operator token {id:?}"),
             })?;
-        if let Some(site) = &token.site {
-            caller.check_site(site)?;
-        } else if caller
-            .operator
-            .as_ref()
-            .and_then(|o| o.site.as_ref())
-            .is_some()
-        {
-            return Err(FleetError::Forbidden(
-                "a site-scoped token cannot delete a fleet-wide one".into(),
-            ));
-        }
+        caller.check_scope(
+            token.site.as_deref(),
+            "a site-scoped token cannot delete a fleet-wide one",
+        )?;
         let audit = Self::audit_op(
             caller,
             "operator-token.delete",
@@ -196,12 +207,7 @@ impl Fleet {
         };
         let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
         let audit = Self::audit_op(caller, "token.create", &id, "ok", Some(&record.site));
-        self.store
-            .txn(
-                vec![Check::version(&key, 0)],
-                vec![Op::put(&key, encode(&record)), audit],
-            )
-            .await?;
+        self.store_new_token(&key, &record, audit).await?;
         Ok(NewToken {
             token: format!("cairn-et.{id}.{secret}"),
             view: (&record).into(),

@@ -86,27 +86,6 @@ pub fn booted_slot(cmdline: &str) -> Option<Slot> {
         .and_then(Slot::parse)
 }
 
-/// Compares dotted versions numerically where both parts are numbers (`2026.11.10` after
-/// `2026.11.9`), as text otherwise.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |v: &str| -> Vec<String> {
-        v.split(['.', '-', '+'])
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let (pa, pb) = (parts(a), parts(b));
-    for (x, y) in pa.iter().zip(&pb) {
-        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => x.cmp(y),
-        };
-        if ord.is_ne() {
-            return ord;
-        }
-    }
-    pa.len().cmp(&pb.len())
-}
-
 fn minutes(text: &str) -> Option<u32> {
     let (h, m) = text.split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -561,7 +540,9 @@ impl Upgrader {
                 order.compatible_from, self.running_version
             )));
         }
-        if !order.allow_downgrade && compare_versions(version, &self.running_version).is_lt() {
+        if !order.allow_downgrade
+            && cairn_api::version::compare(version, &self.running_version).is_lt()
+        {
             return Err(StepError::Refused(format!(
                 "{version} is older than the running {}; the order does not allow a downgrade",
                 self.running_version
@@ -1041,15 +1022,6 @@ mod tests {
         assert_eq!(booted_slot("root=/dev/sda2 ro"), None);
         assert_eq!(booted_slot("cairn.slot=c"), None);
         assert_eq!(Slot::A.other(), Slot::B);
-    }
-
-    #[test]
-    fn versions_compare_numerically_by_part() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("2026.11.10", "2026.11.9"), Greater);
-        assert_eq!(compare_versions("2026.1", "2026.1.1"), Less);
-        assert_eq!(compare_versions("1.2.0", "1.2.0"), Equal);
-        assert_eq!(compare_versions("1.2-rc1", "1.2-rc2"), Less);
     }
 
     #[test]

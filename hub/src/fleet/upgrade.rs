@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Caller, Fleet, FleetError, MAX_RETRIES, encode, now, validate_name};
 use crate::model::{
-    Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Role,
-    Status, keys,
+    Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Role, Status,
+    keys,
 };
 use crate::store::{Check, Op};
 
@@ -301,8 +301,8 @@ impl Fleet {
             let mut hasher = Sha256::new();
             std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
             let digest = hex::encode(hasher.finalize());
-            let verified =
-                cairn_formats::bundle::verify(&path, &trust).map_err(|e| cairn_api::error_chain(&e))?;
+            let verified = cairn_formats::bundle::verify(&path, &trust)
+                .map_err(|e| cairn_api::error_chain(&e))?;
             Ok::<_, String>((digest, size, verified))
         })
         .await
@@ -611,8 +611,8 @@ impl Fleet {
         name: &str,
     ) -> Result<CampaignView, FleetError> {
         caller.require(Role::Viewer)?;
-        Ok(crate::views::campaign(&
-            self.campaign_in_scope(caller, name).await?.1,
+        Ok(crate::views::campaign(
+            &self.campaign_in_scope(caller, name).await?.1,
         ))
     }
 

@@ -798,3 +798,6 @@ mod tests {
         assert_eq!(lines.last().unwrap(), "line 99");
     }
 }
+
+#[cfg(test)]
+mod driver_tests;

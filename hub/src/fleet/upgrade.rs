@@ -771,32 +771,7 @@ impl Fleet {
         let event = Event::Judged {
             failures: c.failures(),
         };
-        let mut order_next = false;
-        if let Ok(Outcome::Next {
-            state,
-            reason,
-            actions,
-        }) = machine::next(c.state, c.max_failures, event)
-        {
-            c.state = state;
-            c.state_reason = reason;
-            for action in actions {
-                match action {
-                    Action::OrderNext => order_next = true,
-                    Action::Audit { action, outcome } => {
-                        tracing::warn!(campaign = %c.name, %outcome, "campaign paused itself");
-                        ops.push(Self::audit_op(
-                            &driver,
-                            action,
-                            &c.name,
-                            &outcome,
-                            c.site.as_deref(),
-                        ));
-                    }
-                    Action::WithdrawUntouched => {}
-                }
-            }
-        }
+        let order_next = Self::driver_event(&driver, &mut c, event, &mut ops);
 
         // 3. Order the next members.
         if order_next {
@@ -848,26 +823,7 @@ impl Fleet {
             all_final: c.members.iter().all(|m| m.state.is_final()),
             failures: c.failures(),
         };
-        if let Ok(Outcome::Next {
-            state,
-            reason,
-            actions,
-        }) = machine::next(c.state, c.max_failures, event)
-        {
-            c.state = state;
-            c.state_reason = reason;
-            for action in actions {
-                if let Action::Audit { action, outcome } = action {
-                    ops.push(Self::audit_op(
-                        &driver,
-                        action,
-                        &c.name,
-                        &outcome,
-                        c.site.as_deref(),
-                    ));
-                }
-            }
-        }
+        Self::driver_event(&driver, &mut c, event, &mut ops);
 
         if c == before && ops.is_empty() {
             return Ok(false);
@@ -886,6 +842,47 @@ impl Fleet {
         // A failed check (an operator paused, a heartbeat changed a VTEP) writes nothing;
         // the next pass starts again from the stored records.
         Ok(self.store.txn(checks, ops).await?)
+    }
+
+    /// Feeds a driver event to the campaign's machine: takes the new state and audits the
+    /// change as the driver. Returns whether the next members are to be ordered.
+    fn driver_event(
+        driver: &Caller,
+        c: &mut Campaign,
+        event: Event<'_>,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        let Ok(Outcome::Next {
+            state,
+            reason,
+            actions,
+        }) = machine::next(c.state, c.max_failures, event)
+        else {
+            return false;
+        };
+        c.state = state;
+        c.state_reason = reason;
+        let mut order_next = false;
+        for action in actions {
+            match action {
+                Action::OrderNext => order_next = true,
+                Action::Audit { action, outcome } => {
+                    if c.state == CampaignState::Paused {
+                        tracing::warn!(campaign = %c.name, %outcome, "campaign paused itself");
+                    }
+                    ops.push(Self::audit_op(
+                        driver,
+                        action,
+                        &c.name,
+                        &outcome,
+                        c.site.as_deref(),
+                    ));
+                }
+                // Only an operator aborts.
+                Action::WithdrawUntouched => {}
+            }
+        }
+        order_next
     }
 
     /// Campaigns by state and campaign members by state, for metrics.

@@ -11,6 +11,10 @@
 //! makes is a compare-and-set on the campaign or appliance record, so an operator's pause or
 //! a label change racing it simply makes it retry on its next pass.
 //!
+//! The decisions (the campaign's state, each member's verdict, who is ordered next, what an
+//! abort withdraws) are pure functions in [`machine`]; this module reads and writes the
+//! store around them. Diagram: `docs/dev/campaign-state-machine.md`.
+//!
 //! Fleet protection: a version an appliance rolled back from (or was interrupted writing,
 //! or refused) is quarantined for that appliance and never ordered again automatically; an
 //! appliance found on a version neither its order nor its previous version is flagged and

@@ -279,7 +279,7 @@ impl Upgrader {
     /// Loads the record of the current order, if any; `running_version` is the version of
     /// the running system.
     pub fn new(settings: UpgradeSettings, running_version: String) -> Self {
-        let record = std::fs::read(settings.data_dir.join("state.json"))
+        let mut record: Option<Record> = std::fs::read(settings.data_dir.join("state.json"))
             .ok()
             .and_then(|bytes| match serde_json::from_slice(&bytes) {
                 Ok(r) => Some(r),
@@ -288,11 +288,17 @@ impl Upgrader {
                     None
                 }
             });
-        let view = SharedReport::default();
-        view.set(record.as_ref().map(|r: &Record| r.report.clone()));
-        let state = record.as_ref().map_or(State::Idle, |r: &Record| {
-            State::from_record(r.report.phase, r.target)
+        let state = record.as_mut().map_or(State::Idle, |r| {
+            let state = State::from_record(r.report.phase, r.target);
+            if state.phase() != Some(r.report.phase) {
+                // A slot-bound phase without its slot: nothing can be known about the slots.
+                r.report.phase = UpgradePhase::Failed;
+                r.report.reason = "the upgrade record names no target slot".into();
+            }
+            state
         });
+        let view = SharedReport::default();
+        view.set(record.as_ref().map(|r| r.report.clone()));
         let effects = Effects {
             boot: Arc::new(Grub {
                 path: settings.grubenv.clone(),

@@ -218,3 +218,23 @@ async fn passing_health_checks_commit_grub_then_the_record() {
         .unwrap_or_else(|e| panic!("state.json: {e}"));
     assert!(on_disk.contains("\"committed\""), "{on_disk}");
 }
+
+#[tokio::test]
+async fn a_record_in_a_slot_bound_phase_without_its_slot_is_failed_not_trusted() {
+    let f = fixture().await;
+    let path = f.data.join("state.json");
+    let mut record: Record = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("state.json: {e}"));
+    record.report.phase = UpgradePhase::Rebooting;
+    record.target = None;
+    let bytes = serde_json::to_vec(&record).unwrap_or_else(|e| panic!("encoding: {e}"));
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reloaded = Upgrader::new(f.upgrader.settings.clone(), "1.0".into());
+    assert_eq!(reloaded.state, State::Done(UpgradePhase::Failed));
+    assert_eq!(
+        reloaded.shared_report().get().map(|r| r.phase),
+        Some(UpgradePhase::Failed)
+    );
+}

@@ -20,6 +20,8 @@
 //! every program that writes them; unknown keys there are refused (a typo must not be
 //! ignored in a file an operator wrote).
 //!
+//! [`version`] is the one version order (releases and firmware) every crate compares with.
+//!
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
 //! binaries; the wire types never depend on it.
 
@@ -33,6 +35,7 @@ mod registration;
 mod upgrade;
 
 pub mod node_config;
+pub mod version;
 
 #[cfg(feature = "cli")]
 pub mod cli;

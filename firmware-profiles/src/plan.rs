@@ -5,7 +5,6 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use cairn_hardware::bmc::{AttributeSpec, BiosSettings, FirmwareComponent, FirmwareTarget};
-use cairn_hardware::quirks::compare_versions;
 use cairn_hardware::redfish::model::validate_attribute;
 use serde::Serialize;
 use serde_json::Value;
@@ -148,7 +147,7 @@ pub fn plan(
         let current = version_of(f.component, firmware);
         let below = current
             .as_deref()
-            .is_none_or(|c| compare_versions(c, &f.min_version) == Ordering::Less);
+            .is_none_or(|c| cairn_api::version::compare(c, &f.min_version) == Ordering::Less);
         if below {
             p.updates.push(update(f, current));
         }

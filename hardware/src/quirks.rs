@@ -107,29 +107,6 @@ pub struct Identity {
     pub firmware: String,
 }
 
-/// Compares dotted versions component by component, numerically where both are numbers.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    let parts = |s: &str| -> Vec<String> {
-        s.split(['.', '-', '_', ' '])
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    let (pa, pb) = (parts(a), parts(b));
-    for i in 0..pa.len().max(pb.len()) {
-        let x = pa.get(i).map(String::as_str).unwrap_or("0");
-        let y = pb.get(i).map(String::as_str).unwrap_or("0");
-        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => x.cmp(y),
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
-    }
-    Ordering::Equal
-}
-
 fn contains(hay: &str, needle: &Option<String>) -> bool {
     needle
         .as_ref()
@@ -148,12 +125,12 @@ impl Match {
         });
         let in_range = self.firmware.as_ref().is_none_or(|r| {
             !id.firmware.is_empty()
-                && r.min
-                    .as_ref()
-                    .is_none_or(|min| compare_versions(&id.firmware, min) != Ordering::Less)
-                && r.max
-                    .as_ref()
-                    .is_none_or(|max| compare_versions(&id.firmware, max) == Ordering::Less)
+                && r.min.as_ref().is_none_or(|min| {
+                    cairn_api::version::compare(&id.firmware, min) != Ordering::Less
+                })
+                && r.max.as_ref().is_none_or(|max| {
+                    cairn_api::version::compare(&id.firmware, max) == Ordering::Less
+                })
         });
         manufacturer && contains(&id.model, &self.model) && in_range
     }
@@ -227,17 +204,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert_eq!(
-            compare_versions("6.10.00.00", "6.00.00.00"),
-            Ordering::Greater
-        );
-        assert_eq!(compare_versions("5.10.50.00", "6.00.00.00"), Ordering::Less);
-        assert_eq!(compare_versions("10.0", "9.9"), Ordering::Greater);
-        assert_eq!(compare_versions("1.0", "1.0.0"), Ordering::Equal);
     }
 
     #[test]

@@ -296,7 +296,7 @@ async fn upgrade(root: &std::path::Path, command: UpgradeCommand) -> anyhow::Res
             };
             let (tls, _) = cairn_hub_client::tls::client_config(&trust, identity.as_ref())?;
             upgrader.set_tls(tls);
-            upgrader.at_start();
+            upgrader.at_start().await;
             let result = upgrader.drive(Some(&order)).await;
             print(upgrader.report(), OutputFormat::Json);
             Ok(match result {

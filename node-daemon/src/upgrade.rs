@@ -19,28 +19,38 @@
 //!
 //! A final report (committed, rolled back, refused, ...) stays until another order arrives:
 //! the same order is never retried by the node itself.
+//!
+//! The decisions are the pure state machine of [`machine`] (diagram:
+//! `docs/dev/upgrade-state-machine.md`); the [`Upgrader`] feeds it what it observes and runs
+//! the actions it returns through the small traits of [`effects`] (boot loader, slots,
+//! fetcher, health probes, clock). The record is persisted before every step that writes the
+//! slot or arms GRUB, and a failure to persist it fails the upgrade before that step.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::{MaintenanceWindow, UpgradeOrder, UpgradePhase, UpgradeReport};
-use cairn_formats::bundle::{self, Header};
+use cairn_formats::bundle;
 use cairn_formats::fsio::atomic_write;
 use cairn_formats::keys::{PublicKey, TrustStore};
-use cairn_formats::{gpt, grubenv};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
-use crate::config::{HealthProbe, SlotSource, UpgradeSettings};
+use crate::config::UpgradeSettings;
+
+pub mod effects;
+pub mod machine;
+
+pub use effects::write_slot;
+use effects::{
+    BootLoader, Clock, Fetcher, Grub, HealthProbes, Https, Probes, SlotDevice, Slots, SystemClock,
+    run_command,
+};
+use machine::{Action, Event, Health, Outcome, Pass, State};
 
 /// Most log lines kept in a report.
 const MAX_LOG_LINES: usize = 40;
-/// How long one operator health check may run.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An A/B slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,27 +94,6 @@ pub fn booted_slot(cmdline: &str) -> Option<Slot> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("cairn.slot="))
         .and_then(Slot::parse)
-}
-
-/// Compares dotted versions numerically where both parts are numbers (`2026.11.10` after
-/// `2026.11.9`), as text otherwise.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |v: &str| -> Vec<String> {
-        v.split(['.', '-', '+'])
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let (pa, pb) = (parts(a), parts(b));
-    for (x, y) in pa.iter().zip(&pb) {
-        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => x.cmp(y),
-        };
-        if ord.is_ne() {
-            return ord;
-        }
-    }
-    pa.len().cmp(&pb.len())
 }
 
 fn minutes(text: &str) -> Option<u32> {
@@ -170,7 +159,7 @@ fn same_order(a: &UpgradeOrder, b: &UpgradeOrder) -> bool {
 }
 
 /// Why a step stopped; decides the phase reported.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
     /// The bundle or order is not acceptable; nothing was written.
     #[error("{0}")]
@@ -216,7 +205,7 @@ pub async fn run_task(
     mut upgrader: Upgrader,
     mut input: tokio::sync::watch::Receiver<UpgradeInput>,
 ) {
-    upgrader.at_start();
+    upgrader.at_start().await;
     loop {
         let current = input.borrow_and_update().clone();
         if let Some(tls) = current.tls {
@@ -263,22 +252,34 @@ pub struct HealthInputs {
     pub kubelet_active: Option<bool>,
 }
 
-/// The upgrade engine for one node.
+/// The effects an [`Upgrader`] acts through.
+struct Effects {
+    boot: Arc<dyn BootLoader>,
+    slots: Arc<dyn SlotDevice>,
+    fetcher: Arc<dyn Fetcher>,
+    probes: Arc<dyn HealthProbes>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The upgrade engine for one node: holds the record and the [`State`] it stands for, feeds
+/// events to [`machine::next`] and runs the actions it returns.
 pub struct Upgrader {
     settings: UpgradeSettings,
     running_version: String,
     record: Option<Record>,
+    state: State,
     /// The report as others see it (heartbeats, local API), updated as work progresses.
     view: SharedReport,
     /// TLS for bundle downloads (the hub's CA, the node's client certificate).
     tls: Option<rustls::ClientConfig>,
+    effects: Effects,
 }
 
 impl Upgrader {
     /// Loads the record of the current order, if any; `running_version` is the version of
     /// the running system.
     pub fn new(settings: UpgradeSettings, running_version: String) -> Self {
-        let record = std::fs::read(settings.data_dir.join("state.json"))
+        let mut record: Option<Record> = std::fs::read(settings.data_dir.join("state.json"))
             .ok()
             .and_then(|bytes| match serde_json::from_slice(&bytes) {
                 Ok(r) => Some(r),
@@ -287,14 +288,36 @@ impl Upgrader {
                     None
                 }
             });
+        let state = record.as_mut().map_or(State::Idle, |r| {
+            let state = State::from_record(r.report.phase, r.target);
+            if state.phase() != Some(r.report.phase) {
+                // A slot-bound phase without its slot: nothing can be known about the slots.
+                r.report.phase = UpgradePhase::Failed;
+                r.report.reason = "the upgrade record names no target slot".into();
+            }
+            state
+        });
         let view = SharedReport::default();
-        view.set(record.as_ref().map(|r: &Record| r.report.clone()));
+        view.set(record.as_ref().map(|r| r.report.clone()));
+        let effects = Effects {
+            boot: Arc::new(Grub {
+                path: settings.grubenv.clone(),
+            }),
+            slots: Arc::new(Slots(settings.slots.clone())),
+            fetcher: Arc::new(Https {
+                dir: settings.data_dir.clone(),
+            }),
+            probes: Arc::new(Probes),
+            clock: Arc::new(SystemClock),
+        };
         Self {
             settings,
             running_version,
             record,
+            state,
             view,
             tls: None,
+            effects,
         }
     }
 
@@ -326,248 +349,294 @@ impl Upgrader {
 
     /// Whether health checks are due (the new slot was booted and is not committed yet).
     pub fn verifying(&self) -> bool {
-        self.record
-            .as_ref()
-            .is_some_and(|r| r.report.phase == UpgradePhase::Verifying)
-    }
-
-    fn persist(&self) {
-        self.publish();
-        let Some(record) = &self.record else { return };
-        let dir = &self.settings.data_dir;
-        let result = serde_json::to_vec_pretty(record)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| atomic_write(&dir.join("state.json"), &bytes));
-        if let Err(e) = result {
-            tracing::error!(error = %e, dir = %dir.display(), "persisting the upgrade record failed");
-        }
-    }
-
-    fn enter(&mut self, phase: UpgradePhase, reason: impl Into<String>) {
-        if let Some(r) = &mut self.record {
-            let reason = reason.into();
-            tracing::info!(version = %r.order.version, phase = ?phase, %reason, "upgrade");
-            r.report.phase = phase;
-            r.report.reason = reason;
-            r.report.bytes_done = 0;
-            r.report.bytes_total = 0;
-            r.report.at = OffsetDateTime::now_utc();
-        }
-        self.persist();
-    }
-
-    fn grubenv_read(&self) -> Result<(Vec<u8>, BTreeMap<String, String>), String> {
-        let path = &self.settings.grubenv;
-        let block = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let vars = grubenv::parse(&block).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok((block, vars))
-    }
-
-    /// Rewrites the GRUB environment in place, same size: GRUB's `save_env` writes into the
-    /// blocks the file already has on the ESP.
-    fn grubenv_set(&self, set: &[(&str, &str)]) -> Result<(), String> {
-        let path = &self.settings.grubenv;
-        let (block, _) = self.grubenv_read()?;
-        let edited = grubenv::edit(&block, set).map_err(|e| e.to_string())?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        file.write_all_at(&edited, 0)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+        matches!(self.state, State::Verifying { .. })
     }
 
     /// Classifies the boot against the record; call once at start, before anything else.
-    pub fn at_start(&mut self) {
-        let Some(record) = self.record.clone() else {
-            return;
+    pub async fn at_start(&mut self) {
+        let event = Event::Started {
+            booted: self.booted(),
+            rolled_back: self.effects.boot.rolled_back(),
         };
-        let booted = self.booted();
-        match record.report.phase {
-            UpgradePhase::Writing => {
-                self.enter(
-                    UpgradePhase::Interrupted,
-                    "the node restarted while writing the new slot; it was not activated",
-                );
-            }
-            UpgradePhase::Rebooting | UpgradePhase::Verifying => {
-                let target = record.target;
-                if booted.is_some() && booted == target {
-                    if record.report.phase == UpgradePhase::Rebooting {
-                        self.enter(UpgradePhase::Verifying, "");
-                    }
-                    return;
-                }
-                let rolled_back = self
-                    .grubenv_read()
-                    .ok()
-                    .and_then(|(_, v)| v.get("cairn_rolled_back").cloned())
-                    .unwrap_or_default();
-                let reason = if target.is_some_and(|t| t.letter() == rolled_back) {
-                    "new slot did not boot"
-                } else if record.report.phase == UpgradePhase::Verifying {
-                    "the old slot booted before the new one passed its health checks"
-                } else {
-                    "the old slot booted instead of the new one"
-                };
-                if let Err(e) = self.grubenv_set(&[("cairn_rolled_back", ""), ("cairn_try", "")]) {
-                    tracing::error!(error = %e, "clearing the GRUB rollback flag failed");
-                }
-                self.enter(UpgradePhase::RolledBack, reason);
-            }
-            _ => {}
-        }
+        // What the boot shows (a rollback, an interrupted write) is reported, not returned.
+        let _ = self.step(None, event).await;
     }
 
     /// Works on `order` as far as possible now: returns when the order waits (window,
     /// retry), is final, or the node is rebooting.
     pub async fn drive(&mut self, order: Option<&UpgradeOrder>) -> Result<(), StepError> {
         let Some(order) = order else {
-            // Withdrawn before it touched the slots: forget it and its download.
-            if let Some(r) = &self.record
-                && matches!(
-                    r.report.phase,
-                    UpgradePhase::Waiting | UpgradePhase::Downloading | UpgradePhase::Staged
-                )
-            {
-                self.discard_downloads();
-                self.record = None;
-                let _ = std::fs::remove_file(self.settings.data_dir.join("state.json"));
-            }
-            return Ok(());
+            return self.step(None, Event::Withdrawn).await;
         };
-        if let Some(r) = &self.record {
-            let busy = matches!(
-                r.report.phase,
-                UpgradePhase::Rebooting | UpgradePhase::Verifying
-            );
-            if same_order(&r.order, order) && (r.report.phase.is_final() || busy) {
+        let recorded = self
+            .record
+            .as_ref()
+            .is_some_and(|r| same_order(&r.order, order));
+        if !recorded {
+            self.step(Some(order), Event::NewOrder).await?;
+            if !self
+                .record
+                .as_ref()
+                .is_some_and(|r| same_order(&r.order, order))
+            {
+                // The current order keeps the slots busy.
                 return Ok(());
             }
-            if busy {
-                tracing::warn!(
-                    "a new upgrade order waits until the current one is committed or rolled back"
-                );
-                return Ok(());
-            }
-            if !same_order(&r.order, order) {
-                self.discard_downloads();
-                self.record = None;
-            }
         }
-        if self.record.is_none() {
-            self.record = Some(Record {
-                order: order.clone(),
-                report: UpgradeReport {
-                    campaign: order.campaign.clone(),
-                    version: order.version.clone(),
-                    phase: UpgradePhase::Waiting,
-                    reason: String::new(),
-                    bytes_done: 0,
-                    bytes_total: 0,
-                    logs: Vec::new(),
-                    at: OffsetDateTime::now_utc(),
-                },
-                target: None,
-                from_version: self.running_version.clone(),
-            });
-            self.persist();
-        }
-        let result = self.advance(order).await;
-        match &result {
-            Ok(()) => {}
-            Err(StepError::Refused(m)) => {
-                self.discard_downloads();
-                self.enter(UpgradePhase::Refused, m.clone());
-            }
-            Err(StepError::Failed(m)) => self.enter(UpgradePhase::Failed, m.clone()),
-            Err(StepError::Retry(m)) => {
-                tracing::warn!(reason = %m, "upgrade step will be retried");
-                if let Some(r) = &mut self.record {
-                    r.report.reason = m.clone();
-                }
-            }
-        }
-        result
+        let pass = self.look_at(order).await;
+        self.step(Some(order), Event::Pass(pass)).await
     }
 
-    async fn advance(&mut self, order: &UpgradeOrder) -> Result<(), StepError> {
-        if order.version == self.running_version {
-            self.enter(UpgradePhase::Committed, "already running this version");
-            return Ok(());
-        }
-        self.check_version(order, &order.version)?;
-        let open = match &order.window {
-            None => true,
+    /// What [`machine::next`] needs to decide about `order` now.
+    async fn look_at(&self, order: &UpgradeOrder) -> Pass {
+        let window = match &order.window {
+            None => Ok(true),
             Some(w) => {
-                let now = OffsetDateTime::now_utc()
+                let now = self
+                    .effects
+                    .clock
+                    .now_utc()
                     .to_offset(local_offset(self.settings.utc_offset).await);
                 in_window(w, u32::from(now.hour()) * 60 + u32::from(now.minute()))
-                    .map_err(StepError::Refused)?
             }
         };
-        let phase = self.record.as_ref().map(|r| r.report.phase);
-        if !open && !order.prestage {
-            if phase != Some(UpgradePhase::Waiting) {
-                self.enter(UpgradePhase::Waiting, "outside the maintenance window");
-            }
-            return Ok(());
+        let refusal = self
+            .check_version(order)
+            .err()
+            .or_else(|| window.as_ref().err().cloned());
+        Pass {
+            already_running: order.version == self.running_version,
+            refusal,
+            window_open: window.unwrap_or(false),
+            prestage: order.prestage,
+            bundle_present: self.effects.fetcher.present(order).is_some(),
         }
-        let bundle = self.download(order).await?;
-        let trust = self.trust_store()?;
-        let checked = {
-            let path = bundle.clone();
-            let trust = trust.clone();
-            tokio::task::spawn_blocking(move || bundle::verify(&path, &trust))
-                .await
-                .map_err(|e| StepError::Failed(e.to_string()))?
-        };
-        let verified = checked.map_err(|e| StepError::Refused(cairn_api::error_chain(&e)))?;
-        let manifest = &verified.manifest;
-        if manifest.version != order.version {
-            return Err(StepError::Refused(format!(
-                "the bundle is version {}, the order says {}",
-                manifest.version, order.version
-            )));
-        }
-        if !manifest.accepts_upgrade_from(&self.running_version) {
-            return Err(StepError::Refused(format!(
-                "the bundle installs only over {:?}; this node runs {:?}",
-                manifest.compatible_from, self.running_version
-            )));
-        }
-        if !open {
-            if phase != Some(UpgradePhase::Staged) {
-                self.enter(
-                    UpgradePhase::Staged,
-                    format!(
-                        "verified (key {}), waiting for the window",
-                        verified.signer.fingerprint()
-                    ),
-                );
-            }
-            return Ok(());
-        }
-        self.install(&bundle, trust).await
     }
 
-    fn check_version(&self, order: &UpgradeOrder, version: &str) -> Result<(), StepError> {
+    fn check_version(&self, order: &UpgradeOrder) -> Result<(), String> {
+        let version = &order.version;
         if !order.compatible_from.is_empty()
             && !order.compatible_from.contains(&self.running_version)
         {
-            return Err(StepError::Refused(format!(
+            return Err(format!(
                 "the release installs only over {:?}; this node runs {:?}",
                 order.compatible_from, self.running_version
-            )));
+            ));
         }
-        if !order.allow_downgrade && compare_versions(version, &self.running_version).is_lt() {
-            return Err(StepError::Refused(format!(
+        if !order.allow_downgrade
+            && cairn_api::version::compare(version, &self.running_version).is_lt()
+        {
+            return Err(format!(
                 "{version} is older than the running {}; the order does not allow a downgrade",
                 self.running_version
-            )));
+            ));
         }
         Ok(())
+    }
+
+    /// Feeds `event` to the machine and runs the actions it returns, feeding each result
+    /// back, until none is left. `order` is the order a new record is made for. Returns the
+    /// failure the upgrade ended in (refused, failed) or will retry after.
+    async fn step(&mut self, order: Option<&UpgradeOrder>, event: Event) -> Result<(), StepError> {
+        let before = self.state.clone();
+        let mut retry = None;
+        let mut queue = VecDeque::new();
+        let mut event = Some(event);
+        loop {
+            if let Some(event) = event.take() {
+                if let Event::StepFailed(StepError::Retry(m)) = &event {
+                    tracing::warn!(reason = %m, "upgrade step will be retried");
+                    retry = Some(m.clone());
+                }
+                match machine::next(&self.state, event) {
+                    Outcome::Next(state, actions) => {
+                        self.state = state;
+                        queue = actions.into();
+                    }
+                    Outcome::Ignored(why) => {
+                        tracing::debug!(state = ?self.state, why, "upgrade event ignored")
+                    }
+                }
+            }
+            let Some(action) = queue.pop_front() else {
+                break;
+            };
+            event = self.run(order, action).await;
+        }
+        let reason = || {
+            self.record
+                .as_ref()
+                .map(|r| r.report.reason.clone())
+                .unwrap_or_default()
+        };
+        let entered = self.state != before;
+        match (&self.state, retry) {
+            (State::Done(UpgradePhase::Refused), _) if entered => Err(StepError::Refused(reason())),
+            (State::Done(UpgradePhase::Failed), _) if entered => Err(StepError::Failed(reason())),
+            (_, Some(m)) => Err(StepError::Retry(m)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs one action; returns the event it ends in, `None` when it simply succeeded.
+    async fn run(&mut self, order: Option<&UpgradeOrder>, action: Action) -> Option<Event> {
+        let current = self.record.as_ref().map(|r| r.order.clone());
+        match action {
+            Action::NewRecord => {
+                let order = order?;
+                self.record = Some(Record {
+                    order: order.clone(),
+                    report: UpgradeReport {
+                        campaign: order.campaign.clone(),
+                        version: order.version.clone(),
+                        phase: UpgradePhase::Waiting,
+                        reason: String::new(),
+                        bytes_done: 0,
+                        bytes_total: 0,
+                        logs: Vec::new(),
+                        at: self.effects.clock.now_utc(),
+                    },
+                    target: None,
+                    from_version: self.running_version.clone(),
+                });
+                self.persist().err().map(Event::PersistFailed)
+            }
+            Action::Record { reason } => {
+                let phase = self.state.phase()?;
+                let slot = self.state.slot();
+                let at = self.effects.clock.now_utc();
+                let r = self.record.as_mut()?;
+                tracing::info!(version = %r.order.version, ?phase, %reason, "upgrade");
+                r.report.phase = phase;
+                r.report.reason = reason;
+                r.report.bytes_done = 0;
+                r.report.bytes_total = 0;
+                r.report.at = at;
+                if slot.is_some() {
+                    r.target = slot;
+                }
+                self.persist().err().map(Event::PersistFailed)
+            }
+            Action::Reason(reason) => {
+                if let Some(r) = &mut self.record {
+                    r.report.reason = reason;
+                }
+                None
+            }
+            Action::Logs(logs) => {
+                if let Some(r) = &mut self.record {
+                    r.report.logs = logs;
+                }
+                None
+            }
+            Action::DiscardDownloads => {
+                if let Some(order) = &current {
+                    self.effects.fetcher.discard(order);
+                }
+                None
+            }
+            Action::Forget => {
+                self.record = None;
+                let _ = std::fs::remove_file(self.settings.data_dir.join("state.json"));
+                None
+            }
+            Action::Download { window_open } => {
+                let order = current?;
+                let fetcher = self.effects.fetcher.clone();
+                let tls = self.tls.clone();
+                let mut progress = |done, total| self.progress(done, total);
+                Some(match fetcher.fetch(&order, tls, &mut progress).await {
+                    Ok(_) => Event::Downloaded { window_open },
+                    Err(e) => Event::StepFailed(e),
+                })
+            }
+            Action::Verify { window_open } => Some(match self.verify(&current?).await {
+                Ok(signer) => Event::Verified {
+                    window_open,
+                    signer,
+                },
+                Err(e) => Event::StepFailed(e),
+            }),
+            Action::PrepareSlot => Some(match self.prepare_slot() {
+                Ok(slot) => Event::SlotReady { slot },
+                Err(e) => Event::StepFailed(StepError::Failed(e)),
+            }),
+            Action::WriteSlot { slot } => Some(match self.write(&current?, slot).await {
+                Ok(()) => Event::Written,
+                Err(e) => Event::WriteFailed(e),
+            }),
+            Action::Drain => {
+                let Some(drain) = self.settings.drain_command.clone() else {
+                    return Some(Event::Drained);
+                };
+                let version = current.map(|o| o.version).unwrap_or_default();
+                let (ok, lines) = run_command(&drain, &[("CAIRN_UPGRADE_VERSION", &version)]).await;
+                Some(if ok {
+                    Event::Drained
+                } else {
+                    Event::StepFailed(StepError::Failed(format!(
+                        "the drain hook failed: {}",
+                        lines.join(" | ")
+                    )))
+                })
+            }
+            Action::ArmBootLoader { slot } => self
+                .effects
+                .boot
+                .arm(slot, self.settings.tries)
+                .err()
+                .map(Event::BootLoaderFailed),
+            Action::CommitBootLoader { slot } => Some(match self.effects.boot.commit(slot) {
+                Ok(()) => Event::BootLoaderCommitted,
+                Err(e) => {
+                    tracing::error!(error = %e, "committing the slot in GRUB failed; will retry");
+                    Event::BootLoaderFailed(e)
+                }
+            }),
+            Action::DisarmBootLoader => self.effects.boot.disarm().err().map(|e| {
+                tracing::error!(error = %e, "pointing GRUB back at the old slot failed");
+                Event::BootLoaderFailed(e)
+            }),
+            Action::ClearRollbackFlag => self.effects.boot.clear_rollback_flag().err().map(|e| {
+                tracing::error!(error = %e, "clearing the GRUB rollback flag failed");
+                Event::BootLoaderFailed(e)
+            }),
+            Action::Reboot => {
+                let (ok, lines) = run_command(&self.settings.reboot_command, &[]).await;
+                if ok {
+                    tracing::info!("reboot requested");
+                    None
+                } else {
+                    let output = lines.join(" | ");
+                    tracing::error!(%output, "the reboot command failed");
+                    Some(Event::RebootFailed(output))
+                }
+            }
+        }
+    }
+
+    /// Writes the record atomically; the report follows it.
+    fn persist(&self) -> Result<(), String> {
+        self.publish();
+        let Some(record) = &self.record else {
+            return Ok(());
+        };
+        let dir = &self.settings.data_dir;
+        serde_json::to_vec_pretty(record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_write(&dir.join("state.json"), &bytes))
+            .map_err(|e| {
+                tracing::error!(error = %e, dir = %dir.display(), "persisting the upgrade record failed");
+                format!("{}: {e}", dir.join("state.json").display())
+            })
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        if let Some(r) = &mut self.record {
+            r.report.bytes_done = done;
+            r.report.bytes_total = total;
+        }
+        self.publish();
     }
 
     fn trust_store(&self) -> Result<TrustStore, StepError> {
@@ -585,258 +654,82 @@ impl Upgrader {
         Ok(TrustStore::new(keys))
     }
 
-    fn discard_downloads(&self) {
-        if let Some(r) = &self.record {
-            for ext in ["partial", "bundle"] {
-                let _ = std::fs::remove_file(
-                    self.settings
-                        .data_dir
-                        .join(format!("{}.{ext}", r.order.sha256)),
-                );
-            }
-        }
+    fn bundle(&self, order: &UpgradeOrder) -> Result<PathBuf, StepError> {
+        self.effects
+            .fetcher
+            .present(order)
+            .ok_or_else(|| StepError::Retry("the downloaded bundle is gone".into()))
     }
 
-    fn progress(&mut self, done: u64, total: u64) {
-        if let Some(r) = &mut self.record {
-            r.report.bytes_done = done;
-            r.report.bytes_total = total;
-        }
-        self.publish();
-    }
-
-    /// Downloads the bundle into the data directory, resuming a partial file with Range.
-    async fn download(&mut self, order: &UpgradeOrder) -> Result<PathBuf, StepError> {
-        let sha = order.sha256.to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StepError::Refused(format!(
-                "the order's sha256 {:?} is not 64 hex digits",
-                order.sha256
-            )));
-        }
-        let dir = self.settings.data_dir.clone();
-        let done = dir.join(format!("{sha}.bundle"));
-        if std::fs::metadata(&done).is_ok_and(|m| m.len() == order.size_bytes) {
-            return Ok(done);
-        }
-        if !order.bundle_url.starts_with("https://") {
-            return Err(StepError::Refused(format!(
-                "bundle URL {:?} is not https://",
-                order.bundle_url
-            )));
-        }
-        let Some(tls) = self.tls.clone() else {
-            return Err(StepError::Retry(
-                "no TLS identity to download with yet (not registered)".into(),
-            ));
-        };
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()
+    /// Verifies the bundle completely (signature, every payload byte) and checks it is the
+    /// ordered version and installs over the running one; returns the signer's fingerprint.
+    async fn verify(&self, order: &UpgradeOrder) -> Result<String, StepError> {
+        let path = self.bundle(order)?;
+        let trust = self.trust_store()?;
+        let checked = tokio::task::spawn_blocking(move || bundle::verify(&path, &trust))
+            .await
             .map_err(|e| StepError::Failed(e.to_string()))?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StepError::Failed(format!("{}: {e}", dir.display())))?;
-        let partial = dir.join(format!("{sha}.partial"));
-        let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if have > order.size_bytes {
-            have = 0;
-        }
-        if self.record.as_ref().map(|r| r.report.phase) != Some(UpgradePhase::Downloading) {
-            self.enter(UpgradePhase::Downloading, "");
-        }
-        let resumed = have > 0;
-        let mut request = client.get(&order.bundle_url);
-        if resumed && have < order.size_bytes {
-            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let retry = |e: &dyn std::error::Error| {
-            StepError::Retry(format!(
-                "downloading {}: {}",
-                order.bundle_url,
-                cairn_api::error_chain(e)
-            ))
-        };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&partial)
-            .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
-        if have < order.size_bytes {
-            let mut response = request.send().await.map_err(|e| retry(&e))?;
-            match response.status().as_u16() {
-                206 => tracing::info!(from = have, "download resumed"),
-                200 => {
-                    file.set_len(0)
-                        .map_err(|e| StepError::Failed(e.to_string()))?;
-                    have = 0;
-                }
-                code => {
-                    return Err(StepError::Retry(format!(
-                        "downloading {}: HTTP {code}",
-                        order.bundle_url
-                    )));
-                }
-            }
-            let mut out = BufWriter::with_capacity(64 << 10, &mut file);
-            let started = Instant::now();
-            let first = have;
-            while let Some(chunk) = response.chunk().await.map_err(|e| retry(&e))? {
-                have += chunk.len() as u64;
-                if have > order.size_bytes {
-                    drop(out);
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(StepError::Refused(format!(
-                        "the bundle is larger than the order's {} bytes",
-                        order.size_bytes
-                    )));
-                }
-                out.write_all(&chunk)
-                    .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
-                self.progress(have, order.size_bytes);
-                if let Some(rate) = order.max_bytes_per_second.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64((have - first) as f64 / rate as f64);
-                    let elapsed = started.elapsed();
-                    if due > elapsed {
-                        tokio::time::sleep(due - elapsed).await;
-                    }
-                }
-            }
-            out.flush()
-                .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
-            let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(
-                bytes = have - first,
-                seconds = format!("{seconds:.1}"),
-                mib_per_s = format!(
-                    "{:.1}",
-                    (have - first) as f64 / seconds.max(1e-3) / 1048576.0
-                ),
-                "bundle downloaded"
-            );
-        }
-        file.sync_all()
-            .map_err(|e| StepError::Failed(e.to_string()))?;
-        drop(file);
-        if have != order.size_bytes {
-            return Err(StepError::Retry(format!(
-                "the download ended after {have} of {} bytes",
-                order.size_bytes
+        let verified = checked.map_err(|e| StepError::Refused(cairn_api::error_chain(&e)))?;
+        let manifest = &verified.manifest;
+        if manifest.version != order.version {
+            return Err(StepError::Refused(format!(
+                "the bundle is version {}, the order says {}",
+                manifest.version, order.version
             )));
         }
-        let digest = {
-            let p = partial.clone();
-            tokio::task::spawn_blocking(move || cairn_formats::stream::Digest::of_file(&p))
-                .await
-                .map_err(|e| StepError::Failed(e.to_string()))?
-                .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?
-        };
-        if digest.sha256 != sha {
-            let _ = std::fs::remove_file(&partial);
-            let message = format!(
-                "the downloaded bundle has SHA-256 {}, the order says {sha}",
-                digest.sha256
-            );
-            // A resumed file may carry a damaged tail from a power cut: fetch it whole once more.
-            return Err(if resumed {
-                StepError::Retry(message)
-            } else {
-                StepError::Refused(message)
-            });
+        if !manifest.accepts_upgrade_from(&self.running_version) {
+            return Err(StepError::Refused(format!(
+                "the bundle installs only over {:?}; this node runs {:?}",
+                manifest.compatible_from, self.running_version
+            )));
         }
-        std::fs::rename(&partial, &done).map_err(|e| StepError::Failed(e.to_string()))?;
-        Ok(done)
+        Ok(verified.signer.fingerprint())
     }
 
-    /// Writes the inactive slot, runs the drain hook, arms GRUB and reboots.
-    async fn install(&mut self, bundle: &Path, trust: TrustStore) -> Result<(), StepError> {
+    /// The inactive slot, when it and GRUB's environment are usable: fails before the slot
+    /// is touched when GRUB could not be armed later.
+    fn prepare_slot(&self) -> Result<Slot, String> {
         let Some(booted) = self.booted() else {
-            return Err(StepError::Failed(format!(
+            return Err(format!(
                 "cannot tell the booted slot: no cairn.slot= in {}",
                 self.settings.cmdline.display()
-            )));
+            ));
         };
         let target = booted.other();
-        // Fail before touching the slot when GRUB's environment cannot be edited later.
-        self.grubenv_read().map_err(StepError::Failed)?;
-        let (slot_path, offset, limit) =
-            open_slot(&self.settings.slots, target).map_err(StepError::Failed)?;
-        if let Some(r) = &mut self.record {
-            r.target = Some(target);
-        }
-        self.enter(UpgradePhase::Writing, format!("slot {}", target.letter()));
-        let path = bundle.to_owned();
+        self.effects.boot.check()?;
+        self.effects.slots.open(target)?;
+        Ok(target)
+    }
+
+    /// Streams the root image into `slot` (verified again on the way).
+    async fn write(&mut self, order: &UpgradeOrder, slot: Slot) -> Result<(), String> {
+        let bundle = self.bundle(order).map_err(|e| e.to_string())?;
+        let trust = self.trust_store().map_err(|e| e.to_string())?;
+        let range = self.effects.slots.open(slot)?;
+        let slots = self.effects.slots.clone();
         let started = Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            write_slot(&path, &trust, &slot_path, offset, limit)
-        })
-        .await
-        .map_err(|e| StepError::Failed(e.to_string()))?;
-        let size = match written {
-            Ok(size) => size,
-            Err(e) => {
-                return Err(StepError::Failed(format!(
-                    "writing slot {}: {e} (the slot is not activated)",
-                    target.letter()
-                )));
-            }
-        };
+        let size = tokio::task::spawn_blocking(move || slots.write(&bundle, &trust, &range))
+            .await
+            .map_err(|e| e.to_string())??;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
-            slot = target.letter(),
+            slot = slot.letter(),
             bytes = size,
             seconds = format!("{seconds:.1}"),
             mib_per_s = format!("{:.1}", size as f64 / seconds.max(1e-3) / 1048576.0),
             "slot written and verified"
         );
         self.progress(size, size);
-        if let Some(drain) = self.settings.drain_command.clone() {
-            let version = self
-                .record
-                .as_ref()
-                .map(|r| r.order.version.clone())
-                .unwrap_or_default();
-            let out = run_command(&drain, &[("CAIRN_UPGRADE_VERSION", &version)]).await;
-            if !out.0 {
-                return Err(StepError::Failed(format!(
-                    "the drain hook failed: {}",
-                    out.1.join(" | ")
-                )));
-            }
-        }
-        self.enter(
-            UpgradePhase::Rebooting,
-            format!("trying slot {} once", target.letter()),
-        );
-        let tries = self.settings.tries.to_string();
-        if let Err(e) = self.grubenv_set(&[
-            ("cairn_try", target.letter()),
-            ("cairn_tries", &tries),
-            ("cairn_rolled_back", ""),
-        ]) {
-            return Err(StepError::Failed(format!("arming GRUB: {e}")));
-        }
-        self.reboot().await;
         Ok(())
-    }
-
-    async fn reboot(&self) {
-        let (ok, lines) = run_command(&self.settings.reboot_command, &[]).await;
-        if ok {
-            tracing::info!("reboot requested");
-        } else {
-            tracing::error!(output = %lines.join(" | "), "the reboot command failed");
-        }
     }
 
     /// One round of health checks on the new slot: commit when all pass, roll back when the
     /// deadline passed without that. Returns whether the upgrade is still verifying.
     pub async fn health_round(&mut self, inputs: &HealthInputs) -> bool {
-        let Some(record) = self.record.clone() else {
+        let Some(since) = self.record.as_ref().map(|r| r.report.at) else {
             return false;
         };
-        if record.report.phase != UpgradePhase::Verifying {
+        if !self.verifying() {
             return false;
         }
         let mut failed = Vec::new();
@@ -851,10 +744,7 @@ impl Upgrader {
             failed.push("kubelet unit not active".to_owned());
         }
         for check in &self.settings.health_checks {
-            let (ok, lines) = match &check.probe {
-                HealthProbe::Command(argv) => run_command(argv, &[]).await,
-                HealthProbe::Http(url) => http_probe(url).await,
-            };
+            let (ok, lines) = self.effects.probes.probe(&check.probe).await;
             for l in &lines {
                 logs.push(format!("{}: {l}", check.name));
             }
@@ -862,169 +752,17 @@ impl Upgrader {
                 failed.push(check.name.clone());
             }
         }
-        if failed.is_empty() {
-            let slot = record.target.map(Slot::letter).unwrap_or_default();
-            if let Err(e) = self.grubenv_set(&[
-                ("cairn_slot", slot),
-                ("cairn_try", ""),
-                ("cairn_rolled_back", ""),
-            ]) {
-                tracing::error!(error = %e, "committing the slot in GRUB failed; will retry");
-                return true;
-            }
-            self.enter(UpgradePhase::Committed, format!("slot {slot} committed"));
-            return false;
-        }
         let keep = logs.len().saturating_sub(MAX_LOG_LINES);
         let logs: Vec<String> = logs.into_iter().skip(keep).collect();
-        let since = (OffsetDateTime::now_utc() - record.report.at).unsigned_abs();
-        if since < self.settings.health_deadline {
-            if let Some(r) = &mut self.record {
-                r.report.reason = format!("waiting for: {}", failed.join(", "));
-                r.report.logs = logs;
-            }
-            return true;
-        }
-        let reason = format!("health checks failed: {}", failed.join(", "));
-        if let Some(r) = &mut self.record {
-            r.report.logs = logs;
-        }
-        if let Err(e) = self.grubenv_set(&[("cairn_try", "")]) {
-            tracing::error!(error = %e, "pointing GRUB back at the old slot failed");
-        }
-        self.enter(UpgradePhase::RolledBack, reason);
-        self.reboot().await;
-        false
-    }
-}
-
-/// The slot's device (or disk image) with the byte range it may write.
-fn open_slot(source: &SlotSource, slot: Slot) -> Result<(PathBuf, u64, u64), String> {
-    let name = format!("root-{}", slot.letter());
-    match source {
-        SlotSource::Dir(dir) => {
-            let path = dir.join(&name);
-            let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            // A block device reports its size only by seeking to its end.
-            let size = f
-                .seek(SeekFrom::End(0))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok((path, 0, size))
-        }
-        SlotSource::Disk(disk) => {
-            let located = |e: &dyn std::error::Error| {
-                format!("{}: {}", disk.display(), cairn_api::error_chain(e))
-            };
-            let mut f = File::open(disk).map_err(|e| located(&e))?;
-            let table = gpt::read(&mut f).map_err(|e| located(&e))?;
-            let part = table
-                .get(&name)
-                .ok_or_else(|| format!("{}: no partition named {name}", disk.display()))?;
-            Ok((disk.clone(), part.offset(), part.size()))
-        }
-    }
-}
-
-/// Streams the root image of `bundle` (signature checked against `trust` first) into
-/// `slot_path` at `offset`, at most `limit` bytes, checking its SHA-256 on the way, and syncs
-/// it. Returns the image size. Blocking; also what `examples/slot_write.rs` measures.
-pub fn write_slot(
-    bundle: &Path,
-    trust: &TrustStore,
-    slot_path: &Path,
-    offset: u64,
-    limit: u64,
-) -> Result<u64, String> {
-    let mut reader =
-        BufReader::with_capacity(1 << 20, File::open(bundle).map_err(|e| e.to_string())?);
-    let header = Header::read(&mut reader).map_err(|e| e.to_string())?;
-    let verified = header.verify(trust).map_err(|e| e.to_string())?;
-    let file = OpenOptions::new()
-        .write(true)
-        .open(slot_path)
-        .map_err(|e| format!("{}: {e}", slot_path.display()))?;
-    let mut dest = SlotWriter {
-        file: &file,
-        offset,
-        pos: 0,
-    };
-    let digest = verified
-        .write_root_image(&mut reader, &mut dest, limit, |_| {})
-        .map_err(|e| cairn_api::error_chain(&e))?;
-    file.sync_all().map_err(|e| e.to_string())?;
-    Ok(digest.size)
-}
-
-/// Writes at `offset` onward with positional writes (the disk image or the partition device).
-struct SlotWriter<'a> {
-    file: &'a File,
-    offset: u64,
-    pos: u64,
-}
-
-impl Write for SlotWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all_at(buf, self.offset + self.pos)?;
-        self.pos += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn last_lines(text: &str) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(MAX_LOG_LINES)..]
-        .iter()
-        .map(|l| (*l).to_owned())
-        .collect()
-}
-
-/// Runs argv with a timeout; returns success and the last lines of its output.
-async fn run_command(argv: &[String], env: &[(&str, &str)]) -> (bool, Vec<String>) {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
-        Err(_) => (
-            false,
-            vec![format!("{} timed out after {CHECK_TIMEOUT:?}", argv[0])],
-        ),
-        Ok(Err(e)) => (false, vec![format!("{}: {e}", argv[0])]),
-        Ok(Ok(out)) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            let mut lines = last_lines(&text);
-            if !out.status.success() {
-                lines.push(format!("{} exited with {}", argv[0], out.status));
-            }
-            (out.status.success(), lines)
-        }
-    }
-}
-
-/// GETs a plain-HTTP local probe; 2xx passes.
-async fn http_probe(url: &str) -> (bool, Vec<String>) {
-    let client = match reqwest::Client::builder().timeout(CHECK_TIMEOUT).build() {
-        Ok(c) => c,
-        Err(e) => return (false, vec![e.to_string()]),
-    };
-    match client.get(url).send().await {
-        Err(e) => (
-            false,
-            vec![format!("GET {url}: {}", cairn_api::error_chain(&e))],
-        ),
-        Ok(r) => {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            let mut lines = last_lines(&body);
-            lines.push(format!("GET {url}: HTTP {status}"));
-            (status.is_success(), lines)
-        }
+        let overdue =
+            (self.effects.clock.now_utc() - since).unsigned_abs() >= self.settings.health_deadline;
+        let health = Health {
+            failed,
+            logs,
+            overdue,
+        };
+        let _ = self.step(None, Event::Health(health)).await;
+        self.verifying()
     }
 }
 
@@ -1044,15 +782,6 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_numerically_by_part() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("2026.11.10", "2026.11.9"), Greater);
-        assert_eq!(compare_versions("2026.1", "2026.1.1"), Less);
-        assert_eq!(compare_versions("1.2.0", "1.2.0"), Equal);
-        assert_eq!(compare_versions("1.2-rc1", "1.2-rc2"), Less);
-    }
-
-    #[test]
     fn windows_include_their_start_and_may_span_midnight() {
         let w = |s: &str, e: &str| MaintenanceWindow {
             start: s.into(),
@@ -1068,9 +797,13 @@ mod tests {
 
     #[test]
     fn command_output_is_bounded_to_the_last_lines() {
+        use effects::last_lines;
         let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
         let lines = last_lines(&text);
         assert_eq!(lines.len(), MAX_LOG_LINES);
         assert_eq!(lines.last().unwrap(), "line 99");
     }
 }
+
+#[cfg(test)]
+mod driver_tests;

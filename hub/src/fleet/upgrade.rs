@@ -11,6 +11,10 @@
 //! makes is a compare-and-set on the campaign or appliance record, so an operator's pause or
 //! a label change racing it simply makes it retry on its next pass.
 //!
+//! The decisions (the campaign's state, each member's verdict, who is ordered next, what an
+//! abort withdraws) are pure functions in [`machine`]; this module reads and writes the
+//! store around them. Diagram: `docs/dev/campaign-state-machine.md`.
+//!
 //! Fleet protection: a version an appliance rolled back from (or was interrupted writing,
 //! or refused) is quarantined for that appliance and never ordered again automatically; an
 //! appliance found on a version neither its order nor its previous version is flagged and
@@ -19,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn_api::hub::{CampaignView, CreateCampaign};
+use cairn_api::hub::{CampaignAction, CampaignView, CreateCampaign};
 use cairn_api::{ApplianceId, MaintenanceWindow, UpgradeOrder, UpgradePhase};
 use sha2::{Digest, Sha256};
 
@@ -29,6 +33,10 @@ use crate::model::{
     keys,
 };
 use crate::store::{Check, Op};
+
+mod machine;
+
+use machine::{Action, Admission, Event, OnAbort, Outcome, Verdict};
 
 /// Actor name of the campaign driver in the audit log and events.
 const DRIVER: &str = "hub:campaign-driver";
@@ -60,155 +68,6 @@ fn batches(ids: Vec<ApplianceId>, canaries: u32, pacing: Pacing) -> Vec<Campaign
             }
         })
         .collect()
-}
-
-/// What the driver should do with one ordered member, given the appliance's latest report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Verdict {
-    /// Still going (maybe with a newer phase).
-    Progress(Option<UpgradePhase>),
-    /// Committed on the release.
-    Committed,
-    /// Failed; quarantine the version when `quarantine`.
-    Failed { reason: String, quarantine: bool },
-    /// Running a version nobody ordered: flag the appliance.
-    Unexpected(String),
-}
-
-/// Judges an ordered member from the appliance's status (pure, unit-tested).
-fn judge(campaign: &Campaign, member: &CampaignMember, status: Option<&Status>) -> Verdict {
-    let Some(status) = status else {
-        return Verdict::Progress(member.phase);
-    };
-    // Reports from before the order say nothing about it.
-    if member
-        .ordered_at
-        .is_some_and(|t| status.status.observed_at < t && status.last_seen < t)
-    {
-        return Verdict::Progress(member.phase);
-    }
-    let running = status.status.os_version.as_str();
-    let ours = status
-        .status
-        .upgrade
-        .as_ref()
-        .filter(|r| r.version == campaign.release && r.campaign == campaign.name);
-    // Unknown (no heartbeat before the order): the first version seen is taken as the
-    // previous one by the driver, never judged.
-    let unexpected = |running: &str| {
-        !running.is_empty()
-            && !member.from_version.is_empty()
-            && running != campaign.release
-            && running != member.from_version
-    };
-    match ours {
-        Some(r) if r.phase == UpgradePhase::Committed => {
-            if running == campaign.release || running.is_empty() {
-                Verdict::Committed
-            } else {
-                Verdict::Unexpected(format!(
-                    "reported committed {} but runs {running}",
-                    campaign.release
-                ))
-            }
-        }
-        Some(r) if r.phase.is_final() => {
-            if unexpected(running) {
-                return Verdict::Unexpected(format!(
-                    "reported {} of {} but runs {running} (was {})",
-                    phase_name(r.phase),
-                    campaign.release,
-                    member.from_version
-                ));
-            }
-            let reason = if r.reason.is_empty() {
-                phase_name(r.phase).to_owned()
-            } else {
-                format!("{}: {}", phase_name(r.phase), r.reason)
-            };
-            Verdict::Failed {
-                reason,
-                quarantine: matches!(
-                    r.phase,
-                    UpgradePhase::RolledBack | UpgradePhase::Interrupted | UpgradePhase::Refused
-                ),
-            }
-        }
-        Some(r) => {
-            if unexpected(running) {
-                Verdict::Unexpected(format!(
-                    "runs {running} while upgrading from {} to {}",
-                    member.from_version, campaign.release
-                ))
-            } else {
-                Verdict::Progress(Some(r.phase))
-            }
-        }
-        None if unexpected(running) => Verdict::Unexpected(format!(
-            "runs {running}; was ordered from {} to {}",
-            member.from_version, campaign.release
-        )),
-        None if running == campaign.release && !running.is_empty() => Verdict::Committed,
-        None => Verdict::Progress(member.phase),
-    }
-}
-
-fn phase_name(p: UpgradePhase) -> &'static str {
-    match p {
-        UpgradePhase::Waiting => "waiting",
-        UpgradePhase::Downloading => "downloading",
-        UpgradePhase::Staged => "staged",
-        UpgradePhase::Writing => "writing",
-        UpgradePhase::Rebooting => "rebooting",
-        UpgradePhase::Verifying => "verifying",
-        UpgradePhase::Committed => "committed",
-        UpgradePhase::RolledBack => "rolled-back",
-        UpgradePhase::Interrupted => "interrupted",
-        UpgradePhase::Refused => "refused",
-        UpgradePhase::Failed => "failed",
-    }
-}
-
-/// Which pending members to order now (indices), given the campaign (pure, unit-tested).
-fn to_order(c: &Campaign) -> Vec<usize> {
-    let unfinished = |batch: u32| {
-        c.members
-            .iter()
-            .any(|m| m.batch == batch && !m.state.is_final())
-    };
-    // The lowest batch with an unfinished member is the active one; canaries (batch 0)
-    // gate everything after them.
-    let Some(active) = c
-        .members
-        .iter()
-        .filter(|m| !m.state.is_final())
-        .map(|m| m.batch)
-        .min()
-    else {
-        return Vec::new();
-    };
-    if c.canaries > 0 && active > 0 && unfinished(0) {
-        return Vec::new();
-    }
-    let pending = c
-        .members
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.batch == active && m.state == MemberState::Pending)
-        .map(|(i, _)| i);
-    match c.pacing {
-        Pacing::MaxConcurrency(n) if !(active == 0 && c.canaries > 0) => {
-            let in_flight = c
-                .members
-                .iter()
-                .filter(|m| m.state == MemberState::Ordered)
-                .count();
-            pending
-                .take((n.max(1) as usize).saturating_sub(in_flight))
-                .collect()
-        }
-        _ => pending.collect(),
-    }
 }
 
 fn bundle_path(dir: &Path, version: &str) -> PathBuf {
@@ -626,57 +485,42 @@ impl Fleet {
         caller.require(Role::Operator)?;
         for _ in 0..MAX_RETRIES {
             let (version, mut c) = self.campaign_in_scope(caller, name).await?;
-            use CampaignState as S;
-            let next = match (action, c.state) {
-                ("start", S::Created) => S::Running,
-                ("pause", S::Running) => S::Paused,
-                ("resume", S::Paused) => S::Running,
-                ("abort", S::Created | S::Running | S::Paused) => S::Aborted,
-                ("start" | "pause" | "resume" | "abort", state) => {
-                    return Err(FleetError::Conflict(format!(
-                        "campaign {name} is {}; cannot {action} it",
-                        state.as_str()
-                    )));
-                }
+            let command = match action {
+                "start" => CampaignAction::Start,
+                "pause" => CampaignAction::Pause,
+                "resume" => CampaignAction::Resume,
+                "abort" => CampaignAction::Abort,
                 _ => {
                     return Err(FleetError::Invalid(format!(
                         "unknown action {action:?} (start, pause, resume, abort)"
                     )));
                 }
             };
-            c.state = next;
-            c.state_reason = match action {
-                "pause" | "abort" => format!(
-                    "{} by {}",
-                    if action == "pause" {
-                        "paused"
-                    } else {
-                        "aborted"
-                    },
-                    caller.actor
-                ),
-                _ => String::new(),
+            let event = Event::Operator {
+                action: command,
+                actor: &caller.actor,
             };
+            let Outcome::Next {
+                state,
+                reason,
+                actions,
+            } = machine::next(c.state, c.max_failures, event)
+                .map_err(|e| FleetError::Conflict(format!("campaign {name} {e}")))?
+            else {
+                return Ok(crate::views::campaign(&c));
+            };
+            c.state = state;
+            c.state_reason = reason;
             let mut ops = vec![];
             let mut checks = vec![];
-            if next == S::Aborted {
-                // Withdraw orders not yet acted on; a node already writing or verifying
-                // finishes (stopping it half-way helps nobody) and is still recorded.
+            if actions.contains(&Action::WithdrawUntouched) {
                 for m in c.members.iter_mut() {
-                    let untouched = m.phase.is_none_or(|p| {
-                        matches!(
-                            p,
-                            UpgradePhase::Waiting
-                                | UpgradePhase::Downloading
-                                | UpgradePhase::Staged
-                        )
-                    });
-                    match m.state {
-                        MemberState::Pending => {
+                    match machine::on_abort(m) {
+                        OnAbort::SkipPending => {
                             m.state = MemberState::Skipped;
                             m.reason = "campaign aborted".into();
                         }
-                        MemberState::Ordered if untouched => {
+                        OnAbort::Withdraw => {
                             let (ak, av, a) = self.withdraw_order(&m.appliance, &c.name).await?;
                             if let Some(a) = a {
                                 checks.push(Check::version(&ak, av));
@@ -686,7 +530,7 @@ impl Fleet {
                             m.reason = "campaign aborted before the node started writing".into();
                             m.finished_at = Some(now());
                         }
-                        _ => {}
+                        OnAbort::Keep => {}
                     }
                 }
             }
@@ -833,7 +677,8 @@ impl Fleet {
                 .get::<Status>(&format!("{}{id}", keys::STATUS))
                 .await?
                 .map(|(_, s)| s);
-            let verdict = judge(&c, &c.members[i], status.as_ref());
+            let verdict = machine::judge(&c, &c.members[i], status.as_ref(), at);
+            let first_seen = machine::first_seen_version(&c, &c.members[i], status.as_ref());
             let entry = writes.entry(akey).or_insert((av, a));
             let a = &mut entry.1;
             let m = &mut c.members[i];
@@ -853,35 +698,26 @@ impl Fleet {
             match verdict {
                 Verdict::Progress(phase) => {
                     m.phase = phase;
-                    if let Some(s) = &status
-                        && m.from_version.is_empty()
-                        && s.status.os_version != c.release
-                    {
-                        m.from_version = s.status.os_version.clone();
+                    if let Some(v) = first_seen {
+                        m.from_version = v;
                     }
-                    if let (Some(limit), Some(ordered)) = (c.deadline_seconds, m.ordered_at)
-                        && at - ordered > time::Duration::seconds(limit.min(i64::MAX as u64) as i64)
-                        && !phase.is_some_and(|p| {
-                            matches!(
-                                p,
-                                UpgradePhase::Writing
-                                    | UpgradePhase::Rebooting
-                                    | UpgradePhase::Verifying
-                            )
-                        })
-                    {
-                        finish(
-                            m,
-                            a,
-                            MemberState::Failed,
-                            format!("no result within the {limit}s deadline"),
-                        );
-                        ops.push(self.event_op(
-                            a,
-                            "upgrade-failed",
-                            format!("{}: {}", c.name, m.reason),
-                        ));
+                }
+                Verdict::Overdue { phase, limit } => {
+                    m.phase = phase;
+                    if let Some(v) = first_seen {
+                        m.from_version = v;
                     }
+                    finish(
+                        m,
+                        a,
+                        MemberState::Failed,
+                        format!("no result within the {limit}s deadline"),
+                    );
+                    ops.push(self.event_op(
+                        a,
+                        "upgrade-failed",
+                        format!("{}: {}", c.name, m.reason),
+                    ));
                 }
                 Verdict::Committed => {
                     m.phase = Some(UpgradePhase::Committed);
@@ -935,113 +771,63 @@ impl Fleet {
             }
         }
 
-        // 2. Pause on too many failures.
-        let failures = c.failures();
-        if c.state == CampaignState::Running && failures > c.max_failures as usize {
-            c.state = CampaignState::Paused;
-            c.state_reason = format!(
-                "paused by the hub: {failures} failed, more than the {} allowed",
-                c.max_failures
-            );
-            ops.push(Self::audit_op(
-                &driver,
-                "campaign.pause",
-                &c.name,
-                &c.state_reason,
-                c.site.as_deref(),
-            ));
-            tracing::warn!(campaign = %c.name, failures, "campaign paused itself");
-        }
+        // 2. Pause on too many failures, or order the next members.
+        let event = Event::Judged {
+            failures: c.failures(),
+        };
+        let order_next = Self::driver_event(&driver, &mut c, event, &mut ops);
 
         // 3. Order the next members.
-        if c.state == CampaignState::Running {
-            for i in to_order(&c) {
+        if order_next {
+            for i in machine::to_order(&c) {
                 let id = c.members[i].appliance.clone();
                 let akey = format!("{}{id}", keys::APPLIANCES);
-                if !writes.contains_key(&akey) {
-                    match self.get::<Appliance>(&akey).await? {
-                        Some(found) => {
-                            writes.insert(akey.clone(), found);
-                        }
-                        None => {
-                            let m = &mut c.members[i];
-                            m.state = MemberState::Skipped;
-                            m.reason = "appliance deleted".into();
-                            continue;
-                        }
-                    }
+                if !writes.contains_key(&akey)
+                    && let Some(found) = self.get::<Appliance>(&akey).await?
+                {
+                    writes.insert(akey.clone(), found);
                 }
                 let status = self
                     .get::<Status>(&format!("{}{id}", keys::STATUS))
                     .await?
                     .map(|(_, s)| s);
-                let Some((_, a)) = writes.get_mut(&akey) else {
-                    continue;
-                };
-                let m = &mut c.members[i];
                 let running = status
                     .as_ref()
                     .map(|s| s.status.os_version.clone())
                     .unwrap_or_default();
-                if let Some(why) = a.quarantined.get(&c.release) {
-                    m.state = MemberState::Skipped;
-                    m.reason = format!("{} is quarantined on this appliance: {why}", c.release);
-                } else if let Some(flag) = &a.upgrade_flag {
-                    m.state = MemberState::Skipped;
-                    m.reason = format!("flagged: {flag}");
-                } else if running == c.release {
-                    m.state = MemberState::Skipped;
-                    m.reason = format!("already runs {running}");
-                } else if let Some(other) =
-                    a.desired.upgrade.as_ref().filter(|o| o.campaign != c.name)
-                {
-                    m.state = MemberState::Skipped;
-                    m.reason = format!("busy with campaign {}", other.campaign);
-                } else if let Some(release) = &release {
-                    a.desired.upgrade = Some(UpgradeOrder {
-                        campaign: c.name.clone(),
-                        version: release.version.clone(),
-                        bundle_url: format!("/v1/releases/{}/bundle", release.version),
-                        sha256: release.sha256.clone(),
-                        size_bytes: release.size_bytes,
-                        compatible_from: release.compatible_from.clone(),
-                        allow_downgrade: c.allow_downgrade,
-                        window: c.window.clone(),
-                        prestage: c.prestage,
-                        max_bytes_per_second: None,
-                    });
-                    a.desired.generation += 1;
-                    ops.push(self.event_op(
-                        a,
-                        "upgrade-ordered",
-                        format!("{}: {running} -> {}", c.name, release.version),
-                    ));
-                    m.state = MemberState::Ordered;
-                    m.phase = None;
-                    m.from_version = running;
-                    m.ordered_at = Some(at);
-                } else {
-                    m.state = MemberState::Skipped;
-                    m.reason = format!("release {} was deleted", c.release);
+                let appliance = writes.get_mut(&akey).map(|(_, a)| a);
+                let admission =
+                    machine::admit(&c, appliance.as_deref(), &running, release.as_ref());
+                let m = &mut c.members[i];
+                match admission {
+                    Admission::Skip(reason) => {
+                        m.state = MemberState::Skipped;
+                        m.reason = reason;
+                    }
+                    Admission::Order(order) => {
+                        let Some(a) = appliance else { continue };
+                        ops.push(self.event_op(
+                            a,
+                            "upgrade-ordered",
+                            format!("{}: {running} -> {}", c.name, order.version),
+                        ));
+                        a.desired.upgrade = Some(*order);
+                        a.desired.generation += 1;
+                        m.state = MemberState::Ordered;
+                        m.phase = None;
+                        m.from_version = running;
+                        m.ordered_at = Some(at);
+                    }
                 }
             }
         }
 
         // 4. Complete.
-        if matches!(c.state, CampaignState::Running | CampaignState::Paused)
-            && c.members.iter().all(|m| m.state.is_final())
-            && c.failures() <= c.max_failures as usize
-        {
-            c.state = CampaignState::Completed;
-            c.state_reason = String::new();
-            ops.push(Self::audit_op(
-                &driver,
-                "campaign.complete",
-                &c.name,
-                "ok",
-                c.site.as_deref(),
-            ));
-        }
+        let event = Event::Ordered {
+            all_final: c.members.iter().all(|m| m.state.is_final()),
+            failures: c.failures(),
+        };
+        Self::driver_event(&driver, &mut c, event, &mut ops);
 
         if c == before && ops.is_empty() {
             return Ok(false);
@@ -1060,6 +846,47 @@ impl Fleet {
         // A failed check (an operator paused, a heartbeat changed a VTEP) writes nothing;
         // the next pass starts again from the stored records.
         Ok(self.store.txn(checks, ops).await?)
+    }
+
+    /// Feeds a driver event to the campaign's machine: takes the new state and audits the
+    /// change as the driver. Returns whether the next members are to be ordered.
+    fn driver_event(
+        driver: &Caller,
+        c: &mut Campaign,
+        event: Event<'_>,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        let Ok(Outcome::Next {
+            state,
+            reason,
+            actions,
+        }) = machine::next(c.state, c.max_failures, event)
+        else {
+            return false;
+        };
+        c.state = state;
+        c.state_reason = reason;
+        let mut order_next = false;
+        for action in actions {
+            match action {
+                Action::OrderNext => order_next = true,
+                Action::Audit { action, outcome } => {
+                    if c.state == CampaignState::Paused {
+                        tracing::warn!(campaign = %c.name, %outcome, "campaign paused itself");
+                    }
+                    ops.push(Self::audit_op(
+                        driver,
+                        action,
+                        &c.name,
+                        &outcome,
+                        c.site.as_deref(),
+                    ));
+                }
+                // Only an operator aborts.
+                Action::WithdrawUntouched => {}
+            }
+        }
+        order_next
     }
 
     /// Campaigns by state and campaign members by state, for metrics.

@@ -1,0 +1,500 @@
+//! The side effects of an upgrade, one small trait each, with the implementations the node
+//! runs: GRUB's environment block ([`Grub`]), the A/B root partitions ([`Slots`]), bundle
+//! downloads over HTTPS with Range ([`Https`]), operator health probes ([`Probes`]) and the
+//! system clock ([`SystemClock`]). The decisions around them are in [`super::machine`].
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cairn_api::UpgradeOrder;
+use cairn_formats::bundle::Header;
+use cairn_formats::keys::TrustStore;
+use cairn_formats::{gpt, grubenv};
+use time::OffsetDateTime;
+
+use super::{MAX_LOG_LINES, Slot, StepError};
+use crate::config::{HealthProbe, SlotSource};
+
+/// How long one operator health check (or hook) may run.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The boot loader's A/B variables.
+pub trait BootLoader: Send + Sync {
+    /// Fails when the environment cannot be read, so cannot be edited later either.
+    fn check(&self) -> Result<(), String>;
+    /// The slot the boot loader gave up on (`cairn_rolled_back`), if any.
+    fn rolled_back(&self) -> Option<Slot>;
+    /// Try `slot` once with `tries` boot attempts; clears an old rollback flag.
+    fn arm(&self, slot: Slot, tries: u8) -> Result<(), String>;
+    /// Make `slot` the default and stop trying.
+    fn commit(&self, slot: Slot) -> Result<(), String>;
+    /// Stop trying the new slot: the default (old) one boots next.
+    fn disarm(&self) -> Result<(), String>;
+    /// Clear the rollback flag and any try, once the rollback is recorded.
+    fn clear_rollback_flag(&self) -> Result<(), String>;
+}
+
+/// GRUB's environment block (`grubenv`), edited in place.
+pub struct Grub {
+    /// The file (on the ESP).
+    pub path: PathBuf,
+}
+
+impl Grub {
+    fn read(&self) -> Result<(Vec<u8>, BTreeMap<String, String>), String> {
+        let path = &self.path;
+        let block = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let vars = grubenv::parse(&block).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((block, vars))
+    }
+
+    /// Rewrites the block in place, same size: GRUB's `save_env` writes into the blocks the
+    /// file already has on the ESP.
+    fn set(&self, set: &[(&str, &str)]) -> Result<(), String> {
+        let path = &self.path;
+        let (block, _) = self.read()?;
+        let edited = grubenv::edit(&block, set).map_err(|e| e.to_string())?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.write_all_at(&edited, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+impl BootLoader for Grub {
+    fn check(&self) -> Result<(), String> {
+        self.read().map(drop)
+    }
+
+    fn rolled_back(&self) -> Option<Slot> {
+        let (_, vars) = self.read().ok()?;
+        Slot::parse(vars.get("cairn_rolled_back")?)
+    }
+
+    fn arm(&self, slot: Slot, tries: u8) -> Result<(), String> {
+        self.set(&[
+            ("cairn_try", slot.letter()),
+            ("cairn_tries", &tries.to_string()),
+            ("cairn_rolled_back", ""),
+        ])
+    }
+
+    fn commit(&self, slot: Slot) -> Result<(), String> {
+        self.set(&[
+            ("cairn_slot", slot.letter()),
+            ("cairn_try", ""),
+            ("cairn_rolled_back", ""),
+        ])
+    }
+
+    fn disarm(&self) -> Result<(), String> {
+        self.set(&[("cairn_try", "")])
+    }
+
+    fn clear_rollback_flag(&self) -> Result<(), String> {
+        self.set(&[("cairn_rolled_back", ""), ("cairn_try", "")])
+    }
+}
+
+/// Where a slot may be written: a device or disk image and a byte range in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    /// The device or disk image.
+    pub path: PathBuf,
+    /// First byte of the slot.
+    pub offset: u64,
+    /// The slot's size.
+    pub limit: u64,
+}
+
+/// The A/B root slots.
+pub trait SlotDevice: Send + Sync {
+    /// Finds `slot` and its size.
+    fn open(&self, slot: Slot) -> Result<SlotRange, String>;
+    /// Streams the bundle's root image into `range` (blocking); returns the image size.
+    fn write(&self, bundle: &Path, trust: &TrustStore, range: &SlotRange) -> Result<u64, String>;
+}
+
+/// The slots as configured: partition devices in a directory, or partitions of a disk.
+pub struct Slots(pub SlotSource);
+
+impl SlotDevice for Slots {
+    fn open(&self, slot: Slot) -> Result<SlotRange, String> {
+        let name = format!("root-{}", slot.letter());
+        match &self.0 {
+            SlotSource::Dir(dir) => {
+                let path = dir.join(&name);
+                let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                // A block device reports its size only by seeking to its end.
+                let size = f
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(SlotRange {
+                    path,
+                    offset: 0,
+                    limit: size,
+                })
+            }
+            SlotSource::Disk(disk) => {
+                let located = |e: &dyn std::error::Error| {
+                    format!("{}: {}", disk.display(), cairn_api::error_chain(e))
+                };
+                let mut f = File::open(disk).map_err(|e| located(&e))?;
+                let table = gpt::read(&mut f).map_err(|e| located(&e))?;
+                let part = table
+                    .get(&name)
+                    .ok_or_else(|| format!("{}: no partition named {name}", disk.display()))?;
+                Ok(SlotRange {
+                    path: disk.clone(),
+                    offset: part.offset(),
+                    limit: part.size(),
+                })
+            }
+        }
+    }
+
+    fn write(&self, bundle: &Path, trust: &TrustStore, range: &SlotRange) -> Result<u64, String> {
+        write_slot(bundle, trust, &range.path, range.offset, range.limit)
+    }
+}
+
+/// Streams the root image of `bundle` (signature checked against `trust` first) into
+/// `slot_path` at `offset`, at most `limit` bytes, checking its SHA-256 on the way, and syncs
+/// it. Returns the image size. Blocking; also what `examples/slot_write.rs` measures.
+pub fn write_slot(
+    bundle: &Path,
+    trust: &TrustStore,
+    slot_path: &Path,
+    offset: u64,
+    limit: u64,
+) -> Result<u64, String> {
+    let mut reader =
+        BufReader::with_capacity(1 << 20, File::open(bundle).map_err(|e| e.to_string())?);
+    let header = Header::read(&mut reader).map_err(|e| e.to_string())?;
+    let verified = header.verify(trust).map_err(|e| e.to_string())?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(slot_path)
+        .map_err(|e| format!("{}: {e}", slot_path.display()))?;
+    let mut dest = SlotWriter {
+        file: &file,
+        offset,
+        pos: 0,
+    };
+    let digest = verified
+        .write_root_image(&mut reader, &mut dest, limit, |_| {})
+        .map_err(|e| cairn_api::error_chain(&e))?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    Ok(digest.size)
+}
+
+/// Writes at `offset` onward with positional writes (the disk image or the partition device).
+struct SlotWriter<'a> {
+    file: &'a File,
+    offset: u64,
+    pos: u64,
+}
+
+impl Write for SlotWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all_at(buf, self.offset + self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fetches bundles into the data directory.
+#[async_trait]
+pub trait Fetcher: Send + Sync {
+    /// The order's complete bundle, when it is already here.
+    fn present(&self, order: &UpgradeOrder) -> Option<PathBuf>;
+    /// Downloads the order's bundle, resuming a partial file, reporting (done, total) bytes.
+    async fn fetch(
+        &self,
+        order: &UpgradeOrder,
+        tls: Option<rustls::ClientConfig>,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<PathBuf, StepError>;
+    /// Deletes the order's complete and partial bundles.
+    fn discard(&self, order: &UpgradeOrder);
+}
+
+/// Downloads over HTTPS with Range into `<dir>/<sha256>.partial`, kept as `<sha256>.bundle`
+/// once its size and SHA-256 match the order.
+pub struct Https {
+    /// The data directory.
+    pub dir: PathBuf,
+}
+
+impl Https {
+    fn path(&self, order: &UpgradeOrder, ext: &str) -> PathBuf {
+        let sha = order.sha256.to_ascii_lowercase();
+        self.dir.join(format!("{sha}.{ext}"))
+    }
+}
+
+fn valid_sha256(sha: &str) -> bool {
+    sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[async_trait]
+impl Fetcher for Https {
+    fn present(&self, order: &UpgradeOrder) -> Option<PathBuf> {
+        let done = self.path(order, "bundle");
+        (valid_sha256(&order.sha256)
+            && std::fs::metadata(&done).is_ok_and(|m| m.len() == order.size_bytes))
+        .then_some(done)
+    }
+
+    fn discard(&self, order: &UpgradeOrder) {
+        for ext in ["partial", "bundle"] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.{ext}", order.sha256)));
+        }
+    }
+
+    async fn fetch(
+        &self,
+        order: &UpgradeOrder,
+        tls: Option<rustls::ClientConfig>,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<PathBuf, StepError> {
+        let sha = order.sha256.to_ascii_lowercase();
+        if !valid_sha256(&sha) {
+            return Err(StepError::Refused(format!(
+                "the order's sha256 {:?} is not 64 hex digits",
+                order.sha256
+            )));
+        }
+        if let Some(done) = self.present(order) {
+            return Ok(done);
+        }
+        if !order.bundle_url.starts_with("https://") {
+            return Err(StepError::Refused(format!(
+                "bundle URL {:?} is not https://",
+                order.bundle_url
+            )));
+        }
+        let Some(tls) = tls else {
+            return Err(StepError::Retry(
+                "no TLS identity to download with yet (not registered)".into(),
+            ));
+        };
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StepError::Failed(format!("{}: {e}", dir.display())))?;
+        let partial = self.path(order, "partial");
+        let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if have > order.size_bytes {
+            have = 0;
+        }
+        let resumed = have > 0;
+        let mut request = client.get(&order.bundle_url);
+        if resumed && have < order.size_bytes {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let retry = |e: &dyn std::error::Error| {
+            StepError::Retry(format!(
+                "downloading {}: {}",
+                order.bundle_url,
+                cairn_api::error_chain(e)
+            ))
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+        if have < order.size_bytes {
+            let mut response = request.send().await.map_err(|e| retry(&e))?;
+            match response.status().as_u16() {
+                206 => tracing::info!(from = have, "download resumed"),
+                200 => {
+                    file.set_len(0)
+                        .map_err(|e| StepError::Failed(e.to_string()))?;
+                    have = 0;
+                }
+                code => {
+                    return Err(StepError::Retry(format!(
+                        "downloading {}: HTTP {code}",
+                        order.bundle_url
+                    )));
+                }
+            }
+            let mut out = BufWriter::with_capacity(64 << 10, &mut file);
+            let started = Instant::now();
+            let first = have;
+            while let Some(chunk) = response.chunk().await.map_err(|e| retry(&e))? {
+                have += chunk.len() as u64;
+                if have > order.size_bytes {
+                    drop(out);
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(StepError::Refused(format!(
+                        "the bundle is larger than the order's {} bytes",
+                        order.size_bytes
+                    )));
+                }
+                out.write_all(&chunk)
+                    .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+                progress(have, order.size_bytes);
+                if let Some(rate) = order.max_bytes_per_second.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64((have - first) as f64 / rate as f64);
+                    let elapsed = started.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+            }
+            out.flush()
+                .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                bytes = have - first,
+                seconds = format!("{seconds:.1}"),
+                mib_per_s = format!(
+                    "{:.1}",
+                    (have - first) as f64 / seconds.max(1e-3) / 1048576.0
+                ),
+                "bundle downloaded"
+            );
+        }
+        file.sync_all()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        drop(file);
+        if have != order.size_bytes {
+            return Err(StepError::Retry(format!(
+                "the download ended after {have} of {} bytes",
+                order.size_bytes
+            )));
+        }
+        let digest = {
+            let p = partial.clone();
+            tokio::task::spawn_blocking(move || cairn_formats::stream::Digest::of_file(&p))
+                .await
+                .map_err(|e| StepError::Failed(e.to_string()))?
+                .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?
+        };
+        if digest.sha256 != sha {
+            let _ = std::fs::remove_file(&partial);
+            let message = format!(
+                "the downloaded bundle has SHA-256 {}, the order says {sha}",
+                digest.sha256
+            );
+            // A resumed file may carry a damaged tail from a power cut: fetch it whole once more.
+            return Err(if resumed {
+                StepError::Retry(message)
+            } else {
+                StepError::Refused(message)
+            });
+        }
+        let done = self.path(order, "bundle");
+        std::fs::rename(&partial, &done).map_err(|e| StepError::Failed(e.to_string()))?;
+        Ok(done)
+    }
+}
+
+/// Runs an operator health probe.
+#[async_trait]
+pub trait HealthProbes: Send + Sync {
+    /// Whether `probe` passes, with the last lines of its output.
+    async fn probe(&self, probe: &HealthProbe) -> (bool, Vec<String>);
+}
+
+/// Probes as configured: a command (exit 0 passes) or a local plain-HTTP GET (2xx passes).
+pub struct Probes;
+
+#[async_trait]
+impl HealthProbes for Probes {
+    async fn probe(&self, probe: &HealthProbe) -> (bool, Vec<String>) {
+        match probe {
+            HealthProbe::Command(argv) => run_command(argv, &[]).await,
+            HealthProbe::Http(url) => http_probe(url).await,
+        }
+    }
+}
+
+/// The time, for report stamps and the health deadline.
+pub trait Clock: Send + Sync {
+    /// Now, in UTC.
+    fn now_utc(&self) -> OffsetDateTime;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_utc(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+pub(super) fn last_lines(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(MAX_LOG_LINES)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}
+
+/// Runs argv with a timeout; returns success and the last lines of its output.
+pub(super) async fn run_command(argv: &[String], env: &[(&str, &str)]) -> (bool, Vec<String>) {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
+        Err(_) => (
+            false,
+            vec![format!("{} timed out after {CHECK_TIMEOUT:?}", argv[0])],
+        ),
+        Ok(Err(e)) => (false, vec![format!("{}: {e}", argv[0])]),
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            let mut lines = last_lines(&text);
+            if !out.status.success() {
+                lines.push(format!("{} exited with {}", argv[0], out.status));
+            }
+            (out.status.success(), lines)
+        }
+    }
+}
+
+/// GETs a plain-HTTP local probe; 2xx passes.
+async fn http_probe(url: &str) -> (bool, Vec<String>) {
+    let client = match reqwest::Client::builder().timeout(CHECK_TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => return (false, vec![e.to_string()]),
+    };
+    match client.get(url).send().await {
+        Err(e) => (
+            false,
+            vec![format!("GET {url}: {}", cairn_api::error_chain(&e))],
+        ),
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let mut lines = last_lines(&body);
+            lines.push(format!("GET {url}: HTTP {status}"));
+            (status.is_success(), lines)
+        }
+    }
+}

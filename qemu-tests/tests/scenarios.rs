@@ -7,8 +7,7 @@
 //! Scenario b provisions a Redfish server instead: sushy-tools over the lab's own libvirtd,
 //! the server's seeded ISO as virtual media.
 //!
-//! Scenario c runs in `make test` (it is the one full provision there); a, b, d and e are
-//! slow (several guest boots each) and run in `make e2e`. Needs root, QEMU, openipmi, ipmitool
+//! Every scenario runs in `make test`. Needs root, QEMU, openipmi, ipmitool, sushy-tools
 //! (scripts/setup) and the workspace's binaries (`cargo build --workspace`).
 
 mod common;
@@ -32,6 +31,33 @@ impl TestLab {
                 .stderr(out),
         )
         .unwrap()
+    }
+
+    /// Caps what reaches `name` over the lab segment (a token bucket on its tap, egress
+    /// towards the guest), or lifts the cap with `None`: the install's payload then takes
+    /// seconds to stream, however fast the image is decoded and written.
+    fn cap_downlink(&self, name: &str, rate: Option<&str>) {
+        let status = self.status();
+        let netns = status["netns"].as_str().unwrap().to_owned();
+        let tap = status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["spec"]["name"] == name)
+            .unwrap()["spec"]["tap"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut tc = Command::new("tc");
+        tc.args(["-n", &netns, "qdisc"]);
+        match rate {
+            Some(rate) => tc
+                .args(["replace", "dev", &tap, "root", "tbf", "rate", rate])
+                .args(["burst", "64kbit", "latency", "2s"]),
+            None => tc.args(["del", "dev", &tap, "root"]),
+        };
+        let out = tc.output().expect("tc (iproute2)");
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// The persisted record of `name` (rack.state.json beside the inventory).
@@ -162,7 +188,6 @@ fn c_wrong_bmc_password_fails_only_its_server_while_the_other_registers() {
 
 /// a: three servers over IPMI and PXE, in parallel, all provisioned and registered.
 #[test]
-#[ignore = "slow: three installs and first boots under TCG (make e2e)"]
 fn a_three_servers_over_ipmi_and_pxe_are_provisioned_and_registered() {
     let lab = TestLab::up_with_services(3);
     let out = lab.provision(&["--parallel", "3"]);
@@ -186,7 +211,6 @@ fn a_three_servers_over_ipmi_and_pxe_are_provisioned_and_registered() {
 /// d: the hub is down while the appliance boots for the first time; cairn-node keeps trying
 /// and registers once the hub is back, and the provisioning completes.
 #[test]
-#[ignore = "slow: an install and a first boot under TCG (make e2e)"]
 fn d_hub_down_during_first_boot_then_the_node_registers_when_it_is_back() {
     let lab = TestLab::up_with_services(1);
     let mut run = lab.provision_background(&[], "provision.log");
@@ -221,9 +245,11 @@ fn d_hub_down_during_first_boot_then_the_node_registers_when_it_is_back() {
 /// disk then holds no boot code (the agent writes it last), a re-run resumes from the
 /// install and completes, and the server registers.
 #[test]
-#[ignore = "slow: two installs and a first boot under TCG (make e2e)"]
 fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
     let lab = TestLab::up_with_services(1);
+    // The minimal image writes in about a second: at 24 Mbit/s its 34 MB payload streams for
+    // over ten, so the cut lands while the disk is half-written, not after.
+    lab.cap_downlink("srv1", Some("24mbit"));
     let mut run = lab.provision_background(
         // Long enough for the PXE boot under load; after the cut, the stall ends the run.
         &["--max-attempts", "1", "--install-timeout", "150"],
@@ -234,6 +260,7 @@ fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
     });
     let off = lab.ipmitool("srv1", &["power", "off"]);
     assert!(off.status.success(), "{off:?}");
+    lab.cap_downlink("srv1", None);
     let status = run.child_mut().wait().unwrap();
     assert!(!status.success(), "the cut install cannot succeed");
     let rec = lab.record("srv1");
@@ -282,7 +309,6 @@ fn e_power_cut_mid_install_then_a_rerun_resumes_and_completes() {
 /// lab's seeded ISO, the server boots it once, installs, reboots into its disk and registers;
 /// afterwards Redfish itself reports the boot device back on the disk and the media ejected.
 #[test]
-#[ignore = "slow: a virtual-media install and a first boot under TCG (make e2e)"]
 fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
     common::require_redfish();
     let image = common::lab_image();

@@ -455,7 +455,6 @@ fn scenario_e_refusals(lab: &TestLab, r: &Releases, name: &str) {
 /// writes slot b, reboots into it, passes its health checks and commits; the hub shows the
 /// new version and slot.
 #[test]
-#[ignore = "slow: an install, a first boot and an upgrade reboot under TCG, ~5 min (make e2e)"]
 fn e_refusals_then_one_appliance_upgrades_and_commits() {
     let r = releases();
     let lab = TestLab::up_with(1, &["--artifacts", r.base.to_str().unwrap()]);
@@ -523,7 +522,6 @@ fn since(text: &str, offset: usize) -> &str {
 /// f. the hub is down when srv1's maintenance window opens: nothing changes; once the hub
 ///    is back the upgrade to 0.4.0 happens.
 #[test]
-#[ignore = "slow: three installs and about ten guest reboots under TCG (make e2e)"]
 fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
     let r = releases();
     let lab = TestLab::up_with(3, &["--artifacts", r.base.to_str().unwrap()]);

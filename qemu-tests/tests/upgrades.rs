@@ -17,6 +17,7 @@
 
 mod common;
 
+use cairn_api::node_config::{HealthCheckSection, NodeConfig, UpgradeSection};
 use cairn_test_support::Poll;
 use common::{LAB, TestLab, cairn};
 use serde_json::Value;
@@ -113,11 +114,13 @@ fn releases() -> Releases {
             "cairn image keygen",
         );
     }
-    std::fs::write(
-        dir.join("node-upgrade.yaml"),
-        format!("upgrade:\n  health_deadline_seconds: {HEALTH_DEADLINE_S}\n"),
-    )
-    .unwrap();
+    write_node_config(
+        &dir.join("node-upgrade.yaml"),
+        UpgradeSection {
+            health_deadline_seconds: Some(HEALTH_DEADLINE_S),
+            ..Default::default()
+        },
+    );
     // The appliance's root carries cairn-node only (the agent goes to the install
     // environment): every byte of the root is downloaded again with each bundle.
     let bin = dir.join("bin");
@@ -149,11 +152,25 @@ fn releases() -> Releases {
         "cairn image build",
     );
     // b: an operator health check that fails on the new system.
-    std::fs::write(
-        dir.join("failing-check.yaml"),
-        "upgrade:\n  health_checks:\n    - name: app-selftest\n      command: [sh, -c, \"echo app self-test: database schema mismatch; exit 1\"]\n",
-    )
-    .unwrap();
+    write_node_config(
+        &dir.join("failing-check.yaml"),
+        UpgradeSection {
+            health_checks: Some(vec![HealthCheckSection {
+                name: Some("app-selftest".into()),
+                command: Some(
+                    [
+                        "sh",
+                        "-c",
+                        "echo app self-test: database schema mismatch; exit 1",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ),
+                http: None,
+            }]),
+            ..Default::default()
+        },
+    );
     // c: a kernel GRUB cannot load.
     std::fs::write(dir.join("garbage-kernel"), "not a kernel\n".repeat(4096)).unwrap();
     let variants: [(&str, Vec<String>); 4] = [
@@ -779,4 +796,13 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// A node configuration drop-in with only an `upgrade:` section, in cairn-node's own schema.
+fn write_node_config(path: &Path, upgrade: UpgradeSection) {
+    let config = NodeConfig {
+        upgrade: Some(upgrade),
+        ..Default::default()
+    };
+    std::fs::write(path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The on-disk schema. Every key is optional here so that a drop-in may set just one; what is
-/// required is checked after merging, when the [`Settings`] are built.
+/// required is checked after merging, when cairn-node builds its `Settings`.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {

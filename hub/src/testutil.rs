@@ -1,6 +1,8 @@
 //! Test helpers of the hub's own: a real etcd cluster. Polling, ports and process guards
 //! come from `cairn-test-support`.
 
+#![allow(unreachable_pub)] // shared with the integration tests, which reach it with `#[path]`
+
 use std::time::Duration;
 
 use cairn_test_support::{ChildGuard, Poll, ports::free_tcp_ports};

@@ -12,7 +12,7 @@ use crate::config::ImageConfig;
 use crate::tools::{ToolError, run};
 
 /// Packages every `debian` image has.
-pub const BASE_PACKAGES: &[&str] = &[
+pub(crate) const BASE_PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "systemd",
     "systemd-sysv",
@@ -24,7 +24,7 @@ pub const BASE_PACKAGES: &[&str] = &[
 ];
 
 /// Bootstraps `root` (which must not exist yet).
-pub fn bootstrap(root: &Path, cfg: &ImageConfig, epoch: u64) -> Result<(), ToolError> {
+pub(crate) fn bootstrap(root: &Path, cfg: &ImageConfig, epoch: u64) -> Result<(), ToolError> {
     let mut packages: Vec<&str> = BASE_PACKAGES.to_vec();
     packages.extend(cfg.debian.extra_packages.iter().map(String::as_str));
     let include = format!("--include={}", packages.join(","));

@@ -1,6 +1,8 @@
 //! Real peers for the integration tests: sushy-tools (Redfish) and OpenIPMI's ipmi_sim.
 //! Each peer is a direct child process, on a free loopback port, with its own temporary
 //! state, killed and reaped on drop. A missing peer fails the test with what to install.
+
+#![allow(unreachable_pub)] // a helper module of test binaries: `pub` is how they share it
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

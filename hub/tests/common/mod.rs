@@ -1,6 +1,7 @@
 //! Clients of a real `cairn-hub` (started by `cairn-test-support`'s launcher): operator by
 //! bearer token, appliance by client certificate.
 
+#![allow(unreachable_pub)] // a helper module of test binaries: `pub` is how they share it
 #![allow(dead_code)] // each test binary uses a different part of this harness
 
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! real `cairn image build` with the freshly built `cairn-agent`, shared across test
 //! processes through a lock file (nextest runs every test in its own process).
 
+#![allow(unreachable_pub)] // a helper module of test binaries: `pub` is how they share it
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

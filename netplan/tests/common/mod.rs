@@ -1,6 +1,7 @@
 //! Test helpers: throw-away network namespaces and the `cairn-net` binary run inside them.
 //! Polling and child guards come from `cairn-test-support`.
 
+#![allow(unreachable_pub)] // a helper module of test binaries: `pub` is how they share it
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! `cairn-test-support`'s launcher) and the real `cairn-node` binary, each a direct child
 //! process, stopped with whatever it started and reaped on drop.
 
+#![allow(unreachable_pub)] // a helper module of test binaries: `pub` is how they share it
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The lab fixture shared by the `cairn-lab` test binaries: `cairn-lab up` run as our child,
 //! with the environment checked first and the lab torn down on drop.
 
+#![allow(unreachable_pub)]
+// a helper module of test binaries: `pub` is how they share it
+
 // Each test binary compiles this module and uses a subset of it.
 #![allow(dead_code)]
 

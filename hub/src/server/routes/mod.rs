@@ -44,7 +44,7 @@ use crate::pki::PeerCert;
 use crate::views;
 
 /// JSON body whose rejections answer in the API's error shape.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
@@ -54,7 +54,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// An operator authenticated by bearer token.
-pub struct Operator(pub Caller);
+pub(crate) struct Operator(pub Caller);
 
 fn conn(parts: &Parts) -> ConnInfo {
     parts
@@ -142,7 +142,7 @@ async fn authorize(
 }
 
 /// An appliance connection: the caller and its verified certificate.
-pub struct Appliance {
+pub(crate) struct Appliance {
     caller: Caller,
     cert: PeerCert,
 }
@@ -187,7 +187,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Appliance {
 
 /// Who may call a route; also what the OpenAPI document says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// Anyone.
     None,
     /// Anyone, rate-limited per source address.
@@ -202,7 +202,7 @@ pub enum Auth {
 
 /// One route: what serves it and what the API document says about it. The router and
 /// `/v1/openapi.json` are both built from [`routes`], so they cannot drift apart.
-pub struct Route {
+pub(crate) struct Route {
     /// HTTP method.
     pub method: Method,
     /// Path, axum syntax (`{id}`), which is also OpenAPI's.
@@ -239,7 +239,7 @@ fn r(
 }
 
 /// Every route of the hub.
-pub fn routes() -> Vec<Route> {
+pub(crate) fn routes() -> Vec<Route> {
     use Auth::{Bearer, Mtls, MtlsOrBearer, None as Open, RateLimited};
     use Method as M;
     use Role::{Admin, Operator as Op, Viewer};
@@ -608,7 +608,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The OpenAPI 3.1 document of [`routes`].
-pub fn openapi_document() -> Value {
+pub(crate) fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
     for route in routes() {
         let mut op = json!({

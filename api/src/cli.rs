@@ -4,7 +4,7 @@
 //! Exit codes (also in README):
 //! - 0: everything asked for succeeded;
 //! - 1: the command ran and something failed (for fleet commands: at least one target);
-//! - 2: the command line was wrong, or the subcommand is not built yet;
+//! - 2: the command line was wrong;
 //! - 3: the configuration or input file is invalid.
 
 use std::fmt::Display;
@@ -171,13 +171,6 @@ impl From<Exit> for ExitCode {
             Exit::InvalidInput => 3,
         })
     }
-}
-
-/// A subcommand that is not built yet says so on standard error and exits 2; it never
-/// pretends to have done anything.
-pub fn not_built(command: &str, tracking: &str) -> Exit {
-    eprintln!("error: `{command}` is not built yet (tracked in {tracking}); nothing was done");
-    Exit::Usage
 }
 
 /// Turns a command's result into the process exit code, printing the error chain once.

@@ -83,7 +83,7 @@ fn hub_ca(dir: &Path) -> String {
 }
 
 #[test]
-#[ignore = "slow: a debian image build (mmdebstrap) and a systemd boot under TCG (make e2e)"]
+#[ignore = "not in CI yet: the debian image build takes 15-45 min in a debug build until issue 21 makes it fast (make e2e)"]
 fn the_debian_image_installed_with_a_seed_boots_to_cairn_node_calling_its_hub() {
     let image = debian_image();
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,9 @@
 //! cairn-hardware's own IPMI client. Needs root, QEMU, openipmi (scripts/setup) and the
 //! workspace's `cairn` binary (built by `cargo nextest run --workspace` / `make test`).
 //!
-//! Scope today: the boot server (issue 6) is not built, so no install agent reports and no
-//! appliance registers. This scenario covers what exists end to end: inspect over IPMI,
+//! Scope: no boot server runs here (the artifacts are empty placeholders and the hub address
+//! is unreachable), so no install agent reports and no appliance registers; the full path
+//! is `scenarios.rs`. This scenario covers the BMC side end to end: inspect over IPMI,
 //! one-time PXE boot, power on (the QEMU process appears booting the network), per-server
 //! failure isolation (scenario c's wrong password fails at once, clearly, while the other
 //! servers proceed), bounded install waiting, and the persisted state a re-run resumes from.

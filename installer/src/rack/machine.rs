@@ -467,10 +467,14 @@ impl Machine<'_> {
     /// `configuring-firmware`: nothing to do without a profile.
     pub async fn configure_firmware(&self, record: &mut Record) -> Result<State, StepError> {
         if let Some(profile) = &self.plan.firmware_profile {
-            // Firmware baselines (`cairn firmware apply`) are not built yet; proceeding
-            // without them is recorded so the operator sees it.
+            // Provisioning does not run `cairn firmware apply` in this phase yet (issue 16);
+            // proceeding without the baseline is recorded so the operator sees it and can
+            // apply it by hand.
             let note = format!(
-                "firmware profile {profile:?} not applied: `cairn firmware` is not built yet"
+                "firmware profile {profile:?} not applied: rack provisioning does not apply \
+                 firmware baselines yet; apply it with `cairn firmware apply --inventory \
+                 rack.yaml --only {}` and re-run",
+                self.plan.name
             );
             self.observer.note(&self.plan.name, &note);
             record.notes.push(note);

@@ -633,7 +633,9 @@ mod tests {
     #[test]
     fn timers_are_clamped_to_sane_values() {
         let t = |lease: u32, t1: u32, t2: u32| Timers { lease, t1, t2 };
-        let rows: &[(Option<u32>, Option<u32>, Option<u32>, Timers)] = &[
+        // Offered (lease, T1, T2) and the timers used.
+        type Row = (Option<u32>, Option<u32>, Option<u32>, Timers);
+        let rows: &[Row] = &[
             // As offered when in order.
             (Some(120), Some(3), Some(8), t(120, 3, 8)),
             // No lease time: an hour, RFC defaults.

@@ -48,6 +48,7 @@ fn status(os: &str, report: Option<(&str, UpgradePhase)>) -> Status {
             conditions: vec![],
             counters: Default::default(),
             vtep_address: None,
+            vtep_refused: None,
             upgrade: report.map(|(campaign, phase)| UpgradeReport {
                 campaign: campaign.into(),
                 version: "2.0".into(),
@@ -511,6 +512,7 @@ fn members_due_are_ordered_unless_protected_busy_or_done() {
         registered_at: OffsetDateTime::UNIX_EPOCH,
         rekeys: 0,
         vtep_address: None,
+        vtep_refused: None,
         vpcs: Default::default(),
         control_plane: None,
         join: None,

@@ -87,7 +87,6 @@ fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
             conditions: vec![],
             counters: [("seq".to_string(), seq)].into(),
             vtep_address: vtep.map(str::to_owned),
-            vtep_refused: None,
             upgrade: None,
             observed_at: OffsetDateTime::now_utc(),
         },
@@ -113,6 +112,7 @@ async fn registration_keeps_hardware_identity(w: &World) {
                 ttl_seconds: 60,
                 max_uses: 2,
                 labels: Default::default(),
+                tenant: None,
             },
         )
         .await
@@ -163,6 +163,7 @@ async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResp
                 ttl_seconds: 60,
                 max_uses: n as u32,
                 labels: Default::default(),
+                tenant: None,
             },
         )
         .await
@@ -227,21 +228,21 @@ async fn desired_after_beat(w: &World, peer: &PeerCert, vtep: Option<&str>) -> D
 async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
     let blue = w
         .fleet
-        .create_vpc(&w.admin, "blue", "10.10.0.0/24")
+        .create_vpc(&w.admin, "blue", "10.10.0.0/24", None)
         .await
         .unwrap();
     let red = w
         .fleet
-        .create_vpc(&w.admin, "red", "10.20.0.0/24")
+        .create_vpc(&w.admin, "red", "10.20.0.0/24", None)
         .await
         .unwrap();
     assert_ne!(blue.vni, red.vni, "VNIs are unique");
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "blue", "10.30.0.0/24").await,
+        w.fleet.create_vpc(&w.admin, "blue", "10.30.0.0/24", None).await,
         Err(FleetError::Conflict(_))
     ));
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "bad", "10.30.0.1/24").await,
+        w.fleet.create_vpc(&w.admin, "bad", "10.30.0.1/24", None).await,
         Err(FleetError::Invalid(_))
     ));
 

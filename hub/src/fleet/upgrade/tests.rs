@@ -48,7 +48,6 @@ fn status(os: &str, report: Option<(&str, UpgradePhase)>) -> Status {
             conditions: vec![],
             counters: Default::default(),
             vtep_address: None,
-            vtep_refused: None,
             upgrade: report.map(|(campaign, phase)| UpgradeReport {
                 campaign: campaign.into(),
                 version: "2.0".into(),

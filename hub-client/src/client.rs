@@ -7,9 +7,9 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView,
-    ErrorBody,
-    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView, TokenCheck,
+    UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,

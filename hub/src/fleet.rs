@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 pub use cairn_api::hub::TokenRefusal;
 use cairn_api::hub::{
-    ApplianceView, AssignResult, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView, NewToken,
-    OperatorTokenView, Renewal, TokenCheck,
+    ApplianceView, AssignResult, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView,
+    NewToken, OperatorTokenView, Renewal, TokenCheck,
 };
 use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,

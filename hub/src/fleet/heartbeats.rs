@@ -93,14 +93,16 @@ impl Fleet {
             _ => None,
         };
         if let Some(kind) = kind {
-            return Ok(Some(format!("a {kind} address, not a unicast one peers reach")));
+            return Ok(Some(format!(
+                "a {kind} address, not a unicast one peers reach"
+            )));
         }
         for name in &a.vpcs {
             if let Some((_, vpc)) = self.get::<Vpc>(&format!("{}{name}", keys::VPCS)).await?
-                && let Some(other) = self.vtep_holder(&vpc, &a.id, vtep).await?
+                && self.vtep_taken(&vpc, &a.id, vtep).await?
             {
                 return Ok(Some(format!(
-                    "appliance {other} of VPC {name:?} has the same address"
+                    "another member of VPC {name:?} has the same address"
                 )));
             }
         }

@@ -1,6 +1,5 @@
 //! Tenants: who owns which sites, and with them which appliances, VPCs and control planes.
 
-
 use cairn_api::hub::TenantView;
 
 use super::*;

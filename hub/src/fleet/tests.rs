@@ -99,6 +99,8 @@ async fn suite(store: Arc<dyn Store>) {
     registration_keeps_hardware_identity(&w).await;
     offline_and_online_are_events(&w).await;
     vpc_overlays_follow_membership_and_addresses(&w).await;
+    bad_vteps_stay_out_of_overlays(&w).await;
+    appliances_join_only_their_tenants_vpcs(&w).await;
 }
 
 async fn registration_keeps_hardware_identity(w: &World) {
@@ -238,11 +240,15 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
         .unwrap();
     assert_ne!(blue.vni, red.vni, "VNIs are unique");
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "blue", "10.30.0.0/24", None).await,
+        w.fleet
+            .create_vpc(&w.admin, "blue", "10.30.0.0/24", None)
+            .await,
         Err(FleetError::Conflict(_))
     ));
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "bad", "10.30.0.1/24", None).await,
+        w.fleet
+            .create_vpc(&w.admin, "bad", "10.30.0.1/24", None)
+            .await,
         Err(FleetError::Invalid(_))
     ));
 
@@ -310,6 +316,87 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
         d6.overlay.as_ref().unwrap().vpcs[0].peer_vteps.is_empty(),
         "{d6:?}"
     );
+}
+
+/// A VTEP address that is not unicast, or that another member of the VPC has, is refused
+/// and kept out of every overlay; a valid one later is taken.
+async fn bad_vteps_stay_out_of_overlays(w: &World) {
+    w.fleet
+        .create_vpc(&w.admin, "amber", "10.40.0.0/24", None)
+        .await
+        .unwrap();
+    let apps = register_many(w, "s4", 2).await;
+    for (reg, _) in &apps {
+        w.fleet
+            .attach(&w.admin, "amber", reg.appliance_id.as_str())
+            .await
+            .unwrap();
+    }
+    let (p0, p1) = (&apps[0].1, &apps[1].1);
+    let id1 = apps[1].0.appliance_id.clone();
+    desired_after_beat(w, p0, Some("198.51.100.1")).await;
+    for (bad, why) in [
+        ("127.0.0.1", "loopback"),
+        ("239.1.1.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("not-an-address", "not an IP address"),
+        ("198.51.100.1", "same address"),
+    ] {
+        desired_after_beat(w, p1, Some(bad)).await;
+        let view = w
+            .fleet
+            .show_appliance(&w.admin, id1.as_str())
+            .await
+            .unwrap();
+        let (addr, reason) = view.vtep_refused.clone().expect("refused");
+        assert_eq!(addr, bad);
+        assert!(reason.contains(why), "{bad}: {reason}");
+        assert_eq!(view.vtep_address, None);
+        let d0 = desired_after_beat(w, p0, Some("198.51.100.1")).await;
+        assert!(
+            d0.overlay.unwrap().vpcs[0].peer_vteps.is_empty(),
+            "{bad} reached a peer's overlay"
+        );
+    }
+    let refusals = w
+        .fleet
+        .events_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.appliance == id1 && e.kind == "vtep-refused")
+        .count();
+    assert_eq!(refusals, 5, "one event per refusal, not per heartbeat");
+    desired_after_beat(w, p1, Some("198.51.100.2")).await;
+    let view = w
+        .fleet
+        .show_appliance(&w.admin, id1.as_str())
+        .await
+        .unwrap();
+    assert_eq!(view.vtep_refused, None);
+    let d0 = desired_after_beat(w, p0, Some("198.51.100.1")).await;
+    assert_eq!(d0.overlay.unwrap().vpcs[0].peer_vteps, ["198.51.100.2"]);
+}
+
+/// Even a fleet-wide operator cannot attach an appliance to another tenant's VPC.
+async fn appliances_join_only_their_tenants_vpcs(w: &World) {
+    w.fleet
+        .create_tenant(&w.admin, "t2", &["s5".to_owned()].into())
+        .await
+        .unwrap();
+    w.fleet
+        .create_vpc(&w.admin, "t2-net", "10.50.0.0/24", Some("t2"))
+        .await
+        .unwrap();
+    let apps = register_many(w, "s5", 1).await;
+    let id = apps[0].0.appliance_id.as_str();
+    assert!(matches!(
+        w.fleet.attach(&w.admin, "amber", id).await,
+        Err(FleetError::Forbidden(_))
+    ));
+    let vpc = w.fleet.attach(&w.admin, "t2-net", id).await.unwrap();
+    assert_eq!(vpc.tenant, "t2");
+    assert!(vpc.members.iter().any(|m| m.as_str() == id));
 }
 
 #[tokio::test]

@@ -274,7 +274,9 @@ impl Fleet {
     ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
         validate_name("site", &req.site)?;
         caller.check_site(&req.site)?;
-        let claim = self.site_claim(caller, &req.site, req.tenant.as_deref()).await?;
+        let claim = self
+            .site_claim(caller, &req.site, req.tenant.as_deref())
+            .await?;
         if req.max_uses == 0 {
             return Err(FleetError::Invalid("max_uses: must be at least 1".into()));
         }

@@ -144,11 +144,12 @@ impl Fleet {
                             "appliance {id} is of another tenant than VPC {vpc_name:?}: an appliance joins only its tenant's VPCs"
                         )));
                     }
+                    // Not naming the other member: it may be of a site the caller does not see.
                     if let Some(vtep) = &a.vtep_address
-                        && let Some(other) = self.vtep_holder(&vpc, &a.id, vtep).await?
+                        && self.vtep_taken(&vpc, &a.id, vtep).await?
                     {
                         return Err(FleetError::Conflict(format!(
-                            "appliance {other} of VPC {vpc_name:?} has the same VTEP address {vtep}"
+                            "another member of VPC {vpc_name:?} has the same VTEP address {vtep}"
                         )));
                     }
                     vpc.members.insert(a.id.clone());
@@ -186,22 +187,22 @@ impl Fleet {
         self.vpc_as_seen(caller, vpc).await
     }
 
-    /// Another member of `vpc` than `me` whose VTEP address is `vtep`.
-    pub(super) async fn vtep_holder(
+    /// Whether another member of `vpc` than `me` has the VTEP address `vtep`.
+    pub(super) async fn vtep_taken(
         &self,
         vpc: &Vpc,
         me: &ApplianceId,
         vtep: &str,
-    ) -> Result<Option<ApplianceId>, FleetError> {
+    ) -> Result<bool, FleetError> {
         for m in vpc.members.iter().filter(|m| *m != me) {
             if let Some((_, p)) = self
                 .get::<Appliance>(&format!("{}{m}", keys::APPLIANCES))
                 .await?
                 && p.vtep_address.as_deref() == Some(vtep)
             {
-                return Ok(Some(m.clone()));
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 }

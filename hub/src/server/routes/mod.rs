@@ -18,9 +18,10 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorCode, EventView, LabelRequest,
-    MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role,
-    SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorCode, EventView,
+    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, Role, SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView,
+    WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -29,6 +30,8 @@ use time::OffsetDateTime;
 
 mod appliances;
 mod audit;
+#[cfg(test)]
+mod authz;
 mod campaigns;
 mod control_planes;
 mod registration;
@@ -165,7 +168,9 @@ async fn in_scope(
         Scope::Path(resource) => {
             let params = axum::extract::RawPathParams::from_request_parts(parts, state)
                 .await
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text())
+                })?;
             let Some((_, id)) = params.iter().next() else {
                 return Ok(());
             };
@@ -175,7 +180,9 @@ async fn in_scope(
                 Resource::Vpc => fleet.vpc_in_scope(caller, id).await.map(drop),
                 Resource::ControlPlane => fleet.control_plane_in_scope(caller, id).await.map(drop),
                 Resource::Campaign => fleet.campaign_in_scope(caller, id).await.map(drop),
-                Resource::OperatorToken => fleet.operator_token_in_scope(caller, id).await.map(drop),
+                Resource::OperatorToken => {
+                    fleet.operator_token_in_scope(caller, id).await.map(drop)
+                }
                 Resource::EnrollmentToken => {
                     fleet.enrollment_token_in_scope(caller, id).await.map(drop)
                 }
@@ -353,8 +360,8 @@ pub(crate) fn routes() -> Vec<Route> {
         Appliance as App, Campaign as Camp, ControlPlane as Cp, EnrollmentToken as Et,
         OperatorToken as Ot, Vpc as VpcR,
     };
-    use Scope::{Body, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
     use Role::{Admin, Operator as Op, Viewer};
+    use Scope::{Body, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
     vec![
         r(
             M::GET,

@@ -47,10 +47,7 @@ pub(super) async fn create_operator_token(
     Operator(caller): Operator,
     ApiJson(req): ApiJson<CreateOperatorToken>,
 ) -> Result<(StatusCode, Json<NewToken<OperatorTokenView>>), ApiError> {
-    let token = state
-        .fleet
-        .create_operator_token(&caller, &req)
-        .await?;
+    let token = state.fleet.create_operator_token(&caller, &req).await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 

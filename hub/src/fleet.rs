@@ -200,8 +200,9 @@ impl Caller {
         self.scope() == Some(Scope::Fleet)
     }
 
-    /// The tenant `site` belongs to, as of this call's authentication.
-    pub fn tenant_of(&self, site: &str) -> &str {
+    /// The tenant `site` belongs to, as of this call's authentication (decisions that
+    /// change records read the store instead).
+    fn tenant_of(&self, site: &str) -> &str {
         tenant_in(&self.site_tenants, site)
     }
 

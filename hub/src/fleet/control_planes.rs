@@ -132,7 +132,7 @@ impl Fleet {
         match &site {
             Some(s) => {
                 caller.check_site(s)?;
-                if caller.tenant_of(s) != cp.tenant {
+                if self.tenant_of(s).await? != cp.tenant {
                     return Err(FleetError::Forbidden(format!(
                         "site {s:?} is not of control plane {name:?}'s tenant"
                     )));
@@ -157,9 +157,10 @@ impl Fleet {
             return Err(FleetError::Contended(key));
         }
         let mut result = AssignResult::default();
+        let site_tenants = self.site_tenants().await?;
         for (_, a) in self.list::<Appliance>(keys::APPLIANCES).await? {
             if !caller.sees(&a.site)
-                || !matches(&cp, &a, caller.tenant_of(&a.site))
+                || !matches(&cp, &a, tenant_in(&site_tenants, &a.site))
                 || a.control_plane.as_deref() == Some(name)
             {
                 continue;

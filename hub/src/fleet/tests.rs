@@ -397,6 +397,39 @@ async fn appliances_join_only_their_tenants_vpcs(w: &World) {
     let vpc = w.fleet.attach(&w.admin, "t2-net", id).await.unwrap();
     assert_eq!(vpc.tenant, "t2");
     assert!(vpc.members.iter().any(|m| m.as_str() == id));
+
+    // A control plane of t2 takes only t2's sites, whoever assigns it.
+    w.fleet
+        .add_control_plane(
+            &w.admin,
+            ControlPlane {
+                name: "t2-cp".into(),
+                api_server_url: "https://127.0.0.1:1".into(),
+                ca_bundle_pem: w.fleet.ca().cert_pem.clone(),
+                credentials_ref: "/nonexistent".into(),
+                site: None,
+                labels: Default::default(),
+                tenant: "t2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.fleet
+            .assign(&w.admin, "t2-cp", Some("s3".into()), Default::default())
+            .await,
+        Err(FleetError::Forbidden(_))
+    ));
+    let result = w
+        .fleet
+        .assign(&w.admin, "t2-cp", Some("s5".into()), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        result.failed.len(),
+        1,
+        "the s5 appliance, and no other, is joined"
+    );
 }
 
 #[tokio::test]

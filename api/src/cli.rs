@@ -7,6 +7,8 @@
 //! - 2: the command line was wrong;
 //! - 3: the configuration or input file is invalid.
 
+pub mod service;
+
 use std::fmt::Display;
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -313,6 +313,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     // One line on standard output so scripts and tests learn the port when given `:0`.
     println!("listening on https://{local}");
     tracing::info!(listen = %local, store = store.backend(), fingerprint = %fleet.ca().fingerprint(), "cairn-hub serving");
+    cairn_api::cli::service::ready(&format!("serving on https://{local}"));
     let detector = tokio::spawn(server::offline_detector(
         fleet.clone(),
         Duration::from_secs(args.offline_check_every.max(1)),
@@ -329,6 +330,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; }, None => std::future::pending().await } } => {},
         }
         tracing::info!("shutting down");
+        cairn_api::cli::service::stopping();
     };
     server::serve(listener, tls, state, shutdown)
         .await

@@ -43,7 +43,9 @@ const UDHCPC_SCRIPT: &str = include_str!("../dist/udhcpc.script");
 const MINIMAL_INIT: &str = include_str!("../dist/minimal-init.sh");
 /// The iPXE script template the boot server renders per server.
 pub const IPXE_TEMPLATE: &str = include_str!("../dist/ipxe.tera");
-const NODE_UNIT: &str = include_str!("../dist/cairn-node.service");
+/// cairn-node's one unit, shared with the cairn-node .deb, and what this image adds to it.
+const NODE_UNIT: &str = include_str!("../../packaging/systemd/cairn-node.service");
+const NODE_UNIT_IMAGE: &str = include_str!("../dist/cairn-node-image.conf");
 
 /// Modules the initramfs loads: virtio and SATA/CD disks, virtio NIC, the root and data
 /// filesystems, and CRC32C for ext4 metadata checksums.
@@ -627,10 +629,17 @@ fn debian_root(root: &Path, req: &BuildRequest) -> Result<Kernel, BuildError> {
             req.binaries.display()
         )));
     }
+    // Where the package puts it, so that the package can later replace this step.
     rootfs::write(
         root,
-        "etc/systemd/system/cairn-node.service",
+        "usr/lib/systemd/system/cairn-node.service",
         NODE_UNIT.as_bytes(),
+        0o644,
+    )?;
+    rootfs::write(
+        root,
+        "etc/systemd/system/cairn-node.service.d/10-image.conf",
+        NODE_UNIT_IMAGE.as_bytes(),
         0o644,
     )?;
     rootfs::dirs(
@@ -643,7 +652,7 @@ fn debian_root(root: &Path, req: &BuildRequest) -> Result<Kernel, BuildError> {
     )?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants/cairn-node.service");
     let _ = std::fs::remove_file(&wants);
-    std::os::unix::fs::symlink("/etc/systemd/system/cairn-node.service", &wants)
+    std::os::unix::fs::symlink("/usr/lib/systemd/system/cairn-node.service", &wants)
         .map_err(io("linking", &wants))?;
     rootfs::write(
         root,

@@ -287,6 +287,11 @@ impl BootServerArgs {
         let app = router(state.clone(), self.artifacts.join("pxe"));
         let tftp = tftp::Tftp::bind(&self.ipxe_dir, (server_ip, self.tftp_port).into()).await?;
         tracing::info!(url = %base_url, tftp = %tftp.addr(), interface = %self.interface, servers = state.servers.len(), "boot server up");
+        cairn_api::cli::service::ready(&format!(
+            "serving {} servers on {} ({base_url})",
+            state.servers.len(),
+            self.interface
+        ));
         let http = axum::serve(listener, app);
         let iface = self.interface.clone();
         let dhcp67 = dhcp::serve(&iface, dhcp_cfg.clone(), 67);

@@ -163,6 +163,11 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
             let network = Netplan {
                 state_dir: config::rooted(root, std::path::Path::new("/var/lib/cairn/netplan")),
             };
+            // Up for systemd: the wizard waits for a person, longer than any start timeout.
+            cairn_api::cli::service::ready(&format!(
+                "first-boot wizard on {} (PIN on the console)",
+                args.wizard_listen
+            ));
             wizard::run(
                 &args.wizard_listen,
                 root.to_path_buf(),

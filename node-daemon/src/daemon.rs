@@ -182,6 +182,8 @@ impl<N: Network> Daemon<N> {
             tokio::spawn(upgrade::run_task(upgrader, input));
         }
         self.restore_local().await;
+        // Ready once the host network is back: the unit orders network.target after it.
+        cairn_api::cli::service::ready("running");
         let mut next_hub = Instant::now();
         let mut next_kubelet = Instant::now();
         tokio::pin!(shutdown);
@@ -203,6 +205,7 @@ impl<N: Network> Daemon<N> {
             }
         }
         tracing::info!("stopping");
+        cairn_api::cli::service::stopping();
     }
 
     /// Brings back network and kubelet from local state, before the hub is asked anything.

@@ -3,13 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup test demo e2e bench doc
+.PHONY: help setup test demo e2e bench doc packages
 
 help:
 	@echo "make demo   run the lab demo (the main job)"
 	@echo "make test   run formatting, lints and the whole test suite"
 	@echo "make e2e    run the debian appliance scenario (builds the debian image first)"
 	@echo "make bench  reproduce BENCHMARKS.md"
+	@echo "make packages  build the .deb packages into target/debian (docs/packages.md)"
 
 setup:
 	scripts/setup
@@ -29,6 +30,9 @@ e2e: setup
 
 bench: setup
 	scripts/bench
+
+packages: setup
+	scripts/package
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked

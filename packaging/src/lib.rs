@@ -27,14 +27,15 @@ pub fn commands() -> Vec<clap::Command> {
     ]
 }
 
-/// Writes `man/<command>[-<subcommand>...].1` (one page per visible subcommand, as git does)
-/// and `completions/<shell>/<file>` for every command under `out`; returns the files.
+/// Writes `man/<command>/<command>[-<subcommand>...].1` (one page per visible subcommand, as
+/// git does; one directory per binary, i.e. per package) and `completions/<shell>/<file>` for
+/// every command under `out`; returns the files.
 pub fn generate(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let man = out.join("man");
-    std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
     let commands = commands();
     let binaries: Vec<String> = commands.iter().map(|c| c.get_name().to_owned()).collect();
     for cmd in commands {
+        let man = out.join("man").join(cmd.get_name());
+        std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
         let mut built = cmd.clone().disable_help_subcommand(true);
         built.build();
         pages(&built, true, &binaries, &man)?;

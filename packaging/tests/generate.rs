@@ -14,7 +14,7 @@ fn every_command_gets_a_man_page_and_completions() {
         assert!(!read(f).trim().is_empty(), "{} is empty", f.display());
     }
     for cmd in ["cairn", "cairn-agent", "cairn-hub", "cairn-node"] {
-        let page = read(&out.path().join(format!("man/{cmd}.1")));
+        let page = read(&out.path().join(format!("man/{cmd}/{cmd}.1")));
         assert!(page.starts_with(".ie"), "{cmd}.1 is no roff: {page:.80}");
         assert!(
             page.contains(&format!(".TH {cmd} 1")),
@@ -33,14 +33,15 @@ fn every_command_gets_a_man_page_and_completions() {
         );
     }
     // Subcommands have pages of their own, with their options.
-    let run = read(&out.path().join("man/cairn-node-run.1"));
+    let run = read(&out.path().join("man/cairn-node/cairn-node-run.1"));
     assert!(run.contains("seed\\-dir"), "{run}");
-    let serve = read(&out.path().join("man/cairn-hub-serve.1"));
+    let serve = read(&out.path().join("man/cairn-hub/cairn-hub-serve.1"));
     assert!(serve.contains("listen"), "{serve}");
-    assert!(out.path().join("man/cairn-boot-server.1").is_file());
+    assert!(out.path().join("man/cairn/cairn-boot-server.1").is_file());
     // `cairn hub login` keeps its page; cairn-hub.1 is the server's, not `cairn hub`'s.
-    assert!(read(&out.path().join("man/cairn-hub-login.1")).contains(".TH cairn-hub-login"));
-    assert!(read(&out.path().join("man/cairn-hub.1")).contains("serve"));
+    assert!(read(&out.path().join("man/cairn/cairn-hub-login.1")).contains(".TH cairn-hub-login"));
+    assert!(read(&out.path().join("man/cairn-hub/cairn-hub.1")).contains("serve"));
+    assert!(!out.path().join("man/cairn/cairn-hub.1").exists());
     // Completions know subcommands.
     let bash = read(&out.path().join("completions/bash/cairn"));
     assert!(bash.contains("boot-server"));

@@ -250,3 +250,107 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// How long a container may take to boot.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// A Debian bookworm root with systemd and dbus, built once with mmdebstrap and cached in
+/// the target directory.
+pub fn debian_root() -> PathBuf {
+    let dir = cairn_test_support::profile_dir()
+        .parent()
+        .unwrap()
+        .join("nspawn-debian");
+    let root = dir.join("root");
+    if root.join("usr/lib/systemd/systemd").exists() {
+        return root;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join("root.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    output_ok(
+        Command::new("mmdebstrap")
+            .args([
+                "--variant=minbase",
+                "--include=systemd,systemd-sysv,dbus",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "bookworm",
+            ])
+            .arg(&tmp),
+        "mmdebstrap is needed: scripts/setup installs it",
+    );
+    // An empty fstab avoids a degraded boot (LAB.md).
+    std::fs::write(tmp.join("etc/fstab"), "").unwrap();
+    std::fs::rename(&tmp, &root).unwrap();
+    root
+}
+
+/// A booted container; its changes go to a tmpfs overlay and vanish with it. Dropping it
+/// kills the container's processes (its init among them: the kernel then ends the whole PID
+/// namespace) and systemd-nspawn, which is their parent (ChildGuard).
+pub struct Container {
+    _nspawn: ChildGuard,
+    leader: u32,
+}
+
+impl Container {
+    pub fn boot(root: &Path, name: &str) -> Self {
+        assert!(
+            Path::new("/usr/bin/systemd-nspawn").exists(),
+            "systemd-nspawn is missing: apt-get install systemd-container (scripts/setup)"
+        );
+        let nspawn = ChildGuard::spawn(
+            Command::new("systemd-nspawn")
+                .args([
+                    "--register=no",
+                    "--keep-unit",
+                    "--console=pipe",
+                    "--volatile=overlay",
+                    "-q",
+                ])
+                .arg("-D")
+                .arg(root)
+                .args(["-M", name, "-b"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("systemd-nspawn");
+        let pid = nspawn.id();
+        // The container's PID 1 is nspawn's child.
+        let leader = poll("the container's init", BOOT_LIMIT, || {
+            let children =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            children.split_whitespace().next()?.parse().ok()
+        });
+        let c = Self {
+            _nspawn: nspawn,
+            leader,
+        };
+        poll("the container's system bus", BOOT_LIMIT, || {
+            c.root()
+                .join("run/dbus/system_bus_socket")
+                .exists()
+                .then_some(())
+        });
+        c
+    }
+
+    /// The container's init, as seen from the host.
+    pub fn leader(&self) -> u32 {
+        self.leader
+    }
+
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.leader))
+    }
+
+    pub fn bus(&self) -> String {
+        format!(
+            "unix:path={}/run/dbus/system_bus_socket",
+            self.root().display()
+        )
+    }
+}

@@ -319,23 +319,25 @@ impl Container {
         )
         .expect("systemd-nspawn");
         let pid = nspawn.id();
-        // The container's PID 1 is nspawn's child.
-        let leader = poll("the container's init", BOOT_LIMIT, || {
+        // The container's PID 1 is nspawn's child; but first nspawn forks an outer child that
+        // forks PID 1 and exits. Taking the first child once let a loaded machine catch the
+        // outer one, whose root vanished with it, and wait for a bus that never came: the
+        // leader is the child whose root has the bus.
+        let leader = poll("the container's system bus", BOOT_LIMIT, || {
             let children =
                 std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-            children.split_whitespace().next()?.parse().ok()
+            children.split_whitespace().find_map(|child| {
+                let bus = format!("/proc/{child}/root/run/dbus/system_bus_socket");
+                Path::new(&bus)
+                    .exists()
+                    .then(|| child.parse().ok())
+                    .flatten()
+            })
         });
-        let c = Self {
+        Self {
             _nspawn: nspawn,
             leader,
-        };
-        poll("the container's system bus", BOOT_LIMIT, || {
-            c.root()
-                .join("run/dbus/system_bus_socket")
-                .exists()
-                .then_some(())
-        });
-        c
+        }
     }
 
     /// The container's init, as seen from the host.

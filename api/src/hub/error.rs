@@ -86,6 +86,8 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// Too many concurrent changes to one record (503); retry.
     Contended,
+    /// The request took longer than the hub's request timeout (503); retry.
+    Timeout,
     /// A code this build does not know, as the hub sent it.
     Unrecognized(String),
 }
@@ -130,6 +132,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("control_plane_failed", ErrorCode::ControlPlaneFailed),
     ("store_unavailable", ErrorCode::StoreUnavailable),
     ("contended", ErrorCode::Contended),
+    ("timeout", ErrorCode::Timeout),
 ];
 
 impl ErrorCode {

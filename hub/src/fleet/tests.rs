@@ -10,7 +10,7 @@ use cairn_api::hub::CreateEnrollmentToken;
 
 use super::*;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::testutil::{Etcd, LIMIT};
 use cairn_test_support::poll_async;
 
@@ -324,9 +324,7 @@ async fn etcd_backend_passes_the_fleet_suite() {
     let etcd = Etcd::start(1).await;
     let store = EtcdStore::connect(
         &etcd.endpoints(),
-        "/fleet/",
-        "t",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/fleet/", "t", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();
@@ -340,9 +338,7 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
     let mut etcd = Etcd::start(3).await;
     let store = EtcdStore::connect(
         &etcd.endpoints(),
-        "/kill/",
-        "t",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/kill/", "t", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();
@@ -387,9 +383,7 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
     // Read back through a fresh client on the survivors only.
     let survivors = EtcdStore::connect(
         &etcd.endpoints(),
-        "/kill/",
-        "r",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/kill/", "r", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();

@@ -1,15 +1,22 @@
-//! The HTTPS server: accept loop with deferred client-certificate checks, the router, and
-//! the background offline detector.
+//! The HTTPS server: accept loop with connection caps and timeouts, deferred
+//! client-certificate checks, the router, and the background singleton jobs.
+//!
+//! Every resource an unauthenticated peer can hold is bounded: connections (in total and per
+//! source address, refused by closing them at once), the TLS handshake, the time to send a
+//! request's headers (a slowloris client is cut off), idle connections, and the time a
+//! request may take (see [`Limits`]).
 
 pub mod error;
 mod routes;
 pub mod tls;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -32,8 +39,12 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Registration rate limit.
+    /// Registration rate limit, per source address.
     pub limiter: Arc<RateLimiter>,
+    /// Renewal rate limit, per appliance.
+    pub renewals: Arc<RateLimiter<String>>,
+    /// Longest a request may take (streamed uploads excepted).
+    pub request_timeout: Duration,
 }
 
 /// Facts about the connection a request came on, set by the accept loop.
@@ -45,17 +56,125 @@ pub struct ConnInfo {
     pub cert: Option<Result<PeerCert, String>>,
 }
 
-/// Serves until `shutdown` resolves. Each connection: TLS handshake (10 s limit), the
-/// deferred chain check, then HTTP/1.1 or HTTP/2 with keep-alive.
+/// What one peer may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections in total; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Open connections per source address; more are closed as soon as they are accepted.
+    pub max_connections_per_source: usize,
+    /// Longest a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// Longest a client may take to send a request's headers, and (HTTP/1.1) to start the
+    /// next request on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2; HTTP/1.1
+    /// ones are closed by the header-read timeout first).
+    pub idle_timeout: Duration,
+}
+
+/// Open connections, in total and per source. A [`ConnSlot`] gives its place back on drop.
+struct Connections {
+    limits: Limits,
+    total: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection.
+struct ConnSlot {
+    conns: Arc<Connections>,
+    source: IpAddr,
+}
+
+impl Connections {
+    /// A slot for a connection from `source`, or `None` when a cap is reached.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<ConnSlot> {
+        let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let here = per_source.get(&source).copied().unwrap_or(0);
+        if here >= self.limits.max_connections_per_source
+            || self.total.load(Ordering::Relaxed) >= self.limits.max_connections
+        {
+            return None;
+        }
+        per_source.insert(source, here + 1);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            conns: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut per_source = self
+            .conns
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+        self.conns.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended, for the idle timeout.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    /// When the connection will have been idle for `idle`, or `None` while a request runs.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(*self.last.lock().unwrap_or_else(|p| p.into_inner()) + idle)
+    }
+}
+
+/// Ends a request's part in [`Activity`] when its response is ready, or it is dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Serves until `shutdown` resolves. Each connection: admission under the caps, the TLS
+/// handshake, the deferred chain check, then HTTP/1.1 or HTTP/2 under the timeouts.
 pub async fn serve(
     listener: TcpListener,
     tls: tls::Tls,
     state: AppState,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls.config.clone());
     let chain = tls.chain.clone();
     let app = router(state);
+    let conns = Arc::new(Connections {
+        limits,
+        total: AtomicUsize::new(0),
+        per_source: Mutex::new(HashMap::new()),
+    });
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        // Dead peers of long-lived HTTP/2 connections are noticed by pings.
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let http = Arc::new(http);
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -70,37 +189,79 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
+        let Some(slot) = conns.admit(remote.ip()) else {
+            // Closed at once: a flood from one source (or in total) cannot hold more.
+            tracing::debug!(%remote, "connection refused: over the connection cap");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let chain = chain.clone();
         let app = app.clone();
+        let http = http.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let _slot = slot;
+            let stream = match tokio::time::timeout(
+                limits.tls_handshake_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
             let cert = stream.get_ref().1.peer_certificates().map(|certs| {
                 tls::verify_chain(chain.as_ref(), certs).map(|()| PeerCert::from_der(&certs[0]))
             });
             let info = ConnInfo { remote, cert };
+            let activity = Arc::new(Activity {
+                in_flight: AtomicUsize::new(0),
+                last: Mutex::new(Instant::now()),
+            });
+            let tracked = activity.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
-                    app.clone().oneshot(req)
+                    tracked.in_flight.fetch_add(1, Ordering::AcqRel);
+                    let in_flight = InFlight(tracked.clone());
+                    let answer = app.clone().oneshot(req);
+                    async move {
+                        let response = answer.await;
+                        drop(in_flight);
+                        response
+                    }
                 },
             );
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let mut closing = false;
+            let outcome = loop {
+                let deadline = activity
+                    .idle_deadline(limits.idle_timeout)
+                    .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+                tokio::select! {
+                    outcome = conn.as_mut() => break outcome,
+                    () = tokio::time::sleep_until(deadline.into()), if !closing => {
+                        if activity
+                            .idle_deadline(limits.idle_timeout)
+                            .is_some_and(|d| d <= Instant::now())
+                        {
+                            tracing::debug!(%remote, "closing an idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = outcome {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
         });

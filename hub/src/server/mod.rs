@@ -69,7 +69,8 @@ pub struct Limits {
     /// next request on a kept-alive connection.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/2; HTTP/1.1
-    /// ones are closed by the header-read timeout first).
+    /// ones are closed by the header-read timeout first, as is a connection that has not
+    /// sent its first request).
     pub idle_timeout: Duration,
 }
 
@@ -125,16 +126,25 @@ impl Drop for ConnSlot {
 /// Requests in flight on one connection and when the last one ended, for the idle timeout.
 struct Activity {
     in_flight: AtomicUsize,
+    served: AtomicUsize,
     last: Mutex<Instant>,
 }
 
 impl Activity {
-    /// When the connection will have been idle for `idle`, or `None` while a request runs.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+    /// When the connection will have been idle too long, or `None` while a request runs.
+    /// Until its first request, a connection gets the header-read timeout: a client that
+    /// completes the handshake and then sends nothing (or the HTTP/2 preface byte by byte)
+    /// holds its slot no longer than one sending headers slowly.
+    fn idle_deadline(&self, limits: &Limits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        Some(*self.last.lock().unwrap_or_else(|p| p.into_inner()) + idle)
+        let limit = if self.served.load(Ordering::Acquire) == 0 {
+            limits.header_read_timeout
+        } else {
+            limits.idle_timeout
+        };
+        Some(*self.last.lock().unwrap_or_else(|p| p.into_inner()) + limit)
     }
 }
 
@@ -224,6 +234,7 @@ pub async fn serve(
             let info = ConnInfo { remote, cert };
             let activity = Arc::new(Activity {
                 in_flight: AtomicUsize::new(0),
+                served: AtomicUsize::new(0),
                 last: Mutex::new(Instant::now()),
             });
             let tracked = activity.clone();
@@ -231,6 +242,7 @@ pub async fn serve(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     tracked.in_flight.fetch_add(1, Ordering::AcqRel);
+                    tracked.served.fetch_add(1, Ordering::AcqRel);
                     let in_flight = InFlight(tracked.clone());
                     let answer = app.clone().oneshot(req);
                     async move {
@@ -245,13 +257,13 @@ pub async fn serve(
             let mut closing = false;
             let outcome = loop {
                 let deadline = activity
-                    .idle_deadline(limits.idle_timeout)
+                    .idle_deadline(&limits)
                     .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
                 tokio::select! {
                     outcome = conn.as_mut() => break outcome,
                     () = tokio::time::sleep_until(deadline.into()), if !closing => {
                         if activity
-                            .idle_deadline(limits.idle_timeout)
+                            .idle_deadline(&limits)
                             .is_some_and(|d| d <= Instant::now())
                         {
                             tracing::debug!(%remote, "closing an idle connection");

@@ -107,3 +107,54 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
         "{ev:?}"
     );
 }
+
+/// etcd with TLS and client-certificate authentication: the hub connects with
+/// `--etcd-cacert/--etcd-cert/--etcd-key` and serves; without its certificate it refuses to
+/// start, saying why.
+#[tokio::test]
+async fn a_hub_reaches_etcd_over_tls_with_its_client_certificate() {
+    let etcd = testutil::Etcd::start_tls().await;
+    let certs = etcd.tls.as_ref().unwrap();
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        certs.ca.to_str().unwrap(),
+        certs.cert.to_str().unwrap(),
+        certs.key.to_str().unwrap(),
+    );
+    let flags = [
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-cacert",
+        ca,
+        "--etcd-cert",
+        cert,
+        "--etcd-key",
+        key,
+    ];
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&flags)
+        .serve_args(&flags)
+        .start();
+    let token = hub.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-tls", "TLS-1", &["52:54:00:10:01:01"]);
+    let reg = device.register(&hub, &token).await;
+    let (s, body) = post(
+        &device.client(&hub, &reg),
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    // Only the CA: etcd refuses the connection, and the hub does not start.
+    let out = std::process::Command::new(common::hub_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&hub.data)
+        .args(["--etcd-endpoints", &endpoints, "--etcd-cacert", ca])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("connecting to etcd"), "{stderr}");
+}

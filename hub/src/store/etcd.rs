@@ -355,6 +355,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_needs_the_client_certificate_and_history_is_compacted() {
+        let etcd = Etcd::start_tls().await;
+        let certs = etcd.tls.as_ref().unwrap();
+        let mut settings = EtcdSettings::new("/tls/", "a", Duration::from_secs(3));
+        settings.tls = Some(EtcdTls::read(&certs.ca, None).unwrap());
+        let refused = EtcdStore::connect(&etcd.endpoints(), &settings).await;
+        assert!(
+            refused.is_err(),
+            "etcd runs with --client-cert-auth: no certificate, no store"
+        );
+
+        settings.tls = Some(EtcdTls::read(&certs.ca, Some((&certs.cert, &certs.key))).unwrap());
+        settings.compact_every = Duration::from_secs(1);
+        settings.compact_keep = 5;
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let key = format!("k{i}");
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put(&key, vec![1])])
+                    .await
+                    .unwrap()
+            );
+        }
+        let first = store.get("k0").await.unwrap().unwrap().version;
+        // A read at the first write's revision fails once history up to it is compacted.
+        let raw = Client::connect(
+            etcd.endpoints(),
+            Some(ConnectOptions::new().with_tls(certs.options())),
+        )
+        .await
+        .unwrap();
+        let error = cairn_test_support::poll_async(
+            "etcd history to be compacted",
+            crate::testutil::LIMIT,
+            || async {
+                let old = GetOptions::new().with_revision(first as i64);
+                raw.clone().get("/tls/k0", Some(old)).await.err()
+            },
+        )
+        .await;
+        assert!(error.to_string().contains("compacted"), "{error}");
+        // The current state is whole.
+        assert_eq!(store.list("k", None, 100).await.unwrap().len(), 20);
+    }
+
+    #[tokio::test]
     async fn one_process_leads_and_another_takes_over_when_its_lease_lapses() {
         let etcd = Etcd::start(1).await;
         let ttl = Duration::from_secs(2);

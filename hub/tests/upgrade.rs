@@ -854,10 +854,10 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
 }
 
 /// A batch of 300 on etcd: more appliances than one etcd transaction may change (128 ops),
-/// so the driver orders and judges them in passes under the limit, and the campaign
-/// completes.
+/// so the driver orders, withdraws (after an abort) and judges them in passes under the
+/// limit; an aborted campaign lets go of every order and a second one completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_300_member_batch_on_etcd_is_ordered_and_completes() {
+async fn a_300_member_batch_on_etcd_is_ordered_aborted_and_completed() {
     const N: usize = 300;
     let etcd = testutil::Etcd::start(1).await;
     let endpoints = etcd.endpoints().join(",");
@@ -940,6 +940,32 @@ async fn a_300_member_batch_on_etcd_is_ordered_and_completes() {
         "{N} appliances registered and reporting in {:?}",
         started.elapsed()
     );
+
+    // A first campaign, aborted once all are ordered: the abort withdraws 40 orders in its
+    // own transaction and the driver the rest.
+    let (s, c) = admin
+        .post(
+            "/v1/campaigns",
+            json!({"name": "dropped", "release": "2.0", "selector": {"site": "lab"},
+                "canaries": 0, "batch_size": N, "max_failures": 0}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        admin.post("/v1/campaigns/dropped/start", json!({})).await.0,
+        200
+    );
+    until!("all 300 ordered", {
+        let c = campaign(&admin, "dropped").await;
+        (states(&c).iter().all(|s| s == "ordered")).then_some(())
+    });
+    let (s, c) = admin.post("/v1/campaigns/dropped/abort", json!({})).await;
+    assert_eq!(s, 200, "{c}");
+    until!("every order withdrawn", {
+        let c = campaign(&admin, "dropped").await;
+        (states(&c).iter().all(|s| s == "skipped")).then_some(())
+    });
+    assert_eq!(beat_all("1.0", None).await, 0, "no node carries an order");
 
     let (s, c) = admin
         .post(

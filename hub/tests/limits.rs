@@ -134,6 +134,20 @@ async fn connections_over_the_per_source_cap_are_closed_at_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // ... and sees the refusal counted.
+    let metrics = other
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"cairn_hub_refused_connections_total{cap="per_source"} 1"#),
+        "{metrics}"
+    );
     // A closed connection gives its place back.
     drop(held.pop());
     cairn_test_support::poll_async("a slot is free again", LIMIT, || async {
@@ -279,5 +293,18 @@ async fn five_thousand_idle_connections_leave_heartbeats_unaffected() {
         latencies.last().unwrap()
     );
     assert_eq!(open, IDLE, "the hub closed idle connections under its caps");
+    // The hub counts them as open, too (they were accepted, not left in the backlog).
+    let (s, metrics) = hub.admin().get("/metrics").await;
+    assert_eq!(s, 200);
+    let held_by_hub: u64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_hub_open_connections "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("the hub reports {held_by_hub} open connections");
+    assert!(held_by_hub >= IDLE as u64, "{held_by_hub}");
     assert!(latencies.len() >= 10);
 }

@@ -79,6 +79,7 @@ struct Connections {
     limits: Limits,
     total: AtomicUsize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    metrics: Arc<Metrics>,
 }
 
 /// One admitted connection.
@@ -88,18 +89,28 @@ struct ConnSlot {
 }
 
 impl Connections {
-    /// A slot for a connection from `source`, or `None` when a cap is reached.
-    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<ConnSlot> {
+    /// A slot for a connection from `source`, or the cap that refuses it.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<ConnSlot, &'static str> {
         let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
         let here = per_source.get(&source).copied().unwrap_or(0);
-        if here >= self.limits.max_connections_per_source
-            || self.total.load(Ordering::Relaxed) >= self.limits.max_connections
-        {
-            return None;
+        let refused = if self.total.load(Ordering::Relaxed) >= self.limits.max_connections {
+            Some("total")
+        } else if here >= self.limits.max_connections_per_source {
+            Some("per_source")
+        } else {
+            None
+        };
+        if let Some(cap) = refused {
+            self.metrics
+                .refused_connections
+                .get_or_create(&vec![("cap", cap.to_owned())])
+                .inc();
+            return Err(cap);
         }
         per_source.insert(source, here + 1);
         self.total.fetch_add(1, Ordering::Relaxed);
-        Some(ConnSlot {
+        self.metrics.open_connections.inc();
+        Ok(ConnSlot {
             conns: self.clone(),
             source,
         })
@@ -120,6 +131,7 @@ impl Drop for ConnSlot {
             }
         }
         self.conns.total.fetch_sub(1, Ordering::Relaxed);
+        self.conns.metrics.open_connections.dec();
     }
 }
 
@@ -169,12 +181,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls.config.clone());
     let chain = tls.chain.clone();
-    let app = router(state);
     let conns = Arc::new(Connections {
         limits,
         total: AtomicUsize::new(0),
         per_source: Mutex::new(HashMap::new()),
+        metrics: state.metrics.clone(),
     });
+    let app = router(state);
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
@@ -199,11 +212,14 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let Some(slot) = conns.admit(remote.ip()) else {
-            // Closed at once: a flood from one source (or in total) cannot hold more.
-            tracing::debug!(%remote, "connection refused: over the connection cap");
-            drop(tcp);
-            continue;
+        let slot = match conns.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                // Closed at once: a flood from one source (or in total) cannot hold more.
+                tracing::debug!(%remote, cap, "connection refused: over the connection cap");
+                drop(tcp);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();

@@ -156,12 +156,12 @@ struct ServeArgs {
     /// Seconds a client has to complete the TLS handshake.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     tls_handshake_timeout: u64,
-    /// Seconds a client has to send a request's headers, and (HTTP/1.1) to start its next
-    /// request on a kept-alive connection; a slower client is disconnected.
+    /// Seconds a client has to send a request's headers (from their first byte), and its
+    /// first request after the TLS handshake; a slower client is disconnected.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     header_read_timeout: u64,
-    /// Seconds an HTTP/2 connection may stay without a request in flight before it is
-    /// closed.
+    /// Seconds a kept-alive connection may stay without a request in flight before it is
+    /// closed (keep it above --heartbeat-interval, so appliances keep their connection).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     idle_timeout: u64,
     /// Seconds a request may take before it is answered `503 timeout` (bundle uploads,

@@ -46,9 +46,26 @@ async fn tls_connect(hub: &Hub) -> tokio_rustls::client::TlsStream<TcpStream> {
         .unwrap()
 }
 
+/// Sends `GET /healthz` on `tls` and reads the answer; `false` when the connection is gone.
+async fn healthz_on(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    if tls.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
 #[tokio::test]
 async fn slowloris_and_silent_clients_are_cut_off_by_the_header_read_timeout() {
-    let hub = start_hub(&["--header-read-timeout", "2"]);
+    let hub = start_hub(&["--header-read-timeout", "2", "--idle-timeout", "5"]);
     // One byte of headers every 200 ms: it would take ~10 s to finish.
     let slow = async {
         let mut tls = tls_connect(&hub).await;
@@ -74,6 +91,19 @@ async fn slowloris_and_silent_clients_are_cut_off_by_the_header_read_timeout() {
         let r = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await;
         (start.elapsed(), r)
     };
+    // A kept-alive connection waits for its next request longer than the header-read
+    // timeout (appliances heartbeat every 30 s on one), and is closed once idle too long.
+    let kept = async {
+        let mut tls = tls_connect(&hub).await;
+        assert!(healthz_on(&mut tls).await, "first request");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(healthz_on(&mut tls).await, "second request, 3 s later");
+        let idle_since = Instant::now();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0) | Err(_))), "{r:?}");
+        idle_since.elapsed()
+    };
     // Meanwhile an ordinary client is served.
     let normal = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -84,9 +114,15 @@ async fn slowloris_and_silent_clients_are_cut_off_by_the_header_read_timeout() {
             .unwrap()
             .status()
     };
-    let ((slow_after, answered), (silent_after, silent_read), status) =
-        tokio::join!(slow, silent, normal);
-    println!("slowloris cut off after {slow_after:?}; silent client after {silent_after:?}");
+    let ((slow_after, answered), (silent_after, silent_read), kept_for, status) =
+        tokio::join!(slow, silent, kept, normal);
+    println!(
+        "slowloris cut off after {slow_after:?}; silent client after {silent_after:?}; idle kept-alive connection closed after {kept_for:?}"
+    );
+    assert!(
+        kept_for > Duration::from_secs(3) && kept_for < Duration::from_secs(12),
+        "{kept_for:?}"
+    );
     assert!(!answered, "the slow client got an answer");
     assert!(slow_after < Duration::from_secs(8), "{slow_after:?}");
     assert!(

@@ -12,12 +12,15 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -65,12 +68,11 @@ pub struct Limits {
     pub max_connections_per_source: usize,
     /// Longest a TLS handshake may take.
     pub tls_handshake_timeout: Duration,
-    /// Longest a client may take to send a request's headers, and (HTTP/1.1) to start the
-    /// next request on a kept-alive connection.
+    /// Longest a client may take to send a request's headers (HTTP/1.1, from their first
+    /// byte), and to send its first request after the handshake.
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed (HTTP/2; HTTP/1.1
-    /// ones are closed by the header-read timeout first, as is a connection that has not
-    /// sent its first request).
+    /// A connection with no request in flight for this long is closed (kept-alive HTTP/1.1
+    /// and HTTP/2 alike).
     pub idle_timeout: Duration,
 }
 
@@ -135,28 +137,81 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Requests in flight on one connection and when the last one ended, for the idle timeout.
+/// What a connection is doing, for its timeouts: requests in flight, when the last one
+/// ended, and whether the client has started sending the next request's headers.
 struct Activity {
     in_flight: AtomicUsize,
     served: AtomicUsize,
+    /// When the last request ended (the connection's start before the first).
     last: Mutex<Instant>,
+    /// When the first byte arrived with no request in flight and none dispatched since:
+    /// the start of a request's headers (HTTP/1.1).
+    head_since: Mutex<Option<Instant>>,
+}
+
+/// Why a connection is closed by its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Headers not complete within the header-read timeout: cut off at once.
+    SlowHeaders,
+    /// Nothing asked for too long: closed gracefully.
+    Idle,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Activity {
-    /// When the connection will have been idle too long, or `None` while a request runs.
-    /// Until its first request, a connection gets the header-read timeout: a client that
-    /// completes the handshake and then sends nothing (or the HTTP/2 preface byte by byte)
-    /// holds its slot no longer than one sending headers slowly.
-    fn idle_deadline(&self, limits: &Limits) -> Option<Instant> {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+            head_since: Mutex::new(None),
+        }
+    }
+
+    /// Bytes arrived from the client.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            lock(&self.head_since).get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// A request's headers are complete and its handler starts.
+    fn dispatched(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.head_since) = None;
+    }
+
+    /// When the connection expires and why, or `None` while a request runs (the request
+    /// timeout bounds it). HTTP/1.1 headers get the header-read timeout from their first
+    /// byte, so a kept-alive connection waits for its next request as long as the idle
+    /// timeout, while a slowloris client is cut off. Until its first request a connection
+    /// also gets only the header-read timeout: one that completes the handshake and sends
+    /// nothing (or the HTTP/2 preface byte by byte) holds its slot no longer. HTTP/2 reads
+    /// frames (pings, settings) between requests, so only the idle rule applies to it.
+    fn deadline(&self, limits: &Limits, h2: bool) -> Option<(Instant, Expiry)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let limit = if self.served.load(Ordering::Acquire) == 0 {
+        let idle = if self.served.load(Ordering::Acquire) == 0 {
             limits.header_read_timeout
         } else {
             limits.idle_timeout
         };
-        Some(*self.last.lock().unwrap_or_else(|p| p.into_inner()) + limit)
+        let idle = (*lock(&self.last) + idle, Expiry::Idle);
+        let head = (*lock(&self.head_since))
+            .filter(|_| !h2)
+            .map(|since| (since + limits.header_read_timeout, Expiry::SlowHeaders));
+        // A client half-way through its headers is cut off whichever limit it reaches: a
+        // graceful close would still read and serve the request.
+        Some(match head {
+            Some(head) => (head.0.min(idle.0), Expiry::SlowHeaders),
+            None => idle,
+        })
     }
 }
 
@@ -165,8 +220,55 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *lock(&self.0.last) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The decrypted stream of a connection, telling its [`Activity`] when bytes arrive.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -189,9 +291,12 @@ pub async fn serve(
     });
     let app = router(state);
     let mut http = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header-read timeout also runs while a kept-alive connection waits for its
+    // next request, which would close appliances' connections between heartbeats: the
+    // connection's watchdog below applies it from the first byte of the headers instead.
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(None);
     http.http2()
         .timer(TokioTimer::new())
         // Dead peers of long-lived HTTP/2 connections are noticed by pings.
@@ -247,18 +352,14 @@ pub async fn serve(
             let cert = stream.get_ref().1.peer_certificates().map(|certs| {
                 tls::verify_chain(chain.as_ref(), certs).map(|()| PeerCert::from_der(&certs[0]))
             });
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let info = ConnInfo { remote, cert };
-            let activity = Arc::new(Activity {
-                in_flight: AtomicUsize::new(0),
-                served: AtomicUsize::new(0),
-                last: Mutex::new(Instant::now()),
-            });
+            let activity = Arc::new(Activity::new());
             let tracked = activity.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
-                    tracked.in_flight.fetch_add(1, Ordering::AcqRel);
-                    tracked.served.fetch_add(1, Ordering::AcqRel);
+                    tracked.dispatched();
                     let in_flight = InFlight(tracked.clone());
                     let answer = app.clone().oneshot(req);
                     async move {
@@ -268,23 +369,32 @@ pub async fn serve(
                     }
                 },
             );
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let io = Watched {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            let conn = http.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             let mut closing = false;
             let outcome = loop {
-                let deadline = activity
-                    .idle_deadline(&limits)
-                    .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+                // While a request runs, look again after the idle timeout.
+                let wake = activity
+                    .deadline(&limits, h2)
+                    .map_or_else(|| Instant::now() + limits.idle_timeout, |(at, _)| at);
                 tokio::select! {
                     outcome = conn.as_mut() => break outcome,
-                    () = tokio::time::sleep_until(deadline.into()), if !closing => {
-                        if activity
-                            .idle_deadline(&limits)
-                            .is_some_and(|d| d <= Instant::now())
-                        {
-                            tracing::debug!(%remote, "closing an idle connection");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
+                    () = tokio::time::sleep_until(wake.into()), if !closing => {
+                        match activity.deadline(&limits, h2) {
+                            Some((at, Expiry::SlowHeaders)) if at <= Instant::now() => {
+                                tracing::debug!(%remote, "headers too slow: connection cut off");
+                                return;
+                            }
+                            Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                                tracing::debug!(%remote, "closing an idle connection");
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -12,7 +12,8 @@ use cairn_api::cli::{Exit, OutputFormat, table};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
     CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    EnrollmentTokenView, LabelRequest, ReleaseView, Selector, SinceQuery, SiteQuery, VpcView,
+    CreateOperatorToken, CreateTenant, EnrollmentTokenView, LabelRequest, OperatorTokenView,
+    ReleaseView, Role, Selector, SinceQuery, SiteQuery, TenantView, VpcView,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -55,6 +56,12 @@ enum HubClientCommand {
     /// Enrollment tokens appliances register with.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tenants: each owns sites (with their appliances), VPCs and control planes.
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Operator tokens: role, scope (fleet, tenant or site), expiry.
+    #[command(subcommand)]
+    Operators(OperatorCommand),
     /// Appliances in the fleet.
     #[command(subcommand)]
     Appliances(ApplianceCommand),
@@ -94,12 +101,58 @@ enum TokenCommand {
         /// Label given to enrolled appliances, `key=value` (repeat).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// The tenant the site belongs to: checked, and an unclaimed site is claimed for
+        /// it (fleet-wide tokens only).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List tokens (secrets are never shown again).
     List,
     /// Revoke a token by ID.
     Revoke {
         /// Token ID (the middle part of `cairn-et.<id>.<secret>`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant, claiming sites (a site already claimed is refused).
+    Create {
+        /// Unique name (a-z, 0-9, '-').
+        name: String,
+        /// Site it owns (repeat).
+        #[arg(long = "site", value_name = "SITE")]
+        sites: Vec<String>,
+    },
+    /// List tenants with their sites (`default` owns every unclaimed site).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Create an operator token; it is shown once.
+    Create {
+        /// Who it is for.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum, default_value_t = Role::Viewer)]
+        role: Role,
+        /// Scope it to this tenant.
+        #[arg(long, conflicts_with = "site")]
+        tenant: Option<String>,
+        /// Scope it to this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Validity in seconds (default: until revoked).
+        #[arg(long, value_name = "SECONDS")]
+        ttl_seconds: Option<u64>,
+    },
+    /// List operator tokens in your scope (secrets are never shown again).
+    List,
+    /// Revoke an operator token by ID: refused from now on.
+    Revoke {
+        /// Token ID (the middle part of `cairn-op.<id>.<secret>`).
         id: String,
     },
 }
@@ -263,6 +316,9 @@ enum ControlPlaneCommand {
         /// kube-system.
         #[arg(long, value_name = "PATH")]
         credentials_ref: String,
+        /// The tenant whose appliances it takes (default: `default`).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List control planes.
     List,
@@ -288,6 +344,9 @@ enum VpcCommand {
         /// IPv4 subnet, CIDR.
         #[arg(long)]
         subnet: String,
+        /// The tenant whose appliances attach (default: your token's, or `default`).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List VPCs.
     List,
@@ -423,6 +482,44 @@ fn tokens_table(tokens: &[EnrollmentTokenView]) -> String {
     )
 }
 
+fn tenants_table(tenants: &[TenantView]) -> String {
+    table(
+        &["name", "sites", "created"],
+        tenants.iter().map(|t| {
+            vec![
+                t.name.clone(),
+                list(&t.sites),
+                t.created_at.map_or_else(|| "-".into(), rfc3339),
+            ]
+        }),
+    )
+}
+
+/// `fleet`, `tenant <t>` or `site <s>`.
+fn operator_scope(t: &OperatorTokenView) -> String {
+    match (&t.site, &t.tenant) {
+        (Some(s), _) => format!("site {s}"),
+        (None, Some(t)) => format!("tenant {t}"),
+        (None, None) => "fleet".into(),
+    }
+}
+
+fn operators_table(tokens: &[OperatorTokenView]) -> String {
+    table(
+        &["id", "name", "role", "scope", "expires", "revoked"],
+        tokens.iter().map(|t| {
+            vec![
+                t.id.clone(),
+                t.name.clone(),
+                t.role.to_string(),
+                operator_scope(t),
+                t.expires_at.map_or_else(|| "never".into(), rfc3339),
+                t.revoked.to_string(),
+            ]
+        }),
+    )
+}
+
 fn appliances_table(appliances: &[ApplianceView]) -> String {
     table(
         &[
@@ -470,10 +567,11 @@ fn phase(p: cairn_api::UpgradePhase) -> String {
 
 fn control_planes_table(cps: &[ControlPlaneView]) -> String {
     table(
-        &["name", "api server", "site", "labels"],
+        &["name", "tenant", "api server", "site", "labels"],
         cps.iter().map(|c| {
             vec![
                 c.name.clone(),
+                c.tenant.clone(),
                 c.api_server_url.clone(),
                 opt(c.site.clone()),
                 labels(&c.labels),
@@ -484,10 +582,11 @@ fn control_planes_table(cps: &[ControlPlaneView]) -> String {
 
 fn vpcs_table(vpcs: &[VpcView]) -> String {
     table(
-        &["name", "subnet", "vni", "members"],
+        &["name", "tenant", "subnet", "vni", "members"],
         vpcs.iter().map(|v| {
             vec![
                 v.name.clone(),
+                v.tenant.clone(),
                 v.subnet.clone(),
                 v.vni.to_string(),
                 list(&v.members),
@@ -720,12 +819,14 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             ttl_seconds,
             max_uses,
             labels,
+            tenant,
         }) => {
             let request = CreateEnrollmentToken {
                 site,
                 ttl_seconds,
                 max_uses,
                 labels: labels.into_iter().collect(),
+                tenant,
             };
             Answer::of(&hub.create_token(&request).await?, |t| {
                 format!(
@@ -742,6 +843,51 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
         }
         HubClientCommand::Token(TokenCommand::Revoke { id }) => {
             Answer::of(&hub.revoke_token(&id).await?, |t| {
+                format!("revoked {}\n", t.id)
+            })?
+        }
+        HubClientCommand::Tenants(TenantCommand::Create { name, sites }) => {
+            let request = CreateTenant {
+                name,
+                sites: sites.into_iter().collect(),
+            };
+            Answer::of(&hub.create_tenant(&request).await?, |t| {
+                format!("created tenant {} (sites: {})\n", t.name, list(&t.sites))
+            })?
+        }
+        HubClientCommand::Tenants(TenantCommand::List) => {
+            Answer::of(&hub.list_tenants().await?, |t| tenants_table(t))?
+        }
+        HubClientCommand::Operators(OperatorCommand::Create {
+            name,
+            role,
+            tenant,
+            site,
+            ttl_seconds,
+        }) => {
+            let request = CreateOperatorToken {
+                name,
+                role,
+                site,
+                tenant,
+                ttl_seconds,
+            };
+            Answer::of(&hub.create_operator_token(&request).await?, |t| {
+                format!(
+                    "token (shown once): {}\n{} {}, scope {}, expires {}\n",
+                    t.token,
+                    t.view.name,
+                    t.view.role,
+                    operator_scope(&t.view),
+                    t.view.expires_at.map_or_else(|| "never".into(), rfc3339)
+                )
+            })?
+        }
+        HubClientCommand::Operators(OperatorCommand::List) => {
+            Answer::of(&hub.list_operator_tokens().await?, |t| operators_table(t))?
+        }
+        HubClientCommand::Operators(OperatorCommand::Revoke { id }) => {
+            Answer::of(&hub.revoke_operator_token(&id).await?, |t| {
                 format!("revoked {}\n", t.id)
             })?
         }
@@ -778,6 +924,7 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             api_server,
             ca_file,
             credentials_ref,
+            tenant,
         }) => {
             let ca_bundle_pem = std::fs::read_to_string(&ca_file)
                 .with_context(|| format!("reading {}", ca_file.display()))?;
@@ -786,6 +933,7 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 api_server_url: api_server,
                 ca_bundle_pem,
                 credentials_ref,
+                tenant,
             };
             Answer::of(&hub.add_control_plane(&request).await?, |c| {
                 format!("added control plane {}\n", c.name)
@@ -809,8 +957,16 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 text
             })?
         }
-        HubClientCommand::Vpcs(VpcCommand::Create { name, subnet }) => {
-            let request = cairn_api::hub::CreateVpc { name, subnet };
+        HubClientCommand::Vpcs(VpcCommand::Create {
+            name,
+            subnet,
+            tenant,
+        }) => {
+            let request = cairn_api::hub::CreateVpc {
+                name,
+                subnet,
+                tenant,
+            };
             Answer::of(&hub.create_vpc(&request).await?, |v| {
                 format!("created VPC {} (VNI {})\n", v.name, v.vni)
             })?

@@ -6,9 +6,10 @@ use std::time::Duration;
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
-    CreateEnrollmentToken, CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorBody,
-    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    CreateEnrollmentToken, CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView,
+    ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView, TokenCheck,
+    UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -385,6 +386,27 @@ impl HubClient {
     /// `DELETE /v1/operator-tokens/{id}`.
     pub async fn delete_operator_token(&self, id: &str) -> Result<(), Error> {
         self.delete_empty(&["v1", "operator-tokens", id]).await
+    }
+
+    /// `POST /v1/operator-tokens/{id}/revoke`: refused from now on, kept in the list.
+    pub async fn revoke_operator_token(&self, id: &str) -> Result<OperatorTokenView, Error> {
+        self.call::<(), (), _>(
+            Method::POST,
+            &["v1", "operator-tokens", id, "revoke"],
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants`.
+    pub async fn create_tenant(&self, request: &CreateTenant) -> Result<TenantView, Error> {
+        self.post(&["v1", "tenants"], request).await
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantView>, Error> {
+        self.get(&["v1", "tenants"]).await
     }
 
     /// `GET /v1/appliances`.

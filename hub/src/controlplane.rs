@@ -331,6 +331,7 @@ mod tests {
                     ttl_seconds: 60,
                     max_uses: 1,
                     labels: Default::default(),
+                    tenant: None,
                 },
             )
             .await
@@ -367,6 +368,7 @@ mod tests {
                     api_server_url: api.url.clone(),
                     ca_bundle_pem: api.ca_pem.clone(),
                     credentials_ref: cred.display().to_string(),
+                    tenant: crate::model::DEFAULT_TENANT.into(),
                     site: None,
                     labels: Default::default(),
                 },

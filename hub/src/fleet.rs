@@ -2,13 +2,13 @@
 //! detection, VPCs, audit. Everything here is backend-agnostic; the HTTP layer only maps
 //! requests to these calls and [`FleetError`]s to status codes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub use cairn_api::hub::TokenRefusal;
 use cairn_api::hub::{
-    ApplianceView, AssignResult, CreateEnrollmentToken, EnrollmentTokenView, NewToken,
-    OperatorTokenView, Renewal, TokenCheck,
+    ApplianceView, AssignResult, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView,
+    NewToken, OperatorTokenView, Renewal, TokenCheck,
 };
 use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
@@ -22,8 +22,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
-    Appliance, AuditEntry, ControlPlane, EnrollmentToken, Event, OperatorToken, Role, Status, Vpc,
-    keys,
+    Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event, OperatorToken,
+    Role, Site, Status, Tenant, Vpc, keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
@@ -33,6 +33,7 @@ mod audit;
 mod control_planes;
 mod heartbeats;
 mod registration;
+mod tenants;
 mod tokens;
 mod upgrade;
 mod vpcs;
@@ -124,7 +125,7 @@ impl Default for FleetSettings {
 }
 
 /// Who is asking, for authorization and audit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// `operator:<name>`, `appliance:<id>` or `anonymous`.
     pub actor: String,
@@ -132,6 +133,27 @@ pub struct Caller {
     pub source: String,
     /// The operator's token, for operator calls.
     pub operator: Option<OperatorToken>,
+    /// The claimed sites and their tenants when the call was authenticated: what a
+    /// tenant-scoped token's sites are.
+    pub(crate) site_tenants: Arc<BTreeMap<String, String>>,
+}
+
+/// What an operator token may see: the whole fleet, one tenant, or one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Everything.
+    Fleet,
+    /// The tenant's sites, VPCs and control planes.
+    Tenant(&'a str),
+    /// The site's appliances and tokens; its tenant's VPCs and control planes.
+    Site(&'a str),
+}
+
+/// The tenant a site belongs to, given the claimed sites.
+fn tenant_in<'a>(site_tenants: &'a BTreeMap<String, String>, site: &str) -> &'a str {
+    site_tenants
+        .get(site)
+        .map_or(crate::model::DEFAULT_TENANT, String::as_str)
 }
 
 impl Caller {
@@ -140,7 +162,7 @@ impl Caller {
         Self {
             actor: "anonymous".into(),
             source: source.into(),
-            operator: None,
+            ..Default::default()
         }
     }
 
@@ -153,10 +175,7 @@ impl Caller {
 
     /// Refuses callers below `role`.
     pub fn require(&self, role: Role) -> Result<&OperatorToken, FleetError> {
-        let op = self
-            .operator
-            .as_ref()
-            .ok_or_else(|| FleetError::Unauthenticated("an operator token is required".into()))?;
+        let op = self.operator()?;
         if op.role < role {
             return Err(FleetError::Forbidden(format!(
                 "this needs the {role} role; the token has {}",
@@ -166,27 +185,70 @@ impl Caller {
         Ok(op)
     }
 
+    /// The caller's scope; `None` for callers that are not operators (they see nothing).
+    pub fn scope(&self) -> Option<Scope<'_>> {
+        let op = self.operator.as_ref()?;
+        Some(match (&op.site, &op.tenant) {
+            (Some(s), _) => Scope::Site(s),
+            (None, Some(t)) => Scope::Tenant(t),
+            (None, None) => Scope::Fleet,
+        })
+    }
+
+    /// Whether the caller is a fleet-wide operator.
+    pub fn is_fleet_wide(&self) -> bool {
+        self.scope() == Some(Scope::Fleet)
+    }
+
+    /// The tenant `site` belongs to, as of this call's authentication (decisions that
+    /// change records read the store instead).
+    fn tenant_of(&self, site: &str) -> &str {
+        tenant_in(&self.site_tenants, site)
+    }
+
+    /// The caller's tenant; `None` for fleet-wide callers and non-operators.
+    pub fn tenant(&self) -> Option<&str> {
+        match self.scope()? {
+            Scope::Fleet => None,
+            Scope::Tenant(t) => Some(t),
+            Scope::Site(s) => Some(self.tenant_of(s)),
+        }
+    }
+
     /// Whether this caller may see or change things of `site`.
     pub fn sees(&self, site: &str) -> bool {
-        match &self.operator {
-            Some(op) => op.site.as_deref().is_none_or(|s| s == site),
+        match self.scope() {
+            Some(Scope::Fleet) => true,
+            Some(Scope::Tenant(t)) => self.tenant_of(site) == t,
+            Some(Scope::Site(s)) => s == site,
             None => false,
         }
     }
 
+    /// Whether this caller may see the tenant-wide things (VPCs, control planes) of
+    /// `tenant`: its tenant's, or every one for a fleet-wide caller.
+    pub fn sees_tenant(&self, tenant: &str) -> bool {
+        self.is_fleet_wide() || self.tenant() == Some(tenant)
+    }
+
+    /// Refuses callers that may not change tenant-wide things of `tenant` (create VPCs,
+    /// assign by labels): fleet-wide callers and those scoped to that tenant may.
+    fn check_tenant_wide(&self, tenant: &str) -> Result<(), FleetError> {
+        match self.scope() {
+            Some(Scope::Fleet) => Ok(()),
+            Some(Scope::Tenant(t)) if t == tenant => Ok(()),
+            _ => Err(FleetError::Forbidden(format!(
+                "this needs a token scoped to tenant {tenant:?} or the whole fleet"
+            ))),
+        }
+    }
+
     /// [`Self::check_site`] for a thing of a site; for a fleet-wide thing (`None`), refuses a
-    /// site-scoped caller with `why`.
+    /// scoped caller with `why`.
     fn check_scope(&self, site: Option<&str>, why: &str) -> Result<(), FleetError> {
         match site {
             Some(s) => self.check_site(s),
-            None if self
-                .operator
-                .as_ref()
-                .and_then(|o| o.site.as_ref())
-                .is_some() =>
-            {
-                Err(FleetError::Forbidden(why.into()))
-            }
+            None if !self.is_fleet_wide() => Err(FleetError::Forbidden(why.into())),
             None => Ok(()),
         }
     }
@@ -366,6 +428,29 @@ impl Fleet {
         result: &str,
         site: Option<&str>,
     ) -> Op {
+        Self::audit_entry_op(caller, action, target, result, site, None)
+    }
+
+    /// An audit entry about a tenant-wide thing (a VPC, a control plane, the tenant): seen
+    /// by that tenant's and fleet-wide tokens, not by site-scoped ones.
+    fn tenant_audit_op(
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        result: &str,
+        tenant: &str,
+    ) -> Op {
+        Self::audit_entry_op(caller, action, target, result, None, Some(tenant))
+    }
+
+    fn audit_entry_op(
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        result: &str,
+        site: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Op {
         let entry = AuditEntry {
             at: now(),
             actor: caller.actor.clone(),
@@ -374,6 +459,7 @@ impl Fleet {
             source: caller.source.clone(),
             result: result.into(),
             site: site.map(str::to_owned),
+            tenant: tenant.map(str::to_owned),
         };
         Op::put(log_key(keys::AUDIT, entry.at), encode(&entry))
     }

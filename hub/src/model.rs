@@ -42,6 +42,40 @@ pub mod keys {
     pub const RELEASES: &str = "releases/";
     /// `campaigns/<name>` -> [`super::Campaign`].
     pub const CAMPAIGNS: &str = "campaigns/";
+    /// `tenants/<name>` -> [`super::Tenant`]; the default tenant has no record.
+    pub const TENANTS: &str = "tenants/";
+    /// `sites/<name>` -> [`super::Site`]: the tenant a site belongs to. A site without a
+    /// record belongs to [`super::DEFAULT_TENANT`], so deployments from before tenants
+    /// keep working unchanged.
+    pub const SITES: &str = "sites/";
+}
+
+/// The tenant of every site, VPC and control plane no tenant claims.
+pub const DEFAULT_TENANT: &str = "default";
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.into()
+}
+
+/// A tenant: owns sites (their appliances and tokens), VPCs and control planes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Unique name.
+    pub name: String,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Who made it.
+    pub created_by: String,
+}
+
+/// A site claimed by a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// Site name.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
 }
 
 /// An operator bearer token, stored by ID with only the hash of its secret.
@@ -53,8 +87,12 @@ pub struct OperatorToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// The only site it sees, when scoped.
+    /// The only site it sees, when scoped to a site.
     pub site: Option<String>,
+    /// The only tenant it sees, when scoped to a tenant (for a site-scoped token: the
+    /// site's tenant when the token was made, for people; the site decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// SHA-256 of the secret, hex.
     pub secret_sha256: String,
     /// When it was made.
@@ -62,6 +100,16 @@ pub struct OperatorToken {
     pub created_at: OffsetDateTime,
     /// Who made it.
     pub created_by: String,
+    /// End of validity; `None`: until revoked.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Revoked by an admin: refused, kept for the record.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// An enrollment token, stored by ID with only the hash of its secret.
@@ -119,8 +167,12 @@ pub struct Appliance {
     pub registered_at: OffsetDateTime,
     /// Re-registrations of the same hardware (re-keys).
     pub rekeys: u32,
-    /// VTEP address from its latest heartbeat that carried one.
+    /// VTEP address from its latest heartbeat that carried a valid one.
     pub vtep_address: Option<String>,
+    /// The VTEP address its latest heartbeat reported when the hub refused it, with why:
+    /// peers do not tunnel to it until the appliance reports a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_refused: Option<(String, String)>,
     /// VPCs it is attached to.
     pub vpcs: BTreeSet<String>,
     /// Control plane it is assigned to.
@@ -173,6 +225,9 @@ pub struct AuditEntry {
     pub result: String,
     /// Site concerned, when there is one (scoped tokens see only theirs).
     pub site: Option<String>,
+    /// Tenant concerned, for tenant-wide things (VPCs, control planes) that have no site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A fleet event: appliance state transitions.
@@ -204,6 +259,9 @@ pub struct Vpc {
     pub vni: u32,
     /// Attached appliances.
     pub members: BTreeSet<ApplianceId>,
+    /// Owner: only its appliances join.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 /// A hosted Kubernetes control plane appliances join.
@@ -222,6 +280,9 @@ pub struct ControlPlane {
     pub site: Option<String>,
     /// Appliances with all these labels are assigned (when non-empty).
     pub labels: BTreeMap<String, String>,
+    /// Owner: only its appliances are assigned.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 /// A signed OS release the hub can roll out. The bundle (format of `cairn-formats`) was

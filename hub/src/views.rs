@@ -38,8 +38,11 @@ impl From<&OperatorToken> for OperatorTokenView {
             name: t.name.clone(),
             role: t.role,
             site: t.site.clone(),
+            tenant: t.tenant.clone(),
             created_at: t.created_at,
             created_by: t.created_by.clone(),
+            expires_at: t.expires_at,
+            revoked: t.revoked,
         }
     }
 }
@@ -64,6 +67,7 @@ pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
         registered_at: a.registered_at,
         rekeys: a.rekeys,
         vtep_address: a.vtep_address.clone(),
+        vtep_refused: a.vtep_refused.clone(),
         vpcs: a.vpcs.clone(),
         control_plane: a.control_plane.clone(),
         join: a.join.as_ref().map(JoinView::from),
@@ -90,6 +94,7 @@ impl From<&ControlPlane> for ControlPlaneView {
             credentials_ref: c.credentials_ref.clone(),
             site: c.site.clone(),
             labels: c.labels.clone(),
+            tenant: c.tenant.clone(),
         }
     }
 }
@@ -101,6 +106,7 @@ impl From<&Vpc> for VpcView {
             subnet: v.subnet.clone(),
             vni: v.vni,
             members: v.members.clone(),
+            tenant: v.tenant.clone(),
         }
     }
 }
@@ -132,6 +138,7 @@ impl From<&AuditEntry> for AuditEntryView {
             source: e.source.clone(),
             result: e.result.clone(),
             site: e.site.clone(),
+            tenant: e.tenant.clone(),
         }
     }
 }

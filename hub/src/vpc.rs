@@ -98,6 +98,7 @@ mod tests {
             subnet: "10.1.2.0/24".into(),
             vni: 4100,
             members: Default::default(),
+            tenant: crate::model::DEFAULT_TENANT.into(),
         };
         let m = membership(&vpc, vec!["192.0.2.1".into()]);
         assert_eq!(m.gateway, "10.1.2.1/24");

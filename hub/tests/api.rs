@@ -678,4 +678,113 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
         (404, Some("appliance_unknown")),
         "a deleted appliance's certificate stops working"
     );
+
+    // Tenants: one claims a site at creation, a second site through an enrollment token.
+    assert_eq!(
+        run(s(&["tenants", "create", "acme", "--site", "east"]))
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&[
+            "token", "create", "--site", "west", "--tenant", "acme"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&["tenants", "create", "other", "--site", "east"]))
+            .await
+            .unwrap(),
+        Exit::Failed,
+        "a claimed site is refused"
+    );
+    assert_eq!(run(s(&["tenants", "list"])).await.unwrap(), Exit::Success);
+    let (_, tenants) = hub.admin().get("/v1/tenants").await;
+    assert_eq!(
+        tenants,
+        json!([{"name": "default", "sites": [], "created_at": null, "created_by": null},
+            {"name": "acme", "sites": ["east", "west"],
+             "created_at": tenants[1]["created_at"], "created_by": "operator:admin"}])
+    );
+
+    // Operator tokens: made, listed and revoked from the CLI; a revoked or expired token
+    // is refused, a tenant token sees only its tenant.
+    assert_eq!(
+        run(s(&[
+            "operators",
+            "create",
+            "acme-ops",
+            "--role",
+            "operator",
+            "--tenant",
+            "acme",
+            "--ttl-seconds",
+            "3600"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(run(s(&["operators", "list"])).await.unwrap(), Exit::Success);
+    let (_, ops) = hub.admin().get("/v1/operator-tokens").await;
+    let acme_ops = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme-ops")
+        .unwrap();
+    assert_eq!(acme_ops["tenant"], "acme");
+    assert!(acme_ops["expires_at"].is_string());
+    let (_, made) = hub
+        .admin()
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "short", "role": "viewer", "tenant": "acme"}),
+        )
+        .await;
+    let short = hub.operator(made["token"].as_str().unwrap());
+    let east = hub.admin().enrollment_token("east", 1).await;
+    Device::new("edge-e", "SER-E", &["52:54:00:00:07:01"])
+        .register(&hub, &east)
+        .await;
+    let (_, seen) = short.get("/v1/appliances").await;
+    let sites: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["site"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sites,
+        ["east"],
+        "a tenant token sees only its tenant's sites"
+    );
+    let id = made["id"].as_str().unwrap();
+    assert_eq!(
+        run(s(&["operators", "revoke", id])).await.unwrap(),
+        Exit::Success
+    );
+    let (status, body) = short.get("/v1/whoami").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("this operator token was revoked"))
+    );
+    let (_, made) = hub
+        .admin()
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "brief", "role": "viewer", "ttl_seconds": 1}),
+        )
+        .await;
+    let brief = hub.operator(made["token"].as_str().unwrap());
+    assert_eq!(brief.get("/v1/whoami").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = brief.get("/v1/whoami").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("this operator token has expired"))
+    );
 }

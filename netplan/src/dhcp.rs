@@ -240,49 +240,71 @@ impl<N: Netlink> Client<N> {
         Ok(None)
     }
 
-    fn lease_from(&self, ack: &Message, previous: Option<&Lease>) -> Lease {
+    /// The lease an ACK grants, or why it is refused (the caller treats a refused ACK as no
+    /// answer and asks again later).
+    fn lease_from(&self, ack: &Message, previous: Option<&Lease>) -> Result<Lease, Refused> {
         let opts = ack.opts();
-        let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
-            Some(DhcpOption::AddressLeaseTime(s)) => *s,
-            _ => 3600,
-        };
         let prefix = match opts.get(OptionCode::SubnetMask) {
-            Some(DhcpOption::SubnetMask(m)) => u32::from(*m).count_ones() as u8,
+            Some(DhcpOption::SubnetMask(m)) => mask_prefix(*m).ok_or(Refused::Mask(*m))?,
             _ => 24,
         };
+        let address = ack.yiaddr();
+        check_address(address)?;
         let router = match opts.get(OptionCode::Router) {
-            Some(DhcpOption::Router(r)) => r.first().copied(),
+            // A router that is no unicast host, or is us, would black-hole the default route.
+            Some(DhcpOption::Router(r)) => r
+                .iter()
+                .copied()
+                .find(|gw| check_address(*gw).is_ok() && *gw != address),
             _ => None,
         };
         let dns = match opts.get(OptionCode::DomainNameServer) {
-            Some(DhcpOption::DomainNameServer(d)) => d.clone(),
+            Some(DhcpOption::DomainNameServer(d)) => d
+                .iter()
+                .copied()
+                .filter(|a| check_address(*a).is_ok())
+                .collect(),
             _ => Vec::new(),
         };
         let server = match opts.get(OptionCode::ServerIdentifier) {
             Some(DhcpOption::ServerIdentifier(s)) => *s,
             _ => previous.map(|p| p.server).unwrap_or(ack.siaddr()),
         };
-        let t1 = match opts.get(OptionCode::Renewal) {
-            Some(DhcpOption::Renewal(t)) => *t,
-            _ => lease_secs / 2,
+        let get = |code| match opts.get(code) {
+            Some(
+                DhcpOption::AddressLeaseTime(t) | DhcpOption::Renewal(t) | DhcpOption::Rebinding(t),
+            ) => Some(*t),
+            _ => None,
         };
-        let t2 = match opts.get(OptionCode::Rebinding) {
-            Some(DhcpOption::Rebinding(t)) => *t,
-            _ => lease_secs / 8 * 7,
-        };
-        Lease {
-            address: ack.yiaddr(),
+        let timers = Timers::clamped(
+            get(OptionCode::AddressLeaseTime),
+            get(OptionCode::Renewal),
+            get(OptionCode::Rebinding),
+        );
+        Ok(Lease {
+            address,
             prefix,
             router,
             dns,
             server,
-            lease_secs,
-            t1_secs: t1,
-            t2_secs: t2,
+            lease_secs: timers.lease,
+            t1_secs: timers.t1,
+            t2_secs: timers.t2,
             obtained_unix: now_unix(),
             phase: Phase::Bound,
             renewals: previous.map(|p| p.renewals).unwrap_or(0),
             rebinds: previous.map(|p| p.rebinds).unwrap_or(0),
+        })
+    }
+
+    /// The lease of an ACK; a refused one is logged and counts as no answer.
+    fn accept(&self, ack: &Message, previous: Option<&Lease>) -> Option<Lease> {
+        match self.lease_from(ack, previous) {
+            Ok(lease) => Some(lease),
+            Err(why) => {
+                tracing::warn!(iface = %self.iface, server = %ack.siaddr(), %why, "DHCP answer refused");
+                None
+            }
         }
     }
 
@@ -310,9 +332,10 @@ impl<N: Netlink> Client<N> {
                 )
                 .await?
                 && ack.opts().msg_type() == Some(MessageType::Ack)
+                && let Some(lease) = self.accept(&ack, Some(old))
             {
-                tracing::info!(iface = %self.iface, address = %ack.yiaddr(), "DHCP lease re-confirmed (init-reboot)");
-                return Ok(self.lease_from(&ack, Some(old)));
+                tracing::info!(iface = %self.iface, address = %lease.address, "DHCP lease re-confirmed (init-reboot)");
+                return Ok(lease);
             }
         }
         loop {
@@ -347,10 +370,13 @@ impl<N: Netlink> Client<N> {
                 )
                 .await?
                 && ack.opts().msg_type() == Some(MessageType::Ack)
+                && let Some(lease) = self.accept(&ack, persisted.as_ref())
             {
-                tracing::info!(iface = %self.iface, address = %ack.yiaddr(), "DHCP lease obtained");
-                return Ok(self.lease_from(&ack, persisted.as_ref()));
+                tracing::info!(iface = %self.iface, address = %lease.address, "DHCP lease obtained");
+                return Ok(lease);
             }
+            // NAK or a refused ACK: pause so a broken server cannot drive a packet storm.
+            tokio::time::sleep(ANSWER_WAIT).await;
         }
     }
 
@@ -485,7 +511,12 @@ impl<N: Netlink> Client<N> {
             match answer {
                 Some(ack) if ack.opts().msg_type() == Some(MessageType::Ack) => {
                     let phase = lease.phase;
-                    lease = self.lease_from(&ack, Some(&lease));
+                    let Some(extended) = self.accept(&ack, Some(&lease)) else {
+                        // A nonsense answer does not end a good lease: the next phase
+                        // (rebinding, then a fresh DISCOVER) asks again.
+                        continue;
+                    };
+                    lease = extended;
                     match phase {
                         Phase::Renewing => lease.renewals += 1,
                         _ => lease.rebinds += 1,
@@ -528,6 +559,64 @@ impl<N: Netlink> Client<N> {
     }
 }
 
+/// Why an ACK is not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refused {
+    /// The address is no unicast host address.
+    #[error("offered address {0} is not a unicast host address")]
+    Address(Ipv4Addr),
+    /// The subnet mask has holes.
+    #[error("subnet mask {0} is not contiguous")]
+    Mask(Ipv4Addr),
+}
+
+/// An address a host may hold or talk to: not unspecified, broadcast, multicast, loopback
+/// or in class E.
+fn check_address(a: Ipv4Addr) -> Result<(), Refused> {
+    let reserved = a.octets()[0] >= 240;
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() || reserved {
+        return Err(Refused::Address(a));
+    }
+    Ok(())
+}
+
+/// Prefix length of a contiguous, non-empty mask.
+fn mask_prefix(mask: Ipv4Addr) -> Option<u8> {
+    let bits = u32::from(mask);
+    let prefix = bits.leading_ones();
+    (prefix > 0 && bits.checked_shl(prefix).unwrap_or(0) == 0).then_some(prefix as u8)
+}
+
+/// Lease timers as the client uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timers {
+    lease: u32,
+    t1: u32,
+    t2: u32,
+}
+
+/// dhcpcd's floor: a shorter lease (0 included) would have the client renew, and persist
+/// the lease, in a hot loop.
+const MIN_LEASE_SECS: u32 = 20;
+/// Used when the server gives no lease time.
+const DEFAULT_LEASE_SECS: u32 = 3600;
+
+impl Timers {
+    /// RFC 2131 §4.4.5 timers from what a server offered: the lease at least
+    /// [`MIN_LEASE_SECS`]; T1 and T2 as offered when 0 < T1 < T2 < lease, else the RFC's
+    /// defaults (0.5 and 0.875 of the lease) for whichever is out of order.
+    fn clamped(lease: Option<u32>, t1: Option<u32>, t2: Option<u32>) -> Self {
+        let lease = lease.unwrap_or(DEFAULT_LEASE_SECS).max(MIN_LEASE_SECS);
+        let default_t1 = lease / 2;
+        let default_t2 = (u64::from(lease) * 7 / 8) as u32;
+        let t2 = t2.filter(|t| *t > 0 && *t < lease).unwrap_or(default_t2);
+        let t1 = t1
+            .filter(|t| *t > 0 && *t < t2)
+            .unwrap_or(default_t1.min(t2 - 1));
+        Self { lease, t1, t2 }
+    }
+}
+
 fn rand_xid() -> u32 {
     // Transaction ids only need to differ between exchanges; time and pid suffice.
     let nanos = SystemTime::now()
@@ -535,4 +624,65 @@ fn rand_xid() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     nanos ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_are_clamped_to_sane_values() {
+        let t = |lease: u32, t1: u32, t2: u32| Timers { lease, t1, t2 };
+        // Offered (lease, T1, T2) and the timers used.
+        type Row = (Option<u32>, Option<u32>, Option<u32>, Timers);
+        let rows: &[Row] = &[
+            // As offered when in order.
+            (Some(120), Some(3), Some(8), t(120, 3, 8)),
+            // No lease time: an hour, RFC defaults.
+            (None, None, None, t(3600, 1800, 3150)),
+            // Lease 0 or 1 s would renew in a hot loop: floored.
+            (Some(0), None, None, t(20, 10, 17)),
+            (Some(1), Some(0), Some(0), t(20, 10, 17)),
+            // T1 = 0, T1 >= T2, T2 >= lease: the RFC defaults instead.
+            (Some(100), Some(0), Some(80), t(100, 50, 80)),
+            (Some(100), Some(90), Some(80), t(100, 50, 80)),
+            (Some(100), Some(10), Some(100), t(100, 10, 87)),
+            (Some(100), Some(95), Some(200), t(100, 50, 87)),
+            // An infinite lease keeps its timers finite.
+            (
+                Some(u32::MAX),
+                None,
+                None,
+                t(u32::MAX, u32::MAX / 2, 3_758_096_383),
+            ),
+        ];
+        for (lease, t1, t2, want) in rows {
+            let got = Timers::clamped(*lease, *t1, *t2);
+            assert_eq!(got, *want, "offer lease={lease:?} t1={t1:?} t2={t2:?}");
+            assert!(
+                got.t1 > 0 && got.t1 < got.t2 && got.t2 < got.lease,
+                "{got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nonsense_addresses_and_masks_are_refused() {
+        for bad in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            "240.0.0.1",
+        ] {
+            let a: Ipv4Addr = bad.parse().unwrap();
+            assert_eq!(check_address(a), Err(Refused::Address(a)), "{bad}");
+        }
+        assert_eq!(check_address(Ipv4Addr::new(10, 9, 0, 100)), Ok(()));
+        let m = |s: &str| mask_prefix(s.parse().unwrap());
+        assert_eq!(m("255.255.255.0"), Some(24));
+        assert_eq!(m("255.255.255.255"), Some(32));
+        assert_eq!(m("255.0.255.0"), None);
+        assert_eq!(m("0.0.0.0"), None);
+    }
 }

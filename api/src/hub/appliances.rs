@@ -37,9 +37,14 @@ pub struct ApplianceView {
     pub registered_at: OffsetDateTime,
     /// Re-registrations of the same hardware (re-keys).
     pub rekeys: u32,
-    /// VTEP address from its latest heartbeat that carried one.
+    /// VTEP address from its latest heartbeat that carried a valid one.
     #[serde(default)]
     pub vtep_address: Option<String>,
+    /// The VTEP address its latest heartbeat reported when the hub refused it, and why
+    /// (not unicast, or another member of one of its VPCs has it): peers do not tunnel to
+    /// it until the appliance reports a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_refused: Option<(String, String)>,
     /// VPCs it is attached to.
     pub vpcs: BTreeSet<String>,
     /// Control plane it is assigned to.

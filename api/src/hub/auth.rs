@@ -36,6 +36,12 @@ pub struct WhoAmI {
     pub role: Role,
     /// Site scope.
     pub site: Option<String>,
+    /// Tenant scope (for a site-scoped token, the site's tenant).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// End of validity; `None`: until revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<time::OffsetDateTime>,
 }
 
 /// `GET /v1/ca`: the hub CA.

@@ -17,6 +17,9 @@ pub struct AddControlPlane {
     /// Path, on the hub's machine, of a file holding a bearer token allowed to create
     /// Secrets in `kube-system`.
     pub credentials_ref: String,
+    /// Owner: only its appliances are assigned; `None`: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A hosted control plane as operators see it.
@@ -34,6 +37,9 @@ pub struct ControlPlaneView {
     pub site: Option<String>,
     /// Appliances with all these labels are assigned (when non-empty).
     pub labels: BTreeMap<String, String>,
+    /// Owner: only its appliances are assigned.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 /// `POST /v1/control-planes/{name}/assign` body.

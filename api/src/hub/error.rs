@@ -62,6 +62,8 @@ pub enum ErrorCode {
     VpcUnknown,
     /// No such control plane (404).
     ControlPlaneUnknown,
+    /// No such tenant, or not the caller's (404).
+    TenantUnknown,
     /// No such release (404).
     ReleaseUnknown,
     /// The release's bundle is not kept by this hub (404).
@@ -120,6 +122,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("operator_token_unknown", ErrorCode::OperatorTokenUnknown),
     ("vpc_unknown", ErrorCode::VpcUnknown),
     ("control_plane_unknown", ErrorCode::ControlPlaneUnknown),
+    ("tenant_unknown", ErrorCode::TenantUnknown),
     ("release_unknown", ErrorCode::ReleaseUnknown),
     ("bundle_not_on_this_hub", ErrorCode::BundleNotOnThisHub),
     ("campaign_unknown", ErrorCode::CampaignUnknown),

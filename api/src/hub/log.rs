@@ -36,6 +36,9 @@ pub struct AuditEntryView {
     pub result: String,
     /// Site concerned, when there is one.
     pub site: Option<String>,
+    /// Tenant concerned, for tenant-wide things (VPCs, control planes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A fleet event: an appliance state transition.

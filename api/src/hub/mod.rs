@@ -17,6 +17,7 @@ mod control_planes;
 mod error;
 mod log;
 mod releases;
+mod tenants;
 mod tokens;
 mod vpcs;
 
@@ -33,6 +34,7 @@ pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPl
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventView, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
+pub use tenants::{CreateTenant, TenantView};
 pub use tokens::{
     CheckRequest, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView, NewToken,
     OperatorTokenView, TokenCheck, TokenRefusal,

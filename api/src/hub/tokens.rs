@@ -31,6 +31,10 @@ pub struct CreateEnrollmentToken {
     /// Labels given to enrolled appliances.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The tenant the site belongs to: checked when the site is claimed, and claims an
+    /// unclaimed site for it (fleet-wide tokens only); `None`: the site's tenant as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -73,9 +77,16 @@ pub struct CreateOperatorToken {
     pub name: String,
     /// Role.
     pub role: Role,
-    /// Site scope.
+    /// Site scope: sees only this site (and its tenant's VPCs and control planes).
     #[serde(default)]
     pub site: Option<String>,
+    /// Tenant scope: sees only this tenant's sites, VPCs and control planes. Neither site
+    /// nor tenant: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Validity in seconds; `None`: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
 }
 
 /// An operator token as admins see it: never its secret or the secret's hash.
@@ -87,13 +98,22 @@ pub struct OperatorTokenView {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// The only site it sees, when scoped.
+    /// The only site it sees, when scoped to a site.
     pub site: Option<String>,
+    /// The only tenant it sees, when scoped to a tenant or a site.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// When it was made.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.
     pub created_by: String,
+    /// End of validity; `None`: until revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Revoked: refused from now on.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// `POST /v1/registrations/check` body.

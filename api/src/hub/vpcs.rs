@@ -12,6 +12,9 @@ pub struct CreateVpc {
     pub name: String,
     /// IPv4 subnet, CIDR.
     pub subnet: String,
+    /// Owner; `None`: the caller's tenant (`default` for a fleet-wide token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// `POST /v1/vpcs/{name}/attach|detach` body.
@@ -31,6 +34,9 @@ pub struct VpcView {
     pub subnet: String,
     /// VXLAN network identifier, unique in the fleet.
     pub vni: u32,
-    /// Attached appliances.
+    /// Attached appliances (those in the caller's scope).
     pub members: BTreeSet<ApplianceId>,
+    /// Owner: only its appliances attach.
+    #[serde(default)]
+    pub tenant: String,
 }

@@ -45,7 +45,7 @@ impl Fleet {
         }
     }
 
-    pub(super) async fn appliance_in_scope(
+    pub(crate) async fn appliance_in_scope(
         &self,
         caller: &Caller,
         id: &str,

@@ -10,9 +10,14 @@ impl Fleet {
         since: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, FleetError> {
-        self.log_since(keys::AUDIT, since, limit, |e: &AuditEntry| match &e.site {
-            Some(s) => caller.sees(s),
-            None => caller.operator.as_ref().is_some_and(|o| o.site.is_none()),
+        // A site's entries to who sees the site; a tenant's to its tenant-scoped tokens; the
+        // rest (tokens, releases, fleet-wide changes) to fleet-wide tokens only.
+        self.log_since(keys::AUDIT, since, limit, |e: &AuditEntry| {
+            match (&e.site, &e.tenant) {
+                (Some(s), _) => caller.sees(s),
+                (None, Some(t)) => caller.check_tenant_wide(t).is_ok(),
+                (None, None) => caller.is_fleet_wide(),
+            }
         })
         .await
     }

@@ -3,9 +3,10 @@
 
 use super::*;
 
-/// Whether a control plane's assignment selects an appliance.
-pub(super) fn matches(cp: &ControlPlane, a: &Appliance) -> bool {
-    (cp.site.is_some() || !cp.labels.is_empty())
+/// Whether a control plane's assignment selects an appliance of tenant `tenant`.
+pub(super) fn matches(cp: &ControlPlane, a: &Appliance, tenant: &str) -> bool {
+    cp.tenant == tenant
+        && (cp.site.is_some() || !cp.labels.is_empty())
         && cp.site.as_ref().is_none_or(|s| s == &a.site)
         && cp.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
 }
@@ -14,19 +15,21 @@ pub(super) fn matches(cp: &ControlPlane, a: &Appliance) -> bool {
 const BOOTSTRAP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Fleet {
-    /// Registers a control plane (admin, fleet-wide).
+    /// Registers a control plane for a tenant (admin, fleet-wide: its `credentials_ref` is
+    /// a file on the hub's machine, which no tenant may name).
     pub async fn add_control_plane(
         &self,
         caller: &Caller,
         mut cp: ControlPlane,
     ) -> Result<ControlPlane, FleetError> {
-        let op = caller.operator()?;
-        if op.site.is_some() {
+        caller.operator()?;
+        if !caller.is_fleet_wide() {
             return Err(FleetError::Forbidden(
-                "control planes are fleet-wide: a fleet-wide admin token is needed".into(),
+                "control planes are registered by a fleet-wide admin token".into(),
             ));
         }
         validate_name("control plane name", &cp.name)?;
+        self.check_tenant_exists(&cp.tenant).await?;
         if !cp.api_server_url.starts_with("https://") {
             return Err(FleetError::Invalid(
                 "api_server_url: must be https://".into(),
@@ -47,7 +50,7 @@ impl Fleet {
         cp.site = None;
         cp.labels.clear();
         let key = format!("{}{}", keys::CONTROL_PLANES, cp.name);
-        let audit = Self::audit_op(caller, "control-plane.add", &cp.name, "ok", None);
+        let audit = Self::tenant_audit_op(caller, "control-plane.add", &cp.name, "ok", &cp.tenant);
         if !self
             .store
             .txn(
@@ -64,19 +67,50 @@ impl Fleet {
         Ok(cp)
     }
 
-    /// Control planes (viewer).
-    pub async fn list_control_planes(&self) -> Result<Vec<ControlPlane>, FleetError> {
+    /// Control planes in scope (viewer): those of the caller's tenant; a site-scoped token
+    /// sees those assigned to its site or tenant-wide by labels, not other sites'.
+    pub async fn list_control_planes(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<ControlPlane>, FleetError> {
         Ok(self
             .list::<ControlPlane>(keys::CONTROL_PLANES)
             .await?
             .into_iter()
             .map(|(_, c)| c)
+            .filter(|c| Self::control_plane_visible(caller, c))
             .collect())
+    }
+
+    fn control_plane_visible(caller: &Caller, cp: &ControlPlane) -> bool {
+        caller.sees_tenant(&cp.tenant) && cp.site.as_deref().is_none_or(|s| caller.sees(s))
+    }
+
+    /// A control plane the caller sees; others answer as absent.
+    pub(crate) async fn control_plane_in_scope(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(u64, ControlPlane), FleetError> {
+        let not_found = || FleetError::NotFound {
+            code: cairn_api::hub::ErrorCode::ControlPlaneUnknown,
+            message: format!("no control plane {name:?}"),
+        };
+        let (version, cp): (_, ControlPlane) = self
+            .get(&format!("{}{name}", keys::CONTROL_PLANES))
+            .await?
+            .ok_or_else(not_found)?;
+        if !Self::control_plane_visible(caller, &cp) {
+            return Err(not_found());
+        }
+        Ok((version, cp))
     }
 
     /// Assigns appliances of `site` and/or with `labels` to a control plane (operator), and
     /// joins every matching appliance in scope now; later registrations that match join at
-    /// registration.
+    /// registration. Both sides are checked: the caller must be allowed to change the
+    /// assignment the control plane has (another site's is not its to take) and the one
+    /// it asks for, and only appliances of the control plane's tenant are assigned.
     pub async fn assign(
         &self,
         caller: &Caller,
@@ -87,22 +121,31 @@ impl Fleet {
         if site.is_none() && labels.is_empty() {
             return Err(FleetError::Invalid("give a site, labels, or both".into()));
         }
-        caller.check_scope(site.as_deref(), "a site-scoped token must name its site")?;
         let key = format!("{}{name}", keys::CONTROL_PLANES);
-        let (version, mut cp): (_, ControlPlane) =
-            self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                code: cairn_api::hub::ErrorCode::ControlPlaneUnknown,
-                message: format!("no control plane {name:?}"),
-            })?;
+        let (version, mut cp) = self.control_plane_in_scope(caller, name).await?;
+        // What it has now: a site assignment the caller sees (visibility checked it), or a
+        // tenant-wide label assignment only a tenant or fleet token may replace.
+        if cp.site.is_none() && !cp.labels.is_empty() {
+            caller.check_tenant_wide(&cp.tenant)?;
+        }
+        // What it asks for.
+        match &site {
+            Some(s) => {
+                caller.check_site(s)?;
+                if self.tenant_of(s).await? != cp.tenant {
+                    return Err(FleetError::Forbidden(format!(
+                        "site {s:?} is not of control plane {name:?}'s tenant"
+                    )));
+                }
+            }
+            None => caller.check_tenant_wide(&cp.tenant)?,
+        }
         cp.site = site;
         cp.labels = labels;
-        let audit = Self::audit_op(
-            caller,
-            "control-plane.assign",
-            name,
-            "ok",
-            cp.site.as_deref(),
-        );
+        let audit = match cp.site.as_deref() {
+            Some(s) => Self::audit_op(caller, "control-plane.assign", name, "ok", Some(s)),
+            None => Self::tenant_audit_op(caller, "control-plane.assign", name, "ok", &cp.tenant),
+        };
         if !self
             .store
             .txn(
@@ -114,9 +157,10 @@ impl Fleet {
             return Err(FleetError::Contended(key));
         }
         let mut result = AssignResult::default();
+        let site_tenants = self.site_tenants().await?;
         for (_, a) in self.list::<Appliance>(keys::APPLIANCES).await? {
             if !caller.sees(&a.site)
-                || !matches(&cp, &a)
+                || !matches(&cp, &a, tenant_in(&site_tenants, &a.site))
                 || a.control_plane.as_deref() == Some(name)
             {
                 continue;
@@ -137,8 +181,9 @@ impl Fleet {
         if a.control_plane.is_some() {
             return Ok(None);
         }
+        let tenant = self.tenant_of(&a.site).await?;
         for (_, cp) in self.list::<ControlPlane>(keys::CONTROL_PLANES).await? {
-            if matches(&cp, a) {
+            if matches(&cp, a, &tenant) {
                 return self.join(caller, &cp, &a.id).await.map(Some);
             }
         }

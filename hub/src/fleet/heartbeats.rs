@@ -14,11 +14,34 @@ impl Fleet {
         let status_key = format!("{}{}", keys::STATUS, appliance.id);
         let previous: Option<(u64, Status)> = self.get(&status_key).await?;
         // A node that stops reporting a VTEP (its setting removed) leaves the overlays too:
-        // peers must not keep tunnelling to the old address.
-        if hb.status.vtep_address != appliance.vtep_address {
-            appliance = self
-                .update_vtep(&appliance.id, hb.status.vtep_address.clone())
-                .await?;
+        // peers must not keep tunnelling to the old address. A refused address is left out
+        // the same way: one bad VTEP must not reach, and break, every peer's overlay.
+        let reported = hb.status.vtep_address.clone();
+        if reported != appliance.vtep_address {
+            let refusal = match &reported {
+                Some(v) => self
+                    .vtep_problem(&appliance, v)
+                    .await?
+                    .map(|why| (v.clone(), why)),
+                None => None,
+            };
+            match refusal {
+                None => appliance = self.update_vtep(&appliance.id, reported, None).await?,
+                // Refused before for the same reason: nothing new to record.
+                Some(r) if appliance.vtep_refused.as_ref() == Some(&r) => {}
+                Some((v, why)) => {
+                    tracing::warn!(appliance = %appliance.id, vtep = %v, reason = %why, "VTEP address refused");
+                    let event = self.event_op(
+                        &appliance,
+                        "vtep-refused",
+                        format!("VTEP address {v} refused: {why}"),
+                    );
+                    self.store.txn(vec![], vec![event]).await?;
+                    appliance = self
+                        .update_vtep(&appliance.id, None, Some((v, why)))
+                        .await?;
+                }
+            }
         }
         let status = Status {
             last_seen: now(),
@@ -52,14 +75,49 @@ impl Fleet {
         })
     }
 
+    /// Why `vtep` cannot be `a`'s VTEP address: it must be a unicast address peers can
+    /// reach (not loopback, multicast, unspecified, broadcast or link-local) that no other
+    /// member of its VPCs has.
+    async fn vtep_problem(&self, a: &Appliance, vtep: &str) -> Result<Option<String>, FleetError> {
+        use std::net::IpAddr;
+        let Ok(ip) = vtep.parse::<IpAddr>() else {
+            return Ok(Some("not an IP address".into()));
+        };
+        let kind = match ip {
+            _ if ip.is_unspecified() => Some("unspecified"),
+            _ if ip.is_loopback() => Some("loopback"),
+            _ if ip.is_multicast() => Some("multicast"),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast"),
+            IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("link-local"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            return Ok(Some(format!(
+                "a {kind} address, not a unicast one peers reach"
+            )));
+        }
+        for name in &a.vpcs {
+            if let Some((_, vpc)) = self.get::<Vpc>(&format!("{}{name}", keys::VPCS)).await?
+                && self.vtep_taken(&vpc, &a.id, vtep).await?
+            {
+                return Ok(Some(format!(
+                    "another member of VPC {name:?} has the same address"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     pub(super) async fn update_vtep(
         &self,
         id: &ApplianceId,
         vtep: Option<String>,
+        refused: Option<(String, String)>,
     ) -> Result<Appliance, FleetError> {
         let key = format!("{}{id}", keys::APPLIANCES);
         let key = key.as_str();
-        let vtep = &vtep;
+        let (vtep, refused) = (&vtep, &refused);
         let a = self
             .cas(key, move || async move {
                 let (version, mut a): (_, Appliance) =
@@ -68,6 +126,7 @@ impl Fleet {
                         message: format!("appliance {id} is not registered"),
                     })?;
                 a.vtep_address = vtep.clone();
+                a.vtep_refused = refused.clone();
                 Ok(Attempt::Write {
                     checks: vec![Check::version(key, version)],
                     ops: vec![Op::put(key, encode(&a))],

@@ -99,6 +99,7 @@ impl Fleet {
                             registered_at: at,
                             rekeys: 0,
                             vtep_address: None,
+                            vtep_refused: None,
                             vpcs: Default::default(),
                             control_plane: None,
                             join: None,

@@ -99,6 +99,8 @@ async fn suite(store: Arc<dyn Store>) {
     registration_keeps_hardware_identity(&w).await;
     offline_and_online_are_events(&w).await;
     vpc_overlays_follow_membership_and_addresses(&w).await;
+    bad_vteps_stay_out_of_overlays(&w).await;
+    appliances_join_only_their_tenants_vpcs(&w).await;
 }
 
 async fn registration_keeps_hardware_identity(w: &World) {
@@ -112,6 +114,7 @@ async fn registration_keeps_hardware_identity(w: &World) {
                 ttl_seconds: 60,
                 max_uses: 2,
                 labels: Default::default(),
+                tenant: None,
             },
         )
         .await
@@ -162,6 +165,7 @@ async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResp
                 ttl_seconds: 60,
                 max_uses: n as u32,
                 labels: Default::default(),
+                tenant: None,
             },
         )
         .await
@@ -226,21 +230,25 @@ async fn desired_after_beat(w: &World, peer: &PeerCert, vtep: Option<&str>) -> D
 async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
     let blue = w
         .fleet
-        .create_vpc(&w.admin, "blue", "10.10.0.0/24")
+        .create_vpc(&w.admin, "blue", "10.10.0.0/24", None)
         .await
         .unwrap();
     let red = w
         .fleet
-        .create_vpc(&w.admin, "red", "10.20.0.0/24")
+        .create_vpc(&w.admin, "red", "10.20.0.0/24", None)
         .await
         .unwrap();
     assert_ne!(blue.vni, red.vni, "VNIs are unique");
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "blue", "10.30.0.0/24").await,
+        w.fleet
+            .create_vpc(&w.admin, "blue", "10.30.0.0/24", None)
+            .await,
         Err(FleetError::Conflict(_))
     ));
     assert!(matches!(
-        w.fleet.create_vpc(&w.admin, "bad", "10.30.0.1/24").await,
+        w.fleet
+            .create_vpc(&w.admin, "bad", "10.30.0.1/24", None)
+            .await,
         Err(FleetError::Invalid(_))
     ));
 
@@ -307,6 +315,120 @@ async fn vpc_overlays_follow_membership_and_addresses(w: &World) {
     assert!(
         d6.overlay.as_ref().unwrap().vpcs[0].peer_vteps.is_empty(),
         "{d6:?}"
+    );
+}
+
+/// A VTEP address that is not unicast, or that another member of the VPC has, is refused
+/// and kept out of every overlay; a valid one later is taken.
+async fn bad_vteps_stay_out_of_overlays(w: &World) {
+    w.fleet
+        .create_vpc(&w.admin, "amber", "10.40.0.0/24", None)
+        .await
+        .unwrap();
+    let apps = register_many(w, "s4", 2).await;
+    for (reg, _) in &apps {
+        w.fleet
+            .attach(&w.admin, "amber", reg.appliance_id.as_str())
+            .await
+            .unwrap();
+    }
+    let (p0, p1) = (&apps[0].1, &apps[1].1);
+    let id1 = apps[1].0.appliance_id.clone();
+    desired_after_beat(w, p0, Some("198.51.100.1")).await;
+    for (bad, why) in [
+        ("127.0.0.1", "loopback"),
+        ("239.1.1.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("not-an-address", "not an IP address"),
+        ("198.51.100.1", "same address"),
+    ] {
+        desired_after_beat(w, p1, Some(bad)).await;
+        let view = w
+            .fleet
+            .show_appliance(&w.admin, id1.as_str())
+            .await
+            .unwrap();
+        let (addr, reason) = view.vtep_refused.clone().expect("refused");
+        assert_eq!(addr, bad);
+        assert!(reason.contains(why), "{bad}: {reason}");
+        assert_eq!(view.vtep_address, None);
+        let d0 = desired_after_beat(w, p0, Some("198.51.100.1")).await;
+        assert!(
+            d0.overlay.unwrap().vpcs[0].peer_vteps.is_empty(),
+            "{bad} reached a peer's overlay"
+        );
+    }
+    let refusals = w
+        .fleet
+        .events_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.appliance == id1 && e.kind == "vtep-refused")
+        .count();
+    assert_eq!(refusals, 5, "one event per refusal, not per heartbeat");
+    desired_after_beat(w, p1, Some("198.51.100.2")).await;
+    let view = w
+        .fleet
+        .show_appliance(&w.admin, id1.as_str())
+        .await
+        .unwrap();
+    assert_eq!(view.vtep_refused, None);
+    let d0 = desired_after_beat(w, p0, Some("198.51.100.1")).await;
+    assert_eq!(d0.overlay.unwrap().vpcs[0].peer_vteps, ["198.51.100.2"]);
+}
+
+/// Even a fleet-wide operator cannot attach an appliance to another tenant's VPC.
+async fn appliances_join_only_their_tenants_vpcs(w: &World) {
+    w.fleet
+        .create_tenant(&w.admin, "t2", &["s5".to_owned()].into())
+        .await
+        .unwrap();
+    w.fleet
+        .create_vpc(&w.admin, "t2-net", "10.50.0.0/24", Some("t2"))
+        .await
+        .unwrap();
+    let apps = register_many(w, "s5", 1).await;
+    let id = apps[0].0.appliance_id.as_str();
+    assert!(matches!(
+        w.fleet.attach(&w.admin, "amber", id).await,
+        Err(FleetError::Forbidden(_))
+    ));
+    let vpc = w.fleet.attach(&w.admin, "t2-net", id).await.unwrap();
+    assert_eq!(vpc.tenant, "t2");
+    assert!(vpc.members.iter().any(|m| m.as_str() == id));
+
+    // A control plane of t2 takes only t2's sites, whoever assigns it.
+    w.fleet
+        .add_control_plane(
+            &w.admin,
+            ControlPlane {
+                name: "t2-cp".into(),
+                api_server_url: "https://127.0.0.1:1".into(),
+                ca_bundle_pem: w.fleet.ca().cert_pem.clone(),
+                credentials_ref: "/nonexistent".into(),
+                site: None,
+                labels: Default::default(),
+                tenant: "t2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.fleet
+            .assign(&w.admin, "t2-cp", Some("s3".into()), Default::default())
+            .await,
+        Err(FleetError::Forbidden(_))
+    ));
+    let result = w
+        .fleet
+        .assign(&w.admin, "t2-cp", Some("s5".into()), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        result.failed.len(),
+        1,
+        "the s5 appliance, and no other, is joined"
     );
 }
 

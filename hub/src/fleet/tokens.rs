@@ -49,10 +49,10 @@ impl Fleet {
         let caller = Caller {
             actor: "cairn-hub init".into(),
             source: "local".into(),
-            operator: None,
+            ..Default::default()
         };
         let token = self
-            .create_operator_token_unchecked(&caller, "admin", Role::Admin, None)
+            .create_operator_token_unchecked(&caller, "admin", Role::Admin, None, None, None)
             .await?;
         Ok(Some(token.token))
     }
@@ -68,10 +68,22 @@ impl Fleet {
         if !same_digest(&token.secret_sha256, &sha256_hex(secret)) {
             return Err(refuse());
         }
+        // Past the secret check only: an unknown secret learns nothing about the token.
+        if token.revoked {
+            return Err(FleetError::Unauthenticated(
+                "this operator token was revoked".into(),
+            ));
+        }
+        if token.expires_at.is_some_and(|at| at <= now()) {
+            return Err(FleetError::Unauthenticated(
+                "this operator token has expired".into(),
+            ));
+        }
         Ok(Caller {
             actor: format!("operator:{}", token.name),
             source: source.into(),
             operator: Some(token),
+            site_tenants: Arc::new(self.site_tenants().await?),
         })
     }
 
@@ -81,6 +93,8 @@ impl Fleet {
         name: &str,
         role: Role,
         site: Option<String>,
+        tenant: Option<String>,
+        expires_at: Option<OffsetDateTime>,
     ) -> Result<NewToken<OperatorTokenView>, FleetError> {
         let id = random_hex(6);
         let secret = random_hex(20);
@@ -89,9 +103,12 @@ impl Fleet {
             name: name.into(),
             role,
             site,
+            tenant,
             secret_sha256: sha256_hex(&secret),
             created_at: now(),
             created_by: caller.actor.clone(),
+            expires_at,
+            revoked: false,
         };
         let key = format!("{}{id}", keys::OPERATOR_TOKENS);
         let audit = Self::audit_op(
@@ -108,30 +125,69 @@ impl Fleet {
         })
     }
 
-    /// Creates an operator token (admin; a site-scoped admin only for its site).
+    /// Creates an operator token (admin) of a scope within the caller's: a site-scoped
+    /// admin only for its site, a tenant-scoped one for its tenant or one of its sites.
     pub async fn create_operator_token(
         &self,
         caller: &Caller,
-        name: &str,
-        role: Role,
-        site: Option<String>,
+        req: &CreateOperatorToken,
     ) -> Result<NewToken<OperatorTokenView>, FleetError> {
-        let me = caller.operator()?;
-        if let Some(mine) = &me.site
-            && site.as_ref() != Some(mine)
-        {
-            return Err(FleetError::Forbidden(format!(
-                "a token scoped to site {mine:?} can only create tokens for that site"
-            )));
-        }
-        if name.trim().is_empty() {
+        caller.operator()?;
+        if req.name.trim().is_empty() {
             return Err(FleetError::Invalid("name: must not be empty".into()));
         }
-        self.create_operator_token_unchecked(caller, name, role, site)
-            .await
+        let tenant = match (&req.site, &req.tenant) {
+            (Some(site), tenant) => {
+                validate_name("site", site)?;
+                let of_site = self.tenant_of(site).await?;
+                if tenant.as_ref().is_some_and(|t| t != &of_site) {
+                    return Err(FleetError::Invalid(format!(
+                        "tenant: site {site:?} belongs to another tenant"
+                    )));
+                }
+                Some(of_site)
+            }
+            (None, Some(t)) => {
+                self.check_tenant_exists(t).await?;
+                Some(t.clone())
+            }
+            (None, None) => None,
+        };
+        Self::check_covers(caller, req.site.as_deref(), tenant.as_deref())?;
+        let expires_at = match req.ttl_seconds {
+            None => None,
+            Some(s) if s == 0 || s > 10 * 365 * 24 * 3600 => {
+                return Err(FleetError::Invalid(
+                    "ttl_seconds: between 1 and ten years".into(),
+                ));
+            }
+            Some(s) => Some(now() + Duration::seconds(s as i64)),
+        };
+        self.create_operator_token_unchecked(
+            caller,
+            &req.name,
+            req.role,
+            req.site.clone(),
+            tenant,
+            expires_at,
+        )
+        .await
     }
 
-    /// Lists operator tokens (admin; without secrets).
+    /// Refuses a caller whose scope does not contain a token's (`site`, `tenant`).
+    fn check_covers(
+        caller: &Caller,
+        site: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<(), FleetError> {
+        match (site, tenant) {
+            (Some(s), _) => caller.check_site(s),
+            (None, Some(t)) => caller.check_tenant_wide(t),
+            (None, None) => caller.check_scope(None, "only a fleet-wide token covers the fleet"),
+        }
+    }
+
+    /// Lists operator tokens in the caller's scope (admin; without secrets).
     pub async fn list_operator_tokens(
         &self,
         caller: &Caller,
@@ -140,22 +196,31 @@ impl Fleet {
         Ok(all
             .into_iter()
             .map(|(_, t)| t)
-            .filter(|t| t.site.as_deref().is_none_or(|s| caller.sees(s)))
+            .filter(|t| Self::check_covers(caller, t.site.as_deref(), t.tenant.as_deref()).is_ok())
             .collect())
     }
 
-    /// Deletes an operator token (admin).
+    /// An operator token in the caller's scope; out of scope answers as absent.
+    pub(crate) async fn operator_token_in_scope(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(u64, OperatorToken), FleetError> {
+        let not_found = || FleetError::NotFound {
+            code: cairn_api::hub::ErrorCode::OperatorTokenUnknown,
+            message: format!("no operator token {id:?}"),
+        };
+        let key = format!("{}{id}", keys::OPERATOR_TOKENS);
+        let (version, token): (_, OperatorToken) = self.get(&key).await?.ok_or_else(not_found)?;
+        Self::check_covers(caller, token.site.as_deref(), token.tenant.as_deref())
+            .map_err(|_| not_found())?;
+        Ok((version, token))
+    }
+
+    /// Deletes an operator token (admin, in scope).
     pub async fn delete_operator_token(&self, caller: &Caller, id: &str) -> Result<(), FleetError> {
         let key = format!("{}{id}", keys::OPERATOR_TOKENS);
-        let (version, token): (_, OperatorToken) =
-            self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
-                code: cairn_api::hub::ErrorCode::OperatorTokenUnknown,
-                message: format!("no operator token {id:?}"),
-            })?;
-        caller.check_scope(
-            token.site.as_deref(),
-            "a site-scoped token cannot delete a fleet-wide one",
-        )?;
+        let (version, token) = self.operator_token_in_scope(caller, id).await?;
         let audit = Self::audit_op(
             caller,
             "operator-token.delete",
@@ -172,6 +237,33 @@ impl Fleet {
         Ok(())
     }
 
+    /// Revokes an operator token (admin, in scope): refused from now on, kept in the list.
+    pub async fn revoke_operator_token(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<OperatorToken, FleetError> {
+        let key = format!("{}{id}", keys::OPERATOR_TOKENS);
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            let (version, mut token) = self.operator_token_in_scope(caller, id).await?;
+            token.revoked = true;
+            let audit = Self::audit_op(
+                caller,
+                "operator-token.revoke",
+                id,
+                "ok",
+                token.site.as_deref(),
+            );
+            Ok(Attempt::Write {
+                checks: vec![Check::version(key, version)],
+                ops: vec![Op::put(key, encode(&token)), audit],
+                then: token,
+            })
+        })
+        .await
+    }
+
     // ---- enrollment tokens -------------------------------------------------------------
 
     /// Creates an enrollment token (operator, in scope).
@@ -182,6 +274,9 @@ impl Fleet {
     ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
         validate_name("site", &req.site)?;
         caller.check_site(&req.site)?;
+        let claim = self
+            .site_claim(caller, &req.site, req.tenant.as_deref())
+            .await?;
         if req.max_uses == 0 {
             return Err(FleetError::Invalid("max_uses: must be at least 1".into()));
         }
@@ -207,11 +302,52 @@ impl Fleet {
         };
         let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
         let audit = Self::audit_op(caller, "token.create", &id, "ok", Some(&record.site));
-        self.store_new_token(&key, &record, audit).await?;
+        let mut checks = vec![Check::version(&key, 0)];
+        let mut ops = vec![Op::put(&key, encode(&record)), audit];
+        if let Some((check, op)) = claim {
+            checks.push(check);
+            ops.push(op);
+        }
+        if !self.store.txn(checks, ops).await? {
+            return Err(FleetError::Conflict(
+                "a token with this ID exists, or the site was claimed meanwhile; retry".into(),
+            ));
+        }
         Ok(NewToken {
             token: format!("cairn-et.{id}.{secret}"),
             view: (&record).into(),
         })
+    }
+
+    /// What creating an enrollment token for `site` with `tenant` asks to claim: nothing
+    /// when the site already belongs to that tenant (or no tenant is named), a claim when
+    /// an unclaimed site is named with a tenant (fleet-wide tokens only: it moves the site
+    /// out of the default tenant).
+    async fn site_claim(
+        &self,
+        caller: &Caller,
+        site: &str,
+        tenant: Option<&str>,
+    ) -> Result<Option<(Check, Op)>, FleetError> {
+        let Some(tenant) = tenant else {
+            return Ok(None);
+        };
+        let claimed = self
+            .get::<Site>(&format!("{}{site}", keys::SITES))
+            .await?
+            .map(|(_, s)| s.tenant);
+        match claimed {
+            Some(owner) if owner == tenant => Ok(None),
+            Some(_) => Err(FleetError::Conflict(format!(
+                "site {site:?} belongs to another tenant than {tenant:?}"
+            ))),
+            None if tenant == DEFAULT_TENANT => Ok(None),
+            None => {
+                caller.check_scope(None, "only a fleet-wide token claims a site for a tenant")?;
+                self.check_tenant_exists(tenant).await?;
+                Ok(Some(Self::claim_site(site, tenant)))
+            }
+        }
     }
 
     /// Lists enrollment tokens in scope (viewer).
@@ -227,6 +363,26 @@ impl Fleet {
             .collect())
     }
 
+    /// An enrollment token of a site the caller sees; others answer as absent.
+    pub(crate) async fn enrollment_token_in_scope(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(u64, EnrollmentToken), FleetError> {
+        let not_found = || FleetError::NotFound {
+            code: cairn_api::hub::ErrorCode::Token(TokenRefusal::Unknown),
+            message: format!("no enrollment token {id:?}"),
+        };
+        let (version, token): (_, EnrollmentToken) = self
+            .get(&format!("{}{id}", keys::ENROLLMENT_TOKENS))
+            .await?
+            .ok_or_else(not_found)?;
+        if !caller.sees(&token.site) {
+            return Err(not_found());
+        }
+        Ok((version, token))
+    }
+
     /// Revokes an enrollment token (operator, in scope).
     pub async fn revoke_enrollment_token(
         &self,
@@ -236,12 +392,7 @@ impl Fleet {
         let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
         let key = key.as_str();
         self.cas(key, move || async move {
-            let (version, mut token): (_, EnrollmentToken) =
-                self.get(key).await?.ok_or_else(|| FleetError::NotFound {
-                    code: cairn_api::hub::ErrorCode::Token(cairn_api::hub::TokenRefusal::Unknown),
-                    message: format!("no enrollment token {id:?}"),
-                })?;
-            caller.check_site(&token.site)?;
+            let (version, mut token) = self.enrollment_token_in_scope(caller, id).await?;
             token.revoked = true;
             let audit = Self::audit_op(caller, "token.revoke", id, "ok", Some(&token.site));
             Ok(Attempt::Write {

@@ -33,7 +33,7 @@ use cairn_api::hub::{CampaignAction, CampaignView, CreateCampaign};
 use cairn_api::{ApplianceId, MaintenanceWindow, UpgradeOrder, UpgradePhase};
 use sha2::{Digest, Sha256};
 
-use super::{Attempt, Caller, Fleet, FleetError, encode, now, validate_name};
+use super::{Attempt, Caller, Fleet, FleetError, Scope, encode, now, validate_name};
 use crate::model::{
     Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Status, keys,
 };
@@ -349,16 +349,16 @@ impl Fleet {
             (None, Some(n)) => Pacing::MaxConcurrency(n),
             (None, None) => Pacing::BatchSize(1),
         };
-        // A scoped operator may only roll out to its own site.
+        // A scoped operator may only roll out to a site of its own.
         let mut selector = req.selector.clone();
-        if let Some(scope) = caller.operator.as_ref().and_then(|o| o.site.clone()) {
-            match &selector.site {
-                Some(s) if s != &scope => {
-                    return Err(FleetError::Forbidden(format!(
-                        "this token is scoped to site {scope}"
-                    )));
-                }
-                _ => selector.site = Some(scope),
+        match (caller.scope(), &selector.site) {
+            (Some(Scope::Site(scope)), None) => selector.site = Some(scope.to_owned()),
+            (Some(Scope::Fleet), _) => {}
+            (_, Some(s)) => caller.check_site(s)?,
+            (_, None) => {
+                return Err(FleetError::Forbidden(
+                    "a tenant-scoped token's campaign names one of its sites".into(),
+                ));
             }
         }
         let release = self.release(&req.release).await.map_err(|_| {
@@ -440,9 +440,9 @@ impl Fleet {
     }
 
     fn campaign_visible(caller: &Caller, c: &Campaign) -> bool {
-        match caller.operator.as_ref().and_then(|o| o.site.as_deref()) {
-            None => true,
-            Some(scope) => c.site.as_deref() == Some(scope),
+        match &c.site {
+            Some(s) => caller.sees(s),
+            None => caller.is_fleet_wide(),
         }
     }
 
@@ -458,7 +458,7 @@ impl Fleet {
             .collect())
     }
 
-    async fn campaign_in_scope(
+    pub(crate) async fn campaign_in_scope(
         &self,
         caller: &Caller,
         name: &str,
@@ -679,7 +679,7 @@ impl Fleet {
         let driver = Caller {
             actor: DRIVER.into(),
             source: self.settings.hub_name.clone(),
-            operator: None,
+            ..Default::default()
         };
         let before = c.clone();
         let at = now();

@@ -511,6 +511,7 @@ fn members_due_are_ordered_unless_protected_busy_or_done() {
         registered_at: OffsetDateTime::UNIX_EPOCH,
         rekeys: 0,
         vtep_address: None,
+        vtep_refused: None,
         vpcs: Default::default(),
         control_plane: None,
         join: None,

@@ -14,6 +14,9 @@ pub(super) async fn add_control_plane(
         credentials_ref: req.credentials_ref,
         site: None,
         labels: BTreeMap::new(),
+        tenant: req
+            .tenant
+            .unwrap_or_else(|| crate::model::DEFAULT_TENANT.into()),
     };
     let cp = state.fleet.add_control_plane(&caller, cp).await?;
     Ok((StatusCode::CREATED, Json((&cp).into())))
@@ -21,8 +24,9 @@ pub(super) async fn add_control_plane(
 
 pub(super) async fn list_control_planes(
     State(state): State<AppState>,
+    Operator(caller): Operator,
 ) -> Result<Json<Vec<ControlPlaneView>>, ApiError> {
-    let cps = state.fleet.list_control_planes().await?;
+    let cps = state.fleet.list_control_planes(&caller).await?;
     Ok(Json(views::all(&cps)))
 }
 

@@ -18,9 +18,10 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode, EventView, LabelRequest,
-    MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role,
-    SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorCode, EventView,
+    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, Role, SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView,
+    WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -29,10 +30,13 @@ use time::OffsetDateTime;
 
 mod appliances;
 mod audit;
+#[cfg(test)]
+mod authz;
 mod campaigns;
 mod control_planes;
 mod registration;
 mod releases;
+mod tenants;
 mod tokens;
 mod vpcs;
 
@@ -136,31 +140,82 @@ fn appliance_rate_limited(state: &AppState, info: &ConnInfo) -> Result<(), ApiEr
     }
 }
 
-/// The route table's [`Auth`] of one route, enforced before its handler runs: this is the
-/// only place a route's role and rate limit are decided.
+/// The route table's [`Auth`] and [`Scope`] of one route, enforced before its handler
+/// runs: this is the only place a route's role, scope rule and rate limit are decided.
 async fn authorize(
-    State((state, auth)): State<(AppState, Auth)>,
+    State((state, auth, scope)): State<(AppState, Auth, Scope)>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
-    match auth {
-        Auth::None | Auth::Mtls => {}
-        Auth::RateLimited => rate_limited(&state, &conn(&parts))?,
-        Auth::MtlsRateLimited => appliance_rate_limited(&state, &conn(&parts))?,
-        Auth::Bearer(role) => {
-            let caller = operator(&state, &parts, role).await?;
-            parts.extensions.insert(caller);
+    let caller = match auth {
+        Auth::None | Auth::Mtls => None,
+        Auth::RateLimited => {
+            rate_limited(&state, &conn(&parts))?;
+            None
         }
+        Auth::MtlsRateLimited => {
+            appliance_rate_limited(&state, &conn(&parts))?;
+            None
+        }
+        Auth::Bearer(role) => Some(operator(&state, &parts, role).await?),
         Auth::MtlsOrBearer(role) => {
             let has_cert = matches!(conn(&parts).cert, Some(Ok(_)));
             if !has_cert && parts.headers.contains_key(header::AUTHORIZATION) {
-                let caller = operator(&state, &parts, role).await?;
-                parts.extensions.insert(caller);
+                Some(operator(&state, &parts, role).await?)
+            } else {
+                None
             }
         }
+    };
+    if let Some(caller) = caller {
+        in_scope(&state, &caller, scope, &mut parts).await?;
+        parts.extensions.insert(caller);
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+/// The route's [`Scope`] rule for an operator: fleet-only routes refuse scoped tokens, and
+/// a resource named by the path must be the caller's (else 404, as if absent). Filtered
+/// lists and request bodies are checked by the fleet call itself.
+async fn in_scope(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    parts: &mut Parts,
+) -> Result<(), ApiError> {
+    match scope {
+        Scope::Fleet if !caller.is_fleet_wide() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this route is for fleet-wide tokens; this one is scoped to a tenant or a site",
+        )),
+        Scope::Path(resource) => {
+            let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text())
+                })?;
+            let Some((_, id)) = params.iter().next() else {
+                return Ok(());
+            };
+            let fleet = &state.fleet;
+            match resource {
+                Resource::Appliance => fleet.appliance_in_scope(caller, id).await.map(drop),
+                Resource::Vpc => fleet.vpc_in_scope(caller, id).await.map(drop),
+                Resource::ControlPlane => fleet.control_plane_in_scope(caller, id).await.map(drop),
+                Resource::Campaign => fleet.campaign_in_scope(caller, id).await.map(drop),
+                Resource::OperatorToken => {
+                    fleet.operator_token_in_scope(caller, id).await.map(drop)
+                }
+                Resource::EnrollmentToken => {
+                    fleet.enrollment_token_in_scope(caller, id).await.map(drop)
+                }
+            }
+            .map_err(ApiError::from)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An appliance connection: the caller and its verified certificate.
@@ -198,7 +253,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Appliance {
                     caller: Caller {
                         actor,
                         source: info.remote.ip().to_string(),
-                        operator: None,
+                        ..Default::default()
                     },
                     cert,
                 })
@@ -224,6 +279,65 @@ pub(crate) enum Auth {
     MtlsOrBearer(Role),
 }
 
+/// Whose data a route's answer holds, and so how an operator token's site or tenant scope
+/// applies to it; also the OpenAPI document's `x-scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The same for every caller the auth column admits: nothing in it is a tenant's, or
+    /// it depends only on the credential presented (an enrollment token).
+    Shared,
+    /// The calling appliance's own (by its client certificate).
+    Own,
+    /// The calling operator token itself.
+    Caller,
+    /// Fleet-wide tokens only: a tenant- or site-scoped token is refused (403).
+    Fleet,
+    /// A list filtered to what the caller's scope holds.
+    Filtered,
+    /// The resource the path's first parameter names must be in the caller's scope; one
+    /// that is not answers 404, as if absent.
+    Path(Resource),
+    /// The site or tenant the request body names must be in the caller's scope (403).
+    Body,
+}
+
+/// What a [`Scope::Path`] route's first path parameter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resource {
+    /// An appliance ID: its site.
+    Appliance,
+    /// A VPC name: its tenant.
+    Vpc,
+    /// A control plane name: its tenant and assigned site.
+    ControlPlane,
+    /// A campaign name: its site.
+    Campaign,
+    /// An operator token ID: its site or tenant.
+    OperatorToken,
+    /// An enrollment token ID: its site.
+    EnrollmentToken,
+}
+
+impl Scope {
+    /// The OpenAPI `x-scope` value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scope::Shared => "shared",
+            Scope::Own => "own",
+            Scope::Caller => "caller",
+            Scope::Fleet => "fleet",
+            Scope::Filtered => "filtered",
+            Scope::Body => "body",
+            Scope::Path(Resource::Appliance) => "path:appliance",
+            Scope::Path(Resource::Vpc) => "path:vpc",
+            Scope::Path(Resource::ControlPlane) => "path:control-plane",
+            Scope::Path(Resource::Campaign) => "path:campaign",
+            Scope::Path(Resource::OperatorToken) => "path:operator-token",
+            Scope::Path(Resource::EnrollmentToken) => "path:enrollment-token",
+        }
+    }
+}
+
 /// One route: what serves it and what the API document says about it. The router and
 /// `/v1/openapi.json` are both built from [`routes`], so they cannot drift apart.
 pub(crate) struct Route {
@@ -233,6 +347,8 @@ pub(crate) struct Route {
     pub path: &'static str,
     /// Who may call it.
     pub auth: Auth,
+    /// How a scoped operator token applies to it.
+    pub scope: Scope,
     /// One line for people.
     pub summary: &'static str,
     /// Request body type, when there is one.
@@ -245,7 +361,7 @@ pub(crate) struct Route {
 fn r(
     method: Method,
     path: &'static str,
-    auth: Auth,
+    (auth, scope): (Auth, Scope),
     summary: &'static str,
     request: Option<&'static str>,
     response: (u16, &'static str),
@@ -255,6 +371,7 @@ fn r(
         method,
         path,
         auth,
+        scope,
         summary,
         request,
         response,
@@ -266,12 +383,17 @@ fn r(
 pub(crate) fn routes() -> Vec<Route> {
     use Auth::{Bearer, Mtls, MtlsOrBearer, MtlsRateLimited, None as Open, RateLimited};
     use Method as M;
+    use Resource::{
+        Appliance as App, Campaign as Camp, ControlPlane as Cp, EnrollmentToken as Et,
+        OperatorToken as Ot, Vpc as VpcR,
+    };
     use Role::{Admin, Operator as Op, Viewer};
+    use Scope::{Body, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
     vec![
         r(
             M::GET,
             "/healthz",
-            Open,
+            (Open, Shared),
             "Liveness",
             None,
             (200, "text"),
@@ -280,7 +402,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/metrics",
-            Bearer(Viewer),
+            (Bearer(Viewer), Fleet),
             "Prometheus metrics",
             None,
             (200, "OpenMetrics text"),
@@ -289,7 +411,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/openapi.json",
-            Open,
+            (Open, Shared),
             "This document",
             None,
             (200, "OpenAPI 3.1"),
@@ -298,7 +420,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/ca",
-            Open,
+            (Open, Shared),
             "The hub CA and its fingerprint",
             None,
             (200, "CaInfo"),
@@ -307,7 +429,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/registrations/check",
-            RateLimited,
+            (RateLimited, Shared),
             "Would this enrollment token be accepted? Does not use it",
             Some("CheckRequest"),
             (200, "TokenCheck"),
@@ -316,7 +438,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/registrations",
-            RateLimited,
+            (RateLimited, Shared),
             "Register an appliance: token + CSR + inventory -> certificate",
             Some("RegistrationRequest"),
             (201, "RegistrationResponse"),
@@ -325,7 +447,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/renewals",
-            MtlsRateLimited,
+            (MtlsRateLimited, Own),
             "Renew the client certificate",
             Some("RenewalRequest"),
             (200, "Renewal"),
@@ -334,7 +456,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/heartbeats",
-            Mtls,
+            (Mtls, Own),
             "Status up, desired state down",
             Some("Heartbeat"),
             (200, "HeartbeatResponse"),
@@ -343,7 +465,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/whoami",
-            Bearer(Viewer),
+            (Bearer(Viewer), Me),
             "The calling operator token",
             None,
             (200, "WhoAmI"),
@@ -352,7 +474,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/tokens",
-            Bearer(Op),
+            (Bearer(Op), Body),
             "Create an enrollment token (shown once)",
             Some("CreateEnrollmentToken"),
             (201, "NewToken<EnrollmentTokenView>"),
@@ -361,7 +483,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/tokens",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "List enrollment tokens",
             None,
             (200, "[EnrollmentTokenView]"),
@@ -370,7 +492,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/tokens/{id}",
-            Bearer(Op),
+            (Bearer(Op), P(Et)),
             "Revoke an enrollment token",
             None,
             (200, "EnrollmentTokenView"),
@@ -379,7 +501,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/operator-tokens",
-            Bearer(Admin),
+            (Bearer(Admin), Body),
             "Create an operator token (shown once)",
             Some("CreateOperatorToken"),
             (201, "NewToken<OperatorTokenView>"),
@@ -388,7 +510,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/operator-tokens",
-            Bearer(Admin),
+            (Bearer(Admin), Filtered),
             "List operator tokens",
             None,
             (200, "[OperatorTokenView]"),
@@ -397,16 +519,25 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/operator-tokens/{id}",
-            Bearer(Admin),
+            (Bearer(Admin), P(Ot)),
             "Delete an operator token",
             None,
             (204, "empty"),
             delete(tokens::delete_operator_token),
         ),
         r(
+            M::POST,
+            "/v1/operator-tokens/{id}/revoke",
+            (Bearer(Admin), P(Ot)),
+            "Revoke an operator token: refused from now on, kept in the list",
+            None,
+            (200, "OperatorTokenView"),
+            post(tokens::revoke_operator_token),
+        ),
+        r(
             M::GET,
             "/v1/appliances",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "List appliances (?site=)",
             None,
             (200, "[ApplianceView]"),
@@ -415,7 +546,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/appliances/{id}",
-            Bearer(Viewer),
+            (Bearer(Viewer), P(App)),
             "One appliance with its status",
             None,
             (200, "ApplianceView"),
@@ -424,7 +555,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/appliances/{id}",
-            Bearer(Op),
+            (Bearer(Op), P(App)),
             "Delete an appliance",
             None,
             (204, "empty"),
@@ -433,7 +564,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::PUT,
             "/v1/appliances/{id}/labels",
-            Bearer(Op),
+            (Bearer(Op), P(App)),
             "Set or remove labels",
             Some("LabelRequest"),
             (200, "ApplianceView"),
@@ -442,7 +573,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/control-planes",
-            Bearer(Admin),
+            (Bearer(Admin), Fleet),
             "Register a control plane",
             Some("AddControlPlane"),
             (201, "ControlPlaneView"),
@@ -451,7 +582,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/control-planes",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "List control planes",
             None,
             (200, "[ControlPlaneView]"),
@@ -460,7 +591,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/control-planes/{name}/assign",
-            Bearer(Op),
+            (Bearer(Op), P(Cp)),
             "Assign appliances by site/labels and join them",
             Some("AssignRequest"),
             (200, "AssignResult"),
@@ -469,7 +600,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/vpcs",
-            Bearer(Op),
+            (Bearer(Op), Body),
             "Create a VPC (unique VNI)",
             Some("CreateVpc"),
             (201, "VpcView"),
@@ -478,7 +609,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/vpcs",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "List VPCs",
             None,
             (200, "[VpcView]"),
@@ -487,7 +618,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/vpcs/{name}/attach",
-            Bearer(Op),
+            (Bearer(Op), P(VpcR)),
             "Attach an appliance",
             Some("MembershipRequest"),
             (200, "VpcView"),
@@ -496,7 +627,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/vpcs/{name}/detach",
-            Bearer(Op),
+            (Bearer(Op), P(VpcR)),
             "Detach an appliance",
             Some("MembershipRequest"),
             (200, "VpcView"),
@@ -505,7 +636,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/releases",
-            Bearer(Admin),
+            (Bearer(Admin), Fleet),
             "Add a release the hub fetches from a URL (verified against the trusted release keys)",
             Some("AddReleaseFromUrl"),
             (201, "ReleaseView"),
@@ -514,7 +645,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/releases/upload",
-            Bearer(Admin),
+            (Bearer(Admin), Fleet),
             "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
             Some("bundle"),
             (201, "ReleaseView"),
@@ -523,7 +654,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/releases",
-            Bearer(Viewer),
+            (Bearer(Viewer), Shared),
             "List releases",
             None,
             (200, "[ReleaseView]"),
@@ -532,7 +663,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/releases/{version}",
-            Bearer(Viewer),
+            (Bearer(Viewer), Shared),
             "One release",
             None,
             (200, "ReleaseView"),
@@ -541,7 +672,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/releases/{version}",
-            Bearer(Admin),
+            (Bearer(Admin), Fleet),
             "Delete a release (refused while a campaign uses it)",
             None,
             (204, "empty"),
@@ -550,7 +681,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/releases/{version}/bundle",
-            MtlsOrBearer(Viewer),
+            (MtlsOrBearer(Viewer), Shared),
             "Download the bundle (HTTP Range supported, for resumable downloads)",
             None,
             (200, "application/octet-stream (206 for a range)"),
@@ -559,7 +690,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/campaigns",
-            Bearer(Op),
+            (Bearer(Op), Body),
             "Create an upgrade campaign (selector evaluated now; not started)",
             Some("CreateCampaign"),
             (201, "CampaignView"),
@@ -568,7 +699,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/campaigns",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "List campaigns with progress",
             None,
             (200, "[CampaignView]"),
@@ -577,7 +708,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/campaigns/{name}",
-            Bearer(Viewer),
+            (Bearer(Viewer), P(Camp)),
             "One campaign: progress per batch and per appliance",
             None,
             (200, "CampaignView"),
@@ -586,7 +717,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/campaigns/{name}/{action}",
-            Bearer(Op),
+            (Bearer(Op), P(Camp)),
             "start | pause | resume | abort",
             None,
             (200, "CampaignView"),
@@ -595,7 +726,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/appliances/{id}/quarantine/{version}",
-            Bearer(Op),
+            (Bearer(Op), P(App)),
             "Clear a quarantined version so campaigns may order it again",
             None,
             (200, "ApplianceView"),
@@ -604,7 +735,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::DELETE,
             "/v1/appliances/{id}/upgrade-flag",
-            Bearer(Op),
+            (Bearer(Op), P(App)),
             "Clear the unexpected-version flag",
             None,
             (200, "ApplianceView"),
@@ -613,7 +744,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/audit",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "Audit log (?since=RFC3339&limit=)",
             None,
             (200, "[AuditEntryView]"),
@@ -622,11 +753,29 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::GET,
             "/v1/events",
-            Bearer(Viewer),
+            (Bearer(Viewer), Filtered),
             "Appliance events (?since=RFC3339&limit=)",
             None,
             (200, "[EventView]"),
             get(audit::events),
+        ),
+        r(
+            M::POST,
+            "/v1/tenants",
+            (Bearer(Admin), Fleet),
+            "Create a tenant claiming sites",
+            Some("CreateTenant"),
+            (201, "TenantView"),
+            post(tenants::create_tenant),
+        ),
+        r(
+            M::GET,
+            "/v1/tenants",
+            (Bearer(Viewer), Filtered),
+            "List tenants with their sites",
+            None,
+            (200, "[TenantView]"),
+            get(tenants::list_tenants),
         ),
     ]
 }
@@ -659,6 +808,7 @@ pub(crate) fn openapi_document() -> Value {
                 op["x-least-role"] = json!(role.to_string());
             }
         }
+        op["x-scope"] = json!(route.scope.name());
         if let Some(body) = route.request {
             op["requestBody"] = if body == "bundle" {
                 json!({"required": true, "description": "the signed update bundle file",
@@ -700,7 +850,8 @@ async fn openapi() -> Json<Value> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
-        let layer = middleware::from_fn_with_state((state.clone(), route.auth), authorize);
+        let layer =
+            middleware::from_fn_with_state((state.clone(), route.auth, route.scope), authorize);
         let mut handler = route.handler.route_layer(layer);
         // A streamed upload is read at the client's pace (an administrator's, authorized
         // before the body is read); every other request is bounded in time.

@@ -9,6 +9,8 @@ pub(super) async fn whoami(Operator(caller): Operator) -> Result<Json<WhoAmI>, A
         id: op.id.clone(),
         role: op.role,
         site: op.site.clone(),
+        tenant: caller.tenant().map(str::to_owned),
+        expires_at: op.expires_at,
     }))
 }
 
@@ -45,10 +47,7 @@ pub(super) async fn create_operator_token(
     Operator(caller): Operator,
     ApiJson(req): ApiJson<CreateOperatorToken>,
 ) -> Result<(StatusCode, Json<NewToken<OperatorTokenView>>), ApiError> {
-    let token = state
-        .fleet
-        .create_operator_token(&caller, &req.name, req.role, req.site)
-        .await?;
+    let token = state.fleet.create_operator_token(&caller, &req).await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 
@@ -67,4 +66,13 @@ pub(super) async fn delete_operator_token(
 ) -> Result<StatusCode, ApiError> {
     state.fleet.delete_operator_token(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn revoke_operator_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<OperatorTokenView>, ApiError> {
+    let token = state.fleet.revoke_operator_token(&caller, &id).await?;
+    Ok(Json((&token).into()))
 }

@@ -9,15 +9,16 @@ pub(super) async fn create_vpc(
 ) -> Result<(StatusCode, Json<VpcView>), ApiError> {
     let vpc = state
         .fleet
-        .create_vpc(&caller, &req.name, &req.subnet)
+        .create_vpc(&caller, &req.name, &req.subnet, req.tenant.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json((&vpc).into())))
 }
 
 pub(super) async fn list_vpcs(
     State(state): State<AppState>,
+    Operator(caller): Operator,
 ) -> Result<Json<Vec<VpcView>>, ApiError> {
-    let vpcs = state.fleet.list_vpcs().await?;
+    let vpcs = state.fleet.list_vpcs(&caller).await?;
     Ok(Json(views::all(&vpcs)))
 }
 

@@ -164,8 +164,8 @@ struct ServeArgs {
     /// closed (keep it above --heartbeat-interval, so appliances keep their connection).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     idle_timeout: u64,
-    /// Seconds a request may take before it is answered `503 timeout` (bundle uploads,
-    /// read at the client's pace, are exempt).
+    /// Seconds a request may take before it is answered `503 timeout` (adding a release,
+    /// which uploads or fetches a whole bundle, is exempt).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     request_timeout: u64,
     /// How often the offline detector runs, in seconds.

@@ -225,6 +225,12 @@ impl Etcd {
             .collect()
     }
 
+    /// The process ID of member `i`, while it runs.
+    #[allow(dead_code)] // used by the integration tests, which include this file
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(ChildGuard::id)
+    }
+
     /// Kills member `i` (SIGKILL) and reaps it.
     pub fn kill(&mut self, i: usize) {
         drop(self.members[i].child.take());

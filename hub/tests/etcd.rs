@@ -158,3 +158,35 @@ async fn a_hub_reaches_etcd_over_tls_with_its_client_certificate() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("connecting to etcd"), "{stderr}");
 }
+
+/// A request stuck on the store (etcd stopped with SIGSTOP) is answered `503 timeout` after
+/// `--request-timeout`, instead of holding the client for as long as the store waits; once
+/// etcd runs again, requests succeed.
+#[tokio::test]
+async fn a_request_stuck_on_the_store_is_answered_after_the_request_timeout() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&["--etcd-endpoints", &endpoints, "--request-timeout", "1"])
+        .start();
+    let admin = hub.admin();
+    assert_eq!(admin.get("/v1/appliances").await.0, 200);
+    let pid = Pid::from_raw(etcd.pid(0).unwrap() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let started = std::time::Instant::now();
+    let (s, body) = admin.get("/v1/appliances").await;
+    let took = started.elapsed();
+    kill_process(pid, Signal::CONT).unwrap();
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("timeout")),
+        "{body}"
+    );
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    poll_async("requests succeed once etcd runs again", LIMIT, || async {
+        (admin.get("/v1/appliances").await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -853,9 +853,11 @@ pub fn router(state: AppState) -> Router {
         let layer =
             middleware::from_fn_with_state((state.clone(), route.auth, route.scope), authorize);
         let mut handler = route.handler.route_layer(layer);
-        // A streamed upload is read at the client's pace (an administrator's, authorized
-        // before the body is read); every other request is bounded in time.
-        if route.request != Some("bundle") {
+        // Adding a release moves a whole bundle (uploaded at the client's pace, or fetched
+        // from a URL by the hub) and is an administrator's, authorized before any of it is
+        // read; every other request is bounded in time.
+        let moves_a_bundle = matches!(route.request, Some("bundle" | "AddReleaseFromUrl"));
+        if !moves_a_bundle {
             handler = handler.layer(middleware::from_fn_with_state(
                 state.request_timeout,
                 request_timeout,

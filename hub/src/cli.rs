@@ -149,8 +149,8 @@ struct ServeArgs {
     /// open-file limit to the hard limit at start; keep this below it.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
-    /// Open connections allowed per source address (a site behind NAT is one source);
-    /// more are closed at once.
+    /// Open connections allowed per source (an IPv4 address or an IPv6 /64; a site behind
+    /// NAT is one source); more are closed at once.
     #[arg(long, value_name = "N", default_value_t = 512)]
     max_connections_per_source: usize,
     /// Seconds a client has to complete the TLS handshake.

@@ -90,9 +90,23 @@ struct ConnSlot {
     source: IpAddr,
 }
 
+/// The source a connection counts against: its IPv4 address, or the /64 of an IPv6 one (a
+/// single host is usually given a whole /64, so counting its addresses one by one would
+/// not cap it).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 impl Connections {
     /// A slot for a connection from `source`, or the cap that refuses it.
     fn admit(self: &Arc<Self>, source: IpAddr) -> Result<ConnSlot, &'static str> {
+        let source = source_of(source);
         let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
         let here = per_source.get(&source).copied().unwrap_or(0);
         let refused = if self.total.load(Ordering::Relaxed) >= self.limits.max_connections {
@@ -442,5 +456,25 @@ where
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, job, "leadership check failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_count_by_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
     }
 }

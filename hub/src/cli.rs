@@ -87,7 +87,7 @@ struct StoreArgs {
         env = "CAIRN_HUB_ETCD_KEY"
     )]
     etcd_key: Option<PathBuf>,
-    /// How often the leading hub compacts etcd's history, in seconds (0: never; then etcd's
+    /// How often each hub compacts etcd's history, in seconds (0: never; then etcd's
     /// own --auto-compaction-* must do it, or its database grows until it hits its quota).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     etcd_compact_every: u64,
@@ -142,7 +142,7 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 60)]
     registration_rate: u32,
     /// Certificate renewals allowed per appliance per minute (an appliance renews about
-    /// twice per certificate lifetime).
+    /// once per certificate lifetime, plus retries).
     #[arg(long, value_name = "N", default_value_t = 6)]
     renewal_rate: u32,
     /// Open connections allowed in total; more are closed at once. The hub raises its

@@ -12,7 +12,8 @@ use cairn_api::cli::{Exit, OutputFormat, table};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
     CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    EnrollmentTokenView, LabelRequest, ReleaseView, Selector, SinceQuery, SiteQuery, VpcView,
+    CreateReinstallToken, EnrollmentTokenView, LabelRequest, ReleaseView, Selector, SinceQuery,
+    SiteQuery, VpcView,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -94,6 +95,13 @@ enum TokenCommand {
         /// Label given to enrolled appliances, `key=value` (repeat).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Bind the token to the server with this boot MAC (a single-use token for one
+        /// server: another machine registering with it is refused).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Bind the token to the server with this serial number (as its BMC reports it).
+        #[arg(long)]
+        serial: Option<String>,
     },
     /// List tokens (secrets are never shown again).
     List,
@@ -142,6 +150,16 @@ enum ApplianceCommand {
     ClearFlag {
         /// Appliance ID.
         id: String,
+    },
+    /// Mint a single-use re-install token: the appliance's own hardware registers with it
+    /// again (new key, same ID and site). Known hardware re-keys no other way but renewal
+    /// over mTLS with its certificate. The token is shown once.
+    Reinstall {
+        /// Appliance ID.
+        id: String,
+        /// Validity in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
     },
 }
 
@@ -720,12 +738,16 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             ttl_seconds,
             max_uses,
             labels,
+            mac,
+            serial,
         }) => {
             let request = CreateEnrollmentToken {
                 site,
                 ttl_seconds,
                 max_uses,
                 labels: labels.into_iter().collect(),
+                mac,
+                serial,
             };
             Answer::of(&hub.create_token(&request).await?, |t| {
                 format!(
@@ -767,6 +789,20 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&hub.clear_quarantine(&id, &version).await?, |a| {
                 format!("{} quarantined: {}\n", a.id, list(a.quarantined.keys()))
             })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Reinstall { id, ttl_seconds }) => {
+            Answer::of(
+                &hub.reinstall_token(&id, &CreateReinstallToken { ttl_seconds })
+                    .await?,
+                |t| {
+                    format!(
+                        "re-install token for {id} (shown once, single-use): {}\nsite {}, expires {}\n",
+                        t.token,
+                        t.view.site,
+                        rfc3339(t.view.expires_at)
+                    )
+                },
+            )?
         }
         HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => {
             Answer::of(&hub.clear_upgrade_flag(&id).await?, |a| {

@@ -331,6 +331,8 @@ mod tests {
                     ttl_seconds: 60,
                     max_uses: 1,
                     labels: Default::default(),
+                    mac: None,
+                    serial: None,
                 },
             )
             .await

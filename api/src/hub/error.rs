@@ -78,6 +78,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// Already exists or clashes (409).
     Conflict,
+    /// A registration presented the hardware of a registered appliance without the right
+    /// to re-key it (its certificate over mTLS, or a re-install token for it) (409). The
+    /// appliance keeps its identity; the attempt is audited and raised as an event.
+    HardwareKnown,
     /// Too many requests from this address (429).
     RateLimited,
     /// A control plane's API server failed (502).
@@ -126,6 +130,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("no_such_route", ErrorCode::NoSuchRoute),
     ("method_not_allowed", ErrorCode::MethodNotAllowed),
     ("conflict", ErrorCode::Conflict),
+    ("hardware_known", ErrorCode::HardwareKnown),
     ("rate_limited", ErrorCode::RateLimited),
     ("control_plane_failed", ErrorCode::ControlPlaneFailed),
     ("store_unavailable", ErrorCode::StoreUnavailable),

@@ -34,7 +34,7 @@ pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventView, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
 pub use tokens::{
-    CheckRequest, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView, NewToken,
-    OperatorTokenView, TokenCheck, TokenRefusal,
+    CheckRequest, CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken,
+    EnrollmentTokenView, NewToken, OperatorTokenView, TokenCheck, TokenKind, TokenRefusal,
 };
 pub use vpcs::{CreateVpc, MembershipRequest, VpcView};

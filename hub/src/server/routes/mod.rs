@@ -18,9 +18,9 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode, EventView, LabelRequest,
-    MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role,
-    SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    CreateOperatorToken, CreateReinstallToken, CreateVpc, EnrollmentTokenView, ErrorCode,
+    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -414,6 +414,15 @@ pub(crate) fn routes() -> Vec<Route> {
             Some("LabelRequest"),
             (200, "ApplianceView"),
             put(appliances::label_appliance),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/reinstall-token",
+            Bearer(Op),
+            "Mint a single-use token with which the appliance's own hardware re-registers (shown once)",
+            Some("CreateReinstallToken"),
+            (201, "NewToken<EnrollmentTokenView>"),
+            post(appliances::reinstall_token),
         ),
         r(
             M::POST,

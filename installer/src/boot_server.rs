@@ -739,7 +739,10 @@ mod tests {
             (1, Some(MAC1), "lab")
         );
         let ttl = (minted.expires_at - minted.created_at).whole_seconds();
-        assert!((899..=900).contains(&ttl), "expires with the install timeout: {ttl}");
+        assert!(
+            (899..=900).contains(&ttl),
+            "expires with the install timeout: {ttl}"
+        );
 
         // Reports need the report token, never the nonce.
         let report = |bearer: String| {

@@ -72,6 +72,8 @@ pub enum ErrorCode {
     NotQuarantined,
     /// The appliance carries no unexpected-version flag (404).
     NotFlagged,
+    /// The appliance has no join bundle (404).
+    NoJoinBundle,
     /// No such route (404).
     NoSuchRoute,
     /// The route does not take that method (405).
@@ -127,6 +129,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("campaign_unknown", ErrorCode::CampaignUnknown),
     ("not_quarantined", ErrorCode::NotQuarantined),
     ("not_flagged", ErrorCode::NotFlagged),
+    ("no_join_bundle", ErrorCode::NoJoinBundle),
     ("no_such_route", ErrorCode::NoSuchRoute),
     ("method_not_allowed", ErrorCode::MethodNotAllowed),
     ("conflict", ErrorCode::Conflict),

@@ -21,8 +21,8 @@ mod tokens;
 mod vpcs;
 
 pub use appliances::{
-    ApplianceState, ApplianceView, DesiredView, JoinView, LabelRequest, Renewal, RenewalRequest,
-    SiteQuery, StatusView,
+    ApplianceState, ApplianceView, DesiredView, JoinSecretView, JoinView, LabelRequest, Renewal,
+    RenewalRequest, SiteQuery, StatusView,
 };
 pub use auth::{CaInfo, Role, WhoAmI};
 pub use campaigns::{

@@ -82,3 +82,11 @@ pub(super) async fn reinstall_token(
         .await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
+
+pub(super) async fn join_bundle(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<JoinSecretView>, ApiError> {
+    Ok(Json(state.fleet.join_bundle_for_admin(&caller, &id).await?))
+}

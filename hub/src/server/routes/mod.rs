@@ -19,8 +19,9 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
     CreateOperatorToken, CreateReinstallToken, CreateVpc, EnrollmentTokenView, ErrorCode,
-    EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery,
+    VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -423,6 +424,15 @@ pub(crate) fn routes() -> Vec<Route> {
             Some("CreateReinstallToken"),
             (201, "NewToken<EnrollmentTokenView>"),
             post(appliances::reinstall_token),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/join-bundle",
+            Bearer(Admin),
+            "The join bundle with its bootstrap token, for an admin who asks (audited)",
+            None,
+            (200, "JoinSecretView"),
+            get(appliances::join_bundle),
         ),
         r(
             M::POST,

@@ -713,6 +713,45 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
     let (_, view) = hub.admin().get(&format!("/v1/appliances/{app}")).await;
     assert_eq!(view["labels"], json!({"role": "edge"}));
     assert_eq!(
+        run(s(&[
+            "appliances",
+            "reinstall",
+            &app,
+            "--ttl-seconds",
+            "600"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&[
+            "token",
+            "create",
+            "--site",
+            "lab",
+            "--mac",
+            "52:54:00:00:07:01"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    let (_, tokens) = hub.admin().get("/v1/tokens").await;
+    let tokens = tokens.as_array().unwrap();
+    assert!(
+        tokens.iter().any(|t| t["kind"] == "reinstall"
+            && t["appliance"] == app.as_str()
+            && t["max_uses"] == 1),
+        "{tokens:?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t["mac"] == "52:54:00:00:07:01" && t["max_uses"] == 1),
+        "{tokens:?}"
+    );
+    assert_eq!(
         run(s(&["vpcs", "create", "blue", "--subnet", "10.9.0.0/24"]))
             .await
             .unwrap(),

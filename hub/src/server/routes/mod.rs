@@ -18,10 +18,10 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorCode, EventView,
-    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, Role, SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView,
-    WhoAmI,
+    CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
+    ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery,
+    TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -569,6 +569,24 @@ pub(crate) fn routes() -> Vec<Route> {
             Some("LabelRequest"),
             (200, "ApplianceView"),
             put(appliances::label_appliance),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/reinstall-token",
+            (Bearer(Op), P(App)),
+            "Mint a single-use token with which the appliance's own hardware re-registers (shown once)",
+            Some("CreateReinstallToken"),
+            (201, "NewToken<EnrollmentTokenView>"),
+            post(appliances::reinstall_token),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/join-bundle",
+            (Bearer(Admin), P(App)),
+            "The join bundle with its bootstrap token, for an admin who asks (audited)",
+            None,
+            (200, "JoinSecretView"),
+            get(appliances::join_bundle),
         ),
         r(
             M::POST,

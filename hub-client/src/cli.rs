@@ -12,8 +12,8 @@ use cairn_api::cli::{Exit, OutputFormat, table};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
     CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateTenant, EnrollmentTokenView, LabelRequest, OperatorTokenView,
-    ReleaseView, Role, Selector, SinceQuery, SiteQuery, TenantView, VpcView,
+    CreateOperatorToken, CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest,
+    OperatorTokenView, ReleaseView, Role, Selector, SinceQuery, SiteQuery, TenantView, VpcView,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -105,6 +105,13 @@ enum TokenCommand {
         /// it (fleet-wide tokens only).
         #[arg(long)]
         tenant: Option<String>,
+        /// Bind the token to the server with this boot MAC (a single-use token for one
+        /// server: another machine registering with it is refused).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Bind the token to the server with this serial number (as its BMC reports it).
+        #[arg(long)]
+        serial: Option<String>,
     },
     /// List tokens (secrets are never shown again).
     List,
@@ -195,6 +202,16 @@ enum ApplianceCommand {
     ClearFlag {
         /// Appliance ID.
         id: String,
+    },
+    /// Mint a single-use re-install token: the appliance's own hardware registers with it
+    /// again (new key, same ID and site). Known hardware re-keys no other way but renewal
+    /// over mTLS with its certificate. The token is shown once.
+    Reinstall {
+        /// Appliance ID.
+        id: String,
+        /// Validity in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
     },
 }
 
@@ -820,6 +837,8 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             max_uses,
             labels,
             tenant,
+            mac,
+            serial,
         }) => {
             let request = CreateEnrollmentToken {
                 site,
@@ -827,6 +846,8 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 max_uses,
                 labels: labels.into_iter().collect(),
                 tenant,
+                mac,
+                serial,
             };
             Answer::of(&hub.create_token(&request).await?, |t| {
                 format!(
@@ -913,6 +934,20 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&hub.clear_quarantine(&id, &version).await?, |a| {
                 format!("{} quarantined: {}\n", a.id, list(a.quarantined.keys()))
             })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Reinstall { id, ttl_seconds }) => {
+            Answer::of(
+                &hub.reinstall_token(&id, &CreateReinstallToken { ttl_seconds })
+                    .await?,
+                |t| {
+                    format!(
+                        "re-install token for {id} (shown once, single-use): {}\nsite {}, expires {}\n",
+                        t.token,
+                        t.view.site,
+                        rfc3339(t.view.expires_at)
+                    )
+                },
+            )?
         }
         HubClientCommand::Appliances(ApplianceCommand::ClearFlag { id }) => {
             Answer::of(&hub.clear_upgrade_flag(&id).await?, |a| {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
-    CreateEnrollmentToken, CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView,
-    ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView, TokenCheck,
-    UploadQuery, VpcView, WhoAmI,
+    CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
+    EnrollmentTokenView, ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView,
+    TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -423,6 +423,17 @@ impl HubClient {
     /// `DELETE /v1/appliances/{id}`: its certificate stops working at once.
     pub async fn delete_appliance(&self, id: &str) -> Result<(), Error> {
         self.delete_empty(&["v1", "appliances", id]).await
+    }
+
+    /// `POST /v1/appliances/{id}/reinstall-token`: a single-use token with which that
+    /// appliance's own hardware registers again (same ID, same site), shown once.
+    pub async fn reinstall_token(
+        &self,
+        id: &str,
+        request: &CreateReinstallToken,
+    ) -> Result<NewToken<EnrollmentTokenView>, Error> {
+        self.post(&["v1", "appliances", id, "reinstall-token"], request)
+            .await
     }
 
     /// `PUT /v1/appliances/{id}/labels`.

@@ -16,7 +16,7 @@ use crate::ratelimit::RateLimiter;
 use crate::server::{self, AppState};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{EtcdSettings, EtcdStore, EtcdTls};
 
 /// The cairn hub: enrollment, fleet registry, hosted control planes, VPCs, audit.
 ///
@@ -66,6 +66,34 @@ struct StoreArgs {
     /// them over.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     etcd_lease_ttl: u64,
+    /// CA certificate (PEM) that etcd's server certificate must chain to; the endpoints are
+    /// then `https://host:2379`.
+    #[arg(long, value_name = "FILE", env = "CAIRN_HUB_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd (its `--client-cert-auth`); needs
+    /// --etcd-key and --etcd-cacert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["etcd_key", "etcd_cacert"],
+        env = "CAIRN_HUB_ETCD_CERT"
+    )]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_cert",
+        env = "CAIRN_HUB_ETCD_KEY"
+    )]
+    etcd_key: Option<PathBuf>,
+    /// How often each hub compacts etcd's history, in seconds (0: never; then etcd's
+    /// own --auto-compaction-* must do it, or its database grows until it hits its quota).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    etcd_compact_every: u64,
+    /// Revisions of history kept behind the current one at each compaction.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    etcd_compact_keep: u64,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +141,33 @@ struct ServeArgs {
     /// Registration requests (and token checks) allowed per source address per minute.
     #[arg(long, value_name = "N", default_value_t = 60)]
     registration_rate: u32,
+    /// Certificate renewals allowed per appliance per minute (an appliance renews about
+    /// once per certificate lifetime, plus retries).
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    renewal_rate: u32,
+    /// Open connections allowed in total; more are closed at once. The hub raises its
+    /// open-file limit to the hard limit at start; keep this below it.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open connections allowed per source (an IPv4 address or an IPv6 /64; a site behind
+    /// NAT is one source); more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_connections_per_source: usize,
+    /// Seconds a client has to complete the TLS handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    tls_handshake_timeout: u64,
+    /// Seconds a client has to send a request's headers (from their first byte), and its
+    /// first request after the TLS handshake; a slower client is disconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Seconds a kept-alive connection may stay without a request in flight before it is
+    /// closed (keep it above --heartbeat-interval, so appliances keep their connection).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Seconds a request may take before it is answered `503 timeout` (adding a release,
+    /// which uploads or fetches a whole bundle, is exempt).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    request_timeout: u64,
     /// How often the offline detector runs, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     offline_check_every: u64,
@@ -168,11 +223,23 @@ const RELEASE_KEYS_DIR: &str = "release-keys";
 impl StoreArgs {
     async fn open(&self, holder: &str) -> anyhow::Result<Arc<dyn Store>> {
         if !self.etcd_endpoints.is_empty() {
+            let tls = match &self.etcd_cacert {
+                Some(ca) => Some(EtcdTls::read(
+                    ca,
+                    self.etcd_cert.as_deref().zip(self.etcd_key.as_deref()),
+                )?),
+                None => None,
+            };
             let store = EtcdStore::connect(
                 &self.etcd_endpoints,
-                &self.etcd_prefix,
-                holder,
-                Duration::from_secs(self.etcd_lease_ttl),
+                &EtcdSettings {
+                    prefix: self.etcd_prefix.clone(),
+                    holder: holder.to_owned(),
+                    lease_ttl: Duration::from_secs(self.etcd_lease_ttl),
+                    tls,
+                    compact_every: Duration::from_secs(self.etcd_compact_every),
+                    compact_keep: self.etcd_compact_keep,
+                },
             )
             .await
             .with_context(|| format!("connecting to etcd at {}", self.etcd_endpoints.join(",")))?;
@@ -305,7 +372,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         fleet: fleet.clone(),
         metrics,
         limiter: Arc::new(RateLimiter::new(args.registration_rate.max(1))),
+        renewals: Arc::new(RateLimiter::new(args.renewal_rate.max(1))),
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
     };
+    let limits = server::Limits {
+        max_connections: args.max_connections.max(1),
+        max_connections_per_source: args.max_connections_per_source.max(1),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout.max(1)),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+    };
+    raise_open_file_limit(limits.max_connections);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -332,12 +409,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         tracing::info!("shutting down");
         cairn_api::cli::service::stopping();
     };
-    server::serve(listener, tls, state, shutdown)
+    server::serve(listener, tls, state, limits, shutdown)
         .await
         .context("serving")?;
     detector.abort();
     driver.abort();
     Ok(Exit::Success)
+}
+
+/// Raises the soft open-file limit to the hard one: each connection is a descriptor, and
+/// the usual soft limit (1024) would refuse connections long before `--max-connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    // Descriptors beyond connections: the store, etcd, logs, bundles being served.
+    if current.is_some_and(|n| n < max_connections as u64 + 256) {
+        tracing::warn!(
+            open_file_limit = current,
+            max_connections,
+            "the open-file limit is below --max-connections; connections beyond it fail to be accepted"
+        );
+    }
 }
 
 fn hostname() -> String {

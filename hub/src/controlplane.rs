@@ -184,7 +184,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::fleet::{Caller, Fleet, FleetSettings};
+    use crate::fleet::{Caller, Fleet, FleetError, FleetSettings};
+    use crate::model::Role;
     use crate::store::embedded::EmbeddedStore;
     use cairn_api::hub::CreateEnrollmentToken;
 
@@ -332,6 +333,8 @@ mod tests {
                     max_uses: 1,
                     labels: Default::default(),
                     tenant: None,
+                    mac: None,
+                    serial: None,
                 },
             )
             .await
@@ -446,6 +449,50 @@ mod tests {
                 .contains(&join.bootstrap_token),
             "the operator view holds the bootstrap token"
         );
+        // An admin who asks explicitly gets it, audited; an operator does not.
+        let secret = w
+            .fleet
+            .join_bundle_for_admin(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(secret.bundle.bootstrap_token, join.bootstrap_token);
+        let audit = w
+            .fleet
+            .audit_since(&w.admin, time::OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "appliance.join-bundle.read"
+                    && e.target == a.appliance_id.as_str()),
+            "{audit:?}"
+        );
+        let operator = w
+            .fleet
+            .create_operator_token(
+                &w.admin,
+                &cairn_api::hub::CreateOperatorToken {
+                    name: "ops".into(),
+                    role: Role::Operator,
+                    site: None,
+                    tenant: None,
+                    ttl_seconds: None,
+                },
+            )
+            .await
+            .unwrap();
+        let operator = w
+            .fleet
+            .authenticate(&operator.token, "127.0.0.1")
+            .await
+            .unwrap();
+        let err = w
+            .fleet
+            .join_bundle_for_admin(&operator, a.appliance_id.as_str())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FleetError::Forbidden(_)), "{err}");
 
         // A later registration in the site joins at registration, in its first desired state.
         let b = register(&w, "north", "N-2").await;

@@ -23,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
     Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event, OperatorToken,
-    Role, Site, Status, Tenant, Vpc, keys,
+    Role, Site, Status, Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
@@ -70,6 +70,13 @@ pub enum FleetError {
     /// Already exists or clashes (409).
     #[error("{0}")]
     Conflict(String),
+    /// A registration presented a registered appliance's hardware without the right to
+    /// re-key it (409). Says nothing of which appliance or site it is.
+    #[error(
+        "this hardware is registered; it re-keys only over mTLS with its certificate or with \
+         a re-install token an operator mints for it (`cairn hub appliances reinstall ID`)"
+    )]
+    HardwareKnown,
     /// Invalid input (400), with the field at fault.
     #[error("{0}")]
     Invalid(String),

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub campaigns: Family<Labels, Gauge>,
     /// Members of running and paused campaigns by state (set at scrape time).
     pub campaign_members: Family<Labels, Gauge>,
+    /// Connections open now.
+    pub open_connections: Gauge,
+    /// Connections closed at accept by a cap, by cap (`total`, `per_source`).
+    pub refused_connections: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,18 @@ impl Default for Metrics {
         let store_seconds = HistogramFamily::new_with_constructor(latency_histogram);
         let campaigns = Family::<Labels, Gauge>::default();
         let campaign_members = Family::<Labels, Gauge>::default();
+        let open_connections = Gauge::default();
+        let refused_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "open_connections",
+            "Connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections closed at accept by the total or per-source cap",
+            refused_connections.clone(),
+        );
         registry.register("campaigns", "Upgrade campaigns by state", campaigns.clone());
         registry.register(
             "campaign_members",
@@ -85,6 +101,8 @@ impl Default for Metrics {
             store_seconds,
             campaigns,
             campaign_members,
+            open_connections,
+            refused_connections,
         }
     }
 }

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use cairn_api::hub::{CampaignMember, CampaignState, MemberState, Pacing, Role, Selector};
+pub use cairn_api::hub::{
+    CampaignMember, CampaignState, MemberState, Pacing, Role, Selector, TokenKind,
+};
 use cairn_api::{
     ApplianceId, DesiredState, HardwareInventory, JoinBundle, MaintenanceWindow, NodeStatus,
 };
@@ -121,6 +123,19 @@ pub struct EnrollmentToken {
     pub site: String,
     /// Labels given to appliances enrolled with it.
     pub labels: BTreeMap<String, String>,
+    /// Enrollment of new hardware, or the re-install of one appliance. Records of older
+    /// hubs are enrollment tokens.
+    #[serde(default)]
+    pub kind: TokenKind,
+    /// The boot MAC (lowercase) the registering inventory must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The serial number the registering inventory must report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The appliance a re-install token re-keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<ApplianceId>,
     /// How many registrations it allows.
     pub max_uses: u32,
     /// How many it was used for.

@@ -1,22 +1,25 @@
-//! Per-source token buckets for the unauthenticated endpoints (registration and its check),
-//! so one misbehaving site cannot flood the hub's CA and store.
+//! Token buckets per caller: per source address for the unauthenticated endpoints
+//! (registration and its check), so one misbehaving site cannot flood the hub's CA and
+//! store; per appliance for certificate renewal, so a leaked certificate cannot make the CA
+//! sign in a loop.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Sources tracked before idle ones are forgotten.
+/// Callers tracked before idle ones are forgotten.
 const MAX_SOURCES: usize = 10_000;
 
-/// A token bucket per source address.
-pub struct RateLimiter {
+/// A token bucket per caller (`K`: a source address by default).
+pub struct RateLimiter<K = IpAddr> {
     per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
-    /// `per_minute` requests per source, in bursts of up to `per_minute`.
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// `per_minute` requests per caller, in bursts of up to `per_minute`.
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
@@ -25,11 +28,11 @@ impl RateLimiter {
     }
 
     /// Takes one token for `source`; `false` when it has none left.
-    pub fn allow(&self, source: IpAddr) -> bool {
+    pub fn allow(&self, source: K) -> bool {
         self.allow_at(source, Instant::now())
     }
 
-    fn allow_at(&self, source: IpAddr, now: Instant) -> bool {
+    fn allow_at(&self, source: K, now: Instant) -> bool {
         let capacity = f64::from(self.per_minute);
         let refill = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -58,7 +61,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_cut_then_refills_per_source() {
-        let limiter = RateLimiter::new(3);
+        let limiter = RateLimiter::<IpAddr>::new(3);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let t0 = Instant::now();

@@ -42,7 +42,7 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
         "1",
     ]);
     let admin = hub.admin();
-    let token = admin.enrollment_token("lab", 2).await;
+    let token = admin.enrollment_token("lab", 1).await;
 
     // The wizard's check does not use the token.
     for _ in 0..3 {
@@ -117,14 +117,88 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
         .collect();
     assert_eq!(kinds, ["registered", "online", "offline", "online"]);
 
-    // Same hardware, new key, NICs listed in another order: same identity, re-keyed.
+    // The attack: any token of another site, this appliance's serial and MACs (listed in
+    // another order). Refused, audited, raised as an event; the appliance keeps its ID, site
+    // and certificate.
+    let site_b = admin.enrollment_token("site-b", 10).await;
+    let impostor = Device::new(
+        "evil",
+        "SER123",
+        &["52:54:00:00:00:02", "52:54:00:00:00:01"],
+    );
+    let (s, body) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations", hub.url),
+        &serde_json::to_value(impostor.request(&site_b)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (409, Some("hardware_known")),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains(id.as_str()),
+        "the refusal names no appliance: {body}"
+    );
+    let (s, _) = post(
+        &http,
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "the real appliance keeps its certificate");
+    let (_, view) = admin.get(&format!("/v1/appliances/{id}")).await;
+    assert_eq!(
+        (view["site"].as_str(), view["hostname"].as_str()),
+        (Some("lab"), Some("edge-1"))
+    );
+    assert_eq!(view["rekeys"], 0);
+    let (_, events) = admin.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["appliance"] == id.as_str()
+                && e["kind"] == "registration_refused"
+                && e["site"] == "lab"),
+        "{events}"
+    );
+
+    // Same hardware, new key, with the re-install token an operator minted for it: same
+    // identity and site, re-keyed; the token works once.
+    let (s, minted) = admin
+        .post(
+            &format!("/v1/appliances/{id}/reinstall-token"),
+            json!({"ttl_seconds": 600}),
+        )
+        .await;
+    assert_eq!(s, 201, "{minted}");
+    assert_eq!(
+        (minted["kind"].as_str(), minted["site"].as_str()),
+        (Some("reinstall"), Some("lab"))
+    );
+    let reinstall = minted["token"].as_str().unwrap().to_owned();
     let reinstalled = Device::new(
         "edge-1",
         "SER123",
         &["52:54:00:00:00:02", "52:54:00:00:00:01"],
     );
-    let again = reinstalled.register(&hub, &token).await;
+    let again = reinstalled.register(&hub, &reinstall).await;
     assert_eq!(again.appliance_id, id);
+    assert_eq!(again.site, "lab");
+    let (s, body) = post(
+        &hub.anonymous(),
+        format!("{}/v1/registrations", hub.url),
+        &serde_json::to_value(reinstalled.request(&reinstall)).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("token_used_up")),
+        "{body}"
+    );
     let (s, body) = post(
         &http,
         format!("{}/v1/heartbeats", hub.url),
@@ -211,6 +285,8 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
         .collect();
     for expected in [
         ("appliance.register", "ok"),
+        ("appliance.register", "refused: hardware_known"),
+        ("token.reinstall", "ok"),
         ("appliance.rekey", "ok"),
         ("appliance.register", "refused: token_used_up"),
         ("token.revoke", "ok"),
@@ -232,8 +308,10 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
     );
     // Secrets never reach the audit or token listings.
     let (_, tokens) = admin.get("/v1/tokens").await;
-    let dump = format!("{audit}{tokens}");
-    assert!(!dump.contains(token.split('.').nth(2).unwrap()));
+    let dump = format!("{audit}{tokens}{events}");
+    for t in [&token, &reinstall, &site_b] {
+        assert!(!dump.contains(t.split('.').nth(2).unwrap()));
+    }
 }
 
 #[tokio::test]
@@ -634,6 +712,45 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
     );
     let (_, view) = hub.admin().get(&format!("/v1/appliances/{app}")).await;
     assert_eq!(view["labels"], json!({"role": "edge"}));
+    assert_eq!(
+        run(s(&[
+            "appliances",
+            "reinstall",
+            &app,
+            "--ttl-seconds",
+            "600"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(s(&[
+            "token",
+            "create",
+            "--site",
+            "lab",
+            "--mac",
+            "52:54:00:00:07:01"
+        ]))
+        .await
+        .unwrap(),
+        Exit::Success
+    );
+    let (_, tokens) = hub.admin().get("/v1/tokens").await;
+    let tokens = tokens.as_array().unwrap();
+    assert!(
+        tokens.iter().any(|t| t["kind"] == "reinstall"
+            && t["appliance"] == app.as_str()
+            && t["max_uses"] == 1),
+        "{tokens:?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t["mac"] == "52:54:00:00:07:01" && t["max_uses"] == 1),
+        "{tokens:?}"
+    );
     assert_eq!(
         run(s(&["vpcs", "create", "blue", "--subnet", "10.9.0.0/24"]))
             .await

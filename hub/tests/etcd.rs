@@ -107,3 +107,86 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
         "{ev:?}"
     );
 }
+
+/// etcd with TLS and client-certificate authentication: the hub connects with
+/// `--etcd-cacert/--etcd-cert/--etcd-key` and serves; without its certificate it refuses to
+/// start, saying why.
+#[tokio::test]
+async fn a_hub_reaches_etcd_over_tls_with_its_client_certificate() {
+    let etcd = testutil::Etcd::start_tls().await;
+    let certs = etcd.tls.as_ref().unwrap();
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        certs.ca.to_str().unwrap(),
+        certs.cert.to_str().unwrap(),
+        certs.key.to_str().unwrap(),
+    );
+    let flags = [
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-cacert",
+        ca,
+        "--etcd-cert",
+        cert,
+        "--etcd-key",
+        key,
+    ];
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&flags)
+        .serve_args(&flags)
+        .start();
+    let token = hub.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-tls", "TLS-1", &["52:54:00:10:01:01"]);
+    let reg = device.register(&hub, &token).await;
+    let (s, body) = post(
+        &device.client(&hub, &reg),
+        format!("{}/v1/heartbeats", hub.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    // Only the CA: etcd refuses the connection, and the hub does not start.
+    let out = std::process::Command::new(common::hub_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&hub.data)
+        .args(["--etcd-endpoints", &endpoints, "--etcd-cacert", ca])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("connecting to etcd"), "{stderr}");
+}
+
+/// A request stuck on the store (etcd stopped with SIGSTOP) is answered `503 timeout` after
+/// `--request-timeout`, instead of holding the client for as long as the store waits; once
+/// etcd runs again, requests succeed.
+#[tokio::test]
+async fn a_request_stuck_on_the_store_is_answered_after_the_request_timeout() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&["--etcd-endpoints", &endpoints, "--request-timeout", "1"])
+        .start();
+    let admin = hub.admin();
+    assert_eq!(admin.get("/v1/appliances").await.0, 200);
+    let pid = Pid::from_raw(etcd.pid(0).unwrap() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let started = std::time::Instant::now();
+    let (s, body) = admin.get("/v1/appliances").await;
+    let took = started.elapsed();
+    kill_process(pid, Signal::CONT).unwrap();
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("timeout")),
+        "{body}"
+    );
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    poll_async("requests succeed once etcd runs again", LIMIT, || async {
+        (admin.get("/v1/appliances").await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -852,3 +852,155 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
         "nothing to clear"
     );
 }
+
+/// A batch of 300 on etcd: more appliances than one etcd transaction may change (128 ops),
+/// so the driver orders, withdraws (after an abort) and judges them in passes under the
+/// limit; an aborted campaign lets go of every order and a second one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_member_batch_on_etcd_is_ordered_aborted_and_completed() {
+    const N: usize = 300;
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let releases = Releases::new();
+    let mut serve = serve_args();
+    serve.extend([
+        "--etcd-endpoints",
+        &endpoints,
+        "--registration-rate",
+        "1000",
+    ]);
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&[
+            "--trusted-release-key",
+            releases.public.to_str().unwrap(),
+            "--etcd-endpoints",
+            &endpoints,
+        ])
+        .serve_args(&serve)
+        .start();
+    let admin = hub.admin();
+    let (signed, sha) = releases.bundle("2.0", Some(&releases.key));
+    assert_eq!(upload(&admin, &signed, &sha).await.0, 201);
+
+    // Registered appliances on 1.0, each with its own mTLS client; a token per worker, as
+    // registrations on one token contend for its use count.
+    let started = std::time::Instant::now();
+    let hub = std::sync::Arc::new(hub);
+    let mut registering = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let token = admin.enrollment_token("lab", N as u32).await;
+        let hub = hub.clone();
+        registering.spawn(async move {
+            let mut clients = Vec::new();
+            for n in (worker..N).step_by(8) {
+                let device = Device::new(
+                    &format!("edge-{n}"),
+                    &format!("BIG-{n}"),
+                    &[&format!("52:54:01:{:02x}:{:02x}:01", n / 256, n % 256)],
+                );
+                let reg = device.register(&hub, &token).await;
+                clients.push(device.client(&hub, &reg));
+            }
+            clients
+        });
+    }
+    let nodes: Vec<reqwest::Client> = registering.join_all().await.into_iter().flatten().collect();
+    let url = format!("{}/v1/heartbeats", hub.url);
+    // Every node heartbeats once with `report`; returns the orders they got back.
+    let beat_all = |os: &'static str, report: Option<&'static str>| {
+        let (nodes, url) = (nodes.clone(), url.clone());
+        async move {
+            let mut beats = tokio::task::JoinSet::new();
+            for chunk in nodes.chunks(N / 8) {
+                let (chunk, url) = (chunk.to_vec(), url.clone());
+                beats.spawn(async move {
+                    let mut ordered = 0;
+                    for http in chunk {
+                        let upgrade = report.map(|phase| {
+                            json!({"campaign": "big", "version": "2.0", "phase": phase,
+                                "at": "2030-01-01T00:00:00Z"})
+                        });
+                        let body = json!({"applied_generation": 0, "status": {
+                            "agent_version": "0.1.0", "os_version": os, "upgrade": upgrade,
+                            "observed_at": "2030-01-01T00:00:00Z"}});
+                        let (s, resp) = common::post(&http, url.clone(), &body).await;
+                        assert_eq!(s, 200, "{resp}");
+                        if !resp["desired"]["upgrade"].is_null() {
+                            ordered += 1;
+                        }
+                    }
+                    ordered
+                });
+            }
+            beats.join_all().await.into_iter().sum::<usize>()
+        }
+    };
+    beat_all("1.0", None).await;
+    println!(
+        "{N} appliances registered and reporting in {:?}",
+        started.elapsed()
+    );
+
+    // A first campaign, aborted once all are ordered: the abort withdraws 40 orders in its
+    // own transaction and the driver the rest.
+    let (s, c) = admin
+        .post(
+            "/v1/campaigns",
+            json!({"name": "dropped", "release": "2.0", "selector": {"site": "lab"},
+                "canaries": 0, "batch_size": N, "max_failures": 0}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        admin.post("/v1/campaigns/dropped/start", json!({})).await.0,
+        200
+    );
+    until!("all 300 ordered", {
+        let c = campaign(&admin, "dropped").await;
+        (states(&c).iter().all(|s| s == "ordered")).then_some(())
+    });
+    let (s, c) = admin.post("/v1/campaigns/dropped/abort", json!({})).await;
+    assert_eq!(s, 200, "{c}");
+    until!("every order withdrawn", {
+        let c = campaign(&admin, "dropped").await;
+        (states(&c).iter().all(|s| s == "skipped")).then_some(())
+    });
+    assert_eq!(beat_all("1.0", None).await, 0, "no node carries an order");
+
+    let (s, c) = admin
+        .post(
+            "/v1/campaigns",
+            json!({"name": "big", "release": "2.0", "selector": {"site": "lab"},
+                "canaries": 0, "batch_size": N, "max_failures": 0}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(c["batches"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(
+        admin.post("/v1/campaigns/big/start", json!({})).await.0,
+        200
+    );
+    let started = std::time::Instant::now();
+    until!("all 300 ordered", {
+        let c = campaign(&admin, "big").await;
+        (states(&c).iter().all(|s| s == "ordered")).then_some(())
+    });
+    println!("{N} members ordered in {:?}", started.elapsed());
+    assert_eq!(
+        beat_all("1.0", None).await,
+        N,
+        "every node carries the order"
+    );
+
+    // All of them come back committed on 2.0 at once.
+    beat_all("2.0", Some("committed")).await;
+    let c = until!("the campaign to complete", {
+        let c = campaign(&admin, "big").await;
+        (c["state"] == "completed").then_some(c)
+    });
+    assert!(states(&c).iter().all(|s| s == "committed"), "{c}");
+    println!(
+        "{N} members committed and the campaign completed in {:?}",
+        started.elapsed()
+    );
+}

@@ -55,7 +55,7 @@ case "$mode" in
     ;;
   http)
     net_up || fail "no DHCP answer on any interface"
-    export CAIRN_INSTALL_TOKEN="$(arg cairn.token)"
+    export CAIRN_INSTALL_NONCE="$(arg cairn.nonce)"
     cairn-agent --server "$(arg cairn.server)" --mac "$(arg cairn.mac)" --reboot
     ;;
   cdrom)

@@ -1,7 +1,7 @@
 //! `cairn-agent`: runs in the install environment and writes the appliance image to disk.
 //!
 //! Started by the initramfs (`image-build/dist/initrd-init.sh`): `--server URL --mac MAC`
-//! after a PXE boot (token in `CAIRN_INSTALL_TOKEN`), or `--source DIR` after booting the
+//! after a PXE boot (the script's one-time nonce in `CAIRN_INSTALL_NONCE`), or `--source DIR` after booting the
 //! install ISO. See [`write`](mod@write) for the order of writes that keeps a half-written disk
 //! unbootable.
 
@@ -23,8 +23,8 @@ use self::write::{FileTarget, InstallError, Progress, Target, check_blank, insta
 
 /// The cairn install agent: picks the target disk, writes and verifies the image, reboots.
 ///
-/// PXE: `cairn-agent --server http://BOOT-SERVER:PORT --mac MAC --reboot` with the per-install
-/// token in CAIRN_INSTALL_TOKEN. ISO: `cairn-agent --source /media/cdrom/cairn --reboot`.
+/// PXE: `cairn-agent --server http://BOOT-SERVER:PORT --mac MAC --reboot` with the iPXE
+/// script's one-time nonce in CAIRN_INSTALL_NONCE (exchanged once for the plan). ISO: `cairn-agent --source /media/cdrom/cairn --reboot`.
 /// The disk is chosen by the plan's disk hint (or --disk-hint); a disk holding partitions or
 /// filesystems is refused unless the plan or --wipe allows wiping it.
 #[derive(Debug, Parser)]
@@ -80,8 +80,8 @@ impl AgentCli {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let source: Box<dyn Source> = match (&self.server, &self.source) {
             (Some(server), _) => {
-                let token = std::env::var("CAIRN_INSTALL_TOKEN").unwrap_or_default();
-                Box::new(HttpSource::new(server, token)?)
+                let nonce = std::env::var("CAIRN_INSTALL_NONCE").unwrap_or_default();
+                Box::new(HttpSource::new(server, nonce)?)
             }
             (None, Some(dir)) => Box::new(DirSource::new(dir.clone())),
             (None, None) => unreachable!("clap requires --server or --source"),

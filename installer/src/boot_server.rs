@@ -3,15 +3,22 @@
 //! - DHCP ([`dhcp`]): answers PXE clients whose MAC is in the inventory, nothing else.
 //! - TFTP ([`tftp`]): iPXE itself, for NIC ROMs that are plain PXE.
 //! - HTTP (axum): `/boot/{mac}.ipxe` (per-server iPXE script rendered with tera from the
-//!   build's `pxe/ipxe.tera`, carrying this server's URL and a per-install token),
-//!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `/v1/install/plan`
-//!   and `/v1/install/progress` (bearer token); for the rack provisioner, unauthenticated
-//!   reads of what the agents reported: `/v1/install/progress/{mac}` (the latest report of
-//!   one server) and `/v1/install/status` (every inventory server). Both shapes are a
-//!   contract documented in docs/images.md.
+//!   build's `pxe/ipxe.tera`, carrying this server's URL and a fresh one-time nonce),
+//!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `POST /v1/install/plan`
+//!   (the nonce, once, for the plan and a report token) and `/v1/install/progress` (the
+//!   report token); for the rack provisioner, unauthenticated reads of what the agents
+//!   reported: `/v1/install/progress/{mac}` (the latest report of one server) and
+//!   `/v1/install/status` (every inventory server). Both shapes are a contract documented
+//!   in docs/images.md.
 //!
-//! Tokens are random per server and per run; only their SHA-256 is kept in memory.
-//! The inventory is read with `cairn_hardware::inventory` (the format's owner).
+//! Nothing secret is on the PXE LAN's unauthenticated paths or the kernel command line: the
+//! script carries only the nonce, which the agent exchanges once (a second exchange, or one
+//! with an older nonce, is refused). The enrollment token in the plan is minted at that
+//! exchange from the hub with the operator token this server was given: single-use, bound
+//! to the server's boot MAC, expiring with the install timeout. The boot server never holds
+//! a multi-use enrollment token. Nonces and report tokens are random; only their SHA-256 is
+//! kept in memory. The inventory is read with `cairn_hardware::inventory` (the format's
+//! owner).
 
 pub mod dhcp;
 pub mod tftp;
@@ -31,7 +38,7 @@ use cairn_api::InstallProgress;
 use cairn_api::cli::Exit;
 use clap::Args;
 
-use crate::agent::plan::InstallPlan;
+use crate::agent::plan::{InstallPlan, PlanGrant};
 
 /// Serve PXE to the servers of an inventory.
 ///
@@ -65,16 +72,24 @@ pub struct BootServerArgs {
     #[arg(long)]
     dhcp_range: Option<String>,
     /// Hub URL written into each server's node.yaml (cairn-node's schema, docs/images.md).
-    /// Needs --hub-ca and --enrollment-token-file: cairn-node trusts no hub it cannot
-    /// verify and registers only with a token.
-    #[arg(long, requires_all = ["hub_ca", "enrollment_token_file"])]
+    /// Needs --hub-ca, --hub-token-file and --site: cairn-node trusts no hub it cannot
+    /// verify and registers only with a token, which this server mints per install.
+    #[arg(long, requires_all = ["hub_ca", "hub_token_file", "site"])]
     hub_url: Option<String>,
-    /// Hub CA bundle (PEM) written next to node.yaml.
+    /// Hub CA bundle (PEM): the only CA trusted for the hub, and written next to node.yaml.
     #[arg(long, requires = "hub_url")]
     hub_ca: Option<PathBuf>,
-    /// File holding the hub enrollment token for the installed servers.
+    /// File holding an operator token (operator role, for --site) with which one
+    /// single-use enrollment token per install is minted, bound to the server's boot MAC.
+    /// Never pass tokens on the command line.
     #[arg(long, requires = "hub_url")]
-    enrollment_token_file: Option<PathBuf>,
+    hub_token_file: Option<PathBuf>,
+    /// Site the installed servers enroll into.
+    #[arg(long, requires = "hub_url")]
+    site: Option<String>,
+    /// How long an install may take, seconds: each per-server enrollment token expires then.
+    #[arg(long, default_value_t = 3600)]
+    install_timeout: u64,
     /// Let the agent overwrite disks that hold partitions or filesystems.
     #[arg(long)]
     allow_wipe: bool,
@@ -95,13 +110,40 @@ pub struct BootServerArgs {
 struct Server {
     name: String,
     mac: String,
+    /// The plan without its enrollment token (minted at each exchange).
     plan: InstallPlan,
-    token_hash: String,
-    script: String,
+}
+
+/// One server's secrets of the moment, as SHA-256 hex.
+#[derive(Default)]
+struct Session {
+    /// The nonce of the latest script served, until it is exchanged.
+    nonce: Option<String>,
+    /// The report token handed out with the latest plan.
+    report: Option<String>,
+}
+
+/// What renders the per-server iPXE scripts.
+struct Scripts {
+    tera: tera::Tera,
+    base_url: String,
+    kernel_args: String,
+    on_fail: Option<String>,
+}
+
+/// Mints the per-install enrollment tokens at the hub.
+struct Enroller {
+    hub: cairn_hub_client::HubClient,
+    site: String,
+    ttl_seconds: u64,
 }
 
 struct AppState {
     servers: Vec<Server>,
+    scripts: Scripts,
+    enroller: Option<Enroller>,
+    /// Per boot MAC.
+    sessions: Mutex<BTreeMap<String, Session>>,
     /// The latest report per boot MAC, numbered by `next_seq`.
     progress: Mutex<Reports>,
 }
@@ -145,15 +187,43 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
 }
 
+fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for install nonces"))?;
+    Ok(hex::encode(bytes))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
 impl AppState {
-    fn by_token(&self, headers: &HeaderMap) -> Option<&Server> {
-        let token = headers
-            .get("authorization")?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?;
-        let hash = sha256_hex(token);
-        self.servers.iter().find(|s| s.token_hash == hash)
+    /// The server whose current report token `headers` carry.
+    fn by_report_token(&self, headers: &HeaderMap) -> Option<&Server> {
+        let hash = sha256_hex(bearer(headers)?);
+        let sessions = self.sessions.lock().expect("not poisoned");
+        let mac = sessions
+            .iter()
+            .find(|(_, s)| s.report.as_deref() == Some(hash.as_str()))?
+            .0;
+        self.servers.iter().find(|s| &s.mac == mac)
+    }
+
+    /// Takes the nonce `headers` carry: the server it was issued to, once.
+    fn take_nonce(&self, headers: &HeaderMap) -> Option<&Server> {
+        let hash = sha256_hex(bearer(headers)?);
+        let mut sessions = self.sessions.lock().expect("not poisoned");
+        let (mac, session) = sessions
+            .iter_mut()
+            .find(|(_, s)| s.nonce.as_deref() == Some(hash.as_str()))?;
+        session.nonce = None;
+        let mac = mac.clone();
+        self.servers.iter().find(|s| s.mac == mac)
     }
 }
 
@@ -215,7 +285,25 @@ impl BootServerArgs {
                 .transpose()
         };
         let hub_ca = read_opt(&self.hub_ca)?;
-        let enrollment = read_opt(&self.enrollment_token_file)?.map(|t| t.trim().to_owned());
+        let enroller = match (
+            &self.hub_url,
+            &hub_ca,
+            read_opt(&self.hub_token_file)?,
+            &self.site,
+        ) {
+            (Some(url), Some(ca), Some(token), Some(site)) => Some(Enroller {
+                hub: cairn_hub_client::HubClient::new(
+                    url,
+                    &cairn_hub_client::tls::Trust::CaBundle(ca.clone()),
+                    None,
+                )
+                .context("hub client")?
+                .with_bearer(token.trim()),
+                site: site.clone(),
+                ttl_seconds: self.install_timeout,
+            }),
+            _ => None,
+        };
         let pool = self.dhcp_range.as_deref().map(parse_range).transpose()?;
         let mut servers = Vec::new();
         let mut leases = BTreeMap::new();
@@ -225,10 +313,6 @@ impl BootServerArgs {
                 tracing::warn!(server = %s.name, "no boot_mac: not served");
                 continue;
             };
-            let mut token_bytes = [0u8; 24];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token_bytes)
-                .map_err(|_| anyhow::anyhow!("no randomness for install tokens"))?;
-            let token = hex::encode(token_bytes);
             let mut netplan = BTreeMap::new();
             if let Some(p) = &s.netplan {
                 let text = std::fs::read_to_string(p)
@@ -246,16 +330,8 @@ impl BootServerArgs {
                 node_yaml,
                 netplan,
                 hub_ca: hub_ca.clone(),
-                enrollment_token: enrollment.clone(),
+                enrollment_token: None,
             };
-            let mut ctx = tera::Context::new();
-            ctx.insert("base_url", &base_url);
-            ctx.insert("mac", &mac);
-            ctx.insert("name", &s.name);
-            ctx.insert("token", &token);
-            ctx.insert("kernel_args", &self.kernel_args);
-            ctx.insert("on_fail", &self.on_fail);
-            let script = tera.render("ipxe", &ctx).context("rendering ipxe.tera")?;
             if let Some((start, end)) = pool {
                 let ip = u32::from(start) + servers.len() as u32;
                 anyhow::ensure!(
@@ -269,8 +345,6 @@ impl BootServerArgs {
                 name: s.name.clone(),
                 mac,
                 plan,
-                token_hash: sha256_hex(&token),
-                script,
             });
         }
         let dhcp_cfg = Arc::new(dhcp::DhcpConfig {
@@ -282,6 +356,14 @@ impl BootServerArgs {
         });
         let state = Arc::new(AppState {
             servers,
+            scripts: Scripts {
+                tera,
+                base_url: base_url.clone(),
+                kernel_args: self.kernel_args.clone(),
+                on_fail: self.on_fail.clone(),
+            },
+            enroller,
+            sessions: Mutex::default(),
             progress: Mutex::default(),
         });
         let app = router(state.clone(), self.artifacts.join("pxe"));
@@ -310,7 +392,7 @@ impl BootServerArgs {
 fn router(state: Arc<AppState>, pxe: PathBuf) -> axum::Router {
     axum::Router::new()
         .route("/boot/{file}", get(boot_script))
-        .route("/v1/install/plan", get(plan))
+        .route("/v1/install/plan", post(plan))
         .route("/v1/install/progress", post(progress))
         .route("/v1/install/progress/{mac}", get(progress_of))
         .route("/v1/install/status", get(status))
@@ -361,25 +443,107 @@ fn interface_address(interface: &str, given: Option<Ipv4Addr>) -> anyhow::Result
 async fn boot_script(
     State(state): State<Arc<AppState>>,
     UrlPath(file): UrlPath<String>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     let mac = file.trim_end_matches(".ipxe").to_ascii_lowercase();
-    match state.servers.iter().find(|s| s.mac == mac) {
-        Some(s) => {
-            tracing::info!(server = %s.name, %mac, "serving iPXE script");
-            (StatusCode::OK, s.script.clone())
-        }
-        None => (
+    let Some(s) = state.servers.iter().find(|s| s.mac == mac) else {
+        return (
             StatusCode::NOT_FOUND,
             format!("#!ipxe\necho cairn: {mac} is not in the inventory\nexit 1\n"),
-        ),
+        )
+            .into_response();
+    };
+    match render_script(&state, s) {
+        Ok(script) => {
+            tracing::info!(server = %s.name, %mac, "serving iPXE script with a fresh nonce");
+            (StatusCode::OK, script).into_response()
+        }
+        Err(e) => {
+            tracing::error!(server = %s.name, error = %format!("{e:#}"), "rendering the iPXE script");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the script",
+            )
+                .into_response()
+        }
     }
 }
 
+/// The script for `s` with a fresh nonce, which replaces any earlier one of `s`: a server
+/// that boots again gets a new one; the old one is worthless.
+fn render_script(state: &AppState, s: &Server) -> anyhow::Result<String> {
+    let nonce = random_hex()?;
+    let mut ctx = tera::Context::new();
+    ctx.insert("base_url", &state.scripts.base_url);
+    ctx.insert("mac", &s.mac);
+    ctx.insert("name", &s.name);
+    ctx.insert("nonce", &nonce);
+    ctx.insert("kernel_args", &state.scripts.kernel_args);
+    ctx.insert("on_fail", &state.scripts.on_fail);
+    let script = state
+        .scripts
+        .tera
+        .render("ipxe", &ctx)
+        .context("rendering ipxe.tera")?;
+    state
+        .sessions
+        .lock()
+        .expect("not poisoned")
+        .entry(s.mac.clone())
+        .or_default()
+        .nonce = Some(sha256_hex(&nonce));
+    Ok(script)
+}
+
+/// `POST /v1/install/plan`: the nonce (bearer), once, for the plan with a freshly minted
+/// enrollment token and the report token.
 async fn plan(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
-    match state.by_token(&headers) {
-        Some(s) => Json(s.plan.clone()).into_response(),
-        None => (StatusCode::UNAUTHORIZED, "unknown install token").into_response(),
+    let Some(s) = state.take_nonce(&headers) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "unknown or already used install nonce",
+        )
+            .into_response();
+    };
+    let mut plan = s.plan.clone();
+    if let Some(e) = &state.enroller {
+        let request = cairn_api::hub::CreateEnrollmentToken {
+            site: e.site.clone(),
+            ttl_seconds: e.ttl_seconds,
+            max_uses: 1,
+            labels: Default::default(),
+            tenant: None,
+            mac: Some(s.mac.clone()),
+            serial: None,
+        };
+        match e.hub.create_token(&request).await {
+            Ok(t) => {
+                tracing::info!(server = %s.name, mac = %s.mac, token = %t.view.id, "minted this install's enrollment token");
+                plan.enrollment_token = Some(t.token);
+            }
+            Err(err) => {
+                let err = cairn_api::error_chain(&err);
+                tracing::error!(server = %s.name, error = %err, "minting the enrollment token");
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the hub did not mint an enrollment token: {err}"),
+                )
+                    .into_response();
+            }
+        }
     }
+    let report_token = match random_hex() {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    state
+        .sessions
+        .lock()
+        .expect("not poisoned")
+        .entry(s.mac.clone())
+        .or_default()
+        .report = Some(sha256_hex(&report_token));
+    tracing::info!(server = %s.name, mac = %s.mac, "install plan handed out");
+    Json(PlanGrant { plan, report_token }).into_response()
 }
 
 async fn progress(
@@ -387,7 +551,7 @@ async fn progress(
     headers: HeaderMap,
     Json(p): Json<InstallProgress>,
 ) -> StatusCode {
-    let Some(s) = state.by_token(&headers) else {
+    let Some(s) = state.by_report_token(&headers) else {
         return StatusCode::UNAUTHORIZED;
     };
     tracing::info!(server = %s.name, step = ?p.step, bytes = p.bytes_written, message = %p.message, "install progress");
@@ -444,25 +608,167 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<StatusAnswer> {
 mod tests {
     use super::*;
 
-    fn state() -> Arc<AppState> {
-        let server = |name: &str, mac: &str, token: &str| Server {
+    const MAC1: &str = "52:54:00:ab:00:01";
+
+    /// Two inventory servers, the build's own iPXE template, and report tokens `t1`, `t2`.
+    fn state_with(enroller: Option<Enroller>) -> Arc<AppState> {
+        let server = |name: &str, mac: &str| Server {
             name: name.into(),
             mac: mac.into(),
-            plan: InstallPlan::default(),
-            token_hash: sha256_hex(token),
-            script: String::new(),
+            plan: InstallPlan {
+                name: name.into(),
+                ..Default::default()
+            },
         };
+        let mut tera = tera::Tera::default();
+        tera.add_raw_template("ipxe", include_str!("../../image-build/dist/ipxe.tera"))
+            .unwrap();
+        let sessions = [(MAC1, "t1"), ("52:54:00:00:00:02", "t2")]
+            .into_iter()
+            .map(|(mac, t)| {
+                let session = Session {
+                    nonce: None,
+                    report: Some(sha256_hex(t)),
+                };
+                (mac.to_owned(), session)
+            })
+            .collect();
         Arc::new(AppState {
             servers: vec![
-                server("edge-1", "52:54:00:ab:00:01", "t1"),
-                server("edge-2", "52:54:00:00:00:02", "t2"),
+                server("edge-1", MAC1),
+                server("edge-2", "52:54:00:00:00:02"),
             ],
+            scripts: Scripts {
+                tera,
+                base_url: "http://192.0.2.1:8080".into(),
+                kernel_args: "console=ttyS0,115200".into(),
+                on_fail: None,
+            },
+            enroller,
+            sessions: Mutex::new(sessions),
             progress: Mutex::default(),
         })
     }
 
+    fn state() -> Arc<AppState> {
+        state_with(None)
+    }
+
+    async fn serve(state: Arc<AppState>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state, dir.path().to_owned());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        base
+    }
+
+    /// The PXE LAN's view, with a real hub: the script (and so the kernel command line)
+    /// carries only a nonce; it is exchanged once for the plan, whose enrollment token the
+    /// hub minted at that moment, single-use and bound to the server's boot MAC; a newer
+    /// script makes the older nonce worthless; the boot server holds no other token.
+    #[tokio::test]
+    async fn the_script_carries_only_a_nonce_exchanged_once_for_a_mac_bound_token() {
+        let hub = cairn_test_support::hub::Hub::builder(cairn_test_support::workspace_bin(
+            "cairn-hub",
+            "cairn-hub",
+        ))
+        .start();
+        let trust = cairn_hub_client::tls::Trust::CaBundle(hub.ca_pem.clone());
+        let admin = cairn_hub_client::HubClient::new(&hub.url, &trust, None)
+            .unwrap()
+            .with_bearer(hub.admin_token.clone());
+        let enroller = Enroller {
+            hub: admin.clone(),
+            site: "lab".into(),
+            ttl_seconds: 900,
+        };
+        let base = serve(state_with(Some(enroller))).await;
+        let http = reqwest::Client::new();
+        let script = || async {
+            let r = http
+                .get(format!("{base}/boot/{MAC1}.ipxe"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        };
+        let nonce_of = |script: &str| {
+            script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("cairn.nonce="))
+                .unwrap_or_else(|| panic!("no nonce in {script}"))
+                .to_owned()
+        };
+        let exchange = |nonce: String| {
+            http.post(format!("{base}/v1/install/plan"))
+                .bearer_auth(nonce)
+                .send()
+        };
+        let first = script().await;
+        let second = script().await;
+        assert_ne!(nonce_of(&first), nonce_of(&second));
+        let stale = exchange(nonce_of(&first)).await.unwrap();
+        assert_eq!(stale.status(), 401, "an older script's nonce is worthless");
+
+        let grant: PlanGrant = exchange(nonce_of(&second))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = grant.plan.enrollment_token.clone().expect("a token");
+        assert!(token.starts_with("cairn-et."), "{token}");
+        let again = exchange(nonce_of(&second)).await.unwrap();
+        assert_eq!(again.status(), 401, "a nonce is exchanged once");
+        let cmdline = second.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        for secret in [&token, &grant.report_token] {
+            assert!(!second.contains(secret.as_str()), "{second}");
+        }
+        assert!(
+            !cmdline.contains("cairn-et") && !cmdline.contains("token"),
+            "{cmdline}"
+        );
+
+        let tokens = admin.list_tokens().await.unwrap();
+        assert_eq!(
+            tokens.len(),
+            1,
+            "the boot server holds no other token: {tokens:?}"
+        );
+        let minted = &tokens[0];
+        assert_eq!(token.split('.').nth(1), Some(minted.id.as_str()));
+        assert_eq!(
+            (minted.max_uses, minted.mac.as_deref(), minted.site.as_str()),
+            (1, Some(MAC1), "lab")
+        );
+        let ttl = (minted.expires_at - minted.created_at).whole_seconds();
+        assert!(
+            (899..=900).contains(&ttl),
+            "expires with the install timeout: {ttl}"
+        );
+
+        // Reports need the report token, never the nonce.
+        let report = |bearer: String| {
+            http.post(format!("{base}/v1/install/progress"))
+                .bearer_auth(bearer)
+                .json(&InstallProgress {
+                    mac: MAC1.into(),
+                    step: cairn_api::InstallStep::Started,
+                    bytes_written: 0,
+                    bytes_total: None,
+                    message: String::new(),
+                })
+                .send()
+        };
+        assert_eq!(report(nonce_of(&second)).await.unwrap().status(), 401);
+        assert_eq!(report(grant.report_token).await.unwrap().status(), 204);
+    }
+
     /// A hub URL alone would give installs a node.yaml cairn-node refuses (no CA, no
-    /// token): the command line says so before anything starts.
+    /// way to mint a token): the command line says so before anything starts.
     #[test]
     fn a_hub_url_needs_the_hub_ca_and_an_enrollment_token() {
         use clap::Parser;
@@ -482,16 +788,22 @@ mod tests {
         ];
         let parse = |extra: &[&str]| Cmd::try_parse_from(base.iter().chain(extra));
         let err = parse(&["--hub-url", "https://hub:8443", "--hub-ca", "ca.pem"]).unwrap_err();
-        assert!(err.to_string().contains("--enrollment-token-file"), "{err}");
+        assert!(err.to_string().contains("--hub-token-file"), "{err}");
         assert!(parse(&["--hub-ca", "ca.pem"]).is_err());
-        let ok = parse(&[
+        let full = [
             "--hub-url",
             "https://hub:8443",
             "--hub-ca",
             "ca.pem",
-            "--enrollment-token-file",
-            "token",
-        ]);
+            "--hub-token-file",
+            "operator.token",
+            "--site",
+            "lab",
+        ];
+        // A shared enrollment token is no longer something the boot server takes.
+        let shared = parse(&[&full[..], &["--enrollment-token-file", "token"]].concat());
+        assert!(shared.is_err(), "{shared:?}");
+        let ok = parse(&full);
         assert!(ok.is_ok(), "{ok:?}");
         assert!(parse(&[]).is_ok());
     }
@@ -500,12 +812,7 @@ mod tests {
     /// status of every inventory server; reports need the server's own token.
     #[tokio::test]
     async fn reports_are_readable_per_mac_and_for_the_whole_inventory() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state(), dir.path().to_owned());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = serve(state()).await;
         let http = reqwest::Client::new();
         let get = |path: &str| http.get(format!("{base}{path}")).send();
 

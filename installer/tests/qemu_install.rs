@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_test_support::{ChildGuard, Poll};
+use cairn_test_support::hub::Hub;
+use cairn_test_support::{ChildGuard, Poll, workspace_bin};
 use cairn_vm_harness::qemu::{Beacon, Nic, VmBuilder};
 use common::*;
 
@@ -185,9 +186,11 @@ impl Drop for Lab {
     }
 }
 
-/// `cairn boot-server` inside the lab namespace; killed and reaped on drop.
+/// `cairn boot-server` inside the lab namespace, with the real hub it mints each install's
+/// enrollment token at; both killed and reaped on drop.
 struct BootServer {
     _child: ChildGuard,
+    hub: Hub,
     log: PathBuf,
 }
 
@@ -203,8 +206,13 @@ impl BootServer {
             format!("servers:\n  - name: edge-1\n    bmc: redfish+http://127.0.0.1:1\n    credentials: creds.yaml\n    boot_mac: {mac}\n    disk_hint: /dev/vda\n"),
         )
         .unwrap();
-        std::fs::write(dir.join("hub-ca.pem"), "not a real CA\n").unwrap();
-        std::fs::write(dir.join("enrollment-token"), "pxe-token\n").unwrap();
+        let hub = Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
+            .prefix(&["ip", "netns", "exec", &lab.ns])
+            .listen("192.168.77.1:0")
+            .names(&["192.168.77.1"])
+            .start();
+        std::fs::write(dir.join("hub-ca.pem"), &hub.ca_pem).unwrap();
+        std::fs::write(dir.join("operator.token"), &hub.admin_token).unwrap();
         let log = dir.join("boot-server.log");
         let child = Command::new("ip")
             .args([
@@ -222,12 +230,13 @@ impl BootServer {
                 "--dhcp-range",
                 "192.168.77.100-192.168.77.110",
                 "--hub-url",
-                "https://hub.pxe.test:8443",
+                &hub.url,
                 "--hub-ca",
             ])
             .arg(dir.join("hub-ca.pem"))
-            .arg("--enrollment-token-file")
-            .arg(dir.join("enrollment-token"))
+            .arg("--hub-token-file")
+            .arg(dir.join("operator.token"))
+            .args(["--site", "pxe", "--install-timeout", "600"])
             .args(["--on-fail", "poweroff"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -235,6 +244,7 @@ impl BootServer {
             .unwrap();
         let server = Self {
             _child: ChildGuard::new(child),
+            hub,
             log,
         };
         Poll::new("the boot server to start", Duration::from_secs(30))
@@ -286,6 +296,12 @@ fn pxe_install_from_the_boot_server_then_the_disk_boots() {
         server.log()
     );
     eprintln!("PXE install: {took:?}");
+    // The console shows the kernel command line: a nonce, no enrollment token.
+    assert!(
+        serial.contains("cairn.nonce=") && !serial.contains("cairn-et."),
+        "{serial}"
+    );
+    let hub_url = server.hub.url.clone();
     let log = server.log();
     for step in [
         "Started",
@@ -304,7 +320,7 @@ fn pxe_install_from_the_boot_server_then_the_disk_boots() {
     drop(server);
     drop(lab);
     let line = boot_disk(&disk, None);
-    assert!(line.contains("hub=https://hub.pxe.test:8443"), "{line}");
+    assert!(line.contains(&format!("hub={hub_url}")), "{line}");
 }
 
 #[test]

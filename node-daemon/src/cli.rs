@@ -123,8 +123,9 @@ struct StateArgs {
 #[derive(Debug, Subcommand)]
 enum StateCommand {
     /// Move the state store aside (kept as node.redb.corrupt-<time>) so the node starts
-    /// fresh. The node then needs a new enrollment token; the hub recognises the hardware
-    /// and keeps its appliance ID. Stop cairn-node first.
+    /// fresh. The node then needs the re-install token an operator mints for it (`cairn hub
+    /// appliances reinstall ID`); the hub recognises the hardware and keeps its appliance ID.
+    /// Stop cairn-node first.
     Reset,
 }
 
@@ -330,7 +331,7 @@ fn reset(root: &std::path::Path) -> anyhow::Result<Exit> {
     {
         Some(aside) => {
             println!(
-                "state store moved to {}; write a new enrollment token to the token file and start cairn-node",
+                "state store moved to {}; write the appliance's re-install token (`cairn hub appliances reinstall ID`) to the token file and start cairn-node",
                 aside.display()
             );
             Ok(Exit::Success)

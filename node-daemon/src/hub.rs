@@ -55,7 +55,8 @@ pub enum HubError {
     #[error(
         "the hub no longer accepts this appliance's identity ({code}): {message}; the node \
          keeps running on its last state and will not re-register on its own. Way out: \
-         `cairn-node state reset` and a new enrollment token"
+         `cairn-node state reset` and a new token: a re-install token \
+         (`cairn hub appliances reinstall ID`) if the hub still knows this hardware"
     )]
     IdentityRevoked {
         /// `certificate_superseded` or `appliance_unknown`.

@@ -58,8 +58,9 @@ pub enum StoreError {
         "state store {path} is corrupt ({detail}); the node will not start on it and will not \
          replace it on its own, because that would discard its identity. Way out: stop \
          cairn-node, run `cairn-node state reset` (moves the file aside, keeping it for \
-         inspection), then provide a new enrollment token; the hub recognises the hardware \
-         and keeps its appliance ID"
+         inspection), then provide the re-install token an operator mints for this appliance \
+         (`cairn hub appliances reinstall ID`): the hub recognises the hardware and keeps its \
+         appliance ID and site"
     )]
     Corrupt {
         /// The store file.

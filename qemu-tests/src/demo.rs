@@ -104,7 +104,7 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
     }
     println!(
         "{:<46} {:>7.1} s",
-        "hub + enrollment token + boot server", info.services_seconds
+        "hub + boot server", info.services_seconds
     );
     println!(
         "{:<46} {up_seconds:>7.1} s",

@@ -119,6 +119,17 @@ impl From<&JoinBundle> for JoinView {
     }
 }
 
+/// `GET /v1/appliances/{id}/join-bundle`: the join bundle with its bootstrap token, for an
+/// admin who asks for it explicitly (audited). Nothing else answers the token to anyone but
+/// the appliance itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSecretView {
+    /// The appliance.
+    pub appliance: ApplianceId,
+    /// Its join bundle as the appliance gets it.
+    pub bundle: JoinBundle,
+}
+
 /// An appliance's desired state as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredView {

@@ -74,12 +74,18 @@ pub enum ErrorCode {
     NotQuarantined,
     /// The appliance carries no unexpected-version flag (404).
     NotFlagged,
+    /// The appliance has no join bundle (404).
+    NoJoinBundle,
     /// No such route (404).
     NoSuchRoute,
     /// The route does not take that method (405).
     MethodNotAllowed,
     /// Already exists or clashes (409).
     Conflict,
+    /// A registration presented the hardware of a registered appliance without the right
+    /// to re-key it (its certificate over mTLS, or a re-install token for it) (409). The
+    /// appliance keeps its identity; the attempt is audited and raised as an event.
+    HardwareKnown,
     /// Too many requests from this address (429).
     RateLimited,
     /// A control plane's API server failed (502).
@@ -88,6 +94,8 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// Too many concurrent changes to one record (503); retry.
     Contended,
+    /// The request took longer than the hub's request timeout (503); retry.
+    Timeout,
     /// A code this build does not know, as the hub sent it.
     Unrecognized(String),
 }
@@ -126,13 +134,16 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("campaign_unknown", ErrorCode::CampaignUnknown),
     ("not_quarantined", ErrorCode::NotQuarantined),
     ("not_flagged", ErrorCode::NotFlagged),
+    ("no_join_bundle", ErrorCode::NoJoinBundle),
     ("no_such_route", ErrorCode::NoSuchRoute),
     ("method_not_allowed", ErrorCode::MethodNotAllowed),
     ("conflict", ErrorCode::Conflict),
+    ("hardware_known", ErrorCode::HardwareKnown),
     ("rate_limited", ErrorCode::RateLimited),
     ("control_plane_failed", ErrorCode::ControlPlaneFailed),
     ("store_unavailable", ErrorCode::StoreUnavailable),
     ("contended", ErrorCode::Contended),
+    ("timeout", ErrorCode::Timeout),
 ];
 
 impl ErrorCode {

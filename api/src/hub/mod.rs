@@ -22,8 +22,8 @@ mod tokens;
 mod vpcs;
 
 pub use appliances::{
-    ApplianceState, ApplianceView, DesiredView, JoinView, LabelRequest, Renewal, RenewalRequest,
-    SiteQuery, StatusView,
+    ApplianceState, ApplianceView, DesiredView, JoinSecretView, JoinView, LabelRequest, Renewal,
+    RenewalRequest, SiteQuery, StatusView,
 };
 pub use auth::{CaInfo, Role, WhoAmI};
 pub use campaigns::{
@@ -36,7 +36,7 @@ pub use log::{AuditEntryView, EventView, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
 pub use tenants::{CreateTenant, TenantView};
 pub use tokens::{
-    CheckRequest, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView, NewToken,
-    OperatorTokenView, TokenCheck, TokenRefusal,
+    CheckRequest, CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken,
+    EnrollmentTokenView, NewToken, OperatorTokenView, TokenCheck, TokenKind, TokenRefusal,
 };
 pub use vpcs::{CreateVpc, MembershipRequest, VpcView};

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::Role;
+use crate::ApplianceId;
 
 /// A token as shown once at creation, `prefix.id.secret`, beside the view of what was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,40 @@ pub struct CreateEnrollmentToken {
     /// unclaimed site for it (fleet-wide tokens only); `None`: the site's tenant as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Binds the token to the server with this boot MAC: a registration whose inventory
+    /// lacks it is refused (`token_mismatch`). A bound token is single-use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Binds the token to the server with this serial number (as its BMC reports it).
+    /// A bound token is single-use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// `POST /v1/appliances/{id}/reinstall-token` body: a single-use token with which the
+/// appliance's own hardware may register again (a re-install: new key, same identity and
+/// site). Nothing else can re-key known hardware without its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReinstallToken {
+    /// Validity in seconds (at most a day).
+    #[serde(default = "default_reinstall_ttl")]
+    pub ttl_seconds: u64,
+}
+
+fn default_reinstall_ttl() -> u64 {
+    3600
+}
+
+/// What an enrollment token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Registers new hardware only; known hardware is refused (`hardware_known`).
+    #[default]
+    Enrollment,
+    /// Re-registers one known appliance (its hardware only), keeping its ID and site.
+    Reinstall,
 }
 
 fn default_ttl() -> u64 {
@@ -53,6 +88,18 @@ pub struct EnrollmentTokenView {
     pub site: String,
     /// Labels given to appliances enrolled with it.
     pub labels: BTreeMap<String, String>,
+    /// Enrollment of new hardware, or the re-install of one appliance.
+    #[serde(default)]
+    pub kind: TokenKind,
+    /// The boot MAC it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The serial number it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The appliance a re-install token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<ApplianceId>,
     /// How many registrations it allows.
     pub max_uses: u32,
     /// How many it was used for.
@@ -151,6 +198,9 @@ pub enum TokenRefusal {
     Revoked,
     /// All uses taken.
     UsedUp,
+    /// Bound to another machine: the registering hardware lacks the token's MAC or serial,
+    /// or a re-install token presented other hardware than its appliance's.
+    Mismatch,
 }
 
 const REFUSALS: &[(TokenRefusal, &str, &str)] = &[
@@ -159,6 +209,7 @@ const REFUSALS: &[(TokenRefusal, &str, &str)] = &[
     (TokenRefusal::Expired, "expired", "token_expired"),
     (TokenRefusal::Revoked, "revoked", "token_revoked"),
     (TokenRefusal::UsedUp, "used_up", "token_used_up"),
+    (TokenRefusal::Mismatch, "mismatch", "token_mismatch"),
 ];
 
 impl TokenRefusal {

@@ -79,6 +79,34 @@ impl Fleet {
         Ok(crate::views::appliance(&a, status.as_ref()))
     }
 
+    /// The join bundle with its bootstrap token (admin, in scope, audited): the one way a
+    /// person gets a secret meant for the appliance.
+    pub async fn join_bundle_for_admin(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<cairn_api::hub::JoinSecretView, FleetError> {
+        caller.require(Role::Admin)?;
+        let (_, a) = self.appliance_in_scope(caller, id).await?;
+        let bundle = a.desired.join.clone().ok_or_else(|| FleetError::NotFound {
+            code: cairn_api::hub::ErrorCode::NoJoinBundle,
+            message: format!("appliance {id} has no join bundle (not assigned to a control plane)"),
+        })?;
+        self.audit(
+            caller,
+            "appliance.join-bundle.read",
+            a.id.as_str(),
+            "ok",
+            Some(&a.site),
+        )
+        .await?;
+        tracing::info!(appliance = %a.id, actor = %caller.actor, "join bundle read by an admin");
+        Ok(cairn_api::hub::JoinSecretView {
+            appliance: a.id,
+            bundle,
+        })
+    }
+
     /// Sets labels (operator, in scope): `Some(v)` sets, `None` removes.
     pub async fn label_appliance(
         &self,

@@ -45,6 +45,24 @@ impl Fleet {
                     Some((_, id)) => self.get(&format!("{}{id}", keys::APPLIANCES)).await?,
                     None => None,
                 };
+                if let Some((_, known)) = &existing
+                    && !may_rekey(&token, known)
+                {
+                    self.refuse_known_hardware(caller, &token, known).await?;
+                    return Err(FleetError::HardwareKnown);
+                }
+                if let Some(why) = binding_mismatch(&token, &req.inventory, existing.as_ref().map(|(_, a)| a)) {
+                    self.audit(
+                        caller,
+                        "appliance.register",
+                        &token.id,
+                        &format!("refused: {}: {why}", TokenRefusal::Mismatch.code()),
+                        Some(&token.site),
+                    )
+                    .await?;
+                    tracing::warn!(source = %caller.source, token = %token.id, why, "registration refused: token bound elsewhere");
+                    return Err(FleetError::TokenRefused(TokenRefusal::Mismatch));
+                }
                 let id = match &existing {
                     Some((_, a)) => a.id.clone(),
                     None => ApplianceId::new(format!("ap-{}", random_hex(6)))
@@ -73,9 +91,9 @@ impl Fleet {
                 let (appliance, action) = match &existing {
                     Some((_, old)) => {
                         let mut a = old.clone();
+                        // Site and labels stay: only the appliance's own re-install token
+                        // gets here, and an appliance never changes site by registering.
                         a.hostname = req.hostname.trim().into();
-                        a.site = token.site.clone();
-                        a.labels.extend(token.labels.clone());
                         a.inventory = req.inventory.clone();
                         a.agent_version = req.agent_version.clone();
                         // A re-install has a new key: the old certificate must stop working.
@@ -169,6 +187,52 @@ impl Fleet {
         })
     }
 
+    /// A registration presented `known`'s hardware without the right to re-key it: the
+    /// appliance keeps its identity and certificate, and its operators see the attempt in
+    /// the audit log and as a `registration_refused` event.
+    async fn refuse_known_hardware(
+        &self,
+        caller: &Caller,
+        token: &EnrollmentToken,
+        known: &Appliance,
+    ) -> Result<(), FleetError> {
+        tracing::warn!(
+            appliance = %known.id,
+            site = %known.site,
+            source = %caller.source,
+            token = %token.id,
+            token_site = %token.site,
+            "registration refused: the hardware of a registered appliance"
+        );
+        let message = format!(
+            "a registration from {} presented this appliance's hardware with {} token {} of \
+             site {}; refused, the appliance keeps its identity",
+            caller.source,
+            match token.kind {
+                TokenKind::Enrollment => "enrollment",
+                TokenKind::Reinstall => "another appliance's re-install",
+            },
+            token.id,
+            token.site
+        );
+        self.store
+            .txn(
+                vec![],
+                vec![
+                    Self::audit_op(
+                        caller,
+                        "appliance.register",
+                        known.id.as_str(),
+                        &format!("refused: {}", cairn_api::hub::ErrorCode::HardwareKnown),
+                        Some(&known.site),
+                    ),
+                    self.event_op(known, "registration_refused", message),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The appliance a verified client certificate belongs to, if it is still current.
     pub(super) async fn appliance_for(
         &self,
@@ -242,4 +306,37 @@ impl Fleet {
         })
         .await
     }
+}
+
+/// Whether a registration with `token` may re-key `known`, whose hardware it presents. Only
+/// the re-install token an operator minted for that appliance may (renewal over mTLS does
+/// not come through here). The TPM binding will be the other way in: a registration proving
+/// the hardware's sealed key.
+fn may_rekey(token: &EnrollmentToken, known: &Appliance) -> bool {
+    token.kind == TokenKind::Reinstall && token.appliance.as_ref() == Some(&known.id)
+}
+
+/// Why `token` does not belong to the registering hardware, if it does not: a bound MAC the
+/// inventory lacks, a bound serial it does not report, or a re-install token presented by
+/// hardware that is not its appliance's (`existing`: the appliance the hardware is, which
+/// [`may_rekey`] already accepted).
+fn binding_mismatch(
+    token: &EnrollmentToken,
+    inventory: &cairn_api::HardwareInventory,
+    existing: Option<&Appliance>,
+) -> Option<&'static str> {
+    if let Some(mac) = &token.mac
+        && !inventory.normalized_macs().contains(mac)
+    {
+        return Some("the token is bound to another boot MAC");
+    }
+    if let Some(serial) = &token.serial
+        && inventory.serial.trim() != serial
+    {
+        return Some("the token is bound to another serial number");
+    }
+    if token.kind == TokenKind::Reinstall && existing.map(|a| &a.id) != token.appliance.as_ref() {
+        return Some("the re-install token is for another appliance's hardware");
+    }
+    None
 }

@@ -10,7 +10,7 @@ use cairn_api::hub::CreateEnrollmentToken;
 
 use super::*;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{EtcdSettings, EtcdStore};
 use crate::testutil::{Etcd, LIMIT};
 use cairn_test_support::poll_async;
 
@@ -96,27 +96,37 @@ fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
 /// Every behaviour below, on one backend.
 async fn suite(store: Arc<dyn Store>) {
     let w = world(store).await;
-    registration_keeps_hardware_identity(&w).await;
     offline_and_online_are_events(&w).await;
     vpc_overlays_follow_membership_and_addresses(&w).await;
     bad_vteps_stay_out_of_overlays(&w).await;
     appliances_join_only_their_tenants_vpcs(&w).await;
+    // Last: its appliances go offline while it waits for a token to expire.
+    registration_keeps_hardware_identity(&w).await;
+    bound_tokens_register_only_their_server(&w).await;
 }
 
+fn enrollment(site: &str, max_uses: u32) -> CreateEnrollmentToken {
+    CreateEnrollmentToken {
+        site: site.into(),
+        ttl_seconds: 60,
+        max_uses,
+        labels: Default::default(),
+        tenant: None,
+        mac: None,
+        serial: None,
+    }
+}
+
+/// The issue's attack and the only ways known hardware re-keys: a token of any site with a
+/// registered appliance's serial and MACs is refused (`hardware_known`), audited and raised
+/// as an event, and the appliance keeps its site, ID and certificate; its own re-install
+/// token works once, only for its hardware.
 async fn registration_keeps_hardware_identity(w: &World) {
-    let anon = Caller::anonymous("127.0.0.1");
+    let anon = Caller::anonymous("10.0.0.66");
+    let since = OffsetDateTime::now_utc();
     let t = w
         .fleet
-        .create_enrollment_token(
-            &w.admin,
-            CreateEnrollmentToken {
-                site: "s1".into(),
-                ttl_seconds: 60,
-                max_uses: 2,
-                labels: Default::default(),
-                tenant: None,
-            },
-        )
+        .create_enrollment_token(&w.admin, enrollment("s1", 2))
         .await
         .unwrap();
     let a = w
@@ -124,25 +134,96 @@ async fn registration_keeps_hardware_identity(w: &World) {
         .register(&anon, request(&t.token, "h1", "SERIAL-A"))
         .await
         .unwrap();
+    let a_peer = peer(&a);
+    // Site B's token, site A's hardware.
+    let other = w
+        .fleet
+        .create_enrollment_token(&w.admin, enrollment("s9", 5))
+        .await
+        .unwrap();
+    for token in [&other.token, &t.token] {
+        let err = w
+            .fleet
+            .register(&anon, request(token, "evil", "SERIAL-A"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FleetError::HardwareKnown), "{err}");
+    }
+    let shown = w
+        .fleet
+        .show_appliance(&w.admin, a.appliance_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!((shown.site.as_str(), shown.hostname.as_str()), ("s1", "h1"));
+    assert_eq!(shown.rekeys, 0);
+    w.fleet
+        .heartbeat(Some(&a_peer), beat(None, 0))
+        .await
+        .expect("the real appliance keeps its certificate");
+    let tokens = w.fleet.list_enrollment_tokens(&w.admin).await.unwrap();
+    let uses = |id: &str| tokens.iter().find(|x| x.id == id).unwrap().uses;
+    assert_eq!(
+        (uses(&t.view.id), uses(&other.view.id)),
+        (1, 0),
+        "refusals use no token"
+    );
+    let audit = w.fleet.audit_since(&w.admin, since, 100).await.unwrap();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|e| e.result == "refused: hardware_known")
+        .collect();
+    assert_eq!(refused.len(), 2, "{audit:?}");
+    assert_eq!(refused[0].target, a.appliance_id.as_str());
+    assert_eq!(refused[0].source, "10.0.0.66");
+    let events = w.fleet.events_since(&w.admin, since, 100).await.unwrap();
+    let raised: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "registration_refused")
+        .collect();
+    assert_eq!(raised.len(), 2, "{events:?}");
+    assert!(
+        raised[0].message.contains(&other.view.id) && raised[0].message.contains("s9"),
+        "{}",
+        raised[0].message
+    );
+
+    // The re-install token: not for other hardware, once for its own, same site.
+    let rt = w
+        .fleet
+        .create_reinstall_token(&w.admin, a.appliance_id.as_str(), 60)
+        .await
+        .unwrap();
+    assert_eq!(rt.view.site, "s1");
+    assert_eq!(rt.view.appliance.as_ref(), Some(&a.appliance_id));
+    let err = w
+        .fleet
+        .register(&anon, request(&rt.token, "h2", "SERIAL-B"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FleetError::TokenRefused(TokenRefusal::Mismatch)),
+        "{err}"
+    );
     let b = w
         .fleet
-        .register(&anon, request(&t.token, "h1", "SERIAL-A"))
+        .register(&anon, request(&rt.token, "h1", "SERIAL-A"))
         .await
         .unwrap();
     assert_eq!(a.appliance_id, b.appliance_id);
+    assert_eq!(b.site, "s1");
     let err = w
         .fleet
-        .register(&anon, request(&t.token, "h2", "SERIAL-B"))
+        .register(&anon, request(&rt.token, "h1", "SERIAL-A"))
         .await
         .unwrap_err();
     assert!(
         matches!(err, FleetError::TokenRefused(TokenRefusal::UsedUp)),
         "{err}"
     );
-    // The first certificate was replaced.
+    // The re-install replaced the first certificate.
     let err = w
         .fleet
-        .heartbeat(Some(&peer(&a)), beat(None, 0))
+        .heartbeat(Some(&a_peer), beat(None, 0))
         .await
         .unwrap_err();
     assert!(matches!(err, FleetError::CertificateSuperseded));
@@ -153,21 +234,101 @@ async fn registration_keeps_hardware_identity(w: &World) {
     let list = w.fleet.list_appliances(&w.admin, Some("s1")).await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].rekeys, 1);
+
+    // Another appliance's re-install token does not open this one.
+    let c = w
+        .fleet
+        .register(&anon, request(&t.token, "h3", "SERIAL-C"))
+        .await
+        .unwrap();
+    let rt_c = w
+        .fleet
+        .create_reinstall_token(&w.admin, c.appliance_id.as_str(), 60)
+        .await
+        .unwrap();
+    let err = w
+        .fleet
+        .register(&anon, request(&rt_c.token, "h1", "SERIAL-A"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::HardwareKnown), "{err}");
+
+    // Re-install tokens expire.
+    let short = w
+        .fleet
+        .create_reinstall_token(&w.admin, a.appliance_id.as_str(), 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = w
+        .fleet
+        .register(&anon, request(&short.token, "h1", "SERIAL-A"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FleetError::TokenRefused(TokenRefusal::Expired)),
+        "{err}"
+    );
+}
+
+/// A per-server token is bound to its boot MAC (and serial): another server registering
+/// with it is refused and the token stays unused for its own server.
+async fn bound_tokens_register_only_their_server(w: &World) {
+    let anon = Caller::anonymous("127.0.0.1");
+    let mut bad = enrollment("s3", 2);
+    bad.mac = Some("52:54:00:aa:bb:01".into());
+    let err = w
+        .fleet
+        .create_enrollment_token(&w.admin, bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FleetError::Invalid(_)),
+        "bound tokens are single-use: {err}"
+    );
+    let mut req = enrollment("s3", 1);
+    req.mac = Some("52:54:00:AA:BB:01".into());
+    req.serial = Some("SRV-1".into());
+    let t = w
+        .fleet
+        .create_enrollment_token(&w.admin, req)
+        .await
+        .unwrap();
+    assert_eq!(t.view.mac.as_deref(), Some("52:54:00:aa:bb:01"));
+    let with = |mac: &str, serial: &str| {
+        let mut r = request(&t.token, "srv", serial);
+        r.inventory.nics = vec![Nic {
+            mac: mac.into(),
+            ..Default::default()
+        }];
+        r
+    };
+    for (mac, serial) in [
+        ("52:54:00:aa:bb:02", "SRV-1"),
+        ("52:54:00:aa:bb:01", "SRV-2"),
+    ] {
+        let err = w
+            .fleet
+            .register(&anon, with(mac, serial))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FleetError::TokenRefused(TokenRefusal::Mismatch)),
+            "{mac} {serial}: {err}"
+        );
+    }
+    let ok = w
+        .fleet
+        .register(&anon, with("52:54:00:AA:BB:01", "SRV-1"))
+        .await
+        .unwrap();
+    assert_eq!(ok.site, "s3");
 }
 
 async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResponse, PeerCert)> {
     let t = w
         .fleet
-        .create_enrollment_token(
-            &w.admin,
-            CreateEnrollmentToken {
-                site: site.into(),
-                ttl_seconds: 60,
-                max_uses: n as u32,
-                labels: Default::default(),
-                tenant: None,
-            },
-        )
+        .create_enrollment_token(&w.admin, enrollment(site, n as u32))
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -446,9 +607,7 @@ async fn etcd_backend_passes_the_fleet_suite() {
     let etcd = Etcd::start(1).await;
     let store = EtcdStore::connect(
         &etcd.endpoints(),
-        "/fleet/",
-        "t",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/fleet/", "t", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();
@@ -462,9 +621,7 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
     let mut etcd = Etcd::start(3).await;
     let store = EtcdStore::connect(
         &etcd.endpoints(),
-        "/kill/",
-        "t",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/kill/", "t", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();
@@ -509,9 +666,7 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
     // Read back through a fresh client on the survivors only.
     let survivors = EtcdStore::connect(
         &etcd.endpoints(),
-        "/kill/",
-        "r",
-        std::time::Duration::from_secs(3),
+        &EtcdSettings::new("/kill/", "r", std::time::Duration::from_secs(3)),
     )
     .await
     .unwrap();

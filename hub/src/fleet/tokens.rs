@@ -11,6 +11,23 @@ fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     (ok(id) && ok(secret)).then_some((id, secret))
 }
 
+/// `aa:bb:cc:dd:ee:ff`, lowercase, as inventories report MACs.
+fn normalize_mac(mac: &str) -> Result<String, FleetError> {
+    let mac = mac.trim().to_ascii_lowercase();
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(mac)
+    } else {
+        Err(FleetError::Invalid(format!(
+            "mac {mac:?}: expected aa:bb:cc:dd:ee:ff"
+        )))
+    }
+}
+
 impl Fleet {
     /// Stores a token record under a key that must not exist yet (the ID is random: a clash
     /// is refused, never overwritten), with its audit entry.
@@ -266,7 +283,8 @@ impl Fleet {
 
     // ---- enrollment tokens -------------------------------------------------------------
 
-    /// Creates an enrollment token (operator, in scope).
+    /// Creates an enrollment token (operator, in scope), bound to one server's boot MAC
+    /// and serial when the request names them.
     pub async fn create_enrollment_token(
         &self,
         caller: &Caller,
@@ -285,23 +303,110 @@ impl Fleet {
                 "ttl_seconds: between 1 and one year".into(),
             ));
         }
-        let id = random_hex(6);
-        let secret = random_hex(20);
-        let at = now();
+        let mac = req.mac.as_deref().map(normalize_mac).transpose()?;
+        let serial = match req.serial.as_deref().map(str::trim) {
+            Some("") => return Err(FleetError::Invalid("serial: must not be empty".into())),
+            other => other.map(str::to_owned),
+        };
+        // A token for one server is used once: a second registration with it can only be
+        // someone else's.
+        if (mac.is_some() || serial.is_some()) && req.max_uses != 1 {
+            return Err(FleetError::Invalid(
+                "max_uses: a token bound to a MAC or serial is single-use".into(),
+            ));
+        }
         let record = EnrollmentToken {
-            id: id.clone(),
-            site: req.site,
-            labels: req.labels,
-            max_uses: req.max_uses,
+            kind: TokenKind::Enrollment,
+            mac,
+            serial,
+            appliance: None,
+            ..self.new_enrollment_record(
+                caller,
+                req.site,
+                req.labels,
+                req.max_uses,
+                req.ttl_seconds,
+            )
+        };
+        self.store_enrollment_token(caller, "token.create", record, claim)
+            .await
+    }
+
+    /// `POST /v1/appliances/{id}/reinstall-token` (operator, in scope): a single-use token
+    /// with which that appliance's own hardware registers again, keeping its ID and site.
+    pub async fn create_reinstall_token(
+        &self,
+        caller: &Caller,
+        id: &str,
+        ttl_seconds: u64,
+    ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
+        if ttl_seconds == 0 || ttl_seconds > 24 * 3600 {
+            return Err(FleetError::Invalid(
+                "ttl_seconds: between 1 and one day".into(),
+            ));
+        }
+        let (_, appliance) = self.appliance_in_scope(caller, id).await?;
+        let record = EnrollmentToken {
+            kind: TokenKind::Reinstall,
+            appliance: Some(appliance.id.clone()),
+            ..self.new_enrollment_record(
+                caller,
+                appliance.site.clone(),
+                BTreeMap::new(),
+                1,
+                ttl_seconds,
+            )
+        };
+        // The appliance's site has its tenant already: nothing to claim.
+        self.store_enrollment_token(caller, "token.reinstall", record, None)
+            .await
+    }
+
+    fn new_enrollment_record(
+        &self,
+        caller: &Caller,
+        site: String,
+        labels: BTreeMap<String, String>,
+        max_uses: u32,
+        ttl_seconds: u64,
+    ) -> EnrollmentToken {
+        let at = now();
+        EnrollmentToken {
+            id: random_hex(6),
+            site,
+            labels,
+            kind: TokenKind::Enrollment,
+            mac: None,
+            serial: None,
+            appliance: None,
+            max_uses,
             uses: 0,
-            expires_at: at + Duration::seconds(req.ttl_seconds as i64),
+            expires_at: at + Duration::seconds(ttl_seconds as i64),
             revoked: false,
-            secret_sha256: sha256_hex(&secret),
+            secret_sha256: String::new(),
             created_at: at,
             created_by: caller.actor.clone(),
-        };
+        }
+    }
+
+    /// Gives `record` its secret and stores it with its audit entry and the site claim it
+    /// makes, if any; the token is answered once, here.
+    async fn store_enrollment_token(
+        &self,
+        caller: &Caller,
+        action: &str,
+        mut record: EnrollmentToken,
+        claim: Option<(Check, Op)>,
+    ) -> Result<NewToken<EnrollmentTokenView>, FleetError> {
+        let secret = random_hex(20);
+        record.secret_sha256 = sha256_hex(&secret);
+        let id = record.id.clone();
         let key = format!("{}{id}", keys::ENROLLMENT_TOKENS);
-        let audit = Self::audit_op(caller, "token.create", &id, "ok", Some(&record.site));
+        let target = record
+            .appliance
+            .as_ref()
+            .map_or(id.as_str(), |a| a.as_str());
+        let audit = Self::audit_op(caller, action, target, "ok", Some(&record.site));
         let mut checks = vec![Check::version(&key, 0)];
         let mut ops = vec![Op::put(&key, encode(&record)), audit];
         if let Some((check, op)) = claim {
@@ -313,6 +418,7 @@ impl Fleet {
                 "a token with this ID exists, or the site was claimed meanwhile; retry".into(),
             ));
         }
+        tracing::info!(token = %id, site = %record.site, kind = ?record.kind, mac = ?record.mac, "enrollment token created");
         Ok(NewToken {
             token: format!("cairn-et.{id}.{secret}"),
             view: (&record).into(),

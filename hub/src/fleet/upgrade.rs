@@ -19,6 +19,12 @@
 //! or refused) is quarantined for that appliance and never ordered again automatically; an
 //! appliance found on a version neither its order nor its previous version is flagged and
 //! left alone. Both need an operator to clear them.
+//!
+//! Large batches: one pass writes the campaign and the appliance records it changes in one
+//! transaction, and a transaction holds at most [`MAX_TXN_OPS`] ops (etcd's limit). So a
+//! pass touches at most [`MEMBERS_PER_PASS`] appliances; the driver runs passes back to back
+//! until a campaign needs no more, and an abort withdraws what is over the limit in the
+//! driver's next passes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +37,7 @@ use super::{Attempt, Caller, Fleet, FleetError, Scope, encode, now, validate_nam
 use crate::model::{
     Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Status, keys,
 };
-use crate::store::{Check, Op};
+use crate::store::{Check, MAX_TXN_OPS, Op};
 
 mod machine;
 
@@ -39,6 +45,20 @@ use machine::{Action, Admission, Event, OnAbort, Outcome, Verdict};
 
 /// Actor name of the campaign driver in the audit log and events.
 const DRIVER: &str = "hub:campaign-driver";
+
+/// Appliances one campaign transaction changes at most. Each costs up to three ops (its
+/// record, an event, an audit entry); the campaign record and the driver's own audit
+/// entries take the rest of [`MAX_TXN_OPS`].
+const MEMBERS_PER_PASS: usize = (MAX_TXN_OPS - 8) / 3;
+
+/// What one driver pass did.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    /// Nothing to write, or a racing change: the next pass starts again.
+    Unchanged,
+    /// Written; `more` when it stopped at [`MEMBERS_PER_PASS`] with work left.
+    Wrote { more: bool },
+}
 
 /// Lays out members: the first `canaries` in batch 0, the rest by pacing.
 fn batches(ids: Vec<ApplianceId>, canaries: u32, pacing: Pacing) -> Vec<CampaignMember> {
@@ -506,13 +526,17 @@ impl Fleet {
             let mut ops = vec![];
             let mut checks = vec![];
             if actions.contains(&Action::WithdrawUntouched) {
+                let mut withdrawn = 0;
                 for m in c.members.iter_mut() {
                     match machine::on_abort(m) {
                         OnAbort::SkipPending => {
                             m.state = MemberState::Skipped;
                             m.reason = "campaign aborted".into();
                         }
+                        // Over one transaction's worth: the driver withdraws the rest.
+                        OnAbort::Withdraw if withdrawn >= MEMBERS_PER_PASS => {}
                         OnAbort::Withdraw => {
+                            withdrawn += 1;
                             let (ak, av, a) = self.withdraw_order(&m.appliance, &c.name).await?;
                             if let Some(a) = a {
                                 checks.push(Check::version(&ak, av));
@@ -625,16 +649,33 @@ impl Fleet {
             {
                 continue;
             }
-            match self.drive_one(version, c).await {
-                Ok(true) => changed += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "campaign pass failed"),
+            let key = format!("{}{}", keys::CAMPAIGNS, c.name);
+            let (mut version, mut c) = (version, c);
+            // Passes back to back while one stopped at the transaction limit.
+            loop {
+                match self.drive_one(version, c).await {
+                    Ok(Pass::Wrote { more }) => {
+                        changed += 1;
+                        if !more {
+                            break;
+                        }
+                        match self.get::<Campaign>(&key).await? {
+                            Some(next) => (version, c) = next,
+                            None => break,
+                        }
+                    }
+                    Ok(Pass::Unchanged) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "campaign pass failed");
+                        break;
+                    }
+                }
             }
         }
         Ok(changed)
     }
 
-    async fn drive_one(&self, version: u64, mut c: Campaign) -> Result<bool, FleetError> {
+    async fn drive_one(&self, version: u64, mut c: Campaign) -> Result<Pass, FleetError> {
         let driver = Caller {
             actor: DRIVER.into(),
             source: self.settings.hub_name.clone(),
@@ -646,8 +687,12 @@ impl Fleet {
         let mut writes: BTreeMap<String, (u64, Appliance)> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
         let release = self.release(&c.release).await.ok();
+        // Appliances this pass changes, against MEMBERS_PER_PASS; `more` once it is reached.
+        let mut touched = 0;
+        let mut more = false;
 
-        // 1. Record what ordered members reported.
+        // 1. Record what ordered members reported (and withdraw the orders an abort left
+        // over the transaction limit).
         for i in 0..c.members.len() {
             if c.members[i].state != MemberState::Ordered {
                 continue;
@@ -665,8 +710,17 @@ impl Fleet {
                 .get::<Status>(&format!("{}{id}", keys::STATUS))
                 .await?
                 .map(|(_, s)| s);
+            let withdraw = c.state == CampaignState::Aborted
+                && machine::on_abort(&c.members[i]) == OnAbort::Withdraw;
             let verdict = machine::judge(&c, &c.members[i], status.as_ref(), at);
             let first_seen = machine::first_seen_version(&c, &c.members[i], status.as_ref());
+            if withdraw || !matches!(verdict, Verdict::Progress(_)) {
+                if touched >= MEMBERS_PER_PASS {
+                    more = true;
+                    continue;
+                }
+                touched += 1;
+            }
             let entry = writes.entry(akey).or_insert((av, a));
             let a = &mut entry.1;
             let m = &mut c.members[i];
@@ -683,6 +737,15 @@ impl Fleet {
                     a.desired.generation += 1;
                 }
             };
+            if withdraw {
+                finish(
+                    m,
+                    a,
+                    MemberState::Skipped,
+                    "campaign aborted before the node started writing".into(),
+                );
+                continue;
+            }
             match verdict {
                 Verdict::Progress(phase) => {
                     m.phase = phase;
@@ -768,6 +831,11 @@ impl Fleet {
         // 3. Order the next members.
         if order_next {
             for i in machine::to_order(&c) {
+                if touched >= MEMBERS_PER_PASS {
+                    more = true;
+                    break;
+                }
+                touched += 1;
                 let id = c.members[i].appliance.clone();
                 let akey = format!("{}{id}", keys::APPLIANCES);
                 if !writes.contains_key(&akey)
@@ -818,7 +886,7 @@ impl Fleet {
         Self::driver_event(&driver, &mut c, event, &mut ops);
 
         if c == before && ops.is_empty() {
-            return Ok(false);
+            return Ok(Pass::Unchanged);
         }
         let key = format!("{}{}", keys::CAMPAIGNS, c.name);
         let mut checks = vec![Check::version(&key, version)];
@@ -833,7 +901,11 @@ impl Fleet {
         }
         // A failed check (an operator paused, a heartbeat changed a VTEP) writes nothing;
         // the next pass starts again from the stored records.
-        Ok(self.store.txn(checks, ops).await?)
+        Ok(if self.store.txn(checks, ops).await? {
+            Pass::Wrote { more }
+        } else {
+            Pass::Unchanged
+        })
     }
 
     /// Feeds a driver event to the campaign's machine: takes the new state and audits the

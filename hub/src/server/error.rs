@@ -61,6 +61,7 @@ impl From<FleetError> for ApiError {
             F::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             F::NotFound { code, .. } => (StatusCode::NOT_FOUND, code.clone()),
             F::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            F::HardwareKnown => (StatusCode::CONFLICT, ErrorCode::HardwareKnown),
             F::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
             F::BundleRefused(_) => (StatusCode::BAD_REQUEST, ErrorCode::BundleRefused),
             F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::ControlPlaneFailed),

@@ -6,12 +6,14 @@
 //! answered only after the commit that holds its write is durable. The exception is
 //! [`Store::txn_relaxed`] (heartbeat status): a batch of only such writes commits without
 //! fsync (`Durability::None`) and the writer makes it durable with the next durable commit,
-//! or after `FLUSH_AFTER` of quiet, so a crash loses at most about a second of statuses that
-//! the appliances' next heartbeats rewrite. Measured: on a disk shared with builds the fsync
+//! at the latest `FLUSH_AFTER` after the first commit it did not make durable, busy or
+//! quiet: a crash loses at most a second of statuses, which the appliances' next
+//! heartbeats rewrite. Measured: on a disk shared with builds the fsync
 //! was ~96 ms of a 99 ms heartbeat (BENCHMARKS.md).
 
 use std::path::Path;
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,8 +29,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Most writes folded into one commit; bounds the latency one commit adds.
 const MAX_BATCH: usize = 4096;
 
-/// How long non-durable commits may wait for a durable one.
-const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a non-durable commit may wait for a durable one. Half a second, so that with the
+/// durable commit's own fsync a relaxed write is durable within a second.
+const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<bool, StoreError>>;
 
@@ -88,19 +91,26 @@ impl EmbeddedStore {
 
 /// The writer thread: one batch per commit until every sender is gone.
 fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
-    // Non-durable commits not yet covered by a durable one.
-    let mut dirty = false;
+    // When the oldest non-durable commit not yet covered by a durable one was made: it must
+    // become durable by `FLUSH_AFTER` later, however busy the store is.
+    let mut dirty_since: Option<Instant> = None;
     loop {
-        let first = match rx.recv_timeout(FLUSH_AFTER) {
+        let next = match dirty_since {
+            Some(since) => {
+                rx.recv_timeout((since + FLUSH_AFTER).saturating_duration_since(Instant::now()))
+            }
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let first = match next {
             Ok(w) => w,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if dirty {
-                    dirty = commit_batch(db, &[], true).is_err();
+                if commit_batch(db, &[], true).is_ok() {
+                    dirty_since = None;
                 }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if dirty {
+                if dirty_since.is_some() {
                     let _ = commit_batch(db, &[], true);
                 }
                 return;
@@ -113,10 +123,17 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let durable = batch.iter().any(|w| w.durable);
+        // Under steady relaxed load the channel is never quiet: the flush deadline makes
+        // this batch's commit the durable one.
+        let durable = batch.iter().any(|w| w.durable)
+            || dirty_since.is_some_and(|since| since.elapsed() >= FLUSH_AFTER);
         match commit_batch(db, &batch, durable) {
             Ok(outcomes) => {
-                dirty = !durable;
+                if durable {
+                    dirty_since = None;
+                } else {
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
                 for (w, ok) in batch.into_iter().zip(outcomes) {
                     let _ = w.reply.send(Ok(ok));
                 }
@@ -188,6 +205,7 @@ impl EmbeddedStore {
         ops: Vec<Op>,
         durable: bool,
     ) -> Result<bool, StoreError> {
+        super::within_txn_limit(&checks, &ops)?;
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(Write {

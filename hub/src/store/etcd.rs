@@ -4,13 +4,23 @@
 //! "absent" checks compare the key's `version` to 0. Singleton jobs run in the process that
 //! holds the leader key, attached to a lease this process keeps alive: when a hub dies its
 //! lease expires after the TTL and another hub takes over.
+//!
+//! etcd keeps every revision until it is compacted, and heartbeats write one revision each:
+//! without compaction its database grows until it reaches its quota and refuses writes. So
+//! every hub compacts periodically, keeping a window of recent revisions
+//! ([`EtcdSettings::compact_keep`]); compacting to a revision another hub already compacted
+//! is refused by etcd and ignored here.
+//!
+//! Over TLS ([`EtcdTls`]) the server's certificate must chain to the given CA, and a client
+//! certificate is presented when given (etcd's `--client-cert-auth`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::Mutex;
 
@@ -23,6 +33,72 @@ fn err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     }
 }
 
+/// TLS towards etcd: the CA its server certificate chains to, and this hub's client
+/// certificate and key (PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTls {
+    /// Reads the CA and, when given, the client certificate and key files.
+    pub fn read(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, StoreError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| StoreError::Etcd {
+                op: "reading TLS material",
+                source: format!("{}: {e}", p.display()).into(),
+            })
+        };
+        Ok(Self {
+            ca_pem: read(ca)?,
+            identity: match identity {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    fn options(&self) -> TlsOptions {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
+    }
+}
+
+/// How a hub uses its etcd cluster.
+#[derive(Clone)]
+pub struct EtcdSettings {
+    /// Key prefix of the hub's records.
+    pub prefix: String,
+    /// This process's name in the leader key.
+    pub holder: String,
+    /// How long a dead leader blocks the others.
+    pub lease_ttl: Duration,
+    /// TLS, for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// How often to compact (zero: never).
+    pub compact_every: Duration,
+    /// Revisions kept behind the current one.
+    pub compact_keep: u64,
+}
+
+impl EtcdSettings {
+    /// Plain connections, this prefix and holder, compaction every five minutes.
+    pub fn new(prefix: &str, holder: &str, lease_ttl: Duration) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            holder: holder.to_owned(),
+            lease_ttl,
+            tls: None,
+            compact_every: Duration::from_secs(300),
+            compact_keep: 10_000,
+        }
+    }
+}
+
 /// A hub store in etcd.
 pub struct EtcdStore {
     client: Client,
@@ -30,30 +106,55 @@ pub struct EtcdStore {
     holder: String,
     lease_ttl: i64,
     lease: Mutex<Option<i64>>,
+    compactor: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        if let Some(task) = &self.compactor {
+            task.abort();
+        }
+    }
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints` (`http://host:port`). `holder` names this process in the
-    /// leader key; `lease_ttl` is how long a dead leader blocks the others.
+    /// Connects to `endpoints` (`http://host:port`, or `https://` with
+    /// [`EtcdSettings::tls`]) and starts the periodic compaction.
     pub async fn connect(
         endpoints: &[String],
-        prefix: &str,
-        holder: &str,
-        lease_ttl: Duration,
+        settings: &EtcdSettings,
     ) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let Some(tls) = &settings.tls {
+            options = options.with_tls(tls.options());
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(err("connecting"))?;
+        // The connection is lazy: a first request tells a wrong endpoint, CA or missing
+        // client certificate now rather than at the first fleet operation.
+        client
+            .kv_client()
+            .get(format!("{}leader", settings.prefix), None)
+            .await
+            .map_err(err("connecting"))?;
+        let compactor = (!settings.compact_every.is_zero()).then(|| {
+            tokio::spawn(compact_periodically(
+                client.clone(),
+                settings.compact_every,
+                settings.compact_keep,
+            ))
+        });
         Ok(Self {
             client,
-            prefix: prefix.to_owned(),
-            holder: holder.to_owned(),
-            lease_ttl: lease_ttl.as_secs().max(2) as i64,
+            prefix: settings.prefix.clone(),
+            holder: settings.holder.clone(),
+            lease_ttl: settings.lease_ttl.as_secs().max(2) as i64,
             lease: Mutex::new(None),
+            compactor,
         })
     }
 
@@ -87,6 +188,39 @@ impl EtcdStore {
             .map_err(err("granting a lease"))?;
         *lease = Some(granted.id());
         Ok(granted.id())
+    }
+}
+
+/// Every `every`, compacts etcd's history up to `keep` revisions behind the current one.
+async fn compact_periodically(client: Client, every: Duration, keep: u64) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; a hub that just started has nothing to hurry for.
+    tick.tick().await;
+    let mut compacted = 0;
+    loop {
+        tick.tick().await;
+        let mut kv = client.kv_client();
+        let current = match kv.get("\0", None).await {
+            Ok(resp) => resp.header().map_or(0, |h| h.revision()),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd compaction: reading the revision failed");
+                continue;
+            }
+        };
+        let target = current - keep.min(i64::MAX as u64) as i64;
+        if target <= compacted {
+            continue;
+        }
+        match kv.compact(target, None).await {
+            Ok(_) => {
+                tracing::info!(revision = target, "etcd history compacted");
+                compacted = target;
+            }
+            // Another hub compacted this far already.
+            Err(e) if e.to_string().contains("compacted") => compacted = target,
+            Err(e) => tracing::warn!(error = %e, revision = target, "etcd compaction failed"),
+        }
     }
 }
 
@@ -143,6 +277,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        super::within_txn_limit(&checks, &ops)?;
         let compares: Vec<Compare> = checks
             .iter()
             .map(|c| {
@@ -212,20 +347,70 @@ mod tests {
     #[tokio::test]
     async fn passes_the_shared_suite() {
         let etcd = Etcd::start(1).await;
-        let store = EtcdStore::connect(&etcd.endpoints(), "/suite/", "a", Duration::from_secs(3))
+        let settings = EtcdSettings::new("/suite/", "a", Duration::from_secs(3));
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
             .await
             .unwrap();
         super::super::suite::run(Arc::new(store)).await;
     }
 
     #[tokio::test]
+    async fn tls_needs_the_client_certificate_and_history_is_compacted() {
+        let etcd = Etcd::start_tls().await;
+        let certs = etcd.tls.as_ref().unwrap();
+        let mut settings = EtcdSettings::new("/tls/", "a", Duration::from_secs(3));
+        settings.tls = Some(EtcdTls::read(&certs.ca, None).unwrap());
+        let refused = EtcdStore::connect(&etcd.endpoints(), &settings).await;
+        assert!(
+            refused.is_err(),
+            "etcd runs with --client-cert-auth: no certificate, no store"
+        );
+
+        settings.tls = Some(EtcdTls::read(&certs.ca, Some((&certs.cert, &certs.key))).unwrap());
+        settings.compact_every = Duration::from_secs(1);
+        settings.compact_keep = 5;
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let key = format!("k{i}");
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put(&key, vec![1])])
+                    .await
+                    .unwrap()
+            );
+        }
+        let first = store.get("k0").await.unwrap().unwrap().version;
+        // A read at the first write's revision fails once history up to it is compacted.
+        let raw = Client::connect(
+            etcd.endpoints(),
+            Some(ConnectOptions::new().with_tls(certs.options())),
+        )
+        .await
+        .unwrap();
+        let error = cairn_test_support::poll_async(
+            "etcd history to be compacted",
+            crate::testutil::LIMIT,
+            || async {
+                let old = GetOptions::new().with_revision(first as i64);
+                raw.clone().get("/tls/k0", Some(old)).await.err()
+            },
+        )
+        .await;
+        assert!(error.to_string().contains("compacted"), "{error}");
+        // The current state is whole.
+        assert_eq!(store.list("k", None, 100).await.unwrap().len(), 20);
+    }
+
+    #[tokio::test]
     async fn one_process_leads_and_another_takes_over_when_its_lease_lapses() {
         let etcd = Etcd::start(1).await;
         let ttl = Duration::from_secs(2);
-        let a = EtcdStore::connect(&etcd.endpoints(), "/lead/", "a", ttl)
+        let a = EtcdStore::connect(&etcd.endpoints(), &EtcdSettings::new("/lead/", "a", ttl))
             .await
             .unwrap();
-        let b = EtcdStore::connect(&etcd.endpoints(), "/lead/", "b", ttl)
+        let b = EtcdStore::connect(&etcd.endpoints(), &EtcdSettings::new("/lead/", "b", ttl))
             .await
             .unwrap();
         assert!(a.lead().await.unwrap());

@@ -22,6 +22,22 @@ pub(crate) mod suite;
 
 use async_trait::async_trait;
 
+/// Most checks, and most ops, one transaction may hold: etcd's default `--max-txn-ops`.
+/// Both backends refuse more ([`StoreError::TxnTooLarge`]), so work that touches many
+/// records is split into transactions of at most this size on either backend.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Refuses a transaction over [`MAX_TXN_OPS`].
+fn within_txn_limit(checks: &[Check], ops: &[Op]) -> Result<(), StoreError> {
+    if checks.len() > MAX_TXN_OPS || ops.len() > MAX_TXN_OPS {
+        return Err(StoreError::TxnTooLarge {
+            checks: checks.len(),
+            ops: ops.len(),
+        });
+    }
+    Ok(())
+}
+
 /// A value with the version it was written at. Versions grow with every write in the store
 /// (the etcd revision, or the embedded store's commit counter); `0` means absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +123,14 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A transaction over [`MAX_TXN_OPS`] checks or ops (a bug of the caller).
+    #[error("transaction too large: {checks} checks, {ops} ops (at most {MAX_TXN_OPS} each)")]
+    TxnTooLarge {
+        /// Checks given.
+        checks: usize,
+        /// Ops given.
+        ops: usize,
+    },
 }
 
 /// The hub's storage: versioned keys, prefix listing, atomic checked transactions.

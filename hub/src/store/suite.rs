@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Check, Op, Store};
+use super::{Check, MAX_TXN_OPS, Op, Store, StoreError};
 
 /// Runs every check against a fresh, empty store.
 pub(crate) async fn run(shared: Arc<dyn Store>) {
@@ -14,6 +14,44 @@ pub(crate) async fn run(shared: Arc<dyn Store>) {
     deletes(store).await;
     relaxed_writes_read_back_and_honour_checks(store).await;
     concurrent_increments_lose_nothing(shared.clone()).await;
+    transactions_up_to_the_limit_apply_and_larger_ones_are_refused(store).await;
+}
+
+/// etcd's `--max-txn-ops` (128 by default) holds on both backends, so a caller that builds
+/// oversized transactions fails in the embedded store's tests too, not only in production.
+async fn transactions_up_to_the_limit_apply_and_larger_ones_are_refused(store: &dyn Store) {
+    let keys = |n: usize| {
+        (0..n)
+            .map(|i| format!("suite/txn/{i:03}"))
+            .collect::<Vec<_>>()
+    };
+    let full = keys(MAX_TXN_OPS);
+    assert!(
+        store
+            .txn(
+                full.iter().map(|k| Check::version(k, 0)).collect(),
+                full.iter().map(|k| Op::put(k, b"x".to_vec())).collect(),
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.list("suite/txn/", None, 1000).await.unwrap().len(),
+        MAX_TXN_OPS
+    );
+    let over = keys(MAX_TXN_OPS + 1);
+    let refused = store
+        .txn(
+            vec![],
+            over.iter().map(|k| Op::put(k, b"y".to_vec())).collect(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TxnTooLarge { .. })),
+        "{refused:?}"
+    );
+    let last = store.get(&over[MAX_TXN_OPS]).await.unwrap();
+    assert_eq!(last, None, "a refused transaction writes nothing");
 }
 
 async fn absent_keys_read_as_none(store: &dyn Store) {

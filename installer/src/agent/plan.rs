@@ -1,5 +1,6 @@
-//! What one install does, handed from the boot server (`GET /v1/install/plan` with the
-//! per-install token) or from `seed/install.yaml` on the install ISO to the agent. Agent and
+//! What one install does, handed from the boot server (`POST /v1/install/plan` with the
+//! one-time nonce of the iPXE script, answered with a [`PlanGrant`]) or from
+//! `seed/install.yaml` on the install ISO to the agent. Agent and
 //! boot server ship in the same binary set, so unknown fields are refused: a mismatch means
 //! mixed artifacts.
 //!
@@ -41,6 +42,17 @@ pub struct InstallPlan {
     /// never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token: Option<String>,
+}
+
+/// The boot server's answer to the nonce exchange: the plan, and the token the agent
+/// reports progress with (neither is ever on the kernel command line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanGrant {
+    /// The plan, with this install's single-use enrollment token.
+    pub plan: InstallPlan,
+    /// Bearer token for `POST /v1/install/progress`.
+    pub report_token: String,
 }
 
 /// Where cairn-node copies a seed to, and so where node.yaml finds the seed's files.

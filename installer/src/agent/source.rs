@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cairn_api::{InstallProgress, InstallStep};
 use cairn_formats::install::InstallManifest;
 
-use super::plan::{InstallPlan, SEED_HUB_CA, SEED_TOKEN};
+use super::plan::{InstallPlan, PlanGrant, SEED_HUB_CA, SEED_TOKEN};
 
 /// Why the plan or a payload could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +64,20 @@ pub trait Source: Send {
     fn report(&self, progress: &InstallProgress);
 }
 
-/// The boot server: `GET {base}/pxe/{file}`, `GET {base}/v1/install/plan`,
-/// `POST {base}/v1/install/progress`, with the per-install token as bearer.
+/// The boot server: `POST {base}/v1/install/plan` with the script's one-time nonce as
+/// bearer (once), `GET {base}/pxe/{file}`, and `POST {base}/v1/install/progress` with the
+/// report token the plan came with.
 pub struct HttpSource {
     base: String,
-    token: String,
+    nonce: String,
+    report_token: std::sync::OnceLock<String>,
     client: reqwest::blocking::Client,
 }
 
 impl HttpSource {
-    /// A source on the boot server at `base` (e.g. `http://192.168.77.1:8080`).
-    pub fn new(base: &str, token: String) -> Result<Self, SourceError> {
+    /// A source on the boot server at `base` (e.g. `http://192.168.77.1:8080`), with the
+    /// nonce the iPXE script passed.
+    pub fn new(base: &str, nonce: String) -> Result<Self, SourceError> {
         // The install environment has no system CA store, and the boot server speaks plain
         // HTTP (payloads are verified by digest): an empty root store, so nothing is trusted
         // by accident and the client builds without system certificates.
@@ -93,41 +96,50 @@ impl HttpSource {
             })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            nonce,
+            report_token: std::sync::OnceLock::new(),
             client,
         })
-    }
-
-    fn get(&self, path: &str) -> Result<reqwest::blocking::Response, SourceError> {
-        let url = format!("{}{path}", self.base);
-        self.client
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .and_then(|r| r.error_for_status())
-            .map_err(|source| SourceError::Http { url, source })
     }
 }
 
 impl Source for HttpSource {
     fn plan(&self) -> Result<InstallPlan, SourceError> {
         let url = format!("{}/v1/install/plan", self.base);
-        self.get("/v1/install/plan")?
-            .json()
-            .map_err(|source| SourceError::Http { url, source })
+        let grant: PlanGrant = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.nonce)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .map_err(|source| SourceError::Http { url, source })?;
+        let _ = self.report_token.set(grant.report_token);
+        Ok(grant.plan)
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError> {
-        Ok(Box::new(self.get(&format!("/pxe/{name}"))?))
+        let url = format!("{}/pxe/{name}", self.base);
+        let answer = self
+            .client
+            .get(&url)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .map_err(|source| SourceError::Http { url, source })?;
+        Ok(Box::new(answer))
     }
 
     fn report(&self, progress: &InstallProgress) {
         log_progress(progress);
+        // Before the plan there is no report token: the failure is only logged.
+        let Some(token) = self.report_token.get() else {
+            return;
+        };
         let url = format!("{}/v1/install/progress", self.base);
         let sent = self
             .client
             .post(&url)
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .json(progress)
             .timeout(std::time::Duration::from_secs(10))
             .send()

@@ -166,8 +166,6 @@ pub struct ServicesInfo {
     pub hub_ca: PathBuf,
     /// The operator (admin) token file, mode 0600.
     pub admin_token: PathBuf,
-    /// The enrollment token file the boot server hands to installs, mode 0600.
-    pub enrollment_token: PathBuf,
     /// `cairn hub --config FILE ...` login saved for the operator.
     pub hub_login: PathBuf,
     /// `http://10.77.0.1:8080`.

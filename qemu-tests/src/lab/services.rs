@@ -1,16 +1,17 @@
 //! The lab's own site services, run inside its namespace as children of the supervisor:
-//! a real `cairn-hub` (initialised with a CA that names the lab address, an operator login
-//! and a multi-use enrollment token) and a real `cairn boot-server` (proxy DHCP plus leases
-//! for the lab's MACs, iPXE and HTTP from the artifacts of `cairn image build`).
+//! a real `cairn-hub` (initialised with a CA that names the lab address, and an operator
+//! login) and a real `cairn boot-server` (proxy DHCP plus leases for the lab's MACs, iPXE
+//! and HTTP from the artifacts of `cairn image build`), which mints one single-use
+//! enrollment token per install at the hub, bound to the server's boot MAC. No multi-use
+//! enrollment token exists in the lab.
 //!
 //! Everything is driven through the same commands an operator types (`cairn-hub init`,
-//! `cairn hub login`, `cairn hub token create`, `cairn image build`, `cairn boot-server`), so
+//! `cairn hub login`, `cairn hub token create --mac`, `cairn image build`, `cairn boot-server`), so
 //! the lab rehearses the real procedure. The binaries are taken from beside `cairn-lab`
 //! (one build), else from `PATH`.
 
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,18 +88,6 @@ pub fn build_image(cairn: &Path, out: &Path, log: &Path) -> anyhow::Result<()> {
         log,
     )?;
     Ok(())
-}
-
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A long-running service of the lab (a direct child: `ip netns exec` execs the program).
@@ -214,7 +203,6 @@ impl Services {
             hub_ca_fingerprint: String::new(),
             hub_ca: hub_dir.join("ca.pem"),
             admin_token: hub_dir.join("admin.token"),
-            enrollment_token: hub_dir.join("enrollment.token"),
             hub_login: hub_dir.join("login.json"),
             boot_server_url: format!("http://{gw}:{BOOT_PORT}"),
             artifacts,
@@ -236,7 +224,7 @@ impl Services {
         services.start_router_advertisements(layout, bridge)?;
         services.init_hub(gw)?;
         services.start_hub()?;
-        services.enroll()?;
+        services.login()?;
         services.start_boot_server(layout, bridge, gw)?;
         if !media_for.is_empty() {
             services.start_media(layout, media_for, gw)?;
@@ -318,8 +306,7 @@ impl Services {
         cmd
     }
 
-    fn enroll(&mut self) -> anyhow::Result<()> {
-        let log = self.hub_dir.join("enroll.log");
+    fn login(&mut self) -> anyhow::Result<()> {
         run_logged(
             Self::hub_cli(&self.netns, &self.info)
                 .args(["login", "--url", &self.info.hub_url, "--ca-fingerprint"])
@@ -327,9 +314,13 @@ impl Services {
                 .arg("--token-file")
                 .arg(&self.info.admin_token),
             "cairn hub login",
-            &log,
+            &self.hub_dir.join("login.log"),
         )?;
-        // One token for the whole rack, for a week: re-provisioning a server uses it again.
+        Ok(())
+    }
+
+    /// A single-use enrollment token for the server with boot MAC `mac` only.
+    fn server_token(&self, name: &str, mac: &str, ttl_seconds: u64) -> anyhow::Result<String> {
         let out = run_logged(
             Self::hub_cli(&self.netns, &self.info).args([
                 "--output",
@@ -338,17 +329,17 @@ impl Services {
                 "create",
                 "--site",
                 "lab",
-                "--max-uses",
-                "1000",
+                "--mac",
+                mac,
                 "--ttl-seconds",
-                "604800",
+                &ttl_seconds.to_string(),
             ]),
-            "cairn hub token create",
-            &log,
+            "cairn hub token create --mac",
+            &self.hub_dir.join(format!("token-{name}.log")),
         )?;
         let answer: cairn_api::hub::NewToken<cairn_api::hub::EnrollmentTokenView> =
             serde_json::from_str(out.trim()).context("reading the token JSON")?;
-        write_secret(&self.info.enrollment_token, &answer.token)
+        Ok(answer.token)
     }
 
     fn start_boot_server(
@@ -375,8 +366,10 @@ impl Services {
                 .args(["--dhcp-range", &range, "--hub-url", &self.info.hub_url])
                 .arg("--hub-ca")
                 .arg(&self.info.hub_ca)
-                .arg("--enrollment-token-file")
-                .arg(&self.info.enrollment_token)
+                // The lab's operator: the boot server mints each install's token with it.
+                .arg("--hub-token-file")
+                .arg(&self.info.admin_token)
+                .args(["--site", "lab"])
                 // The lab's disks are the lab's: a re-run may overwrite a half-written one.
                 .arg("--allow-wipe"),
             layout.dir().join("boot-server.log"),
@@ -387,8 +380,10 @@ impl Services {
     }
 
     /// One seeded installer ISO per server in `DIR/media/NAME.iso` (the plan a PXE install
-    /// would get from the boot server: hostname, disk hint, wipe, node.yaml, hub CA,
-    /// enrollment token), served over HTTP on the gateway for the BMCs to fetch.
+    /// would get from the boot server: hostname, disk hint, wipe, node.yaml, hub CA, and an
+    /// enrollment token of its own, single-use and bound to its MAC), served over HTTP on
+    /// the gateway for the BMCs to fetch. The ISOs are made when the lab starts and used
+    /// when a scenario provisions, so their tokens last a day.
     fn start_media(
         &mut self,
         layout: &Layout,
@@ -399,9 +394,8 @@ impl Services {
         let media = layout.dir().join("media");
         std::fs::create_dir_all(&media).with_context(|| format!("creating {}", media.display()))?;
         let hub_ca = std::fs::read_to_string(&self.info.hub_ca).context("reading the hub CA")?;
-        let token = std::fs::read_to_string(&self.info.enrollment_token)
-            .context("reading the enrollment token")?;
         for s in servers {
+            let token = self.server_token(&s.name, &s.mac, 86_400)?;
             let plan = InstallPlan {
                 name: s.name.clone(),
                 disk_hint: Some("/dev/vda".into()),
@@ -410,7 +404,7 @@ impl Services {
                 node_yaml: Some(node_yaml(&s.name, &self.info.hub_url)),
                 netplan: Default::default(),
                 hub_ca: Some(hub_ca.clone()),
-                enrollment_token: Some(token.trim().to_string()),
+                enrollment_token: Some(token),
             };
             let yaml = serde_yaml_ng::to_string(&plan).context("writing the install plan")?;
             let iso = media.join(format!("{}.iso", s.name));

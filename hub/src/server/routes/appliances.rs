@@ -69,3 +69,24 @@ pub(super) async fn clear_upgrade_flag(
         .await?;
     Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
+
+pub(super) async fn reinstall_token(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CreateReinstallToken>,
+) -> Result<(StatusCode, Json<NewToken<EnrollmentTokenView>>), ApiError> {
+    let token = state
+        .fleet
+        .create_reinstall_token(&caller, &id, req.ttl_seconds)
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+pub(super) async fn join_bundle(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<JoinSecretView>, ApiError> {
+    Ok(Json(state.fleet.join_bundle_for_admin(&caller, &id).await?))
+}

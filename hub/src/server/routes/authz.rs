@@ -25,7 +25,7 @@ use crate::fleet::{Fleet, FleetSettings};
 use crate::metrics::Metrics;
 use crate::model::{
     Appliance, Campaign, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Site,
-    Tenant, Vpc, keys,
+    Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
@@ -149,6 +149,9 @@ struct Case {
     ok: u16,
     /// Status for a caller with the role whose scope is out of reach.
     denied: u16,
+    /// An admitted caller is answered `acme-east`'s bootstrap token: the route exists to
+    /// give it to an admin who asks. Every other secret stays out.
+    reveals_bootstrap: bool,
 }
 
 fn case(uri: &'static str, role: Option<Role>, reach: Reach, ok: u16, denied: u16) -> Case {
@@ -160,7 +163,13 @@ fn case(uri: &'static str, role: Option<Role>, reach: Reach, ok: u16, denied: u1
         reach,
         ok,
         denied,
+        reveals_bootstrap: false,
     }
+}
+
+/// `acme-east`'s kubelet bootstrap token in the world below.
+fn bootstrap_of(site: &str) -> String {
+    format!("{}.{}", &sha256_hex(site)[..6], &sha256_hex(site)[6..22])
 }
 
 fn with(mut c: Case, body: Value) -> Case {
@@ -293,6 +302,28 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
                 case("/v1/appliances/ap-acme-east/labels", o, Site, 200, 404),
                 json!({"labels": {"rack": "r2"}}),
             ),
+        ),
+        (
+            Method::POST,
+            "/v1/appliances/{id}/reinstall-token",
+            with(
+                case(
+                    "/v1/appliances/ap-acme-east/reinstall-token",
+                    o,
+                    Site,
+                    201,
+                    404,
+                ),
+                json!({}),
+            ),
+        ),
+        (
+            Method::GET,
+            "/v1/appliances/{id}/join-bundle",
+            Case {
+                reveals_bootstrap: true,
+                ..case("/v1/appliances/ap-acme-east/join-bundle", a, Site, 200, 404)
+            },
         ),
         (
             Method::POST,
@@ -558,6 +589,10 @@ async fn world(ca: Arc<Ca>) -> World {
             id: et_id.clone(),
             site: site.into(),
             labels: BTreeMap::new(),
+            kind: TokenKind::Enrollment,
+            mac: None,
+            serial: None,
+            appliance: None,
             max_uses: 1,
             uses: 0,
             expires_at: now + time::Duration::hours(1),
@@ -570,7 +605,7 @@ async fn world(ca: Arc<Ca>) -> World {
         put(&mut ops, format!("{}{et_id}", keys::ENROLLMENT_TOKENS), &et);
 
         let id = ApplianceId::new(format!("ap-{site}")).unwrap();
-        let bootstrap = format!("{}.{}", &sha256_hex(site)[..6], &sha256_hex(site)[6..22]);
+        let bootstrap = bootstrap_of(site);
         secrets.push(bootstrap.clone());
         let cp = if tenant == "acme" {
             "cp-acme"
@@ -716,6 +751,8 @@ async fn world(ca: Arc<Ca>) -> World {
         fleet: Arc::new(fleet),
         metrics: Arc::new(Metrics::default()),
         limiter: Arc::new(RateLimiter::new(1_000_000)),
+        renewals: Arc::new(RateLimiter::new(1_000_000)),
+        request_timeout: std::time::Duration::from_secs(60),
     };
     World {
         state,
@@ -770,13 +807,13 @@ async fn every_route_answers_every_caller_as_its_scope_allows() {
         });
         // The matrix states who may call; the table must agree.
         let table_role = match route.auth {
-            Auth::None | Auth::RateLimited | Auth::Mtls => None,
+            Auth::None | Auth::RateLimited | Auth::Mtls | Auth::MtlsRateLimited => None,
             Auth::Bearer(r) | Auth::MtlsOrBearer(r) => Some(r),
         };
         assert_eq!(table_role, case.role, "{} {}: least role", key.0, key.1);
         assert_eq!(
             case.mtls_only,
-            route.auth == Auth::Mtls,
+            matches!(route.auth, Auth::Mtls | Auth::MtlsRateLimited),
             "{} {}",
             key.0,
             key.1
@@ -825,7 +862,18 @@ async fn every_route_answers_every_caller_as_its_scope_allows() {
                     text.chars().take(200).collect::<String>()
                 ));
             }
+            let revealed =
+                (case.reveals_bootstrap && status < 300).then(|| bootstrap_of("acme-east"));
             for secret in &w.secrets {
+                if revealed.as_ref() == Some(secret) {
+                    assert!(
+                        text.contains(secret.as_str()),
+                        "{} {} as {who:?}: no bootstrap token: {text}",
+                        key.0,
+                        case.uri
+                    );
+                    continue;
+                }
                 assert!(
                     !text.contains(secret.as_str()),
                     "{} {} as {who:?} answered a secret: {text}",

@@ -18,10 +18,10 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorCode, EventView,
-    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, Role, SinceQuery, SiteQuery, TenantView, TokenCheck, UploadQuery, VpcView,
-    WhoAmI,
+    CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
+    ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery,
+    TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use serde::de::DeserializeOwned;
@@ -119,6 +119,27 @@ fn rate_limited(state: &AppState, parts: &ConnInfo) -> Result<(), ApiError> {
     }
 }
 
+/// The per-appliance limit of [`Auth::MtlsRateLimited`]. A connection without a valid
+/// certificate is not counted: the handler refuses it anyway.
+fn appliance_rate_limited(state: &AppState, info: &ConnInfo) -> Result<(), ApiError> {
+    let Some(Ok(cert)) = &info.cert else {
+        return Ok(());
+    };
+    let caller = cert
+        .appliance
+        .as_ref()
+        .map_or_else(|| info.remote.ip().to_string(), ToString::to_string);
+    if state.renewals.allow(caller) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many renewals for this appliance; retry in a minute",
+        ))
+    }
+}
+
 /// The route table's [`Auth`] and [`Scope`] of one route, enforced before its handler
 /// runs: this is the only place a route's role, scope rule and rate limit are decided.
 async fn authorize(
@@ -131,6 +152,10 @@ async fn authorize(
         Auth::None | Auth::Mtls => None,
         Auth::RateLimited => {
             rate_limited(&state, &conn(&parts))?;
+            None
+        }
+        Auth::MtlsRateLimited => {
+            appliance_rate_limited(&state, &conn(&parts))?;
             None
         }
         Auth::Bearer(role) => Some(operator(&state, &parts, role).await?),
@@ -246,6 +271,8 @@ pub(crate) enum Auth {
     RateLimited,
     /// An appliance's client certificate.
     Mtls,
+    /// An appliance's client certificate, rate-limited per appliance.
+    MtlsRateLimited,
     /// An operator bearer token with at least this role.
     Bearer(Role),
     /// An appliance's client certificate, or an operator bearer token with this role.
@@ -354,7 +381,7 @@ fn r(
 
 /// Every route of the hub.
 pub(crate) fn routes() -> Vec<Route> {
-    use Auth::{Bearer, Mtls, MtlsOrBearer, None as Open, RateLimited};
+    use Auth::{Bearer, Mtls, MtlsOrBearer, MtlsRateLimited, None as Open, RateLimited};
     use Method as M;
     use Resource::{
         Appliance as App, Campaign as Camp, ControlPlane as Cp, EnrollmentToken as Et,
@@ -420,7 +447,7 @@ pub(crate) fn routes() -> Vec<Route> {
         r(
             M::POST,
             "/v1/renewals",
-            (Mtls, Own),
+            (MtlsRateLimited, Own),
             "Renew the client certificate",
             Some("RenewalRequest"),
             (200, "Renewal"),
@@ -542,6 +569,24 @@ pub(crate) fn routes() -> Vec<Route> {
             Some("LabelRequest"),
             (200, "ApplianceView"),
             put(appliances::label_appliance),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/reinstall-token",
+            (Bearer(Op), P(App)),
+            "Mint a single-use token with which the appliance's own hardware re-registers (shown once)",
+            Some("CreateReinstallToken"),
+            (201, "NewToken<EnrollmentTokenView>"),
+            post(appliances::reinstall_token),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/join-bundle",
+            (Bearer(Admin), P(App)),
+            "The join bundle with its bootstrap token, for an admin who asks (audited)",
+            None,
+            (200, "JoinSecretView"),
+            get(appliances::join_bundle),
         ),
         r(
             M::POST,
@@ -768,6 +813,10 @@ pub(crate) fn openapi_document() -> Value {
             Auth::None => {}
             Auth::RateLimited => op["x-rate-limited"] = json!(true),
             Auth::Mtls => op["security"] = json!([{"applianceCertificate": []}]),
+            Auth::MtlsRateLimited => {
+                op["security"] = json!([{"applianceCertificate": []}]);
+                op["x-rate-limited"] = json!(true);
+            }
             Auth::Bearer(role) => {
                 op["security"] = json!([{"operatorToken": []}]);
                 op["x-least-role"] = json!(role.to_string());
@@ -821,7 +870,18 @@ pub fn router(state: AppState) -> Router {
     for route in routes() {
         let layer =
             middleware::from_fn_with_state((state.clone(), route.auth, route.scope), authorize);
-        router = router.route(route.path, route.handler.route_layer(layer));
+        let mut handler = route.handler.route_layer(layer);
+        // Adding a release moves a whole bundle (uploaded at the client's pace, or fetched
+        // from a URL by the hub) and is an administrator's, authorized before any of it is
+        // read; every other request is bounded in time.
+        let moves_a_bundle = matches!(route.request, Some("bundle" | "AddReleaseFromUrl"));
+        if !moves_a_bundle {
+            handler = handler.layer(middleware::from_fn_with_state(
+                state.request_timeout,
+                request_timeout,
+            ));
+        }
+        router = router.route(route.path, handler);
     }
     router
         .fallback(|| async {
@@ -843,13 +903,45 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Answers `503 timeout` when the handler takes longer than `limit`.
+async fn request_timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    tokio::time::timeout(limit, next.run(req))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Timeout,
+                format!("the request took longer than {} s; retry", limit.as_secs()),
+            )
+        })
+}
+
+/// The method as a metrics label: the methods the API knows, anything else `other`, so a
+/// client cannot grow the label set (and the hub's memory) with made-up methods.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts and times every request by route.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     let start = Instant::now();
     let response = next.run(req).await;
     let labels = vec![

@@ -42,6 +42,7 @@ pub(super) fn registration_outcome(e: &crate::fleet::FleetError) -> String {
         F::TokenRefused(r) => r.code().into(),
         F::Csr(c) => c.code().to_string(),
         F::Invalid(_) => ErrorCode::Invalid.to_string(),
+        F::HardwareKnown => ErrorCode::HardwareKnown.to_string(),
         _ => "error".into(),
     }
 }

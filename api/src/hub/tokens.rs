@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 use super::Role;
 
 /// A token as shown once at creation, `prefix.id.secret`, beside the view of what was stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "NewToken{T}")]
 pub struct NewToken<T> {
     /// The full token; shown only now.
     pub token: String,
@@ -17,7 +18,7 @@ pub struct NewToken<T> {
 }
 
 /// `POST /v1/tokens` body: an enrollment token appliances register with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
     /// Site appliances join.
@@ -41,7 +42,7 @@ fn default_max_uses() -> u32 {
 }
 
 /// An enrollment token as operators see it: never its secret or the secret's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollmentTokenView {
     /// Public part of the token.
     pub id: String,
@@ -54,11 +55,13 @@ pub struct EnrollmentTokenView {
     /// How many it was used for.
     pub uses: u32,
     /// End of validity.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// Revoked by an operator.
     pub revoked: bool,
     /// When it was made.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.
@@ -66,7 +69,7 @@ pub struct EnrollmentTokenView {
 }
 
 /// `POST /v1/operator-tokens` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperatorToken {
     /// Who it is for.
@@ -79,7 +82,7 @@ pub struct CreateOperatorToken {
 }
 
 /// An operator token as admins see it: never its secret or the secret's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperatorTokenView {
     /// Public part of the token.
     pub id: String,
@@ -90,6 +93,7 @@ pub struct OperatorTokenView {
     /// The only site it sees, when scoped.
     pub site: Option<String>,
     /// When it was made.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.
@@ -97,7 +101,7 @@ pub struct OperatorTokenView {
 }
 
 /// `POST /v1/registrations/check` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// The enrollment token.
@@ -105,7 +109,7 @@ pub struct CheckRequest {
 }
 
 /// `POST /v1/registrations/check` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenCheck {
     /// Whether a registration with it would be accepted now.
     pub valid: bool,
@@ -118,7 +122,7 @@ pub struct TokenCheck {
 }
 
 /// Why an enrollment token was refused. Error code `token_<reason>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRefusal {
     /// Not `cairn-et.<id>.<secret>`.

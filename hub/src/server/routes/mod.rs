@@ -18,11 +18,12 @@ use axum::{Json, Router};
 use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorCode, EventView, LabelRequest,
-    MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role,
-    SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    CreateOperatorToken, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode, EventView,
+    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, Role, SinceQuery, SiteQuery, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -200,6 +201,32 @@ pub(crate) enum Auth {
     MtlsOrBearer(Role),
 }
 
+/// A request or response body in the route table.
+#[derive(Clone, Copy)]
+pub(crate) enum Body {
+    /// JSON of a wire type; the function adds its schema to the document's components.
+    Json(fn(&mut SchemaGenerator) -> Schema),
+    /// Another media type.
+    Other {
+        /// Content type.
+        media: &'static str,
+        /// What it is, for people.
+        description: &'static str,
+    },
+    /// No body (204).
+    Empty,
+}
+
+/// The JSON body of type `T`.
+fn json<T: JsonSchema>() -> Body {
+    Body::Json(SchemaGenerator::subschema_for::<T>)
+}
+
+/// A body that is not JSON.
+fn other(media: &'static str, description: &'static str) -> Body {
+    Body::Other { media, description }
+}
+
 /// One route: what serves it and what the API document says about it. The router and
 /// `/v1/openapi.json` are both built from [`routes`], so they cannot drift apart.
 pub(crate) struct Route {
@@ -211,10 +238,10 @@ pub(crate) struct Route {
     pub auth: Auth,
     /// One line for people.
     pub summary: &'static str,
-    /// Request body type, when there is one.
-    pub request: Option<&'static str>,
-    /// Success status and body type.
-    pub response: (u16, &'static str),
+    /// Request body, when there is one.
+    pub request: Option<Body>,
+    /// Success status and body.
+    pub response: (u16, Body),
     handler: MethodRouter<AppState>,
 }
 
@@ -223,8 +250,8 @@ fn r(
     path: &'static str,
     auth: Auth,
     summary: &'static str,
-    request: Option<&'static str>,
-    response: (u16, &'static str),
+    request: Option<Body>,
+    response: (u16, Body),
     handler: MethodRouter<AppState>,
 ) -> Route {
     Route {
@@ -250,7 +277,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Open,
             "Liveness",
             None,
-            (200, "text"),
+            (200, other("text/plain", "ok")),
             get(|| async { "ok" }),
         ),
         r(
@@ -259,7 +286,13 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "Prometheus metrics",
             None,
-            (200, "OpenMetrics text"),
+            (
+                200,
+                other(
+                    "application/openmetrics-text",
+                    "Prometheus metrics, OpenMetrics text format",
+                ),
+            ),
             get(metrics),
         ),
         r(
@@ -268,7 +301,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Open,
             "This document",
             None,
-            (200, "OpenAPI 3.1"),
+            (200, json::<Value>()),
             get(openapi),
         ),
         r(
@@ -277,7 +310,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Open,
             "The hub CA and its fingerprint",
             None,
-            (200, "CaInfo"),
+            (200, json::<CaInfo>()),
             get(registration::ca),
         ),
         r(
@@ -285,8 +318,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/registrations/check",
             RateLimited,
             "Would this enrollment token be accepted? Does not use it",
-            Some("CheckRequest"),
-            (200, "TokenCheck"),
+            Some(json::<CheckRequest>()),
+            (200, json::<TokenCheck>()),
             post(registration::check_token),
         ),
         r(
@@ -294,8 +327,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/registrations",
             RateLimited,
             "Register an appliance: token + CSR + inventory -> certificate",
-            Some("RegistrationRequest"),
-            (201, "RegistrationResponse"),
+            Some(json::<RegistrationRequest>()),
+            (201, json::<RegistrationResponse>()),
             post(registration::register),
         ),
         r(
@@ -303,8 +336,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/renewals",
             Mtls,
             "Renew the client certificate",
-            Some("RenewalRequest"),
-            (200, "Renewal"),
+            Some(json::<RenewalRequest>()),
+            (200, json::<Renewal>()),
             post(registration::renew),
         ),
         r(
@@ -312,8 +345,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/heartbeats",
             Mtls,
             "Status up, desired state down",
-            Some("Heartbeat"),
-            (200, "HeartbeatResponse"),
+            Some(json::<Heartbeat>()),
+            (200, json::<HeartbeatResponse>()),
             post(registration::heartbeat),
         ),
         r(
@@ -322,7 +355,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "The calling operator token",
             None,
-            (200, "WhoAmI"),
+            (200, json::<WhoAmI>()),
             get(tokens::whoami),
         ),
         r(
@@ -330,8 +363,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/tokens",
             Bearer(Op),
             "Create an enrollment token (shown once)",
-            Some("CreateEnrollmentToken"),
-            (201, "NewToken<EnrollmentTokenView>"),
+            Some(json::<CreateEnrollmentToken>()),
+            (201, json::<NewToken<EnrollmentTokenView>>()),
             post(tokens::create_token),
         ),
         r(
@@ -340,7 +373,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List enrollment tokens",
             None,
-            (200, "[EnrollmentTokenView]"),
+            (200, json::<Vec<EnrollmentTokenView>>()),
             get(tokens::list_tokens),
         ),
         r(
@@ -349,7 +382,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Op),
             "Revoke an enrollment token",
             None,
-            (200, "EnrollmentTokenView"),
+            (200, json::<EnrollmentTokenView>()),
             delete(tokens::revoke_token),
         ),
         r(
@@ -357,8 +390,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/operator-tokens",
             Bearer(Admin),
             "Create an operator token (shown once)",
-            Some("CreateOperatorToken"),
-            (201, "NewToken<OperatorTokenView>"),
+            Some(json::<CreateOperatorToken>()),
+            (201, json::<NewToken<OperatorTokenView>>()),
             post(tokens::create_operator_token),
         ),
         r(
@@ -367,7 +400,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Admin),
             "List operator tokens",
             None,
-            (200, "[OperatorTokenView]"),
+            (200, json::<Vec<OperatorTokenView>>()),
             get(tokens::list_operator_tokens),
         ),
         r(
@@ -376,7 +409,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Delete an operator token",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(tokens::delete_operator_token),
         ),
         r(
@@ -385,7 +418,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List appliances (?site=)",
             None,
-            (200, "[ApplianceView]"),
+            (200, json::<Vec<ApplianceView>>()),
             get(appliances::list_appliances),
         ),
         r(
@@ -394,7 +427,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "One appliance with its status",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             get(appliances::show_appliance),
         ),
         r(
@@ -403,7 +436,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Op),
             "Delete an appliance",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(appliances::delete_appliance),
         ),
         r(
@@ -411,8 +444,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/appliances/{id}/labels",
             Bearer(Op),
             "Set or remove labels",
-            Some("LabelRequest"),
-            (200, "ApplianceView"),
+            Some(json::<LabelRequest>()),
+            (200, json::<ApplianceView>()),
             put(appliances::label_appliance),
         ),
         r(
@@ -420,8 +453,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/control-planes",
             Bearer(Admin),
             "Register a control plane",
-            Some("AddControlPlane"),
-            (201, "ControlPlaneView"),
+            Some(json::<AddControlPlane>()),
+            (201, json::<ControlPlaneView>()),
             post(control_planes::add_control_plane),
         ),
         r(
@@ -430,7 +463,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List control planes",
             None,
-            (200, "[ControlPlaneView]"),
+            (200, json::<Vec<ControlPlaneView>>()),
             get(control_planes::list_control_planes),
         ),
         r(
@@ -438,8 +471,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/control-planes/{name}/assign",
             Bearer(Op),
             "Assign appliances by site/labels and join them",
-            Some("AssignRequest"),
-            (200, "AssignResult"),
+            Some(json::<AssignRequest>()),
+            (200, json::<AssignResult>()),
             post(control_planes::assign_control_plane),
         ),
         r(
@@ -447,8 +480,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/vpcs",
             Bearer(Op),
             "Create a VPC (unique VNI)",
-            Some("CreateVpc"),
-            (201, "VpcView"),
+            Some(json::<CreateVpc>()),
+            (201, json::<VpcView>()),
             post(vpcs::create_vpc),
         ),
         r(
@@ -457,7 +490,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List VPCs",
             None,
-            (200, "[VpcView]"),
+            (200, json::<Vec<VpcView>>()),
             get(vpcs::list_vpcs),
         ),
         r(
@@ -465,8 +498,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/vpcs/{name}/attach",
             Bearer(Op),
             "Attach an appliance",
-            Some("MembershipRequest"),
-            (200, "VpcView"),
+            Some(json::<MembershipRequest>()),
+            (200, json::<VpcView>()),
             post(vpcs::attach),
         ),
         r(
@@ -474,8 +507,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/vpcs/{name}/detach",
             Bearer(Op),
             "Detach an appliance",
-            Some("MembershipRequest"),
-            (200, "VpcView"),
+            Some(json::<MembershipRequest>()),
+            (200, json::<VpcView>()),
             post(vpcs::detach),
         ),
         r(
@@ -483,8 +516,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/releases",
             Bearer(Admin),
             "Add a release the hub fetches from a URL (verified against the trusted release keys)",
-            Some("AddReleaseFromUrl"),
-            (201, "ReleaseView"),
+            Some(json::<AddReleaseFromUrl>()),
+            (201, json::<ReleaseView>()),
             post(releases::add_release_from_url),
         ),
         r(
@@ -492,8 +525,11 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/releases/upload",
             Bearer(Admin),
             "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
-            Some("bundle"),
-            (201, "ReleaseView"),
+            Some(other(
+                "application/octet-stream",
+                "the signed update bundle file",
+            )),
+            (201, json::<ReleaseView>()),
             post(releases::upload_release).layer(DefaultBodyLimit::disable()),
         ),
         r(
@@ -502,7 +538,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List releases",
             None,
-            (200, "[ReleaseView]"),
+            (200, json::<Vec<ReleaseView>>()),
             get(releases::list_releases),
         ),
         r(
@@ -511,7 +547,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "One release",
             None,
-            (200, "ReleaseView"),
+            (200, json::<ReleaseView>()),
             get(releases::show_release),
         ),
         r(
@@ -520,7 +556,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Admin),
             "Delete a release (refused while a campaign uses it)",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(releases::delete_release),
         ),
         r(
@@ -529,7 +565,10 @@ pub(crate) fn routes() -> Vec<Route> {
             MtlsOrBearer(Viewer),
             "Download the bundle (HTTP Range supported, for resumable downloads)",
             None,
-            (200, "application/octet-stream (206 for a range)"),
+            (
+                200,
+                other("application/octet-stream", "the bundle (206 for a range)"),
+            ),
             get(releases::release_bundle),
         ),
         r(
@@ -537,8 +576,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/campaigns",
             Bearer(Op),
             "Create an upgrade campaign (selector evaluated now; not started)",
-            Some("CreateCampaign"),
-            (201, "CampaignView"),
+            Some(json::<CreateCampaign>()),
+            (201, json::<CampaignView>()),
             post(campaigns::create_campaign),
         ),
         r(
@@ -547,7 +586,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "List campaigns with progress",
             None,
-            (200, "[CampaignView]"),
+            (200, json::<Vec<CampaignView>>()),
             get(campaigns::list_campaigns),
         ),
         r(
@@ -556,7 +595,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "One campaign: progress per batch and per appliance",
             None,
-            (200, "CampaignView"),
+            (200, json::<CampaignView>()),
             get(campaigns::show_campaign),
         ),
         r(
@@ -565,7 +604,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Op),
             "start | pause | resume | abort",
             None,
-            (200, "CampaignView"),
+            (200, json::<CampaignView>()),
             post(campaigns::campaign_action),
         ),
         r(
@@ -574,7 +613,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Op),
             "Clear a quarantined version so campaigns may order it again",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             delete(appliances::clear_quarantine),
         ),
         r(
@@ -583,7 +622,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Op),
             "Clear the unexpected-version flag",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             delete(appliances::clear_upgrade_flag),
         ),
         r(
@@ -592,7 +631,7 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "Audit log (?since=RFC3339&limit=)",
             None,
-            (200, "[AuditEntryView]"),
+            (200, json::<Vec<AuditEntryView>>()),
             get(audit::audit),
         ),
         r(
@@ -601,21 +640,36 @@ pub(crate) fn routes() -> Vec<Route> {
             Bearer(Viewer),
             "Appliance events (?since=RFC3339&limit=)",
             None,
-            (200, "[EventView]"),
+            (200, json::<Vec<EventView>>()),
             get(audit::events),
         ),
     ]
 }
 
-/// The OpenAPI 3.1 document of [`routes`].
+/// The OpenAPI 3.1 document of [`routes`]: every JSON body refers to a schema in
+/// `components/schemas`, generated from its `cairn_api` type.
 pub(crate) fn openapi_document() -> Value {
+    let mut schemas = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let mut content = |body: Body| match body {
+        Body::Json(schema) => json!({"application/json": {"schema": schema(&mut schemas)}}),
+        Body::Other { media, .. } => json!({media: {"schema": {"type": "string"}}}),
+        Body::Empty => json!({}),
+    };
+    let error = content(json::<ErrorBody>());
     let mut paths = serde_json::Map::new();
     for route in routes() {
+        let (status, body) = route.response;
+        let mut success = json!({"description": describe(body)});
+        if !matches!(body, Body::Empty) {
+            success["content"] = content(body);
+        }
         let mut op = json!({
             "summary": route.summary,
             "responses": {
-                route.response.0.to_string(): {"description": route.response.1},
-                "4XX": {"description": "ErrorBody: {\"error\": ErrorCode, \"message\": text}"},
+                status.to_string(): success,
+                "4XX": {"description": "the request was refused", "content": error},
             },
         });
         match route.auth {
@@ -632,13 +686,8 @@ pub(crate) fn openapi_document() -> Value {
             }
         }
         if let Some(body) = route.request {
-            op["requestBody"] = if body == "bundle" {
-                json!({"required": true, "description": "the signed update bundle file",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})
-            } else {
-                json!({"required": true, "description": body,
-                    "content": {"application/json": {"schema": {"type": "object", "x-rust-type": body}}}})
-            };
+            op["requestBody"] = json!({"required": true, "description": describe(body),
+                "content": content(body)});
         }
         let params: Vec<Value> = route
             .path
@@ -657,11 +706,23 @@ pub(crate) fn openapi_document() -> Value {
         "info": {"title": "cairn hub", "version": cairn_api::API_VERSION,
             "description": "See hub/API.md for the rules behind each route."},
         "paths": paths,
-        "components": {"securitySchemes": {
-            "operatorToken": {"type": "http", "scheme": "bearer", "description": "cairn-op.<id>.<secret>"},
-            "applianceCertificate": {"type": "mutualTLS", "description": "client certificate issued by the hub CA, CN = appliance ID"},
-        }},
+        "components": {
+            "schemas": schemas.take_definitions(true),
+            "securitySchemes": {
+                "operatorToken": {"type": "http", "scheme": "bearer", "description": "cairn-op.<id>.<secret>"},
+                "applianceCertificate": {"type": "mutualTLS", "description": "client certificate issued by the hub CA, CN = appliance ID"},
+            },
+        },
     })
+}
+
+/// The description of a body in the document.
+fn describe(body: Body) -> &'static str {
+    match body {
+        Body::Json(_) => "JSON",
+        Body::Other { description, .. } => description,
+        Body::Empty => "no body",
+    }
 }
 
 async fn openapi() -> Json<Value> {

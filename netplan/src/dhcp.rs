@@ -240,52 +240,6 @@ impl<N: Netlink> Client<N> {
         Ok(None)
     }
 
-    fn lease_from(&self, ack: &Message, previous: Option<&Lease>) -> Lease {
-        let opts = ack.opts();
-        let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
-            Some(DhcpOption::AddressLeaseTime(s)) => *s,
-            _ => 3600,
-        };
-        let prefix = match opts.get(OptionCode::SubnetMask) {
-            Some(DhcpOption::SubnetMask(m)) => u32::from(*m).count_ones() as u8,
-            _ => 24,
-        };
-        let router = match opts.get(OptionCode::Router) {
-            Some(DhcpOption::Router(r)) => r.first().copied(),
-            _ => None,
-        };
-        let dns = match opts.get(OptionCode::DomainNameServer) {
-            Some(DhcpOption::DomainNameServer(d)) => d.clone(),
-            _ => Vec::new(),
-        };
-        let server = match opts.get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(s)) => *s,
-            _ => previous.map(|p| p.server).unwrap_or(ack.siaddr()),
-        };
-        let t1 = match opts.get(OptionCode::Renewal) {
-            Some(DhcpOption::Renewal(t)) => *t,
-            _ => lease_secs / 2,
-        };
-        let t2 = match opts.get(OptionCode::Rebinding) {
-            Some(DhcpOption::Rebinding(t)) => *t,
-            _ => lease_secs / 8 * 7,
-        };
-        Lease {
-            address: ack.yiaddr(),
-            prefix,
-            router,
-            dns,
-            server,
-            lease_secs,
-            t1_secs: t1,
-            t2_secs: t2,
-            obtained_unix: now_unix(),
-            phase: Phase::Bound,
-            renewals: previous.map(|p| p.renewals).unwrap_or(0),
-            rebinds: previous.map(|p| p.rebinds).unwrap_or(0),
-        }
-    }
-
     /// DISCOVER → OFFER → REQUEST → ACK, or INIT-REBOOT when a persisted lease is still valid.
     async fn obtain(&self) -> Result<Lease, DhcpError> {
         let persisted: Option<Lease> = std::fs::read(&self.path)
@@ -312,7 +266,7 @@ impl<N: Netlink> Client<N> {
                 && ack.opts().msg_type() == Some(MessageType::Ack)
             {
                 tracing::info!(iface = %self.iface, address = %ack.yiaddr(), "DHCP lease re-confirmed (init-reboot)");
-                return Ok(self.lease_from(&ack, Some(old)));
+                return Ok(lease_from(&ack, Some(old)));
             }
         }
         loop {
@@ -349,7 +303,7 @@ impl<N: Netlink> Client<N> {
                 && ack.opts().msg_type() == Some(MessageType::Ack)
             {
                 tracing::info!(iface = %self.iface, address = %ack.yiaddr(), "DHCP lease obtained");
-                return Ok(self.lease_from(&ack, persisted.as_ref()));
+                return Ok(lease_from(&ack, persisted.as_ref()));
             }
         }
     }
@@ -485,7 +439,7 @@ impl<N: Netlink> Client<N> {
             match answer {
                 Some(ack) if ack.opts().msg_type() == Some(MessageType::Ack) => {
                     let phase = lease.phase;
-                    lease = self.lease_from(&ack, Some(&lease));
+                    lease = lease_from(&ack, Some(&lease));
                     match phase {
                         Phase::Renewing => lease.renewals += 1,
                         _ => lease.rebinds += 1,
@@ -525,6 +479,53 @@ impl<N: Netlink> Client<N> {
         let _ = std::fs::remove_file(&self.path);
         tracing::info!(iface = %self.iface, address = %lease.address, "DHCP lease released");
         Ok(())
+    }
+}
+
+/// The lease an ACK grants, with defaults (RFC 2131 T1/T2) for what it leaves out.
+pub(crate) fn lease_from(ack: &Message, previous: Option<&Lease>) -> Lease {
+    let opts = ack.opts();
+    let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(s)) => *s,
+        _ => 3600,
+    };
+    let prefix = match opts.get(OptionCode::SubnetMask) {
+        Some(DhcpOption::SubnetMask(m)) => u32::from(*m).count_ones() as u8,
+        _ => 24,
+    };
+    let router = match opts.get(OptionCode::Router) {
+        Some(DhcpOption::Router(r)) => r.first().copied(),
+        _ => None,
+    };
+    let dns = match opts.get(OptionCode::DomainNameServer) {
+        Some(DhcpOption::DomainNameServer(d)) => d.clone(),
+        _ => Vec::new(),
+    };
+    let server = match opts.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s,
+        _ => previous.map(|p| p.server).unwrap_or(ack.siaddr()),
+    };
+    let t1 = match opts.get(OptionCode::Renewal) {
+        Some(DhcpOption::Renewal(t)) => *t,
+        _ => lease_secs / 2,
+    };
+    let t2 = match opts.get(OptionCode::Rebinding) {
+        Some(DhcpOption::Rebinding(t)) => *t,
+        _ => lease_secs / 8 * 7,
+    };
+    Lease {
+        address: ack.yiaddr(),
+        prefix,
+        router,
+        dns,
+        server,
+        lease_secs,
+        t1_secs: t1,
+        t2_secs: t2,
+        obtained_unix: now_unix(),
+        phase: Phase::Bound,
+        renewals: previous.map(|p| p.renewals).unwrap_or(0),
+        rebinds: previous.map(|p| p.rebinds).unwrap_or(0),
     }
 }
 

@@ -142,7 +142,7 @@ async fn serve_on(socket: tokio::net::UdpSocket, cfg: &DhcpConfig, proxy_port: b
 }
 
 /// The encoded answer to one datagram and where it goes, or `None` to stay silent.
-fn reply_to(
+pub(crate) fn reply_to(
     cfg: &DhcpConfig,
     packet: &[u8],
     peer: SocketAddr,

@@ -149,6 +149,11 @@ pub(crate) fn reply_to(
     proxy_port: bool,
 ) -> Option<(Vec<u8>, SocketAddr, String, String)> {
     let req = v4::Message::decode(&mut Decoder::new(packet)).ok()?;
+    // dhcproto decodes any hardware address length but its `chaddr()` panics past 16 (the
+    // field's size): such a datagram would take the boot server down (found by fuzzing).
+    if usize::from(req.hlen()) > 16 {
+        return None;
+    }
     // Proxy requests on 4011 are answered to their sender; port 0 cannot be sent to.
     if proxy_port && peer.port() == 0 {
         tracing::debug!(%peer, "ignoring a proxy DHCP request from port 0");
@@ -351,8 +356,16 @@ mod tests {
         }
         send_from_port_zero(port, &oversized);
         send_from_port_zero(port, &[0xff; 1000]);
-
+        // A hardware address length past chaddr's 16 bytes (dhcproto panicked on it).
+        let mut long_hlen = wire.clone();
+        long_hlen[2] = 255;
+        send_from_port_zero(port, &long_hlen);
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(&long_hlen, ("127.0.0.1", port))
+            .await
+            .unwrap();
+
         client.send_to(&wire, ("127.0.0.1", port)).await.unwrap();
         let mut buf = vec![0u8; 1500];
         let (n, _) = tokio::time::timeout(
@@ -366,5 +379,20 @@ mod tests {
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert!(!server.is_finished());
         server.abort();
+    }
+
+    #[test]
+    fn a_hardware_address_longer_than_chaddr_is_ignored_not_a_panic() {
+        // Regression: fuzz/artifacts/dhcp_server_packet, an otherwise valid request.
+        let mut wire = Vec::new();
+        discover([0x52, 0x54, 0, 0, 0, 1], true)
+            .encode(&mut Encoder::new(&mut wire))
+            .unwrap();
+        let peer = SocketAddr::from((Ipv4Addr::new(192, 168, 77, 9), 68));
+        assert!(reply_to(&cfg(), &wire, peer, false).is_some());
+        wire[2] = 17;
+        for proxy in [false, true] {
+            assert!(reply_to(&cfg(), &wire, peer, proxy).is_none());
+        }
     }
 }

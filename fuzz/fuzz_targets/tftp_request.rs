@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
         .probe
         .recv_from(&mut buf)
         .expect("the TFTP server stopped answering");
-    assert!(n >= 4 && buf[..2] == [0, 3], "no DATA block: {:?}", &buf[..n]);
+    assert!(
+        n >= 4 && buf[..2] == [0, 3],
+        "no DATA block: {:?}",
+        &buf[..n]
+    );
     // Abort the transfer (ERROR packet) so it does not linger.
     let _ = s.probe.send_to(&[0, 5, 0, 0, 0], from);
 });

@@ -13,7 +13,6 @@ use libfuzzer_sys::fuzz_target;
 struct Server {
     addr: SocketAddr,
     fuzz: UdpSocket,
-    probe: UdpSocket,
 }
 
 fn server() -> &'static Server {
@@ -40,11 +39,7 @@ fn server() -> &'static Server {
         });
         let addr = rx.recv().unwrap();
         let fuzz = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        Server { addr, fuzz, probe }
+        Server { addr, fuzz }
     })
 }
 
@@ -55,10 +50,14 @@ fuzz_target!(|data: &[u8]| {
     let mut rrq = vec![0, 1];
     rrq.extend_from_slice(BOOT_FILES.1.as_bytes());
     rrq.extend_from_slice(b"\0octet\0");
-    s.probe.send_to(&rrq, s.addr).unwrap();
+    // A new port each time: the server serves one transfer per client address at a time.
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    probe.send_to(&rrq, s.addr).unwrap();
     let mut buf = [0u8; 1024];
-    let (n, from) = s
-        .probe
+    let (n, from) = probe
         .recv_from(&mut buf)
         .expect("the TFTP server stopped answering");
     assert!(
@@ -67,5 +66,5 @@ fuzz_target!(|data: &[u8]| {
         &buf[..n]
     );
     // Abort the transfer (ERROR packet) so it does not linger.
-    let _ = s.probe.send_to(&[0, 5, 0, 0, 0], from);
+    let _ = probe.send_to(&[0, 5, 0, 0, 0], from);
 });

@@ -7,7 +7,7 @@ use crate::{OverlayDocument, UpgradeOrder, UpgradeReport};
 
 /// `POST /v1/heartbeats` over mTLS: status up. The appliance is identified by its client
 /// certificate, not by a field in the body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     /// The last desired-state generation the node has fully applied.
     pub applied_generation: u64,
@@ -16,14 +16,14 @@ pub struct Heartbeat {
 }
 
 /// The hub's answer to a heartbeat: desired state down.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatResponse {
     /// What the hub wants this appliance to be.
     pub desired: DesiredState,
 }
 
 /// The state an appliance reports. A report, so unknown fields are tolerated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeStatus {
     /// cairn version running.
     #[serde(default)]
@@ -53,12 +53,13 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeReport>,
     /// When the node took this snapshot.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub observed_at: OffsetDateTime,
 }
 
 /// One condition of an appliance, in the Kubernetes style.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Condition {
     /// Condition name, e.g. `KubeletActive`.
     pub kind: String,
@@ -73,7 +74,7 @@ pub struct Condition {
 }
 
 /// Whether a [`Condition`] holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "PascalCase")]
 pub enum ConditionStatus {
     /// It holds.
@@ -86,7 +87,7 @@ pub enum ConditionStatus {
 
 /// What the hub wants an appliance to be. A document, so unknown fields are tolerated: a
 /// newer hub may say more than an older node understands, and the node applies what it knows.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DesiredState {
     /// Increases with every change; the node applies a generation once, idempotently.
     pub generation: u64,
@@ -109,7 +110,7 @@ fn default_heartbeat_interval() -> u32 {
 }
 
 /// Everything a kubelet needs to bootstrap into a hosted control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinBundle {
     /// Control plane name on the hub.
     pub control_plane: String,

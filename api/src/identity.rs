@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 /// The identity the hub assigns to an appliance at registration. It appears as the CN of the
 /// appliance's client certificate and in its URI SAN `cairn://appliance/<id>`, so it is
 /// restricted to characters that are safe in both.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct ApplianceId(String);
 

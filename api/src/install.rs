@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 /// `POST /v1/install/progress` on the boot server: the install agent reports a step. A command
 /// (it moves the server's state machine), so unknown fields are rejected; agent and boot server
 /// come from the same build, so a mismatch means mixed artifacts and should be loud.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallProgress {
     /// Boot MAC of the server being installed.
@@ -22,7 +22,7 @@ pub struct InstallProgress {
 }
 
 /// The steps of an install, in order; `Failed` may follow any of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstallStep {
     /// The agent started and found its configuration.

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an appliance (or its BMC) says about its hardware. Sent at registration and kept by
 /// the hub; the serial number and NIC MACs identify the same machine across re-installs.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HardwareInventory {
     /// System manufacturer (DMI `sys_vendor`, Redfish `Manufacturer`).
     #[serde(default)]
@@ -46,7 +46,7 @@ impl HardwareInventory {
 }
 
 /// One processor socket.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cpu {
     /// Model string, e.g. `Intel(R) Xeon(R) Gold 6338`.
     #[serde(default)]
@@ -60,7 +60,7 @@ pub struct Cpu {
 }
 
 /// One network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Nic {
     /// Kernel or BMC name of the interface.
     #[serde(default)]
@@ -76,7 +76,7 @@ pub struct Nic {
 }
 
 /// One block device.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Disk {
     /// Kernel name (`sda`, `nvme0n1`) or BMC drive name.
     #[serde(default)]

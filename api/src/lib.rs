@@ -69,5 +69,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// The API version every path is served under (`/v1/...`).
 pub const API_VERSION: &str = "v1";
 
+/// The JSON schema of an RFC 3339 timestamp: the wire form of every `OffsetDateTime` here
+/// (`#[schemars(with = "crate::Rfc3339")]` beside `#[serde(with = "time::serde::rfc3339")]`).
+pub(crate) struct Rfc3339;
+
+impl schemars::JsonSchema for Rfc3339 {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rfc3339".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date-time"})
+    }
+}
+
 #[cfg(test)]
 mod tests;

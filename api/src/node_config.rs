@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// The on-disk schema. Every key is optional here so that a drop-in may set just one; what is
 /// required is checked after merging, when cairn-node builds its `Settings`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The appliance's hostname.
@@ -44,7 +44,7 @@ pub struct NodeConfig {
 }
 
 /// `hub:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSection {
     /// `https://host:port`.
@@ -62,7 +62,7 @@ pub struct HubSection {
 }
 
 /// `network:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSection {
     /// Directory of netplan YAML files applied at start.
@@ -78,7 +78,7 @@ pub struct NetworkSection {
 }
 
 /// `kubelet:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubeletSection {
     /// systemd unit to manage.
@@ -99,7 +99,7 @@ pub struct KubeletSection {
 }
 
 /// `state:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
     /// Directory of the state store.
@@ -111,7 +111,7 @@ pub struct StateSection {
 }
 
 /// `api:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     /// Unix socket of the local API.
@@ -120,7 +120,7 @@ pub struct ApiSection {
 }
 
 /// `wizard:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WizardSection {
     /// `address:port` the wizard listens on.
@@ -129,7 +129,7 @@ pub struct WizardSection {
 }
 
 /// `upgrade:` (docs/node-daemon.md "Upgrades").
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeSection {
     /// Release public keys (PEM, from `cairn image keygen`) bundles must be signed by. The
@@ -173,7 +173,7 @@ pub struct UpgradeSection {
 }
 
 /// One operator health check: a command (exit 0 passes) or an HTTP probe (2xx passes).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     /// Shown in reports.

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// The VPC overlays one appliance takes part in. The hub computes one per appliance; the node
 /// realises it (VRF + bridge + VXLAN per VPC) through the `netplan` crate.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OverlayDocument {
     /// This appliance's underlay address that VXLAN packets leave from.
     pub local_vtep: String,
@@ -12,7 +12,7 @@ pub struct OverlayDocument {
 }
 
 /// One VPC as seen from one appliance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VpcMembership {
     /// VPC name, unique in the fleet.
     pub name: String,

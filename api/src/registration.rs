@@ -4,7 +4,7 @@ use crate::{ApplianceId, DesiredState, HardwareInventory};
 
 /// `POST /v1/registrations`: an appliance asks to join the fleet. A command, so unknown fields
 /// are rejected (see the crate docs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationRequest {
     /// The enrollment token, in clear; the hub stores only its hash.
@@ -21,7 +21,7 @@ pub struct RegistrationRequest {
 }
 
 /// The hub's answer to a successful registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegistrationResponse {
     /// The identity assigned (or kept, for hardware the hub already knows).
     pub appliance_id: ApplianceId,

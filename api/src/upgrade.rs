@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 /// The node downloads the bundle, checks it against its own trust store (never against what
 /// the hub says), writes the inactive slot and reboots into it once. A newer order (another
 /// version or campaign) replaces this one; its absence means "stay on what you run".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UpgradeOrder {
     /// The campaign this order belongs to, for reports and audit.
     pub campaign: String,
@@ -41,7 +41,7 @@ pub struct UpgradeOrder {
 
 /// A daily maintenance window in the appliance's local time zone, `HH:MM` to `HH:MM`. A
 /// window whose end is before its start spans midnight (`22:00`–`04:00`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MaintenanceWindow {
     /// Opening time, `HH:MM`.
     pub start: String,
@@ -79,7 +79,7 @@ impl MaintenanceWindow {
 
 /// Where an appliance is with its last upgrade order, reported in [`crate::NodeStatus`]. A
 /// report, so unknown fields are tolerated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UpgradeReport {
     /// The campaign of the order this report is about.
     #[serde(default)]
@@ -102,12 +102,13 @@ pub struct UpgradeReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
     /// When the node entered this phase.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
 
 /// The phases of an appliance upgrade, in order; the last five end it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpgradePhase {
     /// Order received; waiting for the maintenance window.

@@ -18,3 +18,20 @@ pub mod ipmi;
 pub mod quirks;
 pub mod redfish;
 pub mod tls;
+
+/// Entry points for `fuzz/` into parsers that are private (feature `fuzzing` only).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::ipmi::{crypto::CipherSuite, session};
+
+    /// Open Session Response, RAKP 2 and RAKP 4 checks on the BMC's answer `r`, in `suite`.
+    pub fn rakp(suite: u8, r: &[u8]) {
+        let Some(suite) = CipherSuite::by_id(suite) else {
+            return;
+        };
+        let _ = session::open_response("fuzz", &suite, r);
+        let _ = session::rakp2("fuzz", "admin", &suite, r);
+        let _ = session::rakp4("fuzz", "admin", &suite, r, &[0; 16][..suite.rakp4_len()]);
+    }
+}

@@ -367,6 +367,11 @@ async fn releases_are_verified_against_trusted_keys_and_served_with_ranges() {
         .post("/v1/releases", json!({"url": url3, "sha256": sha3}))
         .await;
     assert_eq!((s, v["error"].as_str()), (502, Some("fetch_failed")), "{v}");
+    // Something that is no http(s) URL is the caller's mistake, not a failed upstream.
+    let (s, v) = admin
+        .post("/v1/releases", json!({"url": "ftp://x/b", "sha256": sha3}))
+        .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid")), "{v}");
 
     // Deleting it removes it.
     let (s, _) = admin

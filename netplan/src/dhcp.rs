@@ -240,66 +240,9 @@ impl<N: Netlink> Client<N> {
         Ok(None)
     }
 
-    /// The lease an ACK grants, or why it is refused (the caller treats a refused ACK as no
-    /// answer and asks again later).
-    fn lease_from(&self, ack: &Message, previous: Option<&Lease>) -> Result<Lease, Refused> {
-        let opts = ack.opts();
-        let prefix = match opts.get(OptionCode::SubnetMask) {
-            Some(DhcpOption::SubnetMask(m)) => mask_prefix(*m).ok_or(Refused::Mask(*m))?,
-            _ => 24,
-        };
-        let address = ack.yiaddr();
-        check_address(address)?;
-        let router = match opts.get(OptionCode::Router) {
-            // A router that is no unicast host, or is us, would black-hole the default route.
-            Some(DhcpOption::Router(r)) => r
-                .iter()
-                .copied()
-                .find(|gw| check_address(*gw).is_ok() && *gw != address),
-            _ => None,
-        };
-        let dns = match opts.get(OptionCode::DomainNameServer) {
-            Some(DhcpOption::DomainNameServer(d)) => d
-                .iter()
-                .copied()
-                .filter(|a| check_address(*a).is_ok())
-                .collect(),
-            _ => Vec::new(),
-        };
-        let server = match opts.get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(s)) => *s,
-            _ => previous.map(|p| p.server).unwrap_or(ack.siaddr()),
-        };
-        let get = |code| match opts.get(code) {
-            Some(
-                DhcpOption::AddressLeaseTime(t) | DhcpOption::Renewal(t) | DhcpOption::Rebinding(t),
-            ) => Some(*t),
-            _ => None,
-        };
-        let timers = Timers::clamped(
-            get(OptionCode::AddressLeaseTime),
-            get(OptionCode::Renewal),
-            get(OptionCode::Rebinding),
-        );
-        Ok(Lease {
-            address,
-            prefix,
-            router,
-            dns,
-            server,
-            lease_secs: timers.lease,
-            t1_secs: timers.t1,
-            t2_secs: timers.t2,
-            obtained_unix: now_unix(),
-            phase: Phase::Bound,
-            renewals: previous.map(|p| p.renewals).unwrap_or(0),
-            rebinds: previous.map(|p| p.rebinds).unwrap_or(0),
-        })
-    }
-
     /// The lease of an ACK; a refused one is logged and counts as no answer.
     fn accept(&self, ack: &Message, previous: Option<&Lease>) -> Option<Lease> {
-        match self.lease_from(ack, previous) {
+        match lease_from(ack, previous) {
             Ok(lease) => Some(lease),
             Err(why) => {
                 tracing::warn!(iface = %self.iface, server = %ack.siaddr(), %why, "DHCP answer refused");
@@ -559,9 +502,66 @@ impl<N: Netlink> Client<N> {
     }
 }
 
+/// The lease an ACK grants, or why it is refused (the caller treats a refused ACK as no
+/// answer and asks again later).
+pub(crate) fn lease_from(ack: &Message, previous: Option<&Lease>) -> Result<Lease, Refused> {
+    let opts = ack.opts();
+    let prefix = match opts.get(OptionCode::SubnetMask) {
+        Some(DhcpOption::SubnetMask(m)) => mask_prefix(*m).ok_or(Refused::Mask(*m))?,
+        _ => 24,
+    };
+    let address = ack.yiaddr();
+    check_address(address)?;
+    let router = match opts.get(OptionCode::Router) {
+        // A router that is no unicast host, or is us, would black-hole the default route.
+        Some(DhcpOption::Router(r)) => r
+            .iter()
+            .copied()
+            .find(|gw| check_address(*gw).is_ok() && *gw != address),
+        _ => None,
+    };
+    let dns = match opts.get(OptionCode::DomainNameServer) {
+        Some(DhcpOption::DomainNameServer(d)) => d
+            .iter()
+            .copied()
+            .filter(|a| check_address(*a).is_ok())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let server = match opts.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s,
+        _ => previous.map(|p| p.server).unwrap_or(ack.siaddr()),
+    };
+    let get = |code| match opts.get(code) {
+        Some(
+            DhcpOption::AddressLeaseTime(t) | DhcpOption::Renewal(t) | DhcpOption::Rebinding(t),
+        ) => Some(*t),
+        _ => None,
+    };
+    let timers = Timers::clamped(
+        get(OptionCode::AddressLeaseTime),
+        get(OptionCode::Renewal),
+        get(OptionCode::Rebinding),
+    );
+    Ok(Lease {
+        address,
+        prefix,
+        router,
+        dns,
+        server,
+        lease_secs: timers.lease,
+        t1_secs: timers.t1,
+        t2_secs: timers.t2,
+        obtained_unix: now_unix(),
+        phase: Phase::Bound,
+        renewals: previous.map(|p| p.renewals).unwrap_or(0),
+        rebinds: previous.map(|p| p.rebinds).unwrap_or(0),
+    })
+}
+
 /// Why an ACK is not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum Refused {
+pub(crate) enum Refused {
     /// The address is no unicast host address.
     #[error("offered address {0} is not a unicast host address")]
     Address(Ipv4Addr),

@@ -21,3 +21,17 @@ pub mod safe;
 pub mod schema;
 pub mod state;
 pub mod yaml;
+
+/// Entry points for `fuzz/` into parsers that are private (feature `fuzzing` only).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use dhcproto::{Decodable, Decoder};
+
+    /// What the DHCP client takes from a server's datagram: the message and its lease.
+    pub fn dhcp_client_packet(packet: &[u8]) {
+        if let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(packet)) {
+            let _ = crate::dhcp::lease_from(&m, None);
+        }
+    }
+}

@@ -8,11 +8,13 @@
 //! token is checked with the hub without using it up. Any failure rolls the network back and
 //! says what failed and what to do.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Form, State};
+use axum::extract::{ConnectInfo, Form, State};
 use axum::response::Html;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,12 @@ use cairn_api::node_config::{HubSection, NodeConfig, normalize_fingerprint, vali
 
 /// Wrong PINs tolerated before a new PIN is made (and shown on the console again).
 const MAX_PIN_FAILURES: u32 = 5;
+
+/// The longest a source waits after wrong PINs; the wait doubles from 1 s up to it.
+const MAX_PIN_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// Sources remembered at most; beyond it, sources whose wait is over are forgotten.
+const MAX_PIN_SOURCES: usize = 4096;
 
 /// Wizard failures.
 #[derive(Debug, thiserror::Error)]
@@ -212,10 +220,89 @@ struct Shared<N> {
     nics: Vec<crate::status::NicView>,
     root: PathBuf,
     network: N,
-    pin: Mutex<(String, u32)>,
+    pin: Mutex<PinGuard>,
     consoles: Vec<PathBuf>,
     fingerprint: String,
     done: watch::Sender<bool>,
+}
+
+/// The one-time PIN and the wrong guesses against it.
+///
+/// Each wrong PIN makes its source wait before the next guess is even compared: 1 s, then
+/// twice as long after every further failure, up to [`MAX_PIN_WAIT`]. Every
+/// [`MAX_PIN_FAILURES`] wrong PINs (from anywhere) the PIN itself is replaced, so guesses
+/// spread over many sources cannot add up against one PIN.
+struct PinGuard {
+    pin: String,
+    failures: u32,
+    /// Per source (an IPv4 address, an IPv6 /64): failures and when it may try again.
+    sources: HashMap<IpAddr, (u32, Instant)>,
+}
+
+/// Why a PIN was not accepted.
+#[derive(Debug, PartialEq)]
+enum PinRefusal {
+    /// Wrong PIN.
+    Wrong,
+    /// Wrong, and the PIN was replaced: the new one must be announced.
+    Replaced,
+    /// Not compared: this source must wait this long after earlier wrong PINs.
+    Wait(Duration),
+}
+
+impl PinGuard {
+    fn new(pin: String) -> Self {
+        PinGuard {
+            pin,
+            failures: 0,
+            sources: HashMap::new(),
+        }
+    }
+
+    /// One guess from `source` at `now`.
+    fn check(&mut self, source: IpAddr, guess: &str, now: Instant) -> Result<(), PinRefusal> {
+        let source = match source {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                // One IPv6 host commonly owns a whole /64.
+                None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            },
+            v4 => v4,
+        };
+        if let Some((_, until)) = self.sources.get(&source)
+            && *until > now
+        {
+            return Err(PinRefusal::Wait(*until - now));
+        }
+        if same(guess, &self.pin) {
+            self.sources.remove(&source);
+            return Ok(());
+        }
+        if self.sources.len() >= MAX_PIN_SOURCES {
+            self.sources.retain(|_, (_, until)| *until > now);
+        }
+        let (n, until) = self.sources.entry(source).or_insert((0, now));
+        *n += 1;
+        let wait = Duration::from_secs(1u64 << (*n - 1).min(20)).min(MAX_PIN_WAIT);
+        *until = now + wait;
+        self.failures += 1;
+        if self.failures >= MAX_PIN_FAILURES {
+            self.pin = new_pin();
+            self.failures = 0;
+            return Err(PinRefusal::Replaced);
+        }
+        Err(PinRefusal::Wrong)
+    }
+}
+
+/// The client's address, as the wizard's TLS listener accepted it.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 fn new_pin() -> String {
@@ -281,29 +368,36 @@ async fn index<N: Network + 'static>(State(state): State<Arc<Shared<N>>>) -> Htm
 
 async fn apply<N: Network + 'static>(
     State(state): State<Arc<Shared<N>>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Form(form): Form<SetupForm>,
 ) -> Html<String> {
     {
-        let mut pin = state.pin.lock().await;
-        if !same(form.pin.trim(), &pin.0) {
-            pin.1 += 1;
-            let mut error = StepError {
+        let mut guard = state.pin.lock().await;
+        if let Err(refusal) = guard.check(peer.ip(), form.pin.trim(), Instant::now()) {
+            let message = match refusal {
+                PinRefusal::Wrong => "the PIN does not match".into(),
+                PinRefusal::Replaced => {
+                    announce(&state.consoles, &state.fingerprint, &guard.pin, "");
+                    "too many wrong PINs: a new PIN is shown on the console".into()
+                }
+                PinRefusal::Wait(wait) => format!(
+                    "too many wrong PINs from this address: try again in {} s",
+                    wait.as_secs() + 1
+                ),
+            };
+            tracing::warn!(source = %peer.ip(), "wizard: PIN refused");
+            let error = StepError {
                 step: "Checking the PIN",
-                message: "the PIN does not match".into(),
+                message,
                 hint: "type the PIN shown on the appliance's console",
             };
-            if pin.1 >= MAX_PIN_FAILURES {
-                *pin = (new_pin(), 0);
-                announce(&state.consoles, &state.fingerprint, &pin.0, "");
-                error.message = "too many wrong PINs: a new PIN is shown on the console".into();
-            }
             return page(&state, &form, Some(error), false).await;
         }
     }
     match test_and_apply(&state, &form).await {
         Ok(()) => {
             // The PIN is one-time: nothing more can be posted.
-            *state.pin.lock().await = (new_pin(), 0);
+            *state.pin.lock().await = PinGuard::new(new_pin());
             let _ = state.done.send(true);
             page(&state, &form, None, true).await
         }
@@ -500,7 +594,7 @@ pub async fn run<N: Network + 'static>(
             .collect(),
         root,
         network,
-        pin: Mutex::new((pin, 0)),
+        pin: Mutex::new(PinGuard::new(pin)),
         consoles,
         fingerprint,
         done: done_tx,
@@ -513,7 +607,7 @@ pub async fn run<N: Network + 'static>(
         tcp,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
     };
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             let _ = done_rx.wait_for(|d| *d).await;
             // Let the success page reach the browser.
@@ -637,5 +731,68 @@ mod tests {
         assert!(!same("123456", "123457"));
         assert!(!same("12345", "123456"));
         assert_eq!(new_pin().len(), 6);
+    }
+
+    #[test]
+    fn wrong_pins_make_their_source_wait_longer_each_time() {
+        let start = Instant::now();
+        let mut guard = PinGuard::new("123456".into());
+        let attacker: IpAddr = "192.0.2.66".parse().unwrap();
+        let admin: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(
+            guard.check(attacker, "wrong0", start),
+            Err(PinRefusal::Wrong)
+        );
+        // Even the right PIN is not compared during the wait.
+        assert_eq!(
+            guard.check(attacker, "123456", start + Duration::from_millis(500)),
+            Err(PinRefusal::Wait(Duration::from_millis(500)))
+        );
+        // Another source is not held up by the attacker's wait.
+        assert_eq!(guard.check(admin, "123456", start), Ok(()));
+        let t = start + Duration::from_secs(1);
+        assert_eq!(guard.check(attacker, "wrong1", t), Err(PinRefusal::Wrong));
+        assert_eq!(
+            guard.check(attacker, "wrong2", t + Duration::from_secs(1)),
+            Err(PinRefusal::Wait(Duration::from_secs(1))),
+            "the second failure doubles the wait"
+        );
+        let t = t + Duration::from_secs(2);
+        assert_eq!(guard.check(attacker, "123456", t), Ok(()));
+    }
+
+    #[test]
+    fn the_wait_is_capped_and_ipv6_hosts_count_per_64() {
+        let mut guard = PinGuard::new("123456".into());
+        let mut t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        for _ in 0..30 {
+            let r = guard.check(a, "wrong0", t);
+            assert!(
+                matches!(r, Err(PinRefusal::Wrong | PinRefusal::Replaced)),
+                "{r:?}"
+            );
+            t += MAX_PIN_WAIT;
+        }
+        assert_eq!(
+            guard.check(b, "wrong0", t - Duration::from_secs(1)),
+            Err(PinRefusal::Wait(Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn five_wrong_pins_from_anywhere_replace_the_pin() {
+        let mut guard = PinGuard::new("123456".into());
+        let now = Instant::now();
+        for i in 1..MAX_PIN_FAILURES {
+            let source = IpAddr::from([192, 0, 2, i as u8]);
+            assert_eq!(guard.check(source, "wrong0", now), Err(PinRefusal::Wrong));
+        }
+        let last = IpAddr::from([192, 0, 2, 99]);
+        assert_eq!(guard.check(last, "wrong0", now), Err(PinRefusal::Replaced));
+        assert_ne!(guard.pin, "123456");
+        let fresh = IpAddr::from([198, 51, 100, 1]);
+        assert_eq!(guard.check(fresh, "123456", now), Err(PinRefusal::Wrong));
     }
 }

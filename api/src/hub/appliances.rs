@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// An appliance with its latest status, as operators see it (`GET /v1/appliances`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApplianceView {
     /// Identity (certificate CN).
     pub id: ApplianceId,
@@ -30,9 +30,11 @@ pub struct ApplianceView {
     #[serde(default)]
     pub previous_cert_sha256: Option<String>,
     /// End of the current certificate's validity.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub cert_not_after: OffsetDateTime,
     /// First registration.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub registered_at: OffsetDateTime,
     /// Re-registrations of the same hardware (re-keys).
@@ -68,7 +70,7 @@ pub struct ApplianceView {
 }
 
 /// Where an appliance is, as the hub sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplianceState {
     /// Registered, no heartbeat yet.
@@ -98,7 +100,7 @@ impl fmt::Display for ApplianceState {
 
 /// A join bundle as operators see it: where and at which revision, never the bootstrap token
 /// (that reaches only the appliance, in its desired state over mTLS).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinView {
     /// Control plane name on the hub.
     pub control_plane: String,
@@ -122,7 +124,7 @@ impl From<&JoinBundle> for JoinView {
 /// `GET /v1/appliances/{id}/join-bundle`: the join bundle with its bootstrap token, for an
 /// admin who asks for it explicitly (audited). Nothing else answers the token to anyone but
 /// the appliance itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinSecretView {
     /// The appliance.
     pub appliance: ApplianceId,
@@ -131,7 +133,7 @@ pub struct JoinSecretView {
 }
 
 /// An appliance's desired state as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DesiredView {
     /// Increases with every change.
     pub generation: u64,
@@ -161,9 +163,10 @@ impl From<&DesiredState> for DesiredView {
 }
 
 /// What an appliance's latest heartbeat said.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusView {
     /// When the hub received it.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,
     /// The interval the appliance was told to keep.
@@ -177,7 +180,7 @@ pub struct StatusView {
 }
 
 /// `GET /v1/appliances` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteQuery {
     /// Only this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,7 +188,7 @@ pub struct SiteQuery {
 }
 
 /// `PUT /v1/appliances/{id}/labels` body: `null` removes a label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRequest {
     /// Label changes.
@@ -193,7 +196,7 @@ pub struct LabelRequest {
 }
 
 /// `POST /v1/renewals` body (mTLS).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewalRequest {
     /// A CSR whose CN is the appliance ID.
@@ -201,13 +204,14 @@ pub struct RenewalRequest {
 }
 
 /// `POST /v1/renewals` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Renewal {
     /// New client certificate, PEM.
     pub certificate_pem: String,
     /// Hub CA, PEM.
     pub ca_bundle_pem: String,
     /// End of validity.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
 }

@@ -3,7 +3,19 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// An operator's role; each includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -26,7 +38,7 @@ impl fmt::Display for Role {
 }
 
 /// `GET /v1/whoami`: the calling operator token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WhoAmI {
     /// Token name.
     pub name: String,
@@ -40,12 +52,13 @@ pub struct WhoAmI {
     #[serde(default)]
     pub tenant: Option<String>,
     /// End of validity; `None`: until revoked.
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<time::OffsetDateTime>,
 }
 
 /// `GET /v1/ca`: the hub CA.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CaInfo {
     /// The hub CA, PEM.
     pub ca_bundle_pem: String,

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::{ApplianceId, MaintenanceWindow, UpgradePhase};
 
 /// Which appliances a campaign covers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Selector {
     /// Only this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -18,7 +18,7 @@ pub struct Selector {
 }
 
 /// Where a campaign is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CampaignState {
     /// Made, not started: members listed, nothing ordered.
@@ -54,7 +54,7 @@ impl fmt::Display for CampaignState {
 }
 
 /// Where one appliance is within a campaign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemberState {
     /// Its batch has not started.
@@ -95,7 +95,7 @@ impl fmt::Display for MemberState {
 
 /// One appliance of a campaign: a value both the hub's campaign record and its view carry
 /// (it holds nothing secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CampaignMember {
     /// The appliance.
     pub appliance: ApplianceId,
@@ -114,6 +114,7 @@ pub struct CampaignMember {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub from_version: String,
     /// When it was ordered.
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -121,6 +122,7 @@ pub struct CampaignMember {
     )]
     pub ordered_at: Option<OffsetDateTime>,
     /// When it finished.
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -130,7 +132,7 @@ pub struct CampaignMember {
 }
 
 /// How a campaign paces itself after the canaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "n")]
 pub enum Pacing {
     /// Fixed batches of N: the next starts when every member of the current one finished.
@@ -140,7 +142,7 @@ pub enum Pacing {
 }
 
 /// `POST /v1/campaigns` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
     /// Unique name (1-63 of a-z, 0-9, '-').
@@ -177,7 +179,7 @@ pub struct CreateCampaign {
 }
 
 /// `POST /v1/campaigns/{name}/{action}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CampaignAction {
     /// Start ordering: canaries first.
@@ -203,7 +205,7 @@ impl CampaignAction {
 }
 
 /// One batch of a campaign, for `show`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BatchProgress {
     /// Index (0 is the canaries when there are any).
     pub index: u32,
@@ -214,7 +216,7 @@ pub struct BatchProgress {
 }
 
 /// A campaign with its progress per batch and per appliance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CampaignView {
     /// Unique name.
     pub name: String,
@@ -246,6 +248,7 @@ pub struct CampaignView {
     /// The appliances, in batch order.
     pub members: Vec<CampaignMember>,
     /// When it was made.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.

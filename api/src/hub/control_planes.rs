@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::ApplianceId;
 
 /// `POST /v1/control-planes` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddControlPlane {
     /// Unique name.
@@ -23,7 +23,7 @@ pub struct AddControlPlane {
 }
 
 /// A hosted control plane as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ControlPlaneView {
     /// Unique name.
     pub name: String,
@@ -43,7 +43,7 @@ pub struct ControlPlaneView {
 }
 
 /// `POST /v1/control-planes/{name}/assign` body.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignRequest {
     /// Appliances of this site.
@@ -55,7 +55,7 @@ pub struct AssignRequest {
 }
 
 /// `POST /v1/control-planes/{name}/assign` answer: per-appliance results.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AssignResult {
     /// Appliances that got a join bundle.
     pub assigned: Vec<ApplianceId>,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::TokenRefusal;
 
 /// The JSON body of every error answer: `{"error": code, "message": text}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code.
     pub error: ErrorCode,
@@ -181,6 +181,17 @@ impl fmt::Display for ErrorCode {
 impl Serialize for ErrorCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+impl schemars::JsonSchema for ErrorCode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Open-ended on purpose: a newer hub may send a code this build does not know.
+        schemars::json_schema!({"type": "string", "description": "machine-readable error code"})
     }
 }
 

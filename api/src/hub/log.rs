@@ -4,9 +4,10 @@ use time::OffsetDateTime;
 use crate::ApplianceId;
 
 /// `GET /v1/audit|events` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SinceQuery {
     /// RFC 3339 time; entries at or after it. Default: the last 24 hours.
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -19,9 +20,10 @@ pub struct SinceQuery {
 }
 
 /// An audit record: who did what, when, from where, with what result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntryView {
     /// When.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// `operator:<name>`, `appliance:<id>`, or `anonymous`.
@@ -42,9 +44,10 @@ pub struct AuditEntryView {
 }
 
 /// A fleet event: an appliance state transition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventView {
     /// When.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// The appliance.

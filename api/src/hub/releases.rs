@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// `POST /v1/releases` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddReleaseFromUrl {
     /// `https://...` (or `http://`: the signature, not the transport, is the trust anchor)
@@ -13,14 +13,14 @@ pub struct AddReleaseFromUrl {
 }
 
 /// `POST /v1/releases/upload` query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UploadQuery {
     /// SHA-256 of the bundle file, hex.
     pub sha256: String,
 }
 
 /// A signed OS release the hub can roll out, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReleaseView {
     /// Version the bundle installs (from its signed manifest).
     pub version: String,
@@ -40,6 +40,7 @@ pub struct ReleaseView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_url: Option<String>,
     /// When it was added.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub added_at: OffsetDateTime,
     /// Who added it.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// `POST /v1/tenants` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Unique name (a-z, 0-9, '-'); `default` is taken by the tenant of unclaimed sites.
@@ -15,13 +15,14 @@ pub struct CreateTenant {
 }
 
 /// A tenant as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantView {
     /// Name.
     pub name: String,
     /// Sites it claimed. The `default` tenant also owns every site no tenant claimed.
     pub sites: BTreeSet<String>,
     /// When it was made (`None` for `default`, which always exists).
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub created_at: Option<OffsetDateTime>,
     /// Who made it.

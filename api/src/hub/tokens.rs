@@ -8,7 +8,8 @@ use super::Role;
 use crate::ApplianceId;
 
 /// A token as shown once at creation, `prefix.id.secret`, beside the view of what was stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "NewToken{T}")]
 pub struct NewToken<T> {
     /// The full token; shown only now.
     pub token: String,
@@ -18,7 +19,7 @@ pub struct NewToken<T> {
 }
 
 /// `POST /v1/tokens` body: an enrollment token appliances register with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
     /// Site appliances join.
@@ -49,7 +50,7 @@ pub struct CreateEnrollmentToken {
 /// `POST /v1/appliances/{id}/reinstall-token` body: a single-use token with which the
 /// appliance's own hardware may register again (a re-install: new key, same identity and
 /// site). Nothing else can re-key known hardware without its certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReinstallToken {
     /// Validity in seconds (at most a day).
@@ -62,7 +63,9 @@ fn default_reinstall_ttl() -> u64 {
 }
 
 /// What an enrollment token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// Registers new hardware only; known hardware is refused (`hardware_known`).
@@ -80,7 +83,7 @@ fn default_max_uses() -> u32 {
 }
 
 /// An enrollment token as operators see it: never its secret or the secret's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollmentTokenView {
     /// Public part of the token.
     pub id: String,
@@ -105,11 +108,13 @@ pub struct EnrollmentTokenView {
     /// How many it was used for.
     pub uses: u32,
     /// End of validity.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// Revoked by an operator.
     pub revoked: bool,
     /// When it was made.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.
@@ -117,7 +122,7 @@ pub struct EnrollmentTokenView {
 }
 
 /// `POST /v1/operator-tokens` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperatorToken {
     /// Who it is for.
@@ -137,7 +142,7 @@ pub struct CreateOperatorToken {
 }
 
 /// An operator token as admins see it: never its secret or the secret's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperatorTokenView {
     /// Public part of the token.
     pub id: String,
@@ -151,11 +156,13 @@ pub struct OperatorTokenView {
     #[serde(default)]
     pub tenant: Option<String>,
     /// When it was made.
+    #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Who made it.
     pub created_by: String,
     /// End of validity; `None`: until revoked.
+    #[schemars(with = "Option<crate::Rfc3339>")]
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
     /// Revoked: refused from now on.
@@ -164,7 +171,7 @@ pub struct OperatorTokenView {
 }
 
 /// `POST /v1/registrations/check` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// The enrollment token.
@@ -172,7 +179,7 @@ pub struct CheckRequest {
 }
 
 /// `POST /v1/registrations/check` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenCheck {
     /// Whether a registration with it would be accepted now.
     pub valid: bool,
@@ -185,7 +192,7 @@ pub struct TokenCheck {
 }
 
 /// Why an enrollment token was refused. Error code `token_<reason>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRefusal {
     /// Not `cairn-et.<id>.<secret>`.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::ApplianceId;
 
 /// `POST /v1/vpcs` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVpc {
     /// Unique name.
@@ -18,7 +18,7 @@ pub struct CreateVpc {
 }
 
 /// `POST /v1/vpcs/{name}/attach|detach` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipRequest {
     /// The appliance.
@@ -26,7 +26,7 @@ pub struct MembershipRequest {
 }
 
 /// A VPC as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VpcView {
     /// Unique name.
     pub name: String,

@@ -159,6 +159,13 @@ pub fn decode(framing: &Framing, bytes: &[u8]) -> Result<Datagram, PacketError> 
         }
     }
     let payload = match (&framing.keys, encrypted) {
+        // Suites without confidentiality have no K2 to decrypt with (found by fuzzing: the
+        // empty key was sliced and panicked).
+        (Some(_), true) if framing.suite.confidentiality == 0 => {
+            return Err(PacketError(
+                "encrypted payload in a session without confidentiality".into(),
+            ));
+        }
         (Some(keys), true) => crypto::decrypt(&keys.k2, body)
             .ok_or_else(|| PacketError("cannot decrypt payload (bad length or padding)".into()))?,
         (None, true) => {
@@ -351,6 +358,19 @@ mod tests {
                 .0
                 .contains("truncated IPMI response")
         );
+    }
+
+    #[test]
+    fn an_encrypted_payload_in_suite_0_is_an_error_not_a_panic() {
+        // Regression: fuzz/artifacts/ipmi_rmcp. Suite 0 has no K2; a BMC (or a spoofed
+        // datagram) flagging its payload encrypted made decode slice an empty key.
+        let f = active(CipherSuite::NONE);
+        let mut bytes = RMCP_HEADER.to_vec();
+        bytes.extend_from_slice(&[AUTH_RMCP_PLUS, 0x80 | payload::IPMI]);
+        bytes.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 32, 0]);
+        bytes.extend_from_slice(&[0xbf; 32]);
+        let e = decode(&f, &bytes).unwrap_err();
+        assert!(e.0.contains("without confidentiality"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,100 @@ fn malformed(doing: &str, detail: impl Into<String>) -> BmcError {
     }
 }
 
+/// Checks an Open Session Response against the proposed `suite`; the BMC's session ID.
+pub(crate) fn open_response(doing: &str, suite: &CipherSuite, r: &[u8]) -> BmcResult<u32> {
+    if r.len() < 2 {
+        return Err(malformed(doing, "short Open Session Response"));
+    }
+    if r[1] != 0 {
+        return Err(BmcError::Status {
+            doing: doing.to_owned(),
+            status: format!("RMCP+ status {:#04x}", r[1]),
+            message: Some(packet::rmcp_status_text(r[1]).into()),
+        });
+    }
+    if r.len() < 36 {
+        return Err(malformed(
+            doing,
+            format!("Open Session Response of {} bytes", r.len()),
+        ));
+    }
+    if (r[16], r[24], r[32]) != (suite.auth, suite.integrity, suite.confidentiality) {
+        return Err(malformed(doing, "BMC chose other algorithms than proposed"));
+    }
+    Ok(u32::from_le_bytes([r[8], r[9], r[10], r[11]]))
+}
+
+/// A refused RAKP status: the statuses that mean the credentials are wrong are
+/// [`BmcError::Auth`].
+fn rakp_status(doing: &str, user: &str, code: u8) -> BmcError {
+    match code {
+        0x0d | 0x0f | 0x09 | 0x0a => BmcError::Auth {
+            user: user.to_owned(),
+            detail: packet::rmcp_status_text(code).into(),
+        },
+        code => BmcError::Status {
+            doing: doing.to_owned(),
+            status: format!("RMCP+ status {code:#04x}"),
+            message: Some(packet::rmcp_status_text(code).into()),
+        },
+    }
+}
+
+/// Checks RAKP 2's status and length: the BMC's random number, its GUID and its key
+/// exchange code (to be compared with the one the password gives).
+pub(crate) fn rakp2<'a>(
+    doing: &str,
+    user: &str,
+    suite: &CipherSuite,
+    r2: &'a [u8],
+) -> BmcResult<([u8; 16], [u8; 16], &'a [u8])> {
+    if r2.len() < 2 {
+        return Err(malformed(doing, "short RAKP 2"));
+    }
+    if r2[1] != 0 {
+        return Err(rakp_status(doing, user, r2[1]));
+    }
+    let code_len = suite.auth_hmac(b"k", b"").len();
+    let (Some(rand), Some(guid), Some(code)) =
+        (r2.get(8..24), r2.get(24..40), r2.get(40..40 + code_len))
+    else {
+        return Err(malformed(doing, format!("RAKP 2 of {} bytes", r2.len())));
+    };
+    Ok((
+        rand.try_into().unwrap_or_default(),
+        guid.try_into().unwrap_or_default(),
+        code,
+    ))
+}
+
+/// Checks RAKP 4's status and its integrity check value against `expected`.
+pub(crate) fn rakp4(
+    doing: &str,
+    user: &str,
+    suite: &CipherSuite,
+    r4: &[u8],
+    expected: &[u8],
+) -> BmcResult<()> {
+    if r4.len() < 2 {
+        return Err(malformed(doing, "short RAKP 4"));
+    }
+    if r4[1] != 0 {
+        // Past RAKP 2 the BMC knows the password matches; any refusal is one of the user.
+        return Err(BmcError::Auth {
+            user: user.to_owned(),
+            detail: packet::rmcp_status_text(r4[1]).into(),
+        });
+    }
+    if r4.get(8..8 + suite.rakp4_len()) != Some(expected) {
+        return Err(malformed(
+            doing,
+            "RAKP 4 integrity check value does not match",
+        ));
+    }
+    Ok(())
+}
+
 impl Session {
     /// Opens a session with `suite`. An authentication failure is [`BmcError::Auth`]; a BMC
     /// that does not offer the suite is [`BmcError::Unsupported`]-like `Status` with the
@@ -127,29 +221,7 @@ impl Session {
         let r = s
             .exchange(&doing, payload::OPEN_REQUEST, &open, payload::OPEN_RESPONSE)
             .await?;
-        if r.len() < 2 {
-            return Err(malformed(&doing, "short Open Session Response"));
-        }
-        if r[1] != 0 {
-            return Err(BmcError::Status {
-                doing,
-                status: format!("RMCP+ status {:#04x}", r[1]),
-                message: Some(packet::rmcp_status_text(r[1]).into()),
-            });
-        }
-        if r.len() < 36 {
-            return Err(malformed(
-                &doing,
-                format!("Open Session Response of {} bytes", r.len()),
-            ));
-        }
-        s.bmc_sid = u32::from_le_bytes([r[8], r[9], r[10], r[11]]);
-        if (r[16], r[24], r[32]) != (suite.auth, suite.integrity, suite.confidentiality) {
-            return Err(malformed(
-                &doing,
-                "BMC chose other algorithms than proposed",
-            ));
-        }
+        s.bmc_sid = open_response(&doing, &suite, &r)?;
 
         // RAKP 1 / 2.
         let console_rand = random::<16>(&s.rng);
@@ -163,38 +235,18 @@ impl Session {
         let r2 = s
             .exchange(&doing, payload::RAKP1, &rakp1, payload::RAKP2)
             .await?;
-        if r2.len() < 2 {
-            return Err(malformed(&doing, "short RAKP 2"));
-        }
-        let auth_error = |code: u8| BmcError::Auth {
-            user: credentials.username.clone(),
-            detail: packet::rmcp_status_text(code).into(),
-        };
-        if r2[1] != 0 {
-            return Err(match r2[1] {
-                0x0d | 0x0f | 0x09 | 0x0a => auth_error(r2[1]),
-                code => BmcError::Status {
-                    doing,
-                    status: format!("RMCP+ status {code:#04x}"),
-                    message: Some(packet::rmcp_status_text(code).into()),
-                },
-            });
-        }
-        let code_len = suite.auth_hmac(b"k", b"").len();
-        if r2.len() < 40 + code_len {
-            return Err(malformed(&doing, format!("RAKP 2 of {} bytes", r2.len())));
-        }
+        let (bmc_rand, bmc_guid, code) = rakp2(&doing, &credentials.username, &suite, &r2)?;
         let rakp = Rakp {
             console_sid,
             bmc_sid: s.bmc_sid,
             console_rand,
-            bmc_rand: r2[8..24].try_into().unwrap_or_default(),
-            bmc_guid: r2[24..40].try_into().unwrap_or_default(),
+            bmc_rand,
+            bmc_guid,
             role,
             user,
         };
         let kuid = crypto::user_key(credentials.password());
-        if rakp.rakp2_code(&suite, &kuid) != r2[40..40 + code_len] {
+        if rakp.rakp2_code(&suite, &kuid) != code {
             // The BMC proved knowledge of a different password: ours is wrong.
             return Err(BmcError::Auth {
                 user: credentials.username.clone(),
@@ -212,19 +264,13 @@ impl Session {
         let r4 = s
             .exchange(&doing, payload::RAKP3, &rakp3, payload::RAKP4)
             .await?;
-        if r4.len() < 2 {
-            return Err(malformed(&doing, "short RAKP 4"));
-        }
-        if r4[1] != 0 {
-            return Err(auth_error(r4[1]));
-        }
-        let icv_len = suite.rakp4_len();
-        if r4.len() < 8 + icv_len || rakp.rakp4_icv(&suite, &sik) != r4[8..8 + icv_len] {
-            return Err(malformed(
-                &doing,
-                "RAKP 4 integrity check value does not match",
-            ));
-        }
+        rakp4(
+            &doing,
+            &credentials.username,
+            &suite,
+            &r4,
+            &rakp.rakp4_icv(&suite, &sik),
+        )?;
         s.framing.keys = Some(crypto::keys(&suite, &sik));
 
         // Without this, BMCs (ipmi_sim among them) keep the session at User privilege and

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -16,6 +16,10 @@ use crate::address::{BmcAddress, Credentials, Scheme};
 use crate::bmc::{BmcError, BmcResult};
 use crate::redfish::model;
 use crate::tls::{self, Trust};
+
+/// The largest response body read from a BMC. Real Redfish resources are kilobytes; a
+/// larger answer is a broken or hostile BMC, refused before it fills memory.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 /// Connection options for a Redfish BMC.
 #[derive(Debug, Clone)]
@@ -69,7 +73,8 @@ pub struct Answer {
 /// An authenticated Redfish connection.
 pub struct RedfishClient {
     http: reqwest::Client,
-    base: String,
+    /// `scheme://host:port/` of the BMC: the only origin credentials are sent to.
+    base: Url,
     credentials: Credentials,
     auth: Mutex<Auth>,
     options: RedfishOptions,
@@ -78,7 +83,7 @@ pub struct RedfishClient {
 impl std::fmt::Debug for RedfishClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedfishClient")
-            .field("base", &self.base)
+            .field("base", &self.base.as_str())
             .field("user", &self.credentials.username)
             .finish()
     }
@@ -134,21 +139,35 @@ impl RedfishClient {
             doing: "building HTTP client".into(),
             source: Box::new(e),
         })?;
+        let base = Url::parse(&format!("{scheme}://{}/", address.authority()))
+            .map_err(|e| BmcError::Invalid(format!("BMC address {}: {e}", address.authority())))?;
         Ok(RedfishClient {
             http,
-            base: format!("{scheme}://{}", address.authority()),
+            base,
             credentials,
             auth: Mutex::new(Auth::NotYet),
             options,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
+    /// Resolves a path or a link from the BMC (`@odata.id`, `Location`) against the BMC's
+    /// base URL. A link to any other origin is refused: the request would carry this BMC's
+    /// password or session token to a host that is not the BMC.
+    fn url(&self, path: &str) -> BmcResult<Url> {
+        let url = self.base.join(path).map_err(|e| BmcError::Malformed {
+            doing: format!("resolving link {path:?}"),
+            detail: e.to_string(),
+        })?;
+        if url.origin() != self.base.origin() {
+            return Err(BmcError::Malformed {
+                doing: format!("following link {path:?}"),
+                detail: format!(
+                    "it points outside the BMC {}; credentials are only sent to the BMC itself",
+                    self.base.origin().ascii_serialization()
+                ),
+            });
         }
+        Ok(url)
     }
 
     fn refused(&self, detail: String) -> BmcError {
@@ -167,9 +186,10 @@ impl RedfishClient {
         if_match: Option<&str>,
     ) -> BmcResult<Answer> {
         let doing = format!("{method} {path}");
+        let url = self.url(path)?;
         let mut req = self
             .http
-            .request(method, self.url(path))
+            .request(method, url)
             .header("Accept", "application/json")
             .header("OData-Version", "4.0");
         match auth {
@@ -188,7 +208,7 @@ impl RedfishClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .map_err(|e| transport(doing.clone(), e, self.options.request_timeout))?;
@@ -202,10 +222,7 @@ impl RedfishClient {
         let location = header("Location");
         let etag = header("ETag");
         let token = header("X-Auth-Token");
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport(doing.clone(), e, self.options.request_timeout))?;
+        let bytes = self.read_body(&doing, &mut resp).await?;
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -237,6 +254,33 @@ impl RedfishClient {
         })
     }
 
+    /// Reads a body of at most [`MAX_BODY_BYTES`], chunk by chunk, so an endless or huge
+    /// answer is cut off rather than buffered.
+    async fn read_body(&self, doing: &str, resp: &mut reqwest::Response) -> BmcResult<Vec<u8>> {
+        let too_big = || BmcError::Malformed {
+            doing: doing.to_owned(),
+            detail: format!("body larger than {} MiB", MAX_BODY_BYTES >> 20),
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transport(doing.to_owned(), e, self.options.request_timeout))?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     /// Logs in: a session when the BMC offers one, else Basic.
     async fn login(&self) -> BmcResult<Auth> {
         if !self.options.sessions {
@@ -251,7 +295,7 @@ impl RedfishClient {
         let sessions = model::link(root.body.get("Links").unwrap_or(&Value::Null), "Sessions")
             .map(str::to_owned);
         let Some(sessions) = sessions else {
-            tracing::debug!(bmc = %self.base, "no SessionService; using Basic authentication");
+            tracing::debug!(bmc = %self.base.as_str(), "no SessionService; using Basic authentication");
             return Ok(Auth::Basic);
         };
         let body = serde_json::json!({
@@ -314,7 +358,7 @@ impl RedfishClient {
             return Ok(answer);
         }
         if let Auth::Session { .. } = auth {
-            tracing::info!(bmc = %self.base, "session expired; logging in again");
+            tracing::info!(bmc = %self.base.as_str(), "session expired; logging in again");
             let auth = self.current_auth(true).await?;
             let answer = self.raw(method, path, body, &auth, if_match).await?;
             if answer.status != StatusCode::UNAUTHORIZED {
@@ -418,7 +462,7 @@ impl RedfishClient {
         } = &auth
             && let Err(e) = self.raw(Method::DELETE, location, None, &auth, None).await
         {
-            tracing::debug!(bmc = %self.base, error = %e, "deleting session failed");
+            tracing::debug!(bmc = %self.base.as_str(), error = %e, "deleting session failed");
         }
     }
 }

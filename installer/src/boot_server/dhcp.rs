@@ -112,29 +112,64 @@ pub fn answer(cfg: &DhcpConfig, req: &v4::Message, proxy_port: bool) -> Option<v
 
 /// Serves DHCP on `interface` until the task is dropped.
 pub async fn serve(interface: &str, cfg: Arc<DhcpConfig>, port: u16) -> std::io::Result<()> {
-    let socket = bind(interface, port)?;
-    let mut buf = vec![0u8; 1500];
+    serve_on(bind(interface, port)?, &cfg, port == 4011).await;
+    Ok(())
+}
+
+/// The serve loop. It never ends on account of a packet: anyone on the segment can send
+/// one, so a datagram that cannot be read or answered is logged and the next one awaited.
+async fn serve_on(socket: tokio::net::UdpSocket, cfg: &DhcpConfig, proxy_port: bool) {
+    // The largest UDP datagram: a bigger buffer than any DHCP packet, so an oversized one is
+    // decoded (and refused) whole instead of truncated.
+    let mut buf = vec![0u8; 65536];
     loop {
-        let (n, peer) = socket.recv_from(&mut buf).await?;
-        let Ok(req) = v4::Message::decode(&mut Decoder::new(&buf[..n])) else {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // UDP receive errors (an ICMP error for an earlier send) concern one packet.
+                tracing::debug!(error = %e, "DHCP receive failed");
+                continue;
+            }
+        };
+        let Some((out, dest, mac, file)) = reply_to(cfg, &buf[..n], peer, proxy_port) else {
             continue;
         };
-        let Some(reply) = answer(&cfg, &req, port == 4011) else {
-            continue;
-        };
-        let mut out = Vec::new();
-        if reply.encode(&mut Encoder::new(&mut out)).is_err() {
-            continue;
+        tracing::info!(%mac, %file, "PXE answer");
+        if let Err(e) = socket.send_to(&out, dest).await {
+            tracing::warn!(%dest, error = %e, "sending the DHCP answer failed");
         }
-        // Clients without an address get a broadcast; proxy requests on 4011 come from one.
-        let dest = if port == 4011 {
-            peer
-        } else {
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
-        };
-        tracing::info!(mac = %mac_text(req.chaddr()), file = %String::from_utf8_lossy(reply.fname().unwrap_or_default()), "PXE answer");
-        socket.send_to(&out, dest).await?;
     }
+}
+
+/// The encoded answer to one datagram and where it goes, or `None` to stay silent.
+pub(crate) fn reply_to(
+    cfg: &DhcpConfig,
+    packet: &[u8],
+    peer: SocketAddr,
+    proxy_port: bool,
+) -> Option<(Vec<u8>, SocketAddr, String, String)> {
+    let req = v4::Message::decode(&mut Decoder::new(packet)).ok()?;
+    // dhcproto decodes any hardware address length but its `chaddr()` panics past 16 (the
+    // field's size): such a datagram would take the boot server down (found by fuzzing).
+    if usize::from(req.hlen()) > 16 {
+        return None;
+    }
+    // Proxy requests on 4011 are answered to their sender; port 0 cannot be sent to.
+    if proxy_port && peer.port() == 0 {
+        tracing::debug!(%peer, "ignoring a proxy DHCP request from port 0");
+        return None;
+    }
+    let reply = answer(cfg, &req, proxy_port)?;
+    let mut out = Vec::new();
+    reply.encode(&mut Encoder::new(&mut out)).ok()?;
+    // Clients without an address get a broadcast; proxy requests on 4011 come from one.
+    let dest = if proxy_port {
+        peer
+    } else {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+    };
+    let file = String::from_utf8_lossy(reply.fname().unwrap_or_default()).into_owned();
+    Some((out, dest, mac_text(req.chaddr()), file))
 }
 
 /// A UDP socket on `port`, bound to `interface` only, allowed to broadcast.
@@ -280,5 +315,84 @@ mod tests {
         assert!(
             matches!(r.opts().get(OptionCode::SubnetMask), Some(DhcpOption::SubnetMask(m)) if *m == Ipv4Addr::new(255, 255, 255, 0))
         );
+    }
+
+    /// Sends `payload` to 127.0.0.1:`port` in a UDP header written by hand, so the source
+    /// port can be 0 (no ordinary socket sends from port 0).
+    fn send_from_port_zero(port: u16, payload: &[u8]) {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
+            .expect("a raw socket (tests run as root)");
+        let mut datagram = Vec::with_capacity(8 + payload.len());
+        datagram.extend_from_slice(&0u16.to_be_bytes());
+        datagram.extend_from_slice(&port.to_be_bytes());
+        datagram.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        datagram.extend_from_slice(&0u16.to_be_bytes()); // no checksum
+        datagram.extend_from_slice(payload);
+        let to = SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        raw.send_to(&datagram, &to).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_serve_loop_survives_hostile_packets_and_still_answers() {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { serve_on(socket, &cfg(), true).await });
+        let mut request = discover([0x52, 0x54, 0, 0, 0, 1], true);
+        request
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Request));
+        let mut wire = Vec::new();
+        request.encode(&mut Encoder::new(&mut wire)).unwrap();
+        // A valid request whose answer cannot be sent (port 0), then garbage: empty,
+        // truncated, a 60 kB run of options, and bytes that are no DHCP at all.
+        send_from_port_zero(port, &wire);
+        send_from_port_zero(port, &[]);
+        send_from_port_zero(port, &wire[..wire.len() / 2]);
+        let mut oversized = wire[..240].to_vec();
+        for _ in 0..200 {
+            oversized.extend_from_slice(&[60, 255]);
+            oversized.extend_from_slice(&[b'x'; 255]);
+        }
+        send_from_port_zero(port, &oversized);
+        send_from_port_zero(port, &[0xff; 1000]);
+        // A hardware address length past chaddr's 16 bytes (dhcproto panicked on it).
+        let mut long_hlen = wire.clone();
+        long_hlen[2] = 255;
+        send_from_port_zero(port, &long_hlen);
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(&long_hlen, ("127.0.0.1", port))
+            .await
+            .unwrap();
+
+        client.send_to(&wire, ("127.0.0.1", port)).await.unwrap();
+        let mut buf = vec![0u8; 1500];
+        let (n, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.recv_from(&mut buf),
+        )
+        .await
+        .expect("the server still answers after the hostile packets")
+        .unwrap();
+        let ack = v4::Message::decode(&mut Decoder::new(&buf[..n])).unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert!(!server.is_finished());
+        server.abort();
+    }
+
+    #[test]
+    fn a_hardware_address_longer_than_chaddr_is_ignored_not_a_panic() {
+        // Regression: fuzz/artifacts/dhcp_server_packet, an otherwise valid request.
+        let mut wire = Vec::new();
+        discover([0x52, 0x54, 0, 0, 0, 1], true)
+            .encode(&mut Encoder::new(&mut wire))
+            .unwrap();
+        let peer = SocketAddr::from((Ipv4Addr::new(192, 168, 77, 9), 68));
+        assert!(reply_to(&cfg(), &wire, peer, false).is_some());
+        wire[2] = 17;
+        for proxy in [false, true] {
+            assert!(reply_to(&cfg(), &wire, peer, proxy).is_none());
+        }
     }
 }

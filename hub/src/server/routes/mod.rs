@@ -19,11 +19,12 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
     CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
-    ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
+    ErrorBody, ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
     OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery,
     TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -338,6 +339,32 @@ impl Scope {
     }
 }
 
+/// A request or response body in the route table.
+#[derive(Clone, Copy)]
+pub(crate) enum Body {
+    /// JSON of a wire type; the function adds its schema to the document's components.
+    Json(fn(&mut SchemaGenerator) -> Schema),
+    /// Another media type.
+    Other {
+        /// Content type.
+        media: &'static str,
+        /// What it is, for people.
+        description: &'static str,
+    },
+    /// No body (204).
+    Empty,
+}
+
+/// The JSON body of type `T`.
+fn json<T: JsonSchema>() -> Body {
+    Body::Json(SchemaGenerator::subschema_for::<T>)
+}
+
+/// A body that is not JSON.
+fn other(media: &'static str, description: &'static str) -> Body {
+    Body::Other { media, description }
+}
+
 /// One route: what serves it and what the API document says about it. The router and
 /// `/v1/openapi.json` are both built from [`routes`], so they cannot drift apart.
 pub(crate) struct Route {
@@ -351,10 +378,10 @@ pub(crate) struct Route {
     pub scope: Scope,
     /// One line for people.
     pub summary: &'static str,
-    /// Request body type, when there is one.
-    pub request: Option<&'static str>,
-    /// Success status and body type.
-    pub response: (u16, &'static str),
+    /// Request body, when there is one.
+    pub request: Option<Body>,
+    /// Success status and body.
+    pub response: (u16, Body),
     handler: MethodRouter<AppState>,
 }
 
@@ -363,8 +390,8 @@ fn r(
     path: &'static str,
     (auth, scope): (Auth, Scope),
     summary: &'static str,
-    request: Option<&'static str>,
-    response: (u16, &'static str),
+    request: Option<Body>,
+    response: (u16, Body),
     handler: MethodRouter<AppState>,
 ) -> Route {
     Route {
@@ -388,7 +415,7 @@ pub(crate) fn routes() -> Vec<Route> {
         OperatorToken as Ot, Vpc as VpcR,
     };
     use Role::{Admin, Operator as Op, Viewer};
-    use Scope::{Body, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
+    use Scope::{Body as InBody, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
     vec![
         r(
             M::GET,
@@ -396,7 +423,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Open, Shared),
             "Liveness",
             None,
-            (200, "text"),
+            (200, other("text/plain", "ok")),
             get(|| async { "ok" }),
         ),
         r(
@@ -405,7 +432,13 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Fleet),
             "Prometheus metrics",
             None,
-            (200, "OpenMetrics text"),
+            (
+                200,
+                other(
+                    "application/openmetrics-text",
+                    "Prometheus metrics, OpenMetrics text format",
+                ),
+            ),
             get(metrics),
         ),
         r(
@@ -414,7 +447,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Open, Shared),
             "This document",
             None,
-            (200, "OpenAPI 3.1"),
+            (200, json::<Value>()),
             get(openapi),
         ),
         r(
@@ -423,7 +456,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Open, Shared),
             "The hub CA and its fingerprint",
             None,
-            (200, "CaInfo"),
+            (200, json::<CaInfo>()),
             get(registration::ca),
         ),
         r(
@@ -431,8 +464,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/registrations/check",
             (RateLimited, Shared),
             "Would this enrollment token be accepted? Does not use it",
-            Some("CheckRequest"),
-            (200, "TokenCheck"),
+            Some(json::<CheckRequest>()),
+            (200, json::<TokenCheck>()),
             post(registration::check_token),
         ),
         r(
@@ -440,8 +473,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/registrations",
             (RateLimited, Shared),
             "Register an appliance: token + CSR + inventory -> certificate",
-            Some("RegistrationRequest"),
-            (201, "RegistrationResponse"),
+            Some(json::<RegistrationRequest>()),
+            (201, json::<RegistrationResponse>()),
             post(registration::register),
         ),
         r(
@@ -449,8 +482,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/renewals",
             (MtlsRateLimited, Own),
             "Renew the client certificate",
-            Some("RenewalRequest"),
-            (200, "Renewal"),
+            Some(json::<RenewalRequest>()),
+            (200, json::<Renewal>()),
             post(registration::renew),
         ),
         r(
@@ -458,8 +491,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/heartbeats",
             (Mtls, Own),
             "Status up, desired state down",
-            Some("Heartbeat"),
-            (200, "HeartbeatResponse"),
+            Some(json::<Heartbeat>()),
+            (200, json::<HeartbeatResponse>()),
             post(registration::heartbeat),
         ),
         r(
@@ -468,16 +501,16 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Me),
             "The calling operator token",
             None,
-            (200, "WhoAmI"),
+            (200, json::<WhoAmI>()),
             get(tokens::whoami),
         ),
         r(
             M::POST,
             "/v1/tokens",
-            (Bearer(Op), Body),
+            (Bearer(Op), InBody),
             "Create an enrollment token (shown once)",
-            Some("CreateEnrollmentToken"),
-            (201, "NewToken<EnrollmentTokenView>"),
+            Some(json::<CreateEnrollmentToken>()),
+            (201, json::<NewToken<EnrollmentTokenView>>()),
             post(tokens::create_token),
         ),
         r(
@@ -486,7 +519,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List enrollment tokens",
             None,
-            (200, "[EnrollmentTokenView]"),
+            (200, json::<Vec<EnrollmentTokenView>>()),
             get(tokens::list_tokens),
         ),
         r(
@@ -495,16 +528,16 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Op), P(Et)),
             "Revoke an enrollment token",
             None,
-            (200, "EnrollmentTokenView"),
+            (200, json::<EnrollmentTokenView>()),
             delete(tokens::revoke_token),
         ),
         r(
             M::POST,
             "/v1/operator-tokens",
-            (Bearer(Admin), Body),
+            (Bearer(Admin), InBody),
             "Create an operator token (shown once)",
-            Some("CreateOperatorToken"),
-            (201, "NewToken<OperatorTokenView>"),
+            Some(json::<CreateOperatorToken>()),
+            (201, json::<NewToken<OperatorTokenView>>()),
             post(tokens::create_operator_token),
         ),
         r(
@@ -513,7 +546,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Admin), Filtered),
             "List operator tokens",
             None,
-            (200, "[OperatorTokenView]"),
+            (200, json::<Vec<OperatorTokenView>>()),
             get(tokens::list_operator_tokens),
         ),
         r(
@@ -522,7 +555,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Admin), P(Ot)),
             "Delete an operator token",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(tokens::delete_operator_token),
         ),
         r(
@@ -531,7 +564,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Admin), P(Ot)),
             "Revoke an operator token: refused from now on, kept in the list",
             None,
-            (200, "OperatorTokenView"),
+            (200, json::<OperatorTokenView>()),
             post(tokens::revoke_operator_token),
         ),
         r(
@@ -540,7 +573,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List appliances (?site=)",
             None,
-            (200, "[ApplianceView]"),
+            (200, json::<Vec<ApplianceView>>()),
             get(appliances::list_appliances),
         ),
         r(
@@ -549,7 +582,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), P(App)),
             "One appliance with its status",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             get(appliances::show_appliance),
         ),
         r(
@@ -558,7 +591,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Op), P(App)),
             "Delete an appliance",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(appliances::delete_appliance),
         ),
         r(
@@ -566,8 +599,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/appliances/{id}/labels",
             (Bearer(Op), P(App)),
             "Set or remove labels",
-            Some("LabelRequest"),
-            (200, "ApplianceView"),
+            Some(json::<LabelRequest>()),
+            (200, json::<ApplianceView>()),
             put(appliances::label_appliance),
         ),
         r(
@@ -575,8 +608,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/appliances/{id}/reinstall-token",
             (Bearer(Op), P(App)),
             "Mint a single-use token with which the appliance's own hardware re-registers (shown once)",
-            Some("CreateReinstallToken"),
-            (201, "NewToken<EnrollmentTokenView>"),
+            Some(json::<CreateReinstallToken>()),
+            (201, json::<NewToken<EnrollmentTokenView>>()),
             post(appliances::reinstall_token),
         ),
         r(
@@ -585,7 +618,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Admin), P(App)),
             "The join bundle with its bootstrap token, for an admin who asks (audited)",
             None,
-            (200, "JoinSecretView"),
+            (200, json::<JoinSecretView>()),
             get(appliances::join_bundle),
         ),
         r(
@@ -593,8 +626,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/control-planes",
             (Bearer(Admin), Fleet),
             "Register a control plane",
-            Some("AddControlPlane"),
-            (201, "ControlPlaneView"),
+            Some(json::<AddControlPlane>()),
+            (201, json::<ControlPlaneView>()),
             post(control_planes::add_control_plane),
         ),
         r(
@@ -603,7 +636,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List control planes",
             None,
-            (200, "[ControlPlaneView]"),
+            (200, json::<Vec<ControlPlaneView>>()),
             get(control_planes::list_control_planes),
         ),
         r(
@@ -611,17 +644,17 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/control-planes/{name}/assign",
             (Bearer(Op), P(Cp)),
             "Assign appliances by site/labels and join them",
-            Some("AssignRequest"),
-            (200, "AssignResult"),
+            Some(json::<AssignRequest>()),
+            (200, json::<AssignResult>()),
             post(control_planes::assign_control_plane),
         ),
         r(
             M::POST,
             "/v1/vpcs",
-            (Bearer(Op), Body),
+            (Bearer(Op), InBody),
             "Create a VPC (unique VNI)",
-            Some("CreateVpc"),
-            (201, "VpcView"),
+            Some(json::<CreateVpc>()),
+            (201, json::<VpcView>()),
             post(vpcs::create_vpc),
         ),
         r(
@@ -630,7 +663,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List VPCs",
             None,
-            (200, "[VpcView]"),
+            (200, json::<Vec<VpcView>>()),
             get(vpcs::list_vpcs),
         ),
         r(
@@ -638,8 +671,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/vpcs/{name}/attach",
             (Bearer(Op), P(VpcR)),
             "Attach an appliance",
-            Some("MembershipRequest"),
-            (200, "VpcView"),
+            Some(json::<MembershipRequest>()),
+            (200, json::<VpcView>()),
             post(vpcs::attach),
         ),
         r(
@@ -647,8 +680,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/vpcs/{name}/detach",
             (Bearer(Op), P(VpcR)),
             "Detach an appliance",
-            Some("MembershipRequest"),
-            (200, "VpcView"),
+            Some(json::<MembershipRequest>()),
+            (200, json::<VpcView>()),
             post(vpcs::detach),
         ),
         r(
@@ -656,8 +689,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/releases",
             (Bearer(Admin), Fleet),
             "Add a release the hub fetches from a URL (verified against the trusted release keys)",
-            Some("AddReleaseFromUrl"),
-            (201, "ReleaseView"),
+            Some(json::<AddReleaseFromUrl>()),
+            (201, json::<ReleaseView>()),
             post(releases::add_release_from_url),
         ),
         r(
@@ -665,8 +698,11 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/releases/upload",
             (Bearer(Admin), Fleet),
             "Add a release by uploading its bundle (?sha256=HEX; verified against the trusted release keys)",
-            Some("bundle"),
-            (201, "ReleaseView"),
+            Some(other(
+                "application/octet-stream",
+                "the signed update bundle file",
+            )),
+            (201, json::<ReleaseView>()),
             post(releases::upload_release).layer(DefaultBodyLimit::disable()),
         ),
         r(
@@ -675,7 +711,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Shared),
             "List releases",
             None,
-            (200, "[ReleaseView]"),
+            (200, json::<Vec<ReleaseView>>()),
             get(releases::list_releases),
         ),
         r(
@@ -684,7 +720,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Shared),
             "One release",
             None,
-            (200, "ReleaseView"),
+            (200, json::<ReleaseView>()),
             get(releases::show_release),
         ),
         r(
@@ -693,7 +729,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Admin), Fleet),
             "Delete a release (refused while a campaign uses it)",
             None,
-            (204, "empty"),
+            (204, Body::Empty),
             delete(releases::delete_release),
         ),
         r(
@@ -702,16 +738,19 @@ pub(crate) fn routes() -> Vec<Route> {
             (MtlsOrBearer(Viewer), Shared),
             "Download the bundle (HTTP Range supported, for resumable downloads)",
             None,
-            (200, "application/octet-stream (206 for a range)"),
+            (
+                200,
+                other("application/octet-stream", "the bundle (206 for a range)"),
+            ),
             get(releases::release_bundle),
         ),
         r(
             M::POST,
             "/v1/campaigns",
-            (Bearer(Op), Body),
+            (Bearer(Op), InBody),
             "Create an upgrade campaign (selector evaluated now; not started)",
-            Some("CreateCampaign"),
-            (201, "CampaignView"),
+            Some(json::<CreateCampaign>()),
+            (201, json::<CampaignView>()),
             post(campaigns::create_campaign),
         ),
         r(
@@ -720,7 +759,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List campaigns with progress",
             None,
-            (200, "[CampaignView]"),
+            (200, json::<Vec<CampaignView>>()),
             get(campaigns::list_campaigns),
         ),
         r(
@@ -729,7 +768,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), P(Camp)),
             "One campaign: progress per batch and per appliance",
             None,
-            (200, "CampaignView"),
+            (200, json::<CampaignView>()),
             get(campaigns::show_campaign),
         ),
         r(
@@ -738,7 +777,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Op), P(Camp)),
             "start | pause | resume | abort",
             None,
-            (200, "CampaignView"),
+            (200, json::<CampaignView>()),
             post(campaigns::campaign_action),
         ),
         r(
@@ -747,7 +786,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Op), P(App)),
             "Clear a quarantined version so campaigns may order it again",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             delete(appliances::clear_quarantine),
         ),
         r(
@@ -756,7 +795,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Op), P(App)),
             "Clear the unexpected-version flag",
             None,
-            (200, "ApplianceView"),
+            (200, json::<ApplianceView>()),
             delete(appliances::clear_upgrade_flag),
         ),
         r(
@@ -765,7 +804,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "Audit log (?since=RFC3339&limit=)",
             None,
-            (200, "[AuditEntryView]"),
+            (200, json::<Vec<AuditEntryView>>()),
             get(audit::audit),
         ),
         r(
@@ -774,7 +813,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "Appliance events (?since=RFC3339&limit=)",
             None,
-            (200, "[EventView]"),
+            (200, json::<Vec<EventView>>()),
             get(audit::events),
         ),
         r(
@@ -782,8 +821,8 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/tenants",
             (Bearer(Admin), Fleet),
             "Create a tenant claiming sites",
-            Some("CreateTenant"),
-            (201, "TenantView"),
+            Some(json::<CreateTenant>()),
+            (201, json::<TenantView>()),
             post(tenants::create_tenant),
         ),
         r(
@@ -792,21 +831,36 @@ pub(crate) fn routes() -> Vec<Route> {
             (Bearer(Viewer), Filtered),
             "List tenants with their sites",
             None,
-            (200, "[TenantView]"),
+            (200, json::<Vec<TenantView>>()),
             get(tenants::list_tenants),
         ),
     ]
 }
 
-/// The OpenAPI 3.1 document of [`routes`].
+/// The OpenAPI 3.1 document of [`routes`]: every JSON body refers to a schema in
+/// `components/schemas`, generated from its `cairn_api` type.
 pub(crate) fn openapi_document() -> Value {
+    let mut schemas = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let mut content = |body: Body| match body {
+        Body::Json(schema) => json!({"application/json": {"schema": schema(&mut schemas)}}),
+        Body::Other { media, .. } => json!({media: {"schema": {"type": "string"}}}),
+        Body::Empty => json!({}),
+    };
+    let error = content(json::<ErrorBody>());
     let mut paths = serde_json::Map::new();
     for route in routes() {
+        let (status, body) = route.response;
+        let mut success = json!({"description": describe(body)});
+        if !matches!(body, Body::Empty) {
+            success["content"] = content(body);
+        }
         let mut op = json!({
             "summary": route.summary,
             "responses": {
-                route.response.0.to_string(): {"description": route.response.1},
-                "4XX": {"description": "ErrorBody: {\"error\": ErrorCode, \"message\": text}"},
+                status.to_string(): success,
+                "4XX": {"description": "the request was refused", "content": error},
             },
         });
         match route.auth {
@@ -828,13 +882,8 @@ pub(crate) fn openapi_document() -> Value {
         }
         op["x-scope"] = json!(route.scope.name());
         if let Some(body) = route.request {
-            op["requestBody"] = if body == "bundle" {
-                json!({"required": true, "description": "the signed update bundle file",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})
-            } else {
-                json!({"required": true, "description": body,
-                    "content": {"application/json": {"schema": {"type": "object", "x-rust-type": body}}}})
-            };
+            op["requestBody"] = json!({"required": true, "description": describe(body),
+                "content": content(body)});
         }
         let params: Vec<Value> = route
             .path
@@ -853,11 +902,23 @@ pub(crate) fn openapi_document() -> Value {
         "info": {"title": "cairn hub", "version": cairn_api::API_VERSION,
             "description": "See hub/API.md for the rules behind each route."},
         "paths": paths,
-        "components": {"securitySchemes": {
-            "operatorToken": {"type": "http", "scheme": "bearer", "description": "cairn-op.<id>.<secret>"},
-            "applianceCertificate": {"type": "mutualTLS", "description": "client certificate issued by the hub CA, CN = appliance ID"},
-        }},
+        "components": {
+            "schemas": schemas.take_definitions(true),
+            "securitySchemes": {
+                "operatorToken": {"type": "http", "scheme": "bearer", "description": "cairn-op.<id>.<secret>"},
+                "applianceCertificate": {"type": "mutualTLS", "description": "client certificate issued by the hub CA, CN = appliance ID"},
+            },
+        },
     })
+}
+
+/// The description of a body in the document.
+fn describe(body: Body) -> &'static str {
+    match body {
+        Body::Json(_) => "JSON",
+        Body::Other { description, .. } => description,
+        Body::Empty => "no body",
+    }
 }
 
 async fn openapi() -> Json<Value> {
@@ -874,7 +935,8 @@ pub fn router(state: AppState) -> Router {
         // Adding a release moves a whole bundle (uploaded at the client's pace, or fetched
         // from a URL by the hub) and is an administrator's, authorized before any of it is
         // read; every other request is bounded in time.
-        let moves_a_bundle = matches!(route.request, Some("bundle" | "AddReleaseFromUrl"));
+        let moves_a_bundle = route.method == Method::POST
+            && matches!(route.path, "/v1/releases" | "/v1/releases/upload");
         if !moves_a_bundle {
             handler = handler.layer(middleware::from_fn_with_state(
                 state.request_timeout,

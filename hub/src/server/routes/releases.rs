@@ -10,6 +10,17 @@ pub(super) async fn add_release_from_url(
     Operator(caller): Operator,
     ApiJson(req): ApiJson<AddReleaseFromUrl>,
 ) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
+    // A URL that cannot be fetched at all is the caller's mistake (400), not a failure of
+    // the server behind it (502).
+    if !reqwest::Url::parse(&req.url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            format!("{:?} is not an http:// or https:// URL", req.url),
+        ));
+    }
     let incoming = state.fleet.incoming_bundle_path()?;
     if let Err(e) = crate::releases::fetch(&req.url, &incoming, MAX_BUNDLE).await {
         let _ = std::fs::remove_file(&incoming);

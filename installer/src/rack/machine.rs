@@ -548,6 +548,9 @@ impl Machine<'_> {
         let mut last_change = Instant::now();
         let mut started = false;
         let mut boot_on_disk = false;
+        // The boot-device call runs beside the polling: a BMC that takes its ~20 s timeout
+        // must not hide the agent's reports (a whole write can pass in that time).
+        let mut boot_call: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
         loop {
             let limit = if started {
                 self.policy.install_stall_timeout
@@ -562,7 +565,16 @@ impl Machine<'_> {
                 };
                 return Err(StepError::retry(format!("{what} within {limit:.0?}")));
             }
-            tokio::time::sleep(self.policy.poll).await;
+            match boot_call.as_mut() {
+                Some(call) => tokio::select! {
+                    done = call => {
+                        boot_on_disk = done;
+                        boot_call = None;
+                    }
+                    () = tokio::time::sleep(self.policy.poll) => {}
+                },
+                None => tokio::time::sleep(self.policy.poll).await,
+            }
             let latest = match self.install.latest(mac).await {
                 Ok(l) => l,
                 // The boot server being briefly away is not the server's fault.
@@ -584,9 +596,15 @@ impl Machine<'_> {
                 // back to disk now, while the BMC is idle. At the agent's reboot some BMCs
                 // (ipmi_sim) drop requests while the machine resets, which cost a ~20 s
                 // timeout and a retry. If this fails, `rebooting` does it.
-                boot_on_disk = self.boot_disk().await.is_ok();
+                boot_call = Some(Box::pin(async { self.boot_disk().await.is_ok() }));
             }
             started = true;
+            if matches!(progress.step, InstallStep::Failed | InstallStep::Completed) {
+                // The installer ran, so its PXE boot is spent either way: finish the call.
+                if let Some(call) = boot_call.take() {
+                    boot_on_disk = call.await;
+                }
+            }
             if progress.step == InstallStep::Failed {
                 return Err(StepError::retry(format!(
                     "install agent failed: {}",

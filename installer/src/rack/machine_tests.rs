@@ -14,6 +14,8 @@ struct FakeBmc {
     calls: Mutex<Vec<String>>,
     /// Errors returned by the next `power_state` calls.
     power_state_errors: Mutex<VecDeque<BmcError>>,
+    /// How long a boot-device change takes (a BMC timing out and retrying).
+    boot_delay: Duration,
 }
 
 impl FakeBmc {
@@ -57,6 +59,7 @@ impl Bmc for FakeBmc {
         Err(self.unsupported(Capability::Boot))
     }
     async fn set_boot_override(&self, boot: BootOverride) -> cairn_hardware::bmc::BmcResult<()> {
+        tokio::time::sleep(self.boot_delay).await;
         self.log(format!(
             "boot {} {}",
             boot.device,
@@ -85,6 +88,9 @@ impl Bmc for FakeBmc {
 struct FakeInstall {
     current: Mutex<Option<(u64, InstallProgress)>>,
     queue: Mutex<VecDeque<InstallStep>>,
+    /// Instead of a step per poll, the queued steps come one per period from this start,
+    /// whether anyone polls or not (an agent does not wait for the rack).
+    timed: Option<(Instant, Duration)>,
 }
 
 impl FakeInstall {
@@ -92,6 +98,14 @@ impl FakeInstall {
         FakeInstall {
             current: Mutex::new(stale.map(|s| (7, report(s)))),
             queue: Mutex::new(steps.iter().copied().collect()),
+            timed: None,
+        }
+    }
+
+    fn timed(steps: &[InstallStep], every: Duration) -> Self {
+        FakeInstall {
+            timed: Some((Instant::now(), every)),
+            ..FakeInstall::new(None, steps)
         }
     }
 }
@@ -113,6 +127,14 @@ fn report(step: InstallStep) -> InstallProgress {
 #[async_trait]
 impl InstallProgressSource for FakeInstall {
     async fn latest(&self, _mac: &str) -> Result<Option<(u64, InstallProgress)>, PeerError> {
+        if let Some((start, every)) = self.timed {
+            let queue = self.queue.lock().unwrap();
+            let due = (start.elapsed().as_millis() / every.as_millis()) as usize;
+            return Ok(due.checked_sub(1).map(|i| {
+                let step = queue[i.min(queue.len() - 1)];
+                (due.min(queue.len()) as u64, report(step))
+            }));
+        }
         let mut current = self.current.lock().unwrap();
         let out = current.clone();
         if let Some(step) = self.queue.lock().unwrap().pop_front() {
@@ -585,4 +607,51 @@ fn backoff_doubles_up_to_the_ceiling() {
     assert_eq!(p.backoff(2), Duration::from_secs(2));
     assert_eq!(p.backoff(3), Duration::from_secs(4));
     assert_eq!(p.backoff(10), Duration::from_secs(8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_boot_device_change_does_not_hide_the_install_progress() {
+    let bmc = FakeBmc {
+        boot_delay: Duration::from_secs(20),
+        ..FakeBmc::off()
+    };
+    // The agent reports a step every 2 s; the whole install is over within the BMC's 20 s.
+    let install = FakeInstall::timed(FULL, Duration::from_secs(2));
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let r = run(
+        &plan(BootMethod::Pxe),
+        &bmc,
+        &install,
+        &fleet,
+        State::Installing {
+            attempt: 1,
+            step: None,
+            bytes_written: 0,
+            bytes_total: None,
+        },
+    )
+    .await;
+    assert!(
+        matches!(r.record.state, State::Provisioned { .. }),
+        "{r:?}",
+        r = r.record
+    );
+    // Every step the agent reported in the 20 s the BMC took is on record, writing included.
+    assert!(
+        r.persisted
+            .iter()
+            .any(|s| s.contains("\"step\":\"writing\"")),
+        "{:?}",
+        r.persisted
+    );
+    // The call still ended before the reboot: the boot device was set once, while installing.
+    let disk = bmc
+        .calls()
+        .iter()
+        .filter(|c| *c == "boot disk persistent")
+        .count();
+    assert_eq!(disk, 1, "{:?}", bmc.calls());
 }

@@ -193,6 +193,63 @@ async fn connections_over_the_per_source_cap_are_closed_at_once() {
     .await;
 }
 
+/// Reads one HTTP/1.1 answer with a `Content-Length` body from `tls`; `None` when the
+/// connection broke first.
+async fn answer_on(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Some(text);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_is_read_still_gets_its_answer() {
+    let hub = start_hub(&[]);
+    // A heartbeat without a client certificate is refused on its headers; its 48 KiB body
+    // (under the 64 KiB limit) is still on its way. Written whole before the answer is read,
+    // as simple clients do: a hub that closed at once would reset the connection instead.
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(48 * 1024));
+    let mut tls = tls_connect(&hub).await;
+    let head = format!(
+        "POST /v1/heartbeats HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // Let the hub answer on the headers alone before the body follows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls.write_all(body.as_bytes()).await.unwrap();
+    let answer = answer_on(&mut tls).await.expect("the refusal, not a reset");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // The connection stays usable.
+    assert!(
+        healthz_on(&mut tls).await,
+        "the connection was closed after the refusal"
+    );
+}
+
 #[tokio::test]
 async fn made_up_methods_do_not_grow_the_metrics() {
     let hub = start_hub(&[]);

@@ -42,8 +42,9 @@ fn generated_requests_get_no_server_error_and_answers_match_the_document() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "schemathesis found failures:\n{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "schemathesis found failures:\n{report}\n{}\nthe hub's log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&hub.log).unwrap_or_default()
     );
     // A run that reached no operation would pass too: every selected operation (all but
     // the two excluded) must have passed the fuzzing phase.

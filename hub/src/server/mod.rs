@@ -6,6 +6,7 @@
 //! request's headers (a slowloris client is cut off), idle connections, and the time a
 //! request may take (see [`Limits`]).
 
+mod drain;
 pub mod error;
 mod routes;
 pub mod tls;

@@ -832,7 +832,11 @@ mod tests {
             .unwrap();
         assert_eq!(iso.status(), 200);
         assert_eq!(iso.bytes().await.unwrap().as_ref(), b"ISO");
-        for listing in ["/media/", "/media", "/media/0123456789abcdef0123456789abcdef/"] {
+        for listing in [
+            "/media/",
+            "/media",
+            "/media/0123456789abcdef0123456789abcdef/",
+        ] {
             let r = get(listing).await.unwrap();
             assert_eq!(r.status(), 404, "{listing}");
         }

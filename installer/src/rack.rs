@@ -23,11 +23,11 @@ use cairn_hardware::connect::{ConnectOptions, connect};
 use cairn_hardware::inventory::{Rack, Server};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::agent::plan::InstallPlan;
 use machine::{
     BootMethod, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase, Policy,
     Record, ServerPlan, State, TokenMinter,
 };
-use crate::agent::plan::InstallPlan;
 use report::Reporter;
 use store::StateFile;
 
@@ -305,8 +305,9 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             .get(&server.name)
             .cloned();
         let limit = limit.clone();
-        let (reporter, policy, rack, install, fleet, media, persist) =
-            (&reporter, &policy, &rack, &install, &fleet, &media, &persist);
+        let (reporter, policy, rack, install, fleet, media, persist) = (
+            &reporter, &policy, &rack, &install, &fleet, &media, &persist,
+        );
         async move {
             let _permit = limit.acquire().await.expect("semaphore open");
             let mut record = previous.unwrap_or_default();

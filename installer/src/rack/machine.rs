@@ -531,7 +531,9 @@ impl Machine<'_> {
             return;
         }
         match self.minter.revoke(&id).await {
-            Ok(()) => tracing::info!(server = %name, token = %id, "revoked the unused enrollment token"),
+            Ok(()) => {
+                tracing::info!(server = %name, token = %id, "revoked the unused enrollment token")
+            }
             Err(e) => {
                 let note = format!("revoking enrollment token {id}: {e}");
                 self.observer.note(name, &note);

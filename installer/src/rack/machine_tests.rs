@@ -211,14 +211,20 @@ struct FakeMedia {
 impl MediaStore for FakeMedia {
     async fn publish(&self, name: &str, token: &str) -> Result<String, PeerError> {
         let mut urls = self.urls.lock().unwrap();
-        let url = format!("http://10.77.0.1:8080/media/{:032x}/{name}.iso", urls.len() + 1);
+        let url = format!(
+            "http://10.77.0.1:8080/media/{:032x}/{name}.iso",
+            urls.len() + 1
+        );
         urls.push(url.clone());
         let old = self
             .live
             .lock()
             .unwrap()
             .insert(name.to_string(), (url.clone(), token.to_string()));
-        assert!(old.is_none(), "an earlier ISO was not removed first: {old:?}");
+        assert!(
+            old.is_none(),
+            "an earlier ISO was not removed first: {old:?}"
+        );
         Ok(url)
     }
     async fn remove(&self, name: &str) -> Result<(), PeerError> {
@@ -318,7 +324,12 @@ async fn run_with(
         state: start,
         ..Record::default()
     };
-    let persist = |r: &Record| persisted.lock().unwrap().push(serde_json::to_string(r).unwrap());
+    let persist = |r: &Record| {
+        persisted
+            .lock()
+            .unwrap()
+            .push(serde_json::to_string(r).unwrap())
+    };
     m.run(&mut record, &persist).await;
     Run {
         record,
@@ -582,7 +593,11 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
             State::Registered,
         )
         .await;
-        assert!(matches!(r.record.state, State::Provisioned { .. }), "{:?}", r.record);
+        assert!(
+            matches!(r.record.state, State::Provisioned { .. }),
+            "{:?}",
+            r.record
+        );
         // One token, bound to the boot MAC (and serial), for the install and registration
         // timeouts together, for the plan's site.
         let minted = minter.minted.lock().unwrap().clone();
@@ -599,7 +614,8 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
         // The BMC got that ISO's URL; the ISO held that token.
         let url = media.urls.lock().unwrap()[0].clone();
         assert!(
-            url.split('/').any(|seg| seg.len() == 32 && seg.chars().all(|c| c.is_ascii_hexdigit())),
+            url.split('/')
+                .any(|seg| seg.len() == 32 && seg.chars().all(|c| c.is_ascii_hexdigit())),
             "{url}"
         );
         assert_eq!(
@@ -620,7 +636,9 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
         let last = r.persisted.last().unwrap();
         assert!(r.persisted.iter().all(|p| !leaks(p, &media)), "{last}");
         assert!(
-            r.persisted.iter().any(|p| p.contains("\"media_token\":\"tok1\"")),
+            r.persisted
+                .iter()
+                .any(|p| p.contains("\"media_token\":\"tok1\"")),
             "the token's public ID is kept while it is live: {:?}",
             r.persisted
         );
@@ -711,7 +729,11 @@ async fn a_token_the_hub_refuses_to_mint_fails_the_server_at_once_naming_the_rol
         other => panic!("expected failed, got {other:?}"),
     }
     assert!(r.seen.notes.lock().unwrap().is_empty(), "not retried");
-    assert!(bmc.calls().is_empty(), "nothing inserted: {:?}", bmc.calls());
+    assert!(
+        bmc.calls().is_empty(),
+        "nothing inserted: {:?}",
+        bmc.calls()
+    );
     assert!(media.urls.lock().unwrap().is_empty());
 }
 
@@ -750,12 +772,14 @@ async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso()
         ..Record::default()
     };
     m.run(&mut record, &|_| {}).await;
-    assert!(matches!(record.state, State::Provisioned { .. }), "{record:?}");
+    assert!(
+        matches!(record.state, State::Provisioned { .. }),
+        "{record:?}"
+    );
     assert_eq!(*minter.revoked.lock().unwrap(), ["old"]);
     assert_eq!(minter.minted.lock().unwrap().len(), 1);
     assert!(media.live.lock().unwrap().is_empty());
 }
-
 
 #[tokio::test(start_paused = true)]
 async fn first_boot_powers_on_a_server_found_off_and_fails_when_it_never_registers() {

@@ -117,12 +117,13 @@ impl MediaStore for IsoStore {
             let built = cairn_image_build::media::seeded_iso(&artifacts, yaml.as_bytes(), &iso)
                 .and_then(|()| {
                     use std::os::unix::fs::PermissionsExt as _;
-                    std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o600))
-                        .map_err(|source| cairn_image_build::build::BuildError::Io {
+                    std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o600)).map_err(
+                        |source| cairn_image_build::build::BuildError::Io {
                             what: "chmod",
                             path: iso.clone(),
                             source,
-                        })
+                        },
+                    )
                 });
             if let Err(e) = built {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -217,7 +218,11 @@ mod tests {
         let iso = art.path().join("media").join(segment).join(file);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&iso), mode(iso.parent().unwrap())), (0o600, 0o700));
-        let seed = extract(&iso, "/cairn/seed/install.yaml", &art.path().join("seed.yaml"));
+        let seed = extract(
+            &iso,
+            "/cairn/seed/install.yaml",
+            &art.path().join("seed.yaml"),
+        );
         let read: InstallPlan = serde_yaml_ng::from_str(&seed).unwrap();
         assert_eq!(read.name, "srv/1");
         assert_eq!(read.disk_hint.as_deref(), Some("/dev/vda"));

@@ -134,11 +134,10 @@ impl TokenMinter for HubFleet {
                 Err(match e {
                     // The token's role or scope, or a site it may not mint for: asking again
                     // changes nothing.
-                    cairn_hub_client::Error::Refused { status, .. }
-                        if matches!(status, 400 | 401 | 403 | 404) =>
-                    {
-                        MintError::Refused(why)
-                    }
+                    cairn_hub_client::Error::Refused {
+                        status: 400 | 401 | 403 | 404,
+                        ..
+                    } => MintError::Refused(why),
                     _ => MintError::Other(why),
                 })
             }

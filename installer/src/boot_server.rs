@@ -49,7 +49,8 @@ use crate::agent::plan::{InstallPlan, PlanGrant};
 /// answered. Without `--dhcp-range` another DHCP server must hand out addresses.
 #[derive(Debug, Args)]
 pub struct BootServerArgs {
-    /// The output directory of `cairn image build` (holds pxe/).
+    /// The output directory of `cairn image build` (holds pxe/). Its media/ is served too:
+    /// `cairn rack provision` builds the seeded virtual-media ISOs there.
     #[arg(long)]
     artifacts: PathBuf,
     /// The network interface facing the servers.

@@ -63,11 +63,12 @@ enum RackCommand {
 /// How servers boot the installer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BootChoice {
-    /// Virtual media for Redfish BMCs, PXE for IPMI ones.
+    /// Virtual media for Redfish BMCs (needs --site), PXE for IPMI ones.
     Auto,
     /// One-time PXE boot from each server's boot MAC.
     Pxe,
-    /// The installer ISO in the BMC's virtual CD (Redfish only).
+    /// The server's own seeded installer ISO, with its enrollment token, in the BMC's
+    /// virtual CD (Redfish only; needs --site).
     VirtualMedia,
 }
 
@@ -92,7 +93,8 @@ struct ProvisionArgs {
     /// The hub's CA certificate (PEM), the only CA trusted for the hub.
     #[arg(long)]
     hub_ca: PathBuf,
-    /// The boot server's HTTP address, where install progress is read.
+    /// The boot server's HTTP address, where install progress is read and the seeded
+    /// virtual-media ISOs are served from (BOOT_SERVER/media/...).
     #[arg(long)]
     boot_server: url::Url,
     /// How servers boot the installer.

@@ -13,5 +13,6 @@ pub mod config;
 pub mod cpio;
 mod debian;
 pub mod grub;
+pub mod media;
 pub mod rootfs;
 pub mod tools;

@@ -36,6 +36,7 @@ fn package_of(program: &str) -> &'static str {
         "mksquashfs" => "squashfs-tools",
         "mkfs.fat" => "dosfstools",
         "mcopy" | "mmd" => "mtools",
+        "osirrox" => "xorriso",
         "grub-mkimage" | "grub-mkrescue" => "grub-common, grub-pc-bin, grub-efi-amd64-bin, xorriso",
         "qemu-img" => "qemu-utils",
         "modprobe" | "depmod" => "kmod",

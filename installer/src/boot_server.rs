@@ -4,7 +4,9 @@
 //! - TFTP ([`tftp`]): iPXE itself, for NIC ROMs that are plain PXE.
 //! - HTTP (axum): `/boot/{mac}.ipxe` (per-server iPXE script rendered with tera from the
 //!   build's `pxe/ipxe.tera`, carrying this server's URL and a fresh one-time nonce),
-//!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `POST /v1/install/plan`
+//!   `/pxe/...` (kernel, initrd, payload; Range requests supported), `/media/...` (the
+//!   per-server seeded ISOs `cairn rack provision` builds into the build's `media/` for
+//!   virtual media, each under a random 128-bit path and never listed), `POST /v1/install/plan`
 //!   (the nonce, once, for the plan and a report token) and `/v1/install/progress` (the
 //!   report token); for the rack provisioner, unauthenticated reads of what the agents
 //!   reported: `/v1/install/progress/{mac}` (the latest report of one server) and
@@ -47,7 +49,8 @@ use crate::agent::plan::{InstallPlan, PlanGrant};
 /// answered. Without `--dhcp-range` another DHCP server must hand out addresses.
 #[derive(Debug, Args)]
 pub struct BootServerArgs {
-    /// The output directory of `cairn image build` (holds pxe/).
+    /// The output directory of `cairn image build` (holds pxe/). Its media/ is served too:
+    /// `cairn rack provision` builds the seeded virtual-media ISOs there.
     #[arg(long)]
     artifacts: PathBuf,
     /// The network interface facing the servers.
@@ -366,7 +369,7 @@ impl BootServerArgs {
             sessions: Mutex::default(),
             progress: Mutex::default(),
         });
-        let app = router(state.clone(), self.artifacts.join("pxe"));
+        let app = router(state.clone(), &self.artifacts);
         let tftp = tftp::Tftp::bind(&self.ipxe_dir, (server_ip, self.tftp_port).into()).await?;
         tracing::info!(url = %base_url, tftp = %tftp.addr(), interface = %self.interface, servers = state.servers.len(), "boot server up");
         cairn_api::cli::service::ready(&format!(
@@ -389,14 +392,17 @@ impl BootServerArgs {
     }
 }
 
-fn router(state: Arc<AppState>, pxe: PathBuf) -> axum::Router {
+fn router(state: Arc<AppState>, artifacts: &std::path::Path) -> axum::Router {
+    let serve = |dir: &str| tower_http::services::ServeDir::new(artifacts.join(dir));
     axum::Router::new()
         .route("/boot/{file}", get(boot_script))
         .route("/v1/install/plan", post(plan))
         .route("/v1/install/progress", post(progress))
         .route("/v1/install/progress/{mac}", get(progress_of))
         .route("/v1/install/status", get(status))
-        .nest_service("/pxe", tower_http::services::ServeDir::new(pxe))
+        .nest_service("/pxe", serve("pxe"))
+        // No directory listing: a seeded ISO's URL is its only way in.
+        .nest_service("/media", serve("media"))
         .with_state(state)
 }
 
@@ -658,7 +664,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state, dir.path().to_owned());
+        let app = router(state, dir.path());
         tokio::spawn(async move { axum::serve(listener, app).await });
         let _ = rustls::crypto::ring::default_provider().install_default();
         base
@@ -806,6 +812,35 @@ mod tests {
         let ok = parse(&full);
         assert!(ok.is_ok(), "{ok:?}");
         assert!(parse(&[]).is_ok());
+    }
+
+    /// The seeded ISOs `cairn rack provision` leaves in the build's media/ are served by their
+    /// full path only: no directory is listed, so the random segment is the way in.
+    #[tokio::test]
+    async fn seeded_isos_are_served_by_path_and_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("media/0123456789abcdef0123456789abcdef");
+        std::fs::create_dir_all(&seg).unwrap();
+        std::fs::write(seg.join("a.iso"), b"ISO").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state(), dir.path());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let get = |path: &str| reqwest::get(format!("{base}{path}"));
+        let iso = get("/media/0123456789abcdef0123456789abcdef/a.iso")
+            .await
+            .unwrap();
+        assert_eq!(iso.status(), 200);
+        assert_eq!(iso.bytes().await.unwrap().as_ref(), b"ISO");
+        for listing in [
+            "/media/",
+            "/media",
+            "/media/0123456789abcdef0123456789abcdef/",
+        ] {
+            let r = get(listing).await.unwrap();
+            assert_eq!(r.status(), 404, "{listing}");
+        }
     }
 
     /// The provisioner's view over real HTTP: per-MAC progress with a growing `seq`, and the

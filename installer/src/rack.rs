@@ -1,13 +1,17 @@
 //! `cairn rack provision`: every server of an inventory through the provisioning state
 //! machine ([`machine`]), in parallel, with its state persisted beside the inventory
 //! ([`store`]) and shown as progress bars, log lines or JSON lines ([`report`]). The boot
-//! server and the hub are reached over HTTP ([`peers`]); BMCs through `cairn-hardware`.
+//! server and the hub are reached over HTTP ([`peers`]); BMCs through `cairn-hardware`;
+//! virtual media's per-server seeded ISOs are built into the boot server's directory
+//! ([`media`]).
 
 pub mod machine;
+pub mod media;
 pub mod peers;
 pub mod report;
 pub mod store;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +23,10 @@ use cairn_hardware::connect::{ConnectOptions, connect};
 use cairn_hardware::inventory::{Rack, Server};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::agent::plan::InstallPlan;
 use machine::{
-    BootMethod, FleetView, InstallProgressSource, Machine, Observer, Phase, Policy, Record,
-    ServerPlan, State,
+    BootMethod, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase, Policy,
+    Record, ServerPlan, State, TokenMinter,
 };
 use report::Reporter;
 use store::StateFile;
@@ -45,17 +50,25 @@ enum RackCommand {
     ///
     /// Needs a running boot server (`cairn boot-server`) serving the artifacts of
     /// `cairn image build`, and a hub to register with.
+    ///
+    /// Virtual media: for each attempt, one single-use enrollment token is minted at the hub
+    /// per server (bound to its boot MAC and to the serial its BMC reported, expiring after
+    /// --install-timeout + --register-timeout), and the server's own installer ISO seeded
+    /// with it is built into ARTIFACTS/media/<random>/, which the boot server serves; the
+    /// BMC is given that URL. The ISO is deleted once the server is provisioned or failed,
+    /// and an unused token revoked. Neither token nor URL is logged or kept in the state.
     Provision(ProvisionArgs),
 }
 
 /// How servers boot the installer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BootChoice {
-    /// Virtual media for Redfish BMCs, PXE for IPMI ones.
+    /// Virtual media for Redfish BMCs (needs --site), PXE for IPMI ones.
     Auto,
     /// One-time PXE boot from each server's boot MAC.
     Pxe,
-    /// The installer ISO in the BMC's virtual CD (Redfish only).
+    /// The server's own seeded installer ISO, with its enrollment token, in the BMC's
+    /// virtual CD (Redfish only; needs --site).
     VirtualMedia,
 }
 
@@ -64,30 +77,38 @@ struct ProvisionArgs {
     /// The rack inventory (rack.yaml).
     inventory: PathBuf,
     /// Output of `cairn image build` (checked for pxe/ and installer.iso before anything is
-    /// touched); the boot server serves the same directory.
+    /// touched); the boot server serves the same directory. Virtual media writes its seeded
+    /// ISOs into its media/ (so it must be writable).
     #[arg(long)]
     artifacts: PathBuf,
     /// The hub the appliances register with, e.g. https://hub.example:8443.
     #[arg(long)]
     hub: url::Url,
-    /// File holding an operator token for the hub (viewer suffices), used to see each
-    /// appliance register. Never pass tokens on the command line.
+    /// File holding an operator token for the hub, used to see each appliance register
+    /// (viewer suffices for PXE) and, for virtual media, to mint each server's enrollment
+    /// token (then it must be an operator or admin token for --site). Never pass tokens on
+    /// the command line.
     #[arg(long)]
     token_file: PathBuf,
     /// The hub's CA certificate (PEM), the only CA trusted for the hub.
     #[arg(long)]
     hub_ca: PathBuf,
-    /// The boot server's HTTP address, where install progress is read.
+    /// The boot server's HTTP address, where install progress is read and the seeded
+    /// virtual-media ISOs are served from (BOOT_SERVER/media/...).
     #[arg(long)]
     boot_server: url::Url,
     /// How servers boot the installer.
     #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
     boot: BootChoice,
-    /// The installer ISO's URL for virtual media [default: BOOT_SERVER/installer.iso].
-    /// `{server}` in it stands for the server's inventory name, for one seeded ISO per
-    /// server (hostname, addresses), e.g. http://media.example/{server}.iso.
+    /// Site the virtual-media servers enroll into (their tokens are minted for it); needed
+    /// when any server boots from virtual media. PXE servers get theirs from the boot
+    /// server's own --site.
     #[arg(long)]
-    iso_url: Option<String>,
+    site: Option<String>,
+    /// Let the installer of a virtual-media ISO overwrite disks that hold partitions or
+    /// filesystems (the boot server's --allow-wipe, for PXE).
+    #[arg(long)]
+    allow_wipe: bool,
     /// Only these servers (repeatable).
     #[arg(long)]
     only: Vec<String>,
@@ -148,7 +169,7 @@ fn check_artifacts(dir: &Path, need_pxe: bool, need_iso: bool) -> Result<(), Str
     }
 }
 
-fn plan_for(server: &Server, boot: BootChoice, iso_url: &str) -> Result<ServerPlan, String> {
+fn plan_for(server: &Server, boot: BootChoice, site: Option<&str>) -> Result<ServerPlan, String> {
     let boot_mac = server
         .boot_mac
         .clone()
@@ -169,18 +190,47 @@ fn plan_for(server: &Server, boot: BootChoice, iso_url: &str) -> Result<ServerPl
                 server.name, server.bmc
             ));
         }
-        BootChoice::Auto | BootChoice::VirtualMedia => {
-            let iso_url = iso_url.replace("{server}", &server.name);
-            url::Url::parse(&iso_url)
-                .map_err(|e| format!("{}: --iso-url {iso_url:?} is not a URL: {e}", server.name))?;
-            BootMethod::VirtualMedia { iso_url }
-        }
+        BootChoice::Auto | BootChoice::VirtualMedia => BootMethod::VirtualMedia {
+            site: site
+                .ok_or_else(|| {
+                    format!(
+                        "{}: virtual media needs --site (the site its enrollment token is minted for)",
+                        server.name
+                    )
+                })?
+                .to_owned(),
+        },
     };
     Ok(ServerPlan {
         name: server.name.clone(),
         boot_mac,
         boot: method,
         firmware_profile: server.firmware_profile.clone(),
+    })
+}
+
+/// What a virtual-media server's seeded ISO tells its installer: the plan the boot server
+/// hands a PXE install, less the token (minted per attempt).
+fn install_plan(
+    server: &Server,
+    hub: &url::Url,
+    hub_ca: &str,
+    wipe: bool,
+) -> anyhow::Result<InstallPlan> {
+    let mut netplan = BTreeMap::new();
+    if let Some(p) = &server.netplan {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("{}: netplan {}", server.name, p.display()))?;
+        netplan.insert("50-cairn.yaml".to_owned(), text);
+    }
+    Ok(InstallPlan {
+        name: server.name.clone(),
+        disk_hint: server.disk_hint.clone(),
+        wipe,
+        node_yaml: Some(crate::agent::plan::node_yaml(&server.name, hub.as_str())),
+        netplan,
+        hub_ca: Some(hub_ca.to_owned()),
+        enrollment_token: None,
     })
 }
 
@@ -199,15 +249,9 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
-    let iso_url = args.iso_url.clone().unwrap_or_else(|| {
-        args.boot_server
-            .join("installer.iso")
-            .expect("valid URL")
-            .to_string()
-    });
     let plans: Vec<Result<ServerPlan, String>> = servers
         .iter()
-        .map(|s| plan_for(s, args.boot, &iso_url))
+        .map(|s| plan_for(s, args.boot, args.site.as_deref()))
         .collect();
     let need_pxe = plans.iter().flatten().any(|p| p.boot == BootMethod::Pxe);
     let need_iso = plans.iter().flatten().any(|p| p.boot != BootMethod::Pxe);
@@ -218,6 +262,20 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
     let token = read_secret(&args.token_file, "hub token file")?;
     let ca = std::fs::read_to_string(&args.hub_ca)
         .with_context(|| format!("reading hub CA {}", args.hub_ca.display()))?;
+    let mut media_plans = BTreeMap::new();
+    for (server, plan) in servers.iter().zip(&plans) {
+        if let Ok(ServerPlan {
+            boot: BootMethod::VirtualMedia { .. },
+            ..
+        }) = plan
+        {
+            media_plans.insert(
+                server.name.clone(),
+                install_plan(server, &args.hub, &ca, args.allow_wipe)?,
+            );
+        }
+    }
+    let media = media::IsoStore::new(&args.artifacts, &args.boot_server, media_plans)?;
     let fleet = peers::HubFleet::new(args.hub.clone(), token, &ca)?;
     let install = peers::BootServerProgress::new(args.boot_server.clone())?;
     let policy = Policy {
@@ -249,8 +307,9 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             .get(&server.name)
             .cloned();
         let limit = limit.clone();
-        let (reporter, policy, rack, install, fleet, persist) =
-            (&reporter, &policy, &rack, &install, &fleet, &persist);
+        let (reporter, policy, rack, install, fleet, media, persist) = (
+            &reporter, &policy, &rack, &install, &fleet, &media, &persist,
+        );
         async move {
             let _permit = limit.acquire().await.expect("semaphore open");
             let mut record = previous.unwrap_or_default();
@@ -291,6 +350,8 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
                 bmc: bmc.as_ref(),
                 install: install as &dyn InstallProgressSource,
                 fleet: fleet as &dyn FleetView,
+                minter: fleet as &dyn TokenMinter,
+                media: media as &dyn MediaStore,
                 policy,
                 observer: reporter,
             };
@@ -335,22 +396,18 @@ mod tests {
     }
 
     #[test]
-    fn redfish_servers_get_their_own_iso_and_ipmi_ones_pxe() {
+    fn redfish_servers_get_virtual_media_for_the_site_and_ipmi_ones_pxe() {
         let rack = rack();
-        let iso = "http://10.77.0.1:8081/{server}.iso";
-        let p = plan_for(&rack.servers[0], BootChoice::Auto, iso).unwrap();
-        assert_eq!(
-            p.boot,
-            BootMethod::VirtualMedia {
-                iso_url: "http://10.77.0.1:8081/srv1.iso".into()
-            }
-        );
+        let p = plan_for(&rack.servers[0], BootChoice::Auto, Some("lab")).unwrap();
+        assert_eq!(p.boot, BootMethod::VirtualMedia { site: "lab".into() });
         assert_eq!(p.boot_mac, "52:54:00:c4:00:01");
-        let p = plan_for(&rack.servers[1], BootChoice::Auto, iso).unwrap();
+        let p = plan_for(&rack.servers[1], BootChoice::Auto, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
-        let e = plan_for(&rack.servers[1], BootChoice::VirtualMedia, iso).unwrap_err();
+        let e = plan_for(&rack.servers[1], BootChoice::VirtualMedia, Some("lab")).unwrap_err();
         assert!(e.contains("needs a Redfish BMC"), "{e}");
-        let e = plan_for(&rack.servers[0], BootChoice::Auto, "not a url/{server}").unwrap_err();
-        assert!(e.contains("--iso-url") && e.contains("srv1"), "{e}");
+        let e = plan_for(&rack.servers[0], BootChoice::Auto, None).unwrap_err();
+        assert!(e.contains("--site") && e.contains("srv1"), "{e}");
+        let p = plan_for(&rack.servers[0], BootChoice::Pxe, None).unwrap();
+        assert_eq!(p.boot, BootMethod::Pxe);
     }
 }

@@ -47,8 +47,8 @@ enum LabCommand {
     ///
     /// Redfish servers (`--bmc redfish|mixed`) are libvirt domains behind one sushy-tools
     /// emulator each (`curl -u admin:... http://10.77.0.102:8000/redfish/v1/Systems`); the
-    /// lab runs its own libvirtd inside its namespace with its files in DIR/libvirt, and
-    /// serves one seeded installer ISO per Redfish server for virtual media.
+    /// lab runs its own libvirtd inside its namespace with its files in DIR/libvirt; `cairn
+    /// rack provision --site lab` seeds their virtual-media ISOs itself.
     Up(UpArgs),
     /// Stop every process of the lab, delete its namespace and directory.
     Down(DirArg),

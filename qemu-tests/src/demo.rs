@@ -60,9 +60,8 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
         .arg(&info.hub_ca)
         .args(["--parallel", &servers.to_string()])
         .args(["--install-timeout", "300", "--register-timeout", "600"]);
-    if let Some(iso) = &info.iso_url {
-        cmd.args(["--iso-url", iso]);
-    }
+    // Redfish servers boot their own seeded ISOs, with tokens minted for the lab's site.
+    cmd.args(["--site", "lab", "--allow-wipe"]);
     let status = tokio::task::spawn_blocking(move || cmd.status())
         .await?
         .context("running cairn rack provision")?;

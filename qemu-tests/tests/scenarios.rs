@@ -13,7 +13,7 @@
 mod common;
 
 use cairn_test_support::{ChildGuard, Poll};
-use common::{LAB, TestLab};
+use common::{LAB, TestLab, cairn};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -316,12 +316,7 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
         1,
         &["--artifacts", image.to_str().unwrap(), "--bmc", "redfish"],
     );
-    let iso = lab.services()["iso_url"]
-        .as_str()
-        .expect("a lab with Redfish servers serves seeded ISOs")
-        .to_string();
-    assert!(iso.contains("{server}"), "{iso}");
-    let out = lab.provision(&["--iso-url", &iso]);
+    let out = lab.provision(&[]);
     let summary = summary(&out);
     assert!(
         out.status.success(),
@@ -360,5 +355,59 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
     assert!(
         cd["Image"].is_null() || cd["Image"] == "",
         "media still named after the eject: {cd}"
+    );
+
+    // The ISO carried a token of its own, minted by `cairn rack provision`: single-use,
+    // bound to srv1's boot MAC, and spent by srv1's registration. The hub holds no other.
+    let services = lab.services();
+    let tokens = Command::new(LAB)
+        .args(["exec", "--dir"])
+        .arg(&lab.dir)
+        .arg("--")
+        .arg(cairn())
+        .args(["hub", "--config", services["hub_login"].as_str().unwrap()])
+        .args(["--output", "json", "token", "list"])
+        .output()
+        .unwrap();
+    assert!(tokens.status.success(), "cairn hub token list: {tokens:?}");
+    let tokens: serde_json::Value = serde_json::from_slice(&tokens.stdout).unwrap();
+    let status = lab.status();
+    let srv1 = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["name"] == "srv1")
+        .unwrap();
+    let mac = srv1["spec"]["mac"].as_str().unwrap().to_lowercase();
+    let tokens = tokens.as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "one token, the ISO's: {tokens:?}");
+    let t = &tokens[0];
+    assert_eq!(
+        (
+            &t["mac"],
+            &t["max_uses"],
+            &t["uses"],
+            &t["revoked"],
+            &t["site"]
+        ),
+        (
+            &serde_json::json!(mac),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(false),
+            &serde_json::json!("lab")
+        ),
+        "{t}"
+    );
+    // The seeded ISO is gone from the boot server's directory; nothing secret in the state.
+    let media = std::path::Path::new(services["artifacts"].as_str().unwrap()).join("media");
+    let left: Vec<_> = std::fs::read_dir(&media)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "seeded ISOs left behind: {left:?}");
+    let state = std::fs::read_to_string(lab.dir.join("rack.state.json")).unwrap();
+    assert!(
+        !state.contains("cairn-et.") && !state.contains("/media/"),
+        "{state}"
     );
 }

@@ -10,8 +10,17 @@
 //! [`Machine::first_boot`]); attempt counters live inside the state variants; every change is
 //! handed to the caller to persist and report. The side effects are behind traits: the BMC
 //! (`cairn_hardware::bmc::Bmc`), the boot server's install reports
-//! ([`InstallProgressSource`]) and the hub ([`FleetView`]); this module is pure logic over
-//! them and is unit-tested with doubles of all three.
+//! ([`InstallProgressSource`]), the hub ([`FleetView`], and [`TokenMinter`] for the
+//! per-server enrollment tokens of virtual media) and the seeded ISOs ([`MediaStore`]); this
+//! module is pure logic over them and is unit-tested with doubles of all of them.
+//!
+//! Virtual media: each `booting-installer` attempt mints one single-use enrollment token at
+//! the hub, bound to the server's boot MAC (and to the serial its BMC reported during
+//! inspection), expiring with the install and registration timeouts; builds the server's own
+//! seeded ISO holding it, under an unguessable URL; and inserts that URL. An earlier
+//! attempt's ISO is deleted and its token revoked first; when the server is provisioned or
+//! failed, its ISO is deleted (and an unused token revoked). Neither the token nor the URL
+//! is ever in the record, a note or a log line: only the token's public ID is.
 //!
 //! Retries: a step that fails with a retryable error is tried again after an exponential
 //! backoff, up to `Policy::max_attempts`; a refused password is never retried (accounts lock
@@ -199,15 +208,15 @@ impl State {
 }
 
 /// How a server boots the installer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "method")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootMethod {
     /// One-time PXE boot from the boot MAC; the boot server answers it.
     Pxe,
-    /// The installer ISO in the BMC's virtual CD.
+    /// Its own seeded installer ISO, carrying a single-use enrollment token, in the BMC's
+    /// virtual CD.
     VirtualMedia {
-        /// Where the BMC downloads it from.
-        iso_url: String,
+        /// The hub site the server enrolls into (its token is minted for it).
+        site: String,
     },
 }
 
@@ -285,6 +294,65 @@ pub trait FleetView: Send + Sync {
     async fn find(&self, name: &str, mac: &str) -> Result<Option<String>, PeerError>;
 }
 
+/// What one server's enrollment token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBinding {
+    /// The site it enrolls into.
+    pub site: String,
+    /// Its boot MAC (lowercase).
+    pub mac: String,
+    /// The serial number its BMC reported, if it did.
+    pub serial: Option<String>,
+    /// How long the token is valid.
+    pub ttl: Duration,
+}
+
+/// A freshly minted enrollment token. `Debug` shows only its ID.
+pub struct MintedToken {
+    /// The token's public ID (what `cairn hub token list` shows).
+    pub id: String,
+    /// The secret, for the seed only.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the hub minted no token.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The operator token may not mint enrollment tokens (a viewer, or scoped elsewhere).
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else (hub unreachable, overloaded): worth another attempt.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Mints and revokes the per-server enrollment tokens at the hub.
+#[async_trait]
+pub trait TokenMinter: Send + Sync {
+    /// One single-use enrollment token bound to `binding`.
+    async fn mint(&self, binding: &TokenBinding) -> Result<MintedToken, MintError>;
+    /// Revokes token `id` (one that a failed attempt left unused).
+    async fn revoke(&self, id: &str) -> Result<(), PeerError>;
+}
+
+/// Where the per-server seeded ISOs are built and served from.
+#[async_trait]
+pub trait MediaStore: Send + Sync {
+    /// Builds server `name`'s installer ISO seeded with enrollment token `token` and answers
+    /// the URL the BMC fetches it from (unguessable: it holds the token).
+    async fn publish(&self, name: &str, token: &str) -> Result<String, PeerError>;
+    /// Deletes every ISO of server `name` (none: nothing to do).
+    async fn remove(&self, name: &str) -> Result<(), PeerError>;
+}
+
 /// Why a step did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepError {
@@ -339,6 +407,14 @@ pub struct Record {
     /// Model and serial from inspection, when the BMC told.
     #[serde(default)]
     pub hardware: Option<String>,
+    /// The serial number the BMC reported during inspection; a virtual-media server's
+    /// enrollment token is bound to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The public ID of the enrollment token in the server's current seeded ISO (never the
+    /// token itself), so a later attempt or run can revoke it when it went unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_token: Option<String>,
     /// Notes (skipped steps, retries), latest last.
     #[serde(default)]
     pub notes: Vec<String>,
@@ -350,6 +426,8 @@ impl Default for Record {
             state: State::Registered,
             seconds: Default::default(),
             hardware: None,
+            serial: None,
+            media_token: None,
             notes: Vec::new(),
         }
     }
@@ -365,6 +443,10 @@ pub struct Machine<'a> {
     pub install: &'a dyn InstallProgressSource,
     /// The hub.
     pub fleet: &'a dyn FleetView,
+    /// The hub again, for virtual media's enrollment tokens.
+    pub minter: &'a dyn TokenMinter,
+    /// The seeded ISOs of virtual media.
+    pub media: &'a dyn MediaStore,
     /// Limits.
     pub policy: &'a Policy,
     /// Reporting.
@@ -385,7 +467,7 @@ impl Machine<'_> {
             let result = match phase {
                 Phase::Inspecting => self.inspect(record).await,
                 Phase::ConfiguringFirmware => self.configure_firmware(record).await,
-                Phase::BootingInstaller => self.boot_installer(attempt).await,
+                Phase::BootingInstaller => self.boot_installer(record, attempt, persist).await,
                 Phase::Installing => self.install(record, persist).await,
                 Phase::Rebooting => {
                     let done = matches!(
@@ -426,6 +508,73 @@ impl Machine<'_> {
             };
             self.set(record, next, persist);
         }
+        if let BootMethod::VirtualMedia { .. } = self.plan.boot {
+            self.discard_media(record).await;
+            persist(record);
+        }
+    }
+
+    /// The server's seeded ISO is deleted, and its token revoked unless the server is
+    /// provisioned (then the appliance has spent it). Failures are notes: the install's
+    /// outcome stands, and an unused token expires with its TTL anyway.
+    async fn discard_media(&self, record: &mut Record) {
+        let name = self.plan.name.as_str();
+        if let Err(e) = self.media.remove(name).await {
+            let note = format!("deleting the seeded ISO: {e}");
+            self.observer.note(name, &note);
+            record.notes.push(note);
+        }
+        let Some(id) = record.media_token.take() else {
+            return;
+        };
+        if matches!(record.state, State::Provisioned { .. }) {
+            return;
+        }
+        match self.minter.revoke(&id).await {
+            Ok(()) => {
+                tracing::info!(server = %name, token = %id, "revoked the unused enrollment token")
+            }
+            Err(e) => {
+                let note = format!("revoking enrollment token {id}: {e}");
+                self.observer.note(name, &note);
+                record.notes.push(note);
+            }
+        }
+    }
+
+    /// Mints this attempt's token, builds the ISO holding it and answers its URL. The token
+    /// lives until the appliance has had the install and the registration timeouts to use it.
+    async fn seed_media(
+        &self,
+        record: &mut Record,
+        site: &str,
+        persist: &(dyn Fn(&Record) + Sync),
+    ) -> Result<String, StepError> {
+        let name = self.plan.name.as_str();
+        // An earlier attempt's (or run's) ISO and token are worthless now.
+        self.discard_media(record).await;
+        let binding = TokenBinding {
+            site: site.to_owned(),
+            mac: self.plan.boot_mac.clone(),
+            serial: record.serial.clone(),
+            ttl: self.policy.install_start_timeout + self.policy.register_timeout,
+        };
+        let token = self.minter.mint(&binding).await.map_err(|e| match e {
+            MintError::Refused(why) => StepError::fatal(format!(
+                "the hub refused to mint this server's enrollment token ({why}): virtual media \
+                 needs an operator or admin token for site {site:?} in --token-file"
+            )),
+            MintError::Other(why) => {
+                StepError::retry(format!("minting this server's enrollment token: {why}"))
+            }
+        })?;
+        tracing::info!(server = %name, token = %token.id, mac = %binding.mac, serial = ?binding.serial, "minted the seeded ISO's enrollment token");
+        record.media_token = Some(token.id.clone());
+        persist(record);
+        self.media
+            .publish(name, &token.secret)
+            .await
+            .map_err(|e| StepError::retry(format!("building the seeded installer ISO: {e}")))
     }
 
     fn set(&self, record: &mut Record, state: State, persist: &(dyn Fn(&Record) + Sync)) {
@@ -443,6 +592,12 @@ impl Machine<'_> {
             .map_err(|e| StepError::bmc("reading power state", e))?;
         match self.bmc.inventory().await {
             Ok(inv) => {
+                record.serial = inv
+                    .serial
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
                 record.hardware = Some(format!(
                     "{} {} serial {} ({} NICs, {} disks), power {power}",
                     inv.manufacturer.as_deref().unwrap_or("?"),
@@ -485,14 +640,22 @@ impl Machine<'_> {
     /// `booting-installer`: one-time boot to PXE or the inserted ISO, then power on (or
     /// cycle, when it was on, so the override takes effect now). The install that follows
     /// counts as part of this attempt.
-    pub async fn boot_installer(&self, attempt: u32) -> Result<State, StepError> {
+    pub async fn boot_installer(
+        &self,
+        record: &mut Record,
+        attempt: u32,
+        persist: &(dyn Fn(&Record) + Sync),
+    ) -> Result<State, StepError> {
         let device = match &self.plan.boot {
             BootMethod::Pxe => BootDevice::Pxe,
-            BootMethod::VirtualMedia { iso_url } => {
-                self.bmc
-                    .media_insert(iso_url)
-                    .await
-                    .map_err(|e| StepError::bmc("inserting the installer ISO", e))?;
+            BootMethod::VirtualMedia { site } => {
+                let url = self.seed_media(record, site, persist).await?;
+                self.bmc.media_insert(&url).await.map_err(|e| {
+                    let mut e = StepError::bmc("inserting the installer ISO", e);
+                    // The URL leads to the token: never in the record or a log.
+                    e.reason = e.reason.replace(&url, "<the seeded ISO's URL>");
+                    e
+                })?;
                 BootDevice::Cd
             }
         };

@@ -1,7 +1,7 @@
 //! Logic tests of the state machine with doubles of the BMC, boot server and hub. The real
 //! peers (ipmi_sim, QEMU, the boot server, the hub) are exercised by qemu-tests' scenarios.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use cairn_hardware::bmc::{Capability, Inventory};
@@ -16,6 +16,8 @@ struct FakeBmc {
     power_state_errors: Mutex<VecDeque<BmcError>>,
     /// How long a boot-device change takes (a BMC timing out and retrying).
     boot_delay: Duration,
+    /// The serial its inventory reports (`None`: no inventory, as over IPMI).
+    serial: Option<String>,
 }
 
 impl FakeBmc {
@@ -72,7 +74,13 @@ impl Bmc for FakeBmc {
         Ok(())
     }
     async fn inventory(&self) -> cairn_hardware::bmc::BmcResult<Inventory> {
-        Err(self.unsupported(Capability::Inventory))
+        match &self.serial {
+            Some(serial) => Ok(Inventory {
+                serial: Some(serial.clone()),
+                ..Inventory::default()
+            }),
+            None => Err(self.unsupported(Capability::Inventory)),
+        }
     }
     async fn media_insert(&self, url: &str) -> cairn_hardware::bmc::BmcResult<()> {
         self.log(format!("media insert {url}"));
@@ -163,6 +171,68 @@ impl FleetView for FakeFleet {
     }
 }
 
+/// The hub's token minting: records what each token was bound to and which were revoked.
+#[derive(Default)]
+struct FakeMinter {
+    minted: Mutex<Vec<TokenBinding>>,
+    revoked: Mutex<Vec<String>>,
+    /// Answers every mint with this refusal (a viewer's token).
+    refuse: Option<String>,
+}
+
+#[async_trait]
+impl TokenMinter for FakeMinter {
+    async fn mint(&self, binding: &TokenBinding) -> Result<MintedToken, MintError> {
+        if let Some(why) = &self.refuse {
+            return Err(MintError::Refused(why.clone()));
+        }
+        let mut minted = self.minted.lock().unwrap();
+        minted.push(binding.clone());
+        let n = minted.len();
+        Ok(MintedToken {
+            id: format!("tok{n}"),
+            secret: format!("cairn-et.tok{n}.SECRET{n}"),
+        })
+    }
+    async fn revoke(&self, id: &str) -> Result<(), PeerError> {
+        self.revoked.lock().unwrap().push(id.to_string());
+        Ok(())
+    }
+}
+
+/// The seeded ISOs: what is published now (URL and the token it holds), and every URL ever.
+#[derive(Default)]
+struct FakeMedia {
+    live: Mutex<BTreeMap<String, (String, String)>>,
+    urls: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl MediaStore for FakeMedia {
+    async fn publish(&self, name: &str, token: &str) -> Result<String, PeerError> {
+        let mut urls = self.urls.lock().unwrap();
+        let url = format!(
+            "http://10.77.0.1:8080/media/{:032x}/{name}.iso",
+            urls.len() + 1
+        );
+        urls.push(url.clone());
+        let old = self
+            .live
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (url.clone(), token.to_string()));
+        assert!(
+            old.is_none(),
+            "an earlier ISO was not removed first: {old:?}"
+        );
+        Ok(url)
+    }
+    async fn remove(&self, name: &str) -> Result<(), PeerError> {
+        self.live.lock().unwrap().remove(name);
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Seen {
     states: Mutex<Vec<String>>,
@@ -212,6 +282,7 @@ const FULL: &[InstallStep] = &[
 
 struct Run {
     record: Record,
+    /// Every persisted record, as the state file would hold it.
     persisted: Vec<String>,
     seen: Seen,
 }
@@ -223,6 +294,19 @@ async fn run(
     fleet: &FakeFleet,
     start: State,
 ) -> Run {
+    let (minter, media) = (FakeMinter::default(), FakeMedia::default());
+    run_with(plan, bmc, install, fleet, &minter, &media, start).await
+}
+
+async fn run_with(
+    plan: &ServerPlan,
+    bmc: &FakeBmc,
+    install: &FakeInstall,
+    fleet: &FakeFleet,
+    minter: &FakeMinter,
+    media: &FakeMedia,
+    start: State,
+) -> Run {
     let seen = Seen::default();
     let persisted = Mutex::new(Vec::new());
     let policy = policy();
@@ -231,6 +315,8 @@ async fn run(
         bmc,
         install,
         fleet,
+        minter,
+        media,
         policy: &policy,
         observer: &seen,
     };
@@ -242,7 +328,7 @@ async fn run(
         persisted
             .lock()
             .unwrap()
-            .push(serde_json::to_string(&r.state).unwrap())
+            .push(serde_json::to_string(r).unwrap())
     };
     m.run(&mut record, &persist).await;
     Run {
@@ -468,67 +554,120 @@ async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn virtual_media_is_inserted_for_the_install_and_ejected_after() {
-    let bmc = FakeBmc::off();
-    let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
-    let iso = "http://10.77.0.1:8080/installer.iso".to_string();
-    let r = run(
-        &plan(BootMethod::VirtualMedia {
-            iso_url: iso.clone(),
-        }),
-        &bmc,
-        &install,
-        &fleet,
-        State::Registered,
-    )
-    .await;
-    assert!(matches!(r.record.state, State::Provisioned { .. }));
-    assert_eq!(
-        bmc.calls(),
-        [
-            format!("media insert {iso}"),
-            "boot cd once".into(),
-            "power On".into(),
-            "boot disk persistent".into(),
-            "media eject".into()
-        ]
-    );
+fn media_plan() -> ServerPlan {
+    plan(BootMethod::VirtualMedia { site: "lab".into() })
+}
+
+/// Whether `text` (a persisted record, a note, a reason) holds any token or ISO URL.
+fn leaks(text: &str, media: &FakeMedia) -> bool {
+    text.contains("SECRET") || media.urls.lock().unwrap().iter().any(|u| text.contains(u))
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_virtual_media_install_ends_when_the_appliance_registers_without_boot_server_reports() {
-    let bmc = FakeBmc::off();
-    // The ISO's installer reports to no boot server.
-    let install = FakeInstall::new(None, &[]);
-    let fleet = FakeFleet {
-        after: Some(30),
-        polls: Mutex::new(0),
+async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after() {
+    // (BMC serial, serial the token is bound to): a serial the BMC reports is bound, one it
+    // does not (IPMI, or an empty field) is not.
+    let cases: [(Option<&str>, Option<&str>); 3] = [
+        (Some("QPX12345"), Some("QPX12345")),
+        (Some("  "), None),
+        (None, None),
+    ];
+    for (bmc_serial, bound) in cases {
+        let bmc = FakeBmc {
+            serial: bmc_serial.map(str::to_owned),
+            ..FakeBmc::off()
+        };
+        let install = FakeInstall::new(None, &[]);
+        let fleet = FakeFleet {
+            after: Some(0),
+            polls: Mutex::new(0),
+        };
+        let (minter, media) = (FakeMinter::default(), FakeMedia::default());
+        let r = run_with(
+            &media_plan(),
+            &bmc,
+            &install,
+            &fleet,
+            &minter,
+            &media,
+            State::Registered,
+        )
+        .await;
+        assert!(
+            matches!(r.record.state, State::Provisioned { .. }),
+            "{:?}",
+            r.record
+        );
+        // One token, bound to the boot MAC (and serial), for the install and registration
+        // timeouts together, for the plan's site.
+        let minted = minter.minted.lock().unwrap().clone();
+        assert_eq!(
+            minted,
+            [TokenBinding {
+                site: "lab".into(),
+                mac: "52:54:00:00:00:01".into(),
+                serial: bound.map(str::to_owned),
+                ttl: Duration::from_secs(60 + 120),
+            }],
+            "BMC serial {bmc_serial:?}"
+        );
+        // The BMC got that ISO's URL; the ISO held that token.
+        let url = media.urls.lock().unwrap()[0].clone();
+        assert!(
+            url.split('/')
+                .any(|seg| seg.len() == 32 && seg.chars().all(|c| c.is_ascii_hexdigit())),
+            "{url}"
+        );
+        assert_eq!(
+            bmc.calls(),
+            [
+                format!("media insert {url}"),
+                "boot cd once".into(),
+                "power On".into(),
+                "boot disk persistent".into(),
+                "media eject".into()
+            ]
+        );
+        // Provisioned: the ISO is gone; the token was spent, not revoked.
+        assert!(media.live.lock().unwrap().is_empty());
+        assert!(minter.revoked.lock().unwrap().is_empty());
+        assert_eq!(r.record.media_token, None);
+        // Neither the token nor the URL ever reached the state file.
+        let last = r.persisted.last().unwrap();
+        assert!(r.persisted.iter().all(|p| !leaks(p, &media)), "{last}");
+        assert!(
+            r.persisted
+                .iter()
+                .any(|p| p.contains("\"media_token\":\"tok1\"")),
+            "the token's public ID is kept while it is live: {:?}",
+            r.persisted
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_virtual_media_attempt_has_a_fresh_token_and_unused_ones_are_revoked() {
+    let bmc = FakeBmc {
+        serial: Some("S1".into()),
+        ..FakeBmc::off()
     };
-    let media = plan(BootMethod::VirtualMedia {
-        iso_url: "http://media/srv1.iso".into(),
-    });
-    let r = run(&media, &bmc, &install, &fleet, State::Registered).await;
-    assert!(
-        matches!(r.record.state, State::Provisioned { .. }),
-        "{:?}",
-        r.record.state
-    );
-    assert_eq!(
-        bmc.calls()[3..],
-        ["boot disk persistent".to_string(), "media eject".into()]
-    );
-    // Never registering: the install phase fails after its limits, and is retried.
-    let bmc = FakeBmc::off();
+    // The ISO's installer reports to no boot server, and no appliance ever registers.
+    let install = FakeInstall::new(None, &[]);
     let never = FakeFleet {
         after: None,
         polls: Mutex::new(0),
     };
-    let r = run(&media, &bmc, &install, &never, State::Registered).await;
+    let (minter, media) = (FakeMinter::default(), FakeMedia::default());
+    let r = run_with(
+        &media_plan(),
+        &bmc,
+        &install,
+        &never,
+        &minter,
+        &media,
+        State::Registered,
+    )
+    .await;
     match &r.record.state {
         State::Failed { phase, reason } => {
             assert_eq!(*phase, Phase::Installing);
@@ -539,15 +678,107 @@ async fn a_virtual_media_install_ends_when_the_appliance_registers_without_boot_
         }
         other => panic!("expected failed, got {other:?}"),
     }
-    assert_eq!(
-        bmc.calls()
-            .iter()
-            .filter(|c| c.starts_with("media insert"))
-            .count(),
-        3,
-        "one insert per attempt: {:?}",
+    // Three attempts, three tokens and ISOs; each ISO replaced the one before.
+    assert_eq!(minter.minted.lock().unwrap().len(), 3);
+    let urls = media.urls.lock().unwrap().clone();
+    let inserts: Vec<String> = bmc
+        .calls()
+        .into_iter()
+        .filter_map(|c| c.strip_prefix("media insert ").map(str::to_owned))
+        .collect();
+    assert_eq!(inserts, urls, "one insert per attempt, each of its own ISO");
+    // Every unused token is revoked (the earlier ones at the retry, the last at the failure)
+    // and no ISO is left.
+    assert_eq!(*minter.revoked.lock().unwrap(), ["tok1", "tok2", "tok3"]);
+    assert!(media.live.lock().unwrap().is_empty());
+    assert_eq!(r.record.media_token, None);
+    assert!(r.persisted.iter().all(|p| !leaks(p, &media)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_the_hub_refuses_to_mint_fails_the_server_at_once_naming_the_role() {
+    let bmc = FakeBmc::off();
+    let install = FakeInstall::new(None, &[]);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let minter = FakeMinter {
+        refuse: Some("HTTP 403 forbidden: needs role operator".into()),
+        ..FakeMinter::default()
+    };
+    let media = FakeMedia::default();
+    let r = run_with(
+        &media_plan(),
+        &bmc,
+        &install,
+        &fleet,
+        &minter,
+        &media,
+        State::Registered,
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::BootingInstaller);
+            assert!(
+                reason.contains("operator or admin token") && reason.contains("403"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(r.seen.notes.lock().unwrap().is_empty(), "not retried");
+    assert!(
+        bmc.calls().is_empty(),
+        "nothing inserted: {:?}",
         bmc.calls()
     );
+    assert!(media.urls.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso() {
+    let bmc = FakeBmc::off();
+    let install = FakeInstall::new(None, &[]);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let (minter, media) = (FakeMinter::default(), FakeMedia::default());
+    // The previous run was cut off while its installer ran: its record names its token.
+    let seen = Seen::default();
+    let policy = policy();
+    let plan = media_plan();
+    let m = Machine {
+        plan: &plan,
+        bmc: &bmc,
+        install: &install,
+        fleet: &fleet,
+        minter: &minter,
+        media: &media,
+        policy: &policy,
+        observer: &seen,
+    };
+    let mut record = Record {
+        state: State::Installing {
+            attempt: 1,
+            step: None,
+            bytes_written: 0,
+            bytes_total: None,
+        }
+        .resume(),
+        media_token: Some("old".into()),
+        ..Record::default()
+    };
+    m.run(&mut record, &|_| {}).await;
+    assert!(
+        matches!(record.state, State::Provisioned { .. }),
+        "{record:?}"
+    );
+    assert_eq!(*minter.revoked.lock().unwrap(), ["old"]);
+    assert_eq!(minter.minted.lock().unwrap().len(), 1);
+    assert!(media.live.lock().unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
-//! The HTTP peers of `cairn rack provision`: the boot server's install reports and the hub's
-//! appliance list. Thin: one request each, parsed into the machine's terms.
+//! The HTTP peers of `cairn rack provision`: the boot server's install reports, the hub's
+//! appliance list and its enrollment tokens. Thin: one request each, parsed into the
+//! machine's terms.
 //!
 //! Boot server contract used here: `GET /v1/install/progress/{mac}` answers a
 //! [`crate::boot_server::Report`] for the latest report from that MAC (`seq` increasing with
@@ -7,12 +8,14 @@
 
 use async_trait::async_trait;
 use cairn_api::InstallProgress;
-use cairn_api::hub::{ApplianceView, SiteQuery};
+use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::{self, Trust};
 
 use crate::boot_server::Report;
-use crate::rack::machine::{FleetView, InstallProgressSource, PeerError};
+use crate::rack::machine::{
+    FleetView, InstallProgressSource, MintError, MintedToken, PeerError, TokenBinding, TokenMinter,
+};
 
 /// The boot server's install reports over HTTP.
 #[derive(Debug, Clone)]
@@ -63,7 +66,8 @@ impl InstallProgressSource for BootServerProgress {
     }
 }
 
-/// The hub's appliance list, read with an operator token.
+/// The hub's appliance list, read with an operator token, and the per-server enrollment
+/// tokens of virtual media, minted with it.
 #[derive(Debug, Clone)]
 pub struct HubFleet {
     hub: HubClient,
@@ -71,7 +75,7 @@ pub struct HubFleet {
 
 impl HubFleet {
     /// A client for the hub at `base`, trusting only `ca_pem` (the hub's CA); `token` is an
-    /// operator bearer token (viewer suffices).
+    /// operator bearer token (viewer suffices to watch; minting needs operator or admin).
     pub fn new(base: url::Url, token: String, ca_pem: &str) -> Result<Self, PeerError> {
         let hub = HubClient::new(base.as_str(), &Trust::CaBundle(ca_pem.into()), None)
             .map_err(|e| PeerError(format!("hub: {}", cairn_api::error_chain(&e))))?
@@ -108,6 +112,47 @@ impl FleetView for HubFleet {
     }
 }
 
+#[async_trait]
+impl TokenMinter for HubFleet {
+    async fn mint(&self, binding: &TokenBinding) -> Result<MintedToken, MintError> {
+        let request = CreateEnrollmentToken {
+            site: binding.site.clone(),
+            ttl_seconds: binding.ttl.as_secs().max(1),
+            max_uses: 1,
+            labels: Default::default(),
+            tenant: None,
+            mac: Some(binding.mac.clone()),
+            serial: binding.serial.clone(),
+        };
+        match self.hub.create_token(&request).await {
+            Ok(t) => Ok(MintedToken {
+                id: t.view.id,
+                secret: t.token,
+            }),
+            Err(e) => {
+                let why = cairn_api::error_chain(&e);
+                Err(match e {
+                    // The token's role or scope, or a site it may not mint for: asking again
+                    // changes nothing.
+                    cairn_hub_client::Error::Refused {
+                        status: 400 | 401 | 403 | 404,
+                        ..
+                    } => MintError::Refused(why),
+                    _ => MintError::Other(why),
+                })
+            }
+        }
+    }
+
+    async fn revoke(&self, id: &str) -> Result<(), PeerError> {
+        self.hub
+            .revoke_token(id)
+            .await
+            .map(|_| ())
+            .map_err(|e| PeerError(cairn_api::error_chain(&e)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +184,65 @@ mod tests {
             Some("a2")
         );
         assert_eq!(match_appliance(&list, "srv3", "52:54:00:c4:00:03"), None);
+    }
+
+    /// With a real hub: an operator's (here the admin's) token mints a single-use token bound
+    /// to the MAC and serial, for the site, expiring with the TTL; revoking it shows; a
+    /// viewer's token is refused as such, not as something to retry.
+    #[tokio::test]
+    async fn tokens_are_minted_bound_and_a_viewer_is_refused() {
+        let hub = cairn_test_support::hub::Hub::builder(cairn_test_support::workspace_bin(
+            "cairn-hub",
+            "cairn-hub",
+        ))
+        .start();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = url::Url::parse(&hub.url).unwrap();
+        let fleet = HubFleet::new(url.clone(), hub.admin_token.clone(), &hub.ca_pem).unwrap();
+        let binding = TokenBinding {
+            site: "lab".into(),
+            mac: "52:54:00:c4:00:01".into(),
+            serial: Some("QPX12345".into()),
+            ttl: std::time::Duration::from_secs(840),
+        };
+        let minted = fleet.mint(&binding).await.unwrap();
+        assert!(
+            minted.secret.starts_with("cairn-et.") && minted.secret.contains(&minted.id),
+            "{minted:?}"
+        );
+        assert!(!format!("{minted:?}").contains(&minted.secret));
+        let views = fleet.hub.list_tokens().await.unwrap();
+        let view = views.iter().find(|t| t.id == minted.id).unwrap();
+        assert_eq!(
+            (
+                view.max_uses,
+                view.mac.as_deref(),
+                view.serial.as_deref(),
+                view.site.as_str()
+            ),
+            (1, Some("52:54:00:c4:00:01"), Some("QPX12345"), "lab")
+        );
+        let ttl = (view.expires_at - view.created_at).whole_seconds();
+        assert!((839..=840).contains(&ttl), "{ttl}");
+        fleet.revoke(&minted.id).await.unwrap();
+        let views = fleet.hub.list_tokens().await.unwrap();
+        assert!(views.iter().find(|t| t.id == minted.id).unwrap().revoked);
+
+        let viewer = fleet
+            .hub
+            .create_operator_token(&cairn_api::hub::CreateOperatorToken {
+                name: "watcher".into(),
+                role: cairn_api::hub::Role::Viewer,
+                site: None,
+                tenant: None,
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap();
+        let watcher = HubFleet::new(url, viewer.token, &hub.ca_pem).unwrap();
+        match watcher.mint(&binding).await {
+            Err(MintError::Refused(why)) => assert!(why.contains("403"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

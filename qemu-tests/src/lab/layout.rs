@@ -178,8 +178,4 @@ pub struct ServicesInfo {
     /// Seconds from `cairn-hub init` to the boot server answering.
     #[serde(default)]
     pub services_seconds: f64,
-    /// For Redfish servers: the seeded installer ISOs' URL, `{server}` standing for the
-    /// server's name (`cairn rack provision --iso-url`); `None` without Redfish servers.
-    #[serde(default)]
-    pub iso_url: Option<String>,
 }

@@ -2,11 +2,12 @@
 //! a real `cairn-hub` (initialised with a CA that names the lab address, and an operator
 //! login) and a real `cairn boot-server` (proxy DHCP plus leases for the lab's MACs, iPXE
 //! and HTTP from the artifacts of `cairn image build`), which mints one single-use
-//! enrollment token per install at the hub, bound to the server's boot MAC. No multi-use
-//! enrollment token exists in the lab.
+//! enrollment token per install at the hub, bound to the server's boot MAC. Redfish servers'
+//! seeded virtual-media ISOs are `cairn rack provision`'s own (served by the boot server),
+//! with tokens it mints. No multi-use enrollment token exists in the lab.
 //!
 //! Everything is driven through the same commands an operator types (`cairn-hub init`,
-//! `cairn hub login`, `cairn hub token create --mac`, `cairn image build`, `cairn boot-server`), so
+//! `cairn hub login`, `cairn image build`, `cairn boot-server`), so
 //! the lab rehearses the real procedure. The binaries are taken from beside `cairn-lab`
 //! (one build), else from `PATH`.
 
@@ -18,10 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use cairn_installer::agent::plan::{InstallPlan, node_yaml};
-
-use crate::lab::layout::{self, Layout, ServerSpec, ServicesInfo};
-use crate::lab::redfish;
+use crate::lab::layout::{self, Layout, ServicesInfo};
 
 /// Port of the lab hub (HTTPS) on the lab gateway address.
 pub const HUB_PORT: u16 = 8443;
@@ -159,20 +157,17 @@ pub struct Services {
     hub_dir: PathBuf,
     hub: Option<Service>,
     boot: Option<Service>,
-    media: Option<Service>,
     router: Option<Service>,
 }
 
 impl Services {
-    /// Initialises the hub, starts it and the boot server, and for the servers named in
-    /// `media_for` (the Redfish ones) the media server with their seeded ISOs. `artifacts` is
-    /// an existing image build; `None` builds one into the lab directory first.
+    /// Initialises the hub, starts it and the boot server. `artifacts` is an existing image
+    /// build; `None` builds one into the lab directory first.
     pub fn start(
         layout: &Layout,
         netns: &str,
         bridge: &str,
         artifacts: Option<&Path>,
-        media_for: &[ServerSpec],
     ) -> anyhow::Result<Self> {
         let gw = layout::gateway();
         let dir = layout.dir();
@@ -209,7 +204,6 @@ impl Services {
             hub_url,
             image_build_seconds,
             services_seconds: 0.0,
-            iso_url: None,
         };
         let started = Instant::now();
         let mut services = Services {
@@ -218,7 +212,6 @@ impl Services {
             hub_dir,
             hub: None,
             boot: None,
-            media: None,
             router: None,
         };
         services.start_router_advertisements(layout, bridge)?;
@@ -226,9 +219,6 @@ impl Services {
         services.start_hub()?;
         services.login()?;
         services.start_boot_server(layout, bridge, gw)?;
-        if !media_for.is_empty() {
-            services.start_media(layout, media_for, gw)?;
-        }
         services.info.services_seconds = started.elapsed().as_secs_f64();
         Ok(services)
     }
@@ -319,29 +309,6 @@ impl Services {
         Ok(())
     }
 
-    /// A single-use enrollment token for the server with boot MAC `mac` only.
-    fn server_token(&self, name: &str, mac: &str, ttl_seconds: u64) -> anyhow::Result<String> {
-        let out = run_logged(
-            Self::hub_cli(&self.netns, &self.info).args([
-                "--output",
-                "json",
-                "token",
-                "create",
-                "--site",
-                "lab",
-                "--mac",
-                mac,
-                "--ttl-seconds",
-                &ttl_seconds.to_string(),
-            ]),
-            "cairn hub token create --mac",
-            &self.hub_dir.join(format!("token-{name}.log")),
-        )?;
-        let answer: cairn_api::hub::NewToken<cairn_api::hub::EnrollmentTokenView> =
-            serde_json::from_str(out.trim()).context("reading the token JSON")?;
-        Ok(answer.token)
-    }
-
     fn start_boot_server(
         &mut self,
         layout: &Layout,
@@ -376,67 +343,6 @@ impl Services {
         )?;
         boot.wait_for("boot server up", Duration::from_secs(30))?;
         self.boot = Some(boot);
-        Ok(())
-    }
-
-    /// One seeded installer ISO per server in `DIR/media/NAME.iso` (the plan a PXE install
-    /// would get from the boot server: hostname, disk hint, wipe, node.yaml, hub CA, and an
-    /// enrollment token of its own, single-use and bound to its MAC), served over HTTP on
-    /// the gateway for the BMCs to fetch. The ISOs are made when the lab starts and used
-    /// when a scenario provisions, so their tokens last a day.
-    fn start_media(
-        &mut self,
-        layout: &Layout,
-        servers: &[ServerSpec],
-        gw: Ipv4Addr,
-    ) -> anyhow::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let media = layout.dir().join("media");
-        std::fs::create_dir_all(&media).with_context(|| format!("creating {}", media.display()))?;
-        let hub_ca = std::fs::read_to_string(&self.info.hub_ca).context("reading the hub CA")?;
-        for s in servers {
-            let token = self.server_token(&s.name, &s.mac, 86_400)?;
-            let plan = InstallPlan {
-                name: s.name.clone(),
-                disk_hint: Some("/dev/vda".into()),
-                // The lab's disks are the lab's: a re-run may overwrite a half-written one.
-                wipe: true,
-                node_yaml: Some(node_yaml(&s.name, &self.info.hub_url)),
-                netplan: Default::default(),
-                hub_ca: Some(hub_ca.clone()),
-                enrollment_token: Some(token),
-            };
-            let yaml = serde_yaml_ng::to_string(&plan).context("writing the install plan")?;
-            let iso = media.join(format!("{}.iso", s.name));
-            redfish::seeded_iso(&self.info.artifacts, &yaml, &iso)
-                .with_context(|| format!("building {}", iso.display()))?;
-            // It carries the enrollment token.
-            std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("chmod {}", iso.display()))?;
-        }
-        let mut server = Service::start(
-            "media server",
-            &self.netns,
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    &gw.to_string(),
-                    "--directory",
-                ])
-                .arg(&media)
-                .arg(redfish::MEDIA_PORT.to_string())
-                // Unbuffered, so the readiness line reaches the log at once.
-                .env("PYTHONUNBUFFERED", "1"),
-            layout.dir().join("media-server.log"),
-        )?;
-        server.wait_for("Serving HTTP", Duration::from_secs(30))?;
-        self.media = Some(server);
-        self.info.iso_url = Some(format!(
-            "http://{gw}:{}/{{server}}.iso",
-            redfish::MEDIA_PORT
-        ));
         Ok(())
     }
 
@@ -487,9 +393,6 @@ impl Services {
     pub fn stop(&mut self) {
         if let Some(mut r) = self.router.take() {
             r.stop();
-        }
-        if let Some(mut m) = self.media.take() {
-            m.stop();
         }
         if let Some(mut b) = self.boot.take() {
             b.stop();

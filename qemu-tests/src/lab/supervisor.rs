@@ -141,12 +141,6 @@ impl Lab {
                 s.boot_server_url,
                 s.artifacts.display()
             );
-            if let Some(iso) = &s.iso_url {
-                let _ = writeln!(
-                    out,
-                    "virtual media (Redfish servers): {iso}  (cairn rack provision --iso-url)"
-                );
-            }
         }
         let _ = writeln!(
             out,
@@ -210,19 +204,11 @@ impl Lab {
         // Any error from here on drops `lab`, which removes what was made so far.
         lab.populate()?;
         if opts.services {
-            let redfish: Vec<ServerSpec> = lab
-                .manifest
-                .servers
-                .iter()
-                .filter(|s| s.bmc == BmcKind::Redfish)
-                .cloned()
-                .collect();
             let services = Services::start(
                 &lab.layout,
                 &lab.manifest.netns,
                 &lab.manifest.bridge,
                 opts.artifacts.as_deref(),
-                &redfish,
             )?;
             lab.manifest.services = Some(services.info.clone());
             lab.services = Some(Arc::new(Mutex::new(services)));

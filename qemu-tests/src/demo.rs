@@ -59,7 +59,9 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
         .arg("--hub-ca")
         .arg(&info.hub_ca)
         .args(["--parallel", &servers.to_string()])
-        .args(["--install-timeout", "300", "--register-timeout", "600"]);
+        .args(["--install-timeout", "300", "--register-timeout", "600"])
+        // The lab's Redfish BMCs (sushy-tools) speak plain HTTP.
+        .arg("--allow-insecure-redfish");
     if let Some(iso) = &info.iso_url {
         cmd.args(["--iso-url", iso]);
     }

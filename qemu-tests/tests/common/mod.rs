@@ -236,7 +236,14 @@ impl TestLab {
         ] {
             cmd.arg(flag).arg(s[key].as_str().unwrap());
         }
-        cmd.args(["--output", "json", "--register-timeout", "400"]);
+        // The lab's Redfish BMCs (sushy-tools) speak plain HTTP.
+        cmd.args([
+            "--output",
+            "json",
+            "--register-timeout",
+            "400",
+            "--allow-insecure-redfish",
+        ]);
         // Generous for TCG under load, unless the scenario sets its own.
         if !extra.contains(&"--install-timeout") {
             cmd.args(["--install-timeout", "240"]);

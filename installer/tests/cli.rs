@@ -44,3 +44,20 @@ fn a_bad_flag_is_a_usage_error() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
 }
+
+#[test]
+fn every_command_reaching_bmcs_takes_allow_insecure_redfish() {
+    for command in [
+        &["bmc", "status", "--help"][..],
+        &["firmware", "plan", "--help"],
+        &["rack", "provision", "--help"],
+    ] {
+        let (code, stdout, _) = run(env!("CARGO_BIN_EXE_cairn"), command);
+        assert_eq!(code, 0, "{command:?}");
+        assert!(
+            stdout.contains("--allow-insecure-redfish"),
+            "`cairn {}` lacks the flag:\n{stdout}",
+            command.join(" ")
+        );
+    }
+}

@@ -23,7 +23,8 @@ use crate::tls::{Trust, normalize_fingerprint};
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// One BMC: `redfish://[user@]host[:port][/redfish/v1/Systems/ID]`, `redfish+http://...`
-    /// (emulators) or `ipmi://[user@]host[:port]`. Needs --password-file.
+    /// (emulators; needs --allow-insecure-redfish) or `ipmi://[user@]host[:port]`. Needs
+    /// --password-file.
     #[arg(long, global = true, conflicts_with = "inventory", value_name = "URL")]
     pub bmc: Option<String>,
     /// File holding the BMC password (or YAML `username:`/`password:`); never pass passwords
@@ -60,12 +61,34 @@ pub struct ConnectArgs {
     /// Allow IPMI cipher suite 0 (no authentication, integrity or encryption).
     #[arg(long, global = true)]
     pub allow_insecure_ipmi: bool,
+    #[command(flatten)]
+    redfish_http: RedfishHttpArgs,
     /// IPMI cipher suite: auto (17, then 3), 17, 3, or 0 (needs --allow-insecure-ipmi).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_suite)]
     pub ipmi_cipher_suite: SuiteChoice,
     /// Output: table for people, json for scripts.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// Whether plain-HTTP Redfish is accepted: the one flag every command reaching BMCs shares
+/// (`cairn bmc`, `cairn firmware`, `cairn rack provision`).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct RedfishHttpArgs {
+    /// Accept `redfish+http://` BMCs (emulators, labs). Each is warned about: the BMC
+    /// password crosses the network in clear. Without it such an address is refused.
+    #[arg(long, global = true)]
+    pub allow_insecure_redfish: bool,
+}
+
+impl RedfishHttpArgs {
+    /// Default connection options with this choice.
+    pub fn options(self) -> ConnectOptions {
+        ConnectOptions {
+            allow_insecure_redfish: self.allow_insecure_redfish,
+            ..ConnectOptions::default()
+        }
+    }
 }
 
 fn parse_suite(s: &str) -> Result<SuiteChoice, String> {
@@ -108,6 +131,7 @@ impl ConnectArgs {
             request_timeout: Duration::from_secs_f64(self.request_timeout),
             allow_insecure_ipmi: self.allow_insecure_ipmi,
             ipmi_suites: self.ipmi_cipher_suite,
+            ..self.redfish_http.options()
         })
     }
 

@@ -81,6 +81,7 @@ async fn mixed_rack_reports_every_server() {
         "4",
         "--ipmi-cipher-suite",
         "3",
+        "--allow-insecure-redfish",
     ]);
     let out = cli.connect.run(status_op()).await.unwrap();
     let names: Vec<&str> = out.iter().map(|o| o.server.as_str()).collect();
@@ -130,6 +131,7 @@ async fn mixed_rack_reports_every_server() {
         "rf0,ipmi",
         "--ipmi-cipher-suite",
         "3",
+        "--allow-insecure-redfish",
     ]);
     let out = cli.connect.run(status_op()).await.unwrap();
     assert_eq!(out.len(), 2);
@@ -142,11 +144,151 @@ async fn mixed_rack_reports_every_server() {
     assert!(e.to_string().contains("no server named \"zz\""), "{e}");
 }
 
+/// The log lines a test's fleet run writes, as JSON objects (tracing's JSON format).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    fn lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn requests_seen(sushy: &Sushy) -> usize {
+    std::fs::read_to_string(&sushy.peer.log)
+        .unwrap()
+        .matches("\"GET /redfish/v1")
+        .count()
+}
+
+/// `redfish+http://` sends the password in clear: refused (before anything is sent, saying
+/// what to do) unless --allow-insecure-redfish, then allowed with one warning per BMC that
+/// names it and never carries the password. Current-thread runtime: the log capture is
+/// per thread and the fleet's tasks run on this one.
+#[tokio::test]
+async fn plain_http_redfish_needs_the_flag_and_is_warned_about_once_per_bmc() {
+    let password = "pw-never-logged-7f3a";
+    let sushy = Sushy::start(SushyDriver::Fake(2), Some(("admin", password)));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pw = common::password_file(d, password);
+    let sys = |i: u32| format!("/redfish/v1/Systems/00000000-0000-0000-0000-{i:012}");
+    std::fs::write(
+        d.join("rack.yaml"),
+        format!(
+            "servers:\n  - name: rf0\n    bmc: {}\n    credentials: {pw}\n  - name: rf1\n    bmc: {}\n    credentials: {pw}\n",
+            sushy.url(&sys(0)),
+            sushy.url(&sys(1)),
+            pw = pw.display(),
+        ),
+    )
+    .unwrap();
+    let inv = d.join("rack.yaml");
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+
+    let before = requests_seen(&sushy);
+    let cli = Cli::parse_from(["t", "--inventory", inv.to_str().unwrap()]);
+    let out = cli.connect.run(status_op()).await.unwrap();
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        let OutcomeResult::Err { error } = &o.result else {
+            panic!("{}: plain HTTP accepted without the flag", o.server);
+        };
+        for needed in ["in clear", "redfish://", "--allow-insecure-redfish"] {
+            assert!(error.contains(needed), "{}: {error}", o.server);
+        }
+    }
+    assert_eq!(requests_seen(&sushy), before, "nothing was sent to the BMC");
+
+    let cli = Cli::parse_from([
+        "t",
+        "--inventory",
+        inv.to_str().unwrap(),
+        "--allow-insecure-redfish",
+    ]);
+    let out = cli.connect.run(status_op()).await.unwrap();
+    for o in &out {
+        assert!(
+            matches!(&o.result, OutcomeResult::Ok { result } if result == "off"),
+            "{}: {:?}",
+            o.server,
+            o.result
+        );
+    }
+    assert!(requests_seen(&sushy) > before);
+    let mut warned: Vec<String> = captured
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("plain-HTTP Redfish")
+        })
+        .map(|l| {
+            assert_eq!(l["fields"]["user"], "admin", "{l}");
+            l["fields"]["bmc"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    warned.sort();
+    assert_eq!(warned, [sushy.url(&sys(0)), sushy.url(&sys(1))]);
+    assert!(!captured.text().contains(password), "{}", captured.text());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn single_bmc_needs_a_password_file() {
     let cli = Cli::parse_from(["t", "--bmc", "redfish://admin@127.0.0.1:1"]);
     let e = cli.connect.targets().unwrap_err();
     assert!(e.to_string().contains("--password-file"), "{e}");
+}
+
+/// `cairn bmc conformance --destructive --media-url URL` on one sushy-tools BMC.
+async fn redfish_conformance(
+    sushy: &Sushy,
+    dir: &std::path::Path,
+    media_url: &str,
+) -> Vec<cairn_hardware::cli::Check> {
+    let pw = common::password_file(dir, "x");
+    let cli = Cli::parse_from([
+        "t",
+        "--bmc",
+        &sushy.url(""),
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--allow-insecure-redfish",
+    ]);
+    let target = cli.connect.targets().unwrap().remove(0);
+    let b = cairn_hardware::connect::connect(
+        &target.address,
+        target.credentials.unwrap(),
+        &cli.connect.options().unwrap(),
+    )
+    .unwrap();
+    conformance(b.as_ref(), true, Some(media_url)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,27 +318,8 @@ async fn conformance_on_sushy_and_ipmi_sim() {
         (common::Peer::new(child, log, dir), port)
     };
     let dir = tempfile::tempdir().unwrap();
-    let pw = common::password_file(dir.path(), "x");
-    let cli = Cli::parse_from([
-        "t",
-        "--bmc",
-        &sushy.url(""),
-        "--password-file",
-        pw.to_str().unwrap(),
-    ]);
-    let target = cli.connect.targets().unwrap().remove(0);
-    let b = cairn_hardware::connect::connect(
-        &target.address,
-        target.credentials.unwrap(),
-        &cli.connect.options().unwrap(),
-    )
-    .unwrap();
-    let checks = conformance(
-        b.as_ref(),
-        true,
-        Some(&format!("http://127.0.0.1:{port}/boot.iso")),
-    )
-    .await;
+    let media_url = format!("http://127.0.0.1:{port}/boot.iso");
+    let checks = redfish_conformance(&sushy, dir.path(), &media_url).await;
     let get = |n: &str| checks.iter().find(|c| c.check == n).unwrap().clone();
     for pass in [
         "login + power state",
@@ -208,8 +331,24 @@ async fn conformance_on_sushy_and_ipmi_sim() {
     ] {
         assert_eq!(get(pass).result, "pass", "{pass}: {:?}", get(pass));
     }
-    // Insert/eject ran (pass or a named failure from the emulator), it was not skipped.
-    assert_ne!(get("virtual media insert/eject").result, "skip");
+    // sushy's libvirt driver refuses every insert (its test:///default connection cannot
+    // upload into a storage pool): a BMC refusing the insert fails the check.
+    let media = get("virtual media insert/eject");
+    assert_eq!(media.result, "fail", "{media:?}");
+    assert!(media.detail.contains("InsertMedia"), "{media:?}");
+    // Its fake driver inserts: the check passes, and the CD is empty again afterwards.
+    let fake = Sushy::start(SushyDriver::Fake(1), None);
+    let checks = redfish_conformance(&fake, dir.path(), &media_url).await;
+    let media = checks
+        .iter()
+        .find(|c| c.check == "virtual media insert/eject")
+        .unwrap();
+    assert_eq!(media.result, "pass", "{media:?}");
+    let cd = fake.curl(
+        "/redfish/v1/Systems/00000000-0000-0000-0000-000000000000/VirtualMedia/Cd",
+        None,
+    );
+    assert_eq!(cd["Inserted"], false, "{cd}");
 
     let sim = IpmiSim::start();
     let pw = common::password_file(dir.path(), &sim.password);

@@ -62,14 +62,32 @@ async fn two_hubs_on_one_etcd_serve_one_fleet() {
         assert_eq!(s, 200, "{body}");
     }
 
+    // A probe appliance, whose own offline event later proves more detector passes ran.
+    let probe = Device::new("edge-probe", "ETCD-P", &["52:54:00:10:00:03"]);
+    let probe_reg = probe.register(&a, &token).await;
+    let probe_id = probe_reg.appliance_id.to_string();
+
     // Silence: offline exactly once, though both hubs run the detector loop.
     let first = poll_async("offline event", LIMIT, || async {
         let ev = offline_events(&a.admin(), &id).await;
         (!ev.is_empty()).then_some(ev)
     })
     .await;
-    // Several more detector passes on both hubs.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The probe heartbeats only now: the pass that marks it offline comes after at least one
+    // whole pass that saw it online, so every pass in between also went over the first
+    // appliance, already offline. Waiting on that event, not on a guessed sleep.
+    let (s, body) = post(
+        &probe.client(&a, &probe_reg),
+        format!("{}/v1/heartbeats", a.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    poll_async("the probe's offline event", LIMIT, || async {
+        let ev = offline_events(&b.admin(), &probe_id).await;
+        (!ev.is_empty()).then_some(())
+    })
+    .await;
     let events = offline_events(&b.admin(), &id).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let leader = first[0]["hub"].as_str().unwrap().to_owned();

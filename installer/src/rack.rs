@@ -19,7 +19,8 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_api::cli::{Exit, OutputFormat};
 use cairn_hardware::address::Scheme;
-use cairn_hardware::connect::{ConnectOptions, connect};
+use cairn_hardware::cli::RedfishHttpArgs;
+use cairn_hardware::connect::connect;
 use cairn_hardware::inventory::{Rack, Server};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -127,6 +128,8 @@ struct ProvisionArgs {
     /// Output: a table and progress bars for people, JSON lines for scripts.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
+    #[command(flatten)]
+    redfish_http: RedfishHttpArgs,
 }
 
 impl RackArgs {
@@ -335,7 +338,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             };
             let bmc = match rack.credentials(server) {
                 Err(e) => Err(e.to_string()),
-                Ok(creds) => connect(&server.bmc, creds, &ConnectOptions::default())
+                Ok(creds) => connect(&server.bmc, creds, &args.redfish_http.options())
                     .map_err(|e| format!("connecting to BMC {}: {e}", server.bmc)),
             };
             let bmc = match bmc {

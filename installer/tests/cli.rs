@@ -1,4 +1,5 @@
-//! The binaries answer `--help` and `--version`, and unbuilt commands refuse honestly.
+//! The binaries answer `--help` and `--version`, unbuilt commands refuse honestly, and
+//! plain-HTTP Redfish needs its flag.
 
 use std::process::Command;
 
@@ -43,4 +44,96 @@ fn a_bad_flag_is_a_usage_error() {
     let (code, _, stderr) = run(env!("CARGO_BIN_EXE_cairn"), &["--no-such-flag"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
+
+#[test]
+fn every_command_reaching_bmcs_takes_allow_insecure_redfish() {
+    for command in [
+        &["bmc", "status", "--help"][..],
+        &["firmware", "plan", "--help"],
+        &["rack", "provision", "--help"],
+    ] {
+        let (code, stdout, _) = run(env!("CARGO_BIN_EXE_cairn"), command);
+        assert_eq!(code, 0, "{command:?}");
+        assert!(
+            stdout.contains("--allow-insecure-redfish"),
+            "`cairn {}` lacks the flag:\n{stdout}",
+            command.join(" ")
+        );
+    }
+}
+
+/// `cairn rack provision` over a `redfish+http://` BMC: without the flag the server fails at
+/// once with the way out and nothing is sent; with it the BMC is tried (here nothing
+/// listens) after a warning naming it, without the password.
+#[test]
+fn rack_provision_refuses_plain_http_redfish_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("artifacts/pxe")).unwrap();
+    for f in ["pxe/vmlinuz", "pxe/initrd.img"] {
+        std::fs::write(d.join("artifacts").join(f), b"").unwrap();
+    }
+    std::fs::write(
+        d.join("creds.yaml"),
+        "username: admin\npassword: pw-not-in-logs\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("token"), "cairn-op.test.unused\n").unwrap();
+    std::fs::write(d.join("hub-ca.pem"), "").unwrap();
+    std::fs::write(
+        d.join("rack.yaml"),
+        "servers:\n  - name: s1\n    bmc: redfish+http://admin@127.0.0.1:1\n    credentials: creds.yaml\n    boot_mac: 52:54:00:00:79:01\n",
+    )
+    .unwrap();
+    let provision = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["rack", "provision"])
+            .arg(d.join("rack.yaml"))
+            .arg("--artifacts")
+            .arg(d.join("artifacts"))
+            .args([
+                "--hub",
+                "https://127.0.0.1:9/",
+                "--boot-server",
+                "http://127.0.0.1:9/",
+            ])
+            .arg("--token-file")
+            .arg(d.join("token"))
+            .arg("--hub-ca")
+            .arg(d.join("hub-ca.pem"))
+            .args(["--boot", "pxe", "--max-attempts", "1", "--output", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        // Each run starts from scratch, not from the previous run's failure.
+        let _ = std::fs::remove_file(d.join("rack.state.json"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = provision(&[]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("in clear") && stdout.contains("--allow-insecure-redfish"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("plain-HTTP Redfish allowed"), "{stderr}");
+
+    let (code, stdout, stderr) = provision(&["--allow-insecure-redfish"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "nothing listens on port 1: {stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("--allow-insecure-redfish"), "{stdout}");
+    assert_eq!(
+        stderr.matches("plain-HTTP Redfish allowed").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("pw-not-in-logs") && !stdout.contains("pw-not-in-logs"));
 }

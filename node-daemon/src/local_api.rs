@@ -124,8 +124,10 @@ pub async fn fetch_status(path: &Path) -> Result<LocalStatus, LocalApiError> {
 mod tests {
     use super::*;
 
+    /// That another user is refused is shown with a real one, in
+    /// `tests/hub.rs::the_local_api_answers_root_and_refuses_any_other_user`.
     #[tokio::test]
-    async fn status_round_trips_over_the_socket_which_only_root_may_use() {
+    async fn status_round_trips_over_a_socket_of_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("run/cairn/node.sock");
         let shared = Arc::new(RwLock::new(LocalStatus {

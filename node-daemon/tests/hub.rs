@@ -1,5 +1,6 @@
 //! The node daemon against a real `cairn-hub`: registration, heartbeats, autonomy while the
-//! hub is down, in-order delivery when it is back, and the bad-input cases.
+//! hub is down, in-order delivery when it is back (read from the hub's etcd history), the
+//! local API refusing other users, and the bad-input cases.
 
 mod common;
 
@@ -175,11 +176,131 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
     node.stop();
 }
 
+/// A one-member etcd on loopback for a hub to keep its state in: etcd keeps every revision,
+/// so a test can read every status the hub stored, in the order it stored them.
+struct Etcd {
+    url: String,
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// Plain HTTP to etcd; reqwest still wants a TLS backend, so it gets an empty one with the
+/// workspace's crypto provider.
+fn plain_http() -> reqwest::blocking::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = cairn_test_support::ports::free_tcp_ports(2);
+        let url = format!("http://127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let child = ChildGuard::spawn(
+            Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &format!("default={peer}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap()),
+        )
+        .expect("etcd is needed for this test: install etcd-server (scripts/setup does)");
+        let http = plain_http();
+        poll("etcd to answer", LIMIT, || {
+            http.get(format!("{url}/health"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        Etcd {
+            url,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// One key as of `revision` (0: now), through etcd's JSON gateway.
+    fn range(&self, key: &str, revision: i64) -> serde_json::Value {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        plain_http()
+            .post(format!("{}/v3/kv/range", self.url))
+            .json(&serde_json::json!({"key": b64.encode(key), "revision": revision}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// Every value `key` had, oldest first.
+    fn history(&self, key: &str) -> Vec<serde_json::Value> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let int = |v: &serde_json::Value| v.as_str().unwrap().parse::<i64>().unwrap();
+        let now = self.range(key, 0);
+        let kv = &now["kvs"][0];
+        assert!(kv.is_object(), "{key} is not in etcd: {now}");
+        let (first, last) = (int(&kv["create_revision"]), int(&now["header"]["revision"]));
+        let mut seen = None;
+        let mut values = Vec::new();
+        for revision in first..=last {
+            let kv = self.range(key, revision)["kvs"][0].clone();
+            let modified = int(&kv["mod_revision"]);
+            if seen != Some(modified) {
+                seen = Some(modified);
+                let raw = b64.decode(kv["value"].as_str().unwrap()).unwrap();
+                values.push(serde_json::from_slice(&raw).unwrap());
+            }
+        }
+        values
+    }
+}
+
+/// When the node took each report the hub stored for appliance `id`, in the order stored.
+fn received_reports(etcd: &Etcd, id: &str) -> Vec<time::OffsetDateTime> {
+    etcd.history(&format!("/cairn/hub/status/{id}"))
+        .into_iter()
+        .map(|status| {
+            serde_json::from_value::<cairn_api::NodeStatus>(status["status"].clone())
+                .unwrap()
+                .observed_at
+        })
+        .collect()
+}
+
 #[test]
 fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns() {
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let hub_data = dir.path().join("hub");
-    let hub = hub_at(&hub_data).start();
+    let on_etcd = |builder: HubBuilder| {
+        builder
+            .init_args(&["--etcd-endpoints", &etcd.url])
+            .serve_args(&["--heartbeat-interval", "1", "--etcd-endpoints", &etcd.url])
+    };
+    let hub = on_etcd(hub_at(&hub_data)).start();
     let addr = hub.addr().to_owned();
     let root = dir.path().join("node");
     let token = hub.enrollment_token("s");
@@ -191,9 +312,13 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
         &format!("{NO_NET}state:\n  queue_limit: 3\n"),
     );
     let node = Node::start(&root);
-    registered(&node);
+    let id = registered(&node)["appliance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     drop(hub);
+    let down_at = time::OffsetDateTime::now_utc();
     // Reports pile up to the bound; the oldest are dropped and counted.
     let status = poll("reports to be dropped from the full queue", LIMIT, || {
         node.status()
@@ -209,9 +334,9 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
         "{status}"
     );
 
-    // Same address, same data: the queue drains, oldest first (order is the store's, see
-    // store::tests), and the reconnect is counted.
-    let hub = hub_at(&hub_data).listen(&addr).start();
+    // Same address, same data: the queue drains and the reconnect is counted.
+    let hub = on_etcd(hub_at(&hub_data)).listen(&addr).start();
+    let up_at = time::OffsetDateTime::now_utc();
     let status = poll("the queue to drain", Duration::from_secs(400), || {
         node.status()
             .filter(|s| s["queued_reports"] == 0 && s["hub_reachable"] == true)
@@ -221,6 +346,69 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
         "{status}"
     );
     drop(hub);
+    node.stop();
+
+    // What the hub received: every report it stored, none older than the one before (the
+    // queue goes oldest first; the same report twice is a retry whose answer was lost), and
+    // among them the ones taken while it was down or starting (the queue holds 3; the first
+    // round that reaches it queues one more first).
+    let received = received_reports(&etcd, &id);
+    assert!(
+        received.windows(2).all(|w| w[0] <= w[1]),
+        "not in the order taken: {received:?}"
+    );
+    let queued = received
+        .iter()
+        .filter(|t| **t > down_at && **t < up_at)
+        .count();
+    assert!(
+        queued >= 2,
+        "{queued} reports taken during the outage reached the hub: {received:?}"
+    );
+}
+
+/// The local API is root's: with every directory on the way open to all, another user
+/// (`nobody`, running the real `cairn-node status`) is refused by the socket itself while
+/// root is answered.
+#[test]
+fn the_local_api_answers_root_and_refuses_any_other_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    // An unreachable hub: the daemon serves its local API all the same.
+    let fingerprint = format!("sha256:{}", "ab".repeat(32));
+    write_config(&root, "https://127.0.0.1:9", &fingerprint, "unused", NO_NET);
+    let node = Node::start(&root);
+    poll("the local API to answer", LIMIT, || node.status());
+    let sock = root.join("run/cairn/node.sock");
+    for d in [
+        dir.path(),
+        &root,
+        &root.join("run"),
+        &root.join("run/cairn"),
+    ] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let status_as = |uid: u32| {
+        Command::new(workspace_bin("cairn-node", "cairn-node-daemon"))
+            .args(["status", "--output", "json", "--socket"])
+            .arg(&sock)
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let out = status_as(0);
+    assert!(out.status.success(), "{out:?}");
+    let as_root: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(as_root["hostname"], "edge-test", "{as_root}");
+    let nobody = 65534;
+    let out = status_as(nobody);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody was answered: {out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
     node.stop();
 }
 

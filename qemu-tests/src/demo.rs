@@ -59,7 +59,9 @@ pub async fn run(opts: UpOptions, down_after: bool) -> anyhow::Result<Exit> {
         .arg("--hub-ca")
         .arg(&info.hub_ca)
         .args(["--parallel", &servers.to_string()])
-        .args(["--install-timeout", "300", "--register-timeout", "600"]);
+        .args(["--install-timeout", "300", "--register-timeout", "600"])
+        // The lab's Redfish BMCs (sushy-tools) speak plain HTTP.
+        .arg("--allow-insecure-redfish");
     // Redfish servers boot their own seeded ISOs, with tokens minted for the lab's site.
     cmd.args(["--site", "lab", "--allow-wipe"]);
     let status = tokio::task::spawn_blocking(move || cmd.status())

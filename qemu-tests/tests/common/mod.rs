@@ -238,8 +238,9 @@ impl TestLab {
         }
         cmd.args(["--output", "json", "--register-timeout", "400"]);
         // Redfish servers boot their own seeded ISOs, with tokens minted for the lab's site;
-        // the lab's disks are the lab's, so a re-run may overwrite a half-written one.
-        cmd.args(["--site", "lab", "--allow-wipe"]);
+        // the lab's disks are the lab's, so a re-run may overwrite a half-written one. The
+        // lab's Redfish BMCs (sushy-tools) speak plain HTTP.
+        cmd.args(["--site", "lab", "--allow-wipe", "--allow-insecure-redfish"]);
         // Generous for TCG under load, unless the scenario sets its own.
         if !extra.contains(&"--install-timeout") {
             cmd.args(["--install-timeout", "240"]);

@@ -77,6 +77,13 @@ pub enum FleetError {
          a re-install token an operator mints for it (`cairn hub appliances reinstall ID`)"
     )]
     HardwareKnown,
+    /// Revoking or deleting the last usable fleet-wide admin token would lock every admin
+    /// out (409).
+    #[error(
+        "{0} is the last unexpired, unrevoked fleet-wide admin token; create another admin \
+         token first (`cairn hub operators create NAME --role admin`)"
+    )]
+    LastAdmin(String),
     /// Invalid input (400), with the field at fault.
     #[error("{0}")]
     Invalid(String),

@@ -905,3 +905,8 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
         (401, Some("this operator token has expired"))
     );
 }
+
+#[tokio::test]
+async fn the_last_admin_token_cannot_be_revoked_or_deleted() {
+    common::the_last_admin_is_kept(&start_hub(&[])).await;
+}

@@ -263,7 +263,11 @@ pub async fn the_last_admin_is_kept(hub: &Hub) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let refused = |(s, body): (u16, Value)| {
-        assert_eq!((s, body["error"].as_str()), (409, Some("last_admin")), "{body}");
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (409, Some("last_admin")),
+            "{body}"
+        );
         let message = body["message"].as_str().unwrap();
         assert!(
             message.contains("create another admin token first"),

@@ -346,13 +346,38 @@ async fn renewal_over_mtls_replaces_the_certificate() {
         body["certificate_pem"].as_str().unwrap(),
         &new_key.serialize_pem(),
     );
-    let (s, _) = post(
-        &renewed,
-        format!("{}/v1/heartbeats", hub.url),
-        &heartbeat(1, None),
-    )
-    .await;
-    assert_eq!(s, 200);
+    let beat = |http: &reqwest::Client| {
+        let (http, url) = (http.clone(), format!("{}/v1/heartbeats", hub.url));
+        async move { post(&http, url, &heartbeat(1, None)).await }
+    };
+    // Until the new certificate is seen, the old one still works (the renewal's answer may
+    // have been lost), and the hub shows both.
+    assert_eq!(beat(&http).await.0, 200);
+    let (_, view) = hub.admin().get(&format!("/v1/appliances/{id}")).await;
+    assert!(view["previous_cert_sha256"].is_string(), "{view}");
+    assert_eq!(beat(&renewed).await.0, 200);
+    // The first use of the new one retired the old one.
+    let (s, body) = beat(&http).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("certificate_superseded")),
+        "{body}"
+    );
+    let (_, view) = hub.admin().get(&format!("/v1/appliances/{id}")).await;
+    assert!(view["previous_cert_sha256"].is_null(), "{view}");
+    let (_, events) = hub
+        .admin()
+        .get("/v1/events?since=2000-01-01T00:00:00Z")
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["appliance"] == id.as_str() && e["kind"] == "previous-certificate-retired"),
+        "{events}"
+    );
+    assert_eq!(beat(&renewed).await.0, 200);
     // Without a certificate: refused.
     let (s, _) = post(
         &hub.anonymous(),

@@ -22,8 +22,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
-    Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event, OperatorToken,
-    Role, Site, Status, Tenant, TokenKind, Vpc, keys,
+    Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event,
+    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};

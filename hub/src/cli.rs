@@ -196,8 +196,9 @@ struct ServeArgs {
     /// At most this many events are kept; the oldest beyond it are deleted.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     events_retention_count: usize,
-    /// How often retention runs, in seconds; it also runs as soon as a tenth of the smaller
-    /// retention count was written since its last pass.
+    /// How often retention runs (and the revocations of deleted appliances' bootstrap tokens
+    /// a control plane refused are retried), in seconds; it also runs as soon as a tenth of
+    /// the smaller retention count was written since its last pass.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     retention_check_every: u64,
 }
@@ -424,7 +425,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         fleet.clone(),
         Duration::from_millis(args.campaign_check_every_ms.max(50)),
     ));
-    let retention = tokio::spawn(server::log_retention(
+    let retention = tokio::spawn(server::housekeeping(
         fleet.clone(),
         Duration::from_secs(args.retention_check_every.max(1)),
     ));

@@ -680,4 +680,55 @@ mod tests {
         let minted = recorded[0].body["stringData"]["token-id"].as_str().unwrap();
         assert_deletes(&recorded[1], minted);
     }
+
+    #[tokio::test]
+    async fn a_revocation_refused_at_delete_is_retried_by_the_sweep() {
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "secrets is forbidden", "reason": "Forbidden", "code": 403});
+        let api = scripted(vec![
+            Answer::Echo,
+            Answer::Status(403, forbidden),
+            deleted(),
+        ])
+        .await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        add_cp(&w, &api).await;
+        w.fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        let token = w
+            .fleet
+            .join_bundle_for_admin(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap()
+            .bundle
+            .bootstrap_token;
+        // The delete stands though the control plane refused; the token stays tracked.
+        w.fleet
+            .delete_appliance(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(api.recorded.lock().unwrap().len(), 2);
+        assert_eq!(w.fleet.sweep_bootstrap_tokens().await.unwrap(), 1);
+        let recorded = api.recorded.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 3, "{recorded:?}");
+        assert_deletes(&recorded[1], &token);
+        assert_deletes(&recorded[2], &token);
+        // Nothing left to retry.
+        assert_eq!(w.fleet.sweep_bootstrap_tokens().await.unwrap(), 0);
+        assert_eq!(api.recorded.lock().unwrap().len(), 3);
+        let audit = w
+            .fleet
+            .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        let results: Vec<&str> = audit
+            .iter()
+            .filter(|e| e.action == "control-plane.revoke-bootstrap-token")
+            .map(|e| e.result.split(':').next().unwrap())
+            .collect();
+        assert_eq!(results, ["failed", "ok"]);
+    }
 }

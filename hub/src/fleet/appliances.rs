@@ -158,6 +158,7 @@ impl Fleet {
             return Err(FleetError::Contended(id.into()));
         }
         // After the delete: a kubelet that still has the token cannot join any more.
-        self.revoke_bootstrap_tokens(caller, &a, None).await
+        self.revoke_bootstrap_tokens(caller, &a.id, Some(&a.site), None)
+            .await
     }
 }

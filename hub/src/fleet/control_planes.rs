@@ -267,22 +267,22 @@ impl Fleet {
                 })
             })
             .await?;
-        self.revoke_bootstrap_tokens(caller, &joined, Some(&token.id))
+        self.revoke_bootstrap_tokens(caller, id, Some(&joined.site), Some(&token.id))
             .await?;
         Ok(self.refresh_desired(id).await?.unwrap_or(joined))
     }
 
     /// Revokes in their control planes the appliance's tracked bootstrap tokens but
     /// `keep`, and forgets those revoked. One the API server would not delete stays
-    /// tracked (audited as failed) for the next join or delete to retry; the caller's
-    /// change stands either way.
+    /// tracked (audited as failed) for the next join, delete or
+    /// [`Fleet::sweep_bootstrap_tokens`] to retry; the caller's change stands either way.
     pub(super) async fn revoke_bootstrap_tokens(
         &self,
         caller: &Caller,
-        a: &Appliance,
+        id: &ApplianceId,
+        site: Option<&str>,
         keep: Option<&str>,
     ) -> Result<(), FleetError> {
-        let id = &a.id;
         let prefix = bootstrap_key(id, "");
         for (version, t) in self.list::<MintedBootstrapToken>(&prefix).await? {
             if keep == Some(t.token_id.as_str()) {
@@ -305,7 +305,7 @@ impl Fleet {
                         "control-plane.revoke-bootstrap-token",
                         &target,
                         "ok",
-                        Some(&a.site),
+                        site,
                     );
                     self.store
                         .txn(
@@ -321,13 +321,53 @@ impl Fleet {
                         "control-plane.revoke-bootstrap-token",
                         &target,
                         &format!("failed: {e}"),
-                        Some(&a.site),
+                        site,
                     )
                     .await?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Fleet {
+    /// A leader pass over the tracked bootstrap tokens: forgets those past their expiry
+    /// (the API server deleted them) and revokes those of deleted appliances whose
+    /// revocation failed at the delete. Answers how many records it removed.
+    pub async fn sweep_bootstrap_tokens(&self) -> Result<usize, FleetError> {
+        let hub = Caller {
+            actor: "cairn-hub".into(),
+            source: "local".into(),
+            ..Default::default()
+        };
+        let mut removed = 0;
+        let mut orphans = BTreeSet::new();
+        for (k, v) in self.list_raw(keys::BOOTSTRAP_TOKENS).await? {
+            let t: MintedBootstrapToken = decode(&k, &v)?;
+            if t.expires_at <= now() {
+                if self
+                    .store
+                    .txn(vec![Check::version(&k, v.version)], vec![Op::delete(&k)])
+                    .await?
+                {
+                    removed += 1;
+                }
+            } else if self
+                .store
+                .get(&format!("{}{}", keys::APPLIANCES, t.appliance))
+                .await?
+                .is_none()
+            {
+                orphans.insert(t.appliance);
+            }
+        }
+        for id in orphans {
+            let before = self.list_raw(&bootstrap_key(&id, "")).await?.len();
+            self.revoke_bootstrap_tokens(&hub, &id, None, None).await?;
+            removed += before - self.list_raw(&bootstrap_key(&id, "")).await?.len();
+        }
+        Ok(removed)
     }
 }
 

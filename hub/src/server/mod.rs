@@ -439,15 +439,15 @@ pub async fn campaign_driver(fleet: Arc<Fleet>, every: Duration) {
     .await
 }
 
-/// Runs audit and event retention every `every`, and after each burst of log writes,
-/// while this process leads.
-pub async fn log_retention(fleet: Arc<Fleet>, every: Duration) {
+/// Runs audit and event retention, and the sweep of tracked bootstrap tokens, every
+/// `every` and after each burst of log writes, while this process leads.
+pub async fn housekeeping(fleet: Arc<Fleet>, every: Duration) {
     while_leading(
         fleet,
         every,
-        "retention",
+        "housekeeping",
         |f| async move { f.log_burst().await },
-        |f| async move { f.prune_logs().await },
+        |f| async move { Ok(f.prune_logs().await? + f.sweep_bootstrap_tokens().await?) },
     )
     .await
 }

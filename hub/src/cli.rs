@@ -9,10 +9,10 @@ use anyhow::Context;
 use cairn_api::cli::{Exit, LogArgs, OutputFormat};
 use clap::{Args, Parser, Subcommand};
 
-use crate::fleet::{Fleet, FleetSettings};
+use crate::fleet::{Fleet, FleetSettings, Retention};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::pki::{self, Ca};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, RefusalLog};
 use crate::server::{self, AppState};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -184,6 +184,23 @@ struct ServeArgs {
     /// appliances, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     campaign_check_every_ms: u64,
+    /// Audit entries older than this many days are deleted.
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    audit_retention_days: u32,
+    /// At most this many audit entries are kept; the oldest beyond it are deleted.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    audit_retention_count: usize,
+    /// Events older than this many days are deleted.
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    events_retention_days: u32,
+    /// At most this many events are kept; the oldest beyond it are deleted.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    events_retention_count: usize,
+    /// How often retention runs (and the revocations of deleted appliances' bootstrap tokens
+    /// a control plane refused are retried), in seconds; it also runs as soon as a tenth of
+    /// the smaller retention count was written since its last pass.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    retention_check_every: u64,
 }
 
 /// The release keys of the data directory plus the ones given.
@@ -366,6 +383,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         releases_dir: Some(dir.join("releases")),
         release_keys: release_keys(dir, &args.trusted_release_keys)?,
         public_url: args.public_url.clone(),
+        audit_retention: Retention {
+            max_age: time::Duration::days(i64::from(args.audit_retention_days.max(1))),
+            max_count: args.audit_retention_count.max(1),
+        },
+        event_retention: Retention {
+            max_age: time::Duration::days(i64::from(args.events_retention_days.max(1))),
+            max_count: args.events_retention_count.max(1),
+        },
     };
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {
@@ -373,6 +398,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         metrics,
         limiter: Arc::new(RateLimiter::new(args.registration_rate.max(1))),
         renewals: Arc::new(RateLimiter::new(args.renewal_rate.max(1))),
+        refusals: Arc::new(RefusalLog::default()),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
     };
     let limits = server::Limits {
@@ -396,8 +422,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         Duration::from_secs(args.offline_check_every.max(1)),
     ));
     let driver = tokio::spawn(server::campaign_driver(
-        fleet,
+        fleet.clone(),
         Duration::from_millis(args.campaign_check_every_ms.max(50)),
+    ));
+    let retention = tokio::spawn(server::housekeeping(
+        fleet.clone(),
+        Duration::from_secs(args.retention_check_every.max(1)),
     ));
     let shutdown = async {
         let mut term =
@@ -414,6 +444,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         .context("serving")?;
     detector.abort();
     driver.abort();
+    retention.abort();
     Ok(Exit::Success)
 }
 

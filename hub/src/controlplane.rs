@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_api::ApplianceId;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use rand::Rng;
 use time::OffsetDateTime;
 
@@ -120,6 +120,10 @@ pub trait BootstrapTokens: Send + Sync {
         appliance: &ApplianceId,
         token: &BootstrapToken,
     ) -> Result<(), ControlPlaneError>;
+
+    /// Deletes the Secret of the token with ID `token_id` from `cp`: the API server
+    /// refuses the token from then on. A token that is not there is not an error.
+    async fn delete(&self, cp: &ControlPlane, token_id: &str) -> Result<(), ControlPlaneError>;
 }
 
 /// The real adapter: `kube` over HTTPS, trusting only the control plane's CA bundle and
@@ -166,6 +170,22 @@ impl BootstrapTokens for KubeBootstrapTokens {
             .create(&PostParams::default(), &token.secret_object(appliance))
             .await?;
         Ok(())
+    }
+
+    async fn delete(&self, cp: &ControlPlane, token_id: &str) -> Result<(), ControlPlaneError> {
+        let secrets: Api<Secret> = Api::namespaced(Self::client(cp)?, "kube-system");
+        match secrets
+            .delete(
+                &format!("bootstrap-token-{token_id}"),
+                &DeleteParams::default(),
+            )
+            .await
+        {
+            // Never created (a crash or a refusal after its record was written) or expired.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
     }
 }
 
@@ -361,13 +381,17 @@ mod tests {
     }
 
     async fn add_cp(w: &World, api: &ScriptedApiServer) {
+        add_named_cp(w, api, "cp1").await;
+    }
+
+    async fn add_named_cp(w: &World, api: &ScriptedApiServer, name: &str) {
         let cred = w.dir.path().join("cp.token");
         std::fs::write(&cred, "s3cr3t-bearer\n").unwrap();
         w.fleet
             .add_control_plane(
                 &w.admin,
                 ControlPlane {
-                    name: "cp1".into(),
+                    name: name.into(),
                     api_server_url: api.url.clone(),
                     ca_bundle_pem: api.ca_pem.clone(),
                     credentials_ref: cred.display().to_string(),
@@ -545,5 +569,166 @@ mod tests {
                 .any(|e| e.action == "control-plane.join" && e.result.starts_with("failed"))
         );
         assert_eq!(api.recorded.lock().unwrap().len(), 1);
+    }
+
+    /// What the API server answers a DELETE of a Secret.
+    fn deleted() -> Answer {
+        Answer::Status(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        )
+    }
+
+    fn assert_deletes(r: &Recorded, token: &str) {
+        let id = token.split_once('.').map_or(token, |(id, _)| id);
+        assert_eq!(r.method, "DELETE", "{r:?}");
+        assert!(
+            r.path.starts_with(&format!(
+                "/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"
+            )),
+            "{r:?}"
+        );
+        assert_eq!(r.authorization, "Bearer s3cr3t-bearer");
+    }
+
+    #[tokio::test]
+    async fn reassigning_or_deleting_an_appliance_revokes_its_bootstrap_tokens() {
+        let api1 = scripted(vec![Answer::Echo, deleted()]).await;
+        let api2 = scripted(vec![Answer::Echo, deleted()]).await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        let id = a.appliance_id.as_str();
+        add_named_cp(&w, &api1, "cp1").await;
+        add_named_cp(&w, &api2, "cp2").await;
+        let bundle = || async {
+            w.fleet
+                .join_bundle_for_admin(&w.admin, id)
+                .await
+                .map(|s| s.bundle.bootstrap_token)
+        };
+        let assigned = w
+            .fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(assigned.assigned.len(), 1, "{assigned:?}");
+        let first = bundle().await.unwrap();
+
+        // Re-assigned to cp2: a new token there, the old one deleted from cp1.
+        let assigned = w
+            .fleet
+            .assign(&w.admin, "cp2", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(assigned.assigned.len(), 1, "{assigned:?}");
+        let second = bundle().await.unwrap();
+        assert_ne!(first, second);
+        let one = api1.recorded.lock().unwrap().clone();
+        assert_eq!(one.len(), 2, "{one:?}");
+        assert_bootstrap_secret(&one[0], id, &first);
+        assert_deletes(&one[1], &first);
+        assert_eq!(api2.recorded.lock().unwrap().len(), 1);
+
+        // Deleted: cp2's token goes too, and the hub has no bundle for it any more.
+        w.fleet.delete_appliance(&w.admin, id).await.unwrap();
+        let two = api2.recorded.lock().unwrap().clone();
+        assert_eq!(two.len(), 2, "{two:?}");
+        assert_bootstrap_secret(&two[0], id, &second);
+        assert_deletes(&two[1], &second);
+        assert!(matches!(bundle().await, Err(FleetError::NotFound { .. })));
+        let audit = w
+            .fleet
+            .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        let revoked: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == "control-plane.revoke-bootstrap-token" && e.result == "ok")
+            .map(|e| e.target.clone())
+            .collect();
+        assert_eq!(revoked, [format!("cp1/{id}"), format!("cp2/{id}")]);
+    }
+
+    #[tokio::test]
+    async fn a_token_whose_mint_failed_is_tracked_and_revoked_on_delete() {
+        // The API server may have created the Secret before the error reached the hub (a
+        // timeout): the record written before the call is what finds it again.
+        let unavailable = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
+        let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "not found", "reason": "NotFound", "code": 404});
+        let api = scripted(vec![
+            Answer::Status(500, unavailable),
+            Answer::Status(404, gone),
+        ])
+        .await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        add_cp(&w, &api).await;
+        let result = w
+            .fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(result.failed.len(), 1, "{result:?}");
+        w.fleet
+            .delete_appliance(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        let recorded = api.recorded.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        let minted = recorded[0].body["stringData"]["token-id"].as_str().unwrap();
+        assert_deletes(&recorded[1], minted);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_refused_at_delete_is_retried_by_the_sweep() {
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "secrets is forbidden", "reason": "Forbidden", "code": 403});
+        let api = scripted(vec![
+            Answer::Echo,
+            Answer::Status(403, forbidden),
+            deleted(),
+        ])
+        .await;
+        let w = world().await;
+        let a = register(&w, "north", "N-1").await;
+        add_cp(&w, &api).await;
+        w.fleet
+            .assign(&w.admin, "cp1", Some("north".into()), Default::default())
+            .await
+            .unwrap();
+        let token = w
+            .fleet
+            .join_bundle_for_admin(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap()
+            .bundle
+            .bootstrap_token;
+        // The delete stands though the control plane refused; the token stays tracked.
+        w.fleet
+            .delete_appliance(&w.admin, a.appliance_id.as_str())
+            .await
+            .unwrap();
+        assert_eq!(api.recorded.lock().unwrap().len(), 2);
+        assert_eq!(w.fleet.sweep_bootstrap_tokens().await.unwrap(), 1);
+        let recorded = api.recorded.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 3, "{recorded:?}");
+        assert_deletes(&recorded[1], &token);
+        assert_deletes(&recorded[2], &token);
+        // Nothing left to retry.
+        assert_eq!(w.fleet.sweep_bootstrap_tokens().await.unwrap(), 0);
+        assert_eq!(api.recorded.lock().unwrap().len(), 3);
+        let audit = w
+            .fleet
+            .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        let results: Vec<&str> = audit
+            .iter()
+            .filter(|e| e.action == "control-plane.revoke-bootstrap-token")
+            .map(|e| e.result.split(':').next().unwrap())
+            .collect();
+        assert_eq!(results, ["failed", "ok"]);
     }
 }

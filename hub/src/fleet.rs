@@ -15,6 +15,7 @@ use cairn_api::{
     RegistrationResponse,
 };
 use rand::Rng;
+pub use retention::Retention;
 use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
@@ -22,8 +23,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
-    Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event, OperatorToken,
-    Role, Site, Status, Tenant, TokenKind, Vpc, keys,
+    Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event,
+    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Op, Store, StoreError, Versioned};
@@ -33,6 +34,7 @@ mod audit;
 mod control_planes;
 mod heartbeats;
 mod registration;
+mod retention;
 mod tenants;
 mod tokens;
 mod upgrade;
@@ -77,6 +79,13 @@ pub enum FleetError {
          a re-install token an operator mints for it (`cairn hub appliances reinstall ID`)"
     )]
     HardwareKnown,
+    /// Revoking or deleting the last usable fleet-wide admin token would lock every admin
+    /// out (409).
+    #[error(
+        "{0} is the last unexpired, unrevoked fleet-wide admin token; create another admin \
+         token first (`cairn hub operators create NAME --role admin`)"
+    )]
+    LastAdmin(String),
     /// Invalid input (400), with the field at fault.
     #[error("{0}")]
     Invalid(String),
@@ -115,6 +124,10 @@ pub struct FleetSettings {
     /// `https://host:port` appliances download bundles from; `None`: the address each
     /// appliance reached the hub at.
     pub public_url: Option<String>,
+    /// What the audit log keeps.
+    pub audit_retention: Retention,
+    /// What the events keep.
+    pub event_retention: Retention,
 }
 
 impl Default for FleetSettings {
@@ -127,6 +140,8 @@ impl Default for FleetSettings {
             releases_dir: None,
             release_keys: Default::default(),
             public_url: None,
+            audit_retention: Retention::default(),
+            event_retention: Retention::default(),
         }
     }
 }
@@ -371,16 +386,20 @@ pub struct Fleet {
     ca: Arc<Ca>,
     settings: FleetSettings,
     kube: Arc<dyn BootstrapTokens>,
+    /// The same store as `store`, seen as the counter of log writes retention watches.
+    log_writes: Arc<retention::LogWrites>,
 }
 
 impl Fleet {
     /// Wraps a store and the CA.
     pub fn new(store: Arc<dyn Store>, ca: Arc<Ca>, settings: FleetSettings) -> Self {
+        let log_writes = Arc::new(retention::LogWrites::new(store, &settings));
         Self {
-            store,
+            store: log_writes.clone(),
             ca,
             settings,
             kube: Arc::new(KubeBootstrapTokens),
+            log_writes,
         }
     }
 

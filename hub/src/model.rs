@@ -39,6 +39,9 @@ pub mod keys {
     pub const VNIS: &str = "vnis/";
     /// `control-planes/<name>` -> [`super::ControlPlane`].
     pub const CONTROL_PLANES: &str = "control-planes/";
+    /// `bootstrap-tokens/<appliance>/<token id>` -> [`super::MintedBootstrapToken`]: written
+    /// before the token is minted in the control plane, deleted once it is revoked there.
+    pub const BOOTSTRAP_TOKENS: &str = "bootstrap-tokens/";
     /// `releases/<version>` -> [`super::Release`]; the bundle file itself lives in the
     /// hub's data directory, never in the store.
     pub const RELEASES: &str = "releases/";
@@ -277,6 +280,22 @@ pub struct Vpc {
     /// Owner: only its appliances join.
     #[serde(default = "default_tenant")]
     pub tenant: String,
+}
+
+/// A kubelet bootstrap token the hub minted (or was about to mint) in a control plane for
+/// an appliance: what revoking it there on delete or reassignment needs. No secret: the
+/// ID names the `bootstrap-token-<id>` Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintedBootstrapToken {
+    /// The appliance it is for.
+    pub appliance: ApplianceId,
+    /// The control plane it lives in.
+    pub control_plane: String,
+    /// Its public ID.
+    pub token_id: String,
+    /// When the API server drops it by itself.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
 }
 
 /// A hosted Kubernetes control plane appliances join.

@@ -99,6 +99,34 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError>
     })
 }
 
+/// Opens `path` and makes it 0600 on the open file, whatever mode it had (an older hub,
+/// a restore from backup or an operator's copy may have left it wider), so a secret is
+/// never served from a file others can read.
+pub(crate) fn open_secret(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// Reads a secret file after making it 0600 (see [`open_secret`]).
+pub(crate) fn read_secret(path: &Path) -> Result<String, PkiError> {
+    use std::io::Read;
+    let mut out = String::new();
+    open_secret(path, false)
+        .and_then(|mut f| f.read_to_string(&mut out))
+        .map_err(|source| PkiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(out)
+}
+
 fn read_file(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io {
         path: path.to_owned(),
@@ -191,7 +219,7 @@ impl Ca {
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
         Self::from_pem(
             &read_file(&dir.join(CA_CERT))?,
-            &read_file(&dir.join(CA_KEY))?,
+            &read_secret(&dir.join(CA_KEY))?,
         )
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Callers tracked before idle ones are forgotten.
 const MAX_SOURCES: usize = 10_000;
@@ -53,10 +53,51 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// How often one source's unauthenticated refusals reach the audit log.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Unauthenticated refusals per source, so that at most one audit entry per source and
+/// minute records them (with how many it stands for): a flood of bad tokens or
+/// certificates cannot grow the store faster than that.
+#[derive(Default)]
+pub struct RefusalLog {
+    /// Per source: when its current window began, and the refusals in it not yet recorded.
+    windows: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Counts a refusal from `source`. `Some(n)` when it is to be recorded: the first of a
+    /// window, standing also for the `n` refusals of the previous window that were not.
+    pub fn refused(&self, source: IpAddr) -> Option<u64> {
+        self.refused_at(source, Instant::now())
+    }
+
+    fn refused_at(&self, source: IpAddr, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= MAX_SOURCES {
+            // A source whose window closed with nothing unrecorded has nothing to keep.
+            windows.retain(|_, (at, n)| now.duration_since(*at) < REFUSAL_WINDOW || *n > 0);
+        }
+        match windows.get_mut(&source) {
+            Some((at, n)) if now.duration_since(*at) < REFUSAL_WINDOW => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let earlier = std::mem::take(n);
+                *at = now;
+                Some(earlier)
+            }
+            None => {
+                windows.insert(source, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -73,5 +114,18 @@ mod tests {
             "one token per 20 s at 3/min"
         );
         assert!(!limiter.allow_at(a, t0 + Duration::from_secs(21)));
+    }
+
+    #[test]
+    fn one_refusal_per_source_and_minute_is_recorded_with_the_rest_counted() {
+        let log = RefusalLog::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(log.refused_at(a, t0), Some(0));
+        assert!((1..=500).all(|i| log.refused_at(a, t0 + Duration::from_millis(i)).is_none()));
+        assert_eq!(log.refused_at(b, t0), Some(0), "another source");
+        assert_eq!(log.refused_at(a, t0 + Duration::from_secs(61)), Some(500));
+        assert_eq!(log.refused_at(a, t0 + Duration::from_secs(62)), None);
     }
 }

@@ -346,13 +346,38 @@ async fn renewal_over_mtls_replaces_the_certificate() {
         body["certificate_pem"].as_str().unwrap(),
         &new_key.serialize_pem(),
     );
-    let (s, _) = post(
-        &renewed,
-        format!("{}/v1/heartbeats", hub.url),
-        &heartbeat(1, None),
-    )
-    .await;
-    assert_eq!(s, 200);
+    let beat = |http: &reqwest::Client| {
+        let (http, url) = (http.clone(), format!("{}/v1/heartbeats", hub.url));
+        async move { post(&http, url, &heartbeat(1, None)).await }
+    };
+    // Until the new certificate is seen, the old one still works (the renewal's answer may
+    // have been lost), and the hub shows both.
+    assert_eq!(beat(&http).await.0, 200);
+    let (_, view) = hub.admin().get(&format!("/v1/appliances/{id}")).await;
+    assert!(view["previous_cert_sha256"].is_string(), "{view}");
+    assert_eq!(beat(&renewed).await.0, 200);
+    // The first use of the new one retired the old one.
+    let (s, body) = beat(&http).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("certificate_superseded")),
+        "{body}"
+    );
+    let (_, view) = hub.admin().get(&format!("/v1/appliances/{id}")).await;
+    assert!(view["previous_cert_sha256"].is_null(), "{view}");
+    let (_, events) = hub
+        .admin()
+        .get("/v1/events?since=2000-01-01T00:00:00Z")
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["appliance"] == id.as_str() && e["kind"] == "previous-certificate-retired"),
+        "{events}"
+    );
+    assert_eq!(beat(&renewed).await.0, 200);
     // Without a certificate: refused.
     let (s, _) = post(
         &hub.anonymous(),
@@ -903,5 +928,55 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
     assert_eq!(
         (status, body["message"].as_str()),
         (401, Some("this operator token has expired"))
+    );
+}
+
+#[tokio::test]
+async fn the_last_admin_token_cannot_be_revoked_or_deleted() {
+    common::the_last_admin_is_kept(&start_hub(&[])).await;
+}
+
+#[tokio::test]
+async fn secret_files_are_owner_only_whatever_mode_they_had() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut first = start_hub(&[]);
+    let data = first.data.clone();
+    let secrets = ["ca.key", "server.key", "hub.redb"].map(|f| data.join(f));
+    for p in &secrets {
+        assert_eq!(mode(p), 0o600, "{} after init", p.display());
+    }
+    first.kill();
+    // An older hub, a restore or a copy left them readable by all.
+    for p in &secrets {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let hub = common::Hub::builder(common::hub_bin()).data(&data).start();
+    for p in &secrets {
+        assert_eq!(mode(p), 0o600, "{} after a restart", p.display());
+    }
+    assert_eq!(hub.admin().get("/v1/whoami").await.0, 200);
+    // `init --admin-token-file` over an existing, wider file.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "old").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(common::hub_bin())
+        .args(["init", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&token_file), 0o600);
+    assert!(
+        std::fs::read_to_string(&token_file)
+            .unwrap()
+            .starts_with("cairn-op.")
     );
 }

@@ -208,3 +208,14 @@ async fn a_request_stuck_on_the_store_is_answered_after_the_request_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_last_admin_token_cannot_be_revoked_or_deleted_on_etcd() {
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let hub = Hub::builder(common::hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&["--etcd-endpoints", &endpoints])
+        .start();
+    common::the_last_admin_is_kept(&hub).await;
+}

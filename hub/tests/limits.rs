@@ -401,3 +401,87 @@ async fn five_thousand_idle_connections_leave_heartbeats_unaffected() {
     assert!(held_by_hub >= IDLE as u64, "{held_by_hub}");
     assert!(latencies.len() >= 10);
 }
+
+/// `GET /v1/audit` from the beginning, as the admin sees it.
+async fn audit(hub: &Hub) -> Vec<serde_json::Value> {
+    let (s, body) = hub
+        .admin()
+        .get("/v1/audit?since=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_flood_of_refusals_is_audited_once_a_minute_per_source_and_the_audit_is_bounded() {
+    let hub = start_hub(&[
+        "--audit-retention-count",
+        "20",
+        "--retention-check-every",
+        "1",
+    ]);
+    let bad = hub.operator("cairn-op.0123456789ab.00112233445566778899aabbccddeeff00112233");
+    for _ in 0..200 {
+        assert_eq!(bad.get("/v1/appliances").await.0, 401);
+    }
+    // Another source: its own record.
+    let (config, _) = client_config(&Trust::CaBundle(hub.ca_pem.clone()), None).unwrap();
+    let other = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = other
+        .get(format!("{}/v1/appliances", hub.url))
+        .bearer_auth(&bad.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let refusals: Vec<(String, String)> = audit(&hub)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "request.unauthenticated")
+        .map(|e| {
+            assert_eq!(e["target"], "/v1/appliances");
+            (
+                e["source"].as_str().unwrap().to_owned(),
+                e["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            ("127.0.0.1".to_owned(), "refused: 401".to_owned()),
+            ("127.0.0.2".to_owned(), "refused: 401".to_owned())
+        ]
+    );
+
+    // Sixty audited writes: retention keeps the newest twenty, promptly.
+    for i in 0..60 {
+        hub.admin().enrollment_token(&format!("site-{i}"), 1).await;
+    }
+    let kept = cairn_test_support::poll_async("audit pruned to its count", LIMIT, || async {
+        let entries = audit(&hub).await;
+        (entries.len() <= 20).then_some(entries)
+    })
+    .await;
+    assert!(kept.len() >= 15, "{}", kept.len());
+    let (_, tokens) = hub.admin().get("/v1/tokens").await;
+    let newest = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["site"] == "site-59")
+        .unwrap();
+    assert!(
+        kept.iter()
+            .any(|e| e["action"] == "token.create" && e["target"] == newest["id"]),
+        "{kept:?}"
+    );
+    assert!(
+        !kept.iter().any(|e| e["actor"] == "cairn-hub init"),
+        "the oldest entry is gone"
+    );
+}

@@ -86,6 +86,9 @@ pub enum ErrorCode {
     /// to re-key it (its certificate over mTLS, or a re-install token for it) (409). The
     /// appliance keeps its identity; the attempt is audited and raised as an event.
     HardwareKnown,
+    /// Revoking or deleting this token would leave the hub without a usable fleet-wide
+    /// admin token (409): create another admin token first.
+    LastAdmin,
     /// Too many requests from this address (429).
     RateLimited,
     /// A control plane's API server failed (502).
@@ -139,6 +142,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("method_not_allowed", ErrorCode::MethodNotAllowed),
     ("conflict", ErrorCode::Conflict),
     ("hardware_known", ErrorCode::HardwareKnown),
+    ("last_admin", ErrorCode::LastAdmin),
     ("rate_limited", ErrorCode::RateLimited),
     ("control_plane_failed", ErrorCode::ControlPlaneFailed),
     ("store_unavailable", ErrorCode::StoreUnavailable),

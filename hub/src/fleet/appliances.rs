@@ -157,6 +157,8 @@ impl Fleet {
         {
             return Err(FleetError::Contended(id.into()));
         }
-        Ok(())
+        // After the delete: a kubelet that still has the token cannot join any more.
+        self.revoke_bootstrap_tokens(caller, &a.id, Some(&a.site), None)
+            .await
     }
 }

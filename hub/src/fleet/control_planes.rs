@@ -190,8 +190,10 @@ impl Fleet {
         Ok(None)
     }
 
-    /// Mints a bootstrap token in `cp` for the appliance and puts the join bundle in its
-    /// desired state.
+    /// Mints a bootstrap token in `cp` for the appliance, puts the join bundle in its
+    /// desired state and revokes the tokens it had before (another control plane's, or one
+    /// a failed join left). The token's record is written first: a crash before the bundle
+    /// is stored leaves a tracked token, which the next join or the delete revokes.
     pub(super) async fn join(
         &self,
         caller: &Caller,
@@ -199,6 +201,23 @@ impl Fleet {
         id: &ApplianceId,
     ) -> Result<Appliance, FleetError> {
         let token = BootstrapToken::generate(BOOTSTRAP_TOKEN_TTL);
+        let record = MintedBootstrapToken {
+            appliance: id.clone(),
+            control_plane: cp.name.clone(),
+            token_id: token.id.clone(),
+            expires_at: token.expires_at,
+        };
+        let record_key = bootstrap_key(id, &token.id);
+        if !self
+            .store
+            .txn(
+                vec![Check::version(&record_key, 0)],
+                vec![Op::put(&record_key, encode(&record))],
+            )
+            .await?
+        {
+            return Err(FleetError::Contended(record_key));
+        }
         if let Err(e) = self.kube.create(cp, id, &token).await {
             let message = format!("{e}");
             self.audit(
@@ -248,6 +267,111 @@ impl Fleet {
                 })
             })
             .await?;
+        self.revoke_bootstrap_tokens(caller, id, Some(&joined.site), Some(&token.id))
+            .await?;
         Ok(self.refresh_desired(id).await?.unwrap_or(joined))
     }
+
+    /// Revokes in their control planes the appliance's tracked bootstrap tokens but
+    /// `keep`, and forgets those revoked. One the API server would not delete stays
+    /// tracked (audited as failed) for the next join, delete or
+    /// [`Fleet::sweep_bootstrap_tokens`] to retry; the caller's change stands either way.
+    pub(super) async fn revoke_bootstrap_tokens(
+        &self,
+        caller: &Caller,
+        id: &ApplianceId,
+        site: Option<&str>,
+        keep: Option<&str>,
+    ) -> Result<(), FleetError> {
+        let prefix = bootstrap_key(id, "");
+        for (version, t) in self.list::<MintedBootstrapToken>(&prefix).await? {
+            if keep == Some(t.token_id.as_str()) {
+                continue;
+            }
+            let target = format!("{}/{id}", t.control_plane);
+            let cp = self
+                .get::<ControlPlane>(&format!("{}{}", keys::CONTROL_PLANES, t.control_plane))
+                .await?;
+            let result = match &cp {
+                // Its control plane is gone from the hub, and with it the way to reach it.
+                None => Ok(()),
+                Some((_, cp)) => self.kube.delete(cp, &t.token_id).await,
+            };
+            let key = bootstrap_key(id, &t.token_id);
+            match result {
+                Ok(()) => {
+                    let audit = Self::audit_op(
+                        caller,
+                        "control-plane.revoke-bootstrap-token",
+                        &target,
+                        "ok",
+                        site,
+                    );
+                    self.store
+                        .txn(
+                            vec![Check::version(&key, version)],
+                            vec![Op::delete(&key), audit],
+                        )
+                        .await?;
+                }
+                Err(e) => {
+                    tracing::warn!(appliance = %id, control_plane = %t.control_plane, token = %t.token_id, error = %e, "revoking a bootstrap token failed; kept to retry");
+                    self.audit(
+                        caller,
+                        "control-plane.revoke-bootstrap-token",
+                        &target,
+                        &format!("failed: {e}"),
+                        site,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Fleet {
+    /// A leader pass over the tracked bootstrap tokens: forgets those past their expiry
+    /// (the API server deleted them) and revokes those of deleted appliances whose
+    /// revocation failed at the delete. Answers how many records it removed.
+    pub async fn sweep_bootstrap_tokens(&self) -> Result<usize, FleetError> {
+        let hub = Caller {
+            actor: "cairn-hub".into(),
+            source: "local".into(),
+            ..Default::default()
+        };
+        let mut removed = 0;
+        let mut orphans = BTreeSet::new();
+        for (k, v) in self.list_raw(keys::BOOTSTRAP_TOKENS).await? {
+            let t: MintedBootstrapToken = decode(&k, &v)?;
+            if t.expires_at <= now() {
+                if self
+                    .store
+                    .txn(vec![Check::version(&k, v.version)], vec![Op::delete(&k)])
+                    .await?
+                {
+                    removed += 1;
+                }
+            } else if self
+                .store
+                .get(&format!("{}{}", keys::APPLIANCES, t.appliance))
+                .await?
+                .is_none()
+            {
+                orphans.insert(t.appliance);
+            }
+        }
+        for id in orphans {
+            let before = self.list_raw(&bootstrap_key(&id, "")).await?.len();
+            self.revoke_bootstrap_tokens(&hub, &id, None, None).await?;
+            removed += before - self.list_raw(&bootstrap_key(&id, "")).await?.len();
+        }
+        Ok(removed)
+    }
+}
+
+/// `bootstrap-tokens/<appliance>/<token id>`; with an empty ID, the appliance's prefix.
+fn bootstrap_key(id: &ApplianceId, token_id: &str) -> String {
+    format!("{}{id}/{token_id}", keys::BOOTSTRAP_TOKENS)
 }

@@ -244,22 +244,45 @@ impl Fleet {
         let id = peer.appliance.as_ref().ok_or_else(|| {
             FleetError::Unauthenticated("the client certificate does not name an appliance".into())
         })?;
-        let (version, appliance): (_, Appliance) = self
-            .get(&format!("{}{id}", keys::APPLIANCES))
-            .await?
-            .ok_or_else(|| FleetError::NotFound {
-                code: cairn_api::hub::ErrorCode::ApplianceUnknown,
-                message: format!("appliance {id} is not registered (deleted?); register again"),
-            })?;
-        let current = same_digest(&appliance.cert_sha256, &peer.sha256)
-            || appliance
-                .previous_cert_sha256
-                .as_deref()
-                .is_some_and(|p| same_digest(p, &peer.sha256));
-        if !current {
-            return Err(FleetError::CertificateSuperseded);
+        let key = format!("{}{id}", keys::APPLIANCES);
+        for _ in 0..MAX_RETRIES {
+            let (version, mut appliance): (_, Appliance) =
+                self.get(&key).await?.ok_or_else(|| FleetError::NotFound {
+                    code: cairn_api::hub::ErrorCode::ApplianceUnknown,
+                    message: format!("appliance {id} is not registered (deleted?); register again"),
+                })?;
+            if !same_digest(&appliance.cert_sha256, &peer.sha256) {
+                // The certificate a renewal replaced stays valid only until the new one is
+                // first seen (its answer may have been lost on the way).
+                if appliance
+                    .previous_cert_sha256
+                    .as_deref()
+                    .is_some_and(|p| same_digest(p, &peer.sha256))
+                {
+                    return Ok((version, appliance));
+                }
+                return Err(FleetError::CertificateSuperseded);
+            }
+            if appliance.previous_cert_sha256.is_none() {
+                return Ok((version, appliance));
+            }
+            // First use of the renewed certificate: the previous one is retired.
+            appliance.previous_cert_sha256 = None;
+            let event = self.event_op(
+                &appliance,
+                "previous-certificate-retired",
+                "the renewed client certificate was used; the one it replaced is refused from now on"
+                    .into(),
+            );
+            self.store
+                .txn(
+                    vec![Check::version(&key, version)],
+                    vec![Op::put(&key, encode(&appliance)), event],
+                )
+                .await?;
+            // Read again either way: the version after the write, or what changed it.
         }
-        Ok((version, appliance))
+        Err(FleetError::Contended(key))
     }
 
     /// The appliance a verified client certificate belongs to, if it is still current.

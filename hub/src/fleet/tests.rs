@@ -103,6 +103,56 @@ async fn suite(store: Arc<dyn Store>) {
     // Last: its appliances go offline while it waits for a token to expire.
     registration_keeps_hardware_identity(&w).await;
     bound_tokens_register_only_their_server(&w).await;
+    logs_are_kept_by_age_and_count(&w).await;
+}
+
+/// Retention over what the suite wrote: by count the newest entries of each log stay, by
+/// age only those written since.
+async fn logs_are_kept_by_age_and_count(w: &World) {
+    let with = |max_age: Duration, max_count: usize| {
+        let keep = Retention { max_age, max_count };
+        let settings = FleetSettings {
+            audit_retention: keep,
+            event_retention: keep,
+            ..Default::default()
+        };
+        Fleet::new(w.fleet.store.clone(), w.fleet.ca.clone(), settings)
+    };
+    let audit = || async {
+        w.fleet
+            .audit_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100_000)
+            .await
+            .unwrap()
+    };
+    let events = || async {
+        w.fleet
+            .events_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 100_000)
+            .await
+            .unwrap()
+    };
+    let (audit_before, events_before) = (audit().await, events().await);
+    assert!(audit_before.len() > 5 && events_before.len() > 5);
+
+    let deleted = with(Duration::days(1), 5).prune_logs().await.unwrap();
+    assert_eq!(deleted, audit_before.len() + events_before.len() - 10);
+    assert_eq!(audit().await, audit_before[audit_before.len() - 5..]);
+    assert_eq!(events().await, events_before[events_before.len() - 5..]);
+
+    let mark = OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    w.fleet
+        .audit(&w.admin, "test.after", "a", "ok", None)
+        .await
+        .unwrap();
+    w.fleet
+        .audit(&w.admin, "test.after", "b", "ok", None)
+        .await
+        .unwrap();
+    let max_age = OffsetDateTime::now_utc() - mark - Duration::milliseconds(100);
+    with(max_age, 1000).prune_logs().await.unwrap();
+    let kept: Vec<String> = audit().await.into_iter().map(|e| e.target).collect();
+    assert_eq!(kept, ["a", "b"]);
+    assert!(events().await.is_empty());
 }
 
 fn enrollment(site: &str, max_uses: u32) -> CreateEnrollmentToken {

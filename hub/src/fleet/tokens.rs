@@ -234,27 +234,61 @@ impl Fleet {
         Ok((version, token))
     }
 
-    /// Deletes an operator token (admin, in scope).
+    /// Whether `token` opens every admin route: fleet-wide, admin, not revoked or expired.
+    fn is_usable_fleet_admin(token: &OperatorToken) -> bool {
+        token.role == Role::Admin
+            && token.site.is_none()
+            && token.tenant.is_none()
+            && !token.revoked
+            && token.expires_at.is_none_or(|at| at > now())
+    }
+
+    /// The check that keeps one usable fleet-wide admin token when `token` goes: none when
+    /// `token` is not one, else the version of another that must still hold at commit (so
+    /// two admins revoking each other at once cannot both succeed); refused when there is
+    /// no other.
+    async fn keeps_an_admin(&self, token: &OperatorToken) -> Result<Option<Check>, FleetError> {
+        if !Self::is_usable_fleet_admin(token) {
+            return Ok(None);
+        }
+        let all: Vec<(u64, OperatorToken)> = self.list(keys::OPERATOR_TOKENS).await?;
+        all.into_iter()
+            .find(|(_, t)| t.id != token.id && Self::is_usable_fleet_admin(t))
+            .map(|(version, t)| {
+                Some(Check::version(
+                    format!("{}{}", keys::OPERATOR_TOKENS, t.id),
+                    version,
+                ))
+            })
+            .ok_or_else(|| FleetError::LastAdmin(format!("operator token {:?}", token.id)))
+    }
+
+    /// Deletes an operator token (admin, in scope); not the last usable fleet-wide admin.
     pub async fn delete_operator_token(&self, caller: &Caller, id: &str) -> Result<(), FleetError> {
         let key = format!("{}{id}", keys::OPERATOR_TOKENS);
-        let (version, token) = self.operator_token_in_scope(caller, id).await?;
-        let audit = Self::audit_op(
-            caller,
-            "operator-token.delete",
-            id,
-            "ok",
-            token.site.as_deref(),
-        );
-        self.store
-            .txn(
-                vec![Check::version(&key, version)],
-                vec![Op::delete(&key), audit],
-            )
-            .await?;
-        Ok(())
+        let key = key.as_str();
+        self.cas(key, move || async move {
+            let (version, token) = self.operator_token_in_scope(caller, id).await?;
+            let mut checks = vec![Check::version(key, version)];
+            checks.extend(self.keeps_an_admin(&token).await?);
+            let audit = Self::audit_op(
+                caller,
+                "operator-token.delete",
+                id,
+                "ok",
+                token.site.as_deref(),
+            );
+            Ok(Attempt::Write {
+                checks,
+                ops: vec![Op::delete(key), audit],
+                then: (),
+            })
+        })
+        .await
     }
 
     /// Revokes an operator token (admin, in scope): refused from now on, kept in the list.
+    /// Not the last usable fleet-wide admin.
     pub async fn revoke_operator_token(
         &self,
         caller: &Caller,
@@ -264,6 +298,8 @@ impl Fleet {
         let key = key.as_str();
         self.cas(key, move || async move {
             let (version, mut token) = self.operator_token_in_scope(caller, id).await?;
+            let mut checks = vec![Check::version(key, version)];
+            checks.extend(self.keeps_an_admin(&token).await?);
             token.revoked = true;
             let audit = Self::audit_op(
                 caller,
@@ -273,7 +309,7 @@ impl Fleet {
                 token.site.as_deref(),
             );
             Ok(Attempt::Write {
-                checks: vec![Check::version(key, version)],
+                checks,
                 ops: vec![Op::put(key, encode(&token)), audit],
                 then: token,
             })

@@ -62,6 +62,7 @@ impl From<FleetError> for ApiError {
             F::NotFound { code, .. } => (StatusCode::NOT_FOUND, code.clone()),
             F::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             F::HardwareKnown => (StatusCode::CONFLICT, ErrorCode::HardwareKnown),
+            F::LastAdmin(_) => (StatusCode::CONFLICT, ErrorCode::LastAdmin),
             F::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
             F::BundleRefused(_) => (StatusCode::BAD_REQUEST, ErrorCode::BundleRefused),
             F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::ControlPlaneFailed),

@@ -29,7 +29,7 @@ use tower::ServiceExt;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::pki::PeerCert;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, RefusalLog};
 
 pub use routes::router;
 
@@ -47,6 +47,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Renewal rate limit, per appliance.
     pub renewals: Arc<RateLimiter<String>>,
+    /// Unauthenticated refusals per source, for their rate-limited audit entries.
+    pub refusals: Arc<RefusalLog>,
     /// Longest a request may take (streamed uploads excepted).
     pub request_timeout: Duration,
 }
@@ -423,7 +425,7 @@ pub async fn serve(
 
 /// Runs the offline detector every `every` while this process leads.
 pub async fn offline_detector(fleet: Arc<Fleet>, every: Duration) {
-    while_leading(fleet, every, "offline detection", |f| async move {
+    while_leading(fleet, every, "offline detection", never, |f| async move {
         f.sweep_offline().await
     })
     .await
@@ -431,23 +433,52 @@ pub async fn offline_detector(fleet: Arc<Fleet>, every: Duration) {
 
 /// Runs the upgrade campaign driver every `every` while this process leads.
 pub async fn campaign_driver(fleet: Arc<Fleet>, every: Duration) {
-    while_leading(fleet, every, "campaign driver", |f| async move {
+    while_leading(fleet, every, "campaign driver", never, |f| async move {
         f.drive_campaigns().await
     })
     .await
 }
 
-/// A singleton job: runs `pass` every `every`, but only while this process holds the
-/// store's leadership (always, on the embedded store; through a lease on etcd).
-async fn while_leading<F, Fut>(fleet: Arc<Fleet>, every: Duration, job: &str, pass: F)
-where
+/// Runs audit and event retention, and the sweep of tracked bootstrap tokens, every
+/// `every` and after each burst of log writes, while this process leads.
+pub async fn housekeeping(fleet: Arc<Fleet>, every: Duration) {
+    while_leading(
+        fleet,
+        every,
+        "housekeeping",
+        |f| async move { f.log_burst().await },
+        |f| async move { Ok(f.prune_logs().await? + f.sweep_bootstrap_tokens().await?) },
+    )
+    .await
+}
+
+/// A job woken by its period only.
+async fn never(_: Arc<Fleet>) {
+    std::future::pending().await
+}
+
+/// A singleton job: runs `pass` every `every`, and when `wake` completes, but only while
+/// this process holds the store's leadership (always, on the embedded store; through a
+/// lease on etcd).
+async fn while_leading<W, WakeFut, F, Fut>(
+    fleet: Arc<Fleet>,
+    every: Duration,
+    job: &str,
+    wake: W,
+    pass: F,
+) where
+    W: Fn(Arc<Fleet>) -> WakeFut,
+    WakeFut: std::future::Future<Output = ()>,
     F: Fn(Arc<Fleet>) -> Fut,
     Fut: std::future::Future<Output = Result<usize, crate::fleet::FleetError>>,
 {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake(fleet.clone()) => {}
+        }
         match fleet.store().lead().await {
             Ok(true) => {
                 if let Err(e) = pass(fleet.clone()).await {

@@ -116,7 +116,11 @@ pub fn load(dir: &Path) -> Result<Tls, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_err(&cert_path))?;
     let key_path = dir.join(pki::SERVER_KEY);
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(pem_err(&key_path))?;
+    let key_pem = pki::read_secret(&key_path).map_err(|e| TlsError::Pem {
+        path: key_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_err(&key_path))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(DeferredVerifier {

@@ -71,6 +71,9 @@ fn decode(raw: &[u8]) -> Versioned {
 impl EmbeddedStore {
     /// Opens (or creates) the store file and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // The store holds token hashes and bootstrap tokens: owner-only, also when an
+        // existing file was wider (redb itself creates files with the umask's mode).
+        crate::pki::open_secret(path, true).map_err(err("securing the store file"))?;
         let db = Database::create(path).map_err(err("opening the store file"))?;
         {
             let txn = db.begin_write().map_err(err("starting a write"))?;

@@ -228,3 +228,94 @@ pub async fn post(http: &reqwest::Client, url: String, body: &Value) -> (u16, Va
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The ID of `cairn-op.<id>.<secret>`.
+pub fn token_id(token: &str) -> &str {
+    token.split('.').nth(1).unwrap()
+}
+
+/// Revoking or deleting the last usable fleet-wide admin token is refused `409 last_admin`
+/// whatever other tokens exist (scoped admins, fleet viewers, an expired admin, a revoked
+/// one); with a second fleet admin, the first goes.
+pub async fn the_last_admin_is_kept(hub: &Hub) {
+    let admin = hub.admin();
+    let me = token_id(&hub.admin_token).to_owned();
+    let create = |body: Value| {
+        let admin = &admin;
+        async move {
+            let (s, body) = admin.post("/v1/operator-tokens", body).await;
+            assert_eq!(s, 201, "{body}");
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Tokens that do not open every admin route do not count.
+    create(json!({"name": "site-admin", "role": "admin", "site": "north"})).await;
+    create(json!({"name": "fleet-viewer", "role": "viewer"})).await;
+    create(json!({"name": "brief", "role": "admin", "ttl_seconds": 1})).await;
+    let revoked = create(json!({"name": "gone", "role": "admin"})).await;
+    let (s, body) = admin
+        .post(
+            &format!("/v1/operator-tokens/{}/revoke", token_id(&revoked)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let refused = |(s, body): (u16, Value)| {
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (409, Some("last_admin")),
+            "{body}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("create another admin token first"),
+            "{message}"
+        );
+    };
+    refused(
+        admin
+            .post(&format!("/v1/operator-tokens/{me}/revoke"), json!({}))
+            .await,
+    );
+    refused(
+        admin
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/operator-tokens/{me}"),
+                None,
+            )
+            .await,
+    );
+    // Still works: nothing was changed.
+    assert_eq!(admin.get("/v1/operator-tokens").await.0, 200);
+
+    // With a second fleet admin the first may go; then the second is the last.
+    let second = hub.operator(&create(json!({"name": "second", "role": "admin"})).await);
+    let (s, body) = second
+        .post(&format!("/v1/operator-tokens/{me}/revoke"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(admin.get("/v1/operator-tokens").await.0, 401);
+    let other = token_id(&second.token).to_owned();
+    refused(
+        second
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/operator-tokens/{other}"),
+                None,
+            )
+            .await,
+    );
+    // A revoked admin token is no admin: deleting it is fine.
+    let (s, body) = second
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/operator-tokens/{me}"),
+            None,
+        )
+        .await;
+    assert!(s < 300, "{s} {body}");
+    assert_eq!(second.get("/v1/operator-tokens").await.0, 200);
+}

@@ -752,6 +752,7 @@ async fn world(ca: Arc<Ca>) -> World {
         metrics: Arc::new(Metrics::default()),
         limiter: Arc::new(RateLimiter::new(1_000_000)),
         renewals: Arc::new(RateLimiter::new(1_000_000)),
+        refusals: Arc::new(crate::ratelimit::RefusalLog::default()),
         request_timeout: std::time::Duration::from_secs(60),
     };
     World {

@@ -998,6 +998,26 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Records an unauthenticated refusal in the audit log, at most once per source and minute
+/// ([`RefusalLog`](crate::ratelimit::RefusalLog)), with the count of those not recorded.
+async fn audit_refusal(state: &AppState, source: std::net::IpAddr, route: &str) {
+    let Some(unrecorded) = state.refusals.refused(source) else {
+        return;
+    };
+    let result = match unrecorded {
+        0 => "refused: 401".to_owned(),
+        n => format!("refused: 401 (and {n} more from this source in the minute before)"),
+    };
+    let caller = Caller::anonymous(source.to_string());
+    if let Err(e) = state
+        .fleet
+        .audit(&caller, "request.unauthenticated", route, &result, None)
+        .await
+    {
+        tracing::warn!(error = %e, "recording a refusal in the audit log failed");
+    }
+}
+
 /// Counts and times every request by route.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
@@ -1005,8 +1025,17 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(req.method()).to_owned();
+    let source = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|c| super::source_of(c.remote.ip()));
     let start = Instant::now();
     let response = next.run(req).await;
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let Some(source) = source
+    {
+        audit_refusal(&state, source, &route).await;
+    }
     let labels = vec![
         ("route", route.clone()),
         ("method", method),

@@ -210,7 +210,9 @@ async fn plain_http_redfish_needs_the_flag_and_is_warned_about_once_per_bmc() {
     );
 
     let before = requests_seen(&sushy);
-    let cli = Cli::parse_from(["t", "--inventory", inv.to_str().unwrap()]);
+    // One BMC at a time: both systems live in one sushy-tools, whose SQLite state answers
+    // "database is locked" (a 500) to concurrent requests on a loaded machine.
+    let cli = Cli::parse_from(["t", "--inventory", inv.to_str().unwrap(), "--parallel", "1"]);
     let out = cli.connect.run(status_op()).await.unwrap();
     assert_eq!(out.len(), 2);
     for o in &out {
@@ -227,6 +229,8 @@ async fn plain_http_redfish_needs_the_flag_and_is_warned_about_once_per_bmc() {
         "t",
         "--inventory",
         inv.to_str().unwrap(),
+        "--parallel",
+        "1",
         "--allow-insecure-redfish",
     ]);
     let out = cli.connect.run(status_op()).await.unwrap();

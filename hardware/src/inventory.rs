@@ -1,7 +1,7 @@
 //! The rack inventory file (`rack.yaml`): which servers exist and how to reach their BMCs.
 //!
 //! Shared with the installer (`cairn rack provision`), which reads the same file: the
-//! server fields it needs beyond the BMC (boot MAC, role, disk hint, netplan, firmware
+//! server fields it needs beyond the BMC (boot MAC, serial, role, disk hint, netplan, firmware
 //! profile) are parsed here too so one file has one schema and one set of error messages.
 //!
 //! ```yaml
@@ -10,6 +10,7 @@
 //!     bmc: redfish://admin@10.0.0.11
 //!     credentials: creds/r1s1.yaml    # relative to rack.yaml
 //!     boot_mac: 52:54:00:12:34:56
+//!     serial: CZ21440XYZ              # optional: binds its enrollment token
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,11 @@ pub struct Server {
     /// MAC address the server PXE-boots from.
     #[serde(default)]
     pub boot_mac: Option<String>,
+    /// The system serial number (SMBIOS, as on the label and the delivery manifest). The
+    /// server's single-use enrollment token is bound to it, so an install on other hardware
+    /// cannot register with it; when the BMC reports a serial, the two must match.
+    #[serde(default)]
+    pub serial: Option<String>,
     /// Role in the cluster (e.g. `control-plane`, `worker`).
     #[serde(default)]
     pub role: Option<String>,
@@ -118,6 +124,15 @@ impl Rack {
                 return Err(format!(
                     "servers[{i}].name: duplicate server name {:?}",
                     server.name
+                ));
+            }
+            if server
+                .serial
+                .as_deref()
+                .is_some_and(|s| s.trim().is_empty())
+            {
+                return Err(format!(
+                    "servers[{i}].serial: empty (leave the key out when the serial is unknown)"
                 ));
             }
         }
@@ -203,5 +218,12 @@ mod tests {
         );
         let e = Rack::parse(&RACK.replace("name: b", "name: a"), Path::new(".")).unwrap_err();
         assert!(e.contains("servers[1].name: duplicate"), "{e}");
+        let blank = RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    serial: \" \"\n");
+        let e = Rack::parse(&blank, Path::new(".")).unwrap_err();
+        assert!(e.contains("servers[1].serial: empty"), "{e}");
+        let given = RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    serial: CZ21440XYZ\n");
+        let rack = Rack::parse(&given, Path::new(".")).unwrap();
+        assert_eq!(rack.servers[1].serial.as_deref(), Some("CZ21440XYZ"));
+        assert_eq!(rack.servers[0].serial, None);
     }
 }

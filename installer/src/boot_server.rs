@@ -17,7 +17,8 @@
 //! script carries only the nonce, which the agent exchanges once (a second exchange, or one
 //! with an older nonce, is refused). The enrollment token in the plan is minted at that
 //! exchange from the hub with the operator token this server was given: single-use, bound
-//! to the server's boot MAC, expiring with the install timeout. The boot server never holds
+//! to the server's boot MAC (and to the serial rack.yaml declares for it), expiring with the
+//! install timeout. The boot server never holds
 //! a multi-use enrollment token. Nonces and report tokens are random; only their SHA-256 is
 //! kept in memory. The inventory is read with `cairn_hardware::inventory` (the format's
 //! owner).
@@ -83,7 +84,8 @@ pub struct BootServerArgs {
     #[arg(long, requires = "hub_url")]
     hub_ca: Option<PathBuf>,
     /// File holding an operator token (operator role, for --site) with which one
-    /// single-use enrollment token per install is minted, bound to the server's boot MAC.
+    /// single-use enrollment token per install is minted, bound to the server's boot MAC
+    /// and to the serial rack.yaml declares for it.
     /// Never pass tokens on the command line.
     #[arg(long, requires = "hub_url")]
     hub_token_file: Option<PathBuf>,
@@ -113,6 +115,8 @@ pub struct BootServerArgs {
 struct Server {
     name: String,
     mac: String,
+    /// The serial rack.yaml declares: the install's token is bound to it too.
+    serial: Option<String>,
     /// The plan without its enrollment token (minted at each exchange).
     plan: InstallPlan,
 }
@@ -347,6 +351,7 @@ impl BootServerArgs {
             servers.push(Server {
                 name: s.name.clone(),
                 mac,
+                serial: s.serial.clone(),
                 plan,
             });
         }
@@ -519,11 +524,11 @@ async fn plan(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::r
             labels: Default::default(),
             tenant: None,
             mac: Some(s.mac.clone()),
-            serial: None,
+            serial: s.serial.clone(),
         };
         match e.hub.create_token(&request).await {
             Ok(t) => {
-                tracing::info!(server = %s.name, mac = %s.mac, token = %t.view.id, "minted this install's enrollment token");
+                tracing::info!(server = %s.name, mac = %s.mac, serial = ?s.serial, token = %t.view.id, "minted this install's enrollment token");
                 plan.enrollment_token = Some(t.token);
             }
             Err(err) => {
@@ -618,9 +623,10 @@ mod tests {
 
     /// Two inventory servers, the build's own iPXE template, and report tokens `t1`, `t2`.
     fn state_with(enroller: Option<Enroller>) -> Arc<AppState> {
-        let server = |name: &str, mac: &str| Server {
+        let server = |name: &str, mac: &str, serial: Option<&str>| Server {
             name: name.into(),
             mac: mac.into(),
+            serial: serial.map(str::to_owned),
             plan: InstallPlan {
                 name: name.into(),
                 ..Default::default()
@@ -641,8 +647,8 @@ mod tests {
             .collect();
         Arc::new(AppState {
             servers: vec![
-                server("edge-1", MAC1),
-                server("edge-2", "52:54:00:00:00:02"),
+                server("edge-1", MAC1, Some("EDGE1-SN")),
+                server("edge-2", "52:54:00:00:00:02", None),
             ],
             scripts: Scripts {
                 tera,
@@ -672,10 +678,11 @@ mod tests {
 
     /// The PXE LAN's view, with a real hub: the script (and so the kernel command line)
     /// carries only a nonce; it is exchanged once for the plan, whose enrollment token the
-    /// hub minted at that moment, single-use and bound to the server's boot MAC; a newer
-    /// script makes the older nonce worthless; the boot server holds no other token.
+    /// hub minted at that moment, single-use and bound to the server's boot MAC and to the
+    /// serial rack.yaml declares; a newer script makes the older nonce worthless; the boot
+    /// server holds no other token.
     #[tokio::test]
-    async fn the_script_carries_only_a_nonce_exchanged_once_for_a_mac_bound_token() {
+    async fn the_script_carries_only_a_nonce_exchanged_once_for_a_bound_token() {
         let hub = cairn_test_support::hub::Hub::builder(cairn_test_support::workspace_bin(
             "cairn-hub",
             "cairn-hub",
@@ -747,8 +754,13 @@ mod tests {
         let minted = &tokens[0];
         assert_eq!(token.split('.').nth(1), Some(minted.id.as_str()));
         assert_eq!(
-            (minted.max_uses, minted.mac.as_deref(), minted.site.as_str()),
-            (1, Some(MAC1), "lab")
+            (
+                minted.max_uses,
+                minted.mac.as_deref(),
+                minted.serial.as_deref(),
+                minted.site.as_str()
+            ),
+            (1, Some(MAC1), Some("EDGE1-SN"), "lab")
         );
         let ttl = (minted.expires_at - minted.created_at).whole_seconds();
         assert!(

@@ -207,6 +207,7 @@ fn plan_for(server: &Server, boot: BootChoice, site: Option<&str>) -> Result<Ser
     Ok(ServerPlan {
         name: server.name.clone(),
         boot_mac,
+        serial: server.serial.clone(),
         boot: method,
         firmware_profile: server.firmware_profile.clone(),
     })

@@ -141,8 +141,9 @@ fn assert_provisioned(lab: &TestLab, summary: &serde_json::Value, name: &str) {
     assert_eq!(server["next_boot"], "default", "{name}: {server}");
 }
 
-/// `name` is provisioned, the hub knows it under the same appliance ID, and its console shows
-/// the installed disk booting.
+/// `name` is provisioned, the hub knows it under the same appliance ID with the serial its
+/// SMBIOS reports (the one rack.yaml declares and its token was bound to), and its console
+/// shows the installed disk booting.
 fn assert_registered(lab: &TestLab, summary: &serde_json::Value, name: &str) {
     let rec = record_of(summary, name);
     assert_eq!(
@@ -154,6 +155,14 @@ fn assert_registered(lab: &TestLab, summary: &serde_json::Value, name: &str) {
     let hub = lab.hub_view(name);
     assert_eq!(hub["id"], rec["state"]["appliance_id"], "{name}: {hub}");
     assert_eq!(hub["hostname"], name);
+    let status = lab.status();
+    let spec = &status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["name"] == name)
+        .unwrap()["spec"];
+    assert_eq!(hub["inventory"]["serial"], spec["serial"], "{name}: {hub}");
     let console = lab.console(name);
     assert!(
         console.contains("cairn-beacon version=0.1.0 slot=a hub=https://10.77.0.1:8443"),
@@ -358,7 +367,9 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
     );
 
     // The ISO carried a token of its own, minted by `cairn rack provision`: single-use,
-    // bound to srv1's boot MAC, and spent by srv1's registration. The hub holds no other.
+    // bound to srv1's boot MAC and to the serial rack.yaml declares (sushy reports none),
+    // and spent by srv1's registration, which the hub admits only from hardware reporting
+    // that serial. The hub holds no other.
     let services = lab.services();
     let tokens = Command::new(LAB)
         .args(["exec", "--dir"])
@@ -379,12 +390,14 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
         .find(|s| s["spec"]["name"] == "srv1")
         .unwrap();
     let mac = srv1["spec"]["mac"].as_str().unwrap().to_lowercase();
+    let serial = srv1["spec"]["serial"].as_str().unwrap();
     let tokens = tokens.as_array().unwrap();
     assert_eq!(tokens.len(), 1, "one token, the ISO's: {tokens:?}");
     let t = &tokens[0];
     assert_eq!(
         (
             &t["mac"],
+            &t["serial"],
             &t["max_uses"],
             &t["uses"],
             &t["revoked"],
@@ -392,6 +405,7 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
         ),
         (
             &serde_json::json!(mac),
+            &serde_json::json!(serial),
             &serde_json::json!(1),
             &serde_json::json!(1),
             &serde_json::json!(false),

@@ -16,7 +16,9 @@
 //!
 //! Virtual media: each `booting-installer` attempt mints one single-use enrollment token at
 //! the hub, bound to the server's boot MAC (and to the serial its BMC reported during
-//! inspection), expiring with the install and registration timeouts; builds the server's own
+//! inspection or, failing that, the one rack.yaml declares; a BMC reporting another serial
+//! than rack.yaml fails the server at inspection), expiring with the install and
+//! registration timeouts; builds the server's own
 //! seeded ISO holding it, under an unguessable URL; and inserts that URL. An earlier
 //! attempt's ISO is deleted and its token revoked first; when the server is provisioned or
 //! failed, its ISO is deleted (and an unused token revoked). Neither the token nor the URL
@@ -227,6 +229,8 @@ pub struct ServerPlan {
     pub name: String,
     /// The MAC it boots from (and reports install progress under).
     pub boot_mac: String,
+    /// The serial rack.yaml declares, if it does.
+    pub serial: Option<String>,
     /// PXE or virtual media.
     pub boot: BootMethod,
     /// Firmware profile to apply, if the inventory names one.
@@ -301,7 +305,7 @@ pub struct TokenBinding {
     pub site: String,
     /// Its boot MAC (lowercase).
     pub mac: String,
-    /// The serial number its BMC reported, if it did.
+    /// The serial number its BMC reported or, failing that, rack.yaml declares.
     pub serial: Option<String>,
     /// How long the token is valid.
     pub ttl: Duration,
@@ -556,7 +560,7 @@ impl Machine<'_> {
         let binding = TokenBinding {
             site: site.to_owned(),
             mac: self.plan.boot_mac.clone(),
-            serial: record.serial.clone(),
+            serial: record.serial.clone().or_else(|| self.plan.serial.clone()),
             ttl: self.policy.install_start_timeout + self.policy.register_timeout,
         };
         let token = self.minter.mint(&binding).await.map_err(|e| match e {
@@ -592,12 +596,21 @@ impl Machine<'_> {
             .map_err(|e| StepError::bmc("reading power state", e))?;
         match self.bmc.inventory().await {
             Ok(inv) => {
-                record.serial = inv
+                let reported = inv
                     .serial
                     .as_deref()
                     .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned);
+                    .filter(|s| !s.is_empty());
+                if let (Some(bmc), Some(declared)) = (reported, self.plan.serial.as_deref())
+                    && bmc != declared.trim()
+                {
+                    return Err(StepError::fatal(format!(
+                        "its BMC reports serial {bmc:?} but rack.yaml declares {declared:?}: \
+                         check this server's bmc address (another machine answers there) \
+                         or correct its serial"
+                    )));
+                }
+                record.serial = reported.map(str::to_owned);
                 record.hardware = Some(format!(
                     "{} {} serial {} ({} NICs, {} disks), power {power}",
                     inv.manufacturer.as_deref().unwrap_or("?"),

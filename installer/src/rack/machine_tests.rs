@@ -252,6 +252,7 @@ fn plan(boot: BootMethod) -> ServerPlan {
     ServerPlan {
         name: "srv1".into(),
         boot_mac: "52:54:00:00:00:01".into(),
+        serial: None,
         boot,
         firmware_profile: None,
     }
@@ -565,17 +566,23 @@ fn leaks(text: &str, media: &FakeMedia) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after() {
-    // (BMC serial, serial the token is bound to): a serial the BMC reports is bound, one it
-    // does not (IPMI, or an empty field) is not.
-    let cases: [(Option<&str>, Option<&str>); 3] = [
-        (Some("QPX12345"), Some("QPX12345")),
-        (Some("  "), None),
-        (None, None),
+    // (BMC serial, rack.yaml serial, serial the token is bound to): a serial the BMC
+    // reports is bound; where it reports none (IPMI, or an empty field) rack.yaml's is.
+    let cases: [(Option<&str>, Option<&str>, Option<&str>); 5] = [
+        (Some("QPX12345"), None, Some("QPX12345")),
+        (Some("QPX12345"), Some("QPX12345"), Some("QPX12345")),
+        (Some("  "), None, None),
+        (None, None, None),
+        (Some(""), Some("LAB-1"), Some("LAB-1")),
     ];
-    for (bmc_serial, bound) in cases {
+    for (bmc_serial, declared, bound) in cases {
         let bmc = FakeBmc {
             serial: bmc_serial.map(str::to_owned),
             ..FakeBmc::off()
+        };
+        let plan = ServerPlan {
+            serial: declared.map(str::to_owned),
+            ..media_plan()
         };
         let install = FakeInstall::new(None, &[]);
         let fleet = FakeFleet {
@@ -584,7 +591,7 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
         };
         let (minter, media) = (FakeMinter::default(), FakeMedia::default());
         let r = run_with(
-            &media_plan(),
+            &plan,
             &bmc,
             &install,
             &fleet,
@@ -609,7 +616,7 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
                 serial: bound.map(str::to_owned),
                 ttl: Duration::from_secs(60 + 120),
             }],
-            "BMC serial {bmc_serial:?}"
+            "BMC serial {bmc_serial:?}, rack.yaml {declared:?}"
         );
         // The BMC got that ISO's URL; the ISO held that token.
         let url = media.urls.lock().unwrap()[0].clone();
@@ -735,6 +742,52 @@ async fn a_token_the_hub_refuses_to_mint_fails_the_server_at_once_naming_the_rol
         bmc.calls()
     );
     assert!(media.urls.lock().unwrap().is_empty());
+}
+
+/// A BMC that reports another serial than rack.yaml declares is another machine (a wrong
+/// `bmc` address, a swapped cable): the server fails at inspection, before any token is
+/// minted or anything is powered on or written.
+#[tokio::test(start_paused = true)]
+async fn a_bmc_reporting_another_serial_than_the_inventory_fails_at_inspection() {
+    let bmc = FakeBmc {
+        serial: Some("QPX99999".into()),
+        ..FakeBmc::off()
+    };
+    let install = FakeInstall::new(None, &[]);
+    let fleet = FakeFleet {
+        after: Some(0),
+        polls: Mutex::new(0),
+    };
+    let (minter, media) = (FakeMinter::default(), FakeMedia::default());
+    let plan = ServerPlan {
+        serial: Some("QPX12345".into()),
+        ..media_plan()
+    };
+    let r = run_with(
+        &plan,
+        &bmc,
+        &install,
+        &fleet,
+        &minter,
+        &media,
+        State::Registered,
+    )
+    .await;
+    match &r.record.state {
+        State::Failed { phase, reason } => {
+            assert_eq!(*phase, Phase::Inspecting);
+            assert!(
+                reason.contains("QPX99999")
+                    && reason.contains("QPX12345")
+                    && reason.contains("bmc address"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(r.seen.notes.lock().unwrap().is_empty(), "not retried");
+    assert!(minter.minted.lock().unwrap().is_empty(), "no token minted");
+    assert!(bmc.calls().is_empty(), "nothing done: {:?}", bmc.calls());
 }
 
 #[tokio::test(start_paused = true)]

@@ -46,6 +46,9 @@ pub struct ServerSpec {
     pub bmc_url: String,
     /// The boot NIC's MAC.
     pub mac: String,
+    /// Its SMBIOS system serial, which the guest reports and rack.yaml declares (so its
+    /// enrollment token is bound to it, as on a real rack).
+    pub serial: String,
     /// Its tap device in the namespace.
     pub tap: String,
     /// Loopback TCP port (inside the namespace) where `ipmi_sim` serves QEMU's
@@ -134,6 +137,11 @@ impl Layout {
     }
 }
 
+/// The lab's SMBIOS serial number for server `index` (1-based).
+pub fn serial_for(index: usize) -> String {
+    format!("CAIRNLAB{index:04}")
+}
+
 /// The MAC of server `index` (1-based): QEMU's locally administered prefix.
 pub fn mac_for(index: usize) -> String {
     format!(
@@ -152,6 +160,12 @@ mod tests {
         assert_eq!(mac_for(1), "52:54:00:c4:00:01");
         assert_eq!(mac_for(300), "52:54:00:c4:01:2c");
         assert_ne!(mac_for(1), mac_for(257));
+    }
+
+    #[test]
+    fn serials_are_unique_per_server() {
+        assert_eq!(serial_for(7), "CAIRNLAB0007");
+        assert_ne!(serial_for(1), serial_for(2));
     }
 }
 

@@ -16,10 +16,11 @@ pub fn render(servers: &[ServerSpec]) -> String {
     );
     for s in servers {
         out.push_str(&format!(
-            "  - name: {name}\n    bmc: {url}\n    credentials: creds/{name}.yaml\n    boot_mac: \"{mac}\"\n    role: worker\n    disk_hint: /dev/vda\n",
+            "  - name: {name}\n    bmc: {url}\n    credentials: creds/{name}.yaml\n    boot_mac: \"{mac}\"\n    serial: {serial}\n    role: worker\n    disk_hint: /dev/vda\n",
             name = s.name,
             url = s.bmc_url,
             mac = s.mac,
+            serial = s.serial,
         ));
     }
     out
@@ -92,6 +93,7 @@ mod tests {
                 bmc_port: 623,
                 bmc_url: format!("ipmi://admin@10.77.0.{}:623", 100 + i),
                 mac: crate::lab::layout::mac_for(i),
+                serial: crate::lab::layout::serial_for(i),
                 tap: format!("tap{i}"),
                 ipmi_serial_port: 9000 + i as u16,
             })
@@ -105,5 +107,6 @@ mod tests {
             Some("52:54:00:c4:00:02")
         );
         assert_eq!(rack.servers[0].bmc.port, 623);
+        assert_eq!(rack.servers[1].serial.as_deref(), Some("CAIRNLAB0002"));
     }
 }

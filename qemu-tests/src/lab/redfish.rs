@@ -383,7 +383,8 @@ fn domain_xml(spec: &ServerSpec, uuid: &str, dir: &Path, memory_mb: u32) -> Stri
   <uuid>{uuid}</uuid>
   <memory unit='MiB'>{memory_mb}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/><smbios mode='sysinfo'/></os>
+  <sysinfo type='smbios'><system><entry name='serial'>{serial}</entry></system></sysinfo>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -400,6 +401,7 @@ fn domain_xml(spec: &ServerSpec, uuid: &str, dir: &Path, memory_mb: u32) -> Stri
         name = spec.name,
         disk = dir.join("disk.raw").display(),
         mac = spec.mac,
+        serial = spec.serial,
         tap = spec.tap,
         console = dir.join("console.log").display(),
     )

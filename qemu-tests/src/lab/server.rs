@@ -142,7 +142,9 @@ impl LabServer {
                 self.disk().display()
             ))
             .arg("-boot")
-            .arg(boot.qemu_boot());
+            .arg(boot.qemu_boot())
+            .arg("-smbios")
+            .arg(format!("type=1,serial={}", spec.serial));
         if let Some(iso) = &self.cdrom {
             b = b
                 .arg("-drive")

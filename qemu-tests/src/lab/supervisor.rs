@@ -108,6 +108,7 @@ pub fn plan(servers: usize, bmc: BmcChoice) -> Vec<ServerSpec> {
                 bmc_port,
                 bmc_url,
                 mac: layout::mac_for(i),
+                serial: layout::serial_for(i),
                 tap: format!("tap{i}"),
                 ipmi_serial_port: 9000 + i as u16,
             }

@@ -380,9 +380,62 @@ pub(crate) struct Route {
     pub summary: &'static str,
     /// Request body, when there is one.
     pub request: Option<Body>,
+    /// The query string's type, when the route reads one: each field is a parameter.
+    query: Option<fn() -> Schema>,
     /// Success status and body.
     pub response: (u16, Body),
     handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    /// The route reads its query string as `T`.
+    fn query<T: JsonSchema>(mut self) -> Self {
+        self.query = Some(|| {
+            SchemaSettings::draft2020_12()
+                .with(|s| s.inline_subschemas = true)
+                .into_generator()
+                .into_root_schema_for::<T>()
+        });
+        self
+    }
+}
+
+/// The OpenAPI parameters of a query string of `schema` (an object's properties): optional
+/// fields are simply left out, so their schema loses its `null`.
+fn query_parameters(schema: &Schema) -> Vec<Value> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, prop)| {
+            let mut prop = prop.clone();
+            let description = prop.as_object_mut().and_then(|o| o.remove("description"));
+            if let Some(types) = prop.get_mut("type").and_then(Value::as_array_mut) {
+                types.retain(|t| t != "null");
+                if let [only] = types.as_slice() {
+                    prop["type"] = only.clone();
+                }
+            }
+            if let Some(any) = prop.get_mut("anyOf").and_then(Value::as_array_mut) {
+                any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+                if let [only] = any.as_slice() {
+                    prop = only.clone();
+                }
+            }
+            let mut param = json!({"name": name, "in": "query",
+                "required": required.contains(&name.as_str()), "schema": prop});
+            if let Some(d) = description {
+                param["description"] = d;
+            }
+            param
+        })
+        .collect()
 }
 
 fn r(
@@ -401,6 +454,7 @@ fn r(
         scope,
         summary,
         request,
+        query: None,
         response,
         handler,
     }
@@ -575,7 +629,8 @@ pub(crate) fn routes() -> Vec<Route> {
             None,
             (200, json::<Vec<ApplianceView>>()),
             get(appliances::list_appliances),
-        ),
+        )
+        .query::<SiteQuery>(),
         r(
             M::GET,
             "/v1/appliances/{id}",
@@ -704,7 +759,8 @@ pub(crate) fn routes() -> Vec<Route> {
             )),
             (201, json::<ReleaseView>()),
             post(releases::upload_release).layer(DefaultBodyLimit::disable()),
-        ),
+        )
+        .query::<UploadQuery>(),
         r(
             M::GET,
             "/v1/releases",
@@ -806,7 +862,8 @@ pub(crate) fn routes() -> Vec<Route> {
             None,
             (200, json::<Vec<AuditEntryView>>()),
             get(audit::audit),
-        ),
+        )
+        .query::<SinceQuery>(),
         r(
             M::GET,
             "/v1/events",
@@ -815,7 +872,8 @@ pub(crate) fn routes() -> Vec<Route> {
             None,
             (200, json::<Vec<EventView>>()),
             get(audit::events),
-        ),
+        )
+        .query::<SinceQuery>(),
         r(
             M::POST,
             "/v1/tenants",
@@ -885,12 +943,15 @@ pub(crate) fn openapi_document() -> Value {
             op["requestBody"] = json!({"required": true, "description": describe(body),
                 "content": content(body)});
         }
-        let params: Vec<Value> = route
+        let mut params: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        if let Some(query) = route.query {
+            params.extend(query_parameters(&query()));
+        }
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }
@@ -1105,6 +1166,42 @@ mod tests {
             } else {
                 ""
             }
+        );
+    }
+
+    /// Every query string a handler reads is in the document, with its optional fields
+    /// optional and without `null` (a query parameter is absent, never null).
+    #[test]
+    fn query_strings_are_documented_parameters() {
+        let doc = super::openapi_document();
+        let params = |path: &str, method: &str| -> Vec<(String, bool, String)> {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path}: no parameters"))
+                .iter()
+                .filter(|p| p["in"] == "query")
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap().to_owned(),
+                        p["required"].as_bool().unwrap(),
+                        p["schema"]["type"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        let since_limit = vec![
+            ("limit".to_owned(), false, "integer".to_owned()),
+            ("since".to_owned(), false, "string".to_owned()),
+        ];
+        assert_eq!(params("/v1/audit", "get"), since_limit);
+        assert_eq!(params("/v1/events", "get"), since_limit);
+        assert_eq!(
+            params("/v1/appliances", "get"),
+            vec![("site".to_owned(), false, "string".to_owned())]
+        );
+        assert_eq!(
+            params("/v1/releases/upload", "post"),
+            vec![("sha256".to_owned(), true, "string".to_owned())]
         );
     }
 }

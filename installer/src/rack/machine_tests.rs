@@ -159,6 +159,16 @@ struct FakeFleet {
     polls: Mutex<u32>,
 }
 
+impl FakeFleet {
+    /// A hub where the appliance shows up after `after` polls (`None`: never).
+    fn after(after: Option<u32>) -> Self {
+        FakeFleet {
+            after,
+            polls: Mutex::new(0),
+        }
+    }
+}
+
 #[async_trait]
 impl FleetView for FakeFleet {
     async fn find(&self, name: &str, _mac: &str) -> Result<Option<String>, PeerError> {
@@ -288,6 +298,16 @@ struct Run {
     seen: Seen,
 }
 
+impl Run {
+    /// The phase the server failed in and why; panics when it did not fail.
+    fn failure(&self) -> (&Phase, &str) {
+        match &self.record.state {
+            State::Failed { phase, reason } => (phase, reason),
+            other => panic!("expected failed, got {other:?}"),
+        }
+    }
+}
+
 async fn run(
     plan: &ServerPlan,
     bmc: &FakeBmc,
@@ -343,10 +363,7 @@ async fn run_with(
 async fn pxe_server_goes_through_every_phase_and_ends_booting_its_disk() {
     let bmc = FakeBmc::off();
     let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet {
-        after: Some(3),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(3));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -407,10 +424,7 @@ async fn wrong_password_fails_at_once_without_retrying() {
             detail: "RAKP 2: unauthorized name".into(),
         });
     let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -419,13 +433,9 @@ async fn wrong_password_fails_at_once_without_retrying() {
         State::Registered,
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::Inspecting);
-            assert!(reason.contains("authentication failed"), "{reason}");
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::Inspecting);
+    assert!(reason.contains("authentication failed"), "{reason}");
     assert!(
         bmc.calls().is_empty(),
         "nothing was attempted: {:?}",
@@ -447,10 +457,7 @@ async fn a_bmc_timeout_is_retried_with_backoff() {
             });
     }
     let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -487,10 +494,7 @@ async fn a_failed_install_boots_the_installer_again_and_gives_up_after_the_limit
         InstallStep::Failed,
     ];
     let install = FakeInstall::new(None, &steps);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -499,16 +503,12 @@ async fn a_failed_install_boots_the_installer_again_and_gives_up_after_the_limit
         State::Registered,
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::Installing);
-            assert!(
-                reason.contains("no disk matches /dev/vda") && reason.contains("after 3 attempts"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::Installing);
+    assert!(
+        reason.contains("no disk matches /dev/vda") && reason.contains("after 3 attempts"),
+        "{reason}"
+    );
     // First boot powers on; the retries cycle the running machine into the installer again.
     // Once an installer reports, its PXE boot is spent and the boot device goes back to disk
     // (while the BMC is idle rather than at the agent's reboot).
@@ -534,10 +534,7 @@ async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
     // The boot server still holds "completed" from a previous run, and no new install
     // ever reports: the step must time out rather than succeed.
     let install = FakeInstall::new(Some(InstallStep::Completed), &[]);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -546,13 +543,9 @@ async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
         State::BootingInstaller { attempt: 3 },
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::Installing);
-            assert!(reason.contains("never started reporting"), "{reason}");
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::Installing);
+    assert!(reason.contains("never started reporting"), "{reason}");
 }
 
 fn media_plan() -> ServerPlan {
@@ -585,10 +578,7 @@ async fn virtual_media_gets_its_own_bound_token_and_iso_which_is_deleted_after()
             ..media_plan()
         };
         let install = FakeInstall::new(None, &[]);
-        let fleet = FakeFleet {
-            after: Some(0),
-            polls: Mutex::new(0),
-        };
+        let fleet = FakeFleet::after(Some(0));
         let (minter, media) = (FakeMinter::default(), FakeMedia::default());
         let r = run_with(
             &plan,
@@ -660,10 +650,7 @@ async fn every_virtual_media_attempt_has_a_fresh_token_and_unused_ones_are_revok
     };
     // The ISO's installer reports to no boot server, and no appliance ever registers.
     let install = FakeInstall::new(None, &[]);
-    let never = FakeFleet {
-        after: None,
-        polls: Mutex::new(0),
-    };
+    let never = FakeFleet::after(None);
     let (minter, media) = (FakeMinter::default(), FakeMedia::default());
     let r = run_with(
         &media_plan(),
@@ -675,16 +662,12 @@ async fn every_virtual_media_attempt_has_a_fresh_token_and_unused_ones_are_revok
         State::Registered,
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::Installing);
-            assert!(
-                reason.contains("did not end in a registered appliance"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::Installing);
+    assert!(
+        reason.contains("did not end in a registered appliance"),
+        "{reason}"
+    );
     // Three attempts, three tokens and ISOs; each ISO replaced the one before.
     assert_eq!(minter.minted.lock().unwrap().len(), 3);
     let urls = media.urls.lock().unwrap().clone();
@@ -706,10 +689,7 @@ async fn every_virtual_media_attempt_has_a_fresh_token_and_unused_ones_are_revok
 async fn a_token_the_hub_refuses_to_mint_fails_the_server_at_once_naming_the_role() {
     let bmc = FakeBmc::off();
     let install = FakeInstall::new(None, &[]);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let minter = FakeMinter {
         refuse: Some("HTTP 403 forbidden: needs role operator".into()),
         ..FakeMinter::default()
@@ -725,16 +705,12 @@ async fn a_token_the_hub_refuses_to_mint_fails_the_server_at_once_naming_the_rol
         State::Registered,
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::BootingInstaller);
-            assert!(
-                reason.contains("operator or admin token") && reason.contains("403"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::BootingInstaller);
+    assert!(
+        reason.contains("operator or admin token") && reason.contains("403"),
+        "{reason}"
+    );
     assert!(r.seen.notes.lock().unwrap().is_empty(), "not retried");
     assert!(
         bmc.calls().is_empty(),
@@ -754,10 +730,7 @@ async fn a_bmc_reporting_another_serial_than_the_inventory_fails_at_inspection()
         ..FakeBmc::off()
     };
     let install = FakeInstall::new(None, &[]);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let (minter, media) = (FakeMinter::default(), FakeMedia::default());
     let plan = ServerPlan {
         serial: Some("QPX12345".into()),
@@ -773,18 +746,14 @@ async fn a_bmc_reporting_another_serial_than_the_inventory_fails_at_inspection()
         State::Registered,
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::Inspecting);
-            assert!(
-                reason.contains("QPX99999")
-                    && reason.contains("QPX12345")
-                    && reason.contains("bmc address"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::Inspecting);
+    assert!(
+        reason.contains("QPX99999")
+            && reason.contains("QPX12345")
+            && reason.contains("bmc address"),
+        "{reason}"
+    );
     assert!(r.seen.notes.lock().unwrap().is_empty(), "not retried");
     assert!(minter.minted.lock().unwrap().is_empty(), "no token minted");
     assert!(bmc.calls().is_empty(), "nothing done: {:?}", bmc.calls());
@@ -794,10 +763,7 @@ async fn a_bmc_reporting_another_serial_than_the_inventory_fails_at_inspection()
 async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso() {
     let bmc = FakeBmc::off();
     let install = FakeInstall::new(None, &[]);
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let (minter, media) = (FakeMinter::default(), FakeMedia::default());
     // The previous run was cut off while its installer ran: its record names its token.
     let seen = Seen::default();
@@ -838,10 +804,7 @@ async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso()
 async fn first_boot_powers_on_a_server_found_off_and_fails_when_it_never_registers() {
     let bmc = FakeBmc::off();
     let install = FakeInstall::new(None, &[]);
-    let fleet = FakeFleet {
-        after: None,
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(None);
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,
@@ -850,13 +813,9 @@ async fn first_boot_powers_on_a_server_found_off_and_fails_when_it_never_registe
         State::FirstBoot { attempt: 1 },
     )
     .await;
-    match &r.record.state {
-        State::Failed { phase, reason } => {
-            assert_eq!(*phase, Phase::FirstBoot);
-            assert!(reason.contains("did not register"), "{reason}");
-        }
-        other => panic!("expected failed, got {other:?}"),
-    }
+    let (phase, reason) = r.failure();
+    assert_eq!(*phase, Phase::FirstBoot);
+    assert!(reason.contains("did not register"), "{reason}");
     assert_eq!(bmc.calls()[0], "power On");
 }
 
@@ -901,10 +860,7 @@ async fn a_slow_boot_device_change_does_not_hide_the_install_progress() {
     };
     // The agent reports a step every 2 s; the whole install is over within the BMC's 20 s.
     let install = FakeInstall::timed(FULL, Duration::from_secs(2));
-    let fleet = FakeFleet {
-        after: Some(0),
-        polls: Mutex::new(0),
-    };
+    let fleet = FakeFleet::after(Some(0));
     let r = run(
         &plan(BootMethod::Pxe),
         &bmc,

@@ -375,7 +375,12 @@ impl BootServerArgs {
             progress: Mutex::default(),
         });
         let app = router(state.clone(), &self.artifacts);
-        let tftp = tftp::Tftp::bind(&self.ipxe_dir, (server_ip, self.tftp_port).into()).await?;
+        let tftp = tftp::Tftp::bind(
+            &self.ipxe_dir,
+            (server_ip, self.tftp_port).into(),
+            tftp::Limits::default(),
+        )
+        .await?;
         tracing::info!(url = %base_url, tftp = %tftp.addr(), interface = %self.interface, servers = state.servers.len(), "boot server up");
         cairn_api::cli::service::ready(&format!(
             "serving {} servers on {} ({base_url})",

@@ -130,7 +130,10 @@ check vpc-gateway-ping $IP netns exec w2 ping -c 1 -W 5 10.77.0.1
 stamp pinged
 # The kernel notifies every bridge port once its forward-delay timer runs out (15 s after it
 # joined, STP or not): a link event nobody wrote. Start the no-writes window after that.
+# The timer reads 0.00 in its last 10 ms, and a TCG guest runs timers late (a CI run saw
+# the event land just after the window opened), so allow it 2 s more.
 wait_until 40 sh -c "! { $IP -d link show; $IP -n n2 -d link show; } | grep -o 'forward_delay_timer *[0-9.]*' | grep -vq ' 0.00\$'"
+sleep 2
 
 # ---- idempotence: heartbeats with the same desired state, then a restart ----
 $IP monitor link address route > /tmp/mon-a 2>&1 &

@@ -35,9 +35,10 @@ pub enum InstallStep {
     Writing,
     /// Image written and its SHA-256 verified.
     Verified,
-    /// Boot loader installed: the disk is now bootable.
+    /// Boot loader installed: the disk is now bootable (after the seed: it never boots
+    /// without it).
     BootloaderInstalled,
-    /// Seed configuration written.
+    /// Seed configuration written (the disk is not bootable yet).
     SeedWritten,
     /// Done; the agent is about to reboot.
     Completed,

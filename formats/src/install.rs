@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{PublicKey, SigningKey, TrustStore};
 use crate::stream::Digest;
 
 /// What the install agent needs besides the image itself; `pxe/install.json` and
@@ -29,4 +30,164 @@ pub struct InstallManifest {
     pub mbr: Digest,
     /// `core.img`: GRUB's BIOS core, at sector [`crate::gpt::BIOS_CORE_LBA`].
     pub core: Digest,
+}
+
+/// The detached signature of `install.json`, beside it: 64 raw Ed25519 bytes.
+pub const SIGNATURE_FILE: &str = "install.json.sig";
+
+/// Where the install environment keeps the release keys it trusts (the same place as the
+/// image's own, so one build step writes both).
+pub const RELEASE_KEYS_DIR: &str = "usr/lib/cairn/release-keys";
+
+/// What a signature covers besides the manifest's bytes: a signature made for another
+/// purpose (a bundle header, any other message of the release key) is never taken for one
+/// of an install manifest.
+const SIGNING_CONTEXT: &[u8] = b"cairn install manifest v1\n";
+
+/// Signs the bytes of `install.json` exactly as written.
+pub fn sign(manifest_json: &[u8], key: &SigningKey) -> [u8; 64] {
+    key.sign(&signed_message(manifest_json))
+}
+
+/// Why a manifest was not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestTrustError {
+    /// Keys are trusted but the manifest has no signature.
+    #[error(
+        "install.json is not signed, and this install environment trusts release keys {trusted}: \
+         rebuild the image with `cairn image build --signing-key` (a key among its release_keys)"
+    )]
+    Unsigned {
+        /// Fingerprints of the trusted keys.
+        trusted: String,
+    },
+    /// The signature file is not 64 bytes.
+    #[error("install.json.sig is {0} bytes, not an Ed25519 signature (64)")]
+    Malformed(usize),
+    /// No trusted key made the signature.
+    #[error(
+        "install.json's signature was not made by a trusted release key ({trusted}), or the \
+         manifest was changed after signing: refusing to install from this source"
+    )]
+    Untrusted {
+        /// Fingerprints of the trusted keys.
+        trusted: String,
+    },
+    /// The bytes are not a manifest.
+    #[error("install.json is invalid: {0}")]
+    Parse(#[source] serde_json::Error),
+}
+
+/// How a manifest came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Signed by this trusted release key.
+    SignedBy(PublicKey),
+    /// The install environment trusts no key (a development build): not checked.
+    Unchecked,
+}
+
+/// Parses `install.json` after checking its signature (`None`: no `install.json.sig`)
+/// against `trust`. With no trusted key at all the manifest is taken as it is and
+/// [`Trust::Unchecked`] says so; with any, only a valid signature by one of them passes.
+pub fn verify(
+    manifest_json: &[u8],
+    signature: Option<&[u8]>,
+    trust: &TrustStore,
+) -> Result<(InstallManifest, Trust), ManifestTrustError> {
+    let trusted = trust
+        .keys()
+        .iter()
+        .map(PublicKey::fingerprint)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let how = if trust.keys().is_empty() {
+        Trust::Unchecked
+    } else {
+        let signature = signature.ok_or_else(|| ManifestTrustError::Unsigned {
+            trusted: trusted.clone(),
+        })?;
+        let signature: &[u8; 64] = signature
+            .try_into()
+            .map_err(|_| ManifestTrustError::Malformed(signature.len()))?;
+        let signer = trust
+            .signer_of(&signed_message(manifest_json), signature)
+            .ok_or(ManifestTrustError::Untrusted { trusted })?;
+        Trust::SignedBy(signer)
+    };
+    let manifest = serde_json::from_slice(manifest_json).map_err(ManifestTrustError::Parse)?;
+    Ok((manifest, how))
+}
+
+fn signed_message(manifest_json: &[u8]) -> Vec<u8> {
+    [SIGNING_CONTEXT, manifest_json].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Vec<u8> {
+        let d = Digest {
+            size: 1,
+            sha256: "00".repeat(32),
+        };
+        serde_json::to_vec_pretty(&InstallManifest {
+            version: "1.0".into(),
+            esp_size: 1 << 20,
+            slot_size: 1 << 20,
+            root_image: d.clone(),
+            root_payload: d.clone(),
+            esp_image: d.clone(),
+            esp_payload: d.clone(),
+            mbr: d.clone(),
+            core: d,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_trusted_signature_over_the_exact_bytes_passes() {
+        let key = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let trust = TrustStore::new(vec![key.public_key()]);
+        let json = manifest();
+        let sig = sign(&json, &key);
+
+        let (m, how) = verify(&json, Some(&sig), &trust).unwrap();
+        assert_eq!(m.version, "1.0");
+        assert_eq!(how, Trust::SignedBy(key.public_key()));
+
+        // Unsigned, signed by another key, changed after signing, truncated signature.
+        assert!(matches!(
+            verify(&json, None, &trust),
+            Err(ManifestTrustError::Unsigned { .. })
+        ));
+        assert!(matches!(
+            verify(&json, Some(&sign(&json, &other)), &trust),
+            Err(ManifestTrustError::Untrusted { .. })
+        ));
+        let changed = String::from_utf8(json.clone())
+            .unwrap()
+            .replacen("\"1.0\"", "\"6.6\"", 1);
+        assert!(matches!(
+            verify(changed.as_bytes(), Some(&sig), &trust),
+            Err(ManifestTrustError::Untrusted { .. })
+        ));
+        assert!(matches!(
+            verify(&json, Some(&sig[..63]), &trust),
+            Err(ManifestTrustError::Malformed(63))
+        ));
+        // The release key's signature of the bare bytes (made for anything else) is refused.
+        assert!(matches!(
+            verify(&json, Some(&key.sign(&json)), &trust),
+            Err(ManifestTrustError::Untrusted { .. })
+        ));
+    }
+
+    #[test]
+    fn with_no_trusted_key_the_manifest_is_taken_unchecked() {
+        let (_, how) = verify(&manifest(), None, &TrustStore::default()).unwrap();
+        assert_eq!(how, Trust::Unchecked);
+    }
 }

@@ -167,6 +167,37 @@ impl TrustStore {
         Self { keys }
     }
 
+    /// Every `*.pem` public key in `dir`; a missing directory trusts nothing.
+    pub fn read_dir(dir: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut paths = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "pem") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let keys = paths
+            .iter()
+            .map(|p| PublicKey::read(p))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { keys })
+    }
+
+    /// The trusted keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
     /// The trusted key that made `signature` over `message`, if any.
     pub fn signer_of(&self, message: &[u8], signature: &[u8; 64]) -> Option<PublicKey> {
         self.keys

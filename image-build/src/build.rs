@@ -7,7 +7,8 @@
 //!   slot `a` filled, `b` empty, `data` blank (formatted on first boot);
 //! - `pxe/`: `vmlinuz`, `initrd.img` (install environment with `cairn-agent`), `ipxe.tera`,
 //!   and what the agent writes besides the root image (`install.json`, `esp.img.zst`,
-//!   `mbr.bin`, `core.img`);
+//!   `mbr.bin`, `core.img`); `install.json.sig` when signed, and the install environment
+//!   then trusts the image's `release_keys` and installs only what they signed;
 //! - `installer.iso`: hybrid BIOS/UEFI ISO with the same install environment and payload;
 //! - `update-<version>.bundle`: signed when `--signing-key` is given;
 //! - `manifest.json`: size and SHA-256 of each of the above.
@@ -31,7 +32,7 @@ use crate::cpio::CpioWriter;
 use cairn_api::node_config::{NodeConfig, UpgradeSection};
 use cairn_formats::gpt::{self, Layout};
 use cairn_formats::install::InstallManifest;
-use cairn_formats::keys::SigningKey;
+use cairn_formats::keys::{PublicKey, SigningKey};
 use cairn_formats::stream::Digest;
 
 use crate::grub;
@@ -157,6 +158,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
     let epoch = req.source_date_epoch;
     let cfg = &req.config;
     let out = &req.out;
+    let release_keys = release_keys(cfg, req.signing_key.as_ref())?;
     std::fs::create_dir_all(out.join("pxe")).map_err(io("creating", out))?;
     let work = work_dir("cairn-image-")?;
     let work = work.path();
@@ -167,7 +169,7 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         Profile::Minimal => {
             step("assembling the minimal root");
             let kernel = host_kernel(cfg.kernel.as_deref())?;
-            minimal_root(&root, req, &kernel)?;
+            minimal_root(&root, req, &kernel, &release_keys)?;
             kernel
         }
         Profile::Debian => {
@@ -188,8 +190,12 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         None,
         epoch,
     )?;
+    let install_tree = work.join("initrd-install");
+    // The install environment trusts the image's release keys: the agent checks the
+    // signature of install.json (and so every payload digest) before it writes a byte.
+    write_release_keys(&install_tree, &release_keys)?;
     initramfs(
-        &work.join("initrd-install"),
+        &install_tree,
         &install_initrd,
         &kernel,
         Some(&req.binaries),
@@ -238,6 +244,20 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
     };
     let install_json = serde_json::to_vec_pretty(&install).expect("serializable");
     std::fs::write(out.join("pxe/install.json"), &install_json).map_err(io("writing", out))?;
+    let install_sig = req
+        .signing_key
+        .as_ref()
+        .map(|key| cairn_formats::install::sign(&install_json, key));
+    let sig_path = out.join("pxe").join(cairn_formats::install::SIGNATURE_FILE);
+    match &install_sig {
+        Some(sig) => std::fs::write(&sig_path, sig).map_err(io("writing", &sig_path))?,
+        None => match std::fs::remove_file(&sig_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing", &sig_path)(e));
+            }
+            _ => {}
+        },
+    }
     copy(&root_zst, &out.join("pxe/root.img.zst"))?;
 
     step("assembling disk.raw and disk.qcow2");
@@ -282,6 +302,9 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
 
     step("writing manifest.json");
     let mut files = BTreeMap::new();
+    let signed = install_sig
+        .is_some()
+        .then(|| format!("pxe/{}", cairn_formats::install::SIGNATURE_FILE));
     for rel in [
         "disk.raw".to_string(),
         "disk.qcow2".into(),
@@ -296,7 +319,10 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         "pxe/esp.img.zst".into(),
         "pxe/mbr.bin".into(),
         "pxe/core.img".into(),
-    ] {
+    ]
+    .into_iter()
+    .chain(signed)
+    {
         let d = digest(&out.join(&rel))?;
         files.insert(rel, d);
     }
@@ -497,7 +523,12 @@ fn host_kernel(configured: Option<&Path>) -> Result<Kernel, BuildError> {
     })
 }
 
-fn minimal_root(root: &Path, req: &BuildRequest, kernel: &Kernel) -> Result<(), BuildError> {
+fn minimal_root(
+    root: &Path,
+    req: &BuildRequest,
+    kernel: &Kernel,
+    release_keys: &[PublicKey],
+) -> Result<(), BuildError> {
     let epoch = req.source_date_epoch;
     rootfs::dirs(
         root,
@@ -534,30 +565,78 @@ fn minimal_root(root: &Path, req: &BuildRequest, kernel: &Kernel) -> Result<(), 
         )));
     }
     let _ = kernel;
-    image_node_config(root, &req.config)
+    image_node_config(root, &req.config, release_keys)
 }
 
 /// Where the `minimal` image keeps its own cairn-node drop-ins; its `/sbin/init` copies them
 /// into `/etc/cairn/node.d` (a tmpfs there) at boot, after the seed's configuration.
 const IMAGE_NODE_D: &str = "usr/lib/cairn/node.d";
-/// The release keys the image's cairn-node trusts.
-const IMAGE_RELEASE_KEYS: &str = "usr/lib/cairn/release-keys";
+/// The release keys the image's cairn-node and its install environment trust.
+const IMAGE_RELEASE_KEYS: &str = cairn_formats::install::RELEASE_KEYS_DIR;
+
+/// The release keys of `cfg`, checked against the key that signs this build: an image that
+/// trusts keys refuses unsigned bundles and its install environment refuses an unsigned
+/// install manifest, so such a build must be signed by one of them.
+fn release_keys(
+    cfg: &ImageConfig,
+    signing_key: Option<&SigningKey>,
+) -> Result<Vec<PublicKey>, BuildError> {
+    let keys = cfg
+        .release_keys
+        .iter()
+        .map(|path| {
+            PublicKey::read(path).map_err(|e| BuildError::Input(format!("release_keys: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Ok(keys);
+    }
+    let listed = || {
+        keys.iter()
+            .map(PublicKey::fingerprint)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match signing_key {
+        None => Err(BuildError::Input(format!(
+            "release_keys ({}) are set, so the install environment and the appliance refuse \
+             what is unsigned: pass --signing-key with one of them",
+            listed()
+        ))),
+        Some(key) if !keys.contains(&key.public_key()) => Err(BuildError::Input(format!(
+            "--signing-key {} is not among release_keys ({}): the image would refuse its own \
+             install manifest and bundle",
+            key.public_key().fingerprint(),
+            listed()
+        ))),
+        Some(_) => Ok(keys),
+    }
+}
+
+/// Writes `keys` into `tree` at [`IMAGE_RELEASE_KEYS`], one `<fingerprint>.pem` each, and
+/// returns their paths as the running system sees them.
+fn write_release_keys(tree: &Path, keys: &[PublicKey]) -> Result<Vec<PathBuf>, BuildError> {
+    let dir = tree.join(IMAGE_RELEASE_KEYS);
+    let mut paths = Vec::new();
+    for key in keys {
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let rel = format!("{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
+        key.write(&tree.join(&rel))
+            .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
+        paths.push(PathBuf::from(format!("/{rel}")));
+    }
+    Ok(paths)
+}
 
 /// The image's upgrade settings (slots by partition label, GRUB's environment on the ESP,
 /// busybox's `reboot -f`: the init is a shell, not a service manager), its trusted release
 /// keys, and the operator's drop-in from `node_config`.
-fn image_node_config(root: &Path, cfg: &ImageConfig) -> Result<(), BuildError> {
-    let mut keys = Vec::new();
-    for path in &cfg.release_keys {
-        let key = cairn_formats::keys::PublicKey::read(path)
-            .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
-        let rel = format!("{IMAGE_RELEASE_KEYS}/{}.pem", key.fingerprint());
-        std::fs::create_dir_all(root.join(IMAGE_RELEASE_KEYS))
-            .map_err(io("creating", &root.join(IMAGE_RELEASE_KEYS)))?;
-        key.write(&root.join(&rel))
-            .map_err(|e| BuildError::Input(format!("release_keys: {e}")))?;
-        keys.push(PathBuf::from(format!("/{rel}")));
-    }
+fn image_node_config(
+    root: &Path,
+    cfg: &ImageConfig,
+    release_keys: &[PublicKey],
+) -> Result<(), BuildError> {
+    let keys = write_release_keys(root, release_keys)?;
     let upgrade = NodeConfig {
         upgrade: Some(UpgradeSection {
             slot_dir: Some("/dev/disk/by-partlabel".into()),
@@ -943,6 +1022,10 @@ fn iso(
     for f in ["root.img.zst", "esp.img.zst", "mbr.bin", "core.img"] {
         copy(&out.join("pxe").join(f), &tree.join("cairn").join(f))?;
     }
+    let sig = out.join("pxe").join(cairn_formats::install::SIGNATURE_FILE);
+    if sig.is_file() {
+        copy(&sig, &tree.join("cairn").join(cairn_formats::install::SIGNATURE_FILE))?;
+    }
     if let Some(seed) = &cfg.iso_seed {
         if !seed.is_dir() {
             return Err(BuildError::Input(format!(
@@ -1052,7 +1135,12 @@ mod tests {
         )
         .unwrap();
         let root = dir.path().join("root");
-        image_node_config(&root, &ImageConfig::load(&config).unwrap()).unwrap();
+        image_node_config(
+            &root,
+            &ImageConfig::load(&config).unwrap(),
+            std::slice::from_ref(&key),
+        )
+        .unwrap();
         let text =
             std::fs::read_to_string(root.join(IMAGE_NODE_D).join("10-image-upgrade.yaml")).unwrap();
         let parsed: NodeConfig = serde_yaml_ng::from_str(&text).unwrap();
@@ -1065,6 +1153,35 @@ mod tests {
         );
         assert!(root.join(&installed[1..]).is_file());
         assert!(parsed.hub.is_none() && parsed.hostname.is_none(), "{text}");
+    }
+
+    /// An image that trusts release keys must be signed by one of them: unsigned, its own
+    /// install environment and nodes would refuse it.
+    #[test]
+    fn release_keys_need_a_signing_key_among_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate().unwrap();
+        key.public_key().write(&dir.path().join("release.pub")).unwrap();
+        let config = dir.path().join("image.yaml");
+        std::fs::write(
+            &config,
+            "profile: minimal\nversion: '1.0'\nrelease_keys: [release.pub]\n",
+        )
+        .unwrap();
+        let cfg = ImageConfig::load(&config).unwrap();
+        let err = release_keys(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("pass --signing-key"), "{err}");
+        let other = SigningKey::generate().unwrap();
+        let err = release_keys(&cfg, Some(&other)).unwrap_err().to_string();
+        assert!(err.contains("is not among release_keys"), "{err}");
+        assert_eq!(
+            release_keys(&cfg, Some(&key)).unwrap(),
+            [key.public_key()]
+        );
+        // No release keys: a development build, signed or not.
+        std::fs::write(&config, "profile: minimal\nversion: '1.0'\n").unwrap();
+        let cfg = ImageConfig::load(&config).unwrap();
+        assert!(release_keys(&cfg, None).unwrap().is_empty());
     }
 
     /// A derived release carries the new version and the added file, is signed, and is

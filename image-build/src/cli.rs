@@ -36,7 +36,9 @@ enum ImageCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Sign the update bundle with this key (from `cairn image keygen`).
+        /// Sign the update bundle and the install manifest (install.json.sig) with this key
+        /// (from `cairn image keygen`). Required when the config lists release_keys, and
+        /// must be one of them: the install environment and the appliance trust only those.
         #[arg(long)]
         signing_key: Option<PathBuf>,
         /// Timestamp of every file in the images; defaults to now (not reproducible).

@@ -37,7 +37,9 @@ pub struct ImageConfig {
     #[serde(default)]
     pub debian: DebianConfig,
     /// Release public keys (PEM, from `cairn image keygen`) the image's cairn-node trusts
-    /// for update bundles (`minimal` profile; its upgrade settings name them).
+    /// for update bundles (`minimal` profile; its upgrade settings name them), and the
+    /// install environment trusts for install.json: a build that lists any must be signed
+    /// by one of them.
     #[serde(default)]
     pub release_keys: Vec<PathBuf>,
     /// A cairn-node configuration drop-in baked into the image (`minimal` profile), e.g. the

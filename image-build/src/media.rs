@@ -57,7 +57,9 @@ fn fill_tree(artifacts: &Path, install_yaml: &[u8], tree: &Path) -> Result<(), B
         ("mbr.bin", "cairn/mbr.bin"),
         ("core.img", "cairn/core.img"),
     ];
-    for (from, to) in copies {
+    let sig = cairn_formats::install::SIGNATURE_FILE;
+    let signed = pxe.join(sig).is_file().then(|| (sig, "cairn/install.json.sig"));
+    for (from, to) in copies.into_iter().chain(signed) {
         let (from, to) = (pxe.join(from), tree.join(to));
         // Hard links where the file system allows: the payload is tens of MB.
         if std::fs::hard_link(&from, &to).is_err() {

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use cairn_api::InstallStep;
 use cairn_api::cli::{Exit, LogArgs, OutputFormat};
+use cairn_formats::install::Trust;
+use cairn_formats::keys::TrustStore;
 use clap::Parser;
 
 use self::disks::{Hint, discover, select};
@@ -59,6 +61,11 @@ pub struct AgentCli {
     /// Reboot after a successful install.
     #[arg(long)]
     pub reboot: bool,
+    /// The release keys this install environment trusts (`*.pem`, put there by `cairn
+    /// image build` from the image's release_keys). With any, only an install.json signed
+    /// by one of them is installed; with none (a development build) it is not checked.
+    #[arg(long, default_value = "/usr/lib/cairn/release-keys")]
+    pub release_keys: PathBuf,
     /// Where sysfs is (for discovery).
     #[arg(long, default_value = "/sys", hide = true)]
     pub sysfs: PathBuf,
@@ -122,13 +129,30 @@ impl AgentCli {
         source: &dyn Source,
         progress: &mut Progress<'_>,
     ) -> Result<String, AgentError> {
+        let trust = TrustStore::read_dir(&self.release_keys)
+            .map_err(|e| AgentError::Keys(cairn_api::error_chain(&e)))?;
         let plan = source.plan()?;
-        let manifest = source.manifest()?;
+        // Before anything else touches the disk: the digests every write is checked
+        // against are only as good as the manifest that names them.
+        let (manifest, how) = source.manifest(&trust)?;
+        let signed = match how {
+            Trust::SignedBy(key) => format!("signed by release key {}", key.fingerprint()),
+            Trust::Unchecked => {
+                tracing::warn!(
+                    keys = %self.release_keys.display(),
+                    "this install environment trusts no release key: install.json is not checked"
+                );
+                "unsigned: this install environment trusts no release key".into()
+            }
+        };
         progress.step(
             InstallStep::Started,
             0,
             Some(manifest.root_image.size),
-            format!("installing cairn {} ({})", manifest.version, plan.name),
+            format!(
+                "installing cairn {} ({}), {signed}",
+                manifest.version, plan.name
+            ),
         );
         let hint_text = self
             .disk_hint
@@ -185,6 +209,8 @@ enum AgentError {
     Select(#[from] disks::SelectError),
     #[error("finding disks: {0}")]
     Discover(String),
+    #[error("reading the trusted release keys: {0}")]
+    Keys(String),
     #[error(transparent)]
     Install(#[from] InstallError),
 }

@@ -1,5 +1,6 @@
 //! cairn-agent writing the real minimal image onto disk image files (the same code path as a
-//! block device): a good install, a corrupted payload, a disk that holds data.
+//! block device): a good, signed install; a manifest not signed by a trusted key; a
+//! corrupted payload, also over an older install; a disk that holds data.
 //! The boot of what it wrote is tested in QEMU (tests/qemu_install.rs).
 
 mod common;
@@ -52,6 +53,15 @@ fn partition(disk: &Path, number: u32) -> (u64, u64) {
     (first * 512, (last - first + 1) * 512)
 }
 
+/// A directory of trusted release keys holding the key `minimal_image` signed with, as
+/// `cairn image build` puts it into the install environment.
+fn trusted_keys(image: &Path, dir: &Path) -> std::path::PathBuf {
+    let keys = dir.join("release-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(image.join("release.key.pub"), keys.join("release.pem")).unwrap();
+    keys
+}
+
 /// An ISO seed's node.yaml, in cairn-node's schema; the agent copies it as it is.
 const NODE_YAML: &str = "hostname: edge-1\nhub:\n  url: https://hub.example:8443\n  ca_file: /etc/cairn/hub-ca.pem\n  token_file: /etc/cairn/enrollment-token\n";
 
@@ -78,9 +88,15 @@ fn installs_the_image_with_its_seed_and_only_then_boot_code() {
         f.write_all_at(&vec![0xa5; 24 << 20], 4 << 20).unwrap();
     }
 
-    let (code, out, err) = agent(&source, &disk, &[]);
+    let keys = trusted_keys(&image, dir.path());
+    let (code, out, err) = agent(
+        &source,
+        &disk,
+        &["--release-keys", keys.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("\"installed\""), "{out}");
+    assert!(err.contains("signed by release key"), "{err}");
     for step in ["partitioned", "verified", "bootloader", "seed"] {
         assert!(
             err.to_lowercase().contains(step),
@@ -178,6 +194,122 @@ fn a_corrupted_image_is_refused_and_the_disk_left_unbootable() {
     assert!(
         read_at(&disk, 0, 440).iter().all(|b| *b == 0),
         "boot code written before verification"
+    );
+}
+
+/// A boot server (or anyone on its LAN) that serves its own install.json, with digests of
+/// its own payload, is refused before a byte reaches the disk, as is a manifest that is
+/// unsigned or signed by a key the install environment does not trust.
+#[test]
+fn a_manifest_no_trusted_key_signed_is_refused_before_anything_is_written() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = trusted_keys(&image, dir.path());
+    let source = source_copy(&image, dir.path());
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&vec![0x5a; 8 << 20], 0).unwrap();
+    }
+    let before = read_at(&disk, 0, 8 << 20);
+    let manifest = std::fs::read_to_string(source.join("install.json")).unwrap();
+    let signature = std::fs::read(source.join("install.json.sig")).unwrap();
+    let other_keys = dir.path().join("other-keys");
+    std::fs::create_dir_all(&other_keys).unwrap();
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_cairn"),
+        &[
+            "image",
+            "keygen",
+            "--out",
+            dir.path().join("other.key").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::copy(dir.path().join("other.key.pub"), other_keys.join("other.pem")).unwrap();
+
+    let cases: [(&str, &dyn Fn(), &Path, &str); 3] = [
+        (
+            "a changed manifest",
+            &|| {
+                let changed = manifest.replacen("\"sha256\": \"", "\"sha256\": \"0", 1);
+                std::fs::write(source.join("install.json"), changed).unwrap();
+            },
+            &keys,
+            "not made by a trusted release key",
+        ),
+        (
+            "no signature",
+            &|| {
+                std::fs::write(source.join("install.json"), &manifest).unwrap();
+                std::fs::remove_file(source.join("install.json.sig")).unwrap();
+            },
+            &keys,
+            "install.json is not signed",
+        ),
+        (
+            "a key not trusted",
+            &|| std::fs::write(source.join("install.json.sig"), &signature).unwrap(),
+            &other_keys,
+            "not made by a trusted release key",
+        ),
+    ];
+    for (case, prepare, trusted, expect) in cases {
+        prepare();
+        let (code, out, err) = agent(
+            &source,
+            &disk,
+            &["--release-keys", trusted.to_str().unwrap(), "--wipe"],
+        );
+        assert_eq!(code, 1, "{case}: {out}\n{err}");
+        assert!(out.contains(expect), "{case}: {out}");
+        assert!(
+            read_at(&disk, 0, 8 << 20) == before,
+            "{case}: the disk was written"
+        );
+    }
+}
+
+/// A power cut while streaming the root image over an older install: with the old ESP
+/// and data filesystem left where the new GPT points, firmware would boot the old GRUB
+/// into a partial slot. The agent destroys them before the new GPT, so nothing boots.
+#[test]
+fn an_install_cut_short_over_an_older_install_leaves_nothing_bootable() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+    let (code, out, err) = agent(&source, &disk, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (esp, _) = partition(&disk, 1);
+    let (data, _) = partition(&disk, 4);
+    assert_eq!(read_at(&disk, esp + 510, 2), [0x55, 0xaa], "no FAT boot sector");
+
+    // The second install's payload breaks half-way; --keep-on-error leaves the disk as a
+    // power cut at that moment would.
+    let payload = source.join("root.img.zst");
+    let mut bytes = std::fs::read(&payload).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&payload, bytes).unwrap();
+    let (code, out, err) = agent(&source, &disk, &["--wipe", "--keep-on-error"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(sgdisk_print(&disk).contains("root-a"), "the new GPT is there");
+    assert!(
+        read_at(&disk, esp, 1 << 20).iter().all(|b| *b == 0),
+        "the old ESP survived under the new GPT"
+    );
+    assert!(
+        read_at(&disk, data, 1 << 20).iter().all(|b| *b == 0),
+        "the old data filesystem (and its seed) survived under the new GPT"
+    );
+    assert!(
+        read_at(&disk, 0, 440).iter().all(|b| *b == 0),
+        "boot code left in the MBR"
     );
 }
 

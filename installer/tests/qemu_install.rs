@@ -308,8 +308,8 @@ fn pxe_install_from_the_boot_server_then_the_disk_boots() {
         "DiskSelected",
         "Partitioned",
         "Verified",
-        "BootloaderInstalled",
         "SeedWritten",
+        "BootloaderInstalled",
         "Completed",
     ] {
         assert!(

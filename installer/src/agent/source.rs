@@ -5,7 +5,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use cairn_api::{InstallProgress, InstallStep};
-use cairn_formats::install::InstallManifest;
+use cairn_formats::install::{self, InstallManifest, ManifestTrustError, Trust};
+use cairn_formats::keys::TrustStore;
 
 use super::plan::{InstallPlan, PlanGrant, SEED_HUB_CA, SEED_TOKEN};
 
@@ -38,25 +39,45 @@ pub enum SourceError {
         /// The parser's message.
         reason: String,
     },
+    /// The install manifest is not signed by a trusted release key.
+    #[error(transparent)]
+    Trust(#[from] ManifestTrustError),
 }
+
+impl SourceError {
+    /// Whether the file is absent (not a failure to reach it).
+    fn is_not_found(&self) -> bool {
+        match self {
+            Self::Http { source, .. } => source.status() == Some(reqwest::StatusCode::NOT_FOUND),
+            Self::File { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            Self::Invalid { .. } | Self::Trust(_) => false,
+        }
+    }
+}
+
+/// The most `install.json` may hold (it is a page of digests): a source streaming more is
+/// refused rather than read into memory.
+const MAX_MANIFEST: u64 = 1 << 20;
 
 /// A source of the install plan and payload files (`install.json`, `root.img.zst`, ...).
 pub trait Source: Send {
     /// The plan for this machine.
     fn plan(&self) -> Result<InstallPlan, SourceError>;
-    /// The install manifest (digests of every payload file).
-    fn manifest(&self) -> Result<InstallManifest, SourceError> {
-        let mut text = String::new();
-        self.open("install.json")?
-            .read_to_string(&mut text)
-            .map_err(|source| SourceError::File {
-                path: "install.json".into(),
-                source,
-            })?;
-        serde_json::from_str(&text).map_err(|e| SourceError::Invalid {
-            what: "install.json".into(),
-            reason: e.to_string(),
-        })
+    /// The install manifest (digests of every payload file), checked against `trust`
+    /// before anything is written: with any trusted release key, only an `install.json`
+    /// that one of them signed (`install.json.sig`) is taken.
+    fn manifest(&self, trust: &TrustStore) -> Result<(InstallManifest, Trust), SourceError> {
+        let json = read_small(self, "install.json", MAX_MANIFEST)?;
+        let signature = if trust.keys().is_empty() {
+            None
+        } else {
+            match read_small(self, install::SIGNATURE_FILE, 64) {
+                Ok(sig) => Some(sig),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(install::verify(&json, signature.as_deref(), trust)?)
     }
     /// Opens a payload file as a stream.
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, SourceError>;
@@ -212,6 +233,30 @@ impl Source for DirSource {
     fn report(&self, progress: &InstallProgress) {
         log_progress(progress);
     }
+}
+
+/// Reads `name` whole, refusing one longer than `limit` bytes.
+fn read_small<S: Source + ?Sized>(
+    source: &S,
+    name: &str,
+    limit: u64,
+) -> Result<Vec<u8>, SourceError> {
+    let mut bytes = Vec::new();
+    source
+        .open(name)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| SourceError::File {
+            path: name.into(),
+            source,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(SourceError::Invalid {
+            what: name.into(),
+            reason: format!("longer than {limit} bytes"),
+        });
+    }
+    Ok(bytes)
 }
 
 /// The log line every report also produces.

@@ -1,11 +1,17 @@
 //! Writing the appliance onto the target disk so that it is never bootable half-written:
 //!
+//! 0. (the agent, before this module) take `install.json` only if a trusted release key
+//!    signed it, so every digest below is the release's;
 //! 1. refuse a disk holding partitions or filesystems unless wiping is allowed;
-//! 2. write the GPT (ESP, root-a, root-b, data) with no boot code: not bootable yet;
-//! 3. stream `root.img.zst` through zstd and SHA-256 into root-a, no temporary file;
-//! 4. only if the digest matches: write the ESP (UEFI GRUB), GRUB's BIOS core and, last, the
-//!    MBR boot code: from here on the disk boots;
-//! 5. write the seed (node.yaml, netplan, hub CA, token) as the data filesystem.
+//! 2. destroy what an older install left bootable: both partition tables, the boot code
+//!    and the start of every partition of the new layout (an old ESP, slot or data
+//!    filesystem at the same offset would otherwise be found again through the new GPT);
+//! 3. write the GPT (ESP, root-a, root-b, data) with no boot code: not bootable yet;
+//! 4. stream `root.img.zst` through zstd and SHA-256 into root-a, no temporary file;
+//! 5. only if the digest matches: write the seed (node.yaml, netplan, hub CA, token) as the
+//!    data filesystem, so the disk never boots without its identity;
+//! 6. write the ESP (UEFI GRUB), GRUB's BIOS core and, last, the MBR boot code: from here
+//!    on the disk boots.
 //!
 //! On any failure after step 1 the agent zeroes what it wrote (partition tables, boot code,
 //! the start of each partition) unless told to keep it, so the machine never boots a
@@ -397,9 +403,9 @@ fn write_all(
         let disk = disk.clone();
         move |source| InstallError::Io { what, disk, source }
     };
-    // Clear old tables and boot code first, so nothing old stays bootable meanwhile.
-    zero(target, 0, gpt::ALIGN).map_err(io("clearing the first MiB"))?;
-    zero(target, layout.disk_size - gpt::ALIGN, gpt::ALIGN).map_err(io("clearing the last MiB"))?;
+    // Clear old tables, boot code and the starts of the partitions first, so nothing old
+    // stays bootable meanwhile.
+    wipe(target, layout).map_err(io("clearing the old install"))?;
     let mut guid = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut guid)
         .map_err(|_| io("drawing a disk GUID")(std::io::Error::other("no randomness")))?;
@@ -439,6 +445,16 @@ fn write_all(
         format!("root-a: {} bytes, sha256 {}", total, m.root_image.sha256),
     );
 
+    let data = layout.get("data").expect("layout has data");
+    write_seed(target.path(), data, plan)?;
+    target.sync().map_err(io("syncing"))?;
+    progress.step(
+        InstallStep::SeedWritten,
+        total,
+        Some(total),
+        format!("seed: {} files", plan.seed_files().len()),
+    );
+
     // Boot loader: ESP, BIOS core, then the MBR boot code as the very last write.
     let esp = layout.get("esp").expect("layout has esp");
     {
@@ -473,15 +489,6 @@ fn write_all(
         "GRUB for UEFI (ESP) and BIOS (MBR); slot a".into(),
     );
 
-    let data = layout.get("data").expect("layout has data");
-    write_seed(target.path(), data, plan)?;
-    target.sync().map_err(io("syncing"))?;
-    progress.step(
-        InstallStep::SeedWritten,
-        total,
-        Some(total),
-        format!("seed: {} files", plan.seed_files().len()),
-    );
     Ok(())
 }
 

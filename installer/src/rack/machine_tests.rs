@@ -286,8 +286,8 @@ const FULL: &[InstallStep] = &[
     InstallStep::Partitioned,
     InstallStep::Writing,
     InstallStep::Verified,
-    InstallStep::BootloaderInstalled,
     InstallStep::SeedWritten,
+    InstallStep::BootloaderInstalled,
     InstallStep::Completed,
 ];
 

@@ -71,17 +71,32 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Builds the minimal image into `out` with `cairn` (`cairn image build`, about a minute
-/// here); the image carries the cairn binaries found beside that `cairn`.
+/// here); the image carries the cairn binaries found beside that `cairn`. It is signed
+/// with the lab's release key (`out` with the extension `key`, made once by `cairn image
+/// keygen`) and trusts only that key, so every lab install checks its signed manifest.
 pub fn build_image(cairn: &Path, out: &Path, log: &Path) -> anyhow::Result<()> {
+    let key = out.with_extension("key");
+    let public = out.with_extension("key.pub");
+    if !key.is_file() || !public.is_file() {
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(&public);
+        run_logged(
+            Command::new(cairn).args(["image", "keygen", "--out"]).arg(&key),
+            "cairn image keygen (the lab's release key)",
+            log,
+        )?;
+    }
     let config = out.with_extension("yaml");
-    std::fs::write(&config, IMAGE_CONFIG)
-        .with_context(|| format!("writing {}", config.display()))?;
+    let text = format!("{IMAGE_CONFIG}release_keys: [{}]\n", public.display());
+    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     run_logged(
         Command::new(cairn)
             .args(["image", "build", "--config"])
             .arg(&config)
             .arg("--out")
-            .arg(out),
+            .arg(out)
+            .arg("--signing-key")
+            .arg(&key),
         "cairn image build (minimal profile)",
         log,
     )?;

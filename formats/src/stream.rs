@@ -123,26 +123,58 @@ const HASHER_BUFFERS: usize = 3;
 /// Compresses `input` the way cairn ships images: zstd level 3 with checksums, as a sequence
 /// of independent frames of [`FRAME_SIZE`] image bytes, each stating its size. Any zstd
 /// decoder reads the result (concatenated frames); the same input gives the same bytes.
-/// Returns the compressed size.
+/// Frames are compressed on every core, a batch of one per core at a time, and written in
+/// order: each frame is compressed on its own, so the output does not depend on the number
+/// of cores. Returns the compressed size.
 pub fn compress_frames(mut input: impl Read, mut output: impl Write) -> std::io::Result<u64> {
-    let mut compressor = zstd::bulk::Compressor::new(3)?;
-    compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-    let mut image = vec![0u8; FRAME_SIZE];
-    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME_SIZE));
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut images: Vec<Vec<u8>> = (0..workers).map(|_| vec![0u8; FRAME_SIZE]).collect();
+    let bound = zstd::zstd_safe::compress_bound(FRAME_SIZE);
+    let mut frames: Vec<Vec<u8>> = (0..workers).map(|_| Vec::with_capacity(bound)).collect();
     let mut total = 0u64;
     loop {
-        let n = read_full(&mut input, &mut image)?;
-        // An empty image is still one (empty) frame: a valid zstd stream.
-        if n == 0 && total > 0 {
-            return Ok(total);
+        // Up to one frame per worker; the input ends at the first frame that is not full.
+        let mut lens = Vec::with_capacity(workers);
+        let mut ended = false;
+        for image in &mut images {
+            let n = read_full(&mut input, image)?;
+            // An empty image is still one (empty) frame: a valid zstd stream.
+            if n == 0 && (total > 0 || !lens.is_empty()) {
+                ended = true;
+                break;
+            }
+            lens.push(n);
+            if n < FRAME_SIZE {
+                ended = true;
+                break;
+            }
         }
-        compressor.compress_to_buffer(&image[..n], &mut frame)?;
-        output.write_all(&frame)?;
-        total += frame.len() as u64;
-        if n < FRAME_SIZE {
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> = images
+                .iter()
+                .zip(frames.iter_mut())
+                .zip(&lens)
+                .map(|((image, frame), &n)| scope.spawn(move || compress_frame(&image[..n], frame)))
+                .collect();
+            jobs.into_iter()
+                .try_for_each(|job| job.join().expect("a frame compressor panicked"))
+        })?;
+        for frame in &frames[..lens.len()] {
+            output.write_all(frame)?;
+            total += frame.len() as u64;
+        }
+        if ended {
             return Ok(total);
         }
     }
+}
+
+/// One frame of [`compress_frames`]: level 3, with its checksum and content size.
+fn compress_frame(image: &[u8], frame: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut compressor = zstd::bulk::Compressor::new(3)?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    compressor.compress_to_buffer(image, frame)?;
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

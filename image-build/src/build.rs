@@ -133,6 +133,9 @@ pub struct BuildRequest {
     pub source_date_epoch: u64,
     /// Where cairn's binaries are.
     pub binaries: PathBuf,
+    /// `.deb` files kept between `debian` builds (one directory per suite is made in it);
+    /// `None` downloads every package each time.
+    pub package_cache: Option<PathBuf>,
 }
 
 /// A kernel and the root of its modules.
@@ -174,7 +177,15 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
         }
         Profile::Debian => {
             step("bootstrapping Debian with mmdebstrap (minutes)");
-            crate::debian::bootstrap(&root, cfg, epoch)?;
+            let cache = match &req.package_cache {
+                Some(dir) => {
+                    let dir = dir.join(&cfg.debian.suite);
+                    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+                    Some(dir)
+                }
+                None => None,
+            };
+            crate::debian::bootstrap(&root, cfg, cache.as_deref(), epoch)?;
             debian_root(&root, req)?
         }
     };

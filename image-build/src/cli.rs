@@ -44,6 +44,13 @@ enum ImageCommand {
         /// Timestamp of every file in the images; defaults to now (not reproducible).
         #[arg(long, env = "SOURCE_DATE_EPOCH")]
         source_date_epoch: Option<u64>,
+        /// Keep the Debian packages a `debian` build downloads here, and take them from here
+        /// next time (a warm build downloads only the package lists and what changed).
+        #[arg(long, value_name = "DIR", default_value = crate::debian::DEFAULT_PACKAGE_CACHE)]
+        package_cache: PathBuf,
+        /// Download every package again and keep none.
+        #[arg(long, conflicts_with = "package_cache")]
+        no_package_cache: bool,
         /// Print manifest.json to standard output as JSON instead of a table.
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
@@ -114,8 +121,21 @@ impl ImageArgs {
                 out,
                 signing_key,
                 source_date_epoch,
+                package_cache,
+                no_package_cache,
                 output,
-            } => build(config, out, signing_key, source_date_epoch, output).await,
+            } => {
+                let package_cache = (!no_package_cache).then_some(package_cache);
+                build(
+                    config,
+                    out,
+                    signing_key,
+                    source_date_epoch,
+                    package_cache,
+                    output,
+                )
+                .await
+            }
             ImageCommand::Derive {
                 from,
                 version,
@@ -228,6 +248,7 @@ async fn build(
     out: PathBuf,
     signing_key: Option<PathBuf>,
     source_date_epoch: Option<u64>,
+    package_cache: Option<PathBuf>,
     output: OutputFormat,
 ) -> anyhow::Result<Exit> {
     let config = match ImageConfig::load(&config) {
@@ -252,6 +273,7 @@ async fn build(
         signing_key,
         source_date_epoch: epoch_or_now(source_date_epoch)?,
         binaries,
+        package_cache,
     };
     let started = std::time::Instant::now();
     let manifest = tokio::task::spawn_blocking(move || {

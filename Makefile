@@ -3,12 +3,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup test demo e2e bench doc packages fuzz
+.PHONY: help setup test demo bench doc packages fuzz
 
 help:
 	@echo "make demo   run the lab demo (the main job)"
 	@echo "make test   run formatting, lints and the whole test suite"
-	@echo "make e2e    run the debian appliance scenario (builds the debian image first)"
 	@echo "make bench  reproduce BENCHMARKS.md"
 	@echo "make fuzz   run every fuzz target for FUZZ_SECONDS (default 600) each"
 	@echo "make packages  build the .deb packages into target/debian (docs/packages.md)"
@@ -26,9 +25,6 @@ test: setup
 
 demo: setup
 	scripts/demo
-
-e2e: setup
-	$(CARGO) nextest run --workspace --locked --profile e2e --run-ignored only
 
 FUZZ_SECONDS ?= 600
 fuzz: setup

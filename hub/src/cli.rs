@@ -337,7 +337,12 @@ async fn init(args: InitArgs) -> anyhow::Result<Exit> {
     match args.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::json!({"data": dir, "ca_fingerprint": fingerprint, "admin_token": shown, "admin_token_file": args.admin_token_file})
+            serde_json::to_string(&cairn_api::hub::InitSummary {
+                data: dir.to_owned(),
+                ca_fingerprint: fingerprint.to_string(),
+                admin_token: shown.map(str::to_owned),
+                admin_token_file: args.admin_token_file.clone(),
+            })?
         ),
         OutputFormat::Table => {
             println!("hub initialised in {}", dir.display());

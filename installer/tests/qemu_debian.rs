@@ -1,18 +1,22 @@
-//! The `debian` profile end to end (slow: `make e2e`): `cairn image build` of
-//! `image-build/examples/debian.yaml` (mmdebstrap from the configured mirror, 15–45 min
-//! here), `cairn-agent` installs it with a seed onto a blank disk, and the disk boots in QEMU
-//! (TCG) to systemd starting cairn-node, which takes its configuration from the seed (bound
-//! onto `/etc/cairn` from the data partition), applies the seed's netplan and opens a TLS
-//! connection to the hub the seed names: a host listener behind QEMU's user network.
+//! The `debian` profile end to end: `cairn image build` of `image-build/examples/debian.yaml`
+//! (mmdebstrap from the configured mirror, its packages kept in the package cache for the
+//! next build), `cairn-agent` installs it with a seed onto a blank disk, and the disk boots in
+//! QEMU (TCG) to systemd starting cairn-node, which takes its configuration from the seed
+//! (bound onto `/etc/cairn` from the data partition), applies the seed's netplan and
+//! registers with a real `cairn-hub` the seed names, behind QEMU's user network; after a
+//! hard reset it boots again and carries on as the same appliance.
 //! The build is cached per `cairn` binary under the target directory, like the minimal one.
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
+use cairn_hub_client::HubClient;
+use cairn_hub_client::tls::Trust;
+use cairn_test_support::hub::Hub;
+use cairn_test_support::{Poll, workspace_bin};
 use cairn_vm_harness::qemu::{BEACON_GUEST_ADDR, Nic, VmBuilder};
 use common::*;
 
@@ -20,6 +24,8 @@ const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 const AGENT: &str = env!("CARGO_BIN_EXE_cairn-agent");
 /// Boot to cairn-node under TCG took ~170 s by hand; generous for a loaded machine.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
+const SITE: &str = "deb-site";
+const HOSTNAME: &str = "edge-deb";
 const MAC: &str = "52:54:00:c0:de:01";
 const HUB_PORT: u16 = 8443;
 
@@ -65,28 +71,46 @@ fn debian_image() -> PathBuf {
     out
 }
 
-/// A self-signed CA certificate (PEM), so cairn-node can build its TLS client.
-fn hub_ca(dir: &Path) -> String {
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=test hub"])
-        .arg("-keyout")
-        .arg(dir.join("ca.key"))
-        .arg("-out")
-        .arg(dir.join("ca.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (apt-get install openssl)");
-    assert!(status.success());
-    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+/// The one appliance the hub lists, once it is online and has reported a status.
+fn online_appliance(rt: &tokio::runtime::Runtime, hub: &HubClient) -> Option<ApplianceView> {
+    let list = rt
+        .block_on(hub.list_appliances(&SiteQuery::default()))
+        .expect("listing appliances");
+    assert!(
+        list.len() <= 1,
+        "more than one appliance registered: {list:#?}"
+    );
+    list.into_iter()
+        .next()
+        .filter(|a| a.status.as_ref().is_some_and(|s| s.online))
 }
 
 #[test]
-#[ignore = "not in CI yet: the debian image build takes 15-45 min in a debug build until issue 21 makes it fast (make e2e)"]
-fn the_debian_image_installed_with_a_seed_boots_to_cairn_node_calling_its_hub() {
+fn the_debian_appliance_registers_with_its_hub_and_is_still_registered_after_a_reset() {
     let image = debian_image();
     let dir = tempfile::tempdir().unwrap();
+    // A real hub whose certificate names the address the guest reaches it at.
+    let hub = Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
+        .names(&["127.0.0.1", BEACON_GUEST_ADDR])
+        .serve_args(&["--heartbeat-interval", "5"])
+        .start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let operator = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
+        .unwrap()
+        .with_bearer(&hub.admin_token);
+    let token = rt
+        .block_on(operator.create_token(&CreateEnrollmentToken {
+            site: SITE.into(),
+            ttl_seconds: 3600,
+            max_uses: 1,
+            labels: Default::default(),
+            tenant: None,
+            mac: Some(MAC.into()),
+            serial: None,
+        }))
+        .expect("minting a MAC-bound token")
+        .token;
+
     let source = source_copy(&image, dir.path());
     // The seed as `cairn boot-server` renders it (agent::plan::node_yaml), plus the netplan
     // an inventory carries: the debian image has no network of its own, cairn-node owns it.
@@ -95,13 +119,13 @@ fn the_debian_image_installed_with_a_seed_boots_to_cairn_node_calling_its_hub() 
     std::fs::write(
         seed.join("node.yaml"),
         cairn_installer::agent::plan::node_yaml(
-            "edge-deb",
+            HOSTNAME,
             &format!("https://{BEACON_GUEST_ADDR}:{HUB_PORT}"),
         ),
     )
     .unwrap();
-    std::fs::write(seed.join("hub-ca.pem"), hub_ca(dir.path())).unwrap();
-    std::fs::write(seed.join("enrollment-token"), "deb-token\n").unwrap();
+    std::fs::write(seed.join("hub-ca.pem"), &hub.ca_pem).unwrap();
+    std::fs::write(seed.join("enrollment-token"), format!("{token}\n")).unwrap();
     std::fs::write(
         seed.join("netplan/50-cairn.yaml"),
         format!(
@@ -125,49 +149,74 @@ fn the_debian_image_installed_with_a_seed_boots_to_cairn_node_calling_its_hub() 
     );
     assert_eq!(code, 0, "{out}\n{err}");
 
-    // The "hub": QEMU's guestfwd connects to this listener when it starts; what the guest
-    // sends to 10.0.2.100:8443 arrives on that one connection.
-    let hub = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = hub.local_addr().unwrap().port();
+    // Each connection the guest opens to the hub's address is relayed to the real hub.
+    let hub_port = hub.addr().rsplit_once(':').unwrap().1.to_owned();
     let vm = VmBuilder::new()
         .memory_mb(1024)
+        .qmp(true)
         .nic(
             Nic::User {
                 options: format!(
-                    "guestfwd=tcp:{BEACON_GUEST_ADDR}:{HUB_PORT}-tcp:127.0.0.1:{port}"
+                    "guestfwd=tcp:{BEACON_GUEST_ADDR}:{HUB_PORT}-cmd:socat - TCP:127.0.0.1:{hub_port}"
                 ),
             },
             &format!("virtio-net-pci,mac={MAC}"),
         )
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            disk.display()
+        ))
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let (mut conn, _) = hub.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let mut first = [0u8; 1];
-    loop {
-        match conn.read(&mut first) {
-            Ok(1) => break,
-            Ok(_) => panic!("QEMU closed the forward; serial:\n{}", vm.tail(60)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("reading the forward: {e}"),
-        }
-        assert!(
-            started.elapsed() < BOOT_LIMIT,
-            "cairn-node never called its hub; serial:\n{}",
-            vm.tail(60)
-        );
-    }
+    let powered_on = Instant::now();
+    let context = || format!("serial:\n{}\nhub log:\n{}", vm.tail(60), hub_log(&hub));
+    let first = Poll::new("the debian appliance registered and online", BOOT_LIMIT)
+        .every(Duration::from_secs(2))
+        .context(&context)
+        .until(|| online_appliance(&rt, &operator));
+    let registered = powered_on.elapsed();
+    eprintln!("debian appliance: power-on to registered and online: {registered:?}");
+    assert_eq!(first.hostname, HOSTNAME);
+    assert_eq!(first.site, SITE);
+    let seen = Instant::now();
+    let uptime = first.status.as_ref().unwrap().status.uptime_seconds;
+
+    // A hard reset, as a power cycle: the appliance boots again and heartbeats as itself,
+    // with no second registration and no new key.
+    vm.qmp(r#"{"execute":"system_reset"}"#).unwrap();
+    let reset = Instant::now();
+    let again = Poll::new("the debian appliance back after a reset", BOOT_LIMIT)
+        .every(Duration::from_secs(2))
+        .context(&context)
+        .until(|| {
+            // Without the reset its uptime would be `uptime` plus the time since; a fresh
+            // boot reports far less.
+            let unreset = uptime + seen.elapsed().as_secs();
+            online_appliance(&rt, &operator).filter(|a| {
+                a.status
+                    .as_ref()
+                    .is_some_and(|s| s.status.uptime_seconds + 30 < unreset)
+            })
+        });
     eprintln!(
-        "debian disk boot to cairn-node's first hub call: {:?}",
-        started.elapsed()
+        "debian appliance: reset to heartbeating again: {:?}",
+        reset.elapsed()
     );
-    // Only the seed names this address: the wizard would have waited for an operator.
-    assert_eq!(first[0], 0x16, "not TLS; serial:\n{}", vm.tail(60));
+    assert_eq!(
+        again.id, first.id,
+        "the reset appliance came back as another one"
+    );
+    assert_eq!(
+        again.cert_sha256, first.cert_sha256,
+        "the reset appliance re-keyed"
+    );
+    assert_eq!(again.rekeys, 0);
+    drop(vm);
+}
+
+fn hub_log(hub: &Hub) -> String {
+    let text = std::fs::read_to_string(&hub.log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }

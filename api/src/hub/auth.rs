@@ -37,6 +37,21 @@ impl fmt::Display for Role {
     }
 }
 
+/// What `cairn-hub init --output json` prints: where the hub lives and what its first
+/// operator needs (the CA fingerprint sites pin, and the admin token unless it went to a
+/// file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSummary {
+    /// The data directory.
+    pub data: std::path::PathBuf,
+    /// The CA fingerprint (`sha256:...`) sites and operators pin.
+    pub ca_fingerprint: String,
+    /// The first admin token, in clear; `None` when it was written to `admin_token_file`.
+    pub admin_token: Option<String>,
+    /// Where the admin token was written instead of shown.
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
 /// `GET /v1/whoami`: the calling operator token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WhoAmI {

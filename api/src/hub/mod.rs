@@ -25,7 +25,7 @@ pub use appliances::{
     ApplianceState, ApplianceView, DesiredView, JoinSecretView, JoinView, LabelRequest, Renewal,
     RenewalRequest, SiteQuery, StatusView,
 };
-pub use auth::{CaInfo, Role, WhoAmI};
+pub use auth::{CaInfo, InitSummary, Role, WhoAmI};
 pub use campaigns::{
     BatchProgress, CampaignAction, CampaignMember, CampaignState, CampaignView, CreateCampaign,
     MemberState, Pacing, Selector,

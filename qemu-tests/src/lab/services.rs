@@ -81,7 +81,9 @@ pub fn build_image(cairn: &Path, out: &Path, log: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(&public);
         run_logged(
-            Command::new(cairn).args(["image", "keygen", "--out"]).arg(&key),
+            Command::new(cairn)
+                .args(["image", "keygen", "--out"])
+                .arg(&key),
             "cairn image keygen (the lab's release key)",
             log,
         )?;
@@ -255,12 +257,9 @@ impl Services {
             "cairn-hub init",
             &self.hub_dir.join("init.log"),
         )?;
-        let answer: serde_json::Value =
+        let answer: cairn_api::hub::InitSummary =
             serde_json::from_str(out.trim()).context("reading cairn-hub init's JSON")?;
-        self.info.hub_ca_fingerprint = answer["ca_fingerprint"]
-            .as_str()
-            .context("cairn-hub init printed no ca_fingerprint")?
-            .to_string();
+        self.info.hub_ca_fingerprint = answer.ca_fingerprint;
         Ok(())
     }
 

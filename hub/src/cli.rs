@@ -201,6 +201,11 @@ struct ServeArgs {
     /// the smaller retention count was written since its last pass.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     retention_check_every: u64,
+    /// How often the reconciler (leader only) rewrites the appliances' desired states that
+    /// no longer match the records they derive from (VPC membership, VTEPs, joins), in
+    /// seconds; it also runs once as soon as the hub starts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    reconcile_every: u64,
 }
 
 /// The release keys of the data directory plus the ones given.
@@ -395,7 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {
         fleet: fleet.clone(),
-        metrics,
+        metrics: metrics.clone(),
         limiter: Arc::new(RateLimiter::new(args.registration_rate.max(1))),
         renewals: Arc::new(RateLimiter::new(args.renewal_rate.max(1))),
         refusals: Arc::new(RefusalLog::default()),
@@ -429,6 +434,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         fleet.clone(),
         Duration::from_secs(args.retention_check_every.max(1)),
     ));
+    let reconciler = tokio::spawn(server::reconciler(
+        fleet.clone(),
+        metrics.clone(),
+        Duration::from_secs(args.reconcile_every.max(1)),
+    ));
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -445,6 +455,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     detector.abort();
     driver.abort();
     retention.abort();
+    reconciler.abort();
     Ok(Exit::Success)
 }
 

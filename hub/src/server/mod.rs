@@ -26,10 +26,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 use crate::metrics::Metrics;
 use crate::pki::PeerCert;
 use crate::ratelimit::{RateLimiter, RefusalLog};
+use crate::store::StoreError;
 
 pub use routes::router;
 
@@ -452,6 +453,33 @@ pub async fn housekeeping(fleet: Arc<Fleet>, every: Duration) {
     .await
 }
 
+/// Runs the reconciler every `every` while this process leads, the first time as soon as
+/// the hub starts: rewrites the desired states that went stale (a crash between a primary
+/// change and the rewrite of what derives from it) and counts what it repaired in
+/// `cairn_hub_reconciler_repairs_total`.
+pub async fn reconciler(fleet: Arc<Fleet>, metrics: Arc<Metrics>, every: Duration) {
+    while_leading(fleet, every, "reconciler", never, move |f| {
+        let metrics = metrics.clone();
+        async move {
+            let repairs = f.reconcile().await?;
+            for part in repairs.iter().flat_map(|r| &r.parts) {
+                metrics
+                    .reconciler_repairs
+                    .get_or_create(&vec![("part", (*part).to_owned())])
+                    .inc();
+            }
+            if !repairs.is_empty() {
+                tracing::warn!(
+                    appliances = repairs.len(),
+                    "reconciler pass repaired stale desired states"
+                );
+            }
+            Ok(repairs.len())
+        }
+    })
+    .await
+}
+
 /// A job woken by its period only.
 async fn never(_: Arc<Fleet>) {
     std::future::pending().await
@@ -459,7 +487,9 @@ async fn never(_: Arc<Fleet>) {
 
 /// A singleton job: runs `pass` every `every`, and when `wake` completes, but only while
 /// this process holds the store's leadership (always, on the embedded store; through a
-/// lease on etcd).
+/// lease on etcd). Each pass writes through the fence of the leadership it started under:
+/// when the lease lapsed meanwhile (a long pause), its writes are refused, the pass stops,
+/// and the job campaigns again at once.
 async fn while_leading<W, WakeFut, F, Fut>(
     fleet: Arc<Fleet>,
     every: Duration,
@@ -480,12 +510,18 @@ async fn while_leading<W, WakeFut, F, Fut>(
             () = wake(fleet.clone()) => {}
         }
         match fleet.store().lead().await {
-            Ok(true) => {
-                if let Err(e) = pass(fleet.clone()).await {
-                    tracing::warn!(error = %e, job, "singleton job pass failed");
+            Ok(Some(fence)) => match pass(Arc::new(fleet.as_leader(fence))).await {
+                Ok(_) => {}
+                Err(FleetError::Store(StoreError::NotLeader)) => {
+                    tracing::warn!(
+                        job,
+                        "leadership lost during the pass: its writes were refused; campaigning again"
+                    );
+                    tick.reset_immediately();
                 }
-            }
-            Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, job, "singleton job pass failed"),
+            },
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, job, "leadership check failed"),
         }
     }

@@ -170,17 +170,11 @@ impl EtcdStore {
         let mut lease = self.lease.lock().await;
         if let Some(id) = *lease {
             let mut client = self.client.clone();
-            let (mut keeper, mut stream) = client
-                .lease_keep_alive(id)
-                .await
-                .map_err(err("renewing the lease"))?;
-            keeper
-                .keep_alive()
-                .await
-                .map_err(err("renewing the lease"))?;
-            let answer = stream.message().await.map_err(err("renewing the lease"))?;
-            if answer.is_some_and(|a| a.ttl() > 0) {
-                return Ok(id);
+            // The client answers a lapsed lease with this error (etcd said TTL 0).
+            match client.lease_keep_alive(id).await {
+                Ok(_) => return Ok(id),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => {}
+                Err(e) => return Err(err("renewing the lease")(e)),
             }
             tracing::warn!(lease = id, "leader lease expired; taking a new one");
         }

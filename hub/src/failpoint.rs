@@ -37,7 +37,11 @@ fn parse(spec: &str) -> BTreeMap<String, Action> {
                 "kill" => Action::Kill,
                 "stop" => Action::Stop,
                 other => {
-                    tracing::warn!(failpoint = name, action = other, "unknown failpoint action ignored (kill, stop)");
+                    tracing::warn!(
+                        failpoint = name,
+                        action = other,
+                        "unknown failpoint action ignored (kill, stop)"
+                    );
                     return None;
                 }
             };

@@ -14,8 +14,8 @@ use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
     RegistrationResponse,
 };
-use rand::Rng;
 pub use desired::Repair;
+use rand::Rng;
 pub use retention::Retention;
 use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};

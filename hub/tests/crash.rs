@@ -186,7 +186,10 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         beat(&hub, i).await;
     }
     let (s, vpc) = admin
-        .post("/v1/vpcs", serde_json::json!({"name": "blue", "subnet": "10.70.0.0/24"}))
+        .post(
+            "/v1/vpcs",
+            serde_json::json!({"name": "blue", "subnet": "10.70.0.0/24"}),
+        )
         .await;
     assert_eq!(s, 201, "{vpc}");
     let attach = |op: &common::Operator, i: usize| {
@@ -200,7 +203,10 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
     let r = attach(&admin, 0).await.unwrap();
     assert_eq!(r.status(), 200);
     let before = beat(&hub, 0).await;
-    assert_eq!(before["overlay"]["vpcs"][0]["peer_vteps"], serde_json::json!([]));
+    assert_eq!(
+        before["overlay"]["vpcs"][0]["peer_vteps"],
+        serde_json::json!([])
+    );
 
     // The same hub with the failpoint armed: the second attach dies between its writes.
     hub.kill();
@@ -221,7 +227,10 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
     });
     armed.kill();
 
-    let restarted = Hub::builder(common::hub_bin()).data(&data).serve_args(&serve).start();
+    let restarted = Hub::builder(common::hub_bin())
+        .data(&data)
+        .serve_args(&serve)
+        .start();
     let admin = restarted.admin();
     let (_, vpcs) = admin.get("/v1/vpcs").await;
     assert_eq!(
@@ -230,10 +239,15 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         "the membership was committed before the crash: {vpcs}"
     );
     // The reconciler runs as the hub starts; the desired states follow within its pass.
-    let first = poll_async("the first member's overlay to be repaired", LIMIT, || async {
-        let d = beat(&restarted, 0).await;
-        (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.1.2"])).then_some(d)
-    })
+    let first = poll_async(
+        "the first member's overlay to be repaired",
+        LIMIT,
+        || async {
+            let d = beat(&restarted, 0).await;
+            (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.1.2"]))
+                .then_some(d)
+        },
+    )
     .await;
     assert!(first["generation"].as_u64() > before["generation"].as_u64());
     let second = beat(&restarted, 1).await;
@@ -261,5 +275,8 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         .await
         .unwrap();
     let needle = r#"cairn_hub_reconciler_repairs_total{part="overlay"} 2"#;
-    assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    assert!(
+        metrics.contains(needle),
+        "metrics lack {needle}:\n{metrics}"
+    );
 }

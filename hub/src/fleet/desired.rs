@@ -231,7 +231,10 @@ mod tests {
             name: name.into(),
             subnet: "10.1.0.0/24".into(),
             vni,
-            members: members.iter().map(|m| ApplianceId::new(*m).unwrap()).collect(),
+            members: members
+                .iter()
+                .map(|m| ApplianceId::new(*m).unwrap())
+                .collect(),
             tenant: DEFAULT_TENANT.into(),
         };
         (name.into(), vpc)

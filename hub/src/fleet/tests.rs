@@ -619,7 +619,13 @@ async fn write_primary_alone(w: &World, id: &ApplianceId, change: impl FnOnce(&m
 
 /// One reconciler pass, run as the leader runs it: through the leadership's fence.
 async fn reconcile(w: &World) -> Vec<Repair> {
-    let fence = w.fleet.store().lead().await.unwrap().expect("the only hub leads");
+    let fence = w
+        .fleet
+        .store()
+        .lead()
+        .await
+        .unwrap()
+        .expect("the only hub leads");
     w.fleet.as_leader(fence).reconcile().await.unwrap()
 }
 
@@ -638,18 +644,35 @@ async fn the_reconciler_repairs_what_a_crash_left_stale(w: &World) {
         desired_after_beat(w, p, Some(&format!("198.18.0.{}", i + 1))).await;
     }
     for id in &ids[..2] {
-        w.fleet.attach(&w.admin, "green", id.as_str()).await.unwrap();
+        w.fleet
+            .attach(&w.admin, "green", id.as_str())
+            .await
+            .unwrap();
     }
     let before = appliance_versions(w).await;
-    assert_eq!(reconcile(w).await, [], "everything the suite did is consistent");
-    assert_eq!(appliance_versions(w).await, before, "a pass over consistent state writes nothing");
+    assert_eq!(
+        reconcile(w).await,
+        [],
+        "everything the suite did is consistent"
+    );
+    assert_eq!(
+        appliance_versions(w).await,
+        before,
+        "a pass over consistent state writes nothing"
+    );
 
     // A VTEP change whose peers' rewrite never ran.
     let d0 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
-    assert_eq!(d0.overlay.as_ref().unwrap().vpcs[0].peer_vteps, ["198.18.0.2"]);
+    assert_eq!(
+        d0.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.2"]
+    );
     write_primary_alone(w, &ids[1], |a| a.vtep_address = Some("198.18.0.22".into())).await;
     let stale = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
-    assert_eq!(stale, d0, "torn: the peer's overlay still names the old address");
+    assert_eq!(
+        stale, d0,
+        "torn: the peer's overlay still names the old address"
+    );
     let repairs = reconcile(w).await;
     let repaired: Vec<(&str, &[&str])> = repairs
         .iter()
@@ -657,12 +680,22 @@ async fn the_reconciler_repairs_what_a_crash_left_stale(w: &World) {
         .collect();
     assert_eq!(
         repaired,
-        [(ids[0].as_str(), &["overlay"][..]), (ids[1].as_str(), &["overlay"][..])],
+        [
+            (ids[0].as_str(), &["overlay"][..]),
+            (ids[1].as_str(), &["overlay"][..])
+        ],
         "the peer's list and the changed appliance's own local address"
     );
     let d1 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
-    assert_eq!(d1.overlay.as_ref().unwrap().vpcs[0].peer_vteps, ["198.18.0.22"]);
-    assert_eq!(d1.generation, d0.generation + 1, "a new generation: the node applies it");
+    assert_eq!(
+        d1.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.22"]
+    );
+    assert_eq!(
+        d1.generation,
+        d0.generation + 1,
+        "a new generation: the node applies it"
+    );
 
     // A membership change whose members' rewrite never ran.
     w.fleet
@@ -679,7 +712,12 @@ async fn the_reconciler_repairs_what_a_crash_left_stale(w: &World) {
         })
         .await
         .unwrap();
-    assert_eq!(desired_after_beat(w, &apps[2].1, Some("198.18.0.3")).await.overlay, None);
+    assert_eq!(
+        desired_after_beat(w, &apps[2].1, Some("198.18.0.3"))
+            .await
+            .overlay,
+        None
+    );
     assert_eq!(reconcile(w).await.len(), 3, "every member's overlay");
     let d2 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
     assert_eq!(
@@ -703,7 +741,10 @@ async fn the_reconciler_repairs_what_a_crash_left_stale(w: &World) {
     write_primary_alone(w, &ids[1], |a| a.join = Some(bundle.clone())).await;
     let repairs = reconcile(w).await;
     assert_eq!(repairs.len(), 1);
-    assert_eq!((&repairs[0].appliance, repairs[0].parts.as_slice()), (&ids[1], &["join"][..]));
+    assert_eq!(
+        (&repairs[0].appliance, repairs[0].parts.as_slice()),
+        (&ids[1], &["join"][..])
+    );
     let d4 = desired_after_beat(w, &apps[1].1, Some("198.18.0.22")).await;
     assert_eq!(d4.join, Some(bundle));
 

@@ -320,13 +320,10 @@ impl Store for EtcdStore {
             return Ok(Some(super::Fence::on(LEADER, revision)));
         }
         let holder = resp.op_responses().into_iter().find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
-                (
-                    kv.value().to_vec(),
-                    kv.lease(),
-                    kv.mod_revision() as u64,
-                )
-            }),
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.lease(), kv.mod_revision() as u64)),
             _ => None,
         });
         // Keep-alives do not change the key's revision: a fence taken at any point of one
@@ -455,7 +452,12 @@ mod tests {
         );
         let a_fence = a.lead().await.unwrap().unwrap();
         let a_pass = Fenced::new(a.clone(), a_fence.clone());
-        assert!(a_pass.txn(vec![], vec![Op::put("job", b"a1".to_vec())]).await.unwrap());
+        assert!(
+            a_pass
+                .txn(vec![], vec![Op::put("job", b"a1".to_vec())])
+                .await
+                .unwrap()
+        );
 
         // `a` stalls (it stops renewing); `b` takes over once the lease lapses.
         let b_fence =
@@ -465,14 +467,24 @@ mod tests {
             .await;
         assert_ne!(a_fence, b_fence);
         let b_pass = Fenced::new(b.clone(), b_fence);
-        assert!(b_pass.txn(vec![], vec![Op::put("job", b"b1".to_vec())]).await.unwrap());
+        assert!(
+            b_pass
+                .txn(vec![], vec![Op::put("job", b"b1".to_vec())])
+                .await
+                .unwrap()
+        );
 
         // `a` resumes where it stopped: its pending writes, unconditional ones included,
         // are refused as a lost leadership, not as contention to retry.
-        let pending = a_pass.txn(vec![], vec![Op::put("job", b"a2".to_vec())]).await;
+        let pending = a_pass
+            .txn(vec![], vec![Op::put("job", b"a2".to_vec())])
+            .await;
         assert!(matches!(pending, Err(StoreError::NotLeader)), "{pending:?}");
         let fresh = a_pass
-            .txn(vec![Check::version("other", 0)], vec![Op::put("other", vec![1])])
+            .txn(
+                vec![Check::version("other", 0)],
+                vec![Op::put("other", vec![1])],
+            )
             .await;
         assert!(matches!(fresh, Err(StoreError::NotLeader)), "{fresh:?}");
         assert_eq!(a.get("job").await.unwrap().unwrap().value, b"b1");

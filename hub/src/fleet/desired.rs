@@ -213,7 +213,7 @@ mod tests {
     use cairn_api::JoinBundle;
 
     fn appliance(id: &str, vtep: Option<&str>, vpcs: &[&str]) -> Appliance {
-        let mut a: Appliance = serde_json::from_value(serde_json::json!({
+        serde_json::from_value(serde_json::json!({
             "id": id, "site": "s", "hostname": id, "labels": {},
             "inventory": {"serial": id, "nics": []}, "agent_version": "0",
             "cert_sha256": "", "previous_cert_sha256": null,
@@ -221,9 +221,7 @@ mod tests {
             "rekeys": 0, "vtep_address": vtep, "vpcs": vpcs, "control_plane": null,
             "join": null, "desired": {"generation": 1}
         }))
-        .unwrap();
-        a.desired.heartbeat_interval_seconds = 30;
-        a
+        .unwrap()
     }
 
     fn vpc(name: &str, vni: u32, members: &[&str]) -> (String, Vpc) {

@@ -3,7 +3,9 @@
 //! Keys live under a prefix (default `/cairn/hub/`). Versions are etcd `mod_revision`s;
 //! "absent" checks compare the key's `version` to 0. Singleton jobs run in the process that
 //! holds the leader key, attached to a lease this process keeps alive: when a hub dies its
-//! lease expires after the TTL and another hub takes over.
+//! lease expires after the TTL and another hub takes over. Their writes are fenced by the
+//! leader key's revision ([`super::Fence`]): a hub paused past its lease commits nothing
+//! once another holds the key.
 //!
 //! etcd keeps every revision until it is compacted, and heartbeats write one revision each:
 //! without compaction its database grows until it reaches its quota and refuses writes. So

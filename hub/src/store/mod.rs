@@ -220,20 +220,18 @@ impl Fenced {
         relaxed: bool,
     ) -> Result<bool, StoreError> {
         crate::failpoint::hit(crate::failpoint::LEADER_COMMIT);
-        let Some(fence) = &self.fence.0 else {
-            return match relaxed {
-                true => self.inner.txn_relaxed(checks, ops).await,
-                false => self.inner.txn(checks, ops).await,
-            };
-        };
-        checks.push(fence.clone());
-        let done = match relaxed {
-            true => self.inner.txn_relaxed(checks, ops).await?,
-            false => self.inner.txn(checks, ops).await?,
-        };
-        if done {
-            return Ok(true);
+        if let Some(fence) = &self.fence.0 {
+            checks.push(fence.clone());
         }
+        let done = if relaxed {
+            self.inner.txn_relaxed(checks, ops).await?
+        } else {
+            self.inner.txn(checks, ops).await?
+        };
+        // A refusal: by the fence, or by one of the caller's own checks?
+        let Some(fence) = self.fence.0.as_ref().filter(|_| !done) else {
+            return Ok(done);
+        };
         let now = self.inner.get(&fence.key).await?.map_or(0, |v| v.version);
         if now != fence.version {
             tracing::warn!(

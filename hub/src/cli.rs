@@ -62,8 +62,9 @@ struct StoreArgs {
     /// Key prefix in etcd.
     #[arg(long, value_name = "PREFIX", default_value = "/cairn/hub/")]
     etcd_prefix: String,
-    /// Seconds a dead hub keeps the singleton jobs (offline detection) before another takes
-    /// them over.
+    /// Seconds a dead or paused hub keeps the singleton jobs (offline detection, campaigns,
+    /// housekeeping, the reconciler) before another takes them over; the leader renews its
+    /// lease every third of it.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     etcd_lease_ttl: u64,
     /// CA certificate (PEM) that etcd's server certificate must chain to; the endpoints are
@@ -434,6 +435,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         fleet.clone(),
         Duration::from_secs(args.retention_check_every.max(1)),
     ));
+    let leadership = tokio::spawn(server::keep_leadership(
+        fleet.clone(),
+        Duration::from_secs(args.store.etcd_lease_ttl.max(2)) / 3,
+    ));
     let reconciler = tokio::spawn(server::reconciler(
         fleet.clone(),
         metrics.clone(),
@@ -456,6 +461,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     driver.abort();
     retention.abort();
     reconciler.abort();
+    leadership.abort();
     Ok(Exit::Success)
 }
 

@@ -480,6 +480,20 @@ pub async fn reconciler(fleet: Arc<Fleet>, metrics: Arc<Metrics>, every: Duratio
     .await
 }
 
+/// Campaigns for the leadership, and renews it, every `every` (a third of the lease's TTL),
+/// whatever the jobs' own periods: a leader whose jobs all run less often than its TTL
+/// would otherwise lose its lease between their passes and the leadership would flap.
+pub async fn keep_leadership(fleet: Arc<Fleet>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = fleet.store().lead().await {
+            tracing::warn!(error = %e, "leadership check failed");
+        }
+    }
+}
+
 /// A job woken by its period only.
 async fn never(_: Arc<Fleet>) {
     std::future::pending().await

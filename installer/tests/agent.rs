@@ -89,7 +89,11 @@ fn installs_the_image_with_its_seed_and_only_then_boot_code() {
     }
 
     let keys = trusted_keys(&image, dir.path());
-    let (code, out, err) = agent(&source, &disk, &["--release-keys", keys.to_str().unwrap()]);
+    let (code, out, err) = agent(
+        &source,
+        &disk,
+        &["--release-keys", keys.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("\"installed\""), "{out}");
     assert!(err.contains("signed by release key"), "{err}");
@@ -225,11 +229,7 @@ fn a_manifest_no_trusted_key_signed_is_refused_before_anything_is_written() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    std::fs::copy(
-        dir.path().join("other.key.pub"),
-        other_keys.join("other.pem"),
-    )
-    .unwrap();
+    std::fs::copy(dir.path().join("other.key.pub"), other_keys.join("other.pem")).unwrap();
 
     let cases: [(&str, &dyn Fn(), &Path, &str); 3] = [
         (
@@ -287,11 +287,7 @@ fn an_install_cut_short_over_an_older_install_leaves_nothing_bootable() {
     assert_eq!(code, 0, "{out}\n{err}");
     let (esp, _) = partition(&disk, 1);
     let (data, _) = partition(&disk, 4);
-    assert_eq!(
-        read_at(&disk, esp + 510, 2),
-        [0x55, 0xaa],
-        "no FAT boot sector"
-    );
+    assert_eq!(read_at(&disk, esp + 510, 2), [0x55, 0xaa], "no FAT boot sector");
 
     // The second install's payload breaks half-way; --keep-on-error leaves the disk as a
     // power cut at that moment would.
@@ -302,10 +298,7 @@ fn an_install_cut_short_over_an_older_install_leaves_nothing_bootable() {
     std::fs::write(&payload, bytes).unwrap();
     let (code, out, err) = agent(&source, &disk, &["--wipe", "--keep-on-error"]);
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(
-        sgdisk_print(&disk).contains("root-a"),
-        "the new GPT is there"
-    );
+    assert!(sgdisk_print(&disk).contains("root-a"), "the new GPT is there");
     assert!(
         read_at(&disk, esp, 1 << 20).iter().all(|b| *b == 0),
         "the old ESP survived under the new GPT"

@@ -81,9 +81,7 @@ pub fn build_image(cairn: &Path, out: &Path, log: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(&public);
         run_logged(
-            Command::new(cairn)
-                .args(["image", "keygen", "--out"])
-                .arg(&key),
+            Command::new(cairn).args(["image", "keygen", "--out"]).arg(&key),
             "cairn image keygen (the lab's release key)",
             log,
         )?;

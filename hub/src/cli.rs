@@ -62,8 +62,9 @@ struct StoreArgs {
     /// Key prefix in etcd.
     #[arg(long, value_name = "PREFIX", default_value = "/cairn/hub/")]
     etcd_prefix: String,
-    /// Seconds a dead hub keeps the singleton jobs (offline detection) before another takes
-    /// them over.
+    /// Seconds a dead or paused hub keeps the singleton jobs (offline detection, campaigns,
+    /// housekeeping, the reconciler) before another takes them over; the leader renews its
+    /// lease every third of it.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     etcd_lease_ttl: u64,
     /// CA certificate (PEM) that etcd's server certificate must chain to; the endpoints are
@@ -201,6 +202,11 @@ struct ServeArgs {
     /// the smaller retention count was written since its last pass.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     retention_check_every: u64,
+    /// How often the reconciler (leader only) rewrites the appliances' desired states that
+    /// no longer match the records they derive from (VPC membership, VTEPs, joins), in
+    /// seconds; it also runs once as soon as the hub starts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    reconcile_every: u64,
 }
 
 /// The release keys of the data directory plus the ones given.
@@ -400,7 +406,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
     let state = AppState {
         fleet: fleet.clone(),
-        metrics,
+        metrics: metrics.clone(),
         limiter: Arc::new(RateLimiter::new(args.registration_rate.max(1))),
         renewals: Arc::new(RateLimiter::new(args.renewal_rate.max(1))),
         refusals: Arc::new(RefusalLog::default()),
@@ -434,6 +440,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         fleet.clone(),
         Duration::from_secs(args.retention_check_every.max(1)),
     ));
+    let leadership = tokio::spawn(server::keep_leadership(
+        fleet.clone(),
+        Duration::from_secs(args.store.etcd_lease_ttl.max(2)) / 3,
+    ));
+    let reconciler = tokio::spawn(server::reconciler(
+        fleet.clone(),
+        metrics.clone(),
+        Duration::from_secs(args.reconcile_every.max(1)),
+    ));
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -450,6 +465,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     detector.abort();
     driver.abort();
     retention.abort();
+    reconciler.abort();
+    leadership.abort();
     Ok(Exit::Success)
 }
 

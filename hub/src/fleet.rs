@@ -14,6 +14,7 @@ use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
     RegistrationResponse,
 };
+pub use desired::Repair;
 use rand::Rng;
 pub use retention::Retention;
 use rustls::pki_types::pem::PemObject;
@@ -27,11 +28,12 @@ use crate::model::{
     MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
-use crate::store::{Check, Op, Store, StoreError, Versioned};
+use crate::store::{Check, Fence, Fenced, Op, Store, StoreError, Versioned};
 
 mod appliances;
 mod audit;
 mod control_planes;
+mod desired;
 mod heartbeats;
 mod registration;
 mod retention;
@@ -384,7 +386,7 @@ fn validate_name(what: &str, name: &str) -> Result<(), FleetError> {
 pub struct Fleet {
     store: Arc<dyn Store>,
     ca: Arc<Ca>,
-    settings: FleetSettings,
+    settings: Arc<FleetSettings>,
     kube: Arc<dyn BootstrapTokens>,
     /// The same store as `store`, seen as the counter of log writes retention watches.
     log_writes: Arc<retention::LogWrites>,
@@ -397,7 +399,7 @@ impl Fleet {
         Self {
             store: log_writes.clone(),
             ca,
-            settings,
+            settings: Arc::new(settings),
             kube: Arc::new(KubeBootstrapTokens),
             log_writes,
         }
@@ -407,6 +409,19 @@ impl Fleet {
     pub fn with_bootstrap_tokens(mut self, kube: Arc<dyn BootstrapTokens>) -> Self {
         self.kube = kube;
         self
+    }
+
+    /// This fleet as one pass of a singleton job sees it: every write also requires the
+    /// leadership `fence` stands for ([`crate::store::Fenced`]), so a pass that outlives
+    /// this process's leadership commits nothing more.
+    pub fn as_leader(&self, fence: Fence) -> Fleet {
+        Fleet {
+            store: Arc::new(Fenced::new(self.store.clone(), fence)),
+            ca: self.ca.clone(),
+            settings: self.settings.clone(),
+            kube: self.kube.clone(),
+            log_writes: self.log_writes.clone(),
+        }
     }
 
     /// The store, for metrics and jobs.

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod controlplane;
+pub mod failpoint;
 pub mod fleet;
 pub mod metrics;
 pub mod model;

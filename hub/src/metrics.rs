@@ -41,6 +41,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Connections closed at accept by a cap, by cap (`total`, `per_source`).
     pub refused_connections: Family<Labels, Counter>,
+    /// Stale parts of desired states the reconciler rewrote, by part (`overlay`, `join`).
+    pub reconciler_repairs: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,12 @@ impl Default for Metrics {
         let campaign_members = Family::<Labels, Gauge>::default();
         let open_connections = Gauge::default();
         let refused_connections = Family::<Labels, Counter>::default();
+        let reconciler_repairs = Family::<Labels, Counter>::default();
+        registry.register(
+            "reconciler_repairs",
+            "Stale parts of appliances' desired states the reconciler rewrote, by part",
+            reconciler_repairs.clone(),
+        );
         registry.register(
             "open_connections",
             "Connections open now",
@@ -103,6 +111,7 @@ impl Default for Metrics {
             campaign_members,
             open_connections,
             refused_connections,
+            reconciler_repairs,
         }
     }
 }
@@ -171,7 +180,7 @@ impl Store for MeteredStore {
         self.observe("txn_relaxed", start);
         r
     }
-    async fn lead(&self) -> Result<bool, StoreError> {
+    async fn lead(&self) -> Result<Option<crate::store::Fence>, StoreError> {
         self.inner.lead().await
     }
     fn backend(&self) -> &'static str {

@@ -1,6 +1,8 @@
 //! `kill -9` of a real `cairn-hub` (embedded store) under steady heartbeat load: statuses
 //! (written without waiting for an fsync) lose at most the last second, and every write the
-//! hub acknowledged as durable is there after the restart.
+//! hub acknowledged as durable is there after the restart. And `kill -9` between a VPC
+//! membership change and the rewrite of its members' overlays: the restarted hub's
+//! reconciler repairs them.
 
 mod common;
 
@@ -8,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Device, Hub, HubClients};
+use cairn_test_support::{poll, poll_async};
+use common::{Device, Hub, HubClients, LIMIT, heartbeat, post};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,5 +133,150 @@ async fn a_crash_under_heartbeat_load_loses_at_most_a_second_of_statuses() {
     println!(
         "{total} heartbeats and {} durable writes answered before the kill; statuses lost cover at most the last {worst_lag:?}; every durable write kept",
         tokens.len()
+    );
+}
+
+/// The state letter of a process (`/proc/PID/stat`): `Z` once it died unreaped, `T` stopped.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": the command may hold spaces, the last ')' ends it.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The hub is killed (SIGKILL, by its own failpoint: deterministic, at the one instant that
+/// matters) after it committed an attach and before it rewrote the members' desired
+/// states. Restarted, its reconciler's first pass repairs both members' overlays, with an
+/// event each and the repairs counted in the metrics; without it the first member would
+/// never learn of the second (a heartbeat that reports an unchanged VTEP rewrites nothing).
+#[tokio::test]
+async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() {
+    let failpoint = format!(
+        "{}={}=kill",
+        cairn_hub::failpoint::ENV,
+        cairn_hub::failpoint::MEMBERSHIP_COMMITTED
+    );
+    let serve = ["--reconcile-every", "3600"];
+    let mut hub = Hub::builder(common::hub_bin()).serve_args(&serve).start();
+    let admin = hub.admin();
+    let token = admin.enrollment_token("lab", 2).await;
+    let mut members = Vec::new();
+    for i in 1..=2 {
+        let d = Device::new(
+            &format!("edge-r{i}"),
+            &format!("RECONCILE-{i}"),
+            &[&format!("52:54:00:50:00:{i:02x}")],
+        );
+        let reg = d.register(&hub, &token).await;
+        members.push((d, reg, format!("198.18.1.{i}")));
+    }
+    let beat = |hub: &Hub, i: usize| {
+        let (d, reg, vtep) = &members[i];
+        let (http, url, body) = (
+            d.client(hub, reg),
+            format!("{}/v1/heartbeats", hub.url),
+            heartbeat(0, Some(vtep)),
+        );
+        async move {
+            let (s, answer) = post(&http, url, &body).await;
+            assert_eq!(s, 200, "{answer}");
+            answer["desired"].clone()
+        }
+    };
+    for i in 0..2 {
+        beat(&hub, i).await;
+    }
+    let (s, vpc) = admin
+        .post(
+            "/v1/vpcs",
+            serde_json::json!({"name": "blue", "subnet": "10.70.0.0/24"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{vpc}");
+    let attach = |op: &common::Operator, i: usize| {
+        let req = op
+            .http
+            .post(format!("{}/v1/vpcs/blue/attach", op.url))
+            .bearer_auth(&op.token)
+            .json(&serde_json::json!({"appliance_id": members[i].1.appliance_id}));
+        async move { req.send().await }
+    };
+    let r = attach(&admin, 0).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let before = beat(&hub, 0).await;
+    assert_eq!(
+        before["overlay"]["vpcs"][0]["peer_vteps"],
+        serde_json::json!([])
+    );
+
+    // The same hub with the failpoint armed: the second attach dies between its writes.
+    hub.kill();
+    let data = hub.data.clone();
+    let mut armed = Hub::builder(common::hub_bin())
+        .data(&data)
+        .prefix(&["env", &failpoint])
+        .serve_args(&serve)
+        .start();
+    let admin = armed.admin();
+    assert!(
+        attach(&admin, 1).await.is_err(),
+        "the hub died before answering the attach"
+    );
+    let pid = armed.pid();
+    poll("the hub to die at the failpoint", LIMIT, || {
+        (process_state(pid) == Some('Z')).then_some(())
+    });
+    armed.kill();
+
+    let restarted = Hub::builder(common::hub_bin())
+        .data(&data)
+        .serve_args(&serve)
+        .start();
+    let admin = restarted.admin();
+    let (_, vpcs) = admin.get("/v1/vpcs").await;
+    assert_eq!(
+        vpcs[0]["members"].as_array().map(Vec::len),
+        Some(2),
+        "the membership was committed before the crash: {vpcs}"
+    );
+    // The reconciler runs as the hub starts; the desired states follow within its pass.
+    let first = poll_async(
+        "the first member's overlay to be repaired",
+        LIMIT,
+        || async {
+            let d = beat(&restarted, 0).await;
+            (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.1.2"]))
+                .then_some(d)
+        },
+    )
+    .await;
+    assert!(first["generation"].as_u64() > before["generation"].as_u64());
+    let second = beat(&restarted, 1).await;
+    assert_eq!(
+        second["overlay"]["vpcs"][0]["peer_vteps"],
+        serde_json::json!(["198.18.1.1"]),
+        "{second}"
+    );
+    let (_, events) = admin.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+    let repaired = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "desired-state-repaired")
+        .count();
+    assert_eq!(repaired, 2, "{events}");
+    let metrics = admin
+        .http
+        .get(format!("{}/metrics", admin.url))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = r#"cairn_hub_reconciler_repairs_total{part="overlay"} 2"#;
+    assert!(
+        metrics.contains(needle),
+        "metrics lack {needle}:\n{metrics}"
     );
 }

@@ -219,3 +219,112 @@ async fn the_last_admin_token_cannot_be_revoked_or_deleted_on_etcd() {
         .start();
     common::the_last_admin_is_kept(&hub).await;
 }
+
+/// The state letter of a process (`/proc/PID/stat`): `T` while stopped.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Leader fencing with two real hubs: the leader stops itself (SIGSTOP, by its failpoint)
+/// just before committing a leader write (marking a silent appliance offline), for longer
+/// than the lease. The other hub takes the leadership; its offline detector runs only every
+/// 20 s, so when the first hub resumes (SIGCONT) nothing has touched the appliance's
+/// status: the pending write's own compare-and-set still holds, and only the fence refuses
+/// it. The resumed hub stops that pass and campaigns again without winning; the appliance
+/// goes offline once, marked by the new leader.
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_commits_nothing_after() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    fn serve<'a>(endpoints: &'a str, detector_every: &'a str) -> Vec<&'a str> {
+        vec![
+            "--etcd-endpoints",
+            endpoints,
+            "--etcd-lease-ttl",
+            "2",
+            "--heartbeat-interval",
+            "1",
+            "--offline-after",
+            "1",
+            "--offline-check-every",
+            detector_every,
+        ]
+    }
+    let failpoint = format!(
+        "{}={}=stop",
+        cairn_hub::failpoint::ENV,
+        cairn_hub::failpoint::LEADER_COMMIT
+    );
+    // `a` starts first and leads; only `a` has the failpoint.
+    let a = Hub::builder(common::hub_bin())
+        .prefix(&["env", &failpoint])
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve(&endpoints, "1"))
+        .start();
+    let b = a.replica(&serve(&endpoints, "20"));
+    let a_pid = a.pid();
+    let leads = "this hub now runs the singleton jobs";
+    let log = |hub: &Hub| std::fs::read_to_string(&hub.log).unwrap_or_default();
+
+    let token = b.admin().enrollment_token("lab", 1).await;
+    let device = Device::new("edge-f1", "FENCE-1", &["52:54:00:10:02:01"]);
+    let reg = device.register(&b, &token).await;
+    let id = reg.appliance_id.to_string();
+    let (s, body) = post(
+        &device.client(&b, &reg),
+        format!("{}/v1/heartbeats", b.url),
+        &heartbeat(1, None),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    // The silence makes `a`'s detector mark it offline: `a` stops right before the write.
+    cairn_test_support::poll("the leader to stop before its write", LIMIT, || {
+        (process_state(a_pid) == Some('T')).then_some(())
+    });
+    // Its lease lapses; `b` takes the leadership (its other jobs ask every few seconds).
+    poll_async("the other hub to take over", LIMIT, || async {
+        log(&b).contains(leads).then_some(())
+    })
+    .await;
+    assert_eq!(offline_events(&b.admin(), &id).await, [] as [Value; 0]);
+
+    let pid = Pid::from_raw(a_pid as i32).unwrap();
+    kill_process(pid, Signal::CONT).unwrap();
+    poll_async(
+        "the resumed hub to find its write refused",
+        LIMIT,
+        || async {
+            log(&a)
+                .contains("leadership lost during the pass: its writes were refused")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // One detector acts afterwards: the new leader's, at its next pass.
+    let events = poll_async(
+        "the new leader to mark it offline",
+        std::time::Duration::from_secs(60),
+        || async {
+            let ev = offline_events(&b.admin(), &id).await;
+            (!ev.is_empty()).then_some(ev)
+        },
+    )
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["hub"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(&format!("/{}", b.pid()))),
+        "marked by the new leader, not by the paused one's pending write: {events:?}"
+    );
+    assert_eq!(
+        log(&a).matches(leads).count(),
+        1,
+        "the resumed hub campaigned again without winning:\n{}",
+        log(&a)
+    );
+}

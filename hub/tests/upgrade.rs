@@ -743,6 +743,120 @@ async fn two_hubs_on_etcd_run_one_campaign_driver() {
     }
 }
 
+/// The state letter of a process (`/proc/PID/stat`): `T` while stopped.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// A campaign step is not executed twice by two drivers: the leading hub stops itself
+/// (SIGSTOP, by its failpoint) just before committing the canary's order, for longer than
+/// its lease. The other hub takes the leadership; its driver looks only every 20 s, so when
+/// the first resumes (SIGCONT) the campaign record is as it was and only the fence refuses
+/// the pending order. The resumed hub stops that pass and campaigns again without winning;
+/// the canary is ordered once, by the new leader's driver.
+#[tokio::test]
+async fn a_driver_paused_past_its_lease_does_not_order_after_the_takeover() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let releases = Releases::new();
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let key = releases.public.to_str().unwrap().to_owned();
+    let serve = |campaign_every: &'static str| {
+        let mut serve = vec!["--campaign-check-every-ms", campaign_every];
+        serve.extend(["--etcd-endpoints", &endpoints, "--etcd-lease-ttl", "2"]);
+        serve.extend(["--offline-check-every", "1", "--trusted-release-key", &key]);
+        serve
+    };
+    let failpoint = format!(
+        "{}={}=stop",
+        cairn_hub::failpoint::ENV,
+        cairn_hub::failpoint::LEADER_COMMIT
+    );
+    let a = Hub::builder(common::hub_bin())
+        .prefix(&["env", &failpoint])
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve("100"))
+        .start();
+    let b = a.replica(&serve("20000"));
+    let leads = "this hub now runs the singleton jobs";
+    let log = |hub: &Hub| std::fs::read_to_string(&hub.log).unwrap_or_default();
+    let (signed, sha) = releases.bundle("2.0", Some(&releases.key));
+    assert_eq!(upload(&b.admin(), &signed, &sha).await.0, 201);
+    let token = b.admin().enrollment_token("lab", 2).await;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        ids.push(Node::register(&b, &token, n, Behaviour::Commit).await.id);
+    }
+    let admin = b.admin();
+    let (s, c) = admin
+        .post(
+            "/v1/campaigns",
+            json!({"name": "fenced", "release": "2.0", "canaries": 1, "batch_size": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        admin.post("/v1/campaigns/fenced/start", json!({})).await.0,
+        200
+    );
+
+    cairn_test_support::poll("the leader to stop before ordering", LIMIT, || {
+        (process_state(a.pid()) == Some('T')).then_some(())
+    });
+    until!("the other hub to take over", {
+        log(&b).contains(leads).then_some(())
+    });
+    let orders = || async {
+        let (_, events) = admin.get("/v1/events?since=2000-01-01T00:00:00Z").await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "upgrade-ordered")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    assert_eq!(orders().await, [] as [Value; 0], "nothing ordered yet");
+
+    kill_process(Pid::from_raw(a.pid() as i32).unwrap(), Signal::CONT).unwrap();
+    until!("the resumed hub to find its order refused", {
+        log(&a)
+            .contains("leadership lost during the pass: its writes were refused")
+            .then_some(())
+    });
+    let ordered = cairn_test_support::poll_async(
+        "the new leader's driver to order the canary",
+        std::time::Duration::from_secs(60),
+        || async {
+            let o = orders().await;
+            (!o.is_empty()).then_some(o)
+        },
+    )
+    .await;
+    assert_eq!(ordered.len(), 1, "{ordered:?}");
+    assert!(
+        ordered[0]["hub"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(&format!("/{}", b.pid()))),
+        "ordered by the new leader, not by the paused one's pending pass: {ordered:?}"
+    );
+    let c = campaign(&admin, "fenced").await;
+    let canary = ordered[0]["appliance"].as_str().unwrap();
+    assert_eq!(member(&c, canary)["state"], "ordered", "{c}");
+    let (_, view) = admin.get(&format!("/v1/appliances/{canary}")).await;
+    assert_eq!(
+        view["desired"]["generation"], 2,
+        "ordered exactly once: {view}"
+    );
+    assert_eq!(
+        log(&a).matches(leads).count(),
+        1,
+        "the resumed hub campaigned again without winning:\n{}",
+        log(&a)
+    );
+}
+
 /// `cairn hub releases ...` and `cairn hub campaigns ...` against a real hub.
 #[tokio::test]
 async fn operator_cli_adds_releases_and_drives_campaigns() {

@@ -1,5 +1,5 @@
-//! Heartbeats (status up, desired state down), the desired state each appliance is
-//! owed (overlays, joins), and offline detection.
+//! Heartbeats (status up, desired state down), VTEP changes, and offline detection. The
+//! desired state each appliance is owed is derived in [`super::desired`].
 
 use super::*;
 
@@ -150,65 +150,6 @@ impl Fleet {
             }
         }
         Ok(me)
-    }
-
-    /// Recomputes an appliance's desired state from the records it depends on and stores it
-    /// with the next generation when it changed. Returns the appliance as stored.
-    pub async fn refresh_desired(&self, id: &ApplianceId) -> Result<Option<Appliance>, FleetError> {
-        let key = format!("{}{id}", keys::APPLIANCES);
-        let key = key.as_str();
-        self.cas(key, move || async move {
-            let Some((version, mut a)) = self.get::<Appliance>(key).await? else {
-                return Ok(Attempt::Done(None));
-            };
-            let overlay = self.overlay_for(&a).await?;
-            let mut next = a.desired.clone();
-            next.overlay = overlay;
-            next.join = a.join.clone();
-            if next == a.desired {
-                return Ok(Attempt::Done(Some(a)));
-            }
-            next.generation = a.desired.generation + 1;
-            a.desired = next;
-            Ok(Attempt::Write {
-                checks: vec![Check::version(key, version)],
-                ops: vec![Op::put(key, encode(&a))],
-                then: Some(a),
-            })
-        })
-        .await
-    }
-
-    pub(super) async fn overlay_for(
-        &self,
-        a: &Appliance,
-    ) -> Result<Option<OverlayDocument>, FleetError> {
-        if a.vpcs.is_empty() {
-            return Ok(None);
-        }
-        let mut vpcs = Vec::new();
-        for name in &a.vpcs {
-            let Some((_, vpc)) = self.get::<Vpc>(&format!("{}{name}", keys::VPCS)).await? else {
-                continue;
-            };
-            let mut peers = Vec::new();
-            for m in vpc.members.iter().filter(|m| *m != &a.id) {
-                if let Some((_, p)) = self
-                    .get::<Appliance>(&format!("{}{m}", keys::APPLIANCES))
-                    .await?
-                    && let Some(vtep) = p.vtep_address
-                {
-                    peers.push(vtep);
-                }
-            }
-            peers.sort();
-            peers.dedup();
-            vpcs.push(crate::vpc::membership(&vpc, peers));
-        }
-        Ok(Some(OverlayDocument {
-            local_vtep: a.vtep_address.clone().unwrap_or_default(),
-            vpcs,
-        }))
     }
 
     // ---- offline detection -----------------------------------------------------------

@@ -87,7 +87,7 @@ impl Store for LogWrites {
         self.count(&ops);
         self.inner.txn_relaxed(checks, ops).await
     }
-    async fn lead(&self) -> Result<bool, StoreError> {
+    async fn lead(&self) -> Result<Option<crate::store::Fence>, StoreError> {
         self.inner.lead().await
     }
     fn backend(&self) -> &'static str {

@@ -100,6 +100,7 @@ async fn suite(store: Arc<dyn Store>) {
     vpc_overlays_follow_membership_and_addresses(&w).await;
     bad_vteps_stay_out_of_overlays(&w).await;
     appliances_join_only_their_tenants_vpcs(&w).await;
+    the_reconciler_repairs_what_a_crash_left_stale(&w).await;
     // Last: its appliances go offline while it waits for a token to expire.
     registration_keeps_hardware_identity(&w).await;
     bound_tokens_register_only_their_server(&w).await;
@@ -587,6 +588,180 @@ async fn bad_vteps_stay_out_of_overlays(w: &World) {
     assert_eq!(view.vtep_refused, None);
     let d0 = desired_after_beat(w, p0, Some("198.51.100.1")).await;
     assert_eq!(d0.overlay.unwrap().vpcs[0].peer_vteps, ["198.51.100.2"]);
+}
+
+/// The appliance records, each with its version: what a pass that writes nothing leaves as
+/// it was.
+async fn appliance_versions(w: &World) -> Vec<(String, u64)> {
+    w.fleet
+        .list_raw(keys::APPLIANCES)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.version))
+        .collect()
+}
+
+/// Writes an appliance record alone, as the first of a change's two transactions does
+/// before a crash keeps the second (the rewrite of the desired states) from running.
+async fn write_primary_alone(w: &World, id: &ApplianceId, change: impl FnOnce(&mut Appliance)) {
+    let key = format!("{}{id}", keys::APPLIANCES);
+    let mut a = w.fleet.record(id).await.unwrap();
+    change(&mut a);
+    assert!(
+        w.fleet
+            .store()
+            .txn(vec![], vec![Op::put(&key, encode(&a))])
+            .await
+            .unwrap()
+    );
+}
+
+/// One reconciler pass, run as the leader runs it: through the leadership's fence.
+async fn reconcile(w: &World) -> Vec<Repair> {
+    let fence = w
+        .fleet
+        .store()
+        .lead()
+        .await
+        .unwrap()
+        .expect("the only hub leads");
+    w.fleet.as_leader(fence).reconcile().await.unwrap()
+}
+
+/// Each torn state a crash between a primary change and the rewrite of the desired states
+/// derived from it leaves (a VTEP change, a membership change, a join) is repaired by one
+/// reconciler pass, with a new generation the node picks up and an event; over a
+/// consistent store a pass writes nothing.
+async fn the_reconciler_repairs_what_a_crash_left_stale(w: &World) {
+    w.fleet
+        .create_vpc(&w.admin, "green", "10.60.0.0/24", None)
+        .await
+        .unwrap();
+    let apps = register_many(w, "s9", 3).await;
+    let ids: Vec<ApplianceId> = apps.iter().map(|(r, _)| r.appliance_id.clone()).collect();
+    for (i, (_, p)) in apps.iter().enumerate() {
+        desired_after_beat(w, p, Some(&format!("198.18.0.{}", i + 1))).await;
+    }
+    for id in &ids[..2] {
+        w.fleet
+            .attach(&w.admin, "green", id.as_str())
+            .await
+            .unwrap();
+    }
+    let before = appliance_versions(w).await;
+    assert_eq!(
+        reconcile(w).await,
+        [],
+        "everything the suite did is consistent"
+    );
+    assert_eq!(
+        appliance_versions(w).await,
+        before,
+        "a pass over consistent state writes nothing"
+    );
+
+    // A VTEP change whose peers' rewrite never ran.
+    let d0 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
+    assert_eq!(
+        d0.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.2"]
+    );
+    write_primary_alone(w, &ids[1], |a| a.vtep_address = Some("198.18.0.22".into())).await;
+    let stale = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
+    assert_eq!(
+        stale, d0,
+        "torn: the peer's overlay still names the old address"
+    );
+    let repairs = reconcile(w).await;
+    // In key order, and the IDs are random: compared as a set.
+    let repaired: BTreeSet<(&str, &[&str])> = repairs
+        .iter()
+        .map(|r| (r.appliance.as_str(), r.parts.as_slice()))
+        .collect();
+    assert_eq!(
+        repaired,
+        BTreeSet::from([
+            (ids[0].as_str(), &["overlay"][..]),
+            (ids[1].as_str(), &["overlay"][..])
+        ]),
+        "the peer's list and the changed appliance's own local address"
+    );
+    let d1 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
+    assert_eq!(
+        d1.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.22"]
+    );
+    assert_eq!(
+        d1.generation,
+        d0.generation + 1,
+        "a new generation: the node applies it"
+    );
+
+    // A membership change whose members' rewrite never ran.
+    w.fleet
+        .store()
+        .txn(vec![], {
+            let (_, mut vpc) = w.fleet.get::<Vpc>("vpcs/green").await.unwrap().unwrap();
+            vpc.members.insert(ids[2].clone());
+            let mut c = w.fleet.record(&ids[2]).await.unwrap();
+            c.vpcs.insert("green".into());
+            vec![
+                Op::put("vpcs/green", encode(&vpc)),
+                Op::put(format!("{}{}", keys::APPLIANCES, ids[2]), encode(&c)),
+            ]
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        desired_after_beat(w, &apps[2].1, Some("198.18.0.3"))
+            .await
+            .overlay,
+        None
+    );
+    assert_eq!(reconcile(w).await.len(), 3, "every member's overlay");
+    let d2 = desired_after_beat(w, &apps[0].1, Some("198.18.0.1")).await;
+    assert_eq!(
+        d2.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.22", "198.18.0.3"]
+    );
+    let d3 = desired_after_beat(w, &apps[2].1, Some("198.18.0.3")).await;
+    assert_eq!(
+        d3.overlay.as_ref().unwrap().vpcs[0].peer_vteps,
+        ["198.18.0.1", "198.18.0.22"]
+    );
+
+    // A join bundle stored whose desired state was never rewritten.
+    let bundle = cairn_api::JoinBundle {
+        control_plane: "cp-green".into(),
+        api_server_url: "https://192.0.2.50:6443".into(),
+        ca_bundle_pem: String::new(),
+        bootstrap_token: "abcdef.0123456789abcdef".into(),
+        revision: 1,
+    };
+    write_primary_alone(w, &ids[1], |a| a.join = Some(bundle.clone())).await;
+    let repairs = reconcile(w).await;
+    assert_eq!(repairs.len(), 1);
+    assert_eq!(
+        (&repairs[0].appliance, repairs[0].parts.as_slice()),
+        (&ids[1], &["join"][..])
+    );
+    let d4 = desired_after_beat(w, &apps[1].1, Some("198.18.0.22")).await;
+    assert_eq!(d4.join, Some(bundle));
+
+    // Every repair is an event; and now the store is consistent again.
+    let events = w
+        .fleet
+        .events_since(&w.admin, OffsetDateTime::UNIX_EPOCH, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "desired-state-repaired")
+        .count();
+    assert_eq!(events, 2 + 3 + 1);
+    let before = appliance_versions(w).await;
+    assert_eq!(reconcile(w).await, []);
+    assert_eq!(appliance_versions(w).await, before);
 }
 
 /// Even a fleet-wide operator cannot attach an appliance to another tenant's VPC.

@@ -37,7 +37,7 @@ use super::{Attempt, Caller, Fleet, FleetError, Scope, encode, now, validate_nam
 use crate::model::{
     Appliance, Campaign, CampaignMember, CampaignState, MemberState, Pacing, Release, Status, keys,
 };
-use crate::store::{Check, MAX_TXN_OPS, Op};
+use crate::store::{Check, MAX_TXN_OPS, Op, StoreError};
 
 mod machine;
 
@@ -665,6 +665,8 @@ impl Fleet {
                         }
                     }
                     Ok(Pass::Unchanged) => break,
+                    // The rest of the pass would be refused too: stop it.
+                    Err(e @ FleetError::Store(StoreError::NotLeader)) => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %e, "campaign pass failed");
                         break;

@@ -180,6 +180,8 @@ impl Fleet {
                 })
             })
             .await?;
+        // A crash here leaves the members' overlays stale until the reconciler's next pass.
+        crate::failpoint::hit(crate::failpoint::MEMBERSHIP_COMMITTED);
         self.refresh_desired(&a.id).await?;
         for m in &vpc.members {
             self.refresh_desired(m).await?;

@@ -26,10 +26,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 use crate::metrics::Metrics;
 use crate::pki::PeerCert;
 use crate::ratelimit::{RateLimiter, RefusalLog};
+use crate::store::StoreError;
 
 pub use routes::router;
 
@@ -452,6 +453,47 @@ pub async fn housekeeping(fleet: Arc<Fleet>, every: Duration) {
     .await
 }
 
+/// Runs the reconciler every `every` while this process leads, the first time as soon as
+/// the hub starts: rewrites the desired states that went stale (a crash between a primary
+/// change and the rewrite of what derives from it) and counts what it repaired in
+/// `cairn_hub_reconciler_repairs_total`.
+pub async fn reconciler(fleet: Arc<Fleet>, metrics: Arc<Metrics>, every: Duration) {
+    while_leading(fleet, every, "reconciler", never, move |f| {
+        let metrics = metrics.clone();
+        async move {
+            let repairs = f.reconcile().await?;
+            for part in repairs.iter().flat_map(|r| &r.parts) {
+                metrics
+                    .reconciler_repairs
+                    .get_or_create(&vec![("part", (*part).to_owned())])
+                    .inc();
+            }
+            if !repairs.is_empty() {
+                tracing::warn!(
+                    appliances = repairs.len(),
+                    "reconciler pass repaired stale desired states"
+                );
+            }
+            Ok(repairs.len())
+        }
+    })
+    .await
+}
+
+/// Campaigns for the leadership, and renews it, every `every` (a third of the lease's TTL),
+/// whatever the jobs' own periods: a leader whose jobs all run less often than its TTL
+/// would otherwise lose its lease between their passes and the leadership would flap.
+pub async fn keep_leadership(fleet: Arc<Fleet>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = fleet.store().lead().await {
+            tracing::warn!(error = %e, "leadership check failed");
+        }
+    }
+}
+
 /// A job woken by its period only.
 async fn never(_: Arc<Fleet>) {
     std::future::pending().await
@@ -459,7 +501,9 @@ async fn never(_: Arc<Fleet>) {
 
 /// A singleton job: runs `pass` every `every`, and when `wake` completes, but only while
 /// this process holds the store's leadership (always, on the embedded store; through a
-/// lease on etcd).
+/// lease on etcd). Each pass writes through the fence of the leadership it started under:
+/// when the lease lapsed meanwhile (a long pause), its writes are refused, the pass stops,
+/// and the job campaigns again at once.
 async fn while_leading<W, WakeFut, F, Fut>(
     fleet: Arc<Fleet>,
     every: Duration,
@@ -480,12 +524,18 @@ async fn while_leading<W, WakeFut, F, Fut>(
             () = wake(fleet.clone()) => {}
         }
         match fleet.store().lead().await {
-            Ok(true) => {
-                if let Err(e) = pass(fleet.clone()).await {
-                    tracing::warn!(error = %e, job, "singleton job pass failed");
+            Ok(Some(fence)) => match pass(Arc::new(fleet.as_leader(fence))).await {
+                Ok(_) => {}
+                Err(FleetError::Store(StoreError::NotLeader)) => {
+                    tracing::warn!(
+                        job,
+                        "leadership lost during the pass: its writes were refused; campaigning again"
+                    );
+                    tick.reset_immediately();
                 }
-            }
-            Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, job, "singleton job pass failed"),
+            },
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, job, "leadership check failed"),
         }
     }

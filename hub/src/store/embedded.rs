@@ -276,9 +276,10 @@ impl Store for EmbeddedStore {
         self.submit(checks, ops, false).await
     }
 
-    async fn lead(&self) -> Result<bool, StoreError> {
-        // redb locks its file: only this process can have it open, so it always leads.
-        Ok(true)
+    async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {
+        // redb locks its file: only this process can have it open, so it always leads, and
+        // its leader jobs need no fence (no other process can write meanwhile).
+        Ok(Some(super::Fence::sole()))
     }
 
     fn backend(&self) -> &'static str {

@@ -3,7 +3,9 @@
 //! Keys live under a prefix (default `/cairn/hub/`). Versions are etcd `mod_revision`s;
 //! "absent" checks compare the key's `version` to 0. Singleton jobs run in the process that
 //! holds the leader key, attached to a lease this process keeps alive: when a hub dies its
-//! lease expires after the TTL and another hub takes over.
+//! lease expires after the TTL and another hub takes over. Their writes are fenced by the
+//! leader key's revision ([`super::Fence`]): a hub paused past its lease commits nothing
+//! once another holds the key.
 //!
 //! etcd keeps every revision until it is compacted, and heartbeats write one revision each:
 //! without compaction its database grows until it reaches its quota and refuses writes. So
@@ -25,6 +27,9 @@ use etcd_client::{
 use tokio::sync::Mutex;
 
 use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
+
+/// The leader key, under the prefix: its holder's name, attached to the holder's lease.
+const LEADER: &str = "leader";
 
 fn err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |e| StoreError::Etcd {
@@ -138,7 +143,7 @@ impl EtcdStore {
         // client certificate now rather than at the first fleet operation.
         client
             .kv_client()
-            .get(format!("{}leader", settings.prefix), None)
+            .get(format!("{}{LEADER}", settings.prefix), None)
             .await
             .map_err(err("connecting"))?;
         let compactor = (!settings.compact_every.is_zero()).then(|| {
@@ -167,17 +172,11 @@ impl EtcdStore {
         let mut lease = self.lease.lock().await;
         if let Some(id) = *lease {
             let mut client = self.client.clone();
-            let (mut keeper, mut stream) = client
-                .lease_keep_alive(id)
-                .await
-                .map_err(err("renewing the lease"))?;
-            keeper
-                .keep_alive()
-                .await
-                .map_err(err("renewing the lease"))?;
-            let answer = stream.message().await.map_err(err("renewing the lease"))?;
-            if answer.is_some_and(|a| a.ttl() > 0) {
-                return Ok(id);
+            // The client answers a lapsed lease with this error (etcd said TTL 0).
+            match client.lease_keep_alive(id).await {
+                Ok(_) => return Ok(id),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => {}
+                Err(e) => return Err(err("renewing the lease")(e)),
             }
             tracing::warn!(lease = id, "leader lease expired; taking a new one");
         }
@@ -303,9 +302,9 @@ impl Store for EtcdStore {
         Ok(resp.succeeded())
     }
 
-    async fn lead(&self) -> Result<bool, StoreError> {
+    async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {
         let lease = self.live_lease().await?;
-        let key = self.key("leader");
+        let key = self.key(LEADER);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -317,18 +316,24 @@ impl Store for EtcdStore {
         let mut kv = self.client.kv_client();
         let resp = kv.txn(txn).await.map_err(err("leader election"))?;
         if resp.succeeded() {
-            tracing::info!(holder = %self.holder, "this hub now runs the singleton jobs");
-            return Ok(true);
+            // The put is the transaction's only write: the key's revision is the header's.
+            let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+            tracing::info!(holder = %self.holder, revision, "this hub now runs the singleton jobs");
+            return Ok(Some(super::Fence::on(LEADER, revision)));
         }
         let holder = resp.op_responses().into_iter().find_map(|r| match r {
             etcd_client::TxnOpResponse::Get(get) => get
                 .kvs()
                 .first()
-                .map(|kv| (kv.value().to_vec(), kv.lease())),
+                .map(|kv| (kv.value().to_vec(), kv.lease(), kv.mod_revision() as u64)),
             _ => None,
         });
-        Ok(holder
-            .is_some_and(|(value, held_by)| value == self.holder.as_bytes() && held_by == lease))
+        // Keep-alives do not change the key's revision: a fence taken at any point of one
+        // leadership stays valid until the lease lapses.
+        Ok(holder.and_then(|(value, held_by, revision)| {
+            (value == self.holder.as_bytes() && held_by == lease)
+                .then(|| super::Fence::on(LEADER, revision))
+        }))
     }
 
     fn backend(&self) -> &'static str {
@@ -342,6 +347,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Fenced;
     use crate::testutil::Etcd;
 
     #[tokio::test]
@@ -413,14 +419,86 @@ mod tests {
         let b = EtcdStore::connect(&etcd.endpoints(), &EtcdSettings::new("/lead/", "b", ttl))
             .await
             .unwrap();
-        assert!(a.lead().await.unwrap());
-        assert!(!b.lead().await.unwrap());
-        assert!(a.lead().await.unwrap(), "the leader keeps its lease alive");
+        let fence = a.lead().await.unwrap().expect("the first to ask leads");
+        assert_eq!(b.lead().await.unwrap(), None);
+        assert_eq!(
+            a.lead().await.unwrap(),
+            Some(fence.clone()),
+            "the leader keeps its lease alive, and its fence with it"
+        );
         // `a` stops renewing (as if it died): `b` takes over once the lease expires.
         drop(a);
         cairn_test_support::poll_async("b takes over", crate::testutil::LIMIT, || async {
-            b.lead().await.unwrap().then_some(())
+            b.lead().await.unwrap()
         })
         .await;
+    }
+
+    /// A leader paused past its lease (GC pause, SIGSTOP) resumes with a write of its last
+    /// pass pending: the write is refused, though no other check of it fails, and the new
+    /// leader's writes go through.
+    #[tokio::test]
+    async fn a_leader_whose_lease_lapsed_cannot_commit() {
+        let etcd = Etcd::start(1).await;
+        let ttl = Duration::from_secs(2);
+        let settings = |holder| EtcdSettings::new("/fence/", holder, ttl);
+        let a: Arc<dyn Store> = Arc::new(
+            EtcdStore::connect(&etcd.endpoints(), &settings("a"))
+                .await
+                .unwrap(),
+        );
+        let b: Arc<dyn Store> = Arc::new(
+            EtcdStore::connect(&etcd.endpoints(), &settings("b"))
+                .await
+                .unwrap(),
+        );
+        let a_fence = a.lead().await.unwrap().unwrap();
+        let a_pass = Fenced::new(a.clone(), a_fence.clone());
+        assert!(
+            a_pass
+                .txn(vec![], vec![Op::put("job", b"a1".to_vec())])
+                .await
+                .unwrap()
+        );
+
+        // `a` stalls (it stops renewing); `b` takes over once the lease lapses.
+        let b_fence =
+            cairn_test_support::poll_async("b takes over", crate::testutil::LIMIT, || async {
+                b.lead().await.unwrap()
+            })
+            .await;
+        assert_ne!(a_fence, b_fence);
+        let b_pass = Fenced::new(b.clone(), b_fence);
+        assert!(
+            b_pass
+                .txn(vec![], vec![Op::put("job", b"b1".to_vec())])
+                .await
+                .unwrap()
+        );
+
+        // `a` resumes where it stopped: its pending writes, unconditional ones included,
+        // are refused as a lost leadership, not as contention to retry.
+        let pending = a_pass
+            .txn(vec![], vec![Op::put("job", b"a2".to_vec())])
+            .await;
+        assert!(matches!(pending, Err(StoreError::NotLeader)), "{pending:?}");
+        let fresh = a_pass
+            .txn(
+                vec![Check::version("other", 0)],
+                vec![Op::put("other", vec![1])],
+            )
+            .await;
+        assert!(matches!(fresh, Err(StoreError::NotLeader)), "{fresh:?}");
+        assert_eq!(a.get("job").await.unwrap().unwrap().value, b"b1");
+        assert_eq!(a.get("other").await.unwrap(), None);
+        // Campaigning again, it finds `b` in place.
+        assert_eq!(a.lead().await.unwrap(), None);
+        // An ordinary failed check under a valid fence is still just `false`.
+        assert!(
+            !b_pass
+                .txn(vec![Check::version("job", 1)], vec![Op::delete("job")])
+                .await
+                .unwrap()
+        );
     }
 }

@@ -123,6 +123,14 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A leader job's write was refused because this process no longer holds the
+    /// leadership it started the pass under (its lease expired, e.g. while the process was
+    /// paused, and another hub took over). The pass stops; the job campaigns again.
+    #[error(
+        "this hub lost the leadership during a singleton job's pass: its write was refused, \
+         and another hub runs the job now"
+    )]
+    NotLeader,
     /// A transaction over [`MAX_TXN_OPS`] checks or ops (a bug of the caller).
     #[error("transaction too large: {checks} checks, {ops} ops (at most {MAX_TXN_OPS} each)")]
     TxnTooLarge {
@@ -160,12 +168,108 @@ pub trait Store: Send + Sync + 'static {
         self.txn(checks, ops).await
     }
 
-    /// Whether this process should run singleton jobs (offline detection) now. Called
-    /// periodically; the answer holds until the next call (at most the lease TTL).
-    async fn lead(&self) -> Result<bool, StoreError>;
+    /// Whether this process should run singleton jobs (offline detection, campaigns,
+    /// housekeeping, the reconciler) now: `Some` with the [`Fence`] the job's writes must
+    /// go through ([`Fenced`]), so that none commits once the leadership is lost. Called
+    /// periodically; the leadership holds until the next call (at most the lease TTL).
+    async fn lead(&self) -> Result<Option<Fence>, StoreError>;
 
     /// Backend name for logs and metrics.
     fn backend(&self) -> &'static str;
+}
+
+/// What a leader's writes are conditional on: the leader record as it was when this process
+/// took (or last confirmed) the leadership. On etcd, the leader key's revision, which changes
+/// when the lease lapses (etcd deletes the key) and another hub takes it, as in etcd's own
+/// election recipe; on the embedded store, nothing, since one process owns the file: the
+/// fence is trivially satisfied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence(Option<Check>);
+
+impl Fence {
+    /// No condition: the only process on its store.
+    pub fn sole() -> Self {
+        Fence(None)
+    }
+
+    /// Writes commit only while `key` is still at `version`.
+    pub fn on(key: impl Into<String>, version: u64) -> Self {
+        Fence(Some(Check::version(key, version)))
+    }
+}
+
+/// A store seen by one pass of a leader job: every transaction also checks the [`Fence`],
+/// and one refused because the fence no longer holds fails with [`StoreError::NotLeader`]
+/// rather than reading as an ordinary lost compare-and-set, so the job stops instead of
+/// retrying.
+pub struct Fenced {
+    inner: std::sync::Arc<dyn Store>,
+    fence: Fence,
+}
+
+impl Fenced {
+    /// `inner`, fenced by `fence`.
+    pub fn new(inner: std::sync::Arc<dyn Store>, fence: Fence) -> Self {
+        Self { inner, fence }
+    }
+
+    async fn fenced_txn(
+        &self,
+        mut checks: Vec<Check>,
+        ops: Vec<Op>,
+        relaxed: bool,
+    ) -> Result<bool, StoreError> {
+        crate::failpoint::hit(crate::failpoint::LEADER_COMMIT);
+        if let Some(fence) = &self.fence.0 {
+            checks.push(fence.clone());
+        }
+        let done = if relaxed {
+            self.inner.txn_relaxed(checks, ops).await?
+        } else {
+            self.inner.txn(checks, ops).await?
+        };
+        // A refusal: by the fence, or by one of the caller's own checks?
+        let Some(fence) = self.fence.0.as_ref().filter(|_| !done) else {
+            return Ok(done);
+        };
+        let now = self.inner.get(&fence.key).await?.map_or(0, |v| v.version);
+        if now != fence.version {
+            tracing::warn!(
+                fence = fence.version,
+                leader_record = now,
+                "leadership lost: a singleton job's write was refused"
+            );
+            return Err(StoreError::NotLeader);
+        }
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl Store for Fenced {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        self.fenced_txn(checks, ops, false).await
+    }
+    async fn txn_relaxed(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
+        self.fenced_txn(checks, ops, true).await
+    }
+    async fn lead(&self) -> Result<Option<Fence>, StoreError> {
+        self.inner.lead().await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
 }
 
 /// The end of the key range that starts with `prefix` (exclusive), as etcd defines it.

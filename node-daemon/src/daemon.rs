@@ -406,23 +406,23 @@ impl<N: Network> Daemon<N> {
         Ok(identity)
     }
 
-    /// The registration to send: the one kept from an earlier attempt (same key and CSR),
-    /// else a new key and CSR, kept before they are used. A changed hostname gets a new CSR
-    /// for the same key; a changed token file is sent with the same CSR.
+    /// The registration to send ([`pending_step`] decides): the one kept from an earlier
+    /// attempt, else a new key and CSR; what changed is kept before it is used.
     fn pending_registration(&self, token: &str) -> Result<PendingRegistration, RegisterError> {
         let hostname = &self.settings.hostname;
         let token_id = public_token_id(token);
         let kept = self.store.pending_registration()?;
-        let pending = match kept {
-            Some(p) if &p.hostname == hostname && p.token_id == token_id => {
+        let step = pending_step(kept.as_ref(), hostname, &token_id);
+        let pending = match (step, kept) {
+            (PendingStep::Resend, Some(p)) => {
                 tracing::info!(token = %token_id, "sending the pending registration again (same key and CSR)");
                 return Ok(p);
             }
-            Some(p) if &p.hostname == hostname => {
+            (PendingStep::NewToken, Some(p)) => {
                 tracing::info!(token = %token_id, previous_token = %p.token_id, "the token file changed; the pending registration keeps its key and CSR");
                 PendingRegistration { token_id, ..p }
             }
-            Some(p) => {
+            (PendingStep::NewCsr, Some(p)) => {
                 tracing::info!(%hostname, previous = %p.hostname, "the hostname changed; a new CSR for the pending registration's key");
                 PendingRegistration {
                     csr_pem: pki::csr(&p.key_pem, hostname)?,
@@ -431,7 +431,7 @@ impl<N: Network> Daemon<N> {
                     key_pem: p.key_pem,
                 }
             }
-            None => {
+            _ => {
                 let key_pem = pki::generate_key()?;
                 tracing::info!(token = %token_id, "new identity key; kept with the registration before it is sent");
                 PendingRegistration {
@@ -865,6 +865,31 @@ pub fn with_own_vtep(
     }
 }
 
+/// What to do with the registration kept from an earlier attempt before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingStep {
+    /// Send it as it is: same key, same CSR (the hub answers a repeat with the same
+    /// appliance).
+    Resend,
+    /// Same key and CSR with the token now in the token file.
+    NewToken,
+    /// The hostname changed: a CSR naming it, for the same key.
+    NewCsr,
+    /// Nothing kept: a new key and CSR.
+    NewKey,
+}
+
+/// The step for `kept` when the node is now `hostname` with the token `token_id`. The key
+/// never changes once kept: only a saved identity (or `cairn-node state reset`) ends it.
+fn pending_step(kept: Option<&PendingRegistration>, hostname: &str, token_id: &str) -> PendingStep {
+    match kept {
+        None => PendingStep::NewKey,
+        Some(p) if p.hostname != hostname => PendingStep::NewCsr,
+        Some(p) if p.token_id != token_id => PendingStep::NewToken,
+        Some(_) => PendingStep::Resend,
+    }
+}
+
 /// The public ID of an enrollment token (`cairn-et.ID.SECRET`), safe to log and keep; the
 /// secret never is. Text of another form has none.
 fn public_token_id(token: &str) -> String {
@@ -934,6 +959,30 @@ mod tests {
             vpcs: vec![],
         };
         assert_eq!(with_own_vtep(&empty, None).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_kept_registration_keeps_its_key() {
+        let kept = PendingRegistration {
+            key_pem: "k".into(),
+            csr_pem: "c".into(),
+            hostname: "edge-1".into(),
+            token_id: "t1".into(),
+        };
+        let cases = [
+            (None, "edge-1", "t1", PendingStep::NewKey),
+            (Some(&kept), "edge-1", "t1", PendingStep::Resend),
+            (Some(&kept), "edge-1", "t2", PendingStep::NewToken),
+            (Some(&kept), "edge-2", "t1", PendingStep::NewCsr),
+            (Some(&kept), "edge-2", "t2", PendingStep::NewCsr),
+        ];
+        for (kept, hostname, token, step) in cases {
+            assert_eq!(
+                pending_step(kept, hostname, token),
+                step,
+                "{hostname} {token}"
+            );
+        }
     }
 
     #[test]

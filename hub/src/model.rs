@@ -155,6 +155,29 @@ pub struct EnrollmentToken {
     pub created_at: OffsetDateTime,
     /// Who made it.
     pub created_by: String,
+    /// The registrations it completed, newest last (at most [`COMPLETED_KEPT`]): a
+    /// registration repeating one of them with the same key, whose answer was lost on the
+    /// way, gets that identity again without a second use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed: Vec<CompletedRegistration>,
+}
+
+/// How many completed registrations a token record remembers: a lost answer is retried
+/// within minutes, so the newest few cover every appliance still retrying while the record
+/// stays small for tokens with many uses.
+pub const COMPLETED_KEPT: usize = 32;
+
+/// A registration an enrollment token completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedRegistration {
+    /// SHA-256 of the DER public key (SubjectPublicKeyInfo) of its CSR, hex.
+    pub key_sha256: String,
+    /// The appliance it registered (or re-keyed).
+    pub appliance: ApplianceId,
+    /// SHA-256 of the certificate last issued for that key, hex: the registration is
+    /// answered again only while the appliance still has that certificate (not renewed,
+    /// re-keyed or deleted since).
+    pub cert_sha256: String,
 }
 
 /// One appliance in the fleet.

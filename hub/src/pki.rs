@@ -280,6 +280,19 @@ impl Ca {
     }
 }
 
+/// SHA-256 (hex) of the public key a CSR carries, its DER SubjectPublicKeyInfo: what a
+/// repeated registration is recognised by. `None` for text that is not a CSR (signing it
+/// refuses it with the reason).
+pub fn csr_key_sha256(csr_pem: &str) -> Option<String> {
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).ok()?;
+    let (_, parsed) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .ok()?;
+    Some(hex::encode(Sha256::digest(
+        parsed.certification_request_info.subject_pki.raw,
+    )))
+}
+
 /// Parses a CSR, verifies its signature, refuses weak keys and a CN other than `expected_cn`.
 pub fn check_csr(
     csr_pem: &str,

@@ -185,13 +185,25 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
         "SER123",
         &["52:54:00:00:00:02", "52:54:00:00:00:01"],
     );
+    let lost = reinstalled.register(&hub, &reinstall).await;
+    assert_eq!(lost.appliance_id, id);
+    assert_eq!(lost.site, "lab");
+    // The same request again, as after a lost answer: the same identity, a certificate for
+    // the same key, not a second use. Another key with the token finds it used up.
     let again = reinstalled.register(&hub, &reinstall).await;
-    assert_eq!(again.appliance_id, id);
-    assert_eq!(again.site, "lab");
+    assert_eq!(
+        (again.appliance_id.as_str(), again.site.as_str()),
+        (id.as_str(), "lab")
+    );
+    let other_key = Device::new(
+        "edge-1",
+        "SER123",
+        &["52:54:00:00:00:02", "52:54:00:00:00:01"],
+    );
     let (s, body) = post(
         &hub.anonymous(),
         format!("{}/v1/registrations", hub.url),
-        &serde_json::to_value(reinstalled.request(&reinstall)).unwrap(),
+        &serde_json::to_value(other_key.request(&reinstall)).unwrap(),
     )
     .await;
     assert_eq!(

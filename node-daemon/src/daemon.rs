@@ -23,7 +23,7 @@ use crate::kubelet::{self, Action, Layout, Supervisor};
 use crate::network::{Network, NetworkError};
 use crate::pki;
 use crate::status::LocalStatus;
-use crate::store::{self, Identity, Store, StoreError};
+use crate::store::{self, Identity, PendingRegistration, Store, StoreError};
 use crate::systemd::{DbusSystemd, UnitManager};
 use crate::upgrade::{self, HealthInputs, SharedReport, UpgradeInput, Upgrader};
 
@@ -376,11 +376,13 @@ impl<N: Network> Daemon<N> {
             .trim()
             .to_owned();
         let ca = self.trust().await?;
-        let key_pem = pki::generate_key()?;
+        // Kept before the first send: a lost answer or a restart sends the same CSR again,
+        // which the hub answers with the same appliance instead of refusing the spent token.
+        let pending = self.pending_registration(&token)?;
         let request = RegistrationRequest {
             token,
-            csr_pem: pki::csr(&key_pem, &self.settings.hostname)?,
-            hostname: self.settings.hostname.clone(),
+            csr_pem: pending.csr_pem,
+            hostname: pending.hostname,
             inventory: inventory::collect(&self.roots),
             agent_version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -390,10 +392,11 @@ impl<N: Network> Daemon<N> {
             appliance_id: answer.appliance_id,
             site: answer.site,
             hub_url: self.settings.hub_url.clone(),
-            key_pem,
+            key_pem: pending.key_pem,
             certificate_pem: answer.certificate_pem,
             ca_bundle_pem: answer.ca_bundle_pem,
         };
+        // Drops the pending registration in the same transaction.
         self.store.save_identity(&identity)?;
         // The token is spent; a secret that is no longer needed should not stay on disk.
         if let Err(e) = std::fs::remove_file(token_path) {
@@ -401,6 +404,46 @@ impl<N: Network> Daemon<N> {
         }
         self.apply_desired(&answer.desired, false).await;
         Ok(identity)
+    }
+
+    /// The registration to send ([`pending_step`] decides): the one kept from an earlier
+    /// attempt, else a new key and CSR; what changed is kept before it is used.
+    fn pending_registration(&self, token: &str) -> Result<PendingRegistration, RegisterError> {
+        let hostname = &self.settings.hostname;
+        let token_id = public_token_id(token);
+        let kept = self.store.pending_registration()?;
+        let step = pending_step(kept.as_ref(), hostname, &token_id);
+        let pending = match (step, kept) {
+            (PendingStep::Resend, Some(p)) => {
+                tracing::info!(token = %token_id, "sending the pending registration again (same key and CSR)");
+                return Ok(p);
+            }
+            (PendingStep::NewToken, Some(p)) => {
+                tracing::info!(token = %token_id, previous_token = %p.token_id, "the token file changed; the pending registration keeps its key and CSR");
+                PendingRegistration { token_id, ..p }
+            }
+            (PendingStep::NewCsr, Some(p)) => {
+                tracing::info!(%hostname, previous = %p.hostname, "the hostname changed; a new CSR for the pending registration's key");
+                PendingRegistration {
+                    csr_pem: pki::csr(&p.key_pem, hostname)?,
+                    hostname: hostname.clone(),
+                    token_id,
+                    key_pem: p.key_pem,
+                }
+            }
+            _ => {
+                let key_pem = pki::generate_key()?;
+                tracing::info!(token = %token_id, "new identity key; kept with the registration before it is sent");
+                PendingRegistration {
+                    csr_pem: pki::csr(&key_pem, hostname)?,
+                    hostname: hostname.clone(),
+                    token_id,
+                    key_pem,
+                }
+            }
+        };
+        self.store.set_pending_registration(&pending)?;
+        Ok(pending)
     }
 
     fn hub_for(&mut self, identity: &Identity) -> Result<HttpsHub, HubError> {
@@ -822,6 +865,41 @@ pub fn with_own_vtep(
     }
 }
 
+/// What to do with the registration kept from an earlier attempt before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingStep {
+    /// Send it as it is: same key, same CSR (the hub answers a repeat with the same
+    /// appliance).
+    Resend,
+    /// Same key and CSR with the token now in the token file.
+    NewToken,
+    /// The hostname changed: a CSR naming it, for the same key.
+    NewCsr,
+    /// Nothing kept: a new key and CSR.
+    NewKey,
+}
+
+/// The step for `kept` when the node is now `hostname` with the token `token_id`. The key
+/// never changes once kept: only a saved identity (or `cairn-node state reset`) ends it.
+fn pending_step(kept: Option<&PendingRegistration>, hostname: &str, token_id: &str) -> PendingStep {
+    match kept {
+        None => PendingStep::NewKey,
+        Some(p) if p.hostname != hostname => PendingStep::NewCsr,
+        Some(p) if p.token_id != token_id => PendingStep::NewToken,
+        Some(_) => PendingStep::Resend,
+    }
+}
+
+/// The public ID of an enrollment token (`cairn-et.ID.SECRET`), safe to log and keep; the
+/// secret never is. Text of another form has none.
+fn public_token_id(token: &str) -> String {
+    token
+        .strip_prefix("cairn-et.")
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(id, _)| id.to_owned())
+        .unwrap_or_default()
+}
+
 /// `CAIRN_VERSION` (or `PRETTY_NAME`) from os-release under the root: the running OS version.
 pub fn os_version(root: &Path) -> String {
     let text = std::fs::read_to_string(root.join("etc/os-release")).unwrap_or_default();
@@ -881,6 +959,37 @@ mod tests {
             vpcs: vec![],
         };
         assert_eq!(with_own_vtep(&empty, None).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_kept_registration_keeps_its_key() {
+        let kept = PendingRegistration {
+            key_pem: "k".into(),
+            csr_pem: "c".into(),
+            hostname: "edge-1".into(),
+            token_id: "t1".into(),
+        };
+        let cases = [
+            (None, "edge-1", "t1", PendingStep::NewKey),
+            (Some(&kept), "edge-1", "t1", PendingStep::Resend),
+            (Some(&kept), "edge-1", "t2", PendingStep::NewToken),
+            (Some(&kept), "edge-2", "t1", PendingStep::NewCsr),
+            (Some(&kept), "edge-2", "t2", PendingStep::NewCsr),
+        ];
+        for (kept, hostname, token, step) in cases {
+            assert_eq!(
+                pending_step(kept, hostname, token),
+                step,
+                "{hostname} {token}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_public_part_of_a_token_is_kept() {
+        assert_eq!(public_token_id("cairn-et.0a1b2c.deadbeef"), "0a1b2c");
+        assert_eq!(public_token_id("no-token-here"), "");
+        assert_eq!(public_token_id("cairn-et.secretonly"), "");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The node's state store: one redb file, `<state dir>/node.redb`.
 //!
-//! It holds the identity (private key, certificate, hub CA, appliance ID), the last desired
-//! state and the generation applied, counters, and the bounded queue of reports waiting for
-//! the hub. Everything the node needs to come back after a restart with the hub down is here.
+//! It holds the identity (private key, certificate, hub CA, appliance ID), the registration
+//! in progress until its answer is saved (key and CSR, so that every attempt and every
+//! restart sends the same request), the last desired state and the generation applied,
+//! counters, and the bounded queue of reports waiting for the hub. The file holds private
+//! keys: it is made readable by its owner only. Everything the node needs to come back after a restart with the hub down is here.
 //!
 //! A store that cannot be read is never replaced silently: replacing it would throw away the
 //! identity and make the node register as a new appliance. [`StoreError::Corrupt`] says what
@@ -31,6 +33,7 @@ pub const RECONNECTS: &str = "reconnects";
 pub const KUBELET_RESTARTS: &str = "kubelet_restarts";
 
 const APPLIED_GENERATION: &str = "applied_generation";
+const PENDING_REGISTRATION: &str = "pending_registration";
 const NEXT_SEQ: &str = "next_report_seq";
 
 /// What the node is, as issued by the hub at registration.
@@ -48,6 +51,21 @@ pub struct Identity {
     pub certificate_pem: String,
     /// Hub CA bundle, PEM.
     pub ca_bundle_pem: String,
+}
+
+/// A registration sent (or about to be) whose answer is not saved yet. Kept before the first
+/// attempt so that a lost answer or a restart resends the same CSR: the hub recognises the
+/// repeat by its key and answers with the same appliance (docs/node-daemon.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingRegistration {
+    /// Private key, PEM: the identity's key from the first attempt on. Never sent anywhere.
+    pub key_pem: String,
+    /// The CSR every attempt sends.
+    pub csr_pem: String,
+    /// The hostname the CSR names.
+    pub hostname: String,
+    /// Public ID of the enrollment token it is sent with (never the secret).
+    pub token_id: String,
 }
 
 /// State store failures.
@@ -164,6 +182,16 @@ impl Store {
                 });
             }
         };
+        // The identity's private key lives here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Io {
+                    path: path.clone(),
+                    source: redb::Error::Io(e),
+                },
+            )?;
+        }
         let store = Self { db, path };
         store.write(|tx| {
             tx.open_table(IDENTITY)?;
@@ -245,8 +273,22 @@ impl Store {
         })
     }
 
-    /// Stores the identity from a registration. Refuses to replace an identity with another
-    /// appliance ID; the same ID (a renewed certificate) is accepted.
+    /// The registration in progress, if any.
+    pub fn pending_registration(&self) -> Result<Option<PendingRegistration>, StoreError> {
+        self.get_doc(PENDING_REGISTRATION)
+    }
+
+    /// Keeps the registration about to be sent (durable when this returns).
+    pub fn set_pending_registration(
+        &self,
+        pending: &PendingRegistration,
+    ) -> Result<(), StoreError> {
+        self.put_doc(PENDING_REGISTRATION, pending)
+    }
+
+    /// Stores the identity from a registration, and drops the pending registration in the
+    /// same transaction. Refuses to replace an identity with another appliance ID; the same
+    /// ID (a renewed certificate) is accepted.
     pub fn save_identity(&self, identity: &Identity) -> Result<(), StoreError> {
         if let Some(existing) = self.identity()?
             && existing.appliance_id != identity.appliance_id
@@ -264,6 +306,18 @@ impl Store {
             t.insert("key_pem", identity.key_pem.as_str())?;
             t.insert("certificate_pem", identity.certificate_pem.as_str())?;
             t.insert("ca_bundle_pem", identity.ca_bundle_pem.as_str())?;
+            tx.open_table(DOCS)?.remove(PENDING_REGISTRATION)?;
+            Ok(())
+        })
+    }
+
+    fn put_doc<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Document {
+            key: key.into(),
+            source,
+        })?;
+        self.write(|tx| {
+            tx.open_table(DOCS)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
     }
@@ -289,14 +343,7 @@ impl Store {
 
     /// Keeps the desired state received from the hub.
     pub fn set_desired(&self, desired: &DesiredState) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(desired).map_err(|source| StoreError::Document {
-            key: "desired".into(),
-            source,
-        })?;
-        self.write(|tx| {
-            tx.open_table(DOCS)?.insert("desired", bytes.as_slice())?;
-            Ok(())
-        })
+        self.put_doc("desired", desired)
     }
 
     /// The desired-state generation fully applied.
@@ -476,6 +523,32 @@ mod tests {
         assert_eq!(store.identity().unwrap(), Some(identity("a-1")));
         assert_eq!(store.applied_generation().unwrap(), 4);
         assert_eq!(store.queue_len().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_pending_registration_survives_a_restart_and_goes_with_the_saved_identity() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pending = PendingRegistration {
+            key_pem: "k".into(),
+            csr_pem: "csr".into(),
+            hostname: "edge".into(),
+            token_id: "abc".into(),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.pending_registration().unwrap(), None);
+            store.set_pending_registration(&pending).unwrap();
+        }
+        let mode = std::fs::metadata(dir.path().join(STORE_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the store holds private keys");
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.pending_registration().unwrap(), Some(pending));
+        store.save_identity(&identity("a-1")).unwrap();
+        assert_eq!(store.pending_registration().unwrap(), None);
     }
 
     #[test]

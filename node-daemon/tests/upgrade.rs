@@ -710,3 +710,97 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     daemon.stop();
     drop(hub);
 }
+
+/// A tmpfs of its own, mounted on `dir` and unmounted on drop: a small filesystem whose free
+/// space the test sets.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        output_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cairn-test"])
+                .arg(dir),
+            "mounting a tmpfs needs root and mount(8)",
+        );
+        Self(dir.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let fs = rustix::fs::statvfs(&self.0).unwrap();
+        fs.f_bavail * fs.f_frsize
+    }
+
+    /// Writes a filler file that leaves about `free` bytes free (tmpfs counts whole pages).
+    fn leave_free(&self, free: u64) {
+        let filler = self.0.join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let fill = self
+            .free()
+            .checked_sub(free)
+            .expect("the tmpfs is too small");
+        std::fs::write(&filler, vec![0x5a; fill as usize]).unwrap();
+        let left = self.free();
+        assert!(
+            left.abs_diff(free) <= 64 << 10,
+            "{left} free, {free} wanted"
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_download_without_room_on_its_filesystem_fails_before_a_byte_is_fetched() {
+    use cairn_node_daemon::upgrade::effects::FREE_SPACE_MARGIN;
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let release = make_release(dir.path(), &key, "2026.11.2", noise(3 * MIB as usize, 7));
+    let size = std::fs::metadata(&release.bundle).unwrap().len();
+    let sha = sha256(&release.bundle);
+
+    // Half a MiB short of the bundle plus the room kept for the state store.
+    let server = serve(dir.path(), &[("2026.11.2", &release)]);
+    let node = Appliance::new(&dir.path().join("full"), &key, "");
+    let data = node.root.join("var/lib/cairn/upgrade");
+    let fs = Tmpfs::mount(&data, "48m");
+    fs.leave_free(size + FREE_SPACE_MARGIN - MIB / 2);
+    let full = node.write_order(&order(&server, &release, "2026.11.2", json!({})));
+    let (out, report) = node.apply(&full, &server.ca_file);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(report["phase"], "failed", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not enough free space in")
+            && reason.contains(&data.display().to_string())
+            && reason.contains("MiB needed")
+            && reason.contains("MiB free"),
+        "{reason}"
+    );
+    assert!(server.ranges().is_empty(), "nothing was downloaded");
+    assert!(!data.join(format!("{sha}.partial")).exists());
+    drop(fs);
+
+    // What a partial download already holds counts: the rest and the margin fit, although
+    // the whole bundle and the margin would not.
+    let server = serve(dir.path(), &[("2026.11.2", &release)]);
+    let node = Appliance::new(&dir.path().join("resumed"), &key, "");
+    let data = node.root.join("var/lib/cairn/upgrade");
+    let fs = Tmpfs::mount(&data, "48m");
+    let have = 2 * MIB;
+    let bytes = std::fs::read(&release.bundle).unwrap();
+    std::fs::write(data.join(format!("{sha}.partial")), &bytes[..have as usize]).unwrap();
+    fs.leave_free(size - have + FREE_SPACE_MARGIN + MIB / 2);
+    assert!(fs.free() < size + FREE_SPACE_MARGIN);
+    let resumed = node.write_order(&order(&server, &release, "2026.11.2", json!({})));
+    let (out, report) = node.apply(&resumed, &server.ca_file);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report["phase"], "rebooting", "{report}");
+    assert_eq!(server.ranges(), vec![Some(format!("bytes={have}-"))]);
+    assert_eq!(node.slot("root-b", release.image.len()), release.image);
+}

@@ -1,7 +1,19 @@
 //! Registration (token + CSR + inventory -> certificate, known hardware keeps its
-//! identity), the certificate an appliance presents, and renewal over mTLS.
+//! identity, a repeated registration whose answer was lost gets it again), the certificate
+//! an appliance presents, and renewal over mTLS.
 
 use super::*;
+use crate::model::{COMPLETED_KEPT, CompletedRegistration};
+
+/// What a registration commits: the appliance, its certificate and the audit action.
+type Registered = (ApplianceId, Appliance, Issued, &'static str);
+
+/// A token looked up: accepted with its version, or why not (with the record and version
+/// unless the secret was wrong).
+type Looked = Result<(u64, EnrollmentToken), (TokenRefusal, Option<(u64, EnrollmentToken)>)>;
+
+/// Audit action of a registration that repeated a completed one.
+const RETRY_ACTION: &str = "appliance.register-retry";
 
 impl Fleet {
     /// Registers an appliance: checks the token and CSR, keeps the identity of known
@@ -15,14 +27,18 @@ impl Fleet {
             return Err(FleetError::Invalid("hostname: 1-253 characters".into()));
         }
         let req = &req;
+        let key_sha = crate::pki::csr_key_sha256(&req.csr_pem);
+        let key_sha = key_sha.as_deref();
         let (id, appliance, issued, action) = self
             .cas("registration", move || async move {
-                let (token_version, mut token) = match self
-                    .lookup_enrollment_token(&req.token)
-                    .await?
-                {
+                let looked = self.lookup_enrollment_token(&req.token).await?;
+                if let Some(repeat) = self.repeated_registration(caller, req, key_sha, &looked).await? {
+                    return Ok(repeat);
+                }
+                let (token_version, mut token) = match looked {
                     Ok(found) => found,
                     Err((reason, record)) => {
+                        let record = record.map(|(_, t)| t);
                         let target = record.as_ref().map(|t| t.id.clone()).unwrap_or_default();
                         self.audit(
                             caller,
@@ -135,6 +151,15 @@ impl Fleet {
                     ),
                 };
                 token.uses += 1;
+                if let Some(key_sha) = key_sha {
+                    token.completed.push(CompletedRegistration {
+                        key_sha256: key_sha.to_owned(),
+                        appliance: id.clone(),
+                        cert_sha256: issued.sha256.clone(),
+                    });
+                    let over = token.completed.len().saturating_sub(COMPLETED_KEPT);
+                    token.completed.drain(..over);
+                }
                 let token_key = format!("{}{}", keys::ENROLLMENT_TOKENS, token.id);
                 let app_key = format!("{}{id}", keys::APPLIANCES);
                 let mut checks = vec![
@@ -185,6 +210,101 @@ impl Fleet {
             ca_bundle_pem: self.ca.cert_pem.clone(),
             desired,
         })
+    }
+
+    /// A registration that repeats one `looked` completed with the same key, because its
+    /// answer was lost on the way: it gets the same appliance and a fresh certificate for
+    /// that key, and the token is not used again (a used-up token still answers it). Only
+    /// while the token is neither revoked nor expired (its TTL bounds the window), and the
+    /// appliance still has the certificate issued then: once it renewed, was re-keyed or
+    /// deleted, the repeat is an ordinary registration and meets the ordinary refusals.
+    /// `None`: not a repeat.
+    async fn repeated_registration(
+        &self,
+        caller: &Caller,
+        req: &RegistrationRequest,
+        key_sha: Option<&str>,
+        looked: &Looked,
+    ) -> Result<Option<Attempt<Registered>>, FleetError> {
+        let (token_version, token) = match looked {
+            Ok((version, token)) | Err((TokenRefusal::UsedUp, Some((version, token)))) => {
+                (*version, token)
+            }
+            Err(_) => return Ok(None),
+        };
+        let Some(key_sha) = key_sha else {
+            return Ok(None);
+        };
+        let Some(index) = token
+            .completed
+            .iter()
+            .position(|c| same_digest(&c.key_sha256, key_sha))
+        else {
+            return Ok(None);
+        };
+        let done = &token.completed[index];
+        let app_key = format!("{}{}", keys::APPLIANCES, done.appliance);
+        let Some((app_version, mut appliance)) = self.get::<Appliance>(&app_key).await? else {
+            return Ok(None);
+        };
+        if !same_digest(&appliance.cert_sha256, &done.cert_sha256) {
+            return Ok(None);
+        }
+        // The CSR is checked again (signature, subject): the key is proven, not only named.
+        let issued = match self.ca.sign_client(
+            &req.csr_pem,
+            req.hostname.trim(),
+            &appliance.id,
+            self.settings.cert_ttl,
+        ) {
+            Ok(issued) => issued,
+            Err(e) => {
+                self.audit(
+                    caller,
+                    RETRY_ACTION,
+                    appliance.id.as_str(),
+                    &format!("refused: {}", e.code()),
+                    Some(&appliance.site),
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
+        // The certificate of the lost answer never reached the appliance: the new one
+        // replaces it.
+        appliance.cert_sha256 = issued.sha256.clone();
+        appliance.cert_not_after = issued.not_after;
+        let mut token = token.clone();
+        token.completed[index].cert_sha256 = issued.sha256.clone();
+        let token_key = format!("{}{}", keys::ENROLLMENT_TOKENS, token.id);
+        tracing::info!(
+            appliance = %appliance.id,
+            source = %caller.source,
+            token = %token.id,
+            "registration repeated with the same key (its answer was lost): same appliance, new certificate, no second use"
+        );
+        let audit = Self::audit_op(
+            caller,
+            RETRY_ACTION,
+            appliance.id.as_str(),
+            &format!(
+                "ok: repeat of the registration with token {} and the same key; the token was not used again",
+                token.id
+            ),
+            Some(&appliance.site),
+        );
+        Ok(Some(Attempt::Write {
+            checks: vec![
+                Check::version(&token_key, token_version),
+                Check::version(&app_key, app_version),
+            ],
+            ops: vec![
+                Op::put(&token_key, encode(&token)),
+                Op::put(&app_key, encode(&appliance)),
+                audit,
+            ],
+            then: (appliance.id.clone(), appliance, issued, RETRY_ACTION),
+        }))
     }
 
     /// A registration presented `known`'s hardware without the right to re-key it: the

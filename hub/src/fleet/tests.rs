@@ -103,6 +103,7 @@ async fn suite(store: Arc<dyn Store>) {
     the_reconciler_repairs_what_a_crash_left_stale(&w).await;
     // Last: its appliances go offline while it waits for a token to expire.
     registration_keeps_hardware_identity(&w).await;
+    a_repeated_registration_gets_the_same_identity(&w).await;
     bound_tokens_register_only_their_server(&w).await;
     logs_are_kept_by_age_and_count(&w).await;
 }
@@ -316,6 +317,135 @@ async fn registration_keeps_hardware_identity(w: &World) {
         .register(&anon, request(&short.token, "h1", "SERIAL-A"))
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, FleetError::TokenRefused(TokenRefusal::Expired)),
+        "{err}"
+    );
+}
+
+/// SHA-256 of the public key a PEM certificate carries, as the hub hashes a CSR's.
+fn cert_key_sha256(pem: &str) -> String {
+    use sha2::Digest;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    hex::encode(sha2::Sha256::digest(cert.public_key().raw))
+}
+
+/// Issue 22: a registration whose answer was lost is sent again, same token and CSR. It
+/// gets the same appliance and a certificate for the same key, without a second use and
+/// audited as a retry; the same token with another key is still refused, known hardware
+/// still is, and the window closes with a renewal, a revocation or the token's expiry.
+async fn a_repeated_registration_gets_the_same_identity(w: &World) {
+    let anon = Caller::anonymous("10.0.0.22");
+    let since = OffsetDateTime::now_utc();
+    let t = w
+        .fleet
+        .create_enrollment_token(&w.admin, enrollment("s22", 1))
+        .await
+        .unwrap();
+    let first_req = request(&t.token, "r1", "SERIAL-R1");
+    let lost = w.fleet.register(&anon, first_req.clone()).await.unwrap();
+    let again = w.fleet.register(&anon, first_req.clone()).await.unwrap();
+    assert_eq!(again.appliance_id, lost.appliance_id);
+    assert_eq!(again.site, "s22");
+    let key = crate::pki::csr_key_sha256(&first_req.csr_pem).unwrap();
+    assert_eq!(cert_key_sha256(&again.certificate_pem), key, "the same key");
+    // The answer that was lost never reached the appliance: its certificate is replaced.
+    w.fleet
+        .heartbeat(Some(&peer(&again)), beat(None, 0))
+        .await
+        .expect("the repeated answer's certificate works");
+    let err = w
+        .fleet
+        .heartbeat(Some(&peer(&lost)), beat(None, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::CertificateSuperseded), "{err}");
+    let tokens = w.fleet.list_enrollment_tokens(&w.admin).await.unwrap();
+    let uses = |id: &str| tokens.iter().find(|x| x.id == id).unwrap().uses;
+    assert_eq!(uses(&t.view.id), 1, "a repeat is not a second use");
+    let list = w
+        .fleet
+        .list_appliances(&w.admin, Some("s22"))
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let audit = w.fleet.audit_since(&w.admin, since, 100).await.unwrap();
+    let retries: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "appliance.register-retry")
+        .collect();
+    assert_eq!(retries.len(), 1, "{audit:?}");
+    assert_eq!(retries[0].target, lost.appliance_id.as_str());
+    assert!(retries[0].result.starts_with("ok"), "{:?}", retries[0]);
+
+    // The used token with another key is refused as before, on the same hardware too.
+    for (host, serial) in [("r1", "SERIAL-R1"), ("r9", "SERIAL-R9")] {
+        let err = w
+            .fleet
+            .register(&anon, request(&t.token, host, serial))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FleetError::TokenRefused(TokenRefusal::UsedUp)),
+            "{host}: {err}"
+        );
+    }
+    // A token with uses left: the repeat still takes none, and another key on the known
+    // hardware is still `hardware_known`.
+    let multi = w
+        .fleet
+        .create_enrollment_token(&w.admin, enrollment("s22", 3))
+        .await
+        .unwrap();
+    let m_req = request(&multi.token, "r2", "SERIAL-R2");
+    let m1 = w.fleet.register(&anon, m_req.clone()).await.unwrap();
+    let m2 = w.fleet.register(&anon, m_req.clone()).await.unwrap();
+    assert_eq!(m1.appliance_id, m2.appliance_id);
+    let err = w
+        .fleet
+        .register(&anon, request(&multi.token, "r2", "SERIAL-R2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::HardwareKnown), "{err}");
+    let tokens = w.fleet.list_enrollment_tokens(&w.admin).await.unwrap();
+    assert_eq!(
+        tokens.iter().find(|x| x.id == multi.view.id).unwrap().uses,
+        1
+    );
+
+    // Once the appliance renewed its certificate, the window is closed.
+    let renewed = w
+        .fleet
+        .renew(&anon, Some(&peer(&m2)), &csr(m2.appliance_id.as_str()))
+        .await
+        .unwrap();
+    assert!(!renewed.certificate_pem.is_empty());
+    let err = w.fleet.register(&anon, m_req).await.unwrap_err();
+    assert!(matches!(err, FleetError::HardwareKnown), "{err}");
+
+    // A revoked token answers no repeat.
+    w.fleet
+        .revoke_enrollment_token(&w.admin, &t.view.id)
+        .await
+        .unwrap();
+    let err = w.fleet.register(&anon, first_req).await.unwrap_err();
+    assert!(
+        matches!(err, FleetError::TokenRefused(TokenRefusal::Revoked)),
+        "{err}"
+    );
+    // Nor does an expired one: the token's TTL bounds the window.
+    let mut short = enrollment("s22", 1);
+    short.ttl_seconds = 1;
+    let short = w
+        .fleet
+        .create_enrollment_token(&w.admin, short)
+        .await
+        .unwrap();
+    let s_req = request(&short.token, "r3", "SERIAL-R3");
+    w.fleet.register(&anon, s_req.clone()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = w.fleet.register(&anon, s_req).await.unwrap_err();
     assert!(
         matches!(err, FleetError::TokenRefused(TokenRefusal::Expired)),
         "{err}"

@@ -422,6 +422,7 @@ impl Fleet {
             secret_sha256: String::new(),
             created_at: at,
             created_by: caller.actor.clone(),
+            completed: Vec::new(),
         }
     }
 
@@ -546,12 +547,16 @@ impl Fleet {
         .await
     }
 
-    /// Finds the token and says whether it would be accepted now, without using it.
+    /// Finds the token and says whether it would be accepted now, without using it; a
+    /// refused token's record comes with its refusal (with its version: a used-up token
+    /// still answers a repeated registration), except when the secret is wrong.
     pub(super) async fn lookup_enrollment_token(
         &self,
         token: &str,
-    ) -> Result<Result<(u64, EnrollmentToken), (TokenRefusal, Option<EnrollmentToken>)>, FleetError>
-    {
+    ) -> Result<
+        Result<(u64, EnrollmentToken), (TokenRefusal, Option<(u64, EnrollmentToken)>)>,
+        FleetError,
+    > {
         let Some((id, secret)) = split_token(token.trim(), "cairn-et") else {
             return Ok(Err((TokenRefusal::Malformed, None)));
         };
@@ -574,7 +579,7 @@ impl Fleet {
             None => Ok((version, record)),
             // An unknown secret must not reveal anything about the token it names.
             Some(TokenRefusal::Unknown) => Err((TokenRefusal::Unknown, None)),
-            Some(r) => Err((r, Some(record))),
+            Some(r) => Err((r, Some((version, record)))),
         })
     }
 

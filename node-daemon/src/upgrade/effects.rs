@@ -231,8 +231,42 @@ pub trait Fetcher: Send + Sync {
     fn discard(&self, order: &UpgradeOrder);
 }
 
+/// Room a download leaves free on its filesystem: the upgrade data directory usually shares
+/// it with the state store (`node.redb`: identity, report queue), which must stay writable
+/// while a bundle lands.
+pub const FREE_SPACE_MARGIN: u64 = 32 << 20;
+
+/// Free space a download of `size` bytes into `dir` needs when `have` of them are already
+/// there (a partial download): the rest plus [`FREE_SPACE_MARGIN`]. `Err` says what is
+/// needed and what is `free`.
+pub fn check_room(dir: &Path, size: u64, have: u64, free: u64) -> Result<(), String> {
+    let missing = size.saturating_sub(have);
+    let needed = missing.saturating_add(FREE_SPACE_MARGIN);
+    if free >= needed {
+        return Ok(());
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    Err(format!(
+        "not enough free space in {} to download the bundle: {} needed ({} of the bundle \
+         still to download + {} kept free for the state store), {} free; free space on that \
+         filesystem and order the upgrade again",
+        dir.display(),
+        mib(needed),
+        mib(missing),
+        mib(FREE_SPACE_MARGIN),
+        mib(free)
+    ))
+}
+
+/// Bytes available to the node on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let fs = rustix::fs::statvfs(dir)?;
+    Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 /// Downloads over HTTPS with Range into `<dir>/<sha256>.partial`, kept as `<sha256>.bundle`
-/// once its size and SHA-256 match the order.
+/// once its size and SHA-256 match the order. Nothing is fetched without room for it
+/// ([`check_room`]).
 pub struct Https {
     /// The data directory.
     pub dir: PathBuf,
@@ -306,6 +340,11 @@ impl Fetcher for Https {
             have = 0;
         }
         let resumed = have > 0;
+        if have < order.size_bytes {
+            let free = free_bytes(dir)
+                .map_err(|e| StepError::Failed(format!("free space of {}: {e}", dir.display())))?;
+            check_room(dir, order.size_bytes, have, free).map_err(StepError::Failed)?;
+        }
         let mut request = client.get(&order.bundle_url);
         if resumed && have < order.size_bytes {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -496,5 +535,43 @@ async fn http_probe(url: &str) -> (bool, Vec<String>) {
             lines.push(format!("GET {url}: HTTP {status}"));
             (status.is_success(), lines)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_needs_the_missing_bytes_and_the_margin() {
+        const MIB: u64 = 1 << 20;
+        let dir = Path::new("/var/lib/cairn/upgrade");
+        let margin = FREE_SPACE_MARGIN;
+        // (size, have, free, fits)
+        let cases = [
+            (10 * MIB, 0, 10 * MIB + margin, true),
+            (10 * MIB, 0, 10 * MIB + margin - 1, false),
+            // What a partial download already holds is not needed again.
+            (10 * MIB, 4 * MIB, 6 * MIB + margin, true),
+            (10 * MIB, 4 * MIB, 6 * MIB + margin - 1, false),
+            (10 * MIB, 10 * MIB, margin, true),
+            (u64::MAX, 0, u64::MAX - 1, false),
+        ];
+        for (size, have, free, fits) in cases {
+            assert_eq!(
+                check_room(dir, size, have, free).is_ok(),
+                fits,
+                "{size} {have} {free}"
+            );
+        }
+        let e = check_room(dir, 100 * MIB, 20 * MIB, 50 * MIB).unwrap_err();
+        assert!(
+            e.contains("in /var/lib/cairn/upgrade")
+                && e.contains(
+                    "112.0 MiB needed (80.0 MiB of the bundle still to download + 32.0 MiB"
+                )
+                && e.contains("50.0 MiB free"),
+            "{e}"
+        );
     }
 }

@@ -176,6 +176,11 @@ impl Node {
         self.child.terminate(STOP_GRACE);
     }
 
+    /// Kills the daemon (SIGKILL, like a power cut) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill();
+    }
+
     /// Whether the process has exited, and how.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait()

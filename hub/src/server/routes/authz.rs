@@ -600,6 +600,7 @@ async fn world(ca: Arc<Ca>) -> World {
             secret_sha256: sha256_hex(&et_secret),
             created_at: now,
             created_by: "operator:setup".into(),
+            completed: Vec::new(),
         };
         secrets.push(et.secret_sha256.clone());
         put(&mut ops, format!("{}{et_id}", keys::ENROLLMENT_TOKENS), &et);

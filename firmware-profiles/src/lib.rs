@@ -7,5 +7,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod image;
 pub mod plan;
 pub mod profile;
+pub mod serve;

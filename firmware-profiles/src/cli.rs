@@ -285,7 +285,7 @@ impl FirmwareArgs {
                 let outcomes = self.connect.run(op).await;
                 // The server lives exactly as long as the apply.
                 if let Some(server) = &server {
-                    server.stop();
+                    server.stop().await;
                 }
                 let outcomes = match outcomes {
                     Ok(o) => o,

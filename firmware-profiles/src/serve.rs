@@ -69,7 +69,7 @@ type Files = Arc<Mutex<HashMap<String, VerifiedImage>>>;
 pub struct ImageServer {
     address: SocketAddr,
     files: Files,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn token() -> String {
@@ -100,7 +100,7 @@ impl ImageServer {
         Ok(ImageServer {
             address,
             files,
-            task,
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -123,15 +123,23 @@ impl ImageServer {
         format!("http://{}{path}", self.address)
     }
 
-    /// Stops listening and ends every connection.
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Stops listening and ends every connection; when it returns, the port is closed.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            // Cancelled: the listener and the connections are dropped by now.
+            let _ = task.await;
+            tracing::info!(address = %self.address, "image server stopped");
+        }
     }
 }
 
 impl Drop for ImageServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 

@@ -264,6 +264,17 @@ async fn upload(
 }
 
 async fn start_bmc(push: bool) -> (Arc<MockBmc>, RedfishBmc) {
+    let (bmc, addr) = start_mock(push).await;
+    let client = RedfishBmc::new(
+        &BmcAddress::parse(&format!("redfish+http://admin@{addr}")).unwrap(),
+        Credentials::new("admin", "x"),
+        RedfishOptions::default(),
+    )
+    .unwrap();
+    (bmc, client)
+}
+
+async fn start_mock(push: bool) -> (Arc<MockBmc>, SocketAddr) {
     let bmc = Arc::new(MockBmc {
         push,
         version: Mutex::new("1.0.0".into()),
@@ -282,25 +293,18 @@ async fn start_bmc(push: bool) -> (Arc<MockBmc>, RedfishBmc) {
         .route("/redfish/v1/UpdateService/upload", post(upload))
         .route("/redfish/v1/TaskService/Tasks/1", get(task))
         .with_state(bmc.clone());
-    let addr = listen(app).await;
-    let client = RedfishBmc::new(
-        &BmcAddress::parse(&format!("redfish+http://admin@{addr}")).unwrap(),
-        Credentials::new("admin", "x"),
-        RedfishOptions::default(),
+    (bmc, listen(app).await)
+}
+
+fn profile_yaml(image_url: &str) -> String {
+    format!(
+        "name: recorder\nmatch: {{manufacturer: Cairn Test}}\nfirmware:\n  - {{component: bios, min_version: '1.1.0', image_url: '{image_url}', sha256: {}}}\n",
+        sha256(GOOD)
     )
-    .unwrap();
-    (bmc, client)
 }
 
 fn profile(image_url: &str) -> Profile {
-    Profile::parse(
-        &format!(
-            "name: recorder\nmatch: {{manufacturer: Cairn Test}}\nfirmware:\n  - {{component: bios, min_version: '1.1.0', image_url: '{image_url}', sha256: {}}}\n",
-            sha256(GOOD)
-        ),
-        std::path::Path::new("recorder.yaml"),
-    )
-    .unwrap()
+    Profile::parse(&profile_yaml(image_url), std::path::Path::new("recorder.yaml")).unwrap()
 }
 
 fn options(
@@ -565,4 +569,54 @@ async fn the_image_server_serves_only_its_files_with_ranges_and_time_limits() {
         .unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || text.contains("408"), "{text}");
+}
+
+/// `cairn firmware`, as the installer's binary wires it.
+#[derive(clap::Parser)]
+enum Cairn {
+    Firmware(cairn_firmware_profiles::cli::FirmwareArgs),
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_firmware_apply_serves_the_verified_image_for_the_duration_of_the_apply() {
+    use clap::Parser;
+    let (up, url) = start_upstream().await;
+    let (bmc, addr) = start_mock(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("recorder.yaml"), profile_yaml(&url)).unwrap();
+    std::fs::write(dir.path().join("bmc.pw"), "x\n").unwrap();
+    let cache = dir.path().join("cache");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let Cairn::Firmware(args) = Cairn::try_parse_from([
+        "cairn".to_owned(),
+        "firmware".into(),
+        "--bmc".into(),
+        format!("redfish+http://admin@{addr}"),
+        "--allow-insecure-redfish".into(),
+        "--password-file".into(),
+        path(&dir.path().join("bmc.pw")),
+        "--profiles".into(),
+        path(&profiles),
+        "apply".into(),
+        "--serve-address".into(),
+        "127.0.0.1:0".into(),
+        "--image-cache".into(),
+        path(&cache),
+    ])
+    .unwrap();
+    assert_eq!(args.run().await.unwrap(), cairn_api::cli::Exit::Success);
+
+    let got = bmc.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].bytes, GOOD);
+    assert_eq!(up.downloads.load(Ordering::SeqCst), 1);
+    assert!(cache.join(sha256(GOOD)).exists(), "kept in the cache");
+    let uri = got[0].detail.as_str().unwrap();
+    let after = fetch(uri).await;
+    assert!(
+        after.as_ref().is_err_and(|e| e.is_connect()),
+        "the server stopped with the apply: {after:?}"
+    );
 }

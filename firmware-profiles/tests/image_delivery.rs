@@ -203,10 +203,7 @@ fn multipart(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
     // Prefix CRLF so the first delimiter looks like the others.
     let mut body = [b"\r\n".as_slice(), body].concat();
     let mut parts = Vec::new();
-    loop {
-        let Some(at) = find(&body, delimiter.as_bytes()) else {
-            break;
-        };
+    while let Some(at) = find(&body, delimiter.as_bytes()) {
         body.drain(..at + delimiter.len());
         if body.starts_with(b"--") {
             break;
@@ -304,7 +301,11 @@ fn profile_yaml(image_url: &str) -> String {
 }
 
 fn profile(image_url: &str) -> Profile {
-    Profile::parse(&profile_yaml(image_url), std::path::Path::new("recorder.yaml")).unwrap()
+    Profile::parse(
+        &profile_yaml(image_url),
+        std::path::Path::new("recorder.yaml"),
+    )
+    .unwrap()
 }
 
 fn options(

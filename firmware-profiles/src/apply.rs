@@ -170,7 +170,7 @@ async fn update(bmc: &dyn Bmc, u: &Update, images: &Images) -> BmcResult<Deliver
             ));
         }
         (Delivery::Upstream, _) => {
-            tracing::warn!(url = %u.image_url, sha256 = %u.sha256,
+            tracing::warn!(url = %crate::image::shown(&u.image_url), sha256 = %u.sha256,
                 "the BMC downloads image_url itself: the SHA-256 checked by cairn does not cover what it flashes");
             bmc.update_firmware(&u.image_url, u.component).await?;
         }

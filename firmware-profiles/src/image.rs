@@ -33,7 +33,7 @@ pub enum ImageError {
         "downloading firmware image {url} (check the profile's image_url and that this machine reaches it)"
     )]
     Download {
-        /// The profile's `image_url`.
+        /// The profile's `image_url`, as [`shown`].
         url: String,
         /// Why.
         #[source]
@@ -44,7 +44,7 @@ pub enum ImageError {
         "SHA-256 of {url} is {got}, the profile wants {wanted}: nothing was sent to the BMC (fix the profile's sha256 or the file at image_url)"
     )]
     Digest {
-        /// The profile's `image_url`.
+        /// The profile's `image_url`, as [`shown`].
         url: String,
         /// The profile's `sha256`.
         wanted: String,
@@ -60,6 +60,29 @@ pub enum ImageError {
         /// The cached file.
         path: PathBuf,
     },
+}
+
+/// 128 random bits as hex: the unguessable part of served URLs and of download file names.
+pub(crate) fn random_token() -> String {
+    let mut nonce = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("the system's random number generator");
+    hex::encode(nonce)
+}
+
+/// `url` as it may be shown in logs and errors: without user and password, and without its
+/// query (signed download URLs carry their token there).
+pub fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let query = u.query().is_some();
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            format!("{u}{}", if query { "?…" } else { "" })
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
 }
 
 /// A cached image whose content hashed to its SHA-256 when it was checked.
@@ -217,7 +240,8 @@ impl ImageCache {
             }
             std::fs::remove_file(&path).map_err(|e| io("removing the stale image", &path, e))?;
         }
-        let part = self.dir.join(format!(".{sha256}.part"));
+        // Another cairn may be downloading the same image into the same cache.
+        let part = self.dir.join(format!(".{sha256}.{}.part", random_token()));
         let result = self.download(url, &sha256, &part).await;
         if result.is_err() {
             let _ = std::fs::remove_file(&part);
@@ -225,7 +249,7 @@ impl ImageCache {
         result?;
         std::fs::rename(&part, &path).map_err(|e| io("storing the verified image as", &path, e))?;
         let meta = std::fs::metadata(&path).map_err(|e| io("reading", &path, e))?;
-        tracing::info!(%url, path = %path.display(), size = meta.len(), "firmware image downloaded and verified");
+        tracing::info!(url = %shown(url), path = %path.display(), size = meta.len(), "firmware image downloaded and verified");
         Ok(VerifiedImage {
             path,
             sha256,
@@ -243,9 +267,9 @@ impl ImageCache {
             path: part.to_owned(),
             source,
         };
-        let download = |source| ImageError::Download {
-            url: url.to_owned(),
-            source,
+        let download = |source: reqwest::Error| ImageError::Download {
+            url: shown(url),
+            source: source.without_url(),
         };
         let mut resp = self
             .http
@@ -254,16 +278,10 @@ impl ImageCache {
             .await
             .and_then(|r| r.error_for_status())
             .map_err(download)?;
-        // A leftover of an interrupted run is read-only: remove it rather than open it.
-        match std::fs::remove_file(part) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", e)),
-            _ => {}
-        }
         // Read-only from the start: the verified copy is never written through this name.
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o400)
             .open(part)
             .map_err(|e| io("creating", e))?;
@@ -277,11 +295,29 @@ impl ImageCache {
         let got = hex::encode(ctx.finish());
         if got != sha256 {
             return Err(ImageError::Digest {
-                url: url.to_owned(),
+                url: shown(url),
                 wanted: sha256.to_owned(),
                 got,
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials_or_query() {
+        assert_eq!(
+            shown("https://user:secret@mirror.example/fw/bios.bin?X-Amz-Signature=abc"),
+            "https://mirror.example/fw/bios.bin?…"
+        );
+        assert_eq!(
+            shown("http://10.0.0.5:8080/bios.bin"),
+            "http://10.0.0.5:8080/bios.bin"
+        );
+        assert!(!shown("not a url with secret").contains("secret"));
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
-use crate::image::VerifiedImage;
+use crate::image::{VerifiedImage, random_token};
 
 /// How long a client may take, per connection.
 #[derive(Debug, Clone, Copy)]
@@ -72,13 +72,6 @@ pub struct ImageServer {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-fn token() -> String {
-    let mut nonce = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .expect("the system's random number generator");
-    hex::encode(nonce)
-}
-
 impl ImageServer {
     /// Listens on `address` (port 0: any free port) and serves until stopped.
     pub async fn start(
@@ -112,14 +105,14 @@ impl ImageServer {
     /// The URL at which the BMC downloads `image` (the same URL for the same image).
     pub fn offer(&self, image: &VerifiedImage) -> String {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let path = match files.iter().find(|(_, f)| f.path == image.path) {
-            Some((path, _)) => path.clone(),
-            None => {
-                let path = format!("/firmware/{}/{}", token(), image.sha256);
-                files.insert(path.clone(), image.clone());
-                path
-            }
-        };
+        let path = files
+            .iter()
+            .find(|(_, f)| f.path == image.path)
+            .map(|(path, _)| path.clone())
+            .unwrap_or_else(|| format!("/firmware/{}/{}", random_token(), image.sha256));
+        // The latest check of the file decides: a copy downloaded again since the last offer
+        // is served under the same URL.
+        files.insert(path.clone(), image.clone());
         format!("http://{}{path}", self.address)
     }
 

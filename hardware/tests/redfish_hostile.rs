@@ -39,6 +39,8 @@ enum Hostility {
     PushElsewhere,
     /// The first firmware upload is answered 401 (its session expired); later ones pass.
     UploadSessionExpires,
+    /// The UpdateService takes images of at most 1000 bytes.
+    TinyMaxImageSize,
 }
 
 #[derive(Clone)]
@@ -79,7 +81,11 @@ async fn bmc_handler(State(s): State<HostileBmc>, req: Request) -> Response {
                 Hostility::PushElsewhere => format!("{}/upload", s.elsewhere),
                 _ => "/redfish/v1/UpdateService/upload".to_owned(),
             };
-            Json(json!({"MultipartHttpPushUri": push})).into_response()
+            let max = match s.hostility {
+                Hostility::TinyMaxImageSize => json!(1000),
+                _ => json!(null),
+            };
+            Json(json!({"MultipartHttpPushUri": push, "MaxImageSizeBytes": max})).into_response()
         }
         "/redfish/v1/UpdateService/upload" => {
             let body = axum::body::to_bytes(req.into_body(), usize::MAX)
@@ -295,4 +301,18 @@ async fn an_upload_whose_session_expires_is_sent_again_whole() {
             "the parameters part, then the file part: {head}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_bmc_takes_is_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = image(&dir);
+    let (bmc, state, _) = start(Hostility::TinyMaxImageSize).await;
+    let err = bmc
+        .push_firmware(&path, FirmwareTarget::Bios)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MaxImageSizeBytes"), "{err}");
+    assert!(state.uploads.lock().unwrap().is_empty());
 }

@@ -679,6 +679,16 @@ impl Bmc for RedfishBmc {
         let update = self.update_service().await?;
         let uri = model::multipart_push_uri(&update)
             .ok_or_else(|| self.unsupported(Capability::Firmware))?;
+        let size = std::fs::metadata(image)
+            .map_err(|e| BmcError::Invalid(format!("reading {}: {e}", image.display())))?
+            .len();
+        if let Some(max) = update.get("MaxImageSizeBytes").and_then(Value::as_u64)
+            && size > max
+        {
+            return Err(BmcError::Invalid(format!(
+                "the image is {size} bytes and this BMC takes at most {max} (MaxImageSizeBytes); nothing was sent"
+            )));
+        }
         let mut parameters = serde_json::json!({});
         if let Some(targets) = self.update_targets(target).await? {
             parameters["Targets"] = targets;

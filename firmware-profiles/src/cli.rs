@@ -15,7 +15,7 @@ use crate::apply::{ApplyOptions, Images, apply, read_plan};
 use crate::image::{ImageCache, default_cache_dir};
 use crate::plan::Plan;
 use crate::profile::{Profile, by_name, load_all};
-use crate::serve::{ImageServer, ServeLimits};
+use crate::serve::{ImageServer, ServeLimits, tls_config};
 
 /// Plan, apply and check BIOS and firmware baselines.
 ///
@@ -66,10 +66,18 @@ enum FirmwareCommand {
         /// Serve verified images to BMCs that can only download them (SimpleUpdate), on
         /// this address of this machine: an IP the BMCs reach (their management network),
         /// and a port (0: any free one). The server runs only while `apply` runs, serves only
-        /// this apply's images, at URLs holding the SHA-256 and a random part, over plain
-        /// HTTP (the BMC cannot check a digest; keep the path between them trusted).
+        /// this apply's images, at URLs holding the SHA-256 and a random part, over HTTP, or
+        /// HTTPS with --serve-tls-cert (the BMC checks no digest: over plain HTTP, keep the
+        /// path between them trusted).
         #[arg(long, value_name = "IP:PORT")]
         serve_address: Option<SocketAddr>,
+        /// Serve over HTTPS with this certificate (PEM chain) instead of plain HTTP; the BMCs
+        /// must trust it (e.g. issued by a CA installed on them). Needs --serve-tls-key.
+        #[arg(long, value_name = "FILE", requires_all = ["serve_address", "serve_tls_key"])]
+        serve_tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --serve-tls-cert.
+        #[arg(long, value_name = "FILE", requires = "serve_tls_cert")]
+        serve_tls_key: Option<PathBuf>,
         /// Let a BMC that takes no pushed image download the profile's image_url itself
         /// when --serve-address is not given (what cairn did before). The SHA-256 that
         /// cairn checks then does NOT cover what the BMC flashes: the URL may serve other
@@ -239,6 +247,8 @@ impl FirmwareArgs {
                 no_reset,
                 settle_timeout,
                 serve_address,
+                serve_tls_cert,
+                serve_tls_key,
                 bmc_fetches_upstream,
                 image_cache,
             } => {
@@ -250,9 +260,19 @@ impl FirmwareArgs {
                         return Ok(Exit::InvalidInput);
                     }
                 };
+                let tls = match (&serve_tls_cert, &serve_tls_key) {
+                    (Some(cert), Some(key)) => match tls_config(cert, key) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("error: {}", cairn_api::error_chain(&e));
+                            return Ok(Exit::InvalidInput);
+                        }
+                    },
+                    _ => None,
+                };
                 let server = match serve_address {
                     Some(address) => {
-                        match ImageServer::start(address, ServeLimits::default()).await {
+                        match ImageServer::start(address, ServeLimits::default(), tls).await {
                             Ok(s) => Some(Arc::new(s)),
                             Err(e) => {
                                 eprintln!("error: {}", cairn_api::error_chain(&e));

@@ -4,12 +4,15 @@
 //!
 //! It serves only the images offered to it during this apply, each at
 //! `/firmware/<random>/<sha256>`: no listing, no other path, GET and HEAD only, byte ranges
-//! for BMCs that resume. A connection gets a limit for its request headers and one for the
-//! whole transfer. Everything stops when the server is stopped or dropped.
+//! for BMCs that resume. It speaks HTTPS when given a certificate and key (the BMC must trust
+//! the certificate), else HTTP. A connection gets a limit for its TLS handshake and request
+//! headers and one for the whole transfer. Everything stops when the server is stopped or
+//! dropped.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -51,6 +55,14 @@ pub enum ServeError {
         "--serve-address {0}: give an address of this machine that the BMCs reach (not 0.0.0.0 or ::), e.g. 10.0.0.5:8099"
     )]
     Unspecified(SocketAddr),
+    /// The certificate or key cannot be used.
+    #[error("{path}: {message}")]
+    Tls {
+        /// The file (or both files).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Binding failed.
     #[error("listening on {address} for BMCs to download verified images")]
     Bind {
@@ -64,19 +76,52 @@ pub enum ServeError {
 
 type Files = Arc<Mutex<HashMap<String, VerifiedImage>>>;
 
+/// The TLS set-up of `--serve-tls-cert` and `--serve-tls-key` (PEM: the certificate chain,
+/// then the private key).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |path: &Path, message: String| ServeError::Tls {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail(cert, "no PEM certificate in it".into()));
+    }
+    // The key's own text never reaches an error message.
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|_| fail(key, "no readable PEM private key in it".into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| fail(cert, format!("with {}: {e}", key.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A running image server; it stops when [`ImageServer::stop`] is called or it is dropped.
 #[derive(Debug)]
 pub struct ImageServer {
     address: SocketAddr,
+    scheme: &'static str,
     files: Files,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ImageServer {
-    /// Listens on `address` (port 0: any free port) and serves until stopped.
+    /// Listens on `address` (port 0: any free port) and serves until stopped, over HTTPS when
+    /// given a TLS configuration ([`tls_config`]).
     pub async fn start(
         address: SocketAddr,
         limits: ServeLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<ImageServer, ServeError> {
         if address.ip().is_unspecified() {
             return Err(ServeError::Unspecified(address));
@@ -88,10 +133,12 @@ impl ImageServer {
             .local_addr()
             .map_err(|source| ServeError::Bind { address, source })?;
         let files = Files::default();
-        let task = tokio::spawn(accept(listener, files.clone(), limits));
-        tracing::info!(%address, "serving verified firmware images to BMCs");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(accept(listener, files.clone(), limits, tls));
+        tracing::info!(%address, scheme, "serving verified firmware images to BMCs");
         Ok(ImageServer {
             address,
+            scheme,
             files,
             task: Mutex::new(Some(task)),
         })
@@ -113,7 +160,7 @@ impl ImageServer {
         // The latest check of the file decides: a copy downloaded again since the last offer
         // is served under the same URL.
         files.insert(path.clone(), image.clone());
-        format!("http://{}{path}", self.address)
+        format!("{}://{}{path}", self.scheme, self.address)
     }
 
     /// Stops listening and ends every connection; when it returns, the port is closed.
@@ -138,12 +185,14 @@ impl Drop for ImageServer {
 
 /// Accepts until aborted; aborting drops the listener and, with the `JoinSet`, every
 /// connection.
-async fn accept(listener: TcpListener, files: Files, limits: ServeLimits) {
+async fn accept(
+    listener: TcpListener,
+    files: Files,
+    limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let mut connections = JoinSet::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read)
-        .keep_alive(false);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         // Reap finished connections so the set does not grow over a long apply.
         while connections.try_join_next().is_some() {}
@@ -156,20 +205,48 @@ async fn accept(listener: TcpListener, files: Files, limits: ServeLimits) {
                 continue;
             }
         };
-        let files = files.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let files = files.clone();
-            async move { Ok::<_, Infallible>(respond(&files, peer, req).await) }
-        });
-        let connection = http.serve_connection(TokioIo::new(tcp), service);
+        let (files, tls) = (files.clone(), tls.clone());
         connections.spawn(async move {
-            match tokio::time::timeout(limits.connection, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "image download connection"),
-                Err(_) => tracing::warn!(%peer, seconds = limits.connection.as_secs(),
-                    "image download cut off at the connection time limit"),
+            let served = tokio::time::timeout(limits.connection, async {
+                match tls {
+                    Some(tls) => {
+                        // The handshake gets the header-read limit: a silent client holds
+                        // its connection no longer with TLS than without.
+                        match tokio::time::timeout(limits.header_read, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve(stream, files, peer, limits).await,
+                            Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                    None => serve(tcp, files, peer, limits).await,
+                }
+            })
+            .await;
+            if served.is_err() {
+                tracing::warn!(%peer, seconds = limits.connection.as_secs(),
+                    "image download cut off at the connection time limit");
             }
         });
+    }
+}
+
+/// Serves one connection: HTTP/1.1, one request (no keep-alive).
+async fn serve<IO>(io: IO, files: Files, peer: SocketAddr, limits: ServeLimits)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let files = files.clone();
+        async move { Ok::<_, Infallible>(respond(&files, peer, req).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "image download connection");
     }
 }
 

@@ -85,7 +85,7 @@ async fn plan_apply_then_nothing_to_do() {
 
     let cache = tempfile::tempdir().unwrap();
     let server = Arc::new(
-        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default(), None)
             .await
             .unwrap(),
     );

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use cairn_firmware_profiles::apply::{ApplyOptions, Delivery, Images, apply};
 use cairn_firmware_profiles::image::{ImageCache, ImageError};
 use cairn_firmware_profiles::profile::Profile;
-use cairn_firmware_profiles::serve::{ImageServer, ServeLimits};
+use cairn_firmware_profiles::serve::{ImageServer, ServeLimits, tls_config};
 use cairn_hardware::address::{BmcAddress, Credentials};
 use cairn_hardware::redfish::{RedfishBmc, RedfishOptions};
 use serde_json::{Value, json};
@@ -34,7 +34,13 @@ fn sha256(bytes: &[u8]) -> String {
 /// An HTTP client as the BMC's downloader and the test's probe (reqwest's default client
 /// has no TLS provider in this workspace).
 fn http() -> reqwest::Client {
-    let tls = cairn_hardware::tls::client_config(&cairn_hardware::tls::Trust::System, "").unwrap();
+    http_trusting(None)
+}
+
+fn http_trusting(ca: Option<&std::path::Path>) -> reqwest::Client {
+    use cairn_hardware::tls::{Trust, client_config};
+    let trust = ca.map_or(Trust::System, |p| Trust::CaBundle(p.to_owned()));
+    let tls = client_config(&trust, "").unwrap();
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .build()
@@ -104,6 +110,8 @@ struct Received {
 /// A Redfish BMC with one system, BIOS version 1.0.0 until an update arrives.
 struct MockBmc {
     push: bool,
+    /// The CA bundle its downloader trusts (the system's when `None`).
+    trust: Option<std::path::PathBuf>,
     version: Mutex<String>,
     received: Mutex<Vec<Received>>,
 }
@@ -177,7 +185,8 @@ async fn simple_update(
     Json(body): Json<Value>,
 ) -> axum::response::Response {
     let uri = body["ImageURI"].as_str().unwrap_or_default().to_owned();
-    let got = match fetch(&uri).await.and_then(|r| r.error_for_status()) {
+    let fetched = http_trusting(bmc.trust.as_deref()).get(&uri).send().await;
+    let got = match fetched.and_then(|r| r.error_for_status()) {
         Ok(r) => r.bytes().await.unwrap().to_vec(),
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("fetching {uri}: {e}")).into_response();
@@ -261,7 +270,14 @@ async fn upload(
 }
 
 async fn start_bmc(push: bool) -> (Arc<MockBmc>, RedfishBmc) {
-    let (bmc, addr) = start_mock(push).await;
+    start_bmc_trusting(push, None).await
+}
+
+async fn start_bmc_trusting(
+    push: bool,
+    trust: Option<std::path::PathBuf>,
+) -> (Arc<MockBmc>, RedfishBmc) {
+    let (bmc, addr) = start_mock(push, trust).await;
     let client = RedfishBmc::new(
         &BmcAddress::parse(&format!("redfish+http://admin@{addr}")).unwrap(),
         Credentials::new("admin", "x"),
@@ -271,9 +287,10 @@ async fn start_bmc(push: bool) -> (Arc<MockBmc>, RedfishBmc) {
     (bmc, client)
 }
 
-async fn start_mock(push: bool) -> (Arc<MockBmc>, SocketAddr) {
+async fn start_mock(push: bool, trust: Option<std::path::PathBuf>) -> (Arc<MockBmc>, SocketAddr) {
     let bmc = Arc::new(MockBmc {
         push,
+        trust,
         version: Mutex::new("1.0.0".into()),
         received: Mutex::default(),
     });
@@ -361,7 +378,7 @@ async fn a_downloading_bmc_gets_the_verified_copy_from_cairn_until_the_server_st
     let (bmc, client) = start_bmc(false).await;
     let cache = tempfile::tempdir().unwrap();
     let server = Arc::new(
-        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default(), None)
             .await
             .unwrap(),
     );
@@ -471,7 +488,7 @@ async fn a_tampered_cached_image_is_downloaded_again_or_refused_never_sent() {
     let verified = cache.get(&url2, &want).await.unwrap();
     assert!(verified.downloaded);
     assert_eq!(up2.downloads.load(Ordering::SeqCst), 1);
-    let server = ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default())
+    let server = ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default(), None)
         .await
         .unwrap();
     let served = server.offer(&verified);
@@ -509,13 +526,13 @@ async fn the_image_server_serves_only_its_files_with_ranges_and_time_limits() {
         connection: Duration::from_secs(30),
     };
     assert!(
-        ImageServer::start("0.0.0.0:0".parse().unwrap(), limits)
+        ImageServer::start("0.0.0.0:0".parse().unwrap(), limits, None)
             .await
             .unwrap_err()
             .to_string()
             .contains("BMCs reach")
     );
-    let server = ImageServer::start("127.0.0.1:0".parse().unwrap(), limits)
+    let server = ImageServer::start("127.0.0.1:0".parse().unwrap(), limits, None)
         .await
         .unwrap();
     let served = server.offer(&image);
@@ -582,7 +599,7 @@ enum Cairn {
 async fn cairn_firmware_apply_serves_the_verified_image_for_the_duration_of_the_apply() {
     use clap::Parser;
     let (up, url) = start_upstream().await;
-    let (bmc, addr) = start_mock(false).await;
+    let (bmc, addr) = start_mock(false, None).await;
     let dir = tempfile::tempdir().unwrap();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir(&profiles).unwrap();
@@ -620,4 +637,56 @@ async fn cairn_firmware_apply_serves_the_verified_image_for_the_duration_of_the_
         after.as_ref().is_err_and(|e| e.is_connect()),
         "the server stopped with the apply: {after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_bmc_gets_the_verified_copy_from_a_certificate_it_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("serve.pem"), dir.path().join("serve.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    // A key file that is not a key: refused, and its content is not repeated.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "secret-looking text").unwrap();
+    let e = cairn_api::error_chain(&tls_config(&cert_path, &bad).unwrap_err());
+    assert!(
+        e.contains("bad.key") && !e.contains("secret-looking"),
+        "{e}"
+    );
+
+    let tls = tls_config(&cert_path, &key_path).unwrap();
+    let server = Arc::new(
+        ImageServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ServeLimits::default(),
+            Some(tls),
+        )
+        .await
+        .unwrap(),
+    );
+    let (up, url) = start_upstream().await;
+    let (bmc, client) = start_bmc_trusting(false, Some(cert_path.clone())).await;
+    let cache = tempfile::tempdir().unwrap();
+    let applied = apply(
+        &client,
+        &profile(&url),
+        &options(&cache, Some(server.clone()), false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.updated[0].delivery, Delivery::Served);
+    let got = bmc.received();
+    let uri = got[0].detail.as_str().unwrap();
+    assert!(uri.starts_with("https://127.0.0.1:"), "{uri}");
+    assert_eq!(got[0].bytes, GOOD);
+    assert_eq!(up.downloads.load(Ordering::SeqCst), 1);
+    // A client that does not trust the certificate gets nothing.
+    assert!(fetch(uri).await.is_err());
+    server.stop().await;
 }

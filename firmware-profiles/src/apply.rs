@@ -1,14 +1,18 @@
 //! Reading a server's state into a plan, and carrying a plan out through the `Bmc` trait:
 //! stage BIOS settings, reset when the BMC needs it, wait until they take effect and verify,
-//! then run firmware updates (image checked by SHA-256 first) and verify the new versions.
+//! then run firmware updates and verify the new versions. Each image is verified by SHA-256
+//! into the local cache and the BMC gets exactly that copy (see [`delivery`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_hardware::bmc::{Bmc, BmcError, BmcResult, PowerAction, PowerState};
+use cairn_hardware::bmc::{Bmc, BmcError, BmcResult, FirmwareTarget, PowerAction, PowerState};
 use serde::Serialize;
 
-use crate::plan::{Plan, plan, same_value};
+use crate::image::{ImageCache, ImageError};
+use crate::plan::{Plan, Update, plan, same_value};
 use crate::profile::Profile;
+use crate::serve::ImageServer;
 
 /// Reads BIOS settings, the AttributeRegistry (when offered) and firmware versions, and plans.
 pub async fn read_plan(bmc: &dyn Bmc, profile: &Profile) -> BmcResult<Plan> {
@@ -35,6 +39,85 @@ pub struct ApplyOptions {
     pub reset: bool,
     /// How long to wait for staged settings to take effect.
     pub settle_timeout: Duration,
+    /// Where firmware images come from and how they reach the BMC.
+    pub images: Images,
+}
+
+/// How firmware images reach BMCs.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// The verified copies.
+    pub cache: Arc<ImageCache>,
+    /// The file server for BMCs that must download (`--serve-address`).
+    pub server: Option<Arc<ImageServer>>,
+    /// Let such a BMC download the profile's `image_url` itself when there is no server
+    /// (`--bmc-fetches-upstream`).
+    pub upstream_allowed: bool,
+}
+
+/// How one image reaches one BMC, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// The verified bytes are pushed to the BMC's `MultipartHttpPushUri`.
+    Pushed,
+    /// The BMC downloads the verified copy from cairn's file server.
+    Served,
+    /// The BMC downloads the profile's `image_url` itself: the digest cairn checked does
+    /// not cover what it flashes.
+    Upstream,
+}
+
+/// Picks the delivery: a push when the BMC takes one, else cairn's server when it runs,
+/// else the upstream URL only when the operator allowed it.
+pub fn delivery(push_offered: bool, serving: bool, upstream_allowed: bool) -> BmcResult<Delivery> {
+    match (push_offered, serving, upstream_allowed) {
+        (true, _, _) => Ok(Delivery::Pushed),
+        (false, true, _) => Ok(Delivery::Served),
+        (false, false, true) => Ok(Delivery::Upstream),
+        (false, false, false) => Err(BmcError::Invalid(
+            "this BMC takes no pushed firmware image (no MultipartHttpPushUri), so it must download it: \
+             pass --serve-address IP:PORT (an address of this machine the BMC reaches) to serve it the \
+             verified copy, or --bmc-fetches-upstream to let it download the profile's image_url \
+             unverified; nothing was updated"
+                .into(),
+        )),
+    }
+}
+
+/// One firmware update done (and verified by version).
+#[derive(Debug, Clone, Serialize)]
+pub struct Updated {
+    /// Which firmware.
+    pub component: FirmwareTarget,
+    /// Version before.
+    pub from: Option<String>,
+    /// The profile's minimum, now reached.
+    pub minimum: String,
+    /// SHA-256 of the image.
+    pub sha256: String,
+    /// How the image reached the BMC.
+    pub delivery: Delivery,
+}
+
+impl std::fmt::Display for Updated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.delivery {
+            Delivery::Pushed => "pushed verified image",
+            Delivery::Served => "BMC downloaded the verified image from cairn",
+            Delivery::Upstream => "BMC downloaded image_url itself, unverified",
+        };
+        write!(
+            f,
+            "{} {} -> >= {} ({how})",
+            serde_json::to_value(self.component)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            self.from.as_deref().unwrap_or("?"),
+            self.minimum
+        )
+    }
 }
 
 /// What `apply` did on one server.
@@ -49,47 +132,50 @@ pub struct Applied {
     /// BIOS settings verified in effect (false: staged, waiting for a reset).
     pub verified: bool,
     /// Firmware components updated (and verified).
-    pub updated: Vec<String>,
+    pub updated: Vec<Updated>,
 }
 
-/// Downloads `url` and checks its SHA-256; the BMC fetches the same URL afterwards.
-pub async fn check_image(url: &str, sha256: &str) -> BmcResult<()> {
-    let config = cairn_hardware::tls::client_config(&cairn_hardware::tls::Trust::System, "")
-        .map_err(|e| BmcError::Invalid(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(600))
-        .build()
-        .map_err(|e| BmcError::Transport {
-            doing: "building HTTP client".into(),
-            source: Box::new(e),
-        })?;
-    let doing = format!("downloading firmware image {url}");
-    let mut resp = http
-        .get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| BmcError::Transport {
-            doing: doing.clone(),
-            source: Box::new(e),
-        })?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    while let Some(chunk) = resp.chunk().await.map_err(|e| BmcError::Transport {
-        doing: doing.clone(),
+fn image_error(e: ImageError) -> BmcError {
+    BmcError::Transport {
+        doing: "preparing the firmware image".into(),
         source: Box::new(e),
-    })? {
-        ctx.update(&chunk);
     }
-    let got = hex::encode(ctx.finish());
-    if !got.eq_ignore_ascii_case(sha256) {
-        return Err(BmcError::NotApplied {
-            what: format!("SHA-256 of {url}"),
-            wanted: sha256.to_owned(),
-            got,
-        });
+}
+
+/// Gets the update's image verified into the cache and has the BMC flash exactly it.
+async fn update(bmc: &dyn Bmc, u: &Update, images: &Images) -> BmcResult<Delivery> {
+    let image = images
+        .cache
+        .get(&u.image_url, &u.sha256)
+        .await
+        .map_err(image_error)?;
+    let how = delivery(
+        bmc.accepts_firmware_push().await?,
+        images.server.is_some(),
+        images.upstream_allowed,
+    )?;
+    tracing::info!(component = ?u.component, sha256 = %image.sha256, delivery = ?how, "updating firmware");
+    match (how, &images.server) {
+        (Delivery::Pushed, _) => {
+            image.still_verified().map_err(image_error)?;
+            bmc.push_firmware(&image.path, u.component).await?;
+        }
+        (Delivery::Served, Some(server)) => {
+            bmc.update_firmware(&server.offer(&image), u.component)
+                .await?;
+        }
+        (Delivery::Served, None) => {
+            return Err(BmcError::Invalid(
+                "no image server is running to serve the verified image".into(),
+            ));
+        }
+        (Delivery::Upstream, _) => {
+            tracing::warn!(url = %crate::image::shown(&u.image_url), sha256 = %u.sha256,
+                "the BMC downloads image_url itself: the SHA-256 checked by cairn does not cover what it flashes");
+            bmc.update_firmware(&u.image_url, u.component).await?;
+        }
     }
-    Ok(())
+    Ok(how)
 }
 
 /// Applies a profile. A second run on an applied server changes nothing.
@@ -147,8 +233,7 @@ pub async fn apply(bmc: &dyn Bmc, profile: &Profile, options: &ApplyOptions) -> 
         }
     }
     for u in &plan.updates {
-        check_image(&u.image_url, &u.sha256).await?;
-        bmc.update_firmware(&u.image_url, u.component).await?;
+        let how = update(bmc, u, &options.images).await?;
         let after = read_plan(bmc, profile).await?;
         if let Some(still) = after.updates.iter().find(|x| x.component == u.component) {
             return Err(BmcError::NotApplied {
@@ -157,15 +242,44 @@ pub async fn apply(bmc: &dyn Bmc, profile: &Profile, options: &ApplyOptions) -> 
                 got: still.current.clone().unwrap_or_else(|| "unknown".into()),
             });
         }
-        applied.updated.push(
-            format!(
-                "{:?} {} -> >= {}",
-                u.component,
-                u.current.as_deref().unwrap_or("?"),
-                u.minimum
-            )
-            .to_lowercase(),
-        );
+        applied.updated.push(Updated {
+            component: u.component,
+            from: u.current.clone(),
+            minimum: u.minimum.clone(),
+            sha256: u.sha256.to_ascii_lowercase(),
+            delivery: how,
+        });
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_prefers_push_then_served_then_upstream_only_when_allowed() {
+        use Delivery::*;
+        // (push offered, serving, upstream allowed) -> delivery
+        let table = [
+            ((true, true, true), Some(Pushed)),
+            ((true, false, false), Some(Pushed)),
+            ((false, true, true), Some(Served)),
+            ((false, true, false), Some(Served)),
+            ((false, false, true), Some(Upstream)),
+            ((false, false, false), None),
+        ];
+        for ((push, serving, upstream), want) in table {
+            let got = delivery(push, serving, upstream).ok();
+            assert_eq!(
+                got, want,
+                "push {push}, serving {serving}, upstream {upstream}"
+            );
+        }
+        let e = delivery(false, false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("--serve-address") && e.contains("--bmc-fetches-upstream"),
+            "{e}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `cairn firmware plan|apply|check`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,11 @@ use cairn_hardware::cli::{ConnectArgs, report};
 use cairn_hardware::fleet::{Operation, OutcomeResult};
 use clap::{Args, Subcommand};
 
-use crate::apply::{ApplyOptions, apply, read_plan};
+use crate::apply::{ApplyOptions, Images, apply, read_plan};
+use crate::image::{ImageCache, default_cache_dir};
 use crate::plan::Plan;
 use crate::profile::{Profile, by_name, load_all};
+use crate::serve::{ImageServer, ServeLimits, tls_config};
 
 /// Plan, apply and check BIOS and firmware baselines.
 ///
@@ -25,6 +28,7 @@ use crate::profile::{Profile, by_name, load_all};
 /// Examples:
 ///   cairn firmware plan --inventory rack.yaml
 ///   cairn firmware apply --bmc redfish://admin@10.0.0.11 --password-file bmc.pw --profile dell-poweredge-r650
+///   cairn firmware apply --inventory rack.yaml --serve-address 10.0.0.5:8099
 ///   cairn firmware check --inventory rack.yaml --output json
 #[derive(Debug, Args)]
 pub struct FirmwareArgs {
@@ -45,6 +49,13 @@ enum FirmwareCommand {
     /// Show what would change; changes nothing.
     Plan,
     /// Stage BIOS settings, reset when needed, wait and verify; run firmware updates.
+    ///
+    /// Each firmware image is downloaded once from the profile's image_url into the image
+    /// cache, named by its SHA-256, and checked against the profile's sha256 (a cached copy is
+    /// hashed again, and downloaded anew when it no longer matches). The BMC then gets
+    /// exactly that verified copy: pushed to it when its UpdateService has a
+    /// MultipartHttpPushUri, else downloaded by it from --serve-address. With neither, the
+    /// update is refused unless --bmc-fetches-upstream is given.
     Apply {
         /// Never reset a running server; staged settings then apply at its next boot.
         #[arg(long)]
@@ -52,6 +63,31 @@ enum FirmwareCommand {
         /// Seconds to wait for staged settings to take effect after a reset.
         #[arg(long, default_value_t = 900.0)]
         settle_timeout: f64,
+        /// Serve verified images to BMCs that can only download them (SimpleUpdate), on
+        /// this address of this machine: an IP the BMCs reach (their management network),
+        /// and a port (0: any free one). The server runs only while `apply` runs, serves only
+        /// this apply's images, at URLs holding the SHA-256 and a random part, over HTTP, or
+        /// HTTPS with --serve-tls-cert (the BMC checks no digest: over plain HTTP, keep the
+        /// path between them trusted).
+        #[arg(long, value_name = "IP:PORT")]
+        serve_address: Option<SocketAddr>,
+        /// Serve over HTTPS with this certificate (PEM chain) instead of plain HTTP; the BMCs
+        /// must trust it (e.g. issued by a CA installed on them). Needs --serve-tls-key.
+        #[arg(long, value_name = "FILE", requires_all = ["serve_address", "serve_tls_key"])]
+        serve_tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --serve-tls-cert.
+        #[arg(long, value_name = "FILE", requires = "serve_tls_cert")]
+        serve_tls_key: Option<PathBuf>,
+        /// Let a BMC that takes no pushed image download the profile's image_url itself
+        /// when --serve-address is not given (what cairn did before). The SHA-256 that
+        /// cairn checks then does NOT cover what the BMC flashes: the URL may serve other
+        /// bytes by the time the BMC fetches them. A warning is logged for each such update.
+        #[arg(long)]
+        bmc_fetches_upstream: bool,
+        /// Directory of verified firmware images, one file per SHA-256
+        /// [default: $XDG_CACHE_HOME/cairn/firmware, else ~/.cache/cairn/firmware].
+        #[arg(long, value_name = "DIR")]
+        image_cache: Option<PathBuf>,
     },
     /// Report drift from the baseline across a rack (exit 1 when any server drifts).
     Check,
@@ -210,10 +246,50 @@ impl FirmwareArgs {
             FirmwareCommand::Apply {
                 no_reset,
                 settle_timeout,
+                serve_address,
+                serve_tls_cert,
+                serve_tls_key,
+                bmc_fetches_upstream,
+                image_cache,
             } => {
+                let cache_dir = image_cache.unwrap_or_else(default_cache_dir);
+                let cache = match ImageCache::open(&cache_dir) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        eprintln!("error: {}", cairn_api::error_chain(&e));
+                        return Ok(Exit::InvalidInput);
+                    }
+                };
+                let tls = match (&serve_tls_cert, &serve_tls_key) {
+                    (Some(cert), Some(key)) => match tls_config(cert, key) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("error: {}", cairn_api::error_chain(&e));
+                            return Ok(Exit::InvalidInput);
+                        }
+                    },
+                    _ => None,
+                };
+                let server = match serve_address {
+                    Some(address) => {
+                        match ImageServer::start(address, ServeLimits::default(), tls).await {
+                            Ok(s) => Some(Arc::new(s)),
+                            Err(e) => {
+                                eprintln!("error: {}", cairn_api::error_chain(&e));
+                                return Ok(Exit::InvalidInput);
+                            }
+                        }
+                    }
+                    None => None,
+                };
                 let options = ApplyOptions {
                     reset: !no_reset,
                     settle_timeout: Duration::from_secs_f64(settle_timeout.max(1.0)),
+                    images: Images {
+                        cache,
+                        server: server.clone(),
+                        upstream_allowed: bmc_fetches_upstream,
+                    },
                 };
                 let op: Operation<crate::apply::Applied> = {
                     let pick = pick.clone();
@@ -226,7 +302,12 @@ impl FirmwareArgs {
                         })
                     })
                 };
-                let outcomes = match self.connect.run(op).await {
+                let outcomes = self.connect.run(op).await;
+                // The server lives exactly as long as the apply.
+                if let Some(server) = &server {
+                    server.stop().await;
+                }
+                let outcomes = match outcomes {
                     Ok(o) => o,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -250,7 +331,9 @@ impl FirmwareArgs {
                         if a.updated.is_empty() {
                             String::new()
                         } else {
-                            format!(", updated {}", a.updated.join(", "))
+                            let done: Vec<String> =
+                                a.updated.iter().map(|u| u.to_string()).collect();
+                            format!(", updated {}", done.join(", "))
                         }
                     )
                 }))

@@ -102,9 +102,10 @@ pub struct Firmware {
     pub component: FirmwareTarget,
     /// Minimum version (dotted, compared numerically).
     pub min_version: String,
-    /// Update image the BMC downloads.
+    /// Where cairn downloads the update image (into its cache; the BMC gets that verified
+    /// copy, and downloads this URL itself only with `--bmc-fetches-upstream`).
     pub image_url: String,
-    /// SHA-256 of the image (hex); cairn checks it before asking the BMC to update.
+    /// SHA-256 of the image (hex): the cached copy must match it before the BMC gets it.
     pub sha256: String,
 }
 

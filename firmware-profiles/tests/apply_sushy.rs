@@ -1,14 +1,20 @@
 //! Firmware baselines against sushy-tools' libvirt test driver (BIOS attributes with an
 //! AttributeRegistry, SimpleUpdate with a task): plan, apply, second apply changes nothing.
+//! sushy-tools 2.2 offers no `MultipartHttpPushUri`, so its image goes the served way; its
+//! SimpleUpdate accepts the URL and bumps `BiosVersion` without downloading it (what a BMC
+//! receives is checked against tests/image_delivery.rs's recording endpoint).
 
 #[path = "../../hardware/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_firmware_profiles::apply::{ApplyOptions, apply, read_plan};
+use cairn_firmware_profiles::apply::{ApplyOptions, Delivery, Images, apply, read_plan};
+use cairn_firmware_profiles::image::ImageCache;
 use cairn_firmware_profiles::profile::{Profile, by_name, load_all};
+use cairn_firmware_profiles::serve::{ImageServer, ServeLimits};
 use cairn_hardware::address::{BmcAddress, Credentials};
 use cairn_hardware::bmc::Bmc;
 use cairn_hardware::redfish::{RedfishBmc, RedfishOptions};
@@ -77,14 +83,26 @@ async fn plan_apply_then_nothing_to_do() {
     // plan changed nothing.
     assert_eq!(read_plan(&b, &profile).await.unwrap(), plan);
 
+    let cache = tempfile::tempdir().unwrap();
+    let server = Arc::new(
+        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default(), None)
+            .await
+            .unwrap(),
+    );
     let options = ApplyOptions {
         reset: true,
         settle_timeout: Duration::from_secs(30),
+        images: Images {
+            cache: Arc::new(ImageCache::open(cache.path()).unwrap()),
+            server: Some(server.clone()),
+            upstream_allowed: false,
+        },
     };
     let applied = apply(&b, &profile, &options).await.unwrap();
     assert_eq!(applied.staged, 1);
     assert!(applied.verified);
     assert_eq!(applied.updated.len(), 1);
+    assert_eq!(applied.updated[0].delivery, Delivery::Served);
     let bios = b.bios().await.unwrap();
     assert_eq!(bios.current.get("ProcTurboMode"), Some(&"Disabled".into()));
 
@@ -105,9 +123,15 @@ async fn refused_values_and_bad_images_change_nothing() {
         RedfishOptions::default(),
     )
     .unwrap();
+    let cache = tempfile::tempdir().unwrap();
     let options = ApplyOptions {
         reset: false,
         settle_timeout: Duration::from_secs(5),
+        images: Images {
+            cache: Arc::new(ImageCache::open(cache.path()).unwrap()),
+            server: None,
+            upstream_allowed: false,
+        },
     };
 
     let mut p = emulator_profile(port);
@@ -127,15 +151,25 @@ async fn refused_values_and_bad_images_change_nothing() {
     let mut p = emulator_profile(port);
     p.bios.attributes.clear();
     p.bios.boot_mode = None;
+    let good = p.clone();
     p.firmware[0].sha256 = "00".repeat(32);
     let before = b.inventory().await.unwrap().bios_version;
-    let e = apply(&b, &p, &options).await.unwrap_err().to_string();
-    assert!(e.contains("SHA-256"), "{e}");
+    let e = cairn_api::error_chain(&apply(&b, &p, &options).await.unwrap_err());
+    assert!(
+        e.contains("SHA-256") && e.contains("nothing was sent"),
+        "{e}"
+    );
     assert_eq!(
         b.inventory().await.unwrap().bios_version,
         before,
         "no update started"
     );
+
+    // A good image, but sushy takes no push and nothing serves it: refused, not fetched
+    // by the BMC from upstream.
+    let e = apply(&b, &good, &options).await.unwrap_err().to_string();
+    assert!(e.contains("--serve-address"), "{e}");
+    assert_eq!(b.inventory().await.unwrap().bios_version, before);
 }
 
 #[test]

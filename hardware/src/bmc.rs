@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -423,8 +424,22 @@ pub trait Bmc: Send + Sync {
         Err(self.unsupported(Capability::Firmware))
     }
 
-    /// Starts a firmware update of `target` from a URL and waits for its task to finish.
+    /// Starts a firmware update of `target` from a URL the BMC downloads itself, and waits
+    /// for its task to finish. Nothing checks what the BMC gets from that URL: give it a
+    /// URL that serves only verified bytes.
     async fn update_firmware(&self, _image_url: &str, _target: FirmwareTarget) -> BmcResult<()> {
+        Err(self.unsupported(Capability::Firmware))
+    }
+
+    /// Whether the BMC takes an image pushed to it ([`Bmc::push_firmware`]), so that it
+    /// flashes exactly the bytes cairn sends.
+    async fn accepts_firmware_push(&self) -> BmcResult<bool> {
+        Ok(false)
+    }
+
+    /// Sends the image file itself to the BMC as the update of `target` and waits for its
+    /// task to finish.
+    async fn push_firmware(&self, _image: &Path, _target: FirmwareTarget) -> BmcResult<()> {
         Err(self.unsupported(Capability::Firmware))
     }
 

@@ -1,9 +1,11 @@
-//! Redfish against a hostile BMC: links to other origins and endless bodies.
+//! Redfish against a hostile BMC: links to other origins, endless bodies, and a session that
+//! expires in the middle of a firmware upload.
 //!
 //! The "BMC" is an axum server that answers the way a compromised or broken BMC might; a
 //! second server on another port stands for the host such links point to and records every
 //! request it receives. Nothing carrying the BMC's credentials may ever reach it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -12,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cairn_hardware::address::{BmcAddress, Credentials};
-use cairn_hardware::bmc::{Bmc, BmcError, PowerState};
+use cairn_hardware::bmc::{Bmc, BmcError, FirmwareTarget, PowerState};
 use cairn_hardware::redfish::client::MAX_BODY_BYTES;
 use cairn_hardware::redfish::{RedfishBmc, RedfishOptions};
 use serde_json::json;
@@ -33,6 +35,12 @@ enum Hostility {
     EndlessSystem,
     /// The System resource announces a huge Content-Length.
     HugeContentLength,
+    /// The UpdateService's `MultipartHttpPushUri` is an absolute URL on the other host.
+    PushElsewhere,
+    /// The first firmware upload is answered 401 (its session expired); later ones pass.
+    UploadSessionExpires,
+    /// The UpdateService takes images of at most 1000 bytes.
+    TinyMaxImageSize,
 }
 
 #[derive(Clone)]
@@ -40,6 +48,9 @@ struct HostileBmc {
     hostility: Hostility,
     me: String,
     elsewhere: String,
+    /// Bodies of the uploads that reached the push URI.
+    uploads: Arc<Mutex<Vec<axum::body::Bytes>>>,
+    logins: Arc<AtomicUsize>,
 }
 
 async fn bmc_handler(State(s): State<HostileBmc>, req: Request) -> Response {
@@ -61,18 +72,46 @@ async fn bmc_handler(State(s): State<HostileBmc>, req: Request) -> Response {
     match path.as_str() {
         "/redfish/v1/" => Json(json!({
             "Systems": {"@odata.id": "/redfish/v1/Systems"},
+            "UpdateService": {"@odata.id": "/redfish/v1/UpdateService"},
             "Links": {"Sessions": {"@odata.id": sessions}},
         }))
         .into_response(),
-        "/redfish/v1/SessionService/Sessions" => (
-            StatusCode::CREATED,
-            [
-                ("X-Auth-Token", TOKEN),
-                ("Location", "/redfish/v1/SessionService/Sessions/1"),
-            ],
-            Json(json!({})),
-        )
-            .into_response(),
+        "/redfish/v1/UpdateService" => {
+            let push = match s.hostility {
+                Hostility::PushElsewhere => format!("{}/upload", s.elsewhere),
+                _ => "/redfish/v1/UpdateService/upload".to_owned(),
+            };
+            let max = match s.hostility {
+                Hostility::TinyMaxImageSize => json!(1000),
+                _ => json!(null),
+            };
+            Json(json!({"MultipartHttpPushUri": push, "MaxImageSizeBytes": max})).into_response()
+        }
+        "/redfish/v1/UpdateService/upload" => {
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            s.uploads.lock().unwrap().push(body);
+            // The session "expires" during the first upload, after its bytes arrived.
+            if s.hostility == Hostility::UploadSessionExpires
+                && s.uploads.lock().unwrap().len() == 1
+            {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        "/redfish/v1/SessionService/Sessions" => {
+            s.logins.fetch_add(1, Ordering::SeqCst);
+            (
+                StatusCode::CREATED,
+                [
+                    ("X-Auth-Token", TOKEN),
+                    ("Location", "/redfish/v1/SessionService/Sessions/1"),
+                ],
+                Json(json!({})),
+            )
+                .into_response()
+        }
         "/redfish/v1/Systems" => {
             let member = match s.hostility {
                 Hostility::MemberElsewhere => format!("{}/redfish/v1/Systems/1", s.elsewhere),
@@ -128,6 +167,14 @@ async fn serve(router: Router) -> String {
 /// Runs `power_state` against a BMC with the given hostility; returns its answer and the
 /// requests the other host received.
 async fn against(hostility: Hostility) -> (Result<PowerState, BmcError>, Vec<HeaderMap>) {
+    let (bmc, _, seen) = start(hostility).await;
+    let result = bmc.power_state().await;
+    let seen = seen.lock().unwrap().clone();
+    (result, seen)
+}
+
+/// A client of a hostile BMC, its state, and what the other host receives.
+async fn start(hostility: Hostility) -> (RedfishBmc, HostileBmc, Arc<Mutex<Vec<HeaderMap>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let elsewhere = serve(
         Router::new()
@@ -141,8 +188,12 @@ async fn against(hostility: Hostility) -> (Result<PowerState, BmcError>, Vec<Hea
         hostility,
         me: me.clone(),
         elsewhere,
+        uploads: Arc::default(),
+        logins: Arc::default(),
     };
-    let router = Router::new().fallback(bmc_handler).with_state(state);
+    let router = Router::new()
+        .fallback(bmc_handler)
+        .with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let address = BmcAddress::parse(&me.replace("http://", "redfish+http://")).unwrap();
     let bmc = RedfishBmc::new(
@@ -151,9 +202,7 @@ async fn against(hostility: Hostility) -> (Result<PowerState, BmcError>, Vec<Hea
         RedfishOptions::default(),
     )
     .unwrap();
-    let result = bmc.power_state().await;
-    let seen = seen.lock().unwrap().clone();
-    (result, seen)
+    (bmc, state, seen)
 }
 
 fn assert_no_credentials(seen: &[HeaderMap]) {
@@ -200,4 +249,70 @@ async fn a_huge_content_length_is_refused_before_reading() {
     let (result, _) = against(Hostility::HugeContentLength).await;
     let err = result.unwrap_err().to_string();
     assert!(err.contains("larger than 16 MiB"), "{err}");
+}
+
+fn image(dir: &tempfile::TempDir) -> (std::path::PathBuf, Vec<u8>) {
+    // Larger than one upload chunk, so the file is streamed in several reads.
+    let bytes: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let path = dir.path().join("bios.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[tokio::test]
+async fn a_push_uri_on_another_host_never_receives_the_image_or_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = image(&dir);
+    let (bmc, state, seen) = start(Hostility::PushElsewhere).await;
+    assert!(bmc.accepts_firmware_push().await.unwrap());
+    let err = bmc
+        .push_firmware(&path, FirmwareTarget::Bios)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the BMC"), "{err}");
+    assert_no_credentials(&seen.lock().unwrap());
+    assert!(state.uploads.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_whose_session_expires_is_sent_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = image(&dir);
+    let (bmc, state, _) = start(Hostility::UploadSessionExpires).await;
+    bmc.push_firmware(&path, FirmwareTarget::Bios)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.logins.load(Ordering::SeqCst),
+        2,
+        "logged in again once"
+    );
+    let uploads = state.uploads.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 2);
+    for body in uploads {
+        let at = body
+            .windows(bytes.len())
+            .position(|w| w == bytes.as_slice())
+            .expect("the whole file in each upload");
+        let head = String::from_utf8_lossy(&body[..at]);
+        assert!(
+            head.contains("name=\"UpdateParameters\"") && head.contains("name=\"UpdateFile\""),
+            "the parameters part, then the file part: {head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_bmc_takes_is_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = image(&dir);
+    let (bmc, state, _) = start(Hostility::TinyMaxImageSize).await;
+    let err = bmc
+        .push_firmware(&path, FirmwareTarget::Bios)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MaxImageSizeBytes"), "{err}");
+    assert!(state.uploads.lock().unwrap().is_empty());
 }

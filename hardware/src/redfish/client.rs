@@ -6,6 +6,7 @@
 //! `X-Auth-Token`), falling back to HTTP Basic when the BMC has no SessionService. An
 //! expired session is renewed once; a refused password is never sent again by this client.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
@@ -68,6 +69,83 @@ pub struct Answer {
     pub etag: Option<String>,
     /// Parsed body (`Null` when empty).
     pub body: Value,
+}
+
+/// What a request carries.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Empty,
+    Json(&'a Value),
+    Upload(&'a Upload<'a>),
+}
+
+/// A file sent as `multipart/form-data` with a JSON part before it, as DSP0266 describes
+/// for `MultipartHttpPushUri`: a part `UpdateParameters` (JSON) and a part `UpdateFile`.
+#[derive(Debug, Clone, Copy)]
+pub struct Upload<'a> {
+    /// Name of the JSON part (`UpdateParameters`).
+    pub parameters_name: &'a str,
+    /// Its content.
+    pub parameters: &'a Value,
+    /// Name of the file part (`UpdateFile`).
+    pub file_name: &'a str,
+    /// The file sent.
+    pub file: &'a Path,
+}
+
+/// Bytes of the file read at a time while uploading.
+const UPLOAD_CHUNK: usize = 256 << 10;
+
+type UploadStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + Sync + 'static>,
+>;
+
+impl Upload<'_> {
+    /// The content type, the exact length and the body as a stream: the head, the file in
+    /// chunks, the tail.
+    async fn body(&self) -> std::io::Result<(String, u64, UploadStream)> {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+
+        let mut nonce = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| std::io::Error::other("no system randomness for the boundary"))?;
+        let boundary = format!("cairn-{}", hex::encode(nonce));
+        let filename = self
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(['"', '\\', '\r', '\n'], "_"))
+            .unwrap_or_else(|| "image.bin".into());
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"\r\nContent-Type: application/json\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            self.parameters_name, self.parameters, self.file_name
+        )
+        .into_bytes();
+        let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+        let file = tokio::fs::File::open(self.file).await?;
+        let size = file.metadata().await?.len();
+        let length = head.len() as u64 + size + tail.len() as u64;
+        let chunks = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let stream = futures::stream::iter([Ok(head)])
+            .chain(chunks)
+            .chain(futures::stream::iter([Ok(tail)]));
+        Ok((
+            format!("multipart/form-data; boundary={boundary}"),
+            length,
+            Box::pin(stream),
+        ))
+    }
 }
 
 /// An authenticated Redfish connection.
@@ -181,7 +259,7 @@ impl RedfishClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Payload<'_>,
         auth: &Auth,
         if_match: Option<&str>,
     ) -> BmcResult<Answer> {
@@ -205,13 +283,31 @@ impl RedfishClient {
         if let Some(tag) = if_match {
             req = req.header("If-Match", tag);
         }
-        if let Some(body) = body {
-            req = req.json(body);
+        // An upload may take far longer than a request for a resource.
+        let mut limit = self.options.request_timeout;
+        match body {
+            Payload::Empty => {}
+            Payload::Json(body) => req = req.json(body),
+            Payload::Upload(upload) => {
+                let (content_type, length, stream) =
+                    upload.body().await.map_err(|e| BmcError::Transport {
+                        doing: format!("{doing}: reading {}", upload.file.display()),
+                        source: Box::new(e),
+                    })?;
+                limit = self.options.task_timeout;
+                // A declared length, not chunked encoding: BMCs' embedded servers refuse
+                // chunked uploads or buffer them without limit.
+                req = req
+                    .timeout(limit)
+                    .header("Content-Type", content_type)
+                    .header("Content-Length", length)
+                    .body(reqwest::Body::wrap_stream(stream));
+            }
         }
         let mut resp = req
             .send()
             .await
-            .map_err(|e| transport(doing.clone(), e, self.options.request_timeout))?;
+            .map_err(|e| transport(doing.clone(), e, limit))?;
         let status = resp.status();
         let header = |name: &str| {
             resp.headers()
@@ -287,7 +383,13 @@ impl RedfishClient {
             return Ok(Auth::Basic);
         }
         let root = self
-            .raw(Method::GET, "/redfish/v1/", None, &Auth::NotYet, None)
+            .raw(
+                Method::GET,
+                "/redfish/v1/",
+                Payload::Empty,
+                &Auth::NotYet,
+                None,
+            )
             .await?;
         if !root.status.is_success() {
             return Err(status_error("GET /redfish/v1/", &root));
@@ -303,7 +405,13 @@ impl RedfishClient {
             "Password": self.credentials.password(),
         });
         let answer = self
-            .raw(Method::POST, &sessions, Some(&body), &Auth::NotYet, None)
+            .raw(
+                Method::POST,
+                &sessions,
+                Payload::Json(&body),
+                &Auth::NotYet,
+                None,
+            )
             .await?;
         match answer.status {
             s if s.is_success() => match model::string(&answer.body, "X-Auth-Token") {
@@ -348,6 +456,17 @@ impl RedfishClient {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> BmcResult<Answer> {
+        let body = body.map_or(Payload::Empty, Payload::Json);
+        self.send_payload(method, path, body, if_match).await
+    }
+
+    async fn send_payload(
+        &self,
+        method: Method,
+        path: &str,
+        body: Payload<'_>,
         if_match: Option<&str>,
     ) -> BmcResult<Answer> {
         let auth = self.current_auth(false).await?;
@@ -402,6 +521,16 @@ impl RedfishClient {
     /// POST (actions); waits for a task when the BMC answers 202.
     pub async fn post(&self, path: &str, body: &Value) -> BmcResult<Answer> {
         let answer = self.send(Method::POST, path, Some(body), None).await?;
+        self.finish(&format!("POST {path}"), answer).await
+    }
+
+    /// POSTs a file as `multipart/form-data` (a Redfish `MultipartHttpPushUri`); waits for
+    /// a task when the BMC answers 202. The file is streamed, not buffered, and read again
+    /// if an expired session makes the request go twice.
+    pub async fn post_upload(&self, path: &str, upload: &Upload<'_>) -> BmcResult<Answer> {
+        let answer = self
+            .send_payload(Method::POST, path, Payload::Upload(upload), None)
+            .await?;
         self.finish(&format!("POST {path}"), answer).await
     }
 
@@ -460,7 +589,9 @@ impl RedfishClient {
             location: Some(location),
             ..
         } = &auth
-            && let Err(e) = self.raw(Method::DELETE, location, None, &auth, None).await
+            && let Err(e) = self
+                .raw(Method::DELETE, location, Payload::Empty, &auth, None)
+                .await
         {
             tracing::debug!(bmc = %self.base.as_str(), error = %e, "deleting session failed");
         }

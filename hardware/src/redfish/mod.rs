@@ -244,6 +244,41 @@ impl RedfishBmc {
         Ok(())
     }
 
+    async fn update_service(&self) -> BmcResult<Value> {
+        let root = self.client.get_json("/redfish/v1/").await?;
+        let update = model::link(&root, "UpdateService")
+            .ok_or_else(|| self.unsupported(Capability::Firmware))?;
+        self.client.get_json(update).await
+    }
+
+    /// The `Targets` of an update: the System for BIOS, the Manager for the BMC.
+    async fn update_targets(&self, target: FirmwareTarget) -> BmcResult<Option<Value>> {
+        let topo = self.topology().await?;
+        let component = match target {
+            FirmwareTarget::Bios => Some(topo.system.clone()),
+            FirmwareTarget::Bmc => topo.manager.clone(),
+        };
+        Ok(component.map(|c| serde_json::json!([c])))
+    }
+
+    /// Waits for the task an update answer names, if any.
+    async fn follow_update(&self, answer: client::Answer) -> BmcResult<()> {
+        // A BMC may answer 200/204 with a Task to follow instead of a 202 monitor.
+        if let Some(monitor) = model::string(&answer.body, "TaskMonitor")
+            .or_else(|| {
+                answer
+                    .body
+                    .get("TaskState")
+                    .and_then(|_| model::odata_id(&answer.body))
+                    .map(str::to_owned)
+            })
+            .or(answer.location.clone())
+        {
+            self.client.wait_task("firmware update", &monitor).await?;
+        }
+        Ok(())
+    }
+
     /// BIOS and BMC versions from the System and Manager, for BMCs whose UpdateService
     /// lists no (or a broken) FirmwareInventory.
     async fn firmware_from_resources(&self) -> BmcResult<Vec<FirmwareComponent>> {
@@ -600,10 +635,7 @@ impl Bmc for RedfishBmc {
     }
 
     async fn firmware(&self) -> BmcResult<Vec<FirmwareComponent>> {
-        let root = self.client.get_json("/redfish/v1/").await?;
-        let update = model::link(&root, "UpdateService")
-            .ok_or_else(|| self.unsupported(Capability::Firmware))?;
-        let update = self.client.get_json(update).await?;
+        let update = self.update_service().await?;
         let Some(inventory) = model::link(&update, "FirmwareInventory") else {
             return self.firmware_from_resources().await;
         };
@@ -617,10 +649,7 @@ impl Bmc for RedfishBmc {
     }
 
     async fn update_firmware(&self, image_url: &str, target: FirmwareTarget) -> BmcResult<()> {
-        let root = self.client.get_json("/redfish/v1/").await?;
-        let update = model::link(&root, "UpdateService")
-            .ok_or_else(|| self.unsupported(Capability::Firmware))?;
-        let update = self.client.get_json(update).await?;
+        let update = self.update_service().await?;
         let (action_target, protocols) = model::action(&update, "#UpdateService.SimpleUpdate")
             .ok_or_else(|| self.unsupported(Capability::Firmware))?;
         let scheme = image_url
@@ -631,29 +660,47 @@ impl Bmc for RedfishBmc {
         if protocols.is_empty() || protocols.contains(&scheme) {
             body["TransferProtocol"] = scheme.into();
         }
-        let topo = self.topology().await?;
-        let component = match target {
-            FirmwareTarget::Bios => Some(topo.system.clone()),
-            FirmwareTarget::Bmc => topo.manager.clone(),
-        };
-        if let Some(c) = component {
-            body["Targets"] = serde_json::json!([c]);
+        if let Some(targets) = self.update_targets(target).await? {
+            body["Targets"] = targets;
         }
         let answer = self.client.post(&action_target, &body).await?;
-        // A BMC may answer 200/204 with a Task to follow instead of a 202 monitor.
-        if let Some(monitor) = model::string(&answer.body, "TaskMonitor")
-            .or_else(|| {
-                answer
-                    .body
-                    .get("TaskState")
-                    .and_then(|_| model::odata_id(&answer.body))
-                    .map(str::to_owned)
-            })
-            .or(answer.location.clone())
+        self.follow_update(answer).await
+    }
+
+    async fn accepts_firmware_push(&self) -> BmcResult<bool> {
+        Ok(model::multipart_push_uri(&self.update_service().await?).is_some())
+    }
+
+    async fn push_firmware(
+        &self,
+        image: &std::path::Path,
+        target: FirmwareTarget,
+    ) -> BmcResult<()> {
+        let update = self.update_service().await?;
+        let uri = model::multipart_push_uri(&update)
+            .ok_or_else(|| self.unsupported(Capability::Firmware))?;
+        let size = std::fs::metadata(image)
+            .map_err(|e| BmcError::Invalid(format!("reading {}: {e}", image.display())))?
+            .len();
+        if let Some(max) = update.get("MaxImageSizeBytes").and_then(Value::as_u64)
+            && size > max
         {
-            self.client.wait_task("firmware update", &monitor).await?;
+            return Err(BmcError::Invalid(format!(
+                "the image is {size} bytes and this BMC takes at most {max} (MaxImageSizeBytes); nothing was sent"
+            )));
         }
-        Ok(())
+        let mut parameters = serde_json::json!({});
+        if let Some(targets) = self.update_targets(target).await? {
+            parameters["Targets"] = targets;
+        }
+        let upload = client::Upload {
+            parameters_name: "UpdateParameters",
+            parameters: &parameters,
+            file_name: "UpdateFile",
+            file: image,
+        };
+        let answer = self.client.post_upload(&uri, &upload).await?;
+        self.follow_update(answer).await
     }
 
     async fn close(&self) {

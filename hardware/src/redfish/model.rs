@@ -396,6 +396,13 @@ pub fn firmware_component(v: &Value) -> FirmwareComponent {
     }
 }
 
+/// Where the UpdateService takes an image pushed as `multipart/form-data` (Redfish 1.6,
+/// `MultipartHttpPushUri`). The older `HttpPushUri` (a raw body, deprecated) is not used:
+/// BMCs differ in how they accept it, and sushy-tools names one it does not implement.
+pub fn multipart_push_uri(update_service: &Value) -> Option<String> {
+    string(update_service, "MultipartHttpPushUri")
+}
+
 /// The state of a Task: `Ok(true)` done, `Ok(false)` still running, `Err` failed (with the
 /// task's messages).
 pub fn task_done(task: &Value) -> Result<bool, String> {

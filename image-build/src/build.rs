@@ -742,9 +742,15 @@ fn debian_root(root: &Path, req: &BuildRequest) -> Result<Kernel, BuildError> {
         &[
             "etc/systemd/system/multi-user.target.wants",
             "var/lib/cairn",
-            "etc/cairn",
         ],
     )?;
+    // The root slot is read-only: the node's configuration (the seed's or the wizard's)
+    // lives on the data partition. A link rather than a bind mount made at start: it holds
+    // for every process (the unit's sandbox, an operator's shell) without mount ordering.
+    let etc_cairn = root.join("etc/cairn");
+    let _ = std::fs::remove_dir(&etc_cairn);
+    std::os::unix::fs::symlink("/var/lib/cairn/etc", &etc_cairn)
+        .map_err(io("linking", &etc_cairn))?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants/cairn-node.service");
     let _ = std::fs::remove_file(&wants);
     std::os::unix::fs::symlink("/usr/lib/systemd/system/cairn-node.service", &wants)
@@ -757,7 +763,9 @@ fn debian_root(root: &Path, req: &BuildRequest) -> Result<Kernel, BuildError> {
           PARTLABEL=data /var/lib/cairn ext4 defaults,nofail,x-systemd.makefs 0 2\n\
           tmpfs /tmp tmpfs defaults 0 0\n\
           tmpfs /var/tmp tmpfs defaults 0 0\n\
-          tmpfs /var/log tmpfs defaults 0 0\n",
+          tmpfs /var/log tmpfs defaults 0 0\n\
+          # systemd's own state (logind, timesyncd, the random seed) is kept per boot.\n\
+          tmpfs /var/lib/systemd tmpfs defaults,mode=0755 0 0\n",
         0o644,
     )?;
     // Empty machine-id: systemd makes a transient one on the read-only root.

@@ -64,9 +64,11 @@ pub(crate) fn bootstrap(
             "--dpkgopt=path-exclude=/usr/share/man/*",
             "--dpkgopt=path-exclude=/usr/share/locale/*",
             "--dpkgopt=path-exclude=/usr/share/doc/*",
-            // The root is squashfs: the initramfs must be able to mount it.
-            "--customize-hook=echo squashfs >> \"$1/etc/initramfs-tools/modules\"",
-            "--customize-hook=chroot \"$1\" update-initramfs -u -k all",
+            // The root is squashfs: the initramfs must be able to mount it. Said before the
+            // kernel is installed, so that its postinst builds the one initramfs with it
+            // (mkinitramfs reads every file of modules.d; regenerating it afterwards cost a
+            // second initramfs build).
+            "--essential-hook=mkdir -p \"$1/usr/share/initramfs-tools/modules.d\" && echo squashfs > \"$1/usr/share/initramfs-tools/modules.d/cairn-squashfs\"",
             "--customize-hook=chroot \"$1\" systemctl enable serial-getty@ttyS0.service",
             "--customize-hook=rm -f \"$1\"/var/cache/apt/*.bin \"$1\"/var/lib/apt/lists/*_Packages",
         ]

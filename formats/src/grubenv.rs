@@ -223,10 +223,7 @@ mod tests {
         assert!(env.ends_with(b"#"));
         let vars = parse(&env).unwrap();
         assert_eq!(vars[CHECK], "a:::1");
-        assert_eq!(
-            select(&env, Some(&env)).unwrap().source,
-            Source::Checked(1)
-        );
+        assert_eq!(select(&env, Some(&env)).unwrap().source, Source::Checked(1));
     }
 
     #[test]
@@ -241,8 +238,20 @@ mod tests {
             (b"", &armed, Source::Checked(2), "a", Some("b")),
             // Copy 1's second sector lost: its selection still names slot a, but its try
             // is not trusted.
-            (&torn, &tear(committed_b.clone()), Source::Committed(1), "a", None),
-            (b"garbage", &tear(committed_b.clone()), Source::Committed(2), "b", None),
+            (
+                &torn,
+                &tear(committed_b.clone()),
+                Source::Committed(1),
+                "a",
+                None,
+            ),
+            (
+                b"garbage",
+                &tear(committed_b.clone()),
+                Source::Committed(2),
+                "b",
+                None,
+            ),
         ];
         for (i, (one, two, source, slot, try_)) in cases.into_iter().enumerate() {
             let s = select(one, Some(two)).unwrap();
@@ -257,7 +266,8 @@ mod tests {
     #[test]
     fn a_one_copy_disk_reads_its_grubenv_without_a_check() {
         // What the previous image build wrote and its GRUB decremented: no gen, no check.
-        let mut old = b"# GRUB Environment Block\ncairn_slot=a\ncairn_try=b\ncairn_tries=1\n".to_vec();
+        let mut old =
+            b"# GRUB Environment Block\ncairn_slot=a\ncairn_try=b\ncairn_tries=1\n".to_vec();
         old.resize(1024, b'#');
         let s = select(&old, None).unwrap();
         assert_eq!((s.source, s.vars[TRY].as_str()), (Source::Checked(1), "b"));
@@ -277,7 +287,10 @@ mod tests {
         let vars = parse(&next).unwrap();
         assert_eq!(vars[GEN], "3");
         assert_eq!(vars[CHECK], "a:b:2:3");
-        assert_eq!(select(&next, Some(&torn)).unwrap().source, Source::Checked(1));
+        assert_eq!(
+            select(&next, Some(&torn)).unwrap().source,
+            Source::Checked(1)
+        );
         let big = "x".repeat(600);
         assert_eq!(
             next_block(&s, &[("v", &big)], &[], 1024),

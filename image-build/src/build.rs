@@ -886,13 +886,11 @@ fn grub_images(
         grub::grub_cfg(kernel_args).as_bytes(),
         0o644,
     )?;
-    rootfs::write(
-        &esp,
-        "grub/grubenv",
-        &cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
-            .expect("one variable fits"),
-        0o644,
-    )?;
+    let env = cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
+        .expect("one variable fits");
+    for copy in grub::GRUBENV_COPIES {
+        rootfs::write(&esp, &format!("grub/{copy}"), &env, 0o644)?;
+    }
     rootfs::clamp_times(&esp, epoch)?;
     let _ = std::fs::remove_file(esp_img);
     run(
@@ -1024,7 +1022,12 @@ fn iso(
     }
     let sig = out.join("pxe").join(cairn_formats::install::SIGNATURE_FILE);
     if sig.is_file() {
-        copy(&sig, &tree.join("cairn").join(cairn_formats::install::SIGNATURE_FILE))?;
+        copy(
+            &sig,
+            &tree
+                .join("cairn")
+                .join(cairn_formats::install::SIGNATURE_FILE),
+        )?;
     }
     if let Some(seed) = &cfg.iso_seed {
         if !seed.is_dir() {
@@ -1161,7 +1164,9 @@ mod tests {
     fn release_keys_need_a_signing_key_among_them() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate().unwrap();
-        key.public_key().write(&dir.path().join("release.pub")).unwrap();
+        key.public_key()
+            .write(&dir.path().join("release.pub"))
+            .unwrap();
         let config = dir.path().join("image.yaml");
         std::fs::write(
             &config,
@@ -1174,10 +1179,7 @@ mod tests {
         let other = SigningKey::generate().unwrap();
         let err = release_keys(&cfg, Some(&other)).unwrap_err().to_string();
         assert!(err.contains("is not among release_keys"), "{err}");
-        assert_eq!(
-            release_keys(&cfg, Some(&key)).unwrap(),
-            [key.public_key()]
-        );
+        assert_eq!(release_keys(&cfg, Some(&key)).unwrap(), [key.public_key()]);
         // No release keys: a development build, signed or not.
         std::fs::write(&config, "profile: minimal\nversion: '1.0'\n").unwrap();
         let cfg = ImageConfig::load(&config).unwrap();

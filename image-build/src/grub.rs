@@ -1,4 +1,4 @@
-//! GRUB for the A/B disk: one `grub.cfg` and `grubenv` on the ESP, read by both a UEFI
+//! GRUB for the A/B disk: one `grub.cfg` and two `grubenv` copies on the ESP, read by both a UEFI
 //! GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS GRUB (boot.img in the MBR, core.img in the gap
 //! before the first partition).
 //!
@@ -54,17 +54,55 @@ pub fn embedded_config() -> String {
     format!("search --no-floppy --label {ESP_LABEL} --set=root\nset prefix=($root)/grub\n")
 }
 
-/// The ESP's `grub/grub.cfg`: pick the slot from the environment, count tries, boot the
-/// kernel and initrd stored inside the slot.
+/// The environment files on the ESP's `grub/`: copy 1, then copy 2, the order every writer
+/// follows (see `cairn_formats::grubenv`).
+pub const GRUBENV_COPIES: [&str; 2] = ["grubenv", "grubenv.2"];
+
+/// The variables `grub.cfg` loads from (and saves to) each copy; only these, so garbage in a
+/// torn copy cannot set any other.
+const ENV_VARS: &str = "cairn_slot cairn_try cairn_tries cairn_gen cairn_rolled_back cairn_check";
+
+/// The ESP's `grub/grub.cfg`: pick the slot from the two checked environment copies, count
+/// tries, boot the kernel and initrd stored inside the slot.
 pub fn grub_cfg(kernel_args: &str) -> String {
+    let [one, two] = GRUBENV_COPIES;
+    let clear = ENV_VARS
+        .split(' ')
+        .map(|v| format!("  set {v}=\n"))
+        .collect::<String>();
     format!(
-        r#"# cairn A/B boot. Variables live in grubenv next to this file; see docs/images.md.
+        r#"# cairn A/B boot. Variables live in {one} and {two} next to this file; see docs/images.md.
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 set timeout=1
-load_env -f ${{prefix}}/grubenv
-if [ -z "${{cairn_slot}}" ]; then set cairn_slot=a; fi
+# A copy counts when its cairn_check repeats its slot:try:tries:gen (a write torn by a
+# power cut leaves them apart); copy 1 first: every writer finishes it before copy 2.
+set cairn_from=
+set committed=
+for copy in {one} {two}; do
+  if [ -z "${{cairn_from}}" ]; then
+{clear}    load_env -f ${{prefix}}/${{copy}} {ENV_VARS}
+    if regexp '^[ab]$' "${{cairn_slot}}"; then
+      if [ "${{cairn_check}}" = "${{cairn_slot}}:${{cairn_try}}:${{cairn_tries}}:${{cairn_gen}}" ]; then
+        set cairn_from="${{copy}}"
+      elif [ -z "${{committed}}" ]; then
+        set committed="${{cairn_slot}}"
+      fi
+    fi
+    if [ -z "${{cairn_from}}" ]; then echo "cairn: boot selection ${{copy}} is torn or unreadable"; fi
+  fi
+done
+if [ -z "${{cairn_from}}" ]; then
+  set cairn_try=
+  if [ -n "${{committed}}" ]; then
+    set cairn_slot="${{committed}}"
+    echo "cairn: no boot selection passes its check; booting committed slot ${{cairn_slot}}, trying nothing"
+  else
+    set cairn_slot=a
+    echo "cairn: boot selection unreadable; booting slot a"
+  fi
+fi
 set boot_slot="${{cairn_slot}}"
 if [ -n "${{cairn_try}}" ]; then
   if [ "${{cairn_tries}}" -gt 0 ]; then
@@ -72,13 +110,17 @@ if [ -n "${{cairn_try}}" ]; then
     if [ "${{cairn_tries}}" -gt 2 ]; then set cairn_tries=2
     elif [ "${{cairn_tries}}" -gt 1 ]; then set cairn_tries=1
     else set cairn_tries=0; fi
-    save_env -f ${{prefix}}/grubenv cairn_tries
   else
     set cairn_rolled_back="${{cairn_try}}"
     set cairn_try=
-    save_env -f ${{prefix}}/grubenv cairn_try cairn_rolled_back
   fi
+  # Both copies get the whole selection, copy 1 first (a torn or stale copy is repaired;
+  # GRUB cannot fsync, its writes go out in order).
+  set cairn_check="${{cairn_slot}}:${{cairn_try}}:${{cairn_tries}}:${{cairn_gen}}"
+  save_env -f ${{prefix}}/{one} {ENV_VARS}
+  save_env -f ${{prefix}}/{two} {ENV_VARS}
 fi
+echo "cairn: booting slot ${{boot_slot}} (selection from ${{cairn_from}})"
 regexp --set=1:disk '^([^,]+),' "${{root}}"
 if [ "${{boot_slot}}" = b ]; then set slot_part=gpt3; else set slot_part=gpt2; fi
 # A slot whose kernel GRUB cannot load restarts the machine, so the boot counter above runs

@@ -118,21 +118,21 @@ fn a_write_goes_to_copy_1_synced_then_to_copy_2_synced() {
         ]
     );
     let one = std::fs::read(&path).unwrap();
-    assert_eq!(one, std::fs::read(path.with_file_name("grubenv.2")).unwrap());
+    assert_eq!(
+        one,
+        std::fs::read(path.with_file_name("grubenv.2")).unwrap()
+    );
     assert_eq!(one.len(), 1024);
     let vars = grubenv::parse(&one).unwrap();
     assert_eq!(vars[grubenv::CHECK], "a:b:2:2");
-    assert_eq!(
-        boots(&path),
-        (Source::Checked(1), "a".into(), "b".into())
-    );
+    assert_eq!(boots(&path), (Source::Checked(1), "a".into(), "b".into()));
 }
 
 #[test]
 fn a_power_cut_at_any_step_boots_the_old_or_the_new_selection_and_the_next_write_repairs_it() {
     // (op the power goes in, what GRUB boots afterwards)
     let cases = [
-        (0, Source::Checked(2), ""),  // copy 1 torn: copy 2 still has the old selection
+        (0, Source::Checked(2), ""), // copy 1 torn: copy 2 still has the old selection
         (1, Source::Checked(1), "b"), // copy 1 written, not known to be synced
         (2, Source::Checked(1), "b"), // copy 2 torn
         (3, Source::Checked(1), "b"),
@@ -170,7 +170,10 @@ fn the_generation_grows_with_every_write() {
     g.commit(Slot::B).unwrap();
     seen.push(generation(&path));
     assert_eq!(seen, [1, 2, 3]);
-    assert_eq!(boots(&path), (Source::Checked(1), "b".into(), String::new()));
+    assert_eq!(
+        boots(&path),
+        (Source::Checked(1), "b".into(), String::new())
+    );
 }
 
 #[test]
@@ -187,7 +190,10 @@ fn a_one_copy_disk_is_written_in_place_without_a_second_copy() {
     assert_eq!(g.files.ops(), ["write grubenv", "sync grubenv"]);
     assert!(!path.with_file_name("grubenv.2").exists());
     let vars = grubenv::parse(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!((vars["cairn_slot"].as_str(), vars["cairn_try"].as_str()), ("b", ""));
+    assert_eq!(
+        (vars["cairn_slot"].as_str(), vars["cairn_try"].as_str()),
+        ("b", "")
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
 }
 
@@ -195,10 +201,17 @@ fn a_one_copy_disk_is_written_in_place_without_a_second_copy() {
 fn unreadable_copies_refuse_the_upgrade_and_say_what_to_do() {
     let (_dir, path) = esp(true);
     std::fs::write(&path, vec![0u8; 1024]).unwrap();
-    std::fs::write(path.with_file_name("grubenv.2"), b"# GRUB Environment Block\nx=1\n").unwrap();
+    std::fs::write(
+        path.with_file_name("grubenv.2"),
+        b"# GRUB Environment Block\nx=1\n",
+    )
+    .unwrap();
     let g = grub(&path, None);
     let err = g.check().unwrap_err();
-    assert!(err.contains("no GRUB environment copy names a committed slot"), "{err}");
+    assert!(
+        err.contains("no GRUB environment copy names a committed slot"),
+        "{err}"
+    );
     assert!(err.contains("docs/images.md"), "{err}");
     assert!(g.arm(Slot::B, 2).is_err());
     assert!(g.files.ops().is_empty(), "nothing written");

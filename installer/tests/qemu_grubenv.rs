@@ -83,11 +83,28 @@ fn torn(mut block: Vec<u8>) -> Vec<u8> {
     block
 }
 
+/// The image installs slot a only; slot b gets the same root, so either boots a kernel
+/// whose command line says which one GRUB chose.
+fn copy_slot_a_to_b(disk: &Path) {
+    use std::os::unix::fs::FileExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let table = cairn_formats::gpt::read(&mut f).unwrap();
+    let (a, b) = (table.get("root-a").unwrap(), table.get("root-b").unwrap());
+    let mut slot = vec![0; usize::try_from(a.size()).unwrap()];
+    f.read_exact_at(&mut slot, a.offset()).unwrap();
+    f.write_all_at(&slot, b.offset()).unwrap();
+}
+
 /// Boots a copy of the minimal image's disk with these copies until the kernel shows its
 /// command line; returns the serial console and the disk (for reading the copies back).
 fn boot(dir: &Path, copy1: &[u8], copy2: &[u8]) -> (String, std::path::PathBuf) {
     let disk = dir.join("disk.raw");
     std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
+    copy_slot_a_to_b(&disk);
     put(&disk, "grubenv", copy1);
     put(&disk, "grubenv.2", copy2);
     let started = Instant::now();

@@ -78,6 +78,7 @@ terminal_output serial console
 set timeout=1
 # A copy counts when its cairn_check repeats its slot:try:tries:gen (a write torn by a
 # power cut leaves them apart); copy 1 first: every writer finishes it before copy 2.
+# Console messages stay under 80 columns: GRUB's serial terminal wraps them.
 set cairn_from=
 set committed=
 for copy in {one} {two}; do
@@ -97,7 +98,7 @@ if [ -z "${{cairn_from}}" ]; then
   set cairn_try=
   if [ -n "${{committed}}" ]; then
     set cairn_slot="${{committed}}"
-    echo "cairn: no boot selection passes its check; booting committed slot ${{cairn_slot}}, trying nothing"
+    echo "cairn: no boot selection checks out; booting committed slot ${{cairn_slot}}, no try"
   else
     set cairn_slot=a
     echo "cairn: boot selection unreadable; booting slot a"
@@ -120,7 +121,7 @@ if [ -n "${{cairn_try}}" ]; then
   save_env -f ${{prefix}}/{one} {ENV_VARS}
   save_env -f ${{prefix}}/{two} {ENV_VARS}
 fi
-echo "cairn: booting slot ${{boot_slot}} (selection from ${{cairn_from}})"
+if [ -n "${{cairn_from}}" ]; then echo "cairn: booting slot ${{boot_slot}} (selection from ${{cairn_from}})"; fi
 regexp --set=1:disk '^([^,]+),' "${{root}}"
 if [ "${{boot_slot}}" = b ]; then set slot_part=gpt3; else set slot_part=gpt2; fi
 # A slot whose kernel GRUB cannot load restarts the machine, so the boot counter above runs

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -99,9 +99,17 @@ fn copy_slot_a_to_b(disk: &Path) {
     f.write_all_at(&slot, b.offset()).unwrap();
 }
 
+/// The firmware GRUB runs on: both read the same `grub.cfg` and copies, GRUB's disk
+/// drivers (BIOS int 13h, UEFI block I/O) differ, and `save_env` writes through them.
+#[derive(Clone, Copy)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
 /// Boots a copy of the minimal image's disk with these copies until the kernel shows its
 /// command line; returns the serial console and the disk (for reading the copies back).
-fn boot(dir: &Path, copy1: &[u8], copy2: &[u8]) -> (String, std::path::PathBuf) {
+fn boot(dir: &Path, firmware: Firmware, copy1: &[u8], copy2: &[u8]) -> (String, PathBuf) {
     let disk = dir.join("disk.raw");
     std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
     copy_slot_a_to_b(&disk);
@@ -110,9 +118,20 @@ fn boot(dir: &Path, copy1: &[u8], copy2: &[u8]) -> (String, std::path::PathBuf) 
     let started = Instant::now();
     let mut vm = VmBuilder::new()
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .spawn()
-        .unwrap();
+        .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    if let Firmware::Uefi = firmware {
+        let vars = dir.join("OVMF_VARS_4M.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("OVMF is needed: apt-get install ovmf");
+        vm = vm
+            .arg("-machine")
+            .arg("q35")
+            .arg("-drive")
+            .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    let mut vm = vm.spawn().unwrap();
     vm.wait_for_serial("Command line:", LIMIT)
         .unwrap_or_else(|e| panic!("{e}"));
     // The rest of the kernel's line.
@@ -147,7 +166,12 @@ fn booted_slot(serial: &str) -> &str {
 fn a_torn_copy_1_boots_the_slot_copy_2_commits() {
     let dir = tempfile::tempdir().unwrap();
     // Copy 1 was being rewritten (to commit a) when the power went.
-    let (serial, disk) = boot(dir.path(), &torn(committed("a")), &committed("b"));
+    let (serial, disk) = boot(
+        dir.path(),
+        Firmware::Bios,
+        &torn(committed("a")),
+        &committed("b"),
+    );
     assert_eq!(booted_slot(&serial), "b", "{serial}");
     assert!(
         serial.contains("cairn: boot selection grubenv is torn or unreadable"),
@@ -161,8 +185,7 @@ fn a_torn_copy_1_boots_the_slot_copy_2_commits() {
     assert_eq!(get(&disk, "grubenv.2"), committed("b"));
 }
 
-#[test]
-fn an_armed_copy_1_with_a_stale_copy_2_tries_and_counts_down_in_both() {
+fn armed_copy_1_stale_copy_2(firmware: Firmware) {
     let dir = tempfile::tempdir().unwrap();
     let stale = committed("a");
     let armed = grubenv::next_block(
@@ -172,7 +195,7 @@ fn an_armed_copy_1_with_a_stale_copy_2_tries_and_counts_down_in_both() {
         1024,
     )
     .unwrap();
-    let (serial, disk) = boot(dir.path(), &armed, &stale);
+    let (serial, disk) = boot(dir.path(), firmware, &armed, &stale);
     assert_eq!(booted_slot(&serial), "b", "{serial}");
     let (one, two) = (get(&disk, "grubenv"), get(&disk, "grubenv.2"));
     for (name, copy) in [("grubenv", &one), ("grubenv.2", &two)] {
@@ -189,10 +212,39 @@ fn an_armed_copy_1_with_a_stale_copy_2_tries_and_counts_down_in_both() {
 }
 
 #[test]
+fn an_armed_copy_1_with_a_stale_copy_2_tries_and_counts_down_in_both() {
+    armed_copy_1_stale_copy_2(Firmware::Bios);
+}
+
+#[test]
+fn under_uefi_an_armed_copy_1_with_a_stale_copy_2_tries_and_counts_down_in_both() {
+    armed_copy_1_stale_copy_2(Firmware::Uefi);
+}
+
+#[test]
+fn with_no_copy_checked_the_committed_slot_boots_without_its_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = grubenv::new_block(&BTreeMap::from([
+        (grubenv::SLOT, "b"),
+        (grubenv::TRY, "a"),
+        (grubenv::TRIES, "2"),
+    ]))
+    .unwrap();
+    let garbage = torn(vec![0; 1024]);
+    let (serial, disk) = boot(dir.path(), Firmware::Bios, &torn(armed.clone()), &garbage);
+    assert_eq!(booted_slot(&serial), "b", "{serial}");
+    assert!(
+        serial.contains("cairn: no boot selection checks out; booting committed slot b, no try"),
+        "{serial}"
+    );
+    assert_eq!(get(&disk, "grubenv"), torn(armed), "GRUB wrote nothing");
+}
+
+#[test]
 fn both_copies_garbage_boot_slot_a_and_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let garbage: Vec<u8> = (0..1024u32).map(|i| (i * 131 % 256) as u8).collect();
-    let (serial, _) = boot(dir.path(), &garbage, &garbage);
+    let (serial, _) = boot(dir.path(), Firmware::Bios, &garbage, &garbage);
     assert_eq!(booted_slot(&serial), "a", "{serial}");
     assert!(
         serial.contains("cairn: boot selection unreadable; booting slot a"),

@@ -202,6 +202,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grub_cfg_reads_copy_1_first_and_counts_down_into_copy_1_then_copy_2() {
+        let cfg = grub_cfg("console=ttyS0");
+        assert!(cfg.contains("for copy in grubenv grubenv.2; do"), "{cfg}");
+        let save1 = cfg
+            .find("save_env -f ${prefix}/grubenv cairn_slot")
+            .unwrap();
+        let save2 = cfg
+            .find("save_env -f ${prefix}/grubenv.2 cairn_slot")
+            .unwrap();
+        assert!(save1 < save2, "copy 1 is written first");
+        assert!(cfg.contains(&format!("save_env -f ${{prefix}}/grubenv.2 {ENV_VARS}\n")));
+        // Every console message fits GRUB's 80-column serial terminal, each variable
+        // counted as long as the longest value it takes (`grubenv.2`).
+        for (_, msg) in cfg.lines().filter_map(|l| l.split_once("echo \"")) {
+            let (mut len, mut rest) = (0, msg);
+            while let Some((before, after)) = rest.split_once("${") {
+                len += before.len() + "grubenv.2".len();
+                rest = after.split_once('}').unwrap().1;
+            }
+            assert!(len + rest.len() < 80, "{msg:?}");
+        }
+    }
+
+    #[test]
     fn bios_patches_point_at_the_core_image() {
         let boot = vec![0u8; 512];
         let core = vec![0u8; 3000];

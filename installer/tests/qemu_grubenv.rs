@@ -163,6 +163,20 @@ fn booted_slot(serial: &str) -> &str {
 }
 
 #[test]
+fn the_built_esp_carries_two_identical_checked_copies_committing_slot_a() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
+    let (one, two) = (get(&disk, "grubenv"), get(&disk, "grubenv.2"));
+    assert_eq!(one, two);
+    assert_eq!(one, committed("a"));
+    assert_eq!(
+        grubenv::select(&one, Some(&two)).unwrap().source,
+        Source::Checked(1)
+    );
+}
+
+#[test]
 fn a_torn_copy_1_boots_the_slot_copy_2_commits() {
     let dir = tempfile::tempdir().unwrap();
     // Copy 1 was being rewritten (to commit a) when the power went.

@@ -231,8 +231,9 @@ mod tests {
         let armed = block(&[(SLOT, "a"), (TRY, "b"), (TRIES, "2")]);
         let committed_b = block(&[(SLOT, "b")]);
         let torn = tear(armed.clone());
-        // (copy 1, copy 2, expected source, expected slot, expected try)
-        let cases: [(&[u8], &[u8], Source, &str, Option<&str>); 5] = [
+        /// Copy 1, copy 2, the expected source, slot and try.
+        type Case<'a> = (&'a [u8], &'a [u8], Source, &'a str, Option<&'a str>);
+        let cases: [Case; 5] = [
             (&armed, &committed_b, Source::Checked(1), "a", Some("b")),
             (&torn, &committed_b, Source::Checked(2), "b", None),
             (b"", &armed, Source::Checked(2), "a", Some("b")),

@@ -58,7 +58,10 @@ fn fill_tree(artifacts: &Path, install_yaml: &[u8], tree: &Path) -> Result<(), B
         ("core.img", "cairn/core.img"),
     ];
     let sig = cairn_formats::install::SIGNATURE_FILE;
-    let signed = pxe.join(sig).is_file().then(|| (sig, "cairn/install.json.sig"));
+    let signed = pxe
+        .join(sig)
+        .is_file()
+        .then_some((sig, "cairn/install.json.sig"));
     for (from, to) in copies.into_iter().chain(signed) {
         let (from, to) = (pxe.join(from), tree.join(to));
         // Hard links where the file system allows: the payload is tens of MB.

@@ -40,7 +40,7 @@ pub enum GrubenvError {
     /// No copy passes its check or names a committed slot.
     #[error(
         "no GRUB environment copy names a committed slot ({0}); GRUB boots slot a: rewrite \
-         the copies from the running slot (see docs/images.md, \"A/B slot selection\")"
+         both copies with a fresh block (docs/images.md, \"A/B slot selection\")"
     )]
     Unreadable(String),
 }

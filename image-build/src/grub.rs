@@ -1,6 +1,6 @@
-//! GRUB for the A/B disk: one `grub.cfg` and two `grubenv` copies on the ESP, read by both a UEFI
-//! GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS GRUB (boot.img in the MBR, core.img in the gap
-//! before the first partition).
+//! GRUB for the A/B disk: one `grub.cfg` and two environment copies (`grubenv`,
+//! `grubenv.2`) on the ESP, read by both a UEFI GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS
+//! GRUB (boot.img in the MBR, core.img in the gap before the first partition).
 //!
 //! The slot is chosen by GRUB environment variables (see `docs/images.md`):
 //! - `cairn_slot` (`a`|`b`): the committed slot;
@@ -8,7 +8,9 @@
 //! - `cairn_tries`: boots left for the tried slot. GRUB decrements it before each boot of the
 //!   tried slot; when it reaches 0 without the node committing (setting `cairn_slot` to the
 //!   tried slot and clearing `cairn_try`), GRUB clears `cairn_try`, sets
-//!   `cairn_rolled_back` to the failed slot and boots the committed one again.
+//!   `cairn_rolled_back` to the failed slot and boots the committed one again;
+//! - `cairn_gen`, `cairn_check`: each copy's generation and check, so a copy torn by a power
+//!   cut is not used (`cairn_formats::grubenv`).
 //!
 //! BIOS installation is done here rather than by `grub-install` because that tool needs a
 //! block device; writing the image into a file needs the two patches `grub-bios-setup`

@@ -910,13 +910,11 @@ fn grub_images(
         grub::grub_cfg(kernel_args).as_bytes(),
         0o644,
     )?;
-    rootfs::write(
-        &esp,
-        "grub/grubenv",
-        &cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
-            .expect("one variable fits"),
-        0o644,
-    )?;
+    let env = cairn_formats::grubenv::new_block(&BTreeMap::from([("cairn_slot", "a")]))
+        .expect("one variable fits");
+    for copy in grub::GRUBENV_COPIES {
+        rootfs::write(&esp, &format!("grub/{copy}"), &env, 0o644)?;
+    }
     rootfs::clamp_times(&esp, epoch)?;
     let _ = std::fs::remove_file(esp_img);
     run(

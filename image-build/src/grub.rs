@@ -1,6 +1,6 @@
-//! GRUB for the A/B disk: one `grub.cfg` and `grubenv` on the ESP, read by both a UEFI
-//! GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS GRUB (boot.img in the MBR, core.img in the gap
-//! before the first partition).
+//! GRUB for the A/B disk: one `grub.cfg` and two environment copies (`grubenv`,
+//! `grubenv.2`) on the ESP, read by both a UEFI GRUB (`EFI/BOOT/BOOTX64.EFI`) and a BIOS
+//! GRUB (boot.img in the MBR, core.img in the gap before the first partition).
 //!
 //! The slot is chosen by GRUB environment variables (see `docs/images.md`):
 //! - `cairn_slot` (`a`|`b`): the committed slot;
@@ -8,7 +8,9 @@
 //! - `cairn_tries`: boots left for the tried slot. GRUB decrements it before each boot of the
 //!   tried slot; when it reaches 0 without the node committing (setting `cairn_slot` to the
 //!   tried slot and clearing `cairn_try`), GRUB clears `cairn_try`, sets
-//!   `cairn_rolled_back` to the failed slot and boots the committed one again.
+//!   `cairn_rolled_back` to the failed slot and boots the committed one again;
+//! - `cairn_gen`, `cairn_check`: each copy's generation and check, so a copy torn by a power
+//!   cut is not used (`cairn_formats::grubenv`).
 //!
 //! BIOS installation is done here rather than by `grub-install` because that tool needs a
 //! block device; writing the image into a file needs the two patches `grub-bios-setup`
@@ -54,17 +56,56 @@ pub fn embedded_config() -> String {
     format!("search --no-floppy --label {ESP_LABEL} --set=root\nset prefix=($root)/grub\n")
 }
 
-/// The ESP's `grub/grub.cfg`: pick the slot from the environment, count tries, boot the
-/// kernel and initrd stored inside the slot.
+/// The environment files on the ESP's `grub/`: copy 1, then copy 2, the order every writer
+/// follows (see `cairn_formats::grubenv`).
+pub const GRUBENV_COPIES: [&str; 2] = ["grubenv", "grubenv.2"];
+
+/// The variables `grub.cfg` loads from (and saves to) each copy; only these, so garbage in a
+/// torn copy cannot set any other.
+const ENV_VARS: &str = "cairn_slot cairn_try cairn_tries cairn_gen cairn_rolled_back cairn_check";
+
+/// The ESP's `grub/grub.cfg`: pick the slot from the two checked environment copies, count
+/// tries, boot the kernel and initrd stored inside the slot.
 pub fn grub_cfg(kernel_args: &str) -> String {
+    let [one, two] = GRUBENV_COPIES;
+    let clear = ENV_VARS
+        .split(' ')
+        .map(|v| format!("  set {v}=\n"))
+        .collect::<String>();
     format!(
-        r#"# cairn A/B boot. Variables live in grubenv next to this file; see docs/images.md.
+        r#"# cairn A/B boot. Variables live in {one} and {two} next to this file; see docs/images.md.
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 set timeout=1
-load_env -f ${{prefix}}/grubenv
-if [ -z "${{cairn_slot}}" ]; then set cairn_slot=a; fi
+# A copy counts when its cairn_check repeats its slot:try:tries:gen (a write torn by a
+# power cut leaves them apart); copy 1 first: every writer finishes it before copy 2.
+# Console messages stay under 80 columns: GRUB's serial terminal wraps them.
+set cairn_from=
+set committed=
+for copy in {one} {two}; do
+  if [ -z "${{cairn_from}}" ]; then
+{clear}    load_env -f ${{prefix}}/${{copy}} {ENV_VARS}
+    if regexp '^[ab]$' "${{cairn_slot}}"; then
+      if [ "${{cairn_check}}" = "${{cairn_slot}}:${{cairn_try}}:${{cairn_tries}}:${{cairn_gen}}" ]; then
+        set cairn_from="${{copy}}"
+      elif [ -z "${{committed}}" ]; then
+        set committed="${{cairn_slot}}"
+      fi
+    fi
+    if [ -z "${{cairn_from}}" ]; then echo "cairn: boot selection ${{copy}} is torn or unreadable"; fi
+  fi
+done
+if [ -z "${{cairn_from}}" ]; then
+  set cairn_try=
+  if [ -n "${{committed}}" ]; then
+    set cairn_slot="${{committed}}"
+    echo "cairn: no boot selection checks out; booting committed slot ${{cairn_slot}}, no try"
+  else
+    set cairn_slot=a
+    echo "cairn: boot selection unreadable; booting slot a"
+  fi
+fi
 set boot_slot="${{cairn_slot}}"
 if [ -n "${{cairn_try}}" ]; then
   if [ "${{cairn_tries}}" -gt 0 ]; then
@@ -72,13 +113,17 @@ if [ -n "${{cairn_try}}" ]; then
     if [ "${{cairn_tries}}" -gt 2 ]; then set cairn_tries=2
     elif [ "${{cairn_tries}}" -gt 1 ]; then set cairn_tries=1
     else set cairn_tries=0; fi
-    save_env -f ${{prefix}}/grubenv cairn_tries
   else
     set cairn_rolled_back="${{cairn_try}}"
     set cairn_try=
-    save_env -f ${{prefix}}/grubenv cairn_try cairn_rolled_back
   fi
+  # Both copies get the whole selection, copy 1 first (a torn or stale copy is repaired;
+  # GRUB cannot fsync, its writes go out in order).
+  set cairn_check="${{cairn_slot}}:${{cairn_try}}:${{cairn_tries}}:${{cairn_gen}}"
+  save_env -f ${{prefix}}/{one} {ENV_VARS}
+  save_env -f ${{prefix}}/{two} {ENV_VARS}
 fi
+if [ -n "${{cairn_from}}" ]; then echo "cairn: booting slot ${{boot_slot}} (selection from ${{cairn_from}})"; fi
 regexp --set=1:disk '^([^,]+),' "${{root}}"
 if [ "${{boot_slot}}" = b ]; then set slot_part=gpt3; else set slot_part=gpt2; fi
 # A slot whose kernel GRUB cannot load restarts the machine, so the boot counter above runs
@@ -157,6 +202,30 @@ pub fn bios_boot_code(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grub_cfg_reads_copy_1_first_and_counts_down_into_copy_1_then_copy_2() {
+        let cfg = grub_cfg("console=ttyS0");
+        assert!(cfg.contains("for copy in grubenv grubenv.2; do"), "{cfg}");
+        let save1 = cfg
+            .find("save_env -f ${prefix}/grubenv cairn_slot")
+            .unwrap();
+        let save2 = cfg
+            .find("save_env -f ${prefix}/grubenv.2 cairn_slot")
+            .unwrap();
+        assert!(save1 < save2, "copy 1 is written first");
+        assert!(cfg.contains(&format!("save_env -f ${{prefix}}/grubenv.2 {ENV_VARS}\n")));
+        // Every console message fits GRUB's 80-column serial terminal, each variable
+        // counted as long as the longest value it takes (`grubenv.2`).
+        for (_, msg) in cfg.lines().filter_map(|l| l.split_once("echo \"")) {
+            let (mut len, mut rest) = (0, msg);
+            while let Some((before, after)) = rest.split_once("${") {
+                len += before.len() + "grubenv.2".len();
+                rest = after.split_once('}').unwrap().1;
+            }
+            assert!(len + rest.len() < 80, "{msg:?}");
+        }
+    }
 
     #[test]
     fn bios_patches_point_at_the_core_image() {

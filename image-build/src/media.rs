@@ -61,7 +61,7 @@ fn fill_tree(artifacts: &Path, install_yaml: &[u8], tree: &Path) -> Result<(), B
     let signed = pxe
         .join(sig)
         .is_file()
-        .then(|| (sig, "cairn/install.json.sig"));
+        .then_some((sig, "cairn/install.json.sig"));
     for (from, to) in copies.into_iter().chain(signed) {
         let (from, to) = (pxe.join(from), tree.join(to));
         // Hard links where the file system allows: the payload is tens of MB.

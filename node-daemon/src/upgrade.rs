@@ -300,9 +300,7 @@ impl Upgrader {
         let view = SharedReport::default();
         view.set(record.as_ref().map(|r| r.report.clone()));
         let effects = Effects {
-            boot: Arc::new(Grub {
-                path: settings.grubenv.clone(),
-            }),
+            boot: Arc::new(Grub::new(settings.grubenv.clone())),
             slots: Arc::new(Slots(settings.slots.clone())),
             fetcher: Arc::new(Https {
                 dir: settings.data_dir.clone(),

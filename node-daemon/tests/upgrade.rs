@@ -248,17 +248,7 @@ impl Appliance {
 
     /// `grub-editenv FILE list`: GRUB's own reading of the environment block.
     fn grub_vars(&self) -> BTreeMap<String, String> {
-        let out = Command::new("grub-editenv")
-            .arg(&self.grubenv)
-            .arg("list")
-            .output()
-            .expect("grub-editenv is needed (grub-common, scripts/setup)");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        grub_editenv_list(&self.grubenv)
     }
 
     fn boot(&self, slot: &str) {
@@ -296,6 +286,21 @@ impl Appliance {
         std::fs::read_to_string(self.root.join("var/lib/cairn/upgrade/state.json"))
             .unwrap_or_default()
     }
+}
+
+/// `grub-editenv FILE list`: GRUB's own reading of an environment block.
+fn grub_editenv_list(path: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("grub-editenv")
+        .arg(path)
+        .arg("list")
+        .output()
+        .expect("grub-editenv is needed (grub-common, scripts/setup)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn order(server: &BundleServer, release: &Release, version: &str, extra: Value) -> Value {
@@ -363,6 +368,37 @@ fn a_signed_bundle_lands_in_the_inactive_slot_and_grub_tries_it_once() {
         "reboot\n"
     );
     assert_eq!(server.ranges(), vec![None], "one plain download");
+}
+
+#[test]
+fn on_a_two_copy_esp_a_torn_copy_is_repaired_and_both_are_armed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let release = make_release(dir.path(), &key, "2026.11.2", noise(64 * 1024, 8));
+    let server = serve(dir.path(), &[("2026.11.2", &release)]);
+    let node = Appliance::new(&dir.path().join("node"), &key, "");
+    let copy2 = node.grubenv.with_file_name("grubenv.2");
+    std::fs::copy(&node.grubenv, &copy2).unwrap();
+    // Copy 1 torn by a power cut during an earlier write: its second sector is garbage.
+    let mut torn = std::fs::read(&node.grubenv).unwrap();
+    torn[512..].fill(0x5a);
+    std::fs::write(&node.grubenv, &torn).unwrap();
+
+    let order = node.write_order(&order(&server, &release, "2026.11.2", json!({})));
+    let (out, report) = node.apply(&order, &server.ca_file);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(report["phase"], "rebooting", "{report}");
+    assert_eq!(
+        std::fs::read(&node.grubenv).unwrap(),
+        std::fs::read(&copy2).unwrap(),
+        "both copies rewritten whole"
+    );
+    for path in [&node.grubenv, &copy2] {
+        let vars = grub_editenv_list(path);
+        assert_eq!(vars["cairn_try"], "b", "{vars:?}");
+        assert_eq!(vars["cairn_check"], "a:b:1:2", "{vars:?}");
+        assert_eq!(std::fs::metadata(path).unwrap().len(), 1024);
+    }
 }
 
 #[test]

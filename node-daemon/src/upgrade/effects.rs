@@ -3,7 +3,6 @@
 //! downloads over HTTPS with Range ([`Https`]), operator health probes ([`Probes`]) and the
 //! system clock ([`SystemClock`]). The decisions around them are in [`super::machine`].
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
@@ -39,68 +38,157 @@ pub trait BootLoader: Send + Sync {
     fn clear_rollback_flag(&self) -> Result<(), String>;
 }
 
-/// GRUB's environment block (`grubenv`), edited in place.
-pub struct Grub {
-    /// The file (on the ESP).
+/// GRUB's environment: `grubenv` and, on disks built since it has two checked copies,
+/// `grubenv.2` next to it (the format and how GRUB reads them: `cairn_formats::grubenv`).
+/// Every write rewrites both copies whole from the selection GRUB would boot, copy 1 first
+/// and synced before copy 2 is touched, so a power cut leaves at most one copy torn and the
+/// other checked; the next write repairs the torn one. A disk with only `grubenv` (an older
+/// build) gets no second copy: its `grub.cfg` never reads one, and its GRUB's counter does
+/// not keep copy 1's check, so there copy 1 is trusted as it parses.
+pub struct Grub<F = Disk> {
+    /// Copy 1 (on the ESP); copy 2 is the same path with `.2` appended.
     pub path: PathBuf,
+    files: F,
+}
+
+/// In-place writes of the environment's files: the real ones, or the tests' recording double.
+pub trait EnvFiles: Send + Sync {
+    /// The file's bytes (`ErrorKind::NotFound` when it does not exist).
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// Overwrites the file from its start (creating it if missing), without syncing.
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()>;
+    /// Waits until the file's data is on the disk.
+    fn sync(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// The filesystem.
+pub struct Disk;
+
+impl EnvFiles for Disk {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    /// In place rather than replaced by a rename: GRUB's `save_env` writes into the blocks
+    /// the file already has, and a rename on FAT is no more atomic than this.
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?
+            .write_all_at(bytes, 0)
+    }
+
+    fn sync(&self, path: &Path) -> std::io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.sync_all()
+    }
 }
 
 impl Grub {
-    fn read(&self) -> Result<(Vec<u8>, BTreeMap<String, String>), String> {
-        let path = &self.path;
-        let block = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let vars = grubenv::parse(&block).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok((block, vars))
-    }
-
-    /// Rewrites the block in place, same size: GRUB's `save_env` writes into the blocks the
-    /// file already has on the ESP.
-    fn set(&self, set: &[(&str, &str)]) -> Result<(), String> {
-        let path = &self.path;
-        let (block, _) = self.read()?;
-        let edited = grubenv::edit(&block, set).map_err(|e| e.to_string())?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        file.write_all_at(&edited, 0)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+    /// The environment at `path` (copy 1) on the filesystem.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, files: Disk }
     }
 }
 
-impl BootLoader for Grub {
+/// The size of a block GRUB's tools make; a copy found shorter (truncated) is rewritten at it.
+const GRUBENV_SIZE: usize = 1024;
+
+impl<F: EnvFiles> Grub<F> {
+    fn copy2(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".2");
+        PathBuf::from(name)
+    }
+
+    /// Both copies as read (copy 1 empty when missing; copy 2 `None` on a one-copy disk).
+    fn read_copies(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        let read = |path: &Path| match self.files.read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        };
+        let one = read(&self.path)?;
+        let two = read(&self.copy2())?;
+        if one.is_none() && two.is_none() {
+            return Err(format!(
+                "{}: no GRUB environment (is the ESP mounted?)",
+                self.path.display()
+            ));
+        }
+        Ok((one.unwrap_or_default(), two))
+    }
+
+    fn selection(&self) -> Result<grubenv::Selection, String> {
+        let (one, two) = self.read_copies()?;
+        grubenv::select(&one, two.as_deref()).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// Rewrites every copy from the selection GRUB boots with `set` applied: copy 1, fsync,
+    /// then copy 2, fsync.
+    fn set(&self, set: &[(&str, &str)]) -> Result<(), String> {
+        let (one, two) = self.read_copies()?;
+        let selection = grubenv::select(&one, two.as_deref())
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if let grubenv::Source::Committed(copy) = selection.source {
+            tracing::warn!(
+                copy,
+                slot = %selection.vars[grubenv::SLOT],
+                "no GRUB environment copy passes its check; rewriting both from the committed slot"
+            );
+        }
+        let copies: Vec<&[u8]> = [Some(one.as_slice()), two.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let copy2 = self.copy2();
+        let targets = [(&self.path, Some(&one)), (&copy2, two.as_ref())];
+        for (path, old) in targets {
+            let Some(old) = old else { continue };
+            let size = old.len().max(GRUBENV_SIZE);
+            let block = grubenv::next_block(&selection, set, &copies, size)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            self.files
+                .write(path, &block)
+                .and_then(|()| self.files.sync(path))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl<F: EnvFiles> BootLoader for Grub<F> {
     fn check(&self) -> Result<(), String> {
-        self.read().map(drop)
+        self.selection().map(drop)
     }
 
     fn rolled_back(&self) -> Option<Slot> {
-        let (_, vars) = self.read().ok()?;
-        Slot::parse(vars.get("cairn_rolled_back")?)
+        Slot::parse(self.selection().ok()?.vars.get("cairn_rolled_back")?)
     }
 
     fn arm(&self, slot: Slot, tries: u8) -> Result<(), String> {
         self.set(&[
-            ("cairn_try", slot.letter()),
-            ("cairn_tries", &tries.to_string()),
+            (grubenv::TRY, slot.letter()),
+            (grubenv::TRIES, &tries.to_string()),
             ("cairn_rolled_back", ""),
         ])
     }
 
     fn commit(&self, slot: Slot) -> Result<(), String> {
         self.set(&[
-            ("cairn_slot", slot.letter()),
-            ("cairn_try", ""),
+            (grubenv::SLOT, slot.letter()),
+            (grubenv::TRY, ""),
             ("cairn_rolled_back", ""),
         ])
     }
 
     fn disarm(&self) -> Result<(), String> {
-        self.set(&[("cairn_try", "")])
+        self.set(&[(grubenv::TRY, "")])
     }
 
     fn clear_rollback_flag(&self) -> Result<(), String> {
-        self.set(&[("cairn_rolled_back", ""), ("cairn_try", "")])
+        self.set(&[("cairn_rolled_back", ""), (grubenv::TRY, "")])
     }
 }
 
@@ -575,3 +663,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod grub_tests;

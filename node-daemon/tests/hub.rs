@@ -282,6 +282,8 @@ impl Etcd {
 }
 
 /// When the node took each report the hub stored for appliance `id`, in the order stored.
+/// Read from etcd, not through the hub's client: the hub's API shows only the latest status,
+/// and every revision of it is only in etcd's history.
 fn received_reports(etcd: &Etcd, id: &str) -> Vec<time::OffsetDateTime> {
     etcd.history(&format!("/cairn/hub/status/{id}"))
         .into_iter()

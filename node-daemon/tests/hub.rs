@@ -7,6 +7,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_api::ConditionStatus;
+use cairn_api::hub::CreateVpc;
 use cairn_test_support::ports::free_tcp_port;
 use common::*;
 
@@ -42,19 +44,22 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
     );
 
     // The hub knows the appliance with the inventory read from the fixture.
-    let (code, appliance) = hub.call(reqwest::Method::GET, &format!("/v1/appliances/{id}"), None);
-    assert_eq!(code, 200, "{appliance}");
-    let text = appliance.to_string();
-    assert!(text.contains("cairn-fixture-0001"), "{text}");
-    assert!(text.contains("02:fc:00:00:00:01"), "{text}");
+    let admin = hub.admin();
+    let appliance = admin.ok(admin.client.appliance(&id));
+    let inventory = &appliance.inventory;
+    assert_eq!(inventory.serial, "cairn-fixture-0001", "{appliance:#?}");
+    assert!(
+        inventory.nics.iter().any(|n| n.mac == "02:fc:00:00:00:01"),
+        "{appliance:#?}"
+    );
 
     // A restart keeps the identity (no token any more, no new registration).
     node.stop();
     let node = Node::start(&root);
     let again = registered(&node);
     assert_eq!(again["appliance_id"], id.as_str());
-    let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
-    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let list = admin.appliances().unwrap();
+    assert_eq!(list.len(), 1, "{list:#?}");
     node.stop();
 }
 
@@ -72,38 +77,40 @@ fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises
         .as_str()
         .unwrap()
         .to_owned();
-    let appliance = || {
-        hub.call(reqwest::Method::GET, &format!("/v1/appliances/{id}"), None)
-            .1
-    };
+    let admin = hub.admin();
+    let appliance = || admin.run(admin.client.appliance(&id)).ok();
     poll("the hub to learn the VTEP", LIMIT, || {
-        (appliance()["vtep_address"] == "192.0.2.7").then_some(())
+        appliance()
+            .filter(|a| a.vtep_address.as_deref() == Some("192.0.2.7"))
+            .map(drop)
     });
 
-    let (code, vpc) = hub.call(
-        reqwest::Method::POST,
-        "/v1/vpcs",
-        Some(serde_json::json!({"name": "red", "subnet": "10.9.0.0/24"})),
-    );
-    assert_eq!(code, 201, "{vpc}");
-    let (code, body) = hub.call(
-        reqwest::Method::POST,
-        "/v1/vpcs/red/attach",
-        Some(serde_json::json!({"appliance_id": id})),
-    );
-    assert_eq!(code, 200, "{body}");
+    admin.ok(admin.client.create_vpc(&CreateVpc {
+        name: "red".into(),
+        subnet: "10.9.0.0/24".into(),
+        tenant: None,
+    }));
+    admin.ok(admin.client.attach("red", &id));
     let seen = poll("the node to report the overlay condition", LIMIT, || {
-        let a = appliance();
-        let conditions = a["status"]["status"]["conditions"].as_array()?.clone();
-        conditions
-            .into_iter()
-            .find(|c| c["kind"] == "OverlayApplied")
-            .map(|c| (c, a))
+        let a = appliance()?;
+        let condition = a
+            .status
+            .as_ref()?
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.kind == "OverlayApplied")?
+            .clone();
+        Some((condition, a))
     });
     let (condition, a) = seen;
-    assert_eq!(condition["status"], "False", "{a:#}");
-    assert_eq!(condition["reason"], "NotManaged", "{a:#}");
-    assert_eq!(a["desired"]["overlay"]["local_vtep"], "192.0.2.7", "{a:#}");
+    assert_eq!(condition.status, ConditionStatus::False, "{a:#?}");
+    assert_eq!(condition.reason, "NotManaged", "{a:#?}");
+    assert_eq!(
+        a.desired.overlay.as_ref().map(|o| o.local_vtep.as_str()),
+        Some("192.0.2.7"),
+        "{a:#?}"
+    );
     node.stop();
 }
 
@@ -160,19 +167,15 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
     // register itself again as a new appliance.
     let node = Node::start(&root);
     registered(&node);
-    let (code, body) = hub.call(
-        reqwest::Method::DELETE,
-        &format!("/v1/appliances/{id}"),
-        None,
-    );
-    assert_eq!(code, 204, "{body}");
+    let admin = hub.admin();
+    admin.ok(admin.client.delete_appliance(&id));
     let status = poll("the node to see its identity rejected", LIMIT, || {
         node.status().filter(|s| s["phase"] == "identity-rejected")
     });
     let error = status["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("register again"), "{status}");
-    let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
-    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let list = admin.appliances().unwrap();
+    assert!(list.is_empty(), "{list:#?}");
     node.stop();
 }
 
@@ -279,6 +282,8 @@ impl Etcd {
 }
 
 /// When the node took each report the hub stored for appliance `id`, in the order stored.
+/// Read from etcd, not through the hub's client: the hub's API shows only the latest status,
+/// and every revision of it is only in etcd's history.
 fn received_reports(etcd: &Etcd, id: &str) -> Vec<time::OffsetDateTime> {
     etcd.history(&format!("/cairn/hub/status/{id}"))
         .into_iter()
@@ -435,16 +440,9 @@ fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent()
     );
     assert_eq!(status["phase"], "registering");
     // The token was not used: the hub still accepts it.
-    let (code, check) = hub.call(
-        reqwest::Method::POST,
-        "/v1/registrations/check",
-        Some(serde_json::json!({"token": token})),
-    );
-    assert_eq!(
-        (code, check["valid"].as_bool()),
-        (200, Some(true)),
-        "{check}"
-    );
+    let admin = hub.admin();
+    let check = admin.ok(admin.client.check_token(&token));
+    assert!(check.valid, "{check:?}");
     node.stop();
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use cairn_api::hub::{ApplianceView, AuditEntryView, SinceQuery};
 use cairn_node_daemon::store::Store;
 use common::*;
 
@@ -221,48 +222,35 @@ fn registered(node: &Node) -> serde_json::Value {
     })
 }
 
+/// Everything the hub logged, not just the last 24 hours (the default).
+fn since_ever() -> SinceQuery {
+    SinceQuery {
+        since: Some(time::OffsetDateTime::UNIX_EPOCH),
+        limit: None,
+    }
+}
+
 /// The hub's audit entries of `action`.
-fn audited(hub: &Hub, action: &str) -> Vec<serde_json::Value> {
-    let (code, audit) = hub.call(
-        reqwest::Method::GET,
-        "/v1/audit?since=2000-01-01T00:00:00Z",
-        None,
-    );
-    assert_eq!(code, 200, "{audit}");
+fn audited(admin: &Admin, action: &str) -> Vec<AuditEntryView> {
+    let mut audit = admin.ok(admin.client.audit(&since_ever()));
+    audit.retain(|e| e.action == action);
     audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == action)
-        .cloned()
-        .collect()
 }
 
 /// The one appliance the hub lists, once it has heartbeated.
-fn the_one_appliance(hub: &Hub) -> serde_json::Value {
-    let (code, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
-    assert_eq!(code, 200, "{list}");
-    let list = list.as_array().unwrap().clone();
+fn the_one_appliance(admin: &Admin) -> ApplianceView {
+    let mut list = admin.appliances().unwrap();
     assert_eq!(list.len(), 1, "exactly one appliance: {list:#?}");
-    list[0].clone()
+    list.remove(0)
 }
 
 /// When the hub first heard a heartbeat of `id` (its `online` event).
-fn first_heartbeat(hub: &Hub, id: &str) -> Option<SystemTime> {
-    let (_, events) = hub.call(
-        reqwest::Method::GET,
-        "/v1/events?since=2000-01-01T00:00:00Z",
-        None,
-    );
-    let at = events
-        .as_array()?
-        .iter()
-        .find(|e| e["appliance"] == id && e["kind"] == "online")?["at"]
-        .as_str()?
-        .to_owned();
-    let at =
-        time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).unwrap();
-    Some(at.into())
+fn first_heartbeat(admin: &Admin, id: &str) -> Option<SystemTime> {
+    let events = admin.run(admin.client.events(&since_ever())).ok()?;
+    let online = events
+        .into_iter()
+        .find(|e| e.appliance.as_str() == id && e.kind == "online")?;
+    Some(online.at.into())
 }
 
 #[test]
@@ -286,17 +274,18 @@ fn a_lost_registration_answer_ends_in_one_appliance_with_the_first_key() {
         log.contains("sending the pending registration again (same key and CSR)"),
         "{log}"
     );
-    let appliance = the_one_appliance(&hub);
-    assert_eq!(appliance["id"], id.as_str());
-    let retries = audited(&hub, "appliance.register-retry");
+    let admin = hub.admin();
+    let appliance = the_one_appliance(&admin);
+    assert_eq!(appliance.id.as_str(), id);
+    let retries = audited(&admin, "appliance.register-retry");
     assert_eq!(retries.len(), 1, "{retries:#?}");
-    assert_eq!(retries[0]["target"], id.as_str());
-    assert_eq!(audited(&hub, "appliance.register").len(), 1);
-    let (_, tokens) = hub.call(reqwest::Method::GET, "/v1/tokens", None);
-    assert_eq!(tokens[0]["uses"], 1, "one use of the token: {tokens}");
+    assert_eq!(retries[0].target, id);
+    assert_eq!(audited(&admin, "appliance.register").len(), 1);
+    let tokens = admin.ok(admin.client.list_tokens());
+    assert_eq!(tokens[0].uses, 1, "one use of the token: {tokens:#?}");
 
     let heard = poll("the hub's first heartbeat event", LIMIT, || {
-        first_heartbeat(&hub, &id)
+        first_heartbeat(&admin, &id)
     });
     let recovery = heard.duration_since(lost_at).unwrap_or_default();
     eprintln!(
@@ -330,9 +319,9 @@ fn a_node_killed_after_a_lost_answer_comes_back_with_the_same_key_as_the_same_ap
 
     let node = Node::start(&root);
     poll("the lost answer", LIMIT, || relay.lost_at());
+    let admin = hub.admin();
     poll("the hub to hold the registration", LIMIT, || {
-        let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
-        (list.as_array()?.len() == 1).then_some(())
+        (admin.appliances().ok()?.len() == 1).then_some(())
     });
     node.kill();
     let pending = Store::open(&state)
@@ -346,8 +335,8 @@ fn a_node_killed_after_a_lost_answer_comes_back_with_the_same_key_as_the_same_ap
     let node = Node::start(&root);
     let status = registered(&node);
     let id = status["appliance_id"].as_str().unwrap().to_owned();
-    assert_eq!(the_one_appliance(&hub)["id"], id.as_str());
-    assert_eq!(audited(&hub, "appliance.register-retry").len(), 1);
+    assert_eq!(the_one_appliance(&admin).id.as_str(), id);
+    assert_eq!(audited(&admin, "appliance.register-retry").len(), 1);
     node.stop();
     let store = Store::open(&state).unwrap();
     let identity = store.identity().unwrap().unwrap();

@@ -22,11 +22,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cairn_api::hub::{ApplianceView, CreateVpc};
+use cairn_api::{ConditionStatus, VpcMembership};
 use cairn_vm_harness::guest::{GuestRun, RunningGuest};
 use cairn_vm_harness::qemu::Nic;
 use common::*;
-use reqwest::Method;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -192,25 +192,34 @@ echo '--- node b'; tail -n 30 /n2.log
 "#;
 
 /// The hub's record of the appliance called `host`.
-fn appliance(hub: &Hub, host: &str) -> Option<Value> {
-    let (code, list) = hub.call(Method::GET, "/v1/appliances", None);
-    assert_eq!(code, 200, "{list}");
-    list.as_array()?
-        .iter()
-        .find(|a| a["hostname"] == host)
-        .cloned()
+fn appliance(admin: &Admin, host: &str) -> Option<ApplianceView> {
+    admin
+        .appliances()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.hostname == host)
 }
 
 /// Polls until the appliance `host` satisfies `ok`, returning its record.
-fn hub_until(hub: &Hub, host: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+fn hub_until(
+    admin: &Admin,
+    host: &str,
+    what: &str,
+    ok: impl Fn(&ApplianceView) -> bool,
+) -> ApplianceView {
     poll(&format!("{host}: {what}"), STEP, || {
-        appliance(hub, host).filter(|a| ok(a))
+        appliance(admin, host).filter(|a| ok(a))
     })
 }
 
 /// The node reported (a heartbeat after applying) the generation it was given.
-fn applied(a: &Value) -> bool {
-    a["status"]["applied_generation"] == a["desired"]["generation"]
+fn applied(a: &ApplianceView) -> bool {
+    a.status.as_ref().map(|s| s.applied_generation) == Some(a.desired.generation)
+}
+
+/// The first VPC of the appliance's desired overlay.
+fn first_vpc(a: &ApplianceView) -> Option<&VpcMembership> {
+    a.desired.overlay.as_ref()?.vpcs.first()
 }
 
 /// Seconds from `since` to the first "overlay applied ... vpcs=1" log line after `section`
@@ -222,15 +231,6 @@ fn applied_after(serial: &str, section: &str, since: OffsetDateTime) -> Option<f
         .find(|l| l.contains("overlay applied") && l.contains("vpcs=1"))?;
     let at = OffsetDateTime::parse(line.split_whitespace().next()?, &Rfc3339).ok()?;
     Some((at - since).as_seconds_f64())
-}
-
-fn membership(hub: &Hub, action: &str, vpc: &str, id: &str) {
-    let (code, body) = hub.call(
-        Method::POST,
-        &format!("/v1/vpcs/{vpc}/{action}"),
-        Some(json!({ "appliance_id": id })),
-    );
-    assert_eq!(code, 200, "{action} {id}: {body}");
 }
 
 fn mark(guest: &mut RunningGuest, name: &str) {
@@ -291,34 +291,35 @@ fn vpc_overlay_from_hub_to_the_kernel_of_two_appliances() {
     mark(&mut guest, "started");
 
     // Both register through the guest's user networks and report their VTEP addresses.
-    let has_vtep = |vtep: &'static str| move |a: &Value| a["vtep_address"] == vtep;
+    let admin = hub.admin();
+    let has_vtep =
+        |vtep: &'static str| move |a: &ApplianceView| a.vtep_address.as_deref() == Some(vtep);
     let a = hub_until(
-        &hub,
+        &admin,
         "edge-a",
         "registered with its VTEP",
         has_vtep("192.168.50.1"),
     );
     let b = hub_until(
-        &hub,
+        &admin,
         "edge-b",
         "registered with its VTEP",
         has_vtep("192.168.50.2"),
     );
-    let (id_a, id_b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let (id_a, id_b) = (a.id.as_str(), b.id.as_str());
     println!("registered after {:?}", started.elapsed());
 
     // The operator makes a VPC and puts both in it.
-    let (code, vpc) = hub.call(
-        Method::POST,
-        "/v1/vpcs",
-        Some(json!({"name": "blue", "subnet": SUBNET})),
-    );
-    assert_eq!(code, 201, "{vpc}");
-    let vni = vpc["vni"].as_u64().unwrap();
+    let vpc = admin.ok(admin.client.create_vpc(&CreateVpc {
+        name: "blue".into(),
+        subnet: SUBNET.into(),
+        tenant: None,
+    }));
+    let vni = vpc.vni;
     let attached_at = Instant::now();
     let attached_utc = OffsetDateTime::now_utc();
-    membership(&hub, "attach", "blue", id_a);
-    membership(&hub, "attach", "blue", id_b);
+    admin.ok(admin.client.attach("blue", id_a));
+    admin.ok(admin.client.attach("blue", id_b));
 
     // The guest sees the devices; the hub sees each node report the generation applied.
     mark(&mut guest, "overlay-up");
@@ -327,70 +328,59 @@ fn vpc_overlay_from_hub_to_the_kernel_of_two_appliances() {
         attached_at.elapsed()
     );
     let peer_of = |peer: &'static str| {
-        move |a: &Value| {
-            applied(a) && a["desired"]["overlay"]["vpcs"][0]["peer_vteps"] == json!([peer])
-        }
+        move |a: &ApplianceView| applied(a) && first_vpc(a).is_some_and(|v| v.peer_vteps == [peer])
     };
     let a = hub_until(
-        &hub,
+        &admin,
         "edge-a",
         "applied its overlay",
         peer_of("192.168.50.2"),
     );
     let b = hub_until(
-        &hub,
+        &admin,
         "edge-b",
         "applied its overlay",
         peer_of("192.168.50.1"),
     );
     for node in [&a, &b] {
-        let generation = &node["desired"]["generation"];
+        let generation = node.desired.generation;
+        let conditions = &node.status.as_ref().unwrap().status.conditions;
         assert!(
-            node["status"]["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["kind"] == "OverlayApplied"
-                    && c["status"] == "True"
-                    && c["message"] == format!("generation {generation}: 1 VPCs")),
-            "{node:#}"
+            conditions.iter().any(|c| c.kind == "OverlayApplied"
+                && c.status == ConditionStatus::True
+                && c.message == format!("generation {generation}: 1 VPCs")),
+            "{node:#?}"
         );
     }
-    let overlay = &a["desired"]["overlay"];
-    assert_eq!(overlay["local_vtep"], "192.168.50.1", "{a:#}");
-    assert_eq!(overlay["vpcs"][0]["vni"], vni, "{a:#}");
-    assert_eq!(overlay["vpcs"][0]["gateway"], "10.77.0.1/24", "{a:#}");
-    let generations = (
-        a["desired"]["generation"].clone(),
-        b["desired"]["generation"].clone(),
-    );
+    let overlay = a.desired.overlay.as_ref().unwrap();
+    assert_eq!(overlay.local_vtep, "192.168.50.1", "{a:#?}");
+    assert_eq!(overlay.vpcs[0].vni, vni, "{a:#?}");
+    assert_eq!(overlay.vpcs[0].gateway, "10.77.0.1/24", "{a:#?}");
+    let generations = (a.desired.generation, b.desired.generation);
 
     // Same desired state through the idempotence window and a restart: no new generation.
     mark(&mut guest, "idempotent");
-    let a_now = hub_until(&hub, "edge-a", "applied after its restart", applied);
-    let b_now = hub_until(&hub, "edge-b", "still applied", applied);
+    let a_now = hub_until(&admin, "edge-a", "applied after its restart", applied);
+    let b_now = hub_until(&admin, "edge-b", "still applied", applied);
     assert_eq!(
-        (
-            a_now["desired"]["generation"].clone(),
-            b_now["desired"]["generation"].clone()
-        ),
+        (a_now.desired.generation, b_now.desired.generation),
         generations
     );
 
     // Detaching A removes its overlay and B's tunnel to it.
-    membership(&hub, "detach", "blue", id_a);
+    admin.ok(admin.client.detach("blue", id_a));
     mark(&mut guest, "detached-a");
-    let a = hub_until(&hub, "edge-a", "applied the detach", |a| {
-        applied(a) && a["desired"]["overlay"].is_null()
+    let a = hub_until(&admin, "edge-a", "applied the detach", |a| {
+        applied(a) && a.desired.overlay.is_none()
     });
-    let b = hub_until(&hub, "edge-b", "applied the lost peer", |b| {
-        applied(b) && b["desired"]["overlay"]["vpcs"][0]["peer_vteps"] == json!([])
+    let b = hub_until(&admin, "edge-b", "applied the lost peer", |b| {
+        applied(b) && first_vpc(b).is_some_and(|v| v.peer_vteps.is_empty())
     });
-    assert!(a["desired"]["generation"].as_u64() > generations.0.as_u64());
-    assert!(b["desired"]["generation"].as_u64() > generations.1.as_u64());
+    assert!(a.desired.generation > generations.0);
+    assert!(b.desired.generation > generations.1);
 
     // The last member leaves: the VPC has no tunnel left anywhere.
-    membership(&hub, "detach", "blue", id_b);
+    admin.ok(admin.client.detach("blue", id_b));
     let report = guest.finish().expect("guest run");
     println!("{}", report.serial);
     report.assert_all_passed();

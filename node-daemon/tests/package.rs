@@ -123,14 +123,15 @@ fn the_deb_installs_on_debian_and_the_unit_registers_with_the_hub() {
         &["systemctl", "enable", "--now", "cairn-node.service"],
     );
 
+    let admin = hub.admin();
     let appliance = poll("the packaged node registered with the hub", LIMIT, || {
-        let (_, list) = hub.call(reqwest::Method::GET, "/v1/appliances", None);
-        list.as_array()?
-            .iter()
-            .find(|a| a.to_string().contains("edge-deb"))
-            .cloned()
+        admin
+            .appliances()
+            .ok()?
+            .into_iter()
+            .find(|a| a.hostname == "edge-deb")
     });
-    assert!(appliance.to_string().contains("packaged"), "{appliance}");
+    assert_eq!(appliance.site, "packaged", "{appliance:#?}");
     // Type=notify: `active` means the daemon sent READY=1; the watchdog was pinged.
     assert_eq!(unit_property(&container, "ActiveState"), "active");
     assert_eq!(unit_property(&container, "SubState"), "running");
@@ -143,7 +144,7 @@ fn the_deb_installs_on_debian_and_the_unit_registers_with_the_hub() {
         &["cairn-node", "status", "--output", "json"],
     ))
     .unwrap();
-    assert_eq!(status["appliance_id"], appliance["id"], "{status}");
+    assert_eq!(status["appliance_id"], appliance.id.as_str(), "{status}");
     assert!(status.to_string().contains("NotManaged"), "{status}");
     assert!(
         !root.join("etc/cairn/enrollment-token").exists(),

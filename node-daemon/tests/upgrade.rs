@@ -16,6 +16,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_api::hub::{CampaignAction, CreateCampaign, MemberState, Selector};
 use cairn_formats::keys::SigningKey;
 use cairn_formats::{bundle, gpt, grubenv};
 use common::*;
@@ -689,20 +690,11 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
         .write(&hub_dir.join("release-keys/release.pem"))
         .unwrap();
     let hub = hub_at(&hub_dir).start();
-    let upload = reqwest::blocking::Client::builder()
-        .tls_backend_preconfigured(tls(&std::fs::read(hub_dir.join("ca.pem")).unwrap()))
-        .build()
-        .unwrap()
-        .post(format!(
-            "{}/v1/releases/upload?sha256={}",
-            hub.url,
-            sha256(&release.bundle)
-        ))
-        .bearer_auth(&hub.admin_token)
-        .body(std::fs::read(&release.bundle).unwrap())
-        .send()
-        .unwrap();
-    assert_eq!(upload.status().as_u16(), 201, "{:?}", upload.text());
+    let admin = hub.admin();
+    let uploaded = admin.ok(admin
+        .client
+        .upload_release(&release.bundle, &sha256(&release.bundle)));
+    assert_eq!(uploaded.version, "2026.11.2", "{uploaded:#?}");
 
     let node = Appliance::new(&dir.path().join("node"), &key, "");
     let token = hub.enrollment_token("site-c");
@@ -711,14 +703,20 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     poll("registration", LIMIT, || {
         daemon.status().filter(|s| s["hub_reachable"] == true)
     });
-    let (code, body) = hub.call(
-        reqwest::Method::POST,
-        "/v1/campaigns",
-        Some(json!({"name": "c1", "release": "2026.11.2"})),
-    );
-    assert_eq!(code, 201, "{body}");
-    let (code, body) = hub.call(reqwest::Method::POST, "/v1/campaigns/c1/start", None);
-    assert!(code < 300, "{body}");
+    admin.ok(admin.client.create_campaign(&CreateCampaign {
+        name: "c1".into(),
+        release: "2026.11.2".into(),
+        selector: Selector::default(),
+        canaries: 0,
+        batch_size: None,
+        max_concurrency: None,
+        max_failures: 0,
+        window: None,
+        prestage: false,
+        allow_downgrade: false,
+        deadline_seconds: None,
+    }));
+    admin.ok(admin.client.campaign_action("c1", CampaignAction::Start));
 
     // The order arrives with the desired state; the bundle comes from the hub over mTLS.
     poll("the reboot into the new slot", LIMIT, || {
@@ -739,10 +737,13 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     assert_eq!(node.grub_vars()["cairn_slot"], "b");
     // The hub sees the committed report.
     let shown = poll("the hub to record the commit", LIMIT, || {
-        let (_, c) = hub.call(reqwest::Method::GET, "/v1/campaigns/c1", None);
-        c.to_string().contains("committed").then_some(c)
+        let c = admin.run(admin.client.campaign("c1")).ok()?;
+        c.members
+            .iter()
+            .any(|m| m.state == MemberState::Committed)
+            .then_some(c)
     });
-    assert!(shown.to_string().contains("2026.11.2"), "{shown}");
+    assert_eq!(shown.release, "2026.11.2", "{shown:#?}");
     daemon.stop();
     drop(hub);
 }

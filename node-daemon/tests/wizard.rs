@@ -308,27 +308,15 @@ fn the_wizard_tests_everything_rolls_back_on_a_wrong_fingerprint_then_configures
     node.stop();
 }
 
-/// An enrollment token, asked for from inside the namespace with curl (the hub listens on
+/// An enrollment token, asked for from a thread inside the namespace (the hub listens on
 /// the namespace's loopback).
 fn hub_token(hub: &Hub, netns: &Netns) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &netns.0, "curl", "-sS", "--cacert"])
-        .arg(hub.data.join("ca.pem"))
-        .args(["-H", &format!("Authorization: Bearer {}", hub.admin_token)])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            "{\"site\":\"wiz\"}",
-        ])
-        .arg(format!("{}/v1/tokens", hub.url))
-        .output()
-        .expect("curl");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "token answer: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    v["token"].as_str().unwrap().to_owned()
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            netns.enter();
+            hub.enrollment_token("wiz")
+        })
+        .join()
+        .expect("the token thread")
+    })
 }

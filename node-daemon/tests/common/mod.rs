@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
+pub use cairn_hub_client::Error as HubError;
+use cairn_hub_client::HubClient;
+use cairn_hub_client::tls::Trust;
 pub use cairn_test_support::hub::{Hub, HubBuilder};
 pub use cairn_test_support::{ChildGuard, poll, workspace_bin};
 
@@ -32,50 +36,67 @@ pub fn hub_at(data: &Path) -> HubBuilder {
         .serve_args(&["--heartbeat-interval", "1"])
 }
 
+/// The hub's admin as an operator reaches it: through the one typed client (`cairn hub`'s),
+/// each call run to its end on a runtime of the calling thread, so that a thread moved into
+/// a network namespace calls the hub listening there.
+pub struct Admin {
+    rt: tokio::runtime::Runtime,
+    /// The client, with the admin token.
+    pub client: HubClient,
+}
+
+impl Admin {
+    /// Runs one call of [`Admin::client`].
+    pub fn run<T>(&self, call: impl Future<Output = Result<T, HubError>>) -> Result<T, HubError> {
+        self.rt.block_on(call)
+    }
+
+    /// Runs one call that must succeed; a refusal fails the test with the hub's error body.
+    pub fn ok<T>(&self, call: impl Future<Output = Result<T, HubError>>) -> T {
+        self.run(call)
+            .unwrap_or_else(|e| panic!("{}", cairn_api::error_chain(&e)))
+    }
+
+    /// Every appliance the hub lists.
+    pub fn appliances(&self) -> Result<Vec<ApplianceView>, HubError> {
+        self.run(self.client.list_appliances(&SiteQuery::default()))
+    }
+}
+
 /// Operator calls with the hub's admin token.
 pub trait HubCalls {
-    /// An operator call; returns status and JSON body.
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value);
+    /// The admin's client of this hub.
+    fn admin(&self) -> Admin;
 
-    /// A fresh enrollment token for `site`.
+    /// A fresh enrollment token for `site` (one registration, a day).
     fn enrollment_token(&self, site: &str) -> String;
 }
 
 impl HubCalls for Hub {
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let client = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls(self.ca_pem.as_bytes()))
+    fn admin(&self) -> Admin {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
-            .unwrap();
-        let mut req = client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.admin_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().expect("hub request");
-        let status = resp.status().as_u16();
-        (status, resp.json().unwrap_or(serde_json::Value::Null))
+            .expect("a tokio runtime");
+        let client = HubClient::new(&self.url, &Trust::CaBundle(self.ca_pem.clone()), None)
+            .expect("a client of the test hub")
+            .with_bearer(&self.admin_token);
+        Admin { rt, client }
     }
 
     fn enrollment_token(&self, site: &str) -> String {
-        let (status, body) = self.call(
-            reqwest::Method::POST,
-            "/v1/tokens",
-            Some(serde_json::json!({"site": site})),
-        );
-        assert_eq!(status, 201, "creating a token: {body}");
-        body["token"].as_str().unwrap().to_owned()
+        let admin = self.admin();
+        admin
+            .ok(admin.client.create_token(&CreateEnrollmentToken {
+                site: site.into(),
+                ttl_seconds: 24 * 3600,
+                max_uses: 1,
+                labels: Default::default(),
+                tenant: None,
+                mac: None,
+                serial: None,
+            }))
+            .token
     }
 }
 
@@ -242,6 +263,18 @@ impl Netns {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Moves the calling thread into the namespace for good: the sockets it opens from then
+    /// on are the namespace's. For a thread of its own.
+    pub fn enter(&self) {
+        use std::os::fd::AsFd;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("setns into {}: {e}", self.0));
     }
 
     /// `ip netns exec NS` as a command prefix.

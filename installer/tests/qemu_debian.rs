@@ -201,7 +201,7 @@ fn the_debian_appliance_registers_with_its_hub_and_is_still_registered_after_a_p
             })
         });
     eprintln!(
-        "debian appliance: reset to heartbeating again: {:?}",
+        "debian appliance: power-on after the cut to heartbeating again: {:?}",
         reset.elapsed()
     );
     assert_eq!(

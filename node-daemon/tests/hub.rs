@@ -15,11 +15,10 @@ use common::*;
 const LIMIT: Duration = Duration::from_secs(60);
 const NO_NET: &str = "network:\n  manage: false\n";
 
-fn registered(node: &Node) -> serde_json::Value {
+fn registered(node: &Node) -> LocalStatus {
     poll("the node to register and heartbeat", LIMIT, || {
-        node.status().filter(|s| {
-            s["appliance_id"].is_string() && s["hub_reachable"] == true && s["phase"] == "running"
-        })
+        node.status()
+            .filter(|s| s.appliance_id.is_some() && s.hub_reachable && s.phase == "running")
     })
 }
 
@@ -33,11 +32,11 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
 
     let node = Node::start(&root);
     let status = registered(&node);
-    let id = status["appliance_id"].as_str().unwrap().to_owned();
-    assert_eq!(status["site"], "factory-7");
+    let id = status.appliance_id.clone().unwrap();
+    assert_eq!(status.site.as_deref(), Some("factory-7"));
     // The hub's interval (1 s in these tests) replaces the default 30 s.
-    assert_eq!(status["heartbeat_interval_seconds"], 1, "{status}");
-    assert!(status["certificate_not_after"].is_string(), "{status}");
+    assert_eq!(status.heartbeat_interval_seconds, 1, "{status:?}");
+    assert!(status.certificate_not_after.is_some(), "{status:?}");
     assert!(
         !root.join("etc/cairn/token").exists(),
         "the spent token is removed from disk"
@@ -57,7 +56,7 @@ fn registers_heartbeats_and_keeps_its_identity_across_restarts() {
     node.stop();
     let node = Node::start(&root);
     let again = registered(&node);
-    assert_eq!(again["appliance_id"], id.as_str());
+    assert_eq!(again.appliance_id.as_deref(), Some(id.as_str()));
     let list = admin.appliances().unwrap();
     assert_eq!(list.len(), 1, "{list:#?}");
     node.stop();
@@ -73,10 +72,7 @@ fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises
     let config = "network:\n  manage: false\n  vtep_address: 192.0.2.7\n";
     write_config(&root, &hub.url, &hub.fingerprint, &token, config);
     let node = Node::start(&root);
-    let id = registered(&node)["appliance_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = registered(&node).appliance_id.unwrap();
     let admin = hub.admin();
     let appliance = || admin.run(admin.client.appliance(&id)).ok();
     poll("the hub to learn the VTEP", LIMIT, || {
@@ -122,10 +118,7 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
     let token = hub.enrollment_token("renew");
     write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
     let node = Node::start(&root);
-    let id = registered(&node)["appliance_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = registered(&node).appliance_id.unwrap();
     node.stop();
 
     // 20 hours later (libfaketime; the hub signs for 24 h): under a third of the validity
@@ -145,17 +138,18 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
             .contains("client certificate renewed")
             .then_some(())
     });
-    let after = node.status().unwrap()["last_hub_contact"].clone();
+    let after = node.status().unwrap().last_hub_contact;
     // Heartbeats go on with the new certificate (the hub takes the old one only until the
     // next renewal).
     let renewed = poll("a heartbeat after the renewal", LIMIT, || {
-        node.status().filter(|s| {
-            s["last_hub_contact"] != after
-                && s["hub_reachable"] == true
-                && s["last_error"].is_null()
-        })
+        node.status()
+            .filter(|s| s.last_hub_contact != after && s.hub_reachable && s.last_error.is_none())
     });
-    assert_eq!(renewed["appliance_id"], id.as_str(), "same identity");
+    assert_eq!(
+        renewed.appliance_id.as_deref(),
+        Some(id.as_str()),
+        "same identity"
+    );
     assert_eq!(
         node.log().matches("client certificate renewed").count(),
         1,
@@ -170,10 +164,10 @@ fn the_certificate_is_renewed_before_expiry_and_a_deleted_identity_is_never_repl
     let admin = hub.admin();
     admin.ok(admin.client.delete_appliance(&id));
     let status = poll("the node to see its identity rejected", LIMIT, || {
-        node.status().filter(|s| s["phase"] == "identity-rejected")
+        node.status().filter(|s| s.phase == "identity-rejected")
     });
-    let error = status["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("register again"), "{status}");
+    let error = status.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("register again"), "{status:?}");
     let list = admin.appliances().unwrap();
     assert!(list.is_empty(), "{list:#?}");
     node.stop();
@@ -317,26 +311,24 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
         &format!("{NO_NET}state:\n  queue_limit: 3\n"),
     );
     let node = Node::start(&root);
-    let id = registered(&node)["appliance_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = registered(&node).appliance_id.unwrap();
 
     drop(hub);
     let down_at = time::OffsetDateTime::now_utc();
     // Reports pile up to the bound; the oldest are dropped and counted.
     let status = poll("reports to be dropped from the full queue", LIMIT, || {
         node.status()
-            .filter(|s| s["counters"]["reports_dropped"].as_u64().unwrap_or(0) >= 1)
+            .filter(|s| s.counters.get("reports_dropped").is_some_and(|&n| n >= 1))
     });
-    assert_eq!(status["hub_reachable"], false);
-    assert_eq!(status["queued_reports"], 3);
+    assert!(!status.hub_reachable);
+    assert_eq!(status.queued_reports, 3);
     assert!(
-        status["last_error"]
-            .as_str()
+        status
+            .last_error
+            .as_deref()
             .unwrap_or("")
             .contains("unreachable"),
-        "{status}"
+        "{status:?}"
     );
 
     // Same address, same data: the queue drains and the reconnect is counted.
@@ -344,11 +336,11 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
     let up_at = time::OffsetDateTime::now_utc();
     let status = poll("the queue to drain", Duration::from_secs(400), || {
         node.status()
-            .filter(|s| s["queued_reports"] == 0 && s["hub_reachable"] == true)
+            .filter(|s| s.queued_reports == 0 && s.hub_reachable)
     });
     assert!(
-        status["counters"]["reconnects"].as_u64().unwrap_or(0) >= 1,
-        "{status}"
+        status.counters.get("reconnects").is_some_and(|&n| n >= 1),
+        "{status:?}"
     );
     drop(hub);
     node.stop();
@@ -406,8 +398,8 @@ fn the_local_api_answers_root_and_refuses_any_other_user() {
     };
     let out = status_as(0);
     assert!(out.status.success(), "{out:?}");
-    let as_root: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(as_root["hostname"], "edge-test", "{as_root}");
+    let as_root: LocalStatus = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(as_root.hostname, "edge-test", "{as_root:?}");
     let nobody = 65534;
     let out = status_as(nobody);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -427,9 +419,9 @@ fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent()
     write_config(&root, &hub.url, &wrong, &token, NO_NET);
     let node = Node::start(&root);
     let status = poll("the fingerprint error", LIMIT, || {
-        node.status().filter(|s| s["last_error"].is_string())
+        node.status().filter(|s| s.last_error.is_some())
     });
-    let err = status["last_error"].as_str().unwrap();
+    let err = status.last_error.as_deref().unwrap();
     assert!(
         err.contains("does not match the pinned CA fingerprint"),
         "{err}"
@@ -438,7 +430,7 @@ fn a_hub_ca_not_matching_the_pinned_fingerprint_is_refused_and_nothing_is_sent()
         err.contains(&hub.fingerprint),
         "names what the hub presented: {err}"
     );
-    assert_eq!(status["phase"], "registering");
+    assert_eq!(status.phase, "registering");
     // The token was not used: the hub still accepts it.
     let admin = hub.admin();
     let check = admin.ok(admin.client.check_token(&token));
@@ -460,9 +452,9 @@ fn a_rejected_token_is_reported_with_the_way_out() {
     );
     let node = Node::start(&root);
     let status = poll("the token error", LIMIT, || {
-        node.status().filter(|s| s["last_error"].is_string())
+        node.status().filter(|s| s.last_error.is_some())
     });
-    let err = status["last_error"].as_str().unwrap();
+    let err = status.last_error.as_deref().unwrap();
     assert!(err.contains("rejected the enrollment token"), "{err}");
     assert!(err.contains("cairn hub token create"), "{err}");
     node.stop();
@@ -559,17 +551,14 @@ fn a_hub_answering_garbage_is_named_as_such() {
     let node = Node::start(&root);
     let status = poll("the garbage error", LIMIT, || {
         node.status().filter(|s| {
-            s["last_error"]
-                .as_str()
+            s.last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("not the cairn API"))
         })
     });
     assert!(
-        status["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("GET /v1/ca"),
-        "{status}"
+        status.last_error.as_deref().unwrap().contains("GET /v1/ca"),
+        "{status:?}"
     );
     node.stop();
 }

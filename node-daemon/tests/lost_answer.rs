@@ -214,11 +214,10 @@ fn key_of_certificate(pem: &str) -> Vec<u8> {
     cert.public_key().subject_public_key.data.to_vec()
 }
 
-fn registered(node: &Node) -> serde_json::Value {
+fn registered(node: &Node) -> LocalStatus {
     poll("the node to register and heartbeat", LIMIT, || {
-        node.status().filter(|s| {
-            s["appliance_id"].is_string() && s["hub_reachable"] == true && s["phase"] == "running"
-        })
+        node.status()
+            .filter(|s| s.appliance_id.is_some() && s.hub_reachable && s.phase == "running")
     })
 }
 
@@ -265,7 +264,7 @@ fn a_lost_registration_answer_ends_in_one_appliance_with_the_first_key() {
 
     let node = Node::start(&root);
     let status = registered(&node);
-    let id = status["appliance_id"].as_str().unwrap().to_owned();
+    let id = status.appliance_id.clone().unwrap();
     let lost_at = relay
         .lost_at()
         .expect("the first answer was lost on the way");
@@ -334,7 +333,7 @@ fn a_node_killed_after_a_lost_answer_comes_back_with_the_same_key_as_the_same_ap
     relay.set(Mode::Pass);
     let node = Node::start(&root);
     let status = registered(&node);
-    let id = status["appliance_id"].as_str().unwrap().to_owned();
+    let id = status.appliance_id.clone().unwrap();
     assert_eq!(the_one_appliance(&admin).id.as_str(), id);
     assert_eq!(audited(&admin, "appliance.register-retry").len(), 1);
     node.stop();

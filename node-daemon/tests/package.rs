@@ -139,13 +139,20 @@ fn the_deb_installs_on_debian_and_the_unit_registers_with_the_hub() {
     assert_ne!(unit_property(&container, "WatchdogTimestampMonotonic"), "0");
     // The local API answers through the installed binary, in the unit's runtime directory,
     // and says the network was left to whatever manages it.
-    let status: serde_json::Value = serde_json::from_str(&inside(
+    let status: LocalStatus = serde_json::from_str(&inside(
         &container,
         &["cairn-node", "status", "--output", "json"],
     ))
     .unwrap();
-    assert_eq!(status["appliance_id"], appliance.id.as_str(), "{status}");
-    assert!(status.to_string().contains("NotManaged"), "{status}");
+    assert_eq!(
+        status.appliance_id.as_deref(),
+        Some(appliance.id.as_str()),
+        "{status:?}"
+    );
+    assert!(
+        status.conditions.iter().any(|c| c.reason == "NotManaged"),
+        "{status:?}"
+    );
     assert!(
         !root.join("etc/cairn/enrollment-token").exists(),
         "spent token kept"

@@ -100,10 +100,15 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
     let kubeconfig = root.join("var/lib/kubelet/bootstrap-kubeconfig");
     let status = poll("the node to restart the failed kubelet", LIMIT, || {
         node.status().filter(|s| {
-            s["kubelet_unit"] == "active/running" && s["counters"]["kubelet_restarts"] != 0
+            s.kubelet_unit.as_deref() == Some("active/running")
+                && s.counters.get("kubelet_restarts").is_some_and(|&n| n != 0)
         })
     });
-    assert_eq!(status["counters"]["kubelet_restarts"], 1, "{status}");
+    assert_eq!(
+        status.counters.get("kubelet_restarts"),
+        Some(&1),
+        "{status:?}"
+    );
     let (active, sub) = poll("kubelet.service active after one restart", LIMIT, || {
         unit_state(&rt, &container.bus()).filter(|(a, _)| a == "active")
     });
@@ -116,8 +121,8 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
         &std::fs::metadata(&kubeconfig).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(status["applied_generation"], 5);
-    assert_eq!(status["hub_reachable"], false);
+    assert_eq!(status.applied_generation, 5);
+    assert!(!status.hub_reachable);
 
     // A second start of the node with the same state: nothing is rewritten, the kubelet is
     // not restarted (its main PID stays).
@@ -127,7 +132,7 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
     let node = Node::start_with(&root, &ns_prefix);
     poll("the restarted node to look at the kubelet", LIMIT, || {
         node.status()
-            .filter(|s| s["kubelet_unit"] == "active/running")
+            .filter(|s| s.kubelet_unit.as_deref() == Some("active/running"))
     });
     assert_eq!(
         std::fs::metadata(&kubeconfig).unwrap().modified().unwrap(),

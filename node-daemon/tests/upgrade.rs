@@ -16,6 +16,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_api::UpgradePhase;
 use cairn_api::hub::{CampaignAction, CreateCampaign, MemberState, Selector};
 use cairn_formats::keys::SigningKey;
 use cairn_formats::{bundle, gpt, grubenv};
@@ -614,9 +615,11 @@ fn boot_new_slot(dir: &Path, checks: &str) -> (Hub, Appliance, Node) {
     (hub, node, daemon)
 }
 
-fn upgrade_phase(daemon: &Node, phase: &str) -> Value {
-    poll(&format!("upgrade phase {phase}"), LIMIT, || {
-        daemon.status().filter(|s| s["upgrade"]["phase"] == phase)
+fn upgrade_phase(daemon: &Node, phase: UpgradePhase) -> LocalStatus {
+    poll(&format!("upgrade phase {phase:?}"), LIMIT, || {
+        daemon
+            .status()
+            .filter(|s| s.upgrade.as_ref().is_some_and(|u| u.phase == phase))
     })
 }
 
@@ -627,8 +630,8 @@ fn on_the_new_slot_passing_health_checks_commit_it() {
         dir.path(),
         "  health_checks:\n    - name: service\n      command: [sh, -c, 'echo ok']\n",
     );
-    let status = upgrade_phase(&daemon, "committed");
-    assert_eq!(status["booted_slot"], "b", "{status}");
+    let status = upgrade_phase(&daemon, UpgradePhase::Committed);
+    assert_eq!(status.booted_slot.as_deref(), Some("b"), "{status:?}");
     let vars = node.grub_vars();
     assert_eq!(vars["cairn_slot"], "b", "{vars:?}");
     assert_eq!(vars["cairn_try"], "", "{vars:?}");
@@ -647,13 +650,10 @@ fn on_the_new_slot_a_failing_health_check_rolls_back_with_its_output() {
         dir.path(),
         "  health_deadline_seconds: 2\n  health_checks:\n    - name: payments\n      command: [sh, -c, 'echo payments: connection refused; exit 3']\n",
     );
-    let status = upgrade_phase(&daemon, "rolled-back");
-    let upgrade = &status["upgrade"];
-    assert!(
-        upgrade["reason"].as_str().unwrap().contains("payments"),
-        "{upgrade}"
-    );
-    let logs = upgrade["logs"].to_string();
+    let status = upgrade_phase(&daemon, UpgradePhase::RolledBack);
+    let upgrade = status.upgrade.as_ref().unwrap();
+    assert!(upgrade.reason.contains("payments"), "{upgrade:?}");
+    let logs = upgrade.logs.join("\n");
     assert!(logs.contains("connection refused"), "{logs}");
     let vars = node.grub_vars();
     assert_eq!(vars["cairn_slot"], "a", "GRUB boots the old slot: {vars:?}");
@@ -671,8 +671,8 @@ fn on_the_new_slot_a_failing_health_check_rolls_back_with_its_output() {
     )
     .unwrap();
     let daemon = Node::start(&node.root);
-    let status = upgrade_phase(&daemon, "rolled-back");
-    assert_eq!(status["booted_slot"], "a");
+    let status = upgrade_phase(&daemon, UpgradePhase::RolledBack);
+    assert_eq!(status.booted_slot.as_deref(), Some("a"));
     daemon.stop();
     drop(hub);
 }
@@ -701,7 +701,7 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     node.configure(&hub.url, &hub.fingerprint, &token, "");
     let daemon = Node::start(&node.root);
     poll("registration", LIMIT, || {
-        daemon.status().filter(|s| s["hub_reachable"] == true)
+        daemon.status().filter(|s| s.hub_reachable)
     });
     admin.ok(admin.client.create_campaign(&CreateCampaign {
         name: "c1".into(),
@@ -733,7 +733,7 @@ fn a_campaign_on_a_real_hub_upgrades_the_node_through_the_inactive_slot_to_commi
     )
     .unwrap();
     let daemon = Node::start(&node.root);
-    upgrade_phase(&daemon, "committed");
+    upgrade_phase(&daemon, UpgradePhase::Committed);
     assert_eq!(node.grub_vars()["cairn_slot"], "b");
     // The hub sees the committed report.
     let shown = poll("the hub to record the commit", LIMIT, || {

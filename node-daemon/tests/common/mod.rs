@@ -13,6 +13,7 @@ use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
 pub use cairn_hub_client::Error as HubError;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
+pub use cairn_node_daemon::status::LocalStatus;
 pub use cairn_test_support::hub::{Hub, HubBuilder};
 pub use cairn_test_support::{ChildGuard, poll, workspace_bin};
 
@@ -183,7 +184,7 @@ impl Node {
     }
 
     /// `cairn-node status --output json`, when the daemon answers.
-    pub fn status(&self) -> Option<serde_json::Value> {
+    pub fn status(&self) -> Option<LocalStatus> {
         node_status(&self.root)
     }
 
@@ -208,8 +209,8 @@ impl Node {
     }
 }
 
-/// `cairn-node --root ROOT status --output json`.
-pub fn node_status(root: &Path) -> Option<serde_json::Value> {
+/// `cairn-node --root ROOT status --output json`, read as the typed local status.
+pub fn node_status(root: &Path) -> Option<LocalStatus> {
     let out = Command::new(workspace_bin("cairn-node", "cairn-node-daemon"))
         .arg("--root")
         .arg(root)

@@ -66,6 +66,10 @@ pub fn hit(name: &str) {
     if let Err(e) = kill_process(getpid(), signal) {
         tracing::warn!(failpoint = name, error = %e, "failpoint: signalling this process failed");
     }
+    // The signal stops the whole process at its threads' next signal check, not inside
+    // `kill`: on a loaded machine the caller could still send the write it guards first.
+    // Waiting here puts the stop before the write; after SIGCONT the wait ends.
+    std::thread::sleep(std::time::Duration::from_millis(200));
 }
 
 #[cfg(test)]

@@ -298,16 +298,7 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         .filter(|e| e["kind"] == "desired-state-repaired")
         .count();
     assert_eq!(repaired, 2, "{events}");
-    let metrics = admin
-        .http
-        .get(format!("{}/metrics", admin.url))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     let needle = r#"cairn_hub_reconciler_repairs_total{part="overlay"} 2"#;
     assert!(
         metrics.contains(needle),

@@ -518,16 +518,7 @@ async fn canary_then_batches_pause_on_a_rollback_that_is_quarantined() {
     );
 
     // Metrics count campaigns and members.
-    let metrics = admin
-        .http
-        .get(format!("{}/metrics", hub.url))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     assert!(
         metrics.contains("cairn_hub_campaigns{state=\"paused\"} 1"),
         "{metrics}"
@@ -817,7 +808,16 @@ async fn a_driver_paused_past_its_lease_does_not_order_after_the_takeover() {
             .cloned()
             .collect::<Vec<Value>>()
     };
-    assert_eq!(orders().await, [] as [Value; 0], "nothing ordered yet");
+    // The paused hub ordered nothing. The new leader's driver usually looks only 20 s later,
+    // so the order is normally still pending and only the fence can refuse it; under load
+    // its pass may already have run, and then it alone may have ordered.
+    let early = orders().await;
+    assert!(
+        early.iter().all(|o| o["hub"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(&format!("/{}", b.pid())))),
+        "ordered by the paused hub: {early:?}"
+    );
 
     kill_process(Pid::from_raw(a.pid() as i32).unwrap(), Signal::CONT).unwrap();
     until!("the resumed hub to find its order refused", {

@@ -116,6 +116,19 @@ impl Operator {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// The `/metrics` text, read with this operator's token.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "reading /metrics");
+        r.text().await.unwrap()
+    }
+
     /// Creates an enrollment token and returns it in clear.
     pub async fn enrollment_token(&self, site: &str, max_uses: u32) -> String {
         let (status, body) = self

@@ -26,6 +26,12 @@ pub const BIOS_CORE_MAX: u64 = (ALIGN / SECTOR - BIOS_CORE_LBA) * SECTOR;
 /// Bytes of boot code at the start of the protective MBR: it ends where the MBR's disk
 /// signature starts, and the partition table follows.
 pub const MBR_CODE_LEN: usize = 0x1b8;
+/// The protective MBR's boot code until the real one is installed: `int 0x18`, the BIOS
+/// call for "this disk does not boot, try the next boot device", then `hlt` in a loop for a
+/// firmware that returns from it. A BIOS runs the code of any MBR ending in 0x55AA, which
+/// a protective MBR must; with zeros there it would run whatever follows in memory and hang,
+/// instead of falling through to PXE and the install environment.
+pub const NO_BOOT_CODE: [u8; 5] = [0xcd, 0x18, 0xf4, 0xeb, 0xfd];
 
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
@@ -519,10 +525,11 @@ fn parse_entries(
 }
 
 /// An MBR with one partition of type 0xEE covering the disk, so MBR-only tools see the
-/// disk as in use. The first 440 bytes (boot code) stay zero: the disk is not BIOS-bootable
-/// until boot code is installed.
+/// disk as in use. Its boot code is [`NO_BOOT_CODE`]: the disk is not BIOS-bootable until
+/// real boot code is installed.
 fn protective_mbr(last_lba: u64) -> [u8; 512] {
     let mut mbr = [0u8; 512];
+    mbr[..NO_BOOT_CODE.len()].copy_from_slice(&NO_BOOT_CODE);
     let p = &mut mbr[446..462];
     p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
     p[4] = 0xee;

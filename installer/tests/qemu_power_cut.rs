@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_test_support::Poll;
 use cairn_vm_harness::qemu::VmBuilder;
 use common::*;
 
@@ -232,33 +233,42 @@ fn power_on(dir: &Path, disk: &Path, firmware: Firmware) -> Boots {
     };
     let started = std::time::Instant::now();
     let vm = vm.spawn().unwrap();
-    let outcome = cairn_test_support::poll("the machine to boot or give up", LIMIT, || {
-        let console = plain(&vm.serial());
-        if let Some(line) = console.lines().find(|l| l.starts_with("cairn-beacon ")) {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            return Some(Boots::System {
-                slot: field("slot="),
-                hub: field("hub="),
-            });
-        }
-        // A half-written system: the kernel or the initramfs finds a torn root.
-        for broken in ["Kernel panic", "cairn-initrd: ", "SQUASHFS error"] {
-            assert!(
-                !console.contains(broken),
-                "a half-written system booted ({broken}):\n{}",
-                vm.tail(40)
-            );
-        }
-        let firmware_log = std::fs::read_to_string(&debugcon).unwrap_or_default();
-        (firmware_log.contains("No bootable device")
-            || console.contains("BdsDxe: No bootable option"))
-        .then_some(Boots::Nothing)
-    });
+    let tail = || {
+        format!(
+            "console:\n{}\nfirmware:\n{}",
+            vm.tail(30),
+            std::fs::read_to_string(&debugcon).unwrap_or_default()
+        )
+    };
+    let outcome = Poll::new("the machine to boot or give up", LIMIT)
+        .context(&tail)
+        .until(|| {
+            let console = plain(&vm.serial());
+            if let Some(line) = console.lines().find(|l| l.starts_with("cairn-beacon ")) {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                return Some(Boots::System {
+                    slot: field("slot="),
+                    hub: field("hub="),
+                });
+            }
+            // A half-written system: the kernel or the initramfs finds a torn root.
+            for broken in ["Kernel panic", "cairn-initrd: ", "SQUASHFS error"] {
+                assert!(
+                    !console.contains(broken),
+                    "a half-written system booted ({broken}):\n{}",
+                    vm.tail(40)
+                );
+            }
+            let firmware_log = std::fs::read_to_string(&debugcon).unwrap_or_default();
+            (firmware_log.contains("No bootable device")
+                || console.contains("BdsDxe: No bootable option"))
+            .then_some(Boots::Nothing)
+        });
     eprintln!("power on: {outcome:?} after {:?}", started.elapsed());
     outcome
 }

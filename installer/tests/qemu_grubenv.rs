@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_formats::grubenv::{self, Source};
@@ -16,59 +15,6 @@ use common::*;
 
 /// From power-on to the kernel's command line under TCG: seconds; generous for a shared box.
 const LIMIT: Duration = Duration::from_secs(240);
-
-/// `disk`'s ESP as mtools names it (`file@@offset`).
-fn esp(disk: &Path) -> String {
-    let table = cairn_formats::gpt::read(&mut std::fs::File::open(disk).unwrap()).unwrap();
-    let offset = table.get("esp").expect("the image has an ESP").offset();
-    format!("{}@@{offset}", disk.display())
-}
-
-fn mtools(tool: &str, args: &[&str]) {
-    let out = Command::new(tool)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e} (apt-get install mtools)"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Replaces `grub/<name>` on the ESP.
-fn put(disk: &Path, name: &str, bytes: &[u8]) {
-    let tmp = disk.with_file_name(name);
-    std::fs::write(&tmp, bytes).unwrap();
-    mtools(
-        "mcopy",
-        &[
-            "-o",
-            "-i",
-            &esp(disk),
-            tmp.to_str().unwrap(),
-            &format!("::grub/{name}"),
-        ],
-    );
-}
-
-/// `grub/<name>` from the ESP.
-fn get(disk: &Path, name: &str) -> Vec<u8> {
-    let tmp = disk.with_file_name(format!("{name}.out"));
-    mtools(
-        "mcopy",
-        &[
-            "-o",
-            "-n",
-            "-i",
-            &esp(disk),
-            &format!("::grub/{name}"),
-            tmp.to_str().unwrap(),
-        ],
-    );
-    std::fs::read(tmp).unwrap()
-}
 
 /// A checked block committing `slot`, generation 1.
 fn committed(slot: &str) -> Vec<u8> {
@@ -81,22 +27,6 @@ fn torn(mut block: Vec<u8>) -> Vec<u8> {
         *b = (i * 131 % 256) as u8;
     }
     block
-}
-
-/// The image installs slot a only; slot b gets the same root, so either boots a kernel
-/// whose command line says which one GRUB chose.
-fn copy_slot_a_to_b(disk: &Path) {
-    use std::os::unix::fs::FileExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .unwrap();
-    let table = cairn_formats::gpt::read(&mut f).unwrap();
-    let (a, b) = (table.get("root-a").unwrap(), table.get("root-b").unwrap());
-    let mut slot = vec![0; usize::try_from(a.size()).unwrap()];
-    f.read_exact_at(&mut slot, a.offset()).unwrap();
-    f.write_all_at(&slot, b.offset()).unwrap();
 }
 
 /// The firmware GRUB runs on: both read the same `grub.cfg` and copies, GRUB's disk

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_formats::grubenv;
 use cairn_test_support::Poll;
 use cairn_vm_harness::qemu::VmBuilder;
 use common::*;
@@ -204,9 +205,10 @@ fn steps(console: &str) -> Vec<&str> {
 fn power_on(dir: &Path, disk: &Path, firmware: Firmware, until: Until) -> Boots {
     let debugcon = dir.join("firmware.log");
     let _ = std::fs::remove_file(&debugcon);
-    let mut vm = VmBuilder::new()
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    let mut vm = VmBuilder::new().arg("-drive").arg(format!(
+        "file={},format=raw,if=virtio,cache=none",
+        disk.display()
+    ));
     vm = match firmware {
         // SeaBIOS logs to the debug port; with no boot code it gives up at once instead of
         // retrying (and QEMU, told not to reboot, exits).
@@ -353,7 +355,9 @@ fn seed_node_yaml(dir: &Path, disk: &Path) -> String {
     let table = cairn_formats::gpt::read(&mut std::fs::File::open(disk).unwrap()).unwrap();
     let data = table.get("data").expect("the new GPT has a data partition");
     let image = dir.join("data.img");
-    std::fs::write(&image, read_at(disk, data.offset(), 64 << 20)).unwrap();
+    // Whole: a small filesystem's block bitmaps are spread over it.
+    let size = usize::try_from(data.size()).unwrap();
+    std::fs::write(&image, read_at(disk, data.offset(), size)).unwrap();
     let out = Command::new("debugfs")
         .args(["-R", "cat /seed/node.yaml"])
         .arg(&image)
@@ -430,4 +434,45 @@ fn install_cut_at_the_boot_code_boots_nothing_under_bios_and_the_new_system_unde
     );
     let seed = seed_node_yaml(dir.path(), &disk);
     assert!(seed.contains(NEW_HUB), "{seed}");
+}
+
+/// The upgrade's first boot: `cairn-node` wrote slot b and armed one try in both copies of
+/// the boot selection (what it leaves before its reboot: `node-daemon/tests/upgrade.rs`).
+/// GRUB counts the try down and starts slot b; the power goes before the node on b could
+/// pass its health checks and commit. At the next power-on no try is left: GRUB records
+/// the rollback, and the old system comes up and reports the slot it booted.
+#[test]
+fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
+    copy_slot_a_to_b(&disk);
+    let committed = get(&disk, "grubenv");
+    let armed = grubenv::next_block(
+        &grubenv::select(&committed, None).unwrap(),
+        &[(grubenv::TRY, "b"), (grubenv::TRIES, "1")],
+        &[&committed],
+        committed.len(),
+    )
+    .unwrap();
+    put(&disk, "grubenv", &armed);
+    put(&disk, "grubenv.2", &armed);
+
+    assert_eq!(
+        power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
+        Boots::Kernel { slot: "b".into() }
+    );
+    assert_eq!(
+        power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
+        Boots::System {
+            slot: "a".into(),
+            hub: "none".into()
+        }
+    );
+    // What the node reads to report "rolled back: new slot did not boot".
+    for copy in ["grubenv", "grubenv.2"] {
+        let vars = grubenv::parse(&get(&disk, copy)).unwrap();
+        assert_eq!(vars["cairn_rolled_back"], "b", "{copy}: {vars:?}");
+        assert_eq!(vars[grubenv::SLOT], "a", "{copy}: {vars:?}");
+    }
 }

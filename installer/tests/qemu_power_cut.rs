@@ -436,15 +436,11 @@ fn install_cut_at_the_boot_code_boots_nothing_under_bios_and_the_new_system_unde
     assert!(seed.contains(NEW_HUB), "{seed}");
 }
 
-/// The upgrade's first boot: `cairn-node` wrote slot b and armed one try in both copies of
-/// the boot selection (what it leaves before its reboot: `node-daemon/tests/upgrade.rs`).
-/// GRUB counts the try down and starts slot b; the power goes before the node on b could
-/// pass its health checks and commit. At the next power-on no try is left: GRUB records
-/// the rollback, and the old system comes up and reports the slot it booted.
-#[test]
-fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk.raw");
+/// A disk as `cairn-node` leaves it before the upgrade's reboot: slot b written (here the
+/// same root as slot a, so either boots) and one try of it armed in both copies of the
+/// boot selection (the node's own writes are tested in `node-daemon/tests/upgrade.rs`).
+fn armed_for_one_try(dir: &Path) -> PathBuf {
+    let disk = dir.join("disk.raw");
     std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
     copy_slot_a_to_b(&disk);
     let committed = get(&disk, "grubenv");
@@ -457,7 +453,17 @@ fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
     .unwrap();
     put(&disk, "grubenv", &armed);
     put(&disk, "grubenv.2", &armed);
+    disk
+}
 
+/// The upgrade's first boot: GRUB counts the one try down and starts slot b; the power goes
+/// before the node on b could pass its health checks and commit. At the next power-on no
+/// try is left: GRUB records the rollback, and the old system comes up and reports the slot
+/// it booted.
+#[test]
+fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = armed_for_one_try(dir.path());
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
         Boots::Kernel { slot: "b".into() }
@@ -475,4 +481,37 @@ fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
         assert_eq!(vars["cairn_rolled_back"], "b", "{copy}: {vars:?}");
         assert_eq!(vars[grubenv::SLOT], "a", "{copy}: {vars:?}");
     }
+}
+
+/// The commit on the tried slot's last try: the node on b passed its checks and rewrites
+/// copy 1 committing b; the power goes mid-write, its second sector never written (copy 2
+/// still as GRUB's countdown left it: try b, no tries left). GRUB cannot tell a torn
+/// commit from a torn disarm, so it rolls back: the old system, never a half-committed one.
+#[test]
+fn upgrade_commit_torn_on_the_last_try_boots_the_old_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = armed_for_one_try(dir.path());
+    assert_eq!(
+        power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
+        Boots::Kernel { slot: "b".into() }
+    );
+    let (one, two) = (get(&disk, "grubenv"), get(&disk, "grubenv.2"));
+    let mut commit = grubenv::next_block(
+        &grubenv::select(&one, Some(&two)).unwrap(),
+        &[
+            (grubenv::SLOT, "b"),
+            (grubenv::TRY, ""),
+            (grubenv::TRIES, ""),
+        ],
+        &[&one, &two],
+        one.len(),
+    )
+    .unwrap();
+    // The old second sector (its check) under the new first one.
+    commit[512..].copy_from_slice(&one[512..]);
+    put(&disk, "grubenv", &commit);
+    assert_eq!(
+        power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
+        Boots::Kernel { slot: "a".into() }
+    );
 }

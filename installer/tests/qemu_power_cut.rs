@@ -12,9 +12,15 @@
 //!   every write, write-zeroes and discard after the chosen one, so the disk holds exactly
 //!   what that flush made durable (a disk whose cache is lost in the cut).
 //!
-//! After the cut the disk boots under SeaBIOS until the appliance's console beacon (or
-//! SeaBIOS finds no boot code), and under OVMF where the ESP decides. The cost is one guest
-//! install (about 30 s, most of it the guest kernel's start) and one boot per row.
+//! After the cut the disk boots under SeaBIOS until the kernel's command line or the
+//! appliance's console beacon (or SeaBIOS finds no boot code), and under OVMF where the ESP
+//! decides. The cost is one guest install (20-50 s, most of it the guest kernel's start)
+//! and one boot per row.
+//!
+//! The upgrade rows cut at boot: the disk as `cairn-node` leaves it before its reboot, the
+//! power cut during the tried slot's first boot (QEMU killed, `cache=none`) or during the
+//! commit's write, and the real GRUB deciding at the next power-on. The matrix with what
+//! covers the other upgrade phases is in docs/images.md.
 
 mod common;
 

@@ -546,10 +546,15 @@ fn release() -> Release {
         .iter()
         .map(|name| {
             let m = std::fs::metadata(cairn.with_file_name(name)).unwrap_or_else(|e| {
-                panic!("{name} is missing ({e}): cargo build -p cairn-node-daemon (same target dir)")
+                panic!(
+                    "{name} is missing ({e}): cargo build -p cairn-node-daemon (same target dir)"
+                )
             });
             let mtime = m.modified().unwrap();
-            let secs = mtime.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let secs = mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
             format!("{}-{secs}", m.len())
         })
         .collect();
@@ -582,7 +587,11 @@ fn release() -> Release {
     }
     let key = dir.join("release.key");
     let cairn = cairn.to_str().unwrap();
-    let (code, _, err) = run(cairn, &["image", "keygen", "--out", key.to_str().unwrap()], &[]);
+    let (code, _, err) = run(
+        cairn,
+        &["image", "keygen", "--out", key.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     let config = dir.join("image.yaml");
     std::fs::write(
@@ -629,9 +638,8 @@ fn release() -> Release {
 }
 
 /// The appliance of the in-appliance upgrade row: its disk, how it is powered on (QEMU's user
-/// network relays each connection to the hub's address to the real hub; the disk
-/// `cache=none`, so a kill loses exactly what the guest had not written yet), and the
-/// operator's view of it on the hub.
+/// network relays each connection to the hub's address to the real hub), and the operator's
+/// view of it on the hub.
 struct Appliance {
     rt: tokio::runtime::Runtime,
     operator: HubClient,
@@ -702,11 +710,7 @@ impl Appliance {
                 },
                 &format!("virtio-net-pci,mac={APPLIANCE_MAC}"),
             )
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio,cache=none",
-                disk.display()
-            ));
+            .qmp(true);
         Self {
             rt,
             operator,
@@ -715,8 +719,60 @@ impl Appliance {
         }
     }
 
+    /// Powers on from the disk, `cache=none`: a kill loses exactly what the guest had not
+    /// written yet.
     fn power_on(&self) -> Vm {
-        self.machine.spawn().unwrap()
+        self.machine
+            .clone()
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,cache=none",
+                self.disk.display()
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Powers on with the power set to go as the first write reaching slot b's first sector
+    /// arrives (`blkdebug` fails it, `werror=stop` freezes the guest before it sees the error,
+    /// and [`Self::cut_at_slot_b`] kills QEMU): the write is lost with everything after it.
+    fn power_on_until_slot_b_is_written(&self, dir: &Path) -> Vm {
+        let table =
+            cairn_formats::gpt::read(&mut std::fs::File::open(&self.disk).unwrap()).unwrap();
+        let sector = table.get("root-b").unwrap().offset() / 512;
+        let conf = dir.join("slot-b.blkdebug");
+        std::fs::write(
+            &conf,
+            format!(
+                "[inject-error]\nevent = \"write_aio\"\niotype = \"write\"\nsector = \"{sector}\"\nerrno = \"5\"\nonce = \"off\"\n"
+            ),
+        )
+        .unwrap();
+        self.machine
+            .clone()
+            .arg("-drive")
+            .arg(format!(
+                "file=blkdebug:{}:{},format=raw,if=virtio,cache=none,werror=stop",
+                conf.display(),
+                self.disk.display()
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for the guest [`Self::power_on_until_slot_b_is_written`] started to stop on its
+    /// first write to slot b, then cuts the power.
+    fn cut_at_slot_b(vm: &mut Vm) {
+        Poll::new("the first write to slot b", LIMIT)
+            .every(Duration::from_millis(250))
+            .context(&|| plain(&vm.tail(40)))
+            .until(|| {
+                vm.qmp(r#"{"execute":"query-status"}"#)
+                    .unwrap()
+                    .contains("io-error")
+                    .then_some(())
+            });
+        vm.kill();
     }
 
     /// The one appliance the hub knows, if it registered.
@@ -838,11 +894,15 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
     let id = first.id.to_string();
     app.start_campaign("first");
     app.wait(&vm, "part of the bundle downloaded", None, |_, s| {
-        let downloading = s.upgrade.as_ref().is_some_and(|u| {
-            u.phase == UpgradePhase::Downloading && u.bytes_done > 0
-        });
+        let downloading = s
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| u.phase == UpgradePhase::Downloading && u.bytes_done > 0);
         assert!(
-            matches!(phase(s), None | Some(UpgradePhase::Waiting | UpgradePhase::Downloading)),
+            matches!(
+                phase(s),
+                None | Some(UpgradePhase::Waiting | UpgradePhase::Downloading)
+            ),
             "the download ended before a heartbeat showed it under way: {s:?}"
         );
         downloading
@@ -850,57 +910,69 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
     vm.kill();
     lap("cut 1, during the download");
     let before = app.last_seen();
-    let mut vm = app.power_on();
+    let mut vm = app.power_on_until_slot_b_is_written(dir.path());
     // The old system, and the same order going on: the download is not a step that can
     // leave anything half-done on the slots.
-    let after = app.wait(&vm, "0.1.0 back, the order going on", Some(before), |_, s| {
-        runs(s, "0.1.0", "a")
-            && matches!(
-                phase(s),
-                Some(UpgradePhase::Downloading | UpgradePhase::Writing)
-            )
-    });
+    let after = app.wait(
+        &vm,
+        "0.1.0 back, the order going on",
+        Some(before),
+        |_, s| {
+            runs(s, "0.1.0", "a")
+                && matches!(
+                    phase(s),
+                    Some(UpgradePhase::Downloading | UpgradePhase::Writing)
+                )
+        },
+    );
     assert_eq!(after.id, first.id);
     let member = app.campaign("first").members[0].clone();
     assert_eq!(member.state, MemberState::Ordered, "{member:?}");
 
-    // 2. The power goes while the slot is written.
-    app.wait(&vm, "writing slot b", Some(before), |_, s| {
-        assert!(
-            matches!(
-                phase(s),
-                Some(UpgradePhase::Downloading | UpgradePhase::Writing)
-            ),
-            "the write ended before a heartbeat showed it under way: {s:?}"
-        );
-        phase(s) == Some(UpgradePhase::Writing)
-    });
-    vm.kill();
+    // 2. The power goes as the slot write reaches the disk.
+    Appliance::cut_at_slot_b(&mut vm);
     lap("cut 2, during the slot write");
     let console = plain(&vm.serial());
     assert!(
-        !console.contains("slot written and verified"),
-        "the slot write had ended:\n{console}"
+        console.contains("phase=Writing") && !console.contains("slot written and verified"),
+        "the cut came outside the slot write:\n{console}"
     );
     let before = app.last_seen();
     let mut vm = app.power_on();
-    let after = app.wait(&vm, "0.1.0 back, reporting the upgrade interrupted", Some(before), |_, s| {
-        runs(s, "0.1.0", "a") && phase(s) == Some(UpgradePhase::Interrupted)
-    });
+    let after = app.wait(
+        &vm,
+        "0.1.0 back, reporting the upgrade interrupted",
+        Some(before),
+        |_, s| runs(s, "0.1.0", "a") && phase(s) == Some(UpgradePhase::Interrupted),
+    );
     let report = after.status.unwrap().status.upgrade.unwrap();
-    assert!(report.reason.contains("while writing the new slot"), "{report:?}");
+    assert!(
+        report.reason.contains("while writing the new slot"),
+        "{report:?}"
+    );
     // GRUB was never told to try the half-written slot.
     for vars in app.grubenv() {
         assert_eq!(vars[grubenv::SLOT], "a", "{vars:?}");
-        assert_eq!(vars.get(grubenv::TRY).map_or("", String::as_str), "", "{vars:?}");
+        assert_eq!(
+            vars.get(grubenv::TRY).map_or("", String::as_str),
+            "",
+            "{vars:?}"
+        );
     }
     // The campaign stops on it, and 0.2.0 is quarantined for this appliance.
     let campaign = Poll::new("campaign first paused", LIMIT)
         .until(|| Some(app.campaign("first")).filter(|c| c.state == CampaignState::Paused));
-    assert_eq!(campaign.members[0].state, MemberState::Failed, "{campaign:?}");
+    assert_eq!(
+        campaign.members[0].state,
+        MemberState::Failed,
+        "{campaign:?}"
+    );
     let a = app.view().unwrap();
     assert!(a.quarantined.contains_key("0.2.0"), "{a:?}");
-    assert!(a.desired.upgrade.is_none(), "the failed order is withdrawn: {a:?}");
+    assert!(
+        a.desired.upgrade.is_none(),
+        "the failed order is withdrawn: {a:?}"
+    );
     lap("interrupted on the hub");
 
     // A retried order goes on: an operator clears the quarantine and starts a new campaign.
@@ -929,14 +1001,25 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
         runs(s, "0.2.0", "b") && phase(s) == Some(UpgradePhase::Committed)
     });
     let console = plain(&vm.serial());
-    assert!(console.contains("cairn-beacon version=0.2.0 slot=b"), "{console}");
+    assert!(
+        console.contains("cairn-beacon version=0.2.0 slot=b"),
+        "{console}"
+    );
     for vars in app.grubenv() {
         assert_eq!(vars[grubenv::SLOT], "b", "{vars:?}");
-        assert_eq!(vars.get(grubenv::TRY).map_or("", String::as_str), "", "{vars:?}");
+        assert_eq!(
+            vars.get(grubenv::TRY).map_or("", String::as_str),
+            "",
+            "{vars:?}"
+        );
     }
     let campaign = Poll::new("campaign retry completed", LIMIT)
         .until(|| Some(app.campaign("retry")).filter(|c| c.state == CampaignState::Completed));
-    assert_eq!(campaign.members[0].state, MemberState::Committed, "{campaign:?}");
+    assert_eq!(
+        campaign.members[0].state,
+        MemberState::Committed,
+        "{campaign:?}"
+    );
     lap("committed on the hub");
     drop(vm);
 }

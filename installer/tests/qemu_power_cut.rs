@@ -17,10 +17,13 @@
 //! decides. The cost is one guest install (20-50 s, most of it the guest kernel's start)
 //! and one boot per row.
 //!
-//! The upgrade rows cut at boot: the disk as `cairn-node` leaves it before its reboot, the
-//! power cut during the tried slot's first boot (QEMU killed, `cache=none`) or during the
-//! commit's write, and the real GRUB deciding at the next power-on. The matrix with what
-//! covers the other upgrade phases is in docs/images.md.
+//! The upgrade rows: one cuts inside a running appliance (`cairn-node` in the guest registered
+//! with a real `cairn-hub`, upgrading through a campaign) during the download, during the
+//! slot write and right after the boot selection is armed, and checks what boots and what
+//! the hub shows after each; two cut at boot: the disk as `cairn-node` leaves it before its
+//! reboot, the power cut during the tried slot's first boot (QEMU killed, `cache=none`) or
+//! during the commit's write, and the real GRUB deciding at the next power-on. The matrix is
+//! in docs/images.md.
 
 mod common;
 

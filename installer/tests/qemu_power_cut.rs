@@ -877,7 +877,13 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
     let hub = Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
         .names(&["127.0.0.1", BEACON_GUEST_ADDR])
         .init_args(&["--trusted-release-key", release.key_pub.to_str().unwrap()])
-        .serve_args(&["--heartbeat-interval", "1"])
+        // Heartbeats often enough to show a download under way; campaign passes soon after.
+        .serve_args(&[
+            "--heartbeat-interval",
+            "1",
+            "--campaign-check-every-ms",
+            "250",
+        ])
         .start();
     let app = Appliance::install(dir.path(), &release, &hub);
     let sha256 = cairn_formats::stream::Digest::of_file(&release.bundle)

@@ -17,20 +17,31 @@
 //! decides. The cost is one guest install (20-50 s, most of it the guest kernel's start)
 //! and one boot per row.
 //!
-//! The upgrade rows cut at boot: the disk as `cairn-node` leaves it before its reboot, the
-//! power cut during the tried slot's first boot (QEMU killed, `cache=none`) or during the
-//! commit's write, and the real GRUB deciding at the next power-on. The matrix with what
-//! covers the other upgrade phases is in docs/images.md.
+//! The upgrade rows: one cuts inside a running appliance (`cairn-node` in the guest registered
+//! with a real `cairn-hub`, upgrading through a campaign) during the download, during the
+//! slot write and right after the boot selection is armed, and checks what boots and what
+//! the hub shows after each; two cut at boot: the disk as `cairn-node` leaves it before its
+//! reboot, the power cut during the tried slot's first boot (QEMU killed, `cache=none`) or
+//! during the commit's write, and the real GRUB deciding at the next power-on. The matrix is
+//! in docs/images.md.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cairn_api::UpgradePhase;
+use cairn_api::hub::{
+    ApplianceView, CampaignAction, CampaignState, CampaignView, CreateCampaign,
+    CreateEnrollmentToken, MemberState, Selector, SiteQuery,
+};
 use cairn_formats::grubenv;
-use cairn_test_support::Poll;
-use cairn_vm_harness::qemu::VmBuilder;
+use cairn_hub_client::HubClient;
+use cairn_hub_client::tls::Trust;
+use cairn_test_support::hub::Hub;
+use cairn_test_support::{Poll, workspace_bin};
+use cairn_vm_harness::qemu::{BEACON_GUEST_ADDR, Nic, Vm, VmBuilder};
 use common::*;
 
 /// A guest install or boot under TCG on a shared 2-core machine: tens of seconds.
@@ -464,8 +475,8 @@ fn armed_for_one_try(dir: &Path) -> PathBuf {
 
 /// The upgrade's first boot: GRUB counts the one try down and starts slot b; the power goes
 /// before the node on b could pass its health checks and commit. At the next power-on no
-/// try is left: GRUB records the rollback, and the old system comes up and reports the slot
-/// it booted.
+/// try is left: GRUB records the rollback and starts the old system's kernel (watched no
+/// further: the slot a kernel boots to its appliance in the install rows).
 #[test]
 fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -475,11 +486,8 @@ fn upgrade_cut_during_the_first_boot_boots_the_old_system_again() {
         Boots::Kernel { slot: "b".into() }
     );
     assert_eq!(
-        power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
-        Boots::System {
-            slot: "a".into(),
-            hub: "none".into()
-        }
+        power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
+        Boots::Kernel { slot: "a".into() }
     );
     // What the node reads to report "rolled back: new slot did not boot".
     for copy in ["grubenv", "grubenv.2"] {
@@ -520,4 +528,507 @@ fn upgrade_commit_torn_on_the_last_try_boots_the_old_system() {
         power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
         Boots::Kernel { slot: "a".into() }
     );
+}
+
+/// The in-appliance upgrade row: the `minimal` image 0.1.0 built to trust a release key (its
+/// `release_keys`, so its cairn-node installs only what that key signed), and an update
+/// bundle 0.2.0 derived from it and signed by that key. Built once per set of binaries.
+struct Release {
+    /// `cairn image build` output of 0.1.0.
+    base: PathBuf,
+    /// The release key's public half (the hub trusts it too).
+    key_pub: PathBuf,
+    /// The signed bundle of 0.2.0.
+    bundle: PathBuf,
+}
+
+fn release() -> Release {
+    let cairn = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    // The image's root carries cairn-node only; its install environment the agent.
+    let stamp: Vec<String> = ["cairn", "cairn-node", "cairn-agent"]
+        .iter()
+        .map(|name| {
+            let m = std::fs::metadata(cairn.with_file_name(name)).unwrap_or_else(|e| {
+                panic!(
+                    "{name} is missing ({e}): cargo build -p cairn-node-daemon (same target dir)"
+                )
+            });
+            let mtime = m.modified().unwrap();
+            let secs = mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            format!("{}-{secs}", m.len())
+        })
+        .collect();
+    let base_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cairn-images");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let lock = std::fs::File::create(base_dir.join("lock-upgrade")).unwrap();
+    lock.lock().unwrap();
+    let dir = base_dir.join(format!("upgrade-{}", stamp.join("-")));
+    let r = Release {
+        base: dir.join("base"),
+        key_pub: dir.join("release.key.pub"),
+        bundle: dir.join("update-0.2.0.bundle"),
+    };
+    if dir.join("done").exists() {
+        return r;
+    }
+    // A build for older binaries is of no more use (the disk is shared and small).
+    for e in std::fs::read_dir(&base_dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("upgrade-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["cairn-node", "cairn-agent"] {
+        let from = cairn.with_file_name(name);
+        if std::fs::hard_link(&from, bin.join(name)).is_err() {
+            std::fs::copy(&from, bin.join(name)).unwrap();
+        }
+    }
+    let key = dir.join("release.key");
+    let cairn = cairn.to_str().unwrap();
+    let (code, _, err) = run(
+        cairn,
+        &["image", "keygen", "--out", key.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let config = dir.join("image.yaml");
+    std::fs::write(
+        &config,
+        "profile: minimal\nversion: 0.1.0\ncompatible_from: []\nbinaries: bin\n\
+         disk:\n  size_mib: 384\n  esp_mib: 32\n  slot_mib: 96\n\
+         kernel_args: console=ttyS0,115200\nrelease_keys: [release.key.pub]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        cairn,
+        &[
+            "image",
+            "build",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            r.base.to_str().unwrap(),
+            "--signing-key",
+            key.to_str().unwrap(),
+        ],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
+    assert_eq!(code, 0, "cairn image build failed:\n{err}");
+    let (code, _, err) = run(
+        cairn,
+        &[
+            "image",
+            "derive",
+            "--from",
+            r.base.to_str().unwrap(),
+            "--version",
+            "0.2.0",
+            "--out",
+            r.bundle.to_str().unwrap(),
+            "--signing-key",
+            key.to_str().unwrap(),
+        ],
+        &[("SOURCE_DATE_EPOCH", EPOCH)],
+    );
+    assert_eq!(code, 0, "cairn image derive failed:\n{err}");
+    std::fs::write(dir.join("done"), "").unwrap();
+    r
+}
+
+/// The appliance of the in-appliance upgrade row: its disk, how it is powered on (QEMU's user
+/// network relays each connection to the hub's address to the real hub), and the operator's
+/// view of it on the hub.
+struct Appliance {
+    rt: tokio::runtime::Runtime,
+    operator: HubClient,
+    machine: VmBuilder,
+    disk: PathBuf,
+}
+
+/// The hub's address as the appliance's seed names it.
+const APPLIANCE_HUB_PORT: u16 = 8443;
+const APPLIANCE_MAC: &str = "52:54:00:c0:de:22";
+
+impl Appliance {
+    /// Installs `release`'s 0.1.0 with the host's `cairn-agent` onto a blank disk, with a
+    /// seed naming `hub` and a single-use token bound to the appliance's MAC.
+    fn install(dir: &Path, release: &Release, hub: &Hub) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let operator = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
+            .unwrap()
+            .with_bearer(&hub.admin_token);
+        let token = rt
+            .block_on(operator.create_token(&CreateEnrollmentToken {
+                site: "cut-site".into(),
+                ttl_seconds: 3600,
+                max_uses: 1,
+                labels: Default::default(),
+                tenant: None,
+                mac: Some(APPLIANCE_MAC.into()),
+                serial: None,
+            }))
+            .expect("minting a MAC-bound token")
+            .token;
+        let source = source_copy(&release.base, dir);
+        let seed = source.join("seed");
+        std::fs::create_dir_all(&seed).unwrap();
+        std::fs::write(
+            seed.join("node.yaml"),
+            cairn_installer::agent::plan::node_yaml(
+                "edge-cut",
+                &format!("https://{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}"),
+            ),
+        )
+        .unwrap();
+        std::fs::write(seed.join("hub-ca.pem"), &hub.ca_pem).unwrap();
+        std::fs::write(seed.join("enrollment-token"), format!("{token}\n")).unwrap();
+        let disk = dir.join("disk.raw");
+        blank_disk(&disk, 512);
+        let (code, out, err) = run(
+            env!("CARGO_BIN_EXE_cairn-agent"),
+            &[
+                "--source",
+                source.to_str().unwrap(),
+                "--target",
+                disk.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        std::fs::remove_dir_all(&source).unwrap();
+        let hub_port = hub.addr().rsplit_once(':').unwrap().1.to_owned();
+        let machine = VmBuilder::new()
+            .nic(
+                Nic::User {
+                    options: format!(
+                        "guestfwd=tcp:{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}-cmd:socat - TCP:127.0.0.1:{hub_port}"
+                    ),
+                },
+                &format!("virtio-net-pci,mac={APPLIANCE_MAC}"),
+            )
+            .qmp(true);
+        Self {
+            rt,
+            operator,
+            machine,
+            disk,
+        }
+    }
+
+    /// Powers on from the disk, `cache=none`: a kill loses exactly what the guest had not
+    /// written yet.
+    fn power_on(&self) -> Vm {
+        self.machine
+            .clone()
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,cache=none",
+                self.disk.display()
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Powers on with the power set to go as the first write reaching slot b's first sector
+    /// arrives (`blkdebug` fails it, `werror=stop` freezes the guest before it sees the error,
+    /// and [`Self::cut_at_slot_b`] kills QEMU): the write is lost with everything after it.
+    fn power_on_until_slot_b_is_written(&self, dir: &Path) -> Vm {
+        let table =
+            cairn_formats::gpt::read(&mut std::fs::File::open(&self.disk).unwrap()).unwrap();
+        let sector = table.get("root-b").unwrap().offset() / 512;
+        let conf = dir.join("slot-b.blkdebug");
+        std::fs::write(
+            &conf,
+            format!(
+                "[inject-error]\nevent = \"write_aio\"\niotype = \"write\"\nsector = \"{sector}\"\nerrno = \"5\"\nonce = \"off\"\n"
+            ),
+        )
+        .unwrap();
+        self.machine
+            .clone()
+            .arg("-drive")
+            .arg(format!(
+                "file=blkdebug:{}:{},format=raw,if=virtio,cache=none,werror=stop",
+                conf.display(),
+                self.disk.display()
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for the guest [`Self::power_on_until_slot_b_is_written`] started to stop on its
+    /// first write to slot b, then cuts the power.
+    fn cut_at_slot_b(vm: &mut Vm) {
+        Poll::new("the first write to slot b", LIMIT)
+            .every(Duration::from_millis(250))
+            .context(&|| plain(&vm.tail(40)))
+            .until(|| {
+                vm.qmp(r#"{"execute":"query-status"}"#)
+                    .unwrap()
+                    .contains("io-error")
+                    .then_some(())
+            });
+        vm.kill();
+    }
+
+    /// The one appliance the hub knows, if it registered.
+    fn view(&self) -> Option<ApplianceView> {
+        let list = self
+            .rt
+            .block_on(self.operator.list_appliances(&SiteQuery::default()))
+            .expect("listing appliances");
+        assert!(list.len() <= 1, "more than one appliance: {list:#?}");
+        list.into_iter().next()
+    }
+
+    /// When the hub received the latest heartbeat.
+    fn last_seen(&self) -> time::OffsetDateTime {
+        self.view()
+            .and_then(|a| a.status)
+            .expect("the appliance heartbeated")
+            .last_seen
+    }
+
+    /// Waits until a heartbeat received after `after` shows what `ok` accepts; `ok` may
+    /// panic on a view that rules the wanted one out.
+    fn wait(
+        &self,
+        vm: &Vm,
+        what: &str,
+        after: Option<time::OffsetDateTime>,
+        ok: impl Fn(&ApplianceView, &cairn_api::NodeStatus) -> bool,
+    ) -> ApplianceView {
+        let context = || format!("hub: {:#?}\nconsole:\n{}", self.view(), plain(&vm.tail(40)));
+        Poll::new(what, LIMIT)
+            .every(Duration::from_millis(250))
+            .context(&context)
+            .until(|| {
+                let a = self.view()?;
+                let status = a.status.as_ref()?;
+                (after.is_none_or(|t| status.last_seen > t) && ok(&a, &status.status))
+                    .then_some(a.clone())
+            })
+    }
+
+    fn start_campaign(&self, name: &str) {
+        self.rt
+            .block_on(self.operator.create_campaign(&CreateCampaign {
+                name: name.into(),
+                release: "0.2.0".into(),
+                selector: Selector::default(),
+                canaries: 0,
+                batch_size: None,
+                max_concurrency: None,
+                max_failures: 0,
+                window: None,
+                prestage: false,
+                allow_downgrade: false,
+                deadline_seconds: None,
+            }))
+            .expect("creating a campaign");
+        self.rt
+            .block_on(self.operator.campaign_action(name, CampaignAction::Start))
+            .expect("starting a campaign");
+    }
+
+    fn campaign(&self, name: &str) -> CampaignView {
+        self.rt
+            .block_on(self.operator.campaign(name))
+            .expect("reading a campaign")
+    }
+
+    /// Both copies of GRUB's environment on the disk's ESP, as GRUB would read them.
+    fn grubenv(&self) -> [std::collections::BTreeMap<String, String>; 2] {
+        ["grubenv", "grubenv.2"].map(|copy| grubenv::parse(&get(&self.disk, copy)).unwrap())
+    }
+}
+
+/// The upgrade phase a heartbeat reports for 0.2.0, if any.
+fn phase(status: &cairn_api::NodeStatus) -> Option<UpgradePhase> {
+    status
+        .upgrade
+        .as_ref()
+        .filter(|u| u.version == "0.2.0")
+        .map(|u| u.phase)
+}
+
+/// The version and slot a heartbeat says the appliance runs.
+fn runs(status: &cairn_api::NodeStatus, version: &str, slot: &str) -> bool {
+    status.os_version == version && status.booted_slot.as_deref() == Some(slot)
+}
+
+/// The upgrade cut inside a running appliance, three times on one disk: `cairn-node` in a
+/// QEMU guest registered with a real `cairn-hub`, a campaign ordering 0.2.0, and the power
+/// cut (QEMU killed, `cache=none`) during the download, during the slot write and right after
+/// the boot selection was armed, each followed by a power-on of the same disk. The hub's view
+/// (heartbeats, campaign, quarantine) is checked after each.
+#[test]
+fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
+    let started = Instant::now();
+    let release = release();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
+        .names(&["127.0.0.1", BEACON_GUEST_ADDR])
+        .init_args(&["--trusted-release-key", release.key_pub.to_str().unwrap()])
+        // Heartbeats often enough to show a download under way; campaign passes soon after.
+        .serve_args(&[
+            "--heartbeat-interval",
+            "1",
+            "--campaign-check-every-ms",
+            "250",
+        ])
+        .start();
+    let app = Appliance::install(dir.path(), &release, &hub);
+    let sha256 = cairn_formats::stream::Digest::of_file(&release.bundle)
+        .unwrap()
+        .sha256;
+    app.rt
+        .block_on(app.operator.upload_release(&release.bundle, &sha256))
+        .expect("adding release 0.2.0");
+    let lap = |what: &str| eprintln!("{what}: {:.0?}", started.elapsed());
+    lap("release built, hub up, appliance installed");
+
+    // 1. The power goes while the bundle downloads.
+    let mut vm = app.power_on();
+    let first = app.wait(&vm, "0.1.0 registered and heartbeating", None, |_, s| {
+        runs(s, "0.1.0", "a") && s.upgrade.is_none()
+    });
+    let id = first.id.to_string();
+    app.start_campaign("first");
+    app.wait(&vm, "part of the bundle downloaded", None, |_, s| {
+        let downloading = s
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| u.phase == UpgradePhase::Downloading && u.bytes_done > 0);
+        assert!(
+            matches!(
+                phase(s),
+                None | Some(UpgradePhase::Waiting | UpgradePhase::Downloading)
+            ),
+            "the download ended before a heartbeat showed it under way: {s:?}"
+        );
+        downloading
+    });
+    vm.kill();
+    lap("cut 1, during the download");
+    let before = app.last_seen();
+    let mut vm = app.power_on_until_slot_b_is_written(dir.path());
+    // The old system, and the same order going on: the download is not a step that can
+    // leave anything half-done on the slots.
+    let after = app.wait(
+        &vm,
+        "0.1.0 back, the order going on",
+        Some(before),
+        |_, s| {
+            runs(s, "0.1.0", "a")
+                && matches!(
+                    phase(s),
+                    Some(UpgradePhase::Downloading | UpgradePhase::Writing)
+                )
+        },
+    );
+    assert_eq!(after.id, first.id);
+    let member = app.campaign("first").members[0].clone();
+    assert_eq!(member.state, MemberState::Ordered, "{member:?}");
+
+    // 2. The power goes as the slot write reaches the disk.
+    Appliance::cut_at_slot_b(&mut vm);
+    lap("cut 2, during the slot write");
+    let console = plain(&vm.serial());
+    assert!(
+        console.contains("phase=Writing") && !console.contains("slot written and verified"),
+        "the cut came outside the slot write:\n{console}"
+    );
+    let before = app.last_seen();
+    let mut vm = app.power_on();
+    let after = app.wait(
+        &vm,
+        "0.1.0 back, reporting the upgrade interrupted",
+        Some(before),
+        |_, s| runs(s, "0.1.0", "a") && phase(s) == Some(UpgradePhase::Interrupted),
+    );
+    let report = after.status.unwrap().status.upgrade.unwrap();
+    assert!(
+        report.reason.contains("while writing the new slot"),
+        "{report:?}"
+    );
+    // GRUB was never told to try the half-written slot.
+    for vars in app.grubenv() {
+        assert_eq!(vars[grubenv::SLOT], "a", "{vars:?}");
+        assert_eq!(
+            vars.get(grubenv::TRY).map_or("", String::as_str),
+            "",
+            "{vars:?}"
+        );
+    }
+    // The campaign stops on it, and 0.2.0 is quarantined for this appliance.
+    let campaign = Poll::new("campaign first paused", LIMIT)
+        .until(|| Some(app.campaign("first")).filter(|c| c.state == CampaignState::Paused));
+    assert_eq!(
+        campaign.members[0].state,
+        MemberState::Failed,
+        "{campaign:?}"
+    );
+    let a = app.view().unwrap();
+    assert!(a.quarantined.contains_key("0.2.0"), "{a:?}");
+    assert!(
+        a.desired.upgrade.is_none(),
+        "the failed order is withdrawn: {a:?}"
+    );
+    lap("interrupted on the hub");
+
+    // A retried order goes on: an operator clears the quarantine and starts a new campaign.
+    app.rt
+        .block_on(app.operator.clear_quarantine(&id, "0.2.0"))
+        .expect("clearing the quarantine");
+    app.start_campaign("retry");
+
+    // 3. The power goes right after the boot selection is armed (the node's reboot, with
+    // QEMU's -no-reboot, would end the guest the same way a moment later).
+    Poll::new("both copies of the boot selection armed", LIMIT)
+        .every(Duration::from_millis(250))
+        .context(&|| plain(&vm.tail(40)))
+        .until(|| {
+            app.grubenv()
+                .iter()
+                .all(|v| v.get(grubenv::TRY).map(String::as_str) == Some("b"))
+                .then_some(())
+        });
+    vm.kill();
+    lap("cut 3, after the arm");
+    let before = app.last_seen();
+    let vm = app.power_on();
+    // GRUB takes the armed try: the new slot boots, passes its checks and commits.
+    app.wait(&vm, "0.2.0 committed in slot b", Some(before), |_, s| {
+        runs(s, "0.2.0", "b") && phase(s) == Some(UpgradePhase::Committed)
+    });
+    let console = plain(&vm.serial());
+    assert!(
+        console.contains("cairn-beacon version=0.2.0 slot=b"),
+        "{console}"
+    );
+    for vars in app.grubenv() {
+        assert_eq!(vars[grubenv::SLOT], "b", "{vars:?}");
+        assert_eq!(
+            vars.get(grubenv::TRY).map_or("", String::as_str),
+            "",
+            "{vars:?}"
+        );
+    }
+    let campaign = Poll::new("campaign retry completed", LIMIT)
+        .until(|| Some(app.campaign("retry")).filter(|c| c.state == CampaignState::Completed));
+    assert_eq!(
+        campaign.members[0].state,
+        MemberState::Committed,
+        "{campaign:?}"
+    );
+    lap("committed on the hub");
+    drop(vm);
 }

@@ -402,7 +402,11 @@ fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
     // the kill.
     poll("the node to heartbeat to the second hub", LIMIT, || {
         let status = node.status()?;
-        let seen = admin.run(admin.client.appliance(&id)).ok()?.status?.last_seen;
+        let seen = admin
+            .run(admin.client.appliance(&id))
+            .ok()?
+            .status?
+            .last_seen;
         (status.hub_url == second.url && status.hub_reachable && seen > killed_at).then_some(())
     });
     let took = killed.elapsed();

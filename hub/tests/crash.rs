@@ -67,7 +67,7 @@ async fn crash_under_load(store: &[&str]) {
     let kill_at = started + Duration::from_millis(rand::random_range(1500..4000));
     let url = format!("{}/v1/heartbeats", hub.url);
     let mut beats = tokio::task::JoinSet::new();
-    for (_, http) in &devices {
+    for (i, (_, http)) in devices.iter().enumerate() {
         let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
         beats.spawn(async move {
             let mut acked: Vec<(u64, Instant)> = Vec::new();
@@ -84,7 +84,7 @@ async fn crash_under_load(store: &[&str]) {
                     _ => break,
                 }
             }
-            acked
+            (i, acked)
         });
     }
     let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -119,7 +119,10 @@ async fn crash_under_load(store: &[&str]) {
     let killed_at = Instant::now();
     hub.kill();
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<Vec<(u64, Instant)>> = beats.join_all().await;
+    // In the devices' order: `join_all` gives them in the order they finished.
+    let mut acked = beats.join_all().await;
+    acked.sort_by_key(|(i, _)| *i);
+    let acked: Vec<Vec<(u64, Instant)>> = acked.into_iter().map(|(_, a)| a).collect();
     durable.await.unwrap();
     let tokens = tokens.lock().unwrap().clone();
     let total: usize = acked.iter().map(Vec::len).sum();
@@ -175,7 +178,8 @@ async fn crash_under_load(store: &[&str]) {
 /// (durable writes) through either: a SIGKILL of hub A and of one etcd member at the same
 /// random moment 1.5-3 s into the load. Every appliance carries on through hub B, and
 /// nothing acknowledged is lost: every token answered is listed, and every appliance's
-/// stored status is the last heartbeat answered (etcd answers only what it committed).
+/// stored status is no older than the last heartbeat answered (etcd answers only what it
+/// committed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write() {
     const DEVICES: usize = 8;
@@ -205,7 +209,7 @@ async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write
     let started = Instant::now();
     let kill_at = started + Duration::from_millis(rand::random_range(1500..3000));
     let mut beats = tokio::task::JoinSet::new();
-    for (_, http) in &devices {
+    for (i, (_, http)) in devices.iter().enumerate() {
         let (http, urls, stop) = (http.clone(), urls.clone(), stop.clone());
         beats.spawn(async move {
             // Every answered heartbeat: its sequence number, when, and through which hub.
@@ -227,7 +231,7 @@ async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write
                     Err(_) => hub = 1,
                 }
             }
-            acked
+            (i, acked)
         });
     }
     let tokens = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -270,7 +274,10 @@ async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write
     let settled = Instant::now() + Duration::from_secs(2);
     tokio::time::sleep_until(settled.into()).await;
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<Vec<(u64, Instant, usize)>> = beats.join_all().await;
+    // In the devices' order: `join_all` gives them in the order they finished.
+    let mut acked = beats.join_all().await;
+    acked.sort_by_key(|(i, _)| *i);
+    let acked: Vec<Vec<(u64, Instant, usize)>> = acked.into_iter().map(|(_, a)| a).collect();
     durable.await.unwrap();
 
     let admin = b.admin();
@@ -287,8 +294,9 @@ async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write
         assert_eq!(s, 200, "{view}");
         let stored = view["status"]["status"]["uptime_seconds"].as_u64().unwrap();
         let last = acked.last().unwrap().0;
-        assert_eq!(
-            stored, last,
+        // An unanswered heartbeat (cut off by the kill or the end) may still have landed.
+        assert!(
+            stored >= last,
             "{id}: heartbeat {last} was answered, the store holds {stored}"
         );
     }

@@ -619,7 +619,9 @@ mod tests {
     fn batches_keep_order_and_defer_writes_to_keys_already_written() {
         let big: Vec<String> = (0..=MAX_NESTED).map(|i| format!("big{i}")).collect();
         let big: Vec<&str> = big.iter().map(String::as_str).collect();
-        let cases: Vec<(&str, Vec<Write>, Vec<Vec<&str>>)> = vec![
+        // (what, the queue, the first keys of each batch taken)
+        type Case<'a> = (&'a str, Vec<Write>, Vec<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
             (
                 "independent writes share one commit",
                 vec![

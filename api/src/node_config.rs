@@ -50,6 +50,10 @@ pub struct HubSection {
     /// `https://host:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// More URLs of the same fleet's hubs (several hub processes on one etcd), tried in
+    /// order after `url` when a hub cannot be reached; `url` may then be left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
     /// SHA-256 of the hub CA certificate (DER), hex with or without colons.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,

@@ -1,6 +1,8 @@
 //! [`HubClient`]: one method per `/v1` route, typed with `cairn_api`'s requests and views.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cairn_api::hub::{
@@ -104,11 +106,17 @@ impl Error {
     }
 }
 
-/// A client of one hub.
+/// A client of one hub, or of several hub processes serving one fleet (on etcd): calls go
+/// to the current one, and a call that cannot connect to it tries the next at once. A call
+/// that failed after it may have reached its hub is not sent again (the hub may have acted
+/// on it), but the next call goes to the next hub. Clones share the current hub.
 #[derive(Debug, Clone)]
 pub struct HubClient {
     http: reqwest::Client,
-    base: url::Url,
+    /// Every hub URL, in the configured order; never empty.
+    bases: Arc<[url::Url]>,
+    /// Index into `bases` of the hub calls go to.
+    current: Arc<AtomicUsize>,
     bearer: Option<String>,
     pinned: Option<CertFingerprint>,
     mismatch: PinMismatch,
@@ -125,19 +133,25 @@ impl HubClient {
     /// A client for the hub at `base_url` (`https://host:port`), trusting it as `trust`
     /// says and presenting `identity` when given.
     pub fn new(base_url: &str, trust: &Trust, identity: Option<&Identity>) -> Result<Self, Error> {
-        let mut base = url::Url::parse(base_url.trim_end_matches('/')).map_err(|e| Error::Url {
-            url: base_url.into(),
-            reason: e.to_string(),
-        })?;
-        if base.cannot_be_a_base() {
+        Self::failover(&[base_url], trust, identity)
+    }
+
+    /// A client for several URLs of one fleet's hubs (each `https://host:port`), tried in
+    /// this order: the first until it cannot be reached, then the next.
+    pub fn failover(
+        base_urls: &[impl AsRef<str>],
+        trust: &Trust,
+        identity: Option<&Identity>,
+    ) -> Result<Self, Error> {
+        let bases = base_urls
+            .iter()
+            .map(|u| parse_base(u.as_ref()))
+            .collect::<Result<Arc<[_]>, _>>()?;
+        if bases.is_empty() {
             return Err(Error::Url {
-                url: base_url.into(),
-                reason: "not an http(s) URL".into(),
+                url: String::new(),
+                reason: "no hub URL given".into(),
             });
-        }
-        // Paths are joined segment by segment below; a trailing empty one would double '/'.
-        if base.path() == "/" {
-            base.set_path("");
         }
         let (config, mismatch) = tls::client_config(trust, identity)?;
         let http = reqwest::Client::builder()
@@ -152,7 +166,8 @@ impl HubClient {
         };
         Ok(Self {
             http,
-            base,
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             bearer: None,
             pinned,
             mismatch,
@@ -165,9 +180,26 @@ impl HubClient {
         self
     }
 
-    /// The hub's URL.
+    /// The URL of the hub calls go to now.
     pub fn base_url(&self) -> &str {
-        self.base.as_str().trim_end_matches('/')
+        self.base().as_str().trim_end_matches('/')
+    }
+
+    fn base(&self) -> &url::Url {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Moves on from the hub at `failed` (unless another call did already); returns the
+    /// index now current.
+    fn next_hub(&self, failed: usize) -> usize {
+        let next = (failed + 1) % self.bases.len();
+        match self
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => next,
+            Err(now) => now,
+        }
     }
 
     /// With only a fingerprint: fetches `GET /v1/ca` over a pinned connection and checks the
@@ -197,7 +229,7 @@ impl HubClient {
     }
 
     fn url(&self, segments: &[&str]) -> url::Url {
-        let mut url = self.base.clone();
+        let mut url = self.base().clone();
         url.path_segments_mut()
             .expect("checked in new: the base can be a base")
             .extend(segments);
@@ -224,21 +256,43 @@ impl HubClient {
         url: url::Url,
         req: reqwest::RequestBuilder,
     ) -> Result<Answer, Error> {
-        let response = match req.send().await {
-            Ok(r) => r,
-            Err(source) => {
-                if let (Some(expected), Some(presented)) = (&self.pinned, self.mismatch.take()) {
-                    return Err(Error::FingerprintMismatch {
-                        expected: expected.clone(),
-                        presented,
-                    });
-                }
-                return Err(Error::Unreachable {
-                    url: url.to_string(),
-                    source,
+        let unreachable = |url: &url::Url, source| Error::Unreachable {
+            url: url.to_string(),
+            source,
+        };
+        let mut request = req.build().map_err(|e| unreachable(&url, e))?;
+        let first = self.current.load(Ordering::Relaxed) % self.bases.len();
+        let mut at = first;
+        let response = loop {
+            // A body that cannot be sent twice (an upload) is sent once.
+            let retry = request.try_clone();
+            let url = request.url().clone();
+            let source = match self.http.execute(request).await {
+                Ok(response) => break response,
+                Err(source) => source,
+            };
+            if let (Some(expected), Some(presented)) = (&self.pinned, self.mismatch.take()) {
+                return Err(Error::FingerprintMismatch {
+                    expected: expected.clone(),
+                    presented,
                 });
             }
+            if self.bases.len() == 1 {
+                return Err(unreachable(&url, source));
+            }
+            let next = self.next_hub(at);
+            tracing::warn!(hub = %self.bases[at], next = %self.bases[next], error = %source, "hub unreachable; calls go to the next hub URL");
+            // Only a request that never reached its hub is safe to send to another.
+            match retry {
+                Some(mut again) if source.is_connect() && next != first => {
+                    *again.url_mut() = rebase(&url, &self.bases[at], &self.bases[next]);
+                    request = again;
+                    at = next;
+                }
+                _ => return Err(unreachable(&url, source)),
+            }
         };
+        let url = response.url().clone();
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
@@ -623,6 +677,37 @@ impl Answer {
 }
 
 /// The first bytes of an unexpected body, printable, for error messages.
+/// A base URL: absolute, without a trailing empty path segment (paths are joined segment by
+/// segment, and one would double the '/').
+fn parse_base(base_url: &str) -> Result<url::Url, Error> {
+    let mut base = url::Url::parse(base_url.trim_end_matches('/')).map_err(|e| Error::Url {
+        url: base_url.into(),
+        reason: e.to_string(),
+    })?;
+    if base.cannot_be_a_base() {
+        return Err(Error::Url {
+            url: base_url.into(),
+            reason: "not an http(s) URL".into(),
+        });
+    }
+    if base.path() == "/" {
+        base.set_path("");
+    }
+    Ok(base)
+}
+
+/// `url`, made for the hub at `from`, for the hub at `to`: same path below the base, same
+/// query.
+fn rebase(url: &url::Url, from: &url::Url, to: &url::Url) -> url::Url {
+    // A base without a path still reads "/" here.
+    let base = |u: &url::Url| u.path().trim_end_matches('/').to_owned();
+    let below = url.path().strip_prefix(&base(from)).unwrap_or(url.path());
+    let mut moved = to.clone();
+    moved.set_path(&format!("{}{below}", base(to)));
+    moved.set_query(url.query());
+    moved
+}
+
 fn preview(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
         .chars()
@@ -657,5 +742,58 @@ mod tests {
             HubClient::new("not a url", &Trust::Nothing, None),
             Err(Error::Url { .. })
         ));
+    }
+
+    #[test]
+    fn a_call_moved_to_another_hub_keeps_its_path_and_query() {
+        let parse = |u| parse_base(u).unwrap();
+        let url = url::Url::parse("https://a.example/cairn/v1/appliances/x%2Fy?site=s1").unwrap();
+        assert_eq!(
+            rebase(
+                &url,
+                &parse("https://a.example/cairn/"),
+                &parse("https://b.example:8443")
+            )
+            .as_str(),
+            "https://b.example:8443/v1/appliances/x%2Fy?site=s1"
+        );
+        assert!(matches!(
+            HubClient::failover(&[] as &[&str], &Trust::Nothing, None),
+            Err(Error::Url { .. })
+        ));
+    }
+
+    /// Two hub URLs, the first refusing connections: calls go to the second at once, and
+    /// stay there.
+    #[tokio::test]
+    async fn a_call_that_cannot_connect_goes_to_the_next_hub() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alive = format!("http://{}", live.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let mut paths = Vec::new();
+            for _ in 0..2 {
+                let (mut conn, _) = live.accept().await.unwrap();
+                let mut buf = vec![0; 4096];
+                let n = conn.read(&mut buf).await.unwrap();
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                paths.push(head.split(' ').nth(1).unwrap().to_owned());
+                let body = r#"{"ca_bundle_pem":"","fingerprint":""}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(answer.as_bytes()).await.unwrap();
+            }
+            paths
+        });
+        let hub = HubClient::failover(&[&dead, &alive], &Trust::Nothing, None).unwrap();
+        hub.ca().await.unwrap();
+        assert_eq!(hub.base_url(), alive);
+        hub.ca().await.unwrap();
+        assert_eq!(served.await.unwrap(), ["/v1/ca", "/v1/ca"]);
     }
 }

@@ -36,11 +36,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_hub DATA OUT [args...]: serve on a free port; the URL goes to OUT.url once listening.
 # Called in this shell, never inside $(...), so the hub's pid reaches `pids` for cleanup.
 # Every simulated appliance connects from 127.0.0.1: the connection caps (10,000 in total,
-# 512 per source by default) are lifted, as for a hub sized for this fleet.
+# 512 per source by default) are lifted, as for a hub sized for this fleet. The load generator
+# opens every connection before the clock starts and sends the first request only then: on a
+# loaded machine that takes longer than the hub's 10 s allowance for a first request (meant
+# for slowloris clients), which would cut the early connections, so it is raised.
 start_hub() {
   local data=$1 out=$2; shift 2
   "$HUB" serve --data "$data" --listen 127.0.0.1:0 --registration-rate 100000000 \
-    --max-connections 100000 --max-connections-per-source 100000 \
+    --max-connections 100000 --max-connections-per-source 100000 --header-read-timeout 600 \
     --heartbeat-interval 30 "$@" >"$out" 2>"$out.log" &
   pids+=($!)
   echo "$!" >"$out.pid"

@@ -390,6 +390,9 @@ pub struct Fleet {
     kube: Arc<dyn BootstrapTokens>,
     /// The same store as `store`, seen as the counter of log writes retention watches.
     log_writes: Arc<retention::LogWrites>,
+    /// What this hub knows of the appliances it serves heartbeats to
+    /// ([`heartbeats::Served`]): a known appliance's heartbeat is one conditional write.
+    served: Arc<heartbeats::Served>,
 }
 
 impl Fleet {
@@ -402,6 +405,7 @@ impl Fleet {
             settings: Arc::new(settings),
             kube: Arc::new(KubeBootstrapTokens),
             log_writes,
+            served: Default::default(),
         }
     }
 
@@ -421,6 +425,7 @@ impl Fleet {
             settings: self.settings.clone(),
             kube: self.kube.clone(),
             log_writes: self.log_writes.clone(),
+            served: self.served.clone(),
         }
     }
 

@@ -80,8 +80,10 @@ pub struct Settings {
     pub root: PathBuf,
     /// Hostname.
     pub hostname: String,
-    /// Hub URL, `https://...`, no trailing slash.
+    /// Hub URL, `https://...`, no trailing slash: the first of `hub_urls`.
     pub hub_url: String,
+    /// Every hub URL (`hub.url`, then `hub.urls`), in the order they are tried.
+    pub hub_urls: Vec<String>,
     /// Pinned hub CA fingerprint, lowercase hex without colons.
     pub hub_ca_fingerprint: Option<String>,
     /// Hub CA bundle file (already rooted).
@@ -349,11 +351,24 @@ impl Settings {
             ));
         }
         let hub = required(file.hub, "hub")?;
-        let url = required(hub.url, "hub.url")?;
-        let hub_url = url.trim_end_matches('/').to_owned();
-        if !hub_url.starts_with("https://") || hub_url.len() <= "https://".len() {
-            return Err(("hub.url".into(), format!("{url:?} must be an https:// URL")));
+        let mut hub_urls: Vec<String> = Vec::new();
+        let given = hub.url.iter().map(|u| ("hub.url".to_owned(), u));
+        let more = hub.urls.iter().flatten().enumerate();
+        for (key, url) in given.chain(more.map(|(i, u)| (format!("hub.urls[{i}]"), u))) {
+            let trimmed = url.trim_end_matches('/').to_owned();
+            if !trimmed.starts_with("https://") || trimmed.len() <= "https://".len() {
+                return Err((key, format!("{url:?} must be an https:// URL")));
+            }
+            if !hub_urls.contains(&trimmed) {
+                hub_urls.push(trimmed);
+            }
         }
+        let Some(hub_url) = hub_urls.first().cloned() else {
+            return Err((
+                "hub.url".into(),
+                "is required (the hub's https:// URL; several in hub.urls)".into(),
+            ));
+        };
         let hub_ca_fingerprint = match hub.ca_fingerprint {
             Some(text) => Some(normalize_fingerprint(&text).ok_or_else(|| {
                 (
@@ -409,6 +424,7 @@ impl Settings {
             root: root.to_path_buf(),
             hostname,
             hub_url,
+            hub_urls,
             hub_ca_fingerprint,
             hub_ca_file: hub.ca_file.map(|p| rooted(root, &p)),
             token_file: rooted(root, &token_file),
@@ -574,6 +590,42 @@ hub:
             PathBuf::from("/r/etc/systemd/system/kubelet.service.d")
         );
         assert_eq!(s.queue_limit, 1000);
+    }
+
+    #[test]
+    fn several_hub_urls_are_tried_in_order_and_each_must_be_https() {
+        let s = load_sources(
+            Path::new("/"),
+            &[
+                src("node.yaml", MAIN),
+                src(
+                    "node.d/10-hubs.yaml",
+                    "hub:\n  urls: [https://hub-b.test/, https://hub.example.test:8443]\n",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.hub_url, "https://hub.example.test:8443");
+        assert_eq!(
+            s.hub_urls,
+            ["https://hub.example.test:8443", "https://hub-b.test"]
+        );
+        let only_list = MAIN.replace(
+            "  url: https://hub.example.test:8443/",
+            "  urls:\n    - https://a.test\n    - https://b.test",
+        );
+        let s = load_sources(Path::new("/"), &[src("node.yaml", &only_list)]).unwrap();
+        assert_eq!(s.hub_url, "https://a.test");
+        assert_eq!(s.hub_urls, ["https://a.test", "https://b.test"]);
+        let plain = MAIN.replace(
+            "  url: https://hub.example.test:8443/",
+            "  urls: [https://a.test, http://b.test]",
+        );
+        let err = load_sources(Path::new("/"), &[src("node.yaml", &plain)]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("hub.urls[1]"), "{err}");
+        let none = MAIN.replace("  url: https://hub.example.test:8443/\n", "");
+        let err = load_sources(Path::new("/"), &[src("node.yaml", &none)]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("hub.url"), "{err}");
     }
 
     #[test]

@@ -303,6 +303,10 @@ impl<N: Network> Daemon<N> {
                 }
                 self.failures = 0;
                 self.hub_reached = true;
+                // With several hub URLs, the one that answered.
+                if let (Some(hub), Ok(mut s)) = (&self.hub, self.status.write()) {
+                    s.hub_url = hub.current_url().to_owned();
+                }
                 self.set_error(None);
                 self.set_phase("running");
                 jittered(self.interval, fastrand::f64())
@@ -386,12 +390,12 @@ impl<N: Network> Daemon<N> {
             inventory: inventory::collect(&self.roots),
             agent_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let hub = HttpsHub::new(&self.settings.hub_url, &Trust::CaBundle(ca), None)?;
+        let hub = HttpsHub::failover(&self.settings.hub_urls, &Trust::CaBundle(ca), None)?;
         let answer = hub.register(&request).await?;
         let identity = Identity {
             appliance_id: answer.appliance_id,
             site: answer.site,
-            hub_url: self.settings.hub_url.clone(),
+            hub_url: hub.current_url().to_owned(),
             key_pem: pending.key_pem,
             certificate_pem: answer.certificate_pem,
             ca_bundle_pem: answer.ca_bundle_pem,
@@ -450,8 +454,15 @@ impl<N: Network> Daemon<N> {
         if let Some(hub) = &self.hub {
             return Ok(hub.clone());
         }
-        let hub = HttpsHub::new(
-            &identity.hub_url,
+        // The hub it registered with first, then the configured ones.
+        let mut urls = vec![identity.hub_url.clone()];
+        urls.extend(
+            (self.settings.hub_urls.iter())
+                .filter(|u| **u != identity.hub_url)
+                .cloned(),
+        );
+        let hub = HttpsHub::failover(
+            &urls,
             &Trust::CaBundle(identity.ca_bundle_pem.clone()),
             Some(&ClientIdentity {
                 certificate_pem: identity.certificate_pem.clone(),

@@ -138,6 +138,23 @@ impl HttpsHub {
         })
     }
 
+    /// A client for several URLs of one fleet's hubs, tried in order when one cannot be
+    /// reached ([`HubClient::failover`]).
+    pub fn failover(
+        base_urls: &[String],
+        trust: &Trust,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Self, HubError> {
+        Ok(Self {
+            client: HubClient::failover(base_urls, trust, identity)?,
+        })
+    }
+
+    /// The URL of the hub calls go to now.
+    pub fn current_url(&self) -> &str {
+        self.client.base_url()
+    }
+
     /// With only a fingerprint (hex): fetches `GET /v1/ca` over a pinned connection and
     /// checks the fingerprint of what it returns. The result is the CA bundle to trust from
     /// now on.

@@ -364,6 +364,57 @@ fn with_the_hub_down_reports_queue_boundedly_and_are_delivered_when_it_returns()
     );
 }
 
+/// Two hubs on one etcd, the node configured with both URLs: it registers with and
+/// heartbeats to the first; once that one is killed (SIGKILL) it carries on against the
+/// second. Bound: a heartbeat that cannot connect goes to the next URL at once, and one that
+/// broke mid-way is retried after the first backoff (at most 1 s), so the node is back within
+/// one heartbeat interval (1 s here, ±10 %) plus one backoff; asserted under 5 s on a shared
+/// machine.
+#[test]
+fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ["--heartbeat-interval", "1", "--etcd-endpoints", &etcd.url];
+    let mut first = hub_at(&dir.path().join("hub-a"))
+        .init_args(&["--etcd-endpoints", &etcd.url])
+        .serve_args(&serve)
+        .start();
+    let second = first.replica(&serve);
+    let root = dir.path().join("node");
+    let token = first.enrollment_token("s");
+    write_config(&root, &first.url, &first.fingerprint, &token, NO_NET);
+    std::fs::create_dir_all(root.join("etc/cairn/node.d")).unwrap();
+    std::fs::write(
+        root.join("etc/cairn/node.d/10-hubs.yaml"),
+        format!("hub:\n  urls: [{}, {}]\n", first.url, second.url),
+    )
+    .unwrap();
+    let node = Node::start(&root);
+    let status = registered(&node);
+    let id = status.appliance_id.unwrap();
+    assert_eq!(status.hub_url, first.url);
+
+    first.kill();
+    let killed = std::time::Instant::now();
+    let killed_at = time::OffsetDateTime::now_utc();
+    let admin = second.admin();
+    // The node says it reached the second hub, and that hub stored a heartbeat sent after
+    // the kill.
+    poll("the node to heartbeat to the second hub", LIMIT, || {
+        let status = node.status()?;
+        let seen = admin
+            .run(admin.client.appliance(&id))
+            .ok()?
+            .status?
+            .last_seen;
+        (status.hub_url == second.url && status.hub_reachable && seen > killed_at).then_some(())
+    });
+    let took = killed.elapsed();
+    println!("the node heartbeats to the second hub {took:?} after the first was killed");
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    node.stop();
+}
+
 /// The local API is root's: with every directory on the way open to all, another user
 /// (`nobody`, running the real `cairn-node status`) is refused by the socket itself while
 /// root is answered.

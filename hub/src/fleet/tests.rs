@@ -97,6 +97,7 @@ fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
 async fn suite(store: Arc<dyn Store>) {
     let w = world(store).await;
     offline_and_online_are_events(&w).await;
+    known_appliances_see_every_change_at_their_next_heartbeat(&w).await;
     vpc_overlays_follow_membership_and_addresses(&w).await;
     bad_vteps_stay_out_of_overlays(&w).await;
     appliances_join_only_their_tenants_vpcs(&w).await;
@@ -558,6 +559,48 @@ async fn offline_and_online_are_events(w: &World) {
         .map(|e| e.kind.as_str())
         .collect();
     assert_eq!(kinds, ["registered", "online", "offline", "online"]);
+}
+
+/// The heartbeats of an appliance this hub already served skip the reads (one conditional
+/// write): they still record each status, see a renewal, a label and a deletion at once.
+async fn known_appliances_see_every_change_at_their_next_heartbeat(w: &World) {
+    let anon = Caller::anonymous("127.0.0.1");
+    let apps = register_many(w, "s9", 1).await;
+    let (reg, first) = &apps[0];
+    let id = reg.appliance_id.as_str();
+    let seq = |view: ApplianceView| view.status.unwrap().status.counters["seq"];
+    for n in 1..=3 {
+        w.fleet.heartbeat(Some(first), beat(None, n)).await.unwrap();
+        assert_eq!(seq(w.fleet.show_appliance(&w.admin, id).await.unwrap()), n);
+    }
+    w.fleet
+        .label_appliance(&w.admin, id, [("rack".into(), Some("r1".into()))].into())
+        .await
+        .unwrap();
+    let renewed = w.fleet.renew(&anon, Some(first), &csr(id)).await.unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(renewed.certificate_pem.as_bytes())
+        .unwrap();
+    let second = PeerCert::from_der(&der);
+    // Until the new certificate is first seen the old one still works.
+    w.fleet.heartbeat(Some(first), beat(None, 4)).await.unwrap();
+    w.fleet
+        .heartbeat(Some(&second), beat(None, 5))
+        .await
+        .unwrap();
+    let err = w
+        .fleet
+        .heartbeat(Some(first), beat(None, 6))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::CertificateSuperseded), "{err}");
+    assert_eq!(seq(w.fleet.show_appliance(&w.admin, id).await.unwrap()), 5);
+    w.fleet.delete_appliance(&w.admin, id).await.unwrap();
+    let err = w
+        .fleet
+        .heartbeat(Some(&second), beat(None, 7))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FleetError::NotFound { .. }), "{err}");
 }
 
 /// What the hub wants of the appliance holding `peer` once it has beaten with `vtep`.

@@ -15,6 +15,16 @@
 //!
 //! Over TLS ([`EtcdTls`]) the server's certificate must chain to the given CA, and a client
 //! certificate is presented when given (etcd's `--client-cert-auth`).
+//!
+//! Writes are group-committed, as in the embedded store: every [`Store::txn`] joins a queue,
+//! and a committer sends whatever has queued as one etcd transaction, each write a nested
+//! transaction of its own (its checks, its ops), so each keeps its own compare-and-set
+//! outcome and a caller is answered once the transaction holding its write has committed.
+//! One Raft proposal then carries up to [`MAX_BATCH`] writes: at 3,333 heartbeats/s a write
+//! each, one proposal per write was what held the etcd backend to ~1,300/s (BENCHMARKS.md).
+//! etcd evaluates every compare of a transaction, nested ones included, before it applies any
+//! op, so a write whose keys an earlier write of the same batch puts or deletes waits for the
+//! next batch: each batch commits as if its writes had run one after another.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,12 +34,61 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
 
 /// The leader key, under the prefix: its holder's name, attached to the holder's lease.
 const LEADER: &str = "leader";
+
+/// Most writes one group commit carries. etcd (3.4, `--max-txn-ops` 128 by default) allows a
+/// nested transaction only `128 - outer ops` compares and ops, so with at most 96 nested
+/// writes each may hold up to [`MAX_NESTED`]; a larger write commits alone.
+const MAX_BATCH: usize = 96;
+/// Most checks, and most ops, of a write that joins a group commit.
+const MAX_NESTED: usize = super::MAX_TXN_OPS - MAX_BATCH;
+/// Most value bytes of one group commit, well under etcd's default request limit (1.5 MiB).
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Group commits in flight at once: while they travel through Raft the next batch fills.
+const IN_FLIGHT: usize = 4;
+
+/// Attempts of a call that fails before it reaches etcd (see [`never_sent`]).
+const UNSENT_ATTEMPTS: usize = 8;
+
+/// Whether a call failed while connecting, so etcd never saw it and sending it again is
+/// safe, also for a write. The client spreads calls over every endpoint, a dead member's
+/// too: measured with one of three members killed, one call in five failed this way.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message() == "tcp connect error"
+}
+
+/// Runs `call` again, up to [`UNSENT_ATTEMPTS`] times in all, while it fails before reaching
+/// etcd: the balancer then picks among the members afresh.
+async fn unsent_retried<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < UNSENT_ATTEMPTS && never_sent(&e) => attempt += 1,
+            other => return other,
+        }
+    }
+}
 
 fn err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |e| StoreError::Etcd {
@@ -112,6 +171,8 @@ pub struct EtcdStore {
     lease_ttl: i64,
     lease: Mutex<Option<i64>>,
     compactor: Option<tokio::task::JoinHandle<()>>,
+    writes: mpsc::UnboundedSender<Write>,
+    committer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for EtcdStore {
@@ -119,6 +180,34 @@ impl Drop for EtcdStore {
         if let Some(task) = &self.compactor {
             task.abort();
         }
+        // Batches already sent finish in their own tasks; queued writes are answered
+        // `Closed` as their senders drop.
+        self.committer.abort();
+    }
+}
+
+/// One queued write and where its outcome goes.
+struct Write {
+    checks: Vec<Check>,
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+impl Write {
+    fn value_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+            })
+            .sum()
+    }
+
+    fn written_keys(&self) -> impl Iterator<Item = &str> {
+        self.ops.iter().map(|op| match op {
+            Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
+        })
     }
 }
 
@@ -153,6 +242,8 @@ impl EtcdStore {
                 settings.compact_keep,
             ))
         });
+        let (writes, queue) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_loop(client.clone(), settings.prefix.clone(), queue));
         Ok(Self {
             client,
             prefix: settings.prefix.clone(),
@@ -160,6 +251,8 @@ impl EtcdStore {
             lease_ttl: settings.lease_ttl.as_secs().max(2) as i64,
             lease: Mutex::new(None),
             compactor,
+            writes,
+            committer,
         })
     }
 
@@ -171,22 +264,188 @@ impl EtcdStore {
     async fn live_lease(&self) -> Result<i64, StoreError> {
         let mut lease = self.lease.lock().await;
         if let Some(id) = *lease {
-            let mut client = self.client.clone();
             // The client answers a lapsed lease with this error (etcd said TTL 0).
-            match client.lease_keep_alive(id).await {
+            match unsent_retried(|| {
+                let mut client = self.client.clone();
+                async move { client.lease_keep_alive(id).await }
+            })
+            .await
+            {
                 Ok(_) => return Ok(id),
                 Err(etcd_client::Error::LeaseKeepAliveError(_)) => {}
                 Err(e) => return Err(err("renewing the lease")(e)),
             }
             tracing::warn!(lease = id, "leader lease expired; taking a new one");
         }
-        let mut client = self.client.clone();
-        let granted = client
-            .lease_grant(self.lease_ttl, None)
-            .await
-            .map_err(err("granting a lease"))?;
+        let granted = unsent_retried(|| {
+            let (mut client, ttl) = (self.client.clone(), self.lease_ttl);
+            async move { client.lease_grant(ttl, None).await }
+        })
+        .await
+        .map_err(err("granting a lease"))?;
         *lease = Some(granted.id());
         Ok(granted.id())
+    }
+}
+
+/// Sends queued writes to etcd in batches, [`IN_FLIGHT`] at a time, until the store drops.
+async fn commit_loop(client: Client, prefix: String, mut queue: mpsc::UnboundedReceiver<Write>) {
+    let slots = std::sync::Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut pending = std::collections::VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match queue.recv().await {
+                Some(w) => pending.push_back(w),
+                None => return,
+            }
+        }
+        // Wait for a free slot first: writes arriving meanwhile join this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        while let Ok(w) = queue.try_recv() {
+            pending.push_back(w);
+        }
+        let batch = take_batch(&mut pending);
+        let (client, prefix) = (client.clone(), prefix.clone());
+        tokio::spawn(async move {
+            commit(&client, &prefix, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The next batch from the front of `pending`: writes whose keys no earlier write of the
+/// batch writes, within the batch limits. What is left keeps its order for the next batch.
+fn take_batch(pending: &mut std::collections::VecDeque<Write>) -> Vec<Write> {
+    let fits = |w: &Write| w.checks.len() <= MAX_NESTED && w.ops.len() <= MAX_NESTED;
+    if pending.front().is_some_and(|w| !fits(w)) {
+        return pending.pop_front().into_iter().collect();
+    }
+    let mut batch = Vec::new();
+    let mut written = std::collections::HashSet::new();
+    let mut bytes = 0;
+    let mut rest = std::collections::VecDeque::new();
+    while let Some(w) = pending.pop_front() {
+        if batch.len() == MAX_BATCH {
+            rest.push_back(w);
+            break;
+        }
+        let touches_written = w
+            .checks
+            .iter()
+            .map(|c| c.key.as_str())
+            .chain(w.written_keys())
+            .any(|k| written.contains(k));
+        let size = w.value_bytes();
+        if !fits(&w) || touches_written || (!batch.is_empty() && bytes + size > MAX_BATCH_BYTES) {
+            rest.push_back(w);
+            continue;
+        }
+        bytes += size;
+        written.extend(w.written_keys().map(str::to_owned));
+        batch.push(w);
+    }
+    rest.append(pending);
+    *pending = rest;
+    batch
+}
+
+fn compares(prefix: &str, checks: &[Check]) -> Vec<Compare> {
+    checks
+        .iter()
+        .map(|c| {
+            let key = format!("{prefix}{}", c.key);
+            if c.version == 0 {
+                Compare::version(key, CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key, CompareOp::Equal, c.version as i64)
+            }
+        })
+        .collect()
+}
+
+fn txn_ops(prefix: &str, ops: Vec<Op>) -> Vec<TxnOp> {
+    ops.into_iter()
+        .map(|op| match op {
+            Op::Put { key, value } => TxnOp::put(format!("{prefix}{key}"), value, None),
+            Op::Delete { key } => TxnOp::delete(format!("{prefix}{key}"), None),
+        })
+        .collect()
+}
+
+/// Commits one batch and answers each of its writes. A batch of one is a plain
+/// transaction (a write too large to nest commits this way).
+async fn commit(client: &Client, prefix: &str, batch: Vec<Write>) {
+    let kv = client.kv_client();
+    if let [_] = batch.as_slice() {
+        let w = batch.into_iter().next().expect("one write");
+        let txn = Txn::new()
+            .when(compares(prefix, &w.checks))
+            .and_then(txn_ops(prefix, w.ops));
+        let outcome = unsent_retried(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map(|r| r.succeeded());
+        let _ = w.reply.send(outcome.map_err(err("txn")));
+        return;
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    let nested: Vec<TxnOp> = batch
+        .into_iter()
+        .map(|w| {
+            replies.push(w.reply);
+            TxnOp::txn(
+                Txn::new()
+                    .when(compares(prefix, &w.checks))
+                    .and_then(txn_ops(prefix, w.ops)),
+            )
+        })
+        .collect();
+    let n = nested.len();
+    let txn = Txn::new().and_then(nested);
+    match unsent_retried(|| {
+        let (mut kv, txn) = (kv.clone(), txn.clone());
+        async move { kv.txn(txn).await }
+    })
+    .await
+    {
+        Ok(resp) => {
+            let outcomes: Vec<bool> = resp
+                .op_responses()
+                .into_iter()
+                .filter_map(|r| match r {
+                    etcd_client::TxnOpResponse::Txn(t) => Some(t.succeeded()),
+                    _ => None,
+                })
+                .collect();
+            if outcomes.len() != n {
+                let message = format!("{n} nested transactions, {} outcomes", outcomes.len());
+                tracing::error!(%message, "etcd group commit answered out of shape");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Etcd {
+                        op: "group commit",
+                        source: message.clone().into(),
+                    }));
+                }
+                return;
+            }
+            for (reply, ok) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(ok));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::warn!(error = %message, writes = n, "etcd group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Etcd {
+                    op: "group commit",
+                    source: message.clone().into(),
+                }));
+            }
+        }
     }
 }
 
@@ -226,8 +485,13 @@ async fn compact_periodically(client: Client, every: Duration, keep: u64) {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = kv.get(self.key(key), None).await.map_err(err("get"))?;
+        let (kv, key) = (self.client.kv_client(), self.key(key));
+        let resp = unsent_retried(|| {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(err("get"))?;
         Ok(resp.kvs().first().map(|kv| Versioned {
             version: kv.mod_revision() as u64,
             value: kv.value().to_vec(),
@@ -257,8 +521,13 @@ impl Store for EtcdStore {
             .with_range(end)
             .with_limit(limit.min(i64::MAX as usize) as i64)
             .with_sort(SortTarget::Key, SortOrder::Ascend);
-        let mut kv = self.client.kv_client();
-        let resp = kv.get(start, Some(options)).await.map_err(err("list"))?;
+        let kv = self.client.kv_client();
+        let resp = unsent_retried(|| {
+            let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        })
+        .await
+        .map_err(err("list"))?;
         Ok(resp
             .kvs()
             .iter()
@@ -277,29 +546,11 @@ impl Store for EtcdStore {
 
     async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
         super::within_txn_limit(&checks, &ops)?;
-        let compares: Vec<Compare> = checks
-            .iter()
-            .map(|c| {
-                if c.version == 0 {
-                    Compare::version(self.key(&c.key), CompareOp::Equal, 0)
-                } else {
-                    Compare::mod_revision(self.key(&c.key), CompareOp::Equal, c.version as i64)
-                }
-            })
-            .collect();
-        let ops: Vec<TxnOp> = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(self.key(&key), value, None),
-                Op::Delete { key } => TxnOp::delete(self.key(&key), None),
-            })
-            .collect();
-        let mut kv = self.client.kv_client();
-        let resp = kv
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await
-            .map_err(err("txn"))?;
-        Ok(resp.succeeded())
+        let (reply, outcome) = oneshot::channel();
+        self.writes
+            .send(Write { checks, ops, reply })
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {
@@ -313,8 +564,13 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let mut kv = self.client.kv_client();
-        let resp = kv.txn(txn).await.map_err(err("leader election"))?;
+        let kv = self.client.kv_client();
+        let resp = unsent_retried(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(err("leader election"))?;
         if resp.succeeded() {
             // The put is the transaction's only write: the key's revision is the header's.
             let revision = resp.header().map_or(0, |h| h.revision()) as u64;
@@ -349,6 +605,160 @@ mod tests {
     use super::*;
     use crate::store::Fenced;
     use crate::testutil::Etcd;
+
+    fn write(checks: &[&str], puts: &[&str]) -> Write {
+        Write {
+            checks: checks.iter().map(|k| Check::version(*k, 0)).collect(),
+            ops: puts.iter().map(|k| Op::put(*k, vec![0])).collect(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// What each group commit takes from the queue, by the keys of the writes' first ops.
+    #[test]
+    fn batches_keep_order_and_defer_writes_to_keys_already_written() {
+        let big: Vec<String> = (0..=MAX_NESTED).map(|i| format!("big{i}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        // (what, the queue, the first keys of each batch taken)
+        type Case<'a> = (&'a str, Vec<Write>, Vec<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
+            (
+                "independent writes share one commit",
+                vec![
+                    write(&[], &["a"]),
+                    write(&["b"], &["b"]),
+                    write(&[], &["c"]),
+                ],
+                vec![vec!["a", "b", "c"]],
+            ),
+            (
+                "a second put of a key waits; what follows still joins",
+                vec![write(&[], &["a"]), write(&[], &["a"]), write(&[], &["c"])],
+                vec![vec!["a", "c"], vec!["a"]],
+            ),
+            (
+                "a check on a key the batch writes waits (etcd compares before applying)",
+                vec![write(&[], &["a"]), write(&["a"], &["b"])],
+                vec![vec!["a"], vec!["b"]],
+            ),
+            (
+                "a put of a key an earlier write only checks joins",
+                vec![write(&["a"], &["x"]), write(&[], &["a"])],
+                vec![vec!["x", "a"]],
+            ),
+            (
+                "a write too large to nest commits alone, in its turn",
+                vec![write(&[], &["a"]), write(&[], &big), write(&[], &["c"])],
+                vec![vec!["a", "c"], vec!["big0"]],
+            ),
+        ];
+        for (name, writes, want) in cases {
+            let mut pending: std::collections::VecDeque<Write> = writes.into();
+            let mut got = Vec::new();
+            while !pending.is_empty() {
+                let batch = take_batch(&mut pending);
+                got.push(
+                    batch
+                        .iter()
+                        .map(|w| w.written_keys().next().unwrap().to_owned())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            assert_eq!(got, want, "{name}");
+        }
+        let many: std::collections::VecDeque<Write> = (0..MAX_BATCH + 1)
+            .map(|i| write(&[], &[&format!("k{i}")]))
+            .collect();
+        let mut many = many;
+        assert_eq!(take_batch(&mut many).len(), MAX_BATCH);
+        assert_eq!(many.len(), 1);
+    }
+
+    /// Many writers at once: each gets its own compare-and-set outcome from a shared commit.
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_keep_their_outcomes() {
+        let etcd = Etcd::start(1).await;
+        let settings = EtcdSettings::new("/group/", "a", Duration::from_secs(3));
+        let store = Arc::new(
+            EtcdStore::connect(&etcd.endpoints(), &settings)
+                .await
+                .unwrap(),
+        );
+        // 400 writers: half create fresh keys, half try to create one key that is taken.
+        assert!(
+            store
+                .txn(vec![], vec![Op::put("taken", vec![1])])
+                .await
+                .unwrap()
+        );
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let store = store.clone();
+            set.spawn(async move {
+                let key = if i % 2 == 0 {
+                    format!("fresh{i}")
+                } else {
+                    "taken".into()
+                };
+                let done = store
+                    .txn(vec![Check::version(&key, 0)], vec![Op::put(&key, vec![2])])
+                    .await
+                    .unwrap();
+                (i, done)
+            });
+        }
+        let mut revisions = std::collections::BTreeSet::new();
+        while let Some(r) = set.join_next().await {
+            let (i, done) = r.unwrap();
+            assert_eq!(done, i % 2 == 0, "writer {i}");
+        }
+        for i in (0..400).step_by(2) {
+            let v = store.get(&format!("fresh{i}")).await.unwrap().unwrap();
+            revisions.insert(v.version);
+        }
+        assert_eq!(store.get("taken").await.unwrap().unwrap().value, vec![1]);
+        assert!(
+            revisions.len() < 200,
+            "200 fresh keys in {} commits: writes were not grouped",
+            revisions.len()
+        );
+    }
+
+    /// The client spreads calls over every endpoint, a killed member's too: once the others
+    /// have a leader (the killed one may have been it), calls it could not even send there
+    /// go to another member, so none fails.
+    #[tokio::test]
+    async fn a_killed_member_fails_no_call() {
+        let mut etcd = Etcd::start(3).await;
+        let settings = EtcdSettings::new("/dead/", "a", Duration::from_secs(3));
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
+            .await
+            .unwrap();
+        etcd.kill(0);
+        cairn_test_support::poll_async(
+            "a leader among the others",
+            crate::testutil::LIMIT,
+            || async {
+                store
+                    .txn(vec![], vec![Op::put("settled", vec![1])])
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        for i in 0..100 {
+            let key = format!("k{i}");
+            assert!(
+                store
+                    .txn(vec![Check::version(&key, 0)], vec![Op::put(&key, vec![1])])
+                    .await
+                    .unwrap()
+            );
+            assert!(store.get(&key).await.unwrap().is_some());
+        }
+        assert_eq!(store.list("k", None, 1000).await.unwrap().len(), 100);
+        assert!(store.lead().await.unwrap().is_some());
+    }
 
     #[tokio::test]
     async fn passes_the_shared_suite() {

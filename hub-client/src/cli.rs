@@ -13,7 +13,7 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
     CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
     CreateOperatorToken, CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest,
-    OperatorTokenView, ReleaseView, Role, Selector, SinceQuery, SiteQuery, TenantView, VpcView,
+    OperatorTokenView, ReleaseView, Role, Selector, SinceQuery, ApplianceQuery, TenantView, VpcView,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -913,7 +913,7 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             })?
         }
         HubClientCommand::Appliances(ApplianceCommand::List { site }) => {
-            Answer::of(&hub.list_appliances(&SiteQuery { site }).await?, |a| {
+            Answer::of(&hub.list_appliances(&ApplianceQuery { site, ..Default::default() }).await?, |a| {
                 appliances_table(a)
             })?
         }

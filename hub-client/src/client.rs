@@ -8,7 +8,7 @@ use cairn_api::hub::{
     CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
     EnrollmentTokenView, ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, ApplianceQuery, TenantView,
     TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{
@@ -410,7 +410,7 @@ impl HubClient {
     }
 
     /// `GET /v1/appliances`.
-    pub async fn list_appliances(&self, query: &SiteQuery) -> Result<Vec<ApplianceView>, Error> {
+    pub async fn list_appliances(&self, query: &ApplianceQuery) -> Result<Vec<ApplianceView>, Error> {
         self.call::<(), _, _>(Method::GET, &["v1", "appliances"], Some(query), None)
             .await
     }

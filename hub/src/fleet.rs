@@ -103,6 +103,15 @@ pub enum FleetError {
     /// SHA-256 (400, `bundle_refused`).
     #[error("bundle refused: {0}")]
     BundleRefused(String),
+    /// A watch from a resource version older than the changes the store keeps (410).
+    #[error(
+        "resource version {0} is too old: the hub no longer keeps the changes since; list \
+         again and watch from the list's resource_version"
+    )]
+    TooOld(u64),
+    /// A `continue` cursor that is not one the hub made (400).
+    #[error("the continue cursor is not one this hub made; start the listing again")]
+    BadCursor,
     /// Too much contention on one record (503); the client should retry.
     #[error("too many concurrent changes to {0}; retry")]
     Contended(String),

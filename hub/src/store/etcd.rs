@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::Mutex;
 
-use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
+use super::{Change, Changes, Check, Op, Store, StoreError, Versioned, prefix_end, watched};
 
 /// The leader key, under the prefix: its holder's name, attached to the holder's lease.
 const LEADER: &str = "leader";
@@ -300,6 +300,98 @@ impl Store for EtcdStore {
             .await
             .map_err(err("txn"))?;
         Ok(resp.succeeded())
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(self.key(LEADER), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(err("reading the revision"))?;
+        Ok(resp.header().map_or(0, |h| h.revision()) as u64)
+    }
+
+    async fn watch(&self, prefixes: &[&str], after: u64) -> Result<Changes, StoreError> {
+        let current = self.revision().await?;
+        if after > current {
+            return Err(StoreError::Future { after, current });
+        }
+        // Compacted history is refused by a read at that revision: tell it now, before the
+        // watcher is answered, rather than as a cancelled watch.
+        if after < current {
+            let at = GetOptions::new()
+                .with_revision(after as i64 + 1)
+                .with_count_only();
+            if let Err(e) = self.client.kv_client().get(self.key(LEADER), Some(at)).await {
+                return Err(if e.to_string().contains("compacted") {
+                    StoreError::TooOld { after }
+                } else {
+                    err("checking the watch's start")(e)
+                });
+            }
+        }
+        // One watch over the whole prefix keeps the changes of every watched key in one
+        // revision order; keys outside `prefixes` are dropped here.
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after as i64 + 1);
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(self.prefix.clone(), Some(options))
+            .await
+            .map_err(err("starting a watch"))?;
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        let strip = self.prefix.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    () = tx.closed() => return,
+                };
+                let resp = match message {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(err("watching")(e))).await;
+                        return;
+                    }
+                };
+                if resp.compact_revision() > 0 {
+                    let _ = tx.send(Err(StoreError::TooOld { after })).await;
+                    return;
+                }
+                if resp.canceled() {
+                    let _ = tx
+                        .send(Err(StoreError::Etcd {
+                            op: "watching",
+                            source: resp.cancel_reason().to_owned().into(),
+                        }))
+                        .await;
+                    return;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let full = String::from_utf8_lossy(kv.key());
+                    let key = full.strip_prefix(&strip).unwrap_or(&full).to_owned();
+                    if !watched(&prefixes, &key) {
+                        continue;
+                    }
+                    let deleted = event.event_type() == EventType::Delete;
+                    let change = Change {
+                        key,
+                        version: kv.mod_revision() as u64,
+                        value: (!deleted).then(|| kv.value().to_vec()),
+                        created: !deleted && kv.create_revision() == kv.mod_revision(),
+                    };
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {

@@ -5,7 +5,7 @@ use super::*;
 pub(super) async fn list_appliances(
     State(state): State<AppState>,
     Operator(caller): Operator,
-    query: Result<Query<SiteQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ApplianceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<ApplianceView>>, ApiError> {
     let Query(q) = query?;
     Ok(Json(

@@ -20,7 +20,7 @@ use cairn_api::hub::{
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
     CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
     ErrorBody, ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, ApplianceQuery,
     TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
@@ -630,7 +630,7 @@ pub(crate) fn routes() -> Vec<Route> {
             (200, json::<Vec<ApplianceView>>()),
             get(appliances::list_appliances),
         )
-        .query::<SiteQuery>(),
+        .query::<ApplianceQuery>(),
         r(
             M::GET,
             "/v1/appliances/{id}",

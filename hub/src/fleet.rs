@@ -14,9 +14,11 @@ use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
     RegistrationResponse,
 };
+pub use appliances::ApplianceFilter;
 pub use desired::Repair;
 use rand::Rng;
 pub use retention::Retention;
+pub use watch::WatchEvents;
 use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
@@ -41,6 +43,7 @@ mod tenants;
 mod tokens;
 mod upgrade;
 mod vpcs;
+mod watch;
 
 /// Everything that can go wrong in a hub operation, each mapped to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +395,7 @@ fn validate_name(what: &str, name: &str) -> Result<(), FleetError> {
 }
 
 /// The hub's state machine over a store.
+#[derive(Clone)]
 pub struct Fleet {
     store: Arc<dyn Store>,
     ca: Arc<Ca>,

@@ -51,13 +51,18 @@ impl From<&OperatorToken> for OperatorTokenView {
     }
 }
 
-/// An appliance and its latest status as operators see them.
-pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
-    let state = match status {
+/// Where an appliance is, by its latest status.
+pub fn state_of(status: Option<&Status>) -> ApplianceState {
+    match status {
         None => ApplianceState::Registered,
         Some(s) if s.online => ApplianceState::Online,
         Some(_) => ApplianceState::Offline,
-    };
+    }
+}
+
+/// An appliance and its latest status as operators see them.
+pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
+    let state = state_of(status);
     ApplianceView {
         id: a.id.clone(),
         site: a.site.clone(),

@@ -326,6 +326,17 @@ pub enum WatchEventType {
     Deleted,
 }
 
+impl WatchEventType {
+    /// The wire name (`ADDED`, `MODIFIED`, `DELETED`), also the SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
 /// One event of a watch: the SSE event's name is `type`, its `id` the resource version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchEvent {

@@ -1,27 +1,134 @@
 //! Appliances as operators see and change them.
 
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use cairn_api::hub::{
+    ApplianceCounts, ApplianceQuery, CountQuery, DEFAULT_PAGE, LabelSelector, SelectorError,
+    WatchQuery,
+};
+
+use crate::fleet::{ApplianceFilter, FleetError, WatchEvents};
+
 use super::*;
 
 pub(super) async fn list_appliances(
     State(state): State<AppState>,
     Operator(caller): Operator,
+    headers: HeaderMap,
     query: Result<Query<ApplianceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<ApplianceView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query?;
-    Ok(Json(
-        state
+    let filter = ApplianceFilter {
+        site: q.site,
+        state: q.state,
+        selector: selector(q.selector.as_deref())?,
+        id: None,
+    };
+    if q.watch == Some(true) {
+        let events = state
             .fleet
-            .list_appliances(&caller, q.site.as_deref())
-            .await?,
+            .watch_appliances(&caller, filter, resume_from(q.resource_version, &headers)?)
+            .await?;
+        return Ok(event_stream(events));
+    }
+    let page = state
+        .fleet
+        .list_appliance_page(
+            &caller,
+            &filter,
+            q.limit.unwrap_or(DEFAULT_PAGE),
+            q.cursor.as_deref(),
+        )
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+pub(super) async fn count_appliances(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    query: Result<Query<CountQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ApplianceCounts>, ApiError> {
+    let Query(q) = query?;
+    let filter = ApplianceFilter {
+        site: q.site,
+        selector: selector(q.selector.as_deref())?,
+        ..Default::default()
+    };
+    Ok(Json(
+        state.fleet.count_appliances(&caller, &filter, q.by).await?,
     ))
+}
+
+/// Where a watch resumes: `resourceVersion`, else the `Last-Event-ID` of a reconnecting
+/// `EventSource`.
+fn resume_from(resource_version: Option<u64>, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    if resource_version.is_some() {
+        return Ok(resource_version);
+    }
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                FleetError::Invalid("Last-Event-ID: expected a resource version".into()).into()
+            })
+        })
+        .transpose()
+}
+
+/// The `selector` of a query, parsed; a malformed one is the caller's error (400), named
+/// with its position.
+fn selector(text: Option<&str>) -> Result<LabelSelector, ApiError> {
+    text.unwrap_or_default()
+        .parse()
+        .map_err(|e: SelectorError| FleetError::Invalid(format!("selector: {e}")).into())
+}
+
+/// A watch as server-sent events: each event named by its type, its SSE `id` the resource
+/// version (an `EventSource` that reconnects sends it back as `Last-Event-ID`, and the watch
+/// resumes after it); a failure ends the stream with an `ERROR` event carrying the error
+/// body (`resource_version_too_old`: list again).
+fn event_stream(events: WatchEvents) -> Response {
+    let stream = futures::stream::unfold(events, |mut events| async move {
+        let event = match events.recv().await? {
+            Ok(e) => Event::default()
+                .event(e.kind.as_str())
+                .id(e.resource_version.to_string())
+                .json_data(&e),
+            Err(e) => {
+                let e = ApiError::from(e);
+                Event::default().event("ERROR").json_data(ErrorBody {
+                    error: e.code,
+                    message: e.message,
+                })
+            }
+        };
+        Some((event.map_err(axum::Error::new), events))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 pub(super) async fn show_appliance(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-) -> Result<Json<ApplianceView>, ApiError> {
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    if q.watch == Some(true) {
+        let filter = ApplianceFilter {
+            id: Some(id),
+            ..Default::default()
+        };
+        let events = state
+            .fleet
+            .watch_appliances(&caller, filter, resume_from(q.resource_version, &headers)?)
+            .await?;
+        return Ok(event_stream(events));
+    }
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?).into_response())
 }
 
 pub(super) async fn delete_appliance(

@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
+    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
     CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
     CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
     ErrorBody, ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, ApplianceQuery,
+    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, ApplianceQuery, CountQuery, WatchQuery,
     TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
@@ -625,21 +625,36 @@ pub(crate) fn routes() -> Vec<Route> {
             M::GET,
             "/v1/appliances",
             (Bearer(Viewer), Filtered),
-            "List appliances (?site=)",
+            "List appliances: one page (?limit=, ?continue=) of those in scope that match \
+             ?site=, ?state= and ?selector= (`kubectl -l` syntax); with ?watch=1 (and \
+             ?resourceVersion=), a text/event-stream of WatchEvent instead",
             None,
-            (200, json::<Vec<ApplianceView>>()),
+            (200, json::<ApplianceList>()),
             get(appliances::list_appliances),
         )
         .query::<ApplianceQuery>(),
         r(
             M::GET,
+            "/v1/appliances/counts",
+            (Bearer(Viewer), Filtered),
+            "Count the appliances in scope that match ?selector= and ?site=, by state, site or \
+             version",
+            None,
+            (200, json::<ApplianceCounts>()),
+            get(appliances::count_appliances),
+        )
+        .query::<CountQuery>(),
+        r(
+            M::GET,
             "/v1/appliances/{id}",
             (Bearer(Viewer), P(App)),
-            "One appliance with its status",
+            "One appliance with its status; with ?watch=1 (and ?resourceVersion=), a \
+             text/event-stream of its WatchEvents instead",
             None,
             (200, json::<ApplianceView>()),
             get(appliances::show_appliance),
-        ),
+        )
+        .query::<WatchQuery>(),
         r(
             M::DELETE,
             "/v1/appliances/{id}",

@@ -50,31 +50,6 @@ fn id_of_cursor(cursor: &str) -> Result<String, FleetError> {
 }
 
 impl Fleet {
-    /// Appliances in scope, optionally of one site (viewer).
-    pub async fn list_appliances(
-        &self,
-        caller: &Caller,
-        site: Option<&str>,
-    ) -> Result<Vec<ApplianceView>, FleetError> {
-        let appliances: Vec<(u64, Appliance)> = self.list(keys::APPLIANCES).await?;
-        let mut statuses: BTreeMap<String, Status> = BTreeMap::new();
-        for (k, v) in self.list_raw(keys::STATUS).await? {
-            statuses.insert(
-                k.trim_start_matches(keys::STATUS).to_owned(),
-                decode(&k, &v)?,
-            );
-        }
-        Ok(appliances
-            .into_iter()
-            .map(|(_, a)| a)
-            .filter(|a| caller.sees(&a.site) && site.is_none_or(|s| s == a.site))
-            .map(|a| {
-                let status = statuses.remove(a.id.as_str());
-                crate::views::appliance(&a, status.as_ref())
-            })
-            .collect())
-    }
-
     /// One page of the appliances in scope that pass `filter`, in ID order, after the
     /// appliance `cursor` names (viewer). Keyset pagination: a page starts after the last
     /// ID of the previous one, so records added or removed meanwhile never make another

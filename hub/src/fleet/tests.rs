@@ -283,7 +283,7 @@ async fn registration_keeps_hardware_identity(w: &World) {
         .heartbeat(Some(&peer(&b)), beat(None, 0))
         .await
         .unwrap();
-    let list = w.fleet.list_appliances(&w.admin, Some("s1")).await.unwrap();
+    let list = list_site(w, "s1").await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].rekeys, 1);
 
@@ -364,11 +364,7 @@ async fn a_repeated_registration_gets_the_same_identity(w: &World) {
     let tokens = w.fleet.list_enrollment_tokens(&w.admin).await.unwrap();
     let uses = |id: &str| tokens.iter().find(|x| x.id == id).unwrap().uses;
     assert_eq!(uses(&t.view.id), 1, "a repeat is not a second use");
-    let list = w
-        .fleet
-        .list_appliances(&w.admin, Some("s22"))
-        .await
-        .unwrap();
+    let list = list_site(w, "s22").await;
     assert_eq!(list.len(), 1, "{list:?}");
     let audit = w.fleet.audit_since(&w.admin, since, 100).await.unwrap();
     let retries: Vec<_> = audit
@@ -504,6 +500,21 @@ async fn bound_tokens_register_only_their_server(w: &World) {
         .await
         .unwrap();
     assert_eq!(ok.site, "s3");
+}
+
+/// The first page of a site's appliances.
+async fn list_site(w: &World, site: &str) -> Vec<ApplianceView> {
+    let filter = ApplianceFilter {
+        site: Some(site.into()),
+        ..Default::default()
+    };
+    let page = w
+        .fleet
+        .list_appliance_page(&w.admin, &filter, 1000, None)
+        .await
+        .unwrap();
+    assert_eq!(page.cursor, None);
+    page.items
 }
 
 async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResponse, PeerCert)> {

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use cairn_api::cli::{Exit, OutputFormat, table};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
-    CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest,
-    OperatorTokenView, ReleaseView, Role, Selector, SinceQuery, ApplianceQuery, TenantView, VpcView,
-    ApplianceList, ApplianceState, CountBy, CountQuery, LabelSelector, SelectorError,
+    AddControlPlane, AddReleaseFromUrl, ApplianceList, ApplianceQuery, ApplianceState,
+    ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
+    CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
+    CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest, LabelSelector,
+    OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};

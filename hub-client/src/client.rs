@@ -4,12 +4,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
-    CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
+    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceQuery,
+    ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
+    CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    CountQuery, EnrollmentTokenView, ErrorBody, ErrorCode, EventView, WatchEvent, WatchQuery, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, ApplianceQuery, TenantView,
-    TokenCheck, UploadQuery, VpcView, WhoAmI,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventView, LabelRequest, MembershipRequest,
+    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, TenantView,
+    TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -412,13 +413,19 @@ impl HubClient {
     }
 
     /// `GET /v1/appliances`: one page; pass its `continue` as the next query's to go on.
-    pub async fn list_appliances_page(&self, query: &ApplianceQuery) -> Result<ApplianceList, Error> {
+    pub async fn list_appliances_page(
+        &self,
+        query: &ApplianceQuery,
+    ) -> Result<ApplianceList, Error> {
         self.call::<(), _, _>(Method::GET, &["v1", "appliances"], Some(query), None)
             .await
     }
 
     /// `GET /v1/appliances`, every page: all the appliances the query matches.
-    pub async fn list_appliances(&self, query: &ApplianceQuery) -> Result<Vec<ApplianceView>, Error> {
+    pub async fn list_appliances(
+        &self,
+        query: &ApplianceQuery,
+    ) -> Result<Vec<ApplianceView>, Error> {
         let mut query = query.clone();
         let mut all = Vec::new();
         loop {
@@ -433,8 +440,13 @@ impl HubClient {
 
     /// `GET /v1/appliances/counts`.
     pub async fn count_appliances(&self, query: &CountQuery) -> Result<ApplianceCounts, Error> {
-        self.call::<(), _, _>(Method::GET, &["v1", "appliances", "counts"], Some(query), None)
-            .await
+        self.call::<(), _, _>(
+            Method::GET,
+            &["v1", "appliances", "counts"],
+            Some(query),
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/appliances?watch=1`: the changes of the appliances the query matches, after
@@ -450,7 +462,11 @@ impl HubClient {
     }
 
     /// `GET /v1/appliances/{id}?watch=1`: the changes of one appliance.
-    pub async fn watch_appliance(&self, id: &str, resource_version: Option<u64>) -> Result<Watch, Error> {
+    pub async fn watch_appliance(
+        &self,
+        id: &str,
+        resource_version: Option<u64>,
+    ) -> Result<Watch, Error> {
         let query = WatchQuery {
             watch: Some(true),
             resource_version,
@@ -458,20 +474,33 @@ impl HubClient {
         self.watch(&["v1", "appliances", id], &query).await
     }
 
-    async fn watch<Q: Serialize + ?Sized>(&self, segments: &[&str], query: &Q) -> Result<Watch, Error> {
+    async fn watch<Q: Serialize + ?Sized>(
+        &self,
+        segments: &[&str],
+        query: &Q,
+    ) -> Result<Watch, Error> {
         let (endpoint, url, req) = self.request(Method::GET, segments);
         // A watch lasts; the client-wide timeout would cut it. It still ends some day: the
         // caller resumes from the last event's resource version.
         let req = req.query(query).timeout(WATCH_TIMEOUT);
         let response = match req.send().await {
             Ok(r) => r,
-            Err(source) => return Err(Error::Unreachable { url: url.to_string(), source }),
+            Err(source) => {
+                return Err(Error::Unreachable {
+                    url: url.to_string(),
+                    source,
+                });
+            }
         };
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let bytes = response.bytes().await.unwrap_or_default();
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Error::Refused { endpoint, status, body },
+                Ok(body) => Error::Refused {
+                    endpoint,
+                    status,
+                    body,
+                },
                 Err(_) => Error::Garbage {
                     endpoint,
                     detail: format!("HTTP {status}, body starts {:?}", preview(&bytes)),
@@ -685,20 +714,32 @@ impl Watch {
                 match parse_frame(&frame) {
                     Frame::KeepAlive => continue,
                     Frame::Event(data) => {
-                        return serde_json::from_str(&data).map(Some).map_err(|e| {
-                            Error::Garbage {
+                        return serde_json::from_str(&data)
+                            .map(Some)
+                            .map_err(|e| Error::Garbage {
                                 endpoint: self.endpoint.clone(),
-                                detail: format!("watch event: {e}; data {:?}", preview(data.as_bytes())),
-                            }
-                        });
+                                detail: format!(
+                                    "watch event: {e}; data {:?}",
+                                    preview(data.as_bytes())
+                                ),
+                            });
                     }
                     Frame::Error(data) => {
-                        let body: ErrorBody = serde_json::from_str(&data).map_err(|e| Error::Garbage {
+                        let body: ErrorBody =
+                            serde_json::from_str(&data).map_err(|e| Error::Garbage {
+                                endpoint: self.endpoint.clone(),
+                                detail: format!("watch error event: {e}"),
+                            })?;
+                        let status = if body.error == ErrorCode::ResourceVersionTooOld {
+                            410
+                        } else {
+                            503
+                        };
+                        return Err(Error::Refused {
                             endpoint: self.endpoint.clone(),
-                            detail: format!("watch error event: {e}"),
-                        })?;
-                        let status = if body.error == ErrorCode::ResourceVersionTooOld { 410 } else { 503 };
-                        return Err(Error::Refused { endpoint: self.endpoint.clone(), status, body });
+                            status,
+                            body,
+                        });
                     }
                 }
             }
@@ -810,7 +851,10 @@ mod tests {
                 Frame::Error("{}".into()),
             ]
         );
-        assert_eq!(buffer, b"event: MOD", "an incomplete event waits for the rest");
+        assert_eq!(
+            buffer, b"event: MOD",
+            "an incomplete event waits for the rest"
+        );
     }
 
     #[test]

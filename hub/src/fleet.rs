@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+pub use appliances::ApplianceFilter;
 pub use cairn_api::hub::TokenRefusal;
 use cairn_api::hub::{
     ApplianceView, AssignResult, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView,
@@ -14,15 +15,14 @@ use cairn_api::{
     ApplianceId, DesiredState, Heartbeat, HeartbeatResponse, OverlayDocument, RegistrationRequest,
     RegistrationResponse,
 };
-pub use appliances::ApplianceFilter;
 pub use desired::Repair;
 use rand::Rng;
 pub use retention::Retention;
-pub use watch::WatchEvents;
 use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+pub use watch::WatchEvents;
 
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{

@@ -60,6 +60,17 @@ pub fn state_of(status: Option<&Status>) -> ApplianceState {
     }
 }
 
+/// An appliance's latest status as operators see it.
+pub fn status(s: &Status) -> StatusView {
+    StatusView {
+        last_seen: s.last_seen,
+        interval_seconds: s.interval_seconds,
+        applied_generation: s.applied_generation,
+        online: s.online,
+        status: s.status.clone(),
+    }
+}
+
 /// An appliance and its latest status as operators see them.
 pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
     let state = state_of(status);
@@ -84,13 +95,7 @@ pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
         quarantined: a.quarantined.clone(),
         upgrade_flag: a.upgrade_flag.clone(),
         state,
-        status: status.map(|s| StatusView {
-            last_seen: s.last_seen,
-            interval_seconds: s.interval_seconds,
-            applied_generation: s.applied_generation,
-            online: s.online,
-            status: s.status.clone(),
-        }),
+        status: status.map(self::status),
     }
 }
 

@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, ApplianceQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
 use cairn_test_support::hub::Hub;

@@ -202,11 +202,7 @@ pub struct ApplianceQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// The `continue` of the previous page: the next page after it.
-    #[serde(
-        default,
-        rename = "continue",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// `1` or `true`: answer a `text/event-stream` of [`WatchEvent`]s instead of a page.
     #[serde(
@@ -266,11 +262,7 @@ pub struct ApplianceList {
     /// Pass as `continue` for the next page; absent on the last page. Opaque. A page
     /// continues after the last appliance of the previous one: appliances added meanwhile
     /// after that point are listed, none is listed twice or skipped.
-    #[serde(
-        default,
-        rename = "continue",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// The store's version when the listing started: a watch from it sees every change
     /// since.
@@ -319,8 +311,8 @@ pub struct ApplianceCounts {
 pub enum WatchEventType {
     /// Registered, or newly matching the watch's filters.
     Added,
-    /// A visible change: anything in its view but the heartbeat's own clock and counters
-    /// (`status.last_seen`, `uptime_seconds`, `load1`, `counters`).
+    /// A visible change: anything in its view but the heartbeat's own clocks and counters
+    /// (`status.last_seen`, `observed_at`, `uptime_seconds`, `load1`, `counters`).
     Modified,
     /// Deleted, or no longer matching the watch's filters.
     Deleted,
@@ -353,17 +345,30 @@ pub struct WatchEvent {
 }
 
 impl ApplianceView {
-    /// This view without what every heartbeat changes (its time, uptime, load and
-    /// counters): two views equal here differ in nothing a watcher is told about.
+    /// This view without what every heartbeat changes ([`StatusView::without_heartbeat_noise`]):
+    /// two views equal here differ in nothing a watcher is told about.
     pub fn without_heartbeat_noise(&self) -> ApplianceView {
-        let mut view = self.clone();
-        if let Some(status) = view.status.as_mut() {
-            status.last_seen = OffsetDateTime::UNIX_EPOCH;
-            status.status.uptime_seconds = 0;
-            status.status.load1 = 0.0;
-            status.status.counters.clear();
+        ApplianceView {
+            status: self
+                .status
+                .as_ref()
+                .map(StatusView::without_heartbeat_noise),
+            ..self.clone()
         }
-        view
+    }
+}
+
+impl StatusView {
+    /// This status without what every heartbeat changes: its times, uptime, load and
+    /// counters.
+    pub fn without_heartbeat_noise(&self) -> StatusView {
+        let mut status = self.clone();
+        status.last_seen = OffsetDateTime::UNIX_EPOCH;
+        status.status.observed_at = OffsetDateTime::UNIX_EPOCH;
+        status.status.uptime_seconds = 0;
+        status.status.load1 = 0.0;
+        status.status.counters.clear();
+        status
     }
 }
 

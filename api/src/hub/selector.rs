@@ -438,7 +438,10 @@ mod tests {
             ("inx=1", vec![req("inx", Equals("1".into()))]),
             (
                 "cairn.io/tier=edge,site",
-                vec![req("cairn.io/tier", Equals("edge".into())), req("site", Exists)],
+                vec![
+                    req("cairn.io/tier", Equals("edge".into())),
+                    req("site", Exists),
+                ],
             ),
             (
                 "a=b,c!=d,e in (f),g notin (h,i),j,!k",
@@ -542,6 +545,9 @@ mod tests {
         assert_eq!(json, r#""a in (x,y),!b""#);
         assert_eq!(serde_json::from_str::<LabelSelector>(&json).unwrap(), s);
         let bad = serde_json::from_str::<LabelSelector>(r#""a in""#).unwrap_err();
-        assert!(bad.to_string().contains("invalid selector at character"), "{bad}");
+        assert!(
+            bad.to_string().contains("invalid selector at character"),
+            "{bad}"
+        );
     }
 }

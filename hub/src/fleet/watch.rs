@@ -3,7 +3,7 @@
 //!
 //! A watch follows the store's change feed of appliance records and statuses. What counts as
 //! a change is a change of the appliance's view other than what every heartbeat rewrites
-//! (its time, uptime, load and counters, [`ApplianceView::without_heartbeat_noise`]): a
+//! (its clocks, uptime, load and counters, [`ApplianceView::without_heartbeat_noise`]): a
 //! fleet of 100,000 heartbeating appliances sends a watcher the state changes, label edits,
 //! upgrades and conditions, not 3,333 events a second. A heartbeat that changes nothing
 //! visible costs the watch one status decode and hash, without reading the appliance.
@@ -39,14 +39,7 @@ fn digest<T: Serialize>(value: &T) -> u64 {
 
 /// The hash of what a watcher may see of a status.
 fn status_digest(status: Option<&Status>) -> u64 {
-    digest(&status.map(|s| {
-        let mut s = s.clone();
-        s.last_seen = OffsetDateTime::UNIX_EPOCH;
-        s.status.uptime_seconds = 0;
-        s.status.load1 = 0.0;
-        s.status.counters.clear();
-        s
-    }))
+    digest(&status.map(|s| crate::views::status(s).without_heartbeat_noise()))
 }
 
 /// The event to send when an appliance met before (`seen`) is now `shown` (the hash of its
@@ -128,12 +121,42 @@ impl Fleet {
             if filter.id.as_ref().is_some_and(|only| only != &id) {
                 continue;
             }
+            if !is_status && change.value.is_none() {
+                // Deleted: told to those it was shown to, or, met for the first time, to
+                // those its last record passed (its status is gone: any state passes).
+                let was_shown = match seen.remove(&id) {
+                    Some(s) => s.shown.is_some(),
+                    None => match &change.previous {
+                        Some(raw) => {
+                            let a: Appliance = decode_raw(&change.key, raw)?;
+                            let any_state = ApplianceFilter {
+                                state: None,
+                                ..filter.clone()
+                            };
+                            any_state.admits(caller, &a, None)
+                        }
+                        None => false,
+                    },
+                };
+                if was_shown && let Ok(id) = ApplianceId::new(id) {
+                    let event = WatchEvent {
+                        kind: WatchEventType::Deleted,
+                        resource_version: change.version,
+                        id,
+                        object: None,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
             // The appliance and its status after the change.
-            let (appliance, status) = match (is_status, &change.value) {
+            let (appliance, status) = match &change.value {
                 // Deleting an appliance deletes its status in the same write: the
                 // appliance's own deletion tells it.
-                (true, None) => continue,
-                (true, Some(raw)) => {
+                None => continue,
+                Some(raw) if is_status => {
                     let status: Status = decode_raw(&change.key, raw)?;
                     let digest = status_digest(Some(&status));
                     if seen.get(&id).is_some_and(|s| s.status == digest) {
@@ -145,7 +168,7 @@ impl Fleet {
                         .map(|(_, a)| a);
                     (appliance, Some(status))
                 }
-                (false, Some(raw)) => {
+                Some(raw) => {
                     let appliance: Appliance = decode_raw(&change.key, raw)?;
                     let status = self
                         .get::<Status>(&format!("{}{id}", keys::STATUS))
@@ -153,7 +176,6 @@ impl Fleet {
                         .map(|(_, s)| s);
                     (Some(appliance), status)
                 }
-                (false, None) => (None, None),
             };
             let view = appliance
                 .as_ref()

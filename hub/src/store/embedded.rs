@@ -244,15 +244,17 @@ fn commit_batch(
                                 version,
                                 value: Some(value.clone()),
                                 created,
+                                previous: None,
                             });
                         }
                         Op::Delete { key } => {
-                            if data.remove(key.as_bytes())?.is_some() {
+                            if let Some(old) = data.remove(key.as_bytes())? {
                                 changes.push(Change {
                                     key: key.clone(),
                                     version,
                                     value: None,
                                     created: false,
+                                    previous: Some(decode(old.value()).value),
                                 });
                             }
                         }
@@ -403,6 +405,7 @@ impl Store for EmbeddedStore {
                     version,
                     value,
                     created: false,
+                    previous: None,
                 };
                 if tx.send(Ok(change)).await.is_err() {
                     return;
@@ -456,6 +459,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("hub.redb")).unwrap();
         super::super::suite::run(Arc::new(store)).await;
+    }
+
+    /// Changes from before the store was opened are not kept: a watch from then is told to
+    /// read the current state again, not given a partial history.
+    #[tokio::test]
+    async fn a_watch_from_before_the_opening_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let before = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put("k", vec![1])])
+                    .await
+                    .unwrap()
+            );
+            store.revision().await.unwrap()
+        };
+        let store = cairn_test_support::poll("store reopens", crate::testutil::LIMIT, || {
+            EmbeddedStore::open(&path).ok()
+        });
+        let old = store.watch(&["k"], before - 1).await;
+        assert!(
+            matches!(old, Err(StoreError::TooOld { after }) if after == before - 1),
+            "{:?}",
+            old.map(drop)
+        );
+        let mut now = store.watch(&["k"], before).await.unwrap();
+        assert!(
+            store
+                .txn(vec![], vec![Op::put("k", vec![2])])
+                .await
+                .unwrap()
+        );
+        let change = super::super::suite::next_change(&mut now).await;
+        assert_eq!(change.value, Some(vec![2]));
     }
 
     #[tokio::test]

@@ -322,7 +322,12 @@ impl Store for EtcdStore {
             let at = GetOptions::new()
                 .with_revision(after as i64 + 1)
                 .with_count_only();
-            if let Err(e) = self.client.kv_client().get(self.key(LEADER), Some(at)).await {
+            if let Err(e) = self
+                .client
+                .kv_client()
+                .get(self.key(LEADER), Some(at))
+                .await
+            {
                 return Err(if e.to_string().contains("compacted") {
                     StoreError::TooOld { after }
                 } else {
@@ -334,6 +339,7 @@ impl Store for EtcdStore {
         // revision order; keys outside `prefixes` are dropped here.
         let options = WatchOptions::new()
             .with_prefix()
+            .with_prev_key()
             .with_start_revision(after as i64 + 1);
         let mut stream = self
             .client
@@ -384,6 +390,10 @@ impl Store for EtcdStore {
                         version: kv.mod_revision() as u64,
                         value: (!deleted).then(|| kv.value().to_vec()),
                         created: !deleted && kv.create_revision() == kv.mod_revision(),
+                        previous: event
+                            .prev_kv()
+                            .filter(|_| deleted)
+                            .map(|kv| kv.value().to_vec()),
                     };
                     if tx.send(Ok(change)).await.is_err() {
                         return;
@@ -499,6 +509,44 @@ mod tests {
         assert!(error.to_string().contains("compacted"), "{error}");
         // The current state is whole.
         assert_eq!(store.list("k", None, 100).await.unwrap().len(), 20);
+    }
+
+    /// A watch from a compacted revision is refused at once, as too old.
+    #[tokio::test]
+    async fn a_watch_from_compacted_history_is_too_old() {
+        let etcd = Etcd::start(1).await;
+        let settings = EtcdSettings::new("/compact/", "a", Duration::from_secs(3));
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
+            .await
+            .unwrap();
+        let start = store.revision().await.unwrap();
+        for i in 0..3 {
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put(format!("k{i}"), vec![i])])
+                    .await
+                    .unwrap()
+            );
+        }
+        let current = store.revision().await.unwrap();
+        let mut raw = Client::connect(etcd.endpoints(), None).await.unwrap();
+        raw.compact(current as i64, None).await.unwrap();
+        let old = store.watch(&["k"], start).await;
+        assert!(
+            matches!(old, Err(StoreError::TooOld { after }) if after == start),
+            "{:?}",
+            old.map(drop)
+        );
+        // From the compaction on, the history is whole.
+        let mut now = store.watch(&["k"], current).await.unwrap();
+        assert!(
+            store
+                .txn(vec![], vec![Op::put("k9", vec![9])])
+                .await
+                .unwrap()
+        );
+        let change = super::super::suite::next_change(&mut now).await;
+        assert_eq!((change.key.as_str(), change.created), ("k9", true));
     }
 
     #[tokio::test]

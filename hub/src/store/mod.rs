@@ -169,6 +169,9 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
     /// The write created the key.
     pub created: bool,
+    /// For a delete, the value it removed, when the store still had it (a replayed delete
+    /// of the embedded store's history does not).
+    pub previous: Option<Vec<u8>>,
 }
 
 /// The changes a [`Store::watch`] delivers, in version order; an error ends it.

@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use cairn_api::InstallProgress;
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, ApplianceQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::{self, Trust};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, ApplianceQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 pub use cairn_hub_client::Error as HubError;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;

@@ -61,7 +61,10 @@ pub(super) async fn count_appliances(
 
 /// Where a watch resumes: `resourceVersion`, else the `Last-Event-ID` of a reconnecting
 /// `EventSource`.
-fn resume_from(resource_version: Option<u64>, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+fn resume_from(
+    resource_version: Option<u64>,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
     if resource_version.is_some() {
         return Ok(resource_version);
     }

@@ -16,12 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
-    CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
-    ErrorBody, ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, ApplianceQuery, CountQuery, WatchQuery,
-    TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceQuery,
+    ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignView, CheckRequest,
+    ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
+    CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
+    EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, TenantView, TokenCheck, UploadQuery,
+    VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};

@@ -508,7 +508,7 @@ fn parse_count_by(s: &str) -> Result<CountBy, String> {
 /// the watch (it may after a day: run it again with the last version printed).
 async fn watch_appliances(
     hub: &HubClient,
-    query: &ApplianceQuery,
+    query: &WatchQuery,
     output: OutputFormat,
 ) -> anyhow::Result<()> {
     let mut watch = hub.watch_appliances(query).await?;
@@ -892,12 +892,12 @@ impl HubArgs {
                 resource_version,
                 ..
             }) => {
-                let query = ApplianceQuery {
+                let query = WatchQuery {
                     site,
                     state,
                     selector: checked_selector(selector)?,
                     resource_version,
-                    ..Default::default()
+                    timeout_seconds: None,
                 };
                 watch_appliances(&hub, &query, self.output)
                     .await

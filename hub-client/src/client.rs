@@ -9,8 +9,8 @@ use cairn_api::hub::{
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
     EnrollmentTokenView, ErrorBody, ErrorCode, EventView, LabelRequest, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, TenantView,
-    TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
+    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
+    TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -438,40 +438,21 @@ impl HubClient {
         }
     }
 
-    /// `GET /v1/appliances/counts`.
+    /// `GET /v1/appliance-counts`.
     pub async fn count_appliances(&self, query: &CountQuery) -> Result<ApplianceCounts, Error> {
-        self.call::<(), _, _>(
-            Method::GET,
-            &["v1", "appliances", "counts"],
-            Some(query),
-            None,
-        )
-        .await
+        self.call::<(), _, _>(Method::GET, &["v1", "appliance-counts"], Some(query), None)
+            .await
     }
 
-    /// `GET /v1/appliances?watch=1`: the changes of the appliances the query matches, after
+    /// `GET /v1/watch/appliances`: the changes of the appliances the query matches, after
     /// its `resourceVersion` (from now without one). Read them with [`Watch::next`].
-    pub async fn watch_appliances(&self, query: &ApplianceQuery) -> Result<Watch, Error> {
-        let query = ApplianceQuery {
-            watch: Some(true),
-            limit: None,
-            cursor: None,
-            ..query.clone()
-        };
-        self.watch(&["v1", "appliances"], &query).await
+    pub async fn watch_appliances(&self, query: &WatchQuery) -> Result<Watch, Error> {
+        self.watch(&["v1", "watch", "appliances"], query).await
     }
 
-    /// `GET /v1/appliances/{id}?watch=1`: the changes of one appliance.
-    pub async fn watch_appliance(
-        &self,
-        id: &str,
-        resource_version: Option<u64>,
-    ) -> Result<Watch, Error> {
-        let query = WatchQuery {
-            watch: Some(true),
-            resource_version,
-        };
-        self.watch(&["v1", "appliances", id], &query).await
+    /// `GET /v1/watch/appliances/{id}`: the changes of one appliance.
+    pub async fn watch_appliance(&self, id: &str, query: &ResumeQuery) -> Result<Watch, Error> {
+        self.watch(&["v1", "watch", "appliances", id], query).await
     }
 
     async fn watch<Q: Serialize + ?Sized>(

@@ -229,7 +229,7 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
     assert_eq!(s, 200);
     let (_, list) = admin.get("/v1/appliances").await;
     assert_eq!(
-        list.as_array().unwrap().len(),
+        list["items"].as_array().unwrap().len(),
         1,
         "no duplicate for known hardware"
     );
@@ -537,7 +537,7 @@ async fn scoped_operator_tokens_see_only_their_site() {
     assert_eq!(s, 201, "{body}");
     let north = hub.operator(body["token"].as_str().unwrap());
     let (_, list) = north.get("/v1/appliances").await;
-    let sites: Vec<&str> = list
+    let sites: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -905,7 +905,7 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
         .register(&hub, &east)
         .await;
     let (_, seen) = short.get("/v1/appliances").await;
-    let sites: Vec<&str> = seen
+    let sites: Vec<&str> = seen["items"]
         .as_array()
         .unwrap()
         .iter()

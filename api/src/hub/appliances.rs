@@ -184,8 +184,7 @@ pub const DEFAULT_PAGE: u32 = 500;
 /// Largest page `GET /v1/appliances` answers; a larger `limit` is clamped to it.
 pub const MAX_PAGE: u32 = 1000;
 
-/// `GET /v1/appliances` query: a page of the appliances in scope that match, or (with
-/// `watch`) a stream of their changes.
+/// `GET /v1/appliances` query: a page of the appliances in scope that match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApplianceQuery {
     /// Only this site.
@@ -204,54 +203,54 @@ pub struct ApplianceQuery {
     /// The `continue` of the previous page: the next page after it.
     #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
-    /// `1` or `true`: answer a `text/event-stream` of [`WatchEvent`]s instead of a page.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "flag"
-    )]
-    pub watch: Option<bool>,
-    /// With `watch`: start after this resource version (a list's `resource_version`, or
-    /// the last event's); without it, the watch starts now. Too old: 410
-    /// `resource_version_too_old`, list again.
-    #[serde(
-        default,
-        rename = "resourceVersion",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub resource_version: Option<u64>,
 }
 
-/// `GET /v1/appliances/{id}` query.
+/// `GET /v1/watch/appliances` query: which appliances, and from when.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchQuery {
-    /// `1` or `true`: answer a `text/event-stream` of [`WatchEvent`]s of this appliance.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "flag"
-    )]
-    pub watch: Option<bool>,
-    /// With `watch`: start after this resource version.
+    /// Only this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Only appliances in this state (one that leaves it is `DELETED` from the watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ApplianceState>,
+    /// Only appliances this label selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Start after this resource version (a list's `resource_version`, or the last event's);
+    /// without it, from now. Too old: 410 `resource_version_too_old`, list again.
     #[serde(
         default,
         rename = "resourceVersion",
         skip_serializing_if = "Option::is_none"
     )]
     pub resource_version: Option<u64>,
+    /// End the stream after this many seconds (default: when the client goes).
+    #[serde(
+        default,
+        rename = "timeoutSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds: Option<u64>,
 }
 
-/// A query flag as Kubernetes takes it: `1`, `true`, `0`, `false`.
-fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    let text = Option::<String>::deserialize(d)?;
-    text.map(|t| match t.as_str() {
-        "1" | "true" => Ok(true),
-        "0" | "false" => Ok(false),
-        other => Err(serde::de::Error::custom(format!(
-            "expected 1, true, 0 or false, not {other:?}"
-        ))),
-    })
-    .transpose()
+/// `GET /v1/watch/appliances/{id}` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ResumeQuery {
+    /// Start after this resource version; without it, from now.
+    #[serde(
+        default,
+        rename = "resourceVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_version: Option<u64>,
+    /// End the stream after this many seconds (default: when the client goes).
+    #[serde(
+        default,
+        rename = "timeoutSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// `GET /v1/appliances` answer: one page.

@@ -25,7 +25,7 @@ mod vpcs;
 pub use appliances::{
     ApplianceCounts, ApplianceList, ApplianceQuery, ApplianceState, ApplianceView, CountBy,
     CountQuery, DEFAULT_PAGE, DesiredView, JoinSecretView, JoinView, LabelRequest, MAX_PAGE,
-    Renewal, RenewalRequest, StatusView, WatchEvent, WatchEventType, WatchQuery,
+    Renewal, RenewalRequest, ResumeQuery, StatusView, WatchEvent, WatchEventType, WatchQuery,
 };
 pub use auth::{CaInfo, InitSummary, Role, WhoAmI};
 pub use campaigns::{

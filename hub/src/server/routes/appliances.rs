@@ -3,9 +3,10 @@
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cairn_api::hub::{
-    ApplianceCounts, ApplianceQuery, CountQuery, DEFAULT_PAGE, LabelSelector, SelectorError,
-    WatchQuery,
+    ApplianceCounts, ApplianceList, ApplianceQuery, CountQuery, DEFAULT_PAGE, LabelSelector,
+    ResumeQuery, SelectorError, WatchQuery,
 };
+use futures::StreamExt;
 
 use crate::fleet::{ApplianceFilter, FleetError, WatchEvents};
 
@@ -14,9 +15,8 @@ use super::*;
 pub(super) async fn list_appliances(
     State(state): State<AppState>,
     Operator(caller): Operator,
-    headers: HeaderMap,
     query: Result<Query<ApplianceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ApplianceList>, ApiError> {
     let Query(q) = query?;
     let filter = ApplianceFilter {
         site: q.site,
@@ -24,13 +24,6 @@ pub(super) async fn list_appliances(
         selector: selector(q.selector.as_deref())?,
         id: None,
     };
-    if q.watch == Some(true) {
-        let events = state
-            .fleet
-            .watch_appliances(&caller, filter, resume_from(q.resource_version, &headers)?)
-            .await?;
-        return Ok(event_stream(events));
-    }
     let page = state
         .fleet
         .list_appliance_page(
@@ -40,7 +33,7 @@ pub(super) async fn list_appliances(
             q.cursor.as_deref(),
         )
         .await?;
-    Ok(Json(page).into_response())
+    Ok(Json(page))
 }
 
 pub(super) async fn count_appliances(
@@ -57,6 +50,41 @@ pub(super) async fn count_appliances(
     Ok(Json(
         state.fleet.count_appliances(&caller, &filter, q.by).await?,
     ))
+}
+
+pub(super) async fn watch_appliances(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let filter = ApplianceFilter {
+        site: q.site,
+        state: q.state,
+        selector: selector(q.selector.as_deref())?,
+        id: None,
+    };
+    let from = resume_from(q.resource_version, &headers)?;
+    let events = state.fleet.watch_appliances(&caller, filter, from).await?;
+    Ok(event_stream(events, q.timeout_seconds))
+}
+
+pub(super) async fn watch_appliance(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ResumeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let filter = ApplianceFilter {
+        id: Some(id),
+        ..Default::default()
+    };
+    let from = resume_from(q.resource_version, &headers)?;
+    let events = state.fleet.watch_appliances(&caller, filter, from).await?;
+    Ok(event_stream(events, q.timeout_seconds))
 }
 
 /// Where a watch resumes: `resourceVersion`, else the `Last-Event-ID` of a reconnecting
@@ -89,8 +117,8 @@ fn selector(text: Option<&str>) -> Result<LabelSelector, ApiError> {
 /// A watch as server-sent events: each event named by its type, its SSE `id` the resource
 /// version (an `EventSource` that reconnects sends it back as `Last-Event-ID`, and the watch
 /// resumes after it); a failure ends the stream with an `ERROR` event carrying the error
-/// body (`resource_version_too_old`: list again).
-fn event_stream(events: WatchEvents) -> Response {
+/// body (`resource_version_too_old`: list again). Ends after `timeout_seconds` when given.
+fn event_stream(events: WatchEvents, timeout_seconds: Option<u64>) -> Response {
     let stream = futures::stream::unfold(events, |mut events| async move {
         let event = match events.recv().await? {
             Ok(e) => Event::default()
@@ -107,7 +135,13 @@ fn event_stream(events: WatchEvents) -> Response {
         };
         Some((event.map_err(axum::Error::new), events))
     });
-    Sse::new(stream)
+    let end = async move {
+        match timeout_seconds {
+            Some(s) => tokio::time::sleep(std::time::Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    Sse::new(stream.take_until(Box::pin(end)))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -116,22 +150,8 @@ pub(super) async fn show_appliance(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query?;
-    if q.watch == Some(true) {
-        let filter = ApplianceFilter {
-            id: Some(id),
-            ..Default::default()
-        };
-        let events = state
-            .fleet
-            .watch_appliances(&caller, filter, resume_from(q.resource_version, &headers)?)
-            .await?;
-        return Ok(event_stream(events));
-    }
-    Ok(Json(state.fleet.show_appliance(&caller, &id).await?).into_response())
+) -> Result<Json<ApplianceView>, ApiError> {
+    Ok(Json(state.fleet.show_appliance(&caller, &id).await?))
 }
 
 pub(super) async fn delete_appliance(

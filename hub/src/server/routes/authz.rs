@@ -287,8 +287,24 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
         ),
         (
             Method::GET,
-            "/v1/appliances/counts",
-            case("/v1/appliances/counts?by=state", v, All, 200, 0),
+            "/v1/appliance-counts",
+            case("/v1/appliance-counts?by=state", v, All, 200, 0),
+        ),
+        (
+            Method::GET,
+            "/v1/watch/appliances",
+            case("/v1/watch/appliances?timeoutSeconds=0", v, All, 200, 0),
+        ),
+        (
+            Method::GET,
+            "/v1/watch/appliances/{id}",
+            case(
+                "/v1/watch/appliances/ap-acme-east?timeoutSeconds=0",
+                v,
+                Site,
+                200,
+                404,
+            ),
         ),
         (
             Method::GET,

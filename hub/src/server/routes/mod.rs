@@ -21,8 +21,8 @@ use cairn_api::hub::{
     ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
     EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, TenantView, TokenCheck, UploadQuery,
-    VpcView, WatchQuery, WhoAmI,
+    ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role, SinceQuery, TenantView, TokenCheck,
+    UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -627,8 +627,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/appliances",
             (Bearer(Viewer), Filtered),
             "List appliances: one page (?limit=, ?continue=) of those in scope that match \
-             ?site=, ?state= and ?selector= (`kubectl -l` syntax); with ?watch=1 (and \
-             ?resourceVersion=), a text/event-stream of WatchEvent instead",
+             ?site=, ?state= and ?selector= (`kubectl -l` syntax)",
             None,
             (200, json::<ApplianceList>()),
             get(appliances::list_appliances),
@@ -636,7 +635,7 @@ pub(crate) fn routes() -> Vec<Route> {
         .query::<ApplianceQuery>(),
         r(
             M::GET,
-            "/v1/appliances/counts",
+            "/v1/appliance-counts",
             (Bearer(Viewer), Filtered),
             "Count the appliances in scope that match ?selector= and ?site=, by state, site or \
              version",
@@ -647,15 +646,49 @@ pub(crate) fn routes() -> Vec<Route> {
         .query::<CountQuery>(),
         r(
             M::GET,
+            "/v1/watch/appliances",
+            (Bearer(Viewer), Filtered),
+            "Watch the appliances in scope that match ?site=, ?state= and ?selector=, after \
+             ?resourceVersion= (or Last-Event-ID): server-sent events named ADDED, MODIFIED, \
+             DELETED, each a WatchEvent with the resource version as its id; ERROR (an error \
+             body) ends it, resource_version_too_old meaning list again",
+            None,
+            (
+                200,
+                other(
+                    "text/event-stream",
+                    "server-sent events, each `data` a WatchEvent (ERROR: an ErrorBody)",
+                ),
+            ),
+            get(appliances::watch_appliances),
+        )
+        .query::<WatchQuery>(),
+        r(
+            M::GET,
+            "/v1/watch/appliances/{id}",
+            (Bearer(Viewer), P(App)),
+            "Watch one appliance, after ?resourceVersion= (or Last-Event-ID), as \
+             /v1/watch/appliances does",
+            None,
+            (
+                200,
+                other(
+                    "text/event-stream",
+                    "server-sent events, each `data` a WatchEvent (ERROR: an ErrorBody)",
+                ),
+            ),
+            get(appliances::watch_appliance),
+        )
+        .query::<ResumeQuery>(),
+        r(
+            M::GET,
             "/v1/appliances/{id}",
             (Bearer(Viewer), P(App)),
-            "One appliance with its status; with ?watch=1 (and ?resourceVersion=), a \
-             text/event-stream of its WatchEvents instead",
+            "One appliance with its status",
             None,
             (200, json::<ApplianceView>()),
             get(appliances::show_appliance),
-        )
-        .query::<WatchQuery>(),
+        ),
         r(
             M::DELETE,
             "/v1/appliances/{id}",

@@ -15,6 +15,7 @@ use cairn_api::hub::{
     CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest, LabelSelector,
     OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
+    WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};

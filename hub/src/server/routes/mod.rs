@@ -1233,7 +1233,12 @@ mod tests {
                     (
                         p["name"].as_str().unwrap().to_owned(),
                         p["required"].as_bool().unwrap(),
-                        p["schema"]["type"].as_str().unwrap().to_owned(),
+                        // An enumeration of strings is a `oneOf` of constants.
+                        p["schema"]["type"]
+                            .as_str()
+                            .or_else(|| p["schema"]["oneOf"][0]["type"].as_str())
+                            .unwrap()
+                            .to_owned(),
                     )
                 })
                 .collect()
@@ -1244,9 +1249,31 @@ mod tests {
         ];
         assert_eq!(params("/v1/audit", "get"), since_limit);
         assert_eq!(params("/v1/events", "get"), since_limit);
+        let optional = |names: &[(&str, &str)]| -> Vec<(String, bool, String)> {
+            names
+                .iter()
+                .map(|(n, t)| (n.to_string(), false, t.to_string()))
+                .collect()
+        };
         assert_eq!(
             params("/v1/appliances", "get"),
-            vec![("site".to_owned(), false, "string".to_owned())]
+            optional(&[
+                ("continue", "string"),
+                ("limit", "integer"),
+                ("selector", "string"),
+                ("site", "string"),
+                ("state", "string"),
+            ])
+        );
+        assert_eq!(
+            params("/v1/watch/appliances", "get"),
+            optional(&[
+                ("resourceVersion", "integer"),
+                ("selector", "string"),
+                ("site", "string"),
+                ("state", "string"),
+                ("timeoutSeconds", "integer"),
+            ])
         );
         assert_eq!(
             params("/v1/releases/upload", "post"),

@@ -1028,7 +1028,6 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 selector: checked_selector(selector)?,
                 limit,
                 cursor,
-                ..Default::default()
             };
             let page = if all {
                 ApplianceList {

@@ -133,10 +133,10 @@ fn appliance(i: usize) -> Appliance {
     let mut labels = std::collections::BTreeMap::new();
     labels.insert(
         "role".to_owned(),
-        if i % 3 == 0 { "edge" } else { "core" }.to_owned(),
+        if i.is_multiple_of(3) { "edge" } else { "core" }.to_owned(),
     );
     labels.insert("rack".to_owned(), format!("r{}", i % 40));
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         labels.insert("hold".to_owned(), "yes".to_owned());
     }
     Appliance {
@@ -173,10 +173,7 @@ async fn seed(store: &dyn Store, records: usize) -> anyhow::Result<Duration> {
         let mut ops = Vec::with_capacity(chunk.len() * 2);
         for &i in chunk {
             let a = appliance(i);
-            ops.push(Op::put(
-                format!("{}{}", keys::STATUS, a.id),
-                status.clone(),
-            ));
+            ops.push(Op::put(format!("{}{}", keys::STATUS, a.id), status.clone()));
             ops.push(Op::put(
                 format!("{}{}", keys::APPLIANCES, a.id),
                 serde_json::to_vec(&a)?,
@@ -322,7 +319,11 @@ async fn measure(
     }))
 }
 
-async fn campaign(store: Arc<dyn Store>, n: usize, batch: u32) -> anyhow::Result<serde_json::Value> {
+async fn campaign(
+    store: Arc<dyn Store>,
+    n: usize,
+    batch: u32,
+) -> anyhow::Result<serde_json::Value> {
     let seeded = seed(store.as_ref(), n).await?;
     let release = Release {
         version: "2.0".into(),
@@ -391,7 +392,11 @@ async fn campaign(store: Arc<dyn Store>, n: usize, batch: u32) -> anyhow::Result
             .map(|m| m.appliance.clone())
             .collect();
         if ordered.is_empty() {
-            if view.members.iter().all(|m| m.state == MemberState::Committed) {
+            if view
+                .members
+                .iter()
+                .all(|m| m.state == MemberState::Committed)
+            {
                 break;
             }
             bail!("campaign stuck: {:?} ({})", view.state, view.state_reason);

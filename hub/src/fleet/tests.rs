@@ -1055,9 +1055,12 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
     }
 }
 
+/// An appliance to seed: ID, site, labels.
+type Seeded<'a> = (String, &'a str, Vec<(&'a str, &'a str)>);
+
 /// Writes copies of `template` as appliances `ids`, each with its site and labels, straight
 /// to the store (as many as a transaction holds at a time).
-async fn seed(w: &World, template: &Appliance, records: &[(String, &str, Vec<(&str, &str)>)]) {
+async fn seed(w: &World, template: &Appliance, records: &[Seeded<'_>]) {
     for chunk in records.chunks(crate::store::MAX_TXN_OPS) {
         let ops = chunk
             .iter()
@@ -1099,14 +1102,14 @@ async fn appliance_lists_page_filter_count_and_watch(w: &World) {
     let pb = register_many(w, "pb", 1).await;
     let template = w.fleet.record(&pa[0].0.appliance_id).await.unwrap();
     // 300 records: even numbers, so records can be added between any two later.
-    let role = |i: usize| if i % 3 == 0 { "edge" } else { "core" };
-    let records: Vec<(String, &str, Vec<(&str, &str)>)> = (0..300)
+    let role = |i: usize| if i.is_multiple_of(3) { "edge" } else { "core" };
+    let records: Vec<Seeded<'_>> = (0..300)
         .map(|i| {
             let mut labels = vec![("role", role(i))];
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 labels.push(("hold", "yes"));
             }
-            let site = if i % 2 == 0 { "pa" } else { "pb" };
+            let site = if i.is_multiple_of(2) { "pa" } else { "pb" };
             (format!("pg-{:04}", 2 * i), site, labels)
         })
         .collect();

@@ -33,8 +33,8 @@ const MAX_BATCH: usize = 4096;
 /// durable commit's own fsync a relaxed write is durable within a second.
 const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
-/// Changes kept for watches that resume from a version: (version, key, deleted), about 80
-/// bytes each, 5 MiB at most. Values are not kept; a replayed change carries the key's
+/// Changes kept for watches that resume from a version, about 80 bytes each, 5 MiB at
+/// most. Values are not kept; a replayed change carries the key's
 /// current value.
 const HISTORY: usize = 65_536;
 
@@ -46,8 +46,17 @@ type Reply = oneshot::Sender<Result<bool, StoreError>>;
 /// What watches read: the recent history and the live feed of commits. Both are updated
 /// under the history lock, and a watch subscribes under it, so it sees each change once.
 struct Feed {
-    history: std::sync::Mutex<std::collections::VecDeque<(u64, String, bool)>>,
+    history: std::sync::Mutex<std::collections::VecDeque<Past>>,
     live: tokio::sync::broadcast::Sender<Arc<Vec<Change>>>,
+}
+
+/// A change as the history keeps it: without its value.
+#[derive(Clone)]
+struct Past {
+    version: u64,
+    key: String,
+    deleted: bool,
+    created: bool,
 }
 
 impl Feed {
@@ -60,7 +69,12 @@ impl Feed {
             if history.len() == HISTORY {
                 history.pop_front();
             }
-            history.push_back((c.version, c.key.clone(), c.value.is_none()));
+            history.push_back(Past {
+                version: c.version,
+                key: c.key.clone(),
+                deleted: c.value.is_none(),
+                created: c.created,
+            });
         }
         // No receiver is fine: nobody watches.
         let _ = self.live.send(Arc::new(changes));
@@ -368,15 +382,15 @@ impl Store for EmbeddedStore {
             // Kept: every change after the oldest one in the history, or after the opening
             // when the history has not filled up yet.
             let kept_after = match history.front() {
-                Some((oldest, _, _)) if history.len() == HISTORY => oldest - 1,
+                Some(oldest) if history.len() == HISTORY => oldest.version - 1,
                 _ => self.opened_at,
             };
             if after < kept_after {
                 return Err(StoreError::TooOld { after });
             }
-            let replay: Vec<(u64, String, bool)> = history
+            let replay: Vec<Past> = history
                 .iter()
-                .filter(|(v, key, _)| *v > after && watched(&prefixes, key))
+                .filter(|p| p.version > after && watched(&prefixes, &p.key))
                 .cloned()
                 .collect();
             (replay, self.feed.live.subscribe())
@@ -385,13 +399,13 @@ impl Store for EmbeddedStore {
         let store = self.clone();
         tokio::spawn(async move {
             let mut last = after;
-            for (version, key, deleted) in replay {
+            for past in replay {
                 // The current value stands for the one written then: a later write of the
                 // key replays after this one, so a watcher ends on the latest state.
-                let value = if deleted {
+                let value = if past.deleted {
                     None
                 } else {
-                    match store.get(&key).await {
+                    match store.get(&past.key).await {
                         Ok(Some(v)) => Some(v.value),
                         Ok(None) => continue,
                         Err(e) => {
@@ -401,16 +415,16 @@ impl Store for EmbeddedStore {
                     }
                 };
                 let change = Change {
-                    key,
-                    version,
+                    key: past.key,
+                    version: past.version,
                     value,
-                    created: false,
+                    created: past.created,
                     previous: None,
                 };
                 if tx.send(Ok(change)).await.is_err() {
                     return;
                 }
-                last = version;
+                last = past.version;
             }
             loop {
                 let batch = tokio::select! {

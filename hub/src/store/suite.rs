@@ -90,16 +90,17 @@ async fn watches_deliver_changes_in_order_and_resume(store: &dyn Store) {
     for _ in 0..3 {
         replay.push(next_change(&mut resumed).await);
     }
-    let keys: Vec<(&str, u64, bool)> = replay
+    // (key, version, deleted, created)
+    let keys: Vec<(&str, u64, bool, bool)> = replay
         .iter()
-        .map(|c| (c.key.as_str(), c.version, c.value.is_none()))
+        .map(|c| (c.key.as_str(), c.version, c.value.is_none(), c.created))
         .collect();
     assert_eq!(
         keys,
         vec![
-            ("suite/w/a/1", v3, false),
-            ("suite/w/b/1", seen[3].version, true),
-            ("suite/w/a/2", last, false),
+            ("suite/w/a/1", v3, false, false),
+            ("suite/w/b/1", seen[3].version, true, false),
+            ("suite/w/a/2", last, false, true),
         ]
     );
     // And carries on live.

@@ -34,6 +34,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_hub DATA OUT [args...]: serve on a free port; URL to OUT.url, pid to OUT.pid.
 start_hub() {
   local data=$1 out=$2; shift 2
+  rm -f "$out" "$out.url"   # a restart must not read the previous run's address
   "$HUB" serve --data "$data" --listen 127.0.0.1:0 "$@" >"$out" 2>"$out.log" &
   pids+=($!)
   echo "$!" >"$out.pid"

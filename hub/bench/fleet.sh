@@ -59,6 +59,7 @@ echo "== fleet: embedded store, $RECORDS records" >&2
 "$HUB" init --data "$work/emb" --admin-token-file "$work/emb.token" >/dev/null
 start_hub "$work/emb" "$work/emb.out"
 emb_empty=$(empty_rss "$work/emb.out" "$work/emb" "$work/emb.token")
+echo "{\"embedded_empty_rss_kib\": $emb_empty}"
 stop_hub "$work/emb.out"
 "$BENCH" seed --embedded "$work/emb/hub.redb" --records "$RECORDS" >&2
 start_hub "$work/emb" "$work/emb.out"
@@ -81,6 +82,7 @@ done
 "$HUB" init --data "$work/etc" --admin-token-file "$work/etc.token" --etcd-endpoints "$endpoint" >/dev/null
 start_hub "$work/etc" "$work/etc.out" --etcd-endpoints "$endpoint"
 etc_empty=$(empty_rss "$work/etc.out" "$work/etc" "$work/etc.token")
+echo "{\"etcd_empty_rss_kib\": $etc_empty}"
 "$BENCH" seed --etcd "$endpoint" --records "$RECORDS" >&2
 etcd_run=$(measure "$work/etc.out" "$work/etc" "$work/etc.token")
 echo "$etcd_run"

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use cairn_api::cli::{Exit, OutputFormat, table};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AuditEntryView,
-    CampaignAction, CampaignView, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest,
-    OperatorTokenView, ReleaseView, Role, Selector, SinceQuery, SiteQuery, TenantView, VpcView,
+    AddControlPlane, AddReleaseFromUrl, ApplianceList, ApplianceQuery, ApplianceState,
+    ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
+    CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
+    CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest, LabelSelector,
+    OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
+    WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -166,8 +168,49 @@ enum OperatorCommand {
 
 #[derive(Debug, Subcommand)]
 enum ApplianceCommand {
-    /// List appliances with their state.
+    /// List appliances with their state: one page (500 by default; `--all` for every page),
+    /// or with `--watch` their changes as they happen.
+    ///
+    /// Example: `cairn hub appliances list -l 'role in (edge,core),!maintenance' --state online`
     List {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only appliances this label selector matches, as `kubectl -l` takes it: `a=b`,
+        /// `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, comma for AND; `site` is the
+        /// appliance's site.
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Only appliances in this state: registered, online, offline.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<ApplianceState>,
+        /// Page size (the hub answers at most 1000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Go on after a previous page: its `continue` value.
+        #[arg(long = "continue", value_name = "CURSOR", conflicts_with = "watch")]
+        cursor: Option<String>,
+        /// Every page, following the hub's cursors.
+        #[arg(long, conflicts_with = "watch")]
+        all: bool,
+        /// Print the changes of the matching appliances as they happen (one line, or one
+        /// JSON object, per event) until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: start after this resource version (a list's, or an event's).
+        #[arg(long, value_name = "VERSION", requires = "watch")]
+        resource_version: Option<u64>,
+    },
+    /// Count appliances by state, site or OS version.
+    ///
+    /// Example: `cairn hub appliances count --by version -l role=edge`
+    Count {
+        /// What to count by: state, site, version.
+        #[arg(long, value_parser = parse_count_by, default_value = "state")]
+        by: CountBy,
+        /// Only appliances this label selector matches (as for `list`).
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
         /// Only this site.
         #[arg(long)]
         site: Option<String>,
@@ -249,7 +292,7 @@ enum CampaignCommand {
     /// Create a campaign (not started): picks the appliances now, lays out canaries and
     /// batches. Quarantined and flagged appliances are listed as skipped.
     ///
-    /// Example: `cairn hub campaigns create nov --release 2026.11.2 --selector site=dc1,role=edge
+    /// Example: `cairn hub campaigns create nov --release 2026.11.2 --selector 'site=dc1,role=edge'
     /// --canaries 1 --batch-size 10 --max-failures 1 --window 22:00-04:00 --prestage`
     Create {
         /// Campaign name (a-z, 0-9, '-'); default: `rollout-<version>-<time>`.
@@ -257,7 +300,8 @@ enum CampaignCommand {
         /// Release version to roll out.
         #[arg(long)]
         release: String,
-        /// `site=X,key=value,...`: the site and labels appliances must have (default: every
+        /// A label selector as `kubectl -l` takes it (`site=dc1,role in (edge,core),!hold`;
+        /// `site` is the appliance's site): the appliances it covers (default: every
         /// appliance in your scope).
         #[arg(long, value_name = "SELECTOR", default_value = "")]
         selector: String,
@@ -433,24 +477,58 @@ fn open_session(config: &Option<PathBuf>) -> anyhow::Result<HubClient> {
     Ok(HubClient::new(&login.url, &Trust::CaBundle(login.ca_pem), None)?.with_bearer(login.token))
 }
 
-/// Parses `site=X,key=value,...`: `site` picks the site, every other key a label.
+/// Parses a campaign's `--selector` (`kubectl -l` syntax, `site` the appliance's site),
+/// saying where it is malformed before anything is sent.
 pub fn parse_selector(s: &str) -> Result<Selector, String> {
-    let mut selector = Selector::default();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("selector part {part:?}: expected key=value"))?;
-        let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() || v.is_empty() {
-            return Err(format!("selector part {part:?}: empty key or value"));
-        }
-        if k == "site" {
-            selector.site = Some(v.to_owned());
-        } else {
-            selector.labels.insert(k.to_owned(), v.to_owned());
+    let expression: LabelSelector = s.parse().map_err(|e: SelectorError| e.to_string())?;
+    Ok(Selector {
+        expression,
+        ..Default::default()
+    })
+}
+
+/// Checks a list's `--selector` here, so a typo is told with its position without a call.
+fn checked_selector(s: Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(text) = &s {
+        text.parse::<LabelSelector>()?;
+    }
+    Ok(s)
+}
+
+fn parse_state(s: &str) -> Result<ApplianceState, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: expected registered, online or offline"))
+}
+
+fn parse_count_by(s: &str) -> Result<CountBy, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: expected state, site or version"))
+}
+
+/// `cairn hub appliances list --watch`: prints each event as it comes, until the hub ends
+/// the watch (it may after a day: run it again with the last version printed).
+async fn watch_appliances(
+    hub: &HubClient,
+    query: &WatchQuery,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut watch = hub.watch_appliances(query).await?;
+    while let Some(event) = watch.next().await? {
+        match output {
+            OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
+            OutputFormat::Table => println!(
+                "{} {} {} {}",
+                event.resource_version,
+                event.kind.as_str(),
+                event.id,
+                event
+                    .object
+                    .as_ref()
+                    .map_or_else(String::new, |a| format!("{} {}", a.site, a.state)),
+            ),
         }
     }
-    Ok(selector)
+    Ok(())
 }
 
 /// `-` for nothing, for table cells.
@@ -806,7 +884,29 @@ impl HubArgs {
             other => other,
         };
         let hub = open_session(&self.config)?;
-        match execute(&hub, command).await {
+        let answer = match command {
+            HubClientCommand::Appliances(ApplianceCommand::List {
+                site,
+                selector,
+                state,
+                watch: true,
+                resource_version,
+                ..
+            }) => {
+                let query = WatchQuery {
+                    site,
+                    state,
+                    selector: checked_selector(selector)?,
+                    resource_version,
+                    timeout_seconds: None,
+                };
+                watch_appliances(&hub, &query, self.output)
+                    .await
+                    .map(|()| Answer::done("the hub ended the watch"))
+            }
+            command => execute(&hub, command).await,
+        };
+        match answer {
             Ok(answer) => {
                 match self.output {
                     OutputFormat::Json => {
@@ -912,9 +1012,54 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 format!("revoked {}\n", t.id)
             })?
         }
-        HubClientCommand::Appliances(ApplianceCommand::List { site }) => {
-            Answer::of(&hub.list_appliances(&SiteQuery { site }).await?, |a| {
-                appliances_table(a)
+        HubClientCommand::Appliances(ApplianceCommand::List {
+            site,
+            selector,
+            state,
+            limit,
+            cursor,
+            all,
+            watch: _,
+            resource_version: _,
+        }) => {
+            let query = ApplianceQuery {
+                site,
+                state,
+                selector: checked_selector(selector)?,
+                limit,
+                cursor,
+            };
+            let page = if all {
+                ApplianceList {
+                    items: hub.list_appliances(&query).await?,
+                    cursor: None,
+                    resource_version: 0,
+                }
+            } else {
+                hub.list_appliances_page(&query).await?
+            };
+            Answer::of(&page, |p| {
+                let mut text = appliances_table(&p.items);
+                if let Some(next) = &p.cursor {
+                    text += &format!("more follow: --continue {next} (or --all)\n");
+                }
+                text
+            })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Count { by, selector, site }) => {
+            let query = CountQuery {
+                by,
+                selector: checked_selector(selector)?,
+                site,
+            };
+            Answer::of(&hub.count_appliances(&query).await?, |c| {
+                let mut rows: Vec<Vec<String>> = c
+                    .counts
+                    .iter()
+                    .map(|(k, n)| vec![k.clone(), n.to_string()])
+                    .collect();
+                rows.push(vec!["total".into(), c.total.to_string()]);
+                table(&[&format!("{:?}", c.by).to_lowercase(), "appliances"], rows)
             })?
         }
         HubClientCommand::Appliances(ApplianceCommand::Show { id }) => {
@@ -1189,10 +1334,10 @@ mod tests {
 
     #[test]
     fn selectors_parse_or_say_why() {
-        let s = parse_selector("site=dc1,role=edge").unwrap();
-        assert_eq!(s.site.as_deref(), Some("dc1"));
-        assert_eq!(s.labels.get("role").map(String::as_str), Some("edge"));
-        assert!(parse_selector("site").unwrap_err().contains("key=value"));
+        let s = parse_selector("site=dc1,role in (edge,core)").unwrap();
+        assert_eq!(s.expression.to_string(), "site=dc1,role in (core,edge)");
+        let e = parse_selector("site=dc1,role in edge").unwrap_err();
+        assert!(e.contains("at character 19"), "{e}");
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
-    CaInfo, CampaignAction, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign,
+    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceQuery,
+    ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
+    CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    EnrollmentTokenView, ErrorBody, EventView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, SinceQuery, SiteQuery, TenantView,
-    TokenCheck, UploadQuery, VpcView, WhoAmI,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventView, LabelRequest, MembershipRequest,
+    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
+    TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -128,6 +129,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Uploading a release bundle of a few GiB.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest a watch stays open.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl HubClient {
     /// A client for the hub at `base_url` (`https://host:port`), trusting it as `trust`
@@ -463,10 +466,88 @@ impl HubClient {
         self.get(&["v1", "tenants"]).await
     }
 
-    /// `GET /v1/appliances`.
-    pub async fn list_appliances(&self, query: &SiteQuery) -> Result<Vec<ApplianceView>, Error> {
+    /// `GET /v1/appliances`: one page; pass its `continue` as the next query's to go on.
+    pub async fn list_appliances_page(
+        &self,
+        query: &ApplianceQuery,
+    ) -> Result<ApplianceList, Error> {
         self.call::<(), _, _>(Method::GET, &["v1", "appliances"], Some(query), None)
             .await
+    }
+
+    /// `GET /v1/appliances`, every page: all the appliances the query matches.
+    pub async fn list_appliances(
+        &self,
+        query: &ApplianceQuery,
+    ) -> Result<Vec<ApplianceView>, Error> {
+        let mut query = query.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_appliances_page(&query).await?;
+            all.extend(page.items);
+            match page.cursor {
+                Some(next) => query.cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// `GET /v1/appliance-counts`.
+    pub async fn count_appliances(&self, query: &CountQuery) -> Result<ApplianceCounts, Error> {
+        self.call::<(), _, _>(Method::GET, &["v1", "appliance-counts"], Some(query), None)
+            .await
+    }
+
+    /// `GET /v1/watch/appliances`: the changes of the appliances the query matches, after
+    /// its `resourceVersion` (from now without one). Read them with [`Watch::next`].
+    pub async fn watch_appliances(&self, query: &WatchQuery) -> Result<Watch, Error> {
+        self.watch(&["v1", "watch", "appliances"], query).await
+    }
+
+    /// `GET /v1/watch/appliances/{id}`: the changes of one appliance.
+    pub async fn watch_appliance(&self, id: &str, query: &ResumeQuery) -> Result<Watch, Error> {
+        self.watch(&["v1", "watch", "appliances", id], query).await
+    }
+
+    async fn watch<Q: Serialize + ?Sized>(
+        &self,
+        segments: &[&str],
+        query: &Q,
+    ) -> Result<Watch, Error> {
+        let (endpoint, url, req) = self.request(Method::GET, segments);
+        // A watch lasts; the client-wide timeout would cut it. It still ends some day: the
+        // caller resumes from the last event's resource version.
+        let req = req.query(query).timeout(WATCH_TIMEOUT);
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                return Err(Error::Unreachable {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+        };
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => Error::Refused {
+                    endpoint,
+                    status,
+                    body,
+                },
+                Err(_) => Error::Garbage {
+                    endpoint,
+                    detail: format!("HTTP {status}, body starts {:?}", preview(&bytes)),
+                },
+            });
+        }
+        Ok(Watch {
+            endpoint,
+            url,
+            response,
+            buffer: Vec::new(),
+        })
     }
 
     /// `GET /v1/appliances/{id}`.
@@ -651,6 +732,107 @@ impl HubClient {
 }
 
 /// A successful answer, not yet decoded.
+/// An open watch: server-sent events, read one by one.
+pub struct Watch {
+    endpoint: String,
+    url: url::Url,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event; `Ok(None)` when the hub ended the watch. An `ERROR` event is an
+    /// [`Error::Refused`] (`resource_version_too_old`, HTTP 410: list again).
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+        loop {
+            while let Some(frame) = take_frame(&mut self.buffer) {
+                match parse_frame(&frame) {
+                    Frame::KeepAlive => continue,
+                    Frame::Event(data) => {
+                        return serde_json::from_str(&data)
+                            .map(Some)
+                            .map_err(|e| Error::Garbage {
+                                endpoint: self.endpoint.clone(),
+                                detail: format!(
+                                    "watch event: {e}; data {:?}",
+                                    preview(data.as_bytes())
+                                ),
+                            });
+                    }
+                    Frame::Error(data) => {
+                        let body: ErrorBody =
+                            serde_json::from_str(&data).map_err(|e| Error::Garbage {
+                                endpoint: self.endpoint.clone(),
+                                detail: format!("watch error event: {e}"),
+                            })?;
+                        let status = if body.error == ErrorCode::ResourceVersionTooOld {
+                            410
+                        } else {
+                            503
+                        };
+                        return Err(Error::Refused {
+                            endpoint: self.endpoint.clone(),
+                            status,
+                            body,
+                        });
+                    }
+                }
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.buffer.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(source) => {
+                    return Err(Error::Unreachable {
+                        url: self.url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The first complete server-sent event in `buffer` (up to its blank line), taken out.
+fn take_frame(buffer: &mut Vec<u8>) -> Option<String> {
+    let end = buffer.windows(2).position(|w| w == b"\n\n")?;
+    let frame: Vec<u8> = buffer.drain(..end + 2).collect();
+    Some(String::from_utf8_lossy(&frame[..end]).into_owned())
+}
+
+/// What one server-sent event of a watch is.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A comment or an event without data (the hub's keep-alive).
+    KeepAlive,
+    /// A watch event's JSON.
+    Event(String),
+    /// An `ERROR` event's JSON error body.
+    Error(String),
+}
+
+fn parse_frame(frame: &str) -> Frame {
+    let mut name = "";
+    let mut data: Vec<&str> = Vec::new();
+    for line in frame.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value,
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    if data.is_empty() {
+        return Frame::KeepAlive;
+    }
+    let data = data.join("\n");
+    if name == "ERROR" {
+        Frame::Error(data)
+    } else {
+        Frame::Event(data)
+    }
+}
+
 struct Answer {
     endpoint: String,
     status: u16,
@@ -718,6 +900,28 @@ fn preview(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_sent_events_split_and_parse() {
+        let mut buffer =
+            b": keep-alive\n\nevent: ADDED\nid: 7\ndata: {\"a\":1}\n\nevent: ERROR\ndata: {}\n\nevent: MOD"
+                .to_vec();
+        let frames: Vec<Frame> = std::iter::from_fn(|| take_frame(&mut buffer))
+            .map(|f| parse_frame(&f))
+            .collect();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::KeepAlive,
+                Frame::Event(r#"{"a":1}"#.into()),
+                Frame::Error("{}".into()),
+            ]
+        );
+        assert_eq!(
+            buffer, b"event: MOD",
+            "an incomplete event waits for the rest"
+        );
+    }
 
     #[test]
     fn preview_keeps_garbage_printable_and_short() {

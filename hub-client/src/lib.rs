@@ -13,4 +13,4 @@ pub mod tls;
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use client::{Error, HubClient};
+pub use client::{Error, HubClient, Watch};

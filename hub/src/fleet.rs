@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+pub use appliances::ApplianceFilter;
 pub use cairn_api::hub::TokenRefusal;
 use cairn_api::hub::{
     ApplianceView, AssignResult, CreateEnrollmentToken, CreateOperatorToken, EnrollmentTokenView,
@@ -21,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+pub use watch::WatchEvents;
 
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
@@ -41,6 +43,7 @@ mod tenants;
 mod tokens;
 mod upgrade;
 mod vpcs;
+mod watch;
 
 /// Everything that can go wrong in a hub operation, each mapped to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,15 @@ pub enum FleetError {
     /// SHA-256 (400, `bundle_refused`).
     #[error("bundle refused: {0}")]
     BundleRefused(String),
+    /// A watch from a resource version older than the changes the store keeps (410).
+    #[error(
+        "resource version {0} is too old: the hub no longer keeps the changes since; list \
+         again and watch from the list's resource_version"
+    )]
+    TooOld(u64),
+    /// A `continue` cursor that is not one the hub made (400).
+    #[error("the continue cursor is not one this hub made; start the listing again")]
+    BadCursor,
     /// Too much contention on one record (503); the client should retry.
     #[error("too many concurrent changes to {0}; retry")]
     Contended(String),
@@ -383,6 +395,7 @@ fn validate_name(what: &str, name: &str) -> Result<(), FleetError> {
 }
 
 /// The hub's state machine over a store.
+#[derive(Clone)]
 pub struct Fleet {
     store: Arc<dyn Store>,
     ca: Arc<Ca>,

@@ -426,9 +426,17 @@ impl Campaign {
 
 /// Whether a campaign's selector covers the appliance.
 pub fn selects(selector: &Selector, a: &Appliance) -> bool {
-    selector.site.as_ref().is_none_or(|s| s == &a.site)
-        && selector
-            .labels
-            .iter()
-            .all(|(k, v)| a.labels.get(k) == Some(v))
+    selector.to_label_selector().matches(selector_lookup(a))
+}
+
+/// What selectors see of an appliance: its labels, and its site under
+/// [`cairn_api::hub::SITE_KEY`].
+pub fn selector_lookup<'a>(a: &'a Appliance) -> impl Fn(&str) -> Option<&'a str> + 'a {
+    move |key| {
+        if key == cairn_api::hub::SITE_KEY {
+            Some(a.site.as_str())
+        } else {
+            a.labels.get(key).map(String::as_str)
+        }
+    }
 }

@@ -51,13 +51,29 @@ impl From<&OperatorToken> for OperatorTokenView {
     }
 }
 
-/// An appliance and its latest status as operators see them.
-pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
-    let state = match status {
+/// Where an appliance is, by its latest status.
+pub fn state_of(status: Option<&Status>) -> ApplianceState {
+    match status {
         None => ApplianceState::Registered,
         Some(s) if s.online => ApplianceState::Online,
         Some(_) => ApplianceState::Offline,
-    };
+    }
+}
+
+/// An appliance's latest status as operators see it.
+pub fn status(s: &Status) -> StatusView {
+    StatusView {
+        last_seen: s.last_seen,
+        interval_seconds: s.interval_seconds,
+        applied_generation: s.applied_generation,
+        online: s.online,
+        status: s.status.clone(),
+    }
+}
+
+/// An appliance and its latest status as operators see them.
+pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
+    let state = state_of(status);
     ApplianceView {
         id: a.id.clone(),
         site: a.site.clone(),
@@ -79,13 +95,7 @@ pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
         quarantined: a.quarantined.clone(),
         upgrade_flag: a.upgrade_flag.clone(),
         state,
-        status: status.map(|s| StatusView {
-            last_seen: s.last_seen,
-            interval_seconds: s.interval_seconds,
-            applied_generation: s.applied_generation,
-            online: s.online,
-            status: s.status.clone(),
-        }),
+        status: status.map(self::status),
     }
 }
 

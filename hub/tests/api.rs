@@ -229,7 +229,7 @@ async fn register_heartbeat_rekey_and_token_lifecycle() {
     assert_eq!(s, 200);
     let (_, list) = admin.get("/v1/appliances").await;
     assert_eq!(
-        list.as_array().unwrap().len(),
+        list["items"].as_array().unwrap().len(),
         1,
         "no duplicate for known hardware"
     );
@@ -537,7 +537,7 @@ async fn scoped_operator_tokens_see_only_their_site() {
     assert_eq!(s, 201, "{body}");
     let north = hub.operator(body["token"].as_str().unwrap());
     let (_, list) = north.get("/v1/appliances").await;
-    let sites: Vec<&str> = list
+    let sites: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -905,7 +905,7 @@ async fn operator_cli_logs_in_with_a_pinned_ca_and_manages_the_fleet() {
         .register(&hub, &east)
         .await;
     let (_, seen) = short.get("/v1/appliances").await;
-    let sites: Vec<&str> = seen
+    let sites: Vec<&str> = seen["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -990,5 +990,174 @@ async fn secret_files_are_owner_only_whatever_mode_they_had() {
         std::fs::read_to_string(&token_file)
             .unwrap()
             .starts_with("cairn-op.")
+    );
+}
+
+/// The fleet API over HTTP with the typed client: pages with cursors, selectors (a
+/// malformed one named by position), counts, and watches as server-sent events, resumed
+/// from a version, a too-old version answered 410; a site token watches only its site.
+#[tokio::test]
+async fn appliance_lists_page_count_and_watch_over_http() {
+    use cairn_api::hub::{
+        ApplianceQuery, CountBy, CountQuery, LabelRequest, ResumeQuery, WatchEventType, WatchQuery,
+    };
+    use cairn_hub_client::HubClient;
+    use cairn_hub_client::tls::Trust;
+
+    let hub = start_hub(&[]);
+    let admin = hub.admin();
+    let mut ids = Vec::new();
+    for (site, serial) in [("north", "N1"), ("north", "N2"), ("south", "S1")] {
+        let t = admin.enrollment_token(site, 1).await;
+        let reg = Device::new(&format!("edge-{serial}").to_lowercase(), serial, &[])
+            .register(&hub, &t)
+            .await;
+        ids.push(reg.appliance_id.to_string());
+    }
+    let client = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
+        .unwrap()
+        .with_bearer(hub.admin_token.clone());
+
+    let first = client
+        .list_appliances_page(&ApplianceQuery {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let second = client
+        .list_appliances_page(&ApplianceQuery {
+            limit: Some(2),
+            cursor: first.cursor.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((second.items.len(), second.cursor.as_deref()), (1, None));
+    let all = client
+        .list_appliances(&ApplianceQuery {
+            limit: Some(1),
+            selector: Some("site in (north)".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "every page followed");
+
+    let (s, body) = admin.get("/v1/appliances?selector=site%20in%20north").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("at character 9: expected '('"),
+        "{message}"
+    );
+    let (s, body) = admin.get("/v1/appliances?continue=nonsense").await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("cursor_invalid")));
+
+    let counts = client
+        .count_appliances(&CountQuery {
+            by: CountBy::Site,
+            selector: None,
+            site: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts.counts["north"], 2);
+    assert_eq!(counts.total, 3);
+
+    // A label change after the list's version is the watch's next event; resuming after an
+    // event the watch had sent replays the one that followed.
+    let mut watch = client
+        .watch_appliances(&WatchQuery {
+            resource_version: Some(first.resource_version),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let label = |value: &str| LabelRequest {
+        labels: [("tier".to_owned(), Some(value.to_owned()))].into(),
+    };
+    client
+        .label_appliance(&ids[0], &label("gold"))
+        .await
+        .unwrap();
+    let gold = watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        (gold.kind, gold.id.as_str()),
+        (WatchEventType::Modified, ids[0].as_str())
+    );
+    client
+        .label_appliance(&ids[0], &label("silver"))
+        .await
+        .unwrap();
+    let silver = watch.next().await.unwrap().unwrap();
+    let mut one = client
+        .watch_appliance(
+            &ids[0],
+            &ResumeQuery {
+                resource_version: Some(gold.resource_version),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let replayed = one.next().await.unwrap().unwrap();
+    assert_eq!(replayed.resource_version, silver.resource_version);
+    assert_eq!(replayed.object.unwrap().labels["tier"], "silver");
+
+    // The hub process keeps no history from before it opened its store.
+    let too_old = client
+        .watch_appliances(&WatchQuery {
+            resource_version: Some(1),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    let refusal = too_old.refusal().unwrap();
+    assert_eq!(refusal.error.as_str(), "resource_version_too_old");
+
+    // A north token's watch carries north's changes only; south's appliance is unknown to it.
+    let (s, body) = admin
+        .post(
+            "/v1/operator-tokens",
+            json!({"name": "north-watch", "role": "viewer", "site": "north"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let north = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
+        .unwrap()
+        .with_bearer(body["token"].as_str().unwrap().to_owned());
+    let mut north_watch = north
+        .watch_appliances(&WatchQuery::default())
+        .await
+        .unwrap();
+    client
+        .label_appliance(&ids[2], &label("south"))
+        .await
+        .unwrap();
+    client
+        .label_appliance(&ids[1], &label("north"))
+        .await
+        .unwrap();
+    let seen = north_watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        seen.id.as_str(),
+        ids[1],
+        "south's change never reached north"
+    );
+    let hidden = north
+        .watch_appliance(&ids[2], &ResumeQuery::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        hidden.refusal().unwrap().error.as_str(),
+        "appliance_unknown"
     );
 }

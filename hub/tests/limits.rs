@@ -485,3 +485,39 @@ async fn a_flood_of_refusals_is_audited_once_a_minute_per_source_and_the_audit_i
         "the oldest entry is gone"
     );
 }
+
+/// The idle timeout closes a connection gracefully, after the response in progress: a watch
+/// streaming on it carries on.
+#[tokio::test]
+async fn a_watch_outlives_the_idle_timeout() {
+    use cairn_api::hub::{LabelRequest, WatchQuery};
+    use cairn_hub_client::HubClient;
+
+    let hub = start_hub(&["--idle-timeout", "1"]);
+    let token = hub.admin().enrollment_token("east", 1).await;
+    let reg = Device::new("edge-w", "SER-W", &[])
+        .register(&hub, &token)
+        .await;
+    let client = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
+        .unwrap()
+        .with_bearer(hub.admin_token.clone());
+    let mut watch = client
+        .watch_appliances(&WatchQuery::default())
+        .await
+        .unwrap();
+    // Nothing to poll for: the point is that time passes, three idle timeouts of it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let request = LabelRequest {
+        labels: [("tier".to_owned(), Some("gold".to_owned()))].into(),
+    };
+    client
+        .label_appliance(reg.appliance_id.as_str(), &request)
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(LIMIT, watch.next())
+        .await
+        .expect("an event within the limit")
+        .unwrap()
+        .expect("the watch is still open");
+    assert_eq!(event.id, reg.appliance_id);
+}

@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
 use cairn_test_support::hub::Hub;
@@ -74,7 +74,7 @@ fn debian_image() -> PathBuf {
 /// The one appliance the hub lists, once it is online and has reported a status.
 fn online_appliance(rt: &tokio::runtime::Runtime, hub: &HubClient) -> Option<ApplianceView> {
     let list = rt
-        .block_on(hub.list_appliances(&SiteQuery::default()))
+        .block_on(hub.list_appliances(&ApplianceQuery::default()))
         .expect("listing appliances");
     assert!(
         list.len() <= 1,

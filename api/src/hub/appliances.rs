@@ -179,12 +179,196 @@ pub struct StatusView {
     pub status: NodeStatus,
 }
 
-/// `GET /v1/appliances` query.
+/// Default page size of `GET /v1/appliances`.
+pub const DEFAULT_PAGE: u32 = 500;
+/// Largest page `GET /v1/appliances` answers; a larger `limit` is clamped to it.
+pub const MAX_PAGE: u32 = 1000;
+
+/// `GET /v1/appliances` query: a page of the appliances in scope that match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct SiteQuery {
+pub struct ApplianceQuery {
     /// Only this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// Only appliances in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ApplianceState>,
+    /// Only appliances this label selector matches (`kubectl -l` syntax; `site` is the
+    /// appliance's site). A malformed one is refused (400) with the character at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Page size (default 500, at most 1000: larger is clamped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `continue` of the previous page: the next page after it.
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/watch/appliances` query: which appliances, and from when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WatchQuery {
+    /// Only this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Only appliances in this state (one that leaves it is `DELETED` from the watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ApplianceState>,
+    /// Only appliances this label selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Start after this resource version (a list's `resource_version`, or the last event's);
+    /// without it, from now. Too old: 410 `resource_version_too_old`, list again.
+    #[serde(
+        default,
+        rename = "resourceVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_version: Option<u64>,
+    /// End the stream after this many seconds (default: when the client goes).
+    #[serde(
+        default,
+        rename = "timeoutSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `GET /v1/watch/appliances/{id}` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ResumeQuery {
+    /// Start after this resource version; without it, from now.
+    #[serde(
+        default,
+        rename = "resourceVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_version: Option<u64>,
+    /// End the stream after this many seconds (default: when the client goes).
+    #[serde(
+        default,
+        rename = "timeoutSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `GET /v1/appliances` answer: one page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ApplianceList {
+    /// The appliances of this page, in ID order.
+    pub items: Vec<ApplianceView>,
+    /// Pass as `continue` for the next page; absent on the last page. Opaque. A page
+    /// continues after the last appliance of the previous one: appliances added meanwhile
+    /// after that point are listed, none is listed twice or skipped.
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// The store's version when the listing started: a watch from it sees every change
+    /// since.
+    pub resource_version: u64,
+}
+
+/// What `GET /v1/appliances/counts` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CountBy {
+    /// Registered, online, offline.
+    State,
+    /// Site.
+    Site,
+    /// The OS version of the latest heartbeat (`unknown` before one).
+    Version,
+}
+
+/// `GET /v1/appliances/counts` query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CountQuery {
+    /// What to group by.
+    pub by: CountBy,
+    /// Only appliances this label selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Only this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+/// `GET /v1/appliances/counts` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ApplianceCounts {
+    /// What it is grouped by.
+    pub by: CountBy,
+    /// Appliances per group.
+    pub counts: BTreeMap<String, u64>,
+    /// All appliances counted.
+    pub total: u64,
+}
+
+/// What happened to an appliance, in a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WatchEventType {
+    /// Registered, or newly matching the watch's filters.
+    Added,
+    /// A visible change: anything in its view but the heartbeat's own clocks and counters
+    /// (`status.last_seen`, `observed_at`, `uptime_seconds`, `load1`, `counters`).
+    Modified,
+    /// Deleted, or no longer matching the watch's filters.
+    Deleted,
+}
+
+impl WatchEventType {
+    /// The wire name (`ADDED`, `MODIFIED`, `DELETED`), also the SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One event of a watch: the SSE event's name is `type`, its `id` the resource version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WatchEvent {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: WatchEventType,
+    /// The store version of the change: resume a watch after it.
+    pub resource_version: u64,
+    /// The appliance.
+    pub id: ApplianceId,
+    /// Its view after the change (`None` when deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ApplianceView>,
+}
+
+impl ApplianceView {
+    /// This view without what every heartbeat changes ([`StatusView::without_heartbeat_noise`]):
+    /// two views equal here differ in nothing a watcher is told about.
+    pub fn without_heartbeat_noise(&self) -> ApplianceView {
+        ApplianceView {
+            status: self
+                .status
+                .as_ref()
+                .map(StatusView::without_heartbeat_noise),
+            ..self.clone()
+        }
+    }
+}
+
+impl StatusView {
+    /// This status without what every heartbeat changes: its times, uptime, load and
+    /// counters.
+    pub fn without_heartbeat_noise(&self) -> StatusView {
+        let mut status = self.clone();
+        status.last_seen = OffsetDateTime::UNIX_EPOCH;
+        status.status.observed_at = OffsetDateTime::UNIX_EPOCH;
+        status.status.uptime_seconds = 0;
+        status.status.load1 = 0.0;
+        status.status.counters.clear();
+        status
+    }
 }
 
 /// `PUT /v1/appliances/{id}/labels` body: `null` removes a label.

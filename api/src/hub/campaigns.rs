@@ -4,6 +4,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::selector::{LabelSelector, Operator, Requirement, SITE_KEY};
 use crate::{ApplianceId, MaintenanceWindow, UpgradePhase};
 
 /// Which appliances a campaign covers.
@@ -15,6 +16,25 @@ pub struct Selector {
     /// Only appliances carrying all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// And only those this label selector matches (`kubectl -l` syntax; the key `site` is
+    /// the appliance's site).
+    #[serde(default, skip_serializing_if = "LabelSelector::is_empty")]
+    pub expression: LabelSelector,
+}
+
+impl Selector {
+    /// The whole selector as one label selector: `site` and `labels` are equality
+    /// requirements ANDed with the expression, so campaigns and lists match alike.
+    pub fn to_label_selector(&self) -> LabelSelector {
+        let equal = |key: &str, value: &str| Requirement {
+            key: key.to_owned(),
+            op: Operator::Equals(value.to_owned()),
+        };
+        let mut requirements: Vec<Requirement> =
+            self.site.iter().map(|s| equal(SITE_KEY, s)).collect();
+        requirements.extend(self.labels.iter().map(|(k, v)| equal(k, v)));
+        LabelSelector::from_requirements(requirements).and(&self.expression)
+    }
 }
 
 /// Where a campaign is.

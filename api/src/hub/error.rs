@@ -99,6 +99,11 @@ pub enum ErrorCode {
     Contended,
     /// The request took longer than the hub's request timeout (503); retry.
     Timeout,
+    /// A watch asked to resume from a resource version the hub no longer keeps changes
+    /// since (410): list again and watch from the list's `resource_version`.
+    ResourceVersionTooOld,
+    /// A `continue` cursor the hub did not make (400): start the listing again.
+    CursorInvalid,
     /// A code this build does not know, as the hub sent it.
     Unrecognized(String),
 }
@@ -148,6 +153,8 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("store_unavailable", ErrorCode::StoreUnavailable),
     ("contended", ErrorCode::Contended),
     ("timeout", ErrorCode::Timeout),
+    ("resource_version_too_old", ErrorCode::ResourceVersionTooOld),
+    ("cursor_invalid", ErrorCode::CursorInvalid),
 ];
 
 impl ErrorCode {

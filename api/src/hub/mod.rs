@@ -17,13 +17,15 @@ mod control_planes;
 mod error;
 mod log;
 mod releases;
+mod selector;
 mod tenants;
 mod tokens;
 mod vpcs;
 
 pub use appliances::{
-    ApplianceState, ApplianceView, DesiredView, JoinSecretView, JoinView, LabelRequest, Renewal,
-    RenewalRequest, SiteQuery, StatusView,
+    ApplianceCounts, ApplianceList, ApplianceQuery, ApplianceState, ApplianceView, CountBy,
+    CountQuery, DEFAULT_PAGE, DesiredView, JoinSecretView, JoinView, LabelRequest, MAX_PAGE,
+    Renewal, RenewalRequest, ResumeQuery, StatusView, WatchEvent, WatchEventType, WatchQuery,
 };
 pub use auth::{CaInfo, InitSummary, Role, WhoAmI};
 pub use campaigns::{
@@ -34,6 +36,9 @@ pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPl
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventView, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
+pub use selector::{
+    LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,
+};
 pub use tenants::{CreateTenant, TenantView};
 pub use tokens::{
     CheckRequest, CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken,

@@ -87,6 +87,16 @@ impl Store for LogWrites {
         self.count(&ops);
         self.inner.txn_relaxed(checks, ops).await
     }
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.inner.revision().await
+    }
+    async fn watch(
+        &self,
+        prefixes: &[&str],
+        after: u64,
+    ) -> Result<crate::store::Changes, StoreError> {
+        self.inner.watch(prefixes, after).await
+    }
     async fn lead(&self) -> Result<Option<crate::store::Fence>, StoreError> {
         self.inner.lead().await
     }

@@ -107,6 +107,8 @@ async fn suite(store: Arc<dyn Store>) {
     a_repeated_registration_gets_the_same_identity(&w).await;
     bound_tokens_register_only_their_server(&w).await;
     logs_are_kept_by_age_and_count(&w).await;
+    // Last: it adds hundreds of records the checks above would have to step over.
+    appliance_lists_page_filter_count_and_watch(&w).await;
 }
 
 /// Retention over what the suite wrote: by count the newest entries of each log stay, by
@@ -284,7 +286,7 @@ async fn registration_keeps_hardware_identity(w: &World) {
         .heartbeat(Some(&peer(&b)), beat(None, 0))
         .await
         .unwrap();
-    let list = w.fleet.list_appliances(&w.admin, Some("s1")).await.unwrap();
+    let list = list_site(w, "s1").await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].rekeys, 1);
 
@@ -365,11 +367,7 @@ async fn a_repeated_registration_gets_the_same_identity(w: &World) {
     let tokens = w.fleet.list_enrollment_tokens(&w.admin).await.unwrap();
     let uses = |id: &str| tokens.iter().find(|x| x.id == id).unwrap().uses;
     assert_eq!(uses(&t.view.id), 1, "a repeat is not a second use");
-    let list = w
-        .fleet
-        .list_appliances(&w.admin, Some("s22"))
-        .await
-        .unwrap();
+    let list = list_site(w, "s22").await;
     assert_eq!(list.len(), 1, "{list:?}");
     let audit = w.fleet.audit_since(&w.admin, since, 100).await.unwrap();
     let retries: Vec<_> = audit
@@ -505,6 +503,21 @@ async fn bound_tokens_register_only_their_server(w: &World) {
         .await
         .unwrap();
     assert_eq!(ok.site, "s3");
+}
+
+/// The first page of a site's appliances.
+async fn list_site(w: &World, site: &str) -> Vec<ApplianceView> {
+    let filter = ApplianceFilter {
+        site: Some(site.into()),
+        ..Default::default()
+    };
+    let page = w
+        .fleet
+        .list_appliance_page(&w.admin, &filter, 1000, None)
+        .await
+        .unwrap();
+    assert_eq!(page.cursor, None);
+    page.items
 }
 
 async fn register_many(w: &World, site: &str, n: usize) -> Vec<(RegistrationResponse, PeerCert)> {
@@ -1083,4 +1096,319 @@ async fn no_acknowledged_heartbeat_is_lost_when_an_etcd_member_dies() {
             reg.appliance_id
         );
     }
+}
+
+/// An appliance to seed: ID, site, labels.
+type Seeded<'a> = (String, &'a str, Vec<(&'a str, &'a str)>);
+
+/// Writes copies of `template` as appliances `ids`, each with its site and labels, straight
+/// to the store (as many as a transaction holds at a time).
+async fn seed(w: &World, template: &Appliance, records: &[Seeded<'_>]) {
+    for chunk in records.chunks(crate::store::MAX_TXN_OPS) {
+        let ops = chunk
+            .iter()
+            .map(|(id, site, labels)| {
+                let mut a = template.clone();
+                a.id = ApplianceId::new(id.as_str()).unwrap();
+                a.site = (*site).to_owned();
+                a.labels = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                Op::put(format!("{}{id}", keys::APPLIANCES), encode(&a))
+            })
+            .collect();
+        assert!(w.fleet.store().txn(vec![], ops).await.unwrap());
+    }
+}
+
+fn filter(site: Option<&str>, selector: &str) -> ApplianceFilter {
+    ApplianceFilter {
+        site: site.map(str::to_owned),
+        selector: selector.parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+/// The next event of a watch, failing the test when none comes in time.
+async fn next_event(events: &mut WatchEvents) -> cairn_api::hub::WatchEvent {
+    tokio::time::timeout(LIMIT, events.recv())
+        .await
+        .expect("an event within the limit")
+        .expect("the watch goes on")
+        .expect("no watch error")
+}
+
+async fn appliance_lists_page_filter_count_and_watch(w: &World) {
+    use cairn_api::hub::{ApplianceState, CountBy, WatchEventType as E};
+    let pa = register_many(w, "pa", 1).await;
+    let pb = register_many(w, "pb", 1).await;
+    let template = w.fleet.record(&pa[0].0.appliance_id).await.unwrap();
+    // 300 records: even numbers, so records can be added between any two later.
+    let role = |i: usize| if i.is_multiple_of(3) { "edge" } else { "core" };
+    let records: Vec<Seeded<'_>> = (0..300)
+        .map(|i| {
+            let mut labels = vec![("role", role(i))];
+            if i.is_multiple_of(10) {
+                labels.push(("hold", "yes"));
+            }
+            let site = if i.is_multiple_of(2) { "pa" } else { "pb" };
+            (format!("pg-{:04}", 2 * i), site, labels)
+        })
+        .collect();
+    seed(w, &template, &records).await;
+    let seeded: Vec<&str> = records.iter().map(|(id, _, _)| id.as_str()).collect();
+
+    // Paging while records are added on both sides of the cursor: every record there from
+    // the start is listed exactly once, in order; none twice.
+    let only_pg = filter(None, "!cairn-test-none");
+    let mut listed: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut added = 0;
+    loop {
+        let page = w
+            .fleet
+            .list_appliance_page(&w.admin, &only_pg, 37, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 37);
+        listed.extend(page.items.iter().map(|a| a.id.to_string()));
+        let Some(next) = page.cursor else { break };
+        // One record before the cursor (not listed any more), one after (listed).
+        let last: usize = listed.last().unwrap()[3..].parse().unwrap();
+        let inserted = [
+            (
+                format!("pg-{:04}", last.saturating_sub(1) | 1),
+                "pa",
+                vec![],
+            ),
+            (format!("pg-{:04}", last + 1), "pa", vec![]),
+        ];
+        seed(w, &template, &inserted).await;
+        added += 1;
+        cursor = Some(next);
+    }
+    assert!(added >= 8, "several pages: {added}");
+    assert!(
+        listed.windows(2).all(|p| p[0] < p[1]),
+        "in ID order, none twice"
+    );
+    for id in &seeded {
+        assert_eq!(
+            listed.iter().filter(|l| l == id).count(),
+            1,
+            "{id} listed once"
+        );
+    }
+    let bad = w
+        .fleet
+        .list_appliance_page(&w.admin, &only_pg, 10, Some("zz"))
+        .await;
+    assert!(matches!(bad, Err(FleetError::BadCursor)), "{bad:?}");
+
+    // Selectors with Kubernetes semantics, site and state filters, and counts agree.
+    let edge_free = filter(Some("pa"), "role in (edge),!hold");
+    let want: Vec<&str> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, site, _))| *site == "pa" && role(*i) == "edge" && i % 10 != 0)
+        .map(|(_, (id, _, _))| id.as_str())
+        .collect();
+    let page = w
+        .fleet
+        .list_appliance_page(&w.admin, &edge_free, 1000, None)
+        .await
+        .unwrap();
+    let got: Vec<String> = page.items.iter().map(|a| a.id.to_string()).collect();
+    assert_eq!(got, want);
+    let counts = w
+        .fleet
+        .count_appliances(
+            &w.admin,
+            &filter(None, "role notin (core),role,site=pa,!hold"),
+            CountBy::Site,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts.total, want.len() as u64);
+    assert_eq!(counts.counts.get("pa"), Some(&(want.len() as u64)));
+    let by_state = w
+        .fleet
+        .count_appliances(&w.admin, &filter(Some("pa"), ""), CountBy::State)
+        .await
+        .unwrap();
+    assert_eq!(by_state.counts["online"] + by_state.counts["offline"], 0);
+    assert_eq!(by_state.counts["registered"], by_state.total);
+    let registered = ApplianceFilter {
+        state: Some(ApplianceState::Online),
+        ..filter(Some("pa"), "")
+    };
+    let none_online = w
+        .fleet
+        .list_appliance_page(&w.admin, &registered, 10, None)
+        .await
+        .unwrap();
+    assert!(none_online.items.is_empty());
+
+    // A token of site pa sees only pa, in lists and in counts.
+    let scoped = w
+        .fleet
+        .create_operator_token(
+            &w.admin,
+            &CreateOperatorToken {
+                name: "pa-viewer".into(),
+                role: Role::Viewer,
+                site: Some("pa".into()),
+                tenant: None,
+                ttl_seconds: None,
+            },
+        )
+        .await
+        .unwrap();
+    let pa_viewer = w
+        .fleet
+        .authenticate(&scoped.token, "127.0.0.1")
+        .await
+        .unwrap();
+    let everything = filter(None, "");
+    let seen = w
+        .fleet
+        .list_appliance_page(&pa_viewer, &everything, 1000, None)
+        .await
+        .unwrap();
+    assert!(!seen.items.is_empty());
+    assert!(seen.items.iter().all(|a| a.site == "pa"));
+    let other = w
+        .fleet
+        .list_appliance_page(&pa_viewer, &filter(Some("pb"), ""), 1000, None)
+        .await
+        .unwrap();
+    assert!(
+        other.items.is_empty(),
+        "another site's appliances stay unseen"
+    );
+    let counts = w
+        .fleet
+        .count_appliances(&pa_viewer, &everything, CountBy::Site)
+        .await
+        .unwrap();
+    assert_eq!(counts.counts.keys().collect::<Vec<_>>(), vec!["pa"]);
+
+    // Watch from a list's version: a heartbeat that changes the state is an event, one
+    // that changes only the clock and counters is not; label changes are; a selector's
+    // watch sees an appliance leave it as DELETED; a new record is ADDED.
+    let (reg, peer_pa) = &pa[0];
+    let id = reg.appliance_id.to_string();
+    let from = w
+        .fleet
+        .list_appliance_page(&w.admin, &everything, 1, None)
+        .await
+        .unwrap()
+        .resource_version;
+    let mut all = w
+        .fleet
+        .watch_appliances(&w.admin, everything.clone(), Some(from))
+        .await
+        .unwrap();
+    let mut edges = w
+        .fleet
+        .watch_appliances(&w.admin, filter(None, "role=edge"), Some(from))
+        .await
+        .unwrap();
+    w.fleet
+        .heartbeat(Some(peer_pa), beat(None, 1))
+        .await
+        .unwrap();
+    let online = next_event(&mut all).await;
+    assert_eq!(
+        (online.kind, online.id.as_str()),
+        (E::Modified, id.as_str())
+    );
+    assert_eq!(
+        online.object.as_ref().unwrap().state,
+        ApplianceState::Online
+    );
+    w.fleet
+        .heartbeat(Some(peer_pa), beat(None, 2))
+        .await
+        .unwrap();
+    let mut labels = BTreeMap::new();
+    labels.insert("role".to_owned(), Some("edge".to_owned()));
+    w.fleet
+        .label_appliance(&w.admin, &id, labels.clone())
+        .await
+        .unwrap();
+    let labelled = next_event(&mut all).await;
+    assert_eq!(
+        labelled.kind,
+        E::Modified,
+        "the quiet heartbeat sent nothing"
+    );
+    assert!(labelled.resource_version > online.resource_version);
+    assert_eq!(
+        labelled
+            .object
+            .as_ref()
+            .unwrap()
+            .labels
+            .get("role")
+            .map(String::as_str),
+        Some("edge")
+    );
+    let joined = next_event(&mut edges).await;
+    assert_eq!((joined.kind, joined.id.as_str()), (E::Added, id.as_str()));
+    labels.insert("role".to_owned(), Some("core".to_owned()));
+    w.fleet
+        .label_appliance(&w.admin, &id, labels)
+        .await
+        .unwrap();
+    let left = next_event(&mut edges).await;
+    assert_eq!(
+        (left.kind, left.id.as_str(), left.object),
+        (E::Deleted, id.as_str(), None)
+    );
+    seed(
+        w,
+        &template,
+        &[("pg-9999".into(), "pa", vec![("role", "edge")])],
+    )
+    .await;
+    let new = next_event(&mut edges).await;
+    assert_eq!((new.kind, new.id.as_str()), (E::Added, "pg-9999"));
+
+    // Resuming after the first event replays what followed; one appliance's watch sees
+    // only it, and its deletion.
+    let mut resumed = w
+        .fleet
+        .watch_appliances(&w.admin, everything.clone(), Some(online.resource_version))
+        .await
+        .unwrap();
+    let again = next_event(&mut resumed).await;
+    assert_eq!(again.id.as_str(), id.as_str());
+    assert!(again.resource_version > online.resource_version);
+    let one = ApplianceFilter {
+        id: Some("pg-9999".into()),
+        ..Default::default()
+    };
+    let mut single = w.fleet.watch_appliances(&w.admin, one, None).await.unwrap();
+    w.fleet.delete_appliance(&w.admin, "pg-9999").await.unwrap();
+    let gone = next_event(&mut single).await;
+    assert_eq!((gone.kind, gone.id.as_str()), (E::Deleted, "pg-9999"));
+    // Out of scope looks the same as absent.
+    let hidden = w
+        .fleet
+        .watch_appliances(
+            &pa_viewer,
+            ApplianceFilter {
+                id: Some(pb[0].0.appliance_id.to_string()),
+                ..Default::default()
+            },
+            None,
+        )
+        .await;
+    assert!(
+        matches!(hidden, Err(FleetError::NotFound { .. })),
+        "{:?}",
+        hidden.map(drop)
+    );
 }

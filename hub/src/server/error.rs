@@ -66,6 +66,8 @@ impl From<FleetError> for ApiError {
             F::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
             F::BundleRefused(_) => (StatusCode::BAD_REQUEST, ErrorCode::BundleRefused),
             F::ControlPlane { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::ControlPlaneFailed),
+            F::TooOld(_) => (StatusCode::GONE, ErrorCode::ResourceVersionTooOld),
+            F::BadCursor => (StatusCode::BAD_REQUEST, ErrorCode::CursorInvalid),
             F::Contended(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Contended),
         };
         Self::new(status, code, message)

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
+use super::{Change, Changes, Check, Op, Store, StoreError, Versioned, prefix_end, watched};
 
 /// Key -> (version u64 little-endian, value).
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
@@ -33,7 +33,53 @@ const MAX_BATCH: usize = 4096;
 /// durable commit's own fsync a relaxed write is durable within a second.
 const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
+/// Changes kept for watches that resume from a version, about 80 bytes each, 5 MiB at
+/// most. Values are not kept; a replayed change carries the key's
+/// current value.
+const HISTORY: usize = 65_536;
+
+/// Commits a live watcher may fall behind by before it is told to list again.
+const LIVE_BACKLOG: usize = 1024;
+
 type Reply = oneshot::Sender<Result<bool, StoreError>>;
+
+/// What watches read: the recent history and the live feed of commits. Both are updated
+/// under the history lock, and a watch subscribes under it, so it sees each change once.
+struct Feed {
+    history: std::sync::Mutex<std::collections::VecDeque<Past>>,
+    live: tokio::sync::broadcast::Sender<Arc<Vec<Change>>>,
+}
+
+/// A change as the history keeps it: without its value.
+#[derive(Clone)]
+struct Past {
+    version: u64,
+    key: String,
+    deleted: bool,
+    created: bool,
+}
+
+impl Feed {
+    fn publish(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &changes {
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(Past {
+                version: c.version,
+                key: c.key.clone(),
+                deleted: c.value.is_none(),
+                created: c.created,
+            });
+        }
+        // No receiver is fine: nobody watches.
+        let _ = self.live.send(Arc::new(changes));
+    }
+}
 
 struct Write {
     checks: Vec<Check>,
@@ -47,6 +93,9 @@ struct Write {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writes: mpsc::Sender<Write>,
+    feed: Arc<Feed>,
+    /// The version the store was at when opened: history before it is not kept.
+    opened_at: u64,
 }
 
 fn err<E: std::error::Error + Send + Sync + 'static>(
@@ -82,18 +131,29 @@ impl EmbeddedStore {
             txn.commit().map_err(err("committing"))?;
         }
         let db = Arc::new(db);
+        let opened_at = current_version(&db)?;
+        let feed = Arc::new(Feed {
+            history: Default::default(),
+            live: tokio::sync::broadcast::channel(LIVE_BACKLOG).0,
+        });
         let (tx, rx) = mpsc::channel::<Write>();
         let writer_db = db.clone();
+        let writer_feed = feed.clone();
         std::thread::Builder::new()
             .name("hub-store-writer".into())
-            .spawn(move || writer(&writer_db, &rx))
+            .spawn(move || writer(&writer_db, &rx, &writer_feed))
             .map_err(err("starting the writer thread"))?;
-        Ok(Self { db, writes: tx })
+        Ok(Self {
+            db,
+            writes: tx,
+            feed,
+            opened_at,
+        })
     }
 }
 
 /// The writer thread: one batch per commit until every sender is gone.
-fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
+fn writer(db: &Database, rx: &mpsc::Receiver<Write>, feed: &Feed) {
     // When the oldest non-durable commit not yet covered by a durable one was made: it must
     // become durable by `FLUSH_AFTER` later, however busy the store is.
     let mut dirty_since: Option<Instant> = None;
@@ -131,7 +191,8 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
         let durable = batch.iter().any(|w| w.durable)
             || dirty_since.is_some_and(|since| since.elapsed() >= FLUSH_AFTER);
         match commit_batch(db, &batch, durable) {
-            Ok(outcomes) => {
+            Ok((outcomes, changes)) => {
+                feed.publish(changes);
                 if durable {
                     dirty_since = None;
                 } else {
@@ -155,12 +216,18 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Write>) {
     }
 }
 
-fn commit_batch(db: &Database, batch: &[Write], durable: bool) -> Result<Vec<bool>, redb::Error> {
+/// Commits a batch: whether each write's checks held, and the changes made.
+fn commit_batch(
+    db: &Database,
+    batch: &[Write],
+    durable: bool,
+) -> Result<(Vec<bool>, Vec<Change>), redb::Error> {
     let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(redb::Durability::None)?;
     }
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut changes = Vec::new();
     {
         let mut data = txn.open_table(DATA)?;
         let mut meta = txn.open_table(META)?;
@@ -185,10 +252,25 @@ fn commit_batch(db: &Database, batch: &[Write], durable: bool) -> Result<Vec<boo
                             let mut raw = Vec::with_capacity(8 + value.len());
                             raw.extend_from_slice(&version.to_le_bytes());
                             raw.extend_from_slice(value);
-                            data.insert(key.as_bytes(), raw.as_slice())?;
+                            let created = data.insert(key.as_bytes(), raw.as_slice())?.is_none();
+                            changes.push(Change {
+                                key: key.clone(),
+                                version,
+                                value: Some(value.clone()),
+                                created,
+                                previous: None,
+                            });
                         }
                         Op::Delete { key } => {
-                            data.remove(key.as_bytes())?;
+                            if let Some(old) = data.remove(key.as_bytes())? {
+                                changes.push(Change {
+                                    key: key.clone(),
+                                    version,
+                                    value: None,
+                                    created: false,
+                                    previous: Some(decode(old.value()).value),
+                                });
+                            }
                         }
                     }
                 }
@@ -198,7 +280,16 @@ fn commit_batch(db: &Database, batch: &[Write], durable: bool) -> Result<Vec<boo
         meta.insert("version", version)?;
     }
     txn.commit()?;
-    Ok(outcomes)
+    Ok((outcomes, changes))
+}
+
+fn current_version(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(err("starting a read"))?;
+    let meta = txn.open_table(META).map_err(err("opening the table"))?;
+    Ok(meta
+        .get("version")
+        .map_err(err("reading the version"))?
+        .map_or(0, |g| g.value()))
 }
 
 impl EmbeddedStore {
@@ -276,6 +367,92 @@ impl Store for EmbeddedStore {
         self.submit(checks, ops, false).await
     }
 
+    async fn revision(&self) -> Result<u64, StoreError> {
+        current_version(&self.db)
+    }
+
+    async fn watch(&self, prefixes: &[&str], after: u64) -> Result<Changes, StoreError> {
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        let (replay, mut live) = {
+            let history = self.feed.history.lock().unwrap_or_else(|e| e.into_inner());
+            let current = current_version(&self.db)?;
+            if after > current {
+                return Err(StoreError::Future { after, current });
+            }
+            // Kept: every change after the oldest one in the history, or after the opening
+            // when the history has not filled up yet.
+            let kept_after = match history.front() {
+                Some(oldest) if history.len() == HISTORY => oldest.version - 1,
+                _ => self.opened_at,
+            };
+            if after < kept_after {
+                return Err(StoreError::TooOld { after });
+            }
+            let replay: Vec<Past> = history
+                .iter()
+                .filter(|p| p.version > after && watched(&prefixes, &p.key))
+                .cloned()
+                .collect();
+            (replay, self.feed.live.subscribe())
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(LIVE_BACKLOG);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut last = after;
+            for past in replay {
+                // The current value stands for the one written then: a later write of the
+                // key replays after this one, so a watcher ends on the latest state.
+                let value = if past.deleted {
+                    None
+                } else {
+                    match store.get(&past.key).await {
+                        Ok(Some(v)) => Some(v.value),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                };
+                let change = Change {
+                    key: past.key,
+                    version: past.version,
+                    value,
+                    created: past.created,
+                    previous: None,
+                };
+                if tx.send(Ok(change)).await.is_err() {
+                    return;
+                }
+                last = past.version;
+            }
+            loop {
+                let batch = tokio::select! {
+                    batch = live.recv() => batch,
+                    () = tx.closed() => return,
+                };
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx.send(Err(StoreError::TooOld { after: last })).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for c in batch.iter() {
+                    if c.version <= last || !watched(&prefixes, &c.key) {
+                        continue;
+                    }
+                    if tx.send(Ok(c.clone())).await.is_err() {
+                        return;
+                    }
+                    last = c.version;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {
         // redb locks its file: only this process can have it open, so it always leads, and
         // its leader jobs need no fence (no other process can write meanwhile).
@@ -296,6 +473,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("hub.redb")).unwrap();
         super::super::suite::run(Arc::new(store)).await;
+    }
+
+    /// Changes from before the store was opened are not kept: a watch from then is told to
+    /// read the current state again, not given a partial history.
+    #[tokio::test]
+    async fn a_watch_from_before_the_opening_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let before = {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put("k", vec![1])])
+                    .await
+                    .unwrap()
+            );
+            store.revision().await.unwrap()
+        };
+        let store = cairn_test_support::poll("store reopens", crate::testutil::LIMIT, || {
+            EmbeddedStore::open(&path).ok()
+        });
+        let old = store.watch(&["k"], before - 1).await;
+        assert!(
+            matches!(old, Err(StoreError::TooOld { after }) if after == before - 1),
+            "{:?}",
+            old.map(drop)
+        );
+        let mut now = store.watch(&["k"], before).await.unwrap();
+        assert!(
+            store
+                .txn(vec![], vec![Op::put("k", vec![2])])
+                .await
+                .unwrap()
+        );
+        let change = super::super::suite::next_change(&mut now).await;
+        assert_eq!(change.value, Some(vec![2]));
     }
 
     #[tokio::test]

@@ -31,12 +31,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
-use super::{Check, Op, Store, StoreError, Versioned, prefix_end};
+use super::{Change, Changes, Check, Op, Store, StoreError, Versioned, prefix_end, watched};
 
 /// The leader key, under the prefix: its holder's name, attached to the holder's lease.
 const LEADER: &str = "leader";
@@ -553,6 +553,108 @@ impl Store for EtcdStore {
         outcome.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(self.key(LEADER), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(err("reading the revision"))?;
+        Ok(resp.header().map_or(0, |h| h.revision()) as u64)
+    }
+
+    async fn watch(&self, prefixes: &[&str], after: u64) -> Result<Changes, StoreError> {
+        let current = self.revision().await?;
+        if after > current {
+            return Err(StoreError::Future { after, current });
+        }
+        // Compacted history is refused by a read at that revision: tell it now, before the
+        // watcher is answered, rather than as a cancelled watch.
+        if after < current {
+            let at = GetOptions::new()
+                .with_revision(after as i64 + 1)
+                .with_count_only();
+            if let Err(e) = self
+                .client
+                .kv_client()
+                .get(self.key(LEADER), Some(at))
+                .await
+            {
+                return Err(if e.to_string().contains("compacted") {
+                    StoreError::TooOld { after }
+                } else {
+                    err("checking the watch's start")(e)
+                });
+            }
+        }
+        // One watch over the whole prefix keeps the changes of every watched key in one
+        // revision order; keys outside `prefixes` are dropped here.
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(after as i64 + 1);
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(self.prefix.clone(), Some(options))
+            .await
+            .map_err(err("starting a watch"))?;
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        let strip = self.prefix.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    () = tx.closed() => return,
+                };
+                let resp = match message {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(err("watching")(e))).await;
+                        return;
+                    }
+                };
+                if resp.compact_revision() > 0 {
+                    let _ = tx.send(Err(StoreError::TooOld { after })).await;
+                    return;
+                }
+                if resp.canceled() {
+                    let _ = tx
+                        .send(Err(StoreError::Etcd {
+                            op: "watching",
+                            source: resp.cancel_reason().to_owned().into(),
+                        }))
+                        .await;
+                    return;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let full = String::from_utf8_lossy(kv.key());
+                    let key = full.strip_prefix(&strip).unwrap_or(&full).to_owned();
+                    if !watched(&prefixes, &key) {
+                        continue;
+                    }
+                    let deleted = event.event_type() == EventType::Delete;
+                    let change = Change {
+                        key,
+                        version: kv.mod_revision() as u64,
+                        value: (!deleted).then(|| kv.value().to_vec()),
+                        created: !deleted && kv.create_revision() == kv.mod_revision(),
+                        previous: event
+                            .prev_kv()
+                            .filter(|_| deleted)
+                            .map(|kv| kv.value().to_vec()),
+                    };
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     async fn lead(&self) -> Result<Option<super::Fence>, StoreError> {
         let lease = self.live_lease().await?;
         let key = self.key(LEADER);
@@ -817,6 +919,44 @@ mod tests {
         assert!(error.to_string().contains("compacted"), "{error}");
         // The current state is whole.
         assert_eq!(store.list("k", None, 100).await.unwrap().len(), 20);
+    }
+
+    /// A watch from a compacted revision is refused at once, as too old.
+    #[tokio::test]
+    async fn a_watch_from_compacted_history_is_too_old() {
+        let etcd = Etcd::start(1).await;
+        let settings = EtcdSettings::new("/compact/", "a", Duration::from_secs(3));
+        let store = EtcdStore::connect(&etcd.endpoints(), &settings)
+            .await
+            .unwrap();
+        let start = store.revision().await.unwrap();
+        for i in 0..3 {
+            assert!(
+                store
+                    .txn(vec![], vec![Op::put(format!("k{i}"), vec![i])])
+                    .await
+                    .unwrap()
+            );
+        }
+        let current = store.revision().await.unwrap();
+        let mut raw = Client::connect(etcd.endpoints(), None).await.unwrap();
+        raw.compact(current as i64, None).await.unwrap();
+        let old = store.watch(&["k"], start).await;
+        assert!(
+            matches!(old, Err(StoreError::TooOld { after }) if after == start),
+            "{:?}",
+            old.map(drop)
+        );
+        // From the compaction on, the history is whole.
+        let mut now = store.watch(&["k"], current).await.unwrap();
+        assert!(
+            store
+                .txn(vec![], vec![Op::put("k9", vec![9])])
+                .await
+                .unwrap()
+        );
+        let change = super::super::suite::next_change(&mut now).await;
+        assert_eq!((change.key.as_str(), change.created), ("k9", true));
     }
 
     #[tokio::test]

@@ -123,6 +123,22 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A watch asked for changes after `after`, and the store no longer keeps them all (etcd
+    /// compacted its history, the embedded store's window moved on, or the watcher fell
+    /// behind): the watcher must read the current state again.
+    #[error("changes after version {after} are no longer kept")]
+    TooOld {
+        /// The version asked for.
+        after: u64,
+    },
+    /// A watch from a version the store has not reached.
+    #[error("version {after} is newer than the store's ({current})")]
+    Future {
+        /// The version asked for.
+        after: u64,
+        /// The store's version.
+        current: u64,
+    },
     /// A leader job's write was refused because this process no longer holds the
     /// leadership it started the pass under (its lease expired, e.g. while the process was
     /// paused, and another hub took over). The pass stops; the job campaigns again.
@@ -139,6 +155,31 @@ pub enum StoreError {
         /// Ops given.
         ops: usize,
     },
+}
+
+/// One committed write to a watched key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Key.
+    pub key: String,
+    /// Version of the write.
+    pub version: u64,
+    /// The value written; `None`: deleted. A watch replaying history may give a value
+    /// written later than `version` (never an earlier one).
+    pub value: Option<Vec<u8>>,
+    /// The write created the key.
+    pub created: bool,
+    /// For a delete, the value it removed, when the store still had it (a replayed delete
+    /// of the embedded store's history does not).
+    pub previous: Option<Vec<u8>>,
+}
+
+/// The changes a [`Store::watch`] delivers, in version order; an error ends it.
+pub type Changes = tokio::sync::mpsc::Receiver<Result<Change, StoreError>>;
+
+/// Whether `key` starts with one of `prefixes`.
+fn watched(prefixes: &[String], key: &str) -> bool {
+    prefixes.iter().any(|p| key.starts_with(p.as_str()))
 }
 
 /// The hub's storage: versioned keys, prefix listing, atomic checked transactions.
@@ -167,6 +208,14 @@ pub trait Store: Send + Sync + 'static {
     async fn txn_relaxed(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
         self.txn(checks, ops).await
     }
+
+    /// The version of the latest write: a watch from it sees every later change.
+    async fn revision(&self) -> Result<u64, StoreError>;
+
+    /// Every change, after version `after`, to keys starting with one of `prefixes`, in
+    /// version order, as it commits, until the receiver is dropped. Fails at once with
+    /// [`StoreError::TooOld`] when the changes since `after` are no longer kept.
+    async fn watch(&self, prefixes: &[&str], after: u64) -> Result<Changes, StoreError>;
 
     /// Whether this process should run singleton jobs (offline detection, campaigns,
     /// housekeeping, the reconciler) now: `Some` with the [`Fence`] the job's writes must
@@ -260,6 +309,12 @@ impl Store for Fenced {
     }
     async fn txn(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
         self.fenced_txn(checks, ops, false).await
+    }
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.inner.revision().await
+    }
+    async fn watch(&self, prefixes: &[&str], after: u64) -> Result<Changes, StoreError> {
+        self.inner.watch(prefixes, after).await
     }
     async fn txn_relaxed(&self, checks: Vec<Check>, ops: Vec<Op>) -> Result<bool, StoreError> {
         self.fenced_txn(checks, ops, true).await

@@ -15,6 +15,106 @@ pub(crate) async fn run(shared: Arc<dyn Store>) {
     relaxed_writes_read_back_and_honour_checks(store).await;
     concurrent_increments_lose_nothing(shared.clone()).await;
     transactions_up_to_the_limit_apply_and_larger_ones_are_refused(store).await;
+    watches_deliver_changes_in_order_and_resume(store).await;
+}
+
+/// The next change of a watch, failing the test when none comes.
+pub(crate) async fn next_change(changes: &mut super::Changes) -> super::Change {
+    tokio::time::timeout(crate::testutil::LIMIT, changes.recv())
+        .await
+        .expect("a change within the limit")
+        .expect("the watch goes on")
+        .expect("no watch error")
+}
+
+async fn watches_deliver_changes_in_order_and_resume(store: &dyn Store) {
+    let start = store.revision().await.unwrap();
+    let watched = ["suite/w/a/", "suite/w/b/"];
+    let mut changes = store.watch(&watched, start).await.unwrap();
+    let put = |key: &'static str, value: &'static [u8]| async move {
+        assert!(
+            store
+                .txn(vec![], vec![Op::put(key, value.to_vec())])
+                .await
+                .unwrap()
+        );
+        store.get(key).await.unwrap().unwrap().version
+    };
+    let v1 = put("suite/w/a/1", b"one").await;
+    put("suite/w/c/1", b"not watched").await;
+    let v2 = put("suite/w/b/1", b"two").await;
+    let v3 = put("suite/w/a/1", b"three").await;
+    assert!(
+        store
+            .txn(vec![], vec![Op::delete("suite/w/b/1")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .txn_relaxed(vec![], vec![Op::put("suite/w/a/2", b"four".to_vec())])
+            .await
+            .unwrap()
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next_change(&mut changes).await);
+    }
+    let summary: Vec<(&str, Option<&[u8]>, bool)> = seen
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.as_deref(), c.created))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("suite/w/a/1", Some(&b"one"[..]), true),
+            ("suite/w/b/1", Some(&b"two"[..]), true),
+            ("suite/w/a/1", Some(&b"three"[..]), false),
+            ("suite/w/b/1", None, false),
+            ("suite/w/a/2", Some(&b"four"[..]), true),
+        ]
+    );
+    assert_eq!(
+        [seen[0].version, seen[1].version, seen[2].version],
+        [v1, v2, v3],
+        "a change carries the version the key was written at"
+    );
+    assert!(seen.windows(2).all(|w| w[0].version < w[1].version));
+    let last = seen[4].version;
+    assert!(store.revision().await.unwrap() >= last);
+
+    // Resuming after the second change replays the rest, in order, ending on the latest
+    // values.
+    let mut resumed = store.watch(&watched, v2).await.unwrap();
+    let mut replay = Vec::new();
+    for _ in 0..3 {
+        replay.push(next_change(&mut resumed).await);
+    }
+    // (key, version, deleted, created)
+    let keys: Vec<(&str, u64, bool, bool)> = replay
+        .iter()
+        .map(|c| (c.key.as_str(), c.version, c.value.is_none(), c.created))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("suite/w/a/1", v3, false, false),
+            ("suite/w/b/1", seen[3].version, true, false),
+            ("suite/w/a/2", last, false, true),
+        ]
+    );
+    // And carries on live.
+    let v5 = put("suite/w/b/2", b"five").await;
+    let live = next_change(&mut resumed).await;
+    assert_eq!((live.key.as_str(), live.version), ("suite/w/b/2", v5));
+
+    let current = store.revision().await.unwrap();
+    let future = store.watch(&watched, current + 1000).await;
+    assert!(
+        matches!(future, Err(StoreError::Future { .. })),
+        "{:?}",
+        future.map(drop)
+    );
 }
 
 /// etcd's `--max-txn-ops` (128 by default) holds on both backends, so a caller that builds

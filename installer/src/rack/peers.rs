@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use cairn_api::InstallProgress;
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::{self, Trust};
 
@@ -105,7 +105,7 @@ impl FleetView for HubFleet {
     async fn find(&self, name: &str, mac: &str) -> Result<Option<String>, PeerError> {
         let appliances = self
             .hub
-            .list_appliances(&SiteQuery::default())
+            .list_appliances(&ApplianceQuery::default())
             .await
             .map_err(|e| PeerError(cairn_api::error_chain(&e)))?;
         Ok(match_appliance(&appliances, name, mac))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn_api::hub::{ApplianceView, CreateEnrollmentToken, SiteQuery};
+use cairn_api::hub::{ApplianceQuery, ApplianceView, CreateEnrollmentToken};
 pub use cairn_hub_client::Error as HubError;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
@@ -60,7 +60,7 @@ impl Admin {
 
     /// Every appliance the hub lists.
     pub fn appliances(&self) -> Result<Vec<ApplianceView>, HubError> {
-        self.run(self.client.list_appliances(&SiteQuery::default()))
+        self.run(self.client.list_appliances(&ApplianceQuery::default()))
     }
 }
 

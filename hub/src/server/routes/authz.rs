@@ -287,6 +287,27 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
         ),
         (
             Method::GET,
+            "/v1/appliance-counts",
+            case("/v1/appliance-counts?by=state", v, All, 200, 0),
+        ),
+        (
+            Method::GET,
+            "/v1/watch/appliances",
+            case("/v1/watch/appliances?timeoutSeconds=0", v, All, 200, 0),
+        ),
+        (
+            Method::GET,
+            "/v1/watch/appliances/{id}",
+            case(
+                "/v1/watch/appliances/ap-acme-east?timeoutSeconds=0",
+                v,
+                Site,
+                200,
+                404,
+            ),
+        ),
+        (
+            Method::GET,
             "/v1/appliances/{id}",
             case("/v1/appliances/ap-acme-east", v, Site, 200, 404),
         ),
@@ -673,7 +694,7 @@ async fn world(ca: Arc<Ca>) -> World {
             release: "1.0".into(),
             selector: Selector {
                 site: Some(site.into()),
-                labels: BTreeMap::new(),
+                ..Default::default()
             },
             canaries: 0,
             pacing: Pacing::BatchSize(1),

@@ -16,12 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::hub::{
-    AddControlPlane, AddReleaseFromUrl, ApplianceView, AssignRequest, AssignResult, AuditEntryView,
-    CaInfo, CampaignView, CheckRequest, ControlPlaneView, CreateCampaign, CreateEnrollmentToken,
-    CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView,
-    ErrorBody, ErrorCode, EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken,
-    OperatorTokenView, ReleaseView, Renewal, RenewalRequest, Role, SinceQuery, SiteQuery,
-    TenantView, TokenCheck, UploadQuery, VpcView, WhoAmI,
+    AddControlPlane, AddReleaseFromUrl, ApplianceCounts, ApplianceList, ApplianceQuery,
+    ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignView, CheckRequest,
+    ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
+    CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
+    EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role, SinceQuery, TenantView, TokenCheck,
+    UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -625,12 +626,60 @@ pub(crate) fn routes() -> Vec<Route> {
             M::GET,
             "/v1/appliances",
             (Bearer(Viewer), Filtered),
-            "List appliances (?site=)",
+            "List appliances: one page (?limit=, ?continue=) of those in scope that match \
+             ?site=, ?state= and ?selector= (`kubectl -l` syntax)",
             None,
-            (200, json::<Vec<ApplianceView>>()),
+            (200, json::<ApplianceList>()),
             get(appliances::list_appliances),
         )
-        .query::<SiteQuery>(),
+        .query::<ApplianceQuery>(),
+        r(
+            M::GET,
+            "/v1/appliance-counts",
+            (Bearer(Viewer), Filtered),
+            "Count the appliances in scope that match ?selector= and ?site=, by state, site or \
+             version",
+            None,
+            (200, json::<ApplianceCounts>()),
+            get(appliances::count_appliances),
+        )
+        .query::<CountQuery>(),
+        r(
+            M::GET,
+            "/v1/watch/appliances",
+            (Bearer(Viewer), Filtered),
+            "Watch the appliances in scope that match ?site=, ?state= and ?selector=, after \
+             ?resourceVersion= (or Last-Event-ID): server-sent events named ADDED, MODIFIED, \
+             DELETED, each a WatchEvent with the resource version as its id; ERROR (an error \
+             body) ends it, resource_version_too_old meaning list again",
+            None,
+            (
+                200,
+                other(
+                    "text/event-stream",
+                    "server-sent events, each `data` a WatchEvent (ERROR: an ErrorBody)",
+                ),
+            ),
+            get(appliances::watch_appliances),
+        )
+        .query::<WatchQuery>(),
+        r(
+            M::GET,
+            "/v1/watch/appliances/{id}",
+            (Bearer(Viewer), P(App)),
+            "Watch one appliance, after ?resourceVersion= (or Last-Event-ID), as \
+             /v1/watch/appliances does",
+            None,
+            (
+                200,
+                other(
+                    "text/event-stream",
+                    "server-sent events, each `data` a WatchEvent (ERROR: an ErrorBody)",
+                ),
+            ),
+            get(appliances::watch_appliance),
+        )
+        .query::<ResumeQuery>(),
         r(
             M::GET,
             "/v1/appliances/{id}",
@@ -1184,7 +1233,12 @@ mod tests {
                     (
                         p["name"].as_str().unwrap().to_owned(),
                         p["required"].as_bool().unwrap(),
-                        p["schema"]["type"].as_str().unwrap().to_owned(),
+                        // An enumeration of strings is a `oneOf` of constants.
+                        p["schema"]["type"]
+                            .as_str()
+                            .or_else(|| p["schema"]["oneOf"][0]["type"].as_str())
+                            .unwrap()
+                            .to_owned(),
                     )
                 })
                 .collect()
@@ -1195,9 +1249,31 @@ mod tests {
         ];
         assert_eq!(params("/v1/audit", "get"), since_limit);
         assert_eq!(params("/v1/events", "get"), since_limit);
+        let optional = |names: &[(&str, &str)]| -> Vec<(String, bool, String)> {
+            names
+                .iter()
+                .map(|(n, t)| (n.to_string(), false, t.to_string()))
+                .collect()
+        };
         assert_eq!(
             params("/v1/appliances", "get"),
-            vec![("site".to_owned(), false, "string".to_owned())]
+            optional(&[
+                ("continue", "string"),
+                ("limit", "integer"),
+                ("selector", "string"),
+                ("site", "string"),
+                ("state", "string"),
+            ])
+        );
+        assert_eq!(
+            params("/v1/watch/appliances", "get"),
+            optional(&[
+                ("resourceVersion", "integer"),
+                ("selector", "string"),
+                ("site", "string"),
+                ("state", "string"),
+                ("timeoutSeconds", "integer"),
+            ])
         );
         assert_eq!(
             params("/v1/releases/upload", "post"),

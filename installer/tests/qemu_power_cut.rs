@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use cairn_api::UpgradePhase;
 use cairn_api::hub::{
-    ApplianceView, CampaignAction, CampaignState, CampaignView, CreateCampaign,
-    CreateEnrollmentToken, MemberState, Selector, SiteQuery,
+    ApplianceQuery, ApplianceView, CampaignAction, CampaignState, CampaignView, CreateCampaign,
+    CreateEnrollmentToken, MemberState, Selector,
 };
 use cairn_formats::grubenv;
 use cairn_hub_client::HubClient;
@@ -782,7 +782,7 @@ impl Appliance {
     fn view(&self) -> Option<ApplianceView> {
         let list = self
             .rt
-            .block_on(self.operator.list_appliances(&SiteQuery::default()))
+            .block_on(self.operator.list_appliances(&ApplianceQuery::default()))
             .expect("listing appliances");
         assert!(list.len() <= 1, "more than one appliance: {list:#?}");
         list.into_iter().next()

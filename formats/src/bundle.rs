@@ -436,7 +436,10 @@ mod tests {
         sign(&old, &f.key).unwrap();
         let verified = verify(&old, &trust).unwrap();
         assert!(verified.manifest.root_frames.is_none());
-        assert!(matches!(verified.manifest.root_check(), ImageCheck::Whole(_)));
+        assert!(matches!(
+            verified.manifest.root_check(),
+            ImageCheck::Whole(_)
+        ));
         let mut reader = BufReader::new(File::open(&old).unwrap());
         let header = Header::read(&mut reader).unwrap().verify(&trust).unwrap();
         let mut slot = Vec::new();

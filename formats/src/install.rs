@@ -246,9 +246,10 @@ mod tests {
         let lacking = serde_json::to_vec(&json).unwrap();
         json["format"] = 3.into();
         let newer = serde_json::to_vec(&json).unwrap();
-        let with_frames = String::from_utf8(manifest())
-            .unwrap()
-            .replacen("\"format\": 2", "\"format\": 1", 1);
+        let with_frames =
+            String::from_utf8(manifest())
+                .unwrap()
+                .replacen("\"format\": 2", "\"format\": 1", 1);
         for (bytes, says) in [
             (lacking, "format 2 but lacks frame digests"),
             (newer, "format 3 (unknown)"),

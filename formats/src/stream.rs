@@ -162,7 +162,10 @@ fn root_of(frame_size: u64, frames: &[[u8; 32]]) -> [u8; 32] {
     for frame in frames {
         ctx.update(frame);
     }
-    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// How [`write_verified`] checks the image it writes.
@@ -251,7 +254,9 @@ pub enum StreamError {
         source: std::io::Error,
     },
     /// The signed frame digests contradict themselves or the image.
-    #[error("the manifest's frame digests are inconsistent: {0}; rebuild the image with `cairn image build`")]
+    #[error(
+        "the manifest's frame digests are inconsistent: {0}; rebuild the image with `cairn image build`"
+    )]
     FrameList(String),
     /// The payload ended before the image its manifest describes.
     #[error("the image ended after {actual_size} bytes; its manifest says {expected_size}")]
@@ -432,9 +437,7 @@ pub fn write_verified(
         0
     };
     // A payload of one large frame is decoded here in pieces of one listed frame each.
-    let chunk = per_frame
-        .as_ref()
-        .map_or(FRAME_SIZE, |p| p.size as usize);
+    let chunk = per_frame.as_ref().map_or(FRAME_SIZE, |p| p.size as usize);
     // In flight at the decoders, queued at the hasher, and the one being written.
     let buffers = 2 * decoders + HASHER_BUFFERS + 1;
     let (to_hash, hash_rx) = sync_channel::<Arc<ImageBuf>>(HASHER_BUFFERS);
@@ -573,7 +576,10 @@ impl PerFrame {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
             });
         }
-        let actual = buf.digest.take().unwrap_or_else(|| frame_digest(buf.bytes()));
+        let actual = buf
+            .digest
+            .take()
+            .unwrap_or_else(|| frame_digest(buf.bytes()));
         let expected = &self.digests[index];
         if &actual != expected {
             return Err(StreamError::FrameMismatch {
@@ -862,11 +868,7 @@ fn invalid(what: &str) -> std::io::Error {
     )
 }
 
-fn check_digest(
-    what: &'static str,
-    expected: &Digest,
-    actual: &Digest,
-) -> Result<(), StreamError> {
+fn check_digest(what: &'static str, expected: &Digest, actual: &Digest) -> Result<(), StreamError> {
     if expected == actual {
         Ok(())
     } else {
@@ -949,8 +951,15 @@ mod tests {
             "{err}"
         );
         let want = Digest::of_reader(&image[..]).unwrap();
-        let err = write_verified(&compressed[..], &mut Vec::new(), None, ImageCheck::Whole(&want), 1000, |_| {})
-            .unwrap_err();
+        let err = write_verified(
+            &compressed[..],
+            &mut Vec::new(),
+            None,
+            ImageCheck::Whole(&want),
+            1000,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, StreamError::TooLarge { .. }));
     }
 
@@ -1007,9 +1016,14 @@ mod tests {
         let mut seen = Vec::new();
         // A reader that hands out odd-sized pieces, as a network stream does.
         let reader = std::io::BufReader::with_capacity(65_537, &compressed[..]);
-        let got = write_verified(reader, &mut out, Some(&want_c), ImageCheck::Whole(&want), u64::MAX, |n| {
-            seen.push(n)
-        })
+        let got = write_verified(
+            reader,
+            &mut out,
+            Some(&want_c),
+            ImageCheck::Whole(&want),
+            u64::MAX,
+            |n| seen.push(n),
+        )
         .unwrap();
         assert_eq!(got, want);
         assert!(out == image, "the image came out in order");
@@ -1048,8 +1062,15 @@ mod tests {
             sha256: want.sha256.clone(),
         };
         let mut out = Vec::new();
-        let err = write_verified(&compressed[..], &mut out, None, ImageCheck::Whole(&small), small.size, |_| {})
-            .unwrap_err();
+        let err = write_verified(
+            &compressed[..],
+            &mut out,
+            None,
+            ImageCheck::Whole(&small),
+            small.size,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
         assert!(out.len() <= FRAME_SIZE);
     }
@@ -1082,7 +1103,8 @@ mod tests {
         let single = zstd::stream::encode_all(&image[..], 3).unwrap();
         for payload in [&compressed, &single] {
             let mut out = Vec::new();
-            let got = write_verified(&payload[..], &mut out, None, check, u64::MAX, |_| {}).unwrap();
+            let got =
+                write_verified(&payload[..], &mut out, None, check, u64::MAX, |_| {}).unwrap();
             assert_eq!(got, want);
             assert!(out == image, "the image came out whole and in order");
         }
@@ -1099,7 +1121,11 @@ mod tests {
                 matches!(err, StreamError::FrameMismatch { index: 5, offset: o, .. } if o == offset),
                 "{err}"
             );
-            assert!(err.to_string().contains(&format!("frame 5 (image bytes {offset}..")), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("frame 5 (image bytes {offset}..")),
+                "{err}"
+            );
             assert_eq!(out.len(), 5 * FRAME_SIZE);
             assert!(out[..] == image[..5 * FRAME_SIZE]);
         }
@@ -1107,9 +1133,12 @@ mod tests {
         // A payload cut after three frames, or going on past the image.
         let mut cut = Vec::new();
         compress_frames(&image[..3 * FRAME_SIZE], &mut cut).unwrap();
-        let err = write_verified(&cut[..], &mut Vec::new(), None, check, u64::MAX, |_| {})
-            .unwrap_err();
-        assert!(matches!(err, StreamError::Truncated { actual_size, .. } if actual_size == 3 * FRAME_SIZE as u64), "{err}");
+        let err =
+            write_verified(&cut[..], &mut Vec::new(), None, check, u64::MAX, |_| {}).unwrap_err();
+        assert!(
+            matches!(err, StreamError::Truncated { actual_size, .. } if actual_size == 3 * FRAME_SIZE as u64),
+            "{err}"
+        );
         let mut longer = compressed.clone();
         compress_frames(&image[..100][..], &mut longer).unwrap();
         let err = write_verified(&longer[..], &mut Vec::new(), None, check, u64::MAX, |_| {})
@@ -1126,7 +1155,8 @@ mod tests {
         let mut wrong_root = list.clone();
         wrong_root.root = "00".repeat(32);
         // A list that adds up in itself, one frame short of the image.
-        let one_short = FrameDigests::from_frames(list.frame_size, &list.check(&want).unwrap()[..2]);
+        let one_short =
+            FrameDigests::from_frames(list.frame_size, &list.check(&want).unwrap()[..2]);
         let mut odd_size = list.clone();
         odd_size.frame_size = 1000;
         let mut not_hex = list.clone();
@@ -1146,8 +1176,8 @@ mod tests {
                 image: &want,
                 frames: &bad,
             };
-            let err =
-                write_verified(&compressed[..], &mut out, None, check, u64::MAX, |_| {}).unwrap_err();
+            let err = write_verified(&compressed[..], &mut out, None, check, u64::MAX, |_| {})
+                .unwrap_err();
             assert!(matches!(err, StreamError::FrameList(_)), "{err}");
             assert!(err.to_string().contains(says), "{err}");
             assert!(out.is_empty());

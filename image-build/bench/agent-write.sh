@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md "Install path": cairn-agent writing a root image (zstd frames decoded on every
-# core, SHA-256 of payload and image, GPT, ESP, boot code, seed filesystem, fsync) against
+# BENCHMARKS.md "Install path": cairn-agent writing a root image (zstd frames decoded and
+# hashed on every core, each written only after its SHA-256 matched install.json's frame
+# digests, GPT, ESP, boot code, seed filesystem, fsync) against
 # `dd` of the same uncompressed image (conv=fsync) and `coreos-installer install` of the same
 # image (--insecure: it checks no digest, the agent does), all onto the same loop device,
 # side by side with hyperfine.
@@ -95,16 +96,25 @@ for PAYLOAD in ${PAYLOADS:-squashfs raw}; do
   IMG=$WORK/$PAYLOAD.img
   compress_frames "$IMG" "$SRC/root.img.zst"
   python3 - "$SRC/install.json" "$IMG" "$SRC/root.img.zst" <<'PY'
-import hashlib, json, os, sys
+import hashlib, json, os, struct, sys
 manifest, img, zst = sys.argv[1:]
+FRAME = 4 << 20
 def digest(p):
     h = hashlib.sha256()
     with open(p, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return {"size": os.path.getsize(p), "sha256": h.hexdigest()}
+def frames(p):
+    # As cairn_formats::stream::FrameDigests (docs/images.md); the agent refuses a list whose
+    # root does not match, so a drift from it fails the benchmark loudly.
+    with open(p, 'rb') as f:
+        digests = [hashlib.sha256(c).digest() for c in iter(lambda: f.read(FRAME), b'')]
+    root = hashlib.sha256(b"cairn frame digests v1\n" + struct.pack("<Q", FRAME) + b"".join(digests))
+    return {"frame_size": FRAME, "root": root.hexdigest(), "frames": [d.hex() for d in digests]}
 m = json.load(open(manifest))
 m["root_image"], m["root_payload"] = digest(img), digest(zst)
+m["root_frames"] = frames(img)
 m["slot_size"] = (os.path.getsize(img) // (1 << 20) + 1) << 20
 json.dump(m, open(manifest, "w"))
 PY

@@ -254,7 +254,10 @@ fn a_frame_that_does_not_match_its_digest_never_reaches_the_disk() {
     assert_eq!(code, 1, "{out}\n{err}");
     let offset = 3 * FRAME;
     assert!(
-        out.contains(&format!("frame 3 (image bytes {offset}..{}) does not match", offset + FRAME)),
+        out.contains(&format!(
+            "frame 3 (image bytes {offset}..{}) does not match",
+            offset + FRAME
+        )),
         "{out}"
     );
     let (slot, _) = partition(&disk, 2);
@@ -269,10 +272,15 @@ fn a_frame_that_does_not_match_its_digest_never_reaches_the_disk() {
         "bytes of the unverified frame reached the disk"
     );
     assert!(
-        read_at(&disk, slot + 4 * FRAME as u64, FRAME).iter().all(|b| *b == 0),
+        read_at(&disk, slot + 4 * FRAME as u64, FRAME)
+            .iter()
+            .all(|b| *b == 0),
         "a frame after it was written"
     );
-    assert!(read_at(&disk, 0, 440).iter().all(|b| *b == 0), "boot code written");
+    assert!(
+        read_at(&disk, 0, 440).iter().all(|b| *b == 0),
+        "boot code written"
+    );
 }
 
 /// An install.json of format 1 (earlier builds: one digest per image, no frame list) still
@@ -287,14 +295,20 @@ fn an_install_manifest_of_format_1_still_installs() {
     cairn_formats::stream::compress_frames(&root[..], &mut payload).unwrap();
     replace_root(&source, &root, &payload, 1);
     let manifest = std::fs::read_to_string(source.join("install.json")).unwrap();
-    assert!(!manifest.contains("frames") && !manifest.contains("format"), "{manifest}");
+    assert!(
+        !manifest.contains("frames") && !manifest.contains("format"),
+        "{manifest}"
+    );
     let disk = dir.path().join("disk.img");
     blank_disk(&disk, 1024);
 
     let (code, out, err) = agent(&source, &disk, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (slot, _) = partition(&disk, 2);
-    assert!(read_at(&disk, slot, root.len()) == root, "root-a differs from the image");
+    assert!(
+        read_at(&disk, slot, root.len()) == root,
+        "root-a differs from the image"
+    );
 
     // The same image damaged in its middle frame is refused by the whole-image digest.
     let mut bad = root.clone();

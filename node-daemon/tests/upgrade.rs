@@ -474,8 +474,16 @@ fn a_frame_not_matching_its_signed_digest_never_reaches_the_slot() {
     let payload = dir.path().join("root.img.zst");
     std::fs::write(&payload, framed(&image)).unwrap();
     let good = dir.path().join("good.bundle");
-    bundle::create(&good, "2026.12.1", "x86_64", vec![], "2026-12-07T00:00:00Z", &raw, &payload)
-        .unwrap();
+    bundle::create(
+        &good,
+        "2026.12.1",
+        "x86_64",
+        vec![],
+        "2026-12-07T00:00:00Z",
+        &raw,
+        &payload,
+    )
+    .unwrap();
     bundle::sign(&good, &key).unwrap();
     let header_len = {
         let bytes = std::fs::read(&good).unwrap();
@@ -500,15 +508,21 @@ fn a_frame_not_matching_its_signed_digest_never_reaches_the_slot() {
         bytes.extend_from_slice(&swapped);
         std::fs::write(&tampered, bytes).unwrap();
         std::fs::write(&slot, vec![0xa5u8; 7 * FRAME_SIZE]).unwrap();
-        let err = cairn_node_daemon::upgrade::write_slot(&tampered, &trust, &slot, 0, limit)
-            .unwrap_err();
+        let err =
+            cairn_node_daemon::upgrade::write_slot(&tampered, &trust, &slot, 0, limit).unwrap_err();
         let offset = 3 * FRAME_SIZE;
         assert!(
-            err.contains(&format!("frame 3 (image bytes {offset}..{}) does not match", offset + FRAME_SIZE)),
+            err.contains(&format!(
+                "frame 3 (image bytes {offset}..{}) does not match",
+                offset + FRAME_SIZE
+            )),
             "{how}: {err}"
         );
         let on_disk = std::fs::read(&slot).unwrap();
-        assert!(on_disk[..offset] == image[..offset], "{how}: frames 0-2 written");
+        assert!(
+            on_disk[..offset] == image[..offset],
+            "{how}: frames 0-2 written"
+        );
         assert!(
             on_disk[offset..].iter().all(|b| *b == 0xa5),
             "{how}: bytes of frame 3 or later reached the slot"

@@ -317,6 +317,8 @@ pub const FRAME_SIZE: usize = 4 << 20;
 const MAX_PARALLEL_FRAME: u64 = 4 * FRAME_SIZE as u64;
 /// Bytes read from the payload at a time while looking for a frame's end.
 const READ_SIZE: usize = 1 << 20;
+/// Room for one of cairn's frames (compressed) and the read that completes it.
+const FRAME_BUFFER: usize = FRAME_SIZE + FRAME_SIZE / 64 + READ_SIZE;
 /// Buffers the hasher holds: one being hashed, the rest queued.
 const HASHER_BUFFERS: usize = 3;
 
@@ -839,7 +841,11 @@ impl<R: Read> Frames<R> {
                     Ok(Some(size)) if size <= MAX_PARALLEL_FRAME => {}
                     _ => return Err(invalid("a frame of unknown or too large size")),
                 }
-                let rest = self.buffered.split_off(len);
+                // The rest goes into a buffer with room for a whole next frame, so reading
+                // it does not grow (and copy) the buffer a few times per frame.
+                let mut rest = Vec::with_capacity(FRAME_BUFFER.max(self.buffered.len() - len));
+                rest.extend_from_slice(&self.buffered[len..]);
+                self.buffered.truncate(len);
                 return Ok(Some(std::mem::replace(&mut self.buffered, rest)));
             }
             // A frame larger than any frame of ours holds is not coming to an end.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! offset 0   magic "CAIRNBDL"                      8 bytes
-//!        8   format version (u32 LE) = 1           4 bytes
+//!        8   format version (u32 LE): 1 or 2       4 bytes
 //!       12   manifest length M (u32 LE)            4 bytes
 //!       16   manifest (JSON, UTF-8)                M bytes
 //!    16+M    Ed25519 signature over bytes 0..16+M  64 bytes (zero while unsigned)
@@ -15,6 +15,11 @@
 //! The manifest carries the payload's size and SHA-256 as well as the uncompressed image's,
 //! so the signature covers every byte of the file: a changed header or manifest breaks the
 //! signature, a changed or extended payload breaks the payload digest.
+//!
+//! Format 2 (what this build writes) adds `root_frames` to the manifest: the SHA-256 of each
+//! 4 MiB frame of the image and a root digest over the list ([`FrameDigests`]), so a node
+//! checks each frame before it writes it to the slot. Format 1 (earlier builds) has none;
+//! such bundles are still read, and their image checked by its one SHA-256 as before.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -23,10 +28,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{PublicKey, SigningKey, TrustStore};
-use crate::stream::{Digest, StreamError, write_verified};
+use crate::stream::{Digest, FrameDigests, ImageCheck, StreamError, write_verified};
 
 const MAGIC: &[u8; 8] = b"CAIRNBDL";
-const FORMAT: u32 = 1;
+/// Bundles whose manifest has one digest of the image (earlier builds).
+const FORMAT_WHOLE: u32 = 1;
+/// Bundles whose manifest also lists the digest of every frame of the image.
+const FORMAT_FRAMES: u32 = 2;
 /// A manifest is a few hundred bytes; anything near this is not a bundle.
 const MAX_MANIFEST: u32 = 1 << 20;
 
@@ -44,6 +52,9 @@ pub struct Manifest {
     pub root_image: Digest,
     /// The zstd-compressed root image stored in the bundle.
     pub payload: Digest,
+    /// The digest of each frame of the root image (format 2; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_frames: Option<FrameDigests>,
     /// Build time, RFC 3339 (from `SOURCE_DATE_EPOCH` for reproducible builds).
     pub build_time: String,
 }
@@ -52,6 +63,17 @@ impl Manifest {
     /// Whether a node running `current` may install this bundle.
     pub fn accepts_upgrade_from(&self, current: &str) -> bool {
         self.compatible_from.is_empty() || self.compatible_from.iter().any(|v| v == current)
+    }
+
+    /// How the root image is checked: frame by frame when the manifest lists frames.
+    pub fn root_check(&self) -> ImageCheck<'_> {
+        match &self.root_frames {
+            Some(frames) => ImageCheck::Frames {
+                image: &self.root_image,
+                frames,
+            },
+            None => ImageCheck::Whole(&self.root_image),
+        }
     }
 }
 
@@ -111,9 +133,10 @@ impl Header {
             return Err(BundleError::Format("bad magic".into()));
         }
         let format = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
-        if format != FORMAT {
+        if format != FORMAT_WHOLE && format != FORMAT_FRAMES {
             return Err(BundleError::Format(format!(
-                "format {format}, this build reads format {FORMAT}"
+                "format {format}, this build reads formats {FORMAT_WHOLE} and {FORMAT_FRAMES}: \
+                 upgrade this node to a newer release first"
             )));
         }
         let len = u32::from_le_bytes(fixed[12..16].try_into().expect("4 bytes"));
@@ -125,8 +148,19 @@ impl Header {
         reader.read_exact(&mut signed_bytes[16..]).map_err(io)?;
         let mut signature = [0u8; 64];
         reader.read_exact(&mut signature).map_err(io)?;
-        let manifest =
+        let manifest: Manifest =
             serde_json::from_slice(&signed_bytes[16..]).map_err(BundleError::Manifest)?;
+        // The format number is signed with the manifest; it says which check the image gets.
+        if manifest.root_frames.is_some() != (format == FORMAT_FRAMES) {
+            return Err(BundleError::Format(format!(
+                "a format {format} bundle {} frame digests",
+                if format == FORMAT_FRAMES {
+                    "without"
+                } else {
+                    "with"
+                }
+            )));
+        }
         Ok(Self {
             signed_bytes,
             signature,
@@ -161,10 +195,11 @@ impl Header {
 
 impl VerifiedHeader {
     /// Streams the payload (the rest of `reader`, positioned after the header) into `dest`,
-    /// decompressing and checking the image against the signed manifest's image digest:
-    /// that proves what `dest` holds, so the payload is not hashed a second time on the way
-    /// ([`verify`] checks both digests of a whole file). `dest` holds an untrusted image
-    /// unless this returns `Ok`: the caller must not activate it otherwise.
+    /// decompressing and checking the image against the signed manifest: each frame against
+    /// its digest before it is written (format 2), or the whole image's digest at the end
+    /// (format 1). That proves what `dest` holds, so the payload is not hashed a second time
+    /// on the way ([`verify`] checks the payload's digest too). `dest` holds an untrusted
+    /// image unless this returns `Ok`: the caller must not activate it otherwise.
     pub fn write_root_image(
         &self,
         payload: impl Read,
@@ -176,7 +211,7 @@ impl VerifiedHeader {
             payload,
             dest,
             None,
-            &self.manifest.root_image,
+            self.manifest.root_check(),
             limit,
             progress,
         )
@@ -184,7 +219,8 @@ impl VerifiedHeader {
     }
 }
 
-/// Writes an unsigned bundle from a root image and its zstd-compressed form.
+/// Writes an unsigned bundle (format 2, with frame digests) from a root image and its
+/// zstd-compressed form.
 pub fn create(
     out: &Path,
     version: &str,
@@ -198,18 +234,21 @@ pub fn create(
         let path = path.to_owned();
         move |source| BundleError::Io { path, source }
     };
+    let (root_digest, root_frames) =
+        FrameDigests::of_file(root_image).map_err(io_at(root_image))?;
     let manifest = Manifest {
         version: version.to_owned(),
         architecture: architecture.to_owned(),
         compatible_from,
-        root_image: Digest::of_file(root_image).map_err(io_at(root_image))?,
+        root_image: root_digest,
         payload: Digest::of_file(payload).map_err(io_at(payload))?,
+        root_frames: Some(root_frames),
         build_time: build_time.to_owned(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(BundleError::Manifest)?;
     let mut file = File::create(out).map_err(io_at(out))?;
     let mut header = MAGIC.to_vec();
-    header.extend_from_slice(&FORMAT.to_le_bytes());
+    header.extend_from_slice(&FORMAT_FRAMES.to_le_bytes());
     header.extend_from_slice(&(json.len() as u32).to_le_bytes());
     header.extend_from_slice(&json);
     header.extend_from_slice(&[0u8; 64]);
@@ -262,7 +301,7 @@ fn check_payload(manifest: &Manifest, payload: impl Read) -> Result<(), BundleEr
         payload,
         &mut std::io::sink(),
         Some(&manifest.payload),
-        &manifest.root_image,
+        manifest.root_check(),
         u64::MAX,
         |_| {},
     )
@@ -367,5 +406,55 @@ mod tests {
         assert!(verify(&tampered, &trust).is_err());
         std::fs::write(&tampered, &original[..original.len() - 1]).unwrap();
         assert!(verify(&tampered, &trust).is_err());
+    }
+
+    /// Rewrites a bundle as an earlier build wrote it: format 1, no frame digests, unsigned.
+    fn as_format_1(bundle: &Path, out: &Path) {
+        let bytes = std::fs::read(bundle).unwrap();
+        let header = Header::read(&mut &bytes[..]).unwrap();
+        let mut manifest = header.manifest.clone();
+        manifest.root_frames = None;
+        let json = serde_json::to_vec_pretty(&manifest).unwrap();
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        old.extend_from_slice(&json);
+        old.extend_from_slice(&[0u8; 64]);
+        old.extend_from_slice(&bytes[header.len() as usize..]);
+        std::fs::write(out, old).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_bundle_with_one_image_digest_still_verifies_and_streams() {
+        let f = fixture();
+        let trust = TrustStore::new(vec![f.key.public_key()]);
+        let header = Header::read(&mut File::open(&f.bundle).unwrap()).unwrap();
+        let frames = header.manifest.root_frames.as_ref().expect("format 2");
+        assert_eq!(frames.frames.len(), 1, "200,000 bytes: one frame");
+        let old = f.dir.path().join("old.bundle");
+        as_format_1(&f.bundle, &old);
+        sign(&old, &f.key).unwrap();
+        let verified = verify(&old, &trust).unwrap();
+        assert!(verified.manifest.root_frames.is_none());
+        assert!(matches!(
+            verified.manifest.root_check(),
+            ImageCheck::Whole(_)
+        ));
+        let mut reader = BufReader::new(File::open(&old).unwrap());
+        let header = Header::read(&mut reader).unwrap().verify(&trust).unwrap();
+        let mut slot = Vec::new();
+        header
+            .write_root_image(reader, &mut slot, u64::MAX, |_| {})
+            .unwrap();
+        assert_eq!(slot, std::fs::read(f.dir.path().join("root.img")).unwrap());
+
+        // The (signed) format number and the manifest must agree: frame digests in a
+        // format 1 bundle, or none in a format 2 one, are refused.
+        for (from, to) in [(&f.bundle, 1u32), (&old, 2u32)] {
+            let mut bytes = std::fs::read(from).unwrap();
+            bytes[8..12].copy_from_slice(&to.to_le_bytes());
+            let err = Header::read(&mut &bytes[..]).unwrap_err();
+            assert!(matches!(err, BundleError::Format(_)), "{err}");
+        }
     }
 }

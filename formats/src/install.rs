@@ -1,16 +1,32 @@
 //! The install manifest: what the install agent needs besides the root image, written by
 //! `cairn image build` as `pxe/install.json` and `cairn/install.json` on the ISO.
+//!
+//! Format 2 (what this build writes) lists the SHA-256 of every 4 MiB frame of the root and
+//! ESP images ([`FrameDigests`]), so the agent checks each frame before it writes it; format
+//! 1 (earlier builds, no `format` field) has one digest per image, checked after the write.
 
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{PublicKey, SigningKey, TrustStore};
-use crate::stream::Digest;
+use crate::stream::{Digest, FrameDigests, ImageCheck};
+
+/// Manifests with one digest per image (earlier builds; no `format` field).
+pub const FORMAT_WHOLE: u32 = 1;
+/// Manifests that also list the digest of every frame of the root and ESP images.
+pub const FORMAT_FRAMES: u32 = 2;
+
+fn format_whole() -> u32 {
+    FORMAT_WHOLE
+}
 
 /// What the install agent needs besides the image itself; `pxe/install.json` and
 /// `cairn/install.json` on the ISO.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstallManifest {
+    /// [`FORMAT_FRAMES`], or [`FORMAT_WHOLE`] when absent.
+    #[serde(default = "format_whole")]
+    pub format: u32,
     /// OS version.
     pub version: String,
     /// ESP size in bytes.
@@ -21,15 +37,40 @@ pub struct InstallManifest {
     pub root_image: Digest,
     /// `root.img.zst`.
     pub root_payload: Digest,
+    /// The digest of each frame of `root.img` (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_frames: Option<FrameDigests>,
     /// The ESP filesystem image (uncompressed), cut after its last non-zero block: shorter
     /// than `esp_size`, whose rest FAT does not read.
     pub esp_image: Digest,
     /// `esp.img.zst`.
     pub esp_payload: Digest,
+    /// The digest of each frame of the ESP image (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esp_frames: Option<FrameDigests>,
     /// `mbr.bin`: BIOS boot code for the first 440 bytes of the disk.
     pub mbr: Digest,
     /// `core.img`: GRUB's BIOS core, at sector [`crate::gpt::BIOS_CORE_LBA`].
     pub core: Digest,
+}
+
+impl InstallManifest {
+    /// How the root image is checked: frame by frame in format 2.
+    pub fn root_check(&self) -> ImageCheck<'_> {
+        check(&self.root_image, self.root_frames.as_ref())
+    }
+
+    /// How the ESP image is checked: frame by frame in format 2.
+    pub fn esp_check(&self) -> ImageCheck<'_> {
+        check(&self.esp_image, self.esp_frames.as_ref())
+    }
+}
+
+fn check<'a>(image: &'a Digest, frames: Option<&'a FrameDigests>) -> ImageCheck<'a> {
+    match frames {
+        Some(frames) => ImageCheck::Frames { image, frames },
+        None => ImageCheck::Whole(image),
+    }
 }
 
 /// The detached signature of `install.json`, beside it: 64 raw Ed25519 bytes.
@@ -76,6 +117,17 @@ pub enum ManifestTrustError {
     /// The bytes are not a manifest.
     #[error("install.json is invalid: {0}")]
     Parse(#[source] serde_json::Error),
+    /// The format number and the fields disagree, or the format is newer than this agent.
+    #[error(
+        "install.json is of format {format} {why}: this install environment reads formats \
+         {FORMAT_WHOLE} and {FORMAT_FRAMES}; boot the install environment of the same build"
+    )]
+    Format {
+        /// The manifest's format.
+        format: u32,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 /// How a manifest came to be trusted.
@@ -115,7 +167,22 @@ pub fn verify(
             .ok_or(ManifestTrustError::Untrusted { trusted })?;
         Trust::SignedBy(signer)
     };
-    let manifest = serde_json::from_slice(manifest_json).map_err(ManifestTrustError::Parse)?;
+    let manifest: InstallManifest =
+        serde_json::from_slice(manifest_json).map_err(ManifestTrustError::Parse)?;
+    let frames = [&manifest.root_frames, &manifest.esp_frames].map(Option::is_some);
+    let why = match manifest.format {
+        FORMAT_WHOLE if frames == [false, false] => None,
+        FORMAT_WHOLE => Some("but lists frame digests"),
+        FORMAT_FRAMES if frames == [true, true] => None,
+        FORMAT_FRAMES => Some("but lacks frame digests"),
+        _ => Some("(unknown)"),
+    };
+    if let Some(why) = why {
+        return Err(ManifestTrustError::Format {
+            format: manifest.format,
+            why,
+        });
+    }
     Ok((manifest, how))
 }
 
@@ -132,18 +199,65 @@ mod tests {
             size: 1,
             sha256: "00".repeat(32),
         };
+        let frames = FrameDigests::from_frames(4 << 20, &[[0u8; 32]]);
         serde_json::to_vec_pretty(&InstallManifest {
+            format: FORMAT_FRAMES,
             version: "1.0".into(),
             esp_size: 1 << 20,
             slot_size: 1 << 20,
             root_image: d.clone(),
             root_payload: d.clone(),
+            root_frames: Some(frames.clone()),
             esp_image: d.clone(),
             esp_payload: d.clone(),
+            esp_frames: Some(frames),
             mbr: d.clone(),
             core: d,
         })
         .unwrap()
+    }
+
+    /// What an earlier build wrote: no format, one digest per image.
+    fn format_1() -> Vec<u8> {
+        let mut json: serde_json::Value = serde_json::from_slice(&manifest()).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        for field in ["format", "root_frames", "esp_frames"] {
+            fields.remove(field);
+        }
+        serde_json::to_vec_pretty(&json).unwrap()
+    }
+
+    #[test]
+    fn a_format_1_manifest_still_verifies_and_checks_whole_images() {
+        let key = SigningKey::generate().unwrap();
+        let trust = TrustStore::new(vec![key.public_key()]);
+        let json = format_1();
+        let (m, _) = verify(&json, Some(&sign(&json, &key)), &trust).unwrap();
+        assert_eq!(m.format, FORMAT_WHOLE);
+        assert!(matches!(m.root_check(), ImageCheck::Whole(_)));
+        assert!(matches!(m.esp_check(), ImageCheck::Whole(_)));
+        let (m, _) = verify(&manifest(), None, &TrustStore::default()).unwrap();
+        assert!(matches!(m.root_check(), ImageCheck::Frames { .. }));
+        assert!(matches!(m.esp_check(), ImageCheck::Frames { .. }));
+
+        // The format and the fields must agree; a newer format is refused with what to do.
+        let mut json: serde_json::Value = serde_json::from_slice(&format_1()).unwrap();
+        json["format"] = 2.into();
+        let lacking = serde_json::to_vec(&json).unwrap();
+        json["format"] = 3.into();
+        let newer = serde_json::to_vec(&json).unwrap();
+        let with_frames =
+            String::from_utf8(manifest())
+                .unwrap()
+                .replacen("\"format\": 2", "\"format\": 1", 1);
+        for (bytes, says) in [
+            (lacking, "format 2 but lacks frame digests"),
+            (newer, "format 3 (unknown)"),
+            (with_frames.into_bytes(), "format 1 but lists frame digests"),
+        ] {
+            let err = verify(&bytes, None, &TrustStore::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

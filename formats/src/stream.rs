@@ -2,6 +2,12 @@
 //! SHA-256 over both the compressed and the uncompressed bytes, with no temporary file.
 //! Used by the install agent (HTTP -> `root-a`) and by update bundles (bundle -> inactive
 //! slot). The caller must treat the destination as garbage unless this returns `Ok`.
+//!
+//! Two ways to check the image ([`ImageCheck`]): a signed manifest of format 2 lists the
+//! SHA-256 of every [`FRAME_SIZE`] of the image ([`FrameDigests`]), and each frame is hashed
+//! on the core that decoded it and written only once it matched, so no unverified byte
+//! reaches the destination; a manifest of format 1 (older builds) has one SHA-256 of the
+//! whole image, computed on one core as the image is written and checked at the end.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -38,6 +44,157 @@ impl Digest {
     }
 }
 
+/// The SHA-256 of each [`FrameDigests::frame_size`] bytes of an image (the last frame may be
+/// shorter), and a root digest over the list: a hash list, as dm-verity and casync keep one,
+/// one level deep. A signed manifest that carries it binds every byte of the image through
+/// the list, and each frame can be checked on its own, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameDigests {
+    /// Image bytes per frame: [`FRAME_SIZE`] in the images cairn builds.
+    pub frame_size: u64,
+    /// Lowercase hex SHA-256 of [`ROOT_CONTEXT`], `frame_size` (u64 little-endian) and the
+    /// frames' 32-byte digests in order: names the whole list (and so the image) in one
+    /// value, which [`FrameDigests::check`] recomputes.
+    pub root: String,
+    /// Lowercase hex SHA-256 of each frame's image bytes, in order; none for an empty image.
+    pub frames: Vec<String>,
+}
+
+/// What the root digest of a [`FrameDigests`] starts with: a root is never the digest of
+/// anything else cairn hashes.
+pub const ROOT_CONTEXT: &[u8] = b"cairn frame digests v1\n";
+
+impl FrameDigests {
+    /// The whole image's digest and the digests of its frames of [`FRAME_SIZE`], in one pass.
+    pub fn of_reader(mut reader: impl Read) -> std::io::Result<(Digest, Self)> {
+        let mut whole = Context::new(&SHA256);
+        let mut size = 0u64;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; FRAME_SIZE];
+        loop {
+            let n = read_full(&mut reader, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            whole.update(&buf[..n]);
+            frames.push(frame_digest(&buf[..n]));
+            size += n as u64;
+            if n < FRAME_SIZE {
+                break;
+            }
+        }
+        let image = Digest {
+            size,
+            sha256: hex::encode(whole.finish().as_ref()),
+        };
+        Ok((image, Self::from_frames(FRAME_SIZE as u64, &frames)))
+    }
+
+    /// [`FrameDigests::of_reader`] of a file.
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<(Digest, Self)> {
+        Self::of_reader(std::fs::File::open(path)?)
+    }
+
+    /// The list of these frame digests, with its root.
+    pub fn from_frames(frame_size: u64, frames: &[[u8; 32]]) -> Self {
+        Self {
+            frame_size,
+            root: hex::encode(root_of(frame_size, frames)),
+            frames: frames.iter().map(hex::encode).collect(),
+        }
+    }
+
+    /// Checks the list against itself and the image it describes: a root that matches the
+    /// list, one frame per `frame_size` bytes of `image`, a frame size this build decodes.
+    /// Returns the digests as bytes.
+    pub fn check(&self, image: &Digest) -> Result<Vec<[u8; 32]>, StreamError> {
+        let bad = |why: String| Err(StreamError::FrameList(why));
+        if self.frame_size == 0
+            || self.frame_size > MAX_PARALLEL_FRAME
+            || !self.frame_size.is_multiple_of(IMAGE_ALIGN as u64)
+        {
+            return bad(format!(
+                "a frame size of {} bytes (this build takes multiples of {IMAGE_ALIGN} up to {MAX_PARALLEL_FRAME})",
+                self.frame_size
+            ));
+        }
+        let want = image.size.div_ceil(self.frame_size);
+        if self.frames.len() as u64 != want {
+            return bad(format!(
+                "{} frame digests for an image of {} bytes in frames of {} (needs {want})",
+                self.frames.len(),
+                image.size,
+                self.frame_size
+            ));
+        }
+        let mut digests = Vec::with_capacity(self.frames.len());
+        for (index, hex_digest) in self.frames.iter().enumerate() {
+            let mut digest = [0u8; 32];
+            if hex_digest.len() != 64 || hex::decode_to_slice(hex_digest, &mut digest).is_err() {
+                return bad(format!("frame {index}'s digest is not 64 hex digits"));
+            }
+            digests.push(digest);
+        }
+        if hex::encode(root_of(self.frame_size, &digests)) != self.root {
+            return bad(format!(
+                "the root digest {} is not the digest of the list",
+                self.root
+            ));
+        }
+        Ok(digests)
+    }
+}
+
+/// SHA-256 of one frame's image bytes.
+fn frame_digest(bytes: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// The root digest of a frame list (see [`FrameDigests::root`]).
+fn root_of(frame_size: u64, frames: &[[u8; 32]]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(ROOT_CONTEXT);
+    ctx.update(&frame_size.to_le_bytes());
+    for frame in frames {
+        ctx.update(frame);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// How [`write_verified`] checks the image it writes.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageCheck<'a> {
+    /// One SHA-256 over the whole image (manifests of format 1): computed on one core as the
+    /// image is written and compared at the end, so the destination holds unverified bytes
+    /// until then.
+    Whole(&'a Digest),
+    /// Each frame's SHA-256 from a signed list, compared before the frame is written; then
+    /// the image's size. The image's own SHA-256 is not computed again: the list binds
+    /// every byte.
+    Frames {
+        /// The image's size (and its SHA-256, which the list vouches for).
+        image: &'a Digest,
+        /// The frames' digests.
+        frames: &'a FrameDigests,
+    },
+}
+
+impl ImageCheck<'_> {
+    /// The image's size and SHA-256.
+    pub fn image(&self) -> &Digest {
+        match self {
+            ImageCheck::Whole(image) | ImageCheck::Frames { image, .. } => image,
+        }
+    }
+}
+
 /// Why a streamed image was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -65,6 +222,49 @@ pub enum StreamError {
     TooLarge {
         /// The destination's size.
         limit: u64,
+    },
+    /// A frame's image bytes do not match the signed frame digest; nothing of this frame
+    /// (nor of any later one) was written.
+    #[error(
+        "frame {index} (image bytes {offset}..{end}) does not match the signed manifest: expected SHA-256 {expected}, got {actual}; it was not written",
+        end = offset + size
+    )]
+    FrameMismatch {
+        /// The frame's index in the list.
+        index: usize,
+        /// Where the frame starts in the image.
+        offset: u64,
+        /// Its length.
+        size: u64,
+        /// Expected hex SHA-256.
+        expected: String,
+        /// Computed hex SHA-256.
+        actual: String,
+    },
+    /// A frame could not be decoded, or is not cut as the frame digests are; it was not
+    /// written.
+    #[error("frame {index} (image offset {offset}) was not written")]
+    Frame {
+        /// The frame's index in the list.
+        index: usize,
+        /// Where the frame starts in the image.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signed frame digests contradict themselves or the image.
+    #[error(
+        "the manifest's frame digests are inconsistent: {0}; rebuild the image with `cairn image build`"
+    )]
+    FrameList(String),
+    /// The payload ended before the image its manifest describes.
+    #[error("the image ended after {actual_size} bytes; its manifest says {expected_size}")]
+    Truncated {
+        /// Size in the manifest.
+        expected_size: u64,
+        /// Bytes the payload held.
+        actual_size: u64,
     },
 }
 
@@ -117,6 +317,8 @@ pub const FRAME_SIZE: usize = 4 << 20;
 const MAX_PARALLEL_FRAME: u64 = 4 * FRAME_SIZE as u64;
 /// Bytes read from the payload at a time while looking for a frame's end.
 const READ_SIZE: usize = 1 << 20;
+/// Room for one of cairn's frames (compressed) and the read that completes it.
+const FRAME_BUFFER: usize = FRAME_SIZE + FRAME_SIZE / 64 + READ_SIZE;
 /// Buffers the hasher holds: one being hashed, the rest queued.
 const HASHER_BUFFERS: usize = 3;
 
@@ -192,31 +394,43 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Decompresses `compressed` into `dest`, checking the compressed bytes against
-/// `expect_compressed` (when given) and the image against `expect_image`. The image digest
-/// alone proves what was written: `None` saves hashing the payload a second time where
-/// only the written image matters (installs). Writes at most `limit` bytes. `progress` sees
-/// the running count of image bytes written.
+/// `expect_compressed` (when given) and the image as `check` says. The image check alone
+/// proves what was written: `None` saves hashing the payload a second time where only the
+/// written image matters (installs, slot writes). Writes at most `limit` bytes. `progress`
+/// sees the running count of image bytes written.
 ///
 /// The work is spread so the write keeps pace with a plain copy (`dd`): this thread reads,
 /// hashes the compressed bytes (when asked), cuts them into frames and writes the image in
-/// order; one
-/// decoder thread per core decodes frames ([`compress_frames`] payloads; a single-frame
-/// payload is decoded here instead); a helper hashes the image bytes already written.
-/// Buffers are handed over and reused, never copied; each `write` to `dest` gets one
-/// frame's image starting at an [`IMAGE_ALIGN`] boundary in memory, so `dest` may write it
-/// with direct I/O. The caller's reader and writer stay on this thread, so they need not be
-/// `Send`.
+/// order; one decoder thread per core decodes frames ([`compress_frames`] payloads; a
+/// single-frame payload is decoded here instead). With [`ImageCheck::Frames`] the decoder
+/// also hashes the frame it decoded, and this thread compares that digest with the signed
+/// one before it writes the frame: the hashing is spread over every core and nothing
+/// unverified is written. With [`ImageCheck::Whole`] a helper hashes the image bytes already
+/// written, in order, on one core. Buffers are handed over and reused, never copied; each
+/// `write` to `dest` gets one frame's image starting at an [`IMAGE_ALIGN`] boundary in
+/// memory, so `dest` may write it with direct I/O. The caller's reader and writer stay on
+/// this thread, so they need not be `Send`.
 pub fn write_verified(
     compressed: impl Read,
     dest: &mut impl Write,
     expect_compressed: Option<&Digest>,
-    expect_image: &Digest,
+    check: ImageCheck<'_>,
     limit: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Digest, StreamError> {
+    let expect_image = check.image();
     if expect_image.size > limit {
         return Err(StreamError::TooLarge { limit });
     }
+    // Checked before the first byte is read: a list that does not add up stops here.
+    let per_frame = match check {
+        ImageCheck::Frames { image, frames } => Some(PerFrame {
+            size: frames.frame_size,
+            image_size: image.size,
+            digests: frames.check(image)?,
+        }),
+        ImageCheck::Whole(_) => None,
+    };
     let mut frames = Frames::new(HashingReader::new(compressed, expect_compressed.is_some()));
     let parallel = frames.first_fits().map_err(StreamError::Io)?;
     let decoders = if parallel {
@@ -224,6 +438,8 @@ pub fn write_verified(
     } else {
         0
     };
+    // A payload of one large frame is decoded here in pieces of one listed frame each.
+    let chunk = per_frame.as_ref().map_or(FRAME_SIZE, |p| p.size as usize);
     // In flight at the decoders, queued at the hasher, and the one being written.
     let buffers = 2 * decoders + HASHER_BUFFERS + 1;
     let (to_hash, hash_rx) = sync_channel::<Arc<ImageBuf>>(HASHER_BUFFERS);
@@ -231,31 +447,40 @@ pub fn write_verified(
     let (hashed_tx, hashed) = sync_channel::<Arc<ImageBuf>>(buffers);
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(2 * decoders);
     let jobs_rx = Mutex::new(jobs_rx);
+    let hash_frames = per_frame.is_some();
     let (written, image, outer) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(move || {
-            let mut ctx = Context::new(&SHA256);
-            let mut count = 0u64;
-            for buf in hash_rx {
-                ctx.update(buf.bytes());
-                count += buf.bytes().len() as u64;
-                // The writer may have stopped early; then nobody wants the buffer back.
-                let _ = hashed_tx.send(buf);
-            }
-            Digest {
-                size: count,
-                sha256: hex::encode(ctx.finish().as_ref()),
-            }
-        });
+        // The whole image's SHA-256, for a manifest with no frame digests.
+        let hasher = if hash_frames {
+            drop((hash_rx, hashed_tx));
+            None
+        } else {
+            Some(scope.spawn(move || {
+                let mut ctx = Context::new(&SHA256);
+                let mut count = 0u64;
+                for buf in hash_rx {
+                    ctx.update(buf.bytes());
+                    count += buf.bytes().len() as u64;
+                    // The writer may have stopped early; then nobody wants the buffer back.
+                    let _ = hashed_tx.send(buf);
+                }
+                Digest {
+                    size: count,
+                    sha256: hex::encode(ctx.finish().as_ref()),
+                }
+            }))
+        };
         for _ in 0..decoders {
-            scope.spawn(|| decode_frames(&jobs_rx));
+            scope.spawn(|| decode_frames(&jobs_rx, hash_frames));
         }
+        // With frame digests every buffer comes back as soon as it is written, so the pool
+        // never waits for the hasher (there is none).
         let mut pool = Pool {
             free: Vec::new(),
             allocated: 0,
             limit: buffers,
             hashed,
         };
-        let mut sink = |buf: ImageBuf, written: &mut u64, pool: &mut Pool| {
+        let mut sink = |mut buf: ImageBuf, written: &mut u64, pool: &mut Pool| {
             let len = buf.bytes().len() as u64;
             if len == 0 {
                 pool.free.push(buf);
@@ -264,46 +489,119 @@ pub fn write_verified(
             if *written + len > limit {
                 return Err(StreamError::TooLarge { limit });
             }
-            let buf = Arc::new(buf);
-            to_hash
-                .send(Arc::clone(&buf))
-                .expect("the hasher runs until we hang up");
-            dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
+            if let Some(per_frame) = &per_frame {
+                per_frame.verify(&mut buf, *written)?;
+                dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
+                pool.free.push(buf);
+            } else {
+                let buf = Arc::new(buf);
+                to_hash
+                    .send(Arc::clone(&buf))
+                    .expect("the hasher runs until we hang up");
+                dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
+                drop(buf);
+                pool.reclaim();
+            }
             *written += len;
             progress(*written);
-            drop(buf);
-            pool.reclaim();
             Ok(())
         };
         let copied = if parallel {
             copy_parallel(&mut frames, &jobs_tx, 2 * decoders, &mut pool, &mut sink)
         } else {
-            copy_sequential(&mut frames, &mut pool, &mut sink)
+            copy_sequential(&mut frames, chunk, &mut pool, &mut sink)
         };
         drop(jobs_tx);
         drop(to_hash);
         drop(pool);
-        let image = hasher.join().expect("the hasher does not panic");
+        let image = hasher.map(|h| h.join().expect("the hasher does not panic"));
         copied.map(|written| (written, image, frames.into_inner()))
     })?;
     dest.flush().map_err(StreamError::Io)?;
-    debug_assert_eq!(written, image.size);
     let mut outer = outer;
     // Drain what the decoder did not need (trailing bytes count against the payload digest).
     std::io::copy(&mut outer, &mut std::io::sink()).map_err(StreamError::Io)?;
     let payload = outer.finish();
     if let Some(expected) = expect_compressed {
-        check("compressed image", expected, &payload)?;
+        check_digest("compressed image", expected, &payload)?;
     }
-    check("image", expect_image, &image)?;
-    Ok(image)
+    match image {
+        Some(image) => {
+            debug_assert_eq!(written, image.size);
+            check_digest("image", expect_image, &image)?;
+            Ok(image)
+        }
+        // Every frame written matched its signed digest; the list holds no more than the
+        // image has, so the size is all that is left to check.
+        None if written == expect_image.size => Ok(expect_image.clone()),
+        None => Err(StreamError::Truncated {
+            expected_size: expect_image.size,
+            actual_size: written,
+        }),
+    }
+}
+
+/// The signed frame digests, checked as each frame comes to be written.
+struct PerFrame {
+    /// Image bytes per frame.
+    size: u64,
+    /// The image's size.
+    image_size: u64,
+    /// Each frame's SHA-256.
+    digests: Vec<[u8; 32]>,
+}
+
+impl PerFrame {
+    /// Checks the image bytes in `buf`, which start at `offset` in the image, before they are
+    /// written: they must be the whole frame starting there and match its digest (computed
+    /// by the decoder, or here).
+    fn verify(&self, buf: &mut ImageBuf, offset: u64) -> Result<(), StreamError> {
+        // Every earlier frame was whole, so `offset` is where frame `index` starts (or, past
+        // the image's last partial frame, where the one after it would).
+        let index = usize::try_from(offset.div_ceil(self.size)).unwrap_or(usize::MAX);
+        let len = buf.bytes().len() as u64;
+        let want = self.image_size.saturating_sub(offset).min(self.size);
+        if len != want {
+            let why = if want == 0 {
+                format!(
+                    "the payload goes on past the image's {} bytes",
+                    self.image_size
+                )
+            } else {
+                format!(
+                    "its zstd frame holds {len} image bytes where the manifest's frame holds {want}"
+                )
+            };
+            return Err(StreamError::Frame {
+                index,
+                offset,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+            });
+        }
+        let actual = buf
+            .digest
+            .take()
+            .unwrap_or_else(|| frame_digest(buf.bytes()));
+        let expected = &self.digests[index];
+        if &actual != expected {
+            return Err(StreamError::FrameMismatch {
+                index,
+                offset,
+                size: len,
+                expected: hex::encode(expected),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A frame to decode, the buffer to decode it into, and where the result goes.
 type Job = (Vec<u8>, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
 
-/// A decoder thread: decodes frames until the jobs channel closes.
-fn decode_frames(jobs: &Mutex<Receiver<Job>>) {
+/// A decoder thread: decodes frames (and hashes each one decoded when `hash`) until the jobs
+/// channel closes.
+fn decode_frames(jobs: &Mutex<Receiver<Job>>, hash: bool) {
     let mut decoder = zstd::bulk::Decompressor::new();
     loop {
         let job = jobs.lock().expect("no decoder panics").recv();
@@ -321,6 +619,9 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>) {
                     .decompress_to_buffer(&frame[..], out.room(size))
                     .map(|n| {
                         out.set_len(n);
+                        if hash {
+                            out.digest = Some(frame_digest(out.bytes()));
+                        }
                         out
                     })
             }
@@ -341,6 +642,7 @@ fn copy_parallel<R: Read>(
 ) -> Result<u64, StreamError> {
     let mut in_flight = VecDeque::new();
     let mut written = 0u64;
+    let mut index = 0usize;
     let mut more = true;
     loop {
         while more && in_flight.len() < depth {
@@ -367,14 +669,21 @@ fn copy_parallel<R: Read>(
         let image = result
             .recv()
             .expect("a decoder answers every job")
-            .map_err(StreamError::Io)?;
+            .map_err(|source| StreamError::Frame {
+                index,
+                offset: written,
+                source,
+            })?;
+        index += 1;
         sink(image, &mut written, pool)?;
     }
 }
 
-/// Decodes a payload that is one large frame (or of unknown frame sizes) as a stream.
+/// Decodes a payload that is one large frame (or of unknown frame sizes) as a stream, in
+/// pieces of `chunk` image bytes.
 fn copy_sequential<R: Read>(
     frames: &mut Frames<R>,
+    chunk: usize,
     pool: &mut Pool,
     sink: &mut impl FnMut(ImageBuf, &mut u64, &mut Pool) -> Result<(), StreamError>,
 ) -> Result<u64, StreamError> {
@@ -383,7 +692,7 @@ fn copy_sequential<R: Read>(
     let mut written = 0u64;
     loop {
         let mut buf = pool.take(true).expect("waits for a buffer");
-        let filled = read_full(&mut decoder, buf.room(FRAME_SIZE)).map_err(StreamError::Io)?;
+        let filled = read_full(&mut decoder, buf.room(chunk)).map_err(StreamError::Io)?;
         if filled == 0 {
             return Ok(written);
         }
@@ -399,6 +708,8 @@ struct ImageBuf {
     storage: Vec<u8>,
     start: usize,
     len: usize,
+    /// The SHA-256 of the bytes, when the decoder computed it.
+    digest: Option<[u8; 32]>,
 }
 
 /// Where the image bytes given to a writer start: a multiple of this. Direct I/O needs the
@@ -413,6 +724,7 @@ impl ImageBuf {
             storage,
             start,
             len: 0,
+            digest: None,
         }
     }
 
@@ -425,8 +737,10 @@ impl ImageBuf {
         &mut self.storage[self.start..self.start + n]
     }
 
+    /// Sets the bytes' length (forgetting any digest of earlier contents).
     fn set_len(&mut self, len: usize) {
         self.len = len;
+        self.digest = None;
     }
 
     /// The image bytes.
@@ -445,7 +759,8 @@ struct Pool {
 
 impl Pool {
     /// A free buffer; when none is free and `limit` are allocated, waits for the hasher to
-    /// return one if `wait`, else `None`.
+    /// return one if `wait`, else `None`. (With frame digests a buffer is free again once
+    /// written, so `limit` is never reached.)
     fn take(&mut self, wait: bool) -> Option<ImageBuf> {
         self.reclaim();
         if let Some(buf) = self.free.pop() {
@@ -526,7 +841,11 @@ impl<R: Read> Frames<R> {
                     Ok(Some(size)) if size <= MAX_PARALLEL_FRAME => {}
                     _ => return Err(invalid("a frame of unknown or too large size")),
                 }
-                let rest = self.buffered.split_off(len);
+                // The rest goes into a buffer with room for a whole next frame, so reading
+                // it does not grow (and copy) the buffer a few times per frame.
+                let mut rest = Vec::with_capacity(FRAME_BUFFER.max(self.buffered.len() - len));
+                rest.extend_from_slice(&self.buffered[len..]);
+                self.buffered.truncate(len);
                 return Ok(Some(std::mem::replace(&mut self.buffered, rest)));
             }
             // A frame larger than any frame of ours holds is not coming to an end.
@@ -555,7 +874,7 @@ fn invalid(what: &str) -> std::io::Error {
     )
 }
 
-fn check(what: &'static str, expected: &Digest, actual: &Digest) -> Result<(), StreamError> {
+fn check_digest(what: &'static str, expected: &Digest, actual: &Digest) -> Result<(), StreamError> {
     if expected == actual {
         Ok(())
     } else {
@@ -602,7 +921,7 @@ mod tests {
             &compressed[..],
             &mut out,
             Some(&want_c),
-            &want,
+            ImageCheck::Whole(&want),
             u64::MAX,
             |n| last = n,
         )
@@ -628,7 +947,7 @@ mod tests {
             &compressed[..],
             &mut Vec::new(),
             None,
-            &want,
+            ImageCheck::Whole(&want),
             u64::MAX,
             |_| {},
         )
@@ -638,8 +957,15 @@ mod tests {
             "{err}"
         );
         let want = Digest::of_reader(&image[..]).unwrap();
-        let err = write_verified(&compressed[..], &mut Vec::new(), None, &want, 1000, |_| {})
-            .unwrap_err();
+        let err = write_verified(
+            &compressed[..],
+            &mut Vec::new(),
+            None,
+            ImageCheck::Whole(&want),
+            1000,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, StreamError::TooLarge { .. }));
     }
 
@@ -696,9 +1022,14 @@ mod tests {
         let mut seen = Vec::new();
         // A reader that hands out odd-sized pieces, as a network stream does.
         let reader = std::io::BufReader::with_capacity(65_537, &compressed[..]);
-        let got = write_verified(reader, &mut out, Some(&want_c), &want, u64::MAX, |n| {
-            seen.push(n)
-        })
+        let got = write_verified(
+            reader,
+            &mut out,
+            Some(&want_c),
+            ImageCheck::Whole(&want),
+            u64::MAX,
+            |n| seen.push(n),
+        )
         .unwrap();
         assert_eq!(got, want);
         assert!(out == image, "the image came out in order");
@@ -715,7 +1046,7 @@ mod tests {
                 payload,
                 &mut Vec::new(),
                 Some(&want_c),
-                &want,
+                ImageCheck::Whole(&want),
                 u64::MAX,
                 |_| {},
             )
@@ -737,9 +1068,138 @@ mod tests {
             sha256: want.sha256.clone(),
         };
         let mut out = Vec::new();
-        let err = write_verified(&compressed[..], &mut out, None, &small, small.size, |_| {})
-            .unwrap_err();
+        let err = write_verified(
+            &compressed[..],
+            &mut out,
+            None,
+            ImageCheck::Whole(&small),
+            small.size,
+            |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, StreamError::TooLarge { .. }), "{err}");
         assert!(out.len() <= FRAME_SIZE);
+    }
+
+    /// The image with frame `index` changed (a validly compressed frame of other bytes, as
+    /// an attacker or a bad mirror would serve), framed and as one zstd stream.
+    fn tampered(image: &[u8], index: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut bad = image.to_vec();
+        let frame = &mut bad[index * FRAME_SIZE..(index + 1) * FRAME_SIZE];
+        frame[FRAME_SIZE / 2] ^= 0x5a;
+        let mut framed = Vec::new();
+        compress_frames(&bad[..], &mut framed).unwrap();
+        let single = zstd::stream::encode_all(&bad[..], 3).unwrap();
+        (framed, single)
+    }
+
+    #[test]
+    fn with_frame_digests_every_frame_is_checked_before_it_is_written() {
+        let (image, compressed) = framed();
+        let (want, list) = FrameDigests::of_reader(&image[..]).unwrap();
+        assert_eq!(want, Digest::of_reader(&image[..]).unwrap());
+        assert_eq!(list.frames.len(), 10);
+        assert_eq!(list.check(&want).unwrap().len(), 10);
+        let check = ImageCheck::Frames {
+            image: &want,
+            frames: &list,
+        };
+        // Framed (decoded and hashed on every core) and as one zstd stream (decoded here,
+        // in pieces of one frame).
+        let single = zstd::stream::encode_all(&image[..], 3).unwrap();
+        for payload in [&compressed, &single] {
+            let mut out = Vec::new();
+            let got =
+                write_verified(&payload[..], &mut out, None, check, u64::MAX, |_| {}).unwrap();
+            assert_eq!(got, want);
+            assert!(out == image, "the image came out whole and in order");
+        }
+
+        // A frame in the middle that decodes fine but is not the signed one: the frames
+        // before it are written, it and the rest are not, and the error names it.
+        let (framed_bad, single_bad) = tampered(&image, 5);
+        for payload in [&framed_bad, &single_bad] {
+            let mut out = Vec::new();
+            let err =
+                write_verified(&payload[..], &mut out, None, check, u64::MAX, |_| {}).unwrap_err();
+            let offset = 5 * FRAME_SIZE as u64;
+            assert!(
+                matches!(err, StreamError::FrameMismatch { index: 5, offset: o, .. } if o == offset),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("frame 5 (image bytes {offset}..")),
+                "{err}"
+            );
+            assert_eq!(out.len(), 5 * FRAME_SIZE);
+            assert!(out[..] == image[..5 * FRAME_SIZE]);
+        }
+
+        // A payload cut after three frames, or going on past the image.
+        let mut cut = Vec::new();
+        compress_frames(&image[..3 * FRAME_SIZE], &mut cut).unwrap();
+        let err =
+            write_verified(&cut[..], &mut Vec::new(), None, check, u64::MAX, |_| {}).unwrap_err();
+        assert!(
+            matches!(err, StreamError::Truncated { actual_size, .. } if actual_size == 3 * FRAME_SIZE as u64),
+            "{err}"
+        );
+        let mut longer = compressed.clone();
+        compress_frames(&image[..100][..], &mut longer).unwrap();
+        let err = write_verified(&longer[..], &mut Vec::new(), None, check, u64::MAX, |_| {})
+            .unwrap_err();
+        assert!(matches!(err, StreamError::Frame { index: 10, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_frame_list_that_does_not_add_up_is_refused_before_anything_is_written() {
+        let image = vec![7u8; 2 * FRAME_SIZE + 1];
+        let mut compressed = Vec::new();
+        compress_frames(&image[..], &mut compressed).unwrap();
+        let (want, list) = FrameDigests::of_reader(&image[..]).unwrap();
+        let mut wrong_root = list.clone();
+        wrong_root.root = "00".repeat(32);
+        // A list that adds up in itself, one frame short of the image.
+        let one_short =
+            FrameDigests::from_frames(list.frame_size, &list.check(&want).unwrap()[..2]);
+        let mut odd_size = list.clone();
+        odd_size.frame_size = 1000;
+        let mut not_hex = list.clone();
+        not_hex.frames[1] = "zz".repeat(32);
+        // Any zero-length frame size never divides an image.
+        let mut zero = list.clone();
+        zero.frame_size = 0;
+        for (bad, says) in [
+            (wrong_root, "root digest"),
+            (one_short, "2 frame digests"),
+            (odd_size, "frame size of 1000"),
+            (not_hex, "frame 1's digest"),
+            (zero, "frame size of 0"),
+        ] {
+            let mut out = Vec::new();
+            let check = ImageCheck::Frames {
+                image: &want,
+                frames: &bad,
+            };
+            let err = write_verified(&compressed[..], &mut out, None, check, u64::MAX, |_| {})
+                .unwrap_err();
+            assert!(matches!(err, StreamError::FrameList(_)), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(out.is_empty());
+        }
+        // An empty image has no frames.
+        let (empty, list) = FrameDigests::of_reader(&[][..]).unwrap();
+        assert!(list.frames.is_empty());
+        let mut payload = Vec::new();
+        compress_frames(&[][..], &mut payload).unwrap();
+        let check = ImageCheck::Frames {
+            image: &empty,
+            frames: &list,
+        };
+        assert_eq!(
+            write_verified(&payload[..], &mut Vec::new(), None, check, 0, |_| {}).unwrap(),
+            empty
+        );
     }
 }

@@ -33,7 +33,7 @@ use cairn_api::node_config::{NodeConfig, UpgradeSection};
 use cairn_formats::gpt::{self, Layout};
 use cairn_formats::install::InstallManifest;
 use cairn_formats::keys::{PublicKey, SigningKey};
-use cairn_formats::stream::Digest;
+use cairn_formats::stream::{Digest, FrameDigests};
 
 use crate::grub;
 use crate::rootfs::{self, TreeError};
@@ -242,14 +242,21 @@ pub fn build(req: &BuildRequest, mut step: impl FnMut(&str)) -> Result<BuildMani
     std::fs::write(out.join("pxe/mbr.bin"), &mbr).map_err(io("writing", out))?;
     std::fs::write(out.join("pxe/core.img"), &core).map_err(io("writing", out))?;
     compress(&esp_img, &out.join("pxe/esp.img.zst"))?;
+    let (root_image, root_frames) =
+        FrameDigests::of_file(&root_img).map_err(io("hashing", &root_img))?;
+    let (esp_image, esp_frames) =
+        FrameDigests::of_file(&esp_img).map_err(io("hashing", &esp_img))?;
     let install = InstallManifest {
+        format: cairn_formats::install::FORMAT_FRAMES,
         version: cfg.version.clone(),
         esp_size,
         slot_size,
-        root_image: Digest::of_file(&root_img).map_err(io("hashing", &root_img))?,
+        root_image,
         root_payload: Digest::of_file(&root_zst).map_err(io("hashing", &root_zst))?,
-        esp_image: Digest::of_file(&esp_img).map_err(io("hashing", &esp_img))?,
+        root_frames: Some(root_frames),
+        esp_image,
         esp_payload: digest(&out.join("pxe/esp.img.zst"))?,
+        esp_frames: Some(esp_frames),
         mbr: Digest::of_reader(&mbr[..]).map_err(io("hashing", out))?,
         core: Digest::of_reader(&core[..]).map_err(io("hashing", out))?,
     };

@@ -234,6 +234,15 @@ impl ImageArgs {
                             "root image       {} bytes, sha256 {}",
                             m.root_image.size, m.root_image.sha256
                         );
+                        match &m.root_frames {
+                            Some(f) => println!(
+                                "frame digests    {} of {} bytes, root {} (format 2)",
+                                f.frames.len(),
+                                f.frame_size,
+                                f.root
+                            ),
+                            None => println!("frame digests    none (format 1)"),
+                        }
                         println!("build time       {}", m.build_time);
                     }
                 }

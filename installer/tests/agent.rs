@@ -198,6 +198,134 @@ fn a_corrupted_image_is_refused_and_the_disk_left_unbootable() {
     assert_no_boot_code(&disk, "boot code written before verification");
 }
 
+/// Replaces the source's root image by `image`, with `payload` as `root.img.zst` and an
+/// unsigned install.json (the agent trusts no key in these tests) describing `image` in
+/// the manifest's format `format`: 2 lists frame digests, 1 is what earlier builds wrote.
+fn replace_root(source: &Path, image: &[u8], payload: &[u8], format: u32) {
+    use cairn_formats::stream::{Digest, FrameDigests};
+    let (root, frames) = FrameDigests::of_reader(image).unwrap();
+    let path = source.join("install.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["root_image"] = serde_json::to_value(root).unwrap();
+    m["root_payload"] = serde_json::to_value(Digest::of_reader(payload).unwrap()).unwrap();
+    m["root_frames"] = serde_json::to_value(frames).unwrap();
+    if format == 1 {
+        let fields = m.as_object_mut().unwrap();
+        for field in ["format", "root_frames", "esp_frames"] {
+            fields.remove(field);
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    std::fs::remove_file(source.join("install.json.sig")).ok();
+    std::fs::write(source.join("root.img.zst"), payload).unwrap();
+}
+
+/// A root image of `frames` whole 4 MiB frames and a bit, no two frames alike and no zero
+/// runs (a squashfs has none).
+fn pseudo_random_image(frames: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..frames * FRAME + 1000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+const FRAME: usize = cairn_formats::stream::FRAME_SIZE;
+
+/// A payload whose middle frame decodes cleanly but is not the one the manifest lists (a
+/// mirror serving other bytes): the frames before it are in root-a, not a byte of it is,
+/// the error names it, and nothing is bootable.
+#[test]
+fn a_frame_that_does_not_match_its_digest_never_reaches_the_disk() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let root = pseudo_random_image(6);
+    let mut bad = root.clone();
+    for b in &mut bad[3 * FRAME..4 * FRAME] {
+        *b = !*b;
+    }
+    let mut payload = Vec::new();
+    cairn_formats::stream::compress_frames(&bad[..], &mut payload).unwrap();
+    replace_root(&source, &root, &payload, 2);
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+
+    let (code, out, err) = agent(&source, &disk, &["--keep-on-error"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let offset = 3 * FRAME;
+    assert!(
+        out.contains(&format!(
+            "frame 3 (image bytes {offset}..{}) does not match",
+            offset + FRAME
+        )),
+        "{out}"
+    );
+    let (slot, _) = partition(&disk, 2);
+    // --keep-on-error: what was written stays as a power cut would leave it.
+    assert!(
+        read_at(&disk, slot, 3 * FRAME) == root[..3 * FRAME],
+        "the verified frames 0 to 2 were written"
+    );
+    let there = read_at(&disk, slot + offset as u64, FRAME);
+    assert!(
+        there != bad[offset..offset + FRAME] && there.iter().all(|b| *b == 0),
+        "bytes of the unverified frame reached the disk"
+    );
+    assert!(
+        read_at(&disk, slot + 4 * FRAME as u64, FRAME)
+            .iter()
+            .all(|b| *b == 0),
+        "a frame after it was written"
+    );
+    assert!(
+        read_at(&disk, 0, 440).iter().all(|b| *b == 0),
+        "boot code written"
+    );
+}
+
+/// An install.json of format 1 (earlier builds: one digest per image, no frame list) still
+/// installs, its image checked as a whole.
+#[test]
+fn an_install_manifest_of_format_1_still_installs() {
+    let image = minimal_image();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_copy(&image, dir.path());
+    let root = pseudo_random_image(2);
+    let mut payload = Vec::new();
+    cairn_formats::stream::compress_frames(&root[..], &mut payload).unwrap();
+    replace_root(&source, &root, &payload, 1);
+    let manifest = std::fs::read_to_string(source.join("install.json")).unwrap();
+    assert!(
+        !manifest.contains("frames") && !manifest.contains("format"),
+        "{manifest}"
+    );
+    let disk = dir.path().join("disk.img");
+    blank_disk(&disk, 1024);
+
+    let (code, out, err) = agent(&source, &disk, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (slot, _) = partition(&disk, 2);
+    assert!(
+        read_at(&disk, slot, root.len()) == root,
+        "root-a differs from the image"
+    );
+
+    // The same image damaged in its middle frame is refused by the whole-image digest.
+    let mut bad = root.clone();
+    bad[FRAME + 7] ^= 1;
+    let mut payload = Vec::new();
+    cairn_formats::stream::compress_frames(&bad[..], &mut payload).unwrap();
+    std::fs::write(source.join("root.img.zst"), payload).unwrap();
+    let (code, out, err) = agent(&source, &disk, &["--wipe"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("image mismatch"), "{out}");
+}
+
 /// A boot server (or anyone on its LAN) that serves its own install.json, with digests of
 /// its own payload, is refused before a byte reaches the disk, as is a manifest that is
 /// unsigned or signed by a key the install environment does not trust.

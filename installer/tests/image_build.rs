@@ -110,6 +110,16 @@ fn verify_accepts_only_an_intact_bundle_signed_by_the_key() {
     let (code, out, err) = verify(&bundle, &pubkey);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"version\": \"0.1.0\""), "{out}");
+    // Format 2: the signed manifests list the frame digests of the images.
+    assert!(
+        out.contains("\"root_frames\"") && out.contains("\"frame_size\": 4194304"),
+        "{out}"
+    );
+    let install = std::fs::read_to_string(image.join("pxe/install.json")).unwrap();
+    assert!(
+        install.contains("\"format\": 2") && install.contains("\"esp_frames\""),
+        "{install}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other.key");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md "Issue 9 — upgrades": cairn-node's slot writer (`upgrade::write_slot`, what an
-# upgrade runs: bundle signature check, zstd decode, SHA-256 of the image, positional writes,
-# fsync) against `dd conv=fsync` of the same uncompressed root image onto the same file, and
+# upgrade runs: bundle signature check, zstd frames decoded and hashed on every core, each
+# written only after its SHA-256 matched the signed frame digests, positional writes, fsync) against `dd conv=fsync` of the same uncompressed root image onto the same file, and
 # `zstd -dc | dd` (the decode without any checking) for reference, side by side with hyperfine.
 # Usage: node-daemon/bench/upgrade-write.sh [IMAGE_MIB]   (default 256)
 # Env: RUNS (default 5), CAIRN_BIN=DIR (already built `cairn` and `examples/slot_write`, e.g.
@@ -49,6 +49,21 @@ rm -rf "$WORK/tree"
 SOURCE_DATE_EPOCH=1700000000 "$BIN/cairn" image derive --from "$WORK/base" --version 2.0 \
   --signing-key "$WORK/release.key" --out "$WORK/update.bundle" 2>/dev/null
 rm -rf "$WORK/base"
+# The same bundle as earlier builds wrote it (format 1: one image digest, checked after the
+# write), signed with the same key, for the same run.
+python3 - "$WORK/update.bundle" "$WORK/format1.bundle" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1:]
+data = open(src, "rb").read()
+(length,) = struct.unpack("<I", data[12:16])
+manifest = json.loads(data[16:16 + length])
+del manifest["root_frames"]
+body = json.dumps(manifest, indent=2).encode()
+with open(dst, "wb") as out:
+    out.write(b"CAIRNBDL" + struct.pack("<II", 1, len(body)) + body + bytes(64))
+    out.write(data[16 + length + 64:])
+PY
+"$BIN/cairn" image sign --key "$WORK/release.key" "$WORK/format1.bundle" >/dev/null 2>&1
 # The uncompressed root image dd copies: exactly the bytes the slot writer writes.
 "$BIN/examples/slot_write" "$WORK/update.bundle" "$WORK/release.key.pub" "$WORK/root.img" 2>/dev/null
 zstd -q -3 "$WORK/root.img" -o "$WORK/root.img.zst"
@@ -59,7 +74,8 @@ hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$WORK/result.md" \
   --export-json "$WORK/result.json" \
   -n "dd" "dd if=$WORK/root.img of=$WORK/slot bs=1M conv=notrunc,fsync status=none" \
   -n "zstd -dc | dd" "zstd -dc $WORK/root.img.zst | dd of=$WORK/slot bs=1M conv=notrunc,fsync status=none" \
-  -n "cairn-node write_slot" "$BIN/examples/slot_write $WORK/update.bundle $WORK/release.key.pub $WORK/slot 2>/dev/null"
+  -n "cairn-node write_slot" "$BIN/examples/slot_write $WORK/update.bundle $WORK/release.key.pub $WORK/slot 2>/dev/null" \
+  -n "write_slot format 1" "$BIN/examples/slot_write $WORK/format1.bundle $WORK/release.key.pub $WORK/slot 2>/dev/null"
 echo "load after: $(uptime)"
 cat "$WORK/result.md"
 python3 - "$WORK/result.json" "$IMG" <<'PY'
@@ -70,5 +86,6 @@ for name, mean in r.items():
     print(f"{name}: {mib / mean:.0f} MiB/s")
 print(f"write_slot / dd throughput ratio: {r['dd'] / r['cairn-node write_slot']:.2f}x")
 print(f"write_slot / zstd -dc | dd throughput ratio: {r['zstd -dc | dd'] / r['cairn-node write_slot']:.2f}x")
+print(f"write_slot of a format-1 bundle (whole-image digest) / dd throughput ratio: {r['dd'] / r['write_slot format 1']:.2f}x")
 PY
 echo "root image: $((IMG >> 20)) MiB (squashfs of $MIB MiB of files), bundle $(( $(stat -c %s "$WORK/update.bundle") >> 20 )) MiB; $(nproc) cores"

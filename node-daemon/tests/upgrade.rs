@@ -447,6 +447,89 @@ fn tampered_and_unknown_key_bundles_are_refused_before_the_slot_is_touched() {
     }
 }
 
+/// The slot writer checks each 4 MiB frame against the bundle's signed frame digests before
+/// it writes it: a payload whose middle frame decodes cleanly but is not the signed one (a
+/// bundle whose payload was swapped after signing) leaves the frames before it in the slot
+/// and not a byte of it, and the error names the frame. Framed payloads (decoded on every
+/// core) and one-stream payloads (decoded on one) alike.
+#[test]
+fn a_frame_not_matching_its_signed_digest_never_reaches_the_slot() {
+    use cairn_formats::keys::TrustStore;
+    use cairn_formats::stream::{FRAME_SIZE, compress_frames};
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let trust = TrustStore::new(vec![key.public_key()]);
+    let image = noise(6 * FRAME_SIZE + 1000, 7);
+    let mut bad = image.clone();
+    for b in &mut bad[3 * FRAME_SIZE..4 * FRAME_SIZE] {
+        *b = !*b;
+    }
+    let raw = dir.path().join("root.img");
+    std::fs::write(&raw, &image).unwrap();
+    let framed = |image: &[u8]| {
+        let mut out = Vec::new();
+        compress_frames(image, &mut out).unwrap();
+        out
+    };
+    let payload = dir.path().join("root.img.zst");
+    std::fs::write(&payload, framed(&image)).unwrap();
+    let good = dir.path().join("good.bundle");
+    bundle::create(
+        &good,
+        "2026.12.1",
+        "x86_64",
+        vec![],
+        "2026-12-07T00:00:00Z",
+        &raw,
+        &payload,
+    )
+    .unwrap();
+    bundle::sign(&good, &key).unwrap();
+    let header_len = {
+        let bytes = std::fs::read(&good).unwrap();
+        16 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64 + 64
+    };
+    let slot = dir.path().join("slot");
+    let limit = (7 * FRAME_SIZE) as u64;
+
+    // The intact bundle fills the slot with the image.
+    std::fs::write(&slot, vec![0xa5u8; 7 * FRAME_SIZE]).unwrap();
+    let written = cairn_node_daemon::upgrade::write_slot(&good, &trust, &slot, 0, limit).unwrap();
+    assert_eq!(written, image.len() as u64);
+    assert!(std::fs::read(&slot).unwrap()[..image.len()] == image[..]);
+
+    for (how, swapped) in [
+        ("framed", framed(&bad)),
+        ("one stream", zstd::stream::encode_all(&bad[..], 3).unwrap()),
+    ] {
+        let tampered = dir.path().join("tampered.bundle");
+        let mut bytes = std::fs::read(&good).unwrap();
+        bytes.truncate(header_len as usize);
+        bytes.extend_from_slice(&swapped);
+        std::fs::write(&tampered, bytes).unwrap();
+        std::fs::write(&slot, vec![0xa5u8; 7 * FRAME_SIZE]).unwrap();
+        let err =
+            cairn_node_daemon::upgrade::write_slot(&tampered, &trust, &slot, 0, limit).unwrap_err();
+        let offset = 3 * FRAME_SIZE;
+        assert!(
+            err.contains(&format!(
+                "frame 3 (image bytes {offset}..{}) does not match",
+                offset + FRAME_SIZE
+            )),
+            "{how}: {err}"
+        );
+        let on_disk = std::fs::read(&slot).unwrap();
+        assert!(
+            on_disk[..offset] == image[..offset],
+            "{how}: frames 0-2 written"
+        );
+        assert!(
+            on_disk[offset..].iter().all(|b| *b == 0xa5),
+            "{how}: bytes of frame 3 or later reached the slot"
+        );
+    }
+}
+
 #[test]
 fn versions_the_node_may_not_install_are_refused_without_downloading() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,10 @@
 //!    and the start of every partition of the new layout (an old ESP, slot or data
 //!    filesystem at the same offset would otherwise be found again through the new GPT);
 //! 3. write the GPT (ESP, root-a, root-b, data) with no boot code: not bootable yet;
-//! 4. stream `root.img.zst` through zstd and SHA-256 into root-a, no temporary file;
-//! 5. only if the digest matches: write the seed (node.yaml, netplan, hub CA, token) as the
+//! 4. stream `root.img.zst` into root-a, no temporary file: each 4 MiB frame is decoded
+//!    and hashed on a core and written only once its SHA-256 matched the signed manifest's
+//!    (format 2; a format-1 manifest's single image digest is checked after the write);
+//! 5. only if the whole image matched: write the seed (node.yaml, netplan, hub CA, token) as the
 //!    data filesystem, so the disk never boots without its identity;
 //! 6. write the ESP (UEFI GRUB), GRUB's BIOS core and, last, the MBR boot code: from here
 //!    on the disk boots.
@@ -426,10 +428,11 @@ fn write_all(
         let payload = source.open("root.img.zst")?;
         // write_verified writes 4 MiB buffers: no buffering needed (nor wanted: a copy).
         let mut dest = target.image_writer_at(slot.offset);
-        // Only the image digest is checked: it proves what root-a holds, and hashing the
-        // payload too would cost a core's worth of time on the critical path for nothing
-        // more (zstd also checks each frame's own checksum as it decodes).
-        write_verified(payload, &mut dest, None, &m.root_image, slot.size, |n| {
+        // Only the image is checked (frame by frame, before each frame is written): that
+        // proves what root-a holds, and hashing the payload too would cost a core's worth of
+        // time on the critical path for nothing more (zstd also checks each frame's own
+        // checksum as it decodes).
+        write_verified(payload, &mut dest, None, m.root_check(), slot.size, |n| {
             progress.bytes(n, total)
         })
         .map_err(|source| InstallError::Verify {
@@ -460,7 +463,7 @@ fn write_all(
     {
         let payload = source.open("esp.img.zst")?;
         let mut dest = target.image_writer_at(esp.offset);
-        write_verified(payload, &mut dest, None, &m.esp_image, esp.size, |_| {}).map_err(
+        write_verified(payload, &mut dest, None, m.esp_check(), esp.size, |_| {}).map_err(
             |source| InstallError::Verify {
                 what: "the ESP image",
                 source,

@@ -255,8 +255,9 @@ impl SlotDevice for Slots {
 }
 
 /// Streams the root image of `bundle` (signature checked against `trust` first) into
-/// `slot_path` at `offset`, at most `limit` bytes, checking its SHA-256 on the way, and syncs
-/// it. Returns the image size. Blocking; also what `examples/slot_write.rs` measures.
+/// `slot_path` at `offset`, at most `limit` bytes, and syncs it. Each frame is checked
+/// against the signed manifest's frame digest before it is written (format 2 bundles; a
+/// format 1 bundle's image is checked by its one SHA-256 after the write). Returns the image size. Blocking; also what `examples/slot_write.rs` measures.
 pub fn write_slot(
     bundle: &Path,
     trust: &TrustStore,

@@ -1337,7 +1337,7 @@ mod tests {
         let s = parse_selector("site=dc1,role in (edge,core)").unwrap();
         assert_eq!(s.expression.to_string(), "site=dc1,role in (core,edge)");
         let e = parse_selector("site=dc1,role in edge").unwrap_err();
-        assert!(e.contains("at character 19"), "{e}");
+        assert!(e.contains("at character 18"), "{e}");
     }
 
     #[test]

@@ -943,7 +943,7 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
     let (_, c) = hub.admin().get("/v1/campaigns/c1").await;
     assert_eq!(c["window"], json!({"start": "22:00", "end": "04:00"}));
     assert_eq!(c["prestage"], true);
-    assert_eq!(c["selector"]["site"], "lab");
+    assert_eq!(c["selector"]["expression"], "site=lab");
     assert_eq!(
         run(&["campaigns", "start", "c1"]).await.unwrap(),
         Exit::Success

@@ -430,7 +430,7 @@ pub fn hub_view(
     info: &ServicesInfo,
 ) -> Result<std::collections::BTreeMap<String, cairn_api::hub::ApplianceView>, String> {
     let mut child = Services::hub_cli(netns, info)
-        .args(["--output", "json", "appliances", "list"])
+        .args(["--output", "json", "appliances", "list", "--all"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -448,7 +448,11 @@ pub fn hub_view(
     if !status.success() {
         return Err(format!("hub unreachable: {}", tail(&err, 3).trim()));
     }
-    let list: Vec<cairn_api::hub::ApplianceView> =
+    let list: cairn_api::hub::ApplianceList =
         serde_json::from_str(&out).map_err(|e| format!("hub answer: {e}"))?;
-    Ok(list.into_iter().map(|a| (a.hostname.clone(), a)).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .map(|a| (a.hostname.clone(), a))
+        .collect())
 }

@@ -18,9 +18,10 @@
 //! and one boot per row.
 //!
 //! The upgrade rows: one cuts inside a running appliance (`cairn-node` in the guest registered
-//! with a real `cairn-hub`, upgrading through a campaign) during the download, during the
-//! slot write and right after the boot selection is armed, and checks what boots and what
-//! the hub shows after each; two cut at boot: the disk as `cairn-node` leaves it before its
+//! with a real `cairn-hub`, upgrading through a campaign) during the download, halfway
+//! through the slot write, right after the boot selection is armed and between the commit's
+//! two copies of the boot selection, and checks what boots and what the hub shows after each
+//! (a cut at a chosen write: `blkdebug` fails it and `werror=stop` freezes the guest there); two cut at boot: the disk as `cairn-node` leaves it before its
 //! reboot, the power cut during the tried slot's first boot (QEMU killed, `cache=none`) or
 //! during the commit's write, and the real GRUB deciding at the next power-on. The matrix is
 //! in docs/images.md.
@@ -736,46 +737,94 @@ impl Appliance {
             .unwrap()
     }
 
-    /// Powers on with the power set to go as the first write reaching slot b's first sector
-    /// arrives (`blkdebug` fails it, `werror=stop` freezes the guest before it sees the error,
-    /// and [`Self::cut_at_slot_b`] kills QEMU): the write is lost with everything after it.
-    fn power_on_until_slot_b_is_written(&self, dir: &Path) -> Vm {
-        let table =
-            cairn_formats::gpt::read(&mut std::fs::File::open(&self.disk).unwrap()).unwrap();
-        let sector = table.get("root-b").unwrap().offset() / 512;
-        let conf = dir.join("slot-b.blkdebug");
-        std::fs::write(
-            &conf,
-            format!(
-                "[inject-error]\nevent = \"write_aio\"\niotype = \"write\"\nsector = \"{sector}\"\nerrno = \"5\"\nonce = \"off\"\n"
-            ),
-        )
-        .unwrap();
+    /// Powers on with the power set to go as the first write reaching disk sector `sector`
+    /// arrives (`blkdebug` fails it, `werror=stop` freezes the guest before it sees the
+    /// error, and [`Self::cut_at_the_stop`] kills QEMU): that write is lost with everything
+    /// after it. With `after_a_flush`, writes to `sector` before the guest's first flush pass:
+    /// GRUB's (firmware writes carry no flush) come before the kernel's first.
+    fn power_on_until_written(&self, dir: &Path, sector: u64, after_a_flush: bool) -> Vm {
+        let mut conf = String::new();
+        let state = if after_a_flush {
+            conf.push_str(
+                "[set-state]\nstate = \"1\"\nevent = \"flush_to_disk\"\nnew_state = \"2\"\n\n",
+            );
+            2
+        } else {
+            1
+        };
+        conf.push_str(&format!(
+            "[inject-error]\nstate = \"{state}\"\nevent = \"write_aio\"\niotype = \"write\"\n\
+             sector = \"{sector}\"\nerrno = \"5\"\nonce = \"off\"\n"
+        ));
+        let path = dir.join("cut.blkdebug");
+        std::fs::write(&path, conf).unwrap();
         self.machine
             .clone()
             .arg("-drive")
             .arg(format!(
                 "file=blkdebug:{}:{},format=raw,if=virtio,cache=none,werror=stop",
-                conf.display(),
+                path.display(),
                 self.disk.display()
             ))
             .spawn()
             .unwrap()
     }
 
-    /// Waits for the guest [`Self::power_on_until_slot_b_is_written`] started to stop on its
-    /// first write to slot b, then cuts the power.
-    fn cut_at_slot_b(vm: &mut Vm) {
-        Poll::new("the first write to slot b", LIMIT)
+    /// Waits for the guest [`Self::power_on_until_written`] started to stop on the write it
+    /// was set to fail (`what`), then cuts the power.
+    fn cut_at_the_stop(vm: &mut Vm, what: &str) {
+        Poll::new(what, LIMIT)
             .every(Duration::from_millis(250))
             .context(&|| plain(&vm.tail(40)))
             .until(|| {
+                // QEMU makes its QMP socket a moment after it starts.
                 vm.qmp(r#"{"execute":"query-status"}"#)
-                    .unwrap()
+                    .ok()?
                     .contains("io-error")
                     .then_some(())
             });
         vm.kill();
+    }
+
+    /// The disk sector halfway through `bundle`'s root image written into slot b.
+    fn middle_of_slot_b(&self, bundle: &Path) -> u64 {
+        let table =
+            cairn_formats::gpt::read(&mut std::fs::File::open(&self.disk).unwrap()).unwrap();
+        let header =
+            cairn_formats::bundle::Header::read(&mut std::fs::File::open(bundle).unwrap()).unwrap();
+        let size = header.unverified_manifest().root_image.size;
+        (table.get("root-b").unwrap().offset() + size / 2) / 512
+    }
+
+    /// The disk sector where the data of `name` in the ESP's `grub/` starts (a FAT
+    /// filesystem: mtools names the file's first cluster, the boot sector places clusters).
+    fn esp_file_sector(&self, name: &str) -> u64 {
+        let table =
+            cairn_formats::gpt::read(&mut std::fs::File::open(&self.disk).unwrap()).unwrap();
+        let esp = table.get("esp").unwrap().offset();
+        let out = Command::new("mshowfat")
+            .args(["-i", &common::esp(&self.disk), &format!("::grub/{name}")])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .expect("mshowfat (mtools)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let cluster: u64 = text
+            .split_once('<')
+            .and_then(|(_, rest)| rest.split(['>', '-']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("mshowfat: {text} {out:?}"));
+        let boot = read_at(&self.disk, esp, 512);
+        let u16_at = |i: usize| u64::from(u16::from_le_bytes([boot[i], boot[i + 1]]));
+        let sector_size = u16_at(11);
+        assert_eq!(sector_size, 512, "the ESP's sectors are 512 bytes");
+        let per_cluster = u64::from(boot[13]);
+        let fat_sectors = match u16_at(22) {
+            0 => u64::from(u32::from_le_bytes(boot[36..40].try_into().unwrap())),
+            n => n,
+        };
+        let root_dir_sectors = (u16_at(17) * 32).div_ceil(512);
+        let data = u16_at(14) + u64::from(boot[16]) * fat_sectors + root_dir_sectors;
+        esp / 512 + data + (cluster - 2) * per_cluster
     }
 
     /// The one appliance the hub knows, if it registered.
@@ -864,13 +913,14 @@ fn runs(status: &cairn_api::NodeStatus, version: &str, slot: &str) -> bool {
     status.os_version == version && status.booted_slot.as_deref() == Some(slot)
 }
 
-/// The upgrade cut inside a running appliance, three times on one disk: `cairn-node` in a
+/// The upgrade cut inside a running appliance, four times on one disk: `cairn-node` in a
 /// QEMU guest registered with a real `cairn-hub`, a campaign ordering 0.2.0, and the power
-/// cut (QEMU killed, `cache=none`) during the download, during the slot write and right after
-/// the boot selection was armed, each followed by a power-on of the same disk. The hub's view
-/// (heartbeats, campaign, quarantine) is checked after each.
+/// cut (QEMU killed, `cache=none`) during the download, halfway through the slot write, right
+/// after the boot selection was armed, and in the middle of the commit (between the two
+/// copies of the boot selection), each followed by a power-on of the same disk. The hub's
+/// view (heartbeats, campaign, quarantine) is checked after each.
 #[test]
-fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
+fn upgrade_cut_in_a_running_appliance_at_download_slot_write_arm_and_commit() {
     let started = Instant::now();
     let release = release();
     let dir = tempfile::tempdir().unwrap();
@@ -919,7 +969,8 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
     vm.kill();
     lap("cut 1, during the download");
     let before = app.last_seen();
-    let mut vm = app.power_on_until_slot_b_is_written(dir.path());
+    let middle = app.middle_of_slot_b(&release.bundle);
+    let mut vm = app.power_on_until_written(dir.path(), middle, false);
     // The old system, and the same order going on: the download is not a step that can
     // leave anything half-done on the slots.
     let after = app.wait(
@@ -938,9 +989,10 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
     let member = app.campaign("first").members[0].clone();
     assert_eq!(member.state, MemberState::Ordered, "{member:?}");
 
-    // 2. The power goes as the slot write reaches the disk.
-    Appliance::cut_at_slot_b(&mut vm);
-    lap("cut 2, during the slot write");
+    // 2. The power goes halfway through the slot write: the first half of the new image is
+    // on slot b, the rest is gone.
+    Appliance::cut_at_the_stop(&mut vm, "the write halfway through slot b");
+    lap("cut 2, halfway through the slot write");
     let console = plain(&vm.serial());
     assert!(
         console.contains("phase=Writing") && !console.contains("slot written and verified"),
@@ -1003,9 +1055,40 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_and_arm() {
         });
     vm.kill();
     lap("cut 3, after the arm");
+    // 4. The power goes in the middle of the commit: on the tried slot, after the health
+    // checks, the node has rewritten copy 1 of the boot selection (slot b, no try) and
+    // synced it; its write of copy 2 is lost. (GRUB's own rewrite of both copies at this
+    // power-on, before the kernel's first flush, goes through.)
+    let copy2 = app.esp_file_sector("grubenv.2");
+    let mut vm = app.power_on_until_written(dir.path(), copy2, true);
+    Appliance::cut_at_the_stop(&mut vm, "the commit's write of boot selection copy 2");
+    lap("cut 4, during the commit");
+    // The hub never heard of a commit: the campaign still waits for it.
+    let member = app.campaign("retry").members[0].clone();
+    assert_eq!(member.state, MemberState::Ordered, "{member:?}");
+    let console = plain(&vm.serial());
+    assert!(
+        console.contains("cairn-beacon version=0.2.0 slot=b"),
+        "the cut came before the new slot ran:\n{console}"
+    );
+    let [one, two] = app.grubenv();
+    assert_eq!(
+        (
+            one[grubenv::SLOT].as_str(),
+            one.get(grubenv::TRY).map_or("", String::as_str)
+        ),
+        ("b", ""),
+        "copy 1 holds the commit: {one:?}"
+    );
+    assert_eq!(
+        two.get(grubenv::TRY).map(String::as_str),
+        Some("b"),
+        "copy 2 still holds the armed try: {two:?}"
+    );
     let before = app.last_seen();
     let vm = app.power_on();
-    // GRUB takes the armed try: the new slot boots, passes its checks and commits.
+    // GRUB takes copy 1: slot b, committed; the node, still verifying by its record, checks
+    // its health again and finishes the commit (both copies).
     app.wait(&vm, "0.2.0 committed in slot b", Some(before), |_, s| {
         runs(s, "0.2.0", "b") && phase(s) == Some(UpgradePhase::Committed)
     });

@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 use cairn_api::UpgradePhase;
 use cairn_api::hub::{
     ApplianceQuery, ApplianceView, CampaignAction, CampaignState, CampaignView, CreateCampaign,
-    CreateEnrollmentToken, MemberState, Selector,
+    CreateEnrollmentToken, EnrollmentTokenView, MemberState, NewToken, Selector,
 };
 use cairn_formats::grubenv;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
+use cairn_installer::agent::plan::{InstallPlan, node_yaml};
 use cairn_test_support::hub::Hub;
 use cairn_test_support::{Poll, workspace_bin};
 use cairn_vm_harness::qemu::{BEACON_GUEST_ADDR, Nic, Vm, VmBuilder};
@@ -47,8 +48,6 @@ use common::*;
 
 /// A guest install or boot under TCG on a shared 2-core machine: tens of seconds.
 const LIMIT: Duration = Duration::from_secs(300);
-/// The hub the new install's seed names; the older install on the disk has no seed.
-const NEW_HUB: &str = "https://hub.new.test:8443";
 
 /// How the power goes during the install.
 #[derive(Clone, Copy, Debug)]
@@ -105,8 +104,8 @@ fn plain(text: &str) -> String {
 }
 
 /// The install medium: the release's payload and signed manifest, with a seed whose plan
-/// allows wiping the older install and names [`NEW_HUB`].
-fn medium(dir: &Path) -> PathBuf {
+/// allows wiping the older install (which has no seed) and names `site`'s hub and token.
+fn medium(dir: &Path, site: &SiteHub) -> PathBuf {
     let image = minimal_image();
     let root = dir.join("medium");
     let cairn = root.join("cairn");
@@ -121,9 +120,17 @@ fn medium(dir: &Path) -> PathBuf {
     ] {
         std::fs::copy(image.join("pxe").join(name), cairn.join(name)).unwrap();
     }
+    let plan = InstallPlan {
+        name: "edge-new".into(),
+        wipe: true,
+        node_yaml: Some(node_yaml("edge-new", &SiteHub::url())),
+        hub_ca: Some(site.hub.ca_pem.clone()),
+        enrollment_token: Some(site.token.token.clone()),
+        ..Default::default()
+    };
     std::fs::write(
         cairn.join("seed/install.yaml"),
-        format!("wipe: true\nnode_yaml: |\n  hostname: edge-new\n  hub:\n    url: {NEW_HUB}\n"),
+        serde_yaml_ng::to_string(&plan).unwrap(),
     )
     .unwrap();
     let iso = dir.join("medium.iso");
@@ -163,9 +170,9 @@ fn blkdebug_config(n: u32) -> String {
 }
 
 /// Runs the install environment onto `disk` until `cut`; returns its console, plain.
-fn install_until(dir: &Path, disk: &Path, cut: Cut) -> String {
+fn install_until(dir: &Path, disk: &Path, cut: Cut, site: &SiteHub) -> String {
     let image = minimal_image();
-    let iso = medium(dir);
+    let iso = medium(dir, site);
     let drive = match cut {
         Cut::KillAt(_) => format!("file={},format=raw,if=virtio,cache=none", disk.display()),
         Cut::DropAfterFlush(n) => {
@@ -219,15 +226,15 @@ fn steps(console: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Powers the machine on from `disk` and reports what came up.
-fn power_on(dir: &Path, disk: &Path, firmware: Firmware, until: Until) -> Boots {
+/// The machine with `disk` and `firmware`, no network (SeaBIOS logs to `firmware.log`).
+fn machine(dir: &Path, disk: &Path, firmware: Firmware) -> VmBuilder {
     let debugcon = dir.join("firmware.log");
     let _ = std::fs::remove_file(&debugcon);
-    let mut vm = VmBuilder::new().arg("-drive").arg(format!(
+    let vm = VmBuilder::new().arg("-drive").arg(format!(
         "file={},format=raw,if=virtio,cache=none",
         disk.display()
     ));
-    vm = match firmware {
+    match firmware {
         // SeaBIOS logs to the debug port; with no boot code it gives up at once instead of
         // retrying (and QEMU, told not to reboot, exits).
         Firmware::Bios => vm
@@ -248,7 +255,13 @@ fn power_on(dir: &Path, disk: &Path, firmware: Firmware, until: Until) -> Boots 
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         }
-    };
+    }
+}
+
+/// Powers the machine on from `disk` and reports what came up.
+fn power_on(dir: &Path, disk: &Path, firmware: Firmware, until: Until) -> Boots {
+    let vm = machine(dir, disk, firmware);
+    let debugcon = dir.join("firmware.log");
     let started = std::time::Instant::now();
     let mut tries = 0;
     let outcome = loop {
@@ -325,14 +338,35 @@ fn watch(console: &str, debugcon: &Path, until: Until) -> Option<Option<Boots>> 
         .then_some(Some(Boots::Nothing))
 }
 
-/// One row: an older install on the disk, the new install cut, the machine powered on.
-/// `last_step` is the last step the agent reported before the power went, which places the
-/// cut between it and the next step.
-fn install_row(cut: Cut, last_step: &str) -> (tempfile::TempDir, PathBuf) {
+/// Powers the machine on from `disk` with its network until its hub lists it; returns the
+/// hub's view of it and the console.
+fn power_on_until_registered(
+    dir: &Path,
+    disk: &Path,
+    firmware: Firmware,
+    site: &SiteHub,
+) -> (ApplianceView, String) {
+    let vm = site.nic(machine(dir, disk, firmware)).spawn().unwrap();
+    let appliance = Poll::new("the new system registered with its hub", LIMIT)
+        .every(Duration::from_millis(500))
+        .context(&|| plain(&vm.tail(40)))
+        .until(|| site.appliances().into_iter().next());
+    (appliance, plain(&vm.serial()))
+}
+
+/// One row: an older install on the disk, the new install (its seed naming a real hub) cut,
+/// the machine powered on. `last_step` is the last step the agent reported before the
+/// power went, which places the cut between it and the next step.
+fn install_row(cut: Cut, last_step: &str) -> (tempfile::TempDir, PathBuf, SiteHub) {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.raw");
     std::fs::copy(minimal_image().join("disk.raw"), &disk).unwrap();
-    let console = install_until(dir.path(), &disk, cut);
+    let site = SiteHub::new(
+        Hub::builder(workspace_bin("cairn-hub", "cairn-hub"))
+            .names(&["127.0.0.1", BEACON_GUEST_ADDR])
+            .start(),
+    );
+    let console = install_until(dir.path(), &disk, cut, &site);
     let seen = steps(&console);
     assert_eq!(
         seen.last(),
@@ -345,7 +379,7 @@ fn install_row(cut: Cut, last_step: &str) -> (tempfile::TempDir, PathBuf) {
             "the agent never met the dropped writes:\n{console}"
         );
     }
-    (dir, disk)
+    (dir, disk, site)
 }
 
 /// Whether two files hold the same bytes.
@@ -386,7 +420,7 @@ fn seed_node_yaml(dir: &Path, disk: &Path) -> String {
 
 #[test]
 fn install_cut_before_anything_is_durable_boots_the_old_system() {
-    let (dir, disk) = install_row(Cut::DropAfterFlush(0), "DiskSelected");
+    let (dir, disk, site) = install_row(Cut::DropAfterFlush(0), "DiskSelected");
     assert!(
         same_bytes(&disk, &minimal_image().join("disk.raw")),
         "a write reached the disk"
@@ -395,45 +429,50 @@ fn install_cut_before_anything_is_durable_boots_the_old_system() {
         power_on(dir.path(), &disk, Firmware::Bios, Until::Kernel),
         Boots::Kernel { slot: "a".into() }
     );
+    site.assert_untouched();
 }
 
 #[test]
 fn install_cut_at_the_gpt_boots_nothing() {
     // Flush 1 made the wipe of the old boot code, tables and partition starts durable; the
     // new GPT is lost.
-    let (dir, disk) = install_row(Cut::DropAfterFlush(1), "DiskSelected");
+    let (dir, disk, site) = install_row(Cut::DropAfterFlush(1), "DiskSelected");
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
         Boots::Nothing
     );
+    site.assert_untouched();
 }
 
 #[test]
 fn install_killed_while_streaming_the_root_boots_nothing() {
-    let (dir, disk) = install_row(Cut::KillAt("Writing"), "Writing");
+    let (dir, disk, site) = install_row(Cut::KillAt("Writing"), "Writing");
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
         Boots::Nothing
     );
+    site.assert_untouched();
 }
 
 #[test]
 fn install_cut_at_the_seed_boots_nothing() {
     // Flush 3 made root-a durable (verified); the seed's filesystem is lost.
-    let (dir, disk) = install_row(Cut::DropAfterFlush(3), "Verified");
+    let (dir, disk, site) = install_row(Cut::DropAfterFlush(3), "Verified");
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
         Boots::Nothing
     );
+    site.assert_untouched();
 }
 
 #[test]
 fn install_killed_while_writing_the_esp_boots_nothing_under_bios() {
-    let (dir, disk) = install_row(Cut::KillAt("SeedWritten"), "SeedWritten");
+    let (dir, disk, site) = install_row(Cut::KillAt("SeedWritten"), "SeedWritten");
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
         Boots::Nothing
     );
+    site.assert_untouched();
 }
 
 #[test]
@@ -441,17 +480,24 @@ fn install_cut_at_the_boot_code_boots_nothing_under_bios_and_the_new_system_unde
     // Flush 5 made the seed durable, flush 6 the ESP and GRUB's BIOS core; the MBR boot
     // code, the last write, is lost. UEFI needs no MBR: the new ESP's GRUB starts the new
     // slot, with the seed already on the disk (the old ESP was wiped at flush 1).
-    let (dir, disk) = install_row(Cut::DropAfterFlush(6), "SeedWritten");
+    let (dir, disk, site) = install_row(Cut::DropAfterFlush(6), "SeedWritten");
     assert_eq!(
         power_on(dir.path(), &disk, Firmware::Bios, Until::Beacon),
         Boots::Nothing
     );
-    assert_eq!(
-        power_on(dir.path(), &disk, Firmware::Uefi, Until::Kernel),
-        Boots::Kernel { slot: "a".into() }
-    );
+    site.assert_untouched();
     let seed = seed_node_yaml(dir.path(), &disk);
-    assert!(seed.contains(NEW_HUB), "{seed}");
+    assert!(seed.contains(&SiteHub::url()), "{seed}");
+    let (appliance, console) = power_on_until_registered(dir.path(), &disk, Firmware::Uefi, &site);
+    assert!(
+        console.contains(&format!(
+            "cairn-beacon version=0.1.0 slot=a hub={}",
+            SiteHub::url()
+        )),
+        "{console}"
+    );
+    assert_eq!(appliance.hostname, "edge-new", "{appliance:?}");
+    assert_eq!(site.token_uses(), 1);
 }
 
 /// A disk as `cairn-node` leaves it before the upgrade's reboot: slot b written (here the
@@ -641,24 +687,22 @@ fn release() -> Release {
     r
 }
 
-/// The appliance of the in-appliance upgrade row: its disk, how it is powered on (QEMU's user
-/// network relays each connection to the hub's address to the real hub), and the operator's
-/// view of it on the hub.
-struct Appliance {
+/// A real hub as a site's machine reaches it (QEMU's user network relays each connection to
+/// the hub's address in the seed to it), the operator's view of it, and one single-use
+/// enrollment token bound to the machine's MAC, which the seed carries.
+struct SiteHub {
     rt: tokio::runtime::Runtime,
     operator: HubClient,
-    machine: VmBuilder,
-    disk: PathBuf,
+    hub: Hub,
+    token: NewToken<EnrollmentTokenView>,
 }
 
-/// The hub's address as the appliance's seed names it.
+/// The hub's address as the seed names it.
 const APPLIANCE_HUB_PORT: u16 = 8443;
 const APPLIANCE_MAC: &str = "52:54:00:c0:de:22";
 
-impl Appliance {
-    /// Installs `release`'s 0.1.0 with the host's `cairn-agent` onto a blank disk, with a
-    /// seed naming `hub` and a single-use token bound to the appliance's MAC.
-    fn install(dir: &Path, release: &Release, hub: &Hub) -> Self {
+impl SiteHub {
+    fn new(hub: Hub) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let operator = HubClient::new(&hub.url, &Trust::CaBundle(hub.ca_pem.clone()), None)
             .unwrap()
@@ -673,21 +717,93 @@ impl Appliance {
                 mac: Some(APPLIANCE_MAC.into()),
                 serial: None,
             }))
-            .expect("minting a MAC-bound token")
-            .token;
+            .expect("minting a MAC-bound token");
+        Self {
+            rt,
+            operator,
+            hub,
+            token,
+        }
+    }
+
+    /// The hub's URL in the seed.
+    fn url() -> String {
+        format!("https://{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}")
+    }
+
+    /// The machine's NIC: its MAC, and the relay to the hub.
+    fn nic(&self, machine: VmBuilder) -> VmBuilder {
+        let hub_port = self.hub.addr().rsplit_once(':').unwrap().1.to_owned();
+        machine.nic(
+            Nic::User {
+                options: format!(
+                    "guestfwd=tcp:{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}-cmd:socat - TCP:127.0.0.1:{hub_port}"
+                ),
+            },
+            &format!("virtio-net-pci,mac={APPLIANCE_MAC}"),
+        )
+    }
+
+    /// The appliances the hub knows.
+    fn appliances(&self) -> Vec<ApplianceView> {
+        self.rt
+            .block_on(self.operator.list_appliances(&ApplianceQuery::default()))
+            .expect("listing appliances")
+            .into_iter()
+            .collect()
+    }
+
+    /// How many times the seed's token was used.
+    fn token_uses(&self) -> u32 {
+        let tokens = self
+            .rt
+            .block_on(self.operator.list_tokens())
+            .expect("listing tokens");
+        tokens
+            .iter()
+            .find(|t| t.id == self.token.view.id)
+            .unwrap_or_else(|| panic!("the seed's token is gone: {tokens:?}"))
+            .uses
+    }
+
+    /// The hub after a cut that left nothing of the new install running: no appliance, and
+    /// the seed's token unused, so the install the machine falls back to can still use it.
+    fn assert_untouched(&self) {
+        assert_eq!(
+            self.appliances(),
+            vec![],
+            "the hub met a half-installed machine"
+        );
+        assert_eq!(self.token_uses(), 0, "the seed's token was used");
+    }
+}
+
+/// The appliance of the in-appliance upgrade row: its disk, how it is powered on, and its
+/// hub.
+struct Appliance {
+    site: SiteHub,
+    machine: VmBuilder,
+    disk: PathBuf,
+}
+
+impl Appliance {
+    /// Installs `release`'s 0.1.0 with the host's `cairn-agent` onto a blank disk, with a
+    /// seed naming `site`'s hub and carrying its token.
+    fn install(dir: &Path, release: &Release, site: SiteHub) -> Self {
         let source = source_copy(&release.base, dir);
         let seed = source.join("seed");
         std::fs::create_dir_all(&seed).unwrap();
         std::fs::write(
             seed.join("node.yaml"),
-            cairn_installer::agent::plan::node_yaml(
-                "edge-cut",
-                &format!("https://{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}"),
-            ),
+            node_yaml("edge-cut", &SiteHub::url()),
         )
         .unwrap();
-        std::fs::write(seed.join("hub-ca.pem"), &hub.ca_pem).unwrap();
-        std::fs::write(seed.join("enrollment-token"), format!("{token}\n")).unwrap();
+        std::fs::write(seed.join("hub-ca.pem"), &site.hub.ca_pem).unwrap();
+        std::fs::write(
+            seed.join("enrollment-token"),
+            format!("{}\n", site.token.token),
+        )
+        .unwrap();
         let disk = dir.join("disk.raw");
         blank_disk(&disk, 512);
         let (code, out, err) = run(
@@ -704,20 +820,9 @@ impl Appliance {
         );
         assert_eq!(code, 0, "{out}\n{err}");
         std::fs::remove_dir_all(&source).unwrap();
-        let hub_port = hub.addr().rsplit_once(':').unwrap().1.to_owned();
-        let machine = VmBuilder::new()
-            .nic(
-                Nic::User {
-                    options: format!(
-                        "guestfwd=tcp:{BEACON_GUEST_ADDR}:{APPLIANCE_HUB_PORT}-cmd:socat - TCP:127.0.0.1:{hub_port}"
-                    ),
-                },
-                &format!("virtio-net-pci,mac={APPLIANCE_MAC}"),
-            )
-            .qmp(true);
+        let machine = site.nic(VmBuilder::new()).qmp(true);
         Self {
-            rt,
-            operator,
+            site,
             machine,
             disk,
         }
@@ -829,10 +934,7 @@ impl Appliance {
 
     /// The one appliance the hub knows, if it registered.
     fn view(&self) -> Option<ApplianceView> {
-        let list = self
-            .rt
-            .block_on(self.operator.list_appliances(&ApplianceQuery::default()))
-            .expect("listing appliances");
+        let list = self.site.appliances();
         assert!(list.len() <= 1, "more than one appliance: {list:#?}");
         list.into_iter().next()
     }
@@ -867,8 +969,9 @@ impl Appliance {
     }
 
     fn start_campaign(&self, name: &str) {
-        self.rt
-            .block_on(self.operator.create_campaign(&CreateCampaign {
+        self.site
+            .rt
+            .block_on(self.site.operator.create_campaign(&CreateCampaign {
                 name: name.into(),
                 release: "0.2.0".into(),
                 selector: Selector::default(),
@@ -882,14 +985,20 @@ impl Appliance {
                 deadline_seconds: None,
             }))
             .expect("creating a campaign");
-        self.rt
-            .block_on(self.operator.campaign_action(name, CampaignAction::Start))
+        self.site
+            .rt
+            .block_on(
+                self.site
+                    .operator
+                    .campaign_action(name, CampaignAction::Start),
+            )
             .expect("starting a campaign");
     }
 
     fn campaign(&self, name: &str) -> CampaignView {
-        self.rt
-            .block_on(self.operator.campaign(name))
+        self.site
+            .rt
+            .block_on(self.site.operator.campaign(name))
             .expect("reading a campaign")
     }
 
@@ -935,12 +1044,13 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_arm_and_commit() {
             "250",
         ])
         .start();
-    let app = Appliance::install(dir.path(), &release, &hub);
+    let app = Appliance::install(dir.path(), &release, SiteHub::new(hub));
     let sha256 = cairn_formats::stream::Digest::of_file(&release.bundle)
         .unwrap()
         .sha256;
-    app.rt
-        .block_on(app.operator.upload_release(&release.bundle, &sha256))
+    app.site
+        .rt
+        .block_on(app.site.operator.upload_release(&release.bundle, &sha256))
         .expect("adding release 0.2.0");
     let lap = |what: &str| eprintln!("{what}: {:.0?}", started.elapsed());
     lap("release built, hub up, appliance installed");
@@ -1037,8 +1147,9 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_arm_and_commit() {
     lap("interrupted on the hub");
 
     // A retried order goes on: an operator clears the quarantine and starts a new campaign.
-    app.rt
-        .block_on(app.operator.clear_quarantine(&id, "0.2.0"))
+    app.site
+        .rt
+        .block_on(app.site.operator.clear_quarantine(&id, "0.2.0"))
         .expect("clearing the quarantine");
     app.start_campaign("retry");
 

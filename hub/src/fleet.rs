@@ -406,6 +406,15 @@ pub struct Fleet {
     /// What this hub knows of the appliances it serves heartbeats to
     /// ([`heartbeats::Served`]): a known appliance's heartbeat is one conditional write.
     served: Arc<heartbeats::Served>,
+    /// Whether this process led at its last election, and the jobs to wake when it starts to.
+    leadership: Arc<Leadership>,
+}
+
+/// Whether this process leads the singleton jobs, as its last election said.
+#[derive(Default)]
+struct Leadership {
+    leading: std::sync::atomic::AtomicBool,
+    gained: tokio::sync::Notify,
 }
 
 impl Fleet {
@@ -419,6 +428,7 @@ impl Fleet {
             kube: Arc::new(KubeBootstrapTokens),
             log_writes,
             served: Default::default(),
+            leadership: Default::default(),
         }
     }
 
@@ -439,7 +449,32 @@ impl Fleet {
             kube: self.kube.clone(),
             log_writes: self.log_writes.clone(),
             served: self.served.clone(),
+            leadership: self.leadership.clone(),
         }
+    }
+
+    /// Campaigns for (or renews) the leadership of the singleton jobs; when this process has
+    /// just become the leader, wakes the jobs waiting in [`Self::took_leadership`].
+    pub async fn lead(&self) -> Result<Option<Fence>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let lead = self.store.lead().await;
+        match &lead {
+            Ok(Some(_)) => {
+                if !self.leadership.leading.swap(true, Ordering::SeqCst) {
+                    self.leadership.gained.notify_waiters();
+                }
+            }
+            Ok(None) => self.leadership.leading.store(false, Ordering::SeqCst),
+            // Unknown: the next election says.
+            Err(_) => {}
+        }
+        lead
+    }
+
+    /// Resolves the next time this process becomes the leader (a takeover, or the start of
+    /// a hub that leads at once).
+    pub async fn took_leadership(&self) {
+        self.leadership.gained.notified().await;
     }
 
     /// The store, for metrics and jobs.

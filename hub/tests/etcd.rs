@@ -329,3 +329,122 @@ async fn a_leader_paused_past_its_lease_commits_nothing_after() {
         log(&a)
     );
 }
+
+/// A new leader repairs at once what the dead one left half-done: the leading hub is killed
+/// by its failpoint after it committed a VPC attach and before it rewrote the members'
+/// desired states. The other hub's reconciler runs only every hour, yet once the dead
+/// leader's lease lapses and it takes the leadership over, its reconciler passes at the
+/// takeover: both members' overlays name each other.
+#[tokio::test]
+async fn a_new_leader_repairs_what_the_dead_leader_left_half_done_at_the_takeover() {
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let failpoint = format!(
+        "{}={}=kill",
+        cairn_hub::failpoint::ENV,
+        cairn_hub::failpoint::MEMBERSHIP_COMMITTED
+    );
+    let mut serve = serve(&endpoints, "1");
+    serve.extend(["--reconcile-every", "3600"]);
+    let leads = "this hub now runs the singleton jobs";
+    let log = |hub: &Hub| std::fs::read_to_string(&hub.log).unwrap_or_default();
+    // `a` starts first and leads; only `a` has the failpoint.
+    let mut a = Hub::builder(common::hub_bin())
+        .prefix(&["env", &failpoint])
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve)
+        .start();
+    cairn_test_support::poll("the first hub to lead", LIMIT, || {
+        log(&a).contains(leads).then_some(())
+    });
+    let b = a.replica(&serve);
+
+    let admin = b.admin();
+    let token = admin.enrollment_token("lab", 2).await;
+    let mut members = Vec::new();
+    for i in 1..=2 {
+        let d = Device::new(
+            &format!("edge-t{i}"),
+            &format!("TAKEOVER-{i}"),
+            &[&format!("52:54:00:10:03:{i:02x}")],
+        );
+        let reg = d.register(&b, &token).await;
+        members.push((d, reg, format!("198.18.2.{i}")));
+    }
+    let beat = |i: usize| {
+        let (d, reg, vtep) = &members[i];
+        let (http, url, body) = (
+            d.client(&b, reg),
+            format!("{}/v1/heartbeats", b.url),
+            heartbeat(0, Some(vtep)),
+        );
+        async move {
+            let (s, answer) = post(&http, url, &body).await;
+            assert_eq!(s, 200, "{answer}");
+            answer["desired"].clone()
+        }
+    };
+    for i in 0..2 {
+        beat(i).await;
+    }
+    let (s, vpc) = admin
+        .post(
+            "/v1/vpcs",
+            serde_json::json!({"name": "green", "subnet": "10.71.0.0/24"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{vpc}");
+    let attach = |op: &common::Operator, i: usize| {
+        let req = op
+            .http
+            .post(format!("{}/v1/vpcs/green/attach", op.url))
+            .bearer_auth(&op.token)
+            .json(&serde_json::json!({"appliance_id": members[i].1.appliance_id}));
+        async move { req.send().await }
+    };
+    let r = attach(&admin, 0).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The leader dies between the second attach's writes.
+    let a_pid = a.pid();
+    assert!(
+        attach(&a.admin(), 1).await.is_err(),
+        "the leader died before answering the attach"
+    );
+    cairn_test_support::poll("the leader to die at the failpoint", LIMIT, || {
+        (process_state(a_pid) == Some('Z')).then_some(())
+    });
+    a.kill();
+    let (_, vpcs) = admin.get("/v1/vpcs").await;
+    assert_eq!(
+        vpcs[0]["members"].as_array().map(Vec::len),
+        Some(2),
+        "the membership was committed before the crash: {vpcs}"
+    );
+    poll_async("the other hub to take over", LIMIT, || async {
+        log(&b).contains(leads).then_some(())
+    })
+    .await;
+    // Its reconciler's next period is an hour away: only the takeover's pass repairs.
+    poll_async(
+        "the first member's overlay to be repaired",
+        LIMIT,
+        || async {
+            let d = beat(0).await;
+            (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.2.2"]))
+                .then_some(())
+        },
+    )
+    .await;
+    let second = beat(1).await;
+    assert_eq!(
+        second["overlay"]["vpcs"][0]["peer_vteps"],
+        serde_json::json!(["198.18.2.1"]),
+        "{second}"
+    );
+    assert!(
+        log(&b).contains("reconciler pass repaired stale desired states"),
+        "{}",
+        log(&b)
+    );
+}

@@ -454,11 +454,13 @@ pub async fn housekeeping(fleet: Arc<Fleet>, every: Duration) {
 }
 
 /// Runs the reconciler every `every` while this process leads, the first time as soon as
-/// the hub starts: rewrites the desired states that went stale (a crash between a primary
+/// the hub starts and again as soon as this process takes the leadership over (what a dead
+/// leader left half-done is repaired at the takeover, not a period later): rewrites the desired states that went stale (a crash between a primary
 /// change and the rewrite of what derives from it) and counts what it repaired in
 /// `cairn_hub_reconciler_repairs_total`.
 pub async fn reconciler(fleet: Arc<Fleet>, metrics: Arc<Metrics>, every: Duration) {
-    while_leading(fleet, every, "reconciler", never, move |f| {
+    let takeover = |f: Arc<Fleet>| async move { f.took_leadership().await };
+    while_leading(fleet, every, "reconciler", takeover, move |f| {
         let metrics = metrics.clone();
         async move {
             let repairs = f.reconcile().await?;
@@ -488,7 +490,7 @@ pub async fn keep_leadership(fleet: Arc<Fleet>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = fleet.store().lead().await {
+        if let Err(e) = fleet.lead().await {
             tracing::warn!(error = %e, "leadership check failed");
         }
     }
@@ -523,7 +525,7 @@ async fn while_leading<W, WakeFut, F, Fut>(
             _ = tick.tick() => {}
             () = wake(fleet.clone()) => {}
         }
-        match fleet.store().lead().await {
+        match fleet.lead().await {
             Ok(Some(fence)) => match pass(Arc::new(fleet.as_leader(fence))).await {
                 Ok(_) => {}
                 Err(FleetError::Store(StoreError::NotLeader)) => {

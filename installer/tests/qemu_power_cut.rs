@@ -1008,6 +1008,9 @@ impl Appliance {
     }
 }
 
+/// How often `cairn-node` syncs a download in progress (its `CHECKPOINT_BYTES`).
+const CHECKPOINT: u64 = 4 << 20;
+
 /// The upgrade phase a heartbeat reports for 0.2.0, if any.
 fn phase(status: &cairn_api::NodeStatus) -> Option<UpgradePhase> {
     status
@@ -1062,20 +1065,25 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_arm_and_commit() {
     });
     let id = first.id.to_string();
     app.start_campaign("first");
-    app.wait(&vm, "part of the bundle downloaded", None, |_, s| {
-        let downloading = s
-            .upgrade
-            .as_ref()
-            .is_some_and(|u| u.phase == UpgradePhase::Downloading && u.bytes_done > 0);
-        assert!(
-            matches!(
-                phase(s),
-                None | Some(UpgradePhase::Waiting | UpgradePhase::Downloading)
-            ),
-            "the download ended before a heartbeat showed it under way: {s:?}"
-        );
-        downloading
-    });
+    // A report of 4 MiB or more comes after the node synced its first 4 MiB checkpoint.
+    app.wait(
+        &vm,
+        "the first 4 MiB of the bundle downloaded",
+        None,
+        |_, s| {
+            let downloading = s.upgrade.as_ref().is_some_and(|u| {
+                u.phase == UpgradePhase::Downloading && u.bytes_done >= CHECKPOINT
+            });
+            assert!(
+                matches!(
+                    phase(s),
+                    None | Some(UpgradePhase::Waiting | UpgradePhase::Downloading)
+                ),
+                "the download ended before a heartbeat showed it under way: {s:?}"
+            );
+            downloading
+        },
+    );
     vm.kill();
     lap("cut 1, during the download");
     let before = app.last_seen();
@@ -1096,6 +1104,16 @@ fn upgrade_cut_in_a_running_appliance_at_download_slot_write_arm_and_commit() {
         },
     );
     assert_eq!(after.id, first.id);
+    // The download resumed from its last checkpoint rather than from byte 0.
+    let console = plain(&vm.serial());
+    let from: u64 = console
+        .split("download resumed from=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the download started again from byte 0:\n{console}"));
+    assert!(from >= CHECKPOINT, "resumed from byte {from}");
+    lap(&format!("the download resumed from byte {from}"));
     let member = app.campaign("first").members[0].clone();
     assert_eq!(member.state, MemberState::Ordered, "{member:?}");
 

@@ -353,9 +353,14 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
 }
 
+/// How much of a download a power cut may lose: the partial file is synced each time it
+/// grows by this much (one frame of a bundle), so the next start resumes there with Range.
+/// A progress report never runs ahead of the last checkpoint by more than this.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
 /// Downloads over HTTPS with Range into `<dir>/<sha256>.partial`, kept as `<sha256>.bundle`
 /// once its size and SHA-256 match the order. Nothing is fetched without room for it
-/// ([`check_room`]).
+/// ([`check_room`]); the partial file is synced every [`CHECKPOINT_BYTES`].
 pub struct Https {
     /// The data directory.
     pub dir: PathBuf,
@@ -469,6 +474,7 @@ impl Fetcher for Https {
             let mut out = BufWriter::with_capacity(64 << 10, &mut file);
             let started = Instant::now();
             let first = have;
+            let mut synced = have;
             while let Some(chunk) = response.chunk().await.map_err(|e| retry(&e))? {
                 have += chunk.len() as u64;
                 if have > order.size_bytes {
@@ -481,6 +487,12 @@ impl Fetcher for Https {
                 }
                 out.write_all(&chunk)
                     .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+                if have - synced >= CHECKPOINT_BYTES {
+                    out.flush()
+                        .and_then(|()| out.get_ref().sync_data())
+                        .map_err(|e| StepError::Failed(format!("{}: {e}", partial.display())))?;
+                    synced = have;
+                }
                 progress(have, order.size_bytes);
                 if let Some(rate) = order.max_bytes_per_second.filter(|r| *r > 0) {
                     let due = Duration::from_secs_f64((have - first) as f64 / rate as f64);

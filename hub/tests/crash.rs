@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_test_support::{poll, poll_async};
-use common::{Device, Hub, HubClients, LIMIT, heartbeat, post};
+use common::{Device, Hub, HubClients, LIMIT, Overlay, process_state};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,13 +320,6 @@ async fn killing_a_hub_and_an_etcd_member_under_load_loses_no_acknowledged_write
     );
 }
 
-/// The state letter of a process (`/proc/PID/stat`): `Z` once it died unreaped, `T` stopped.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE ...": the command may hold spaces, the last ')' ends it.
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 /// The hub is killed (SIGKILL, by its own failpoint: deterministic, at the one instant that
 /// matters) after it committed an attach and before it rewrote the members' desired
 /// states. Restarted, its reconciler's first pass repairs both members' overlays, with an
@@ -342,33 +335,7 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
     let serve = ["--reconcile-every", "3600"];
     let mut hub = Hub::builder(common::hub_bin()).serve_args(&serve).start();
     let admin = hub.admin();
-    let token = admin.enrollment_token("lab", 2).await;
-    let mut members = Vec::new();
-    for i in 1..=2 {
-        let d = Device::new(
-            &format!("edge-r{i}"),
-            &format!("RECONCILE-{i}"),
-            &[&format!("52:54:00:50:00:{i:02x}")],
-        );
-        let reg = d.register(&hub, &token).await;
-        members.push((d, reg, format!("198.18.1.{i}")));
-    }
-    let beat = |hub: &Hub, i: usize| {
-        let (d, reg, vtep) = &members[i];
-        let (http, url, body) = (
-            d.client(hub, reg),
-            format!("{}/v1/heartbeats", hub.url),
-            heartbeat(0, Some(vtep)),
-        );
-        async move {
-            let (s, answer) = post(&http, url, &body).await;
-            assert_eq!(s, 200, "{answer}");
-            answer["desired"].clone()
-        }
-    };
-    for i in 0..2 {
-        beat(&hub, i).await;
-    }
+    let members = Overlay::register(&hub, 2, "edge-r", "52:54:00:50:00", "198.18.1").await;
     let (s, vpc) = admin
         .post(
             "/v1/vpcs",
@@ -376,17 +343,9 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         )
         .await;
     assert_eq!(s, 201, "{vpc}");
-    let attach = |op: &common::Operator, i: usize| {
-        let req = op
-            .http
-            .post(format!("{}/v1/vpcs/blue/attach", op.url))
-            .bearer_auth(&op.token)
-            .json(&serde_json::json!({"appliance_id": members[i].1.appliance_id}));
-        async move { req.send().await }
-    };
-    let r = attach(&admin, 0).await.unwrap();
+    let r = members.attach(&admin, "blue", 0).await.unwrap();
     assert_eq!(r.status(), 200);
-    let before = beat(&hub, 0).await;
+    let before = members.beat(&hub, 0).await;
     assert_eq!(
         before["overlay"]["vpcs"][0]["peer_vteps"],
         serde_json::json!([])
@@ -402,7 +361,7 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         .start();
     let admin = armed.admin();
     assert!(
-        attach(&admin, 1).await.is_err(),
+        members.attach(&admin, "blue", 1).await.is_err(),
         "the hub died before answering the attach"
     );
     let pid = armed.pid();
@@ -427,14 +386,14 @@ async fn a_crash_between_a_membership_and_its_overlays_is_repaired_at_restart() 
         "the first member's overlay to be repaired",
         LIMIT,
         || async {
-            let d = beat(&restarted, 0).await;
+            let d = members.beat(&restarted, 0).await;
             (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.1.2"]))
                 .then_some(d)
         },
     )
     .await;
     assert!(first["generation"].as_u64() > before["generation"].as_u64());
-    let second = beat(&restarted, 1).await;
+    let second = members.beat(&restarted, 1).await;
     assert_eq!(
         second["overlay"]["vpcs"][0]["peer_vteps"],
         serde_json::json!(["198.18.1.1"]),

@@ -8,7 +8,7 @@ mod common;
 mod testutil;
 
 use cairn_test_support::poll_async;
-use common::{Device, Hub, HubClients, LIMIT, heartbeat, post};
+use common::{Device, Hub, HubClients, LIMIT, Overlay, heartbeat, post, process_state};
 use serde_json::Value;
 
 async fn offline_events(op: &common::Operator, id: &str) -> Vec<Value> {
@@ -226,12 +226,6 @@ async fn the_last_admin_token_cannot_be_revoked_or_deleted_on_etcd() {
     common::the_last_admin_is_kept(&hub).await;
 }
 
-/// The state letter of a process (`/proc/PID/stat`): `T` while stopped.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 /// Leader fencing with two real hubs: the leader stops itself (SIGSTOP, by its failpoint)
 /// just before committing a leader write (marking a silent appliance offline), for longer
 /// than the lease. The other hub takes the leadership; its offline detector runs only every
@@ -360,33 +354,7 @@ async fn a_new_leader_repairs_what_the_dead_leader_left_half_done_at_the_takeove
     let b = a.replica(&serve);
 
     let admin = b.admin();
-    let token = admin.enrollment_token("lab", 2).await;
-    let mut members = Vec::new();
-    for i in 1..=2 {
-        let d = Device::new(
-            &format!("edge-t{i}"),
-            &format!("TAKEOVER-{i}"),
-            &[&format!("52:54:00:10:03:{i:02x}")],
-        );
-        let reg = d.register(&b, &token).await;
-        members.push((d, reg, format!("198.18.2.{i}")));
-    }
-    let beat = |i: usize| {
-        let (d, reg, vtep) = &members[i];
-        let (http, url, body) = (
-            d.client(&b, reg),
-            format!("{}/v1/heartbeats", b.url),
-            heartbeat(0, Some(vtep)),
-        );
-        async move {
-            let (s, answer) = post(&http, url, &body).await;
-            assert_eq!(s, 200, "{answer}");
-            answer["desired"].clone()
-        }
-    };
-    for i in 0..2 {
-        beat(i).await;
-    }
+    let members = Overlay::register(&b, 2, "edge-t", "52:54:00:10:03", "198.18.2").await;
     let (s, vpc) = admin
         .post(
             "/v1/vpcs",
@@ -394,21 +362,13 @@ async fn a_new_leader_repairs_what_the_dead_leader_left_half_done_at_the_takeove
         )
         .await;
     assert_eq!(s, 201, "{vpc}");
-    let attach = |op: &common::Operator, i: usize| {
-        let req = op
-            .http
-            .post(format!("{}/v1/vpcs/green/attach", op.url))
-            .bearer_auth(&op.token)
-            .json(&serde_json::json!({"appliance_id": members[i].1.appliance_id}));
-        async move { req.send().await }
-    };
-    let r = attach(&admin, 0).await.unwrap();
+    let r = members.attach(&admin, "green", 0).await.unwrap();
     assert_eq!(r.status(), 200);
 
     // The leader dies between the second attach's writes.
     let a_pid = a.pid();
     assert!(
-        attach(&a.admin(), 1).await.is_err(),
+        members.attach(&a.admin(), "green", 1).await.is_err(),
         "the leader died before answering the attach"
     );
     cairn_test_support::poll("the leader to die at the failpoint", LIMIT, || {
@@ -430,13 +390,13 @@ async fn a_new_leader_repairs_what_the_dead_leader_left_half_done_at_the_takeove
         "the first member's overlay to be repaired",
         LIMIT,
         || async {
-            let d = beat(0).await;
+            let d = members.beat(&b, 0).await;
             (d["overlay"]["vpcs"][0]["peer_vteps"] == serde_json::json!(["198.18.2.2"]))
                 .then_some(())
         },
     )
     .await;
-    let second = beat(1).await;
+    let second = members.beat(&b, 1).await;
     assert_eq!(
         second["overlay"]["vpcs"][0]["peer_vteps"],
         serde_json::json!(["198.18.2.1"]),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_formats::bundle;
 use cairn_formats::keys::SigningKey;
-use common::{Device, Hub, HubClients, LIMIT, Operator};
+use common::{Device, Hub, HubClients, LIMIT, Operator, process_state};
 
 /// Polls `$body` (an `Option`-valued block that may borrow mutably) until it is `Some`; a
 /// closure-based poll cannot lend `&mut` nodes to its future.
@@ -732,12 +732,6 @@ async fn two_hubs_on_etcd_run_one_campaign_driver() {
         assert_eq!(view["desired"]["generation"], 3, "{view}");
         assert_eq!(view["status"]["status"]["os_version"], "2.0");
     }
-}
-
-/// The state letter of a process (`/proc/PID/stat`): `T` while stopped.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// A campaign step is not executed twice by two drivers: the leading hub stops itself

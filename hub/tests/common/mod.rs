@@ -332,3 +332,75 @@ pub async fn the_last_admin_is_kept(hub: &Hub) {
     assert!(s < 300, "{s} {body}");
     assert_eq!(second.get("/v1/operator-tokens").await.0, 200);
 }
+
+/// The state letter of a process (`/proc/PID/stat`): `Z` once it died unreaped, `T` stopped.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": the command may hold spaces, the last ')' ends it.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Appliances registered with one token, each reporting its VTEP: the members of the VPC
+/// overlay tests.
+pub struct Overlay {
+    /// Each member's key, registration and VTEP address.
+    pub members: Vec<(Device, RegistrationResponse, String)>,
+}
+
+impl Overlay {
+    /// Registers `n` appliances on `hub`, `{name}{i}` with MAC `{mac_prefix}:{i}` and VTEP
+    /// `{vtep_net}.{i}` (i from 1), and sends a first heartbeat for each.
+    pub async fn register(
+        hub: &Hub,
+        n: usize,
+        name: &str,
+        mac_prefix: &str,
+        vtep_net: &str,
+    ) -> Overlay {
+        let token = hub.admin().enrollment_token("lab", n as u32).await;
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let d = Device::new(
+                &format!("{name}{i}"),
+                &format!("{}-{i}", name.to_ascii_uppercase()),
+                &[&format!("{mac_prefix}:{i:02x}")],
+            );
+            let reg = d.register(hub, &token).await;
+            members.push((d, reg, format!("{vtep_net}.{i}")));
+        }
+        let overlay = Overlay { members };
+        for i in 0..n {
+            overlay.beat(hub, i).await;
+        }
+        overlay
+    }
+
+    /// Member `i`'s heartbeat through `hub`; the desired state it is answered.
+    pub async fn beat(&self, hub: &Hub, i: usize) -> Value {
+        let (d, reg, vtep) = &self.members[i];
+        let (s, answer) = post(
+            &d.client(hub, reg),
+            format!("{}/v1/heartbeats", hub.url),
+            &heartbeat(0, Some(vtep)),
+        )
+        .await;
+        assert_eq!(s, 200, "{answer}");
+        answer["desired"].clone()
+    }
+
+    /// Attaches member `i` to VPC `vpc` as `op`: the transport's result (a hub that dies
+    /// answers nothing).
+    pub async fn attach(
+        &self,
+        op: &Operator,
+        vpc: &str,
+        i: usize,
+    ) -> reqwest::Result<reqwest::Response> {
+        op.http
+            .post(format!("{}/v1/vpcs/{vpc}/attach", op.url))
+            .bearer_auth(&op.token)
+            .json(&json!({"appliance_id": self.members[i].1.appliance_id}))
+            .send()
+            .await
+    }
+}

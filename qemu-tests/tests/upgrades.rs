@@ -11,8 +11,9 @@
 //! set of binaries and shared by the tests of a run.
 //!
 //! TCG boots are slow, so scenarios share labs: the fast test provisions one appliance and
-//! runs e and a one-appliance upgrade; the slow one provisions three and runs a, then b, c
-//! and d at once on one appliance each, then f. Needs root, QEMU, openipmi, ipmitool,
+//! runs e and a one-appliance upgrade; the slow one installs three from the host (the real
+//! `cairn-agent` and registration, without three TCG installs: `TestLab::install_from_host`)
+//! and runs a, then b, c and d at once on one appliance each, then f. Needs root, QEMU, openipmi, ipmitool,
 //! squashfs-tools (scripts/setup) and the workspace's binaries (`cargo build --workspace`).
 
 mod common;
@@ -625,7 +626,10 @@ fn since(text: &str, offset: usize) -> &str {
     text.get(offset..).unwrap_or("")
 }
 
-/// a, b, c, d and f in one rack of three appliances:
+/// a, b, c, d and f in one rack of three appliances, installed from the host with the real
+/// `cairn-agent` and the boot server's plan (a MAC-bound single-use token minted at the hub),
+/// powered on through their BMCs and registered with the hub by themselves; the rack path
+/// (BMC, PXE, install in the guest) is the scenarios' subject, not this test's:
 /// a. canary 1 then a batch of 2: all commit 0.2.0 in slot b, visible on the hub;
 /// b. srv1 gets 0.3.0, whose operator health check fails: it rolls back by itself, reports
 ///    why with the check's output, 0.3.0 is quarantined for it and the campaign pauses;
@@ -863,7 +867,7 @@ fn three_appliances_canary_batch_rollbacks_power_cut_and_hub_outage() {
     // srv1 looks at the window once a minute: it tries to download after the window opened,
     // fails and will retry; meanwhile nothing changed on it.
     wait_for(
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         "srv1 failing to download while the hub is down",
         || lab.console_tail("srv1"),
         || {

@@ -640,7 +640,7 @@ impl PerFrame {
 }
 
 /// A frame to decode, the buffer to decode it into, and where the result goes.
-type Job = (Vec<u8>, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
+type Job = (Compressed, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
 /// One frame's decoded image (or why it has none), as the writer waits for it.
 type Decoded = Receiver<std::io::Result<ImageBuf>>;
 
@@ -657,12 +657,13 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>, spent: Sender<Vec<u8>>, hash: bool
         let decoded = match &mut decoder {
             Ok(decoder) => {
                 // `Frames` checked the stated size; zstd checks the frame holds exactly that.
-                let size = zstd::zstd_safe::get_frame_content_size(&frame)
+                let frame = &frame.bytes[..frame.len];
+                let size = zstd::zstd_safe::get_frame_content_size(frame)
                     .ok()
                     .flatten()
                     .unwrap_or(0) as usize;
                 decoder
-                    .decompress_to_buffer(&frame[..], out.room(size))
+                    .decompress_to_buffer(frame, out.room(size))
                     .map(|n| {
                         out.set_len(n);
                         if hash {
@@ -674,7 +675,7 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>, spent: Sender<Vec<u8>>, hash: bool
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         };
         // The reader or the writer may have stopped early; then nobody wants these.
-        let _ = spent.send(frame);
+        let _ = spent.send(frame.bytes);
         let _ = reply.send(decoded);
     }
 }
@@ -824,8 +825,17 @@ impl Pool {
 /// Cuts a zstd payload into its frames, reading ahead as little as a frame needs.
 struct Frames<R> {
     reader: HashingReader<R>,
+    /// Read from the payload: `buffered[..filled]`. The rest is initialized too (zeros, or
+    /// an earlier frame's bytes), so reads go straight into it without zeroing it first.
     buffered: Vec<u8>,
+    filled: usize,
     ended: bool,
+}
+
+/// A whole compressed frame: `bytes[..len]` (the rest is left from earlier use).
+struct Compressed {
+    bytes: Vec<u8>,
+    len: usize,
 }
 
 impl<R: Read> Frames<R> {
@@ -833,6 +843,7 @@ impl<R: Read> Frames<R> {
         Self {
             reader,
             buffered: Vec::new(),
+            filled: 0,
             ended: false,
         }
     }
@@ -842,11 +853,12 @@ impl<R: Read> Frames<R> {
         if self.ended {
             return Ok(false);
         }
-        let len = self.buffered.len();
-        (&mut self.reader)
-            .take(READ_SIZE as u64)
-            .read_to_end(&mut self.buffered)?;
-        let n = self.buffered.len() - len;
+        let end = self.filled + READ_SIZE;
+        if self.buffered.len() < end {
+            self.buffered.resize(end.max(FRAME_BUFFER), 0);
+        }
+        let n = read_full(&mut self.reader, &mut self.buffered[self.filled..end])?;
+        self.filled += n;
         self.ended = n < READ_SIZE;
         Ok(n > 0)
     }
@@ -855,36 +867,40 @@ impl<R: Read> Frames<R> {
     fn first_fits(&mut self) -> std::io::Result<bool> {
         self.fill()?;
         Ok(matches!(
-            zstd::zstd_safe::get_frame_content_size(&self.buffered),
+            zstd::zstd_safe::get_frame_content_size(&self.buffered[..self.filled]),
             Ok(Some(size)) if size <= MAX_PARALLEL_FRAME
         ))
     }
 
     /// The next whole frame, `None` at the end of the payload. `spare` (a frame's buffer
-    /// the decoder is done with) takes what was read past the frame, so the buffers are
-    /// reused rather than allocated (and faulted in) for every frame.
-    fn next_frame(&mut self, mut spare: Option<Vec<u8>>) -> std::io::Result<Option<Vec<u8>>> {
+    /// the decoder is done with) takes what was read past the frame, so buffers are reused
+    /// rather than allocated (and faulted in) for every frame.
+    fn next_frame(&mut self, mut spare: Option<Vec<u8>>) -> std::io::Result<Option<Compressed>> {
         loop {
-            if self.buffered.is_empty() && !self.fill()? {
+            if self.filled == 0 && !self.fill()? {
                 return Ok(None);
             }
-            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(&self.buffered) {
+            let read = &self.buffered[..self.filled];
+            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(read) {
                 // Frames decoded in parallel must state a size the decoder can allocate.
-                match zstd::zstd_safe::get_frame_content_size(&self.buffered) {
+                match zstd::zstd_safe::get_frame_content_size(read) {
                     Ok(Some(size)) if size <= MAX_PARALLEL_FRAME => {}
                     _ => return Err(invalid("a frame of unknown or too large size")),
                 }
                 // The rest goes into a buffer with room for a whole next frame, so reading
                 // it does not grow (and copy) the buffer a few times per frame.
+                let rest_len = self.filled - len;
                 let mut rest = spare.take().unwrap_or_default();
-                rest.clear();
-                rest.reserve(FRAME_BUFFER.max(self.buffered.len() - len));
-                rest.extend_from_slice(&self.buffered[len..]);
-                self.buffered.truncate(len);
-                return Ok(Some(std::mem::replace(&mut self.buffered, rest)));
+                if rest.len() < FRAME_BUFFER.max(rest_len) {
+                    rest.resize(FRAME_BUFFER.max(rest_len), 0);
+                }
+                rest[..rest_len].copy_from_slice(&self.buffered[len..self.filled]);
+                self.filled = rest_len;
+                let bytes = std::mem::replace(&mut self.buffered, rest);
+                return Ok(Some(Compressed { bytes, len }));
             }
             // A frame larger than any frame of ours holds is not coming to an end.
-            let too_long = self.buffered.len() as u64
+            let too_long = self.filled as u64
                 > zstd::zstd_safe::compress_bound(MAX_PARALLEL_FRAME as usize) as u64 + 1024;
             if too_long || !self.fill()? {
                 return Err(invalid("a truncated or corrupt frame"));
@@ -894,7 +910,10 @@ impl<R: Read> Frames<R> {
 
     /// The rest of the payload (what is buffered, then the reader) as one stream.
     fn as_reader(&mut self) -> impl Read + '_ {
-        std::io::Cursor::new(std::mem::take(&mut self.buffered)).chain(&mut self.reader)
+        let buffered = std::mem::take(&mut self.buffered);
+        std::io::Cursor::new(buffered)
+            .take(std::mem::take(&mut self.filled) as u64)
+            .chain(&mut self.reader)
     }
 
     fn into_inner(self) -> HashingReader<R> {

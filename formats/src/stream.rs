@@ -508,9 +508,7 @@ pub fn write_verified(
                     // The reader may have stopped; then nobody wants the buffer back.
                     let _ = free_tx.send(buf);
                 } else {
-                    to_hash
-                        .send(buf)
-                        .expect("the hasher runs until we hang up");
+                    to_hash.send(buf).expect("the hasher runs until we hang up");
                 }
                 *written += len;
                 progress(*written);

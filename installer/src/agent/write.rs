@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_api::{InstallProgress, InstallStep};
+use cairn_formats::diskwrite::{ImageWriter, open_direct};
 use cairn_formats::gpt::{self, Layout, MBR_CODE_LEN};
 use cairn_formats::install::InstallManifest;
-use cairn_formats::diskwrite::{ImageWriter, open_direct};
 use cairn_formats::stream::{Digest, StreamError, write_verified};
 
 use super::disks::{SIGNATURE_BYTES, signatures};

@@ -202,7 +202,7 @@ impl VerifiedHeader {
     /// image unless this returns `Ok`: the caller must not activate it otherwise.
     pub fn write_root_image(
         &self,
-        payload: impl Read,
+        payload: impl Read + Send,
         dest: &mut impl Write,
         limit: u64,
         progress: impl FnMut(u64),
@@ -296,7 +296,7 @@ pub fn verify(path: &Path, trust: &TrustStore) -> Result<VerifiedHeader, BundleE
     Ok(verified)
 }
 
-fn check_payload(manifest: &Manifest, payload: impl Read) -> Result<(), BundleError> {
+fn check_payload(manifest: &Manifest, payload: impl Read + Send) -> Result<(), BundleError> {
     write_verified(
         payload,
         &mut std::io::sink(),

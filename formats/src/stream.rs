@@ -9,10 +9,9 @@
 //! reaches the destination; a manifest of format 1 (older builds) has one SHA-256 of the
 //! whole image, computed on one core as the image is written and checked at the end.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -319,7 +318,7 @@ const MAX_PARALLEL_FRAME: u64 = 4 * FRAME_SIZE as u64;
 const READ_SIZE: usize = 1 << 20;
 /// Room for one of cairn's frames (compressed) and the read that completes it.
 const FRAME_BUFFER: usize = FRAME_SIZE + FRAME_SIZE / 64 + READ_SIZE;
-/// Buffers the hasher holds: one being hashed, the rest queued.
+/// Buffers the whole-image hasher holds: one being hashed, the rest queued.
 const HASHER_BUFFERS: usize = 3;
 
 /// Compresses `input` the way cairn ships images: zstd level 3 with checksums, as a sequence
@@ -399,19 +398,22 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// written image matters (installs, slot writes). Writes at most `limit` bytes. `progress`
 /// sees the running count of image bytes written.
 ///
-/// The work is spread so the write keeps pace with a plain copy (`dd`): this thread reads,
-/// hashes the compressed bytes (when asked), cuts them into frames and writes the image in
-/// order; one decoder thread per core decodes frames ([`compress_frames`] payloads; a
-/// single-frame payload is decoded here instead). With [`ImageCheck::Frames`] the decoder
-/// also hashes the frame it decoded, and this thread compares that digest with the signed
-/// one before it writes the frame: the hashing is spread over every core and nothing
-/// unverified is written. With [`ImageCheck::Whole`] a helper hashes the image bytes already
-/// written, in order, on one core. Buffers are handed over and reused, never copied; each
-/// `write` to `dest` gets one frame's image starting at an [`IMAGE_ALIGN`] boundary in
-/// memory, so `dest` may write it with direct I/O. The caller's reader and writer stay on
-/// this thread, so they need not be `Send`.
+/// The work is spread so the write keeps pace with a plain copy (`dd`), as a pipeline of
+/// threads handing 4 MiB buffers along, never copying them: a reader thread reads the
+/// payload (and hashes it, when asked) and cuts it into frames; one decoder thread per core
+/// decodes frames ([`compress_frames`] payloads; a single-frame payload is decoded by the
+/// reader instead, in pieces of one listed frame); this thread takes the decoded frames in
+/// order and writes them, so `dest` never waits for the decoding and the disk is never idle
+/// while frames are decoded. With [`ImageCheck::Frames`] the decoder also hashes the frame it
+/// decoded, and this thread compares that digest with the signed one before it writes the
+/// frame: the hashing is spread over every core and nothing unverified is written, nor
+/// anything after it. With [`ImageCheck::Whole`] a helper hashes the image bytes already
+/// written, in order, on one core. Each `write` to `dest` gets one frame's image starting at
+/// an [`IMAGE_ALIGN`] boundary in memory, so `dest` may write it with direct I/O
+/// ([`crate::diskwrite::ImageWriter`]). The caller's writer stays on this thread, so it need
+/// not be `Send`.
 pub fn write_verified(
-    compressed: impl Read,
+    compressed: impl Read + Send,
     dest: &mut impl Write,
     expect_compressed: Option<&Digest>,
     check: ImageCheck<'_>,
@@ -438,90 +440,92 @@ pub fn write_verified(
     } else {
         0
     };
-    // A payload of one large frame is decoded here in pieces of one listed frame each.
-    let chunk = per_frame.as_ref().map_or(FRAME_SIZE, |p| p.size as usize);
-    // In flight at the decoders, queued at the hasher, and the one being written.
-    let buffers = 2 * decoders + HASHER_BUFFERS + 1;
-    let (to_hash, hash_rx) = sync_channel::<Arc<ImageBuf>>(HASHER_BUFFERS);
-    // Room for every buffer: the hasher never waits to hand one back.
-    let (hashed_tx, hashed) = sync_channel::<Arc<ImageBuf>>(buffers);
-    let (jobs_tx, jobs_rx) = sync_channel::<Job>(2 * decoders);
+    let cut = Cut {
+        // A payload of one large frame is decoded in pieces of one listed frame each.
+        chunk: per_frame.as_ref().map_or(FRAME_SIZE, |p| p.size as usize),
+        hash_frames: per_frame.is_some(),
+    };
+    // Image buffers: one at each decoder and one queued for it, two decoded ahead of the
+    // writer, and those the hasher holds. When all are out, the reader waits for one back.
+    let buffers = 2 * decoders + 2 + if cut.hash_frames { 0 } else { HASHER_BUFFERS };
+    // Buffers come back once written (and hashed); room for all, so giving back never waits.
+    let (free_tx, free_rx) = sync_channel::<ImageBuf>(buffers);
+    let (order_tx, order_rx) = sync_channel::<Decoded>(buffers);
+    let (jobs_tx, jobs_rx) = sync_channel::<Job>(decoders.max(1));
     let jobs_rx = Mutex::new(jobs_rx);
-    let hash_frames = per_frame.is_some();
-    let (written, image, outer) = std::thread::scope(|scope| {
+    let (spent_tx, spent_rx) = channel::<Vec<u8>>();
+    let (to_hash, hash_rx) = sync_channel::<ImageBuf>(HASHER_BUFFERS);
+    let (written, image, payload) = std::thread::scope(|scope| {
         // The whole image's SHA-256, for a manifest with no frame digests.
-        let hasher = if hash_frames {
-            drop((hash_rx, hashed_tx));
-            None
-        } else {
-            Some(scope.spawn(move || {
-                let mut ctx = Context::new(&SHA256);
-                let mut count = 0u64;
-                for buf in hash_rx {
-                    ctx.update(buf.bytes());
-                    count += buf.bytes().len() as u64;
-                    // The writer may have stopped early; then nobody wants the buffer back.
-                    let _ = hashed_tx.send(buf);
-                }
-                Digest {
-                    size: count,
-                    sha256: hex::encode(ctx.finish().as_ref()),
-                }
-            }))
-        };
+        let hasher = (!cut.hash_frames).then(|| {
+            let free_tx = free_tx.clone();
+            scope.spawn(move || hash_in_order(hash_rx, free_tx))
+        });
         for _ in 0..decoders {
-            scope.spawn(|| decode_frames(&jobs_rx, hash_frames));
+            let spent_tx = spent_tx.clone();
+            let jobs_rx = &jobs_rx;
+            scope.spawn(move || decode_frames(jobs_rx, spent_tx, cut.hash_frames));
         }
-        // With frame digests every buffer comes back as soon as it is written, so the pool
-        // never waits for the hasher (there is none).
-        let mut pool = Pool {
-            free: Vec::new(),
-            allocated: 0,
-            limit: buffers,
-            hashed,
-        };
-        let mut sink = |mut buf: ImageBuf, written: &mut u64, pool: &mut Pool| {
-            let len = buf.bytes().len() as u64;
-            if len == 0 {
-                pool.free.push(buf);
-                return Ok(());
-            }
-            if *written + len > limit {
-                return Err(StreamError::TooLarge { limit });
-            }
-            if let Some(per_frame) = &per_frame {
-                per_frame.verify(&mut buf, *written)?;
-                dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
-                pool.free.push(buf);
+        drop(spent_tx);
+        let reader = scope.spawn(move || {
+            let mut pool = Pool {
+                free: free_rx,
+                allocated: 0,
+                limit: buffers,
+            };
+            let finished = if parallel {
+                cut.parallel(&mut frames, jobs_tx, spent_rx, &mut pool, &order_tx)?
             } else {
-                let buf = Arc::new(buf);
-                to_hash
-                    .send(Arc::clone(&buf))
-                    .expect("the hasher runs until we hang up");
-                dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
-                drop(buf);
-                pool.reclaim();
+                cut.sequential(&mut frames, &mut pool, &order_tx)?
+            };
+            // The writer may go on with what is queued while the rest is read.
+            drop(order_tx);
+            if !finished {
+                return Ok(None);
             }
-            *written += len;
-            progress(*written);
-            Ok(())
-        };
-        let copied = if parallel {
-            copy_parallel(&mut frames, &jobs_tx, 2 * decoders, &mut pool, &mut sink)
-        } else {
-            copy_sequential(&mut frames, chunk, &mut pool, &mut sink)
-        };
-        drop(jobs_tx);
-        drop(to_hash);
-        drop(pool);
+            let mut outer = frames.into_inner();
+            // What the decoder did not need (trailing bytes count against the payload digest).
+            std::io::copy(&mut outer, &mut std::io::sink()).map_err(StreamError::Io)?;
+            Ok(Some(outer.finish()))
+        });
+        let mut written = 0u64;
+        let wrote = write_in_order(
+            order_rx,
+            |mut buf: ImageBuf, written: &mut u64| {
+                let len = buf.bytes().len() as u64;
+                if len == 0 {
+                    let _ = free_tx.send(buf);
+                    return Ok(());
+                }
+                if *written + len > limit {
+                    return Err(StreamError::TooLarge { limit });
+                }
+                if let Some(per_frame) = &per_frame {
+                    per_frame.verify(&mut buf, *written)?;
+                }
+                dest.write_all(buf.bytes()).map_err(StreamError::Io)?;
+                if cut.hash_frames {
+                    // The reader may have stopped; then nobody wants the buffer back.
+                    let _ = free_tx.send(buf);
+                } else {
+                    to_hash.send(buf).expect("the hasher runs until we hang up");
+                }
+                *written += len;
+                progress(*written);
+                Ok(())
+            },
+            &mut written,
+        );
+        // Hanging up stops the reader and the hasher (and, through the reader, the decoders).
+        drop((to_hash, free_tx));
         let image = hasher.map(|h| h.join().expect("the hasher does not panic"));
-        copied.map(|written| (written, image, frames.into_inner()))
+        let read = reader.join().expect("the reader does not panic");
+        // This thread's error first: the reader stops without one when this thread stopped.
+        wrote?;
+        let payload = read?.expect("the writer took every frame");
+        Ok::<_, StreamError>((written, image, payload))
     })?;
     dest.flush().map_err(StreamError::Io)?;
-    let mut outer = outer;
-    // Drain what the decoder did not need (trailing bytes count against the payload digest).
-    std::io::copy(&mut outer, &mut std::io::sink()).map_err(StreamError::Io)?;
-    let payload = outer.finish();
     if let Some(expected) = expect_compressed {
         check_digest("compressed image", expected, &payload)?;
     }
@@ -538,6 +542,43 @@ pub fn write_verified(
             expected_size: expect_image.size,
             actual_size: written,
         }),
+    }
+}
+
+/// Takes the decoded frames in payload order and hands each to `sink` (which checks and
+/// writes it) until the reader hangs up, or stops at the first error.
+fn write_in_order(
+    order: Receiver<Decoded>,
+    mut sink: impl FnMut(ImageBuf, &mut u64) -> Result<(), StreamError>,
+    written: &mut u64,
+) -> Result<(), StreamError> {
+    for (index, decoded) in order.into_iter().enumerate() {
+        let image = decoded
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("a frame decoder stopped")))
+            .map_err(|source| StreamError::Frame {
+                index,
+                offset: *written,
+                source,
+            })?;
+        sink(image, written)?;
+    }
+    Ok(())
+}
+
+/// Hashes the image buffers in the order they were written, and gives each back.
+fn hash_in_order(buffers: Receiver<ImageBuf>, free: SyncSender<ImageBuf>) -> Digest {
+    let mut ctx = Context::new(&SHA256);
+    let mut count = 0u64;
+    for buf in buffers {
+        ctx.update(buf.bytes());
+        count += buf.bytes().len() as u64;
+        // The reader may have stopped; then nobody wants the buffer back.
+        let _ = free.send(buf);
+    }
+    Digest {
+        size: count,
+        sha256: hex::encode(ctx.finish().as_ref()),
     }
 }
 
@@ -597,11 +638,14 @@ impl PerFrame {
 }
 
 /// A frame to decode, the buffer to decode it into, and where the result goes.
-type Job = (Vec<u8>, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
+type Job = (Compressed, ImageBuf, SyncSender<std::io::Result<ImageBuf>>);
+/// One frame's decoded image (or why it has none), as the writer waits for it.
+type Decoded = Receiver<std::io::Result<ImageBuf>>;
 
 /// A decoder thread: decodes frames (and hashes each one decoded when `hash`) until the jobs
-/// channel closes.
-fn decode_frames(jobs: &Mutex<Receiver<Job>>, hash: bool) {
+/// channel closes, and hands each compressed frame's buffer back to the reader through
+/// `spent` for the next frame.
+fn decode_frames(jobs: &Mutex<Receiver<Job>>, spent: Sender<Vec<u8>>, hash: bool) {
     let mut decoder = zstd::bulk::Decompressor::new();
     loop {
         let job = jobs.lock().expect("no decoder panics").recv();
@@ -611,12 +655,13 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>, hash: bool) {
         let decoded = match &mut decoder {
             Ok(decoder) => {
                 // `Frames` checked the stated size; zstd checks the frame holds exactly that.
-                let size = zstd::zstd_safe::get_frame_content_size(&frame)
+                let frame = &frame.bytes[..frame.len];
+                let size = zstd::zstd_safe::get_frame_content_size(frame)
                     .ok()
                     .flatten()
                     .unwrap_or(0) as usize;
                 decoder
-                    .decompress_to_buffer(&frame[..], out.room(size))
+                    .decompress_to_buffer(frame, out.room(size))
                     .map(|n| {
                         out.set_len(n);
                         if hash {
@@ -627,77 +672,80 @@ fn decode_frames(jobs: &Mutex<Receiver<Job>>, hash: bool) {
             }
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         };
-        // The writer may have stopped early; then nobody waits for this frame.
+        // The reader or the writer may have stopped early; then nobody wants these.
+        let _ = spent.send(frame.bytes);
         let _ = reply.send(decoded);
     }
 }
 
-/// Keeps up to `depth` frames at the decoders and writes their images in order.
-fn copy_parallel<R: Read>(
-    frames: &mut Frames<R>,
-    jobs: &SyncSender<Job>,
-    depth: usize,
-    pool: &mut Pool,
-    sink: &mut impl FnMut(ImageBuf, &mut u64, &mut Pool) -> Result<(), StreamError>,
-) -> Result<u64, StreamError> {
-    let mut in_flight = VecDeque::new();
-    let mut written = 0u64;
-    let mut index = 0usize;
-    let mut more = true;
-    loop {
-        while more && in_flight.len() < depth {
-            // Wait for a buffer only when no frame is in flight; otherwise write one first.
-            let Some(out) = pool.take(in_flight.is_empty()) else {
-                break;
-            };
-            match frames.next_frame().map_err(StreamError::Io)? {
-                Some(frame) => {
-                    let (reply, result) = sync_channel(1);
-                    jobs.send((frame, out, reply))
-                        .expect("decoders run until we hang up");
-                    in_flight.push_back(result);
-                }
-                None => {
-                    pool.free.push(out);
-                    more = false;
-                }
-            }
-        }
-        let Some(result) = in_flight.pop_front() else {
-            return Ok(written);
-        };
-        let image = result
-            .recv()
-            .expect("a decoder answers every job")
-            .map_err(|source| StreamError::Frame {
-                index,
-                offset: written,
-                source,
-            })?;
-        index += 1;
-        sink(image, &mut written, pool)?;
-    }
+/// How the reader thread cuts the payload into image buffers.
+#[derive(Clone, Copy)]
+struct Cut {
+    /// Image bytes per buffer when decoding a single-frame payload here.
+    chunk: usize,
+    /// Whether each buffer's SHA-256 is computed before it is handed on (frame digests).
+    hash_frames: bool,
 }
 
-/// Decodes a payload that is one large frame (or of unknown frame sizes) as a stream, in
-/// pieces of `chunk` image bytes.
-fn copy_sequential<R: Read>(
-    frames: &mut Frames<R>,
-    chunk: usize,
-    pool: &mut Pool,
-    sink: &mut impl FnMut(ImageBuf, &mut u64, &mut Pool) -> Result<(), StreamError>,
-) -> Result<u64, StreamError> {
-    let mut decoder =
-        zstd::stream::read::Decoder::new(frames.as_reader()).map_err(StreamError::Io)?;
-    let mut written = 0u64;
-    loop {
-        let mut buf = pool.take(true).expect("waits for a buffer");
-        let filled = read_full(&mut decoder, buf.room(chunk)).map_err(StreamError::Io)?;
-        if filled == 0 {
-            return Ok(written);
+impl Cut {
+    /// Cuts the payload into frames and queues each at the decoders, its result at the
+    /// writer in the same order. `Ok(false)` when the writer stopped first.
+    fn parallel<R: Read>(
+        self,
+        frames: &mut Frames<R>,
+        jobs: SyncSender<Job>,
+        spent: Receiver<Vec<u8>>,
+        pool: &mut Pool,
+        order: &SyncSender<Decoded>,
+    ) -> Result<bool, StreamError> {
+        loop {
+            let Some(out) = pool.take() else {
+                return Ok(false);
+            };
+            let Some(frame) = frames
+                .next_frame(spent.try_recv().ok())
+                .map_err(StreamError::Io)?
+            else {
+                return Ok(true);
+            };
+            let (reply, result) = sync_channel(1);
+            jobs.send((frame, out, reply))
+                .expect("decoders run until the reader hangs up");
+            if order.send(result).is_err() {
+                return Ok(false);
+            }
         }
-        buf.set_len(filled);
-        sink(buf, &mut written, pool)?;
+    }
+
+    /// Decodes a payload that is one large frame (or of unknown frame sizes) as a stream
+    /// here, in pieces of `chunk` image bytes, handing each (hashed, with frame digests) to
+    /// the writer. `Ok(false)` when the writer stopped first.
+    fn sequential<R: Read>(
+        self,
+        frames: &mut Frames<R>,
+        pool: &mut Pool,
+        order: &SyncSender<Decoded>,
+    ) -> Result<bool, StreamError> {
+        let mut decoder =
+            zstd::stream::read::Decoder::new(frames.as_reader()).map_err(StreamError::Io)?;
+        loop {
+            let Some(mut buf) = pool.take() else {
+                return Ok(false);
+            };
+            let filled = read_full(&mut decoder, buf.room(self.chunk)).map_err(StreamError::Io)?;
+            if filled == 0 {
+                return Ok(true);
+            }
+            buf.set_len(filled);
+            if self.hash_frames {
+                buf.digest = Some(frame_digest(buf.bytes()));
+            }
+            let (reply, result) = sync_channel(1);
+            reply.send(Ok(buf)).expect("the receiver is here");
+            if order.send(result).is_err() {
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -749,52 +797,43 @@ impl ImageBuf {
     }
 }
 
-/// Image buffers: reused once the hasher is done with them, at most `limit` allocated.
+/// Image buffers for the reader thread: those given back once written (and hashed) are
+/// reused, at most `limit` allocated.
 struct Pool {
-    free: Vec<ImageBuf>,
+    free: Receiver<ImageBuf>,
     allocated: usize,
     limit: usize,
-    hashed: Receiver<Arc<ImageBuf>>,
 }
 
 impl Pool {
-    /// A free buffer; when none is free and `limit` are allocated, waits for the hasher to
-    /// return one if `wait`, else `None`. (With frame digests a buffer is free again once
-    /// written, so `limit` is never reached.)
-    fn take(&mut self, wait: bool) -> Option<ImageBuf> {
-        self.reclaim();
-        if let Some(buf) = self.free.pop() {
+    /// A buffer given back, else a new one while fewer than `limit` exist, else waits for
+    /// one; `None` once the writer (and the hasher) hung up.
+    fn take(&mut self) -> Option<ImageBuf> {
+        if let Ok(buf) = self.free.try_recv() {
             return Some(buf);
         }
         if self.allocated < self.limit {
             self.allocated += 1;
             return Some(ImageBuf::with_room(FRAME_SIZE));
         }
-        wait.then(|| {
-            let back = self
-                .hashed
-                .recv()
-                .expect("the hasher runs until we hang up");
-            Arc::try_unwrap(back).unwrap_or_else(|_| unreachable!("the writer released the buffer"))
-        })
-    }
-
-    /// Takes back what the hasher finished, without waiting.
-    fn reclaim(&mut self) {
-        while let Ok(back) = self.hashed.try_recv() {
-            self.free.push(
-                Arc::try_unwrap(back)
-                    .unwrap_or_else(|_| unreachable!("the writer released the buffer")),
-            );
-        }
+        self.free.recv().ok()
     }
 }
 
 /// Cuts a zstd payload into its frames, reading ahead as little as a frame needs.
 struct Frames<R> {
     reader: HashingReader<R>,
+    /// Read from the payload: `buffered[..filled]`. The rest is initialized too (zeros, or
+    /// an earlier frame's bytes), so reads go straight into it without zeroing it first.
     buffered: Vec<u8>,
+    filled: usize,
     ended: bool,
+}
+
+/// A whole compressed frame: `bytes[..len]` (the rest is left from earlier use).
+struct Compressed {
+    bytes: Vec<u8>,
+    len: usize,
 }
 
 impl<R: Read> Frames<R> {
@@ -802,6 +841,7 @@ impl<R: Read> Frames<R> {
         Self {
             reader,
             buffered: Vec::new(),
+            filled: 0,
             ended: false,
         }
     }
@@ -811,11 +851,12 @@ impl<R: Read> Frames<R> {
         if self.ended {
             return Ok(false);
         }
-        let len = self.buffered.len();
-        (&mut self.reader)
-            .take(READ_SIZE as u64)
-            .read_to_end(&mut self.buffered)?;
-        let n = self.buffered.len() - len;
+        let end = self.filled + READ_SIZE;
+        if self.buffered.len() < end {
+            self.buffered.resize(end.max(FRAME_BUFFER), 0);
+        }
+        let n = read_full(&mut self.reader, &mut self.buffered[self.filled..end])?;
+        self.filled += n;
         self.ended = n < READ_SIZE;
         Ok(n > 0)
     }
@@ -824,32 +865,40 @@ impl<R: Read> Frames<R> {
     fn first_fits(&mut self) -> std::io::Result<bool> {
         self.fill()?;
         Ok(matches!(
-            zstd::zstd_safe::get_frame_content_size(&self.buffered),
+            zstd::zstd_safe::get_frame_content_size(&self.buffered[..self.filled]),
             Ok(Some(size)) if size <= MAX_PARALLEL_FRAME
         ))
     }
 
-    /// The next whole frame, `None` at the end of the payload.
-    fn next_frame(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    /// The next whole frame, `None` at the end of the payload. `spare` (a frame's buffer
+    /// the decoder is done with) takes what was read past the frame, so buffers are reused
+    /// rather than allocated (and faulted in) for every frame.
+    fn next_frame(&mut self, mut spare: Option<Vec<u8>>) -> std::io::Result<Option<Compressed>> {
         loop {
-            if self.buffered.is_empty() && !self.fill()? {
+            if self.filled == 0 && !self.fill()? {
                 return Ok(None);
             }
-            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(&self.buffered) {
+            let read = &self.buffered[..self.filled];
+            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(read) {
                 // Frames decoded in parallel must state a size the decoder can allocate.
-                match zstd::zstd_safe::get_frame_content_size(&self.buffered) {
+                match zstd::zstd_safe::get_frame_content_size(read) {
                     Ok(Some(size)) if size <= MAX_PARALLEL_FRAME => {}
                     _ => return Err(invalid("a frame of unknown or too large size")),
                 }
                 // The rest goes into a buffer with room for a whole next frame, so reading
                 // it does not grow (and copy) the buffer a few times per frame.
-                let mut rest = Vec::with_capacity(FRAME_BUFFER.max(self.buffered.len() - len));
-                rest.extend_from_slice(&self.buffered[len..]);
-                self.buffered.truncate(len);
-                return Ok(Some(std::mem::replace(&mut self.buffered, rest)));
+                let rest_len = self.filled - len;
+                let mut rest = spare.take().unwrap_or_default();
+                if rest.len() < FRAME_BUFFER.max(rest_len) {
+                    rest.resize(FRAME_BUFFER.max(rest_len), 0);
+                }
+                rest[..rest_len].copy_from_slice(&self.buffered[len..self.filled]);
+                self.filled = rest_len;
+                let bytes = std::mem::replace(&mut self.buffered, rest);
+                return Ok(Some(Compressed { bytes, len }));
             }
             // A frame larger than any frame of ours holds is not coming to an end.
-            let too_long = self.buffered.len() as u64
+            let too_long = self.filled as u64
                 > zstd::zstd_safe::compress_bound(MAX_PARALLEL_FRAME as usize) as u64 + 1024;
             if too_long || !self.fill()? {
                 return Err(invalid("a truncated or corrupt frame"));
@@ -859,7 +908,10 @@ impl<R: Read> Frames<R> {
 
     /// The rest of the payload (what is buffered, then the reader) as one stream.
     fn as_reader(&mut self) -> impl Read + '_ {
-        std::io::Cursor::new(std::mem::take(&mut self.buffered)).chain(&mut self.reader)
+        let buffered = std::mem::take(&mut self.buffered);
+        std::io::Cursor::new(buffered)
+            .take(std::mem::take(&mut self.filled) as u64)
+            .chain(&mut self.reader)
     }
 
     fn into_inner(self) -> HashingReader<R> {

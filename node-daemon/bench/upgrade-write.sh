@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md "Issue 9 — upgrades": cairn-node's slot writer (`upgrade::write_slot`, what an
 # upgrade runs: bundle signature check, zstd frames decoded and hashed on every core, each
-# written only after its SHA-256 matched the signed frame digests, positional writes, fsync) against `dd conv=fsync` of the same uncompressed root image onto the same file, and
+# written only after its SHA-256 matched the signed frame digests, in order, with direct I/O
+# through the agent's writer, one fsync) against `dd conv=fsync` of the same uncompressed root
+# image onto the same file, and
 # `zstd -dc | dd` (the decode without any checking) for reference, side by side with hyperfine.
 # Usage: node-daemon/bench/upgrade-write.sh [IMAGE_MIB]   (default 256)
 # Env: RUNS (default 5), CAIRN_BIN=DIR (already built `cairn` and `examples/slot_write`, e.g.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cairn_api::UpgradeOrder;
 use cairn_formats::bundle::Header;
+use cairn_formats::diskwrite::{ImageWriter, open_direct};
 use cairn_formats::keys::TrustStore;
 use cairn_formats::{gpt, grubenv};
 use time::OffsetDateTime;
@@ -273,35 +274,16 @@ pub fn write_slot(
         .write(true)
         .open(slot_path)
         .map_err(|e| format!("{}: {e}", slot_path.display()))?;
-    let mut dest = SlotWriter {
-        file: &file,
-        offset,
-        pos: 0,
-    };
+    let direct = open_direct(slot_path);
+    // Direct I/O of whole frames (no copy through the page cache), as the install agent
+    // writes root-a; the one sync below makes the slot durable before the upgrade record
+    // moves on.
+    let mut dest = ImageWriter::new(&file, direct.as_ref(), offset);
     let digest = verified
         .write_root_image(&mut reader, &mut dest, limit, |_| {})
         .map_err(|e| cairn_api::error_chain(&e))?;
     file.sync_all().map_err(|e| e.to_string())?;
     Ok(digest.size)
-}
-
-/// Writes at `offset` onward with positional writes (the disk image or the partition device).
-struct SlotWriter<'a> {
-    file: &'a File,
-    offset: u64,
-    pos: u64,
-}
-
-impl Write for SlotWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all_at(buf, self.offset + self.pos)?;
-        self.pos += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Fetches bundles into the data directory.

@@ -4,7 +4,9 @@
 //! into the local cache and the BMC gets exactly that copy (see [`delivery`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cairn_hardware::bmc::{Bmc, BmcError, BmcResult, FirmwareTarget, PowerAction, PowerState};
 use serde::Serialize;
@@ -81,7 +83,7 @@ pub fn delivery(push_offered: bool, serving: bool, upstream_allowed: bool) -> Bm
         (false, false, true) => Ok(Delivery::Upstream),
         (false, false, false) => Err(BmcError::Invalid(
             "this BMC takes no pushed firmware image (no MultipartHttpPushUri), so it must download it: \
-             pass --serve-address IP:PORT (an address of this machine the BMC reaches) to serve it the \
+             pass --serve-address IP:PORT (`cairn rack provision`: --firmware-serve-address; an address of this machine the BMC reaches) to serve it the \
              verified copy, or --bmc-fetches-upstream to let it download the profile's image_url \
              unverified; nothing was updated"
                 .into(),
@@ -137,6 +139,32 @@ pub struct Applied {
     pub verified: bool,
     /// Firmware components updated (and verified).
     pub updated: Vec<Updated>,
+}
+
+/// One line for people: what was staged, whether it was verified, what was updated.
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.plan.is_empty() {
+            return write!(f, "{}: already in baseline, nothing changed", self.plan.profile);
+        }
+        write!(
+            f,
+            "{}: staged {} attribute(s){}{}",
+            self.plan.profile,
+            self.staged,
+            if self.reset { ", reset" } else { "" },
+            if self.verified {
+                ", verified"
+            } else {
+                ", pending until next boot"
+            }
+        )?;
+        if !self.updated.is_empty() {
+            let done: Vec<String> = self.updated.iter().map(|u| u.to_string()).collect();
+            write!(f, ", updated {}", done.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 fn image_error(e: ImageError) -> BmcError {

@@ -321,29 +321,7 @@ impl FirmwareArgs {
                         return Ok(Exit::InvalidInput);
                     }
                 };
-                Ok(report(output, &outcomes, |a| {
-                    if a.plan.is_empty() {
-                        return format!("{}: already in baseline, nothing changed", a.plan.profile);
-                    }
-                    format!(
-                        "{}: staged {} attribute(s){}{}{}",
-                        a.plan.profile,
-                        a.staged,
-                        if a.reset { ", reset" } else { "" },
-                        if a.verified {
-                            ", verified"
-                        } else {
-                            ", pending until next boot"
-                        },
-                        if a.updated.is_empty() {
-                            String::new()
-                        } else {
-                            let done: Vec<String> =
-                                a.updated.iter().map(|u| u.to_string()).collect();
-                            format!(", updated {}", done.join(", "))
-                        }
-                    )
-                }))
+                Ok(report(output, &outcomes, |a| a.to_string()))
             }
         }
     }

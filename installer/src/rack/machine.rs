@@ -35,6 +35,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use cairn_api::{InstallProgress, InstallStep};
+use cairn_firmware_profiles::apply::{ApplyOptions, apply};
+use cairn_firmware_profiles::profile::Profile;
 use cairn_hardware::bmc::{Bmc, BmcError, BootDevice, BootOverride, PowerAction, PowerState};
 use serde::{Deserialize, Serialize};
 
@@ -223,7 +225,7 @@ pub enum BootMethod {
 }
 
 /// What to do with one server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerPlan {
     /// Inventory name.
     pub name: String,
@@ -233,8 +235,9 @@ pub struct ServerPlan {
     pub serial: Option<String>,
     /// PXE or virtual media.
     pub boot: BootMethod,
-    /// Firmware profile to apply, if the inventory names one.
-    pub firmware_profile: Option<String>,
+    /// The firmware profile its inventory entry names, resolved when the rack was planned
+    /// (so a misspelt name fails before any BMC is touched).
+    pub firmware_profile: Option<Profile>,
 }
 
 /// Limits and pacing.
@@ -453,6 +456,8 @@ pub struct Machine<'a> {
     pub media: &'a dyn MediaStore,
     /// Limits.
     pub policy: &'a Policy,
+    /// How firmware profiles are applied (settle timeout, image delivery).
+    pub firmware: &'a ApplyOptions,
     /// Reporting.
     pub observer: &'a dyn Observer,
 }
@@ -632,18 +637,12 @@ impl Machine<'_> {
         Ok(State::ConfiguringFirmware { attempt: 1 })
     }
 
-    /// `configuring-firmware`: nothing to do without a profile.
+    /// `configuring-firmware`: the server's profile, if it has one, is applied as `cairn
+    /// firmware apply` does ([`apply_firmware`]); what was done is a note.
     pub async fn configure_firmware(&self, record: &mut Record) -> Result<State, StepError> {
         if let Some(profile) = &self.plan.firmware_profile {
-            // Provisioning does not run `cairn firmware apply` in this phase yet (issue 16);
-            // proceeding without the baseline is recorded so the operator sees it and can
-            // apply it by hand.
-            let note = format!(
-                "firmware profile {profile:?} not applied: rack provisioning does not apply \
-                 firmware baselines yet; apply it with `cairn firmware apply --inventory \
-                 rack.yaml --only {}` and re-run",
-                self.plan.name
-            );
+            let note = apply_firmware(self.bmc, profile, self.firmware).await?;
+            tracing::info!(server = %self.plan.name, profile = %profile.name, outcome = %note, "firmware profile applied");
             self.observer.note(&self.plan.name, &note);
             record.notes.push(note);
         }
@@ -888,6 +887,31 @@ impl Machine<'_> {
             }
             tokio::time::sleep(self.policy.poll).await;
         }
+    }
+}
+
+/// `configuring-firmware`'s work, the code of `cairn firmware apply`: plan; stage what
+/// differs; boot the server (reset when on, power on when off, per `options`) and poll its
+/// BIOS until the staged values are current, within the settle timeout; run and verify the
+/// profile's firmware updates. Answers the line for the report. Values the BMC refuses and
+/// settings not in effect after the boot fail the server at once, naming the attributes:
+/// applying the same profile again would end the same way.
+pub async fn apply_firmware(
+    bmc: &dyn Bmc,
+    profile: &Profile,
+    options: &ApplyOptions,
+) -> Result<String, StepError> {
+    match apply(bmc, profile, options).await {
+        Ok(applied) => Ok(format!("firmware profile {applied}")),
+        Err(e @ BmcError::NotApplied { .. }) => Err(StepError::fatal(format!(
+            "firmware profile {}: {e}; check the profile's values against this server's BIOS \
+             with `cairn firmware plan`",
+            profile.name
+        ))),
+        Err(e) => Err(StepError::bmc(
+            &format!("applying firmware profile {}", profile.name),
+            e,
+        )),
     }
 }
 

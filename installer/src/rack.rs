@@ -512,4 +512,23 @@ mod tests {
         let p = plan_for(&rack.servers[0], BootChoice::Pxe, None, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
     }
+
+    #[test]
+    fn an_unknown_firmware_profile_fails_planning_naming_the_server_and_the_known_ones() {
+        let rack = Rack::parse(
+            "servers:\n  - name: srv1\n    bmc: redfish://admin@10.77.0.101\n    credentials: c.yaml\n    firmware_profile: emulator\n  - name: srv2\n    bmc: redfish://admin@10.77.0.102\n    credentials: c.yaml\n    firmware_profile: emulatr\n  - name: srv3\n    bmc: redfish://admin@10.77.0.103\n    credentials: c.yaml\n",
+            Path::new("/lab"),
+        )
+        .unwrap();
+        let shipped = load_all(None).unwrap();
+        let all: Vec<&Server> = rack.servers.iter().collect();
+        let e = firmware_profiles(&all, &shipped).unwrap_err();
+        assert!(
+            e.contains("srv2") && e.contains("emulatr") && e.contains("emulator, ") && e.contains("--profiles"),
+            "{e}"
+        );
+        let found = firmware_profiles(&all[..1], &shipped).unwrap();
+        assert_eq!(found["srv1"].name, "emulator");
+        assert!(firmware_profiles(&all[2..], &shipped).unwrap().is_empty());
+    }
 }

@@ -145,7 +145,11 @@ pub struct Applied {
 impl std::fmt::Display for Applied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.plan.is_empty() {
-            return write!(f, "{}: already in baseline, nothing changed", self.plan.profile);
+            return write!(
+                f,
+                "{}: already in baseline, nothing changed",
+                self.plan.profile
+            );
         }
         write!(
             f,

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_api::cli::{Exit, OutputFormat};
+use cairn_firmware_profiles::apply::ApplyOptions;
+use cairn_firmware_profiles::profile::{Profile, by_name, load_all};
 use cairn_hardware::address::Scheme;
 use cairn_hardware::cli::RedfishHttpArgs;
 use cairn_hardware::connect::connect;
-use cairn_firmware_profiles::apply::ApplyOptions;
-use cairn_firmware_profiles::profile::{Profile, by_name, load_all};
 use cairn_hardware::inventory::{Rack, Server};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -51,6 +51,12 @@ enum RackCommand {
     /// bounded retries. State is kept in INVENTORY's directory as NAME.state.json: run the
     /// same command again to resume (provisioned servers are skipped, an interrupted install
     /// starts over, a failed step is retried). One server's failure never stops the others.
+    ///
+    /// configuring-firmware applies the profile each server's `firmware_profile` names, as
+    /// `cairn firmware apply` does (stage, reset or power on, verify within
+    /// --firmware-settle-timeout, update firmware); a name no profile has stops the command
+    /// before any BMC is touched, and settings the BMC refuses or does not take fail that
+    /// server, naming them.
     ///
     /// Needs a running boot server (`cairn boot-server`) serving the artifacts of
     /// `cairn image build`, and a hub to register with.
@@ -318,14 +324,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
     };
     let plans: Vec<Result<ServerPlan, String>> = servers
         .iter()
-        .map(|s| {
-            plan_for(
-                s,
-                args.boot,
-                args.site.as_deref(),
-                firmware.remove(&s.name),
-            )
-        })
+        .map(|s| plan_for(s, args.boot, args.site.as_deref(), firmware.remove(&s.name)))
         .collect();
     let need_pxe = plans.iter().flatten().any(|p| p.boot == BootMethod::Pxe);
     let need_iso = plans.iter().flatten().any(|p| p.boot != BootMethod::Pxe);
@@ -505,7 +504,13 @@ mod tests {
         assert_eq!(p.boot_mac, "52:54:00:c4:00:01");
         let p = plan_for(&rack.servers[1], BootChoice::Auto, None, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
-        let e = plan_for(&rack.servers[1], BootChoice::VirtualMedia, Some("lab"), None).unwrap_err();
+        let e = plan_for(
+            &rack.servers[1],
+            BootChoice::VirtualMedia,
+            Some("lab"),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("needs a Redfish BMC"), "{e}");
         let e = plan_for(&rack.servers[0], BootChoice::Auto, None, None).unwrap_err();
         assert!(e.contains("--site") && e.contains("srv1"), "{e}");
@@ -524,7 +529,10 @@ mod tests {
         let all: Vec<&Server> = rack.servers.iter().collect();
         let e = firmware_profiles(&all, &shipped).unwrap_err();
         assert!(
-            e.contains("srv2") && e.contains("emulatr") && e.contains("emulator, ") && e.contains("--profiles"),
+            e.contains("srv2")
+                && e.contains("emulatr")
+                && e.contains("emulator, ")
+                && e.contains("--profiles"),
             "{e}"
         );
         let found = firmware_profiles(&all[..1], &shipped).unwrap();

@@ -56,10 +56,7 @@ async fn the_emulator_profile_is_applied_and_verified_and_a_refused_value_fails_
         },
     };
     let before = bmc.bios().await.unwrap();
-    assert_eq!(
-        before.current.get("ProcTurboMode"),
-        Some(&"Enabled".into())
-    );
+    assert_eq!(before.current.get("ProcTurboMode"), Some(&"Enabled".into()));
 
     let note = apply_firmware(&bmc, &profile, &options).await.unwrap();
     assert!(

@@ -696,7 +696,10 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
             profile: &[("ProcTurboMode", "Disabled"), ("TurboBoots", "On")],
             sticky: &[],
             bios_errors: 0,
-            want: Fails(&["TurboBoots: the BMC reports no such BIOS attribute", "nothing was changed"]),
+            want: Fails(&[
+                "TurboBoots: the BMC reports no such BIOS attribute",
+                "nothing was changed",
+            ]),
             calls: &[],
         },
         Case {
@@ -714,7 +717,11 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
             profile: &[("ProcTurboMode", "Disabled")],
             sticky: &[],
             bios_errors: 3,
-            want: Fails(&["BMC applying firmware profile baseline", "GET Bios", "after 3 attempts"]),
+            want: Fails(&[
+                "BMC applying firmware profile baseline",
+                "GET Bios",
+                "after 3 attempts",
+            ]),
             calls: &[],
         },
     ];
@@ -755,7 +762,11 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
                     "{name}: {:?}",
                     r.record.notes
                 );
-                assert_eq!(calls.get(case.calls.len()).map(String::as_str), Some("boot pxe once"), "{name}");
+                assert_eq!(
+                    calls.get(case.calls.len()).map(String::as_str),
+                    Some("boot pxe once"),
+                    "{name}"
+                );
             }
             Fails(words) => {
                 let (phase, reason) = r.failure();

@@ -29,8 +29,8 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::agent::plan::InstallPlan;
 use machine::{
-    BootMethod, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase, Policy,
-    Record, ServerPlan, State, TokenMinter,
+    BootMethod, Firmware, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase,
+    Policy, Record, ServerPlan, State, TokenMinter,
 };
 use report::Reporter;
 use store::StateFile;
@@ -230,7 +230,7 @@ fn plan_for(
     server: &Server,
     boot: BootChoice,
     site: Option<&str>,
-    firmware_profile: Option<Profile>,
+    firmware: Option<Firmware>,
 ) -> Result<ServerPlan, String> {
     let boot_mac = server
         .boot_mac
@@ -268,7 +268,7 @@ fn plan_for(
         boot_mac,
         serial: server.serial.clone(),
         boot: method,
-        firmware_profile,
+        firmware,
     })
 }
 
@@ -322,9 +322,44 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::InvalidInput);
         }
     };
+    // The image cache and server only when some server has a baseline to apply.
+    let options = if firmware.is_empty() {
+        None
+    } else {
+        let images = match cairn_firmware_profiles::cli::start_images(
+            args.firmware_image_cache.clone(),
+            args.firmware_serve_address,
+            None,
+            args.bmc_fetches_upstream,
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(Exit::InvalidInput);
+            }
+        };
+        // Rack provisioning boots every server next anyway: one found off is powered on so
+        // its baseline is verified before the install rather than left pending.
+        Some(Arc::new(ApplyOptions {
+            reset: true,
+            power_on: true,
+            settle_timeout: Duration::from_secs(args.firmware_settle_timeout.max(1)),
+            images,
+        }))
+    };
     let plans: Vec<Result<ServerPlan, String>> = servers
         .iter()
-        .map(|s| plan_for(s, args.boot, args.site.as_deref(), firmware.remove(&s.name)))
+        .map(|s| {
+            let firmware = firmware.remove(&s.name).zip(options.clone());
+            plan_for(
+                s,
+                args.boot,
+                args.site.as_deref(),
+                firmware.map(|(profile, options)| Firmware { profile, options }),
+            )
+        })
         .collect();
     let need_pxe = plans.iter().flatten().any(|p| p.boot == BootMethod::Pxe);
     let need_iso = plans.iter().flatten().any(|p| p.boot != BootMethod::Pxe);
@@ -359,29 +394,6 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         ..Policy::default()
     };
 
-    let images = match cairn_firmware_profiles::cli::start_images(
-        args.firmware_image_cache.clone(),
-        args.firmware_serve_address,
-        None,
-        args.bmc_fetches_upstream,
-    )
-    .await
-    {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(Exit::InvalidInput);
-        }
-    };
-    // Rack provisioning boots every server next anyway: one found off is powered on so its
-    // baseline is verified before the install rather than left pending.
-    let firmware = ApplyOptions {
-        reset: true,
-        power_on: true,
-        settle_timeout: Duration::from_secs(args.firmware_settle_timeout.max(1)),
-        images,
-    };
-
     let state_path = store::path_for(&args.inventory);
     let state = StateFile::load(&state_path)?;
     let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
@@ -403,8 +415,8 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             .get(&server.name)
             .cloned();
         let limit = limit.clone();
-        let (reporter, policy, firmware, rack, install, fleet, media, persist) = (
-            &reporter, &policy, &firmware, &rack, &install, &fleet, &media, &persist,
+        let (reporter, policy, rack, install, fleet, media, persist) = (
+            &reporter, &policy, &rack, &install, &fleet, &media, &persist,
         );
         async move {
             let _permit = limit.acquire().await.expect("semaphore open");
@@ -449,7 +461,6 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
                 minter: fleet as &dyn TokenMinter,
                 media: media as &dyn MediaStore,
                 policy,
-                firmware,
                 observer: reporter,
             };
             let name = server.name.clone();
@@ -460,7 +471,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
     });
     let results = futures::future::join_all(jobs).await;
     // The image server lives exactly as long as the provisioning.
-    if let Some(server) = &firmware.images.server {
+    if let Some(server) = options.as_ref().and_then(|o| o.images.server.as_ref()) {
         server.stop().await;
     }
     // The bars go before the table is printed.

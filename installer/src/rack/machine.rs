@@ -224,8 +224,18 @@ pub enum BootMethod {
     },
 }
 
+/// A server's firmware baseline and how it is applied.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// The profile its inventory entry names, resolved when the rack was planned (so a
+    /// misspelt name fails before any BMC is touched).
+    pub profile: Profile,
+    /// Settle timeout and image delivery, shared by the rack's servers.
+    pub options: std::sync::Arc<ApplyOptions>,
+}
+
 /// What to do with one server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ServerPlan {
     /// Inventory name.
     pub name: String,
@@ -235,9 +245,8 @@ pub struct ServerPlan {
     pub serial: Option<String>,
     /// PXE or virtual media.
     pub boot: BootMethod,
-    /// The firmware profile its inventory entry names, resolved when the rack was planned
-    /// (so a misspelt name fails before any BMC is touched).
-    pub firmware_profile: Option<Profile>,
+    /// The firmware baseline to apply, if its inventory entry names a profile.
+    pub firmware: Option<Firmware>,
 }
 
 /// Limits and pacing.
@@ -456,8 +465,6 @@ pub struct Machine<'a> {
     pub media: &'a dyn MediaStore,
     /// Limits.
     pub policy: &'a Policy,
-    /// How firmware profiles are applied (settle timeout, image delivery).
-    pub firmware: &'a ApplyOptions,
     /// Reporting.
     pub observer: &'a dyn Observer,
 }
@@ -640,8 +647,8 @@ impl Machine<'_> {
     /// `configuring-firmware`: the server's profile, if it has one, is applied as `cairn
     /// firmware apply` does ([`apply_firmware`]); what was done is a note.
     pub async fn configure_firmware(&self, record: &mut Record) -> Result<State, StepError> {
-        if let Some(profile) = &self.plan.firmware_profile {
-            let note = apply_firmware(self.bmc, profile, self.firmware).await?;
+        if let Some(Firmware { profile, options }) = &self.plan.firmware {
+            let note = apply_firmware(self.bmc, profile, options).await?;
             tracing::info!(server = %self.plan.name, profile = %profile.name, outcome = %note, "firmware profile applied");
             self.observer.note(&self.plan.name, &note);
             record.notes.push(note);

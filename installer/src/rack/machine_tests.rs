@@ -313,7 +313,7 @@ fn plan(boot: BootMethod) -> ServerPlan {
         boot_mac: "52:54:00:00:00:01".into(),
         serial: None,
         boot,
-        firmware_profile: None,
+        firmware: None,
     }
 }
 
@@ -394,8 +394,6 @@ async fn run_with(
     let seen = Seen::default();
     let persisted = Mutex::new(Vec::new());
     let policy = policy();
-    let cache = tempfile::tempdir().unwrap();
-    let firmware = firmware_options(cache.path());
     let m = Machine {
         plan,
         bmc,
@@ -404,7 +402,6 @@ async fn run_with(
         minter,
         media,
         policy: &policy,
-        firmware: &firmware,
         observer: &seen,
     };
     let mut record = Record {
@@ -614,17 +611,22 @@ async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
     assert!(reason.contains("never started reporting"), "{reason}");
 }
 
-/// A plan whose inventory entry names a profile setting these BIOS attributes.
-fn firmware_plan(attributes: &[(&str, &str)]) -> ServerPlan {
+/// A plan whose inventory entry names a profile setting these BIOS attributes; images would
+/// be cached in `cache`.
+fn firmware_plan(attributes: &[(&str, &str)], cache: &std::path::Path) -> ServerPlan {
     let mut yaml = "name: baseline\nmatch: {manufacturer: Test}\nbios:\n  attributes:\n".to_owned();
     for (k, v) in attributes {
         yaml.push_str(&format!("    {k}: {v}\n"));
     }
     ServerPlan {
-        firmware_profile: Some(
-            cairn_firmware_profiles::profile::Profile::parse(&yaml, std::path::Path::new("t.yaml"))
-                .unwrap(),
-        ),
+        firmware: Some(Firmware {
+            profile: cairn_firmware_profiles::profile::Profile::parse(
+                &yaml,
+                std::path::Path::new("t.yaml"),
+            )
+            .unwrap(),
+            options: std::sync::Arc::new(firmware_options(cache)),
+        }),
         ..plan(BootMethod::Pxe)
     }
 }
@@ -725,6 +727,7 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
             calls: &[],
         },
     ];
+    let cache = tempfile::tempdir().unwrap();
     for case in cases {
         let mut bmc = FakeBmc::with_bios(case.bios);
         bmc.sticky = case.sticky.iter().map(|s| s.to_string()).collect();
@@ -735,7 +738,7 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
         let install = FakeInstall::new(None, FULL);
         let fleet = FakeFleet::after(Some(0));
         let r = run(
-            &firmware_plan(case.profile),
+            &firmware_plan(case.profile, cache.path()),
             &bmc,
             &install,
             &fleet,
@@ -1001,7 +1004,6 @@ async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso()
     let seen = Seen::default();
     let policy = policy();
     let plan = media_plan();
-    let cache = tempfile::tempdir().unwrap();
     let m = Machine {
         plan: &plan,
         bmc: &bmc,
@@ -1010,7 +1012,6 @@ async fn a_rerun_revokes_the_token_an_interrupted_run_left_and_seeds_a_new_iso()
         minter: &minter,
         media: &media,
         policy: &policy,
-        firmware: &firmware_options(cache.path()),
         observer: &seen,
     };
     let mut record = Record {

@@ -12,7 +12,7 @@ use cairn_hardware::bmc::{Bmc, BmcError, BmcResult, FirmwareTarget, PowerAction,
 use serde::Serialize;
 
 use crate::image::{ImageCache, ImageError};
-use crate::plan::{Plan, Update, plan, same_value};
+use crate::plan::{Plan, Update, plan, same_value, shown};
 use crate::profile::Profile;
 use crate::serve::ImageServer;
 
@@ -250,14 +250,6 @@ fn not_in_effect(
         ),
         wanted: wanted.join(", "),
         got: got.join(", "),
-    }
-}
-
-/// A value as the BMC's registry spells it (no JSON quotes around strings).
-fn shown(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

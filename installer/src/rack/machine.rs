@@ -11,8 +11,9 @@
 //! handed to the caller to persist and report. The side effects are behind traits: the BMC
 //! (`cairn_hardware::bmc::Bmc`), the boot server's install reports
 //! ([`InstallProgressSource`]), the hub ([`FleetView`], and [`TokenMinter`] for the
-//! per-server enrollment tokens of virtual media) and the seeded ISOs ([`MediaStore`]); this
-//! module is pure logic over them and is unit-tested with doubles of all of them.
+//! per-server enrollment tokens of virtual media) and the seeded ISOs ([`MediaStore`]); the
+//! firmware baseline is applied through the BMC by `cairn firmware apply`'s own code
+//! ([`apply_firmware`]); this module is pure logic over them and is unit-tested with doubles of all of them.
 //!
 //! Virtual media: each `booting-installer` attempt mints one single-use enrollment token at
 //! the hub, bound to the server's boot MAC (and to the serial its BMC reported during

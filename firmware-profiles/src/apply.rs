@@ -4,13 +4,15 @@
 //! into the local cache and the BMC gets exactly that copy (see [`delivery`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cairn_hardware::bmc::{Bmc, BmcError, BmcResult, FirmwareTarget, PowerAction, PowerState};
 use serde::Serialize;
 
 use crate::image::{ImageCache, ImageError};
-use crate::plan::{Plan, Update, plan, same_value};
+use crate::plan::{Plan, Update, plan, same_value, shown};
 use crate::profile::Profile;
 use crate::serve::ImageServer;
 
@@ -37,6 +39,10 @@ pub async fn read_plan(bmc: &dyn Bmc, profile: &Profile) -> BmcResult<Plan> {
 pub struct ApplyOptions {
     /// Reset a powered-on server when staged settings need it.
     pub reset: bool,
+    /// Power on a server found off when staged settings need a boot, and verify them, rather
+    /// than leave them pending until its next boot. Rack provisioning does: it boots the
+    /// server next anyway, and a baseline it cannot verify must fail that server now.
+    pub power_on: bool,
     /// How long to wait for staged settings to take effect.
     pub settle_timeout: Duration,
     /// Where firmware images come from and how they reach the BMC.
@@ -77,7 +83,7 @@ pub fn delivery(push_offered: bool, serving: bool, upstream_allowed: bool) -> Bm
         (false, false, true) => Ok(Delivery::Upstream),
         (false, false, false) => Err(BmcError::Invalid(
             "this BMC takes no pushed firmware image (no MultipartHttpPushUri), so it must download it: \
-             pass --serve-address IP:PORT (an address of this machine the BMC reaches) to serve it the \
+             pass --serve-address IP:PORT (`cairn rack provision`: --firmware-serve-address; an address of this machine the BMC reaches) to serve it the \
              verified copy, or --bmc-fetches-upstream to let it download the profile's image_url \
              unverified; nothing was updated"
                 .into(),
@@ -135,6 +141,36 @@ pub struct Applied {
     pub updated: Vec<Updated>,
 }
 
+/// One line for people: what was staged, whether it was verified, what was updated.
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.plan.is_empty() {
+            return write!(
+                f,
+                "{}: already in baseline, nothing changed",
+                self.plan.profile
+            );
+        }
+        write!(
+            f,
+            "{}: staged {} attribute(s){}{}",
+            self.plan.profile,
+            self.staged,
+            if self.reset { ", reset" } else { "" },
+            if self.verified {
+                ", verified"
+            } else {
+                ", pending until next boot"
+            }
+        )?;
+        if !self.updated.is_empty() {
+            let done: Vec<String> = self.updated.iter().map(|u| u.to_string()).collect();
+            write!(f, ", updated {}", done.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 fn image_error(e: ImageError) -> BmcError {
     BmcError::Transport {
         doing: "preparing the firmware image".into(),
@@ -178,6 +214,45 @@ async fn update(bmc: &dyn Bmc, u: &Update, images: &Images) -> BmcResult<Deliver
     Ok(how)
 }
 
+/// How the server boots so staged settings take effect: a reset when it runs, power on when
+/// it is off and the caller asked for that; `None`: they wait for its next boot.
+fn settle_action(options: &ApplyOptions, power: PowerState) -> Option<PowerAction> {
+    match power {
+        PowerState::On if options.reset => Some(PowerAction::Reset),
+        PowerState::Off if options.power_on => Some(PowerAction::On),
+        _ => None,
+    }
+}
+
+/// The verify failure, naming each attribute still not in effect with both values, so the
+/// operator knows which setting the firmware did not take.
+fn not_in_effect(
+    plan: &Plan,
+    now: &cairn_hardware::bmc::BiosSettings,
+    waited: Duration,
+) -> BmcError {
+    let (mut wanted, mut got) = (Vec::new(), Vec::new());
+    for c in &plan.changes {
+        let is = now.current.get(&c.attribute);
+        if !is.is_some_and(|v| same_value(v, &c.desired)) {
+            wanted.push(format!("{}={}", c.attribute, shown(&c.desired)));
+            got.push(format!(
+                "{}={}",
+                c.attribute,
+                is.map(shown).unwrap_or_else(|| "(unset)".into())
+            ));
+        }
+    }
+    BmcError::NotApplied {
+        what: format!(
+            "BIOS attributes not in effect {:.0}s after the boot that should apply them",
+            waited.as_secs_f64()
+        ),
+        wanted: wanted.join(", "),
+        got: got.join(", "),
+    }
+}
+
 /// Applies a profile. A second run on an applied server changes nothing.
 pub async fn apply(bmc: &dyn Bmc, profile: &Profile, options: &ApplyOptions) -> BmcResult<Applied> {
     let plan = read_plan(bmc, profile).await?;
@@ -210,21 +285,19 @@ pub async fn apply(bmc: &dyn Bmc, profile: &Profile, options: &ApplyOptions) -> 
         let now = bmc.bios().await?;
         if in_effect(&now) {
             applied.verified = true;
-        } else if options.reset && bmc.power_state().await? == PowerState::On {
-            tracing::info!(profile = %profile.name, "resetting to apply staged BIOS settings");
-            bmc.power(PowerAction::Reset).await?;
+        } else if let Some(action) = settle_action(options, bmc.power_state().await?) {
+            tracing::info!(profile = %profile.name, ?action, "booting to apply staged BIOS settings");
+            bmc.power(action).await?;
             applied.reset = true;
             let start = Instant::now();
             loop {
-                if in_effect(&bmc.bios().await?) {
+                let now = bmc.bios().await?;
+                if in_effect(&now) {
                     applied.verified = true;
                     break;
                 }
                 if start.elapsed() > options.settle_timeout {
-                    return Err(BmcError::Timeout {
-                        doing: "waiting for staged BIOS settings to take effect after reset".into(),
-                        seconds: start.elapsed().as_secs_f64(),
-                    });
+                    return Err(not_in_effect(&plan, &now, start.elapsed()));
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -256,6 +329,66 @@ pub async fn apply(bmc: &dyn Bmc, profile: &Profile, options: &ApplyOptions) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staged_settings_boot_a_running_server_and_an_off_one_only_when_asked() {
+        let options = |reset, power_on| ApplyOptions {
+            reset,
+            power_on,
+            settle_timeout: Duration::from_secs(1),
+            images: Images {
+                cache: Arc::new(ImageCache::open(&std::env::temp_dir()).unwrap()),
+                server: None,
+                upstream_allowed: false,
+            },
+        };
+        use PowerAction::*;
+        // (reset, power_on, power) -> action
+        let table = [
+            ((true, false, PowerState::On), Some(Reset)),
+            ((false, true, PowerState::On), None),
+            ((true, false, PowerState::Off), None),
+            ((true, true, PowerState::Off), Some(On)),
+            ((true, true, PowerState::Unknown), None),
+        ];
+        for ((reset, power_on, power), want) in table {
+            assert_eq!(
+                settle_action(&options(reset, power_on), power),
+                want,
+                "reset {reset}, power_on {power_on}, {power}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_verify_failure_names_each_attribute_not_in_effect_with_both_values() {
+        let plan = Plan {
+            profile: "p".into(),
+            changes: ["ProcTurboMode", "NicBoot1"]
+                .map(|a| crate::plan::Change {
+                    attribute: a.into(),
+                    current: None,
+                    desired: "Disabled".into(),
+                    pending: false,
+                })
+                .to_vec(),
+            ..Plan::default()
+        };
+        let now = cairn_hardware::bmc::BiosSettings {
+            current: [
+                ("ProcTurboMode".to_owned(), "Enabled".into()),
+                ("NicBoot1".to_owned(), "Disabled".into()),
+            ]
+            .into(),
+            pending: Default::default(),
+        };
+        let e = not_in_effect(&plan, &now, Duration::from_secs(30)).to_string();
+        assert_eq!(
+            e,
+            "BIOS attributes not in effect 30s after the boot that should apply them: \
+             set ProcTurboMode=Disabled, BMC reads back ProcTurboMode=Enabled"
+        );
+    }
 
     #[test]
     fn delivery_prefers_push_then_served_then_upstream_only_when_allowed() {

@@ -161,6 +161,30 @@ fn plan_line(p: &Plan) -> String {
     s
 }
 
+/// Opens the image cache (`--image-cache`, else the default) and starts the file server
+/// when an address is given (HTTPS with `tls` = (certificate, key)): how `cairn firmware
+/// apply` and `cairn rack provision` get images to BMCs. The caller stops the server.
+pub async fn start_images(
+    image_cache: Option<PathBuf>,
+    serve_address: Option<SocketAddr>,
+    tls: Option<&(PathBuf, PathBuf)>,
+    upstream_allowed: bool,
+) -> anyhow::Result<Images> {
+    let cache = ImageCache::open(&image_cache.unwrap_or_else(default_cache_dir))?;
+    let tls = tls.map(|(cert, key)| tls_config(cert, key)).transpose()?;
+    let server = match serve_address {
+        Some(address) => Some(Arc::new(
+            ImageServer::start(address, ServeLimits::default(), tls).await?,
+        )),
+        None => None,
+    };
+    Ok(Images {
+        cache: Arc::new(cache),
+        server,
+        upstream_allowed,
+    })
+}
+
 impl FirmwareArgs {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<Exit> {
@@ -252,44 +276,27 @@ impl FirmwareArgs {
                 bmc_fetches_upstream,
                 image_cache,
             } => {
-                let cache_dir = image_cache.unwrap_or_else(default_cache_dir);
-                let cache = match ImageCache::open(&cache_dir) {
-                    Ok(c) => Arc::new(c),
+                let tls = serve_tls_cert.zip(serve_tls_key);
+                let images = match start_images(
+                    image_cache,
+                    serve_address,
+                    tls.as_ref(),
+                    bmc_fetches_upstream,
+                )
+                .await
+                {
+                    Ok(i) => i,
                     Err(e) => {
-                        eprintln!("error: {}", cairn_api::error_chain(&e));
+                        eprintln!("error: {e:#}");
                         return Ok(Exit::InvalidInput);
                     }
                 };
-                let tls = match (&serve_tls_cert, &serve_tls_key) {
-                    (Some(cert), Some(key)) => match tls_config(cert, key) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            eprintln!("error: {}", cairn_api::error_chain(&e));
-                            return Ok(Exit::InvalidInput);
-                        }
-                    },
-                    _ => None,
-                };
-                let server = match serve_address {
-                    Some(address) => {
-                        match ImageServer::start(address, ServeLimits::default(), tls).await {
-                            Ok(s) => Some(Arc::new(s)),
-                            Err(e) => {
-                                eprintln!("error: {}", cairn_api::error_chain(&e));
-                                return Ok(Exit::InvalidInput);
-                            }
-                        }
-                    }
-                    None => None,
-                };
+                let server = images.server.clone();
                 let options = ApplyOptions {
                     reset: !no_reset,
+                    power_on: false,
                     settle_timeout: Duration::from_secs_f64(settle_timeout.max(1.0)),
-                    images: Images {
-                        cache,
-                        server: server.clone(),
-                        upstream_allowed: bmc_fetches_upstream,
-                    },
+                    images,
                 };
                 let op: Operation<crate::apply::Applied> = {
                     let pick = pick.clone();
@@ -314,29 +321,7 @@ impl FirmwareArgs {
                         return Ok(Exit::InvalidInput);
                     }
                 };
-                Ok(report(output, &outcomes, |a| {
-                    if a.plan.is_empty() {
-                        return format!("{}: already in baseline, nothing changed", a.plan.profile);
-                    }
-                    format!(
-                        "{}: staged {} attribute(s){}{}{}",
-                        a.plan.profile,
-                        a.staged,
-                        if a.reset { ", reset" } else { "" },
-                        if a.verified {
-                            ", verified"
-                        } else {
-                            ", pending until next boot"
-                        },
-                        if a.updated.is_empty() {
-                            String::new()
-                        } else {
-                            let done: Vec<String> =
-                                a.updated.iter().map(|u| u.to_string()).collect();
-                            format!(", updated {}", done.join(", "))
-                        }
-                    )
-                }))
+                Ok(report(output, &outcomes, |a| a.to_string()))
             }
         }
     }

@@ -73,11 +73,15 @@ impl Plan {
 
 /// Attribute values compare loosely: BMCs report `"true"` for `true` and `"10"` for `10`.
 pub fn same_value(a: &Value, b: &Value) -> bool {
-    let text = |v: &Value| match v {
+    a == b || shown(a).eq_ignore_ascii_case(&shown(b))
+}
+
+/// A value as BMCs and profiles spell it: a string without JSON quotes.
+pub fn shown(v: &Value) -> String {
+    match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
-    a == b || text(a).eq_ignore_ascii_case(&text(b))
+    }
 }
 
 fn version_of(component: FirmwareTarget, firmware: &[FirmwareComponent]) -> Option<String> {

@@ -91,6 +91,7 @@ async fn plan_apply_then_nothing_to_do() {
     );
     let options = ApplyOptions {
         reset: true,
+        power_on: false,
         settle_timeout: Duration::from_secs(30),
         images: Images {
             cache: Arc::new(ImageCache::open(cache.path()).unwrap()),
@@ -126,6 +127,7 @@ async fn refused_values_and_bad_images_change_nothing() {
     let cache = tempfile::tempdir().unwrap();
     let options = ApplyOptions {
         reset: false,
+        power_on: false,
         settle_timeout: Duration::from_secs(5),
         images: Images {
             cache: Arc::new(ImageCache::open(cache.path()).unwrap()),

@@ -332,6 +332,7 @@ fn options(
 ) -> ApplyOptions {
     ApplyOptions {
         reset: false,
+        power_on: false,
         settle_timeout: Duration::from_secs(5),
         images: Images {
             cache: Arc::new(ImageCache::open(cache.path()).unwrap()),
@@ -503,6 +504,7 @@ async fn a_tampered_cached_image_is_downloaded_again_or_refused_never_sent() {
     let (up3, url3) = start_upstream().await;
     let opts = ApplyOptions {
         reset: false,
+        power_on: false,
         settle_timeout: Duration::from_secs(5),
         images: Images {
             cache: Arc::new(cache),

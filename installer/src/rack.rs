@@ -12,12 +12,15 @@ pub mod report;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use cairn_api::cli::{Exit, OutputFormat};
+use cairn_firmware_profiles::apply::ApplyOptions;
+use cairn_firmware_profiles::profile::{Profile, by_name, load_all};
 use cairn_hardware::address::Scheme;
 use cairn_hardware::cli::RedfishHttpArgs;
 use cairn_hardware::connect::connect;
@@ -26,8 +29,8 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::agent::plan::InstallPlan;
 use machine::{
-    BootMethod, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase, Policy,
-    Record, ServerPlan, State, TokenMinter,
+    BootMethod, Firmware, FleetView, InstallProgressSource, Machine, MediaStore, Observer, Phase,
+    Policy, Record, ServerPlan, State, TokenMinter,
 };
 use report::Reporter;
 use store::StateFile;
@@ -48,6 +51,12 @@ enum RackCommand {
     /// bounded retries. State is kept in INVENTORY's directory as NAME.state.json: run the
     /// same command again to resume (provisioned servers are skipped, an interrupted install
     /// starts over, a failed step is retried). One server's failure never stops the others.
+    ///
+    /// configuring-firmware applies the profile each server's `firmware_profile` names, as
+    /// `cairn firmware apply` does (stage, reset or power on, verify within
+    /// --firmware-settle-timeout, update firmware); a name no profile has stops the command
+    /// before any BMC is touched, and settings the BMC refuses or does not take fail that
+    /// server, naming them.
     ///
     /// Needs a running boot server (`cairn boot-server`) serving the artifacts of
     /// `cairn image build`, and a hub to register with.
@@ -125,6 +134,29 @@ struct ProvisionArgs {
     /// Seconds to wait for the appliance to register after the install.
     #[arg(long, default_value_t = 900)]
     register_timeout: u64,
+    /// Extra firmware profile directory (as `cairn firmware --profiles`); its files replace
+    /// shipped profiles of the same name. Each server's `firmware_profile` must name a known
+    /// profile, or nothing is started.
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
+    /// Seconds to wait, after the boot that applies them, for staged BIOS settings to read
+    /// back as current; a server whose settings are still not in effect then fails.
+    #[arg(long, default_value_t = 900)]
+    firmware_settle_timeout: u64,
+    /// Serve verified firmware images, on this address of this machine (an IP the BMCs
+    /// reach, and a port; 0: any free one), to BMCs that take no pushed image (as `cairn
+    /// firmware apply --serve-address`). Runs while the rack is provisioned.
+    #[arg(long, value_name = "IP:PORT")]
+    firmware_serve_address: Option<SocketAddr>,
+    /// Let a BMC that takes no pushed image download the profile's image_url itself when
+    /// --firmware-serve-address is not given: the SHA-256 cairn checks then does NOT cover
+    /// what it flashes.
+    #[arg(long)]
+    bmc_fetches_upstream: bool,
+    /// Directory of verified firmware images, one file per SHA-256
+    /// [default: $XDG_CACHE_HOME/cairn/firmware, else ~/.cache/cairn/firmware].
+    #[arg(long, value_name = "DIR")]
+    firmware_image_cache: Option<PathBuf>,
     /// Output: a table and progress bars for people, JSON lines for scripts.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
@@ -172,7 +204,34 @@ fn check_artifacts(dir: &Path, need_pxe: bool, need_iso: bool) -> Result<(), Str
     }
 }
 
-fn plan_for(server: &Server, boot: BootChoice, site: Option<&str>) -> Result<ServerPlan, String> {
+/// The profile each server's `firmware_profile` names, by server name; an unknown name is an
+/// error naming the server and the profiles known.
+fn firmware_profiles(
+    servers: &[&Server],
+    profiles: &[Profile],
+) -> Result<BTreeMap<String, Profile>, String> {
+    let mut out = BTreeMap::new();
+    for server in servers {
+        if let Some(name) = &server.firmware_profile {
+            let profile = by_name(profiles, name).map_err(|e| {
+                format!(
+                    "server {}: {e}; correct its firmware_profile in the inventory, or pass \
+                     --profiles DIR holding it",
+                    server.name
+                )
+            })?;
+            out.insert(server.name.clone(), profile.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn plan_for(
+    server: &Server,
+    boot: BootChoice,
+    site: Option<&str>,
+    firmware: Option<Firmware>,
+) -> Result<ServerPlan, String> {
     let boot_mac = server
         .boot_mac
         .clone()
@@ -209,7 +268,7 @@ fn plan_for(server: &Server, boot: BootChoice, site: Option<&str>) -> Result<Ser
         boot_mac,
         serial: server.serial.clone(),
         boot: method,
-        firmware_profile: server.firmware_profile.clone(),
+        firmware,
     })
 }
 
@@ -253,9 +312,54 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
+    let mut firmware = match load_all(args.profiles.as_deref())
+        .map_err(|e| cairn_api::error_chain(&e))
+        .and_then(|all| firmware_profiles(&servers, &all))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::InvalidInput);
+        }
+    };
+    // The image cache and server only when some server has a baseline to apply.
+    let options = if firmware.is_empty() {
+        None
+    } else {
+        let images = match cairn_firmware_profiles::cli::start_images(
+            args.firmware_image_cache.clone(),
+            args.firmware_serve_address,
+            None,
+            args.bmc_fetches_upstream,
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(Exit::InvalidInput);
+            }
+        };
+        // Rack provisioning boots every server next anyway: one found off is powered on so
+        // its baseline is verified before the install rather than left pending.
+        Some(Arc::new(ApplyOptions {
+            reset: true,
+            power_on: true,
+            settle_timeout: Duration::from_secs(args.firmware_settle_timeout.max(1)),
+            images,
+        }))
+    };
     let plans: Vec<Result<ServerPlan, String>> = servers
         .iter()
-        .map(|s| plan_for(s, args.boot, args.site.as_deref()))
+        .map(|s| {
+            let firmware = firmware.remove(&s.name).zip(options.clone());
+            plan_for(
+                s,
+                args.boot,
+                args.site.as_deref(),
+                firmware.map(|(profile, options)| Firmware { profile, options }),
+            )
+        })
         .collect();
     let need_pxe = plans.iter().flatten().any(|p| p.boot == BootMethod::Pxe);
     let need_iso = plans.iter().flatten().any(|p| p.boot != BootMethod::Pxe);
@@ -366,6 +470,10 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         }
     });
     let results = futures::future::join_all(jobs).await;
+    // The image server lives exactly as long as the provisioning.
+    if let Some(server) = options.as_ref().and_then(|o| o.images.server.as_ref()) {
+        server.stop().await;
+    }
     // The bars go before the table is printed.
     drop(reporter);
     match args.output {
@@ -402,16 +510,44 @@ mod tests {
     #[test]
     fn redfish_servers_get_virtual_media_for_the_site_and_ipmi_ones_pxe() {
         let rack = rack();
-        let p = plan_for(&rack.servers[0], BootChoice::Auto, Some("lab")).unwrap();
+        let p = plan_for(&rack.servers[0], BootChoice::Auto, Some("lab"), None).unwrap();
         assert_eq!(p.boot, BootMethod::VirtualMedia { site: "lab".into() });
         assert_eq!(p.boot_mac, "52:54:00:c4:00:01");
-        let p = plan_for(&rack.servers[1], BootChoice::Auto, None).unwrap();
+        let p = plan_for(&rack.servers[1], BootChoice::Auto, None, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
-        let e = plan_for(&rack.servers[1], BootChoice::VirtualMedia, Some("lab")).unwrap_err();
+        let e = plan_for(
+            &rack.servers[1],
+            BootChoice::VirtualMedia,
+            Some("lab"),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("needs a Redfish BMC"), "{e}");
-        let e = plan_for(&rack.servers[0], BootChoice::Auto, None).unwrap_err();
+        let e = plan_for(&rack.servers[0], BootChoice::Auto, None, None).unwrap_err();
         assert!(e.contains("--site") && e.contains("srv1"), "{e}");
-        let p = plan_for(&rack.servers[0], BootChoice::Pxe, None).unwrap();
+        let p = plan_for(&rack.servers[0], BootChoice::Pxe, None, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
+    }
+
+    #[test]
+    fn an_unknown_firmware_profile_fails_planning_naming_the_server_and_the_known_ones() {
+        let rack = Rack::parse(
+            "servers:\n  - name: srv1\n    bmc: redfish://admin@10.77.0.101\n    credentials: c.yaml\n    firmware_profile: emulator\n  - name: srv2\n    bmc: redfish://admin@10.77.0.102\n    credentials: c.yaml\n    firmware_profile: emulatr\n  - name: srv3\n    bmc: redfish://admin@10.77.0.103\n    credentials: c.yaml\n",
+            Path::new("/lab"),
+        )
+        .unwrap();
+        let shipped = load_all(None).unwrap();
+        let all: Vec<&Server> = rack.servers.iter().collect();
+        let e = firmware_profiles(&all, &shipped).unwrap_err();
+        assert!(
+            e.contains("srv2")
+                && e.contains("emulatr")
+                && e.contains("emulator, ")
+                && e.contains("--profiles"),
+            "{e}"
+        );
+        let found = firmware_profiles(&all[..1], &shipped).unwrap();
+        assert_eq!(found["srv1"].name, "emulator");
+        assert!(firmware_profiles(&all[2..], &shipped).unwrap().is_empty());
     }
 }

@@ -137,3 +137,62 @@ fn rack_provision_refuses_plain_http_redfish_unless_allowed() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("pw-not-in-logs") && !stdout.contains("pw-not-in-logs"));
 }
+
+/// A misspelt `firmware_profile` stops `cairn rack provision` before anything starts: exit 3
+/// naming the server and the profiles known, and its BMC never hears from cairn.
+#[test]
+fn rack_provision_refuses_an_unknown_firmware_profile_before_touching_a_bmc() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("artifacts/pxe")).unwrap();
+    for f in ["pxe/vmlinuz", "pxe/initrd.img"] {
+        std::fs::write(d.join("artifacts").join(f), b"").unwrap();
+    }
+    std::fs::write(d.join("creds.yaml"), "username: admin\npassword: pw\n").unwrap();
+    std::fs::write(d.join("token"), "cairn-op.test.unused\n").unwrap();
+    std::fs::write(d.join("hub-ca.pem"), "").unwrap();
+    // The "BMC": a listener that would see any connection.
+    let bmc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bmc.set_nonblocking(true).unwrap();
+    let port = bmc.local_addr().unwrap().port();
+    std::fs::write(
+        d.join("rack.yaml"),
+        format!(
+            "servers:\n  - name: s1\n    bmc: redfish+http://admin@127.0.0.1:{port}\n    credentials: creds.yaml\n    boot_mac: 52:54:00:00:79:01\n    firmware_profile: emulatr\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["rack", "provision"])
+        .arg(d.join("rack.yaml"))
+        .arg("--artifacts")
+        .arg(d.join("artifacts"))
+        .args([
+            "--hub",
+            "https://127.0.0.1:9/",
+            "--boot-server",
+            "http://127.0.0.1:9/",
+        ])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--hub-ca")
+        .arg(d.join("hub-ca.pem"))
+        .args(["--boot", "pxe", "--allow-insecure-redfish"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("server s1")
+            && stderr.contains("emulatr")
+            && stderr.contains("emulator")
+            && stderr.contains("--profiles"),
+        "{stderr}"
+    );
+    assert_eq!(
+        bmc.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the BMC was contacted"
+    );
+    assert!(!d.join("rack.state.json").exists(), "nothing was started");
+}

@@ -328,7 +328,19 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
         1,
         &["--artifacts", image.to_str().unwrap(), "--bmc", "redfish"],
     );
-    let out = lab.provision(&[]);
+    // srv1 carries a BIOS baseline (a profile of BIOS attributes only: the shipped emulator
+    // profile's firmware image is not served in the lab), applied in configuring-firmware.
+    let profiles = lab.dir.join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("lab-bios.yaml"),
+        "name: lab-bios\nmatch: {manufacturer: Sushy Emulator}\nbios:\n  attributes: {ProcTurboMode: Disabled}\n",
+    )
+    .unwrap();
+    let rack = lab.dir.join("rack.yaml");
+    let text = std::fs::read_to_string(&rack).unwrap();
+    std::fs::write(&rack, format!("{text}    firmware_profile: lab-bios\n")).unwrap();
+    let out = lab.provision(&["--profiles", profiles.to_str().unwrap()]);
     let summary = summary(&out);
     assert!(
         out.status.success(),
@@ -339,6 +351,14 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
     let rec = record_of(&summary, "srv1");
     assert!(
         rec["seconds"]["installing"].as_f64().unwrap_or(0.0) > 0.0,
+        "{rec}"
+    );
+    assert!(
+        rec["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("firmware profile lab-bios: staged 1 attribute(s)")
+            && n.as_str().unwrap().ends_with("verified")),
         "{rec}"
     );
 
@@ -362,6 +382,8 @@ fn b_redfish_server_is_provisioned_over_virtual_media_and_the_media_ejected() {
         .to_string();
     let boot = redfish(&system)["Boot"].clone();
     assert_eq!(boot["BootSourceOverrideTarget"], "Hdd", "{boot}");
+    let bios = redfish(&format!("{system}/BIOS"));
+    assert_eq!(bios["Attributes"]["ProcTurboMode"], "Disabled", "{bios}");
     let cd = redfish(&format!("{system}/VirtualMedia/Cd"));
     assert_eq!(cd["Inserted"], false, "{cd}");
     assert!(

@@ -11,8 +11,9 @@
 //! handed to the caller to persist and report. The side effects are behind traits: the BMC
 //! (`cairn_hardware::bmc::Bmc`), the boot server's install reports
 //! ([`InstallProgressSource`]), the hub ([`FleetView`], and [`TokenMinter`] for the
-//! per-server enrollment tokens of virtual media) and the seeded ISOs ([`MediaStore`]); this
-//! module is pure logic over them and is unit-tested with doubles of all of them.
+//! per-server enrollment tokens of virtual media) and the seeded ISOs ([`MediaStore`]); the
+//! firmware baseline is applied through the BMC by `cairn firmware apply`'s own code
+//! ([`apply_firmware`]); this module is pure logic over them and is unit-tested with doubles of all of them.
 //!
 //! Virtual media: each `booting-installer` attempt mints one single-use enrollment token at
 //! the hub, bound to the server's boot MAC (and to the serial its BMC reported during
@@ -35,6 +36,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use cairn_api::{InstallProgress, InstallStep};
+use cairn_firmware_profiles::apply::{ApplyOptions, apply};
+use cairn_firmware_profiles::profile::Profile;
 use cairn_hardware::bmc::{Bmc, BmcError, BootDevice, BootOverride, PowerAction, PowerState};
 use serde::{Deserialize, Serialize};
 
@@ -222,8 +225,18 @@ pub enum BootMethod {
     },
 }
 
+/// A server's firmware baseline and how it is applied.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// The profile its inventory entry names, resolved when the rack was planned (so a
+    /// misspelt name fails before any BMC is touched).
+    pub profile: Profile,
+    /// Settle timeout and image delivery, shared by the rack's servers.
+    pub options: std::sync::Arc<ApplyOptions>,
+}
+
 /// What to do with one server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerPlan {
     /// Inventory name.
     pub name: String,
@@ -233,8 +246,8 @@ pub struct ServerPlan {
     pub serial: Option<String>,
     /// PXE or virtual media.
     pub boot: BootMethod,
-    /// Firmware profile to apply, if the inventory names one.
-    pub firmware_profile: Option<String>,
+    /// The firmware baseline to apply, if its inventory entry names a profile.
+    pub firmware: Option<Firmware>,
 }
 
 /// Limits and pacing.
@@ -632,18 +645,12 @@ impl Machine<'_> {
         Ok(State::ConfiguringFirmware { attempt: 1 })
     }
 
-    /// `configuring-firmware`: nothing to do without a profile.
+    /// `configuring-firmware`: the server's profile, if it has one, is applied as `cairn
+    /// firmware apply` does ([`apply_firmware`]); what was done is a note.
     pub async fn configure_firmware(&self, record: &mut Record) -> Result<State, StepError> {
-        if let Some(profile) = &self.plan.firmware_profile {
-            // Provisioning does not run `cairn firmware apply` in this phase yet (issue 16);
-            // proceeding without the baseline is recorded so the operator sees it and can
-            // apply it by hand.
-            let note = format!(
-                "firmware profile {profile:?} not applied: rack provisioning does not apply \
-                 firmware baselines yet; apply it with `cairn firmware apply --inventory \
-                 rack.yaml --only {}` and re-run",
-                self.plan.name
-            );
+        if let Some(Firmware { profile, options }) = &self.plan.firmware {
+            let note = apply_firmware(self.bmc, profile, options).await?;
+            tracing::info!(server = %self.plan.name, profile = %profile.name, outcome = %note, "firmware profile applied");
             self.observer.note(&self.plan.name, &note);
             record.notes.push(note);
         }
@@ -888,6 +895,31 @@ impl Machine<'_> {
             }
             tokio::time::sleep(self.policy.poll).await;
         }
+    }
+}
+
+/// `configuring-firmware`'s work, the code of `cairn firmware apply`: plan; stage what
+/// differs; boot the server (reset when on, power on when off, per `options`) and poll its
+/// BIOS until the staged values are current, within the settle timeout; run and verify the
+/// profile's firmware updates. Answers the line for the report. Values the BMC refuses and
+/// settings not in effect after the boot fail the server at once, naming the attributes:
+/// applying the same profile again would end the same way.
+pub async fn apply_firmware(
+    bmc: &dyn Bmc,
+    profile: &Profile,
+    options: &ApplyOptions,
+) -> Result<String, StepError> {
+    match apply(bmc, profile, options).await {
+        Ok(applied) => Ok(format!("firmware profile {applied}")),
+        Err(e @ BmcError::NotApplied { .. }) => Err(StepError::fatal(format!(
+            "firmware profile {}: {e}; check the profile's values against this server's BIOS \
+             with `cairn firmware plan`",
+            profile.name
+        ))),
+        Err(e) => Err(StepError::bmc(
+            &format!("applying firmware profile {}", profile.name),
+            e,
+        )),
     }
 }
 

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use cairn_hardware::bmc::{Capability, Inventory};
+use cairn_firmware_profiles::apply::Images;
+use cairn_firmware_profiles::image::ImageCache;
+use cairn_hardware::bmc::{BiosSettings, Capability, Inventory};
 
 use super::*;
 
@@ -18,12 +20,27 @@ struct FakeBmc {
     boot_delay: Duration,
     /// The serial its inventory reports (`None`: no inventory, as over IPMI).
     serial: Option<String>,
+    /// BIOS attributes: staged ones become current at the next boot (power on, reset,
+    /// cycle), except `sticky` ones, which the firmware never takes.
+    bios: Mutex<BiosSettings>,
+    sticky: Vec<String>,
+    /// Errors returned by the next `bios` calls.
+    bios_errors: Mutex<VecDeque<BmcError>>,
 }
 
 impl FakeBmc {
     fn off() -> Self {
         let b = FakeBmc::default();
         *b.power.lock().unwrap() = Some(PowerState::Off);
+        b
+    }
+    /// Off, with these current BIOS attributes.
+    fn with_bios(attributes: &[(&str, &str)]) -> Self {
+        let b = FakeBmc::off();
+        b.bios.lock().unwrap().current = attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         b
     }
     fn log(&self, s: String) {
@@ -55,7 +72,39 @@ impl Bmc for FakeBmc {
             _ => PowerState::On,
         };
         *self.power.lock().unwrap() = Some(state);
+        if state == PowerState::On {
+            let mut bios = self.bios.lock().unwrap();
+            let staged = std::mem::take(&mut bios.pending);
+            for (k, v) in staged {
+                if self.sticky.contains(&k) {
+                    bios.pending.insert(k, v);
+                } else {
+                    bios.current.insert(k, v);
+                }
+            }
+        }
         Ok(())
+    }
+    async fn bios(&self) -> cairn_hardware::bmc::BmcResult<BiosSettings> {
+        if let Some(e) = self.bios_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        Ok(self.bios.lock().unwrap().clone())
+    }
+    async fn bios_registry(
+        &self,
+    ) -> cairn_hardware::bmc::BmcResult<Option<Vec<cairn_hardware::bmc::AttributeSpec>>> {
+        Ok(None)
+    }
+    async fn stage_bios(
+        &self,
+        changes: &BTreeMap<String, serde_json::Value>,
+    ) -> cairn_hardware::bmc::BmcResult<bool> {
+        for (k, v) in changes {
+            self.log(format!("stage {k}={}", v.as_str().unwrap_or_default()));
+        }
+        self.bios.lock().unwrap().pending.extend(changes.clone());
+        Ok(true)
     }
     async fn boot_override(&self) -> cairn_hardware::bmc::BmcResult<BootOverride> {
         Err(self.unsupported(Capability::Boot))
@@ -264,7 +313,21 @@ fn plan(boot: BootMethod) -> ServerPlan {
         boot_mac: "52:54:00:00:00:01".into(),
         serial: None,
         boot,
-        firmware_profile: None,
+        firmware: None,
+    }
+}
+
+/// As `cairn rack provision` applies profiles, with a 30 s settle timeout and no image server.
+fn firmware_options(cache: &std::path::Path) -> ApplyOptions {
+    ApplyOptions {
+        reset: true,
+        power_on: true,
+        settle_timeout: Duration::from_secs(30),
+        images: Images {
+            cache: std::sync::Arc::new(ImageCache::open(cache).unwrap()),
+            server: None,
+            upstream_allowed: false,
+        },
     }
 }
 
@@ -546,6 +609,178 @@ async fn reports_from_an_earlier_install_are_not_taken_for_this_one() {
     let (phase, reason) = r.failure();
     assert_eq!(*phase, Phase::Installing);
     assert!(reason.contains("never started reporting"), "{reason}");
+}
+
+/// A plan whose inventory entry names a profile setting these BIOS attributes; images would
+/// be cached in `cache`.
+fn firmware_plan(attributes: &[(&str, &str)], cache: &std::path::Path) -> ServerPlan {
+    let mut yaml = "name: baseline\nmatch: {manufacturer: Test}\nbios:\n  attributes:\n".to_owned();
+    for (k, v) in attributes {
+        yaml.push_str(&format!("    {k}: {v}\n"));
+    }
+    ServerPlan {
+        firmware: Some(Firmware {
+            profile: cairn_firmware_profiles::profile::Profile::parse(
+                &yaml,
+                std::path::Path::new("t.yaml"),
+            )
+            .unwrap(),
+            options: std::sync::Arc::new(firmware_options(cache)),
+        }),
+        ..plan(BootMethod::Pxe)
+    }
+}
+
+/// What `configuring-firmware` ends in.
+#[derive(Debug)]
+enum FirmwareOutcome {
+    /// The server goes on, with a note holding this.
+    GoesOn(&'static str),
+    /// The server fails in `configuring-firmware` with a reason holding all of these.
+    Fails(&'static [&'static str]),
+}
+
+#[tokio::test(start_paused = true)]
+async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_attributes() {
+    use FirmwareOutcome::*;
+    let timeout = || BmcError::Timeout {
+        doing: "GET Bios".into(),
+        seconds: 20.0,
+    };
+    struct Case {
+        name: &'static str,
+        bios: &'static [(&'static str, &'static str)],
+        profile: &'static [(&'static str, &'static str)],
+        sticky: &'static [&'static str],
+        bios_errors: usize,
+        want: FirmwareOutcome,
+        /// The BMC calls of the phase (what follows it is the PXE boot).
+        calls: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            name: "in baseline: nothing staged, no boot",
+            bios: &[("ProcTurboMode", "Disabled")],
+            profile: &[("ProcTurboMode", "Disabled")],
+            sticky: &[],
+            bios_errors: 0,
+            want: GoesOn("firmware profile baseline: already in baseline, nothing changed"),
+            calls: &[],
+        },
+        Case {
+            name: "staged, powered on from off, verified",
+            bios: &[("ProcTurboMode", "Enabled"), ("NicBoot1", "NetworkBoot")],
+            profile: &[("ProcTurboMode", "Disabled"), ("NicBoot1", "NetworkBoot")],
+            sticky: &[],
+            bios_errors: 0,
+            want: GoesOn("firmware profile baseline: staged 1 attribute(s), reset, verified"),
+            calls: &["stage ProcTurboMode=Disabled", "power On"],
+        },
+        Case {
+            name: "not in effect after the boot: fails at once naming the attribute",
+            bios: &[("ProcTurboMode", "Enabled"), ("NicBoot1", "PXE")],
+            profile: &[("ProcTurboMode", "Disabled"), ("NicBoot1", "NetworkBoot")],
+            sticky: &["ProcTurboMode"],
+            bios_errors: 0,
+            want: Fails(&[
+                "BIOS attributes not in effect",
+                "set ProcTurboMode=Disabled, BMC reads back ProcTurboMode=Enabled",
+            ]),
+            calls: &[
+                "stage NicBoot1=NetworkBoot",
+                "stage ProcTurboMode=Disabled",
+                "power On",
+            ],
+        },
+        Case {
+            name: "a value the BMC refuses: fails at once, nothing staged",
+            bios: &[("ProcTurboMode", "Enabled")],
+            profile: &[("ProcTurboMode", "Disabled"), ("TurboBoots", "On")],
+            sticky: &[],
+            bios_errors: 0,
+            want: Fails(&[
+                "TurboBoots: the BMC reports no such BIOS attribute",
+                "nothing was changed",
+            ]),
+            calls: &[],
+        },
+        Case {
+            name: "a BMC timeout is retried like any other phase's",
+            bios: &[("ProcTurboMode", "Enabled")],
+            profile: &[("ProcTurboMode", "Disabled")],
+            sticky: &[],
+            bios_errors: 1,
+            want: GoesOn("firmware profile baseline: staged 1 attribute(s), reset, verified"),
+            calls: &["stage ProcTurboMode=Disabled", "power On"],
+        },
+        Case {
+            name: "a BMC that keeps timing out fails the server after the attempts",
+            bios: &[("ProcTurboMode", "Enabled")],
+            profile: &[("ProcTurboMode", "Disabled")],
+            sticky: &[],
+            bios_errors: 3,
+            want: Fails(&[
+                "BMC applying firmware profile baseline",
+                "GET Bios",
+                "after 3 attempts",
+            ]),
+            calls: &[],
+        },
+    ];
+    let cache = tempfile::tempdir().unwrap();
+    for case in cases {
+        let mut bmc = FakeBmc::with_bios(case.bios);
+        bmc.sticky = case.sticky.iter().map(|s| s.to_string()).collect();
+        bmc.bios_errors
+            .lock()
+            .unwrap()
+            .extend((0..case.bios_errors).map(|_| timeout()));
+        let install = FakeInstall::new(None, FULL);
+        let fleet = FakeFleet::after(Some(0));
+        let r = run(
+            &firmware_plan(case.profile, cache.path()),
+            &bmc,
+            &install,
+            &fleet,
+            State::ConfiguringFirmware { attempt: 1 },
+        )
+        .await;
+        let name = case.name;
+        let calls = bmc.calls();
+        let phase_calls: Vec<&str> = calls
+            .iter()
+            .map(String::as_str)
+            .take_while(|c| !c.starts_with("boot "))
+            .collect();
+        assert_eq!(phase_calls, case.calls, "{name}");
+        match case.want {
+            GoesOn(note) => {
+                assert!(
+                    matches!(r.record.state, State::Provisioned { .. }),
+                    "{name}: {:?}",
+                    r.record.state
+                );
+                assert!(
+                    r.record.notes.iter().any(|n| n == note),
+                    "{name}: {:?}",
+                    r.record.notes
+                );
+                assert_eq!(
+                    calls.get(case.calls.len()).map(String::as_str),
+                    Some("boot pxe once"),
+                    "{name}"
+                );
+            }
+            Fails(words) => {
+                let (phase, reason) = r.failure();
+                assert_eq!(*phase, Phase::ConfiguringFirmware, "{name}");
+                for w in words {
+                    assert!(reason.contains(w), "{name}: {reason:?} lacks {w:?}");
+                }
+                assert_eq!(calls, case.calls, "{name}: nothing after the failure");
+            }
+        }
+    }
 }
 
 fn media_plan() -> ServerPlan {

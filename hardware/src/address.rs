@@ -1,4 +1,5 @@
-//! BMC addresses (`redfish://`, `redfish+http://`, `ipmi://`) and credentials files.
+//! BMC addresses (`redfish://`, `redfish+http://`, `ipmi://`, and Metal3's Redfish schemes
+//! such as `redfish-virtualmedia://` or `idrac-virtualmedia://`) and credentials files.
 //!
 //! Passwords never come from the command line or the URL: a URL with a password is refused,
 //! so it cannot end up in shell history or a process list.
@@ -20,6 +21,19 @@ pub enum Scheme {
     Ipmi,
 }
 
+/// Whose Redfish an address names: Metal3's `idrac-*` and `ilo5-*` schemes say it, the plain
+/// ones do not. Kept so an address prints as it was written; the quirks a BMC needs come
+/// from what it reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `redfish`, `redfish-virtualmedia`.
+    Generic,
+    /// `idrac-redfish`, `idrac-virtualmedia` (Dell).
+    Idrac,
+    /// `ilo5-redfish`, `ilo5-virtualmedia` (HPE).
+    Ilo5,
+}
+
 /// A parsed BMC address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -34,6 +48,11 @@ pub struct BmcAddress {
     pub port: u16,
     /// Redfish: a system path such as `/redfish/v1/Systems/1` when the BMC has several.
     pub system: Option<String>,
+    /// Whose Redfish (Metal3's vendor schemes).
+    pub dialect: Dialect,
+    /// The scheme asks for the installer to boot from virtual media (Metal3's
+    /// `*-virtualmedia` schemes), as a rack.yaml `boot: virtual-media` does.
+    pub virtual_media: bool,
 }
 
 /// A BMC address that cannot be used.
@@ -46,22 +65,42 @@ pub struct AddressError {
 
 impl BmcAddress {
     /// Parses `redfish://[user@]host[:port][/redfish/v1/Systems/ID]`, `redfish+http://...`
-    /// or `ipmi://[user@]host[:port]`.
+    /// or `ipmi://[user@]host[:port]`, and Metal3's Redfish schemes: `redfish-virtualmedia`,
+    /// `idrac-redfish`, `idrac-virtualmedia`, `ilo5-redfish`, `ilo5-virtualmedia`, each also
+    /// with `+https` or `+http`.
     pub fn parse(text: &str) -> Result<Self, AddressError> {
         let fail = |reason: &str| AddressError {
             address: text.to_owned(),
             reason: reason.to_owned(),
         };
         let url = url::Url::parse(text).map_err(|e| fail(&e.to_string()))?;
-        let (scheme, default_port) = match url.scheme() {
-            "redfish" | "redfish+https" => (Scheme::Redfish, 443),
-            "redfish+http" => (Scheme::RedfishHttp, 80),
-            "ipmi" => (Scheme::Ipmi, 623),
-            other => {
-                return Err(fail(&format!(
-                    "unknown scheme {other:?}; use redfish://, redfish+http:// or ipmi://"
-                )));
-            }
+        let (base, transport) = match url.scheme().rsplit_once('+') {
+            Some((base, transport)) => (base, Some(transport)),
+            None => (url.scheme(), None),
+        };
+        let unknown = || {
+            fail(&format!(
+                "unknown scheme {:?}; use redfish://, redfish+http://, ipmi://, or Metal3's \
+                 redfish-virtualmedia://, idrac-redfish://, idrac-virtualmedia://, \
+                 ilo5-redfish://, ilo5-virtualmedia://",
+                url.scheme()
+            ))
+        };
+        let (dialect, virtual_media) = match base {
+            "redfish" | "ipmi" => (Dialect::Generic, false),
+            "redfish-virtualmedia" => (Dialect::Generic, true),
+            "idrac-redfish" => (Dialect::Idrac, false),
+            "idrac-virtualmedia" => (Dialect::Idrac, true),
+            "ilo5-redfish" => (Dialect::Ilo5, false),
+            "ilo5-virtualmedia" => (Dialect::Ilo5, true),
+            _ => return Err(unknown()),
+        };
+        let (scheme, default_port) = match (base, transport) {
+            ("ipmi", None) => (Scheme::Ipmi, 623),
+            ("ipmi", Some(_)) => return Err(unknown()),
+            (_, None | Some("https")) => (Scheme::Redfish, 443),
+            (_, Some("http")) => (Scheme::RedfishHttp, 80),
+            (_, Some(_)) => return Err(unknown()),
         };
         if url.password().is_some() {
             let mut shown = url.clone();
@@ -96,6 +135,8 @@ impl BmcAddress {
             host,
             port: url.port().unwrap_or(default_port),
             system,
+            dialect,
+            virtual_media,
         })
     }
 
@@ -111,12 +152,21 @@ impl BmcAddress {
 
 impl fmt::Display for BmcAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.scheme {
-            Scheme::Redfish => "redfish",
-            Scheme::RedfishHttp => "redfish+http",
-            Scheme::Ipmi => "ipmi",
+        let base = match (self.scheme, self.dialect, self.virtual_media) {
+            (Scheme::Ipmi, ..) => "ipmi",
+            (_, Dialect::Generic, false) => "redfish",
+            (_, Dialect::Generic, true) => "redfish-virtualmedia",
+            (_, Dialect::Idrac, false) => "idrac-redfish",
+            (_, Dialect::Idrac, true) => "idrac-virtualmedia",
+            (_, Dialect::Ilo5, false) => "ilo5-redfish",
+            (_, Dialect::Ilo5, true) => "ilo5-virtualmedia",
         };
-        write!(f, "{scheme}://")?;
+        let transport = if self.scheme == Scheme::RedfishHttp {
+            "+http"
+        } else {
+            ""
+        };
+        write!(f, "{base}{transport}://")?;
         if let Some(user) = &self.user {
             write!(f, "{user}@")?;
         }
@@ -261,6 +311,80 @@ mod tests {
         let a = BmcAddress::parse("ipmi://[::1]:9623").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 9623));
         assert_eq!(a.authority(), "[::1]:9623");
+    }
+
+    #[test]
+    fn metal3_schemes_name_redfish_its_dialect_and_virtual_media() {
+        // (address, scheme, dialect, virtual media, port, printed back)
+        let table = [
+            (
+                "redfish-virtualmedia://10.0.0.5/redfish/v1/Systems/1",
+                Scheme::Redfish,
+                Dialect::Generic,
+                true,
+                443,
+                "redfish-virtualmedia://10.0.0.5:443/redfish/v1/Systems/1",
+            ),
+            (
+                "redfish-virtualmedia+http://127.0.0.1:8000",
+                Scheme::RedfishHttp,
+                Dialect::Generic,
+                true,
+                8000,
+                "redfish-virtualmedia+http://127.0.0.1:8000",
+            ),
+            (
+                "idrac-virtualmedia://root@idrac.example/redfish/v1/Systems/System.Embedded.1",
+                Scheme::Redfish,
+                Dialect::Idrac,
+                true,
+                443,
+                "idrac-virtualmedia://root@idrac.example:443/redfish/v1/Systems/System.Embedded.1",
+            ),
+            (
+                "idrac-redfish+https://10.0.0.6",
+                Scheme::Redfish,
+                Dialect::Idrac,
+                false,
+                443,
+                "idrac-redfish://10.0.0.6:443",
+            ),
+            (
+                "ilo5-virtualmedia://10.0.0.7",
+                Scheme::Redfish,
+                Dialect::Ilo5,
+                true,
+                443,
+                "ilo5-virtualmedia://10.0.0.7:443",
+            ),
+            (
+                "ilo5-redfish://10.0.0.8",
+                Scheme::Redfish,
+                Dialect::Ilo5,
+                false,
+                443,
+                "ilo5-redfish://10.0.0.8:443",
+            ),
+        ];
+        for (text, scheme, dialect, media, port, shown) in table {
+            let a = BmcAddress::parse(text).unwrap();
+            assert_eq!(
+                (a.scheme, a.dialect, a.virtual_media, a.port),
+                (scheme, dialect, media, port),
+                "{text}"
+            );
+            assert_eq!(a.to_string(), shown, "{text}");
+            assert_eq!(BmcAddress::parse(shown).unwrap(), a, "{shown} reads back");
+        }
+        for bad in [
+            "ipmi+http://h",
+            "idrac://h",
+            "ilo4-virtualmedia://h",
+            "redfish-virtualmedia+ftp://h",
+        ] {
+            let e = BmcAddress::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown scheme"), "{bad}: {e}");
+        }
     }
 
     #[test]

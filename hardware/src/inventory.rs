@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::address::{BmcAddress, Credentials, CredentialsError};
+use crate::address::{BmcAddress, Credentials, CredentialsError, Scheme};
 
 /// A parsed `rack.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,29 @@ pub struct Server {
     /// Per-server TLS fingerprint pin (SHA-256 of the BMC certificate, hex).
     #[serde(default)]
     pub tls_fingerprint: Option<String>,
+    /// How this server boots the installer, over `cairn rack provision --boot`. A Metal3
+    /// `*-virtualmedia://` BMC address says `virtual-media` on its own.
+    #[serde(default)]
+    pub boot: Option<ServerBoot>,
+}
+
+/// A server's own boot method (rack.yaml `boot:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerBoot {
+    /// One-time PXE boot from its boot MAC.
+    Pxe,
+    /// Its seeded installer ISO in the BMC's virtual CD (Redfish only).
+    VirtualMedia,
+}
+
+impl Server {
+    /// The boot method this server's entry asks for, if any: its `boot:`, else what its BMC
+    /// address's scheme says.
+    pub fn boot(&self) -> Option<ServerBoot> {
+        self.boot
+            .or(self.bmc.virtual_media.then_some(ServerBoot::VirtualMedia))
+    }
 }
 
 /// An inventory that cannot be used.
@@ -125,6 +148,20 @@ impl Rack {
                     "servers[{i}].name: duplicate server name {:?}",
                     server.name
                 ));
+            }
+            match (server.boot, &server.bmc) {
+                (Some(ServerBoot::Pxe), bmc) if bmc.virtual_media => {
+                    return Err(format!(
+                        "servers[{i}].boot: pxe, but its BMC address {bmc} asks for virtual media \
+                         (use redfish:// with boot: pxe)"
+                    ));
+                }
+                (Some(ServerBoot::VirtualMedia), bmc) if bmc.scheme == Scheme::Ipmi => {
+                    return Err(format!(
+                        "servers[{i}].boot: virtual-media needs a Redfish BMC, {bmc} is IPMI"
+                    ));
+                }
+                _ => {}
             }
             if server
                 .serial
@@ -208,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn a_server_boots_as_its_entry_or_its_metal3_address_says() {
+        let rack = Rack::parse(RACK, Path::new(".")).unwrap();
+        assert_eq!(
+            (rack.servers[0].boot(), rack.servers[1].boot()),
+            (None, None)
+        );
+        let media = RACK.replace("redfish://", "idrac-virtualmedia://");
+        let rack = Rack::parse(&media, Path::new(".")).unwrap();
+        assert_eq!(rack.servers[0].boot(), Some(ServerBoot::VirtualMedia));
+        let pxe = RACK.replace("a.yaml\n", "a.yaml\n    boot: pxe\n");
+        let rack = Rack::parse(&pxe, Path::new(".")).unwrap();
+        assert_eq!(rack.servers[0].boot(), Some(ServerBoot::Pxe));
+        let both = media.replace("a.yaml\n", "a.yaml\n    boot: pxe\n");
+        let e = Rack::parse(&both, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("servers[0].boot: pxe") && e.contains("idrac-virtualmedia://"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_line_and_key() {
         let e = Rack::parse(&RACK.replace("boot_mac", "boot_mca"), Path::new(".")).unwrap_err();
         assert!(e.contains("line 5") && e.contains("boot_mca"), "{e}");
@@ -221,6 +279,21 @@ mod tests {
         let blank = RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    serial: \" \"\n");
         let e = Rack::parse(&blank, Path::new(".")).unwrap_err();
         assert!(e.contains("servers[1].serial: empty"), "{e}");
+        let e = Rack::parse(
+            &RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    boot: virtual-media\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("servers[1].boot: virtual-media needs a Redfish BMC"),
+            "{e}"
+        );
+        let e = Rack::parse(
+            &RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    boot: usb\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("servers[1].boot") && e.contains("usb"), "{e}");
         let given = RACK.replace("/etc/b.pw\n", "/etc/b.pw\n    serial: CZ21440XYZ\n");
         let rack = Rack::parse(&given, Path::new(".")).unwrap();
         assert_eq!(rack.servers[1].serial.as_deref(), Some("CZ21440XYZ"));

@@ -24,7 +24,7 @@ use cairn_firmware_profiles::profile::{Profile, by_name, load_all};
 use cairn_hardware::address::Scheme;
 use cairn_hardware::cli::RedfishHttpArgs;
 use cairn_hardware::connect::connect;
-use cairn_hardware::inventory::{Rack, Server};
+use cairn_hardware::inventory::{Rack, Server, ServerBoot};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::agent::plan::InstallPlan;
@@ -107,7 +107,8 @@ struct ProvisionArgs {
     /// virtual-media ISOs are served from (BOOT_SERVER/media/...).
     #[arg(long)]
     boot_server: url::Url,
-    /// How servers boot the installer.
+    /// How servers boot the installer, unless their rack.yaml entry says (`boot: pxe` or
+    /// `boot: virtual-media`, or a Metal3 `*-virtualmedia://` BMC address).
     #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
     boot: BootChoice,
     /// Site the virtual-media servers enroll into (their tokens are minted for it); needed
@@ -243,6 +244,12 @@ fn plan_for(
         })?
         .to_ascii_lowercase();
     let redfish = matches!(server.bmc.scheme, Scheme::Redfish | Scheme::RedfishHttp);
+    // The server's own entry (its `boot:` or its Metal3 address) wins over the run's default.
+    let boot = match server.boot() {
+        Some(ServerBoot::Pxe) => BootChoice::Pxe,
+        Some(ServerBoot::VirtualMedia) => BootChoice::VirtualMedia,
+        None => boot,
+    };
     let method = match boot {
         BootChoice::Pxe => BootMethod::Pxe,
         BootChoice::Auto if !redfish => BootMethod::Pxe,
@@ -527,6 +534,30 @@ mod tests {
         assert!(e.contains("--site") && e.contains("srv1"), "{e}");
         let p = plan_for(&rack.servers[0], BootChoice::Pxe, None, None).unwrap();
         assert_eq!(p.boot, BootMethod::Pxe);
+    }
+
+    #[test]
+    fn a_servers_own_boot_wins_over_the_runs_default() {
+        let text = "servers:\n  - name: pxe\n    bmc: redfish://10.77.0.101\n    credentials: c.yaml\n    boot_mac: \"52:54:00:c4:00:01\"\n    boot: pxe\n  - name: media\n    bmc: idrac-virtualmedia://10.77.0.102/redfish/v1/Systems/System.Embedded.1\n    credentials: c.yaml\n    boot_mac: \"52:54:00:c4:00:02\"\n  - name: default\n    bmc: redfish://10.77.0.103\n    credentials: c.yaml\n    boot_mac: \"52:54:00:c4:00:03\"\n";
+        let rack = Rack::parse(text, Path::new("/lab")).unwrap();
+        let boots = |default| {
+            rack.servers
+                .iter()
+                .map(|s| plan_for(s, default, Some("lab"), None).unwrap().boot)
+                .collect::<Vec<_>>()
+        };
+        let media = BootMethod::VirtualMedia { site: "lab".into() };
+        assert_eq!(
+            boots(BootChoice::Auto),
+            [BootMethod::Pxe, media.clone(), media.clone()]
+        );
+        assert_eq!(
+            boots(BootChoice::Pxe),
+            [BootMethod::Pxe, media.clone(), BootMethod::Pxe]
+        );
+        // A Metal3 virtual-media address still needs the site its token is minted for.
+        let e = plan_for(&rack.servers[1], BootChoice::Pxe, None, None).unwrap_err();
+        assert!(e.contains("--site") && e.contains("media"), "{e}");
     }
 
     #[test]

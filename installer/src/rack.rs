@@ -149,6 +149,17 @@ struct ProvisionArgs {
     /// firmware apply --serve-address`). Runs while the rack is provisioned.
     #[arg(long, value_name = "IP:PORT")]
     firmware_serve_address: Option<SocketAddr>,
+    /// Serve the images over HTTPS with this certificate (PEM chain), for BMCs that fetch
+    /// only https:// (as `cairn firmware apply --serve-tls-cert`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["firmware_serve_address", "firmware_serve_tls_key"]
+    )]
+    firmware_serve_tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "firmware_serve_tls_cert")]
+    firmware_serve_tls_key: Option<PathBuf>,
     /// Let a BMC that takes no pushed image download the profile's image_url itself when
     /// --firmware-serve-address is not given: the SHA-256 cairn checks then does NOT cover
     /// what it flashes.
@@ -336,7 +347,10 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         let images = match cairn_firmware_profiles::cli::start_images(
             args.firmware_image_cache.clone(),
             args.firmware_serve_address,
-            None,
+            args.firmware_serve_tls_cert
+                .clone()
+                .zip(args.firmware_serve_tls_key.clone())
+                .as_ref(),
             args.bmc_fetches_upstream,
         )
         .await

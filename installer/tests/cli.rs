@@ -66,6 +66,27 @@ fn every_command_reaching_bmcs_takes_allow_insecure_redfish() {
 /// `cairn rack provision` over a `redfish+http://` BMC: without the flag the server fails at
 /// once with the way out and nothing is sent; with it the BMC is tried (here nothing
 /// listens) after a warning naming it, without the password.
+/// `cairn rack provision` of `d`'s rack.yaml and artifacts/, with a hub and a boot server
+/// nobody answers at, and `d`'s token and hub CA files.
+fn rack_provision(d: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.args(["rack", "provision"])
+        .arg(d.join("rack.yaml"))
+        .arg("--artifacts")
+        .arg(d.join("artifacts"))
+        .args([
+            "--hub",
+            "https://127.0.0.1:9/",
+            "--boot-server",
+            "http://127.0.0.1:9/",
+        ])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--hub-ca")
+        .arg(d.join("hub-ca.pem"));
+    c
+}
+
 #[test]
 fn rack_provision_refuses_plain_http_redfish_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,21 +108,7 @@ fn rack_provision_refuses_plain_http_redfish_unless_allowed() {
     )
     .unwrap();
     let provision = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["rack", "provision"])
-            .arg(d.join("rack.yaml"))
-            .arg("--artifacts")
-            .arg(d.join("artifacts"))
-            .args([
-                "--hub",
-                "https://127.0.0.1:9/",
-                "--boot-server",
-                "http://127.0.0.1:9/",
-            ])
-            .arg("--token-file")
-            .arg(d.join("token"))
-            .arg("--hub-ca")
-            .arg(d.join("hub-ca.pem"))
+        let out = rack_provision(d)
             .args(["--boot", "pxe", "--max-attempts", "1", "--output", "json"])
             .args(extra)
             .output()
@@ -162,21 +169,7 @@ fn rack_provision_refuses_an_unknown_firmware_profile_before_touching_a_bmc() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["rack", "provision"])
-        .arg(d.join("rack.yaml"))
-        .arg("--artifacts")
-        .arg(d.join("artifacts"))
-        .args([
-            "--hub",
-            "https://127.0.0.1:9/",
-            "--boot-server",
-            "http://127.0.0.1:9/",
-        ])
-        .arg("--token-file")
-        .arg(d.join("token"))
-        .arg("--hub-ca")
-        .arg(d.join("hub-ca.pem"))
+    let out = rack_provision(d)
         .args(["--boot", "pxe", "--allow-insecure-redfish"])
         .output()
         .unwrap();

@@ -7,13 +7,11 @@
 #[path = "../../hardware/tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_firmware_profiles::apply::{ApplyOptions, Images};
-use cairn_firmware_profiles::image::ImageCache;
+use cairn_firmware_profiles::apply::ApplyOptions;
+use cairn_firmware_profiles::cli::start_images;
 use cairn_firmware_profiles::profile::{by_name, load_all};
-use cairn_firmware_profiles::serve::{ImageServer, ServeLimits};
 use cairn_hardware::address::{BmcAddress, Credentials};
 use cairn_hardware::bmc::Bmc;
 use cairn_hardware::redfish::{RedfishBmc, RedfishOptions};
@@ -39,21 +37,25 @@ async fn the_emulator_profile_is_applied_and_verified_and_a_refused_value_fails_
     // image_url is not fetched; cairn's file server hands it to the BMC, which takes no push.
     let cache = tempfile::tempdir().unwrap();
     std::fs::write(cache.path().join(&profile.firmware[0].sha256), IMAGE).unwrap();
-    let server = Arc::new(
-        ImageServer::start("127.0.0.1:0".parse().unwrap(), ServeLimits::default(), None)
-            .await
-            .unwrap(),
-    );
-    // As `cairn rack provision` builds them.
+    // As `cairn rack provision` builds them (its --firmware-image-cache and
+    // --firmware-serve-address go to the same helper).
+    let images = start_images(
+        Some(cache.path().to_owned()),
+        Some("127.0.0.1:0".parse().unwrap()),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let server = images
+        .server
+        .clone()
+        .expect("an image server was asked for");
     let options = ApplyOptions {
         reset: true,
         power_on: true,
         settle_timeout: Duration::from_secs(30),
-        images: Images {
-            cache: Arc::new(ImageCache::open(cache.path()).unwrap()),
-            server: Some(server.clone()),
-            upstream_allowed: false,
-        },
+        images,
     };
     let before = bmc.bios().await.unwrap();
     assert_eq!(before.current.get("ProcTurboMode"), Some(&"Enabled".into()));

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{OverlayDocument, UpgradeOrder, UpgradeReport};
+use crate::{ConfigReport, OverlayDocument, RenderedConfig, UpgradeOrder, UpgradeReport};
 
 /// `POST /v1/heartbeats` over mTLS: status up. The appliance is identified by its client
 /// certificate, not by a field in the body.
@@ -52,6 +52,9 @@ pub struct NodeStatus {
     /// The state of the last upgrade order, once the node has received one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeReport>,
+    /// What the node did with the latest rendered configuration it received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigReport>,
     /// When the node took this snapshot.
     #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
@@ -103,6 +106,9 @@ pub struct DesiredState {
     /// VPC overlays this appliance belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayDocument>,
+    /// The fleet configuration its layers render to, when any layer applies to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<RenderedConfig>,
 }
 
 fn default_heartbeat_interval() -> u32 {

@@ -25,6 +25,7 @@
 //! The `cli` feature adds [`cli`], the logging and exit-code conventions shared by the cairn
 //! binaries; the wire types never depend on it.
 
+mod config;
 mod heartbeat;
 pub mod hub;
 mod identity;
@@ -40,6 +41,9 @@ pub mod version;
 #[cfg(feature = "cli")]
 pub mod cli;
 
+pub use config::{
+    ConfigOutcome, ConfigReport, DiffEntry, LayerDocument, LayerRef, RenderedConfig, diff, merge,
+};
 pub use heartbeat::{
     Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, JoinBundle, NodeStatus,
 };

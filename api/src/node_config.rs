@@ -82,7 +82,7 @@ pub struct NetworkSection {
 }
 
 /// `kubelet:`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubeletSection {
     /// systemd unit to manage.
@@ -177,7 +177,7 @@ pub struct UpgradeSection {
 }
 
 /// One operator health check: a command (exit 0 passes) or an HTTP probe (2xx passes).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     /// Shown in reports.
@@ -189,6 +189,86 @@ pub struct HealthCheckSection {
     /// `http://` URL to GET.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+}
+
+/// The node settings the hub's configuration layers set (docs/hub.md "Configuration
+/// layers"): the part of an appliance's configuration an operator changes fleet-wide
+/// without a new image. The hub validates it with [`FleetConfig::validate`] before it
+/// accepts a layer, and cairn-node with the same function before it applies one. Keys of
+/// the node's own trust (hub URLs, release keys, paths) are not here: the hub never sets
+/// them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// DNS servers (IP addresses), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
+    /// NTP servers (host names or addresses), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp: Option<Vec<String>>,
+    /// How often the node heartbeats, seconds (1 to 3600); unset: the hub's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_seconds: Option<u32>,
+    /// Operator health checks, as `upgrade.health_checks` of node.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<Vec<HealthCheckSection>>,
+    /// Run before a reboot to drain the node, as `upgrade.drain_command` of node.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_command: Option<Vec<String>>,
+    /// kubelet settings, as `kubelet:` of node.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<KubeletSection>,
+}
+
+/// Longest heartbeat interval a layer may set: an hour, past which offline detection is
+/// too slow to be of use.
+pub const MAX_HEARTBEAT_INTERVAL: u32 = 3600;
+
+impl FleetConfig {
+    /// Checks what serde cannot: addresses, names, ranges, one kind per health check. The
+    /// error names the key (`settings.dns[1]`).
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, dns) in self.dns.iter().flatten().enumerate() {
+            if dns.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("settings.dns[{i}]: {dns:?} is not an IP address"));
+            }
+        }
+        for (i, ntp) in self.ntp.iter().flatten().enumerate() {
+            if ntp.parse::<std::net::IpAddr>().is_err() && !valid_hostname(ntp) {
+                return Err(format!(
+                    "settings.ntp[{i}]: {ntp:?} is neither an IP address nor a host name"
+                ));
+            }
+        }
+        if let Some(s) = self.heartbeat_interval_seconds
+            && !(1..=MAX_HEARTBEAT_INTERVAL).contains(&s)
+        {
+            return Err(format!(
+                "settings.heartbeat_interval_seconds: {s} is outside 1..={MAX_HEARTBEAT_INTERVAL}"
+            ));
+        }
+        for (i, check) in self.health_checks.iter().flatten().enumerate() {
+            match (&check.command, &check.http) {
+                (Some(argv), None) if !argv.is_empty() => {}
+                (None, Some(url)) if url.starts_with("http://") => {}
+                (None, Some(url)) => {
+                    return Err(format!(
+                        "settings.health_checks[{i}].http: {url:?} must be an http:// URL"
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "settings.health_checks[{i}]: give exactly one of a non-empty \
+                         `command` or `http`"
+                    ));
+                }
+            }
+        }
+        if self.drain_command.as_ref().is_some_and(Vec::is_empty) {
+            return Err("settings.drain_command: give the command's argv, or leave it out".into());
+        }
+        Ok(())
+    }
 }
 
 /// Normalises a SHA-256 fingerprint to lowercase hex without separators.

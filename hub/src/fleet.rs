@@ -34,6 +34,7 @@ use crate::store::{Check, Fence, Fenced, Op, Store, StoreError, Versioned};
 
 mod appliances;
 mod audit;
+mod config;
 mod control_planes;
 mod desired;
 mod heartbeats;

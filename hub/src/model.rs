@@ -53,6 +53,37 @@ pub mod keys {
     /// record belongs to [`super::DEFAULT_TENANT`], so deployments from before tenants
     /// keep working unchanged.
     pub const SITES: &str = "sites/";
+    /// `config-layers/<kind>:<name>` -> [`super::ConfigLayer`]: a layer's current generation.
+    pub const CONFIG_LAYERS: &str = "config-layers/";
+    /// `config-history/<kind>:<name>/<generation, 20 digits>` -> [`super::ConfigLayer`]:
+    /// every generation, written in the same transaction as the layer.
+    pub const CONFIG_HISTORY: &str = "config-history/";
+}
+
+/// One generation of a configuration layer (docs/hub.md "Configuration layers").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigLayer {
+    /// `kind:name`.
+    pub layer: String,
+    /// The tenant whose operators may change it (a site's or appliance's tenant, a group's
+    /// own).
+    pub tenant: String,
+    /// A group's label selector.
+    pub selector: Option<String>,
+    /// From 1, one more per accepted change.
+    pub generation: u64,
+    /// `operator:<name>`.
+    pub author: String,
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The YAML file as the operator wrote it.
+    pub document: String,
+    /// The name of that file, for messages that point into it.
+    #[serde(default)]
+    pub file: String,
+    /// What it sets: `{"settings": ..., "netplan": ...}`, parsed and validated.
+    pub value: serde_json::Value,
 }
 
 /// The tenant of every site, VPC and control plane no tenant claims.

@@ -96,6 +96,10 @@ pub fn appliance(a: &Appliance, status: Option<&Status>) -> ApplianceView {
         upgrade_flag: a.upgrade_flag.clone(),
         state,
         status: status.map(self::status),
+        config: cairn_api::hub::ConfigStateView::new(
+            a.desired.config.as_ref(),
+            status.and_then(|s| s.status.config.as_ref()),
+        ),
     }
 }
 

@@ -826,7 +826,9 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 /// Converts the merged tree into a validated [`Config`].
-fn from_tree(root: &Node) -> Result<Config, ConfigError> {
+/// Validates a parsed tree (its marks name the file and line it was read from): the hub
+/// checks a layer's netplan patch inside the operator's file with it.
+pub fn from_tree(root: &Node) -> Result<Config, ConfigError> {
     let top = At {
         node: root,
         path: String::new(),

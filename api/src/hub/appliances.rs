@@ -67,6 +67,9 @@ pub struct ApplianceView {
     pub state: ApplianceState,
     /// Latest heartbeat.
     pub status: Option<StatusView>,
+    /// Its fleet configuration: the generation sent, the one applied, the last good, drift.
+    #[serde(default)]
+    pub config: super::ConfigStateView,
 }
 
 /// Where an appliance is, as the hub sees it.

@@ -70,6 +70,8 @@ pub enum ErrorCode {
     BundleNotOnThisHub,
     /// No such campaign (404).
     CampaignUnknown,
+    /// No such configuration layer, or not the caller's (404).
+    ConfigLayerUnknown,
     /// The version was not quarantined on that appliance (404).
     NotQuarantined,
     /// The appliance carries no unexpected-version flag (404).
@@ -140,6 +142,7 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("release_unknown", ErrorCode::ReleaseUnknown),
     ("bundle_not_on_this_hub", ErrorCode::BundleNotOnThisHub),
     ("campaign_unknown", ErrorCode::CampaignUnknown),
+    ("config_layer_unknown", ErrorCode::ConfigLayerUnknown),
     ("not_quarantined", ErrorCode::NotQuarantined),
     ("not_flagged", ErrorCode::NotFlagged),
     ("no_join_bundle", ErrorCode::NoJoinBundle),

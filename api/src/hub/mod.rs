@@ -13,6 +13,7 @@
 mod appliances;
 mod auth;
 mod campaigns;
+mod config;
 mod control_planes;
 mod error;
 mod log;
@@ -31,6 +32,9 @@ pub use auth::{CaInfo, InitSummary, Role, WhoAmI};
 pub use campaigns::{
     BatchProgress, CampaignAction, CampaignMember, CampaignState, CampaignView, CreateCampaign,
     MemberState, Pacing, Selector,
+};
+pub use config::{
+    ApplianceConfigView, ApplyLayer, ConfigStateView, LayerChange, LayerView, RollbackLayer,
 };
 pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
 pub use error::{ErrorBody, ErrorCode};

@@ -12,6 +12,8 @@
 //! from the primary records at the hub's start and periodically, and rewrites (with the
 //! next generation, so the node applies it) only those that differ.
 
+use cairn_api::RenderedConfig;
+
 use super::*;
 
 /// What one reconcile pass found stale and rewrote.
@@ -25,18 +27,44 @@ pub struct Repair {
     pub generation: u64,
 }
 
+/// What an appliance's fleet configuration derives from: the configuration layers, the
+/// appliance's tenant, and the heartbeat interval when no layer sets one.
+pub(crate) struct ConfigInputs<'a> {
+    /// Every configuration layer.
+    pub layers: &'a [crate::model::ConfigLayer],
+    /// The appliance's tenant.
+    pub tenant: &'a str,
+    /// The hub's default heartbeat interval.
+    pub default_interval: u32,
+}
+
 /// The desired state `a` is owed, given the VPCs it names (`vpcs`, by name; those absent
-/// are skipped) and the VTEP address of every appliance that has one (`vteps`): its stored
-/// desired state with the overlay and the join bundle derived afresh, and the next
-/// generation when that changed anything.
+/// are skipped), the VTEP address of every appliance that has one (`vteps`) and its
+/// configuration layers: its stored desired state with the overlay, the join bundle and the
+/// rendered configuration derived afresh, and the next generation when that changed
+/// anything. The rendered configuration keeps its own generation while it stays the same.
 pub(crate) fn derive_desired(
     a: &Appliance,
     vpcs: &BTreeMap<String, Vpc>,
     vteps: &BTreeMap<ApplianceId, String>,
+    config: &ConfigInputs<'_>,
 ) -> DesiredState {
     let mut next = a.desired.clone();
     next.overlay = overlay(a, vpcs, vteps);
     next.join = a.join.clone();
+    let stored = a.desired.config.as_ref();
+    next.config = super::config::render(config.layers, a, config.tenant).map(|mut r| {
+        let same = stored.is_some_and(|s| RenderedConfig { generation: 0, ..s.clone() } == r);
+        r.generation = stored.map_or(0, |s| s.generation) + u64::from(!same);
+        r
+    });
+    // A layer's interval wins; once no layer sets one, the hub's default again.
+    let set = |c: Option<&RenderedConfig>| c.and_then(|c| c.settings.heartbeat_interval_seconds);
+    if let Some(s) = set(next.config.as_ref()) {
+        next.heartbeat_interval_seconds = s;
+    } else if set(stored).is_some() {
+        next.heartbeat_interval_seconds = config.default_interval;
+    }
     if next != a.desired {
         next.generation = a.desired.generation + 1;
     }
@@ -81,6 +109,9 @@ fn stale_parts(stored: &DesiredState, owed: &DesiredState) -> Vec<&'static str> 
     if stored.join != owed.join {
         parts.push("join");
     }
+    if stored.config != owed.config {
+        parts.push("config");
+    }
     parts
 }
 
@@ -105,7 +136,14 @@ impl Fleet {
                 return Ok(Attempt::Done((None, Vec::new())));
             };
             let (vpcs, vteps) = self.overlay_inputs(&a).await?;
-            let owed = derive_desired(&a, &vpcs, &vteps);
+            let layers = self.config_layers().await?;
+            let tenant = self.tenant_of(&a.site).await?;
+            let inputs = ConfigInputs {
+                layers: &layers,
+                tenant: &tenant,
+                default_interval: self.settings.heartbeat_interval_seconds,
+            };
+            let owed = derive_desired(&a, &vpcs, &vteps, &inputs);
             let parts = stale_parts(&a.desired, &owed);
             if parts.is_empty() {
                 return Ok(Attempt::Done((Some(a), parts)));
@@ -180,9 +218,16 @@ impl Fleet {
             .iter()
             .filter_map(|(_, a)| Some((a.id.clone(), a.vtep_address.clone()?)))
             .collect();
+        let layers = self.config_layers().await?;
+        let site_tenants = self.site_tenants().await?;
         let mut repairs = Vec::new();
         for (_, a) in &appliances {
-            if derive_desired(a, &vpcs, &vteps) == a.desired {
+            let inputs = ConfigInputs {
+                layers: &layers,
+                tenant: tenant_in(&site_tenants, &a.site),
+                default_interval: self.settings.heartbeat_interval_seconds,
+            };
+            if derive_desired(a, &vpcs, &vteps, &inputs) == a.desired {
                 continue;
             }
             let (Some(fixed), parts) = self.rewrite_desired(&a.id, true).await? else {

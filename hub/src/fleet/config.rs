@@ -339,10 +339,11 @@ impl Fleet {
             .layer_scope(caller, &parsed.layer, parsed.doc.tenant.as_deref())
             .await?;
         if !ok {
-            return Err(FleetError::Forbidden(format!(
-                "this token may not change layer {}: it belongs to another tenant or site",
-                parsed.layer
-            )));
+            // The layer's name is not echoed: it may be another tenant's site.
+            return Err(FleetError::Forbidden(
+                "this token may not change that layer: it belongs to another tenant or site"
+                    .into(),
+            ));
         }
         if matches!(parsed.layer, LayerRef::Tenant(_) | LayerRef::Group(_)) {
             caller.check_tenant_wide(&tenant)?;

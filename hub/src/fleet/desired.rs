@@ -256,6 +256,95 @@ impl Fleet {
 mod tests {
     use super::*;
     use cairn_api::JoinBundle;
+    use serde_json::json;
+
+    use crate::model::ConfigLayer;
+
+    /// No configuration layer.
+    const NONE: ConfigInputs<'static> = ConfigInputs {
+        layers: &[],
+        tenant: DEFAULT_TENANT,
+        default_interval: 30,
+    };
+
+    fn layer(name: &str, selector: Option<&str>, value: serde_json::Value) -> ConfigLayer {
+        ConfigLayer {
+            layer: name.into(),
+            tenant: DEFAULT_TENANT.into(),
+            selector: selector.map(str::to_owned),
+            generation: 1,
+            author: "operator:t".into(),
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            document: String::new(),
+            file: String::new(),
+            value,
+        }
+    }
+
+    /// Layers merge tenant, site, groups by name, appliance, whatever order they are
+    /// stored in; groups apply by selector; the rendered config keeps its generation while
+    /// it stays the same; the heartbeat interval follows the layers and returns to the
+    /// default once none sets it.
+    #[test]
+    fn layers_render_in_order_with_their_own_generation() {
+        let mut a = appliance("a", None, &[]);
+        a.labels.insert("role".into(), "gpu".into());
+        let layers = vec![
+            layer(
+                "appliance:a",
+                None,
+                json!({"settings": {"ntp": ["ntp.a"]}}),
+            ),
+            layer(
+                "group:gpu",
+                Some("role=gpu"),
+                json!({"settings": {"dns": ["192.0.2.3"], "ntp": ["ntp.gpu"]}}),
+            ),
+            layer(
+                "group:cpu",
+                Some("role=cpu"),
+                json!({"settings": {"dns": ["192.0.2.9"]}}),
+            ),
+            layer(
+                "site:s",
+                None,
+                json!({"settings": {"dns": ["192.0.2.2"], "heartbeat_interval_seconds": 5}}),
+            ),
+            layer(
+                "tenant:default",
+                None,
+                json!({"settings": {"dns": ["192.0.2.1"], "drain_command": ["true"]}}),
+            ),
+            layer("site:other", None, json!({"settings": {"dns": ["192.0.2.8"]}})),
+        ];
+        let inputs = ConfigInputs {
+            layers: &layers,
+            ..NONE
+        };
+        let owed = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &inputs);
+        let config = owed.config.clone().unwrap();
+        assert_eq!(
+            config.layers,
+            ["tenant:default@1", "site:s@1", "group:gpu@1", "appliance:a@1"]
+        );
+        assert_eq!(config.settings.dns.unwrap(), ["192.0.2.3"]);
+        assert_eq!(config.settings.ntp.unwrap(), ["ntp.a"]);
+        assert_eq!(config.settings.drain_command.unwrap(), ["true"]);
+        assert_eq!(config.generation, 1);
+        assert_eq!(owed.heartbeat_interval_seconds, 5);
+        assert_eq!(owed.generation, 2);
+
+        a.desired = owed.clone();
+        assert_eq!(
+            derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &inputs),
+            owed,
+            "the same layers: nothing owed"
+        );
+        let gone = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &NONE);
+        assert_eq!(gone.config, None);
+        assert_eq!(gone.heartbeat_interval_seconds, 30, "back to the default");
+        assert_eq!(stale_parts(&a.desired, &gone), ["config"]);
+    }
 
     fn appliance(id: &str, vtep: Option<&str>, vpcs: &[&str]) -> Appliance {
         serde_json::from_value(serde_json::json!({
@@ -299,6 +388,7 @@ mod tests {
             &a,
             &vpcs,
             &vteps(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("d", "192.0.2.2")]),
+            &NONE,
         );
         assert_eq!(owed.generation, 2, "a change takes the next generation");
         let overlay = owed.overlay.unwrap();
@@ -311,7 +401,7 @@ mod tests {
     #[test]
     fn consistent_state_derives_to_itself() {
         let mut a = appliance("a", None, &[]);
-        let none = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new());
+        let none = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &NONE);
         assert_eq!(none, a.desired, "no VPCs, no join: nothing owed");
 
         a.join = Some(JoinBundle {
@@ -321,12 +411,12 @@ mod tests {
             bootstrap_token: "abcdef.0123456789abcdef".into(),
             revision: 1,
         });
-        let joined = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new());
+        let joined = derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &NONE);
         assert_eq!(joined.join, a.join);
         assert_eq!(stale_parts(&a.desired, &joined), ["join"]);
         a.desired = joined.clone();
         assert_eq!(
-            derive_desired(&a, &BTreeMap::new(), &BTreeMap::new()),
+            derive_desired(&a, &BTreeMap::new(), &BTreeMap::new(), &NONE),
             joined,
             "derived again: the same, same generation"
         );
@@ -336,7 +426,7 @@ mod tests {
     fn stale_parts_name_what_differs() {
         let a = appliance("a", Some("192.0.2.1"), &["blue"]);
         let vpcs = BTreeMap::from([vpc("blue", 4096, &["a", "b"])]);
-        let owed = derive_desired(&a, &vpcs, &vteps(&[("b", "192.0.2.2")]));
+        let owed = derive_desired(&a, &vpcs, &vteps(&[("b", "192.0.2.2")]), &NONE);
         assert_eq!(stale_parts(&a.desired, &owed), ["overlay"]);
         assert!(stale_parts(&owed, &owed).is_empty());
     }

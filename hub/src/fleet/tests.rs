@@ -87,6 +87,7 @@ fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
             conditions: vec![],
             counters: [("seq".to_string(), seq)].into(),
             vtep_address: vtep.map(str::to_owned),
+            config: None,
             upgrade: None,
             observed_at: OffsetDateTime::now_utc(),
         },

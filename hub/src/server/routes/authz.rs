@@ -24,7 +24,7 @@ use super::{Auth, router, routes};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::metrics::Metrics;
 use crate::model::{
-    Appliance, Campaign, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Site,
+    Appliance, Campaign, ConfigLayer, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Site,
     Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::Ca;
@@ -498,6 +498,43 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
             "/v1/tenants",
             case("/v1/tenants", v, All, 200, 0),
         ),
+        (
+            Method::POST,
+            "/v1/config/layers",
+            with(
+                case("/v1/config/layers", o, Site, 200, 403),
+                json!({"file": "l.yaml",
+                    "document": "layer: site:acme-east\nsettings:\n  ntp: [ntp.example]\n"}),
+            ),
+        ),
+        (
+            Method::GET,
+            "/v1/config/layers",
+            case("/v1/config/layers", v, All, 200, 0),
+        ),
+        (
+            Method::GET,
+            "/v1/config/layers/{layer}",
+            case("/v1/config/layers/site:acme-east", v, Site, 200, 404),
+        ),
+        (
+            Method::GET,
+            "/v1/config/layers/{layer}/history",
+            case("/v1/config/layers/site:acme-east/history", v, Site, 200, 404),
+        ),
+        (
+            Method::POST,
+            "/v1/config/layers/{layer}/rollback",
+            with(
+                case("/v1/config/layers/site:acme-east/rollback", o, Site, 200, 404),
+                json!({"to": 1}),
+            ),
+        ),
+        (
+            Method::GET,
+            "/v1/appliances/{id}/config",
+            case("/v1/appliances/ap-acme-east/config", v, Site, 200, 404),
+        ),
     ];
     let mut out = BTreeMap::new();
     for (method, path, c) in entries {
@@ -766,6 +803,23 @@ async fn world(ca: Arc<Ca>) -> World {
         added_by: "operator:setup".into(),
     };
     put(&mut ops, format!("{}1.0", keys::RELEASES), &release);
+    let layer = ConfigLayer {
+        layer: "site:acme-east".into(),
+        tenant: "acme".into(),
+        selector: None,
+        generation: 1,
+        author: "operator:setup".into(),
+        at: now,
+        document: "layer: site:acme-east\nsettings:\n  heartbeat_interval_seconds: 10\n".into(),
+        file: "layer.yaml".into(),
+        value: json!({"settings": {"heartbeat_interval_seconds": 10}}),
+    };
+    put(&mut ops, format!("{}site:acme-east", keys::CONFIG_LAYERS), &layer);
+    put(
+        &mut ops,
+        format!("{}site:acme-east/{:020}", keys::CONFIG_HISTORY, 1),
+        &layer,
+    );
     assert!(store.txn(vec![], ops).await.unwrap());
 
     let fleet = Fleet::new(store, ca, FleetSettings::default());

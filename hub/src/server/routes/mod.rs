@@ -35,6 +35,7 @@ mod audit;
 #[cfg(test)]
 mod authz;
 mod campaigns;
+mod config;
 mod control_planes;
 mod registration;
 mod releases;
@@ -213,6 +214,7 @@ async fn in_scope(
                 Resource::EnrollmentToken => {
                     fleet.enrollment_token_in_scope(caller, id).await.map(drop)
                 }
+                Resource::ConfigLayer => fleet.config_layer_in_scope(caller, id).await.map(drop),
             }
             .map_err(ApiError::from)
         }
@@ -318,6 +320,8 @@ pub(crate) enum Resource {
     OperatorToken,
     /// An enrollment token ID: its site.
     EnrollmentToken,
+    /// A configuration layer (`kind:name`): its tenant, site or appliance.
+    ConfigLayer,
 }
 
 impl Scope {
@@ -336,6 +340,7 @@ impl Scope {
             Scope::Path(Resource::Campaign) => "path:campaign",
             Scope::Path(Resource::OperatorToken) => "path:operator-token",
             Scope::Path(Resource::EnrollmentToken) => "path:enrollment-token",
+            Scope::Path(Resource::ConfigLayer) => "path:config-layer",
         }
     }
 }
@@ -466,8 +471,8 @@ pub(crate) fn routes() -> Vec<Route> {
     use Auth::{Bearer, Mtls, MtlsOrBearer, MtlsRateLimited, None as Open, RateLimited};
     use Method as M;
     use Resource::{
-        Appliance as App, Campaign as Camp, ControlPlane as Cp, EnrollmentToken as Et,
-        OperatorToken as Ot, Vpc as VpcR,
+        Appliance as App, Campaign as Camp, ConfigLayer as Layer, ControlPlane as Cp,
+        EnrollmentToken as Et, OperatorToken as Ot, Vpc as VpcR,
     };
     use Role::{Admin, Operator as Op, Viewer};
     use Scope::{Body as InBody, Caller as Me, Filtered, Fleet, Own, Path as P, Shared};
@@ -940,6 +945,63 @@ pub(crate) fn routes() -> Vec<Route> {
             None,
             (200, json::<Vec<TenantView>>()),
             get(tenants::list_tenants),
+        ),
+        r(
+            M::POST,
+            "/v1/config/layers",
+            (Bearer(Op), InBody),
+            "Apply a configuration layer file (YAML): validated with the node's parsers, \
+             stored as the layer's next generation unless dry_run, rendered into every \
+             appliance it touches; answers the diff",
+            Some(json::<cairn_api::hub::ApplyLayer>()),
+            (200, json::<cairn_api::hub::LayerChange>()),
+            post(config::apply_layer),
+        ),
+        r(
+            M::GET,
+            "/v1/config/layers",
+            (Bearer(Viewer), Filtered),
+            "List the configuration layers in scope",
+            None,
+            (200, json::<Vec<cairn_api::hub::LayerView>>()),
+            get(config::list_layers),
+        ),
+        r(
+            M::GET,
+            "/v1/config/layers/{layer}",
+            (Bearer(Viewer), P(Layer)),
+            "One configuration layer (`kind:name`), current generation",
+            None,
+            (200, json::<cairn_api::hub::LayerView>()),
+            get(config::show_layer),
+        ),
+        r(
+            M::GET,
+            "/v1/config/layers/{layer}/history",
+            (Bearer(Viewer), P(Layer)),
+            "Every kept generation of a configuration layer: who, when, what",
+            None,
+            (200, json::<Vec<cairn_api::hub::LayerView>>()),
+            get(config::layer_history),
+        ),
+        r(
+            M::POST,
+            "/v1/config/layers/{layer}/rollback",
+            (Bearer(Op), P(Layer)),
+            "Make an earlier generation of a layer current again, as a new generation",
+            Some(json::<cairn_api::hub::RollbackLayer>()),
+            (200, json::<cairn_api::hub::LayerChange>()),
+            post(config::rollback_layer),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/config",
+            (Bearer(Viewer), P(App)),
+            "An appliance's rendered configuration, the generation it applied, the last \
+             good one and drift",
+            None,
+            (200, json::<cairn_api::hub::ApplianceConfigView>()),
+            get(config::appliance_config),
         ),
     ]
 }

@@ -79,6 +79,10 @@ enum HubClientCommand {
     /// Upgrade campaigns: canaries, batches, automatic pause on failures.
     #[command(subcommand)]
     Campaigns(CampaignCommand),
+    /// Fleet configuration layers: tenant, site, label group and appliance patches of node
+    /// settings and netplan, versioned, validated by the hub.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The audit log: who did what, when, from where.
     Audit {
         /// Entries at or after this RFC 3339 time (default: the last 24 hours).
@@ -393,6 +397,42 @@ enum ControlPlaneCommand {
         /// Appliances with this label, `key=value` (repeat).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Apply a layer file (YAML naming its `layer:`): the hub validates it and stores it
+    /// as the layer's next generation; prints what changed.
+    Apply {
+        /// The layer file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// What applying a layer file would change, without storing it.
+    Diff {
+        /// The layer file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// A layer's generations: who, when.
+    History {
+        /// The layer, `tenant:NAME`, `site:NAME`, `group:NAME` or `appliance:ID`.
+        layer: String,
+    },
+    /// Make an earlier generation of a layer current again (as a new generation).
+    Rollback {
+        /// The layer.
+        layer: String,
+        /// The generation to return to.
+        #[arg(long)]
+        to: u64,
+    },
+    /// An appliance's rendered configuration, applied and last good generations, drift.
+    Show {
+        /// Appliance ID.
+        #[arg(long)]
+        appliance: String,
     },
 }
 
@@ -832,6 +872,38 @@ impl Answer {
     }
 }
 
+/// The request for a layer file: its text as written, so the hub's errors point at its
+/// lines.
+fn layer_request(file: &Path, dry_run: bool) -> anyhow::Result<cairn_api::hub::ApplyLayer> {
+    let document = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    Ok(cairn_api::hub::ApplyLayer {
+        file: file.display().to_string(),
+        document,
+        dry_run,
+    })
+}
+
+fn layer_change_text(c: &cairn_api::hub::LayerChange) -> String {
+    let mut text = String::new();
+    for d in &c.diff {
+        text.push_str(&format!("{d}\n"));
+    }
+    let verb = match (c.dry_run, c.changed) {
+        (_, false) => "unchanged",
+        (true, true) => "would become",
+        (false, true) => "now at",
+    };
+    text.push_str(&format!(
+        "{} {verb} generation {}; {} appliance(s) {}\n",
+        c.layer.layer,
+        c.layer.generation,
+        c.appliances,
+        if c.dry_run { "would re-render" } else { "re-rendered" }
+    ));
+    text
+}
+
 fn campaign_name(release: &str) -> String {
     let version: String = release
         .to_ascii_lowercase()
@@ -1244,6 +1316,48 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
         }
         HubClientCommand::Campaigns(CampaignCommand::List) => {
             Answer::of(&hub.list_campaigns().await?, |c| campaigns_table(c))?
+        }
+        HubClientCommand::Config(ConfigCommand::Apply { file }) => {
+            let change = hub.apply_config_layer(&layer_request(&file, false)?).await?;
+            Answer::of(&change, layer_change_text)?
+        }
+        HubClientCommand::Config(ConfigCommand::Diff { file }) => {
+            let change = hub.apply_config_layer(&layer_request(&file, true)?).await?;
+            Answer::of(&change, layer_change_text)?
+        }
+        HubClientCommand::Config(ConfigCommand::History { layer }) => {
+            Answer::of(&hub.config_layer_history(&layer).await?, |h| {
+                table(
+                    &["GENERATION", "AUTHOR", "AT"],
+                    h.iter()
+                        .map(|l| vec![l.generation.to_string(), l.author.clone(), l.at.to_string()]),
+                )
+            })?
+        }
+        HubClientCommand::Config(ConfigCommand::Rollback { layer, to }) => {
+            Answer::of(
+                &hub.rollback_config_layer(&layer, to).await?,
+                layer_change_text,
+            )?
+        }
+        HubClientCommand::Config(ConfigCommand::Show { appliance }) => {
+            Answer::of(&hub.appliance_config(&appliance).await?, |c| {
+                let s = &c.state;
+                let mut text = format!(
+                    "desired generation {}, applied {}, last good {}{}\n",
+                    s.desired_generation,
+                    s.applied_generation,
+                    s.last_good_generation
+                        .map_or_else(|| "none".into(), |g| g.to_string()),
+                    if s.drift { ", DRIFT" } else { "" }
+                );
+                if let Some(r) = &c.rendered {
+                    text.push_str(&format!("layers: {}\n", r.layers.join(", ")));
+                    text.push_str(&serde_json::to_string_pretty(r).unwrap_or_default());
+                    text.push('\n');
+                }
+                text
+            })?
         }
         HubClientCommand::Audit { since } => {
             let since = since

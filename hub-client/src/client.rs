@@ -729,6 +729,47 @@ impl HubClient {
         self.call::<(), _, _>(Method::GET, &["v1", "events"], Some(query), None)
             .await
     }
+
+    /// `POST /v1/config/layers`: apply a layer file (or, with `dry_run`, answer its diff).
+    pub async fn apply_config_layer(
+        &self,
+        request: &cairn_api::hub::ApplyLayer,
+    ) -> Result<cairn_api::hub::LayerChange, Error> {
+        self.post(&["v1", "config", "layers"], request).await
+    }
+
+    /// `GET /v1/config/layers`.
+    pub async fn list_config_layers(&self) -> Result<Vec<cairn_api::hub::LayerView>, Error> {
+        self.get(&["v1", "config", "layers"]).await
+    }
+
+    /// `GET /v1/config/layers/{layer}/history`.
+    pub async fn config_layer_history(
+        &self,
+        layer: &str,
+    ) -> Result<Vec<cairn_api::hub::LayerView>, Error> {
+        self.get(&["v1", "config", "layers", layer, "history"])
+            .await
+    }
+
+    /// `POST /v1/config/layers/{layer}/rollback`.
+    pub async fn rollback_config_layer(
+        &self,
+        layer: &str,
+        to: u64,
+    ) -> Result<cairn_api::hub::LayerChange, Error> {
+        let body = cairn_api::hub::RollbackLayer { to };
+        self.post(&["v1", "config", "layers", layer, "rollback"], &body)
+            .await
+    }
+
+    /// `GET /v1/appliances/{id}/config`.
+    pub async fn appliance_config(
+        &self,
+        id: &str,
+    ) -> Result<cairn_api::hub::ApplianceConfigView, Error> {
+        self.get(&["v1", "appliances", id, "config"]).await
+    }
 }
 
 /// A successful answer, not yet decoded.

@@ -124,6 +124,10 @@ pub struct ConfigReport {
     /// The last generation the node applied and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good_generation: Option<u64>,
+    /// Settings the node received and keeps but does not act on (yet), e.g.
+    /// `settings.ntp`: an operator sees that setting them changed nothing on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
 }
 
 /// The outcome of a [`ConfigReport`].

@@ -875,8 +875,8 @@ impl Answer {
 /// The request for a layer file: its text as written, so the hub's errors point at its
 /// lines.
 fn layer_request(file: &Path, dry_run: bool) -> anyhow::Result<cairn_api::hub::ApplyLayer> {
-    let document = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let document =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(cairn_api::hub::ApplyLayer {
         file: file.display().to_string(),
         document,
@@ -899,7 +899,11 @@ fn layer_change_text(c: &cairn_api::hub::LayerChange) -> String {
         c.layer.layer,
         c.layer.generation,
         c.appliances,
-        if c.dry_run { "would re-render" } else { "re-rendered" }
+        if c.dry_run {
+            "would re-render"
+        } else {
+            "re-rendered"
+        }
     ));
     text
 }
@@ -1318,7 +1322,9 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&hub.list_campaigns().await?, |c| campaigns_table(c))?
         }
         HubClientCommand::Config(ConfigCommand::Apply { file }) => {
-            let change = hub.apply_config_layer(&layer_request(&file, false)?).await?;
+            let change = hub
+                .apply_config_layer(&layer_request(&file, false)?)
+                .await?;
             Answer::of(&change, layer_change_text)?
         }
         HubClientCommand::Config(ConfigCommand::Diff { file }) => {
@@ -1329,17 +1335,16 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&hub.config_layer_history(&layer).await?, |h| {
                 table(
                     &["GENERATION", "AUTHOR", "AT"],
-                    h.iter()
-                        .map(|l| vec![l.generation.to_string(), l.author.clone(), l.at.to_string()]),
+                    h.iter().map(|l| {
+                        vec![l.generation.to_string(), l.author.clone(), l.at.to_string()]
+                    }),
                 )
             })?
         }
-        HubClientCommand::Config(ConfigCommand::Rollback { layer, to }) => {
-            Answer::of(
-                &hub.rollback_config_layer(&layer, to).await?,
-                layer_change_text,
-            )?
-        }
+        HubClientCommand::Config(ConfigCommand::Rollback { layer, to }) => Answer::of(
+            &hub.rollback_config_layer(&layer, to).await?,
+            layer_change_text,
+        )?,
         HubClientCommand::Config(ConfigCommand::Show { appliance }) => {
             Answer::of(&hub.appliance_config(&appliance).await?, |c| {
                 let s = &c.state;

@@ -109,13 +109,35 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
     let config = &desired["config"];
     assert_eq!(
         config["layers"],
-        json!(["tenant:acme@1", "site:berlin@1", "group:racked@1", &format!("appliance:{id}@1")])
+        json!([
+            "tenant:acme@1",
+            "site:berlin@1",
+            "group:racked@1",
+            &format!("appliance:{id}@1")
+        ])
     );
-    assert_eq!(config["settings"]["dns"], json!(["192.0.2.2"]), "site over tenant");
-    assert_eq!(config["settings"]["ntp"], json!(["ntp.rack.example"]), "group over tenant");
-    assert_eq!(config["settings"]["drain_command"], json!(["/usr/bin/true"]));
-    assert_eq!(config["netplan"]["network"]["ethernets"]["eth0"]["mtu"], 9000);
-    assert_eq!(desired["heartbeat_interval_seconds"], 7, "the site's interval");
+    assert_eq!(
+        config["settings"]["dns"],
+        json!(["192.0.2.2"]),
+        "site over tenant"
+    );
+    assert_eq!(
+        config["settings"]["ntp"],
+        json!(["ntp.rack.example"]),
+        "group over tenant"
+    );
+    assert_eq!(
+        config["settings"]["drain_command"],
+        json!(["/usr/bin/true"])
+    );
+    assert_eq!(
+        config["netplan"]["network"]["ethernets"]["eth0"]["mtu"],
+        9000
+    );
+    assert_eq!(
+        desired["heartbeat_interval_seconds"], 7,
+        "the site's interval"
+    );
     let generation = config["generation"].as_u64().unwrap();
     let other = beat(&tokyo, &tokyo_reg, heartbeat(1, None)).await;
     assert!(other.get("config").is_none(), "no layer of globex: {other}");
@@ -130,22 +152,37 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
     assert_eq!(shown["state"]["last_good_generation"], generation);
 
     // A diff stores nothing; the apply stores generation 2 with its author.
-    let faster = SITE.replace("heartbeat_interval_seconds: 7", "heartbeat_interval_seconds: 3");
+    let faster = SITE.replace(
+        "heartbeat_interval_seconds: 7",
+        "heartbeat_interval_seconds: 3",
+    );
     let (s, diff) = apply(&admin, "site.yaml", &faster, true).await;
     assert_eq!(s, 200, "{diff}");
     assert_eq!(
         diff["diff"],
         json!([{"path": "settings.heartbeat_interval_seconds", "old": 7, "new": 3}])
     );
-    assert_eq!((diff["dry_run"].clone(), diff["changed"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (diff["dry_run"].clone(), diff["changed"].clone()),
+        (json!(true), json!(true))
+    );
     let (_, history) = admin.get("/v1/config/layers/site:berlin/history").await;
-    assert_eq!(history.as_array().unwrap().len(), 1, "a dry run stores nothing");
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "a dry run stores nothing"
+    );
     applied(&admin, "site.yaml", &faster).await;
     let desired = beat(&berlin, &reg, reporting(generation)).await;
     assert_eq!(desired["heartbeat_interval_seconds"], 3);
     assert_eq!(desired["config"]["generation"], generation + 1);
     let (_, view) = admin.get(&format!("/v1/appliances/{id}")).await;
-    assert_eq!(view["config"]["drift"], true, "generation {} not reported yet", generation + 1);
+    assert_eq!(
+        view["config"]["drift"],
+        true,
+        "generation {} not reported yet",
+        generation + 1
+    );
 
     // Rollback: generation 1's document as generation 3.
     let (s, rolled) = admin
@@ -162,7 +199,14 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
         .map(|l| l["generation"].as_u64().unwrap())
         .collect();
     assert_eq!(gens, [1, 2, 3]);
-    assert!(history.as_array().unwrap().iter().all(|l| l["author"] == "operator:admin"), "{history}");
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["author"] == "operator:admin"),
+        "{history}"
+    );
     let desired = beat(&berlin, &reg, reporting(generation)).await;
     assert_eq!(desired["heartbeat_interval_seconds"], 7);
 
@@ -172,7 +216,10 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
     let (s, body) = apply(&admin, "broken.yaml", &broken, false).await;
     assert_eq!(s, 400, "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("broken.yaml:"), "names the file: {message}");
+    assert!(
+        message.contains("broken.yaml:"),
+        "names the file: {message}"
+    );
     let unknown = netplan.replace("mtu: 9000", "mtu: 9000\n        speed: 10");
     let (s, body) = apply(&admin, "unknown.yaml", &unknown, false).await;
     assert_eq!(s, 400, "{body}");
@@ -185,8 +232,13 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
     let (s, body) = apply(&admin, "typo.yaml", &typo, false).await;
     assert_eq!(s, 400, "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("dnss") && message.contains("line 3"), "{message}");
-    let (_, layer) = admin.get(&format!("/v1/config/layers/appliance:{id}")).await;
+    assert!(
+        message.contains("dnss") && message.contains("line 3"),
+        "{message}"
+    );
+    let (_, layer) = admin
+        .get(&format!("/v1/config/layers/appliance:{id}"))
+        .await;
     assert_eq!(layer["generation"], 1, "refusals change nothing: {layer}");
     let (_, layer) = admin.get("/v1/config/layers/site:berlin").await;
     assert_eq!(layer["generation"], 3);
@@ -216,7 +268,12 @@ async fn layers_merge_validate_and_roll_back(hub: &Hub) {
     assert_eq!(s, 404);
     let (_, list) = globex.get("/v1/config/layers").await;
     assert_eq!(list, json!([]), "globex sees none of acme's layers");
-    let own = applied(&globex, "tokyo.yaml", "layer: site:tokyo\nsettings:\n  ntp: [ntp.globex.example]\n").await;
+    let own = applied(
+        &globex,
+        "tokyo.yaml",
+        "layer: site:tokyo\nsettings:\n  ntp: [ntp.globex.example]\n",
+    )
+    .await;
     assert_eq!(own["appliances"], 1, "{own}");
     let (_, layer) = admin.get("/v1/config/layers/site:berlin").await;
     assert_eq!(layer["generation"], 3, "acme's layer untouched");

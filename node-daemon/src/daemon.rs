@@ -101,6 +101,8 @@ pub struct Daemon<N: Network> {
     network_condition: Condition,
     /// How the last VPC overlay apply went (none before the first).
     overlay_condition: Option<Condition>,
+    /// What this node did with the latest fleet configuration.
+    config_report: Option<cairn_api::ConfigReport>,
     kubelet_condition: Option<Condition>,
     /// Feeds the upgrade task (started by `run`).
     upgrade_input: tokio::sync::watch::Sender<UpgradeInput>,
@@ -164,6 +166,7 @@ impl<N: Network> Daemon<N> {
             interval: Duration::from_secs(30),
             network_condition: condition("NetworkApplied", false, "NotYet", ""),
             overlay_condition: None,
+            config_report: None,
             kubelet_condition: None,
             settings,
         })
@@ -570,6 +573,7 @@ impl<N: Network> Daemon<N> {
             // The node's own setting: the hub learns it from here and names it to the peers.
             vtep_address: self.settings.vtep_address.map(|ip| ip.to_string()),
             upgrade: self.upgrade_report.get(),
+            config: self.config_report.clone(),
             observed_at: time::OffsetDateTime::now_utc(),
         }
     }
@@ -679,6 +683,29 @@ impl<N: Network> Daemon<N> {
                             "network.manage is false: this node does not realise VPC overlays",
                         )
                     });
+        }
+        if let Some(config) = &desired.config {
+            let last_good = self
+                .config_report
+                .as_ref()
+                .and_then(|r| r.last_good_generation);
+            let report = config_report(config, last_good);
+            match &report.outcome {
+                cairn_api::ConfigOutcome::Applied => {
+                    tracing::info!(
+                        generation = config.generation,
+                        "fleet configuration applied"
+                    )
+                }
+                outcome => {
+                    tracing::warn!(
+                        generation = config.generation,
+                        ?outcome,
+                        "fleet configuration refused"
+                    )
+                }
+            }
+            self.config_report = Some(report);
         }
         if complete && desired.generation != applied {
             tracing::info!(generation = desired.generation, "desired state applied");
@@ -1011,5 +1038,104 @@ mod tests {
         assert_eq!(backoff(30, 1.0), BACKOFF_CAP);
         assert_eq!(backoff(30, 0.0), BACKOFF_CAP / 2);
         assert!(backoff(u32::MAX, 0.7) <= BACKOFF_CAP);
+    }
+}
+
+/// What this node does with a rendered fleet configuration: it checks the settings with the
+/// same function the hub validated them with; the heartbeat interval is in force already
+/// (the hub renders it into the desired state's own field). The other settings are kept
+/// with the desired state and named in `not_applied`: this node does not act on them yet.
+/// A netplan patch is refused:
+/// this node does not yet carry hub-sent netplan through its safe apply (`net try`), and
+/// half of a network change must not read as applied. `last_good` is the generation kept
+/// before.
+fn config_report(
+    config: &cairn_api::RenderedConfig,
+    last_good: Option<u64>,
+) -> cairn_api::ConfigReport {
+    use cairn_api::ConfigOutcome;
+    let outcome = if let Err(e) = config.settings.validate() {
+        ConfigOutcome::Refused { reason: e }
+    } else if config.netplan.is_some() {
+        ConfigOutcome::Refused {
+            reason: "this node does not apply netplan patches from the hub yet; remove the \
+                     layer's `netplan:` or apply the change on the node with `cairn net try`"
+                .into(),
+        }
+    } else {
+        ConfigOutcome::Applied
+    };
+    let last_good_generation = match outcome {
+        ConfigOutcome::Applied => Some(config.generation),
+        _ => last_good,
+    };
+    let s = &config.settings;
+    let not_applied = [
+        ("settings.dns", s.dns.is_some()),
+        ("settings.ntp", s.ntp.is_some()),
+        ("settings.health_checks", s.health_checks.is_some()),
+        ("settings.drain_command", s.drain_command.is_some()),
+        ("settings.kubelet", s.kubelet.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(key, _)| key.to_owned())
+    .collect();
+    cairn_api::ConfigReport {
+        generation: config.generation,
+        outcome,
+        last_good_generation,
+        not_applied,
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use cairn_api::node_config::FleetConfig;
+    use cairn_api::{ConfigOutcome, RenderedConfig};
+
+    use super::config_report;
+
+    #[test]
+    fn settings_apply_netplan_and_bad_settings_are_refused_keeping_the_last_good() {
+        let good = RenderedConfig {
+            generation: 4,
+            settings: FleetConfig {
+                heartbeat_interval_seconds: Some(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = config_report(&good, Some(2));
+        assert_eq!(
+            (r.outcome, r.last_good_generation),
+            (ConfigOutcome::Applied, Some(4))
+        );
+        assert!(r.not_applied.is_empty(), "the interval is applied");
+
+        let net = RenderedConfig {
+            generation: 5,
+            netplan: Some(serde_json::json!({"network": {"version": 2}})),
+            ..good.clone()
+        };
+        let r = config_report(&net, Some(4));
+        assert!(matches!(r.outcome, ConfigOutcome::Refused { .. }));
+        assert_eq!(r.last_good_generation, Some(4));
+
+        let bad = RenderedConfig {
+            generation: 6,
+            settings: FleetConfig {
+                dns: Some(vec!["not-an-address".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = config_report(&bad, Some(4));
+        assert_eq!(r.not_applied, ["settings.dns"]);
+        let ConfigOutcome::Refused { reason } = r.outcome else {
+            panic!("applied a bad DNS server")
+        };
+        assert!(reason.contains("settings.dns[0]"), "{reason}");
+        assert_eq!(r.last_good_generation, Some(4));
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_api::ConditionStatus;
-use cairn_api::hub::CreateVpc;
+use cairn_api::hub::{ApplyLayer, CreateVpc};
 use cairn_test_support::ports::free_tcp_port;
 use common::*;
 
@@ -107,6 +107,53 @@ fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises
         Some("192.0.2.7"),
         "{a:#?}"
     );
+    node.stop();
+}
+
+/// A site layer's heartbeat interval reaches a real node through the hub's desired state;
+/// the hub shows drift until the node reports the configuration generation applied.
+#[test]
+fn a_site_layer_sets_the_heartbeat_interval_and_the_node_reports_the_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_at(&dir.path().join("hub")).start();
+    let root = dir.path().join("node");
+    let token = hub.enrollment_token("layered");
+    write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
+    let node = Node::start(&root);
+    let id = registered(&node).appliance_id.unwrap();
+    // Stopped, so that the drift below is seen before the node can answer it.
+    node.stop();
+
+    let admin = hub.admin();
+    let change = admin.ok(admin.client.apply_config_layer(&ApplyLayer {
+        file: "site.yaml".into(),
+        document: "layer: site:layered\nsettings:\n  heartbeat_interval_seconds: 2\n".into(),
+        dry_run: false,
+    }));
+    assert_eq!(change.appliances, 1, "{change:?}");
+    let shown = admin.ok(admin.client.appliance_config(&id));
+    assert_eq!(shown.state.desired_generation, 1, "{shown:?}");
+    assert!(shown.state.drift, "not applied yet: {shown:?}");
+
+    let node = Node::start(&root);
+    let shown = poll(
+        "the node to report configuration generation 1",
+        LIMIT,
+        || {
+            admin
+                .run(admin.client.appliance_config(&id))
+                .ok()
+                .filter(|c| !c.state.drift)
+        },
+    );
+    assert_eq!(shown.state.applied_generation, 1, "{shown:?}");
+    assert_eq!(shown.state.last_good_generation, Some(1), "{shown:?}");
+    let report = shown.state.report.unwrap();
+    assert!(report.not_applied.is_empty(), "{report:?}");
+    let status = poll("the node to keep the layer's interval", LIMIT, || {
+        node.status().filter(|s| s.heartbeat_interval_seconds == 2)
+    });
+    assert_eq!(status.appliance_id.as_deref(), Some(id.as_str()));
     node.stop();
 }
 

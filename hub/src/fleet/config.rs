@@ -34,8 +34,8 @@ struct Parsed {
 fn parse(file: &str, text: &str) -> Result<Parsed, FleetError> {
     // The netplan crate's parser first: its syntax errors name file, line and column.
     yaml::parse(Path::new(file), text).map_err(|e| FleetError::Invalid(e.to_string()))?;
-    let doc: LayerDocument = serde_yaml_ng::from_str(text)
-        .map_err(|e| FleetError::Invalid(format!("{file}: {e}")))?;
+    let doc: LayerDocument =
+        serde_yaml_ng::from_str(text).map_err(|e| FleetError::Invalid(format!("{file}: {e}")))?;
     let layer: LayerRef = doc.layer.parse().map_err(FleetError::Invalid)?;
     match (&layer, &doc.selector) {
         (LayerRef::Group(_), None) => {
@@ -136,7 +136,11 @@ fn layers_for<'l>(layers: &'l [ConfigLayer], a: &Appliance, tenant: &str) -> Vec
 
 /// The configuration `a` (of `tenant`) renders to under `layers`, with generation 0 (the
 /// desired state numbers it); `None` when no layer applies.
-pub(crate) fn render(layers: &[ConfigLayer], a: &Appliance, tenant: &str) -> Option<RenderedConfig> {
+pub(crate) fn render(
+    layers: &[ConfigLayer],
+    a: &Appliance,
+    tenant: &str,
+) -> Option<RenderedConfig> {
     let mine = layers_for(layers, a, tenant);
     if mine.is_empty() {
         return None;
@@ -341,8 +345,7 @@ impl Fleet {
         if !ok {
             // The layer's name is not echoed: it may be another tenant's site.
             return Err(FleetError::Forbidden(
-                "this token may not change that layer: it belongs to another tenant or site"
-                    .into(),
+                "this token may not change that layer: it belongs to another tenant or site".into(),
             ));
         }
         if matches!(parsed.layer, LayerRef::Tenant(_) | LayerRef::Group(_)) {
@@ -375,10 +378,8 @@ impl Fleet {
     ) -> Result<LayerChange, FleetError> {
         caller.operator()?;
         self.config_layer_in_scope(caller, layer).await?;
-        let (_, old): (_, ConfigLayer) = self
-            .get(&history_key(layer, to))
-            .await?
-            .ok_or_else(|| {
+        let (_, old): (_, ConfigLayer) =
+            self.get(&history_key(layer, to)).await?.ok_or_else(|| {
                 FleetError::Invalid(format!(
                     "layer {layer} has no generation {to}; see `cairn hub config history {layer}`"
                 ))
@@ -404,20 +405,29 @@ impl Fleet {
     ) -> Result<LayerChange, FleetError> {
         let key = layer_key(&record.layer);
         let current: Option<(u64, ConfigLayer)> = self.get(&key).await?;
-        let old_value = current
-            .as_ref()
-            .map_or_else(|| Value::Object(Default::default()), |(_, l)| l.value.clone());
+        let old_value = current.as_ref().map_or_else(
+            || Value::Object(Default::default()),
+            |(_, l)| l.value.clone(),
+        );
         let diff = cairn_api::diff(&old_value, &record.value);
         let changed = current.as_ref().is_none_or(|(_, l)| {
             l.value != record.value || l.selector != record.selector || l.tenant != record.tenant
         });
         record.generation = current.as_ref().map_or(0, |(_, l)| l.generation) + u64::from(changed);
-        let touched = self.check_layer_change(current.as_ref().map(|(_, l)| l), &record).await;
+        let touched = self
+            .check_layer_change(current.as_ref().map(|(_, l)| l), &record)
+            .await;
         let touched = match touched {
             Ok(n) => n,
             Err(e) => {
-                self.audit(caller, action, &record.layer, &format!("refused: {e}"), None)
-                    .await?;
+                self.audit(
+                    caller,
+                    action,
+                    &record.layer,
+                    &format!("refused: {e}"),
+                    None,
+                )
+                .await?;
                 return Err(e);
             }
         };
@@ -436,7 +446,10 @@ impl Fleet {
         }
         let mut ops = vec![
             Op::put(&key, encode(&record)),
-            Op::put(history_key(&record.layer, record.generation), encode(&record)),
+            Op::put(
+                history_key(&record.layer, record.generation),
+                encode(&record),
+            ),
             Self::tenant_audit_op(
                 caller,
                 action,
@@ -452,7 +465,11 @@ impl Fleet {
             )));
         }
         let version = current.as_ref().map_or(0, |(v, _)| *v);
-        if !self.store.txn(vec![Check::version(&key, version)], ops).await? {
+        if !self
+            .store
+            .txn(vec![Check::version(&key, version)], ops)
+            .await?
+        {
             return Err(FleetError::Contended(format!(
                 "layer {}: changed by someone else meanwhile; diff and apply again",
                 record.layer
@@ -508,8 +525,7 @@ impl Fleet {
         id: &str,
     ) -> Result<ApplianceConfigView, FleetError> {
         let (_, a) = self.appliance_in_scope(caller, id).await?;
-        let status: Option<(u64, Status)> =
-            self.get(&format!("{}{}", keys::STATUS, a.id)).await?;
+        let status: Option<(u64, Status)> = self.get(&format!("{}{}", keys::STATUS, a.id)).await?;
         let report = status.as_ref().and_then(|(_, s)| s.status.config.as_ref());
         Ok(ApplianceConfigView {
             appliance: a.id.clone(),

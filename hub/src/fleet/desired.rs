@@ -54,7 +54,12 @@ pub(crate) fn derive_desired(
     next.join = a.join.clone();
     let stored = a.desired.config.as_ref();
     next.config = super::config::render(config.layers, a, config.tenant).map(|mut r| {
-        let same = stored.is_some_and(|s| RenderedConfig { generation: 0, ..s.clone() } == r);
+        let same = stored.is_some_and(|s| {
+            RenderedConfig {
+                generation: 0,
+                ..s.clone()
+            } == r
+        });
         r.generation = stored.map_or(0, |s| s.generation) + u64::from(!same);
         r
     });
@@ -290,11 +295,7 @@ mod tests {
         let mut a = appliance("a", None, &[]);
         a.labels.insert("role".into(), "gpu".into());
         let layers = vec![
-            layer(
-                "appliance:a",
-                None,
-                json!({"settings": {"ntp": ["ntp.a"]}}),
-            ),
+            layer("appliance:a", None, json!({"settings": {"ntp": ["ntp.a"]}})),
             layer(
                 "group:gpu",
                 Some("role=gpu"),
@@ -315,7 +316,11 @@ mod tests {
                 None,
                 json!({"settings": {"dns": ["192.0.2.1"], "drain_command": ["true"]}}),
             ),
-            layer("site:other", None, json!({"settings": {"dns": ["192.0.2.8"]}})),
+            layer(
+                "site:other",
+                None,
+                json!({"settings": {"dns": ["192.0.2.8"]}}),
+            ),
         ];
         let inputs = ConfigInputs {
             layers: &layers,
@@ -325,7 +330,12 @@ mod tests {
         let config = owed.config.clone().unwrap();
         assert_eq!(
             config.layers,
-            ["tenant:default@1", "site:s@1", "group:gpu@1", "appliance:a@1"]
+            [
+                "tenant:default@1",
+                "site:s@1",
+                "group:gpu@1",
+                "appliance:a@1"
+            ]
         );
         assert_eq!(config.settings.dns.unwrap(), ["192.0.2.3"]);
         assert_eq!(config.settings.ntp.unwrap(), ["ntp.a"]);

@@ -24,8 +24,8 @@ use super::{Auth, router, routes};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::metrics::Metrics;
 use crate::model::{
-    Appliance, Campaign, ConfigLayer, ControlPlane, EnrollmentToken, Event, OperatorToken, Release, Site,
-    Tenant, TokenKind, Vpc, keys,
+    Appliance, Campaign, ConfigLayer, ControlPlane, EnrollmentToken, Event, OperatorToken, Release,
+    Site, Tenant, TokenKind, Vpc, keys,
 };
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
@@ -520,13 +520,25 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
         (
             Method::GET,
             "/v1/config/layers/{layer}/history",
-            case("/v1/config/layers/site:acme-east/history", v, Site, 200, 404),
+            case(
+                "/v1/config/layers/site:acme-east/history",
+                v,
+                Site,
+                200,
+                404,
+            ),
         ),
         (
             Method::POST,
             "/v1/config/layers/{layer}/rollback",
             with(
-                case("/v1/config/layers/site:acme-east/rollback", o, Site, 200, 404),
+                case(
+                    "/v1/config/layers/site:acme-east/rollback",
+                    o,
+                    Site,
+                    200,
+                    404,
+                ),
                 json!({"to": 1}),
             ),
         ),
@@ -814,7 +826,11 @@ async fn world(ca: Arc<Ca>) -> World {
         file: "layer.yaml".into(),
         value: json!({"settings": {"heartbeat_interval_seconds": 10}}),
     };
-    put(&mut ops, format!("{}site:acme-east", keys::CONFIG_LAYERS), &layer);
+    put(
+        &mut ops,
+        format!("{}site:acme-east", keys::CONFIG_LAYERS),
+        &layer,
+    );
     put(
         &mut ops,
         format!("{}site:acme-east/{:020}", keys::CONFIG_HISTORY, 1),

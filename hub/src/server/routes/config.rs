@@ -36,7 +36,9 @@ pub(super) async fn layer_history(
     Operator(caller): Operator,
     Path(layer): Path<String>,
 ) -> Result<Json<Vec<LayerView>>, ApiError> {
-    Ok(Json(state.fleet.config_layer_history(&caller, &layer).await?))
+    Ok(Json(
+        state.fleet.config_layer_history(&caller, &layer).await?,
+    ))
 }
 
 pub(super) async fn rollback_layer(

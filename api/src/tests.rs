@@ -85,6 +85,16 @@ fn desired() -> DesiredState {
                 peer_vteps: vec!["10.0.0.2".into()],
             }],
         }),
+        config: Some(crate::RenderedConfig {
+            generation: 3,
+            settings: crate::node_config::FleetConfig {
+                dns: Some(vec!["192.0.2.53".into()]),
+                heartbeat_interval_seconds: Some(10),
+                ..Default::default()
+            },
+            netplan: Some(serde_json::json!({"network": {"version": 2}})),
+            layers: vec!["tenant:acme@1".into(), "site:berlin@2".into()],
+        }),
     }
 }
 
@@ -131,6 +141,14 @@ fn every_wire_type_survives_a_json_round_trip() {
                 bytes_total: 0,
                 logs: vec!["kubelet.service: failed".into()],
                 at: datetime!(2026-11-22 10:00:00 UTC),
+            }),
+            config: Some(crate::ConfigReport {
+                generation: 3,
+                outcome: crate::ConfigOutcome::RolledBack {
+                    reason: "gateway 192.0.2.1 unreachable".into(),
+                },
+                last_good_generation: Some(2),
+                not_applied: vec!["settings.ntp".into()],
             }),
             observed_at: datetime!(2026-11-22 10:00:00 UTC),
         },

@@ -123,6 +123,7 @@ fn node_status(os: &str, report: Option<UpgradeReport>) -> Status {
             counters: Default::default(),
             vtep_address: None,
             upgrade: report,
+            config: None,
             observed_at: OffsetDateTime::now_utc(),
         },
     }

@@ -477,6 +477,7 @@ mod tests {
                 counters: Default::default(),
                 vtep_address: None,
                 upgrade: None,
+                config: None,
                 observed_at: time::OffsetDateTime::UNIX_EPOCH,
             },
         }

@@ -75,6 +75,7 @@ fn after_a_restart_with_the_hub_down_network_and_kubelet_come_back_from_local_st
                     revision: 1,
                 }),
                 overlay: None,
+                config: None,
             })
             .unwrap();
     }

@@ -198,7 +198,10 @@ pub fn diff(old: &Value, new: &Value) -> Vec<DiffEntry> {
 }
 
 fn diff_at(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<DiffEntry>) {
-    if let (Some(Value::Object(o)), Some(Value::Object(n))) = (old, new) {
+    // A mapping added or removed whole is listed key by key, as one changed in part is.
+    let empty = serde_json::Map::new();
+    let either_map = matches!(old, Some(Value::Object(_))) || matches!(new, Some(Value::Object(_)));
+    if let (true, Some(o), Some(n)) = (either_map, as_map(old, &empty), as_map(new, &empty)) {
         let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
         for k in keys {
             let sub = if path.is_empty() {
@@ -216,6 +219,18 @@ fn diff_at(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<D
             old: old.cloned(),
             new: new.cloned(),
         });
+    }
+}
+
+/// A mapping as a mapping, an absent value as `empty`, anything else as `None`.
+fn as_map<'a>(
+    v: Option<&'a Value>,
+    empty: &'a serde_json::Map<String, Value>,
+) -> Option<&'a serde_json::Map<String, Value>> {
+    match v {
+        Some(Value::Object(m)) => Some(m),
+        None => Some(empty),
+        Some(_) => None,
     }
 }
 
@@ -257,6 +272,15 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
+        let added: Vec<String> = diff(&json!({}), &json!({"settings": {"dns": ["a"]}}))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            added,
+            [r#"+ settings.dns: ["a"]"#],
+            "a new mapping, key by key"
+        );
     }
 
     #[test]

@@ -1336,7 +1336,12 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 table(
                     &["GENERATION", "AUTHOR", "AT"],
                     h.iter().map(|l| {
-                        vec![l.generation.to_string(), l.author.clone(), l.at.to_string()]
+                        vec![
+                            l.generation.to_string(),
+                            l.author.clone(),
+                            l.at.format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default(),
+                        ]
                     }),
                 )
             })?

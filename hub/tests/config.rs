@@ -295,3 +295,104 @@ async fn layers_on_etcd() {
         .start();
     layers_merge_validate_and_roll_back(&hub).await;
 }
+
+/// `cairn hub config apply/diff/history/rollback/show` against a real hub.
+#[tokio::test]
+async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
+    use cairn_api::cli::Exit;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: cairn_hub_client::cli::HubArgs,
+    }
+    let hub = common::start_hub(&[]);
+    let admin = hub.admin();
+    let device = Device::new("edge-c1", "CFG-C1", &["52:54:00:20:00:03"]);
+    let reg = device
+        .register(&hub, &admin.enrollment_token("lab", 1).await)
+        .await;
+    let id = reg.appliance_id.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.json");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &hub.admin_token).unwrap();
+    let run = |args: &[&str]| {
+        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
+        full.extend(args);
+        Cli::parse_from(full).hub.run()
+    };
+    let login = [
+        "login",
+        "--url",
+        &hub.url,
+        "--ca-fingerprint",
+        &hub.fingerprint,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    assert_eq!(run(&login).await.unwrap(), Exit::Success);
+
+    let file = dir.path().join("lab.yaml");
+    let file = file.to_str().unwrap();
+    let layer_gen = || async {
+        let (s, l) = admin.get("/v1/config/layers/site:lab").await;
+        (s, l["generation"].clone())
+    };
+    for interval in [5, 9] {
+        std::fs::write(
+            file,
+            format!("layer: site:lab\nsettings:\n  heartbeat_interval_seconds: {interval}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            run(&["config", "diff", "-f", file]).await.unwrap(),
+            Exit::Success
+        );
+        assert_eq!(
+            run(&["config", "apply", "-f", file]).await.unwrap(),
+            Exit::Success
+        );
+    }
+    assert_eq!(layer_gen().await, (200, json!(2)), "diff stores nothing");
+    assert_eq!(
+        run(&["config", "history", "site:lab"]).await.unwrap(),
+        Exit::Success
+    );
+    assert_eq!(
+        run(&["config", "rollback", "site:lab", "--to", "1"])
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(layer_gen().await, (200, json!(3)));
+    assert_eq!(
+        run(&["config", "show", "--appliance", &id]).await.unwrap(),
+        Exit::Success
+    );
+    let (_, shown) = admin.get(&format!("/v1/appliances/{id}/config")).await;
+    assert_eq!(
+        shown["rendered"]["settings"]["heartbeat_interval_seconds"], 5,
+        "{shown}"
+    );
+
+    // A malformed file is the hub's refusal: the command fails, nothing changes.
+    std::fs::write(
+        file,
+        "layer: site:lab\nsettings:\n  heartbeat_interval_seconds: [\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(&["config", "apply", "-f", file]).await.unwrap(),
+        Exit::Failed
+    );
+    assert_eq!(layer_gen().await, (200, json!(3)));
+    assert_eq!(
+        run(&["config", "rollback", "site:lab", "--to", "7"])
+            .await
+            .unwrap(),
+        Exit::Failed,
+        "no generation 7"
+    );
+}

@@ -175,6 +175,54 @@ pub async fn try_apply<N: Netlink, T: Target>(
     probes: &[Probe],
     timeout: Duration,
 ) -> Result<TryOutcome, TryError> {
+    let cp = match begin(nl, config, store, probes, timeout).await? {
+        Ok(cp) => cp,
+        Err(failed) => return Ok(failed),
+    };
+    tracing::info!(
+        timeout_s = timeout.as_secs(),
+        "applied; run `cairn-node net confirm` to keep it"
+    );
+    loop {
+        if store.checkpoint()?.is_none() {
+            return Ok(TryOutcome::Confirmed);
+        }
+        if now_unix() >= cp.deadline_unix {
+            let restored = roll_back(nl, &cp, store).await?;
+            return Ok(TryOutcome::TimedOut { restored });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A try that confirms itself once every probe passes, for changes no person watches (the
+/// hub's fleet configuration). The checkpoint is on disk from before the apply until the
+/// probes pass, so a crash or reboot in between rolls back at the next start ([`recover`]).
+pub async fn try_probed<N: Netlink, T: Target>(
+    nl: &mut N,
+    config: &T,
+    store: &Store,
+    probes: &[Probe],
+    timeout: Duration,
+) -> Result<TryOutcome, TryError> {
+    match begin(nl, config, store, probes, timeout).await? {
+        Ok(_) => {
+            confirm(store)?;
+            Ok(TryOutcome::Confirmed)
+        }
+        Err(failed) => Ok(failed),
+    }
+}
+
+/// Checkpoint, apply, probe: `Ok(checkpoint)` when every probe passed (the try is still
+/// pending), `Err(outcome)` when one failed and the change was rolled back.
+async fn begin<N: Netlink, T: Target>(
+    nl: &mut N,
+    config: &T,
+    store: &Store,
+    probes: &[Probe],
+    timeout: Duration,
+) -> Result<Result<Checkpoint, TryOutcome>, TryError> {
     if store.checkpoint()?.is_some() {
         return Err(TryError::Pending);
     }
@@ -194,27 +242,14 @@ pub async fn try_apply<N: Netlink, T: Target>(
         if let Err(reason) = run_probe(probe).await {
             tracing::warn!(%probe, %reason, "probe failed, rolling back");
             let restored = roll_back(nl, &cp, store).await?;
-            return Ok(TryOutcome::ProbeFailed {
+            return Ok(Err(TryOutcome::ProbeFailed {
                 probe: probe.to_string(),
                 reason,
                 restored,
-            });
+            }));
         }
     }
-    tracing::info!(
-        timeout_s = timeout.as_secs(),
-        "applied; run `cairn-node net confirm` to keep it"
-    );
-    loop {
-        if store.checkpoint()?.is_none() {
-            return Ok(TryOutcome::Confirmed);
-        }
-        if now_unix() >= cp.deadline_unix {
-            let restored = roll_back(nl, &cp, store).await?;
-            return Ok(TryOutcome::TimedOut { restored });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(Ok(cp))
 }
 
 async fn roll_back<N: Netlink>(

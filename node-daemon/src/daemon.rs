@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::hub::{ClientIdentity, HttpsHub, HubApi, HubError, Trust};
 use crate::inventory::{self, Roots};
 use crate::kubelet::{self, Action, Layout, Supervisor};
-use crate::network::{Network, NetworkError};
+use crate::network::{FleetTry, Network, NetworkError};
 use crate::pki;
 use crate::status::LocalStatus;
 use crate::store::{self, Identity, PendingRegistration, Store, StoreError};
@@ -689,7 +689,11 @@ impl<N: Network> Daemon<N> {
                 .config_report
                 .as_ref()
                 .and_then(|r| r.last_good_generation);
-            let report = config_report(config, last_good);
+            let outcome = match config.settings.validate() {
+                Err(reason) => cairn_api::ConfigOutcome::Refused { reason },
+                Ok(()) => self.apply_fleet_network(config).await,
+            };
+            let report = config_report(config, last_good, outcome);
             match &report.outcome {
                 cairn_api::ConfigOutcome::Applied => {
                     tracing::info!(
@@ -712,6 +716,49 @@ impl<N: Network> Daemon<N> {
             if let Err(e) = self.store.set_applied_generation(desired.generation) {
                 tracing::error!(error = %e, "recording the applied generation failed");
             }
+        }
+    }
+
+    /// The network part of a fleet configuration, through the safe apply: the host netplan
+    /// files with the hub's patch merged last, probed by reaching the hub through the new
+    /// network, kept or rolled back. Without a patch, one kept from before is removed the
+    /// same way.
+    async fn apply_fleet_network(
+        &mut self,
+        config: &cairn_api::RenderedConfig,
+    ) -> cairn_api::ConfigOutcome {
+        use cairn_api::ConfigOutcome;
+        if !self.settings.manage_network {
+            return match config.netplan {
+                Some(_) => ConfigOutcome::Refused {
+                    reason: "network.manage is false: this node does not apply netplan; \
+                             remove the layer's `netplan:` for it"
+                        .into(),
+                },
+                None => ConfigOutcome::Applied,
+            };
+        }
+        let patch = match config.netplan.as_ref().map(serde_yaml_ng::to_string) {
+            None => None,
+            Some(Ok(text)) => Some(text),
+            Some(Err(e)) => {
+                return ConfigOutcome::Refused {
+                    reason: format!("the netplan patch cannot be written as YAML: {e}"),
+                };
+            }
+        };
+        let probes: Vec<cairn_netplan::safe::Probe> =
+            hub_probe(&self.settings.hub_url).into_iter().collect();
+        match self
+            .network
+            .try_fleet(&self.settings.netplan_dir, patch.as_deref(), &probes)
+            .await
+        {
+            Ok(FleetTry::Kept) => ConfigOutcome::Applied,
+            Ok(FleetTry::RolledBack(reason)) => ConfigOutcome::RolledBack { reason },
+            Err(e) => ConfigOutcome::Refused {
+                reason: format!("applying the netplan patch failed and was undone: {e}"),
+            },
         }
     }
 
@@ -1041,30 +1088,30 @@ mod tests {
     }
 }
 
-/// What this node does with a rendered fleet configuration: it checks the settings with the
-/// same function the hub validated them with; the heartbeat interval is in force already
-/// (the hub renders it into the desired state's own field). The other settings are kept
-/// with the desired state and named in `not_applied`: this node does not act on them yet.
-/// A netplan patch is refused:
-/// this node does not yet carry hub-sent netplan through its safe apply (`net try`), and
-/// half of a network change must not read as applied. `last_good` is the generation kept
-/// before.
+/// A TCP probe of the hub at `url` (`https://host[:port]`): a fleet network change is kept
+/// only when the hub is still reachable through it.
+fn hub_probe(url: &str) -> Option<cairn_netplan::safe::Probe> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next()?;
+    let target = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:443")
+    } else {
+        authority.to_owned()
+    };
+    target.parse().ok()
+}
+
+/// The report of a rendered fleet configuration whose settings were checked (with the same
+/// function the hub validated them with) and whose network part ended in `outcome`; the
+/// heartbeat interval is in force already (the hub renders it into the desired state's own
+/// field). The other settings are kept with the desired state and named in `not_applied`:
+/// this node does not act on them yet. `last_good` is the generation kept before.
 fn config_report(
     config: &cairn_api::RenderedConfig,
     last_good: Option<u64>,
+    outcome: cairn_api::ConfigOutcome,
 ) -> cairn_api::ConfigReport {
     use cairn_api::ConfigOutcome;
-    let outcome = if let Err(e) = config.settings.validate() {
-        ConfigOutcome::Refused { reason: e }
-    } else if config.netplan.is_some() {
-        ConfigOutcome::Refused {
-            reason: "this node does not apply netplan patches from the hub yet; remove the \
-                     layer's `netplan:` or apply the change on the node with `cairn net try`"
-                .into(),
-        }
-    } else {
-        ConfigOutcome::Applied
-    };
     let last_good_generation = match outcome {
         ConfigOutcome::Applied => Some(config.generation),
         _ => last_good,
@@ -1094,48 +1141,54 @@ mod config_tests {
     use cairn_api::node_config::FleetConfig;
     use cairn_api::{ConfigOutcome, RenderedConfig};
 
-    use super::config_report;
+    use super::{config_report, hub_probe};
 
     #[test]
-    fn settings_apply_netplan_and_bad_settings_are_refused_keeping_the_last_good() {
+    fn an_applied_generation_becomes_the_last_good_a_rolled_back_one_does_not() {
         let good = RenderedConfig {
             generation: 4,
             settings: FleetConfig {
                 heartbeat_interval_seconds: Some(5),
+                dns: Some(vec!["192.0.2.53".into()]),
                 ..Default::default()
             },
             ..Default::default()
         };
-        let r = config_report(&good, Some(2));
+        let r = config_report(&good, Some(2), ConfigOutcome::Applied);
         assert_eq!(
             (r.outcome, r.last_good_generation),
             (ConfigOutcome::Applied, Some(4))
         );
-        assert!(r.not_applied.is_empty(), "the interval is applied");
+        assert_eq!(r.not_applied, ["settings.dns"], "kept, not acted on");
 
-        let net = RenderedConfig {
+        let cut = RenderedConfig {
             generation: 5,
-            netplan: Some(serde_json::json!({"network": {"version": 2}})),
             ..good.clone()
         };
-        let r = config_report(&net, Some(4));
-        assert!(matches!(r.outcome, ConfigOutcome::Refused { .. }));
-        assert_eq!(r.last_good_generation, Some(4));
+        let rolled_back = ConfigOutcome::RolledBack {
+            reason: "probe hub:8443 failed".into(),
+        };
+        let r = config_report(&cut, Some(4), rolled_back.clone());
+        assert_eq!(
+            (r.generation, r.outcome, r.last_good_generation),
+            (5, rolled_back, Some(4))
+        );
+    }
 
-        let bad = RenderedConfig {
-            generation: 6,
-            settings: FleetConfig {
-                dns: Some(vec!["not-an-address".into()]),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let r = config_report(&bad, Some(4));
-        assert_eq!(r.not_applied, ["settings.dns"]);
-        let ConfigOutcome::Refused { reason } = r.outcome else {
-            panic!("applied a bad DNS server")
-        };
-        assert!(reason.contains("settings.dns[0]"), "{reason}");
-        assert_eq!(r.last_good_generation, Some(4));
+    #[test]
+    fn the_hub_probe_is_its_host_and_port() {
+        let probe = |url| hub_probe(url).map(|p| p.to_string());
+        assert_eq!(
+            probe("https://10.2.0.1:8443").as_deref(),
+            Some("10.2.0.1:8443")
+        );
+        assert_eq!(
+            probe("https://hub.example/").as_deref(),
+            Some("hub.example:443")
+        );
+        assert_eq!(
+            probe("https://[2001:db8::1]").as_deref(),
+            Some("[2001:db8::1]:443")
+        );
     }
 }

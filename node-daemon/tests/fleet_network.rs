@@ -1,0 +1,147 @@
+//! A fleet configuration's netplan patch from a real hub, applied by a real `cairn-node`
+//! through the safe apply, in two namespaces joined by a veth: "node" (the appliance, its
+//! uplink `n0`) and "hub" (a real `cairn-hub` on 10.2.0.1, behind a route the node's own
+//! netplan file sets). A patch that cuts the route to the hub is rolled back and reported
+//! as such; one that keeps it is kept and reported applied.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_api::ConfigOutcome;
+use cairn_api::hub::{ApplianceConfigView, ApplyLayer};
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The node's own netplan file: its address, and the route to the hub.
+const BASE: &str = "\
+network:
+  version: 2
+  ethernets:
+    n0:
+      addresses: [10.1.0.1/24]
+      routes: [{to: 10.2.0.0/24, via: 10.1.0.2}]
+";
+
+/// Runs `f` on a thread inside `ns`: the hub listens there only.
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter();
+            f()
+        })
+        .join()
+        .expect("a thread in the hub's namespace")
+    })
+}
+
+fn layer(hub: &Hub, ns: &Netns, id: &str, netplan: &str) {
+    let document = format!("layer: appliance:{id}\nnetplan:\n{netplan}");
+    in_ns(ns, || {
+        let admin = hub.admin();
+        admin.ok(admin.client.apply_config_layer(&ApplyLayer {
+            file: "uplink.yaml".into(),
+            document,
+            dry_run: false,
+        }))
+    });
+}
+
+/// The appliance's configuration once its report names `generation`.
+fn reported(hub: &Hub, ns: &Netns, id: &str, generation: u64) -> ApplianceConfigView {
+    poll(
+        &format!("the node to report configuration generation {generation}"),
+        LIMIT,
+        || {
+            let shown = in_ns(ns, || {
+                let admin = hub.admin();
+                admin.run(admin.client.appliance_config(id)).ok()
+            })?;
+            (shown.state.report.as_ref()?.generation == generation).then_some(shown)
+        },
+    )
+}
+
+#[test]
+fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_ns = Netns::new("cfgn");
+    let hub_ns = Netns::new("cfgh");
+    let ok = Command::new("ip")
+        .args(["link", "add", "n0", "netns", &node_ns.0, "type", "veth"])
+        .args(["peer", "name", "h0", "netns", &hub_ns.0])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "creating the veth pair");
+    hub_ns.ip(&["addr", "add", "10.1.0.2/24", "dev", "h0"]);
+    hub_ns.ip(&["link", "set", "h0", "up"]);
+    hub_ns.ip(&["addr", "add", "10.2.0.1/32", "dev", "lo"]);
+    let hub = hub_at(&dir.path().join("hub"))
+        .prefix(&hub_ns.prefix())
+        .names(&["10.2.0.1"])
+        .listen("10.2.0.1:0")
+        .start();
+    let token = in_ns(&hub_ns, || hub.enrollment_token("edge"));
+
+    let root = dir.path().join("node");
+    write_config(
+        &root,
+        &hub.url,
+        &hub.fingerprint,
+        &token,
+        "network:\n  manage: true\n",
+    );
+    std::fs::create_dir_all(root.join("etc/cairn/netplan")).unwrap();
+    std::fs::write(root.join("etc/cairn/netplan/10-uplink.yaml"), BASE).unwrap();
+    let node = Node::start_with(&root, &node_ns.prefix());
+    let id = poll("the node to register", LIMIT, || {
+        node.status()
+            .filter(|s| s.hub_reachable)
+            .and_then(|s| s.appliance_id)
+    });
+    let route = "10.2.0.0/24 via 10.1.0.2";
+    assert!(
+        node_ns.ip(&["route"]).contains(route),
+        "the node's own route"
+    );
+
+    // Replacing n0's routes with none cuts the hub: the probe fails, the node rolls back.
+    layer(
+        &hub,
+        &hub_ns,
+        &id,
+        "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: []\n",
+    );
+    let shown = reported(&hub, &hub_ns, &id, 1);
+    let report = shown.state.report.clone().unwrap();
+    let ConfigOutcome::RolledBack { reason } = &report.outcome else {
+        panic!("not rolled back: {shown:?}\n{}", node.log())
+    };
+    assert!(reason.contains("10.2.0.1"), "names the hub probe: {reason}");
+    assert!(shown.state.drift, "{shown:?}");
+    assert_eq!(shown.state.last_good_generation, None);
+    assert!(node_ns.ip(&["route"]).contains(route), "the route is back");
+
+    // A second address, the route kept: applied, kept, reported.
+    layer(
+        &hub,
+        &hub_ns,
+        &id,
+        "  network:\n    version: 2\n    ethernets:\n      n0:\n        addresses: [10.1.0.1/24, 10.1.0.60/24]\n",
+    );
+    let shown = reported(&hub, &hub_ns, &id, 2);
+    assert_eq!(
+        shown.state.report.as_ref().map(|r| &r.outcome),
+        Some(&ConfigOutcome::Applied),
+        "{shown:?}\n{}",
+        node.log()
+    );
+    assert!(!shown.state.drift, "{shown:?}");
+    assert_eq!(shown.state.last_good_generation, Some(2));
+    let addrs = node_ns.ip(&["-br", "addr", "show", "n0"]);
+    assert!(addrs.contains("10.1.0.60/24"), "{addrs}");
+    assert!(node_ns.ip(&["route"]).contains(route));
+    node.stop();
+}

@@ -148,6 +148,11 @@ impl Network for Netplan {
         let io = |what: &str, p: &Path, e: std::io::Error| {
             NetworkError(format!("{what} {}: {e}", p.display()))
         };
+        // Kept already (a restart applies the stored desired state again): nothing to
+        // try, and no probe to fail while the hub is down.
+        if patch.is_some() && std::fs::read_to_string(&kept).ok().as_deref() == patch {
+            return Ok(FleetTry::Kept);
+        }
         let files = match patch {
             Some(text) => {
                 let parent = pending.parent().expect("a file in fleet/");

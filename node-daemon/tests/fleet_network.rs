@@ -64,11 +64,25 @@ fn reported(hub: &Hub, ns: &Netns, id: &str, generation: u64) -> ApplianceConfig
     )
 }
 
-#[test]
-fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
+/// The two namespaces, the hub in one, a registered node in the other.
+struct Lab {
+    node_ns: Netns,
+    hub_ns: Netns,
+    hub: Hub,
+    root: std::path::PathBuf,
+    node: Node,
+    id: String,
+    /// The hub's and the node's directories: bound by each test, so they last as long.
+    _dir: tempfile::TempDir,
+}
+
+/// The route to the hub the node's own file sets.
+const ROUTE: &str = "10.2.0.0/24 via 10.1.0.2";
+
+fn lab(tag: &str) -> Lab {
     let dir = tempfile::tempdir().unwrap();
-    let node_ns = Netns::new("cfgn");
-    let hub_ns = Netns::new("cfgh");
+    let node_ns = Netns::new(&format!("{tag}n"));
+    let hub_ns = Netns::new(&format!("{tag}h"));
     let ok = Command::new("ip")
         .args(["link", "add", "n0", "netns", &node_ns.0, "type", "veth"])
         .args(["peer", "name", "h0", "netns", &hub_ns.0])
@@ -101,13 +115,36 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
             .filter(|s| s.hub_reachable)
             .and_then(|s| s.appliance_id)
     });
-    let route = "10.2.0.0/24 via 10.1.0.2";
     assert!(
-        node_ns.ip(&["route"]).contains(route),
+        node_ns.ip(&["route"]).contains(ROUTE),
         "the node's own route"
     );
+    Lab {
+        node_ns,
+        hub_ns,
+        hub,
+        root,
+        node,
+        id,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
+    let Lab {
+        node_ns,
+        hub_ns,
+        hub,
+        node,
+        id,
+        _dir: _keep,
+        ..
+    } = lab("cfg");
+    let route = ROUTE;
 
     // Replacing n0's routes with none cuts the hub: the probe fails, the node rolls back.
+    let applied_at = std::time::Instant::now();
     layer(
         &hub,
         &hub_ns,
@@ -115,6 +152,10 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
         "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: []\n",
     );
     let shown = reported(&hub, &hub_ns, &id, 1);
+    eprintln!(
+        "bad change: apply to rolled back, reported at the hub: {:?}",
+        applied_at.elapsed()
+    );
     let report = shown.state.report.clone().unwrap();
     let ConfigOutcome::RolledBack { reason } = &report.outcome else {
         panic!("not rolled back: {shown:?}\n{}", node.log())
@@ -125,6 +166,7 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
     assert!(node_ns.ip(&["route"]).contains(route), "the route is back");
 
     // A second address, the route kept: applied, kept, reported.
+    let applied_at = std::time::Instant::now();
     layer(
         &hub,
         &hub_ns,
@@ -132,6 +174,10 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
         "  network:\n    version: 2\n    ethernets:\n      n0:\n        addresses: [10.1.0.1/24, 10.1.0.60/24]\n",
     );
     let shown = reported(&hub, &hub_ns, &id, 2);
+    eprintln!(
+        "good change: apply to applied, reported at the hub: {:?}",
+        applied_at.elapsed()
+    );
     assert_eq!(
         shown.state.report.as_ref().map(|r| &r.outcome),
         Some(&ConfigOutcome::Applied),
@@ -143,5 +189,67 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
     let addrs = node_ns.ip(&["-br", "addr", "show", "n0"]);
     assert!(addrs.contains("10.1.0.60/24"), "{addrs}");
     assert!(node_ns.ip(&["route"]).contains(route));
+    node.stop();
+}
+
+/// A node killed while a change that cuts the hub is on trial (its probe waiting on a
+/// gateway that does not answer) finds the unconfirmed change at its next start and rolls
+/// it back, then reports the generation rolled back.
+#[test]
+fn a_change_on_trial_when_the_node_dies_is_rolled_back_at_its_next_start() {
+    let Lab {
+        node_ns,
+        hub_ns,
+        hub,
+        root,
+        node,
+        id,
+        _dir: _keep,
+    } = lab("cfk");
+    let dead_end = "10.2.0.0/24 via 10.1.0.99";
+    layer(
+        &hub,
+        &hub_ns,
+        &id,
+        "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: [{to: 10.2.0.0/24, via: 10.1.0.99}]\n",
+    );
+    // On trial: the route points at nothing, the probe waits for its timeout.
+    poll("the change to be on trial", LIMIT, || {
+        node_ns.ip(&["route"]).contains(dead_end).then_some(())
+    });
+    node.kill();
+    assert!(
+        node_ns.ip(&["route"]).contains(dead_end),
+        "the node died with the change applied"
+    );
+
+    let restarted = std::time::Instant::now();
+    let node = Node::start_with(&root, &node_ns.prefix());
+    poll("the old route back", LIMIT, || {
+        node_ns.ip(&["route"]).contains(ROUTE).then_some(())
+    });
+    eprintln!(
+        "node killed mid-try: start to the old route serving again: {:?}",
+        restarted.elapsed()
+    );
+    let shown = reported(&hub, &hub_ns, &id, 1);
+    assert!(
+        matches!(
+            shown.state.report.as_ref().map(|r| &r.outcome),
+            Some(ConfigOutcome::RolledBack { .. })
+        ),
+        "{shown:?}\n{}",
+        node.log()
+    );
+    assert!(
+        node_ns.ip(&["route"]).contains(ROUTE),
+        "{}",
+        node_ns.ip(&["route"])
+    );
+    assert!(
+        node.log().contains("interrupted and rolled back"),
+        "the start found the unconfirmed change:\n{}",
+        node.log()
+    );
     node.stop();
 }

@@ -16,6 +16,7 @@ use cairn_api::{
     RegistrationResponse,
 };
 pub use desired::Repair;
+pub use events::{EventFeed, EventFilter, EventItem};
 use rand::Rng;
 pub use retention::Retention;
 use rustls::pki_types::pem::PemObject;
@@ -36,6 +37,7 @@ mod appliances;
 mod audit;
 mod control_planes;
 mod desired;
+mod events;
 mod heartbeats;
 mod registration;
 mod retention;

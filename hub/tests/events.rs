@@ -4,6 +4,10 @@
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "../src/testutil.rs"]
+mod testutil;
+
 use cairn_api::hub::{EventQuery, EventView, EventWatchQuery};
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
@@ -249,4 +253,71 @@ async fn a_cut_event_stream_resumes_without_gaps_or_duplicates_and_stays_in_scop
     let back = after_restart.next().await.unwrap().unwrap();
     assert_eq!(back.kind, "online", "{back:?}");
     assert!(back.seq > before_restart, "{} > {before_restart}", back.seq);
+}
+
+/// On etcd, the sequence is the fleet's: events recorded by one hub stream from another,
+/// and a stream cut on one resumes on the other, exactly after its last event.
+#[tokio::test]
+async fn on_etcd_a_stream_cut_on_one_hub_resumes_on_another() {
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let mut serve = vec!["--etcd-endpoints", &endpoints, "--etcd-lease-ttl", "2"];
+    serve.extend(FAST);
+    let a = Hub::builder(hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve)
+        .start();
+    let b = a.replica(&serve);
+    let on_a = typed(&a, &a.admin_token);
+    let on_b = typed(&b, &b.admin_token);
+
+    let mut watch = on_b
+        .watch_events(&EventWatchQuery::default())
+        .await
+        .unwrap();
+    let device = enroll(&a, "lab", "edge-e").await;
+    device.heartbeat(&a).await;
+    let first = watch.next().await.unwrap().unwrap();
+    let second = watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        kinds_of(&[first.clone(), second.clone()], &device.id),
+        ["registered", "online"]
+    );
+    drop(watch);
+    // Silent: the leader, whichever hub it is, records it offline.
+    let missed = poll_async("edge-e to go offline", LIMIT, || async {
+        let events = listed_after(&on_a, second.seq).await;
+        kinds_of(&events, &device.id)
+            .contains(&"offline")
+            .then_some(events)
+    })
+    .await;
+    let mut resumed = on_a
+        .watch_events(&EventWatchQuery {
+            after: Some(second.seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = vec![first.clone(), second];
+    for want in &missed {
+        let got = resumed.next().await.unwrap().unwrap();
+        assert_eq!(&got, want);
+        seen.push(got);
+    }
+    assert!(
+        seqs(&seen).windows(2).all(|w| w[0] < w[1]),
+        "each event once, in order: {:?}",
+        seqs(&seen)
+    );
+    let raw: Vec<u64> = raw_resume(&a, &a.admin_token, first.seq)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        raw,
+        seqs(&seen[1..]),
+        "after the first event: the second and those missed, once each"
+    );
 }

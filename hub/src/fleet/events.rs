@@ -49,8 +49,12 @@ impl EventFilter {
     /// Whether `caller` is shown event `e` written at `seq`. The scope rule is the list's:
     /// an event is seen by whoever sees its site.
     pub fn admits(&self, caller: &Caller, seq: u64, e: &Event) -> bool {
-        caller.sees(&e.site)
-            && self.after.is_none_or(|after| seq > after)
+        caller.sees(&e.site) && self.matches(seq, e)
+    }
+
+    /// Whether event `e` written at `seq` passes the filter, whoever asks.
+    pub fn matches(&self, seq: u64, e: &Event) -> bool {
+        self.after.is_none_or(|after| seq > after)
             && self.since.is_none_or(|since| e.at >= since)
             && self
                 .appliance
@@ -146,6 +150,21 @@ impl Fleet {
         filter: EventFilter,
     ) -> Result<EventFeed, FleetError> {
         caller.operator()?;
+        self.event_feed(Some(caller.clone()), filter).await
+    }
+
+    /// Every event that passes `filter`, whatever its site, as [`Fleet::watch_events`]
+    /// streams them: for the hub's own consumers (the event webhooks).
+    pub async fn follow_all_events(&self, filter: EventFilter) -> Result<EventFeed, FleetError> {
+        self.event_feed(None, filter).await
+    }
+
+    /// The stream of the events `scope` sees (`None`: all) that pass `filter`.
+    async fn event_feed(
+        &self,
+        scope: Option<Caller>,
+        filter: EventFilter,
+    ) -> Result<EventFeed, FleetError> {
         let now = self.store.revision().await?;
         if let Some(after) = filter.after
             && after > now
@@ -156,9 +175,8 @@ impl Fleet {
         }
         let (tx, rx) = mpsc::channel(BACKLOG);
         let fleet = self.clone();
-        let caller = caller.clone();
         tokio::spawn(async move {
-            if let Err(e) = fleet.follow_events(&caller, filter, &tx).await {
+            if let Err(e) = fleet.follow_events(scope.as_ref(), filter, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -167,10 +185,14 @@ impl Fleet {
 
     async fn follow_events(
         &self,
-        caller: &Caller,
+        scope: Option<&Caller>,
         mut filter: EventFilter,
         tx: &mpsc::Sender<Result<EventItem, FleetError>>,
     ) -> Result<(), FleetError> {
+        let shown = |filter: &EventFilter, seq: u64, e: &Event| match scope {
+            Some(caller) => filter.admits(caller, seq, e),
+            None => filter.matches(seq, e),
+        };
         let mut catch_up = filter.after.is_some() || filter.since.is_some();
         let mut caught_up = false;
         loop {
@@ -179,7 +201,7 @@ impl Fleet {
             if catch_up {
                 let mut kept = Vec::new();
                 self.scan_events(&filter, |seq, e| {
-                    if seq <= upto && filter.admits(caller, seq, &e) {
+                    if seq <= upto && shown(&filter, seq, &e) {
                         kept.push((seq, e));
                     }
                     true
@@ -237,7 +259,7 @@ impl Fleet {
                                 value: raw.clone(),
                             },
                         )?;
-                        filter.admits(caller, change.version, &e).then_some(e)
+                        shown(&filter, change.version, &e).then_some(e)
                     }
                 };
                 filter.after = Some(change.version);
@@ -251,5 +273,61 @@ impl Fleet {
                 }
             }
         }
+    }
+}
+
+/// The store key of the cursor of the webhook at `url`.
+fn cursor_key(url: &str) -> String {
+    format!(
+        "{}{}",
+        keys::EVENT_WEBHOOKS,
+        &hex::encode(Sha256::digest(url.as_bytes()))[..16]
+    )
+}
+
+impl Fleet {
+    /// The cursor of the webhook at `url` (shown as `origin`); a webhook seen for the first
+    /// time starts at the store's revision (events from now on) and is saved so.
+    pub async fn webhook_cursor(
+        &self,
+        url: &str,
+        origin: &str,
+    ) -> Result<WebhookCursor, FleetError> {
+        let key = cursor_key(url);
+        loop {
+            if let Some((_, found)) = self.get::<WebhookCursor>(&key).await? {
+                return Ok(found);
+            }
+            let start = WebhookCursor {
+                url: origin.to_owned(),
+                delivered: self.store.revision().await?,
+            };
+            // Lost to a concurrent first save: read theirs.
+            self.store
+                .txn(
+                    vec![Check::version(&key, 0)],
+                    vec![Op::put(&key, encode(&start))],
+                )
+                .await?;
+        }
+    }
+
+    /// Records that the webhook at `url` (shown as `origin`) got every event up to `delivered`. Called on the
+    /// leader's fenced fleet ([`Fleet::as_leader`]): a hub that lost the leadership meanwhile
+    /// writes nothing ([`StoreError::NotLeader`]).
+    pub async fn advance_webhook_cursor(
+        &self,
+        url: &str,
+        origin: &str,
+        delivered: u64,
+    ) -> Result<(), FleetError> {
+        let cursor = WebhookCursor {
+            url: origin.to_owned(),
+            delivered,
+        };
+        self.store
+            .txn(vec![], vec![Op::put(cursor_key(url), encode(&cursor))])
+            .await?;
+        Ok(())
     }
 }

@@ -13,10 +13,9 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceList, ApplianceQuery, ApplianceState,
     ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
     CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
-    CreateReinstallToken, CreateTenant, EnrollmentTokenView, EventQuery, EventView, EventWatchQuery,
-    LabelRequest, LabelSelector,
-    OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
-    WatchQuery,
+    CreateReinstallToken, CreateTenant, EnrollmentTokenView, EventQuery, EventView,
+    EventWatchQuery, LabelRequest, LabelSelector, OperatorTokenView, ReleaseView, Role, Selector,
+    SelectorError, SinceQuery, TenantView, VpcView, WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};

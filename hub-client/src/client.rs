@@ -10,9 +10,10 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery, LabelRequest, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
-    TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery,
+    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView,
+    WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,

@@ -230,18 +230,34 @@ struct WebhookArgs {
     #[arg(long = "event-webhook-secret-file", value_name = "FILE")]
     secret_file: Option<PathBuf>,
     /// Seconds one delivery attempt may take, connecting included.
-    #[arg(long = "event-webhook-timeout", value_name = "SECONDS", default_value_t = 10)]
+    #[arg(
+        long = "event-webhook-timeout",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
     timeout: u64,
     /// Pause before retrying a failed delivery, in milliseconds; it doubles with each
     /// further failure, up to --event-webhook-retry-max.
-    #[arg(long = "event-webhook-retry-first-ms", value_name = "MS", default_value_t = 1000)]
+    #[arg(
+        long = "event-webhook-retry-first-ms",
+        value_name = "MS",
+        default_value_t = 1000
+    )]
     retry_first_ms: u64,
     /// Longest pause between two attempts, in seconds.
-    #[arg(long = "event-webhook-retry-max", value_name = "SECONDS", default_value_t = 300)]
+    #[arg(
+        long = "event-webhook-retry-max",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
     retry_max: u64,
     /// Attempts per event before it is given up (logged) and the next one delivered; 0:
     /// retry until it is delivered, holding the events behind it.
-    #[arg(long = "event-webhook-max-attempts", value_name = "N", default_value_t = 0)]
+    #[arg(
+        long = "event-webhook-max-attempts",
+        value_name = "N",
+        default_value_t = 0
+    )]
     max_attempts: u32,
 }
 

@@ -28,8 +28,8 @@ pub use watch::WatchEvents;
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
     Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event,
-    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc,
-    WebhookCursor, keys,
+    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, WebhookCursor,
+    keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Fence, Fenced, Op, Store, StoreError, Versioned};

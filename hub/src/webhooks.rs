@@ -129,11 +129,16 @@ pub async fn start_cursors(fleet: &Fleet, settings: &WebhookSettings) -> Result<
 
 /// Delivers to every receiver, each on its own, until stopped.
 pub async fn run(fleet: Arc<Fleet>, settings: Arc<WebhookSettings>) {
-    let http = match reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout)
-        .build()
-    {
+    let http = match crate::releases::system_roots_tls()
+        .map_err(|e| e.to_string())
+        .and_then(|tls| {
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(settings.timeout)
+                .connect_timeout(settings.timeout)
+                .build()
+                .map_err(|e| e.to_string())
+        }) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "event webhooks: no HTTP client; no event is delivered");
@@ -141,9 +146,12 @@ pub async fn run(fleet: Arc<Fleet>, settings: Arc<WebhookSettings>) {
         }
     };
     // Futures of this task, not tasks of their own: stopping it stops them all.
-    futures::future::join_all(settings.urls.iter().map(|url| {
-        deliver_to(fleet.clone(), settings.clone(), http.clone(), url.clone())
-    }))
+    futures::future::join_all(
+        settings
+            .urls
+            .iter()
+            .map(|url| deliver_to(fleet.clone(), settings.clone(), http.clone(), url.clone())),
+    )
     .await;
 }
 
@@ -164,7 +172,9 @@ async fn deliver_to(
                     Err(FleetError::Store(StoreError::NotLeader)) => {
                         tracing::warn!(%receiver, "event webhook: leadership lost; campaigning again")
                     }
-                    Err(e) => tracing::warn!(%receiver, error = %e, "event webhook: delivery stopped"),
+                    Err(e) => {
+                        tracing::warn!(%receiver, error = %e, "event webhook: delivery stopped")
+                    }
                 }
             }
             Ok(None) => {}
@@ -210,7 +220,9 @@ async fn follow(
             Some(Ok(EventItem::CaughtUp)) => {}
             Some(Ok(EventItem::Event(seq, event))) => {
                 deliver(fleet, settings, http, url, seq, &event).await?;
-                leader.advance_webhook_cursor(key, &origin(url), seq).await?;
+                leader
+                    .advance_webhook_cursor(key, &origin(url), seq)
+                    .await?;
             }
         }
     }
@@ -226,8 +238,8 @@ async fn deliver(
     seq: u64,
     event: &Event,
 ) -> Result<(), FleetError> {
-    let body = serde_json::to_vec(&crate::views::event(seq, event))
-        .expect("an event view serializes");
+    let body =
+        serde_json::to_vec(&crate::views::event(seq, event)).expect("an event view serializes");
     let signature = sign(&settings.secret, &body);
     let receiver = origin(url);
     for attempt in 1.. {

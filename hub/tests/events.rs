@@ -124,7 +124,10 @@ fn kinds_of<'a>(events: &'a [EventView], id: &str) -> Vec<&'a str> {
 async fn a_cut_event_stream_resumes_without_gaps_or_duplicates_and_stays_in_scope() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("hub");
-    let mut hub = Hub::builder(hub_bin()).data(&data).serve_args(&FAST).start();
+    let mut hub = Hub::builder(hub_bin())
+        .data(&data)
+        .serve_args(&FAST)
+        .start();
     let admin = hub.admin();
     for (tenant, site) in [("acme", "north"), ("globex", "south")] {
         let (s, body) = admin
@@ -221,7 +224,10 @@ async fn a_cut_event_stream_resumes_without_gaps_or_duplicates_and_stays_in_scop
         .await
         .unwrap();
     let first_b = only_b.next().await.unwrap().unwrap();
-    assert_eq!((first_b.appliance.as_str(), first_b.kind.as_str()), (b.id.as_str(), "registered"));
+    assert_eq!(
+        (first_b.appliance.as_str(), first_b.kind.as_str()),
+        (b.id.as_str(), "registered")
+    );
 
     // Another tenant's token: nothing of north, listed or streamed (its live watch was
     // open all along), until its own site has an event.
@@ -230,7 +236,11 @@ async fn a_cut_event_stream_resumes_without_gaps_or_duplicates_and_stays_in_scop
     let c = enroll(&hub, "south", "edge-c").await;
     let theirs = globex_watch.next().await.unwrap().unwrap();
     assert_eq!(
-        (theirs.appliance.as_str(), theirs.kind.as_str(), theirs.site.as_str()),
+        (
+            theirs.appliance.as_str(),
+            theirs.kind.as_str(),
+            theirs.site.as_str()
+        ),
         (c.id.as_str(), "registered", "south"),
         "globex's first event is its own: north's never reached it"
     );
@@ -239,7 +249,10 @@ async fn a_cut_event_stream_resumes_without_gaps_or_duplicates_and_stays_in_scop
     // gets the next one, numbered higher.
     let before_restart = listed_after(&client, 0).await.last().unwrap().seq;
     hub.kill();
-    let hub = Hub::builder(hub_bin()).data(&data).serve_args(&FAST).start();
+    let hub = Hub::builder(hub_bin())
+        .data(&data)
+        .serve_args(&FAST)
+        .start();
     let client = typed(&hub, &hub.admin_token);
     let mut after_restart = client
         .watch_events(&EventWatchQuery {
@@ -319,5 +332,151 @@ async fn on_etcd_a_stream_cut_on_one_hub_resumes_on_another() {
         raw,
         seqs(&seen[1..]),
         "after the first event: the second and those missed, once each"
+    );
+}
+
+/// What the test's webhook receiver got: every attempt, and the events it accepted.
+#[derive(Default)]
+struct Received {
+    attempts: usize,
+    /// (the `X-Cairn-Event-Seq` header, the body, the signature header) of accepted ones.
+    accepted: Vec<(u64, Vec<u8>, String)>,
+}
+
+/// A receiver on 127.0.0.1 that fails its first attempts: the first hangs past the hub's
+/// timeout, the next two answer 500; every later one is accepted.
+async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Received>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+    let state = got.clone();
+    let hook = move |headers: HeaderMap, body: axum::body::Bytes| {
+        let state = state.clone();
+        async move {
+            let attempt = {
+                let mut r = state.lock().unwrap();
+                r.attempts += 1;
+                r.attempts
+            };
+            match attempt {
+                1 => {
+                    // Longer than --event-webhook-timeout: the hub gives up on it.
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    StatusCode::OK
+                }
+                2 | 3 => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => {
+                    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+                    state.lock().unwrap().accepted.push((
+                        header("x-cairn-event-seq").parse().unwrap(),
+                        body.to_vec(),
+                        header("x-cairn-signature"),
+                    ));
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }
+    };
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// The webhook: every event of the kinds asked for arrives once, in sequence order, though
+/// the receiver failed the first attempts (a timeout, then 500s); each body is the event's
+/// view and its signature checks out with the shared secret; after a hub restart only new
+/// events are sent, none delivered before.
+#[tokio::test]
+async fn webhooks_deliver_every_event_in_order_signed_through_failures_and_restarts() {
+    use hmac::{Hmac, Mac};
+
+    let (url, received) = flaky_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook.key");
+    std::fs::write(&secret_file, "s3cret-webhook-key\n").unwrap();
+    let data = dir.path().join("hub");
+    let mut serve: Vec<&str> = vec![
+        "--event-webhook",
+        &url,
+        "--event-webhook-kinds",
+        "registered,online",
+        "--event-webhook-secret-file",
+        secret_file.to_str().unwrap(),
+        "--event-webhook-timeout",
+        "1",
+        "--event-webhook-retry-first-ms",
+        "50",
+        "--event-webhook-retry-max",
+        "1",
+    ];
+    serve.extend(FAST);
+    let mut hub = Hub::builder(hub_bin())
+        .data(&data)
+        .serve_args(&serve)
+        .start();
+    let client = typed(&hub, &hub.admin_token);
+    let mut appliances = Vec::new();
+    for name in ["edge-w1", "edge-w2"] {
+        let a = enroll(&hub, "lab", name).await;
+        a.heartbeat(&hub).await;
+        appliances.push(a);
+    }
+    let wanted = |events: Vec<EventView>| -> Vec<EventView> {
+        events
+            .into_iter()
+            .filter(|e| e.kind == "registered" || e.kind == "online")
+            .collect()
+    };
+    let recorded = wanted(listed_after(&client, 0).await);
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    // The receiver runs on this test's runtime: wait without blocking it.
+    let accepted = |n: usize| {
+        let received = received.clone();
+        move || {
+            let received = received.clone();
+            async move {
+                let r = received.lock().unwrap();
+                (r.accepted.len() >= n).then(|| r.accepted.clone())
+            }
+        }
+    };
+    let got = poll_async("the receiver to accept 4 events", LIMIT, accepted(4)).await;
+    assert!(
+        received.lock().unwrap().attempts >= 4 + 3,
+        "the failed attempts were retried"
+    );
+    let check = |got: &[(u64, Vec<u8>, String)], want: &[EventView]| {
+        for ((seq, body, signature), event) in got.iter().zip(want) {
+            let mut mac = <Hmac<sha2::Sha256>>::new_from_slice(b"s3cret-webhook-key").unwrap();
+            mac.update(body);
+            assert_eq!(
+                signature,
+                &format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+                "signed with the secret file's key, over the body"
+            );
+            let view: EventView = serde_json::from_slice(body).unwrap();
+            assert_eq!((&view, *seq), (event, event.seq));
+        }
+        assert_eq!(got.len(), want.len());
+    };
+    check(&got, &recorded);
+
+    // Restarted, the hub sends what followed, not again what was delivered.
+    hub.kill();
+    let hub = Hub::builder(hub_bin())
+        .data(&data)
+        .serve_args(&serve)
+        .start();
+    let client = typed(&hub, &hub.admin_token);
+    let late = enroll(&hub, "lab", "edge-w3").await;
+    late.heartbeat(&hub).await;
+    let got = poll_async("the receiver to accept 6 events", LIMIT, accepted(6)).await;
+    let recorded = wanted(listed_after(&client, 0).await);
+    assert_eq!(kinds_of(&recorded, &late.id), ["registered", "online"]);
+    check(&got, &recorded);
+    assert!(
+        seqs(&recorded).windows(2).all(|w| w[0] < w[1]),
+        "in sequence order"
     );
 }

@@ -30,7 +30,10 @@ pub(super) async fn list_events(
     };
     let events = state.fleet.list_events(&caller, &filter, limit).await?;
     Ok(Json(
-        events.iter().map(|(seq, e)| views::event(*seq, e)).collect(),
+        events
+            .iter()
+            .map(|(seq, e)| views::event(*seq, e))
+            .collect(),
     ))
 }
 

@@ -1269,13 +1269,32 @@ mod tests {
             ("since".to_owned(), false, "string".to_owned()),
         ];
         assert_eq!(params("/v1/audit", "get"), since_limit);
-        assert_eq!(params("/v1/events", "get"), since_limit);
         let optional = |names: &[(&str, &str)]| -> Vec<(String, bool, String)> {
             names
                 .iter()
                 .map(|(n, t)| (n.to_string(), false, t.to_string()))
                 .collect()
         };
+        assert_eq!(
+            params("/v1/events", "get"),
+            optional(&[
+                ("after", "integer"),
+                ("appliance", "string"),
+                ("kind", "string"),
+                ("limit", "integer"),
+                ("since", "string"),
+            ])
+        );
+        assert_eq!(
+            params("/v1/watch/events", "get"),
+            optional(&[
+                ("after", "integer"),
+                ("appliance", "string"),
+                ("kind", "string"),
+                ("since", "string"),
+                ("timeoutSeconds", "integer"),
+            ])
+        );
         assert_eq!(
             params("/v1/appliances", "get"),
             optional(&[

@@ -129,7 +129,7 @@ mod tests {
             counters: [("reconnects".to_owned(), 2)].into(),
             upgrade: Some(
                 serde_json::from_value(
-                    serde_json::json!({"campaign": "c", "version": "1.2", "phase": "writing"}),
+                    serde_json::json!({"campaign": "c", "version": "1.2", "phase": "writing", "at": "2026-01-01T00:00:00Z"}),
                 )
                 .unwrap(),
             ),

@@ -331,3 +331,56 @@ impl Fleet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    /// A stream whose reader stops reading while far more events are written than every
+    /// buffer between the store and it holds (the stream's 256, the store watch's 1,024,
+    /// the embedded store's live feed of 1,024 commits): the store's feed tells it it fell
+    /// behind, and the stream lists what it missed and carries on. Every event arrives
+    /// once, in order.
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_the_feed_lists_what_it_missed_and_carries_on() {
+        const N: usize = 4000;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let ca = crate::pki::init(dir.path(), &["localhost".into()], None).unwrap();
+        let fleet = Fleet::new(store.clone(), Arc::new(ca), FleetSettings::default());
+        let mut feed = fleet
+            .follow_all_events(EventFilter {
+                after: Some(store.revision().await.unwrap()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(feed.recv().await.unwrap().unwrap(), EventItem::CaughtUp);
+        for i in 0..N {
+            let event = Event {
+                at: now(),
+                appliance: ApplianceId::new("ap-1").unwrap(),
+                site: "lab".into(),
+                kind: "online".into(),
+                message: i.to_string(),
+                hub: "test".into(),
+            };
+            // One commit each, without fsync: the live feed counts commits.
+            let put = Op::put(log_key(keys::EVENTS, event.at), encode(&event));
+            assert!(store.txn_relaxed(vec![], vec![put]).await.unwrap());
+        }
+        let mut last = 0;
+        for i in 0..N {
+            match feed.recv().await.unwrap().unwrap() {
+                EventItem::Event(seq, e) => {
+                    assert_eq!(e.message, i.to_string(), "event {i} in order, once");
+                    assert!(seq > last);
+                    last = seq;
+                }
+                EventItem::CaughtUp => panic!("caught up once only"),
+            }
+        }
+    }
+}

@@ -343,9 +343,9 @@ struct Received {
     accepted: Vec<(u64, Vec<u8>, String)>,
 }
 
-/// A receiver on 127.0.0.1 that fails its first attempts: the first hangs past the hub's
-/// timeout, the next two answer 500; every later one is accepted.
-async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Received>>) {
+/// A receiver on 127.0.0.1. When `flaky`, it fails its first attempts: the first hangs
+/// past the hub's timeout, the next two answer 500; every later one is accepted.
+async fn receiver(flaky: bool) -> (String, std::sync::Arc<std::sync::Mutex<Received>>) {
     use axum::http::{HeaderMap, StatusCode};
     let got = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
     let state = got.clone();
@@ -358,12 +358,12 @@ async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Received>>
                 r.attempts
             };
             match attempt {
-                1 => {
+                1 if flaky => {
                     // Longer than --event-webhook-timeout: the hub gives up on it.
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     StatusCode::OK
                 }
-                2 | 3 => StatusCode::INTERNAL_SERVER_ERROR,
+                2 | 3 if flaky => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => {
                     let header = |name: &str| headers[name].to_str().unwrap().to_owned();
                     state.lock().unwrap().accepted.push((
@@ -391,7 +391,7 @@ async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Received>>
 async fn webhooks_deliver_every_event_in_order_signed_through_failures_and_restarts() {
     use hmac::{Hmac, Mac};
 
-    let (url, received) = flaky_receiver().await;
+    let (url, received) = receiver(true).await;
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("webhook.key");
     std::fs::write(&secret_file, "s3cret-webhook-key\n").unwrap();
@@ -527,4 +527,59 @@ async fn cairn_hub_events_lists_with_filters() {
     assert_eq!(run(&listed).await.unwrap(), Exit::Success);
     let err = run(&["events", "--since", "yesterday"]).await.unwrap_err();
     assert!(format!("{err:#}").contains("expected RFC 3339"), "{err:#}");
+}
+
+/// On etcd only the leading hub delivers: two hubs configured with the same receiver send
+/// each event once.
+#[tokio::test]
+async fn on_etcd_only_the_leader_delivers_each_event_once() {
+    let (url, received) = receiver(false).await;
+    let etcd = testutil::Etcd::start(1).await;
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook.key");
+    std::fs::write(&secret_file, "k").unwrap();
+    let mut serve = vec![
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-lease-ttl",
+        "2",
+        "--event-webhook",
+        &url,
+        "--event-webhook-secret-file",
+        secret_file.to_str().unwrap(),
+    ];
+    serve.extend(FAST);
+    let a = Hub::builder(hub_bin())
+        .init_args(&["--etcd-endpoints", &endpoints])
+        .serve_args(&serve)
+        .start();
+    let b = a.replica(&serve);
+    let accepted = |n: usize| {
+        let received = received.clone();
+        move || {
+            let received = received.clone();
+            async move {
+                let r = received.lock().unwrap();
+                (r.accepted.len() >= n)
+                    .then(|| r.accepted.iter().map(|(seq, ..)| *seq).collect::<Vec<_>>())
+            }
+        }
+    };
+    // Recorded through either hub.
+    let first = enroll(&a, "lab", "edge-l1").await;
+    let second = enroll(&b, "lab", "edge-l2").await;
+    poll_async("two events delivered", LIMIT, accepted(2)).await;
+    // A third, later: by the time it arrives, a second deliverer would have sent the
+    // first two again.
+    let third = enroll(&a, "lab", "edge-l3").await;
+    let got = poll_async("the third event delivered", LIMIT, accepted(3)).await;
+    let recorded = listed_after(&typed(&a, &a.admin_token), 0).await;
+    assert_eq!(got, seqs(&recorded), "each event once, in order: {got:?}");
+    for (e, id) in recorded.iter().zip([&first.id, &second.id, &third.id]) {
+        assert_eq!(
+            (e.appliance.as_str(), e.kind.as_str()),
+            (id.as_str(), "registered")
+        );
+    }
 }

@@ -318,6 +318,14 @@ async fn on_etcd_a_stream_cut_on_one_hub_resumes_on_another() {
         assert_eq!(&got, want);
         seen.push(got);
     }
+    // Then live: the appliance comes back.
+    device.heartbeat(&b).await;
+    let back = resumed.next().await.unwrap().unwrap();
+    assert_eq!(
+        (back.appliance.as_str(), back.kind.as_str()),
+        (device.id.as_str(), "online")
+    );
+    seen.push(back);
     assert!(
         seqs(&seen).windows(2).all(|w| w[0] < w[1]),
         "each event once, in order: {:?}",
@@ -530,9 +538,9 @@ async fn cairn_hub_events_lists_with_filters() {
 }
 
 /// On etcd only the leading hub delivers: two hubs configured with the same receiver send
-/// each event once.
+/// each event once, and when the leader dies the other takes over where it stopped.
 #[tokio::test]
-async fn on_etcd_only_the_leader_delivers_each_event_once() {
+async fn on_etcd_only_the_leader_delivers_each_event_once_and_another_takes_over() {
     let (url, received) = receiver(false).await;
     let etcd = testutil::Etcd::start(1).await;
     let endpoints = etcd.endpoints().join(",");
@@ -570,11 +578,13 @@ async fn on_etcd_only_the_leader_delivers_each_event_once() {
     let first = enroll(&a, "lab", "edge-l1").await;
     let second = enroll(&b, "lab", "edge-l2").await;
     poll_async("two events delivered", LIMIT, accepted(2)).await;
-    // A third, later: by the time it arrives, a second deliverer would have sent the
-    // first two again.
-    let third = enroll(&a, "lab", "edge-l3").await;
+    // The leader dies; the other hub takes over and delivers what follows, resuming after
+    // the last event delivered: no event twice.
+    let mut a = a;
+    a.kill();
+    let third = enroll(&b, "lab", "edge-l3").await;
     let got = poll_async("the third event delivered", LIMIT, accepted(3)).await;
-    let recorded = listed_after(&typed(&a, &a.admin_token), 0).await;
+    let recorded = listed_after(&typed(&b, &b.admin_token), 0).await;
     assert_eq!(got, seqs(&recorded), "each event once, in order: {got:?}");
     for (e, id) in recorded.iter().zip([&first.id, &second.id, &third.id]) {
         assert_eq!(

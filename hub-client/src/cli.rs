@@ -13,9 +13,9 @@ use cairn_api::hub::{
     AddControlPlane, AddReleaseFromUrl, ApplianceList, ApplianceQuery, ApplianceState,
     ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
     CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
-    CreateReinstallToken, CreateTenant, EnrollmentTokenView, LabelRequest, LabelSelector,
-    OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
-    WatchQuery,
+    CreateReinstallToken, CreateTenant, EnrollmentTokenView, EventQuery, EventView,
+    EventWatchQuery, LabelRequest, LabelSelector, OperatorTokenView, ReleaseView, Role, Selector,
+    SelectorError, SinceQuery, TenantView, VpcView, WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -83,12 +83,55 @@ enum HubClientCommand {
     /// settings and netplan, versioned, validated by the hub.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Appliance events (state changes, registrations, upgrades), oldest first; `--watch`
+    /// then follows new ones as the hub records them.
+    Events(EventsArgs),
     /// The audit log: who did what, when, from where.
     Audit {
         /// Entries at or after this RFC 3339 time (default: the last 24 hours).
         #[arg(long)]
         since: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Keep following: print each new event as the hub records it (Ctrl-C ends it); a cut
+    /// connection is resumed after the last event printed.
+    #[arg(long)]
+    watch: bool,
+    /// Only this appliance's events.
+    #[arg(long, value_name = "ID")]
+    appliance: Option<String>,
+    /// Only events of this kind, e.g. `offline` (repeat, or separate with commas).
+    #[arg(long = "kind", value_name = "K")]
+    kinds: Vec<String>,
+    /// Events at or after this RFC 3339 time (default: the last 24 hours; with `--watch`,
+    /// only new events).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Events after this sequence number (the `seq` column): where an earlier listing or
+    /// watch stopped.
+    #[arg(long, value_name = "SEQ")]
+    after: Option<u64>,
+}
+
+impl EventsArgs {
+    fn kind(&self) -> Option<String> {
+        (!self.kinds.is_empty()).then(|| self.kinds.join(","))
+    }
+}
+
+/// An RFC 3339 `--since`, or a message saying what is expected.
+fn parse_since(since: Option<&str>) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    since
+        .map(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .with_context(|| {
+                    format!("--since {t:?}: expected RFC 3339, e.g. 2026-01-31T12:00:00Z")
+                })
+        })
+        .transpose()
 }
 
 #[derive(Debug, Subcommand)]
@@ -571,6 +614,78 @@ async fn watch_appliances(
     Ok(())
 }
 
+/// How long `cairn hub events --watch` waits before reconnecting, at most.
+const EVENT_RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `cairn hub events --watch`: prints each event as it comes. When the connection is cut
+/// (a hub restart, a network blip), it reconnects with growing pauses and resumes after the
+/// last event printed, so none is printed twice or missed; a refusal ends it.
+async fn watch_events(
+    hub: &HubClient,
+    mut query: EventWatchQuery,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut pause = std::time::Duration::from_secs(1);
+    let mut watch = hub.watch_events(&query).await?;
+    loop {
+        let cut = match watch.next().await {
+            Ok(Some(event)) => {
+                pause = std::time::Duration::from_secs(1);
+                // Resuming starts after this one; `since` no longer matters.
+                query.after = Some(event.seq);
+                query.since = None;
+                match output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string(&event)?),
+                    OutputFormat::Table => println!(
+                        "{} {} {} {} {} {}",
+                        event.seq,
+                        rfc3339(event.at),
+                        event.site,
+                        event.appliance,
+                        event.kind,
+                        event.message
+                    ),
+                }
+                continue;
+            }
+            Ok(None) => "the hub ended the stream".to_owned(),
+            Err(e @ Error::Unreachable { .. }) => format!("{e}"),
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            tracing::warn!(reason = %cut, after = ?query.after, "event stream cut; reconnecting");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(EVENT_RECONNECT_MAX);
+            match hub.watch_events(&query).await {
+                Ok(w) => {
+                    watch = w;
+                    break;
+                }
+                Err(e @ Error::Unreachable { .. }) => {
+                    tracing::warn!(error = %e, "the hub is not reachable yet");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn events_table(events: &[EventView]) -> String {
+    table(
+        &["seq", "at", "site", "appliance", "kind", "message"],
+        events.iter().map(|e| {
+            vec![
+                e.seq.to_string(),
+                rfc3339(e.at),
+                e.site.clone(),
+                e.appliance.to_string(),
+                e.kind.clone(),
+                e.message.clone(),
+            ]
+        }),
+    )
+}
+
 /// `-` for nothing, for table cells.
 fn opt(v: Option<impl ToString>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
@@ -980,6 +1095,18 @@ impl HubArgs {
                     .await
                     .map(|()| Answer::done("the hub ended the watch"))
             }
+            HubClientCommand::Events(args) if args.watch => {
+                let query = EventWatchQuery {
+                    since: parse_since(args.since.as_deref())?,
+                    after: args.after,
+                    kind: args.kind(),
+                    appliance: args.appliance,
+                    timeout_seconds: None,
+                };
+                watch_events(&hub, query, self.output)
+                    .await
+                    .map(|()| Answer::done("the hub ended the watch"))
+            }
             command => execute(&hub, command).await,
         };
         match answer {
@@ -1369,15 +1496,18 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 text
             })?
         }
+        HubClientCommand::Events(args) => {
+            let query = EventQuery {
+                since: parse_since(args.since.as_deref())?,
+                after: args.after,
+                kind: args.kind(),
+                appliance: args.appliance,
+                limit: None,
+            };
+            Answer::of(&hub.events(&query).await?, |e| events_table(e))?
+        }
         HubClientCommand::Audit { since } => {
-            let since = since
-                .map(|t| {
-                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-                        .with_context(|| {
-                            format!("--since {t:?}: expected RFC 3339, e.g. 2026-01-31T12:00:00Z")
-                        })
-                })
-                .transpose()?;
+            let since = parse_since(since.as_deref())?;
             let query = SinceQuery { since, limit: None };
             Answer::of(&hub.audit(&query).await?, |e| audit_table(e))?
         }

@@ -10,9 +10,10 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    EnrollmentTokenView, ErrorBody, ErrorCode, EventView, LabelRequest, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
-    TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery,
+    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView,
+    WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -509,11 +510,11 @@ impl HubClient {
         self.watch(&["v1", "watch", "appliances", id], query).await
     }
 
-    async fn watch<Q: Serialize + ?Sized>(
+    async fn watch<Q: Serialize + ?Sized, T>(
         &self,
         segments: &[&str],
         query: &Q,
-    ) -> Result<Watch, Error> {
+    ) -> Result<Watch<T>, Error> {
         let (endpoint, url, req) = self.request(Method::GET, segments);
         // A watch lasts; the client-wide timeout would cut it. It still ends some day: the
         // caller resumes from the last event's resource version.
@@ -547,6 +548,7 @@ impl HubClient {
             url,
             response,
             buffer: Vec::new(),
+            item: std::marker::PhantomData,
         })
     }
 
@@ -724,8 +726,9 @@ impl HubClient {
             .await
     }
 
-    /// `GET /v1/events`.
-    pub async fn events(&self, query: &SinceQuery) -> Result<Vec<EventView>, Error> {
+    /// `GET /v1/events`: the events the query matches, oldest first, each with its
+    /// sequence number.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<EventView>, Error> {
         self.call::<(), _, _>(Method::GET, &["v1", "events"], Some(query), None)
             .await
     }
@@ -770,21 +773,28 @@ impl HubClient {
     ) -> Result<cairn_api::hub::ApplianceConfigView, Error> {
         self.get(&["v1", "appliances", id, "config"]).await
     }
+
+    /// `GET /v1/watch/events`: the events the query matches as they are recorded, after
+    /// its `after` (or since its `since`; from now without either). Resume after the last
+    /// event's `seq`. Read them with [`Watch::next`].
+    pub async fn watch_events(&self, query: &EventWatchQuery) -> Result<Watch<EventView>, Error> {
+        self.watch(&["v1", "watch", "events"], query).await
+    }
 }
 
-/// A successful answer, not yet decoded.
-/// An open watch: server-sent events, read one by one.
-pub struct Watch {
+/// An open watch: server-sent events, each `data` a `T`, read one by one.
+pub struct Watch<T = WatchEvent> {
     endpoint: String,
     url: url::Url,
     response: reqwest::Response,
     buffer: Vec<u8>,
+    item: std::marker::PhantomData<fn() -> T>,
 }
 
-impl Watch {
+impl<T: DeserializeOwned> Watch<T> {
     /// The next event; `Ok(None)` when the hub ended the watch. An `ERROR` event is an
     /// [`Error::Refused`] (`resource_version_too_old`, HTTP 410: list again).
-    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+    pub async fn next(&mut self) -> Result<Option<T>, Error> {
         loop {
             while let Some(frame) = take_frame(&mut self.buffer) {
                 match parse_frame(&frame) {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use cairn_api::cli::{Exit, LogArgs, OutputFormat};
 use clap::{Args, Parser, Subcommand};
 
-use crate::fleet::{Fleet, FleetSettings, Retention};
+use crate::fleet::{EventFilter, Fleet, FleetSettings, Retention};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::pki::{self, Ca};
 use crate::ratelimit::{RateLimiter, RefusalLog};
@@ -17,6 +17,7 @@ use crate::server::{self, AppState};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::{EtcdSettings, EtcdStore, EtcdTls};
+use crate::webhooks::{Backoff, Secret, WebhookSettings};
 
 /// The cairn hub: enrollment, fleet registry, hosted control planes, VPCs, audit.
 ///
@@ -207,6 +208,105 @@ struct ServeArgs {
     /// seconds; it also runs once as soon as the hub starts.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     reconcile_every: u64,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// Event webhooks (docs/hub.md, "Event webhooks").
+#[derive(Debug, Args)]
+struct WebhookArgs {
+    /// POST each fleet event, as JSON, to this `http(s)://` URL (repeat for several
+    /// receivers): in order, signed (`X-Cairn-Signature: sha256=<HMAC>`), retried until the
+    /// receiver answers 2xx, resumed after the last one delivered across restarts. Only
+    /// the hub that leads the singleton jobs delivers.
+    #[arg(long = "event-webhook", value_name = "URL")]
+    urls: Vec<String>,
+    /// Only events of these kinds go to the webhooks, comma-separated (e.g.
+    /// `offline,upgrade-failed`); default: every kind.
+    #[arg(long = "event-webhook-kinds", value_name = "K1,K2")]
+    kinds: Option<String>,
+    /// File holding the key of the webhooks' HMAC-SHA256 signatures (required with
+    /// --event-webhook; never logged).
+    #[arg(long = "event-webhook-secret-file", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Seconds one delivery attempt may take, connecting included.
+    #[arg(
+        long = "event-webhook-timeout",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    timeout: u64,
+    /// Pause before retrying a failed delivery, in milliseconds; it doubles with each
+    /// further failure, up to --event-webhook-retry-max.
+    #[arg(
+        long = "event-webhook-retry-first-ms",
+        value_name = "MS",
+        default_value_t = 1000
+    )]
+    retry_first_ms: u64,
+    /// Longest pause between two attempts, in seconds.
+    #[arg(
+        long = "event-webhook-retry-max",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    retry_max: u64,
+    /// Attempts per event before it is given up (logged) and the next one delivered; 0:
+    /// retry until it is delivered, holding the events behind it.
+    #[arg(
+        long = "event-webhook-max-attempts",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    max_attempts: u32,
+}
+
+impl WebhookArgs {
+    /// The settings, or `None` without receivers; an error says which flag is wrong.
+    fn settings(&self, lead_check: Duration) -> anyhow::Result<Option<WebhookSettings>> {
+        if self.urls.is_empty() {
+            return Ok(None);
+        }
+        let urls = self
+            .urls
+            .iter()
+            .map(|u| {
+                let url = reqwest::Url::parse(u)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                    .ok_or_else(|| anyhow::anyhow!("--event-webhook: not an http(s) URL"))?;
+                Ok(url)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let file = self.secret_file.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--event-webhook needs --event-webhook-secret-file, the key receivers check \
+                 the signatures with"
+            )
+        })?;
+        let secret = std::fs::read(file)
+            .with_context(|| format!("reading --event-webhook-secret-file {}", file.display()))?;
+        let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+        if secret.is_empty() {
+            anyhow::bail!(
+                "--event-webhook-secret-file {} is empty: put a random key in it, e.g. \
+                 `openssl rand -hex 32`",
+                file.display()
+            );
+        }
+        Ok(Some(WebhookSettings {
+            urls,
+            kinds: EventFilter::kinds(self.kinds.as_deref()),
+            secret: Secret::new(secret),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            backoff: Backoff {
+                first: Duration::from_millis(self.retry_first_ms.max(1)),
+                max: Duration::from_secs(self.retry_max.max(1)),
+                max_attempts: self.max_attempts,
+            },
+            lead_check,
+        }))
+    }
 }
 
 /// The release keys of the data directory plus the ones given.
@@ -403,7 +503,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             max_count: args.events_retention_count.max(1),
         },
     };
+    let lead_check = Duration::from_secs(args.store.etcd_lease_ttl.max(2)) / 3;
+    let webhooks = match args.webhooks.settings(lead_check) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::InvalidInput);
+        }
+    };
     let fleet = Arc::new(Fleet::new(store.clone(), Arc::new(ca), settings));
+    if let Some(w) = &webhooks {
+        crate::webhooks::start_cursors(&fleet, w)
+            .await
+            .context("reading the event webhooks' cursors from the store")?;
+    }
     let state = AppState {
         fleet: fleet.clone(),
         metrics: metrics.clone(),
@@ -449,6 +562,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         metrics.clone(),
         Duration::from_secs(args.reconcile_every.max(1)),
     ));
+    let webhooks = webhooks.map(|w| tokio::spawn(crate::webhooks::run(fleet.clone(), Arc::new(w))));
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -467,6 +581,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     retention.abort();
     reconciler.abort();
     leadership.abort();
+    if let Some(w) = webhooks {
+        w.abort();
+    }
     Ok(Exit::Success)
 }
 

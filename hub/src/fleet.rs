@@ -16,6 +16,7 @@ use cairn_api::{
     RegistrationResponse,
 };
 pub use desired::Repair;
+pub use events::{EventFeed, EventFilter, EventItem};
 use rand::Rng;
 pub use retention::Retention;
 use rustls::pki_types::pem::PemObject;
@@ -27,7 +28,8 @@ pub use watch::WatchEvents;
 use crate::controlplane::{BootstrapToken, BootstrapTokens, KubeBootstrapTokens};
 use crate::model::{
     Appliance, AuditEntry, ControlPlane, DEFAULT_TENANT, EnrollmentToken, Event,
-    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, keys,
+    MintedBootstrapToken, OperatorToken, Role, Site, Status, Tenant, TokenKind, Vpc, WebhookCursor,
+    keys,
 };
 use crate::pki::{Ca, CsrError, Issued, PeerCert};
 use crate::store::{Check, Fence, Fenced, Op, Store, StoreError, Versioned};
@@ -37,6 +39,7 @@ mod audit;
 mod config;
 mod control_planes;
 mod desired;
+mod events;
 mod heartbeats;
 mod registration;
 mod retention;

@@ -22,6 +22,7 @@ pub mod server;
 pub mod store;
 pub mod views;
 pub mod vpc;
+pub mod webhooks;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -33,6 +33,8 @@ pub mod keys {
     pub const AUDIT: &str = "audit/";
     /// `events/<nanos>-<rand>` -> [`super::Event`].
     pub const EVENTS: &str = "events/";
+    /// `event-webhooks/<sha256(url), 16 hex>` -> [`super::WebhookCursor`].
+    pub const EVENT_WEBHOOKS: &str = "event-webhooks/";
     /// `vpcs/<name>` -> [`super::Vpc`].
     pub const VPCS: &str = "vpcs/";
     /// `vnis/<vni>` -> VPC name: makes VNI allocation unique under concurrency.
@@ -318,6 +320,18 @@ pub struct Event {
     pub message: String,
     /// Which hub process recorded it.
     pub hub: String,
+}
+
+/// How far an event webhook got: written by the leader after each delivery, so a restart
+/// or another leader resumes after the last event the receiver accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookCursor {
+    /// The receiver's origin (scheme, host, port: its path may hold a credential); the key
+    /// holds a hash of the whole URL.
+    pub url: String,
+    /// Sequence number of the last event delivered, or of the store when the webhook was
+    /// first configured (it gets the events from then on).
+    pub delivered: u64,
 }
 
 /// A VPC.

@@ -56,6 +56,24 @@ pub async fn receive(body: axum::body::Body, dest: &Path, max: u64) -> Result<u6
     Ok(written)
 }
 
+/// TLS for the hub's outbound HTTPS (release URLs, event webhooks): the system's CA roots,
+/// no client certificate.
+pub fn system_roots_tls() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(pem) = std::fs::read(SYSTEM_ROOTS) {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(cert);
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// Downloads `url` into `dest` (at most `max` bytes), checking an `https` server against
 /// the system's CA roots.
 pub async fn fetch(url: &str, dest: &Path, max: u64) -> Result<u64, ReceiveError> {
@@ -65,20 +83,7 @@ pub async fn fetch(url: &str, dest: &Path, max: u64) -> Result<u64, ReceiveError
             "the URL must be http:// or https://".into(),
         ));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    if let Ok(pem) = std::fs::read(SYSTEM_ROOTS) {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
-            let _ = roots.add(cert);
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| transfer(&e))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = system_roots_tls().map_err(|e| transfer(&e))?;
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(std::time::Duration::from_secs(30))

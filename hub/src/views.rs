@@ -161,16 +161,16 @@ impl From<&AuditEntry> for AuditEntryView {
     }
 }
 
-impl From<&Event> for EventView {
-    fn from(e: &Event) -> Self {
-        Self {
-            at: e.at,
-            appliance: e.appliance.clone(),
-            site: e.site.clone(),
-            kind: e.kind.clone(),
-            message: e.message.clone(),
-            hub: e.hub.clone(),
-        }
+/// An event as operators see it, with its sequence number (the version it was written at).
+pub fn event(seq: u64, e: &Event) -> EventView {
+    EventView {
+        seq,
+        at: e.at,
+        appliance: e.appliance.clone(),
+        site: e.site.clone(),
+        kind: e.kind.clone(),
+        message: e.message.clone(),
+        hub: e.hub.clone(),
     }
 }
 

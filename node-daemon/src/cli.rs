@@ -198,7 +198,7 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Failed);
         }
     };
-    let api = local_api::serve(&socket, daemon.status_handle())?;
+    let api = local_api::serve(&socket, daemon.status_handle(), daemon.metrics_handle())?;
     let api = tokio::spawn(api);
     tracing::info!(socket = %socket.display(), "cairn-node running");
     daemon.run(shutdown_signal()).await;

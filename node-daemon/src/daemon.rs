@@ -91,6 +91,7 @@ pub struct Daemon<N: Network> {
     network: N,
     roots: Roots,
     status: Arc<RwLock<LocalStatus>>,
+    metrics: Arc<crate::metrics::NodeMetrics>,
     supervisor: Supervisor,
     units: Option<DbusSystemd>,
     hub: Option<HttpsHub>,
@@ -157,6 +158,7 @@ impl<N: Network> Daemon<N> {
             network,
             roots,
             status: Arc::new(RwLock::new(status)),
+            metrics: Arc::default(),
             supervisor: Supervisor::new(),
             units: None,
             hub: None,
@@ -175,6 +177,11 @@ impl<N: Network> Daemon<N> {
     /// The status the local API serves.
     pub fn status_handle(&self) -> Arc<RwLock<LocalStatus>> {
         self.status.clone()
+    }
+
+    /// The metrics the local API serves.
+    pub fn metrics_handle(&self) -> Arc<crate::metrics::NodeMetrics> {
+        self.metrics.clone()
     }
 
     /// Runs until `shutdown` resolves.
@@ -214,7 +221,9 @@ impl<N: Network> Daemon<N> {
     /// Brings back network and kubelet from local state, before the hub is asked anything.
     async fn restore_local(&mut self) {
         if self.settings.manage_network {
-            match self.network.apply_host(&self.settings.netplan_dir).await {
+            let applied = self.network.apply_host(&self.settings.netplan_dir).await;
+            self.metrics.network_applied("host", applied.is_ok());
+            match applied {
                 Ok(changes) => {
                     tracing::info!(changes, dir = %self.settings.netplan_dir.display(), "host network applied");
                     self.network_condition = condition("NetworkApplied", true, "Applied", "");
@@ -601,8 +610,10 @@ impl<N: Network> Daemon<N> {
                     break Ok(());
                 }
             };
+            let sent = Instant::now();
             match hub.heartbeat(&queued.report).await {
                 Ok(answer) => {
+                    self.metrics.heartbeat(sent.elapsed());
                     if let Err(e) = self.store.remove_report(queued.seq) {
                         tracing::error!(error = %e, "removing a delivered report failed");
                         break Ok(());
@@ -651,6 +662,7 @@ impl<N: Network> Daemon<N> {
                 Some(Ok(doc)) => self.network.apply_overlay(Some(&doc)).await,
                 None => self.network.apply_overlay(None).await,
             };
+            self.metrics.network_applied("overlay", result.is_ok());
             let vpcs = desired.overlay.as_ref().map_or(0, |o| o.vpcs.len());
             self.overlay_condition = Some(match result {
                 Ok(changes) => {

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod inventory;
 pub mod kubelet;
 pub mod local_api;
+pub mod metrics;
 pub mod network;
 pub mod pki;
 pub mod seed;

@@ -1,5 +1,6 @@
 //! The local API: HTTP over the Unix socket `/run/cairn/node.sock` (mode 0600, root only).
-//! `GET /v1/status` returns [`LocalStatus`]; `cairn-node status` is its client.
+//! `GET /v1/status` returns [`LocalStatus`]; `cairn-node status` is its client. `GET /metrics`
+//! returns the node's Prometheus metrics ([`NodeMetrics`]) as OpenMetrics text.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
 
+use crate::metrics::NodeMetrics;
 use crate::status::LocalStatus;
 
 /// Local API failures.
@@ -45,14 +47,36 @@ pub enum LocalApiError {
     },
 }
 
-async fn get_status(State(status): State<Arc<RwLock<LocalStatus>>>) -> Json<LocalStatus> {
-    Json(status.read().map(|s| s.clone()).unwrap_or_default())
+/// What the local API reads.
+#[derive(Clone)]
+struct Shared {
+    status: Arc<RwLock<LocalStatus>>,
+    metrics: Arc<NodeMetrics>,
+}
+
+fn snapshot(status: &RwLock<LocalStatus>) -> LocalStatus {
+    status.read().map(|s| s.clone()).unwrap_or_default()
+}
+
+async fn get_status(State(shared): State<Shared>) -> Json<LocalStatus> {
+    Json(snapshot(&shared.status))
+}
+
+async fn get_metrics(State(shared): State<Shared>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(&snapshot(&shared.status)),
+    )
 }
 
 /// Binds the socket (replacing a stale one) and serves until the task is dropped.
 pub fn serve(
     path: &Path,
     status: Arc<RwLock<LocalStatus>>,
+    metrics: Arc<NodeMetrics>,
 ) -> Result<impl Future<Output = ()> + Send + use<>, LocalApiError> {
     let bind = |source| LocalApiError::Bind {
         path: path.to_path_buf(),
@@ -70,7 +94,8 @@ pub fn serve(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
     let app = axum::Router::new()
         .route("/v1/status", get(get_status))
-        .with_state(status);
+        .route("/metrics", get(get_metrics))
+        .with_state(Shared { status, metrics });
     Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "local API stopped");
@@ -135,7 +160,7 @@ mod tests {
             queued_reports: 3,
             ..Default::default()
         }));
-        let server = tokio::spawn(serve(&sock, shared.clone()).unwrap());
+        let server = tokio::spawn(serve(&sock, shared.clone(), Arc::default()).unwrap());
         let got = fetch_status(&sock).await.unwrap();
         assert_eq!(got.hostname, "edge-1");
         assert_eq!(got.queued_reports, 3);

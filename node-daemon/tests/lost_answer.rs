@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use cairn_api::hub::{ApplianceView, AuditEntryView, SinceQuery};
+use cairn_api::hub::{ApplianceView, AuditEntryView, EventQuery, SinceQuery};
 use cairn_node_daemon::store::Store;
 use common::*;
 
@@ -245,10 +245,14 @@ fn the_one_appliance(admin: &Admin) -> ApplianceView {
 
 /// When the hub first heard a heartbeat of `id` (its `online` event).
 fn first_heartbeat(admin: &Admin, id: &str) -> Option<SystemTime> {
-    let events = admin.run(admin.client.events(&since_ever())).ok()?;
-    let online = events
-        .into_iter()
-        .find(|e| e.appliance.as_str() == id && e.kind == "online")?;
+    let query = EventQuery {
+        since: Some(time::OffsetDateTime::UNIX_EPOCH),
+        appliance: Some(id.to_owned()),
+        kind: Some("online".into()),
+        ..Default::default()
+    };
+    let events = admin.run(admin.client.events(&query)).ok()?;
+    let online = events.into_iter().next()?;
     Some(online.at.into())
 }
 

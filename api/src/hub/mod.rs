@@ -38,7 +38,7 @@ pub use config::{
 };
 pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
 pub use error::{ErrorBody, ErrorCode};
-pub use log::{AuditEntryView, EventView, SinceQuery};
+pub use log::{AuditEntryView, EventQuery, EventView, EventWatchQuery, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
 pub use selector::{
     LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,

@@ -22,17 +22,6 @@ impl Fleet {
         .await
     }
 
-    /// Events at or after `since`, in scope (viewer), at most `limit`.
-    pub async fn events_since(
-        &self,
-        caller: &Caller,
-        since: OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<Event>, FleetError> {
-        self.log_since(keys::EVENTS, since, limit, |e: &Event| caller.sees(&e.site))
-            .await
-    }
-
     pub(super) async fn log_since<T: DeserializeOwned>(
         &self,
         prefix: &str,

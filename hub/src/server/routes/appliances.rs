@@ -87,9 +87,9 @@ pub(super) async fn watch_appliance(
     Ok(event_stream(events, q.timeout_seconds))
 }
 
-/// Where a watch resumes: `resourceVersion`, else the `Last-Event-ID` of a reconnecting
-/// `EventSource`.
-fn resume_from(
+/// Where a watch resumes: `resourceVersion` (an event stream's `after`), else the
+/// `Last-Event-ID` of a reconnecting `EventSource`.
+pub(super) fn resume_from(
     resource_version: Option<u64>,
     headers: &HeaderMap,
 ) -> Result<Option<u64>, ApiError> {
@@ -100,7 +100,10 @@ fn resume_from(
         .get("last-event-id")
         .map(|v| {
             v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-                FleetError::Invalid("Last-Event-ID: expected a resource version".into()).into()
+                FleetError::Invalid(
+                    "Last-Event-ID: expected the id of an event this hub sent (a number)".into(),
+                )
+                .into()
             })
         })
         .transpose()

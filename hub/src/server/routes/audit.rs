@@ -1,4 +1,4 @@
-//! The audit log and fleet events.
+//! The audit log.
 
 use super::*;
 
@@ -21,15 +21,4 @@ pub(super) async fn audit(
     let (since, limit) = bounds(&q);
     let entries = state.fleet.audit_since(&caller, since, limit).await?;
     Ok(Json(views::all(&entries)))
-}
-
-pub(super) async fn events(
-    State(state): State<AppState>,
-    Operator(caller): Operator,
-    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
-    let Query(q) = query?;
-    let (since, limit) = bounds(&q);
-    let events = state.fleet.events_since(&caller, since, limit).await?;
-    Ok(Json(views::all(&events)))
 }

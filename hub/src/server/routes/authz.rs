@@ -486,6 +486,13 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
             case("/v1/events?since=2000-01-01T00:00:00Z", v, All, 200, 0),
         ),
         (
+            Method::GET,
+            "/v1/watch/events",
+            // From the first event, every site's, then end: each token is streamed its
+            // scope's events only (the foreign-name check below).
+            case("/v1/watch/events?after=0&timeoutSeconds=0", v, All, 200, 0),
+        ),
+        (
             Method::POST,
             "/v1/tenants",
             with(

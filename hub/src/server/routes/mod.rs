@@ -37,6 +37,7 @@ mod authz;
 mod campaigns;
 mod config;
 mod control_planes;
+mod events;
 mod registration;
 mod releases;
 mod tenants;
@@ -922,12 +923,32 @@ pub(crate) fn routes() -> Vec<Route> {
             M::GET,
             "/v1/events",
             (Bearer(Viewer), Filtered),
-            "Appliance events (?since=RFC3339&limit=)",
+            "Appliance events in scope, oldest first, each with its sequence number \
+             (?since=RFC3339, ?after=SEQ, ?appliance=, ?kind=K1,K2, ?limit=)",
             None,
             (200, json::<Vec<EventView>>()),
-            get(audit::events),
+            get(events::list_events),
         )
-        .query::<SinceQuery>(),
+        .query::<cairn_api::hub::EventQuery>(),
+        r(
+            M::GET,
+            "/v1/watch/events",
+            (Bearer(Viewer), Filtered),
+            "Stream the appliance events in scope that match ?appliance= and ?kind=, as \
+             server-sent events: first those after ?after=SEQ (or Last-Event-ID) or since \
+             ?since=, in sequence order, then each new one; each `data` an EventView, its id \
+             the sequence number; ERROR (an error body) ends it",
+            None,
+            (
+                200,
+                other(
+                    "text/event-stream",
+                    "server-sent events, each `data` an EventView (ERROR: an ErrorBody)",
+                ),
+            ),
+            get(events::watch_events),
+        )
+        .query::<cairn_api::hub::EventWatchQuery>(),
         r(
             M::POST,
             "/v1/tenants",
@@ -1310,13 +1331,32 @@ mod tests {
             ("since".to_owned(), false, "string".to_owned()),
         ];
         assert_eq!(params("/v1/audit", "get"), since_limit);
-        assert_eq!(params("/v1/events", "get"), since_limit);
         let optional = |names: &[(&str, &str)]| -> Vec<(String, bool, String)> {
             names
                 .iter()
                 .map(|(n, t)| (n.to_string(), false, t.to_string()))
                 .collect()
         };
+        assert_eq!(
+            params("/v1/events", "get"),
+            optional(&[
+                ("after", "integer"),
+                ("appliance", "string"),
+                ("kind", "string"),
+                ("limit", "integer"),
+                ("since", "string"),
+            ])
+        );
+        assert_eq!(
+            params("/v1/watch/events", "get"),
+            optional(&[
+                ("after", "integer"),
+                ("appliance", "string"),
+                ("kind", "string"),
+                ("since", "string"),
+                ("timeoutSeconds", "integer"),
+            ])
+        );
         assert_eq!(
             params("/v1/appliances", "get"),
             optional(&[

@@ -17,6 +17,7 @@ mod control_planes;
 mod error;
 mod log;
 mod releases;
+pub mod remote;
 mod selector;
 mod tenants;
 mod tokens;
@@ -35,6 +36,7 @@ pub use campaigns::{
 pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventView, SinceQuery};
+pub use remote::{ExecRequest, ExecResult, LogsQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
 pub use selector::{
     LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,

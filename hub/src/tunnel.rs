@@ -1,0 +1,214 @@
+//! The appliances' tunnels (issue 17): each appliance keeps one connection open to the hub,
+//! upgraded from `GET /v1/tunnel` and carrying yamux; the hub opens a stream on it for each
+//! request it forwards to the node (logs, exec), and speaks HTTP/1.1 on that stream.
+//!
+//! The registry holds at most one session per appliance: a newer connection of the same
+//! appliance replaces the older one (closed at once), and a session leaves the registry when
+//! its connection ends (the node closed it, or stopped answering the keep-alive pings).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_yamux::{Config, Control, Session};
+
+/// What the hub allows one tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLimits {
+    /// Streams open at once on one tunnel; a request beyond them is refused (429).
+    pub max_streams: usize,
+    /// How often the hub pings an idle tunnel; a tunnel whose pings go unanswered for 30 s
+    /// (yamux's limit) is closed.
+    pub keepalive: Duration,
+    /// Longest the node may take to accept a stream and answer a request's headers.
+    pub response_timeout: Duration,
+}
+
+impl Default for TunnelLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: 16,
+            keepalive: Duration::from_secs(15),
+            response_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a request could not be forwarded to an appliance.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The appliance holds no tunnel to this hub replica.
+    #[error(
+        "appliance {appliance} has no tunnel to this hub: it is offline, cannot reach the \
+         hub, or runs a cairn-node without tunnel support; check `cairn hub appliances show \
+         {appliance}` and the node's log"
+    )]
+    NoTunnel {
+        /// The appliance.
+        appliance: String,
+    },
+    /// Every stream the tunnel may carry is in use.
+    #[error("appliance {appliance} already has {max} requests in flight; retry when one ends")]
+    Busy {
+        /// The appliance.
+        appliance: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The tunnel broke while the stream was opened or the request sent.
+    #[error("the tunnel to appliance {appliance} failed: {reason}; retry (the node reconnects)")]
+    Broken {
+        /// The appliance.
+        appliance: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The node did not answer in time.
+    #[error("appliance {appliance} did not answer through its tunnel within {secs} s")]
+    Timeout {
+        /// The appliance.
+        appliance: String,
+        /// The limit.
+        secs: u64,
+    },
+}
+
+/// One appliance's session: the handle that opens streams, and the streams left to open.
+struct Entry {
+    generation: u64,
+    control: Control,
+    streams: Arc<Semaphore>,
+}
+
+/// The tunnels this hub replica holds, by appliance ID.
+pub struct Tunnels {
+    limits: TunnelLimits,
+    sessions: Mutex<HashMap<String, Entry>>,
+    generations: AtomicU64,
+}
+
+impl Tunnels {
+    /// An empty registry.
+    pub fn new(limits: TunnelLimits) -> Self {
+        Self {
+            limits,
+            sessions: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // One insert or remove at a time: a panic leaves the map consistent.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `appliance` holds a tunnel to this replica.
+    pub fn is_connected(&self, appliance: &str) -> bool {
+        self.lock().contains_key(appliance)
+    }
+
+    /// Runs the tunnel of `appliance` over `io` (the upgraded connection) until it ends,
+    /// replacing any older one. `hold` is kept as long as the tunnel lives (the
+    /// connection's place under the server's caps).
+    pub async fn serve<T>(self: Arc<Self>, appliance: String, io: T, hold: impl Send)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = Config {
+            enable_keepalive: true,
+            keepalive_interval: self.limits.keepalive,
+            max_stream_count: self.limits.max_streams,
+            ..Config::default()
+        };
+        let mut session = Session::new_server(io, config);
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            generation,
+            control: session.control(),
+            streams: Arc::new(Semaphore::new(self.limits.max_streams)),
+        };
+        if let Some(mut older) = self.lock().insert(appliance.clone(), entry) {
+            tracing::info!(%appliance, "tunnel replaced by a newer connection of the appliance");
+            tokio::spawn(async move { older.control.close().await });
+        }
+        tracing::info!(%appliance, "tunnel open");
+        // The node opens no streams of its own: any it tries is dropped (reset).
+        while let Some(inbound) = session.next().await {
+            if let Err(e) = inbound {
+                tracing::info!(%appliance, error = %e, "tunnel connection failed");
+                break;
+            }
+        }
+        drop(hold);
+        let mut sessions = self.lock();
+        if sessions
+            .get(&appliance)
+            .is_some_and(|e| e.generation == generation)
+        {
+            sessions.remove(&appliance);
+            tracing::info!(%appliance, "tunnel closed");
+        }
+    }
+
+    /// Sends `request` to the node of `appliance` on a new stream of its tunnel, and gives
+    /// its response once the node answered the headers; the body streams on.
+    pub async fn request(
+        &self,
+        appliance: &str,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<Incoming>, TunnelError> {
+        let (mut control, streams) = {
+            let sessions = self.lock();
+            let entry = sessions.get(appliance).ok_or_else(|| TunnelError::NoTunnel {
+                appliance: appliance.to_owned(),
+            })?;
+            (entry.control.clone(), entry.streams.clone())
+        };
+        let permit: OwnedSemaphorePermit =
+            streams
+                .try_acquire_owned()
+                .map_err(|_| TunnelError::Busy {
+                    appliance: appliance.to_owned(),
+                    max: self.limits.max_streams,
+                })?;
+        let broken = |reason: String| TunnelError::Broken {
+            appliance: appliance.to_owned(),
+            reason,
+        };
+        let limit = self.limits.response_timeout;
+        let exchange = async {
+            let stream = control
+                .open_stream()
+                .await
+                .map_err(|e| broken(e.to_string()))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| broken(e.to_string()))?;
+            // The stream (and its place under the limit) lasts as long as the response body
+            // is read: the connection ends when both are done.
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = conn.await;
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| broken(e.to_string()))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| TunnelError::Timeout {
+                appliance: appliance.to_owned(),
+                secs: limit.as_secs(),
+            })?
+    }
+}

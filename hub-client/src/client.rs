@@ -10,7 +10,8 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    EnrollmentTokenView, ErrorBody, ErrorCode, EventView, LabelRequest, MembershipRequest,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventView, ExecRequest, ExecResult, LabelRequest,
+    LogsQuery, MembershipRequest,
     NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
     TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
@@ -514,6 +515,45 @@ impl HubClient {
         segments: &[&str],
         query: &Q,
     ) -> Result<Watch, Error> {
+        let (endpoint, url, response) = self.open_stream(segments, query).await?;
+        Ok(Watch {
+            endpoint,
+            url,
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// `GET /v1/appliances/{id}/logs`: the appliance's journal through its tunnel, read
+    /// chunk by chunk as it comes ([`LogStream::next_chunk`]); with `follow`, until the
+    /// caller stops.
+    pub async fn appliance_logs(&self, id: &str, query: &LogsQuery) -> Result<LogStream, Error> {
+        let (_, url, response) = self
+            .open_stream(&["v1", "appliances", id, "logs"], query)
+            .await?;
+        Ok(LogStream { url, response })
+    }
+
+    /// `POST /v1/appliances/{id}/exec`: runs a command on the appliance through its tunnel
+    /// (admin only, audited), waiting as long as its timeout.
+    pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, Error> {
+        let (endpoint, url, req) = self.request(Method::POST, &["v1", "appliances", id, "exec"]);
+        let runs = request
+            .timeout_seconds
+            .unwrap_or(cairn_api::hub::remote::EXEC_TIMEOUT_DEFAULT);
+        let req = req
+            .json(request)
+            .timeout(Duration::from_secs(runs.saturating_add(30)));
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    /// A GET whose answer is read as it streams: the status is checked, the body left to
+    /// the caller.
+    async fn open_stream<Q: Serialize + ?Sized>(
+        &self,
+        segments: &[&str],
+        query: &Q,
+    ) -> Result<(String, url::Url, reqwest::Response), Error> {
         let (endpoint, url, req) = self.request(Method::GET, segments);
         // A watch lasts; the client-wide timeout would cut it. It still ends some day: the
         // caller resumes from the last event's resource version.
@@ -542,12 +582,7 @@ impl HubClient {
                 },
             });
         }
-        Ok(Watch {
-            endpoint,
-            url,
-            response,
-            buffer: Vec::new(),
-        })
+        Ok((endpoint, url, response))
     }
 
     /// `GET /v1/appliances/{id}`.
@@ -728,6 +763,25 @@ impl HubClient {
     pub async fn events(&self, query: &SinceQuery) -> Result<Vec<EventView>, Error> {
         self.call::<(), _, _>(Method::GET, &["v1", "events"], Some(query), None)
             .await
+    }
+}
+
+/// An appliance's journal as the hub streams it ([`HubClient::appliance_logs`]).
+pub struct LogStream {
+    url: url::Url,
+    response: reqwest::Response,
+}
+
+impl LogStream {
+    /// The next bytes of the journal; `Ok(None)` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        match self.response.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|b| b.to_vec())),
+            Err(source) => Err(Error::Unreachable {
+                url: self.url.to_string(),
+                source,
+            }),
+        }
     }
 }
 

@@ -14,9 +14,8 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
     CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, EnrollmentTokenView, ExecRequest, LabelRequest,
-    LabelSelector, LogsQuery,
-    OperatorTokenView, ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView,
-    WatchQuery,
+    LabelSelector, LogsQuery, OperatorTokenView, ReleaseView, Role, Selector, SelectorError,
+    SinceQuery, TenantView, VpcView, WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -998,7 +997,8 @@ async fn logs(hub: &HubClient, id: &str, query: &LogsQuery) -> anyhow::Result<Ex
     };
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = stream.next_chunk().await? {
-        out.write_all(&chunk).context("writing to standard output")?;
+        out.write_all(&chunk)
+            .context("writing to standard output")?;
         out.flush().context("writing to standard output")?;
     }
     Ok(Exit::Success)

@@ -11,9 +11,9 @@ use cairn_api::hub::{
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
     EnrollmentTokenView, ErrorBody, ErrorCode, EventView, ExecRequest, ExecResult, LabelRequest,
-    LogsQuery, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery,
-    TenantView, TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
+    LogsQuery, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
+    RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView,
+    WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,

@@ -168,18 +168,18 @@ impl Tunnels {
     ) -> Result<hyper::Response<Incoming>, TunnelError> {
         let (mut control, streams) = {
             let sessions = self.lock();
-            let entry = sessions.get(appliance).ok_or_else(|| TunnelError::NoTunnel {
-                appliance: appliance.to_owned(),
-            })?;
+            let entry = sessions
+                .get(appliance)
+                .ok_or_else(|| TunnelError::NoTunnel {
+                    appliance: appliance.to_owned(),
+                })?;
             (entry.control.clone(), entry.streams.clone())
         };
         let permit: OwnedSemaphorePermit =
-            streams
-                .try_acquire_owned()
-                .map_err(|_| TunnelError::Busy {
-                    appliance: appliance.to_owned(),
-                    max: self.limits.max_streams,
-                })?;
+            streams.try_acquire_owned().map_err(|_| TunnelError::Busy {
+                appliance: appliance.to_owned(),
+                max: self.limits.max_streams,
+            })?;
         let broken = |reason: String| TunnelError::Broken {
             appliance: appliance.to_owned(),
             reason,

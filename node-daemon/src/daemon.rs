@@ -109,7 +109,10 @@ pub struct Daemon<N: Network> {
     /// Where the tunnel connects, and as whom (set once the node has an identity).
     tunnel_target: tokio::sync::watch::Sender<Option<tunnel::Target>>,
     /// The tunnel task's end and what it serves (started by `run`).
-    tunnel_task: Option<(tokio::sync::watch::Receiver<Option<tunnel::Target>>, tunnel::Local)>,
+    tunnel_task: Option<(
+        tokio::sync::watch::Receiver<Option<tunnel::Target>>,
+        tunnel::Local,
+    )>,
     upgrade_report: SharedReport,
     booted_slot: Option<String>,
     hub_reached: bool,

@@ -173,7 +173,10 @@ async fn connect_and_serve(
     };
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
     // The host of a URL in brackets is an IPv6 address: connect and name it without them.
-    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect((bare.as_str(), port)),
@@ -221,12 +224,15 @@ async fn connect_and_serve(
         .map_err(http)?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = response.status().as_u16();
-        let body = tokio::time::timeout(CONNECT_TIMEOUT, http_body_util::BodyExt::collect(response.into_body()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
@@ -308,7 +314,11 @@ async fn logs(State(local): State<Arc<Local>>, Query(q): Query<LogsQuery>) -> Re
         }
     };
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "journalctl without pipes\n").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "journalctl without pipes\n",
+        )
+            .into_response();
     };
     // The child lives as long as the body: dropping the body (the hub went) kills it.
     let body = ReaderStream::new(stdout)

@@ -36,8 +36,8 @@ pub use campaigns::{
 pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPlaneView};
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventView, SinceQuery};
-pub use remote::{ExecRequest, ExecResult, LogsQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
+pub use remote::{ExecRequest, ExecResult, LogsQuery};
 pub use selector::{
     LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,
 };

@@ -20,9 +20,9 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignView, CheckRequest,
     ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
-    EventView, ExecRequest, ExecResult, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, LogsQuery, RenewalRequest, ResumeQuery, Role, SinceQuery, TenantView, TokenCheck,
-    UploadQuery, VpcView, WatchQuery, WhoAmI,
+    EventView, ExecRequest, ExecResult, JoinSecretView, LabelRequest, LogsQuery, MembershipRequest,
+    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role,
+    SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -37,8 +37,8 @@ mod authz;
 mod campaigns;
 mod control_planes;
 mod registration;
-mod remote;
 mod releases;
+mod remote;
 mod tenants;
 mod tokens;
 mod vpcs;

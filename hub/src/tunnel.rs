@@ -212,3 +212,106 @@ impl Tunnels {
             })?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A node's end of a tunnel over `io`: answers every stream's request with `name`.
+    async fn node(name: &'static str, io: tokio::io::DuplexStream) {
+        let mut session = Session::new_client(io, Config::default());
+        while let Some(Ok(stream)) = session.next().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(name.as_bytes()),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    fn get() -> hyper::Request<Full<Bytes>> {
+        hyper::Request::get("/").body(Full::default()).unwrap()
+    }
+
+    async fn answer(tunnels: &Tunnels, id: &str) -> Result<String, TunnelError> {
+        let resp = tunnels.request(id, get()).await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: not within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_appliance_replaces_its_tunnel_and_a_dead_tunnel_leaves() {
+        let tunnels = Arc::new(Tunnels::new(TunnelLimits::default()));
+        assert!(matches!(
+            answer(&tunnels, "ap-1").await,
+            Err(TunnelError::NoTunnel { .. })
+        ));
+        let (hub_end, node_end) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(tunnels.clone().serve("ap-1".into(), hub_end, ()));
+        let first = tokio::spawn(node("first", node_end));
+        until("the first tunnel", || tunnels.is_connected("ap-1")).await;
+        assert_eq!(answer(&tunnels, "ap-1").await.unwrap(), "first");
+
+        // The same appliance connects again: the newer tunnel serves, the older is closed.
+        let (hub_end, node_end) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(tunnels.clone().serve("ap-1".into(), hub_end, ()));
+        let second = tokio::spawn(node("second", node_end));
+        tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("the older tunnel is closed by the hub")
+            .unwrap();
+        assert_eq!(answer(&tunnels, "ap-1").await.unwrap(), "second");
+        assert!(tunnels.is_connected("ap-1"), "the older tunnel's end removed the newer");
+
+        // Its connection dies: the appliance has no tunnel any more.
+        second.abort();
+        until("the dead tunnel to leave", || !tunnels.is_connected("ap-1")).await;
+        assert!(matches!(
+            answer(&tunnels, "ap-1").await,
+            Err(TunnelError::NoTunnel { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_limit_are_refused_until_one_ends() {
+        let tunnels = Arc::new(Tunnels::new(TunnelLimits {
+            max_streams: 1,
+            ..TunnelLimits::default()
+        }));
+        let (hub_end, node_end) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(tunnels.clone().serve("ap-1".into(), hub_end, ()));
+        tokio::spawn(node("n", node_end));
+        until("the tunnel", || tunnels.is_connected("ap-1")).await;
+        // A response whose body is not read yet holds its stream.
+        let held = tunnels.request("ap-1", get()).await.unwrap();
+        assert!(matches!(
+            tunnels.request("ap-1", get()).await,
+            Err(TunnelError::Busy { max: 1, .. })
+        ));
+        held.into_body().collect().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match answer(&tunnels, "ap-1").await {
+                Ok(body) => break assert_eq!(body, "n"),
+                Err(TunnelError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}

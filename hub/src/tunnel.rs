@@ -248,7 +248,10 @@ mod tests {
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !f() {
-            assert!(tokio::time::Instant::now() < deadline, "{what}: not within 10 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -275,7 +278,10 @@ mod tests {
             .expect("the older tunnel is closed by the hub")
             .unwrap();
         assert_eq!(answer(&tunnels, "ap-1").await.unwrap(), "second");
-        assert!(tunnels.is_connected("ap-1"), "the older tunnel's end removed the newer");
+        assert!(
+            tunnels.is_connected("ap-1"),
+            "the older tunnel's end removed the newer"
+        );
 
         // Its connection dies: the appliance has no tunnel any more.
         second.abort();

@@ -393,11 +393,24 @@ fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
     let status = registered(&node);
     let id = status.appliance_id.unwrap();
     assert_eq!(status.hub_url, first.url);
+    // The tunnel is the first hub's: the second names it instead of answering.
+    let admin = second.admin();
+    let exec = || admin.run(admin.client.exec(&id, &echo_tunnel()));
+    let refusal = poll(
+        "the second hub to name the tunnel's replica",
+        LIMIT,
+        || match exec() {
+            Err(HubError::Refused {
+                status: 503, body, ..
+            }) if body.message.contains("connected to hub replica") => Some(body.message),
+            _ => None,
+        },
+    );
+    assert!(refusal.contains(&format!("/{}", first.pid())), "{refusal}");
 
     first.kill();
     let killed = std::time::Instant::now();
     let killed_at = time::OffsetDateTime::now_utc();
-    let admin = second.admin();
     // The node says it reached the second hub, and that hub stored a heartbeat sent after
     // the kill.
     poll("the node to heartbeat to the second hub", LIMIT, || {
@@ -412,7 +425,17 @@ fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
     let took = killed.elapsed();
     println!("the node heartbeats to the second hub {took:?} after the first was killed");
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    // The tunnel follows to the next hub URL.
+    let moved = poll("the tunnel to reach the second hub", LIMIT, || exec().ok());
+    assert_eq!(moved.stdout, "tunnel\n");
     node.stop();
+}
+
+fn echo_tunnel() -> cairn_api::hub::ExecRequest {
+    cairn_api::hub::ExecRequest {
+        argv: vec!["echo".into(), "tunnel".into()],
+        timeout_seconds: None,
+    }
 }
 
 /// The local API is root's: with every directory on the way open to all, another user

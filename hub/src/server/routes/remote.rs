@@ -50,15 +50,29 @@ pub(super) async fn tunnel(
     let upgrade = hyper::upgrade::on(&mut req);
     // The connection's place under the server's caps stays taken while the tunnel lives.
     let hold = req.extensions_mut().remove::<super::super::ConnHold>();
-    let tunnels = state.tunnels.clone();
+    let (tunnels, fleet) = (state.tunnels.clone(), state.fleet.clone());
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                tunnels
-                    .serve(id, hyper_util::rt::TokioIo::new(upgraded), hold)
-                    .await;
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::info!(appliance = %id, error = %e, "tunnel upgrade failed");
+                return;
             }
-            Err(e) => tracing::info!(appliance = %id, error = %e, "tunnel upgrade failed"),
+        };
+        // Where the tunnel is, for the other replicas; a store failure costs only that.
+        let held = fleet
+            .tunnel_held(&id)
+            .await
+            .inspect_err(|e| tracing::warn!(appliance = %id, error = %e, "recording the tunnel's replica failed"))
+            .ok();
+        tunnels
+            .clone()
+            .serve(id.clone(), hyper_util::rt::TokioIo::new(upgraded), hold)
+            .await;
+        if let Some(held) = held
+            && let Err(e) = fleet.tunnel_released(&id, &held).await
+        {
+            tracing::warn!(appliance = %id, error = %e, "removing the tunnel's record failed");
         }
     });
     Ok(Response::builder()
@@ -67,6 +81,38 @@ pub(super) async fn tunnel(
         .header(header::UPGRADE, TUNNEL_PROTOCOL)
         .body(Body::empty())
         .expect("a static response"))
+}
+
+/// Sends `request` through `id`'s tunnel; when this replica holds none but another does,
+/// the refusal names that replica.
+async fn through_tunnel(
+    state: &AppState,
+    id: &str,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+    match state.tunnels.request(id, request).await {
+        Err(TunnelError::NoTunnel { .. }) => match state.fleet.tunnel_elsewhere(id).await? {
+            Some(holder) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::NoTunnel,
+                format!(
+                    "appliance {id}'s tunnel is connected to hub replica {}{} since {}, not to \
+                     this one: send the request to that replica",
+                    holder.hub,
+                    holder.url.map(|u| format!(" ({u})")).unwrap_or_default(),
+                    holder
+                        .since
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                ),
+            )),
+            None => Err(TunnelError::NoTunnel {
+                appliance: id.to_owned(),
+            }
+            .into()),
+        },
+        other => other.map_err(ApiError::from),
+    }
 }
 
 /// The node's answer as the hub's: its status, content type and body (streamed).
@@ -97,7 +143,7 @@ pub(super) async fn logs(
         .header(header::HOST, "node")
         .body(Full::new(Bytes::new()))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))?;
-    Ok(relay(state.tunnels.request(&id, request).await?))
+    Ok(relay(through_tunnel(&state, &id, request).await?))
 }
 
 /// `POST /v1/appliances/{id}/exec`: runs a command on the node (no shell), audited before it
@@ -139,7 +185,7 @@ pub(super) async fn exec(
         .body(Full::new(Bytes::from(body)))
         .expect("a static request");
     let outcome = async {
-        let resp = state.tunnels.request(&id, request).await?;
+        let resp = through_tunnel(&state, &id, request).await?;
         let status = resp.status();
         let bytes = tokio::time::timeout(
             std::time::Duration::from_secs(timeout + 10),

@@ -7,11 +7,16 @@ use super::*;
 use crate::model::{TunnelHolder, keys};
 
 impl Fleet {
-    /// Records that this replica holds `appliance`'s tunnel from now on.
-    pub async fn tunnel_held(&self, appliance: &str) -> Result<TunnelHolder, FleetError> {
+    /// Records that this replica holds `appliance`'s tunnel from now on; the other replicas
+    /// reach it at its public URL, else at `reached_at` (where the appliance reached it).
+    pub async fn tunnel_held(
+        &self,
+        appliance: &str,
+        reached_at: Option<String>,
+    ) -> Result<TunnelHolder, FleetError> {
         let holder = TunnelHolder {
             hub: self.settings.hub_name.clone(),
-            url: self.settings.public_url.clone(),
+            url: self.settings.public_url.clone().or(reached_at),
             since: now(),
         };
         // Rewritten by every connection: no fsync needed for a fact the next one restates.

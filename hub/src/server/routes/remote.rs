@@ -10,6 +10,9 @@ use cairn_api::hub::remote::{
 use cairn_api::hub::{ExecRequest, ExecResult, LogsQuery};
 use http_body_util::{BodyExt, Full};
 
+use axum::http::HeaderMap;
+
+use crate::model::TunnelHolder;
 use crate::tunnel::TunnelError;
 
 use super::*;
@@ -47,6 +50,11 @@ pub(super) async fn tunnel(
     }
     let record = state.fleet.appliance_for_cert(&appliance.cert).await?;
     let id = record.id.to_string();
+    let reached_at = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("https://{h}"));
     let upgrade = hyper::upgrade::on(&mut req);
     // The connection's place under the server's caps stays taken while the tunnel lives.
     let hold = req.extensions_mut().remove::<super::super::ConnHold>();
@@ -61,7 +69,7 @@ pub(super) async fn tunnel(
         };
         // Where the tunnel is, for the other replicas; a store failure costs only that.
         let held = fleet
-            .tunnel_held(&id)
+            .tunnel_held(&id, reached_at)
             .await
             .inspect_err(|e| tracing::warn!(appliance = %id, error = %e, "recording the tunnel's replica failed"))
             .ok();
@@ -115,6 +123,100 @@ async fn through_tunnel(
     }
 }
 
+/// Set on a request a replica forwards to the replica holding the tunnel: the receiver
+/// answers it itself and never forwards it again.
+const FORWARDED_BY: &str = "x-cairn-forwarded-by";
+
+/// The replica holding `id`'s tunnel when it is another one and the request was not already
+/// forwarded here.
+async fn holder_elsewhere(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Option<TunnelHolder>, ApiError> {
+    if state.tunnels.is_connected(id) || headers.contains_key(FORWARDED_BY) {
+        return Ok(None);
+    }
+    Ok(state
+        .fleet
+        .tunnel_elsewhere(id)
+        .await?
+        .filter(|h| h.url.is_some()))
+}
+
+/// Sends the operator's request, with its bearer token, to the replica holding the tunnel
+/// (trusted by the hub CA, like any hub), and relays its answer as it streams. That replica
+/// authorizes, audits and serves it as its own.
+async fn forward(
+    state: &AppState,
+    holder: &TunnelHolder,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<Response, ApiError> {
+    let base = holder
+        .url
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let failed = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::TunnelFailed,
+            format!(
+                "the tunnel is connected to hub replica {} ({base}), which could not be \
+                 reached: {why}; retry (the appliance reconnects to a live replica)",
+                holder.hub
+            ),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(state.fleet.ca().cert_der.clone().into())
+        .map_err(|e| failed(e.to_string()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| failed(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut request = client
+        .request(method, format!("{base}{path}"))
+        .header(FORWARDED_BY, &state.fleet.settings().hub_name)
+        .body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = headers.get(&name) {
+            request = request.header(name, v);
+        }
+    }
+    tracing::debug!(replica = %holder.hub, %path, "forwarding to the replica holding the tunnel");
+    let response = request
+        .send()
+        .await
+        .map_err(|e| failed(cairn_api::error_chain(&e)))?;
+    let mut out = Response::builder().status(response.status().as_u16());
+    if let Some(ct) = response.headers().get(header::CONTENT_TYPE) {
+        out = out.header(header::CONTENT_TYPE, ct.as_bytes());
+    }
+    let chunks = futures::stream::unfold(Some(response), |r| async move {
+        let mut r = r?;
+        match r.chunk().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(r))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    out.body(Body::from_stream(chunks))
+        .map_err(|e| failed(e.to_string()))
+}
+
 /// The node's answer as the hub's: its status, content type and body (streamed).
 fn relay(resp: hyper::Response<hyper::body::Incoming>) -> Response {
     let (parts, body) = resp.into_parts();
@@ -130,11 +232,19 @@ fn relay(resp: hyper::Response<hyper::body::Incoming>) -> Response {
 pub(super) async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     // Read for its validation; the node reads the same query string.
     let Query(_) = query?;
+    if let Some(holder) = holder_elsewhere(&state, &id, &headers).await? {
+        let path = match &raw {
+            Some(q) => format!("/v1/appliances/{id}/logs?{q}"),
+            None => format!("/v1/appliances/{id}/logs"),
+        };
+        return forward(&state, &holder, Method::GET, &path, &headers, Vec::new()).await;
+    }
     let uri = match raw {
         Some(q) => format!("{NODE_LOGS_PATH}?{q}"),
         None => NODE_LOGS_PATH.to_owned(),
@@ -152,8 +262,9 @@ pub(super) async fn exec(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> Result<Json<ExecResult>, ApiError> {
+) -> Result<Response, ApiError> {
     if req.argv.first().is_none_or(String::is_empty) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -170,6 +281,12 @@ pub(super) async fn exec(
         ));
     }
     let (_, appliance) = state.fleet.appliance_in_scope(&caller, &id).await?;
+    if let Some(holder) = holder_elsewhere(&state, &id, &headers).await? {
+        // The replica holding the tunnel audits and runs it.
+        let body = serde_json::to_vec(&req).expect("an exec request serializes");
+        let path = format!("/v1/appliances/{id}/exec");
+        return forward(&state, &holder, Method::POST, &path, &headers, body).await;
+    }
     let site = Some(appliance.site.as_str());
     // The command is on record before it runs: one that cuts the node off (a reboot) is
     // audited all the same.
@@ -228,7 +345,7 @@ pub(super) async fn exec(
         .fleet
         .audit(&caller, "appliance.exec", &what, &result, site)
         .await?;
-    Ok(Json(outcome?))
+    Ok(Json(outcome?).into_response())
 }
 
 /// An argv as one line a person reads (and could paste into a shell): words quoted when

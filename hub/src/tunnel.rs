@@ -320,4 +320,147 @@ mod tests {
             }
         }
     }
+
+    /// A node answering `GET /` with "ok" and `GET /bytes` with [`BENCH_BYTES`] bytes.
+    fn bench_service() -> impl hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<
+            http_body_util::StreamBody<
+                futures::stream::Iter<
+                    std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+                >,
+            >,
+        >,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+            let n = if req.uri().path() == "/bytes" {
+                BENCH_BYTES / chunk.len()
+            } else {
+                0
+            };
+            let mut frames: Vec<_> = (0..n)
+                .map(|_| Ok(hyper::body::Frame::data(chunk.clone())))
+                .collect();
+            if n == 0 {
+                frames.push(Ok(hyper::body::Frame::data(Bytes::from_static(b"ok"))));
+            }
+            Ok(hyper::Response::new(http_body_util::StreamBody::new(
+                futures::stream::iter(frames),
+            )))
+        })
+    }
+
+    const BENCH_BYTES: usize = 256 * 1024 * 1024;
+    const BENCH_REQUESTS: u32 = 500;
+
+    async fn drain(resp: hyper::Response<Incoming>) -> usize {
+        let mut body = resp.into_body();
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                n += data.len();
+            }
+        }
+        n
+    }
+
+    /// Figures for BENCHMARKS.md: throughput of one response through the tunnel against the
+    /// same HTTP/1.1 server over a direct TCP connection on loopback, and the time per small
+    /// request (a new stream each) against a new TCP connection each and one kept alive.
+    /// TLS is left out on both sides (the tunnel's own connection is TLS in service), so
+    /// this is yamux's cost. `cargo test -p cairn-hub --release --lib tunnel::tests::bench
+    /// -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a benchmark: run by hand or by scripts/bench"]
+    async fn bench_tunnel_against_direct_tcp() {
+        use std::time::Instant;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), bench_service()),
+                );
+            }
+        });
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender
+        };
+        // The tunnel over its own loopback TCP connection.
+        let tunnels = Arc::new(Tunnels::new(TunnelLimits::default()));
+        let tl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taddr = tl.local_addr().unwrap();
+        let node_tcp = tokio::net::TcpStream::connect(taddr).await.unwrap();
+        let (hub_tcp, _) = tl.accept().await.unwrap();
+        hub_tcp.set_nodelay(true).unwrap();
+        node_tcp.set_nodelay(true).unwrap();
+        tokio::spawn(tunnels.clone().serve("ap-b".into(), hub_tcp, ()));
+        tokio::spawn(async move {
+            let mut session = Session::new_client(node_tcp, Config::default());
+            while let Some(Ok(stream)) = session.next().await {
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), bench_service()),
+                );
+            }
+        });
+        until("the bench tunnel", || tunnels.is_connected("ap-b")).await;
+        let get = |path: &str| {
+            hyper::Request::get(path)
+                .header("host", "node")
+                .body(Full::default())
+                .unwrap()
+        };
+
+        let mut direct = connect().await;
+        let t = Instant::now();
+        assert_eq!(
+            drain(direct.send_request(get("/bytes")).await.unwrap()).await,
+            BENCH_BYTES
+        );
+        let direct_rate = BENCH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let t = Instant::now();
+        assert_eq!(
+            drain(tunnels.request("ap-b", get("/bytes")).await.unwrap()).await,
+            BENCH_BYTES
+        );
+        let tunnel_rate = BENCH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+        let t = Instant::now();
+        for _ in 0..BENCH_REQUESTS {
+            direct.ready().await.unwrap();
+            drain(direct.send_request(get("/")).await.unwrap()).await;
+        }
+        let kept = t.elapsed() / BENCH_REQUESTS;
+        let t = Instant::now();
+        for _ in 0..BENCH_REQUESTS {
+            let mut fresh = connect().await;
+            drain(fresh.send_request(get("/")).await.unwrap()).await;
+        }
+        let fresh = t.elapsed() / BENCH_REQUESTS;
+        let t = Instant::now();
+        for _ in 0..BENCH_REQUESTS {
+            drain(tunnels.request("ap-b", get("/")).await.unwrap()).await;
+        }
+        let tunneled = t.elapsed() / BENCH_REQUESTS;
+        println!(
+            "tunnel bench: {} MiB response: direct TCP {direct_rate:.0} MB/s, tunnel {tunnel_rate:.0} MB/s (ratio {:.2}); \
+             per small request: direct kept-alive {kept:?}, direct new connection {fresh:?}, tunnel new stream {tunneled:?}",
+            BENCH_BYTES >> 20,
+            tunnel_rate / direct_rate,
+        );
+    }
 }

@@ -321,36 +321,26 @@ mod tests {
         }
     }
 
+    type BenchBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
     /// A node answering `GET /` with "ok" and `GET /bytes` with [`BENCH_BYTES`] bytes.
-    fn bench_service() -> impl hyper::service::Service<
-        hyper::Request<Incoming>,
-        Response = hyper::Response<
-            http_body_util::StreamBody<
-                futures::stream::Iter<
-                    std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
-                >,
-            >,
-        >,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone {
-        hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
-            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-            let n = if req.uri().path() == "/bytes" {
-                BENCH_BYTES / chunk.len()
-            } else {
-                0
-            };
-            let mut frames: Vec<_> = (0..n)
-                .map(|_| Ok(hyper::body::Frame::data(chunk.clone())))
-                .collect();
-            if n == 0 {
-                frames.push(Ok(hyper::body::Frame::data(Bytes::from_static(b"ok"))));
-            }
-            Ok(hyper::Response::new(http_body_util::StreamBody::new(
-                futures::stream::iter(frames),
-            )))
-        })
+    async fn bench_answer(
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<BenchBody>, std::convert::Infallible> {
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        let n = if req.uri().path() == "/bytes" {
+            BENCH_BYTES / chunk.len()
+        } else {
+            0
+        };
+        let mut frames: Vec<_> = (0..n)
+            .map(|_| Ok(hyper::body::Frame::data(chunk.clone())))
+            .collect();
+        if n == 0 {
+            frames.push(Ok(hyper::body::Frame::data(Bytes::from_static(b"ok"))));
+        }
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        Ok(hyper::Response::new(BodyExt::boxed(body)))
     }
 
     const BENCH_BYTES: usize = 256 * 1024 * 1024;
@@ -384,8 +374,10 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 tcp.set_nodelay(true).unwrap();
                 tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), bench_service()),
+                    hyper::server::conn::http1::Builder::new().serve_connection(
+                        TokioIo::new(tcp),
+                        hyper::service::service_fn(bench_answer),
+                    ),
                 );
             }
         });
@@ -411,10 +403,10 @@ mod tests {
         tokio::spawn(async move {
             let mut session = Session::new_client(node_tcp, Config::default());
             while let Some(Ok(stream)) = session.next().await {
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), bench_service()),
-                );
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(stream),
+                    hyper::service::service_fn(bench_answer),
+                ));
             }
         });
         until("the bench tunnel", || tunnels.is_connected("ap-b")).await;

@@ -144,6 +144,42 @@ fn read_logs(admin: &Admin, id: &str, query: &LogsQuery) -> String {
     String::from_utf8(text).unwrap()
 }
 
+/// `cairn hub ARGS` in-process, logged in to `hub` as its admin (config under `dir`), on a
+/// runtime of the calling thread (so in the hub's namespace).
+fn cairn_hub(hub: &Hub, dir: &Path, args: &[&str]) -> cairn_api::cli::Exit {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: cairn_hub_client::cli::HubArgs,
+    }
+    let config = dir.join("hub.json");
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, &hub.admin_token).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = |args: &[&str]| {
+        let head = ["cairn-hub-test", "--config", config.to_str().unwrap()];
+        let full = head.iter().chain(args);
+        rt.block_on(Cli::parse_from(full).hub.run()).unwrap()
+    };
+    if !config.exists() {
+        let login = [
+            "login",
+            "--url",
+            &hub.url,
+            "--ca-fingerprint",
+            &hub.fingerprint,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ];
+        assert_eq!(run(&login), cairn_api::cli::Exit::Success);
+    }
+    run(args)
+}
+
 #[test]
 fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,6 +256,16 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
     assert!(addr.stdout.contains("10.77.1.2/24"), "{addr:?}");
     let missing = admin.ok(admin.client.exec(&id, &argv(&["no-such-program-here"])));
     assert_eq!(missing.exit_code, 127, "{missing:?}");
+
+    // The operator's command passes the remote exit code through.
+    assert_eq!(
+        cairn_hub(
+            &hub,
+            dir.path(),
+            &["appliances", "exec", &id, "--", "sh", "-c", "exit 7"]
+        ),
+        cairn_api::cli::Exit::Code(7)
+    );
 
     // Logs: journalctl's lines, filtered by unit; with follow the lines arrive while the
     // stream stays open.

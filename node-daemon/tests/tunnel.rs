@@ -291,6 +291,12 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
         },
     );
     assert!(bad_since.contains("Failed to parse"), "{bad_since}");
+    // The node's children, by name (the shell's parent is cairn-node).
+    let children = argv(&[
+        "sh",
+        "-c",
+        "for p in $(cat /proc/$PPID/task/*/children); do cat /proc/$p/comm; done",
+    ]);
     {
         let mut follow = admin.ok(admin.client.appliance_logs(
             &id,
@@ -306,7 +312,14 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
                 .expect("a followed journal stays open");
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
+        let running = admin.ok(admin.client.exec(&id, &children)).stdout;
+        assert!(running.contains("journalctl"), "{running}");
     }
+    // The operator went: the node's journalctl goes too.
+    poll("journalctl to end with the followed stream", LIMIT, || {
+        let out = admin.ok(admin.client.exec(&id, &children)).stdout;
+        (!out.contains("journalctl")).then_some(())
+    });
 
     // Refusals: exec is an admin's, in scope.
     let client_with = |role: Role, tenant: Option<&str>| {

@@ -162,6 +162,9 @@ pub enum Exit {
     Usage,
     /// The configuration or an input file is invalid.
     InvalidInput,
+    /// A command run elsewhere ended with this code, passed through (`cairn hub appliances
+    /// exec`).
+    Code(u8),
 }
 
 impl From<Exit> for ExitCode {
@@ -171,6 +174,7 @@ impl From<Exit> for ExitCode {
             Exit::Failed => 1,
             Exit::Usage => 2,
             Exit::InvalidInput => 3,
+            Exit::Code(code) => code,
         })
     }
 }

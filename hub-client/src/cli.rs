@@ -14,8 +14,8 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AuditEntryView, CampaignAction, CampaignView, ControlPlaneView,
     CountBy, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, EnrollmentTokenView, EventQuery, EventView,
-    EventWatchQuery, LabelRequest, LabelSelector, OperatorTokenView, ReleaseView, Role, Selector,
-    SelectorError, SinceQuery, TenantView, VpcView, WatchQuery,
+    EventWatchQuery, ExecRequest, LabelRequest, LabelSelector, LogsQuery, OperatorTokenView,
+    ReleaseView, Role, Selector, SelectorError, SinceQuery, TenantView, VpcView, WatchQuery,
 };
 use cairn_api::{CertFingerprint, MaintenanceWindow};
 use clap::{Args, Subcommand};
@@ -302,6 +302,39 @@ enum ApplianceCommand {
         /// Validity in seconds (at most a day).
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
+    },
+    /// Print the appliance's journal (`journalctl -o short-iso` on the node), read through
+    /// the tunnel the appliance keeps to the hub (operator role).
+    ///
+    /// Example: `cairn hub appliances logs ap-1234 -f --unit kubelet.service --since -1h`
+    Logs {
+        /// Appliance ID.
+        id: String,
+        /// Keep printing new entries until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this systemd unit.
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+        /// Only entries since this time, as journalctl takes it (`-1h`, `today`,
+        /// `2026-12-07 10:00:00`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// Run a command on the appliance through its tunnel (admin role; no shell: the words
+    /// after `--` are the argv). Prints its output and exits with its exit code; every call
+    /// is in the hub's audit log.
+    ///
+    /// Example: `cairn hub appliances exec ap-1234 -- ip -br addr`
+    Exec {
+        /// Appliance ID.
+        id: String,
+        /// Kill the command after this many seconds (at most 600).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
     },
 }
 
@@ -1107,6 +1140,26 @@ impl HubArgs {
                     .await
                     .map(|()| Answer::done("the hub ended the watch"))
             }
+            HubClientCommand::Appliances(ApplianceCommand::Logs {
+                id,
+                follow,
+                unit,
+                since,
+            }) => {
+                let query = LogsQuery {
+                    unit,
+                    since,
+                    follow: follow.then_some(true),
+                };
+                return logs(&hub, &id, &query).await;
+            }
+            HubClientCommand::Appliances(ApplianceCommand::Exec { id, timeout, argv }) => {
+                let request = ExecRequest {
+                    argv,
+                    timeout_seconds: timeout,
+                };
+                return exec(&hub, &id, &request, self.output).await;
+            }
             command => execute(&hub, command).await,
         };
         match answer {
@@ -1120,20 +1173,77 @@ impl HubArgs {
                 Ok(Exit::Success)
             }
             Err(e) => match e.downcast::<Error>() {
-                Ok(Error::Refused { status, body, .. }) => {
-                    eprintln!("error: hub answered {status}: {}", body.message);
-                    Ok(Exit::Failed)
-                }
-                Ok(other) => Err(other.into()),
+                Ok(e) => refused(e),
                 Err(other) => Err(other),
             },
         }
     }
 }
 
+/// A hub's refusal as the commands report it: its message, exit 1.
+fn refused(e: Error) -> anyhow::Result<Exit> {
+    match e {
+        Error::Refused { status, body, .. } => {
+            eprintln!("error: hub answered {status}: {}", body.message);
+            Ok(Exit::Failed)
+        }
+        other => Err(other.into()),
+    }
+}
+
+/// Copies the appliance's journal to standard output as it arrives.
+async fn logs(hub: &HubClient, id: &str, query: &LogsQuery) -> anyhow::Result<Exit> {
+    use std::io::Write;
+    let mut stream = match hub.appliance_logs(id, query).await {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next_chunk().await? {
+        out.write_all(&chunk)
+            .context("writing to standard output")?;
+        out.flush().context("writing to standard output")?;
+    }
+    Ok(Exit::Success)
+}
+
+/// Runs the command and passes its output and exit code through; a refusal by the hub is
+/// exit 1, with the hub's message.
+async fn exec(
+    hub: &HubClient,
+    id: &str,
+    request: &ExecRequest,
+    output: OutputFormat,
+) -> anyhow::Result<Exit> {
+    use std::io::Write;
+    let result = match hub.exec(id, request).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        OutputFormat::Table => {
+            std::io::stdout()
+                .write_all(result.stdout.as_bytes())
+                .context("writing to standard output")?;
+            std::io::stderr()
+                .write_all(result.stderr.as_bytes())
+                .context("writing to standard error")?;
+            if result.truncated {
+                eprintln!("cairn: output cut at 1 MiB per stream");
+            }
+        }
+    }
+    // Codes outside 0..=255 (none on Unix) read as a failure.
+    Ok(Exit::Code(u8::try_from(result.exit_code).unwrap_or(1)))
+}
+
 async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<Answer> {
     Ok(match command {
-        HubClientCommand::Login { .. } => unreachable!("handled by run"),
+        HubClientCommand::Login { .. }
+        | HubClientCommand::Appliances(
+            ApplianceCommand::Logs { .. } | ApplianceCommand::Exec { .. },
+        ) => unreachable!("handled by run"),
         HubClientCommand::Token(TokenCommand::Create {
             site,
             ttl_seconds,

@@ -10,10 +10,10 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignAction,
     CampaignView, CheckRequest, ControlPlaneView, CountQuery, CreateCampaign,
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
-    EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery,
-    LabelRequest, MembershipRequest, NewToken, OperatorTokenView, ReleaseView, Renewal,
-    RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView,
-    WatchEvent, WatchQuery, WhoAmI,
+    EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery, ExecRequest,
+    ExecResult, LabelRequest, LogsQuery, MembershipRequest, NewToken, OperatorTokenView,
+    ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck,
+    UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -515,6 +515,46 @@ impl HubClient {
         segments: &[&str],
         query: &Q,
     ) -> Result<Watch<T>, Error> {
+        let (endpoint, url, response) = self.open_stream(segments, query).await?;
+        Ok(Watch {
+            endpoint,
+            url,
+            response,
+            buffer: Vec::new(),
+            item: std::marker::PhantomData,
+        })
+    }
+
+    /// `GET /v1/appliances/{id}/logs`: the appliance's journal through its tunnel, read
+    /// chunk by chunk as it comes ([`LogStream::next_chunk`]); with `follow`, until the
+    /// caller stops.
+    pub async fn appliance_logs(&self, id: &str, query: &LogsQuery) -> Result<LogStream, Error> {
+        let (_, url, response) = self
+            .open_stream(&["v1", "appliances", id, "logs"], query)
+            .await?;
+        Ok(LogStream { url, response })
+    }
+
+    /// `POST /v1/appliances/{id}/exec`: runs a command on the appliance through its tunnel
+    /// (admin only, audited), waiting as long as its timeout.
+    pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, Error> {
+        let (endpoint, url, req) = self.request(Method::POST, &["v1", "appliances", id, "exec"]);
+        let runs = request
+            .timeout_seconds
+            .unwrap_or(cairn_api::hub::remote::EXEC_TIMEOUT_DEFAULT);
+        let req = req
+            .json(request)
+            .timeout(Duration::from_secs(runs.saturating_add(30)));
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    /// A GET whose answer is read as it streams: the status is checked, the body left to
+    /// the caller.
+    async fn open_stream<Q: Serialize + ?Sized>(
+        &self,
+        segments: &[&str],
+        query: &Q,
+    ) -> Result<(String, url::Url, reqwest::Response), Error> {
         let (endpoint, url, req) = self.request(Method::GET, segments);
         // A watch lasts; the client-wide timeout would cut it. It still ends some day: the
         // caller resumes from the last event's resource version.
@@ -543,13 +583,7 @@ impl HubClient {
                 },
             });
         }
-        Ok(Watch {
-            endpoint,
-            url,
-            response,
-            buffer: Vec::new(),
-            item: std::marker::PhantomData,
-        })
+        Ok((endpoint, url, response))
     }
 
     /// `GET /v1/appliances/{id}`.
@@ -779,6 +813,25 @@ impl HubClient {
     /// event's `seq`. Read them with [`Watch::next`].
     pub async fn watch_events(&self, query: &EventWatchQuery) -> Result<Watch<EventView>, Error> {
         self.watch(&["v1", "watch", "events"], query).await
+    }
+}
+
+/// An appliance's journal as the hub streams it ([`HubClient::appliance_logs`]).
+pub struct LogStream {
+    url: url::Url,
+    response: reqwest::Response,
+}
+
+impl LogStream {
+    /// The next bytes of the journal; `Ok(None)` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        match self.response.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|b| b.to_vec())),
+            Err(source) => Err(Error::Unreachable {
+                url: self.url.to_string(),
+                source,
+            }),
+        }
     }
 }
 

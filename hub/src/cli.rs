@@ -524,6 +524,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         renewals: Arc::new(RateLimiter::new(args.renewal_rate.max(1))),
         refusals: Arc::new(RefusalLog::default()),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        tunnels: Arc::new(crate::tunnel::Tunnels::new(
+            crate::tunnel::TunnelLimits::default(),
+        )),
     };
     let limits = server::Limits {
         max_connections: args.max_connections.max(1),

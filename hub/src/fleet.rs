@@ -45,6 +45,7 @@ mod registration;
 mod retention;
 mod tenants;
 mod tokens;
+mod tunnels;
 mod upgrade;
 mod vpcs;
 mod watch;

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod releases;
 pub mod server;
 pub mod store;
+pub mod tunnel;
 pub mod views;
 pub mod vpc;
 pub mod webhooks;

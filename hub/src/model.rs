@@ -60,6 +60,9 @@ pub mod keys {
     /// `config-history/<kind>:<name>/<generation, 20 digits>` -> [`super::ConfigLayer`]:
     /// every generation, written in the same transaction as the layer.
     pub const CONFIG_HISTORY: &str = "config-history/";
+    /// `tunnels/<appliance>` -> [`super::TunnelHolder`]: the hub replica an appliance's
+    /// tunnel is connected to, so another replica can say where it is.
+    pub const TUNNELS: &str = "tunnels/";
 }
 
 /// One generation of a configuration layer (docs/hub.md "Configuration layers").
@@ -302,6 +305,19 @@ pub struct AuditEntry {
     /// Tenant concerned, for tenant-wide things (VPCs, control planes) that have no site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+}
+
+/// The hub replica holding an appliance's tunnel, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelHolder {
+    /// The replica's name (host/pid).
+    pub hub: String,
+    /// Its public URL, when it was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// When the tunnel connected.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
 /// A fleet event: appliance state transitions.

@@ -95,6 +95,10 @@ struct RunArgs {
     /// procfs to read CPUs, memory, uptime and load from.
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
+    /// The journal directory the hub's `logs` read (journalctl --directory); the system's
+    /// journal when not given.
+    #[arg(long)]
+    journal_dir: Option<PathBuf>,
     /// Where the first-boot wizard listens when nothing configures the node.
     #[arg(long, default_value = "0.0.0.0:8443")]
     wizard_listen: String,
@@ -192,7 +196,7 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
     };
     let socket = settings.api_socket.clone();
     let daemon = match Daemon::new(settings, network, roots) {
-        Ok(d) => d,
+        Ok(d) => d.with_journal_dir(args.journal_dir),
         Err(StartError::Store(e)) => {
             eprintln!("error: {e}");
             return Ok(Exit::Failed);

@@ -25,6 +25,7 @@ use crate::pki;
 use crate::status::LocalStatus;
 use crate::store::{self, Identity, PendingRegistration, Store, StoreError};
 use crate::systemd::{DbusSystemd, UnitManager};
+use crate::tunnel;
 use crate::upgrade::{self, HealthInputs, SharedReport, UpgradeInput, Upgrader};
 
 /// Longest wait between attempts to reach the hub.
@@ -108,6 +109,13 @@ pub struct Daemon<N: Network> {
     /// Feeds the upgrade task (started by `run`).
     upgrade_input: tokio::sync::watch::Sender<UpgradeInput>,
     upgrade_task: Option<(Upgrader, tokio::sync::watch::Receiver<UpgradeInput>)>,
+    /// Where the tunnel connects, and as whom (set once the node has an identity).
+    tunnel_target: tokio::sync::watch::Sender<Option<tunnel::Target>>,
+    /// The tunnel task's end and what it serves (started by `run`).
+    tunnel_task: Option<(
+        tokio::sync::watch::Receiver<Option<tunnel::Target>>,
+        tunnel::Local,
+    )>,
     upgrade_report: SharedReport,
     booted_slot: Option<String>,
     hub_reached: bool,
@@ -147,7 +155,10 @@ impl<N: Network> Daemon<N> {
         let upgrade_report = upgrader.shared_report();
         let booted_slot = upgrader.booted().map(|s| s.letter().to_owned());
         let (upgrade_input, input_rx) = tokio::sync::watch::channel(UpgradeInput::default());
+        let (tunnel_target, tunnel_rx) = tokio::sync::watch::channel(None);
         Ok(Self {
+            tunnel_target,
+            tunnel_task: Some((tunnel_rx, tunnel::Local::default())),
             upgrade_input,
             upgrade_task: Some((upgrader, input_rx)),
             upgrade_report,
@@ -174,6 +185,15 @@ impl<N: Network> Daemon<N> {
         })
     }
 
+    /// Reads the journal the hub asks for through the tunnel from `dir` instead of the
+    /// system's.
+    pub fn with_journal_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        if let Some((_, local)) = &mut self.tunnel_task {
+            local.journal_dir = dir;
+        }
+        self
+    }
+
     /// The status the local API serves.
     pub fn status_handle(&self) -> Arc<RwLock<LocalStatus>> {
         self.status.clone()
@@ -190,6 +210,9 @@ impl<N: Network> Daemon<N> {
         // order is looked at.
         if let Some((upgrader, input)) = self.upgrade_task.take() {
             tokio::spawn(upgrade::run_task(upgrader, input));
+        }
+        if let Some((target, local)) = self.tunnel_task.take() {
+            tokio::spawn(tunnel::run(target, local));
         }
         self.restore_local().await;
         // Ready once the host network is back: the unit orders network.target after it.
@@ -482,15 +505,20 @@ impl<N: Network> Daemon<N> {
             }),
         )?;
         self.hub = Some(hub.clone());
-        let tls = cairn_hub_client::tls::client_config(
+        let (tls, _) = cairn_hub_client::tls::client_config(
             &Trust::CaBundle(identity.ca_bundle_pem.clone()),
             Some(&ClientIdentity {
                 certificate_pem: identity.certificate_pem.clone(),
                 key_pem: identity.key_pem.clone(),
             }),
         )
-        .map_err(|e| HubError::Tls(cairn_api::error_chain(&e)))?
-        .0;
+        .map_err(|e| HubError::Tls(cairn_api::error_chain(&e)))?;
+        // The tunnel follows the heartbeats' identity and hubs: a new client (a renewed
+        // certificate) reconnects it.
+        self.tunnel_target.send_replace(Some(tunnel::Target {
+            urls,
+            tls: Arc::new(tls.clone()),
+        }));
         self.upgrade_input.send_modify(|i| i.tls = Some(tls));
         Ok(hub)
     }

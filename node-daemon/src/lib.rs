@@ -8,7 +8,7 @@
 //!
 //! Modules, from pure to effectful: [`config`], [`inventory`], [`pki`], [`kubelet`] (files
 //! and the supervisor's decisions), [`status`]; the seams to the outside: [`store`] (redb),
-//! [`hub`] (HTTPS), [`systemd`] (D-Bus), [`network`] (`cairn-netplan`), [`seed`] (mount);
+//! [`hub`] (HTTPS), [`tunnel`] (the hub's way back in), [`systemd`] (D-Bus), [`network`] (`cairn-netplan`), [`seed`] (mount);
 //! [`daemon`] ties them into one loop, [`local_api`] serves its status, [`cli`] parses
 //! arguments.
 
@@ -26,5 +26,6 @@ pub mod seed;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod tunnel;
 pub mod upgrade;
 pub mod wizard;

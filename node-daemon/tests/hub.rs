@@ -440,11 +440,29 @@ fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
     let status = registered(&node);
     let id = status.appliance_id.unwrap();
     assert_eq!(status.hub_url, first.url);
+    // The tunnel is the first hub's: the second forwards the request there.
+    let admin = second.admin();
+    let exec = || admin.run(admin.client.exec(&id, &echo_tunnel()));
+    let forwarded = poll("exec through the second hub", LIMIT, || exec().ok());
+    assert_eq!(forwarded.stdout, "tunnel\n");
+    // Logs too: the system's journal, or journalctl saying there is none.
+    let mut logs = admin.ok(admin.client.appliance_logs(&id, &Default::default()));
+    let mut text = Vec::new();
+    while let Some(chunk) = admin.ok(logs.next_chunk()) {
+        text.extend(chunk);
+    }
+    assert!(!text.is_empty(), "journalctl printed nothing");
+    // Audited once, by the replica that ran it.
+    let audit = admin.ok(admin.client.audit(&Default::default()));
+    let started = audit
+        .iter()
+        .filter(|e| e.action == "appliance.exec" && e.result == "started")
+        .count();
+    assert_eq!(started, 1, "{audit:#?}");
 
     first.kill();
     let killed = std::time::Instant::now();
     let killed_at = time::OffsetDateTime::now_utc();
-    let admin = second.admin();
     // The node says it reached the second hub, and that hub stored a heartbeat sent after
     // the kill.
     poll("the node to heartbeat to the second hub", LIMIT, || {
@@ -459,7 +477,17 @@ fn a_node_carries_on_against_the_next_hub_url_when_its_hub_is_killed() {
     let took = killed.elapsed();
     println!("the node heartbeats to the second hub {took:?} after the first was killed");
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    // The tunnel follows the node to the next hub URL.
+    let moved = poll("the tunnel to reach the second hub", LIMIT, || exec().ok());
+    assert_eq!(moved.stdout, "tunnel\n");
     node.stop();
+}
+
+fn echo_tunnel() -> cairn_api::hub::ExecRequest {
+    cairn_api::hub::ExecRequest {
+        argv: vec!["echo".into(), "tunnel".into()],
+        timeout_seconds: None,
+    }
 }
 
 /// The local API is root's: with every directory on the way open to all, another user

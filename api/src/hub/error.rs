@@ -106,6 +106,11 @@ pub enum ErrorCode {
     ResourceVersionTooOld,
     /// A `continue` cursor the hub did not make (400): start the listing again.
     CursorInvalid,
+    /// The appliance holds no tunnel to this hub replica (503): it is offline or cannot
+    /// reach the hub.
+    NoTunnel,
+    /// The appliance's tunnel broke during the request (502); retry.
+    TunnelFailed,
     /// A code this build does not know, as the hub sent it.
     Unrecognized(String),
 }
@@ -158,6 +163,8 @@ const CODES: &[(&str, ErrorCode)] = &[
     ("timeout", ErrorCode::Timeout),
     ("resource_version_too_old", ErrorCode::ResourceVersionTooOld),
     ("cursor_invalid", ErrorCode::CursorInvalid),
+    ("no_tunnel", ErrorCode::NoTunnel),
+    ("tunnel_failed", ErrorCode::TunnelFailed),
 ];
 
 impl ErrorCode {

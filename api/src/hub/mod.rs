@@ -18,6 +18,7 @@ mod control_planes;
 mod error;
 mod log;
 mod releases;
+pub mod remote;
 mod selector;
 mod tenants;
 mod tokens;
@@ -40,6 +41,7 @@ pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPl
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventQuery, EventView, EventWatchQuery, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
+pub use remote::{ExecRequest, ExecResult, LogsQuery};
 pub use selector::{
     LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,
 };

@@ -52,6 +52,15 @@ pub struct AppState {
     pub refusals: Arc<RefusalLog>,
     /// Longest a request may take (streamed uploads excepted).
     pub request_timeout: Duration,
+    /// The appliances' tunnels held by this process.
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
+}
+
+/// A connection's place under the caps, carried by each of its requests: a request that
+/// takes the connection over (the tunnel's upgrade) keeps it taken while it lives.
+#[derive(Clone)]
+pub(crate) struct ConnHold {
+    _slot: Arc<ConnSlot>,
 }
 
 /// Facts about the connection a request came on, set by the accept loop.
@@ -350,7 +359,7 @@ pub async fn serve(
         let app = app.clone();
         let http = http.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let slot = Arc::new(slot);
             let stream = match tokio::time::timeout(
                 limits.tls_handshake_timeout,
                 acceptor.accept(tcp),
@@ -372,11 +381,13 @@ pub async fn serve(
             });
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let info = ConnInfo { remote, cert };
+            let hold = ConnHold { _slot: slot };
             let activity = Arc::new(Activity::new());
             let tracked = activity.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
+                    req.extensions_mut().insert(hold.clone());
                     tracked.dispatched();
                     let in_flight = InFlight(tracked.clone());
                     let answer = app.clone().oneshot(req);
@@ -391,7 +402,8 @@ pub async fn serve(
                 inner: stream,
                 activity: activity.clone(),
             };
-            let conn = http.serve_connection(TokioIo::new(io), service);
+            // Upgrades: an appliance's tunnel (`GET /v1/tunnel`) takes its connection over.
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
             let mut closing = false;
             let outcome = loop {

@@ -236,6 +236,11 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
         ),
         (
             Method::GET,
+            "/v1/tunnel",
+            m(case("/v1/tunnel", None, All, 401, 0)),
+        ),
+        (
+            Method::GET,
             "/v1/whoami",
             case("/v1/whoami", v, All, 200, 0),
         ),
@@ -336,6 +341,20 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
                     404,
                 ),
                 json!({}),
+            ),
+        ),
+        // Allowed callers reach the tunnel registry, which holds no tunnel here (503).
+        (
+            Method::GET,
+            "/v1/appliances/{id}/logs",
+            case("/v1/appliances/ap-acme-east/logs", o, Site, 503, 404),
+        ),
+        (
+            Method::POST,
+            "/v1/appliances/{id}/exec",
+            with(
+                case("/v1/appliances/ap-acme-east/exec", a, Site, 503, 404),
+                json!({"argv": ["true"]}),
             ),
         ),
         (
@@ -853,6 +872,7 @@ async fn world(ca: Arc<Ca>) -> World {
         renewals: Arc::new(RateLimiter::new(1_000_000)),
         refusals: Arc::new(crate::ratelimit::RefusalLog::default()),
         request_timeout: std::time::Duration::from_secs(60),
+        tunnels: Arc::new(crate::tunnel::Tunnels::new(Default::default())),
     };
     World {
         state,

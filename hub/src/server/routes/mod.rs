@@ -20,9 +20,9 @@ use cairn_api::hub::{
     ApplianceView, AssignRequest, AssignResult, AuditEntryView, CaInfo, CampaignView, CheckRequest,
     ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
-    EventView, JoinSecretView, LabelRequest, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role, SinceQuery, TenantView, TokenCheck,
-    UploadQuery, VpcView, WatchQuery, WhoAmI,
+    EventView, ExecRequest, ExecResult, JoinSecretView, LabelRequest, LogsQuery, MembershipRequest,
+    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role,
+    SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -40,6 +40,7 @@ mod control_planes;
 mod events;
 mod registration;
 mod releases;
+mod remote;
 mod tenants;
 mod tokens;
 mod vpcs;
@@ -558,6 +559,21 @@ pub(crate) fn routes() -> Vec<Route> {
         ),
         r(
             M::GET,
+            "/v1/tunnel",
+            (Mtls, Own),
+            "The appliance's tunnel: HTTP/1.1 Upgrade to cairn-tunnel/1 (yamux), over which the hub reaches the node",
+            None,
+            (
+                101,
+                other(
+                    "application/octet-stream",
+                    "yamux frames; the hub opens streams and speaks HTTP/1.1 on each",
+                ),
+            ),
+            get(remote::tunnel),
+        ),
+        r(
+            M::GET,
             "/v1/whoami",
             (Bearer(Viewer), Me),
             "The calling operator token",
@@ -721,6 +737,28 @@ pub(crate) fn routes() -> Vec<Route> {
             Some(json::<CreateReinstallToken>()),
             (201, json::<NewToken<EnrollmentTokenView>>()),
             post(appliances::reinstall_token),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/logs",
+            (Bearer(Op), P(App)),
+            "The appliance's journal (journalctl -o short-iso), streamed through its tunnel",
+            None,
+            (
+                200,
+                other("text/plain", "journal lines; with follow, new ones as they come"),
+            ),
+            get(remote::logs),
+        )
+        .query::<LogsQuery>(),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/exec",
+            (Bearer(Admin), P(App)),
+            "Run a command (argv, no shell) on the appliance through its tunnel (audited)",
+            Some(json::<ExecRequest>()),
+            (200, json::<ExecResult>()),
+            post(remote::exec),
         ),
         r(
             M::GET,
@@ -1130,7 +1168,9 @@ pub fn router(state: AppState) -> Router {
         // read; every other request is bounded in time.
         let moves_a_bundle = route.method == Method::POST
             && matches!(route.path, "/v1/releases" | "/v1/releases/upload");
-        if !moves_a_bundle {
+        // A command run through a tunnel is bounded by its own timeout (at most 10 min).
+        let runs_a_command = route.path == "/v1/appliances/{id}/exec";
+        if !moves_a_bundle && !runs_a_command {
             handler = handler.layer(middleware::from_fn_with_state(
                 state.request_timeout,
                 request_timeout,

@@ -340,6 +340,7 @@ fn policy() -> Policy {
         install_start_timeout: Duration::from_secs(60),
         install_stall_timeout: Duration::from_secs(60),
         register_timeout: Duration::from_secs(120),
+        bmc_away_timeout: Duration::from_secs(60),
     }
 }
 
@@ -507,42 +508,79 @@ async fn wrong_password_fails_at_once_without_retrying() {
     assert!(r.seen.notes.lock().unwrap().is_empty(), "no retries");
 }
 
+/// A BMC that does not answer (restarting: timeouts, refused connections) is waited for up to
+/// `bmc_away_timeout` without spending attempts; past that, attempts count as for any error.
 #[tokio::test(start_paused = true)]
-async fn a_bmc_timeout_is_retried_with_backoff() {
-    let bmc = FakeBmc::off();
-    for _ in 0..2 {
-        bmc.power_state_errors
-            .lock()
-            .unwrap()
-            .push_back(BmcError::Timeout {
-                doing: "chassis status".into(),
-                seconds: 5.0,
-            });
+async fn a_silent_bmc_is_waited_for_without_spending_attempts_until_its_limit() {
+    let timeout = || BmcError::Timeout {
+        doing: "chassis status".into(),
+        seconds: 5.0,
+    };
+    let refused = || BmcError::Transport {
+        doing: "GET /redfish/v1/".into(),
+        source: "connection refused".into(),
+    };
+    // (errors in a row, expected end, expected notes)
+    let cases: [(Vec<BmcError>, bool, &[&str]); 3] = [
+        (
+            vec![timeout(), timeout()],
+            true,
+            &[
+                "inspecting attempt 1: BMC reading power state: ",
+                "inspecting: the BMC answers again after 2s",
+            ],
+        ),
+        // 60 one-second waits fill the 60 s limit: then attempts 1 and 2 fail too.
+        (
+            (0..62).map(|_| refused()).collect(),
+            true,
+            &[
+                "waiting for it for up to 60s",
+                "inspecting attempt 1 failed",
+                "inspecting attempt 2 failed",
+                "the BMC answers again after 63s",
+            ],
+        ),
+        (
+            (0..63).map(|_| refused()).collect(),
+            false,
+            &[
+                "waiting for it",
+                "inspecting attempt 1 failed",
+                "inspecting attempt 2 failed",
+            ],
+        ),
+    ];
+    for (errors, provisioned, expected) in cases {
+        let bmc = FakeBmc::off();
+        bmc.power_state_errors.lock().unwrap().extend(errors);
+        let install = FakeInstall::new(None, FULL);
+        let fleet = FakeFleet::after(Some(0));
+        let r = run(
+            &plan(BootMethod::Pxe),
+            &bmc,
+            &install,
+            &fleet,
+            State::Registered,
+        )
+        .await;
+        let notes = r.seen.notes.lock().unwrap().clone();
+        assert_eq!(
+            matches!(r.record.state, State::Provisioned { .. }),
+            provisioned,
+            "{:?} {notes:?}",
+            r.record.state
+        );
+        assert_eq!(notes.len(), expected.len(), "{notes:?}");
+        for (note, want) in notes.iter().zip(expected) {
+            assert!(note.contains(want), "{note:?} lacks {want:?}");
+        }
+        if !provisioned {
+            let (phase, reason) = r.failure();
+            assert_eq!(*phase, Phase::Inspecting);
+            assert!(reason.contains("after 3 attempts"), "{reason}");
+        }
     }
-    let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet::after(Some(0));
-    let r = run(
-        &plan(BootMethod::Pxe),
-        &bmc,
-        &install,
-        &fleet,
-        State::Registered,
-    )
-    .await;
-    assert!(
-        matches!(r.record.state, State::Provisioned { .. }),
-        "{:?}",
-        r.record.state
-    );
-    let notes = r.seen.notes.lock().unwrap().clone();
-    assert_eq!(notes.len(), 2, "{notes:?}");
-    assert!(
-        notes[0].contains("inspecting attempt 1 failed") && notes[0].contains("retrying in 1s")
-    );
-    assert!(
-        notes[1].contains("attempt 2") && notes[1].contains("retrying in 2s"),
-        "{notes:?}"
-    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -714,11 +752,12 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
             calls: &["stage ProcTurboMode=Disabled", "power On"],
         },
         Case {
-            name: "a BMC that keeps timing out fails the server after the attempts",
+            name: "a BMC silent for longer than bmc_away_timeout fails the server after the attempts",
             bios: &[("ProcTurboMode", "Enabled")],
             profile: &[("ProcTurboMode", "Disabled")],
             sticky: &[],
-            bios_errors: 3,
+            // 60 one-second waits fill the 60 s limit; then three attempts fail.
+            bios_errors: 63,
             want: Fails(&[
                 "BMC applying firmware profile baseline",
                 "GET Bios",

@@ -486,13 +486,21 @@ impl Bmc for RedfishBmc {
         }
         let got = self.boot_override().await?;
         let mode_ok = boot.mode.is_none() || got.mode.is_none() || got.mode == boot.mode;
-        let applied = got.device == boot.device
+        // A one-time override kept as persistent still boots the device asked for, as the
+        // persistent fallback below would; rack provisioning sets the disk back once the
+        // installer runs. Worth a note unless the quirks expect it.
+        let kept_persistent = !boot.persistent && got.persistent;
+        if got.device == boot.device
             && mode_ok
-            && (got.persistent == boot.persistent
-                || (!boot.persistent
-                    && got.persistent
-                    && quirks.boot_once == BootOnce::ReadsBackContinuous));
-        if applied {
+            && (got.persistent == boot.persistent || kept_persistent)
+        {
+            if kept_persistent && quirks.boot_once != BootOnce::ReadsBackContinuous {
+                self.note(format!(
+                    "the BMC reads a one-time boot override to {} back as persistent; \
+                     cairn went on with it",
+                    boot.device
+                ));
+            }
             return Ok(());
         }
         // Verified (not trusted): a one-time override that did not take is set persistent;

@@ -404,7 +404,8 @@ impl StepError {
     }
 
     fn bmc(doing: &str, e: BmcError) -> Self {
-        let reason = format!("BMC {doing}: {e}");
+        // The whole chain: a transport error's own text is only what cairn was doing.
+        let reason = format!("BMC {doing}: {}", cairn_api::error_chain(&e));
         // Credentials and missing capabilities do not get better by asking again.
         if e.is_auth() || matches!(e, BmcError::Unsupported { .. } | BmcError::Invalid(_)) {
             StepError::fatal(reason)
@@ -547,7 +548,8 @@ impl Machine<'_> {
                 {
                     let wait = self.policy.backoff(1);
                     if away_since.is_none() {
-                        away_since = Some(Instant::now());
+                        // Silent since this try began.
+                        away_since = Some(started);
                         let note = format!(
                             "{} attempt {attempt}: {}; the BMC is not answering (restarting?), \
                              waiting for it for up to {:.0?}",

@@ -110,6 +110,11 @@ impl Shared {
             .is_some()
     }
 
+    /// Counts a fault that shapes answers (it has no uses to spend) as having acted.
+    fn acted(&self, kind: FaultKind) {
+        *self.state().observed.fired.entry(kind).or_default() += 1;
+    }
+
     fn param(&self, kind: FaultKind) -> Option<crate::lab::faults::Fault> {
         self.faults.faults.iter().find(|f| f.kind == kind).cloned()
     }
@@ -437,13 +442,16 @@ fn map_media_path(shared: &Shared, path: &str) -> Option<String> {
     };
     if shared.has(FaultKind::VirtualMediaUnderManagers, path) {
         if let (Some(rest), Some(system)) = (under(&manager), &system) {
+            shared.acted(FaultKind::VirtualMediaUnderManagers);
             return Some(format!("{system}/VirtualMedia{rest}"));
         }
         if under(&system).is_some() {
+            shared.acted(FaultKind::VirtualMediaUnderManagers);
             return None;
         }
     }
     if shared.has(FaultKind::VirtualMediaUnderSystems, path) && under(&manager).is_some() {
+        shared.acted(FaultKind::VirtualMediaUnderSystems);
         return None;
     }
     Some(path.to_owned())
@@ -490,7 +498,27 @@ async fn power_on(shared: &Shared, headers: &hyper::HeaderMap, path: &str, reset
         }),
         Err(_) => None,
     };
-    let boots = boots.unwrap_or_else(|| "unknown".into());
+    let mut boots = boots.unwrap_or_else(|| "unknown".into());
+    // A CD boot boots the installer only with an image connected.
+    if boots == "Cd" {
+        let slot = format!("{system}/VirtualMedia/Cd");
+        let mut r = shared.http.get(format!("{}{slot}", shared.upstream));
+        if let Some(a) = &auth {
+            r = r.header(AUTHORIZATION, a);
+        }
+        let inserted = match r.send().await {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("Inserted").and_then(Value::as_bool))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !inserted || shared.state().not_connected {
+            boots = "Cd (empty)".into();
+        }
+    }
     tracing::info!(server = %shared.name, reset, %boots, "power-on");
     shared.state().observed.power_ons.push(boots);
 }
@@ -526,8 +554,9 @@ fn rewrite(shared: &Shared, path: &str, doc: &mut Value) {
         }
         if shared.has(FaultKind::VirtualMediaUnderManagers, path)
             && let Some(o) = doc.as_object_mut()
+            && o.remove("VirtualMedia").is_some()
         {
-            o.remove("VirtualMedia");
+            shared.acted(FaultKind::VirtualMediaUnderManagers);
         }
     }
     if kind.contains("#Manager.") {
@@ -541,10 +570,12 @@ fn rewrite(shared: &Shared, path: &str, doc: &mut Value) {
             .to_owned();
         if shared.has(FaultKind::VirtualMediaUnderManagers, path) {
             doc["VirtualMedia"] = json!({"@odata.id": format!("{me}/VirtualMedia")});
-        } else if shared.has(FaultKind::VirtualMediaUnderSystems, path)
-            && let Some(o) = doc.as_object_mut()
-        {
-            o.remove("VirtualMedia");
+        } else if shared.has(FaultKind::VirtualMediaUnderSystems, path) {
+            // Counted whether or not the emulator linked it there: the Manager never does.
+            shared.acted(FaultKind::VirtualMediaUnderSystems);
+            if let Some(o) = doc.as_object_mut() {
+                o.remove("VirtualMedia");
+            }
         }
     }
     if kind.contains("#VirtualMedia.")

@@ -42,7 +42,8 @@
 //! - `refuse-sessions`: the service root offers a SessionService whose session creation
 //!   answers 503 `SessionLimitExceeded`.
 //! - `bmc-reset` (`after_requests`, `seconds`): from that request on, the BMC drops every
-//!   connection for that long, then answers again.
+//!   connection for that long, then answers again (once, unless `count` says more: each
+//!   further one restarts it again at the next request).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -212,7 +213,8 @@ impl TryFrom<RawFault> for Fault {
         }
         Ok(Fault {
             kind,
-            count: raw.count,
+            // A restart is one event: without a count it happens once, not again and again.
+            count: raw.count.or((kind == FaultKind::BmcReset).then_some(1)),
             paths: raw.paths,
             ms,
             bad_logins,

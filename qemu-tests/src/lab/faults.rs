@@ -138,7 +138,7 @@ struct RawFault {
 }
 
 /// One fault, checked: the parameters its kind needs are there, no others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawFault")]
 pub struct Fault {
     /// What it does.
@@ -232,7 +232,7 @@ impl Fault {
 }
 
 /// What a faulty BMC claims to be, over what sushy-tools reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     /// ComputerSystem `Manufacturer`.
@@ -244,7 +244,7 @@ pub struct Identity {
 }
 
 /// One server's faults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFaults {
     /// Vendor identity presented instead of the emulator's.
@@ -256,7 +256,7 @@ pub struct ServerFaults {
 }
 
 /// A faults file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsFile {
     /// By server name.

@@ -511,3 +511,50 @@ async fn every_fault_is_detected_worked_around_and_reported_and_no_account_locks
     eprintln!("{report}all {} servers in {wall:.1?}", CASES.len());
     iso_server.abort();
 }
+
+/// The lockout fault is real: a client that keeps sending a wrong password locks the
+/// account, and then the right password is refused too (what cairn must never cause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lockout_fault_locks_an_account_that_keeps_trying() {
+    let file = FaultsFile::parse(
+        "servers:\n  s:\n    faults:\n      - kind: lockout-after\n        bad_logins: 3\n",
+    )
+    .unwrap();
+    let sushy = Sushy::start(SushyDriver::Fake(1), Some(("admin", PASSWORD)));
+    let proxy = FaultProxy::start(
+        "s",
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("http://127.0.0.1:{}", sushy.port),
+        file.servers["s"].clone(),
+    )
+    .await
+    .unwrap();
+    // curl, the reference client; the password goes in a config file, not argv.
+    let dir = tempfile::tempdir().unwrap();
+    let status = |password: &str| {
+        let config = dir.path().join("curl.conf");
+        std::fs::write(&config, format!("user = \"admin:{password}\"\n")).unwrap();
+        let url = format!("http://{}/redfish/v1/Systems", proxy.addr());
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-K"])
+                .arg(&config)
+                .arg(url)
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert_eq!(status(PASSWORD).await, "200");
+    for _ in 0..3 {
+        assert_eq!(status("guess").await, "401");
+    }
+    assert_eq!(status(PASSWORD).await, "401", "locked");
+    let seen = proxy.observed();
+    assert_eq!(seen.bad_logins, 3, "{seen:?}");
+    assert!(
+        seen.fired.contains_key(&FaultKind::LockoutAfter),
+        "{seen:?}"
+    );
+}

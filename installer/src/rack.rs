@@ -135,8 +135,9 @@ struct ProvisionArgs {
     /// Seconds to wait for the appliance to register after the install.
     #[arg(long, default_value_t = 900)]
     register_timeout: u64,
-    /// Seconds a BMC may stay silent (refused connections, timeouts, as while it restarts)
-    /// before its server fails; retries in that time spend none of --max-attempts.
+    /// Seconds a BMC that has answered may then stay silent (refused connections, timeouts,
+    /// as while it restarts) before its server fails; retries in that time spend none of
+    /// --max-attempts. A BMC silent from the start fails after --max-attempts.
     #[arg(long, default_value_t = 300)]
     bmc_away_timeout: u64,
     /// Extra firmware profile directory (as `cairn firmware --profiles`); its files replace

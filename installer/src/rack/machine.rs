@@ -268,8 +268,9 @@ pub struct Policy {
     pub install_stall_timeout: Duration,
     /// Longest wait for registration after the install.
     pub register_timeout: Duration,
-    /// Longest time a BMC may stay silent (refusing connections, timing out, as while it
-    /// restarts) before the server fails; tries in that time use up no attempts.
+    /// Longest time a BMC that answered earlier in the run may stay silent (refusing
+    /// connections, timing out, as while it restarts) before the server fails; tries in
+    /// that time use up no attempts.
     pub bmc_away_timeout: Duration,
 }
 
@@ -491,8 +492,11 @@ impl Machine<'_> {
         if record.state == State::Registered {
             self.set(record, State::Inspecting { attempt: 1 }, persist);
         }
-        // Since when the BMC has not answered, while it does not.
+        // Since when the BMC has not answered, while it does not. Only a BMC that answered in
+        // this run is waited for: one that never did is likelier a wrong address or a dead
+        // BMC than a restart, and fails after its attempts.
         let mut away_since: Option<Instant> = None;
+        let mut answered = false;
         while let Some(phase) = record.state.phase() {
             let attempt = record.state.attempt();
             let started = Instant::now();
@@ -537,12 +541,16 @@ impl Machine<'_> {
                 record.notes.push(note);
                 away_since = None;
             }
+            if !matches!(result, Err(StepError { bmc_away: true, .. })) {
+                answered = true;
+            }
             let next = match result {
                 Ok(next) => next,
                 // A BMC that restarts is away for minutes: wait for it within its own limit
                 // instead of spending the phase's attempts.
                 Err(e)
                     if e.bmc_away
+                        && answered
                         && away_since
                             .is_none_or(|t| t.elapsed() < self.policy.bmc_away_timeout) =>
                 {

@@ -182,7 +182,9 @@ const CASES: &[Case] = &[
         name: "garbage",
         media: false,
         right_password: true,
-        notes: &["inspecting attempt 1 failed: BMC reading power state: GET /redfish/v1/Systems/"],
+        notes: &[
+            "inspecting attempt 1 failed: BMC reading power state: GET /redfish/v1/Systems: malformed answer: not JSON",
+        ],
     },
     Case {
         name: "sessions",
@@ -301,11 +303,8 @@ fn options() -> RedfishOptions {
     }
 }
 
-fn bmc_for(proxy: &FaultProxy, index: usize, password: &str) -> RedfishBmc {
-    let url = format!(
-        "redfish+http://admin@{}/redfish/v1/Systems/00000000-0000-0000-0000-{index:012}",
-        proxy.addr()
-    );
+fn bmc_for(proxy: &FaultProxy, password: &str) -> RedfishBmc {
+    let url = format!("redfish+http://admin@{}", proxy.addr());
     RedfishBmc::new(
         &BmcAddress::parse(&url).unwrap(),
         Credentials::new("admin", password),
@@ -340,8 +339,15 @@ async fn every_fault_is_detected_worked_around_and_reported_and_no_account_locks
         FaultKind::ALL.len(),
         "the rack has every fault kind"
     );
-    let sushy = Sushy::start(SushyDriver::Fake(CASES.len()), Some(("admin", PASSWORD)));
-    let upstream = format!("http://127.0.0.1:{}", sushy.port);
+    // One emulator per server, as in the lab: a BMC of its own. (Fourteen systems in one
+    // fake-driver emulator once lost a concurrent write.) Started side by side.
+    let sushys: Vec<Sushy> = std::thread::scope(|s| {
+        let started: Vec<_> = CASES
+            .iter()
+            .map(|_| s.spawn(|| Sushy::start(SushyDriver::Fake(1), Some(("admin", PASSWORD)))))
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
 
     let isos = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let isos_base = format!("http://{}", isos.local_addr().unwrap());
@@ -356,9 +362,14 @@ async fn every_fault_is_detected_worked_around_and_reported_and_no_account_locks
     for (i, case) in CASES.iter().enumerate() {
         let faults = file.servers.get(case.name).cloned().unwrap_or_default();
         let proxy = Arc::new(
-            FaultProxy::start(case.name, "127.0.0.1:0".parse().unwrap(), &upstream, faults)
-                .await
-                .unwrap(),
+            FaultProxy::start(
+                case.name,
+                "127.0.0.1:0".parse().unwrap(),
+                &format!("http://127.0.0.1:{}", sushys[i].port),
+                faults,
+            )
+            .await
+            .unwrap(),
         );
         by_mac.insert(format!("52:54:00:fa:00:{i:02x}"), proxy.clone());
         proxies.push(proxy);
@@ -403,7 +414,7 @@ async fn every_fault_is_detected_worked_around_and_reported_and_no_account_locks
             } else {
                 "wrong-pw"
             };
-            bmc_for(&proxies[i], i, password)
+            bmc_for(&proxies[i], password)
         })
         .collect();
 
@@ -503,7 +514,7 @@ async fn every_fault_is_detected_worked_around_and_reported_and_no_account_locks
     }
     // The locked-out server's account still works with its right password.
     let lockout = CASES.iter().position(|c| c.name == "lockout").unwrap();
-    let check = bmc_for(&proxies[lockout], lockout, PASSWORD);
+    let check = bmc_for(&proxies[lockout], PASSWORD);
     check
         .power_state()
         .await

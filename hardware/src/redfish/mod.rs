@@ -594,6 +594,8 @@ impl Bmc for RedfishBmc {
                     ),
                     _ => "the slot read back without the image".into(),
                 };
+                // A BMC's message may quote the URL, which leads to an enrollment token.
+                let why = why.replace(url, "<the image URL>");
                 self.note(format!(
                     "inserting the installer ISO into the virtual CD failed ({}); cairn \
                      ejected it and inserted again",

@@ -403,7 +403,8 @@ async fn handle(
             tracing::warn!(server = %shared.name, bad_logins = bad, "account locked");
         }
     }
-    if status.is_success() && inserting || path.ends_with("VirtualMedia.EjectMedia") {
+    // A real insert, or an eject, ends a faulty insert's NotConnected.
+    if (status.is_success() && inserting) || path.ends_with("VirtualMedia.EjectMedia") {
         shared.state().not_connected = false;
     }
     if status.is_success()

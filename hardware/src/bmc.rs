@@ -446,6 +446,12 @@ pub trait Bmc: Send + Sync {
     /// Ends the session, when the protocol has one. Best effort.
     async fn close(&self) {}
 
+    /// What this BMC needed worked around since the last call (a fallback or quirk that
+    /// cairn used because the BMC misbehaved), one line each, for the server's report.
+    fn take_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The typed error for a missing capability.
     fn unsupported(&self, capability: Capability) -> BmcError {
         BmcError::Unsupported {

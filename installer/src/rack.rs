@@ -135,6 +135,11 @@ struct ProvisionArgs {
     /// Seconds to wait for the appliance to register after the install.
     #[arg(long, default_value_t = 900)]
     register_timeout: u64,
+    /// Seconds a BMC that has answered may then stay silent (refused connections, timeouts,
+    /// as while it restarts) before its server fails; retries in that time spend none of
+    /// --max-attempts. A BMC silent from the start fails after --max-attempts.
+    #[arg(long, default_value_t = 300)]
+    bmc_away_timeout: u64,
     /// Extra firmware profile directory (as `cairn firmware --profiles`); its files replace
     /// shipped profiles of the same name. Each server's `firmware_profile` must name a known
     /// profile, or nothing is started.
@@ -412,6 +417,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Exit> {
         install_start_timeout: Duration::from_secs(args.install_timeout),
         install_stall_timeout: Duration::from_secs(args.install_timeout),
         register_timeout: Duration::from_secs(args.register_timeout),
+        bmc_away_timeout: Duration::from_secs(args.bmc_away_timeout),
         ..Policy::default()
     };
 

@@ -78,6 +78,22 @@ enum LabCommand {
     /// Up, build the image, provision every server, show the fleet from the hub, print a
     /// summary with timings; then keep the lab running for exploration until `down`.
     Demo(DemoArgs),
+    /// Run by `up --faults`: one server's fault proxy, in front of its sushy-tools.
+    #[command(hide = true)]
+    FaultProxy {
+        /// The server (its entry in the faults file).
+        #[arg(long)]
+        server: String,
+        /// The faults file.
+        #[arg(long)]
+        faults: PathBuf,
+        /// Where the BMC answers.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// sushy-tools, `http://IP:PORT`.
+        #[arg(long)]
+        upstream: String,
+    },
     /// Used by ipmi_sim's chassis_control: forwards `get`/`set` to the lab supervisor.
     #[command(hide = true)]
     Chassis {
@@ -131,6 +147,10 @@ struct UpArgs {
     /// Only servers and BMCs: no hub, no boot server, no image build.
     #[arg(long, conflicts_with = "artifacts")]
     no_services: bool,
+    /// BMC faults to inject (docs/lab.md, "Faulty BMCs"): the Redfish servers this YAML file
+    /// names get a proxy in front of their sushy-tools that misbehaves as it says.
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -143,6 +163,7 @@ impl UpArgs {
             disk_gb: self.disk_gb,
             services: !self.no_services,
             artifacts: self.artifacts.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -158,6 +179,12 @@ impl LabCli {
             LabCommand::Hub { dir, action } => hub(&dir.dir, action),
             LabCommand::Demo(args) => crate::demo::run(args.up.options(), args.down_after).await,
             LabCommand::Chassis { dir, server, args } => Ok(chassis(&dir.dir, &server, &args)),
+            LabCommand::FaultProxy {
+                server,
+                faults,
+                listen,
+                upstream,
+            } => fault_proxy(&server, &faults, listen, &upstream).await,
         }
     }
 }
@@ -316,6 +343,33 @@ fn exec(dir: &std::path::Path, command: &[String]) -> anyhow::Result<Exit> {
     } else {
         Exit::Failed
     })
+}
+
+/// Serves one server's faulty BMC until SIGTERM or Ctrl-C (the supervisor stops it).
+async fn fault_proxy(
+    server: &str,
+    faults: &std::path::Path,
+    listen: std::net::SocketAddr,
+    upstream: &str,
+) -> anyhow::Result<Exit> {
+    let file = crate::lab::faults::FaultsFile::load(faults).map_err(anyhow::Error::msg)?;
+    let mine = file
+        .servers
+        .get(server)
+        .cloned()
+        .with_context(|| format!("{} has no entry for {server}", faults.display()))?;
+    let proxy = crate::lab::fault_proxy::FaultProxy::start(server, listen, upstream, mine)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(%server, %listen, %upstream, "fault proxy up");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!(%server, observed = ?proxy.observed(), "fault proxy stopping");
+    proxy.stop().await;
+    Ok(Exit::Success)
 }
 
 /// ipmi_sim reads our standard output: `param:value` lines for `get`, nothing for a

@@ -19,6 +19,8 @@
 //! [`redfish`] (sushy-tools BMCs over a private libvirtd, for `--bmc redfish|mixed`).
 
 pub mod control;
+pub mod fault_proxy;
+pub mod faults;
 pub mod ipmi;
 pub mod layout;
 pub mod net;

@@ -139,7 +139,7 @@ fn ipmi_powers_servers_and_down_leaves_nothing_behind() {
             .success()
     );
     let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
-    down_leaves_nothing(lab, pid2, &netns, &dir);
+    down_leaves_nothing(lab, Some(pid2), &netns, &dir);
 }
 
 #[test]
@@ -308,12 +308,12 @@ fn mixed_lab_powers_a_redfish_server_and_down_leaves_nothing_behind() {
         lab.server("srv2")["pid"].is_u64().then_some(())
     });
     let pid2 = lab.server("srv2")["pid"].as_u64().unwrap();
-    down_leaves_nothing(lab, pid2, &netns, &dir);
+    down_leaves_nothing(lab, Some(pid2), &netns, &dir);
 }
 
 /// `cairn-lab down` stops the running server `qemu_pid` and removes the namespace, the lab
-/// directory and every process naming it (QEMU, BMCs, libvirtd, sushy).
-fn down_leaves_nothing(mut lab: TestLab, qemu_pid: u64, netns: &str, dir: &Path) {
+/// directory and every process naming it (QEMU, BMCs, libvirtd, sushy, fault proxies).
+fn down_leaves_nothing(mut lab: TestLab, qemu_pid: Option<u64>, netns: &str, dir: &Path) {
     let out = lab.lab(&["down"]);
     assert!(out.status.success(), "{}", text(&out));
     let status = lab.up.wait().unwrap();
@@ -322,7 +322,9 @@ fn down_leaves_nothing(mut lab: TestLab, qemu_pid: u64, netns: &str, dir: &Path)
         "cairn-lab up exited {status}: {}",
         lab.log()
     );
-    assert!(cmdline(qemu_pid).is_empty(), "QEMU still runs after down");
+    if let Some(pid) = qemu_pid {
+        assert!(cmdline(pid).is_empty(), "QEMU still runs after down");
+    }
     assert!(
         !Path::new("/run/netns").join(netns).exists(),
         "namespace left behind"
@@ -340,4 +342,97 @@ fn down_leaves_nothing(mut lab: TestLab, qemu_pid: u64, netns: &str, dir: &Path)
         leftovers.is_empty(),
         "processes still name the lab (QEMU, BMCs, libvirtd, sushy): {leftovers:?}"
     );
+}
+
+/// `up --faults FILE`: the Redfish server the file names answers through the fault proxy,
+/// misbehaving as written (garbage once, a vendor identity, one-time boot overrides
+/// ignored); `down` stops the proxy with the rest. A file naming an IPMI server, or a
+/// server the lab lacks, or a fault without its parameter, stops `up` before anything
+/// starts, naming it.
+#[test]
+fn up_with_faults_puts_the_proxy_in_front_of_the_named_redfish_bmc() {
+    common::require_redfish();
+    let files = tempfile::tempdir().unwrap();
+    let refused = [
+        (
+            "servers:\n  srv1:\n    faults: [{kind: garbage-json}]\n",
+            "server srv1 has an IPMI BMC",
+        ),
+        (
+            "servers:\n  srv9:\n    faults: [{kind: garbage-json}]\n",
+            "does not have (it has srv1, srv2)",
+        ),
+        (
+            "servers:\n  srv2:\n    faults: [{kind: slow}]\n",
+            "needs `ms`",
+        ),
+    ];
+    for (i, (content, why)) in refused.iter().enumerate() {
+        let file = files.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&file, content).unwrap();
+        let out = Command::new(LAB)
+            .args(["up", "--servers", "2", "--bmc", "mixed", "--no-services"])
+            .arg("--dir")
+            .arg(files.path().join("never"))
+            .arg("--faults")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && text(&out).contains(why),
+            "{}",
+            text(&out)
+        );
+        assert!(!files.path().join("never/lab.json").exists());
+    }
+
+    let file = files.path().join("faults.yaml");
+    std::fs::write(
+        &file,
+        "servers:\n  srv2:\n    identity: { manufacturer: Supermicro }\n    faults:\n      - kind: garbage-json\n        count: 1\n        paths: [/redfish/v1/Systems]\n      - kind: ignore-boot-once\n",
+    )
+    .unwrap();
+    let lab = TestLab::up_with(
+        2,
+        &[
+            "--no-services",
+            "--bmc",
+            "mixed",
+            "--faults",
+            file.to_str().unwrap(),
+        ],
+    );
+    let dir = lab.dir.clone();
+    let netns = lab.netns();
+    let (code, garbage) = redfish(&lab, "srv2", None, "GET", "/redfish/v1/Systems", None);
+    assert_eq!(
+        (code, garbage),
+        (200, serde_json::Value::Null),
+        "not JSON, once"
+    );
+    let (code, systems) = redfish(&lab, "srv2", None, "GET", "/redfish/v1/Systems", None);
+    assert_eq!(code, 200, "{systems}");
+    let system = systems["Members"][0]["@odata.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = redfish(&lab, "srv2", None, "GET", &system, None).1;
+    assert_eq!(before["Manufacturer"], "Supermicro", "{before}");
+    let (code, _) = redfish(
+        &lab,
+        "srv2",
+        None,
+        "PATCH",
+        &system,
+        Some(r#"{"Boot":{"BootSourceOverrideEnabled":"Once","BootSourceOverrideTarget":"Pxe"}}"#),
+    );
+    assert_eq!(code, 204, "accepted");
+    let after = redfish(&lab, "srv2", None, "GET", &system, None).1;
+    assert_eq!(after["Boot"], before["Boot"], "and never applied");
+    let log = std::fs::read_to_string(dir.join("servers/srv2/fault-proxy.log")).unwrap();
+    assert!(
+        log.contains("garbage-json") && log.contains("ignore-boot-once"),
+        "{log}"
+    );
+    down_leaves_nothing(lab, None, &netns, &dir);
 }

@@ -37,6 +37,13 @@ pub struct RedfishBmc {
     client: RedfishClient,
     address: BmcAddress,
     topology: OnceCell<Topology>,
+    /// Workarounds used since the report last took them ([`Bmc::take_notes`]).
+    notes: std::sync::Mutex<Vec<String>>,
+    /// Whether the virtual CD was already reported found away from where the quirks said.
+    media_place_noted: std::sync::atomic::AtomicBool,
+    /// The boot override cairn set for the next boot and has not seen used: checked after a
+    /// power-on, since some BMCs drop it then.
+    next_boot: std::sync::Mutex<Option<BootOverride>>,
 }
 
 impl RedfishBmc {
@@ -50,7 +57,16 @@ impl RedfishBmc {
             client: RedfishClient::new(address, credentials, options)?,
             address: address.clone(),
             topology: OnceCell::new(),
+            notes: Default::default(),
+            media_place_noted: Default::default(),
+            next_boot: Default::default(),
         })
+    }
+
+    /// Records a workaround for the server's report.
+    fn note(&self, text: String) {
+        tracing::warn!(bmc = %self.address, "{text}");
+        self.notes.lock().expect("notes lock").push(text);
     }
 
     /// The HTTP layer, for callers that need a resource cairn does not model.
@@ -177,19 +193,41 @@ impl RedfishBmc {
             None => None,
         };
         let mut places = vec![
-            model::link(&system, "VirtualMedia").map(str::to_owned),
-            manager
-                .as_ref()
-                .and_then(|m| model::link(m, "VirtualMedia"))
-                .map(str::to_owned),
+            (
+                "System",
+                model::link(&system, "VirtualMedia").map(str::to_owned),
+            ),
+            (
+                "Manager",
+                manager
+                    .as_ref()
+                    .and_then(|m| model::link(m, "VirtualMedia"))
+                    .map(str::to_owned),
+            ),
         ];
         if topo.quirks.virtual_media == MediaLocation::Manager {
             places.reverse();
         }
-        for place in places.into_iter().flatten() {
+        let expected = places[0].0;
+        for (under, place) in places {
+            let Some(place) = place else { continue };
             match self.collection(&place).await {
                 Ok(slots) => {
                     if let Some(slot) = slots.into_iter().find(model::is_cd_slot) {
+                        if under != expected
+                            && !self
+                                .media_place_noted
+                                .swap(true, std::sync::atomic::Ordering::Relaxed)
+                        {
+                            let source = match topo.quirks.matched.as_slice() {
+                                [] => "the default".to_owned(),
+                                m => format!("quirk {}", m.join(", ")),
+                            };
+                            self.note(format!(
+                                "the virtual CD is under the {under}, not under the {expected} \
+                                 as {source} says; cairn used it there"
+                            ));
+                        }
                         return Ok(slot);
                     }
                 }
@@ -218,6 +256,64 @@ impl RedfishBmc {
 }
 
 impl RedfishBmc {
+    /// Sends the reset that performs `action`, nothing more.
+    async fn reset(&self, action: PowerAction) -> BmcResult<()> {
+        let (system, _) = self.system().await?;
+        let (target, allowed) =
+            model::action(&system, "#ComputerSystem.Reset").ok_or_else(|| BmcError::Malformed {
+                doing: "reading the system".into(),
+                detail: "no #ComputerSystem.Reset action".into(),
+            })?;
+        let wanted = reset_types(action);
+        let reset = wanted
+            .iter()
+            .find(|t| allowed.is_empty() || allowed.iter().any(|a| a == *t))
+            .ok_or_else(|| {
+                BmcError::Invalid(format!(
+                    "BMC allows reset types {} but {action:?} needs one of {}",
+                    allowed.join(", "),
+                    wanted.join(", ")
+                ))
+            })?;
+        self.client
+            .post(&target, &serde_json::json!({ "ResetType": reset }))
+            .await?;
+        Ok(())
+    }
+
+    /// InsertMedia (or a PATCH where there is no action) into `slot`, then a read-back.
+    async fn insert_into(&self, slot: &Value, url: &str) -> BmcResult<()> {
+        let path = model::media_status(slot).location;
+        match model::action(slot, "#VirtualMedia.InsertMedia") {
+            Some((target, _)) => {
+                self.client
+                    .post(
+                        &target,
+                        &serde_json::json!({ "Image": url, "Inserted": true, "WriteProtected": true }),
+                    )
+                    .await?;
+            }
+            None => {
+                self.client
+                    .patch(
+                        &path,
+                        &serde_json::json!({ "Image": url, "Inserted": true }),
+                        None,
+                    )
+                    .await?;
+            }
+        }
+        let after = model::media_status(&self.client.get_json(&path).await?);
+        if after.image.as_deref() != Some(url) {
+            return Err(BmcError::NotApplied {
+                what: format!("virtual media {path}"),
+                wanted: url.to_owned(),
+                got: after.image.unwrap_or_else(|| "no image".into()),
+            });
+        }
+        Ok(())
+    }
+
     async fn disks(&self, system: &Value, inv: &mut Inventory) -> BmcResult<()> {
         if let Some(storage) = model::link(system, "SimpleStorage") {
             for s in self.collection(storage).await? {
@@ -336,26 +432,24 @@ impl Bmc for RedfishBmc {
     }
 
     async fn power(&self, action: PowerAction) -> BmcResult<()> {
-        let (system, _) = self.system().await?;
-        let (target, allowed) =
-            model::action(&system, "#ComputerSystem.Reset").ok_or_else(|| BmcError::Malformed {
-                doing: "reading the system".into(),
-                detail: "no #ComputerSystem.Reset action".into(),
-            })?;
-        let wanted = reset_types(action);
-        let reset = wanted
-            .iter()
-            .find(|t| allowed.is_empty() || allowed.iter().any(|a| a == *t))
-            .ok_or_else(|| {
-                BmcError::Invalid(format!(
-                    "BMC allows reset types {} but {action:?} needs one of {}",
-                    allowed.join(", "),
-                    wanted.join(", ")
-                ))
-            })?;
-        self.client
-            .post(&target, &serde_json::json!({ "ResetType": reset }))
-            .await?;
+        self.reset(action).await?;
+        let next = self.next_boot.lock().expect("boot lock").take();
+        let Some(next) = next.filter(|_| action == PowerAction::On) else {
+            return Ok(());
+        };
+        // Firmware consumes a one-time override during POST, seconds after this: an override
+        // already gone now was dropped by the BMC at power-on, so the server is about to boot
+        // something else. Set it again and restart into it.
+        if self.boot_override().await?.device != next.device {
+            self.note(format!(
+                "the BMC dropped the boot override to {} when the server powered on; cairn \
+                 set it again and restarted the server",
+                next.device
+            ));
+            self.set_boot_override(next).await?;
+            self.next_boot.lock().expect("boot lock").take();
+            self.reset(PowerAction::Reset).await?;
+        }
         Ok(())
     }
 
@@ -386,23 +480,37 @@ impl Bmc for RedfishBmc {
         self.client
             .patch(&path, &model::boot_patch(&boot), etag.as_deref())
             .await?;
+        *self.next_boot.lock().expect("boot lock") = (!boot.persistent).then_some(boot);
         if quirks.boot_once == BootOnce::Trust {
             return Ok(());
         }
         let got = self.boot_override().await?;
         let mode_ok = boot.mode.is_none() || got.mode.is_none() || got.mode == boot.mode;
-        let applied = got.device == boot.device
+        // A one-time override kept as persistent still boots the device asked for, as the
+        // persistent fallback below would; rack provisioning sets the disk back once the
+        // installer runs. Worth a note unless the quirks expect it.
+        let kept_persistent = !boot.persistent && got.persistent;
+        if got.device == boot.device
             && mode_ok
-            && (got.persistent == boot.persistent
-                || (!boot.persistent
-                    && got.persistent
-                    && quirks.boot_once == BootOnce::ReadsBackContinuous));
-        if applied {
+            && (got.persistent == boot.persistent || kept_persistent)
+        {
+            if kept_persistent && quirks.boot_once != BootOnce::ReadsBackContinuous {
+                self.note(format!(
+                    "the BMC reads a one-time boot override to {} back as persistent; \
+                     cairn went on with it",
+                    boot.device
+                ));
+            }
             return Ok(());
         }
-        if !boot.persistent && got.device != boot.device && quirks.boot_once == BootOnce::Verify {
-            tracing::warn!(bmc = %self.address, device = %boot.device,
-                "one-time boot override not applied; falling back to a persistent override");
+        // Verified (not trusted): a one-time override that did not take is set persistent;
+        // rack provisioning sets the disk back once the installer runs.
+        if !boot.persistent && got.device != boot.device {
+            self.note(format!(
+                "the BMC did not apply a one-time boot override to {}; cairn set a \
+                 persistent one instead",
+                boot.device
+            ));
             let persistent = BootOverride {
                 persistent: true,
                 ..boot
@@ -413,6 +521,7 @@ impl Bmc for RedfishBmc {
                 .await?;
             let got2 = self.boot_override().await?;
             if got2.device == boot.device {
+                *self.next_boot.lock().expect("boot lock") = Some(boot);
                 return Ok(());
             }
         }
@@ -469,39 +578,35 @@ impl Bmc for RedfishBmc {
     async fn media_insert(&self, url: &str) -> BmcResult<()> {
         let quirks = self.topology().await?.quirks.clone();
         let slot = self.cd_slot().await?;
-        let status = model::media_status(&slot);
-        if status.inserted && quirks.eject_before_insert {
+        if model::media_status(&slot).inserted && quirks.eject_before_insert {
             self.media_eject().await?;
         }
-        let path = status.location.clone();
-        match model::action(&slot, "#VirtualMedia.InsertMedia") {
-            Some((target, _)) => {
-                self.client
-                    .post(
-                        &target,
-                        &serde_json::json!({ "Image": url, "Inserted": true, "WriteProtected": true }),
-                    )
-                    .await?;
+        match self.insert_into(&slot, url).await {
+            Err(e @ (BmcError::Status { .. } | BmcError::NotApplied { .. })) => {
+                // A busy slot or one that did not connect the image: eject, then once more.
+                // The URL leads to an enrollment token, so the note leaves it out.
+                let why = match &e {
+                    BmcError::Status {
+                        status, message, ..
+                    } => format!(
+                        "the BMC answered {status}: {}",
+                        message.as_deref().unwrap_or("")
+                    ),
+                    _ => "the slot read back without the image".into(),
+                };
+                // A BMC's message may quote the URL, which leads to an enrollment token.
+                let why = why.replace(url, "<the image URL>");
+                self.note(format!(
+                    "inserting the installer ISO into the virtual CD failed ({}); cairn \
+                     ejected it and inserted again",
+                    why.trim_end_matches([' ', ':'])
+                ));
+                self.media_eject().await?;
+                let slot = self.cd_slot().await?;
+                self.insert_into(&slot, url).await
             }
-            None => {
-                self.client
-                    .patch(
-                        &path,
-                        &serde_json::json!({ "Image": url, "Inserted": true }),
-                        None,
-                    )
-                    .await?;
-            }
+            other => other,
         }
-        let after = model::media_status(&self.client.get_json(&path).await?);
-        if after.image.as_deref() != Some(url) {
-            return Err(BmcError::NotApplied {
-                what: format!("virtual media {path}"),
-                wanted: url.to_owned(),
-                got: after.image.unwrap_or_else(|| "no image".into()),
-            });
-        }
-        Ok(())
     }
 
     async fn media_eject(&self) -> BmcResult<()> {
@@ -705,5 +810,9 @@ impl Bmc for RedfishBmc {
 
     async fn close(&self) {
         self.client.logout().await;
+    }
+
+    fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().expect("notes lock"))
     }
 }

@@ -27,7 +27,8 @@
 //!
 //! Retries: a step that fails with a retryable error is tried again after an exponential
 //! backoff, up to `Policy::max_attempts`; a refused password is never retried (accounts lock
-//! out). An install that fails or stalls is retried from `booting-installer`: the disk is
+//! out). What the BMC needed worked around (a one-time boot override it ignored, a busy
+//! virtual CD, ...: [`Bmc::take_notes`]) becomes a note of the phase it happened in. An install that fails or stalls is retried from `booting-installer`: the disk is
 //! rewritten from the start, since a half-written image must never be booted.
 
 use std::time::Duration;
@@ -267,6 +268,10 @@ pub struct Policy {
     pub install_stall_timeout: Duration,
     /// Longest wait for registration after the install.
     pub register_timeout: Duration,
+    /// Longest time a BMC that answered earlier in the run may stay silent (refusing
+    /// connections, timing out, as while it restarts) before the server fails; tries in
+    /// that time use up no attempts.
+    pub bmc_away_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -279,6 +284,7 @@ impl Default for Policy {
             install_start_timeout: Duration::from_secs(300),
             install_stall_timeout: Duration::from_secs(300),
             register_timeout: Duration::from_secs(600),
+            bmc_away_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -377,6 +383,8 @@ pub struct StepError {
     pub reason: String,
     /// Whether trying again may help.
     pub retryable: bool,
+    /// The BMC did not answer at all (no connection, or no answer in time).
+    pub bmc_away: bool,
 }
 
 impl StepError {
@@ -384,6 +392,7 @@ impl StepError {
         StepError {
             reason: reason.into(),
             retryable: true,
+            bmc_away: false,
         }
     }
 
@@ -391,16 +400,21 @@ impl StepError {
         StepError {
             reason: reason.into(),
             retryable: false,
+            bmc_away: false,
         }
     }
 
     fn bmc(doing: &str, e: BmcError) -> Self {
-        let reason = format!("BMC {doing}: {e}");
+        // The whole chain: a transport error's own text is only what cairn was doing.
+        let reason = format!("BMC {doing}: {}", cairn_api::error_chain(&e));
         // Credentials and missing capabilities do not get better by asking again.
         if e.is_auth() || matches!(e, BmcError::Unsupported { .. } | BmcError::Invalid(_)) {
             StepError::fatal(reason)
         } else {
-            StepError::retry(reason)
+            StepError {
+                bmc_away: matches!(e, BmcError::Transport { .. } | BmcError::Timeout { .. }),
+                ..StepError::retry(reason)
+            }
         }
     }
 }
@@ -478,6 +492,11 @@ impl Machine<'_> {
         if record.state == State::Registered {
             self.set(record, State::Inspecting { attempt: 1 }, persist);
         }
+        // Since when the BMC has not answered, while it does not. Only a BMC that answered in
+        // this run is waited for: one that never did is likelier a wrong address or a dead
+        // BMC than a restart, and fails after its attempts.
+        let mut away_since: Option<Instant> = None;
+        let mut answered = false;
         while let Some(phase) = record.state.phase() {
             let attempt = record.state.attempt();
             let started = Instant::now();
@@ -499,8 +518,59 @@ impl Machine<'_> {
                 Phase::FirstBoot => self.first_boot().await,
             };
             *record.seconds.entry(phase).or_default() += started.elapsed().as_secs_f64();
+            // The BMC's misbehaviour that cairn worked around is part of this server's report.
+            for worked_around in self.bmc.take_notes() {
+                let note = format!("{}: {worked_around}", phase.as_str());
+                self.observer.note(name, &note);
+                record.notes.push(note);
+            }
+            if let (
+                Some(since),
+                Ok(_)
+                | Err(StepError {
+                    bmc_away: false, ..
+                }),
+            ) = (away_since, &result)
+            {
+                let note = format!(
+                    "{}: the BMC answers again after {:.0?}",
+                    phase.as_str(),
+                    since.elapsed()
+                );
+                self.observer.note(name, &note);
+                record.notes.push(note);
+                away_since = None;
+            }
+            if !matches!(result, Err(StepError { bmc_away: true, .. })) {
+                answered = true;
+            }
             let next = match result {
                 Ok(next) => next,
+                // A BMC that restarts is away for minutes: wait for it within its own limit
+                // instead of spending the phase's attempts.
+                Err(e)
+                    if e.bmc_away
+                        && answered
+                        && away_since
+                            .is_none_or(|t| t.elapsed() < self.policy.bmc_away_timeout) =>
+                {
+                    let wait = self.policy.backoff(1);
+                    if away_since.is_none() {
+                        // Silent since this try began.
+                        away_since = Some(started);
+                        let note = format!(
+                            "{} attempt {attempt}: {}; the BMC is not answering (restarting?), \
+                             waiting for it for up to {:.0?}",
+                            phase.as_str(),
+                            e.reason,
+                            self.policy.bmc_away_timeout
+                        );
+                        self.observer.note(name, &note);
+                        record.notes.push(note);
+                    }
+                    tokio::time::sleep(wait).await;
+                    State::start_of(phase, attempt)
+                }
                 Err(e) if e.retryable && attempt < self.policy.max_attempts => {
                     let wait = self.policy.backoff(attempt);
                     let note = format!(

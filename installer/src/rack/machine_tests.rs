@@ -340,6 +340,7 @@ fn policy() -> Policy {
         install_start_timeout: Duration::from_secs(60),
         install_stall_timeout: Duration::from_secs(60),
         register_timeout: Duration::from_secs(120),
+        bmc_away_timeout: Duration::from_secs(60),
     }
 }
 
@@ -507,42 +508,116 @@ async fn wrong_password_fails_at_once_without_retrying() {
     assert!(r.seen.notes.lock().unwrap().is_empty(), "no retries");
 }
 
+/// A BMC that stops answering after it answered (restarting: timeouts, refused connections)
+/// is waited for up to `bmc_away_timeout` without spending attempts; past that, attempts
+/// count as for any error. One silent from the start is not waited for.
 #[tokio::test(start_paused = true)]
-async fn a_bmc_timeout_is_retried_with_backoff() {
-    let bmc = FakeBmc::off();
-    for _ in 0..2 {
+async fn a_silent_bmc_is_waited_for_without_spending_attempts_until_its_limit() {
+    let timeout = || BmcError::Timeout {
+        doing: "GET Bios".into(),
+        seconds: 5.0,
+    };
+    let refused = || BmcError::Transport {
+        doing: "GET Bios".into(),
+        source: "connection refused".into(),
+    };
+    struct Case {
+        name: &'static str,
+        /// Errors of the first `power_state` calls (inspection: the first contact).
+        first_contact: usize,
+        /// Errors of the `bios` calls (configuring-firmware, after inspection answered).
+        later: Vec<BmcError>,
+        provisioned: bool,
+        /// Notes that must appear, in this order (others may come between).
+        notes: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            name: "a short silence is waited out",
+            first_contact: 0,
+            later: vec![timeout(), timeout()],
+            provisioned: true,
+            notes: &[
+                "configuring-firmware attempt 1: BMC applying firmware profile baseline: no answer within 5.0 s while GET Bios; the BMC is not answering (restarting?), waiting for it for up to 60s",
+                "configuring-firmware: the BMC answers again after 2s",
+            ],
+        },
+        Case {
+            // 60 one-second waits fill the limit: then attempts 1 and 2 fail too.
+            name: "past the limit attempts count",
+            first_contact: 0,
+            later: (0..62).map(|_| refused()).collect(),
+            provisioned: true,
+            notes: &[
+                "waiting for it for up to 60s",
+                "configuring-firmware attempt 1 failed: BMC applying firmware profile baseline: GET Bios: connection refused",
+                "configuring-firmware attempt 2 failed",
+                "configuring-firmware: the BMC answers again after 63s",
+            ],
+        },
+        Case {
+            name: "and run out",
+            first_contact: 0,
+            later: (0..63).map(|_| refused()).collect(),
+            provisioned: false,
+            notes: &[
+                "waiting for it",
+                "configuring-firmware attempt 1 failed",
+                "configuring-firmware attempt 2 failed",
+            ],
+        },
+        Case {
+            name: "silent from the start: attempts only",
+            first_contact: 3,
+            later: vec![],
+            provisioned: false,
+            notes: &["inspecting attempt 1 failed", "inspecting attempt 2 failed"],
+        },
+    ];
+    let cache = tempfile::tempdir().unwrap();
+    for case in cases {
+        let name = case.name;
+        let bmc = FakeBmc::with_bios(&[("ProcTurboMode", "Enabled")]);
         bmc.power_state_errors
             .lock()
             .unwrap()
-            .push_back(BmcError::Timeout {
-                doing: "chassis status".into(),
-                seconds: 5.0,
-            });
+            .extend((0..case.first_contact).map(|_| refused()));
+        bmc.bios_errors.lock().unwrap().extend(case.later);
+        let install = FakeInstall::new(None, FULL);
+        let fleet = FakeFleet::after(Some(0));
+        let r = run(
+            &firmware_plan(&[("ProcTurboMode", "Disabled")], cache.path()),
+            &bmc,
+            &install,
+            &fleet,
+            State::Registered,
+        )
+        .await;
+        let notes = r.seen.notes.lock().unwrap().clone();
+        assert_eq!(
+            matches!(r.record.state, State::Provisioned { .. }),
+            case.provisioned,
+            "{name}: {:?} {notes:?}",
+            r.record.state
+        );
+        let mut rest = notes.iter();
+        for want in case.notes {
+            assert!(
+                rest.any(|n| n.contains(want)),
+                "{name}: no {want:?} (in order) in {notes:?}"
+            );
+        }
+        if case.first_contact > 0 {
+            assert!(
+                !notes.iter().any(|n| n.contains("waiting for it")),
+                "{name}: {notes:?}"
+            );
+        }
+        if !case.provisioned {
+            let (_, reason) = r.failure();
+            assert!(reason.contains("after 3 attempts"), "{name}: {reason}");
+        }
     }
-    let install = FakeInstall::new(None, FULL);
-    let fleet = FakeFleet::after(Some(0));
-    let r = run(
-        &plan(BootMethod::Pxe),
-        &bmc,
-        &install,
-        &fleet,
-        State::Registered,
-    )
-    .await;
-    assert!(
-        matches!(r.record.state, State::Provisioned { .. }),
-        "{:?}",
-        r.record.state
-    );
-    let notes = r.seen.notes.lock().unwrap().clone();
-    assert_eq!(notes.len(), 2, "{notes:?}");
-    assert!(
-        notes[0].contains("inspecting attempt 1 failed") && notes[0].contains("retrying in 1s")
-    );
-    assert!(
-        notes[1].contains("attempt 2") && notes[1].contains("retrying in 2s"),
-        "{notes:?}"
-    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -718,6 +793,7 @@ async fn configuring_firmware_applies_and_verifies_the_profile_or_fails_naming_a
             bios: &[("ProcTurboMode", "Enabled")],
             profile: &[("ProcTurboMode", "Disabled")],
             sticky: &[],
+            // Resumed here, the BMC has not answered in this run: not waited for.
             bios_errors: 3,
             want: Fails(&[
                 "BMC applying firmware profile baseline",

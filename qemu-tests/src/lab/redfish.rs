@@ -492,16 +492,31 @@ pub fn start_sushy(spec: &ServerSpec, dir: &Path, netns: &str) -> anyhow::Result
         .stderr(log)
         .spawn()
         .context("starting sushy-emulator (install sushy-tools: scripts/setup)")?;
-    let needle = format!("{}:{:04X}", hex_addr(spec.bmc_ip), spec.bmc_port);
+    wait_listening(
+        &mut child,
+        spec.bmc_ip,
+        spec.bmc_port,
+        &format!("sushy-emulator for {}", spec.name),
+        &dir.join("sushy.log"),
+    )?;
+    Ok(child)
+}
+
+/// Waits until `child` listens on TCP `ip:port` (seen in its network namespace's table); if
+/// it exits first or takes over 60 s, it is reaped and its log quoted.
+pub fn wait_listening(
+    child: &mut Child,
+    ip: Ipv4Addr,
+    port: u16,
+    what: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let needle = format!("{}:{port:04X}", hex_addr(ip));
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
-            let text = std::fs::read_to_string(dir.join("sushy.log")).unwrap_or_default();
-            bail!(
-                "sushy-emulator for {} exited with {status}: {}",
-                spec.name,
-                text.trim()
-            );
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{what} exited with {status}: {}", text.trim());
         }
         let tcp =
             std::fs::read_to_string(format!("/proc/{}/net/tcp", child.id())).unwrap_or_default();
@@ -510,15 +525,12 @@ pub fn start_sushy(spec: &ServerSpec, dir: &Path, netns: &str) -> anyhow::Result
             let f: Vec<&str> = l.split_whitespace().collect();
             f.get(1) == Some(&needle.as_str()) && f.get(3) == Some(&"0A")
         }) {
-            return Ok(child);
+            return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "sushy-emulator for {} did not listen within 60 s",
-                spec.name
-            );
+            bail!("{what} did not listen within 60 s (log: {})", log.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

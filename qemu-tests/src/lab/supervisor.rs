@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::lab::control::{Reply, Request, ServerState};
+use crate::lab::faults::FaultsFile;
 use crate::lab::ipmi::{self, IpmiSimConfig};
 use crate::lab::layout::{self, BmcKind, Layout, Manifest, ServerSpec};
 use crate::lab::redfish::{self, Libvirt};
@@ -50,6 +51,9 @@ pub struct UpOptions {
     pub services: bool,
     /// An existing `cairn image build` output for the boot server; `None` builds one.
     pub artifacts: Option<PathBuf>,
+    /// A faults file ([`crate::lab::faults`]): the Redfish servers it names get the fault
+    /// proxy in front of their sushy-tools.
+    pub faults: Option<PathBuf>,
 }
 
 /// The BMC user the lab creates.
@@ -202,8 +206,13 @@ impl Lab {
             manifest,
             torn_down: false,
         };
+        let faults = opts
+            .faults
+            .as_deref()
+            .map(|path| checked_faults(path, &lab.manifest.servers).map(|f| (path, f)))
+            .transpose()?;
         // Any error from here on drops `lab`, which removes what was made so far.
-        lab.populate()?;
+        lab.populate(faults.as_ref().map(|(p, f)| (*p, f)))?;
         if opts.services {
             let services = Services::start(
                 &lab.layout,
@@ -217,7 +226,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn populate(&mut self) -> anyhow::Result<()> {
+    fn populate(&mut self, faults: Option<(&std::path::Path, &FaultsFile)>) -> anyhow::Result<()> {
         let m = self.manifest.clone();
         net::create(&m.netns, &m.bridge, layout::gateway())?;
         let exe = std::env::current_exe().context("finding the cairn-lab binary")?;
@@ -242,9 +251,14 @@ impl Lab {
                 libvirt.define(spec, &uuid, &dir, m.memory_mb)?;
                 redfish::write_sushy_files(&dir, self.layout.dir(), &uuid, BMC_USER, &password)
                     .with_context(|| format!("writing sushy-tools files for {}", spec.name))?;
-                let child = redfish::start_sushy(spec, &dir, &m.netns)?;
-                self.helpers
-                    .push((format!("sushy-emulator {}", spec.name), child));
+                match faults.filter(|(_, f)| f.servers.contains_key(&spec.name)) {
+                    Some((file, _)) => self.start_faulty_bmc(spec, &dir, file, &exe)?,
+                    None => {
+                        let child = redfish::start_sushy(spec, &dir, &m.netns)?;
+                        self.helpers
+                            .push((format!("sushy-emulator {}", spec.name), child));
+                    }
+                }
                 passwords.push(password);
                 servers.push(LabServer::new(spec.clone(), dir, &m.netns, m.memory_mb));
                 continue;
@@ -277,6 +291,55 @@ impl Lab {
         }
         *self.servers.lock().expect("lab state lock") = servers;
         rackfile::write(&self.layout, &m.servers, BMC_USER, &passwords)?;
+        Ok(())
+    }
+
+    /// sushy-tools one port up, and the fault proxy on the BMC's address in front of it
+    /// (`cairn-lab fault-proxy`, the supervisor's child like every helper).
+    fn start_faulty_bmc(
+        &mut self,
+        spec: &ServerSpec,
+        dir: &std::path::Path,
+        faults: &std::path::Path,
+        exe: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let behind = ServerSpec {
+            bmc_port: spec.bmc_port + 1,
+            ..spec.clone()
+        };
+        let sushy = redfish::start_sushy(&behind, dir, &self.manifest.netns)?;
+        self.helpers
+            .push((format!("sushy-emulator {}", spec.name), sushy));
+        // The lab keeps its own copy: the proxy reads it, and it stays with the lab's logs.
+        let file = dir.join("faults.yaml");
+        std::fs::copy(faults, &file)
+            .with_context(|| format!("copying {} to {}", faults.display(), file.display()))?;
+        let log = dir.join("fault-proxy.log");
+        let out = std::fs::File::create(&log).context("creating fault-proxy.log")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.manifest.netns])
+            .arg(exe)
+            .args(["fault-proxy", "--server", &spec.name, "--faults"])
+            .arg(&file)
+            .arg("--listen")
+            .arg(format!("{}:{}", spec.bmc_ip, spec.bmc_port))
+            .arg("--upstream")
+            .arg(format!("http://{}:{}", spec.bmc_ip, behind.bmc_port))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().context("fault-proxy.log")?)
+            .stderr(out)
+            .spawn()
+            .context("starting cairn-lab fault-proxy")?;
+        redfish::wait_listening(
+            &mut child,
+            spec.bmc_ip,
+            spec.bmc_port,
+            &format!("the fault proxy of {}", spec.name),
+            &log,
+        )?;
+        self.helpers
+            .push((format!("fault proxy {}", spec.name), child));
+        tracing::info!(server = %spec.name, log = %log.display(), "BMC faults injected");
         Ok(())
     }
 
@@ -551,6 +614,26 @@ fn chassis(servers: &Mutex<Vec<LabServer>>, name: &str, set: &[(String, String)]
         }
     }
     Reply::Ok
+}
+
+/// Reads a faults file and checks it against the lab's servers: every server it names must
+/// exist and have a Redfish BMC (the proxy speaks Redfish).
+fn checked_faults(path: &std::path::Path, servers: &[ServerSpec]) -> anyhow::Result<FaultsFile> {
+    let faults = FaultsFile::load(path).map_err(anyhow::Error::msg)?;
+    faults
+        .check_servers(servers.iter().map(|s| s.name.as_str()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(s) = servers
+        .iter()
+        .find(|s| s.bmc != BmcKind::Redfish && faults.servers.contains_key(&s.name))
+    {
+        bail!(
+            "{}: server {} has an IPMI BMC; faults apply to Redfish BMCs (start the lab with --bmc redfish or mixed, and name its even servers)",
+            path.display(),
+            s.name
+        );
+    }
+    Ok(faults)
 }
 
 /// `down` when the supervisor is gone: kill what still runs with the lab's paths in its

@@ -148,9 +148,8 @@ pub fn client_config(
                     let certified = rustls::sign::CertifiedKey::new(chain, key.clone());
                     // Refuses a certificate that is not for this key, as the PEM path does.
                     certified.keys_match()?;
-                    builder.with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(
-                        certified,
-                    ))))
+                    builder
+                        .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(certified))))
                 }
             }
         }

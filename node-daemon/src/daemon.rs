@@ -18,10 +18,10 @@ use cairn_api::{
 
 use crate::config::Settings;
 use crate::hub::{ClientIdentity, ClientKey, HttpsHub, HubApi, HubError, Trust};
+use crate::identity_key::{self, IdentityKeys, KeyError};
 use crate::inventory::{self, Roots};
 use crate::kubelet::{self, Action, Layout, Supervisor};
 use crate::network::{FleetTry, Network, NetworkError};
-use crate::identity_key::{self, IdentityKeys, KeyError};
 use crate::pki;
 use crate::status::LocalStatus;
 use crate::store::{self, Identity, PendingRegistration, Store, StoreError};

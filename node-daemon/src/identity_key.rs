@@ -77,7 +77,8 @@ impl IdentityKeys for FileKeys {
         }
         let der = PrivateKeyDer::from_pem_slice(stored.as_bytes())
             .map_err(|e| KeyError::BadPem(e.to_string()))?;
-        rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|e| KeyError::BadPem(e.to_string()))
+        rustls::crypto::ring::sign::any_ecdsa_type(&der)
+            .map_err(|e| KeyError::BadPem(e.to_string()))
     }
 
     fn kind(&self) -> &'static str {
@@ -120,7 +121,10 @@ pub fn open(policy: TpmPolicy, tcti: Option<&str>) -> Result<Arc<dyn IdentityKey
             });
         }
         None => {
-            tracing::info!(device = DEFAULT_DEVICE, "no TPM; the identity key is kept in a file (tpm.policy: preferred)");
+            tracing::info!(
+                device = DEFAULT_DEVICE,
+                "no TPM; the identity key is kept in a file (tpm.policy: preferred)"
+            );
             return Ok(Arc::new(FileKeys));
         }
     };
@@ -186,7 +190,9 @@ impl PublicKeyData for RemoteKey {
 
 impl rcgen::SigningKey for RemoteKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.signer.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
+        self.signer
+            .sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 

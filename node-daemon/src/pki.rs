@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-
 /// PKI failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

@@ -42,15 +42,17 @@ pub const STORED_PREFIX: &str = "tpm2:";
 
 /// DER of a P-256 SubjectPublicKeyInfo up to the uncompressed point (RFC 5480).
 const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-    0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
 /// TPM failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
     /// The TCTI string does not parse.
-    #[error("TPM TCTI {tcti:?} is not valid (e.g. device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321)")]
+    #[error(
+        "TPM TCTI {tcti:?} is not valid (e.g. device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321)"
+    )]
     Tcti {
         /// The string.
         tcti: String,
@@ -90,9 +92,7 @@ struct Inner {
 
 impl fmt::Debug for TpmKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TpmKeys")
-            .field("tcti", &self.tcti)
-            .finish()
+        f.debug_struct("TpmKeys").field("tcti", &self.tcti).finish()
     }
 }
 
@@ -171,7 +171,12 @@ impl TpmKeys {
     }
 
     /// Signs a SHA-256 `digest` with the stored key: loads it, signs, flushes it.
-    fn sign_digest(&self, public: &Public, private: &Private, digest: &[u8]) -> Result<Vec<u8>, TpmError> {
+    fn sign_digest(
+        &self,
+        public: &Public,
+        private: &Private,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
         let digest = Digest::try_from(digest.to_vec()).map_err(cmd("taking the digest"))?;
         let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
             tag: TPM2_ST_HASHCHECK,
@@ -191,7 +196,9 @@ impl TpmKeys {
             })
             .map_err(cmd("signing"))?;
         let Signature::EcDsa(sig) = signature else {
-            return Err(TpmError::Stored("the key signed with another scheme than ECDSA"));
+            return Err(TpmError::Stored(
+                "the key signed with another scheme than ECDSA",
+            ));
         };
         Ok(ecdsa_der(
             sig.signature_r().value(),
@@ -324,7 +331,10 @@ mod tests {
     fn ecdsa_signatures_are_der_integers_kept_positive() {
         // r with its high bit set gets a zero byte; s with leading zeros loses them.
         let der = ecdsa_der(&[0x80, 1], &[0, 0, 5]);
-        assert_eq!(der, vec![0x30, 0x09, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x01, 0x05]);
+        assert_eq!(
+            der,
+            vec![0x30, 0x09, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x01, 0x05]
+        );
     }
 
     #[test]

@@ -112,8 +112,15 @@ fn a_tpm_key_registers_heartbeats_survives_restarts_and_renews_without_leaving_t
     let started = Instant::now();
     let node = Node::start(&root);
     let id = registered(&node).appliance_id.unwrap();
-    eprintln!("registration with the key in the TPM: {:?}", started.elapsed());
-    assert!(node.log().contains("identity key in the TPM"), "{}", node.log());
+    eprintln!(
+        "registration with the key in the TPM: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        node.log().contains("identity key in the TPM"),
+        "{}",
+        node.log()
+    );
     let leaked = private_key_files(&root);
     assert!(leaked.is_empty(), "private keys on disk: {leaked:?}");
 
@@ -149,7 +156,10 @@ fn a_tpm_key_registers_heartbeats_survives_restarts_and_renews_without_leaving_t
     assert_eq!(renewed.appliance_id.as_deref(), Some(id.as_str()));
     node.stop();
     let leaked = private_key_files(&root);
-    assert!(leaked.is_empty(), "private keys on disk after renewal: {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "private keys on disk after renewal: {leaked:?}"
+    );
     assert_eq!(hub.admin().appliances().unwrap().len(), 1);
 }
 
@@ -159,7 +169,9 @@ fn without_a_tpm_required_refuses_to_start_and_preferred_keeps_a_key_file() {
     // Nothing listens there: no TPM.
     let absent = free_tcp_port();
     let tcti = |policy: &str| {
-        format!("{NO_NET}tpm:\n  policy: {policy}\n  tcti: \"swtpm:host=127.0.0.1,port={absent}\"\n")
+        format!(
+            "{NO_NET}tpm:\n  policy: {policy}\n  tcti: \"swtpm:host=127.0.0.1,port={absent}\"\n"
+        )
     };
     let root = dir.path().join("required");
     write_config(
@@ -181,11 +193,20 @@ fn without_a_tpm_required_refuses_to_start_and_preferred_keeps_a_key_file() {
     let hub = hub_at(&dir.path().join("hub")).start();
     let root = dir.path().join("preferred");
     let token = hub.enrollment_token("no-tpm");
-    write_config(&root, &hub.url, &hub.fingerprint, &token, &tcti("preferred"));
+    write_config(
+        &root,
+        &hub.url,
+        &hub.fingerprint,
+        &token,
+        &tcti("preferred"),
+    );
     let started = Instant::now();
     let node = Node::start(&root);
     registered(&node);
-    eprintln!("registration with the key in a file: {:?}", started.elapsed());
+    eprintln!(
+        "registration with the key in a file: {:?}",
+        started.elapsed()
+    );
     assert!(node.log().contains("TPM not usable"), "{}", node.log());
     node.stop();
     // The file key is where policy allows it: in the state store. This also shows the scan

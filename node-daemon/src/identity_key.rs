@@ -224,6 +224,32 @@ mod tests {
     }
 
     #[test]
+    fn site_policy_picks_the_key_home_when_no_tpm_answers() {
+        // A loopback port nothing listens on: the TPM is absent.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let absent = format!("swtpm:host=127.0.0.1,port={port}");
+        for (policy, expected) in [
+            (TpmPolicy::Off, Ok("file")),
+            (TpmPolicy::Preferred, Ok("file")),
+            (TpmPolicy::Required, Err("tpm.policy is required")),
+        ] {
+            let got = open(policy, Some(&absent)).map(|k| k.kind());
+            match (got, expected) {
+                (Ok(kind), Ok(want)) => assert_eq!(kind, want, "{policy:?}"),
+                (Err(e), Err(want)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(want) && text.contains(&absent), "{text}");
+                }
+                (got, _) => panic!("{policy:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_tpm_key_without_a_tpm_tells_what_to_set() {
         let e = FileKeys.signing_key("tpm2:00:00").unwrap_err();
         assert!(e.to_string().contains("tpm.policy"), "{e}");

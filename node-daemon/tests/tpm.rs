@@ -2,7 +2,8 @@
 //! `cairn-hub`: the node registers with a CSR the TPM signed, heartbeats over mTLS the TPM
 //! signs, keeps its identity across a restart, re-keys in the TPM at renewal, and no private
 //! key is ever written under its root. Site policy: `required` without a TPM refuses to start
-//! naming the setting; `preferred` without one keeps the key in a file.
+//! naming the setting; `preferred` without one keeps the key in a file. The stored key is
+//! useless with another TPM.
 
 mod common;
 
@@ -161,6 +162,19 @@ fn a_tpm_key_registers_heartbeats_survives_restarts_and_renews_without_leaving_t
         "private keys on disk after renewal: {leaked:?}"
     );
     assert_eq!(hub.admin().appliances().unwrap().len(), 1);
+
+    // What the store keeps is useless with another TPM (the state copied to another
+    // machine): the key does not load there, so nothing is signed and the hub is not reached.
+    let other = Swtpm::start(&dir.path().join("other-tpm"));
+    let config = format!("{NO_NET}{}", other.config("required"));
+    write_config(&root, &hub.url, &hub.fingerprint, "unused", &config);
+    let node = Node::start(&root);
+    poll("the other TPM to refuse the key", LIMIT, || {
+        node.log().contains("the TPM did not sign").then_some(())
+    });
+    let status = node.status().unwrap();
+    assert!(!status.hub_reachable, "{status:?}");
+    node.stop();
 }
 
 #[test]

@@ -41,6 +41,37 @@ pub struct NodeConfig {
     /// A/B upgrades.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeSection>,
+    /// Where the identity key lives: the TPM or a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmSection>,
+}
+
+/// `tpm:`.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TpmSection {
+    /// Site policy for the identity key (default `preferred`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<TpmPolicy>,
+    /// TPM Command Transmission Interface: `device:/dev/tpmrm0` (the default when it
+    /// exists), `swtpm:host=127.0.0.1,port=2321`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcti: Option<String>,
+}
+
+/// Whether the identity key must, should or must not live in a TPM.
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TpmPolicy {
+    /// In the TPM; without one the node refuses to start.
+    Required,
+    /// In the TPM when there is one, else in a file.
+    #[default]
+    Preferred,
+    /// Always in a file.
+    Off,
 }
 
 /// `hub:`.

@@ -29,12 +29,21 @@ pub enum Trust {
 }
 
 /// The client identity presented over mTLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// Certificate chain, PEM.
     pub certificate_pem: String,
-    /// Private key, PEM.
-    pub key_pem: String,
+    /// The private key.
+    pub key: ClientKey,
+}
+
+/// Where the client's private key is.
+#[derive(Debug, Clone)]
+pub enum ClientKey {
+    /// In memory, PEM.
+    Pem(String),
+    /// Behind a signer: the key never leaves its home (an appliance's TPM).
+    Signer(Arc<dyn rustls::sign::SigningKey>),
 }
 
 /// Errors building TLS settings.
@@ -125,17 +134,52 @@ pub fn client_config(
     let config = match identity {
         Some(id) => {
             let chain = pem_certificates(&id.certificate_pem, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| {
-                TlsError::Pem {
-                    what: "client key",
-                    message: e.to_string(),
+            match &id.key {
+                ClientKey::Pem(pem) => {
+                    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+                        TlsError::Pem {
+                            what: "client key",
+                            message: e.to_string(),
+                        }
+                    })?;
+                    builder.with_client_auth_cert(chain, key)?
                 }
-            })?;
-            builder.with_client_auth_cert(chain, key)?
+                ClientKey::Signer(key) => {
+                    let certified = rustls::sign::CertifiedKey::new(chain, key.clone());
+                    // Refuses a certificate that is not for this key, as the PEM path does.
+                    certified.keys_match()?;
+                    builder
+                        .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(certified))))
+                }
+            }
         }
         None => builder.with_no_client_auth(),
     };
     Ok((config, mismatch))
+}
+
+/// Presents one certificate and key whatever the server asks (the appliance has one).
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        // Only when the key can sign one of the offered schemes: else no certificate, and
+        // the server's refusal says why.
+        self.0
+            .key
+            .choose_scheme(sigschemes)
+            .is_some()
+            .then(|| self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Accepts a server chain only when one of its certificates has the pinned SHA-256

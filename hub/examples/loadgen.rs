@@ -260,7 +260,7 @@ fn beat_shard(
         for (n, url, cert, key) in shard {
             let identity = tls::Identity {
                 certificate_pem: cert,
-                key_pem: key,
+                key: tls::ClientKey::Pem(key),
             };
             let config = Arc::new(client_config(&Trust::CaBundle(ca.into()), Some(&identity))?.0);
             let sem = sem.clone();

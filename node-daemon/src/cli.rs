@@ -201,6 +201,10 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
             eprintln!("error: {e}");
             return Ok(Exit::Failed);
         }
+        Err(StartError::Key(e)) => {
+            eprintln!("error: {}", cairn_api::error_chain(&e));
+            return Ok(Exit::Failed);
+        }
     };
     let api = local_api::serve(&socket, daemon.status_handle(), daemon.metrics_handle())?;
     let api = tokio::spawn(api);
@@ -295,11 +299,17 @@ async fn upgrade(root: &std::path::Path, command: UpgradeCommand) -> anyhow::Res
                     let identity = Store::open(&settings.state_dir)?
                         .identity()?
                         .context("the node is not registered: pass --ca-file")?;
+                    let keys = crate::identity_key::open(
+                        settings.tpm_policy,
+                        settings.tpm_tcti.as_deref(),
+                    )?;
                     (
                         crate::hub::Trust::CaBundle(identity.ca_bundle_pem.clone()),
                         Some(crate::hub::ClientIdentity {
                             certificate_pem: identity.certificate_pem,
-                            key_pem: identity.key_pem,
+                            key: crate::hub::ClientKey::Signer(
+                                keys.signing_key(&identity.key_pem)?,
+                            ),
                         }),
                     )
                 }

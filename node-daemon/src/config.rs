@@ -116,6 +116,10 @@ pub struct Settings {
     pub wizard_listen: String,
     /// A/B upgrades.
     pub upgrade: UpgradeSettings,
+    /// `tpm.policy`.
+    pub tpm_policy: cairn_api::node_config::TpmPolicy,
+    /// `tpm.tcti`; unset, `/dev/tpmrm0` when it exists.
+    pub tpm_tcti: Option<String>,
 }
 
 /// A configuration problem, located.
@@ -420,7 +424,10 @@ impl Settings {
             |p: Option<PathBuf>, default: &str| rooted(root, &p.unwrap_or_else(|| default.into()));
         let state_dir = path(state.dir, "/var/lib/cairn");
         let upgrade = upgrade_settings(root, &state_dir, file.upgrade.unwrap_or_default())?;
+        let tpm = file.tpm.unwrap_or_default();
         Ok(Self {
+            tpm_policy: tpm.policy.unwrap_or_default(),
+            tpm_tcti: tpm.tcti,
             root: root.to_path_buf(),
             hostname,
             hub_url,

@@ -17,7 +17,8 @@ use cairn_api::{
 };
 
 use crate::config::Settings;
-use crate::hub::{ClientIdentity, HttpsHub, HubApi, HubError, Trust};
+use crate::hub::{ClientIdentity, ClientKey, HttpsHub, HubApi, HubError, Trust};
+use crate::identity_key::{self, IdentityKeys, KeyError};
 use crate::inventory::{self, Roots};
 use crate::kubelet::{self, Action, Layout, Supervisor};
 use crate::network::{FleetTry, Network, NetworkError};
@@ -56,6 +57,9 @@ pub enum StartError {
     /// The state store cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Site policy asks for a key home there is not (`tpm.policy: required`, no TPM).
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// A registration attempt failed.
@@ -75,6 +79,8 @@ enum RegisterError {
     Hub(#[from] HubError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -120,6 +126,8 @@ pub struct Daemon<N: Network> {
     booted_slot: Option<String>,
     hub_reached: bool,
     renewed_at: Option<Instant>,
+    /// Where identity keys are made and used: the TPM or a file (`tpm.policy`).
+    keys: Arc<dyn IdentityKeys>,
 }
 
 fn condition(kind: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -145,6 +153,7 @@ impl<N: Network> Daemon<N> {
     /// Opens the state store; nothing else happens until [`Daemon::run`].
     pub fn new(settings: Settings, network: N, roots: Roots) -> Result<Self, StartError> {
         let store = Store::open(&settings.state_dir)?;
+        let keys = identity_key::open(settings.tpm_policy, settings.tpm_tcti.as_deref())?;
         let status = LocalStatus {
             hostname: settings.hostname.clone(),
             hub_url: settings.hub_url.clone(),
@@ -165,6 +174,7 @@ impl<N: Network> Daemon<N> {
             booted_slot,
             hub_reached: false,
             renewed_at: None,
+            keys,
             store,
             network,
             roots,
@@ -464,17 +474,17 @@ impl<N: Network> Daemon<N> {
             (PendingStep::NewCsr, Some(p)) => {
                 tracing::info!(%hostname, previous = %p.hostname, "the hostname changed; a new CSR for the pending registration's key");
                 PendingRegistration {
-                    csr_pem: pki::csr(&p.key_pem, hostname)?,
+                    csr_pem: self.csr(&p.key_pem, hostname)?,
                     hostname: hostname.clone(),
                     token_id,
                     key_pem: p.key_pem,
                 }
             }
             _ => {
-                let key_pem = pki::generate_key()?;
-                tracing::info!(token = %token_id, "new identity key; kept with the registration before it is sent");
+                let key_pem = self.keys.generate()?;
+                tracing::info!(token = %token_id, home = self.keys.kind(), "new identity key; kept with the registration before it is sent");
                 PendingRegistration {
-                    csr_pem: pki::csr(&key_pem, hostname)?,
+                    csr_pem: self.csr(&key_pem, hostname)?,
                     hostname: hostname.clone(),
                     token_id,
                     key_pem,
@@ -483,6 +493,11 @@ impl<N: Network> Daemon<N> {
         };
         self.store.set_pending_registration(&pending)?;
         Ok(pending)
+    }
+
+    /// A CSR for `common_name` signed by the stored key, wherever it lives.
+    fn csr(&self, stored_key: &str, common_name: &str) -> Result<String, KeyError> {
+        identity_key::csr(self.keys.signing_key(stored_key)?.as_ref(), common_name)
     }
 
     fn hub_for(&mut self, identity: &Identity) -> Result<HttpsHub, HubError> {
@@ -496,21 +511,21 @@ impl<N: Network> Daemon<N> {
                 .filter(|u| **u != identity.hub_url)
                 .cloned(),
         );
+        let key = (self.keys.signing_key(&identity.key_pem))
+            .map_err(|e| HubError::Tls(cairn_api::error_chain(&e)))?;
+        let client_identity = ClientIdentity {
+            certificate_pem: identity.certificate_pem.clone(),
+            key: ClientKey::Signer(key),
+        };
         let hub = HttpsHub::failover(
             &urls,
             &Trust::CaBundle(identity.ca_bundle_pem.clone()),
-            Some(&ClientIdentity {
-                certificate_pem: identity.certificate_pem.clone(),
-                key_pem: identity.key_pem.clone(),
-            }),
+            Some(&client_identity),
         )?;
         self.hub = Some(hub.clone());
         let (tls, _) = cairn_hub_client::tls::client_config(
             &Trust::CaBundle(identity.ca_bundle_pem.clone()),
-            Some(&ClientIdentity {
-                certificate_pem: identity.certificate_pem.clone(),
-                key_pem: identity.key_pem.clone(),
-            }),
+            Some(&client_identity),
         )
         .map_err(|e| HubError::Tls(cairn_api::error_chain(&e)))?;
         // The tunnel follows the heartbeats' identity and hubs: a new client (a renewed
@@ -563,8 +578,8 @@ impl<N: Network> Daemon<N> {
         }
         let result = async {
             let hub = self.hub_for(identity).map_err(RegisterError::from)?;
-            let key_pem = pki::generate_key()?;
-            let csr = pki::csr(&key_pem, identity.appliance_id.as_str())?;
+            let key_pem = self.keys.generate()?;
+            let csr = self.csr(&key_pem, identity.appliance_id.as_str())?;
             let renewal = hub.renew(&csr).await?;
             let renewed = Identity {
                 key_pem,

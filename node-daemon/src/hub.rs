@@ -14,7 +14,7 @@ use cairn_api::{
 };
 use cairn_hub_client::{self as hub_client, HubClient};
 
-pub use cairn_hub_client::tls::{Identity as ClientIdentity, Trust};
+pub use cairn_hub_client::tls::{ClientKey, Identity as ClientIdentity, Trust};
 
 /// What went wrong talking to the hub. Each variant says what the operator can do.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,11 @@
-//! The node's keys and certificates: key pair and CSR generated on the box, fingerprints, and
-//! when to renew.
+//! The node's certificates: fingerprints, validity, and when to renew. The keys and CSRs are
+//! `crate::identity_key`'s.
 
 use std::time::{Duration, SystemTime};
-
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
 /// PKI failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    /// rcgen could not make the key or CSR.
-    #[error("generating the key pair or CSR")]
-    Generate(#[from] rcgen::Error),
     /// Text that should hold a PEM certificate does not.
     #[error("{what} is not a PEM certificate: {detail}")]
     NotACertificate {
@@ -19,21 +14,6 @@ pub enum PkiError {
         /// Why.
         detail: String,
     },
-}
-
-/// A fresh private key (ECDSA P-256) in PEM. It never leaves the node.
-pub fn generate_key() -> Result<String, PkiError> {
-    Ok(KeyPair::generate()?.serialize_pem())
-}
-
-/// A PKCS#10 request for `common_name`, signed with the key.
-pub fn csr(key_pem: &str, common_name: &str) -> Result<String, PkiError> {
-    let key = KeyPair::from_pem(key_pem)?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    Ok(params.serialize_request(&key)?.pem()?)
 }
 
 /// DER of every certificate in a PEM bundle, in order.
@@ -93,27 +73,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csr_carries_the_common_name_and_no_private_key() {
-        let key = generate_key().unwrap();
-        let pem = csr(&key, "edge-1").unwrap();
-        let block = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap();
-        let (_, req) =
-            <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&block.contents)
-                .unwrap();
-        let cn = req
-            .certification_request_info
-            .subject
-            .iter_common_name()
-            .next()
-            .unwrap();
-        assert_eq!(cn.as_str().unwrap(), "edge-1");
-        assert!(!pem.contains("PRIVATE KEY"));
-    }
-
-    #[test]
     fn renewal_is_due_with_a_third_of_validity_left() {
         let start = SystemTime::UNIX_EPOCH;
         let end = start + Duration::from_secs(24 * 3600);
@@ -122,8 +81,8 @@ mod tests {
 
     #[test]
     fn fingerprint_and_validity_of_a_self_signed_certificate() {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["x.test".into()])
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x.test".into()])
             .unwrap()
             .self_signed(&key)
             .unwrap();

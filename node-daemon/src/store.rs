@@ -45,7 +45,8 @@ pub struct Identity {
     pub site: String,
     /// Hub URL the identity was issued by.
     pub hub_url: String,
-    /// Private key, PEM. Generated here, never sent anywhere.
+    /// The private key as kept here: PEM (a file key) or, for a TPM key, its public area and
+    /// the private area only that TPM can unwrap (`crate::tpm`). Never sent anywhere.
     pub key_pem: String,
     /// Client certificate, PEM.
     pub certificate_pem: String,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_api::{HardwareInventory, Nic, RegistrationRequest, RegistrationResponse};
-use cairn_hub_client::tls::{Identity, Trust, client_config};
+use cairn_hub_client::tls::{ClientKey, Identity, Trust, client_config};
 pub use cairn_test_support::hub::Hub;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde_json::{Value, json};
@@ -67,7 +67,7 @@ pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
                 identity
                     .map(|(cert, key)| Identity {
                         certificate_pem: cert.into(),
-                        key_pem: key.into(),
+                        key: ClientKey::Pem(key.into()),
                     })
                     .as_ref(),
             )

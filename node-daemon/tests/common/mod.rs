@@ -301,9 +301,16 @@ pub fn debian_root() -> PathBuf {
         .unwrap()
         .join("nspawn-debian");
     let root = dir.join("root");
-    if root.join("usr/lib/systemd/systemd").exists() {
+    // cairn-node links tpm2-tss and loads its device TCTI: its .deb depends on them. A root
+    // cached with another package set is built again.
+    let include = "--include=systemd,systemd-sysv,dbus,libtss2-esys-3.0.2-0,libtss2-tctildr0,libtss2-tcti-device0";
+    let stamp = dir.join("include");
+    if root.join("usr/lib/systemd/systemd").exists()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s == include)
+    {
         return root;
     }
+    let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&dir).unwrap();
     let tmp = dir.join("root.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -311,7 +318,7 @@ pub fn debian_root() -> PathBuf {
         Command::new("mmdebstrap")
             .args([
                 "--variant=minbase",
-                "--include=systemd,systemd-sysv,dbus",
+                include,
                 "--dpkgopt=path-exclude=/usr/share/doc/*",
                 "--dpkgopt=path-exclude=/usr/share/man/*",
                 "--dpkgopt=path-exclude=/usr/share/locale/*",
@@ -323,6 +330,7 @@ pub fn debian_root() -> PathBuf {
     // An empty fstab avoids a degraded boot (LAB.md).
     std::fs::write(tmp.join("etc/fstab"), "").unwrap();
     std::fs::rename(&tmp, &root).unwrap();
+    std::fs::write(&stamp, include).unwrap();
     root
 }
 

@@ -45,6 +45,7 @@ fn layer(hub: &Hub, ns: &Netns, id: &str, netplan: &str) {
             file: "uplink.yaml".into(),
             document,
             dry_run: false,
+            force: false,
         }))
     });
 }

@@ -129,6 +129,7 @@ fn a_site_layer_sets_the_heartbeat_interval_and_the_node_reports_the_generation(
         file: "site.yaml".into(),
         document: "layer: site:layered\nsettings:\n  heartbeat_interval_seconds: 2\n".into(),
         dry_run: false,
+        force: false,
     }));
     assert_eq!(change.appliances, 1, "{change:?}");
     let shown = admin.ok(admin.client.appliance_config(&id));

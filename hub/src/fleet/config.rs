@@ -429,7 +429,7 @@ impl Fleet {
         let touched = self
             .check_layer_change(current.as_ref().map(|(_, l)| l), &record, force)
             .await;
-        let touched = match touched {
+        let (touched, forced) = match touched {
             Ok(n) => n,
             Err(e) => {
                 self.audit(
@@ -466,7 +466,10 @@ impl Fleet {
                 caller,
                 action,
                 &format!("{}@{}", record.layer, record.generation),
-                "ok",
+                &forced.map_or_else(
+                    || "ok".to_owned(),
+                    |cuts| format!("ok, forced past the guard rail: {cuts}"),
+                ),
                 &record.tenant,
             ),
         ];
@@ -495,14 +498,14 @@ impl Fleet {
     }
 
     /// The appliances whose rendered configuration changes when `old` becomes `new`, once
-    /// each one's merged netplan was checked with the node's parser and (unless `force`)
-    /// against the hub link it last reported; or why not.
+    /// each one's merged netplan was checked with the node's parser and against the hub
+    /// link it last reported, with the cuts `force` let through; or why not.
     async fn check_layer_change(
         &self,
         old: Option<&ConfigLayer>,
         new: &ConfigLayer,
         force: bool,
-    ) -> Result<Vec<ApplianceId>, FleetError> {
+    ) -> Result<(Vec<ApplianceId>, Option<String>), FleetError> {
         let before = self.config_layers().await?;
         let mut after: Vec<ConfigLayer> = before
             .iter()
@@ -522,7 +525,7 @@ impl Fleet {
             any |= applies(new, &a, tenant);
             let merged = merged_netplan(&after, &a, tenant);
             check_netplan(merged.as_ref(), &a)?;
-            if !force && let Some(link) = self.hub_link(&a.id).await? {
+            if let Some(link) = self.hub_link(&a.id).await? {
                 let was = merged_netplan(&before, &a, tenant);
                 for cut in guard::new_cuts(&link, was.as_ref(), merged.as_ref()) {
                     let layer = after
@@ -540,12 +543,15 @@ impl Fleet {
                 touched.push(a.id.clone());
             }
         }
-        if !cuts.is_empty() {
+        let cuts = (!cuts.is_empty()).then(|| cuts.join("; "));
+        if let Some(cuts) = &cuts
+            && !force
+        {
             return Err(FleetError::Conflict(format!(
-                "refused: this change would cut appliances off the hub (the link each one \
+                "this change would cut appliances off the hub (the link each one \
                  last reported): {}; fix the patch, or apply it with --force if the \
                  appliances reach the hub another way",
-                cuts.join("; ")
+                cuts
             )));
         }
         // Nothing to merge with yet: the patch must be valid netplan on its own.
@@ -553,7 +559,10 @@ impl Fleet {
             cairn_netplan::schema::from_tree(&tree)
                 .map_err(|e| FleetError::Invalid(e.to_string()))?;
         }
-        Ok(touched)
+        if let Some(cuts) = &cuts {
+            tracing::warn!(layer = %new.layer, %cuts, "netplan change forced past the guard rail");
+        }
+        Ok((touched, cuts))
     }
 
     /// The hub link appliance `id` reported in its latest heartbeat.

@@ -611,6 +611,8 @@ impl<N: Network> Daemon<N> {
             vtep_address: self.settings.vtep_address.map(|ip| ip.to_string()),
             upgrade: self.upgrade_report.get(),
             config: self.config_report.clone(),
+            // Filled in by the heartbeat, which resolves the hub's name.
+            hub_link: None,
             observed_at: time::OffsetDateTime::now_utc(),
         }
     }
@@ -618,9 +620,11 @@ impl<N: Network> Daemon<N> {
     /// Queues this round's report, then delivers the queue oldest first; applies the desired
     /// state of the last answer.
     async fn heartbeat(&mut self, identity: &Identity) -> Result<(), HubError> {
+        let mut status = self.node_status();
+        status.hub_link = crate::hub_link::discover(&self.roots.proc, &identity.hub_url).await;
         let report = Heartbeat {
             applied_generation: self.store.applied_generation().unwrap_or(0),
-            status: self.node_status(),
+            status,
         };
         match self.store.enqueue(&report, self.settings.queue_limit) {
             Ok(0) => {}

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hub;
+pub mod hub_link;
 pub mod inventory;
 pub mod kubelet;
 pub mod local_api;

@@ -621,7 +621,7 @@ impl<N: Network> Daemon<N> {
     /// state of the last answer.
     async fn heartbeat(&mut self, identity: &Identity) -> Result<(), HubError> {
         let mut status = self.node_status();
-        status.hub_link = crate::hub_link::discover(&self.roots.proc, &identity.hub_url).await;
+        status.hub_link = crate::hub_link::discover(&identity.hub_url).await;
         let report = Heartbeat {
             applied_generation: self.store.applied_generation().unwrap_or(0),
             status,

@@ -3,11 +3,12 @@
 //!
 //! The source address is the kernel's choice for a UDP socket connected to the hub (no
 //! packet is sent); the interface and gateway are the main routing table's best match in
-//! procfs (`net/route`, `net/ipv6_route`): longest prefix, then lowest metric. Policy routing
-//! rules are not followed: the hub then judges the main table's path.
+//! `/proc/net/route` or `/proc/net/ipv6_route`: longest prefix, then lowest metric. Policy
+//! routing rules are not followed: the hub then judges the main table's path. These are
+//! read from the real `/proc`, not the `--proc-root` inventory fixture: routes are the live
+//! state of the node's network namespace, not hardware.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 
 use cairn_api::HubLink;
 
@@ -18,7 +19,7 @@ const RTF_REJECT: u32 = 0x200;
 
 /// The hub link to the hub at `url`, as this host routes it now; `None` when the hub's name
 /// does not resolve or no route matches.
-pub async fn discover(proc: &Path, url: &str) -> Option<HubLink> {
+pub async fn discover(url: &str) -> Option<HubLink> {
     let parsed = reqwest::Url::parse(url).ok()?;
     let host = parsed.host_str()?.trim_matches(['[', ']']).to_owned();
     let port = parsed.port_or_known_default()?;
@@ -35,8 +36,8 @@ pub async fn discover(proc: &Path, url: &str) -> Option<HubLink> {
         });
     }
     let table = match hub.ip() {
-        IpAddr::V4(_) => std::fs::read_to_string(proc.join("net/route")),
-        IpAddr::V6(_) => std::fs::read_to_string(proc.join("net/ipv6_route")),
+        IpAddr::V4(_) => std::fs::read_to_string("/proc/net/route"),
+        IpAddr::V6(_) => std::fs::read_to_string("/proc/net/ipv6_route"),
     }
     .ok()?;
     let (interface, gateway) = route_for(&table, hub.ip())?;

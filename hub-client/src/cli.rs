@@ -1573,7 +1573,9 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             Answer::of(&change, layer_change_text)?
         }
         HubClientCommand::Config(ConfigCommand::Diff { file }) => {
-            let change = hub.apply_config_layer(&layer_request(&file, true, false)?).await?;
+            let change = hub
+                .apply_config_layer(&layer_request(&file, true, false)?)
+                .await?;
             Answer::of(&change, layer_change_text)?
         }
         HubClientCommand::Config(ConfigCommand::History { layer }) => {

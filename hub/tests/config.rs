@@ -362,7 +362,10 @@ async fn a_change_cutting_the_hub_link_is_refused_unless_forced() {
 
     // A change that keeps the link passes; a forced cut is stored and rendered.
     let wider = UPLINK.replace("eth0:\n", "eth0:\n        mtu: 9000\n");
-    assert_eq!(applied(&admin, "uplink.yaml", &wider).await["appliances"], 2);
+    assert_eq!(
+        applied(&admin, "uplink.yaml", &wider).await["appliances"],
+        2
+    );
     let (s, body) = admin
         .post(
             "/v1/config/layers",

@@ -64,7 +64,10 @@ fn cuts(link: &HubLink, patch: Option<&Node>, previous: Option<&Node>) -> Vec<Cu
             mark: off.mark.clone(),
         });
     }
-    let address = link.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok());
+    let address = link
+        .address
+        .as_deref()
+        .and_then(|a| a.parse::<IpAddr>().ok());
     if let (Some(ip), Some(list)) = (address, get(config, "addresses"))
         && !dhcp(config, ip)
         && !seq(list).any(|n| {
@@ -79,16 +82,19 @@ fn cuts(link: &HubLink, patch: Option<&Node>, previous: Option<&Node>) -> Vec<Cu
             mark: list.mark.clone(),
         });
     }
-    let gateway = link.gateway.as_deref().and_then(|g| g.parse::<IpAddr>().ok());
+    let gateway = link
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse::<IpAddr>().ok());
     if let Some(gw) = gateway
         && !dhcp(config, gw)
     {
         let legacy = if gw.is_ipv4() { "gateway4" } else { "gateway6" };
         let routes = get(config, "routes");
         let old_style = get(config, legacy);
-        let kept = routes.is_some_and(|r| {
-            seq(r).any(|route| get(route, "via").and_then(scalar_ip) == Some(gw))
-        }) || old_style.and_then(scalar_ip) == Some(gw);
+        let kept = routes
+            .is_some_and(|r| seq(r).any(|route| get(route, "via").and_then(scalar_ip) == Some(gw)))
+            || old_style.and_then(scalar_ip) == Some(gw);
         if let Some(at) = routes.or(old_style).filter(|_| !kept) {
             out.push(Cut {
                 what: format!("the route via {gw} on {iface}"),

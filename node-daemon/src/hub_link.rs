@@ -164,7 +164,9 @@ mod tests {
     #[test]
     fn the_best_route_names_interface_and_gateway() {
         let table = v4_table();
-        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+        // (hub address, the interface and gateway expected)
+        type Case<'a> = (&'a str, Option<(&'a str, Option<&'a str>)>);
+        let cases: &[Case] = &[
             ("203.0.113.7", Some(("eth0", Some("192.0.2.1")))),
             ("192.0.2.77", Some(("eth0", None))),
             ("198.51.100.5", Some(("eth1", Some("192.0.2.254")))),

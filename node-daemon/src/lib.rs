@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod host_settings;
 pub mod hub;
 pub mod hub_link;
 pub mod inventory;

@@ -171,7 +171,8 @@ mod tests {
     #[test]
     fn cuts_are_found_with_their_line_and_only_when_new() {
         let before = patch(BEFORE);
-        let table: &[(&str, Option<&str>, &[&str], usize)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [&'a str], usize);
+        let table: &[Case] = &[
             // (after, gateway, cuts, line of the first)
             (BEFORE, Some("192.0.2.1"), &[], 0),
             (

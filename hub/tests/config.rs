@@ -501,4 +501,26 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
         Exit::Failed,
         "no generation 7"
     );
+
+    // A patch cutting the link the appliance reported fails without --force, passes with.
+    let http = device.client(&hub, &reg);
+    let (s, body) = post(&http, format!("{}/v1/heartbeats", hub.url), &linked()).await;
+    assert_eq!(s, 200, "{body}");
+    std::fs::write(
+        file,
+        "layer: site:lab\nnetplan:\n  network:\n    ethernets:\n      eth0:\n        addresses: [192.0.2.99/24]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(&["config", "apply", "-f", file]).await.unwrap(),
+        Exit::Failed
+    );
+    assert_eq!(layer_gen().await, (200, json!(3)));
+    assert_eq!(
+        run(&["config", "apply", "-f", file, "--force"])
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(layer_gen().await, (200, json!(4)));
 }

@@ -2,8 +2,8 @@
 //! interface, address or route an appliance reaches the hub by is refused unless forced.
 //!
 //! The hub sees only the merged patch, not the node's own netplan files, so it judges only
-//! what the patch says: an interface the patch defined and no longer does, an interface the
-//! patch turns off, an `addresses` list (with DHCP off) that leaves out the hub-link address,
+//! what the patch says: an interface the patch defined and no longer does, an `addresses`
+//! list (with DHCP off) that leaves out the hub-link address,
 //! or a `routes`/`gateway4`/`gateway6` setting (with DHCP off) that leaves out the hub-link
 //! gateway. Each cut names the key's file and line. A cut the patch already made before this
 //! change is not this change's doing (the appliance reported the link through it), so only
@@ -58,12 +58,6 @@ fn cuts(link: &HubLink, patch: Option<&Node>, previous: Option<&Node>) -> Vec<Cu
             .collect();
     };
     let mut out = Vec::new();
-    if let Some(off) = get(config, "activation-mode").filter(|n| scalar(n) == Some("off")) {
-        out.push(Cut {
-            what: format!("interface {iface} (activation-mode: off)"),
-            mark: off.mark.clone(),
-        });
-    }
     let address = link
         .address
         .as_deref()
@@ -209,12 +203,6 @@ mod tests {
                 "network:\n  ethernets:\n    eth1:\n      dhcp4: true\n",
                 None,
                 &["interface eth0 (the patch no longer defines it)"],
-                4,
-            ),
-            (
-                "network:\n  ethernets:\n    eth0:\n      activation-mode: off\n",
-                None,
-                &["interface eth0 (activation-mode: off)"],
                 4,
             ),
         ];

@@ -525,8 +525,11 @@ impl Fleet {
             any |= applies(new, &a, tenant);
             let merged = merged_netplan(&after, &a, tenant);
             check_netplan(merged.as_ref(), &a)?;
-            if let Some(link) = self.hub_link(&a.id).await? {
-                let was = merged_netplan(&before, &a, tenant);
+            let was = merged_netplan(&before, &a, tenant);
+            // Only a netplan patch can cut a link: a settings-only change of a large tenant
+            // reads no status records.
+            let netplan_changed = was != merged;
+            if netplan_changed && let Some(link) = self.hub_link(&a.id).await? {
                 for cut in guard::new_cuts(&link, was.as_ref(), merged.as_ref()) {
                     let layer = after
                         .iter()

@@ -55,10 +55,28 @@ pub struct NodeStatus {
     /// What the node did with the latest rendered configuration it received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigReport>,
+    /// The path this appliance reaches the hub by, so that the hub can refuse a netplan
+    /// change that would cut it (docs/hub.md "Guard rail").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_link: Option<HubLink>,
     /// When the node took this snapshot.
     #[schemars(with = "crate::Rfc3339")]
     #[serde(with = "time::serde::rfc3339")]
     pub observed_at: OffsetDateTime,
+}
+
+/// The interface, source address and gateway an appliance's packets to the hub leave by, as
+/// its kernel routes them. A report: unknown fields tolerated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HubLink {
+    /// The interface, e.g. `eth0`.
+    pub interface: String,
+    /// The source address on it, e.g. `192.0.2.10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The next hop, when the hub is not on the link itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// One condition of an appliance, in the Kubernetes style.

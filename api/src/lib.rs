@@ -45,7 +45,8 @@ pub use config::{
     ConfigOutcome, ConfigReport, DiffEntry, LayerDocument, LayerRef, RenderedConfig, diff, merge,
 };
 pub use heartbeat::{
-    Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, JoinBundle, NodeStatus,
+    Condition, ConditionStatus, DesiredState, Heartbeat, HeartbeatResponse, HubLink, JoinBundle,
+    NodeStatus,
 };
 pub use identity::{ApplianceId, CertFingerprint, InvalidApplianceId, InvalidFingerprint};
 pub use install::{InstallProgress, InstallStep};

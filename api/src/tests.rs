@@ -132,6 +132,7 @@ fn every_wire_type_survives_a_json_round_trip() {
             }],
             counters: BTreeMap::from([("reports_dropped".into(), 3)]),
             vtep_address: Some("10.0.0.1".into()),
+            hub_link: None,
             upgrade: Some(UpgradeReport {
                 campaign: "nov-rollout".into(),
                 version: "2026.11.1".into(),

@@ -484,6 +484,9 @@ enum ConfigCommand {
         /// The layer file.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
+        /// Apply even a netplan patch the hub says would cut an appliance's link to it.
+        #[arg(long)]
+        force: bool,
     },
     /// What applying a layer file would change, without storing it.
     Diff {
@@ -1022,13 +1025,18 @@ impl Answer {
 
 /// The request for a layer file: its text as written, so the hub's errors point at its
 /// lines.
-fn layer_request(file: &Path, dry_run: bool) -> anyhow::Result<cairn_api::hub::ApplyLayer> {
+fn layer_request(
+    file: &Path,
+    dry_run: bool,
+    force: bool,
+) -> anyhow::Result<cairn_api::hub::ApplyLayer> {
     let document =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(cairn_api::hub::ApplyLayer {
         file: file.display().to_string(),
         document,
         dry_run,
+        force,
     })
 }
 
@@ -1558,14 +1566,16 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
         HubClientCommand::Campaigns(CampaignCommand::List) => {
             Answer::of(&hub.list_campaigns().await?, |c| campaigns_table(c))?
         }
-        HubClientCommand::Config(ConfigCommand::Apply { file }) => {
+        HubClientCommand::Config(ConfigCommand::Apply { file, force }) => {
             let change = hub
-                .apply_config_layer(&layer_request(&file, false)?)
+                .apply_config_layer(&layer_request(&file, false, force)?)
                 .await?;
             Answer::of(&change, layer_change_text)?
         }
         HubClientCommand::Config(ConfigCommand::Diff { file }) => {
-            let change = hub.apply_config_layer(&layer_request(&file, true)?).await?;
+            let change = hub
+                .apply_config_layer(&layer_request(&file, true, false)?)
+                .await?;
             Answer::of(&change, layer_change_text)?
         }
         HubClientCommand::Config(ConfigCommand::History { layer }) => {

@@ -122,6 +122,7 @@ fn node_status(os: &str, report: Option<UpgradeReport>) -> Status {
             conditions: vec![],
             counters: Default::default(),
             vtep_address: None,
+            hub_link: None,
             upgrade: report,
             config: None,
             observed_at: OffsetDateTime::now_utc(),

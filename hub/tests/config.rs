@@ -296,6 +296,112 @@ async fn layers_on_etcd() {
     layers_merge_validate_and_roll_back(&hub).await;
 }
 
+/// A heartbeat reporting the hub link `eth0`, 192.0.2.10 via 192.0.2.1.
+fn linked() -> Value {
+    let mut hb = heartbeat(1, None);
+    hb["status"]["hub_link"] =
+        json!({"interface": "eth0", "address": "192.0.2.10", "gateway": "192.0.2.1"});
+    hb
+}
+
+const UPLINK: &str = "\
+layer: site:guarded
+netplan:
+  network:
+    version: 2
+    ethernets:
+      eth0:
+        addresses: [192.0.2.10/24]
+        routes:
+          - {to: default, via: 192.0.2.1}
+";
+
+/// Guard rail: a patch that drops the address or the route an appliance reported for its
+/// hub link is refused naming the appliance, what it would lose and the layer line, and
+/// stores nothing; `force` applies it; a change that keeps the link passes.
+#[tokio::test]
+async fn a_change_cutting_the_hub_link_is_refused_unless_forced() {
+    let hub = common::start_hub(&[]);
+    let admin = hub.admin();
+    let token = admin.enrollment_token("guarded", 2).await;
+    let edge = Device::new("edge-g1", "CFG-G1", &["52:54:00:20:00:04"]);
+    let reg = edge.register(&hub, &token).await;
+    let id = reg.appliance_id.to_string();
+    let http = edge.client(&hub, &reg);
+    let (s, body) = post(&http, format!("{}/v1/heartbeats", hub.url), &linked()).await;
+    assert_eq!(s, 200, "{body}");
+    // One that reported no link is not judged.
+    let quiet = Device::new("edge-g2", "CFG-G2", &["52:54:00:20:00:05"]);
+    quiet.register(&hub, &token).await;
+    applied(&admin, "uplink.yaml", UPLINK).await;
+
+    let readdressed = UPLINK.replace("192.0.2.10/24", "192.0.2.77/24");
+    let (s, body) = apply(&admin, "readdress.yaml", &readdressed, false).await;
+    assert_eq!(s, 409, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("appliance {id}"))
+            && message.contains("address 192.0.2.10 of eth0")
+            && message.contains("readdress.yaml:7:")
+            && message.contains("layer site:guarded")
+            && message.contains("--force"),
+        "names the appliance, the address, the line and the way out: {message}"
+    );
+    let rerouted = UPLINK.replace("via: 192.0.2.1", "via: 192.0.2.254");
+    let (s, body) = apply(&admin, "reroute.yaml", &rerouted, true).await;
+    assert_eq!(s, 409, "a diff shows the refusal too: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the route via 192.0.2.1 on eth0 (reroute.yaml:9:"),
+        "{body}"
+    );
+    let (_, layer) = admin.get("/v1/config/layers/site:guarded").await;
+    assert_eq!(layer["generation"], 1, "refusals store nothing: {layer}");
+
+    // A change that keeps the link passes; a forced cut is stored and rendered.
+    let wider = UPLINK.replace("eth0:\n", "eth0:\n        mtu: 9000\n");
+    assert_eq!(
+        applied(&admin, "uplink.yaml", &wider).await["appliances"],
+        2
+    );
+    let (s, body) = admin
+        .post(
+            "/v1/config/layers",
+            json!({"file": "readdress.yaml", "document": readdressed, "force": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["layer"]["generation"], 3);
+    let (_, shown) = admin.get(&format!("/v1/appliances/{id}/config")).await;
+    assert_eq!(
+        shown["rendered"]["netplan"]["network"]["ethernets"]["eth0"]["addresses"],
+        json!(["192.0.2.77/24"]),
+        "{shown}"
+    );
+    let (_, audit) = admin.get("/v1/audit?since=2000-01-01T00:00:00Z").await;
+    let results: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "config.apply")
+        .filter_map(|e| e["result"].as_str())
+        .collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.starts_with("refused: this change would cut") && r.contains(&id)),
+        "the refusal is audited: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r.starts_with("ok, forced past the guard rail") && r.contains(&id)),
+        "the forced cut is audited with what it cut: {results:?}"
+    );
+}
+
 /// `cairn hub config apply/diff/history/rollback/show` against a real hub.
 #[tokio::test]
 async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
@@ -395,4 +501,26 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
         Exit::Failed,
         "no generation 7"
     );
+
+    // A patch cutting the link the appliance reported fails without --force, passes with.
+    let http = device.client(&hub, &reg);
+    let (s, body) = post(&http, format!("{}/v1/heartbeats", hub.url), &linked()).await;
+    assert_eq!(s, 200, "{body}");
+    std::fs::write(
+        file,
+        "layer: site:lab\nnetplan:\n  network:\n    ethernets:\n      eth0:\n        addresses: [192.0.2.99/24]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(&["config", "apply", "-f", file]).await.unwrap(),
+        Exit::Failed
+    );
+    assert_eq!(layer_gen().await, (200, json!(3)));
+    assert_eq!(
+        run(&["config", "apply", "-f", file, "--force"])
+            .await
+            .unwrap(),
+        Exit::Success
+    );
+    assert_eq!(layer_gen().await, (200, json!(4)));
 }

@@ -99,6 +99,10 @@ struct RunArgs {
     /// journal when not given.
     #[arg(long)]
     journal_dir: Option<PathBuf>,
+    /// The `chronyc` that makes chrony re-read the fleet's NTP sources (default: `chronyc`
+    /// from PATH).
+    #[arg(long)]
+    chronyc: Option<PathBuf>,
     /// Where the first-boot wizard listens when nothing configures the node.
     #[arg(long, default_value = "0.0.0.0:8443")]
     wizard_listen: String,
@@ -196,7 +200,9 @@ async fn run(root: &std::path::Path, args: RunArgs) -> anyhow::Result<Exit> {
     };
     let socket = settings.api_socket.clone();
     let daemon = match Daemon::new(settings, network, roots) {
-        Ok(d) => d.with_journal_dir(args.journal_dir),
+        Ok(d) => d
+            .with_journal_dir(args.journal_dir)
+            .with_chronyc(args.chronyc),
         Err(StartError::Store(e)) => {
             eprintln!("error: {e}");
             return Ok(Exit::Failed);

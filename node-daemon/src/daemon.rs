@@ -109,6 +109,11 @@ pub struct Daemon<N: Network> {
     network_condition: Condition,
     /// How the last VPC overlay apply went (none before the first).
     overlay_condition: Option<Condition>,
+    /// Whether the resolver and the time daemon re-read the fleet's DNS and NTP servers
+    /// (none before the first change).
+    host_condition: Option<Condition>,
+    /// The `chronyc` program that makes chrony re-read its sources.
+    chronyc: std::path::PathBuf,
     /// What this node did with the latest fleet configuration.
     config_report: Option<cairn_api::ConfigReport>,
     kubelet_condition: Option<Condition>,
@@ -189,10 +194,20 @@ impl<N: Network> Daemon<N> {
             interval: Duration::from_secs(30),
             network_condition: condition("NetworkApplied", false, "NotYet", ""),
             overlay_condition: None,
+            host_condition: None,
+            chronyc: "chronyc".into(),
             config_report: None,
             kubelet_condition: None,
             settings,
         })
+    }
+
+    /// Runs `chronyc` from `path` (tests: a stand-in) to have chrony re-read its sources.
+    pub fn with_chronyc(mut self, path: Option<std::path::PathBuf>) -> Self {
+        if let Some(p) = path {
+            self.chronyc = p;
+        }
+        self
     }
 
     /// Reads the journal the hub asks for through the tunnel from `dir` instead of the
@@ -626,6 +641,8 @@ impl<N: Network> Daemon<N> {
             vtep_address: self.settings.vtep_address.map(|ip| ip.to_string()),
             upgrade: self.upgrade_report.get(),
             config: self.config_report.clone(),
+            // Filled in by the heartbeat, which resolves the hub's name.
+            hub_link: None,
             observed_at: time::OffsetDateTime::now_utc(),
         }
     }
@@ -633,9 +650,11 @@ impl<N: Network> Daemon<N> {
     /// Queues this round's report, then delivers the queue oldest first; applies the desired
     /// state of the last answer.
     async fn heartbeat(&mut self, identity: &Identity) -> Result<(), HubError> {
+        let mut status = self.node_status();
+        status.hub_link = crate::hub_link::discover(&identity.hub_url).await;
         let report = Heartbeat {
             applied_generation: self.store.applied_generation().unwrap_or(0),
-            status: self.node_status(),
+            status,
         };
         match self.store.enqueue(&report, self.settings.queue_limit) {
             Ok(0) => {}
@@ -746,7 +765,10 @@ impl<N: Network> Daemon<N> {
                 .and_then(|r| r.last_good_generation);
             let outcome = match config.settings.validate() {
                 Err(reason) => cairn_api::ConfigOutcome::Refused { reason },
-                Ok(()) => self.apply_fleet_network(config).await,
+                Ok(()) => match self.apply_fleet_network(config).await {
+                    cairn_api::ConfigOutcome::Applied => self.apply_host_settings(config).await,
+                    other => other,
+                },
             };
             let report = config_report(config, last_good, outcome);
             match &report.outcome {
@@ -815,6 +837,85 @@ impl<N: Network> Daemon<N> {
                 reason: format!("applying the netplan patch failed and was undone: {e}"),
             },
         }
+    }
+
+    /// The DNS and NTP servers of a fleet configuration: their files written (or removed),
+    /// then systemd-resolved restarted and chrony told to re-read its sources for what
+    /// changed. A file that cannot be written refuses the generation; a daemon that does
+    /// not re-read is the `HostSettingsApplied` condition, since the file is in place for
+    /// its next start.
+    async fn apply_host_settings(
+        &mut self,
+        config: &cairn_api::RenderedConfig,
+    ) -> cairn_api::ConfigOutcome {
+        let files = crate::host_settings::HostFiles::under(&self.settings.root);
+        let changed = match crate::host_settings::write(&files, &config.settings) {
+            Ok(c) => c,
+            Err(e) => {
+                return cairn_api::ConfigOutcome::Refused {
+                    reason: format!(
+                        "writing {} or {} failed: {e}; check that the node's root is writable",
+                        files.resolved.display(),
+                        files.chrony.display()
+                    ),
+                };
+            }
+        };
+        let mut failed = Vec::new();
+        if changed.dns {
+            let restarted = match DbusSystemd::connect(&self.settings.system_bus).await {
+                Ok(units) => units.restart("systemd-resolved.service").await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = restarted {
+                failed.push(format!(
+                    "restarting systemd-resolved: {}",
+                    cairn_api::error_chain(&e)
+                ));
+            }
+        }
+        if changed.ntp {
+            let reloaded = tokio::process::Command::new(&self.chronyc)
+                .args(["reload", "sources"])
+                .output()
+                .await;
+            match reloaded {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => failed.push(format!(
+                    "chronyc reload sources: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => failed.push(format!(
+                    "running {}: {e} (is chrony installed?)",
+                    self.chronyc.display()
+                )),
+            }
+        }
+        if changed.dns || changed.ntp {
+            tracing::info!(
+                dns = changed.dns,
+                ntp = changed.ntp,
+                "DNS/NTP files written"
+            );
+            self.host_condition = Some(if failed.is_empty() {
+                condition(
+                    "HostSettingsApplied",
+                    true,
+                    "Applied",
+                    format!("generation {}", config.generation),
+                )
+            } else {
+                let message = format!(
+                    "generation {}: files written, in force at the daemons' next start: {}",
+                    config.generation,
+                    failed.join("; ")
+                );
+                tracing::warn!(%message, "DNS/NTP not re-read");
+                condition("HostSettingsApplied", false, "ReloadFailed", message)
+            });
+        }
+        cairn_api::ConfigOutcome::Applied
     }
 
     fn layout(&self) -> Layout {
@@ -962,6 +1063,7 @@ impl<N: Network> Daemon<N> {
             condition("Registered", registered, reason, ""),
         ];
         conditions.extend(self.overlay_condition.clone());
+        conditions.extend(self.host_condition.clone());
         conditions.extend(self.kubelet_condition.clone());
         conditions
     }
@@ -1159,7 +1261,8 @@ fn hub_probe(url: &str) -> Option<cairn_netplan::safe::Probe> {
 /// The report of a rendered fleet configuration whose settings were checked (with the same
 /// function the hub validated them with) and whose network part ended in `outcome`; the
 /// heartbeat interval is in force already (the hub renders it into the desired state's own
-/// field). The other settings are kept with the desired state and named in `not_applied`:
+/// field), DNS and NTP servers are written by `apply_host_settings`. The other settings are
+/// kept with the desired state and named in `not_applied`:
 /// this node does not act on them yet. `last_good` is the generation kept before.
 fn config_report(
     config: &cairn_api::RenderedConfig,
@@ -1173,8 +1276,6 @@ fn config_report(
     };
     let s = &config.settings;
     let not_applied = [
-        ("settings.dns", s.dns.is_some()),
-        ("settings.ntp", s.ntp.is_some()),
         ("settings.health_checks", s.health_checks.is_some()),
         ("settings.drain_command", s.drain_command.is_some()),
         ("settings.kubelet", s.kubelet.is_some()),
@@ -1205,6 +1306,7 @@ mod config_tests {
             settings: FleetConfig {
                 heartbeat_interval_seconds: Some(5),
                 dns: Some(vec!["192.0.2.53".into()]),
+                drain_command: Some(vec!["/usr/bin/true".into()]),
                 ..Default::default()
             },
             ..Default::default()
@@ -1214,7 +1316,11 @@ mod config_tests {
             (r.outcome, r.last_good_generation),
             (ConfigOutcome::Applied, Some(4))
         );
-        assert_eq!(r.not_applied, ["settings.dns"], "kept, not acted on");
+        assert_eq!(
+            r.not_applied,
+            ["settings.drain_command"],
+            "kept, not acted on; DNS is applied"
+        );
 
         let cut = RenderedConfig {
             generation: 5,

@@ -15,7 +15,9 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod host_settings;
 pub mod hub;
+pub mod hub_link;
 pub mod identity_key;
 pub mod inventory;
 pub mod kubelet;

@@ -477,6 +477,7 @@ mod tests {
                 conditions: vec![],
                 counters: Default::default(),
                 vtep_address: None,
+                hub_link: None,
                 upgrade: None,
                 config: None,
                 observed_at: time::OffsetDateTime::UNIX_EPOCH,

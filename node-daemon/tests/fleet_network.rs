@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_api::ConfigOutcome;
-use cairn_api::hub::{ApplianceConfigView, ApplyLayer};
+use cairn_api::hub::{ApplianceConfigView, ApplyLayer, LayerChange};
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -37,16 +37,26 @@ fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-fn layer(hub: &Hub, ns: &Netns, id: &str, netplan: &str) {
+/// Applies an appliance layer with `netplan`; `force` past the hub's guard rail.
+fn layer(
+    hub: &Hub,
+    ns: &Netns,
+    id: &str,
+    netplan: &str,
+    force: bool,
+) -> Result<LayerChange, String> {
     let document = format!("layer: appliance:{id}\nnetplan:\n{netplan}");
     in_ns(ns, || {
         let admin = hub.admin();
-        admin.ok(admin.client.apply_config_layer(&ApplyLayer {
-            file: "uplink.yaml".into(),
-            document,
-            dry_run: false,
-        }))
-    });
+        admin
+            .run(admin.client.apply_config_layer(&ApplyLayer {
+                file: "uplink.yaml".into(),
+                document,
+                dry_run: false,
+                force,
+            }))
+            .map_err(|e| cairn_api::error_chain(&e))
+    })
 }
 
 /// The appliance's configuration once its report names `generation`.
@@ -143,14 +153,18 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
     } = lab("cfg");
     let route = ROUTE;
 
-    // Replacing n0's routes with none cuts the hub: the probe fails, the node rolls back.
-    let applied_at = std::time::Instant::now();
-    layer(
-        &hub,
-        &hub_ns,
-        &id,
-        "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: []\n",
+    // Replacing n0's routes with none cuts the hub: the hub's guard rail refuses it, from
+    // the link the node reported, naming the route and the line.
+    let cut = "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: []\n";
+    let refusal = layer(&hub, &hub_ns, &id, cut, false).unwrap_err();
+    assert!(
+        refusal.contains(&format!("appliance {id}"))
+            && refusal.contains("the route via 10.1.0.2 on n0 (uplink.yaml:7:"),
+        "{refusal}"
     );
+    // Forced past it, the node's probe fails and the node rolls back.
+    let applied_at = std::time::Instant::now();
+    layer(&hub, &hub_ns, &id, cut, true).unwrap();
     let shown = reported(&hub, &hub_ns, &id, 1);
     eprintln!(
         "bad change: apply to rolled back, reported at the hub: {:?}",
@@ -172,7 +186,9 @@ fn a_patch_cutting_the_hub_is_rolled_back_and_a_good_one_kept() {
         &hub_ns,
         &id,
         "  network:\n    version: 2\n    ethernets:\n      n0:\n        addresses: [10.1.0.1/24, 10.1.0.60/24]\n",
-    );
+        false,
+    )
+    .unwrap();
     let shown = reported(&hub, &hub_ns, &id, 2);
     eprintln!(
         "good change: apply to applied, reported at the hub: {:?}",
@@ -212,7 +228,9 @@ fn a_change_on_trial_when_the_node_dies_is_rolled_back_at_its_next_start() {
         &hub_ns,
         &id,
         "  network:\n    version: 2\n    ethernets:\n      n0:\n        routes: [{to: 10.2.0.0/24, via: 10.1.0.99}]\n",
-    );
+        true,
+    )
+    .unwrap();
     // On trial: the route points at nothing, the probe waits for its timeout.
     poll("the change to be on trial", LIMIT, || {
         node_ns.ip(&["route"]).contains(dead_end).then_some(())

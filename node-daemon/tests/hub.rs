@@ -110,8 +110,11 @@ fn the_vtep_reaches_the_hub_and_a_node_not_managing_its_network_says_it_realises
     node.stop();
 }
 
-/// A site layer's heartbeat interval reaches a real node through the hub's desired state;
-/// the hub shows drift until the node reports the configuration generation applied.
+/// A site layer's heartbeat interval, DNS and NTP servers reach a real node through the
+/// hub's desired state: the interval is kept, the resolved drop-in and the chrony sources
+/// are written under the node's root and chrony is told to re-read them; the hub shows
+/// drift until the node reports the configuration generation applied, with nothing left
+/// in `not_applied`.
 #[test]
 fn a_site_layer_sets_the_heartbeat_interval_and_the_node_reports_the_generation() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,15 +130,31 @@ fn a_site_layer_sets_the_heartbeat_interval_and_the_node_reports_the_generation(
     let admin = hub.admin();
     let change = admin.ok(admin.client.apply_config_layer(&ApplyLayer {
         file: "site.yaml".into(),
-        document: "layer: site:layered\nsettings:\n  heartbeat_interval_seconds: 2\n".into(),
+        document: "layer: site:layered\nsettings:\n  heartbeat_interval_seconds: 2\n  \
+                   dns: [192.0.2.53]\n  ntp: [ntp.example, 192.0.2.123]\n"
+            .into(),
         dry_run: false,
+        force: false,
     }));
     assert_eq!(change.appliances, 1, "{change:?}");
     let shown = admin.ok(admin.client.appliance_config(&id));
     assert_eq!(shown.state.desired_generation, 1, "{shown:?}");
     assert!(shown.state.drift, "not applied yet: {shown:?}");
 
-    let node = Node::start(&root);
+    // A stand-in chronyc that records how it was called.
+    let chronyc = dir.path().join("chronyc");
+    let calls = dir.path().join("chronyc.calls");
+    std::fs::write(
+        &chronyc,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &chronyc,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let node = Node::start_full(&root, &[], &["--chronyc", chronyc.to_str().unwrap()]);
     let shown = poll(
         "the node to report configuration generation 1",
         LIMIT,
@@ -150,6 +169,22 @@ fn a_site_layer_sets_the_heartbeat_interval_and_the_node_reports_the_generation(
     assert_eq!(shown.state.last_good_generation, Some(1), "{shown:?}");
     let report = shown.state.report.unwrap();
     assert!(report.not_applied.is_empty(), "{report:?}");
+    let resolved =
+        std::fs::read_to_string(root.join("etc/systemd/resolved.conf.d/50-cairn.conf")).unwrap();
+    assert!(
+        resolved.contains("[Resolve]\nDNS=192.0.2.53\n"),
+        "{resolved}"
+    );
+    let sources = std::fs::read_to_string(root.join("etc/chrony/sources.d/cairn.sources")).unwrap();
+    assert!(
+        sources.contains("server ntp.example iburst\nserver 192.0.2.123 iburst\n"),
+        "{sources}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "reload sources\n",
+        "chrony re-reads its sources once"
+    );
     let status = poll("the node to keep the layer's interval", LIMIT, || {
         node.status().filter(|s| s.heartbeat_interval_seconds == 2)
     });

@@ -14,6 +14,9 @@ pub struct ApplyLayer {
     /// Only validate and answer what would change; store nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Apply even a netplan patch that would cut an appliance's link to the hub.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/config/layers/{layer}/rollback` body.

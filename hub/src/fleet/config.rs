@@ -19,6 +19,8 @@ use serde_json::Value;
 use super::*;
 use crate::model::ConfigLayer;
 
+mod guard;
+
 /// Generations of one layer kept in its history.
 const HISTORY_LIMIT: usize = 1000;
 
@@ -167,9 +169,9 @@ pub(crate) fn render(
     })
 }
 
-/// Checks the netplan `a` would get under `layers`, merged as the node merges netplan
-/// files, each layer's patch keeping its own file and lines.
-fn check_netplan(layers: &[ConfigLayer], a: &Appliance, tenant: &str) -> Result<(), FleetError> {
+/// The netplan patch `a` gets under `layers`, merged as the node merges netplan files,
+/// each layer's patch keeping its own file and lines; `None` when no layer has one.
+fn merged_netplan(layers: &[ConfigLayer], a: &Appliance, tenant: &str) -> Option<yaml::Node> {
     let mut merged: Option<yaml::Node> = None;
     for l in layers_for(layers, a, tenant) {
         let Some(tree) = netplan_tree(&l.file, &l.document) else {
@@ -180,8 +182,13 @@ fn check_netplan(layers: &[ConfigLayer], a: &Appliance, tenant: &str) -> Result<
             None => tree,
         });
     }
+    merged
+}
+
+/// Checks the merged netplan patch of appliance `a` with the node's parser.
+fn check_netplan(merged: Option<&yaml::Node>, a: &Appliance) -> Result<(), FleetError> {
     let Some(tree) = merged else { return Ok(()) };
-    cairn_netplan::schema::from_tree(&tree)
+    cairn_netplan::schema::from_tree(tree)
         .map(drop)
         .map_err(|e| FleetError::Invalid(format!("netplan for appliance {}: {e}", a.id)))
 }
@@ -322,13 +329,15 @@ impl Fleet {
 
     /// Applies a layer file (operator, in scope): validates it, and unless `dry_run` stores
     /// it as the layer's next generation and re-renders every appliance it touches. An
-    /// unchanged document stores nothing.
+    /// unchanged document stores nothing. A netplan patch that would cut an appliance's
+    /// link to the hub is refused unless `force` ([`guard`]).
     pub async fn apply_config_layer(
         &self,
         caller: &Caller,
         file: &str,
         text: &str,
         dry_run: bool,
+        force: bool,
     ) -> Result<LayerChange, FleetError> {
         caller.operator()?;
         let parsed = match parse(file, text) {
@@ -364,7 +373,7 @@ impl Fleet {
             file: file.to_owned(),
             value: parsed.value,
         };
-        self.write_layer(caller, record, dry_run, "config.apply")
+        self.write_layer(caller, record, dry_run, force, "config.apply")
             .await
     }
 
@@ -390,7 +399,9 @@ impl Fleet {
             generation: 0,
             ..old
         };
-        self.write_layer(caller, record, false, "config.rollback")
+        // Not guarded: it restores what the operator ran before, and is the way back when a
+        // forced change went wrong.
+        self.write_layer(caller, record, false, true, "config.rollback")
             .await
     }
 
@@ -401,6 +412,7 @@ impl Fleet {
         caller: &Caller,
         mut record: ConfigLayer,
         dry_run: bool,
+        force: bool,
         action: &str,
     ) -> Result<LayerChange, FleetError> {
         let key = layer_key(&record.layer);
@@ -415,9 +427,9 @@ impl Fleet {
         });
         record.generation = current.as_ref().map_or(0, |(_, l)| l.generation) + u64::from(changed);
         let touched = self
-            .check_layer_change(current.as_ref().map(|(_, l)| l), &record)
+            .check_layer_change(current.as_ref().map(|(_, l)| l), &record, force)
             .await;
-        let touched = match touched {
+        let (touched, forced) = match touched {
             Ok(n) => n,
             Err(e) => {
                 self.audit(
@@ -454,7 +466,10 @@ impl Fleet {
                 caller,
                 action,
                 &format!("{}@{}", record.layer, record.generation),
-                "ok",
+                &forced.map_or_else(
+                    || "ok".to_owned(),
+                    |cuts| format!("ok, forced past the guard rail: {cuts}"),
+                ),
                 &record.tenant,
             ),
         ];
@@ -483,12 +498,14 @@ impl Fleet {
     }
 
     /// The appliances whose rendered configuration changes when `old` becomes `new`, once
-    /// each one's merged netplan was checked with the node's parser; or why not.
+    /// each one's merged netplan was checked with the node's parser and against the hub
+    /// link it last reported, with the cuts `force` let through; or why not.
     async fn check_layer_change(
         &self,
         old: Option<&ConfigLayer>,
         new: &ConfigLayer,
-    ) -> Result<Vec<ApplianceId>, FleetError> {
+        force: bool,
+    ) -> Result<(Vec<ApplianceId>, Option<String>), FleetError> {
         let before = self.config_layers().await?;
         let mut after: Vec<ConfigLayer> = before
             .iter()
@@ -499,23 +516,62 @@ impl Fleet {
         let site_tenants = self.site_tenants().await?;
         let mut touched = Vec::new();
         let mut any = false;
+        let mut cuts = Vec::new();
         for (_, a) in self.list::<Appliance>(keys::APPLIANCES).await? {
             let tenant = tenant_in(&site_tenants, &a.site);
             if !applies(new, &a, tenant) && !old.is_some_and(|o| applies(o, &a, tenant)) {
                 continue;
             }
             any |= applies(new, &a, tenant);
-            check_netplan(&after, &a, tenant)?;
+            let merged = merged_netplan(&after, &a, tenant);
+            check_netplan(merged.as_ref(), &a)?;
+            let was = merged_netplan(&before, &a, tenant);
+            // Only a netplan patch can cut a link: a settings-only change of a large tenant
+            // reads no status records.
+            let netplan_changed = was != merged;
+            if netplan_changed && let Some(link) = self.hub_link(&a.id).await? {
+                for cut in guard::new_cuts(&link, was.as_ref(), merged.as_ref()) {
+                    let layer = after
+                        .iter()
+                        .chain(&before)
+                        .find(|l| *l.file == *cut.mark.file)
+                        .map_or("", |l| l.layer.as_str());
+                    cuts.push(format!(
+                        "appliance {}: it would lose {} ({}, layer {layer})",
+                        a.id, cut.what, cut.mark
+                    ));
+                }
+            }
             if render(&before, &a, tenant) != render(&after, &a, tenant) {
                 touched.push(a.id.clone());
             }
+        }
+        let cuts = (!cuts.is_empty()).then(|| cuts.join("; "));
+        if let Some(cuts) = &cuts
+            && !force
+        {
+            return Err(FleetError::Conflict(format!(
+                "this change would cut appliances off the hub (the link each one \
+                 last reported): {}; fix the patch, or apply it with --force if the \
+                 appliances reach the hub another way",
+                cuts
+            )));
         }
         // Nothing to merge with yet: the patch must be valid netplan on its own.
         if !any && let Some(tree) = netplan_tree(&new.file, &new.document) {
             cairn_netplan::schema::from_tree(&tree)
                 .map_err(|e| FleetError::Invalid(e.to_string()))?;
         }
-        Ok(touched)
+        if let Some(cuts) = &cuts {
+            tracing::warn!(layer = %new.layer, %cuts, "netplan change forced past the guard rail");
+        }
+        Ok((touched, cuts))
+    }
+
+    /// The hub link appliance `id` reported in its latest heartbeat.
+    async fn hub_link(&self, id: &ApplianceId) -> Result<Option<cairn_api::HubLink>, FleetError> {
+        let status: Option<(u64, Status)> = self.get(&format!("{}{id}", keys::STATUS)).await?;
+        Ok(status.and_then(|(_, s)| s.status.hub_link))
     }
 
     /// `GET /v1/appliances/{id}/config`: what its layers render to and what it did with it.

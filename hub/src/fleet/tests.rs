@@ -88,6 +88,7 @@ fn beat(vtep: Option<&str>, seq: u64) -> Heartbeat {
             counters: [("seq".to_string(), seq)].into(),
             vtep_address: vtep.map(str::to_owned),
             config: None,
+            hub_link: None,
             upgrade: None,
             observed_at: OffsetDateTime::now_utc(),
         },

@@ -48,6 +48,7 @@ fn status(os: &str, report: Option<(&str, UpgradePhase)>) -> Status {
             conditions: vec![],
             counters: Default::default(),
             vtep_address: None,
+            hub_link: None,
             config: None,
             upgrade: report.map(|(campaign, phase)| UpgradeReport {
                 campaign: campaign.into(),

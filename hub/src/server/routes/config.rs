@@ -11,7 +11,7 @@ pub(super) async fn apply_layer(
 ) -> Result<Json<LayerChange>, ApiError> {
     let change = state
         .fleet
-        .apply_config_layer(&caller, &req.file, &req.document, req.dry_run)
+        .apply_config_layer(&caller, &req.file, &req.document, req.dry_run, req.force)
         .await?;
     Ok(Json(change))
 }

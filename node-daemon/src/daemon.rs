@@ -156,9 +156,13 @@ impl<N: Network> Daemon<N> {
         let booted_slot = upgrader.booted().map(|s| s.letter().to_owned());
         let (upgrade_input, input_rx) = tokio::sync::watch::channel(UpgradeInput::default());
         let (tunnel_target, tunnel_rx) = tokio::sync::watch::channel(None);
+        let local = tunnel::Local {
+            journal_dir: None,
+            reboot_command: settings.upgrade.reboot_command.clone(),
+        };
         Ok(Self {
             tunnel_target,
-            tunnel_task: Some((tunnel_rx, tunnel::Local::default())),
+            tunnel_task: Some((tunnel_rx, local)),
             upgrade_input,
             upgrade_task: Some((upgrader, input_rx)),
             upgrade_report,

@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_api::hub::remote::{
-    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, TUNNEL_PATH,
-    TUNNEL_PROTOCOL,
+    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
+    TUNNEL_PATH, TUNNEL_PROTOCOL,
 };
-use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery};
+use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery, RebootResult};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -43,6 +43,9 @@ pub struct Target {
 pub struct Local {
     /// The journal directory `journalctl` reads (`--directory`); the system's when `None`.
     pub journal_dir: Option<PathBuf>,
+    /// What a reboot the hub asks for runs: the upgrade's `reboot_command` (`systemctl
+    /// reboot` unless configured), so both reboots go the same way.
+    pub reboot_command: Vec<String>,
 }
 
 /// Longest wait between two connection attempts.
@@ -271,6 +274,7 @@ fn router(local: Local) -> Router {
     Router::new()
         .route(NODE_LOGS_PATH, get(logs))
         .route(NODE_EXEC_PATH, post(exec))
+        .route(NODE_REBOOT_PATH, post(reboot))
         .with_state(Arc::new(local))
 }
 
@@ -332,6 +336,37 @@ async fn logs(State(local): State<Arc<Local>>, Query(q): Query<LogsQuery>) -> Re
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// `POST /reboot`: runs the reboot command. `systemctl reboot` only queues the job, so the
+/// answer still leaves before the tunnel goes down; a command that fails answers 500 with
+/// its last lines.
+async fn reboot(State(local): State<Arc<Local>>) -> Response {
+    let Some(program) = local.reboot_command.first() else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cairn-node has no reboot command (upgrade.reboot_command)\n",
+        )
+            .into_response();
+    };
+    tracing::warn!(command = %program, "rebooting for the hub");
+    let (ok, lines) = crate::upgrade::effects::run_command(&local.reboot_command, &[]).await;
+    if !ok {
+        tracing::error!(output = %lines.join("\n"), "the reboot command failed");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cairn-node's reboot command ({program}) failed: {}\n",
+                lines.join("; ")
+            ),
+        )
+            .into_response();
+    }
+    Json(RebootResult {
+        appliance: String::new(),
+        message: format!("reboot requested ({})", local.reboot_command.join(" ")),
+    })
+    .into_response()
 }
 
 /// Reads at most [`OUTPUT_LIMIT`] bytes, then drains the rest (so the command is not

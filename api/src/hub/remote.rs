@@ -32,6 +32,19 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
+/// The node's routes on each tunnel stream (HTTP/1.1): `POST`, no body; answers
+/// [`RebootResult`] once the reboot is requested.
+pub const NODE_REBOOT_PATH: &str = "/reboot";
+
+/// `POST /v1/appliances/{id}/reboot`: what the node said when asked to reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RebootResult {
+    /// The appliance.
+    pub appliance: String,
+    /// The node's own words: the reboot it requested (its `upgrade.reboot_command`).
+    pub message: String,
+}
+
 /// `POST /v1/appliances/{id}/exec`: a command run on the appliance, as root, without a
 /// shell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -358,6 +358,11 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
             ),
         ),
         (
+            Method::POST,
+            "/v1/appliances/{id}/reboot",
+            case("/v1/appliances/ap-acme-east/reboot", a, Site, 503, 404),
+        ),
+        (
             Method::GET,
             "/v1/appliances/{id}/join-bundle",
             Case {

@@ -21,8 +21,8 @@ use cairn_api::hub::{
     ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
     EventView, ExecRequest, ExecResult, JoinSecretView, LabelRequest, LogsQuery, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role,
-    SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
+    NewToken, OperatorTokenView, RebootResult, ReleaseView, Renewal, RenewalRequest, ResumeQuery,
+    Role, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -759,6 +759,15 @@ pub(crate) fn routes() -> Vec<Route> {
             Some(json::<ExecRequest>()),
             (200, json::<ExecResult>()),
             post(remote::exec),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/reboot",
+            (Bearer(Admin), P(App)),
+            "Reboot the appliance through its tunnel (systemctl reboot on the node; audited)",
+            None,
+            (202, json::<RebootResult>()),
+            post(remote::reboot),
         ),
         r(
             M::GET,

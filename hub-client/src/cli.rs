@@ -336,6 +336,17 @@ enum ApplianceCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// Reboot the appliance through its tunnel (admin role; audited): the node runs its
+    /// reboot command (`systemctl reboot`). Asks first unless `--yes`.
+    ///
+    /// Example: `cairn hub appliances reboot ap-1234 --yes`
+    Reboot {
+        /// Appliance ID.
+        id: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1238,6 +1249,28 @@ async fn exec(
     Ok(Exit::Code(u8::try_from(result.exit_code).unwrap_or(1)))
 }
 
+/// Asks `question` on the terminal; only `y` or `yes` goes ahead. Without a terminal there
+/// is no one to ask: the caller must say `--yes`.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} Standard input is not a terminal: pass --yes to go ahead");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr()
+        .flush()
+        .context("writing to standard error")?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    Ok(matches!(
+        line.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
 async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<Answer> {
     Ok(match command {
         HubClientCommand::Login { .. }
@@ -1384,6 +1417,14 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             &hub.label_appliance(&id, &label_changes(changes)?).await?,
             |a| format!("{} labels: {}\n", a.id, labels(&a.labels)),
         )?,
+        HubClientCommand::Appliances(ApplianceCommand::Reboot { id, yes }) => {
+            if !yes && !confirm(&format!("Reboot appliance {id} now?"))? {
+                return Ok(Answer::done("not rebooted"));
+            }
+            Answer::of(&hub.reboot(&id).await?, |r| {
+                format!("{}: {}\n", r.appliance, r.message)
+            })?
+        }
         HubClientCommand::Appliances(ApplianceCommand::Delete { id }) => {
             hub.delete_appliance(&id).await?;
             Answer::done("deleted")

@@ -181,7 +181,7 @@ fn cairn_hub(hub: &Hub, dir: &Path, args: &[&str]) -> cairn_api::cli::Exit {
 }
 
 #[test]
-fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
+fn logs_exec_and_reboot_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
     let dir = tempfile::tempdir().unwrap();
     let nat = nat();
     // This thread calls the hub where it listens: in its namespace.
@@ -208,7 +208,14 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
     let root = dir.path().join("node");
     let journal_dir = dir.path().join("journal");
     journal(&journal_dir);
-    write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
+    // The reboot the hub asks for goes through the upgrade's reboot command: here it leaves
+    // a line in a file instead.
+    let rebooted = dir.path().join("rebooted");
+    let extra = format!(
+        "{NO_NET}upgrade:\n  reboot_command: [sh, -c, 'echo reboot >> {}']\n",
+        rebooted.display()
+    );
+    write_config(&root, &hub.url, &hub.fingerprint, &token, &extra);
     let node = Node::start_full(
         &root,
         &nat.node.prefix(),
@@ -336,24 +343,49 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
             .unwrap()
             .with_bearer(&t.token)
     };
-    let status = |r: Result<_, HubError>| match r {
+    let status = |r: Result<(), HubError>| match r {
         Err(HubError::Refused { status, .. }) => status,
-        other => panic!("expected a refusal, got {:?}", other.map(drop)),
+        other => panic!("expected a refusal, got {other:?}"),
     };
     let other_tenant = client_with(Role::Admin, Some("globex"));
     assert_eq!(
-        status(admin.run(other_tenant.exec(&id, &argv(&["true"])))),
+        status(
+            admin
+                .run(other_tenant.exec(&id, &argv(&["true"])))
+                .map(drop)
+        ),
         404
     );
     let operator = client_with(Role::Operator, None);
-    assert_eq!(status(admin.run(operator.exec(&id, &argv(&["true"])))), 403);
+    assert_eq!(
+        status(admin.run(operator.exec(&id, &argv(&["true"]))).map(drop)),
+        403
+    );
     // An operator reads logs.
     let mut logs = admin.ok(operator.appliance_logs(&id, &LogsQuery::default()));
     assert!(admin.ok(logs.next_chunk()).is_some());
     drop(logs);
 
+    // Reboot: an admin's, asked through the CLI; the node ran its reboot command once.
+    assert_eq!(status(admin.run(operator.reboot(&id)).map(drop)), 403);
+    assert!(!rebooted.exists(), "an operator's refused reboot ran");
+    assert_eq!(
+        cairn_hub(&hub, dir.path(), &["appliances", "reboot", &id, "--yes"]),
+        cairn_api::cli::Exit::Success
+    );
+    assert_eq!(std::fs::read_to_string(&rebooted).unwrap(), "reboot\n");
+
     // The audit log has who ran what, and how it ended.
     let audit = admin.ok(admin.client.audit(&SinceQuery::default()));
+    for result in ["started", "reboot requested (sh -c"] {
+        assert!(
+            audit.iter().any(|e| e.action == "appliance.reboot"
+                && e.target == id
+                && e.result.starts_with(result)
+                && e.actor.starts_with("operator:")),
+            "no {result:?} reboot entry in {audit:#?}"
+        );
+    }
     let execs: Vec<_> = audit
         .iter()
         .filter(|e| e.action == "appliance.exec")

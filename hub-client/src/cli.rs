@@ -347,6 +347,19 @@ enum ApplianceCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Boot the appliance's other A/B slot from now on, and reboot into it (admin role;
+    /// audited). Refused when that slot holds no committed release (never upgraded, or its
+    /// last upgrade failed or rolled back) or an upgrade is under way. Asks first unless
+    /// `--yes`.
+    ///
+    /// Example: `cairn hub appliances rollback ap-1234 --yes`
+    Rollback {
+        /// Appliance ID.
+        id: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1422,6 +1435,15 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
                 return Ok(Answer::done("not rebooted"));
             }
             Answer::of(&hub.reboot(&id).await?, |r| {
+                format!("{}: {}\n", r.appliance, r.message)
+            })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Rollback { id, yes }) => {
+            let question = format!("Roll appliance {id} back to its other slot and reboot it now?");
+            if !yes && !confirm(&question)? {
+                return Ok(Answer::done("not rolled back"));
+            }
+            Answer::of(&hub.rollback(&id).await?, |r| {
                 format!("{}: {}\n", r.appliance, r.message)
             })?
         }

@@ -555,6 +555,14 @@ impl HubClient {
         self.send(endpoint, url, req).await?.decode()
     }
 
+    /// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
+    /// reboots into it (admin only, audited); 409 when that slot holds no committed release.
+    pub async fn rollback(&self, id: &str) -> Result<RebootResult, Error> {
+        let (endpoint, url, req) =
+            self.request(Method::POST, &["v1", "appliances", id, "rollback"]);
+        self.send(endpoint, url, req).await?.decode()
+    }
+
     /// A GET whose answer is read as it streams: the status is checked, the body left to
     /// the caller.
     async fn open_stream<Q: Serialize + ?Sized>(

@@ -159,6 +159,9 @@ impl<N: Network> Daemon<N> {
         let local = tunnel::Local {
             journal_dir: None,
             reboot_command: settings.upgrade.reboot_command.clone(),
+            grubenv: settings.upgrade.grubenv.clone(),
+            cmdline: settings.upgrade.cmdline.clone(),
+            upgrade: upgrade_report.clone(),
         };
         Ok(Self {
             tunnel_target,

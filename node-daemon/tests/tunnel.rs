@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_api::hub::{CreateOperatorToken, CreateTenant, ExecRequest, LogsQuery, Role, SinceQuery};
+use cairn_formats::grubenv;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
 use common::*;
@@ -180,8 +182,48 @@ fn cairn_hub(hub: &Hub, dir: &Path, args: &[&str]) -> cairn_api::cli::Exit {
     run(args)
 }
 
+/// The upgrade record a committed upgrade to 1.1.0 leaves (slot b), and a GRUB environment
+/// booting b.
+fn committed_upgrade(root: &Path) {
+    std::fs::create_dir_all(root.join("upgrade")).unwrap();
+    let record = serde_json::json!({
+        "order": {
+            "campaign": "c1",
+            "version": "1.1.0",
+            "bundle_url": "https://hub.invalid/bundle",
+            "sha256": "00",
+            "size_bytes": 1,
+        },
+        "report": {
+            "campaign": "c1",
+            "version": "1.1.0",
+            "phase": "committed",
+            "reason": "",
+            "bytes_done": 1,
+            "bytes_total": 1,
+            "logs": [],
+            "at": "2026-12-07T10:00:00Z",
+        },
+        "target": "b",
+        "from_version": "1.0.0",
+    });
+    std::fs::write(
+        root.join("upgrade/state.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let block = grubenv::new_block(&BTreeMap::from([("cairn_slot", "b")])).unwrap();
+    std::fs::write(root.join("grubenv"), block).unwrap();
+}
+
+/// GRUB's default slot in the node's environment.
+fn grub_slot(root: &Path) -> String {
+    let bytes = std::fs::read(root.join("grubenv")).unwrap();
+    grubenv::select(&bytes, None).unwrap().vars["cairn_slot"].clone()
+}
+
 #[test]
-fn logs_exec_and_reboot_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
+fn logs_exec_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
     let dir = tempfile::tempdir().unwrap();
     let nat = nat();
     // This thread calls the hub where it listens: in its namespace.
@@ -211,10 +253,13 @@ fn logs_exec_and_reboot_reach_a_node_behind_nat_through_its_tunnel_which_survive
     // The reboot the hub asks for goes through the upgrade's reboot command: here it leaves
     // a line in a file instead.
     let rebooted = dir.path().join("rebooted");
+    // A rollback needs a committed upgrade on record (from slot a to slot b, as a campaign
+    // leaves it), the GRUB environment and the kernel command line naming the booted slot.
     let extra = format!(
-        "{NO_NET}upgrade:\n  reboot_command: [sh, -c, 'echo reboot >> {}']\n",
+        "{NO_NET}upgrade:\n  reboot_command: [sh, -c, 'echo reboot >> {}']\n  data_dir: /upgrade\n  grubenv: /grubenv\n  cmdline: /cmdline\n",
         rebooted.display()
     );
+    committed_upgrade(&root);
     write_config(&root, &hub.url, &hub.fingerprint, &token, &extra);
     let node = Node::start_full(
         &root,
@@ -375,15 +420,46 @@ fn logs_exec_and_reboot_reach_a_node_behind_nat_through_its_tunnel_which_survive
     );
     assert_eq!(std::fs::read_to_string(&rebooted).unwrap(), "reboot\n");
 
+    // Rollback: refused, saying why, while the booted slot is unknown; then, booted from b
+    // after the committed upgrade, slot a becomes the default and the node reboots.
+    let refused = admin.run(admin.client.rollback(&id)).map(drop);
+    match &refused {
+        Err(HubError::Refused { status, body, .. }) => {
+            assert_eq!(*status, 409);
+            assert!(body.message.contains("booted slot is unknown"), "{body:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(grub_slot(&root), "b");
+    std::fs::write(root.join("cmdline"), "root=/dev/vda2 cairn.slot=b quiet\n").unwrap();
+    assert_eq!(status(admin.run(operator.rollback(&id)).map(drop)), 403);
+    assert_eq!(
+        cairn_hub(&hub, dir.path(), &["appliances", "rollback", &id, "--yes"]),
+        cairn_api::cli::Exit::Success
+    );
+    assert_eq!(grub_slot(&root), "a");
+    assert_eq!(
+        std::fs::read_to_string(&rebooted).unwrap(),
+        "reboot\nreboot\n"
+    );
+
     // The audit log has who ran what, and how it ended.
     let audit = admin.ok(admin.client.audit(&SinceQuery::default()));
-    for result in ["started", "reboot requested (sh -c"] {
+    for (action, result) in [
+        ("appliance.reboot", "started"),
+        ("appliance.reboot", "reboot requested (sh -c"),
+        ("appliance.rollback", "failed: cairn-node cannot roll back"),
+        (
+            "appliance.rollback",
+            "slot a is the default; reboot requested",
+        ),
+    ] {
         assert!(
-            audit.iter().any(|e| e.action == "appliance.reboot"
+            audit.iter().any(|e| e.action == action
                 && e.target == id
                 && e.result.starts_with(result)
                 && e.actor.starts_with("operator:")),
-            "no {result:?} reboot entry in {audit:#?}"
+            "no {action} {result:?} entry in {audit:#?}"
         );
     }
     let execs: Vec<_> = audit

@@ -36,7 +36,11 @@ pub struct LogsQuery {
 /// [`RebootResult`] once the reboot is requested.
 pub const NODE_REBOOT_PATH: &str = "/reboot";
 
-/// `POST /v1/appliances/{id}/reboot`: what the node said when asked to reboot.
+/// The node's routes on each tunnel stream (HTTP/1.1): `POST`, no body; the other slot
+/// becomes GRUB's default and the node reboots ([`RebootResult`]), or 409 with why not.
+pub const NODE_ROLLBACK_PATH: &str = "/rollback";
+
+/// `POST /v1/appliances/{id}/reboot` and `.../rollback`: what the node said when asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RebootResult {
     /// The appliance.

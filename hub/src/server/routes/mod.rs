@@ -770,6 +770,15 @@ pub(crate) fn routes() -> Vec<Route> {
             post(remote::reboot),
         ),
         r(
+            M::POST,
+            "/v1/appliances/{id}/rollback",
+            (Bearer(Admin), P(App)),
+            "Boot the appliance's other A/B slot from now on and reboot, when it holds a committed release (409 otherwise; audited)",
+            None,
+            (202, json::<RebootResult>()),
+            post(remote::rollback),
+        ),
+        r(
             M::GET,
             "/v1/appliances/{id}/join-bundle",
             (Bearer(Admin), P(App)),

@@ -6,7 +6,7 @@ use axum::extract::RawQuery;
 use bytes::Bytes;
 use cairn_api::hub::remote::{
     EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
-    TUNNEL_PROTOCOL,
+    NODE_ROLLBACK_PATH, TUNNEL_PROTOCOL,
 };
 use cairn_api::hub::{ExecRequest, ExecResult, LogsQuery, RebootResult};
 use http_body_util::{BodyExt, Full};
@@ -341,6 +341,14 @@ async fn node_json<T: serde::de::DeserializeOwned>(
             reason: e.to_string(),
         })?
         .to_bytes();
+    if status == StatusCode::CONFLICT {
+        // The node declines in the operator's words (a rollback with nothing to go back to).
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            String::from_utf8_lossy(&bytes).trim_end(),
+        ));
+    }
     if !status.is_success() {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -360,44 +368,77 @@ async fn node_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `POST /v1/appliances/{id}/reboot`: the node runs its reboot command (`systemctl reboot`),
-/// audited before it is asked and with what it answered.
+/// `POST /v1/appliances/{id}/reboot`: the node runs its reboot command (`systemctl reboot`).
 pub(super) async fn reboot(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, appliance) = state.fleet.appliance_in_scope(&caller, &id).await?;
-    if let Some(holder) = holder_elsewhere(&state, &id, &headers).await? {
-        let path = format!("/v1/appliances/{id}/reboot");
-        return forward(&state, &holder, Method::POST, &path, &headers, Vec::new()).await;
+    node_action(&state, &caller, &id, &headers, "reboot", NODE_REBOOT_PATH).await
+}
+
+/// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
+/// reboots, when that slot holds a committed release (409 with why otherwise).
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    node_action(
+        &state,
+        &caller,
+        &id,
+        &headers,
+        "rollback",
+        NODE_ROLLBACK_PATH,
+    )
+    .await
+}
+
+/// A remote action without a body (`reboot`, `rollback`): audited as `appliance.<action>`
+/// before the node is asked and with what it answered, forwarded to the replica holding the
+/// tunnel when another one does.
+async fn node_action(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    headers: &HeaderMap,
+    action: &str,
+    node_path: &str,
+) -> Result<Response, ApiError> {
+    let (_, appliance) = state.fleet.appliance_in_scope(caller, id).await?;
+    if let Some(holder) = holder_elsewhere(state, id, headers).await? {
+        let path = format!("/v1/appliances/{id}/{action}");
+        return forward(state, &holder, Method::POST, &path, headers, Vec::new()).await;
     }
     let site = Some(appliance.site.as_str());
+    let audited = format!("appliance.{action}");
     state
         .fleet
-        .audit(&caller, "appliance.reboot", &id, "started", site)
+        .audit(caller, &audited, id, "started", site)
         .await?;
-    let request = hyper::Request::post(NODE_REBOOT_PATH)
+    let request = hyper::Request::post(node_path)
         .header(header::HOST, "node")
         .body(Full::new(Bytes::new()))
         .expect("a static request");
     // The node answers once the reboot is queued; its command runs at most 30 s.
     let outcome =
-        node_json::<RebootResult>(&state, &id, request, std::time::Duration::from_secs(45)).await;
+        node_json::<RebootResult>(state, id, request, std::time::Duration::from_secs(45)).await;
     let result = match &outcome {
         Ok(r) => r.message.clone(),
         Err(e) => format!("failed: {}", e.message),
     };
     state
         .fleet
-        .audit(&caller, "appliance.reboot", &id, &result, site)
+        .audit(caller, &audited, id, &result, site)
         .await?;
     let node = outcome?;
     Ok((
         StatusCode::ACCEPTED,
         Json(RebootResult {
-            appliance: id,
+            appliance: id.to_owned(),
             message: node.message,
         }),
     )

@@ -347,6 +347,19 @@ enum ApplianceCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Save the appliance's support bundle, read through its tunnel (operator role; audited):
+    /// one tar.gz with the journal of the current boot, `cairn-node status`, its
+    /// configuration with secrets redacted, `ip -j addr/route/link`, dmesg, versions and the
+    /// upgrade record.
+    ///
+    /// Example: `cairn hub appliances support-bundle ap-1234 -o ap-1234.tar.gz`
+    SupportBundle {
+        /// Appliance ID.
+        id: String,
+        /// Where to write it (`-o`; `--output` is the global output format).
+        #[arg(long = "file", short = 'o', value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Boot the appliance's other A/B slot from now on, and reboot into it (admin role;
     /// audited). Refused when that slot holds no committed release (never upgraded, or its
     /// last upgrade failed or rolled back) or an upgrade is under way. Asks first unless
@@ -1177,6 +1190,9 @@ impl HubArgs {
                 };
                 return logs(&hub, &id, &query).await;
             }
+            HubClientCommand::Appliances(ApplianceCommand::SupportBundle { id, file }) => {
+                return support_bundle(&hub, &id, &file).await;
+            }
             HubClientCommand::Appliances(ApplianceCommand::Exec { id, timeout, argv }) => {
                 let request = ExecRequest {
                     argv,
@@ -1229,6 +1245,43 @@ async fn logs(hub: &HubClient, id: &str, query: &LogsQuery) -> anyhow::Result<Ex
         out.flush().context("writing to standard output")?;
     }
     Ok(Exit::Success)
+}
+
+/// Writes the support bundle to `path` as it arrives; a partial file is removed.
+async fn support_bundle(hub: &HubClient, id: &str, path: &Path) -> anyhow::Result<Exit> {
+    use std::io::Write;
+    let mut stream = match hub.support_bundle(id).await {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    let write = async {
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut size = 0;
+        while let Some(chunk) = stream.next_chunk().await? {
+            file.write_all(&chunk)
+                .with_context(|| format!("writing {}", path.display()))?;
+            size += chunk.len();
+        }
+        file.sync_all()
+            .with_context(|| format!("writing {}", path.display()))?;
+        anyhow::Ok(size)
+    };
+    match write.await {
+        Ok(size) => {
+            eprintln!(
+                "wrote the support bundle of {id} to {} ({size} bytes)",
+                path.display()
+            );
+            Ok(Exit::Success)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e.context(format!(
+                "the support bundle of {id} was cut off (the node failed building it, or the tunnel broke); retry"
+            )))
+        }
+    }
 }
 
 /// Runs the command and passes its output and exit code through; a refusal by the hub is
@@ -1288,7 +1341,9 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
     Ok(match command {
         HubClientCommand::Login { .. }
         | HubClientCommand::Appliances(
-            ApplianceCommand::Logs { .. } | ApplianceCommand::Exec { .. },
+            ApplianceCommand::Logs { .. }
+            | ApplianceCommand::Exec { .. }
+            | ApplianceCommand::SupportBundle { .. },
         ) => unreachable!("handled by run"),
         HubClientCommand::Token(TokenCommand::Create {
             site,

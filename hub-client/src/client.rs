@@ -555,6 +555,18 @@ impl HubClient {
         self.send(endpoint, url, req).await?.decode()
     }
 
+    /// `GET /v1/appliances/{id}/support-bundle`: the appliance's support bundle (`tar.gz`),
+    /// read as it streams (operator role, audited).
+    pub async fn support_bundle(&self, id: &str) -> Result<LogStream, Error> {
+        let (_, url, response) = self
+            .open_stream(
+                &["v1", "appliances", id, "support-bundle"],
+                &[] as &[(&str, &str)],
+            )
+            .await?;
+        Ok(LogStream { url, response })
+    }
+
     /// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
     /// reboots into it (admin only, audited); 409 when that slot holds no committed release.
     pub async fn rollback(&self, id: &str) -> Result<RebootResult, Error> {

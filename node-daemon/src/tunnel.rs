@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_api::hub::remote::{
     EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
-    NODE_ROLLBACK_PATH, TUNNEL_PATH, TUNNEL_PROTOCOL,
+    NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PATH, TUNNEL_PROTOCOL,
 };
 use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery, RebootResult};
 use futures::StreamExt;
@@ -53,6 +53,8 @@ pub struct Local {
     pub cmdline: PathBuf,
     /// The upgrade's latest report: what the other slot holds.
     pub upgrade: crate::upgrade::SharedReport,
+    /// What a support bundle reads.
+    pub support: crate::support::Sources,
 }
 
 /// Longest wait between two connection attempts.
@@ -283,6 +285,7 @@ fn router(local: Local) -> Router {
         .route(NODE_EXEC_PATH, post(exec))
         .route(NODE_REBOOT_PATH, post(reboot))
         .route(NODE_ROLLBACK_PATH, post(rollback))
+        .route(NODE_SUPPORT_BUNDLE_PATH, get(support_bundle))
         .with_state(Arc::new(local))
 }
 
@@ -419,6 +422,22 @@ async fn rollback(State(local): State<Arc<Local>>) -> Response {
         .into_response(),
         Err(refused) => refused,
     }
+}
+
+/// `GET /support-bundle`: the bundle, `application/gzip`. The headers leave at once (the
+/// hub waits 15 s for them) and the body when the bundle is built; a failure cuts the body.
+async fn support_bundle(State(local): State<Arc<Local>>) -> Response {
+    tracing::info!("building a support bundle for the hub");
+    let built = futures::stream::once(async move {
+        crate::support::build(&local.support, local.journal_dir.as_deref())
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "building the support bundle failed"))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/gzip")],
+        Body::from_stream(built),
+    )
+        .into_response()
 }
 
 /// Reads at most [`OUTPUT_LIMIT`] bytes, then drains the rest (so the command is not

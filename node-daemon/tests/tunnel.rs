@@ -216,6 +216,22 @@ fn committed_upgrade(root: &Path) {
     std::fs::write(root.join("grubenv"), block).unwrap();
 }
 
+/// The support bundle's files, by name under `support-bundle/`, as text.
+fn support_bundle(path: &Path) -> BTreeMap<String, String> {
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut parts = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let name = name.strip_prefix("support-bundle/").unwrap().to_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        parts.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+    }
+    parts
+}
+
 /// GRUB's default slot in the node's environment.
 fn grub_slot(root: &Path) -> String {
     let bytes = std::fs::read(root.join("grubenv")).unwrap();
@@ -223,7 +239,8 @@ fn grub_slot(root: &Path) -> String {
 }
 
 #[test]
-fn logs_exec_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
+fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel()
+ {
     let dir = tempfile::tempdir().unwrap();
     let nat = nat();
     // This thread calls the hub where it listens: in its namespace.
@@ -419,6 +436,63 @@ fn logs_exec_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel_whic
         cairn_api::cli::Exit::Success
     );
     assert_eq!(std::fs::read_to_string(&rebooted).unwrap(), "reboot\n");
+
+    // Support bundle: an operator's; every part is there, and no secret of the node's.
+    let bundle = dir.path().join("bundle.tar.gz");
+    assert_eq!(
+        cairn_hub(
+            &hub,
+            dir.path(),
+            &[
+                "appliances",
+                "support-bundle",
+                &id,
+                "-o",
+                bundle.to_str().unwrap()
+            ]
+        ),
+        cairn_api::cli::Exit::Success
+    );
+    let parts = support_bundle(&bundle);
+    for name in [
+        "journal.txt",
+        "status.json",
+        "ip-addr.json",
+        "ip-route.json",
+        "ip-link.json",
+        "dmesg.txt",
+        "versions.txt",
+        "upgrade-state.json",
+        "config/etc/cairn/node.yaml",
+    ] {
+        assert!(parts.contains_key(name), "no {name} in {:?}", parts.keys());
+    }
+    assert!(
+        parts["status.json"].contains(&id),
+        "{}",
+        parts["status.json"]
+    );
+    assert!(
+        parts["ip-addr.json"].contains("10.77.1.2"),
+        "{}",
+        parts["ip-addr.json"]
+    );
+    assert!(
+        parts["config/etc/cairn/node.yaml"].contains("token_file: <redacted>"),
+        "{}",
+        parts["config/etc/cairn/node.yaml"]
+    );
+    for (name, text) in &parts {
+        assert!(!text.contains(&token), "the enrollment token is in {name}");
+        assert!(!text.contains("PRIVATE KEY"), "a private key is in {name}");
+    }
+    let bundles = admin.ok(admin.client.audit(&SinceQuery::default()));
+    assert!(
+        bundles
+            .iter()
+            .any(|e| e.action == "appliance.support-bundle" && e.target == id),
+        "{bundles:#?}"
+    );
 
     // Rollback: refused, saying why, while the booted slot is unknown; then, booted from b
     // after the committed upgrade, slot a becomes the default and the node reboots.

@@ -40,6 +40,11 @@ pub const NODE_REBOOT_PATH: &str = "/reboot";
 /// becomes GRUB's default and the node reboots ([`RebootResult`]), or 409 with why not.
 pub const NODE_ROLLBACK_PATH: &str = "/rollback";
 
+/// The node's routes on each tunnel stream (HTTP/1.1): `GET`; answers the support bundle,
+/// `application/gzip` (a tar of journal, status, redacted configuration, netlink state,
+/// dmesg, versions and the upgrade record, under `support-bundle/`).
+pub const NODE_SUPPORT_BUNDLE_PATH: &str = "/support-bundle";
+
 /// `POST /v1/appliances/{id}/reboot` and `.../rollback`: what the node said when asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RebootResult {

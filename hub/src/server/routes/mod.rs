@@ -770,6 +770,15 @@ pub(crate) fn routes() -> Vec<Route> {
             post(remote::reboot),
         ),
         r(
+            M::GET,
+            "/v1/appliances/{id}/support-bundle",
+            (Bearer(Op), P(App)),
+            "The appliance's support bundle (tar.gz: journal of this boot, status, config with secrets redacted, ip -j addr/route/link, dmesg, versions, upgrade record), streamed through its tunnel (audited)",
+            None,
+            (200, other("application/gzip", "a tar.gz, every file under support-bundle/")),
+            get(remote::support_bundle),
+        ),
+        r(
             M::POST,
             "/v1/appliances/{id}/rollback",
             (Bearer(Admin), P(App)),

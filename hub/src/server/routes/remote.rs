@@ -6,7 +6,7 @@ use axum::extract::RawQuery;
 use bytes::Bytes;
 use cairn_api::hub::remote::{
     EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
-    NODE_ROLLBACK_PATH, TUNNEL_PROTOCOL,
+    NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PROTOCOL,
 };
 use cairn_api::hub::{ExecRequest, ExecResult, LogsQuery, RebootResult};
 use http_body_util::{BodyExt, Full};
@@ -366,6 +366,36 @@ async fn node_json<T: serde::de::DeserializeOwned>(
             format!("the node's answer is not what the hub expects: {e}; is its cairn-node older than the hub?"),
         )
     })
+}
+
+/// `GET /v1/appliances/{id}/support-bundle`: the node's support bundle (`tar.gz`), streamed
+/// through the tunnel; audited when asked for.
+pub(super) async fn support_bundle(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, appliance) = state.fleet.appliance_in_scope(&caller, &id).await?;
+    if let Some(holder) = holder_elsewhere(&state, &id, &headers).await? {
+        let path = format!("/v1/appliances/{id}/support-bundle");
+        return forward(&state, &holder, Method::GET, &path, &headers, Vec::new()).await;
+    }
+    state
+        .fleet
+        .audit(
+            &caller,
+            "appliance.support-bundle",
+            &id,
+            "requested",
+            Some(appliance.site.as_str()),
+        )
+        .await?;
+    let request = hyper::Request::get(NODE_SUPPORT_BUNDLE_PATH)
+        .header(header::HOST, "node")
+        .body(Full::new(Bytes::new()))
+        .expect("a static request");
+    Ok(relay(through_tunnel(&state, &id, request).await?))
 }
 
 /// `POST /v1/appliances/{id}/reboot`: the node runs its reboot command (`systemctl reboot`).

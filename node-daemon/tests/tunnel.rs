@@ -239,8 +239,7 @@ fn grub_slot(root: &Path) -> String {
 }
 
 #[test]
-fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel()
- {
+fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel() {
     let dir = tempfile::tempdir().unwrap();
     let nat = nat();
     // This thread calls the hub where it listens: in its namespace.

@@ -336,6 +336,43 @@ enum ApplianceCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// Reboot the appliance through its tunnel (admin role; audited): the node runs its
+    /// reboot command (`systemctl reboot`). Asks first unless `--yes`.
+    ///
+    /// Example: `cairn hub appliances reboot ap-1234 --yes`
+    Reboot {
+        /// Appliance ID.
+        id: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Save the appliance's support bundle, read through its tunnel (operator role; audited):
+    /// one tar.gz with the journal of the current boot, `cairn-node status`, its
+    /// configuration with secrets redacted, `ip -j addr/route/link`, dmesg, versions and the
+    /// upgrade record.
+    ///
+    /// Example: `cairn hub appliances support-bundle ap-1234 -o ap-1234.tar.gz`
+    SupportBundle {
+        /// Appliance ID.
+        id: String,
+        /// Where to write it (`-o`; `--output` is the global output format).
+        #[arg(long = "file", short = 'o', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Boot the appliance's other A/B slot from now on, and reboot into it (admin role;
+    /// audited). Refused when that slot holds no committed release (never upgraded, or its
+    /// last upgrade failed or rolled back) or an upgrade is under way. Asks first unless
+    /// `--yes`.
+    ///
+    /// Example: `cairn hub appliances rollback ap-1234 --yes`
+    Rollback {
+        /// Appliance ID.
+        id: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1161,6 +1198,9 @@ impl HubArgs {
                 };
                 return logs(&hub, &id, &query).await;
             }
+            HubClientCommand::Appliances(ApplianceCommand::SupportBundle { id, file }) => {
+                return support_bundle(&hub, &id, &file).await;
+            }
             HubClientCommand::Appliances(ApplianceCommand::Exec { id, timeout, argv }) => {
                 let request = ExecRequest {
                     argv,
@@ -1215,6 +1255,43 @@ async fn logs(hub: &HubClient, id: &str, query: &LogsQuery) -> anyhow::Result<Ex
     Ok(Exit::Success)
 }
 
+/// Writes the support bundle to `path` as it arrives; a partial file is removed.
+async fn support_bundle(hub: &HubClient, id: &str, path: &Path) -> anyhow::Result<Exit> {
+    use std::io::Write;
+    let mut stream = match hub.support_bundle(id).await {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    let write = async {
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut size = 0;
+        while let Some(chunk) = stream.next_chunk().await? {
+            file.write_all(&chunk)
+                .with_context(|| format!("writing {}", path.display()))?;
+            size += chunk.len();
+        }
+        file.sync_all()
+            .with_context(|| format!("writing {}", path.display()))?;
+        anyhow::Ok(size)
+    };
+    match write.await {
+        Ok(size) => {
+            eprintln!(
+                "wrote the support bundle of {id} to {} ({size} bytes)",
+                path.display()
+            );
+            Ok(Exit::Success)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e.context(format!(
+                "the support bundle of {id} was cut off (the node failed building it, or the tunnel broke); retry"
+            )))
+        }
+    }
+}
+
 /// Runs the command and passes its output and exit code through; a refusal by the hub is
 /// exit 1, with the hub's message.
 async fn exec(
@@ -1246,11 +1323,35 @@ async fn exec(
     Ok(Exit::Code(u8::try_from(result.exit_code).unwrap_or(1)))
 }
 
+/// Asks `question` on the terminal; only `y` or `yes` goes ahead. Without a terminal there
+/// is no one to ask: the caller must say `--yes`.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} Standard input is not a terminal: pass --yes to go ahead");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr()
+        .flush()
+        .context("writing to standard error")?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    Ok(matches!(
+        line.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
 async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<Answer> {
     Ok(match command {
         HubClientCommand::Login { .. }
         | HubClientCommand::Appliances(
-            ApplianceCommand::Logs { .. } | ApplianceCommand::Exec { .. },
+            ApplianceCommand::Logs { .. }
+            | ApplianceCommand::Exec { .. }
+            | ApplianceCommand::SupportBundle { .. },
         ) => unreachable!("handled by run"),
         HubClientCommand::Token(TokenCommand::Create {
             site,
@@ -1392,6 +1493,23 @@ async fn execute(hub: &HubClient, command: HubClientCommand) -> anyhow::Result<A
             &hub.label_appliance(&id, &label_changes(changes)?).await?,
             |a| format!("{} labels: {}\n", a.id, labels(&a.labels)),
         )?,
+        HubClientCommand::Appliances(ApplianceCommand::Reboot { id, yes }) => {
+            if !yes && !confirm(&format!("Reboot appliance {id} now?"))? {
+                return Ok(Answer::done("not rebooted"));
+            }
+            Answer::of(&hub.reboot(&id).await?, |r| {
+                format!("{}: {}\n", r.appliance, r.message)
+            })?
+        }
+        HubClientCommand::Appliances(ApplianceCommand::Rollback { id, yes }) => {
+            let question = format!("Roll appliance {id} back to its other slot and reboot it now?");
+            if !yes && !confirm(&question)? {
+                return Ok(Answer::done("not rolled back"));
+            }
+            Answer::of(&hub.rollback(&id).await?, |r| {
+                format!("{}: {}\n", r.appliance, r.message)
+            })?
+        }
         HubClientCommand::Appliances(ApplianceCommand::Delete { id }) => {
             hub.delete_appliance(&id).await?;
             Answer::done("deleted")

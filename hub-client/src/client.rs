@@ -12,8 +12,8 @@ use cairn_api::hub::{
     CreateEnrollmentToken, CreateOperatorToken, CreateReinstallToken, CreateTenant, CreateVpc,
     EnrollmentTokenView, ErrorBody, ErrorCode, EventQuery, EventView, EventWatchQuery, ExecRequest,
     ExecResult, LabelRequest, LogsQuery, MembershipRequest, NewToken, OperatorTokenView,
-    ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery, TenantView, TokenCheck,
-    UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
+    RebootResult, ReleaseView, Renewal, RenewalRequest, ResumeQuery, SinceQuery, TenantView,
+    TokenCheck, UploadQuery, VpcView, WatchEvent, WatchQuery, WhoAmI,
 };
 use cairn_api::{
     CertFingerprint, Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse,
@@ -545,6 +545,33 @@ impl HubClient {
         let req = req
             .json(request)
             .timeout(Duration::from_secs(runs.saturating_add(30)));
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    /// `POST /v1/appliances/{id}/reboot`: the node reboots (admin only, audited); answers
+    /// once the node has queued the reboot.
+    pub async fn reboot(&self, id: &str) -> Result<RebootResult, Error> {
+        let (endpoint, url, req) = self.request(Method::POST, &["v1", "appliances", id, "reboot"]);
+        self.send(endpoint, url, req).await?.decode()
+    }
+
+    /// `GET /v1/appliances/{id}/support-bundle`: the appliance's support bundle (`tar.gz`),
+    /// read as it streams (operator role, audited).
+    pub async fn support_bundle(&self, id: &str) -> Result<LogStream, Error> {
+        let (_, url, response) = self
+            .open_stream(
+                &["v1", "appliances", id, "support-bundle"],
+                &[] as &[(&str, &str)],
+            )
+            .await?;
+        Ok(LogStream { url, response })
+    }
+
+    /// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
+    /// reboots into it (admin only, audited); 409 when that slot holds no committed release.
+    pub async fn rollback(&self, id: &str) -> Result<RebootResult, Error> {
+        let (endpoint, url, req) =
+            self.request(Method::POST, &["v1", "appliances", id, "rollback"]);
         self.send(endpoint, url, req).await?.decode()
     }
 

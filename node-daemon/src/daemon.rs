@@ -170,9 +170,22 @@ impl<N: Network> Daemon<N> {
         let booted_slot = upgrader.booted().map(|s| s.letter().to_owned());
         let (upgrade_input, input_rx) = tokio::sync::watch::channel(UpgradeInput::default());
         let (tunnel_target, tunnel_rx) = tokio::sync::watch::channel(None);
+        let status = Arc::new(RwLock::new(status));
+        let local = tunnel::Local {
+            journal_dir: None,
+            reboot_command: settings.upgrade.reboot_command.clone(),
+            grubenv: settings.upgrade.grubenv.clone(),
+            cmdline: settings.upgrade.cmdline.clone(),
+            upgrade: upgrade_report.clone(),
+            support: crate::support::Sources {
+                root: settings.root.clone(),
+                status: status.clone(),
+                upgrade_record: settings.upgrade.data_dir.join("state.json"),
+            },
+        };
         Ok(Self {
             tunnel_target,
-            tunnel_task: Some((tunnel_rx, tunnel::Local::default())),
+            tunnel_task: Some((tunnel_rx, local)),
             upgrade_input,
             upgrade_task: Some((upgrader, input_rx)),
             upgrade_report,
@@ -183,7 +196,7 @@ impl<N: Network> Daemon<N> {
             store,
             network,
             roots,
-            status: Arc::new(RwLock::new(status)),
+            status,
             metrics: Arc::default(),
             supervisor: Supervisor::new(),
             units: None,

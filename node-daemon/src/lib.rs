@@ -28,6 +28,7 @@ pub mod pki;
 pub mod seed;
 pub mod status;
 pub mod store;
+pub mod support;
 pub mod systemd;
 pub mod tpm;
 pub mod tunnel;

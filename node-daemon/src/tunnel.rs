@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_api::hub::remote::{
-    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, TUNNEL_PATH,
-    TUNNEL_PROTOCOL,
+    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
+    NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PATH, TUNNEL_PROTOCOL,
 };
-use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery};
+use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery, RebootResult};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -43,6 +43,18 @@ pub struct Target {
 pub struct Local {
     /// The journal directory `journalctl` reads (`--directory`); the system's when `None`.
     pub journal_dir: Option<PathBuf>,
+    /// What a reboot the hub asks for runs: the upgrade's `reboot_command` (`systemctl
+    /// reboot` unless configured), so both reboots go the same way.
+    pub reboot_command: Vec<String>,
+    /// The GRUB environment a rollback switches the slot in.
+    pub grubenv: PathBuf,
+    /// The kernel command line naming the booted slot (`cairn.slot=`), read at each
+    /// rollback.
+    pub cmdline: PathBuf,
+    /// The upgrade's latest report: what the other slot holds.
+    pub upgrade: crate::upgrade::SharedReport,
+    /// What a support bundle reads.
+    pub support: crate::support::Sources,
 }
 
 /// Longest wait between two connection attempts.
@@ -271,6 +283,9 @@ fn router(local: Local) -> Router {
     Router::new()
         .route(NODE_LOGS_PATH, get(logs))
         .route(NODE_EXEC_PATH, post(exec))
+        .route(NODE_REBOOT_PATH, post(reboot))
+        .route(NODE_ROLLBACK_PATH, post(rollback))
+        .route(NODE_SUPPORT_BUNDLE_PATH, get(support_bundle))
         .with_state(Arc::new(local))
 }
 
@@ -330,6 +345,97 @@ async fn logs(State(local): State<Arc<Local>>, Query(q): Query<LogsQuery>) -> Re
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Runs the reboot command: `systemctl reboot` only queues the job, so the answer still
+/// leaves before the tunnel goes down. A command that fails answers 500 with its last lines.
+async fn request_reboot(local: &Local) -> Result<String, Response> {
+    let failed =
+        |why: String| (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response();
+    let Some(program) = local.reboot_command.first() else {
+        return Err(failed(
+            "cairn-node has no reboot command (upgrade.reboot_command)".into(),
+        ));
+    };
+    tracing::warn!(command = %program, "rebooting for the hub");
+    let (ok, lines) = crate::upgrade::effects::run_command(&local.reboot_command, &[]).await;
+    if !ok {
+        tracing::error!(output = %lines.join("\n"), "the reboot command failed");
+        return Err(failed(format!(
+            "cairn-node's reboot command ({program}) failed: {}",
+            lines.join("; ")
+        )));
+    }
+    Ok(format!(
+        "reboot requested ({})",
+        local.reboot_command.join(" ")
+    ))
+}
+
+/// `POST /reboot`: reboots the node.
+async fn reboot(State(local): State<Arc<Local>>) -> Response {
+    match request_reboot(&local).await {
+        Ok(message) => Json(RebootResult {
+            appliance: String::new(),
+            message,
+        })
+        .into_response(),
+        Err(refused) => refused,
+    }
+}
+
+/// `POST /rollback`: makes the other slot GRUB's default, when it holds a committed release
+/// (409 with why otherwise), and reboots into it.
+async fn rollback(State(local): State<Arc<Local>>) -> Response {
+    use crate::upgrade::effects::{BootLoader, Grub};
+    let booted = std::fs::read_to_string(&local.cmdline)
+        .ok()
+        .and_then(|c| crate::upgrade::booted_slot(&c));
+    let target = match crate::upgrade::rollback_target(booted, local.upgrade.get().as_ref()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            return (
+                StatusCode::CONFLICT,
+                format!("cairn-node cannot roll back: {why}\n"),
+            )
+                .into_response();
+        }
+    };
+    if let Err(e) = Grub::new(local.grubenv.clone()).commit(target) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cairn-node could not make slot {} the default: {e}\n",
+                target.letter()
+            ),
+        )
+            .into_response();
+    }
+    tracing::warn!(slot = target.letter(), "rolling back for the hub");
+    match request_reboot(&local).await {
+        Ok(message) => Json(RebootResult {
+            appliance: String::new(),
+            message: format!("slot {} is the default; {message}", target.letter()),
+        })
+        .into_response(),
+        Err(refused) => refused,
+    }
+}
+
+/// `GET /support-bundle`: the bundle, `application/gzip`. The headers leave at once (the
+/// hub waits 15 s for them) and the body when the bundle is built; a failure cuts the body.
+async fn support_bundle(State(local): State<Arc<Local>>) -> Response {
+    tracing::info!("building a support bundle for the hub");
+    let built = futures::stream::once(async move {
+        crate::support::build(&local.support, local.journal_dir.as_deref())
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "building the support bundle failed"))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/gzip")],
+        Body::from_stream(built),
     )
         .into_response()
 }

@@ -96,6 +96,50 @@ pub fn booted_slot(cmdline: &str) -> Option<Slot> {
         .and_then(Slot::parse)
 }
 
+/// The slot an operator's rollback boots: the other one, when the upgrade record shows it
+/// holds a committed release. Only a committed upgrade says so (the slot it came from ran
+/// the release before, and the booted one committed); with no record the other slot was
+/// never written, and after a rollback, a failure or an interrupted write it holds a release
+/// that never committed. An upgrade under way is left to finish. The error says why, for
+/// the operator.
+pub fn rollback_target(
+    booted: Option<Slot>,
+    report: Option<&UpgradeReport>,
+) -> Result<Slot, String> {
+    use UpgradePhase as P;
+    let Some(booted) = booted else {
+        return Err(
+            "the booted slot is unknown (no cairn.slot= on the kernel command line): \
+                    this appliance does not boot from A/B slots"
+                .into(),
+        );
+    };
+    let other = booted.other();
+    let Some(report) = report else {
+        return Err(format!(
+            "slot {} was never written by an upgrade: there is no release to roll back to",
+            other.letter()
+        ));
+    };
+    match report.phase {
+        P::Committed => Ok(other),
+        P::Waiting | P::Downloading | P::Staged | P::Writing | P::Rebooting | P::Verifying => {
+            Err(format!(
+                "an upgrade to {} is under way ({:?}): let it finish (or stop its campaign), \
+                 then roll back",
+                report.version, report.phase
+            ))
+        }
+        P::RolledBack | P::Interrupted | P::Refused | P::Failed => Err(format!(
+            "the last upgrade (to {}) ended {:?}, so slot {} holds no committed release: \
+             nothing to roll back to",
+            report.version,
+            report.phase,
+            other.letter()
+        )),
+    }
+}
+
 fn minutes(text: &str) -> Option<u32> {
     let (h, m) = text.split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
@@ -766,6 +810,44 @@ impl Upgrader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rollback_boots_the_other_slot_only_after_a_committed_upgrade() {
+        use super::{Slot, UpgradePhase as P, UpgradeReport, rollback_target};
+        let report = |phase| UpgradeReport {
+            campaign: "c".into(),
+            version: "1.2.0".into(),
+            phase,
+            reason: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
+            logs: Vec::new(),
+            at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(rollback_target(None, Some(&report(P::Committed))).is_err());
+        let never = rollback_target(Some(Slot::A), None).unwrap_err();
+        assert!(never.contains("slot b was never written"), "{never}");
+        for (phase, expected) in [
+            (P::Committed, Ok(Slot::B)),
+            (P::Waiting, Err("under way")),
+            (P::Downloading, Err("under way")),
+            (P::Staged, Err("under way")),
+            (P::Writing, Err("under way")),
+            (P::Rebooting, Err("under way")),
+            (P::Verifying, Err("under way")),
+            (P::RolledBack, Err("holds no committed release")),
+            (P::Interrupted, Err("holds no committed release")),
+            (P::Refused, Err("holds no committed release")),
+            (P::Failed, Err("holds no committed release")),
+        ] {
+            let got = rollback_target(Some(Slot::A), Some(&report(phase)));
+            match (&got, expected) {
+                (Ok(slot), Ok(want)) => assert_eq!(*slot, want, "{phase:?}"),
+                (Err(why), Err(want)) => assert!(why.contains(want), "{phase:?}: {why}"),
+                _ => panic!("{phase:?}: {got:?}"),
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

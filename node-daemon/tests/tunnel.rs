@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_api::hub::{CreateOperatorToken, CreateTenant, ExecRequest, LogsQuery, Role, SinceQuery};
+use cairn_formats::grubenv;
 use cairn_hub_client::HubClient;
 use cairn_hub_client::tls::Trust;
 use common::*;
@@ -180,8 +182,64 @@ fn cairn_hub(hub: &Hub, dir: &Path, args: &[&str]) -> cairn_api::cli::Exit {
     run(args)
 }
 
+/// The upgrade record a committed upgrade to 1.1.0 leaves (slot b), and a GRUB environment
+/// booting b.
+fn committed_upgrade(root: &Path) {
+    std::fs::create_dir_all(root.join("upgrade")).unwrap();
+    let record = serde_json::json!({
+        "order": {
+            "campaign": "c1",
+            "version": "1.1.0",
+            "bundle_url": "https://hub.invalid/bundle",
+            "sha256": "00",
+            "size_bytes": 1,
+        },
+        "report": {
+            "campaign": "c1",
+            "version": "1.1.0",
+            "phase": "committed",
+            "reason": "",
+            "bytes_done": 1,
+            "bytes_total": 1,
+            "logs": [],
+            "at": "2026-12-07T10:00:00Z",
+        },
+        "target": "b",
+        "from_version": "1.0.0",
+    });
+    std::fs::write(
+        root.join("upgrade/state.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let block = grubenv::new_block(&BTreeMap::from([("cairn_slot", "b")])).unwrap();
+    std::fs::write(root.join("grubenv"), block).unwrap();
+}
+
+/// The support bundle's files, by name under `support-bundle/`, as text.
+fn support_bundle(path: &Path) -> BTreeMap<String, String> {
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut parts = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let name = name.strip_prefix("support-bundle/").unwrap().to_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        parts.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+    }
+    parts
+}
+
+/// GRUB's default slot in the node's environment.
+fn grub_slot(root: &Path) -> String {
+    let bytes = std::fs::read(root.join("grubenv")).unwrap();
+    grubenv::select(&bytes, None).unwrap().vars["cairn_slot"].clone()
+}
+
 #[test]
-fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub_restart() {
+fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_its_tunnel() {
     let dir = tempfile::tempdir().unwrap();
     let nat = nat();
     // This thread calls the hub where it listens: in its namespace.
@@ -208,7 +266,17 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
     let root = dir.path().join("node");
     let journal_dir = dir.path().join("journal");
     journal(&journal_dir);
-    write_config(&root, &hub.url, &hub.fingerprint, &token, NO_NET);
+    // The reboot the hub asks for goes through the upgrade's reboot command: here it leaves
+    // a line in a file instead.
+    let rebooted = dir.path().join("rebooted");
+    // A rollback needs a committed upgrade on record (from slot a to slot b, as a campaign
+    // leaves it), the GRUB environment and the kernel command line naming the booted slot.
+    let extra = format!(
+        "{NO_NET}upgrade:\n  reboot_command: [sh, -c, 'echo reboot >> {}']\n  data_dir: /upgrade\n  grubenv: /grubenv\n  cmdline: /cmdline\n",
+        rebooted.display()
+    );
+    committed_upgrade(&root);
+    write_config(&root, &hub.url, &hub.fingerprint, &token, &extra);
     let node = Node::start_full(
         &root,
         &nat.node.prefix(),
@@ -336,24 +404,137 @@ fn logs_and_exec_reach_a_node_behind_nat_through_its_tunnel_which_survives_a_hub
             .unwrap()
             .with_bearer(&t.token)
     };
-    let status = |r: Result<_, HubError>| match r {
+    let status = |r: Result<(), HubError>| match r {
         Err(HubError::Refused { status, .. }) => status,
-        other => panic!("expected a refusal, got {:?}", other.map(drop)),
+        other => panic!("expected a refusal, got {other:?}"),
     };
     let other_tenant = client_with(Role::Admin, Some("globex"));
     assert_eq!(
-        status(admin.run(other_tenant.exec(&id, &argv(&["true"])))),
+        status(
+            admin
+                .run(other_tenant.exec(&id, &argv(&["true"])))
+                .map(drop)
+        ),
         404
     );
     let operator = client_with(Role::Operator, None);
-    assert_eq!(status(admin.run(operator.exec(&id, &argv(&["true"])))), 403);
+    assert_eq!(
+        status(admin.run(operator.exec(&id, &argv(&["true"]))).map(drop)),
+        403
+    );
     // An operator reads logs.
     let mut logs = admin.ok(operator.appliance_logs(&id, &LogsQuery::default()));
     assert!(admin.ok(logs.next_chunk()).is_some());
     drop(logs);
 
+    // Reboot: an admin's, asked through the CLI; the node ran its reboot command once.
+    assert_eq!(status(admin.run(operator.reboot(&id)).map(drop)), 403);
+    assert!(!rebooted.exists(), "an operator's refused reboot ran");
+    assert_eq!(
+        cairn_hub(&hub, dir.path(), &["appliances", "reboot", &id, "--yes"]),
+        cairn_api::cli::Exit::Success
+    );
+    assert_eq!(std::fs::read_to_string(&rebooted).unwrap(), "reboot\n");
+
+    // Support bundle: an operator's; every part is there, and no secret of the node's.
+    let bundle = dir.path().join("bundle.tar.gz");
+    assert_eq!(
+        cairn_hub(
+            &hub,
+            dir.path(),
+            &[
+                "appliances",
+                "support-bundle",
+                &id,
+                "-o",
+                bundle.to_str().unwrap()
+            ]
+        ),
+        cairn_api::cli::Exit::Success
+    );
+    let parts = support_bundle(&bundle);
+    for name in [
+        "journal.txt",
+        "status.json",
+        "ip-addr.json",
+        "ip-route.json",
+        "ip-link.json",
+        "dmesg.txt",
+        "versions.txt",
+        "upgrade-state.json",
+        "config/etc/cairn/node.yaml",
+    ] {
+        assert!(parts.contains_key(name), "no {name} in {:?}", parts.keys());
+    }
+    assert!(
+        parts["status.json"].contains(&id),
+        "{}",
+        parts["status.json"]
+    );
+    assert!(
+        parts["ip-addr.json"].contains("10.77.1.2"),
+        "{}",
+        parts["ip-addr.json"]
+    );
+    assert!(
+        parts["config/etc/cairn/node.yaml"].contains("token_file: <redacted>"),
+        "{}",
+        parts["config/etc/cairn/node.yaml"]
+    );
+    for (name, text) in &parts {
+        assert!(!text.contains(&token), "the enrollment token is in {name}");
+        assert!(!text.contains("PRIVATE KEY"), "a private key is in {name}");
+    }
+    let bundles = admin.ok(admin.client.audit(&SinceQuery::default()));
+    assert!(
+        bundles
+            .iter()
+            .any(|e| e.action == "appliance.support-bundle" && e.target == id),
+        "{bundles:#?}"
+    );
+
+    // Rollback: refused, saying why, while the booted slot is unknown; then, booted from b
+    // after the committed upgrade, slot a becomes the default and the node reboots.
+    let refused = admin.run(admin.client.rollback(&id)).map(drop);
+    match &refused {
+        Err(HubError::Refused { status, body, .. }) => {
+            assert_eq!(*status, 409);
+            assert!(body.message.contains("booted slot is unknown"), "{body:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(grub_slot(&root), "b");
+    std::fs::write(root.join("cmdline"), "root=/dev/vda2 cairn.slot=b quiet\n").unwrap();
+    assert_eq!(status(admin.run(operator.rollback(&id)).map(drop)), 403);
+    assert_eq!(
+        cairn_hub(&hub, dir.path(), &["appliances", "rollback", &id, "--yes"]),
+        cairn_api::cli::Exit::Success
+    );
+    assert_eq!(grub_slot(&root), "a");
+    assert_eq!(
+        std::fs::read_to_string(&rebooted).unwrap(),
+        "reboot\nreboot\n"
+    );
+
     // The audit log has who ran what, and how it ended.
     let audit = admin.ok(admin.client.audit(&SinceQuery::default()));
+    for (action, result) in [
+        ("appliance.reboot", "started"),
+        ("appliance.reboot", "reboot requested (sh -c"),
+        ("appliance.rollback", "failed: cairn-node cannot roll back"),
+        (
+            "appliance.rollback",
+            "slot a is the default; reboot requested",
+        ),
+    ] {
+        assert!(
+            audit.iter().any(|e| e.action == action
+                && e.target == id
+                && e.result.starts_with(result)
+                && e.actor.starts_with("operator:")),
+            "no {action} {result:?} entry in {audit:#?}"
+        );
+    }
     let execs: Vec<_> = audit
         .iter()
         .filter(|e| e.action == "appliance.exec")

@@ -41,7 +41,7 @@ pub use control_planes::{AddControlPlane, AssignRequest, AssignResult, ControlPl
 pub use error::{ErrorBody, ErrorCode};
 pub use log::{AuditEntryView, EventQuery, EventView, EventWatchQuery, SinceQuery};
 pub use releases::{AddReleaseFromUrl, ReleaseView, UploadQuery};
-pub use remote::{ExecRequest, ExecResult, LogsQuery};
+pub use remote::{ExecRequest, ExecResult, LogsQuery, RebootResult};
 pub use selector::{
     LabelSelector, MAX_SELECTOR_LEN, Operator, Requirement, SITE_KEY, SelectorError,
 };

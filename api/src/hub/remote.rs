@@ -32,6 +32,28 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
+/// The node's routes on each tunnel stream (HTTP/1.1): `POST`, no body; answers
+/// [`RebootResult`] once the reboot is requested.
+pub const NODE_REBOOT_PATH: &str = "/reboot";
+
+/// The node's routes on each tunnel stream (HTTP/1.1): `POST`, no body; the other slot
+/// becomes GRUB's default and the node reboots ([`RebootResult`]), or 409 with why not.
+pub const NODE_ROLLBACK_PATH: &str = "/rollback";
+
+/// The node's routes on each tunnel stream (HTTP/1.1): `GET`; answers the support bundle,
+/// `application/gzip` (a tar of journal, status, redacted configuration, netlink state,
+/// dmesg, versions and the upgrade record, under `support-bundle/`).
+pub const NODE_SUPPORT_BUNDLE_PATH: &str = "/support-bundle";
+
+/// `POST /v1/appliances/{id}/reboot` and `.../rollback`: what the node said when asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RebootResult {
+    /// The appliance.
+    pub appliance: String,
+    /// The node's own words: the reboot it requested (its `upgrade.reboot_command`).
+    pub message: String,
+}
+
 /// `POST /v1/appliances/{id}/exec`: a command run on the appliance, as root, without a
 /// shell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -576,7 +576,7 @@ pub(super) fn last_lines(text: &str) -> Vec<String> {
 }
 
 /// Runs argv with a timeout; returns success and the last lines of its output.
-pub(super) async fn run_command(argv: &[String], env: &[(&str, &str)]) -> (bool, Vec<String>) {
+pub(crate) async fn run_command(argv: &[String], env: &[(&str, &str)]) -> (bool, Vec<String>) {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().copied())

@@ -358,6 +358,27 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
             ),
         ),
         (
+            Method::POST,
+            "/v1/appliances/{id}/reboot",
+            case("/v1/appliances/ap-acme-east/reboot", a, Site, 503, 404),
+        ),
+        (
+            Method::GET,
+            "/v1/appliances/{id}/support-bundle",
+            case(
+                "/v1/appliances/ap-acme-east/support-bundle",
+                o,
+                Site,
+                503,
+                404,
+            ),
+        ),
+        (
+            Method::POST,
+            "/v1/appliances/{id}/rollback",
+            case("/v1/appliances/ap-acme-east/rollback", a, Site, 503, 404),
+        ),
+        (
             Method::GET,
             "/v1/appliances/{id}/join-bundle",
             Case {

@@ -21,8 +21,8 @@ use cairn_api::hub::{
     ControlPlaneView, CountQuery, CreateCampaign, CreateEnrollmentToken, CreateOperatorToken,
     CreateReinstallToken, CreateTenant, CreateVpc, EnrollmentTokenView, ErrorBody, ErrorCode,
     EventView, ExecRequest, ExecResult, JoinSecretView, LabelRequest, LogsQuery, MembershipRequest,
-    NewToken, OperatorTokenView, ReleaseView, Renewal, RenewalRequest, ResumeQuery, Role,
-    SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
+    NewToken, OperatorTokenView, RebootResult, ReleaseView, Renewal, RenewalRequest, ResumeQuery,
+    Role, SinceQuery, TenantView, TokenCheck, UploadQuery, VpcView, WatchQuery, WhoAmI,
 };
 use cairn_api::{Heartbeat, HeartbeatResponse, RegistrationRequest, RegistrationResponse};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
@@ -759,6 +759,33 @@ pub(crate) fn routes() -> Vec<Route> {
             Some(json::<ExecRequest>()),
             (200, json::<ExecResult>()),
             post(remote::exec),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/reboot",
+            (Bearer(Admin), P(App)),
+            "Reboot the appliance through its tunnel (systemctl reboot on the node; audited)",
+            None,
+            (202, json::<RebootResult>()),
+            post(remote::reboot),
+        ),
+        r(
+            M::GET,
+            "/v1/appliances/{id}/support-bundle",
+            (Bearer(Op), P(App)),
+            "The appliance's support bundle (tar.gz: journal of this boot, status, config with secrets redacted, ip -j addr/route/link, dmesg, versions, upgrade record), streamed through its tunnel (audited)",
+            None,
+            (200, other("application/gzip", "a tar.gz, every file under support-bundle/")),
+            get(remote::support_bundle),
+        ),
+        r(
+            M::POST,
+            "/v1/appliances/{id}/rollback",
+            (Bearer(Admin), P(App)),
+            "Boot the appliance's other A/B slot from now on and reboot, when it holds a committed release (409 otherwise; audited)",
+            None,
+            (202, json::<RebootResult>()),
+            post(remote::rollback),
         ),
         r(
             M::GET,

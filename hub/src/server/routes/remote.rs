@@ -5,9 +5,10 @@ use axum::body::Body;
 use axum::extract::RawQuery;
 use bytes::Bytes;
 use cairn_api::hub::remote::{
-    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, TUNNEL_PROTOCOL,
+    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
+    NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PROTOCOL,
 };
-use cairn_api::hub::{ExecRequest, ExecResult, LogsQuery};
+use cairn_api::hub::{ExecRequest, ExecResult, LogsQuery, RebootResult};
 use http_body_util::{BodyExt, Full};
 
 use axum::http::HeaderMap;
@@ -301,41 +302,12 @@ pub(super) async fn exec(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("a static request");
-    let outcome = async {
-        let resp = through_tunnel(&state, &id, request).await?;
-        let status = resp.status();
-        let bytes = tokio::time::timeout(
-            std::time::Duration::from_secs(timeout + 10),
-            resp.into_body().collect(),
-        )
-        .await
-        .map_err(|_| TunnelError::Timeout {
-            appliance: id.clone(),
-            secs: timeout + 10,
-        })?
-        .map_err(|e| TunnelError::Broken {
-            appliance: id.clone(),
-            reason: e.to_string(),
-        })?
-        .to_bytes();
-        if !status.is_success() {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorCode::TunnelFailed,
-                format!(
-                    "the node refused the command (HTTP {status}): {}",
-                    String::from_utf8_lossy(&bytes)
-                ),
-            ));
-        }
-        serde_json::from_slice::<ExecResult>(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorCode::TunnelFailed,
-                format!("the node's answer is not an exec result: {e}"),
-            )
-        })
-    }
+    let outcome = node_json::<ExecResult>(
+        &state,
+        &id,
+        request,
+        std::time::Duration::from_secs(timeout + 10),
+    )
     .await;
     let result = match &outcome {
         Ok(r) => format!("exit {}", r.exit_code),
@@ -346,6 +318,161 @@ pub(super) async fn exec(
         .audit(&caller, "appliance.exec", &what, &result, site)
         .await?;
     Ok(Json(outcome?).into_response())
+}
+
+/// Sends `request` through `id`'s tunnel and reads the node's JSON answer, waiting at most
+/// `limit` for its body; a refusal of the node's is relayed in its words.
+async fn node_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    id: &str,
+    request: hyper::Request<Full<Bytes>>,
+    limit: std::time::Duration,
+) -> Result<T, ApiError> {
+    let resp = through_tunnel(state, id, request).await?;
+    let status = resp.status();
+    let bytes = tokio::time::timeout(limit, resp.into_body().collect())
+        .await
+        .map_err(|_| TunnelError::Timeout {
+            appliance: id.to_owned(),
+            secs: limit.as_secs(),
+        })?
+        .map_err(|e| TunnelError::Broken {
+            appliance: id.to_owned(),
+            reason: e.to_string(),
+        })?
+        .to_bytes();
+    if status == StatusCode::CONFLICT {
+        // The node declines in the operator's words (a rollback with nothing to go back to).
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            String::from_utf8_lossy(&bytes).trim_end(),
+        ));
+    }
+    if !status.is_success() {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::TunnelFailed,
+            format!(
+                "the node refused (HTTP {status}): {}",
+                String::from_utf8_lossy(&bytes).trim_end()
+            ),
+        ));
+    }
+    serde_json::from_slice::<T>(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::TunnelFailed,
+            format!("the node's answer is not what the hub expects: {e}; is its cairn-node older than the hub?"),
+        )
+    })
+}
+
+/// `GET /v1/appliances/{id}/support-bundle`: the node's support bundle (`tar.gz`), streamed
+/// through the tunnel; audited when asked for.
+pub(super) async fn support_bundle(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, appliance) = state.fleet.appliance_in_scope(&caller, &id).await?;
+    if let Some(holder) = holder_elsewhere(&state, &id, &headers).await? {
+        let path = format!("/v1/appliances/{id}/support-bundle");
+        return forward(&state, &holder, Method::GET, &path, &headers, Vec::new()).await;
+    }
+    state
+        .fleet
+        .audit(
+            &caller,
+            "appliance.support-bundle",
+            &id,
+            "requested",
+            Some(appliance.site.as_str()),
+        )
+        .await?;
+    let request = hyper::Request::get(NODE_SUPPORT_BUNDLE_PATH)
+        .header(header::HOST, "node")
+        .body(Full::new(Bytes::new()))
+        .expect("a static request");
+    Ok(relay(through_tunnel(&state, &id, request).await?))
+}
+
+/// `POST /v1/appliances/{id}/reboot`: the node runs its reboot command (`systemctl reboot`).
+pub(super) async fn reboot(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    node_action(&state, &caller, &id, &headers, "reboot", NODE_REBOOT_PATH).await
+}
+
+/// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
+/// reboots, when that slot holds a committed release (409 with why otherwise).
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    node_action(
+        &state,
+        &caller,
+        &id,
+        &headers,
+        "rollback",
+        NODE_ROLLBACK_PATH,
+    )
+    .await
+}
+
+/// A remote action without a body (`reboot`, `rollback`): audited as `appliance.<action>`
+/// before the node is asked and with what it answered, forwarded to the replica holding the
+/// tunnel when another one does.
+async fn node_action(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    headers: &HeaderMap,
+    action: &str,
+    node_path: &str,
+) -> Result<Response, ApiError> {
+    let (_, appliance) = state.fleet.appliance_in_scope(caller, id).await?;
+    if let Some(holder) = holder_elsewhere(state, id, headers).await? {
+        let path = format!("/v1/appliances/{id}/{action}");
+        return forward(state, &holder, Method::POST, &path, headers, Vec::new()).await;
+    }
+    let site = Some(appliance.site.as_str());
+    let audited = format!("appliance.{action}");
+    state
+        .fleet
+        .audit(caller, &audited, id, "started", site)
+        .await?;
+    let request = hyper::Request::post(node_path)
+        .header(header::HOST, "node")
+        .body(Full::new(Bytes::new()))
+        .expect("a static request");
+    // The node answers once the reboot is queued; its command runs at most 30 s.
+    let outcome =
+        node_json::<RebootResult>(state, id, request, std::time::Duration::from_secs(45)).await;
+    let result = match &outcome {
+        Ok(r) => r.message.clone(),
+        Err(e) => format!("failed: {}", e.message),
+    };
+    state
+        .fleet
+        .audit(caller, &audited, id, &result, site)
+        .await?;
+    let node = outcome?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RebootResult {
+            appliance: id.to_owned(),
+            message: node.message,
+        }),
+    )
+        .into_response())
 }
 
 /// An argv as one line a person reads (and could paste into a shell): words quoted when

@@ -406,13 +406,6 @@ async fn a_change_cutting_the_hub_link_is_refused_unless_forced() {
 #[tokio::test]
 async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
     use cairn_api::cli::Exit;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        hub: cairn_hub_client::cli::HubArgs,
-    }
     let hub = common::start_hub(&[]);
     let admin = hub.admin();
     let device = Device::new("edge-c1", "CFG-C1", &["52:54:00:20:00:03"]);
@@ -420,27 +413,9 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
         .register(&hub, &admin.enrollment_token("lab", 1).await)
         .await;
     let id = reg.appliance_id.to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hub.json");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &hub.admin_token).unwrap();
-    let run = |args: &[&str]| {
-        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
-        full.extend(args);
-        Cli::parse_from(full).hub.run()
-    };
-    let login = [
-        "login",
-        "--url",
-        &hub.url,
-        "--ca-fingerprint",
-        &hub.fingerprint,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ];
-    assert_eq!(run(&login).await.unwrap(), Exit::Success);
+    let cli = common::OperatorCli::login(&hub).await;
 
-    let file = dir.path().join("lab.yaml");
+    let file = cli.dir().join("lab.yaml");
     let file = file.to_str().unwrap();
     let layer_gen = || async {
         let (s, l) = admin.get("/v1/config/layers/site:lab").await;
@@ -453,28 +428,30 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
         )
         .unwrap();
         assert_eq!(
-            run(&["config", "diff", "-f", file]).await.unwrap(),
+            cli.run(&["config", "diff", "-f", file]).await.unwrap(),
             Exit::Success
         );
         assert_eq!(
-            run(&["config", "apply", "-f", file]).await.unwrap(),
+            cli.run(&["config", "apply", "-f", file]).await.unwrap(),
             Exit::Success
         );
     }
     assert_eq!(layer_gen().await, (200, json!(2)), "diff stores nothing");
     assert_eq!(
-        run(&["config", "history", "site:lab"]).await.unwrap(),
+        cli.run(&["config", "history", "site:lab"]).await.unwrap(),
         Exit::Success
     );
     assert_eq!(
-        run(&["config", "rollback", "site:lab", "--to", "1"])
+        cli.run(&["config", "rollback", "site:lab", "--to", "1"])
             .await
             .unwrap(),
         Exit::Success
     );
     assert_eq!(layer_gen().await, (200, json!(3)));
     assert_eq!(
-        run(&["config", "show", "--appliance", &id]).await.unwrap(),
+        cli.run(&["config", "show", "--appliance", &id])
+            .await
+            .unwrap(),
         Exit::Success
     );
     let (_, shown) = admin.get(&format!("/v1/appliances/{id}/config")).await;
@@ -490,12 +467,12 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
     )
     .unwrap();
     assert_eq!(
-        run(&["config", "apply", "-f", file]).await.unwrap(),
+        cli.run(&["config", "apply", "-f", file]).await.unwrap(),
         Exit::Failed
     );
     assert_eq!(layer_gen().await, (200, json!(3)));
     assert_eq!(
-        run(&["config", "rollback", "site:lab", "--to", "7"])
+        cli.run(&["config", "rollback", "site:lab", "--to", "7"])
             .await
             .unwrap(),
         Exit::Failed,
@@ -512,12 +489,12 @@ async fn the_operator_cli_applies_diffs_and_rolls_back_layers() {
     )
     .unwrap();
     assert_eq!(
-        run(&["config", "apply", "-f", file]).await.unwrap(),
+        cli.run(&["config", "apply", "-f", file]).await.unwrap(),
         Exit::Failed
     );
     assert_eq!(layer_gen().await, (200, json!(3)));
     assert_eq!(
-        run(&["config", "apply", "-f", file, "--force"])
+        cli.run(&["config", "apply", "-f", file, "--force"])
             .await
             .unwrap(),
         Exit::Success

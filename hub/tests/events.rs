@@ -493,34 +493,9 @@ async fn webhooks_deliver_every_event_in_order_signed_through_failures_and_resta
 #[tokio::test]
 async fn cairn_hub_events_lists_with_filters() {
     use cairn_api::cli::Exit;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        hub: cairn_hub_client::cli::HubArgs,
-    }
     let hub = start_hub(&[]);
     let a = enroll(&hub, "lab", "edge-cli").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hub.json");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &hub.admin_token).unwrap();
-    let run = |args: &[&str]| {
-        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
-        full.extend(args);
-        Cli::parse_from(full).hub.run()
-    };
-    let login = [
-        "login",
-        "--url",
-        &hub.url,
-        "--ca-fingerprint",
-        &hub.fingerprint,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ];
-    assert_eq!(run(&login).await.unwrap(), Exit::Success);
+    let cli = common::OperatorCli::login(&hub).await;
     let listed = [
         "events",
         "--appliance",
@@ -532,8 +507,11 @@ async fn cairn_hub_events_lists_with_filters() {
         "--output",
         "json",
     ];
-    assert_eq!(run(&listed).await.unwrap(), Exit::Success);
-    let err = run(&["events", "--since", "yesterday"]).await.unwrap_err();
+    assert_eq!(cli.run(&listed).await.unwrap(), Exit::Success);
+    let err = cli
+        .run(&["events", "--since", "yesterday"])
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("expected RFC 3339"), "{err:#}");
 }
 

@@ -855,34 +855,9 @@ async fn a_driver_paused_past_its_lease_does_not_order_after_the_takeover() {
 #[tokio::test]
 async fn operator_cli_adds_releases_and_drives_campaigns() {
     use cairn_api::cli::Exit;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        hub: cairn_hub_client::cli::HubArgs,
-    }
     let releases = Releases::new();
     let hub = hub_trusting(&releases);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hub.json");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &hub.admin_token).unwrap();
-    let run = |args: &[&str]| {
-        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
-        full.extend(args);
-        Cli::parse_from(full).hub.run()
-    };
-    let login = [
-        "login",
-        "--url",
-        &hub.url,
-        "--ca-fingerprint",
-        &hub.fingerprint,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ];
-    assert_eq!(run(&login).await.unwrap(), Exit::Success);
+    let cli = common::OperatorCli::login(&hub).await;
 
     let (bundle, sha) = releases.bundle("2.0", Some(&releases.key));
     let add = [
@@ -893,29 +868,30 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
         "--sha256",
         &sha,
     ];
-    assert_eq!(run(&add).await.unwrap(), Exit::Success);
+    assert_eq!(cli.run(&add).await.unwrap(), Exit::Success);
     assert_eq!(
-        run(&add).await.unwrap(),
+        cli.run(&add).await.unwrap(),
         Exit::Failed,
         "the same version twice"
     );
-    assert_eq!(run(&["releases", "list"]).await.unwrap(), Exit::Success);
+    assert_eq!(cli.run(&["releases", "list"]).await.unwrap(), Exit::Success);
 
     let token = hub.admin().enrollment_token("lab", 2).await;
     let mut node = Node::register(&hub, &token, 7, Behaviour::Commit).await;
     node.beat(&hub.url).await;
     // A malformed window is refused before anything is sent.
-    let err = run(&[
-        "campaigns",
-        "create",
-        "c1",
-        "--release",
-        "2.0",
-        "--window",
-        "25:00-01:00",
-    ])
-    .await
-    .unwrap_err();
+    let err = cli
+        .run(&[
+            "campaigns",
+            "create",
+            "c1",
+            "--release",
+            "2.0",
+            "--window",
+            "25:00-01:00",
+        ])
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("25:00"), "{err:#}");
     let create = [
         "campaigns",
@@ -933,17 +909,17 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
         "22:00-04:00",
         "--prestage",
     ];
-    assert_eq!(run(&create).await.unwrap(), Exit::Success);
+    assert_eq!(cli.run(&create).await.unwrap(), Exit::Success);
     let (_, c) = hub.admin().get("/v1/campaigns/c1").await;
     assert_eq!(c["window"], json!({"start": "22:00", "end": "04:00"}));
     assert_eq!(c["prestage"], true);
     assert_eq!(c["selector"]["expression"], "site=lab");
     assert_eq!(
-        run(&["campaigns", "start", "c1"]).await.unwrap(),
+        cli.run(&["campaigns", "start", "c1"]).await.unwrap(),
         Exit::Success
     );
     assert_eq!(
-        run(&["campaigns", "start", "c1"]).await.unwrap(),
+        cli.run(&["campaigns", "start", "c1"]).await.unwrap(),
         Exit::Failed
     );
     until!("the CLI-made campaign to complete", {
@@ -957,10 +933,12 @@ async fn operator_cli_adds_releases_and_drives_campaigns() {
         &["campaigns", "list"],
         &["appliances", "list"],
     ] {
-        assert_eq!(run(show).await.unwrap(), Exit::Success, "{show:?}");
+        assert_eq!(cli.run(show).await.unwrap(), Exit::Success, "{show:?}");
     }
     assert_eq!(
-        run(&["appliances", "clear-flag", &node.id]).await.unwrap(),
+        cli.run(&["appliances", "clear-flag", &node.id])
+            .await
+            .unwrap(),
         Exit::Failed,
         "nothing to clear"
     );

@@ -308,16 +308,29 @@ fn journalctl_args(q: &LogsQuery, journal_dir: Option<&std::path::Path>) -> Vec<
     args
 }
 
-/// `GET /logs`: `journalctl`'s output, then its errors, streamed as they come; the process
-/// is killed when the hub stops reading.
-async fn logs(State(local): State<Arc<Local>>, Query(q): Query<LogsQuery>) -> Response {
-    let spawned = tokio::process::Command::new("journalctl")
-        .args(journalctl_args(&q, local.journal_dir.as_deref()))
+/// Starts `program` with no stdin and both outputs piped, killed when its handle is dropped
+/// (the hub went, or the timeout passed).
+fn spawn_piped<I, S>(program: &str, args: I) -> std::io::Result<tokio::process::Child>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    tokio::process::Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .spawn();
+        .spawn()
+}
+
+/// `GET /logs`: `journalctl`'s output, then its errors, streamed as they come; the process
+/// is killed when the hub stops reading.
+async fn logs(State(local): State<Arc<Local>>, Query(q): Query<LogsQuery>) -> Response {
+    let spawned = spawn_piped(
+        "journalctl",
+        journalctl_args(&q, local.journal_dir.as_deref()),
+    );
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -471,13 +484,7 @@ async fn exec(Json(req): Json<ExecRequest>) -> Json<ExecResult> {
             .unwrap_or(EXEC_TIMEOUT_DEFAULT)
             .clamp(1, EXEC_TIMEOUT_MAX),
     );
-    let spawned = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+    let spawned = spawn_piped(program, args);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {

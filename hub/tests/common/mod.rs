@@ -404,3 +404,54 @@ impl Overlay {
             .await
     }
 }
+
+/// `cairn hub ...` as an operator runs it: the client's own CLI, its configuration in a
+/// temporary directory, logged in to a hub with the hub's first admin token.
+pub struct OperatorCli {
+    dir: tempfile::TempDir,
+}
+
+#[derive(clap::Parser)]
+struct CliArgs {
+    #[command(flatten)]
+    hub: cairn_hub_client::cli::HubArgs,
+}
+
+impl OperatorCli {
+    /// `cairn hub login` with the hub's pinned CA fingerprint; panics unless it succeeds.
+    pub async fn login(hub: &Hub) -> OperatorCli {
+        let cli = OperatorCli {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let token_file = cli.dir.path().join("admin.token");
+        std::fs::write(&token_file, &hub.admin_token).unwrap();
+        let login = [
+            "login",
+            "--url",
+            &hub.url,
+            "--ca-fingerprint",
+            &hub.fingerprint,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ];
+        assert_eq!(
+            cli.run(&login).await.unwrap(),
+            cairn_api::cli::Exit::Success
+        );
+        cli
+    }
+
+    /// A directory for the files a test hands to the CLI; it lives as long as `self`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// One `cairn hub ARGS...` command.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<cairn_api::cli::Exit> {
+        use clap::Parser;
+        let config = self.dir.path().join("hub.json");
+        let mut full = vec!["cairn-hub-test", "--config", config.to_str().unwrap()];
+        full.extend(args);
+        CliArgs::parse_from(full).hub.run().await
+    }
+}

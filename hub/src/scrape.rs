@@ -163,8 +163,7 @@ impl Exposition {
             }
             if let Some(comment) = line.strip_prefix('#') {
                 let mut words = comment.split_whitespace();
-                if let (Some("HELP" | "TYPE" | "UNIT"), Some(name)) = (words.next(), words.next())
-                {
+                if let (Some("HELP" | "TYPE" | "UNIT"), Some(name)) = (words.next(), words.next()) {
                     let (i, new) = self.family(name);
                     if new {
                         fresh.push(i);

@@ -567,6 +567,19 @@ impl HubClient {
         Ok(LogStream { url, response })
     }
 
+    /// `GET /v1/metrics/appliances`: the nodes' metrics as this hub replica last scraped
+    /// them through their tunnels, those in the token's scope, each sample labelled with
+    /// `appliance` and `site` (OpenMetrics text).
+    pub async fn appliance_metrics(&self) -> Result<String, Error> {
+        let (_, url, response) = self
+            .open_stream(&["v1", "metrics", "appliances"], &[] as &[(&str, &str)])
+            .await?;
+        response.text().await.map_err(|source| Error::Unreachable {
+            url: url.to_string(),
+            source,
+        })
+    }
+
     /// `POST /v1/appliances/{id}/rollback`: the node makes its other slot the default and
     /// reboots into it (admin only, audited); 409 when that slot holds no committed release.
     pub async fn rollback(&self, id: &str) -> Result<RebootResult, Error> {

@@ -18,6 +18,7 @@ pub mod model;
 pub mod pki;
 pub mod ratelimit;
 pub mod releases;
+pub mod scrape;
 pub mod server;
 pub mod store;
 pub mod tunnel;

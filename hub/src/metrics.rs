@@ -43,6 +43,10 @@ pub struct Metrics {
     pub refused_connections: Family<Labels, Counter>,
     /// Stale parts of desired states the reconciler rewrote, by part (`overlay`, `join`).
     pub reconciler_repairs: Family<Labels, Counter>,
+    /// Appliances' tunnels this replica holds (set at scrape time).
+    pub open_tunnels: Gauge,
+    /// Scrapes of the nodes' metrics through their tunnels, by result (`ok`, `failed`).
+    pub node_scrapes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +62,18 @@ impl Default for Metrics {
         let open_connections = Gauge::default();
         let refused_connections = Family::<Labels, Counter>::default();
         let reconciler_repairs = Family::<Labels, Counter>::default();
+        let open_tunnels = Gauge::default();
+        let node_scrapes = Family::<Labels, Counter>::default();
+        registry.register(
+            "open_tunnels",
+            "Appliances' tunnels this replica holds",
+            open_tunnels.clone(),
+        );
+        registry.register(
+            "node_scrapes",
+            "Scrapes of the nodes' metrics through their tunnels, by result",
+            node_scrapes.clone(),
+        );
         registry.register(
             "reconciler_repairs",
             "Stale parts of appliances' desired states the reconciler rewrote, by part",
@@ -112,6 +128,8 @@ impl Default for Metrics {
             open_connections,
             refused_connections,
             reconciler_repairs,
+            open_tunnels,
+            node_scrapes,
         }
     }
 }

@@ -85,6 +85,8 @@ struct Entry {
     generation: u64,
     control: Control,
     streams: Arc<Semaphore>,
+    /// The node's metrics as last scraped: kept here so they go with the tunnel.
+    scrape: Option<Arc<crate::scrape::Scrape>>,
 }
 
 /// The tunnels this hub replica holds, by appliance ID.
@@ -116,6 +118,35 @@ impl Tunnels {
         self.lock().contains_key(appliance)
     }
 
+    /// The appliances holding a tunnel to this replica.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// How many tunnels this replica holds.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Keeps `scrape` as the last scrape of `appliance`'s tunnel (none: forget it); nothing
+    /// when the tunnel went meanwhile.
+    pub fn keep_scrape(&self, appliance: &str, scrape: Option<Arc<crate::scrape::Scrape>>) {
+        if let Some(entry) = self.lock().get_mut(appliance) {
+            entry.scrape = scrape;
+        }
+    }
+
+    /// The last scrape of every tunnel that has one, by appliance ID.
+    pub fn scrapes(&self) -> Vec<(String, Arc<crate::scrape::Scrape>)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|(id, e)| Some((id.clone(), e.scrape.clone()?)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Runs the tunnel of `appliance` over `io` (the upgraded connection) until it ends,
     /// replacing any older one. `hold` is kept as long as the tunnel lives (the
     /// connection's place under the server's caps).
@@ -135,6 +166,7 @@ impl Tunnels {
             generation,
             control: session.control(),
             streams: Arc::new(Semaphore::new(self.limits.max_streams)),
+            scrape: None,
         };
         if let Some(mut older) = self.lock().insert(appliance.clone(), entry) {
             tracing::info!(%appliance, "tunnel replaced by a newer connection of the appliance");

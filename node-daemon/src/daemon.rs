@@ -171,7 +171,9 @@ impl<N: Network> Daemon<N> {
         let (upgrade_input, input_rx) = tokio::sync::watch::channel(UpgradeInput::default());
         let (tunnel_target, tunnel_rx) = tokio::sync::watch::channel(None);
         let status = Arc::new(RwLock::new(status));
+        let metrics = Arc::<crate::metrics::NodeMetrics>::default();
         let local = tunnel::Local {
+            metrics: metrics.clone(),
             journal_dir: None,
             reboot_command: settings.upgrade.reboot_command.clone(),
             grubenv: settings.upgrade.grubenv.clone(),
@@ -197,7 +199,7 @@ impl<N: Network> Daemon<N> {
             network,
             roots,
             status,
-            metrics: Arc::default(),
+            metrics,
             supervisor: Supervisor::new(),
             units: None,
             hub: None,

@@ -62,14 +62,23 @@ async fn get_status(State(shared): State<Shared>) -> Json<LocalStatus> {
     Json(snapshot(&shared.status))
 }
 
-async fn get_metrics(State(shared): State<Shared>) -> impl axum::response::IntoResponse {
-    (
+async fn get_metrics(State(shared): State<Shared>) -> axum::response::Response {
+    metrics_response(&shared.status, &shared.metrics)
+}
+
+/// The node's metrics as of now, as the local API and the tunnel (the hub's scrapes) serve
+/// them.
+pub(crate) fn metrics_response(
+    status: &RwLock<LocalStatus>,
+    metrics: &NodeMetrics,
+) -> axum::response::Response {
+    axum::response::IntoResponse::into_response((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(&snapshot(&shared.status)),
-    )
+        metrics.render(&snapshot(status)),
+    ))
 }
 
 /// Binds the socket (replacing a stale one) and serves until the task is dropped.

@@ -29,6 +29,12 @@ pub struct NodeMetrics {
     upgrade_phase: Family<Labels, Gauge>,
 }
 
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").finish_non_exhaustive()
+    }
+}
+
 impl Default for NodeMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("cairn_node");

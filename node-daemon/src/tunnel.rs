@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_api::hub::remote::{
-    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_REBOOT_PATH,
-    NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PATH, TUNNEL_PROTOCOL,
+    EXEC_TIMEOUT_DEFAULT, EXEC_TIMEOUT_MAX, NODE_EXEC_PATH, NODE_LOGS_PATH, NODE_METRICS_PATH,
+    NODE_REBOOT_PATH, NODE_ROLLBACK_PATH, NODE_SUPPORT_BUNDLE_PATH, TUNNEL_PATH, TUNNEL_PROTOCOL,
 };
 use cairn_api::hub::{ErrorBody, ExecRequest, ExecResult, LogsQuery, RebootResult};
 use futures::StreamExt;
@@ -53,8 +53,10 @@ pub struct Local {
     pub cmdline: PathBuf,
     /// The upgrade's latest report: what the other slot holds.
     pub upgrade: crate::upgrade::SharedReport,
-    /// What a support bundle reads.
+    /// What a support bundle reads (its status is also what the metrics read).
     pub support: crate::support::Sources,
+    /// The metrics the hub scrapes (those of the local API).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 /// Longest wait between two connection attempts.
@@ -286,7 +288,13 @@ fn router(local: Local) -> Router {
         .route(NODE_REBOOT_PATH, post(reboot))
         .route(NODE_ROLLBACK_PATH, post(rollback))
         .route(NODE_SUPPORT_BUNDLE_PATH, get(support_bundle))
+        .route(NODE_METRICS_PATH, get(metrics))
         .with_state(Arc::new(local))
+}
+
+/// The node's metrics for the hub's scrapes: the local API's rendering, so both agree.
+async fn metrics(State(local): State<Arc<Local>>) -> Response {
+    crate::local_api::metrics_response(&local.support.status, &local.metrics)
 }
 
 /// The `journalctl` arguments of a logs request: options and their values as separate

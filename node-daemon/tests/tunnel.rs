@@ -250,6 +250,8 @@ fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_
             .prefix(&nat.hub.prefix())
             .listen(HUB_LISTEN)
             .names(&[HUB_ADDR])
+            // Scrapes every second, so the node's metrics arrive within the test.
+            .serve_args(&["--heartbeat-interval", "1", "--node-metrics-interval", "1"])
             .start()
     };
     let mut hub = start_hub();
@@ -426,6 +428,57 @@ fn logs_exec_support_bundle_reboot_and_rollback_reach_a_node_behind_nat_through_
     let mut logs = admin.ok(operator.appliance_logs(&id, &LogsQuery::default()));
     assert!(admin.ok(logs.next_chunk()).is_some());
     drop(logs);
+
+    // Metrics: the hub scraped the node through its tunnel; each of the node's samples
+    // carries the appliance and its site, and another tenant's operator sees none of it.
+    let labels = format!("appliance=\"{id}\",site=\"edge\"");
+    let scraped = poll("the hub to scrape the node's heartbeats", LIMIT, || {
+        let text = admin.ok(operator.appliance_metrics());
+        text.lines()
+            .any(|l| {
+                l.starts_with(&format!("cairn_node_heartbeat_seconds_count{{{labels}}} "))
+                    && !l.ends_with(" 0")
+            })
+            .then_some(text)
+    });
+    assert_eq!(
+        scraped
+            .lines()
+            .filter(|l| *l == "# TYPE cairn_node_heartbeat_seconds histogram")
+            .count(),
+        1,
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains(&format!(
+            "cairn_node_heartbeat_seconds_bucket{{{labels},le=\"+Inf\"}}"
+        )),
+        "{scraped}"
+    );
+    let foreign = admin.ok(client_with(Role::Operator, Some("globex")).appliance_metrics());
+    assert!(!foreign.contains("cairn_node"), "{foreign}");
+    assert!(!foreign.contains(&id), "{foreign}");
+    // The hub's own metrics count the tunnel and the scrapes.
+    let (tls, _) =
+        cairn_hub_client::tls::client_config(&Trust::CaBundle(hub.ca_pem.clone()), None).unwrap();
+    let hub_metrics = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.admin_token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        hub_metrics.contains("cairn_hub_open_tunnels 1"),
+        "{hub_metrics}"
+    );
+    assert!(
+        hub_metrics.contains("cairn_hub_node_scrapes_total{result=\"ok\"}"),
+        "{hub_metrics}"
+    );
 
     // Reboot: an admin's, asked through the CLI; the node ran its reboot command once.
     assert_eq!(status(admin.run(operator.reboot(&id)).map(drop)), 403);

@@ -45,6 +45,11 @@ pub const NODE_ROLLBACK_PATH: &str = "/rollback";
 /// dmesg, versions and the upgrade record, under `support-bundle/`).
 pub const NODE_SUPPORT_BUNDLE_PATH: &str = "/support-bundle";
 
+/// The node's routes on each tunnel stream (HTTP/1.1): `GET`; answers the node's Prometheus
+/// metrics (OpenMetrics text), the same as its local API's `GET /metrics`. The hub scrapes
+/// it.
+pub const NODE_METRICS_PATH: &str = "/metrics";
+
 /// `POST /v1/appliances/{id}/reboot` and `.../rollback`: what the node said when asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RebootResult {

@@ -230,6 +230,12 @@ impl Fleet {
         Ok((version, a))
     }
 
+    /// The site of appliance `id`, for the hub's own use (its scrapes); `None` when absent.
+    pub async fn appliance_site(&self, id: &str) -> Result<Option<String>, FleetError> {
+        let a: Option<(u64, Appliance)> = self.get(&format!("{}{id}", keys::APPLIANCES)).await?;
+        Ok(a.map(|(_, a)| a.site))
+    }
+
     /// One appliance (viewer, in scope).
     pub async fn show_appliance(
         &self,

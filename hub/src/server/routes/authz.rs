@@ -362,6 +362,12 @@ fn cases() -> BTreeMap<(Method, &'static str), Case> {
             "/v1/appliances/{id}/reboot",
             case("/v1/appliances/ap-acme-east/reboot", a, Site, 503, 404),
         ),
+        // No tunnel here, so nothing scraped: every operator gets an empty exposition.
+        (
+            Method::GET,
+            "/v1/metrics/appliances",
+            case("/v1/metrics/appliances", o, All, 200, 0),
+        ),
         (
             Method::GET,
             "/v1/appliances/{id}/support-bundle",

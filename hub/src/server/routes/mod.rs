@@ -771,6 +771,21 @@ pub(crate) fn routes() -> Vec<Route> {
         ),
         r(
             M::GET,
+            "/v1/metrics/appliances",
+            (Bearer(Op), Filtered),
+            "The metrics of every appliance whose tunnel this hub replica holds, as last scraped through it (every --node-metrics-interval), each sample labelled with appliance and site; only the caller's scope",
+            None,
+            (
+                200,
+                other(
+                    "application/openmetrics-text",
+                    "the nodes' metrics, OpenMetrics text format",
+                ),
+            ),
+            get(remote::appliance_metrics),
+        ),
+        r(
+            M::GET,
             "/v1/appliances/{id}/support-bundle",
             (Bearer(Op), P(App)),
             "The appliance's support bundle (tar.gz: journal of this boot, status, config with secrets redacted, ip -j addr/route/link, dmesg, versions, upgrade record), streamed through its tunnel (audited)",
@@ -1322,6 +1337,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             }
         }
     }
+    state
+        .metrics
+        .open_tunnels
+        .set(i64::try_from(state.tunnels.count()).unwrap_or(i64::MAX));
     if let Ok(counts) = state.fleet.count_by_state().await {
         for (s, n) in counts {
             state

@@ -398,6 +398,28 @@ pub(super) async fn support_bundle(
     Ok(relay(through_tunnel(&state, &id, request).await?))
 }
 
+/// `GET /v1/metrics/appliances`: the last scrape of every appliance whose tunnel this
+/// replica holds and the caller may see, labelled with appliance and site.
+pub(super) async fn appliance_metrics(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+) -> Response {
+    let mut exposition = crate::scrape::Exposition::default();
+    for (id, scrape) in state.tunnels.scrapes() {
+        if caller.sees(&scrape.site) {
+            exposition.add(&scrape.text, &id, &scrape.site);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        exposition.render(),
+    )
+        .into_response()
+}
+
 /// `POST /v1/appliances/{id}/reboot`: the node runs its reboot command (`systemctl reboot`).
 pub(super) async fn reboot(
     State(state): State<AppState>,

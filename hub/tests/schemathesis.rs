@@ -69,8 +69,12 @@ fn generated_requests_get_no_server_error_and_answers_match_the_document() {
         "POST /v1/operator-tokens/{id}/revoke",
     ];
     // Watches stream until the client goes: each request would end on schemathesis'
-    // timeout, not with an answer to check (hub/tests/api.rs tests them).
-    const STREAMING: [&str; 2] = ["GET /v1/watch/appliances", "GET /v1/watch/appliances/{id}"];
+    // timeout, not with an answer to check (hub/tests/api.rs and events.rs test them).
+    const STREAMING: [&str; 3] = [
+        "GET /v1/watch/appliances",
+        "GET /v1/watch/appliances/{id}",
+        "GET /v1/watch/events",
+    ];
     // Every operation, stateful sequences included, but the two that could delete or
     // revoke the admin's own token (a stateful sequence may feed them its ID) and leave
     // every later request unauthenticated.
